@@ -1,0 +1,7 @@
+// NSA Runtime: runtime data path of DeepSeek Sparse Attention serving.
+// Umbrella header; each op family lives in its own header.
+#pragma once
+
+#include "nsa/common.h"
+#include "nsa/index_cache.h"
+#include "nsa/version.h"

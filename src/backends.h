@@ -1,0 +1,30 @@
+// Backend entry points of the index-cache ops. The public API (index_cache.cpp)
+// validates everything first; backends never validate again and never allocate.
+#pragma once
+
+#include "nsa/index_cache.h"
+
+namespace nsa {
+
+namespace cpu {
+void quantize_and_store_k(int threads, IndexCache cache, const uint16_t* k, int64_t n, int64_t k_ld,
+                          const int64_t* slots, ScaleMode mode);
+void store_k_and_s(int threads, IndexCache cache, const uint8_t* k, int64_t n, int64_t k_ld, const float* scale,
+                   const int64_t* slots);
+void gather_k(int threads, ConstIndexCache cache, int64_t length, Indices page_ids, uint8_t* out_k);
+void gather_s(int threads, ConstIndexCache cache, int64_t length, Indices page_ids, float* out_s);
+void gather_k_and_s(int threads, ConstIndexCache cache, const PagedBatch& batch, uint8_t* out_k, float* out_s);
+}  // namespace cpu
+
+namespace cuda {
+void quantize_and_store_k(cudaStream stream, IndexCache cache, const uint16_t* k, int64_t n, int64_t k_ld,
+                          const int64_t* slots, ScaleMode mode);
+void store_k_and_s(cudaStream stream, IndexCache cache, const uint8_t* k, int64_t n, int64_t k_ld,
+                   const float* scale, const int64_t* slots);
+void gather_k(cudaStream stream, ConstIndexCache cache, int64_t length, Indices page_ids, uint8_t* out_k);
+void gather_s(cudaStream stream, ConstIndexCache cache, int64_t length, Indices page_ids, float* out_s);
+void gather_k_and_s(cudaStream stream, ConstIndexCache cache, const PagedBatch& batch, uint8_t* out_k,
+                    float* out_s, int64_t out_capacity);
+}  // namespace cuda
+
+}  // namespace nsa

@@ -1,0 +1,26 @@
+#include "common/check.h"
+
+namespace nsa {
+
+const char* to_string(Backend backend) { return backend == Backend::kCpu ? "cpu" : "cuda"; }
+const char* to_string(IndexType type) { return type == IndexType::kInt32 ? "int32" : "int64"; }
+
+#if !defined(NSA_WITH_CUDA)
+bool cuda_built() { return false; }
+int cuda_device_count() { return 0; }
+#endif
+
+namespace detail {
+
+void require_backend(const ArgChecker& check, const Exec& exec) {
+  if (exec.backend == Backend::kCuda && !cuda_built()) {
+    throw Error(ErrorCode::kUnsupported,
+                std::string("nsa::") + check.op() + ": backend 'cuda' requested but this build has no CUDA backend");
+  }
+  if (exec.backend == Backend::kCpu && exec.cpu_threads < 0) {
+    check.fail("exec.cpu_threads", ">= 0", std::to_string(exec.cpu_threads));
+  }
+}
+
+}  // namespace detail
+}  // namespace nsa

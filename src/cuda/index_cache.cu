@@ -1,0 +1,66 @@
+// CUDA backend of the index-cache ops: type dispatch onto the header-only
+// kernels in nsa/cuda/index_cache.cuh, launch-status check, nothing else.
+#include "backends.h"
+#include "common/dispatch.h"
+#include "cuda/cuda_check.h"
+#include "nsa/cuda/index_cache.cuh"
+
+namespace nsa {
+namespace cuda {
+
+namespace k = ::nsa::kernels;
+
+void quantize_and_store_k(cudaStream stream, IndexCache cache, const uint16_t* kv, int64_t n, int64_t k_ld,
+                          const int64_t* slots, ScaleMode mode) {
+  NSA_CUDA_CHECK(k::invoke_quantize_and_store_k(cache.data, kv, n, k_ld, slots, mode == ScaleMode::kUe8m0,
+                                                current_device_sm_count(), stream));
+}
+
+void store_k_and_s(cudaStream stream, IndexCache cache, const uint8_t* kv, int64_t n, int64_t k_ld,
+                   const float* scale, const int64_t* slots) {
+  NSA_CUDA_CHECK(k::invoke_store_k_and_s(cache.data, kv, n, k_ld, scale, slots, current_device_sm_count(), stream));
+}
+
+template <bool kWriteK, bool kWriteS>
+static void gather_single(cudaStream stream, ConstIndexCache cache, int64_t length, Indices page_ids, uint8_t* out_k,
+                          float* out_s) {
+  if (length == 0) return;
+  const int64_t pages = (length + 63) / 64;
+  NSA_DISPATCH_INDEX(page_ids.type, TableT, [&] {
+    k::GatherParams<TableT, int64_t> p{cache.data, static_cast<const TableT*>(page_ids.data), 0, nullptr, length, 1,
+                                       out_k, out_s};
+    NSA_CUDA_CHECK((k::invoke_paged_gather<k::LengthForm::kHost, kWriteK, kWriteS>(p, pages, current_device_sm_count(),
+                                                                                    stream)));
+  });
+}
+
+void gather_k(cudaStream stream, ConstIndexCache cache, int64_t length, Indices page_ids, uint8_t* out_k) {
+  gather_single<true, false>(stream, cache, length, page_ids, out_k, nullptr);
+}
+
+void gather_s(cudaStream stream, ConstIndexCache cache, int64_t length, Indices page_ids, float* out_s) {
+  gather_single<false, true>(stream, cache, length, page_ids, nullptr, out_s);
+}
+
+void gather_k_and_s(cudaStream stream, ConstIndexCache cache, const PagedBatch& b, uint8_t* out_k, float* out_s,
+                    int64_t out_capacity) {
+  if (b.batch_size == 0 || out_capacity == 0) return;  // sum L <= capacity = 0: nothing to move
+  // Upper bound of page items: every request adds at most one partial page.
+  const int64_t max_items = (out_capacity + 63) / 64 + b.batch_size;
+  const bool cu = static_cast<bool>(b.cu_seq_lens);
+  const Indices lens = cu ? b.cu_seq_lens : b.seq_lens;
+  NSA_DISPATCH_INDEX(b.page_table.type, TableT, [&] {
+    NSA_DISPATCH_INDEX(lens.type, LenT, [&] {
+      k::GatherParams<TableT, LenT> p{cache.data, static_cast<const TableT*>(b.page_table.data), b.table_ld,
+                                      static_cast<const LenT*>(lens.data), 0, b.batch_size, out_k, out_s};
+      const int sms = current_device_sm_count();
+      const cudaError_t err =
+          cu ? k::invoke_paged_gather<k::LengthForm::kCuSeqLens, true, true>(p, max_items, sms, stream)
+             : k::invoke_paged_gather<k::LengthForm::kSeqLens, true, true>(p, max_items, sms, stream);
+      NSA_CUDA_CHECK(err);
+    });
+  });
+}
+
+}  // namespace cuda
+}  // namespace nsa

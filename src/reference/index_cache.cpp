@@ -1,0 +1,113 @@
+#include "reference/index_cache.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+namespace nsa {
+namespace reference {
+
+namespace {
+constexpr int64_t kPage = 64, kDim = 128, kPageBytes = 8448, kKBytes = 8192;
+
+int64_t k_byte(int64_t slot, int64_t d) { return (slot / kPage) * kPageBytes + (slot % kPage) * kDim + d; }
+int64_t scale_byte(int64_t slot) { return (slot / kPage) * kPageBytes + kKBytes + (slot % kPage) * 4; }
+
+float bf16_to_float(uint16_t b) {
+  uint32_t u = static_cast<uint32_t>(b) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+}  // namespace
+
+float e4m3_to_float(uint8_t code) {
+  const int sign = code >> 7, e = (code >> 3) & 15, m = code & 7;
+  if (e == 15 && m == 7) return NAN;
+  const float mag = e == 0 ? std::ldexp(static_cast<float>(m), -9) : std::ldexp(1.0f + m / 8.0f, e - 7);
+  return sign ? -mag : mag;
+}
+
+uint8_t float_to_e4m3(float x) {
+  const uint8_t sign = std::signbit(x) ? 0x80 : 0x00;
+  if (std::isnan(x)) return sign | 0x7f;
+  const float a = std::fabs(x);
+  if (a >= 448.0f) return sign | 0x7e;
+  // Codes 0..126 are increasing in value; find the last one with value <= a.
+  static const std::vector<float> values = [] {
+    std::vector<float> v;
+    for (int c = 0; c <= 126; ++c) v.push_back(e4m3_to_float(static_cast<uint8_t>(c)));
+    return v;
+  }();
+  const int lo = static_cast<int>(std::upper_bound(values.begin(), values.end(), a) - values.begin()) - 1;
+  const int hi = lo + 1;  // a < 448 = values[126], so lo <= 125
+  const double below = static_cast<double>(a) - values[lo];
+  const double above = static_cast<double>(values[hi]) - a;
+  int best = lo;
+  if (above < below || (above == below && (hi % 2 == 0))) best = hi;
+  return sign | static_cast<uint8_t>(best);
+}
+
+float quant_scale(float amax, ScaleMode mode) {
+  const float plain = std::fmax(amax, 1e-4f) / 448.0f;
+  if (mode == ScaleMode::kFp32) return plain;
+  int e = 0;
+  const float m = std::frexp(plain, &e);  // plain = m * 2^e, m in [0.5, 1)
+  return m == 0.5f ? plain : std::ldexp(1.0f, e);
+}
+
+void quantize_and_store_k(IndexCache cache, const uint16_t* k, int64_t n, int64_t k_ld, const int64_t* slots,
+                          ScaleMode mode) {
+  for (int64_t t = 0; t < n; ++t) {
+    if (slots[t] < 0) continue;
+    float amax = 0.0f;
+    for (int64_t d = 0; d < kDim; ++d) {
+      const float v = bf16_to_float(k[t * k_ld + d]);
+      if (std::isfinite(v)) amax = std::fmax(amax, std::fabs(v));
+    }
+    const float s = quant_scale(amax, mode);
+    const float inv = 1.0f / s;
+    for (int64_t d = 0; d < kDim; ++d)
+      cache.data[k_byte(slots[t], d)] = float_to_e4m3(bf16_to_float(k[t * k_ld + d]) * inv);
+    std::memcpy(cache.data + scale_byte(slots[t]), &s, 4);
+  }
+}
+
+void store_k_and_s(IndexCache cache, const uint8_t* k, int64_t n, int64_t k_ld, const float* scale,
+                   const int64_t* slots) {
+  for (int64_t t = 0; t < n; ++t) {
+    if (slots[t] < 0) continue;
+    for (int64_t d = 0; d < kDim; ++d) cache.data[k_byte(slots[t], d)] = k[t * k_ld + d];
+    std::memcpy(cache.data + scale_byte(slots[t]), scale + t, 4);
+  }
+}
+
+void gather_k(ConstIndexCache cache, int64_t length, Indices page_ids, uint8_t* out_k) {
+  for (int64_t t = 0; t < length; ++t) {
+    const int64_t slot = page_ids.at(t / kPage) * kPage + t % kPage;
+    for (int64_t d = 0; d < kDim; ++d) out_k[t * kDim + d] = cache.data[k_byte(slot, d)];
+  }
+}
+
+void gather_s(ConstIndexCache cache, int64_t length, Indices page_ids, float* out_s) {
+  for (int64_t t = 0; t < length; ++t) {
+    const int64_t slot = page_ids.at(t / kPage) * kPage + t % kPage;
+    std::memcpy(out_s + t, cache.data + scale_byte(slot), 4);
+  }
+}
+
+void gather_k_and_s(ConstIndexCache cache, const PagedBatch& b, uint8_t* out_k, float* out_s) {
+  int64_t row = 0;
+  for (int64_t r = 0; r < b.batch_size; ++r) {
+    const int64_t len = b.cu_seq_lens ? b.cu_seq_lens.at(r + 1) - b.cu_seq_lens.at(r) : b.seq_lens.at(r);
+    for (int64_t t = 0; t < len; ++t, ++row) {
+      const int64_t slot = b.page_table.at(r * b.table_ld + t / kPage) * kPage + t % kPage;
+      for (int64_t d = 0; d < kDim; ++d) out_k[row * kDim + d] = cache.data[k_byte(slot, d)];
+      std::memcpy(out_s + row, cache.data + scale_byte(slot), 4);
+    }
+  }
+}
+
+}  // namespace reference
+}  // namespace nsa

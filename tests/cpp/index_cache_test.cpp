@@ -1,0 +1,487 @@
+// Index-cache ops on every backend against the plain-loop reference
+// (src/reference/index_cache.cpp), bit-exact, on fresh random data with
+// poisoned outputs; plus the edges of indexer-cache.md §8 and every
+// validation path.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <numeric>
+
+#include "nsa/index_cache.h"
+#include "reference/index_cache.h"
+#include "test_util.h"
+
+namespace nsa {
+namespace test {
+namespace {
+
+using L = IndexCacheLayout;
+
+// A pool of `pages` pages filled with random bytes, on the backend and mirrored on the host.
+struct Pool {
+  int64_t pages;
+  std::vector<uint8_t> host;
+  support::Buffer dev;
+  Pool(Backend b, int64_t n, std::mt19937_64& rng)
+      : pages(n), host(random_bytes(rng, static_cast<size_t>(n * L::kBytesPerPage))), dev(to_backend(b, host)) {}
+  IndexCache view() { return {dev.as<uint8_t>(), pages}; }
+  IndexCache host_view() { return {host.data(), pages}; }
+};
+
+// Random bf16 rows: normal values with a per-row magnitude spanning many binades.
+std::vector<uint16_t> random_bf16(std::mt19937_64& rng, int64_t n, int64_t ld) {
+  std::vector<uint16_t> v(static_cast<size_t>(n * ld));
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::uniform_real_distribution<float> log_mag(-12.0f, 12.0f);
+  for (int64_t t = 0; t < n; ++t) {
+    const float mag = std::exp2(log_mag(rng));
+    for (int64_t d = 0; d < ld; ++d) {
+      const float f = normal(rng) * mag;
+      uint32_t u;
+      std::memcpy(&u, &f, 4);
+      v[static_cast<size_t>(t * ld + d)] = static_cast<uint16_t>(u >> 16);  // truncation is fine for inputs
+    }
+  }
+  return v;
+}
+
+// Distinct random slots in [0, pages*64), with slot 0 and the last slot, and some -1 (padding).
+std::vector<int64_t> random_slots(std::mt19937_64& rng, int64_t n, int64_t pages, bool with_padding) {
+  std::vector<int64_t> all(static_cast<size_t>(pages * L::kPageSize));
+  std::iota(all.begin(), all.end(), 0);
+  std::shuffle(all.begin(), all.end(), rng);
+  std::vector<int64_t> s(all.begin(), all.begin() + n);
+  if (n > 2) {
+    s[0] = 0;
+    s[1] = pages * L::kPageSize - 1;
+    std::sort(s.begin() + 2, s.end());  // keep distinct after overwriting
+    s.erase(std::unique(s.begin(), s.end()), s.end());
+    while (static_cast<int64_t>(s.size()) < n) s.push_back(-1);
+    std::shuffle(s.begin(), s.end(), rng);
+  }
+  if (with_padding)
+    for (int64_t t = 0; t < n; t += 7) s[static_cast<size_t>(t)] = -1;
+  return s;
+}
+
+class IndexCacheTest : public ::testing::TestWithParam<Backend> {
+ protected:
+  void SetUp() override { NSA_SKIP_WITHOUT_BACKEND(GetParam()); }
+  Backend backend() const { return GetParam(); }
+  Exec exec() const { return exec_for(GetParam()); }
+};
+
+// ------------------------------- quantize_and_store_k -------------------------------
+
+void run_quantize_case(Backend b, const Exec& exec, std::mt19937_64& rng, std::vector<uint16_t> k, int64_t n,
+                       int64_t ld, int64_t pages, ScaleMode mode, bool padding) {
+  Pool pool(b, pages, rng);
+  const auto slots = random_slots(rng, n, pages, padding);
+  auto k_dev = to_backend(b, k);
+  auto slots_dev = to_backend(b, slots);
+  quantize_and_store_k(exec, pool.view(), k_dev.as<uint16_t>(), n, ld, slots_dev.as<int64_t>(), mode);
+  reference::quantize_and_store_k(pool.host_view(), k.data(), n, ld, slots.data(), mode);
+  NSA_EXPECT_BYTES_EQ(pool.dev.to_host(), pool.host);
+}
+
+TEST_P(IndexCacheTest, QuantizeAndStoreMatchesReference) {
+  auto rng = make_rng(1);
+  for (ScaleMode mode : {ScaleMode::kFp32, ScaleMode::kUe8m0}) {
+    for (int64_t n : {1, 2, 63, 64, 65, 513, 4097}) {
+      for (int64_t ld : {128, 136, 131}) {  // 131: rows not 8-byte aligned (scalar load path)
+        SCOPED_TRACE(::testing::Message() << "mode=" << to_string(mode) << " n=" << n << " ld=" << ld);
+        const int64_t pages = n / 32 + 3;
+        run_quantize_case(backend(), exec(), rng, random_bf16(rng, n, ld), n, ld, pages, mode, n > 3);
+      }
+    }
+  }
+}
+
+// Hand-picked rows: zero, one dominant value, all below the 1e-4 floor,
+// e4m3 rounding ties, amax/448 just above a power of two, fp8 subnormals,
+// bf16 subnormals, NaN, +-Inf, huge values.
+std::vector<uint16_t> special_rows() {
+  auto bits = [](float f) {
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    return static_cast<uint16_t>(u >> 16);
+  };
+  std::vector<std::vector<float>> rows;
+  rows.push_back(std::vector<float>(128, 0.0f));
+  std::vector<float> r(128, 0.001f);
+  r[5] = -1000.0f;
+  rows.push_back(r);
+  rows.push_back(std::vector<float>(128, 3e-5f));
+  r.assign(128, 0.0f);
+  for (int d = 0; d < 128; ++d) r[d] = (d % 2 ? -1.f : 1.f) * (1.0f + 0.0625f * static_cast<float>(d % 16));
+  r[0] = 448.0f;  // s = 1: every value with a 4th mantissa bit is an e4m3 tie
+  rows.push_back(r);
+  r.assign(128, 0.5f);
+  r[7] = 448.0f * std::ldexp(1.0f + 1.0f / 128.0f, -10);  // amax/448 just above 2^-10 (bf16 granularity)
+  rows.push_back(r);
+  r.assign(128, 1e-3f);
+  r[3] = 448.0f;  // others land in the e4m3 subnormal range
+  rows.push_back(r);
+  r.assign(128, std::ldexp(1.0f, -130));  // bf16 subnormals, below the floor
+  rows.push_back(r);
+  r.assign(128, 1.0f);
+  r[1] = NAN;
+  r[2] = -NAN;
+  r[3] = INFINITY;
+  r[4] = -INFINITY;
+  r[5] = 2.0f;
+  rows.push_back(r);
+  r.assign(128, 3.0e38f);
+  r[9] = -3.3e38f;
+  rows.push_back(r);
+  std::vector<uint16_t> out;
+  for (auto& row : rows)
+    for (float f : row) out.push_back(bits(f));
+  return out;
+}
+
+TEST_P(IndexCacheTest, QuantizeSpecialValuesMatchReference) {
+  auto rng = make_rng(2);
+  const auto k = special_rows();
+  const int64_t n = static_cast<int64_t>(k.size()) / 128;
+  for (ScaleMode mode : {ScaleMode::kFp32, ScaleMode::kUe8m0}) {
+    SCOPED_TRACE(to_string(mode));
+    run_quantize_case(backend(), exec(), rng, k, n, 128, 4, mode, false);
+  }
+}
+
+TEST_P(IndexCacheTest, QuantizeOnlyPaddingWritesNothing) {
+  auto rng = make_rng(3);
+  Pool pool(backend(), 3, rng);
+  const int64_t n = 40;
+  const auto k = random_bf16(rng, n, 128);
+  std::vector<int64_t> slots(n, -1);
+  auto k_dev = to_backend(backend(), k);
+  auto s_dev = to_backend(backend(), slots);
+  quantize_and_store_k(exec(), pool.view(), k_dev.as<uint16_t>(), n, 128, s_dev.as<int64_t>(), ScaleMode::kFp32);
+  store_k_and_s(exec(), pool.view(), reinterpret_cast<const uint8_t*>(k_dev.data()), n, 128,
+                reinterpret_cast<const float*>(k_dev.data()), s_dev.as<int64_t>());
+  NSA_EXPECT_BYTES_EQ(pool.dev.to_host(), pool.host);
+}
+
+// ----------------------------------- store_k_and_s -----------------------------------
+
+TEST_P(IndexCacheTest, StoreKAndSMatchesReference) {
+  auto rng = make_rng(4);
+  for (int64_t n : {1, 64, 65, 1000}) {
+    for (int64_t ld : {128, 160, 130}) {
+      SCOPED_TRACE(::testing::Message() << "n=" << n << " ld=" << ld);
+      const int64_t pages = n / 16 + 2;
+      Pool pool(backend(), pages, rng);
+      const auto k = random_bytes(rng, static_cast<size_t>(n * ld));
+      std::vector<float> scale(static_cast<size_t>(n));
+      for (auto& s : scale) s = std::uniform_real_distribution<float>(1e-7f, 10.0f)(rng);
+      const auto slots = random_slots(rng, n, pages, true);
+      auto k_dev = to_backend(backend(), k);
+      auto sc_dev = to_backend(backend(), scale);
+      auto sl_dev = to_backend(backend(), slots);
+      store_k_and_s(exec(), pool.view(), k_dev.as<uint8_t>(), n, ld, sc_dev.as<float>(), sl_dev.as<int64_t>());
+      reference::store_k_and_s(pool.host_view(), k.data(), n, ld, scale.data(), slots.data());
+      NSA_EXPECT_BYTES_EQ(pool.dev.to_host(), pool.host);
+    }
+  }
+}
+
+// -------------------------------- gather_k / gather_s --------------------------------
+
+template <class IdxT>
+void run_single_gather(Backend b, const Exec& exec, std::mt19937_64& rng, int64_t length, int64_t pool_pages) {
+  SCOPED_TRACE(::testing::Message() << "L=" << length << " index=" << sizeof(IdxT) * 8);
+  Pool pool(b, pool_pages, rng);
+  const int64_t pages = (length + 63) / 64;
+  auto ids = random_ints<IdxT>(rng, static_cast<size_t>(pages), 0, pool_pages - 1);
+  if (pages > 2) ids[1] = ids[0];  // a repeated page
+  auto ids_dev = to_backend(b, ids);
+  const int64_t slack = 70;  // rows past L must stay untouched
+  auto poison_k = random_bytes(rng, static_cast<size_t>((length + slack) * 128));
+  auto poison_s = random_bytes(rng, static_cast<size_t>((length + slack) * 4));
+  auto out_k = to_backend(b, poison_k);
+  auto out_s = to_backend(b, poison_s);
+  gather_k(exec, pool.view(), length, static_cast<const IdxT*>(ids_dev.data()), out_k.as<uint8_t>());
+  gather_s(exec, pool.view(), length, static_cast<const IdxT*>(ids_dev.data()), out_s.as<float>());
+  reference::gather_k(pool.host_view(), length, ids.data(), poison_k.data());
+  reference::gather_s(pool.host_view(), length, ids.data(), reinterpret_cast<float*>(poison_s.data()));
+  NSA_EXPECT_BYTES_EQ(out_k.to_host(), poison_k);
+  NSA_EXPECT_BYTES_EQ(out_s.to_host(), poison_s);
+}
+
+TEST_P(IndexCacheTest, GatherSingleSequenceMatchesReference) {
+  auto rng = make_rng(5);
+  for (int64_t length : {0, 1, 63, 64, 65, 100, 192, 320, 4097}) {
+    run_single_gather<int32_t>(backend(), exec(), rng, length, 100);
+    run_single_gather<int64_t>(backend(), exec(), rng, length, 100);
+  }
+}
+
+TEST_P(IndexCacheTest, GatherSingleSequenceLongerThanGridLimit) {
+  auto rng = make_rng(6);
+  run_single_gather<int32_t>(backend(), exec(), rng, 131073, 2100);
+  run_single_gather<int64_t>(backend(), exec(), rng, 163840, 2600);
+}
+
+// ---------------------------------- gather_k_and_s -----------------------------------
+
+struct BatchCase {
+  std::vector<int64_t> lens;
+  int64_t cols;         // table columns (>= max pages)
+  int64_t ld;           // table row stride
+  int64_t extra_rows;   // capacity - sum L
+  bool table64, lens64, cu_form;
+};
+
+void run_batch_gather(Backend b, const Exec& exec, std::mt19937_64& rng, const BatchCase& c, int64_t pool_pages) {
+  const int64_t bs = static_cast<int64_t>(c.lens.size());
+  const int64_t total = std::accumulate(c.lens.begin(), c.lens.end(), int64_t{0});
+  SCOPED_TRACE(::testing::Message() << "B=" << bs << " T=" << total << " cols=" << c.cols << " ld=" << c.ld
+                                    << " table64=" << c.table64 << " lens64=" << c.lens64 << " cu=" << c.cu_form);
+  Pool pool(b, pool_pages, rng);
+  // Columns past each row's pages hold ids far out of range: reading one would fault or mismatch.
+  std::vector<int64_t> table(static_cast<size_t>(std::max<int64_t>(bs * c.ld, 1)), int64_t{2147483000});
+  for (int64_t r = 0; r < bs; ++r)
+    for (int64_t p = 0; p < (c.lens[r] + 63) / 64; ++p)
+      table[static_cast<size_t>(r * c.ld + p)] = std::uniform_int_distribution<int64_t>(0, pool_pages - 1)(rng);
+  if (bs >= 2 && c.lens[0] > 0 && c.lens[1] > 0) table[static_cast<size_t>(c.ld)] = table[0];  // shared prefix page
+  std::vector<int64_t> cu(static_cast<size_t>(bs + 1), 0);
+  for (int64_t r = 0; r < bs; ++r) cu[r + 1] = cu[r] + c.lens[r];
+
+  auto narrow = [](const std::vector<int64_t>& v) { return std::vector<int32_t>(v.begin(), v.end()); };
+  support::Buffer table_dev = c.table64 ? to_backend(b, table) : to_backend(b, narrow(table));
+  const auto& len_src = c.cu_form ? cu : c.lens;
+  support::Buffer lens_dev = c.lens64 ? to_backend(b, len_src) : to_backend(b, narrow(len_src));
+  const IndexType tt = c.table64 ? IndexType::kInt64 : IndexType::kInt32;
+  const IndexType lt = c.lens64 ? IndexType::kInt64 : IndexType::kInt32;
+
+  PagedBatch batch;
+  batch.batch_size = bs;
+  (c.cu_form ? batch.cu_seq_lens : batch.seq_lens) = Indices(lens_dev.data(), lt);
+  batch.page_table = Indices(table_dev.data(), tt);
+  batch.table_cols = c.cols;
+  batch.table_ld = c.ld;
+  const int64_t cap = total + c.extra_rows;
+  auto expect_k = random_bytes(rng, static_cast<size_t>(cap * 128));
+  auto expect_s = random_bytes(rng, static_cast<size_t>(cap * 4));
+  auto out_k = to_backend(b, expect_k);
+  auto out_s = to_backend(b, expect_s);
+  gather_k_and_s(exec, pool.view(), batch, out_k.as<uint8_t>(), out_s.as<float>(), cap);
+
+  PagedBatch host_batch = batch;
+  host_batch.seq_lens = c.cu_form ? Indices() : Indices(c.lens.data());
+  host_batch.cu_seq_lens = c.cu_form ? Indices(cu.data()) : Indices();
+  host_batch.page_table = Indices(table.data());
+  reference::gather_k_and_s(pool.host_view(), host_batch, expect_k.data(), reinterpret_cast<float*>(expect_s.data()));
+  NSA_EXPECT_BYTES_EQ(out_k.to_host(), expect_k);
+  NSA_EXPECT_BYTES_EQ(out_s.to_host(), expect_s);
+}
+
+std::vector<int64_t> ragged_lengths(std::mt19937_64& rng, int64_t bs, int64_t max_len) {
+  static const int64_t edges[] = {0, 1, 63, 64, 65, 127, 128, 129};
+  std::vector<int64_t> v(static_cast<size_t>(bs));
+  for (int64_t i = 0; i < bs; ++i)
+    v[i] = (i % 3 == 0) ? edges[(i / 3) % 8] : std::uniform_int_distribution<int64_t>(0, max_len)(rng);
+  if (bs > 2) v[static_cast<size_t>(bs - 1)] = 0;  // empty first (edges[0]) and last rows
+  return v;
+}
+
+TEST_P(IndexCacheTest, GatherBatchMatchesReference) {
+  auto rng = make_rng(7);
+  for (int64_t bs : {0, 1, 3, 64, 300}) {
+    for (int form = 0; form < 8; ++form) {
+      BatchCase c;
+      c.lens = ragged_lengths(rng, bs, bs > 64 ? 700 : 3000);
+      int64_t max_pages = 0;
+      for (auto l : c.lens) max_pages = std::max(max_pages, (l + 63) / 64);
+      c.cols = max_pages + (form % 2) * 3;
+      c.ld = c.cols + (form % 4 >= 2 ? 5 : 0);
+      c.extra_rows = form % 2 ? 13 : 0;
+      c.table64 = form & 1;
+      c.lens64 = (form >> 1) & 1;
+      c.cu_form = (form >> 2) & 1;
+      run_batch_gather(backend(), exec(), rng, c, 200);
+    }
+  }
+}
+
+TEST_P(IndexCacheTest, GatherBatchSpecCaseU5) {
+  auto rng = make_rng(8);
+  // indexer-cache.md §8 U5: seq_lens [256,267,215,32,129] over a 5x5 table, 128 pages.
+  BatchCase c{{256, 267, 215, 32, 129}, 5, 5, 4, false, true, false};
+  run_batch_gather(backend(), exec(), rng, c, 128);
+}
+
+TEST_P(IndexCacheTest, GatherBatchLongContexts) {
+  auto rng = make_rng(9);
+  BatchCase one{{131073}, 2049, 2051, 64, false, false, false};
+  run_batch_gather(backend(), exec(), rng, one, 2100);
+  BatchCase many{{65537, 0, 70000, 1, 65535}, 1100, 1100, 0, true, true, true};
+  run_batch_gather(backend(), exec(), rng, many, 1200);
+}
+
+// Pool beyond 4 GiB: slots and pages whose byte offsets pass 2^31 and 2^32,
+// addressed through int32 page tables (the upstream overflow).
+TEST_P(IndexCacheTest, PoolLargerThan4GiB) {
+  const int64_t pages = 520000;  // 4.39 GB
+  auto rng = make_rng(10);
+  support::Buffer big(backend(), static_cast<size_t>(pages * L::kBytesPerPage));
+  // Only the last pages are used: poison and mirror those.
+  const int64_t tail_pages = 8, first = pages - tail_pages;
+  const size_t tail_off = static_cast<size_t>(first * L::kBytesPerPage);
+  auto tail = random_bytes(rng, static_cast<size_t>(tail_pages * L::kBytesPerPage));
+  big.upload(tail.data(), tail.size(), tail_off);
+  IndexCache cache{big.as<uint8_t>(), pages};
+  IndexCache shadow{tail.data(), tail_pages};  // reference on the tail with shifted slots
+
+  const int64_t n = 200;
+  auto k = random_bf16(rng, n, 128);
+  std::vector<int64_t> slots(n), shadow_slots(n);
+  for (int64_t t = 0; t < n; ++t) {
+    shadow_slots[t] = (t * 37) % (tail_pages * 64);
+    slots[t] = shadow_slots[t] + first * 64;
+  }
+  ASSERT_GT(slots[0] * 132, int64_t{1} << 31);
+  auto k_dev = to_backend(backend(), k);
+  auto s_dev = to_backend(backend(), slots);
+  quantize_and_store_k(exec(), cache, k_dev.as<uint16_t>(), n, 128, s_dev.as<int64_t>(), ScaleMode::kUe8m0);
+  reference::quantize_and_store_k(shadow, k.data(), n, 128, shadow_slots.data(), ScaleMode::kUe8m0);
+  std::vector<uint8_t> got(tail.size());
+  big.download(got.data(), got.size(), tail_off);
+  NSA_EXPECT_BYTES_EQ(got, tail);
+
+  // Gather the tail pages back through an int32 table (two requests) and an int64 page list.
+  std::vector<int32_t> table = {static_cast<int32_t>(pages - 1), static_cast<int32_t>(first),
+                                static_cast<int32_t>(pages - 2), static_cast<int32_t>(first + 1)};
+  std::vector<int32_t> shadow_table = {tail_pages - 1, 0, tail_pages - 2, 1};
+  std::vector<int32_t> lens = {100, 65};
+  auto t_dev = to_backend(backend(), table);
+  auto l_dev = to_backend(backend(), lens);
+  PagedBatch batch{2, Indices(l_dev.as<int32_t>()), Indices(), Indices(t_dev.as<int32_t>()), 2, 2};
+  support::Buffer ok(backend(), 165 * 128), os(backend(), 165 * 4);
+  gather_k_and_s(exec(), cache, batch, ok.as<uint8_t>(), os.as<float>(), 165);
+  std::vector<uint8_t> ek(165 * 128), es(165 * 4);
+  PagedBatch host_batch{2, Indices(lens.data()), Indices(), Indices(shadow_table.data()), 2, 2};
+  reference::gather_k_and_s(shadow, host_batch, ek.data(), reinterpret_cast<float*>(es.data()));
+  NSA_EXPECT_BYTES_EQ(ok.to_host(), ek);
+  NSA_EXPECT_BYTES_EQ(os.to_host(), es);
+
+  std::vector<int64_t> ids = {pages - 1, first + 3};
+  std::vector<int64_t> shadow_ids = {tail_pages - 1, 3};
+  auto i_dev = to_backend(backend(), ids);
+  support::Buffer gk(backend(), 128 * 128), gs(backend(), 128 * 4);
+  gather_k(exec(), cache, 128, i_dev.as<int64_t>(), gk.as<uint8_t>());
+  gather_s(exec(), cache, 128, i_dev.as<int64_t>(), gs.as<float>());
+  std::vector<uint8_t> egk(128 * 128), egs(128 * 4);
+  reference::gather_k(shadow, 128, shadow_ids.data(), egk.data());
+  reference::gather_s(shadow, 128, shadow_ids.data(), reinterpret_cast<float*>(egs.data()));
+  NSA_EXPECT_BYTES_EQ(gk.to_host(), egk);
+  NSA_EXPECT_BYTES_EQ(gs.to_host(), egs);
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, IndexCacheTest, ::testing::ValuesIn(all_backends()), backend_name);
+
+// ------------------------------------ validation ------------------------------------
+
+// Every failed check throws nsa::Error naming the argument, before anything is written.
+template <class Fn>
+void expect_invalid(Fn&& fn, const std::string& arg, ErrorCode code = ErrorCode::kInvalidArgument) {
+  try {
+    fn();
+    ADD_FAILURE() << "expected nsa::Error for argument " << arg;
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), code) << e.what();
+    EXPECT_NE(std::string(e.what()).find(arg), std::string::npos) << e.what();
+    if (code == ErrorCode::kInvalidArgument) {
+      EXPECT_NE(std::string(e.what()).find("expected"), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("got"), std::string::npos) << e.what();
+    }
+  }
+}
+
+TEST(IndexCacheValidation, EveryCheckNamesItsArgumentAndWritesNothing) {
+  auto rng = make_rng(11);
+  const Exec cpu = Exec::cpu();
+  std::vector<uint8_t> pool = random_bytes(rng, 2 * 8448);
+  const auto pool_before = pool;
+  IndexCache cache{pool.data(), 2};
+  std::vector<uint16_t> k(2 * 128, 0x3f80);
+  std::vector<uint8_t> k8(2 * 128, 1);
+  std::vector<float> sc(2, 1.0f);
+  std::vector<int64_t> slots = {0, 5};
+  std::vector<int32_t> ids = {1, 0}, lens = {3, 4};
+  std::vector<uint8_t> out_k(8 * 128, kPoison);
+  std::vector<float> out_s(8, 0.5f);
+  const auto out_k_before = out_k;
+
+  expect_invalid([&] { quantize_and_store_k(cpu, {nullptr, 2}, k.data(), 2, 128, slots.data(), ScaleMode::kFp32); }, "cache.data");
+  expect_invalid([&] { quantize_and_store_k(cpu, {pool.data(), 0}, k.data(), 2, 128, slots.data(), ScaleMode::kFp32); }, "cache.num_pages");
+  expect_invalid([&] { quantize_and_store_k(cpu, {pool.data(), int64_t{1} << 62}, k.data(), 2, 128, slots.data(), ScaleMode::kFp32); }, "cache.num_pages");
+  expect_invalid([&] { quantize_and_store_k(cpu, cache, k.data(), -1, 128, slots.data(), ScaleMode::kFp32); }, "'n'");
+  expect_invalid([&] { quantize_and_store_k(cpu, cache, k.data(), 2, 127, slots.data(), ScaleMode::kFp32); }, "k_ld");
+  expect_invalid([&] { quantize_and_store_k(cpu, cache, nullptr, 2, 128, slots.data(), ScaleMode::kFp32); }, "'k'");
+  expect_invalid([&] { quantize_and_store_k(cpu, cache, k.data(), 2, 128, nullptr, ScaleMode::kFp32); }, "slots");
+  expect_invalid([&] { quantize_and_store_k(cpu, cache, k.data(), 2, 128, slots.data(), static_cast<ScaleMode>(7)); }, "mode");
+  expect_invalid([&] { quantize_and_store_k(Exec{Backend::kCpu, nullptr, -2}, cache, k.data(), 2, 128, slots.data(), ScaleMode::kFp32); }, "cpu_threads");
+  expect_invalid([&] { store_k_and_s(cpu, cache, k8.data(), 2, 100, sc.data(), slots.data()); }, "k_ld");
+  expect_invalid([&] { store_k_and_s(cpu, cache, k8.data(), 2, 128, nullptr, slots.data()); }, "scale");
+  expect_invalid([&] { store_k_and_s(cpu, cache, k8.data(), 2, 128, sc.data(), nullptr); }, "slots");
+  expect_invalid([&] { store_k_and_s(cpu, cache, nullptr, 2, 128, sc.data(), slots.data()); }, "'k'");
+  expect_invalid([&] { gather_k(cpu, cache, -1, ids.data(), out_k.data()); }, "length");
+  expect_invalid([&] { gather_k(cpu, cache, 5, Indices(), out_k.data()); }, "page_ids");
+  expect_invalid([&] { gather_k(cpu, cache, 5, ids.data(), nullptr); }, "out_k");
+  expect_invalid([&] { gather_s(cpu, cache, 5, ids.data(), nullptr); }, "out_s");
+
+  PagedBatch good{2, Indices(lens.data()), Indices(), Indices(ids.data()), 1, 1};
+  auto with = [&](auto mutate) {
+    PagedBatch b = good;
+    mutate(b);
+    return b;
+  };
+  expect_invalid([&] { gather_k_and_s(cpu, cache, with([](PagedBatch& b) { b.batch_size = -1; }), out_k.data(), out_s.data(), 8); }, "batch.batch_size");
+  expect_invalid([&] { gather_k_and_s(cpu, cache, with([](PagedBatch& b) { b.seq_lens = Indices(); }), out_k.data(), out_s.data(), 8); }, "batch.seq_lens/batch.cu_seq_lens");
+  expect_invalid([&] { gather_k_and_s(cpu, cache, with([&](PagedBatch& b) { b.cu_seq_lens = Indices(lens.data()); }), out_k.data(), out_s.data(), 8); }, "batch.seq_lens/batch.cu_seq_lens");
+  expect_invalid([&] { gather_k_and_s(cpu, cache, with([](PagedBatch& b) { b.page_table = Indices(); }), out_k.data(), out_s.data(), 8); }, "batch.page_table");
+  expect_invalid([&] { gather_k_and_s(cpu, cache, with([](PagedBatch& b) { b.table_cols = -1; }), out_k.data(), out_s.data(), 8); }, "batch.table_cols");
+  expect_invalid([&] { gather_k_and_s(cpu, cache, with([](PagedBatch& b) { b.table_ld = 0; }), out_k.data(), out_s.data(), 8); }, "batch.table_ld");
+  expect_invalid([&] { gather_k_and_s(cpu, cache, good, out_k.data(), out_s.data(), -1); }, "out_capacity");
+  expect_invalid([&] { gather_k_and_s(cpu, cache, good, nullptr, out_s.data(), 8); }, "out_k");
+  expect_invalid([&] { gather_k_and_s(cpu, cache, good, out_k.data(), nullptr, 8); }, "out_s");
+  if (!cuda_built()) {
+    expect_invalid([&] { gather_k(Exec::cuda(), cache, 5, ids.data(), out_k.data()); }, "cuda", ErrorCode::kUnsupported);
+  } else {
+    // Alignment is checked on the host, before any device access.
+    expect_invalid([&] { gather_k(Exec::cuda(), {pool.data() + 1, 1}, 5, ids.data(), out_k.data()); }, "cache.data");
+    expect_invalid([&] { gather_k(Exec::cuda(), cache, 5, ids.data(), out_k.data() + 1); }, "out_k");
+  }
+  EXPECT_EQ(pool, pool_before);
+  EXPECT_EQ(out_k, out_k_before);
+  for (float s : out_s) EXPECT_EQ(s, 0.5f);
+
+  // Empty work is valid with null pointers (torch gives null data for empty tensors).
+  quantize_and_store_k(cpu, cache, nullptr, 0, 128, nullptr, ScaleMode::kFp32);
+  gather_k(cpu, cache, 0, Indices(), nullptr);
+  gather_k_and_s(cpu, cache, PagedBatch{}, nullptr, nullptr, 0);
+  EXPECT_EQ(pool, pool_before);
+}
+
+TEST(IndexCacheLayoutTest, SpecWorkedExamples) {
+  // indexer-cache.md §2 worked examples.
+  EXPECT_EQ(L::k_offset(0), 0);
+  EXPECT_EQ(L::scale_offset(0), 8192);
+  EXPECT_EQ(L::k_offset(63), 8064);
+  EXPECT_EQ(L::scale_offset(63), 8444);
+  EXPECT_EQ(L::k_offset(64), 8448);
+  EXPECT_EQ(L::scale_offset(64), 16640);
+  EXPECT_EQ(L::k_offset(200), 26368);
+  EXPECT_EQ(L::scale_offset(200), 33568);
+  EXPECT_EQ(L::k_offset(4100), 541184);
+  EXPECT_EQ(L::scale_offset(4100), 548880);
+  EXPECT_EQ(L::k_offset(16268816), int64_t{2147483648});
+  EXPECT_EQ(L::scale_offset(16268816), int64_t{2147489856});
+}
+
+}  // namespace
+}  // namespace test
+}  // namespace nsa

@@ -1,0 +1,90 @@
+// Shared helpers of the C++ tests: backends to run, random data, poisoning.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <ostream>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "buffer.h"
+#include "nsa/common.h"
+
+namespace nsa {
+// Readable test names in ctest ("GetParam() = cuda" instead of raw bytes).
+inline void PrintTo(Backend b, std::ostream* os) { *os << to_string(b); }
+
+namespace test {
+
+// Every op test runs once per backend; the CUDA instance skips (visibly) without a device.
+inline std::vector<Backend> all_backends() { return {Backend::kCpu, Backend::kCuda}; }
+inline std::string backend_name(const ::testing::TestParamInfo<Backend>& info) { return to_string(info.param); }
+
+#define NSA_SKIP_WITHOUT_BACKEND(backend)                                                  \
+  do {                                                                                     \
+    if ((backend) == ::nsa::Backend::kCuda && !::nsa::support::cuda_device_available())   \
+      GTEST_SKIP() << "no CUDA device (or CUDA backend not built): GPU test not run";     \
+  } while (0)
+
+inline Exec exec_for(Backend b) { return b == Backend::kCpu ? Exec::cpu() : Exec::cuda(); }
+
+// A fresh seed per test run, printed so a failure can be replayed (NSA_TEST_SEED).
+inline uint64_t test_seed() {
+  static const uint64_t seed = [] {
+    const char* env = std::getenv("NSA_TEST_SEED");
+    const uint64_t s = env ? std::strtoull(env, nullptr, 10) : std::random_device{}();
+    std::printf("[ nsa seed ] NSA_TEST_SEED=%llu\n", static_cast<unsigned long long>(s));
+    return s;
+  }();
+  return seed;
+}
+
+inline std::mt19937_64 make_rng(uint64_t salt = 0) { return std::mt19937_64(test_seed() * 0x9E3779B97F4A7C15ull + salt); }
+
+template <class T>
+std::vector<T> random_ints(std::mt19937_64& rng, size_t n, int64_t lo, int64_t hi) {
+  std::uniform_int_distribution<int64_t> d(lo, hi);
+  std::vector<T> v(n);
+  for (auto& x : v) x = static_cast<T>(d(rng));
+  return v;
+}
+
+inline std::vector<uint8_t> random_bytes(std::mt19937_64& rng, size_t n) {
+  std::vector<uint8_t> v(n);
+  for (size_t i = 0; i < n; i += 8) {
+    const uint64_t r = rng();
+    for (size_t j = 0; j < 8 && i + j < n; ++j) v[i + j] = static_cast<uint8_t>(r >> (8 * j));
+  }
+  return v;
+}
+
+// Uploads host data into a new buffer of the backend.
+template <class T>
+support::Buffer to_backend(Backend b, const std::vector<T>& v) {
+  support::Buffer buf(b, v.size() * sizeof(T));
+  buf.upload(v);
+  return buf;
+}
+
+// Index of the first differing byte, or -1.
+inline int64_t first_mismatch(const std::vector<uint8_t>& a, const std::vector<uint8_t>& b) {
+  if (a.size() != b.size()) return 0;
+  for (size_t i = 0; i < a.size(); ++i)
+    if (a[i] != b[i]) return static_cast<int64_t>(i);
+  return -1;
+}
+
+#define NSA_EXPECT_BYTES_EQ(actual, expected)                                                          \
+  do {                                                                                                 \
+    const int64_t nsa_mm_ = ::nsa::test::first_mismatch((actual), (expected));                         \
+    EXPECT_EQ(nsa_mm_, -1) << "first differing byte at " << nsa_mm_ << " of " << (expected).size(); \
+  } while (0)
+
+constexpr uint8_t kPoison = 0xA5;
+
+}  // namespace test
+}  // namespace nsa
