@@ -4,4 +4,5 @@
 
 #include "nsa/common.h"
 #include "nsa/index_cache.h"
+#include "nsa/metadata.h"
 #include "nsa/version.h"
