@@ -1,0 +1,29 @@
+// Upstream-style baselines of the index-cache ops, kept only to measure
+// against (benchmarks and `nsa bench`); they are not part of the library.
+// They mimic the shapes of today's upstream paths, not their code:
+//   - gather: one CTA per output token (SGLang PR #13812 style), the request of
+//     each token found by binary search over cu_seq_lens;
+//   - store: quantize (act_quant) into a staging buffer, then SetKAndS: two launches.
+#pragma once
+
+#include <cstdint>
+
+#include <cuda_runtime.h>
+
+#include "nsa/common.h"
+
+namespace nsa {
+namespace baseline {
+
+cudaError_t gather_k_and_s_per_token(const uint8_t* cache, const int32_t* page_table, int64_t table_ld,
+                                     const int64_t* cu_seq_lens, int64_t batch, int64_t total_tokens,
+                                     uint8_t* out_k, float* out_s, nsa::cudaStream stream);
+
+cudaError_t quantize_k(const uint16_t* k, int64_t n, int64_t k_ld, bool ue8m0, uint8_t* k_fp8, float* scale,
+                       nsa::cudaStream stream);
+
+cudaError_t set_k_and_s(uint8_t* cache, const uint8_t* k_fp8, const float* scale, const int64_t* slots, int64_t n,
+                        nsa::cudaStream stream);
+
+}  // namespace baseline
+}  // namespace nsa

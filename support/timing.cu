@@ -1,0 +1,163 @@
+#include "timing.h"
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <chrono>
+#include <stdexcept>
+#include <vector>
+
+namespace nsa {
+namespace support {
+
+namespace {
+
+void check(cudaError_t err, const char* what) {
+  if (err != cudaSuccess) throw Error(ErrorCode::kCudaError, std::string("timing: ") + what + ": " + cudaGetErrorString(err));
+}
+
+__global__ void empty_kernel() {}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+constexpr int kSamples = 7;
+constexpr double kSampleTargetUs = 4000.0;  // aim for ~4 ms of GPU work per sample
+
+struct Stream {
+  cudaStream_t s = nullptr;
+  Stream() { check(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "cudaStreamCreate"); }
+  ~Stream() { (void)cudaStreamDestroy(s); }
+};
+
+struct Events {
+  cudaEvent_t a = nullptr, b = nullptr;
+  Events() {
+    check(cudaEventCreate(&a), "cudaEventCreate");
+    check(cudaEventCreate(&b), "cudaEventCreate");
+  }
+  ~Events() {
+    (void)cudaEventDestroy(a);
+    (void)cudaEventDestroy(b);
+  }
+  double elapsed_us() {
+    check(cudaEventSynchronize(b), "cudaEventSynchronize");
+    float ms = 0;
+    check(cudaEventElapsedTime(&ms, a, b), "cudaEventElapsedTime");
+    return ms * 1000.0;
+  }
+};
+
+struct Graph {
+  cudaGraphExec_t exec = nullptr;
+  Graph(const Launch& launch, int per_graph, cudaStream_t s) {
+    cudaGraph_t g = nullptr;
+    check(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture");
+    try {
+      for (int i = 0; i < per_graph; ++i) launch(reinterpret_cast<cudaStream>(s));
+    } catch (...) {
+      (void)cudaStreamEndCapture(s, &g);
+      if (g) (void)cudaGraphDestroy(g);
+      throw;
+    }
+    check(cudaStreamEndCapture(s, &g), "cudaStreamEndCapture");
+    check(cudaGraphInstantiate(&exec, g, 0), "cudaGraphInstantiate");
+    (void)cudaGraphDestroy(g);
+  }
+  ~Graph() {
+    if (exec) (void)cudaGraphExecDestroy(exec);
+  }
+};
+
+}  // namespace
+
+double graph_time_us(const Launch& launch, int per_graph) {
+  Stream stream;
+  Graph graph(launch, per_graph, stream.s);
+  Events ev;
+  // Warm up and estimate, then size each sample to ~kSampleTargetUs.
+  check(cudaGraphLaunch(graph.exec, stream.s), "cudaGraphLaunch");
+  check(cudaEventRecord(ev.a, stream.s), "cudaEventRecord");
+  check(cudaGraphLaunch(graph.exec, stream.s), "cudaGraphLaunch");
+  check(cudaEventRecord(ev.b, stream.s), "cudaEventRecord");
+  const double once = std::max(ev.elapsed_us(), 1.0);
+  const int replays = static_cast<int>(std::clamp(kSampleTargetUs / once, 2.0, 2000.0));
+  std::vector<double> samples;
+  for (int s = 0; s < kSamples; ++s) {
+    check(cudaEventRecord(ev.a, stream.s), "cudaEventRecord");
+    for (int r = 0; r < replays; ++r) check(cudaGraphLaunch(graph.exec, stream.s), "cudaGraphLaunch");
+    check(cudaEventRecord(ev.b, stream.s), "cudaEventRecord");
+    samples.push_back(ev.elapsed_us() / (static_cast<double>(replays) * per_graph));
+  }
+  check(cudaGetLastError(), "graph replay");
+  return median(samples);
+}
+
+EagerTiming eager_time(const Launch& launch, int iters) {
+  Stream stream;
+  Events ev;
+  const auto s = reinterpret_cast<cudaStream>(stream.s);
+  for (int i = 0; i < 10; ++i) launch(s);  // warm-up
+  check(cudaStreamSynchronize(stream.s), "cudaStreamSynchronize");
+  std::vector<double> host, gpu;
+  for (int k = 0; k < kSamples; ++k) {
+    check(cudaEventRecord(ev.a, stream.s), "cudaEventRecord");
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < iters; ++i) launch(s);
+    const auto t1 = std::chrono::steady_clock::now();
+    check(cudaEventRecord(ev.b, stream.s), "cudaEventRecord");
+    gpu.push_back(ev.elapsed_us() / iters);
+    host.push_back(std::chrono::duration<double, std::micro>(t1 - t0).count() / iters);
+  }
+  check(cudaGetLastError(), "eager launches");
+  return {median(host), median(gpu)};
+}
+
+double copy_time_us(size_t bytes, int per_graph) {
+  void *src = nullptr, *dst = nullptr;
+  check(cudaMalloc(&src, std::max<size_t>(bytes, 16)), "cudaMalloc");
+  check(cudaMalloc(&dst, std::max<size_t>(bytes, 16)), "cudaMalloc");
+  check(cudaMemset(src, 0x5a, std::max<size_t>(bytes, 16)), "cudaMemset");
+  double us = 0;
+  try {
+    us = graph_time_us(
+        [&](cudaStream s) {
+          check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, reinterpret_cast<cudaStream_t>(s)),
+                "cudaMemcpyAsync");
+        },
+        per_graph);
+  } catch (...) {
+    (void)cudaFree(src);
+    (void)cudaFree(dst);
+    throw;
+  }
+  check(cudaFree(src), "cudaFree");
+  check(cudaFree(dst), "cudaFree");
+  return us;
+}
+
+DeviceLimits measure_device_limits() {
+  DeviceLimits lim;
+  int device = 0;
+  check(cudaGetDevice(&device), "cudaGetDevice");
+  cudaDeviceProp prop{};
+  check(cudaGetDeviceProperties(&prop, device), "cudaGetDeviceProperties");
+  lim.device = prop.name;
+  lim.sm_count = prop.multiProcessorCount;
+  const size_t big = size_t{1} << 30;  // 1 GiB each way: far beyond L2
+  lim.copy_gbps = 2.0 * static_cast<double>(big) / (copy_time_us(big, 2) * 1e3);
+  const Launch empty = [](cudaStream s) {
+    empty_kernel<<<1, 32, 0, reinterpret_cast<cudaStream_t>(s)>>>();
+    check(cudaGetLastError(), "empty kernel launch");
+  };
+  lim.empty_kernel_graph_us = graph_time_us(empty, 100);
+  const EagerTiming eager = eager_time(empty, 1000);
+  lim.empty_kernel_eager_us = eager.gpu_us;
+  lim.empty_launch_host_us = eager.host_us;
+  return lim;
+}
+
+}  // namespace support
+}  // namespace nsa

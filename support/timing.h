@@ -1,0 +1,50 @@
+// Timing harness shared by the benchmarks and `nsa bench`. GPU times come
+// from CUDA events around CUDA-graph replays (many launches per graph, so
+// launch gaps vanish) or around eager launch loops; host times from a steady
+// clock around the calls (no sync inside the loop). Every figure is the
+// median of several samples.
+#pragma once
+
+#include <cstddef>
+#include <functional>
+#include <string>
+
+#include "nsa/common.h"
+
+namespace nsa {
+namespace support {
+
+// The physical limits of this device, measured in the same run as the ops.
+struct DeviceLimits {
+  std::string device;
+  int sm_count = 0;
+  double copy_gbps = 0;              // large D2D cudaMemcpyAsync, bytes read + written per second
+  double empty_kernel_graph_us = 0;  // GPU time per empty kernel inside a graph
+  double empty_kernel_eager_us = 0;  // GPU time per eagerly launched empty kernel (events / count)
+  double empty_launch_host_us = 0;   // host time of one eager <<<>>> launch of an empty kernel
+};
+DeviceLimits measure_device_limits();
+
+using Launch = std::function<void(cudaStream)>;
+
+// GPU microseconds per call of `launch` when captured `per_graph` times into
+// one graph and replayed. `launch` must only enqueue work on the stream.
+double graph_time_us(const Launch& launch, int per_graph = 20);
+
+// Eager calls: host microseconds per call (enqueue cost) and GPU microseconds
+// per call (events around the whole loop / iterations).
+struct EagerTiming {
+  double host_us = 0;
+  double gpu_us = 0;
+};
+EagerTiming eager_time(const Launch& launch, int iters = 200);
+
+// GPU time of a plain contiguous device-to-device cudaMemcpyAsync of `bytes`,
+// timed like graph_time_us (the "same bytes" copy baseline).
+double copy_time_us(size_t bytes, int per_graph = 20);
+
+// Wall-clock microseconds per call of a host function (median of samples).
+double cpu_time_us(const std::function<void()>& fn, int min_iters = 3);
+
+}  // namespace support
+}  // namespace nsa
