@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# GPU check: the only producer of docs/gpu-report.md.
+#
+# On a machine with an NVIDIA GPU it runs every C++ test binary, the GPU tests
+# again under compute-sanitizer (memcheck, racecheck, initcheck, synccheck),
+# the CLI self-test, the Python tests (when the extension was built), the
+# benchmarks and `nsa bench`, then writes the report from the logs and JSON.
+#
+#   scripts/gpu-check.sh [--build-dir DIR] [--results DIR] [--report FILE]
+#
+# The build folder may come from another machine (scripts/build-for-gpu.sh
+# builds one with a static CUDA runtime and records the commit in it); without
+# one the script configures and builds here (needs GoogleTest).
+set -uo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+build="$root/build-gpu"
+results="${OUT:-$root/gpu-results}"
+report="$root/docs/gpu-report.md"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --build-dir) build=$2; shift 2 ;;
+    --results) results=$2; shift 2 ;;
+    --report) report=$2; shift 2 ;;
+    *) echo "usage: $0 [--build-dir DIR] [--results DIR] [--report FILE]" >&2; exit 2 ;;
+  esac
+done
+mkdir -p "$results"
+log() { echo "[gpu-check $(date +%H:%M:%S)] $*"; }
+
+if ! command -v nvidia-smi >/dev/null || ! nvidia-smi -L >/dev/null 2>&1; then
+  echo "gpu-check: no NVIDIA GPU visible (nvidia-smi failed); nothing to check" >&2
+  exit 1
+fi
+
+if [ ! -x "$build/tests/cpp/index_cache_test" ]; then
+  log "no prebuilt binaries in $build: configuring and building"
+  cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release >"$results/build.log" 2>&1 &&
+    cmake --build "$build" -j >>"$results/build.log" 2>&1 || { echo "build failed, see $results/build.log" >&2; exit 1; }
+fi
+
+# Facts about the machine and the code under test.
+{
+  echo "date=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  echo "commit=$(cat "$build/COMMIT" 2>/dev/null || git -C "$root" rev-parse HEAD 2>/dev/null || echo unknown)"
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader | head -1 | sed 's/^/gpu=/'
+  echo "cuda_runtime=$(nvidia-smi | sed -n 's/.*CUDA Version: \([0-9.]*\).*/\1/p' | head -1)"
+  echo "sanitizer=$(compute-sanitizer --version 2>/dev/null | grep -o 'Version [^ ]*' | head -1)"
+} >"$results/facts.txt"
+cat "$results/facts.txt"
+
+status=0
+run_step() {  # run_step NAME TIMEOUT_S CMD...   (logs to $results/NAME.log, records the exit code)
+  local name=$1 limit=$2; shift 2
+  log "$name"
+  timeout "$limit" "$@" >"$results/$name.log" 2>&1
+  local rc=$?
+  echo "$name $rc" >>"$results/steps.txt"
+  [ $rc -eq 0 ] || { status=1; log "$name FAILED (exit $rc)"; }
+}
+: >"$results/steps.txt"
+
+tests=$(ls "$build"/tests/cpp/*_test 2>/dev/null)
+for t in $tests; do
+  n=$(basename "$t")
+  run_step "test_$n" 300 "$t" --gtest_output="json:$results/test_$n.json"
+done
+
+# Only the CUDA instances under the sanitizers (the CPU ones do not touch the GPU).
+gpu_filter='*/cuda:*Cuda*:*CUDA*:*Graph*'
+for tool in memcheck racecheck initcheck synccheck; do
+  for t in $tests; do
+    n=$(basename "$t")
+    # memcheck covers every GPU test; the slower tools skip the biggest cases
+    # (the >4 GiB pool, the longest contexts, the 1000-replay graph loops).
+    filter="$gpu_filter"
+    [ "$tool" = memcheck ] || filter="$gpu_filter:-*4GiB*:*Long*:*Replay*"
+    run_step "sanitizer_${tool}_$n" 420 compute-sanitizer --tool "$tool" --error-exitcode 86 \
+      --print-limit 20 "$t" --gtest_filter="$filter"
+  done
+done
+
+cli="$build/tools/nsa/nsa"
+if [ -x "$cli" ]; then
+  run_step cli_info 60 "$cli" info
+  run_step cli_selftest 300 "$cli" selftest
+  run_step cli_bench 420 "$cli" bench --json "$results/nsa_bench.json"
+fi
+
+for b in "$build"/bench/*_bench; do
+  [ -x "$b" ] || continue
+  n=$(basename "$b")
+  run_step "bench_$n" 420 "$b" --json "$results/$n.json"
+done
+
+pymod=$(ls "$build"/python/nsa/_nsa*.so "$build"/python/_nsa*.so 2>/dev/null | head -1)
+if [ -n "$pymod" ] && command -v python3 >/dev/null; then
+  export PYTHONPATH="$(dirname "$pymod"):$root/python:${PYTHONPATH:-}"
+  run_step python_tests 420 python3 -m pytest -q "$root/tests/python" -rs
+  [ -f "$root/python/bench_overhead.py" ] && run_step python_overhead 300 python3 "$root/python/bench_overhead.py" --json "$results/python_overhead.json"
+fi
+
+python3 "$root/scripts/gpu_report.py" "$results" >"$report" && cp "$report" "$results/gpu-report.md"
+log "report written to $report (overall status $status)"
+exit $status

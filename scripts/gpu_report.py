@@ -1,0 +1,117 @@
+#!/usr/bin/env python3
+"""Writes docs/gpu-report.md from the results folder of scripts/gpu-check.sh.
+
+Only this script writes the report: every number in it comes from a log or
+JSON file that the check produced in the same run.
+"""
+import glob
+import json
+import os
+import re
+import sys
+
+
+def read(path, default=""):
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except OSError:
+        return default
+
+
+def gtest_rows(path):
+    """(test name, PASS/FAIL/SKIP, seconds) for every test of a gtest JSON file."""
+    data = json.loads(read(path, "{}") or "{}")
+    rows = []
+    for suite in data.get("testsuites", []):
+        for case in suite.get("testsuite", []):
+            name = f"{suite['name']}.{case['name']}"
+            if case.get("failures"):
+                verdict = "FAIL"
+            elif case.get("result") == "SKIPPED" or case.get("status") == "NOTRUN":
+                verdict = "SKIP"
+            else:
+                verdict = "PASS"
+            rows.append((name, verdict, case.get("time", "")))
+    return rows
+
+
+def main():
+    results = sys.argv[1]
+    facts = dict(line.split("=", 1) for line in read(os.path.join(results, "facts.txt")).splitlines() if "=" in line)
+    steps = [line.split() for line in read(os.path.join(results, "steps.txt")).splitlines() if line.strip()]
+    out = []
+    w = out.append
+    w("# GPU report")
+    w("")
+    w("Written by `scripts/gpu-check.sh` (via `scripts/gpu_report.py`); do not edit by hand.")
+    w("")
+    w(f"- GPU: {facts.get('gpu', 'unknown')} (name, driver, memory, max SM clock)")
+    w(f"- CUDA (driver): {facts.get('cuda_runtime', '?')}; compute-sanitizer: {facts.get('sanitizer', '?')}")
+    w(f"- date: {facts.get('date', '?')}")
+    w(f"- commit: {facts.get('commit', '?')}")
+    w("")
+    w("## Steps")
+    w("")
+    w("| step | exit code | verdict |")
+    w("|---|---|---|")
+    for name, rc in steps:
+        w(f"| {name} | {rc} | {'ok' if rc == '0' else ('TIMEOUT' if rc == '124' else 'FAILED')} |")
+    w("")
+
+    w("## C++ tests (every test of every binary)")
+    w("")
+    for path in sorted(glob.glob(os.path.join(results, "test_*.json"))):
+        rows = gtest_rows(path)
+        counts = {v: sum(1 for r in rows if r[1] == v) for v in ("PASS", "FAIL", "SKIP")}
+        w(f"### {os.path.basename(path)[5:-5]}: {counts['PASS']} passed, {counts['FAIL']} failed, {counts['SKIP']} skipped")
+        w("")
+        w("| test | result | time |")
+        w("|---|---|---|")
+        for name, verdict, t in rows:
+            w(f"| {name} | {verdict} | {t} |")
+        w("")
+
+    w("## compute-sanitizer")
+    w("")
+    w("| tool / binary | error summary | exit code |")
+    w("|---|---|---|")
+    rc_of = dict((n, rc) for n, rc in steps)
+    for path in sorted(glob.glob(os.path.join(results, "sanitizer_*.log"))):
+        name = os.path.basename(path)[:-4]
+        text = read(path)
+        summary = re.findall(r"ERROR SUMMARY: .*|RACECHECK SUMMARY: .*", text)
+        ran = re.findall(r"\[  PASSED  \] (\d+) test", text)
+        w(f"| {name[10:]} | {'; '.join(summary) or 'no summary'} ({ran[0] if ran else '?'} tests passed) | {rc_of.get(name, '?')} |")
+    w("")
+
+    for title, name in (("nsa info", "cli_info"), ("nsa selftest", "cli_selftest"), ("nsa bench (default scenario)", "cli_bench")):
+        text = read(os.path.join(results, name + ".log"))
+        if text:
+            w(f"## {title}")
+            w("")
+            w("```")
+            w(text.rstrip())
+            w("```")
+            w("")
+    for path in sorted(glob.glob(os.path.join(results, "bench_*.log"))):
+        w(f"## {os.path.basename(path)[6:-4]}")
+        w("")
+        w("```")
+        w(read(path).rstrip())
+        w("```")
+        w("")
+    for title, name in (("Python tests", "python_tests"), ("Python call overhead", "python_overhead")):
+        text = read(os.path.join(results, name + ".log"))
+        if text:
+            w(f"## {title}")
+            w("")
+            w("```")
+            w(text.rstrip()[-6000:])
+            w("```")
+            w("")
+    print("\n".join(out))
+
+
+if __name__ == "__main__":
+    main()
