@@ -1,13 +1,24 @@
 #!/usr/bin/env bash
 # Builds everything the GPU check needs on a machine without a GPU (nvcc and
-# GoogleTest here; the GPU machine has neither GoogleTest nor network), with
-# the CUDA runtime linked statically, into build-gpu/ and records the commit.
-# Carry build-gpu to the GPU machine and run scripts/gpu-check.sh there.
+# GoogleTest are here; the GPU machine has no GoogleTest and no network), with
+# the CUDA runtime linked statically, then stages only the binaries into
+# .gpu-bin/ (small enough to carry) with the commit they were built from.
+#
+#   scripts/build-for-gpu.sh [extra cmake -D options]
+# then, on the GPU machine:  scripts/gpu-check.sh --build-dir .gpu-bin
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-build="${1:-$root/build-gpu}"
-cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DNSA_CUDA=ON -DNSA_BUILD_PYTHON=OFF >/dev/null
+build="$root/build-gpu"
+stage="$root/.gpu-bin"
+cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DNSA_CUDA=ON "$@" >/dev/null
 cmake --build "$build" -j "$(nproc)"
-git -C "$root" rev-parse HEAD >"$build/COMMIT"
-git -C "$root" diff --quiet HEAD || echo "$(cat "$build/COMMIT")+uncommitted" >"$build/COMMIT"
-echo "built $build for commit $(cat "$build/COMMIT")"
+rm -rf "$stage"
+mkdir -p "$stage"
+(cd "$build" && find . -type f -perm -u+x \( -path './tests/*' -o -path './bench/*' -o -path './tools/*' \) \
+   ! -path '*/CMakeFiles/*' -exec cp --parents {} "$stage" \;)
+(cd "$build" && find . -name '_nsa*.so' ! -path '*/CMakeFiles/*' -exec cp --parents {} "$stage" \;) || true
+commit=$(git -C "$root" rev-parse HEAD)
+git -C "$root" diff --quiet HEAD || commit="$commit+uncommitted"
+echo "$commit" >"$stage/COMMIT"
+du -sh "$stage"
+echo "staged $stage for commit $commit"
