@@ -1,0 +1,38 @@
+"""NSA Runtime: the runtime data path of DeepSeek Sparse Attention serving.
+
+Ops take any DLPack-capable arrays (torch CPU/CUDA tensors zero-copy, numpy,
+cupy). Outputs are passed in (``out=``) or allocated with the caller's own
+framework. CUDA work runs on the caller's current stream or ``stream=``.
+See docs/python.md.
+"""
+
+from . import _nsa
+from .errors import CudaError, DTypeError, InvalidArgumentError, NsaError, UnsupportedError
+
+_nsa._register_errors(InvalidArgumentError, DTypeError, UnsupportedError, CudaError)
+
+from .metadata import (  # noqa: E402  (errors must be registered first)
+    ForwardMode,
+    MetadataTargets,
+    build_metadata,
+    copy_metadata,
+    upload_metadata_targets,
+)
+from .ops import ScaleMode, gather_k, gather_k_and_s, gather_s, quantize_and_store_k, store_k_and_s  # noqa: E402
+
+__version__ = _nsa.__version__
+cuda_built = _nsa.cuda_built
+cuda_device_count = _nsa.cuda_device_count
+set_cpu_threads = _nsa.set_cpu_threads
+has_metadata = bool(getattr(_nsa, "has_metadata", False))
+
+PAGE_SIZE = 64
+HEAD_DIM = 128
+BYTES_PER_PAGE = 8448
+
+__all__ = [
+    "BYTES_PER_PAGE", "CudaError", "DTypeError", "ForwardMode", "HEAD_DIM", "InvalidArgumentError",
+    "MetadataTargets", "NsaError", "PAGE_SIZE", "ScaleMode", "UnsupportedError", "build_metadata", "copy_metadata",
+    "cuda_built", "cuda_device_count", "gather_k", "gather_k_and_s", "gather_s", "has_metadata",
+    "quantize_and_store_k", "set_cpu_threads", "store_k_and_s", "upload_metadata_targets",
+]

@@ -1,0 +1,355 @@
+// Bindings of the metadata ops (include/nsa/metadata.h). Compiled to a stub
+// (`has_metadata = False`) until the library contains src/metadata.cpp; see
+// python/CMakeLists.txt.
+#include <nanobind/nanobind.h>
+
+#include "arrays.h"
+
+#if defined(NSA_PY_HAVE_METADATA)
+
+#include <nanobind/stl/string.h>
+
+#include <algorithm>
+#include <deque>
+#include <memory>
+#include <vector>
+
+#include "nsa/metadata.h"
+
+namespace nsa_py {
+
+namespace {
+
+// One uploaded destination table. The Python MetadataTargets object owns this
+// handle, the workspace and the destination tensors, so every pointer in
+// `host` and `table` stays valid while the handle lives.
+struct MetadataTargetsHandle {
+  std::vector<nsa::MetadataBuffers> host;
+  // Capacities the library's descriptors do not carry, checked per call here.
+  std::vector<int64_t> cache_seqlens_len;
+  std::vector<int64_t> cu_seqlens_k_len;
+  nsa::MetadataTargets targets;
+  DeviceKind device = DeviceKind::kCpu;
+  int device_id = 0;
+
+  int64_t count() const { return static_cast<int64_t>(host.size()); }
+  int64_t max_flashmla_metadata_size() const {
+    int64_t m = 0;
+    for (const auto& b : host) m = std::max(m, b.flashmla_metadata ? b.flashmla_metadata_size : 0);
+    return m;
+  }
+};
+
+const char* kDestinationFields[] = {"cache_seqlens",     "cu_seqlens_k",        "page_table_1",
+                                    "seqlens_expanded",  "nsa_cache_seqlens",   "nsa_cu_seqlens_k",
+                                    "real_page_table",   "flashmla_num_splits", "flashmla_metadata",
+                                    "max_rows"};
+const char* kSourceFields[] = {"cache_seqlens",     "cu_seqlens_k",      "page_table_1",
+                               "seqlens_expanded",  "nsa_cache_seqlens", "nsa_cu_seqlens_k",
+                               "real_page_table",   "flashmla_num_splits", "flashmla_metadata"};
+
+// Fetches fields of a dict by name, keeping the argument names ("destinations[1].page_table_1")
+// alive for the messages of the call.
+class Fields {
+ public:
+  Fields(Call& c, nb::dict d, std::string prefix) : c_(c), d_(std::move(d)), prefix_(std::move(prefix)) {}
+
+  template <size_t N>
+  void only(const char* const (&known)[N]) {
+    for (auto item : d_) {
+      const std::string key = nb::cast<std::string>(nb::str(item.first));
+      if (std::find_if(std::begin(known), std::end(known), [&](const char* k) { return key == k; }) == std::end(known)) {
+        std::string list;
+        for (const char* k : known) list += (list.empty() ? "" : ", ") + std::string(k);
+        c_.fail(name(key.c_str()), "one of the fields " + list, "an unknown field");
+      }
+    }
+  }
+  Array get(const char* field, bool required, bool writable) {
+    nb::handle v = d_.contains(field) ? nb::handle(d_[field]) : nb::none();
+    return required ? c_.require(v, name(field), writable) : c_.optional(v, name(field), writable);
+  }
+  bool has(const char* field) { return d_.contains(field) && !nb::handle(d_[field]).is_none(); }
+  nb::handle raw(const char* field) { return d_[field]; }
+  const char* name(const char* field) {
+    names_.push_back(prefix_ + field);
+    return names_.back().c_str();
+  }
+
+ private:
+  Call& c_;
+  nb::dict d_;
+  std::string prefix_;
+  std::deque<std::string> names_;
+};
+
+int32_t* int32_data(const Call& c, const Array& a) {
+  if (!a.present) return nullptr;
+  c.dtype(a, {DType::kInt32}, "int32");
+  return a.as<int32_t>();
+}
+
+int64_t int32_vector(const Call& c, const Array& a, int64_t min_len, const std::string& shape) {
+  int32_data(c, a);
+  return c.vector(a, min_len, shape);
+}
+
+void int32_flat(const Call& c, const Array& a) {
+  int32_data(c, a);
+  if (!a.contiguous()) c.fail(a.name, "a contiguous array", a.describe());
+}
+
+MetadataTargetsHandle* upload(nb::list destinations, nb::handle workspace, nb::handle stream) {
+  Call c("MetadataTargets");
+  auto handle = std::make_unique<MetadataTargetsHandle>();
+  const int64_t count = static_cast<int64_t>(nb::len(destinations));
+  if (count < 1) c.fail("destinations", "at least one destination dict", "an empty list");
+  std::deque<Fields> all;  // keeps argument names alive until the call ends
+  for (int64_t i = 0; i < count; ++i) {
+    const std::string prefix = "destinations[" + std::to_string(i) + "].";
+    nb::handle item = destinations[static_cast<size_t>(i)];
+    if (!nb::isinstance<nb::dict>(item)) c.fail("destinations", "a list of dicts", "an item that is not a dict");
+    Fields& f = all.emplace_back(c, nb::borrow<nb::dict>(item), prefix);
+    f.only(kDestinationFields);
+    nsa::MetadataBuffers b;
+    const Array cache_seqlens = f.get("cache_seqlens", true, true);
+    const Array cu_seqlens_k = f.get("cu_seqlens_k", true, true);
+    const Array page_table_1 = f.get("page_table_1", true, true);
+    const Array seqlens_expanded = f.get("seqlens_expanded", false, true);
+    const Array nsa_cache_seqlens = f.get("nsa_cache_seqlens", true, true);
+    const Array nsa_cu_seqlens_k = f.get("nsa_cu_seqlens_k", true, true);
+    const Array real_page_table = f.get("real_page_table", false, true);
+    const Array num_splits = f.get("flashmla_num_splits", false, true);
+    const Array fm_metadata = f.get("flashmla_metadata", false, true);
+
+    b.cache_seqlens = int32_data(c, cache_seqlens);
+    handle->cache_seqlens_len.push_back(c.vector(cache_seqlens, 0, "[>= batch size]"));
+    b.cu_seqlens_k = int32_data(c, cu_seqlens_k);
+    handle->cu_seqlens_k_len.push_back(c.vector(cu_seqlens_k, 1, "[>= batch size + 1]"));
+    b.page_table_1 = int32_data(c, page_table_1);
+    b.page_table_1_ld = c.table(page_table_1, "[max_rows, width]");
+    b.page_table_1_cols = page_table_1.shape[1];
+    int64_t max_rows = page_table_1.shape[0];
+    if (seqlens_expanded.present)
+      max_rows = std::min(max_rows, int32_vector(c, seqlens_expanded, 0, "[max_rows]"));
+    b.seqlens_expanded = int32_data(c, seqlens_expanded);
+    b.nsa_cache_seqlens = int32_data(c, nsa_cache_seqlens);
+    max_rows = std::min(max_rows, c.vector(nsa_cache_seqlens, 0, "[max_rows]"));
+    b.nsa_cu_seqlens_k = int32_data(c, nsa_cu_seqlens_k);
+    max_rows = std::min(max_rows, c.vector(nsa_cu_seqlens_k, 1, "[max_rows + 1]") - 1);
+    if (real_page_table.present) {
+      b.real_page_table = int32_data(c, real_page_table);
+      b.real_page_table_ld = c.table(real_page_table, "[max_rows, pages]");
+      b.real_page_table_cols = real_page_table.shape[1];
+      max_rows = std::min(max_rows, real_page_table.shape[0]);
+    }
+    if (num_splits.present) {
+      b.flashmla_num_splits = int32_data(c, num_splits);
+      max_rows = std::min(max_rows, c.vector(num_splits, 1, "[max_rows + 1]") - 1);
+    }
+    if (fm_metadata.present) {
+      int32_flat(c, fm_metadata);
+      b.flashmla_metadata = fm_metadata.as<int32_t>();
+      b.flashmla_metadata_size = fm_metadata.numel();
+    }
+    if (f.has("max_rows")) {
+      int64_t requested = 0;
+      if (!nb::try_cast(f.raw("max_rows"), requested, false) || requested < 0 || requested > max_rows)
+        c.fail(f.name("max_rows"), "an int in [0, " + std::to_string(max_rows) + "] (the smallest row capacity)",
+               nb::cast<std::string>(nb::repr(f.raw("max_rows"))));
+      max_rows = requested;
+    }
+    b.max_rows = max_rows;
+    handle->host.push_back(b);
+  }
+  const Array ws = c.require(workspace, "workspace", true);
+  if (!ws.contiguous()) c.fail("workspace", "a contiguous array", ws.describe());
+  const size_t need = nsa::metadata_targets_workspace_bytes(count);
+  const size_t have = static_cast<size_t>(ws.numel()) * static_cast<size_t>(ws.keep_rw.itemsize());
+  if (have < need) c.fail("workspace", "at least " + std::to_string(need) + " bytes", std::to_string(have) + " bytes");
+  const nsa::Exec exec = c.exec(stream);
+  handle->device = c.on_cuda() ? DeviceKind::kCuda : DeviceKind::kCpu;
+  handle->device_id = c.device_id();
+  DeviceGuard guard(c);
+  handle->targets = nsa::upload_metadata_targets(exec, handle->host.data(), count, ws.data, have);
+  return handle.release();
+}
+
+// The Call's device must be the one the targets live on.
+void same_device_as_targets(Call& c, const MetadataTargetsHandle& t, const Array& any_input) {
+  const bool same = any_input.device == t.device && (t.device == DeviceKind::kCpu || any_input.device_id == t.device_id);
+  if (!same) {
+    const std::string where = t.device == DeviceKind::kCuda ? "cuda:" + std::to_string(t.device_id) : "cpu";
+    c.fail(any_input.name, "an array on " + where + " like the targets", any_input.describe());
+  }
+}
+
+void check_batch_capacity(const Call& c, const MetadataTargetsHandle& t, int64_t bs) {
+  for (int64_t i = 0; i < t.count(); ++i) {
+    const std::string prefix = "targets[" + std::to_string(i) + "].";
+    if (t.cache_seqlens_len[i] < bs)
+      c.fail((prefix + "cache_seqlens").c_str(), "at least batch size = " + std::to_string(bs) + " elements",
+             std::to_string(t.cache_seqlens_len[i]));
+    if (t.cu_seqlens_k_len[i] < bs + 1)
+      c.fail((prefix + "cu_seqlens_k").c_str(), "at least batch size + 1 = " + std::to_string(bs + 1) + " elements",
+             std::to_string(t.cu_seqlens_k_len[i]));
+  }
+}
+
+nsa::ForwardMode forward_mode(const Call& c, int mode) {
+  if (mode < 0 || mode > 2) c.fail("mode", "0 (decode), 1 (target_verify) or 2 (draft_extend)", std::to_string(mode));
+  return static_cast<nsa::ForwardMode>(mode);
+}
+
+void build_metadata(MetadataTargetsHandle& t, int mode, int64_t draft_tokens, int64_t topk, int64_t page_size,
+                    nb::handle seq_lens, nb::handle req_pool_indices, nb::handle req_to_token, nb::handle extend_lens,
+                    nb::handle flashmla_num_splits, nb::handle flashmla_metadata, nb::handle stream) {
+  Call c("build_metadata");
+  nsa::MetadataConfig config;
+  config.mode = forward_mode(c, mode);
+  config.draft_tokens = draft_tokens;
+  config.topk = topk;
+  config.page_size = page_size;
+  const Array lens = c.require(seq_lens, "seq_lens");
+  const Array rpi = c.require(req_pool_indices, "req_pool_indices");
+  const Array r2t = c.require(req_to_token, "req_to_token");
+  const Array ext = c.optional(extend_lens, "extend_lens");
+  const Array splits = c.optional(flashmla_num_splits, "flashmla_num_splits");
+  const Array meta = c.optional(flashmla_metadata, "flashmla_metadata");
+  same_device_as_targets(c, t, lens);
+
+  nsa::MetadataInputs in;
+  c.index_type(lens);
+  config.batch_size = c.vector(lens, 0, "[batch_size]");
+  const int64_t bs = config.batch_size;
+  in.seq_lens = c.indices(lens);
+  c.index_type(rpi);
+  c.vector(rpi, bs, "[batch_size] = [" + std::to_string(bs) + "]", true);
+  in.req_pool_indices = c.indices(rpi);
+  c.dtype(r2t, {DType::kInt32}, "int32");
+  in.req_to_token = r2t.as<int32_t>();
+  in.req_to_token_ld = c.table(r2t, "[pool_rows, row_width]");
+  in.req_to_token_rows = r2t.shape[0];
+  in.req_to_token_cols = r2t.shape[1];
+  if (config.mode == nsa::ForwardMode::kDraftExtend && !ext.present)
+    c.fail("extend_lens", "an array [batch_size] in draft_extend mode", "None");
+  if (ext.present) {
+    c.index_type(ext);
+    c.vector(ext, bs, "[batch_size] = [" + std::to_string(bs) + "]", true);
+    in.extend_lens = c.indices(ext);
+  }
+  // Rows of this call at most: bs in DECODE, bs * N otherwise (DRAFT_EXTEND: sum(e_b) <= bs * N).
+  const int64_t max_rows = config.mode == nsa::ForwardMode::kDecode ? bs : bs * std::max<int64_t>(draft_tokens, 0);
+  if (splits.present) {
+    int32_vector(c, splits, max_rows + 1, "[>= rows + 1] = [>= " + std::to_string(max_rows + 1) + "]");
+    in.flashmla_num_splits = splits.as<int32_t>();
+  }
+  if (meta.present) {
+    int32_flat(c, meta);
+    if (meta.numel() < t.max_flashmla_metadata_size())
+      c.fail("flashmla_metadata", "at least " + std::to_string(t.max_flashmla_metadata_size()) +
+                                      " elements (the largest destination)", meta.describe());
+    in.flashmla_metadata = meta.as<int32_t>();
+  }
+  check_batch_capacity(c, t, bs);
+  const nsa::Exec exec = c.exec(stream);
+  run_op(c, [&] { nsa::build_metadata(exec, config, in, t.targets); });
+}
+
+void copy_metadata(MetadataTargetsHandle& t, int mode, int64_t bs, int64_t max_len, int64_t max_seqlen_k,
+                   int64_t seqlens_expanded_size, nb::dict sources, nb::handle stream) {
+  Call c("copy_metadata");
+  nsa::MetadataCopyShape shape;
+  shape.mode = forward_mode(c, mode);
+  shape.batch_size = bs;
+  shape.max_len = max_len;
+  shape.max_seqlen_k = max_seqlen_k;
+  shape.seqlens_expanded_size = seqlens_expanded_size;
+  for (auto [v, name] : {std::pair{bs, "bs"}, {max_len, "max_len"}, {max_seqlen_k, "max_seqlen_k"},
+                         {seqlens_expanded_size, "seqlens_expanded_size"}})
+    if (v < 0) c.fail(name, ">= 0", std::to_string(v));
+  const bool decode = shape.mode == nsa::ForwardMode::kDecode;
+  const int64_t rows = decode ? bs : seqlens_expanded_size;
+  const int64_t cols = decode ? max_len : max_seqlen_k;
+
+  Fields f(c, sources, "sources.");
+  f.only(kSourceFields);
+  const Array cache_seqlens = f.get("cache_seqlens", true, false);
+  const Array cu_seqlens_k = f.get("cu_seqlens_k", true, false);
+  const Array page_table_1 = f.get("page_table_1", true, false);
+  const Array seqlens_expanded = f.get("seqlens_expanded", false, false);
+  const Array nsa_cache_seqlens = f.get("nsa_cache_seqlens", true, false);
+  const Array nsa_cu_seqlens_k = f.get("nsa_cu_seqlens_k", true, false);
+  const Array real_page_table = f.get("real_page_table", false, false);
+  const Array num_splits = f.get("flashmla_num_splits", false, false);
+  const Array fm_metadata = f.get("flashmla_metadata", false, false);
+  same_device_as_targets(c, t, cache_seqlens);
+
+  const std::string n_rows = std::to_string(rows);
+  nsa::MetadataSources s;
+  int32_vector(c, cache_seqlens, bs, "[>= bs] = [>= " + std::to_string(bs) + "]");
+  s.cache_seqlens = cache_seqlens.as<int32_t>();
+  int32_vector(c, cu_seqlens_k, bs + 1, "[>= bs + 1] = [>= " + std::to_string(bs + 1) + "]");
+  s.cu_seqlens_k = cu_seqlens_k.as<int32_t>();
+  int32_data(c, page_table_1);
+  s.page_table_1_ld = c.table(page_table_1, "[rows, >= columns copied]");
+  if (page_table_1.shape[0] < rows || page_table_1.shape[1] < cols)
+    c.fail(page_table_1.name, "at least [" + n_rows + ", " + std::to_string(cols) + "]", page_table_1.describe());
+  s.page_table_1 = page_table_1.as<int32_t>();
+  if (seqlens_expanded.present) {
+    int32_vector(c, seqlens_expanded, decode ? 0 : rows, "[>= seqlens_expanded_size]");
+    s.seqlens_expanded = seqlens_expanded.as<int32_t>();
+  }
+  int32_vector(c, nsa_cache_seqlens, rows, "[>= " + n_rows + "]");
+  s.nsa_cache_seqlens = nsa_cache_seqlens.as<int32_t>();
+  int32_vector(c, nsa_cu_seqlens_k, rows + 1, "[>= " + std::to_string(rows + 1) + "]");
+  s.nsa_cu_seqlens_k = nsa_cu_seqlens_k.as<int32_t>();
+  if (real_page_table.present) {
+    int32_data(c, real_page_table);
+    s.real_page_table_ld = c.table(real_page_table, "[rows, pages]");
+    if (real_page_table.shape[0] < rows)
+      c.fail(real_page_table.name, "at least " + n_rows + " rows", real_page_table.describe());
+    s.real_page_table_cols = real_page_table.shape[1];
+    s.real_page_table = real_page_table.as<int32_t>();
+  }
+  if (num_splits.present) {
+    int32_vector(c, num_splits, rows + 1, "[>= " + std::to_string(rows + 1) + "]");
+    s.flashmla_num_splits = num_splits.as<int32_t>();
+  }
+  if (fm_metadata.present) {
+    int32_flat(c, fm_metadata);
+    s.flashmla_metadata = fm_metadata.as<int32_t>();
+    s.flashmla_metadata_size = fm_metadata.numel();
+  }
+  check_batch_capacity(c, t, bs);
+  const nsa::Exec exec = c.exec(stream);
+  run_op(c, [&] { nsa::copy_metadata(exec, shape, s, t.targets); });
+}
+
+}  // namespace
+
+void bind_metadata(nb::module_& m) {
+  m.attr("has_metadata") = true;
+  nb::class_<MetadataTargetsHandle>(m, "MetadataTargetsHandle")
+      .def_prop_ro("count", &MetadataTargetsHandle::count)
+      .def("max_rows", [](const MetadataTargetsHandle& t, int64_t i) { return t.host.at(static_cast<size_t>(i)).max_rows; });
+  m.def("metadata_targets_workspace_bytes", [](int64_t count) { return nsa::metadata_targets_workspace_bytes(count); });
+  m.def("upload_metadata_targets", &upload, nb::arg("destinations"), nb::arg("workspace"), nb::arg("stream").none(),
+        nb::rv_policy::take_ownership);
+  m.def("build_metadata", &build_metadata, nb::arg("targets"), nb::arg("mode"), nb::arg("draft_tokens"),
+        nb::arg("topk"), nb::arg("page_size"), nb::arg("seq_lens"), nb::arg("req_pool_indices"),
+        nb::arg("req_to_token"), nb::arg("extend_lens").none(), nb::arg("flashmla_num_splits").none(),
+        nb::arg("flashmla_metadata").none(), nb::arg("stream").none());
+  m.def("copy_metadata", &copy_metadata, nb::arg("targets"), nb::arg("mode"), nb::arg("bs"), nb::arg("max_len"),
+        nb::arg("max_seqlen_k"), nb::arg("seqlens_expanded_size"), nb::arg("sources"), nb::arg("stream").none());
+}
+
+}  // namespace nsa_py
+
+#else  // !NSA_PY_HAVE_METADATA
+
+namespace nsa_py {
+void bind_metadata(nb::module_& m) { m.attr("has_metadata") = false; }
+}  // namespace nsa_py
+
+#endif
