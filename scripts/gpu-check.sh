@@ -99,6 +99,6 @@ if [ -n "$pymod" ] && command -v python3 >/dev/null; then
   [ -f "$root/python/bench_overhead.py" ] && run_step python_overhead 300 python3 "$root/python/bench_overhead.py" --json "$results/python_overhead.json"
 fi
 
-python3 "$root/scripts/gpu_report.py" "$results" >"$report" && cp "$report" "$results/gpu-report.md"
+python3 "$root/scripts/gpu_report.py" "$results" >"$report"
 log "report written to $report (overall status $status)"
 exit $status

@@ -27,8 +27,9 @@ static void gather_single(cudaStream stream, ConstIndexCache cache, int64_t leng
   if (length == 0) return;
   const int64_t pages = (length + 63) / 64;
   NSA_DISPATCH_INDEX(page_ids.type, TableT, [&] {
-    k::GatherParams<TableT, int64_t> p{cache.data, static_cast<const TableT*>(page_ids.data), 0, nullptr, length, 1,
-                                       out_k, out_s};
+    // One request whose "table row" is the page list.
+    k::GatherParams<TableT, int64_t> p{cache.data, static_cast<const TableT*>(page_ids.data), pages, pages, nullptr,
+                                       length, 1, out_k, out_s};
     NSA_CUDA_CHECK((k::invoke_paged_gather<k::LengthForm::kHost, kWriteK, kWriteS>(p, pages, current_device_sm_count(),
                                                                                     stream)));
   });
@@ -45,13 +46,13 @@ void gather_s(cudaStream stream, ConstIndexCache cache, int64_t length, Indices 
 void gather_k_and_s(cudaStream stream, ConstIndexCache cache, const PagedBatch& b, uint8_t* out_k, float* out_s,
                     int64_t out_capacity) {
   if (b.batch_size == 0 || out_capacity == 0) return;  // sum L <= capacity = 0: nothing to move
-  // Upper bound of page items: every request adds at most one partial page.
-  const int64_t max_items = (out_capacity + 63) / 64 + b.batch_size;
+  // Items are (request, table column) pairs; columns past a request's pages are skipped in the kernel.
+  const int64_t max_items = b.batch_size * b.table_cols;
   const bool cu = static_cast<bool>(b.cu_seq_lens);
   const Indices lens = cu ? b.cu_seq_lens : b.seq_lens;
   NSA_DISPATCH_INDEX(b.page_table.type, TableT, [&] {
     NSA_DISPATCH_INDEX(lens.type, LenT, [&] {
-      k::GatherParams<TableT, LenT> p{cache.data, static_cast<const TableT*>(b.page_table.data), b.table_ld,
+      k::GatherParams<TableT, LenT> p{cache.data, static_cast<const TableT*>(b.page_table.data), b.table_cols, b.table_ld,
                                       static_cast<const LenT*>(lens.data), 0, b.batch_size, out_k, out_s};
       const int sms = current_device_sm_count();
       const cudaError_t err =

@@ -45,20 +45,18 @@ std::vector<uint16_t> random_bf16(std::mt19937_64& rng, int64_t n, int64_t ld) {
   return v;
 }
 
-// Distinct random slots in [0, pages*64), with slot 0 and the last slot, and some -1 (padding).
+// Distinct random slots in [0, pages*64), including slot 0 and the last slot
+// when n > 2, and every 7th entry -1 (padding) when asked. Distinct, because
+// which of two rows with the same slot wins is unspecified.
 std::vector<int64_t> random_slots(std::mt19937_64& rng, int64_t n, int64_t pages, bool with_padding) {
-  std::vector<int64_t> all(static_cast<size_t>(pages * L::kPageSize));
-  std::iota(all.begin(), all.end(), 0);
-  std::shuffle(all.begin(), all.end(), rng);
-  std::vector<int64_t> s(all.begin(), all.begin() + n);
-  if (n > 2) {
-    s[0] = 0;
-    s[1] = pages * L::kPageSize - 1;
-    std::sort(s.begin() + 2, s.end());  // keep distinct after overwriting
-    s.erase(std::unique(s.begin(), s.end()), s.end());
-    while (static_cast<int64_t>(s.size()) < n) s.push_back(-1);
-    std::shuffle(s.begin(), s.end(), rng);
-  }
+  const int64_t last = pages * L::kPageSize - 1;
+  std::vector<int64_t> inner(static_cast<size_t>(last - 1));
+  std::iota(inner.begin(), inner.end(), 1);  // 1 .. last-1
+  std::shuffle(inner.begin(), inner.end(), rng);
+  std::vector<int64_t> s;
+  if (n > 2) s = {0, last};
+  s.insert(s.end(), inner.begin(), inner.begin() + (n - static_cast<int64_t>(s.size())));
+  std::shuffle(s.begin(), s.end(), rng);
   if (with_padding)
     for (int64_t t = 0; t < n; t += 7) s[static_cast<size_t>(t)] = -1;
   return s;
