@@ -1,0 +1,138 @@
+// CPU backend of the metadata ops. build_metadata: one sequential pass over
+// the batch writes the per-request and per-row scalars (the scans), then the
+// page tables are copied per request with memcpy-sized row copies, split over
+// threads when the bytes justify it. copy_metadata: one memcpy per row per
+// field per destination. No scratch memory: a thread finds the first query
+// row of its request range by re-walking the query counts (O(B)).
+#include <algorithm>
+#include <cstring>
+
+#include "cpu/parallel.h"
+#include "metadata_backends.h"
+
+namespace nsa {
+namespace cpu {
+
+namespace {
+
+int64_t load_index(Indices v, int64_t i) { return v.at(i); }
+
+// Query rows of request b (DECODE 1, TARGET_VERIFY N, DRAFT_EXTEND e_b).
+int64_t query_rows(const MetadataConfig& c, const MetadataInputs& in, int64_t b) {
+  switch (c.mode) {
+    case ForwardMode::kDecode: return 1;
+    case ForwardMode::kTargetVerify: return c.draft_tokens;
+    default: return load_index(in.extend_lens, b);
+  }
+}
+
+// cache_seqlens of request b; int32 like the field it becomes.
+int64_t kv_length(const MetadataConfig& c, const MetadataInputs& in, int64_t b) {
+  const int64_t draft = c.mode == ForwardMode::kTargetVerify ? c.draft_tokens : 0;
+  return static_cast<int32_t>(load_index(in.seq_lens, b) + draft);
+}
+
+void copy_ints(int32_t* dst, const int32_t* src, int64_t n) {
+  if (n > 0) std::memcpy(dst, src, static_cast<size_t>(n) * sizeof(int32_t));
+}
+
+}  // namespace
+
+void build_metadata(int threads, const MetadataConfig& c, const MetadataInputs& in, const MetadataTargets& targets) {
+  const MetadataBuffers* dst = targets.table;
+  const int64_t D = targets.count, bs = c.batch_size;
+
+  // Pass 1: scalars and scans.
+  int64_t row = 0, cu_k = 0, cu_nsa = 0, work_bytes = 0;
+  for (int64_t d = 0; d < D; ++d) dst[d].cu_seqlens_k[0] = dst[d].nsa_cu_seqlens_k[0] = 0;
+  for (int64_t b = 0; b < bs; ++b) {
+    const int64_t kv = kv_length(c, in, b), q = query_rows(c, in, b);
+    cu_k += kv;
+    for (int64_t d = 0; d < D; ++d) {
+      dst[d].cache_seqlens[b] = static_cast<int32_t>(kv);
+      dst[d].cu_seqlens_k[b + 1] = static_cast<int32_t>(cu_k);
+    }
+    for (int64_t j = 0; j < q; ++j, ++row) {
+      const int64_t expanded = kv - q + 1 + j;
+      const int64_t clamped = std::min(expanded, c.topk);
+      cu_nsa += clamped;
+      for (int64_t d = 0; d < D; ++d) {
+        if (dst[d].seqlens_expanded) dst[d].seqlens_expanded[row] = static_cast<int32_t>(expanded);
+        dst[d].nsa_cache_seqlens[row] = static_cast<int32_t>(clamped);
+        dst[d].nsa_cu_seqlens_k[row + 1] = static_cast<int32_t>(cu_nsa);
+      }
+    }
+    if (q > 0 && kv > 0) work_bytes += kv * 4 * (1 + q * D);
+  }
+  const int64_t total_rows = row;
+
+  // Pass 2: page tables, one source row read per request, written to its q rows of every destination.
+  parallel_for(bs, threads, work_bytes, [&](int64_t begin, int64_t end) {
+    int64_t r = 0;
+    for (int64_t b = 0; b < begin; ++b) r += query_rows(c, in, b);
+    for (int64_t b = begin; b < end; ++b) {
+      const int64_t kv = kv_length(c, in, b), q = query_rows(c, in, b);
+      if (kv > 0 && q > 0) {
+        const int32_t* src = in.req_to_token + load_index(in.req_pool_indices, b) * in.req_to_token_ld;
+        const int64_t pages = (kv + c.page_size - 1) / c.page_size;
+        for (int64_t d = 0; d < D; ++d) {
+          for (int64_t j = 0; j < q; ++j) {
+            copy_ints(dst[d].page_table_1 + (r + j) * dst[d].page_table_1_ld, src, kv);
+            if (int32_t* real = dst[d].real_page_table) {
+              int32_t* real_row = real + (r + j) * dst[d].real_page_table_ld;
+              for (int64_t p = 0; p < pages; ++p)
+                real_row[p] = static_cast<int32_t>(static_cast<int64_t>(src[p * c.page_size]) / c.page_size);
+            }
+          }
+        }
+      }
+      r += q;
+    }
+  });
+
+  // FlashMLA schedule, copied unchanged.
+  for (int64_t d = 0; d < D; ++d) {
+    if (in.flashmla_num_splits && dst[d].flashmla_num_splits)
+      copy_ints(dst[d].flashmla_num_splits, in.flashmla_num_splits, total_rows + 1);
+    if (in.flashmla_metadata && dst[d].flashmla_metadata)
+      copy_ints(dst[d].flashmla_metadata, in.flashmla_metadata, dst[d].flashmla_metadata_size);
+  }
+}
+
+void copy_metadata(int threads, const MetadataCopyShape& s, const MetadataSources& src,
+                   const MetadataTargets& targets) {
+  const MetadataBuffers* dst = targets.table;
+  const int64_t D = targets.count, bs = s.batch_size;
+  const bool decode = s.mode == ForwardMode::kDecode;
+  const int64_t rows = copy_rows(s), cols = copy_page_cols(s);
+  const int64_t n = rows;  // per-row arrays: bs (DECODE) or E
+  const int64_t pt_ld = src.page_table_1_ld ? src.page_table_1_ld : cols;
+  const int64_t rc = src.real_page_table_cols;
+  const int64_t rt_ld = src.real_page_table_ld ? src.real_page_table_ld : rc;
+
+  for (int64_t d = 0; d < D; ++d) {
+    const MetadataBuffers& t = dst[d];
+    copy_ints(t.cache_seqlens, src.cache_seqlens, bs);
+    copy_ints(t.cu_seqlens_k + 1, src.cu_seqlens_k + 1, bs);  // element 0 untouched (upstream)
+    if (!decode && src.seqlens_expanded && t.seqlens_expanded) copy_ints(t.seqlens_expanded, src.seqlens_expanded, n);
+    copy_ints(t.nsa_cache_seqlens, src.nsa_cache_seqlens, n);
+    copy_ints(t.nsa_cu_seqlens_k + 1, src.nsa_cu_seqlens_k + 1, n);
+    if (src.flashmla_num_splits && t.flashmla_num_splits) copy_ints(t.flashmla_num_splits, src.flashmla_num_splits, n + 1);
+    if (src.flashmla_metadata && t.flashmla_metadata)
+      copy_ints(t.flashmla_metadata, src.flashmla_metadata, src.flashmla_metadata_size);
+  }
+  const int64_t row_bytes = (cols + (src.real_page_table ? rc : 0)) * 4 * (1 + D);
+  parallel_for(rows, threads, rows * row_bytes, [&](int64_t begin, int64_t end) {
+    for (int64_t d = 0; d < D; ++d) {
+      const MetadataBuffers& t = dst[d];
+      for (int64_t r = begin; r < end; ++r) {
+        if (cols > 0) copy_ints(t.page_table_1 + r * t.page_table_1_ld, src.page_table_1 + r * pt_ld, cols);
+        if (src.real_page_table && t.real_page_table)
+          copy_ints(t.real_page_table + r * t.real_page_table_ld, src.real_page_table + r * rt_ld, rc);
+      }
+    }
+  });
+}
+
+}  // namespace cpu
+}  // namespace nsa

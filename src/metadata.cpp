@@ -1,0 +1,219 @@
+// Public API of the metadata ops: validate every host-visible argument
+// (nothing is written when a check fails), then hand over to one backend.
+// Validation is O(D) plain comparisons on the caller's host descriptors: no
+// driver query, no allocation (strings are built only when a check fails), so
+// the host cost of a call stays close to that of an empty kernel launch.
+#include <cstring>
+#include <limits>
+#include <string>
+
+#include "common/check.h"
+#include "metadata_backends.h"
+
+namespace nsa {
+
+const char* to_string(ForwardMode mode) {
+  switch (mode) {
+    case ForwardMode::kDecode: return "decode";
+    case ForwardMode::kTargetVerify: return "target_verify";
+    case ForwardMode::kDraftExtend: return "draft_extend";
+  }
+  return "invalid";
+}
+
+size_t metadata_targets_workspace_bytes(int64_t count) {
+  return count > 0 ? static_cast<size_t>(count) * sizeof(MetadataBuffers) : 0;
+}
+
+namespace {
+
+using detail::ArgChecker;
+
+bool valid_mode(ForwardMode m) {
+  return m == ForwardMode::kDecode || m == ForwardMode::kTargetVerify || m == ForwardMode::kDraftExtend;
+}
+
+void check_mode(const ArgChecker& c, ForwardMode m, const char* arg) {
+  if (!valid_mode(m)) c.fail(arg, "0 (decode), 1 (target_verify) or 2 (draft_extend)", std::to_string(static_cast<int>(m)));
+}
+
+// Names like "targets[2].page_table_1"; built only on failure.
+std::string target_arg(int64_t d, const char* field) {
+  return "targets[" + std::to_string(d) + "]." + field;
+}
+void target_not_null(const ArgChecker& c, const void* p, int64_t d, const char* field) {
+  if (p == nullptr) c.fail(target_arg(d, field).c_str(), "a non-null pointer", "nullptr");
+}
+void target_at_least(const ArgChecker& c, int64_t v, int64_t min, int64_t d, const char* field) {
+  if (v < min) c.fail(target_arg(d, field).c_str(), ">= " + std::to_string(min), std::to_string(v));
+}
+void target_aligned4(const ArgChecker& c, const void* p, int64_t d, const char* field) {
+  if (reinterpret_cast<uintptr_t>(p) % 4 != 0) c.aligned(p, 4, target_arg(d, field).c_str());
+}
+
+// Shape-independent checks of one destination descriptor.
+void check_descriptor(const ArgChecker& c, const Exec& exec, const MetadataBuffers& t, int64_t d) {
+  target_not_null(c, t.cache_seqlens, d, "cache_seqlens");
+  target_not_null(c, t.cu_seqlens_k, d, "cu_seqlens_k");
+  target_not_null(c, t.page_table_1, d, "page_table_1");
+  target_not_null(c, t.nsa_cache_seqlens, d, "nsa_cache_seqlens");
+  target_not_null(c, t.nsa_cu_seqlens_k, d, "nsa_cu_seqlens_k");
+  target_at_least(c, t.max_rows, 0, d, "max_rows");
+  target_at_least(c, t.page_table_1_cols, 0, d, "page_table_1_cols");
+  target_at_least(c, t.page_table_1_ld, t.page_table_1_cols, d, "page_table_1_ld");
+  if (t.real_page_table != nullptr) {
+    target_at_least(c, t.real_page_table_cols, 0, d, "real_page_table_cols");
+    target_at_least(c, t.real_page_table_ld, t.real_page_table_cols, d, "real_page_table_ld");
+  }
+  if (t.flashmla_metadata != nullptr) target_at_least(c, t.flashmla_metadata_size, 0, d, "flashmla_metadata_size");
+  if (exec.backend == Backend::kCuda) {  // int32 stores need 4-byte alignment on the device
+    target_aligned4(c, t.cache_seqlens, d, "cache_seqlens");
+    target_aligned4(c, t.cu_seqlens_k, d, "cu_seqlens_k");
+    target_aligned4(c, t.page_table_1, d, "page_table_1");
+    target_aligned4(c, t.seqlens_expanded, d, "seqlens_expanded");
+    target_aligned4(c, t.nsa_cache_seqlens, d, "nsa_cache_seqlens");
+    target_aligned4(c, t.nsa_cu_seqlens_k, d, "nsa_cu_seqlens_k");
+    target_aligned4(c, t.real_page_table, d, "real_page_table");
+    target_aligned4(c, t.flashmla_num_splits, d, "flashmla_num_splits");
+    target_aligned4(c, t.flashmla_metadata, d, "flashmla_metadata");
+  }
+}
+
+void check_targets_table(const ArgChecker& c, const MetadataTargets& targets) {
+  c.at_least(targets.count, 1, "targets.count");
+  c.not_null(targets.host, "targets.host");
+  c.not_null(targets.table, "targets.table");
+}
+
+void check_index(const ArgChecker& c, const Exec& exec, Indices v, const char* arg) {
+  c.not_null(v.data, arg);
+  if (v.type != IndexType::kInt32 && v.type != IndexType::kInt64)
+    c.fail(arg, "int32 or int64 elements", std::to_string(static_cast<int>(v.type)));
+  if (exec.backend == Backend::kCuda) c.aligned(v.data, static_cast<int64_t>(v.type), arg);
+}
+
+void check_source(const ArgChecker& c, const Exec& exec, const int32_t* p, bool needed, const char* arg) {
+  if (needed) c.not_null(p, arg);
+  if (p != nullptr && exec.backend == Backend::kCuda) c.aligned(p, 4, arg);
+}
+
+}  // namespace
+
+MetadataTargets upload_metadata_targets(const Exec& exec, const MetadataBuffers* host, int64_t count, void* workspace,
+                                        size_t workspace_bytes) {
+  const ArgChecker c("upload_metadata_targets");
+  detail::require_backend(c, exec);
+  c.at_least(count, 1, "count");
+  c.not_null(host, "host");
+  for (int64_t d = 0; d < count; ++d) check_descriptor(c, exec, host[d], d);
+  c.not_null(workspace, "workspace");
+  c.aligned(workspace, alignof(MetadataBuffers), "workspace");
+  const size_t needed = metadata_targets_workspace_bytes(count);
+  if (workspace_bytes < needed)
+    c.fail("workspace_bytes", ">= " + std::to_string(needed), std::to_string(workspace_bytes));
+  if (exec.backend == Backend::kCpu) std::memcpy(workspace, host, needed);
+#if defined(NSA_WITH_CUDA)  // without it, require_backend has already rejected kCuda
+  else cuda::upload_metadata_targets(exec.stream, host, count, workspace);
+#endif
+  return MetadataTargets{host, static_cast<const MetadataBuffers*>(workspace), count};
+}
+
+void build_metadata(const Exec& exec, const MetadataConfig& config, const MetadataInputs& inputs,
+                    const MetadataTargets& targets) {
+  const ArgChecker c("build_metadata");
+  detail::require_backend(c, exec);
+  check_mode(c, config.mode, "config.mode");
+  c.at_least(config.batch_size, 0, "config.batch_size");
+  c.at_least(config.draft_tokens, 1, "config.draft_tokens");
+  c.at_least(config.topk, 1, "config.topk");
+  c.at_least(config.page_size, 1, "config.page_size");
+  if (config.batch_size > 0 && config.draft_tokens > std::numeric_limits<int32_t>::max() / config.batch_size)
+    c.fail("config.draft_tokens", "batch_size * draft_tokens rows that fit in int32",
+           std::to_string(config.draft_tokens));
+  const bool extend = config.mode == ForwardMode::kDraftExtend;
+  const int64_t rows = metadata_row_capacity(config);
+
+  check_targets_table(c, targets);
+  for (int64_t d = 0; d < targets.count; ++d) {
+    const MetadataBuffers& t = targets.host[d];
+    check_descriptor(c, exec, t, d);
+    target_at_least(c, t.max_rows, rows, d, "max_rows");  // covers cache_seqlens [bs] too: rows >= bs
+    if (config.mode != ForwardMode::kDecode) target_not_null(c, t.seqlens_expanded, d, "seqlens_expanded");
+  }
+
+  c.at_least(inputs.req_to_token_rows, 0, "inputs.req_to_token_rows");
+  c.at_least(inputs.req_to_token_cols, 0, "inputs.req_to_token_cols");
+  c.at_least(inputs.req_to_token_ld, inputs.req_to_token_cols, "inputs.req_to_token_ld");
+  if (!extend && inputs.extend_lens)
+    c.fail("inputs.extend_lens", "nullptr outside draft_extend", std::string("a pointer in ") + to_string(config.mode));
+  if (config.batch_size > 0) {
+    check_index(c, exec, inputs.seq_lens, "inputs.seq_lens");
+    check_index(c, exec, inputs.req_pool_indices, "inputs.req_pool_indices");
+    if (extend) check_index(c, exec, inputs.extend_lens, "inputs.extend_lens");
+    c.not_null(inputs.req_to_token, "inputs.req_to_token");
+    c.at_least(inputs.req_to_token_rows, 1, "inputs.req_to_token_rows");
+    if (exec.backend == Backend::kCuda) c.aligned(inputs.req_to_token, 4, "inputs.req_to_token");
+  }
+  check_source(c, exec, inputs.flashmla_num_splits, false, "inputs.flashmla_num_splits");
+  check_source(c, exec, inputs.flashmla_metadata, false, "inputs.flashmla_metadata");
+
+  if (config.batch_size == 0) return;  // empty batch: nothing written, no launch
+  if (exec.backend == Backend::kCpu) cpu::build_metadata(exec.cpu_threads, config, inputs, targets);
+#if defined(NSA_WITH_CUDA)  // without it, require_backend has already rejected kCuda
+  else cuda::build_metadata(exec.stream, config, inputs, targets);
+#endif
+}
+
+void copy_metadata(const Exec& exec, const MetadataCopyShape& shape, const MetadataSources& sources,
+                   const MetadataTargets& targets) {
+  const ArgChecker c("copy_metadata");
+  detail::require_backend(c, exec);
+  check_mode(c, shape.mode, "shape.mode");
+  c.at_least(shape.batch_size, 0, "shape.batch_size");
+  c.at_least(shape.max_len, 0, "shape.max_len");
+  c.at_least(shape.max_seqlen_k, 0, "shape.max_seqlen_k");
+  c.at_least(shape.seqlens_expanded_size, 0, "shape.seqlens_expanded_size");
+  const int64_t rows = copy_rows(shape);
+  const int64_t cols = copy_page_cols(shape);
+  const bool has_real = sources.real_page_table != nullptr;
+  const bool has_tiles = sources.flashmla_metadata != nullptr;
+
+  check_targets_table(c, targets);
+  for (int64_t d = 0; d < targets.count; ++d) {
+    const MetadataBuffers& t = targets.host[d];
+    check_descriptor(c, exec, t, d);
+    target_at_least(c, t.max_rows, shape.batch_size, d, "max_rows");
+    target_at_least(c, t.max_rows, rows, d, "max_rows");
+    target_at_least(c, t.page_table_1_cols, cols, d, "page_table_1_cols");
+    if (has_real && t.real_page_table != nullptr)
+      target_at_least(c, t.real_page_table_cols, sources.real_page_table_cols, d, "real_page_table_cols");
+    if (has_tiles && t.flashmla_metadata != nullptr)
+      target_at_least(c, t.flashmla_metadata_size, sources.flashmla_metadata_size, d, "flashmla_metadata_size");
+  }
+
+  const bool any = shape.batch_size > 0;
+  check_source(c, exec, sources.cache_seqlens, any, "sources.cache_seqlens");
+  check_source(c, exec, sources.cu_seqlens_k, any, "sources.cu_seqlens_k");
+  check_source(c, exec, sources.page_table_1, any && rows > 0 && cols > 0, "sources.page_table_1");
+  if (sources.page_table_1_ld != 0) c.at_least(sources.page_table_1_ld, cols, "sources.page_table_1_ld");
+  check_source(c, exec, sources.seqlens_expanded, false, "sources.seqlens_expanded");
+  check_source(c, exec, sources.nsa_cache_seqlens, any && rows > 0, "sources.nsa_cache_seqlens");
+  check_source(c, exec, sources.nsa_cu_seqlens_k, any && rows > 0, "sources.nsa_cu_seqlens_k");
+  check_source(c, exec, sources.real_page_table, false, "sources.real_page_table");
+  if (has_real) {
+    c.at_least(sources.real_page_table_cols, 0, "sources.real_page_table_cols");
+    if (sources.real_page_table_ld != 0)
+      c.at_least(sources.real_page_table_ld, sources.real_page_table_cols, "sources.real_page_table_ld");
+  }
+  check_source(c, exec, sources.flashmla_num_splits, false, "sources.flashmla_num_splits");
+  check_source(c, exec, sources.flashmla_metadata, false, "sources.flashmla_metadata");
+  if (has_tiles) c.at_least(sources.flashmla_metadata_size, 0, "sources.flashmla_metadata_size");
+
+  if (shape.batch_size == 0) return;  // empty batch: nothing written, no launch
+  if (exec.backend == Backend::kCpu) cpu::copy_metadata(exec.cpu_threads, shape, sources, targets);
+#if defined(NSA_WITH_CUDA)  // without it, require_backend has already rejected kCuda
+  else cuda::copy_metadata(exec.stream, shape, sources, targets);
+#endif
+}
+
+}  // namespace nsa

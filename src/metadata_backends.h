@@ -1,0 +1,43 @@
+// Backend entry points of the metadata ops. The public API (metadata.cpp)
+// validates everything first; backends never validate again and never allocate.
+#pragma once
+
+#include "nsa/metadata.h"
+
+namespace nsa {
+
+namespace cpu {
+void build_metadata(int threads, const MetadataConfig& config, const MetadataInputs& inputs,
+                    const MetadataTargets& targets);
+void copy_metadata(int threads, const MetadataCopyShape& shape, const MetadataSources& sources,
+                   const MetadataTargets& targets);
+}  // namespace cpu
+
+namespace cuda {
+// One cudaMemcpyAsync of `count` descriptors into device memory `workspace`.
+void upload_metadata_targets(cudaStream stream, const MetadataBuffers* host, int64_t count, void* workspace);
+void build_metadata(cudaStream stream, const MetadataConfig& config, const MetadataInputs& inputs,
+                    const MetadataTargets& targets);
+void copy_metadata(cudaStream stream, const MetadataCopyShape& shape, const MetadataSources& sources,
+                   const MetadataTargets& targets);
+}  // namespace cuda
+
+// Rows of the per-row arrays and page tables one call writes at most
+// (capacity needed in every destination): bs (DECODE) or bs * N.
+inline int64_t metadata_row_capacity(const MetadataConfig& c) {
+  return c.mode == ForwardMode::kDecode ? c.batch_size : c.batch_size * c.draft_tokens;
+}
+
+// Rows of the page tables and per-row arrays copied by copy_metadata: bs in
+// DECODE, E otherwise. Upstream takes the page-table rows from the source
+// tensor's shape[0], which is bs*N (TARGET_VERIFY) or T (DRAFT_EXTEND), i.e.
+// E in both cases (spec §6.1); the real page table uses the same row count.
+inline int64_t copy_rows(const MetadataCopyShape& s) {
+  return s.mode == ForwardMode::kDecode ? s.batch_size : s.seqlens_expanded_size;
+}
+// Columns of page_table_1 copied: max_len (DECODE) or max_seqlen_k.
+inline int64_t copy_page_cols(const MetadataCopyShape& s) {
+  return s.mode == ForwardMode::kDecode ? s.max_len : s.max_seqlen_k;
+}
+
+}  // namespace nsa

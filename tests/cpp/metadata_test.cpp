@@ -1,0 +1,877 @@
+// Metadata ops (build_metadata, copy_metadata) on every backend against the
+// plain-loop reference (src/reference/metadata.cpp), bit-exact. Every
+// destination buffer starts as random bytes and the reference works on a host
+// copy of the same bytes, so comparing whole buffers also proves that element 0
+// of the cumulative arrays (copy), columns past each row's length and rows
+// past the live count were left untouched. Plus the spec §4.7 worked example,
+// empty batches, every validation path and (CUDA) a captured graph replayed
+// with fresh inputs.
+#include <algorithm>
+#include <array>
+#include <cstring>
+#include <functional>
+#include <numeric>
+
+#include "nsa/metadata.h"
+#include "reference/metadata.h"
+#include "test_util.h"
+
+#if defined(NSA_WITH_CUDA)
+#include <cuda_runtime.h>
+#endif
+
+namespace nsa {
+namespace test {
+
+#if defined(NSA_WITH_CUDA)
+// metadata_test_kernels.cu: out[0] = sum of v[0..n) (the graph's consumer kernel).
+cudaError_t launch_checksum(const int32_t* v, int64_t n, long long* out, cudaStream_t stream);
+#endif
+
+namespace {
+
+// ------------------------------------------------------------------------------------
+// A destination set: one poisoned buffer per field on the backend, and the
+// expected bytes on the host (same poison, then the reference's writes).
+// ------------------------------------------------------------------------------------
+struct DestSpec {
+  int64_t max_rows = 0;
+  int64_t pt_cols = 0, pt_ld = 0;
+  bool expanded = true, real = false, num_splits = false, tiles = false;
+  int64_t rt_cols = 0, rt_ld = 0;
+  int64_t tiles_size = 0;
+};
+
+enum Field { kCache, kCuK, kPt, kExpanded, kNsa, kNsaCu, kReal, kSplits, kTiles, kFields };
+const char* const kFieldNames[kFields] = {"cache_seqlens",    "cu_seqlens_k",    "page_table_1",
+                                          "seqlens_expanded", "nsa_cache_seqlens", "nsa_cu_seqlens_k",
+                                          "real_page_table",  "flashmla_num_splits", "flashmla_metadata"};
+
+class Dest {
+ public:
+  Dest(Backend b, const DestSpec& s, std::mt19937_64& rng) : spec_(s) {
+    const int64_t n[kFields] = {s.max_rows,
+                                s.max_rows + 1,
+                                s.max_rows * s.pt_ld,
+                                s.expanded ? s.max_rows : -1,
+                                s.max_rows,
+                                s.max_rows + 1,
+                                s.real ? s.max_rows * s.rt_ld : -1,
+                                s.num_splits ? s.max_rows + 1 : -1,
+                                s.tiles ? s.tiles_size : -1};
+    for (int f = 0; f < kFields; ++f) {
+      if (n[f] < 0) continue;
+      expected_[f] = random_bytes(rng, static_cast<size_t>(n[f]) * 4);
+      dev_[f] = to_backend(b, expected_[f]);
+      present_[f] = true;
+    }
+  }
+
+  MetadataBuffers view(bool device) {
+    auto p = [&](int f) -> int32_t* {
+      if (!present_[f]) return nullptr;
+      return device ? dev_[f].as<int32_t>() : reinterpret_cast<int32_t*>(expected_[f].data());
+    };
+    MetadataBuffers m;
+    m.cache_seqlens = p(kCache);
+    m.cu_seqlens_k = p(kCuK);
+    m.page_table_1 = p(kPt);
+    m.page_table_1_cols = spec_.pt_cols;
+    m.page_table_1_ld = spec_.pt_ld;
+    m.seqlens_expanded = p(kExpanded);
+    m.nsa_cache_seqlens = p(kNsa);
+    m.nsa_cu_seqlens_k = p(kNsaCu);
+    m.real_page_table = p(kReal);
+    m.real_page_table_cols = spec_.rt_cols;
+    m.real_page_table_ld = spec_.rt_ld;
+    m.flashmla_num_splits = p(kSplits);
+    m.flashmla_metadata = p(kTiles);
+    m.flashmla_metadata_size = spec_.tiles_size;
+    m.max_rows = spec_.max_rows;
+    return m;
+  }
+
+  void expect_matches(int64_t d) const {
+    for (int f = 0; f < kFields; ++f) {
+      if (!present_[f]) continue;
+      SCOPED_TRACE(::testing::Message() << "destination " << d << " field " << kFieldNames[f]);
+      NSA_EXPECT_BYTES_EQ(dev_[f].to_host(), expected_[f]);
+    }
+  }
+  bool matches() const {
+    for (int f = 0; f < kFields; ++f)
+      if (present_[f] && dev_[f].to_host() != expected_[f]) return false;
+    return true;
+  }
+  const std::vector<uint8_t>& expected(int f) const { return expected_[f]; }
+  const support::Buffer& device(int f) const { return dev_[f]; }
+
+ private:
+  DestSpec spec_;
+  std::array<std::vector<uint8_t>, kFields> expected_;
+  std::array<support::Buffer, kFields> dev_;
+  std::array<bool, kFields> present_{};
+};
+
+// All destinations of one call, their descriptor tables and the uploaded table.
+struct DestSets {
+  std::vector<Dest> dests;
+  std::vector<MetadataBuffers> dev_views, host_views;
+  support::Buffer workspace;
+  MetadataTargets targets;
+
+  DestSets(Backend b, const Exec& exec, const std::vector<DestSpec>& specs, std::mt19937_64& rng) {
+    for (const auto& s : specs) dests.emplace_back(b, s, rng);
+    for (auto& d : dests) {
+      dev_views.push_back(d.view(true));
+      host_views.push_back(d.view(false));
+    }
+    const int64_t count = static_cast<int64_t>(dests.size());
+    workspace = support::Buffer(b, metadata_targets_workspace_bytes(count));
+    targets = upload_metadata_targets(exec, dev_views.data(), count, workspace.data(), workspace.bytes());
+    support::synchronize(b);
+  }
+  void expect_matches() const {
+    for (size_t d = 0; d < dests.size(); ++d) dests[d].expect_matches(static_cast<int64_t>(d));
+  }
+};
+
+// Keeps the destinations' page tables within ~48 MiB in all (host + device copies double it).
+int64_t dests_within_budget(int64_t wanted, int64_t rows, int64_t ld) {
+  const int64_t per = std::max<int64_t>(1, rows * ld * 4);
+  return std::max<int64_t>(1, std::min<int64_t>(wanted, (int64_t{48} << 20) / per));
+}
+
+// ------------------------------------------------------------------------------------
+// build_metadata cases.
+// ------------------------------------------------------------------------------------
+struct BuildCase {
+  ForwardMode mode = ForwardMode::kDecode;
+  int64_t N = 1;
+  std::vector<int64_t> seq_lens, rpi, extend;
+  int64_t pool_rows = 1, cols = 0, ld = 0;  // req_to_token
+  int64_t num_dests = 1;
+  bool optional = false;  // real page table, FlashMLA, seqlens_expanded in DECODE
+  bool idx64 = false;     // int64 seq_lens / extend_lens and int32 rpi, or the other way round
+  int64_t topk = 2048, page_size = 64;
+  int64_t dest_extra_rows = 1;
+};
+
+template <class T>
+std::vector<T> narrow_to(const std::vector<int64_t>& v) {
+  return std::vector<T>(v.begin(), v.end());
+}
+support::Buffer index_buffer(Backend b, const std::vector<int64_t>& v, bool is64) {
+  return is64 ? to_backend(b, v) : to_backend(b, narrow_to<int32_t>(v));
+}
+
+void run_build_case(Backend b, const Exec& exec, std::mt19937_64& rng, const BuildCase& c) {
+  const int64_t bs = static_cast<int64_t>(c.seq_lens.size());
+  const int64_t R_cap = c.mode == ForwardMode::kDecode ? bs : bs * c.N;
+  SCOPED_TRACE(::testing::Message() << "mode=" << to_string(c.mode) << " bs=" << bs << " N=" << c.N
+                                    << " D=" << c.num_dests << " optional=" << c.optional << " idx64=" << c.idx64
+                                    << " cols=" << c.cols << " ld=" << c.ld);
+  // Inputs. Slots are non-negative; columns past `cols` in each row are junk that must never be read.
+  std::vector<int32_t> table = random_ints<int32_t>(rng, static_cast<size_t>(c.pool_rows * c.ld), 0, (1 << 30));
+  auto table_dev = to_backend(b, table);
+  auto seq_dev = index_buffer(b, c.seq_lens, c.idx64);
+  auto rpi_dev = index_buffer(b, c.rpi, !c.idx64);
+  support::Buffer ext_dev;
+  if (c.mode == ForwardMode::kDraftExtend) ext_dev = index_buffer(b, c.extend, c.idx64);
+  const int64_t tiles_max = 64 + 8 * c.num_dests;
+  auto splits = random_ints<int32_t>(rng, static_cast<size_t>(R_cap + 1), -5, 1000);
+  auto tiles = random_ints<int32_t>(rng, static_cast<size_t>(tiles_max), -1000, 1000);
+  auto splits_dev = to_backend(b, splits);
+  auto tiles_dev = to_backend(b, tiles);
+
+  // Destinations: row strides differ per destination and from the columns; some have spare rows.
+  static const int64_t kLdExtra[] = {0, 4, 1, 7, 8, 3, 12, 5};
+  const int64_t W = c.cols;
+  const int64_t real_cols = (W + c.page_size - 1) / c.page_size;
+  std::vector<DestSpec> specs;
+  for (int64_t d = 0; d < c.num_dests; ++d) {
+    DestSpec s;
+    s.max_rows = R_cap + (d % 2) * c.dest_extra_rows;
+    s.pt_cols = W;
+    s.pt_ld = W + kLdExtra[d % 8];
+    s.expanded = c.mode != ForwardMode::kDecode || (c.optional && d % 2 == 0);
+    s.real = c.optional && d != 1;
+    s.rt_cols = real_cols;
+    s.rt_ld = real_cols + kLdExtra[(d + 3) % 8];
+    s.num_splits = c.optional && d != 2;
+    s.tiles = c.optional && d != 1;
+    s.tiles_size = tiles_max - 8 * d;
+    specs.push_back(s);
+  }
+  DestSets sets(b, exec, specs, rng);
+
+  MetadataConfig cfg;
+  cfg.mode = c.mode;
+  cfg.batch_size = bs;
+  cfg.draft_tokens = c.N;
+  cfg.topk = c.topk;
+  cfg.page_size = c.page_size;
+  MetadataInputs in;
+  in.seq_lens = Indices(seq_dev.data(), c.idx64 ? IndexType::kInt64 : IndexType::kInt32);
+  in.req_pool_indices = Indices(rpi_dev.data(), c.idx64 ? IndexType::kInt32 : IndexType::kInt64);
+  if (c.mode == ForwardMode::kDraftExtend)
+    in.extend_lens = Indices(ext_dev.data(), c.idx64 ? IndexType::kInt64 : IndexType::kInt32);
+  in.req_to_token = table_dev.as<int32_t>();
+  in.req_to_token_rows = c.pool_rows;
+  in.req_to_token_cols = c.cols;
+  in.req_to_token_ld = c.ld;
+  if (c.optional) {
+    in.flashmla_num_splits = splits_dev.as<int32_t>();
+    in.flashmla_metadata = tiles_dev.as<int32_t>();
+  }
+  build_metadata(exec, cfg, in, sets.targets);
+  support::synchronize(b);
+
+  MetadataInputs host_in = in;
+  const auto seq32 = narrow_to<int32_t>(c.seq_lens), rpi32 = narrow_to<int32_t>(c.rpi),
+             ext32 = narrow_to<int32_t>(c.extend);
+  host_in.seq_lens = c.idx64 ? Indices(c.seq_lens.data()) : Indices(seq32.data());
+  host_in.req_pool_indices = c.idx64 ? Indices(rpi32.data()) : Indices(c.rpi.data());
+  host_in.extend_lens = c.mode != ForwardMode::kDraftExtend ? Indices()
+                        : c.idx64                          ? Indices(c.extend.data())
+                                                           : Indices(ext32.data());
+  host_in.req_to_token = table.data();
+  host_in.flashmla_num_splits = c.optional ? splits.data() : nullptr;
+  host_in.flashmla_metadata = c.optional ? tiles.data() : nullptr;
+  reference::build_metadata(cfg, host_in, sets.host_views.data(), c.num_dests);
+  sets.expect_matches();
+}
+
+// Random lengths with the edges: 1 (padded graph rows, stale pool row 0), the
+// top-k clamp (2047, 2048, 2049) and the maximum `max_len`.
+BuildCase make_build_case(std::mt19937_64& rng, ForwardMode mode, int64_t bs, int64_t N, int64_t max_len,
+                          bool aligned_ld) {
+  BuildCase c;
+  c.mode = mode;
+  c.N = N;
+  const int64_t draft = mode == ForwardMode::kTargetVerify ? N : 0;
+  c.cols = max_len + draft;  // VERIFY needs seq_len + N <= W (spec §5.4)
+  c.ld = aligned_ld ? (c.cols + 4) / 4 * 4 + 4 : c.cols + 3;
+  c.pool_rows = bs + 3;
+  const int64_t edges[] = {1, 2047, 2048, 2049, max_len, 2047 - N, 2049 - N, 63, 64, 65};
+  std::uniform_int_distribution<int64_t> any_len(1, max_len), any_row(0, c.pool_rows - 1);
+  const int64_t padded_from = bs - bs / 4;  // the last quarter are graph padding
+  for (int64_t b = 0; b < bs; ++b) {
+    int64_t len = any_len(rng);
+    if (b < padded_from && b % 3 == 1) len = edges[static_cast<size_t>(b / 3) % 10];
+    len = std::min(std::max<int64_t>(len, 1), max_len);
+    int64_t row = any_row(rng);
+    if (b >= padded_from && bs > 1) {
+      len = 1;
+      row = 0;  // stale but valid pool row
+    }
+    if (mode == ForwardMode::kDraftExtend && len > 1) len = std::max(len, N);  // seq_lens include the e_b new tokens
+    c.seq_lens.push_back(len);
+    c.rpi.push_back(row);
+    if (mode == ForwardMode::kDraftExtend)
+      c.extend.push_back(std::uniform_int_distribution<int64_t>(0, std::min(N, len))(rng));  // accept 0..N mixed
+  }
+  return c;
+}
+
+class MetadataTest : public ::testing::TestWithParam<Backend> {
+ protected:
+  void SetUp() override { NSA_SKIP_WITHOUT_BACKEND(GetParam()); }
+  Backend backend() const { return GetParam(); }
+  Exec exec() const { return exec_for(GetParam()); }
+};
+
+const ForwardMode kModes[] = {ForwardMode::kDecode, ForwardMode::kTargetVerify, ForwardMode::kDraftExtend};
+
+TEST_P(MetadataTest, BuildMatchesReferenceAllModes) {
+  auto rng = make_rng(101);
+  const int64_t kDests[] = {1, 2, 3, 5, 8};
+  int64_t i = 0;
+  for (ForwardMode mode : kModes) {
+    for (int64_t bs : {1, 2, 7, 64, 256, 513}) {
+      for (int64_t N : {1, 2, 4}) {
+        const int64_t max_len = bs <= 7 ? 5000 : 2100;
+        BuildCase c = make_build_case(rng, mode, bs, N, max_len, i % 2 == 0);
+        const int64_t rows = mode == ForwardMode::kDecode ? bs : bs * N;
+        c.num_dests = dests_within_budget(kDests[i % 5], rows + 1, c.cols + 12);
+        c.optional = (i / 2) % 2 == 0;
+        c.idx64 = (i / 3) % 2 == 1;
+        run_build_case(backend(), exec(), rng, c);
+        ++i;
+      }
+    }
+  }
+}
+
+TEST_P(MetadataTest, BuildEveryDestinationCount) {
+  auto rng = make_rng(102);
+  for (ForwardMode mode : kModes) {
+    for (int64_t D : {1, 2, 3, 5, 8, 17}) {
+      BuildCase c = make_build_case(rng, mode, 7, 4, 2200, D % 2 == 0);
+      c.num_dests = D;
+      c.optional = D != 2;
+      c.idx64 = D % 3 == 0;
+      run_build_case(backend(), exec(), rng, c);
+    }
+  }
+}
+
+// The graph table width of DeepSeek-V3.2 (163840 + N), few rows, unaligned and aligned strides.
+TEST_P(MetadataTest, BuildWidestTable) {
+  auto rng = make_rng(103);
+  const int64_t N = 4, max_len = 163840;
+  for (ForwardMode mode : kModes) {
+    for (bool aligned : {false, true}) {
+      BuildCase c = make_build_case(rng, mode, 2, N, max_len, aligned);
+      c.seq_lens = {max_len, 2049};
+      if (mode == ForwardMode::kDraftExtend) c.extend = {N, 3};
+      c.num_dests = 2;
+      c.optional = true;
+      c.idx64 = aligned;
+      run_build_case(backend(), exec(), rng, c);
+    }
+  }
+}
+
+// Page sizes other than 64 (1: real table == page_table_1; 3: several page starts per 16-byte vector).
+TEST_P(MetadataTest, BuildOtherPageSizesAndTopk) {
+  auto rng = make_rng(104);
+  for (int64_t P : {1, 2, 3, 16, 100}) {
+    for (ForwardMode mode : kModes) {
+      BuildCase c = make_build_case(rng, mode, 9, 3, 700, P % 2 == 0);
+      c.page_size = P;
+      c.topk = P == 3 ? 1 : 300;
+      c.num_dests = 3;
+      c.optional = true;
+      run_build_case(backend(), exec(), rng, c);
+    }
+  }
+}
+
+TEST_P(MetadataTest, DraftExtendAcceptLengthsZeroToN) {
+  auto rng = make_rng(105);
+  for (int64_t N : {1, 2, 4, 8}) {
+    BuildCase c = make_build_case(rng, ForwardMode::kDraftExtend, 40, N, 3000, true);
+    for (int64_t b = 0; b < 40; ++b) c.extend[b] = std::min<int64_t>(b % (N + 1), c.seq_lens[b]);
+    c.num_dests = 3;
+    c.optional = true;
+    run_build_case(backend(), exec(), rng, c);
+    // No query row at all: only element 0 of the cumulative arrays, the per-request arrays and num_splits[0].
+    for (auto& e : c.extend) e = 0;
+    run_build_case(backend(), exec(), rng, c);
+  }
+}
+
+// metadata.md §4.7 (B = 2, seq_lens = [2100, 70], N = 4, TOPK = 2048, P = 64), checked against the table.
+TEST_P(MetadataTest, SpecWorkedExample) {
+  auto rng = make_rng(106);
+  struct Expect {
+    ForwardMode mode;
+    std::vector<int32_t> cache, cu_k, expanded, nsa, nsa_cu;
+    std::vector<int64_t> extend;
+  };
+  const std::vector<Expect> table = {
+      {ForwardMode::kDecode, {2100, 70}, {0, 2100, 2170}, {2100, 70}, {2048, 70}, {0, 2048, 2118}, {}},
+      {ForwardMode::kTargetVerify,
+       {2104, 74},
+       {0, 2104, 2178},
+       {2101, 2102, 2103, 2104, 71, 72, 73, 74},
+       {2048, 2048, 2048, 2048, 71, 72, 73, 74},
+       {0, 2048, 4096, 6144, 8192, 8263, 8335, 8408, 8482},
+       {}},
+      {ForwardMode::kDraftExtend,
+       {2100, 70},
+       {0, 2100, 2170},
+       {2099, 2100, 68, 69, 70},
+       {2048, 2048, 68, 69, 70},
+       {0, 2048, 4096, 4164, 4233, 4303},
+       {2, 3}},
+  };
+  for (const auto& e : table) {
+    SCOPED_TRACE(to_string(e.mode));
+    const int64_t W = 2112, ld = 2116, rows = 8;
+    std::vector<int32_t> req_to_token(static_cast<size_t>(3 * ld));
+    for (size_t i = 0; i < req_to_token.size(); ++i) req_to_token[i] = static_cast<int32_t>(1000000 + i);
+    std::vector<int32_t> seq = {2100, 70}, rpi = {2, 0}, ext(e.extend.begin(), e.extend.end());
+    auto t_dev = to_backend(backend(), req_to_token);
+    auto s_dev = to_backend(backend(), seq);
+    auto r_dev = to_backend(backend(), rpi);
+    auto e_dev = to_backend(backend(), ext.empty() ? std::vector<int32_t>{0} : ext);
+    DestSpec spec;
+    spec.max_rows = rows;
+    spec.pt_cols = spec.pt_ld = W;
+    spec.real = true;
+    spec.rt_cols = spec.rt_ld = 34;
+    DestSets sets(backend(), exec(), {spec}, rng);
+    MetadataConfig cfg{e.mode, 2, 4, 2048, 64};
+    MetadataInputs in;
+    in.seq_lens = s_dev.as<int32_t>();
+    in.req_pool_indices = r_dev.as<int32_t>();
+    if (e.mode == ForwardMode::kDraftExtend) in.extend_lens = e_dev.as<int32_t>();
+    in.req_to_token = t_dev.as<int32_t>();
+    in.req_to_token_rows = 3;
+    in.req_to_token_cols = W;
+    in.req_to_token_ld = ld;
+    build_metadata(exec(), cfg, in, sets.targets);
+    support::synchronize(backend());
+
+    auto ints = [&](int f, size_t n) {
+      const auto bytes = sets.dests[0].device(f).to_host();
+      std::vector<int32_t> v(n);
+      std::memcpy(v.data(), bytes.data(), n * 4);
+      return v;
+    };
+    const size_t R = e.expanded.size();
+    EXPECT_EQ(ints(kCache, 2), e.cache);
+    EXPECT_EQ(ints(kCuK, 3), e.cu_k);
+    EXPECT_EQ(ints(kExpanded, R), e.expanded);
+    EXPECT_EQ(ints(kNsa, R), e.nsa);
+    EXPECT_EQ(ints(kNsaCu, R + 1), e.nsa_cu);
+    // page_table_1 rows: A (pool row 2) then B (pool row 0), repeated per query token, up to the row's length.
+    const auto pt = ints(kPt, static_cast<size_t>(rows * W));
+    const auto real = ints(kReal, static_cast<size_t>(rows * 34));
+    const auto poison = sets.dests[0].expected(kPt);
+    size_t r = 0;
+    for (size_t b = 0; b < 2; ++b) {
+      const int64_t q = e.mode == ForwardMode::kDecode ? 1 : e.mode == ForwardMode::kTargetVerify ? 4 : e.extend[b];
+      const int64_t L = e.cache[b];
+      for (int64_t j = 0; j < q; ++j, ++r) {
+        const int32_t* src = req_to_token.data() + rpi[b] * ld;
+        EXPECT_EQ(pt[r * W + 0], src[0]);
+        EXPECT_EQ(pt[r * W + L - 1], src[L - 1]);
+        int32_t untouched;
+        std::memcpy(&untouched, poison.data() + (r * W + L) * 4, 4);
+        EXPECT_EQ(pt[r * W + L], untouched) << "column L of row " << r << " must be untouched";
+        const int64_t pages = (L + 63) / 64;
+        EXPECT_EQ(pages, b == 0 ? 33 : 2);  // §4.7: 33 real_page_table columns for the long request
+        for (int64_t p = 0; p < pages; ++p) EXPECT_EQ(real[r * 34 + p], src[p * 64] / 64);
+      }
+    }
+    EXPECT_EQ(static_cast<int64_t>(r), static_cast<int64_t>(R));
+  }
+}
+
+// ------------------------------------------------------------------------------------
+// copy_metadata cases: random precomputed sources (the copy does not care what they mean).
+// ------------------------------------------------------------------------------------
+struct CopyCase {
+  ForwardMode mode;
+  int64_t bs, N, E, max_len, max_seqlen_k, W, num_dests;
+  bool optional, strided_src;
+};
+
+void run_copy_case(Backend b, const Exec& exec, std::mt19937_64& rng, const CopyCase& c) {
+  SCOPED_TRACE(::testing::Message() << "mode=" << to_string(c.mode) << " bs=" << c.bs << " E=" << c.E
+                                    << " D=" << c.num_dests << " optional=" << c.optional
+                                    << " strided=" << c.strided_src);
+  const bool decode = c.mode == ForwardMode::kDecode;
+  const int64_t rows = decode ? c.bs : c.E, cols = decode ? c.max_len : c.max_seqlen_k;
+  const int64_t pt_ld = c.strided_src ? cols + 5 : 0, pt_stride = pt_ld ? pt_ld : cols;
+  const int64_t rc = (cols + 63) / 64, rt_ld = c.strided_src ? rc + 2 : 0, rt_stride = rt_ld ? rt_ld : rc;
+  const int64_t tiles_size = 40 + 4 * c.num_dests;
+  auto src_ints = [&](int64_t n) { return random_ints<int32_t>(rng, static_cast<size_t>(std::max<int64_t>(n, 1)), -100000, 100000); };
+  auto cache = src_ints(c.bs), cu_k = src_ints(c.bs + 1), pt = src_ints(rows * pt_stride), expanded = src_ints(rows),
+       nsa = src_ints(rows), nsa_cu = src_ints(rows + 1), real = src_ints(rows * rt_stride),
+       splits = src_ints(rows + 1), tiles = src_ints(tiles_size);
+  std::vector<support::Buffer> keep;
+  auto dev = [&](const std::vector<int32_t>& v) {
+    keep.push_back(to_backend(b, v));
+    return keep.back().as<int32_t>();
+  };
+  MetadataSources s, hs;
+  s.cache_seqlens = dev(cache);
+  s.cu_seqlens_k = dev(cu_k);
+  s.page_table_1 = dev(pt);
+  s.page_table_1_ld = pt_ld;
+  s.nsa_cache_seqlens = dev(nsa);
+  s.nsa_cu_seqlens_k = dev(nsa_cu);
+  if (c.optional) {
+    s.seqlens_expanded = dev(expanded);
+    s.real_page_table = dev(real);
+    s.real_page_table_cols = rc;
+    s.real_page_table_ld = rt_ld;
+    s.flashmla_num_splits = dev(splits);
+    s.flashmla_metadata = dev(tiles);
+    s.flashmla_metadata_size = tiles_size;
+  }
+  hs = s;
+  hs.cache_seqlens = cache.data();
+  hs.cu_seqlens_k = cu_k.data();
+  hs.page_table_1 = pt.data();
+  hs.nsa_cache_seqlens = nsa.data();
+  hs.nsa_cu_seqlens_k = nsa_cu.data();
+  if (c.optional) {
+    hs.seqlens_expanded = expanded.data();
+    hs.real_page_table = real.data();
+    hs.flashmla_num_splits = splits.data();
+    hs.flashmla_metadata = tiles.data();
+  }
+
+  static const int64_t kLdExtra[] = {3, 0, 4, 1, 9, 2, 16, 7};
+  const int64_t cap = decode ? c.bs : std::max(c.bs, c.bs * c.N);
+  std::vector<DestSpec> specs;
+  for (int64_t d = 0; d < c.num_dests; ++d) {
+    DestSpec ds;
+    ds.max_rows = cap + d % 2;
+    ds.pt_cols = c.W;
+    ds.pt_ld = c.W + kLdExtra[d % 8];
+    ds.expanded = d != 1;  // optional in every mode for the copy
+    ds.real = c.optional ? d != 2 : d % 2 == 0;
+    ds.rt_cols = (c.W + 63) / 64;
+    ds.rt_ld = ds.rt_cols + kLdExtra[(d + 5) % 8];
+    ds.num_splits = d != 1;
+    ds.tiles = d != 3;
+    ds.tiles_size = tiles_size + d;
+    specs.push_back(ds);
+  }
+  DestSets sets(b, exec, specs, rng);
+  const MetadataCopyShape shape{c.mode, c.bs, c.max_len, c.max_seqlen_k, c.E};
+  copy_metadata(exec, shape, s, sets.targets);
+  support::synchronize(b);
+  reference::copy_metadata(shape, hs, sets.host_views.data(), c.num_dests);
+  sets.expect_matches();
+}
+
+TEST_P(MetadataTest, CopyMatchesReferenceAllModes) {
+  auto rng = make_rng(107);
+  const int64_t kDests[] = {1, 2, 3, 5, 8};
+  int64_t i = 0;
+  for (ForwardMode mode : kModes) {
+    for (int64_t bs : {1, 2, 7, 64, 256, 513}) {
+      for (int64_t N : {1, 2, 4}) {
+        const bool decode = mode == ForwardMode::kDecode;
+        const int64_t W = bs <= 7 ? 4100 + N : 600 + N;
+        const int64_t E = mode == ForwardMode::kTargetVerify ? bs * N
+                          : decode                           ? bs
+                                                             : std::uniform_int_distribution<int64_t>(0, bs * N)(rng);
+        const int64_t max_len = std::uniform_int_distribution<int64_t>(1, W)(rng);
+        const int64_t max_seqlen_k = i % 4 == 0 ? W : std::uniform_int_distribution<int64_t>(1, W)(rng);
+        const int64_t rows = decode ? bs : bs * N;
+        const int64_t D = dests_within_budget(kDests[i % 5], rows + 1, W + 16);
+        run_copy_case(backend(), exec(), rng, {mode, bs, N, E, max_len, max_seqlen_k, W, D, i % 2 == 0, (i / 2) % 2 == 0});
+        ++i;
+      }
+    }
+  }
+}
+
+TEST_P(MetadataTest, CopyWidestTableAndManyDestinations) {
+  auto rng = make_rng(108);
+  const int64_t W = 163840 + 4;
+  run_copy_case(backend(), exec(), rng, {ForwardMode::kDecode, 3, 4, 3, W, 0, W, 3, true, true});
+  run_copy_case(backend(), exec(), rng, {ForwardMode::kTargetVerify, 2, 4, 8, 0, W, W, 2, true, false});
+  run_copy_case(backend(), exec(), rng, {ForwardMode::kDraftExtend, 2, 4, 5, 0, W - 1, W, 2, false, true});
+  run_copy_case(backend(), exec(), rng, {ForwardMode::kDecode, 5, 1, 5, 333, 0, 400, 17, true, true});
+}
+
+TEST_P(MetadataTest, EmptyBatchWritesNothing) {
+  auto rng = make_rng(109);
+  DestSpec spec;
+  spec.max_rows = 4;
+  spec.pt_cols = spec.pt_ld = 16;
+  DestSets sets(backend(), exec(), {spec}, rng);
+  for (ForwardMode mode : kModes) {
+    MetadataConfig cfg{mode, 0, 4, 2048, 64};
+    build_metadata(exec(), cfg, MetadataInputs{}, sets.targets);  // null inputs are fine when bs = 0
+    copy_metadata(exec(), MetadataCopyShape{mode, 0, 5, 5, 0}, MetadataSources{}, sets.targets);
+  }
+  support::synchronize(backend());
+  sets.expect_matches();
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, MetadataTest, ::testing::ValuesIn(all_backends()), backend_name);
+
+// ------------------------------------ validation ------------------------------------
+
+template <class Fn>
+void expect_invalid(Fn&& fn, const std::string& arg, ErrorCode code = ErrorCode::kInvalidArgument) {
+  try {
+    fn();
+    ADD_FAILURE() << "expected nsa::Error for argument " << arg;
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), code) << e.what();
+    EXPECT_NE(std::string(e.what()).find(arg), std::string::npos) << e.what();
+    if (code == ErrorCode::kInvalidArgument) {
+      EXPECT_NE(std::string(e.what()).find("expected"), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("got"), std::string::npos) << e.what();
+    }
+  }
+}
+
+TEST(MetadataValidation, EveryCheckNamesItsArgumentAndWritesNothing) {
+  auto rng = make_rng(110);
+  const Exec cpu = Exec::cpu();
+  DestSpec spec;
+  spec.max_rows = 8;
+  spec.pt_cols = spec.pt_ld = 32;
+  spec.real = true;
+  spec.rt_cols = spec.rt_ld = 2;
+  spec.tiles = true;
+  spec.tiles_size = 4;
+  DestSets sets(Backend::kCpu, cpu, {spec, spec}, rng);
+  std::vector<int32_t> seq = {5, 6}, rpi = {0, 1}, ext = {1, 2}, table(2 * 40, 7), src(512, 3);
+  MetadataInputs in;
+  in.seq_lens = seq.data();
+  in.req_pool_indices = rpi.data();
+  in.req_to_token = table.data();
+  in.req_to_token_rows = 2;
+  in.req_to_token_cols = 32;
+  in.req_to_token_ld = 40;
+  const MetadataConfig cfg{ForwardMode::kDecode, 2, 4, 2048, 64};
+
+  auto with_cfg = [&](auto mutate) {
+    MetadataConfig c = cfg;
+    mutate(c);
+    return c;
+  };
+  auto with_in = [&](auto mutate) {
+    MetadataInputs i = in;
+    mutate(i);
+    return i;
+  };
+  auto build = [&](const MetadataConfig& c, const MetadataInputs& i) { build_metadata(cpu, c, i, sets.targets); };
+  expect_invalid([&] { build(with_cfg([](auto& c) { c.mode = static_cast<ForwardMode>(3); }), in); }, "config.mode");
+  expect_invalid([&] { build(with_cfg([](auto& c) { c.batch_size = -1; }), in); }, "config.batch_size");
+  expect_invalid([&] { build(with_cfg([](auto& c) { c.draft_tokens = 0; }), in); }, "config.draft_tokens");
+  expect_invalid([&] { build(with_cfg([](auto& c) { c.topk = 0; }), in); }, "config.topk");
+  expect_invalid([&] { build(with_cfg([](auto& c) { c.page_size = 0; }), in); }, "config.page_size");
+  expect_invalid([&] { build(with_cfg([](auto& c) { c.draft_tokens = int64_t{1} << 40; }), in); }, "config.draft_tokens");
+  // Row capacity: 2 requests x N = 4 rows > max_rows = 8? No: 8 fits; 3 requests x 4 = 12 does not.
+  expect_invalid([&] { build(with_cfg([](auto& c) { c.mode = ForwardMode::kTargetVerify; c.batch_size = 3; }), in); }, "targets[0].max_rows");
+  expect_invalid([&] { build(with_cfg([](auto& c) { c.batch_size = 9; }), in); }, "targets[0].max_rows");
+  expect_invalid([&] { build(cfg, with_in([](auto& i) { i.seq_lens = Indices(); })); }, "inputs.seq_lens");
+  expect_invalid([&] { build(cfg, with_in([](auto& i) { i.seq_lens = Indices(i.seq_lens.data, static_cast<IndexType>(2)); })); }, "inputs.seq_lens");
+  expect_invalid([&] { build(cfg, with_in([](auto& i) { i.req_pool_indices = Indices(); })); }, "inputs.req_pool_indices");
+  expect_invalid([&] { build(cfg, with_in([](auto& i) { i.req_to_token = nullptr; })); }, "inputs.req_to_token");
+  expect_invalid([&] { build(cfg, with_in([](auto& i) { i.req_to_token_rows = 0; })); }, "inputs.req_to_token_rows");
+  expect_invalid([&] { build(cfg, with_in([](auto& i) { i.req_to_token_cols = -1; })); }, "inputs.req_to_token_cols");
+  expect_invalid([&] { build(cfg, with_in([](auto& i) { i.req_to_token_ld = 31; })); }, "inputs.req_to_token_ld");
+  expect_invalid([&] { build(cfg, with_in([&](auto& i) { i.extend_lens = ext.data(); })); }, "inputs.extend_lens");
+  expect_invalid([&] { build(with_cfg([](auto& c) { c.mode = ForwardMode::kDraftExtend; }), in); }, "inputs.extend_lens");
+
+  // Destination descriptors, checked per call (and at upload).
+  auto with_target = [&](int d, auto mutate) {
+    auto views = sets.dev_views;
+    mutate(views[d]);
+    return views;
+  };
+  struct TargetCase {
+    int d;
+    std::function<void(MetadataBuffers&)> mutate;
+    const char* arg;
+  };
+  const std::vector<TargetCase> target_cases = {
+      {0, [](MetadataBuffers& t) { t.cache_seqlens = nullptr; }, "targets[0].cache_seqlens"},
+      {1, [](MetadataBuffers& t) { t.cu_seqlens_k = nullptr; }, "targets[1].cu_seqlens_k"},
+      {1, [](MetadataBuffers& t) { t.page_table_1 = nullptr; }, "targets[1].page_table_1"},
+      {0, [](MetadataBuffers& t) { t.nsa_cache_seqlens = nullptr; }, "targets[0].nsa_cache_seqlens"},
+      {1, [](MetadataBuffers& t) { t.nsa_cu_seqlens_k = nullptr; }, "targets[1].nsa_cu_seqlens_k"},
+      {1, [](MetadataBuffers& t) { t.max_rows = -1; }, "targets[1].max_rows"},
+      {0, [](MetadataBuffers& t) { t.page_table_1_cols = -1; }, "targets[0].page_table_1_cols"},
+      {1, [](MetadataBuffers& t) { t.page_table_1_ld = 31; }, "targets[1].page_table_1_ld"},
+      {0, [](MetadataBuffers& t) { t.real_page_table_cols = -2; }, "targets[0].real_page_table_cols"},
+      {1, [](MetadataBuffers& t) { t.real_page_table_ld = 1; }, "targets[1].real_page_table_ld"},
+      {1, [](MetadataBuffers& t) { t.flashmla_metadata_size = -1; }, "targets[1].flashmla_metadata_size"},
+  };
+  for (const auto& tc : target_cases) {
+    auto views = with_target(tc.d, tc.mutate);
+    const MetadataTargets bad{views.data(), sets.targets.table, 2};
+    expect_invalid([&] { build_metadata(cpu, cfg, in, bad); }, tc.arg);
+    expect_invalid([&] { copy_metadata(cpu, MetadataCopyShape{ForwardMode::kDecode, 2, 4, 0, 0}, MetadataSources{src.data(), src.data(), src.data(), 0, nullptr, src.data(), src.data()}, bad); }, tc.arg);
+    support::Buffer ws(Backend::kCpu, metadata_targets_workspace_bytes(2));
+    expect_invalid([&] { upload_metadata_targets(cpu, views.data(), 2, ws.data(), ws.bytes()); }, tc.arg);
+  }
+  {
+    auto views = with_target(1, [](MetadataBuffers& t) { t.seqlens_expanded = nullptr; });
+    const MetadataTargets bad{views.data(), sets.targets.table, 2};
+    expect_invalid([&] { build_metadata(cpu, with_cfg([](auto& c) { c.mode = ForwardMode::kTargetVerify; }), in, bad); }, "targets[1].seqlens_expanded");
+  }
+  expect_invalid([&] { build_metadata(cpu, cfg, in, MetadataTargets{sets.targets.host, sets.targets.table, 0}); }, "targets.count");
+  expect_invalid([&] { build_metadata(cpu, cfg, in, MetadataTargets{nullptr, sets.targets.table, 2}); }, "targets.host");
+  expect_invalid([&] { build_metadata(cpu, cfg, in, MetadataTargets{sets.targets.host, nullptr, 2}); }, "targets.table");
+  expect_invalid([&] { build_metadata(Exec{Backend::kCpu, nullptr, -1}, cfg, in, sets.targets); }, "cpu_threads");
+
+  // upload_metadata_targets' own arguments.
+  support::Buffer ws(Backend::kCpu, metadata_targets_workspace_bytes(2));
+  expect_invalid([&] { upload_metadata_targets(cpu, sets.dev_views.data(), 0, ws.data(), ws.bytes()); }, "count");
+  expect_invalid([&] { upload_metadata_targets(cpu, nullptr, 2, ws.data(), ws.bytes()); }, "host");
+  expect_invalid([&] { upload_metadata_targets(cpu, sets.dev_views.data(), 2, nullptr, ws.bytes()); }, "workspace");
+  expect_invalid([&] { upload_metadata_targets(cpu, sets.dev_views.data(), 2, ws.as<uint8_t>() + 4, ws.bytes() - 8); }, "workspace");
+  expect_invalid([&] { upload_metadata_targets(cpu, sets.dev_views.data(), 2, ws.data(), ws.bytes() - 1); }, "workspace_bytes");
+
+  // copy_metadata's shape and sources.
+  const MetadataSources good_src{src.data(), src.data(), src.data(), 0, nullptr, src.data(), src.data()};
+  const MetadataCopyShape good_shape{ForwardMode::kTargetVerify, 2, 0, 30, 8};
+  auto copy = [&](const MetadataCopyShape& sh, const MetadataSources& s) { copy_metadata(cpu, sh, s, sets.targets); };
+  auto with_shape = [&](auto mutate) {
+    MetadataCopyShape sh = good_shape;
+    mutate(sh);
+    return sh;
+  };
+  auto with_src = [&](auto mutate) {
+    MetadataSources s = good_src;
+    mutate(s);
+    return s;
+  };
+  expect_invalid([&] { copy(with_shape([](auto& s) { s.mode = static_cast<ForwardMode>(-1); }), good_src); }, "shape.mode");
+  expect_invalid([&] { copy(with_shape([](auto& s) { s.batch_size = -1; }), good_src); }, "shape.batch_size");
+  expect_invalid([&] { copy(with_shape([](auto& s) { s.max_len = -1; }), good_src); }, "shape.max_len");
+  expect_invalid([&] { copy(with_shape([](auto& s) { s.max_seqlen_k = -1; }), good_src); }, "shape.max_seqlen_k");
+  expect_invalid([&] { copy(with_shape([](auto& s) { s.seqlens_expanded_size = -1; }), good_src); }, "shape.seqlens_expanded_size");
+  expect_invalid([&] { copy(with_shape([](auto& s) { s.seqlens_expanded_size = 9; }), good_src); }, "targets[0].max_rows");
+  expect_invalid([&] { copy(with_shape([](auto& s) { s.batch_size = 9; s.seqlens_expanded_size = 2; }), good_src); }, "targets[0].max_rows");
+  expect_invalid([&] { copy(with_shape([](auto& s) { s.max_seqlen_k = 33; }), good_src); }, "targets[0].page_table_1_cols");
+  expect_invalid([&] { copy(good_shape, with_src([](auto& s) { s.cache_seqlens = nullptr; })); }, "sources.cache_seqlens");
+  expect_invalid([&] { copy(good_shape, with_src([](auto& s) { s.cu_seqlens_k = nullptr; })); }, "sources.cu_seqlens_k");
+  expect_invalid([&] { copy(good_shape, with_src([](auto& s) { s.page_table_1 = nullptr; })); }, "sources.page_table_1");
+  expect_invalid([&] { copy(good_shape, with_src([](auto& s) { s.page_table_1_ld = 29; })); }, "sources.page_table_1_ld");
+  expect_invalid([&] { copy(good_shape, with_src([](auto& s) { s.nsa_cache_seqlens = nullptr; })); }, "sources.nsa_cache_seqlens");
+  expect_invalid([&] { copy(good_shape, with_src([](auto& s) { s.nsa_cu_seqlens_k = nullptr; })); }, "sources.nsa_cu_seqlens_k");
+  expect_invalid([&] { copy(good_shape, with_src([&](auto& s) { s.real_page_table = src.data(); s.real_page_table_cols = -1; })); }, "sources.real_page_table_cols");
+  expect_invalid([&] { copy(good_shape, with_src([&](auto& s) { s.real_page_table = src.data(); s.real_page_table_cols = 2; s.real_page_table_ld = 1; })); }, "sources.real_page_table_ld");
+  expect_invalid([&] { copy(good_shape, with_src([&](auto& s) { s.real_page_table = src.data(); s.real_page_table_cols = 3; })); }, "targets[0].real_page_table_cols");
+  expect_invalid([&] { copy(good_shape, with_src([&](auto& s) { s.flashmla_metadata = src.data(); s.flashmla_metadata_size = -1; })); }, "sources.flashmla_metadata_size");
+  expect_invalid([&] { copy(good_shape, with_src([&](auto& s) { s.flashmla_metadata = src.data(); s.flashmla_metadata_size = 5; })); }, "targets[0].flashmla_metadata_size");
+
+  if (!cuda_built()) {
+    expect_invalid([&] { build_metadata(Exec::cuda(), cfg, in, sets.targets); }, "cuda", ErrorCode::kUnsupported);
+  } else {
+    // Alignment is checked on the host, before any device access.
+    auto views = with_target(0, [](MetadataBuffers& t) { t.page_table_1 = reinterpret_cast<int32_t*>(reinterpret_cast<uint8_t*>(t.page_table_1) + 2); });
+    const MetadataTargets bad{views.data(), sets.targets.table, 2};
+    expect_invalid([&] { build_metadata(Exec::cuda(), cfg, in, bad); }, "targets[0].page_table_1");
+    expect_invalid([&] { build_metadata(Exec::cuda(), cfg, with_in([&](auto& i) { i.req_to_token = reinterpret_cast<const int32_t*>(reinterpret_cast<const uint8_t*>(table.data()) + 1); }), sets.targets); }, "inputs.req_to_token");
+  }
+  // Nothing was written by any failed call.
+  sets.expect_matches();
+
+  // And a valid call still works after all that (the checks are not sticky).
+  build_metadata(cpu, cfg, in, sets.targets);
+  reference::build_metadata(cfg, in, sets.host_views.data(), 2);
+  sets.expect_matches();
+}
+
+TEST(MetadataNames, ForwardModeToString) {
+  EXPECT_STREQ(to_string(ForwardMode::kDecode), "decode");
+  EXPECT_STREQ(to_string(ForwardMode::kTargetVerify), "target_verify");
+  EXPECT_STREQ(to_string(ForwardMode::kDraftExtend), "draft_extend");
+  EXPECT_EQ(metadata_targets_workspace_bytes(3), 3 * sizeof(MetadataBuffers));
+  EXPECT_EQ(metadata_targets_workspace_bytes(0), 0u);
+}
+
+// ------------------------------------------------------------------------------------
+// CUDA graph: capture build_metadata + a consumer kernel once, replay >= 1000
+// times with fresh inputs copied into the captured input buffers, and check
+// every replay against the reference applied to a host mirror of the buffers.
+// ------------------------------------------------------------------------------------
+#if defined(NSA_WITH_CUDA)
+#define NSA_TEST_CUDA(expr) ASSERT_EQ((expr), cudaSuccess) << #expr
+
+TEST(MetadataCudaGraph, CaptureOnceReplayWithFreshInputs) {
+  NSA_SKIP_WITHOUT_BACKEND(Backend::kCuda);
+  const Backend b = Backend::kCuda;
+  auto rng = make_rng(111);
+  const int64_t bs = 24, N = 4, max_len = 2100, W = max_len + N, ld = W + 4, pool_rows = bs + 8, D = 2;
+  const int kReplays = 1000;
+  cudaStream_t stream = nullptr;
+  NSA_TEST_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  const Exec exec = Exec::cuda(stream);
+
+  auto table = random_ints<int32_t>(rng, static_cast<size_t>(pool_rows * ld), 0, 1 << 30);
+  auto table_dev = to_backend(b, table);
+  support::Buffer seq_dev(b, bs * 8), rpi_dev(b, bs * 4), ext_dev(b, bs * 4), checksum_dev(b, 8);
+  auto splits = random_ints<int32_t>(rng, static_cast<size_t>(bs * N + 1), 0, 100);
+  auto tiles = random_ints<int32_t>(rng, 64, 0, 100);
+  auto splits_dev = to_backend(b, splits);
+  auto tiles_dev = to_backend(b, tiles);
+
+  for (ForwardMode mode : kModes) {
+    SCOPED_TRACE(to_string(mode));
+    const int64_t R_cap = mode == ForwardMode::kDecode ? bs : bs * N;
+    std::vector<DestSpec> specs(D);
+    for (int64_t d = 0; d < D; ++d) {
+      specs[d].max_rows = R_cap;
+      specs[d].pt_cols = W;
+      specs[d].pt_ld = W + 4 * d + d;
+      specs[d].real = true;
+      specs[d].rt_cols = specs[d].rt_ld = (W + 63) / 64 + d;
+      specs[d].num_splits = specs[d].tiles = true;
+      specs[d].tiles_size = 64;
+    }
+    DestSets sets(b, exec, specs, rng);
+    NSA_TEST_CUDA(cudaStreamSynchronize(stream));
+
+    MetadataConfig cfg{mode, bs, N, 2048, 64};
+    MetadataInputs in;
+    in.seq_lens = seq_dev.as<int64_t>();
+    in.req_pool_indices = rpi_dev.as<int32_t>();
+    if (mode == ForwardMode::kDraftExtend) in.extend_lens = ext_dev.as<int32_t>();
+    in.req_to_token = table_dev.as<int32_t>();
+    in.req_to_token_rows = pool_rows;
+    in.req_to_token_cols = W;
+    in.req_to_token_ld = ld;
+    in.flashmla_num_splits = splits_dev.as<int32_t>();
+    in.flashmla_metadata = tiles_dev.as<int32_t>();
+
+    cudaGraph_t graph = nullptr;
+    cudaGraphExec_t graph_exec = nullptr;
+    NSA_TEST_CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+    build_metadata(exec, cfg, in, sets.targets);
+    NSA_TEST_CUDA(launch_checksum(sets.dev_views[0].nsa_cu_seqlens_k, R_cap + 1, checksum_dev.as<long long>(), stream));
+    NSA_TEST_CUDA(cudaStreamEndCapture(stream, &graph));
+    NSA_TEST_CUDA(cudaGraphInstantiate(&graph_exec, graph, 0));
+
+    int64_t failures = 0;
+    for (int replay = 0; replay < kReplays && failures < 3; ++replay) {
+      BuildCase c = make_build_case(rng, mode, bs, N, max_len, true);
+      // A live batch smaller than the captured one: the tail is graph padding (length 1, stale pool row).
+      const int64_t live = std::uniform_int_distribution<int64_t>(1, bs)(rng);
+      for (int64_t r = live; r < bs; ++r) {
+        c.seq_lens[r] = 1;
+        if (mode == ForwardMode::kDraftExtend) c.extend[r] = std::min<int64_t>(c.extend[r], 1);
+      }
+      const auto rpi32 = narrow_to<int32_t>(c.rpi);
+      const auto ext32 = mode == ForwardMode::kDraftExtend ? narrow_to<int32_t>(c.extend) : std::vector<int32_t>(bs, 0);
+      NSA_TEST_CUDA(cudaMemcpyAsync(seq_dev.data(), c.seq_lens.data(), bs * 8, cudaMemcpyHostToDevice, stream));
+      NSA_TEST_CUDA(cudaMemcpyAsync(rpi_dev.data(), rpi32.data(), bs * 4, cudaMemcpyHostToDevice, stream));
+      NSA_TEST_CUDA(cudaMemcpyAsync(ext_dev.data(), ext32.data(), bs * 4, cudaMemcpyHostToDevice, stream));
+      NSA_TEST_CUDA(cudaGraphLaunch(graph_exec, stream));
+      NSA_TEST_CUDA(cudaStreamSynchronize(stream));
+
+      MetadataInputs host_in = in;
+      host_in.seq_lens = c.seq_lens.data();
+      host_in.req_pool_indices = rpi32.data();
+      if (mode == ForwardMode::kDraftExtend) host_in.extend_lens = ext32.data();
+      host_in.req_to_token = table.data();
+      host_in.flashmla_num_splits = splits.data();
+      host_in.flashmla_metadata = tiles.data();
+      reference::build_metadata(cfg, host_in, sets.host_views.data(), D);
+
+      bool ok = true;
+      for (const auto& d : sets.dests) ok = ok && d.matches();
+      long long checksum = 0, expected = 0;
+      checksum_dev.download(&checksum, 8);
+      const auto& cu_bytes = sets.dests[0].expected(kNsaCu);
+      for (int64_t i = 0; i <= R_cap; ++i) {
+        int32_t v;
+        std::memcpy(&v, cu_bytes.data() + i * 4, 4);
+        expected += v;
+      }
+      ok = ok && checksum == expected;
+      if (!ok) {
+        ++failures;
+        ADD_FAILURE() << "replay " << replay << " differs from the reference (checksum " << checksum << " vs "
+                      << expected << ")";
+        sets.expect_matches();
+      }
+    }
+    NSA_TEST_CUDA(cudaGraphExecDestroy(graph_exec));
+    NSA_TEST_CUDA(cudaGraphDestroy(graph));
+  }
+  NSA_TEST_CUDA(cudaStreamDestroy(stream));
+}
+#endif
+
+}  // namespace
+}  // namespace test
+}  // namespace nsa
