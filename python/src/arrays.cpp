@@ -85,6 +85,7 @@ int64_t Array::numel() const {
 }
 
 bool Array::contiguous() const {
+  if (numel() == 0) return true;  // producers report arbitrary strides for empty arrays
   int64_t expected = 1;
   for (int i = ndim - 1; i >= 0; --i) {
     if (shape[i] > 1 && stride[i] != expected) return false;
@@ -197,6 +198,7 @@ int64_t Call::vector(const Array& a, int64_t min_len, const std::string& shape_t
 
 int64_t Call::table(const Array& a, const std::string& shape_text) const {
   if (a.ndim != 2) fail(a.name, "a 2-D array " + shape_text, a.describe());
+  if (a.numel() == 0) return a.shape[1];  // nothing is read; strides of empty arrays are arbitrary
   if (a.shape[1] > 1 && a.stride[1] != 1) fail(a.name, "a unit column stride", a.describe());
   if (a.shape[0] <= 1) return a.shape[1];  // the row stride of a single row is meaningless
   if (a.stride[0] < a.shape[1]) fail(a.name, "a row stride >= the column count", a.describe());
