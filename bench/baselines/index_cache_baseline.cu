@@ -38,7 +38,7 @@ __global__ void quantize_kernel(const uint16_t* k, int64_t ld, bool ue8m0, uint8
   __syncthreads();
   const float amax = fmaxf(fmaxf(warp_max[0], warp_max[1]), fmaxf(warp_max[2], warp_max[3]));
   const float s = detail::scale_from_amax(amax, ue8m0);
-  q[t * 128 + threadIdx.x] = detail::float_to_e4m3_satfinite(x * (1.0f / s));
+  q[t * 128 + threadIdx.x] = detail::quantize_e4m3(x, 1.0f / s);
   if (threadIdx.x == 0) scale[t] = s;
 }
 

@@ -31,7 +31,7 @@ void quantize_and_store_k(int threads, IndexCache cache, const uint16_t* k, int6
       const float s = detail::scale_from_amax(amax, ue8m0);
       const float inv = 1.0f / s;
       uint8_t* dst = cache.data + L::k_offset(slot);
-      for (int64_t d = 0; d < L::kHeadDim; ++d) dst[d] = detail::float_to_e4m3_satfinite(x[d] * inv);
+      for (int64_t d = 0; d < L::kHeadDim; ++d) dst[d] = detail::quantize_e4m3(x[d], inv);
       std::memcpy(cache.data + L::scale_offset(slot), &s, sizeof s);
     }
   });

@@ -68,8 +68,11 @@ void quantize_and_store_k(IndexCache cache, const uint16_t* k, int64_t n, int64_
     }
     const float s = quant_scale(amax, mode);
     const float inv = 1.0f / s;
-    for (int64_t d = 0; d < kDim; ++d)
-      cache.data[k_byte(slots[t], d)] = float_to_e4m3(bf16_to_float(k[t * k_ld + d]) * inv);
+    for (int64_t d = 0; d < kDim; ++d) {
+      const float v = bf16_to_float(k[t * k_ld + d]);
+      // NaN keeps its sign (spec'd behaviour); don't let the multiply decide.
+      cache.data[k_byte(slots[t], d)] = float_to_e4m3(std::isnan(v) ? v : v * inv);
+    }
     std::memcpy(cache.data + scale_byte(slots[t]), &s, 4);
   }
 }

@@ -89,7 +89,7 @@ __global__ void __launch_bounds__(kStoreThreads) quantize_and_store_k_kernel(uin
     const float inv = 1.0f / s;
     uint32_t q[2] = {0, 0};
 #pragma unroll
-    for (int i = 0; i < 8; ++i) q[i / 4] |= static_cast<uint32_t>(detail::float_to_e4m3_satfinite(x[i] * inv)) << (8 * (i % 4));
+    for (int i = 0; i < 8; ++i) q[i / 4] |= static_cast<uint32_t>(detail::quantize_e4m3(x[i], inv)) << (8 * (i % 4));
     *reinterpret_cast<uint2*>(cache + k_byte_offset(slot) + sub * 8) = make_uint2(q[0], q[1]);
     if (sub == 0) *reinterpret_cast<float*>(cache + scale_byte_offset(slot)) = s;
   }

@@ -71,6 +71,15 @@ NSA_HOST_DEVICE uint8_t float_to_e4m3_satfinite(float x) {
   return sign | static_cast<uint8_t>(rounded - 960u);
 }
 
+// One element: x * inv_scale as e4m3. NaN is handled before the multiply:
+// the GPU's FMUL returns a canonical (positive) NaN, x86 keeps the input's
+// sign, and we promise the sign is kept on every backend.
+NSA_HOST_DEVICE uint8_t quantize_e4m3(float x, float inv_scale) {
+  const uint32_t bits = float_bits(x);
+  if ((bits & 0x7fffffffu) > 0x7f800000u) return static_cast<uint8_t>(((bits >> 24) & 0x80u) | 0x7fu);
+  return float_to_e4m3_satfinite(x * inv_scale);
+}
+
 // Per-token scale from the finite amax of its 128 values (spec §3).
 NSA_HOST_DEVICE float scale_from_amax(float amax, bool ue8m0) {
   const float floored = amax > kAmaxFloor ? amax : kAmaxFloor;
