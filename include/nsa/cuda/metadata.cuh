@@ -35,7 +35,8 @@ constexpr int kMetaThreads = 256;
 constexpr int kMetaWarps = kMetaThreads / 32;
 constexpr int kVecPerLane = 4;                                // 4 x 16 B loads in flight per lane
 constexpr int64_t kColsPerItem = 32 * 4 * kVecPerLane;        // 512 int32 columns per warp item
-constexpr int kMetaCtasPerSm = 4;
+constexpr int kBuildCtasPerSm = 2;  // build kernel: ~114 registers/thread, 2 CTAs resident per SM
+constexpr int kCopyCtasPerSm = 4;   // copy kernel: <= 64 registers/thread, 4 CTAs resident per SM
 
 // ---------------------------------------------------------------------------
 // Row-chunk helpers shared by both kernels. A lane owns kVecPerLane groups of
@@ -172,7 +173,7 @@ __device__ __forceinline__ void build_page_item(const BuildParams& p, const int3
   }
 }
 
-__global__ void __launch_bounds__(kMetaThreads) build_metadata_kernel(const __grid_constant__ BuildParams p) {
+__global__ void __launch_bounds__(kMetaThreads, kBuildCtasPerSm) build_metadata_kernel(const __grid_constant__ BuildParams p) {
   using Scan = cub::BlockScan<BuildScan, kMetaThreads>;
   __shared__ typename Scan::TempStorage scan_storage;
   __shared__ int64_t s_item_start[kMetaThreads];
@@ -371,9 +372,11 @@ __global__ void __launch_bounds__(kMetaThreads) copy_metadata_kernel(const __gri
 // ---------------------------------------------------------------------------
 // Launchers.
 // ---------------------------------------------------------------------------
-inline int metadata_grid(int64_t max_items, int num_sms) {
+// One wave of resident CTAs at most (extra CTAs of the build kernel would only
+// repeat the batch scan), never more CTAs than there are warp items.
+inline int metadata_grid(int64_t max_items, int num_sms, int ctas_per_sm) {
   const int64_t wanted = (max_items + kMetaWarps - 1) / kMetaWarps;
-  const int64_t cap = static_cast<int64_t>(num_sms > 0 ? num_sms : 1) * kMetaCtasPerSm;
+  const int64_t cap = static_cast<int64_t>(num_sms > 0 ? num_sms : 1) * ctas_per_sm;
   return static_cast<int>(wanted < 1 ? 1 : (wanted < cap ? wanted : cap));
 }
 
@@ -384,7 +387,7 @@ inline cudaError_t invoke_build_metadata(const BuildParams& p, int64_t req_to_to
   if (p.batch == 0) return cudaSuccess;
   const int64_t items_per_request = (req_to_token_cols + kColsPerItem - 1) / kColsPerItem;
   const int64_t max_items = p.batch * (items_per_request > 0 ? items_per_request : 1);
-  build_metadata_kernel<<<metadata_grid(max_items, num_sms), kMetaThreads, 0, stream>>>(p);
+  build_metadata_kernel<<<metadata_grid(max_items, num_sms, kBuildCtasPerSm), kMetaThreads, 0, stream>>>(p);
   return cudaGetLastError();
 }
 
@@ -406,7 +409,7 @@ inline void add_copy_job(CopyParams& p, MetaField field, const int32_t* src, int
 
 inline cudaError_t invoke_copy_metadata(const CopyParams& p, int num_sms, cudaStream_t stream) {
   if (p.total_items == 0) return cudaSuccess;
-  copy_metadata_kernel<<<metadata_grid(p.total_items, num_sms), kMetaThreads, 0, stream>>>(p);
+  copy_metadata_kernel<<<metadata_grid(p.total_items, num_sms, kCopyCtasPerSm), kMetaThreads, 0, stream>>>(p);
   return cudaGetLastError();
 }
 
