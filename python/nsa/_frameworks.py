@@ -39,7 +39,8 @@ class _Torch:
         # The C function behind torch.cuda.current_stream(i).cuda_stream, without
         # building a Stream object (a few hundred ns instead of microseconds).
         self._raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
-        _nsa._register_torch(torch.Tensor, torch.utils.dlpack.to_dlpack)
+        # The C export function itself (torch.utils.dlpack.to_dlpack wraps it in some versions).
+        _nsa._register_torch(torch.Tensor, getattr(torch._C, "_to_dlpack", None) or torch.utils.dlpack.to_dlpack)
 
     def empty(self, like, shape, dtype):
         return self.torch.empty(shape, dtype=self.dtypes[dtype], device=like.device)

@@ -125,7 +125,7 @@ Array Call::import(nb::handle obj, const char* name, bool writable) {
     } catch (nb::python_error& e) {
       // e.g. a float8 tensor on a torch without float8 DLPack support
       throw DTypeError(std::string("nsa.") + op_ + ": argument '" + name +
-                       "': cannot be exported through DLPack (" + e.what() + ")");
+                       "': cannot be exported through DLPack (" + nb::str(e.value()).c_str() + ")");
     }
   }
   bool ok = writable ? nb::try_cast(source, a.keep_rw, false) : nb::try_cast(source, a.keep_ro, false);
