@@ -189,15 +189,17 @@ nsa::Indices Call::indices(const Array& a) const {
   return nsa::Indices(a.data, index_type(a));
 }
 
-int64_t Call::vector(const Array& a, int64_t min_len, const std::string& shape_text, bool exact) const {
+int64_t Call::vector(const Array& a, int64_t min_len, const char* what, bool exact) const {
   const bool ok_shape = a.ndim == 1 && (exact ? a.shape[0] == min_len : a.shape[0] >= min_len);
-  if (!ok_shape) fail(a.name, "shape " + shape_text, a.describe());
+  if (!ok_shape)
+    fail(a.name, std::string("shape ") + what + " = [" + (exact ? "" : ">= ") + std::to_string(min_len) + "]",
+         a.describe());
   if (!a.contiguous()) fail(a.name, "a unit stride", a.describe());
   return a.shape[0];
 }
 
-int64_t Call::table(const Array& a, const std::string& shape_text) const {
-  if (a.ndim != 2) fail(a.name, "a 2-D array " + shape_text, a.describe());
+int64_t Call::table(const Array& a, const char* what) const {
+  if (a.ndim != 2) fail(a.name, std::string("a 2-D array ") + what, a.describe());
   if (a.numel() == 0) return a.shape[1];  // nothing is read; strides of empty arrays are arbitrary
   if (a.shape[1] > 1 && a.stride[1] != 1) fail(a.name, "a unit column stride", a.describe());
   if (a.shape[0] <= 1) return a.shape[1];  // the row stride of a single row is meaningless
@@ -205,13 +207,13 @@ int64_t Call::table(const Array& a, const std::string& shape_text) const {
   return a.stride[0];
 }
 
-int64_t Call::rows(const Array& a, int64_t cols, const std::string& shape_text) const {
-  if (a.ndim != 2 || a.shape[1] != cols) fail(a.name, "shape " + shape_text, a.describe());
-  return table(a, shape_text);
+int64_t Call::rows(const Array& a, int64_t cols, const char* what) const {
+  if (a.ndim != 2 || a.shape[1] != cols) fail(a.name, std::string("shape ") + what, a.describe());
+  return table(a, what);
 }
 
-void Call::dense_rows(const Array& a, int64_t cols, const std::string& shape_text) const {
-  if (a.ndim != 2 || a.shape[1] != cols) fail(a.name, "shape " + shape_text, a.describe());
+void Call::dense_rows(const Array& a, int64_t cols, const char* what) const {
+  if (a.ndim != 2 || a.shape[1] != cols) fail(a.name, std::string("shape ") + what, a.describe());
   if (!a.contiguous()) fail(a.name, "contiguous rows (strides [" + std::to_string(cols) + ", 1])", a.describe());
 }
 

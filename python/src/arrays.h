@@ -68,14 +68,16 @@ class Call {
   // Index arrays (page ids, lengths, tables): int32 or int64.
   nsa::IndexType index_type(const Array& a) const;
   nsa::Indices indices(const Array& a) const;
+  // Shape checks. `what` is a literal describing the expected shape; messages
+  // are built only when a check fails (these run on every call).
   // 1-D with unit stride and at least `min_len` elements (exactly, when exact).
-  int64_t vector(const Array& a, int64_t min_len, const std::string& shape_text, bool exact = false) const;
+  int64_t vector(const Array& a, int64_t min_len, const char* what, bool exact = false) const;
   // 2-D [rows, cols] with unit column stride; returns the row stride (>= cols).
-  int64_t rows(const Array& a, int64_t cols, const std::string& shape_text) const;
+  int64_t rows(const Array& a, int64_t cols, const char* what) const;
   // 2-D [rows, cols] with unit column stride and any cols; returns the row stride.
-  int64_t table(const Array& a, const std::string& shape_text) const;
+  int64_t table(const Array& a, const char* what) const;
   // 2-D [rows, cols] row-major without padding (row stride == cols).
-  void dense_rows(const Array& a, int64_t cols, const std::string& shape_text) const;
+  void dense_rows(const Array& a, int64_t cols, const char* what) const;
 
   // The Exec every argument seen so far agrees on; `stream` is an int (a
   // cudaStream_t) or None (the legacy default stream).

@@ -23,18 +23,19 @@ nsa::IndexCache index_cache(const Call& c, const Array& a) {
   return {a.as<uint8_t>(), a.numel() / L::kBytesPerPage};
 }
 
-// Scales are fp32 [n] or, as SGLang returns them, the same bytes as uint8 [n, 4].
-int64_t scale_rows(const Call& c, const Array& a, const std::string& what) {
+// Scales are fp32 [n] (or [n, 1], as SGLang's index_k_scale may come) or, as
+// SGLang returns them, the same bytes as uint8 [n, 4]. Returns n.
+int64_t scale_rows(const Call& c, const Array& a) {
   if (a.dtype == DType::kUint8) {
-    c.dense_rows(a, 4, "[" + what + ", 4] (the fp32 scale bytes)");
+    c.dense_rows(a, 4, "[n, 4] (the fp32 scale bytes)");
     return a.shape[0];
   }
-  c.dtype(a, {DType::kFloat32, DType::kUint8}, "float32 [" + what + "] or uint8 [" + what + ", 4]");
-  if (a.ndim == 2 && a.shape[1] == 1) {  // [n, 1], as SGLang's index_k_scale may come
+  c.dtype(a, {DType::kFloat32, DType::kUint8}, "float32 [n] or uint8 [n, 4]");
+  if (a.ndim == 2 && a.shape[1] == 1) {
     if (a.shape[0] > 1 && a.stride[0] != 1) c.fail(a.name, "a unit stride", a.describe());
     return a.shape[0];
   }
-  return c.vector(a, 0, "[" + what + "]");
+  return c.vector(a, 0, "[n]");
 }
 
 void quantize_and_store_k(nb::handle cache, nb::handle k, nb::handle slots, int mode, nb::handle stream) {
@@ -47,7 +48,7 @@ void quantize_and_store_k(nb::handle cache, nb::handle k, nb::handle slots, int 
   const int64_t ld = c.rows(k_a, L::kHeadDim, "[n, 128]");
   const int64_t n = k_a.shape[0];
   c.dtype(slots_a, {DType::kInt64}, "int64");
-  c.vector(slots_a, n, "[n] with n = k.shape[0] = " + std::to_string(n), true);
+  c.vector(slots_a, n, "[k.shape[0]]", true);
   if (mode != 0 && mode != 1) c.fail("mode", "'fp32' or 'ue8m0'", std::to_string(mode));
   const nsa::Exec exec = c.exec(stream);
   run_op(c, [&] {
@@ -67,10 +68,10 @@ void store_k_and_s(nb::handle cache, nb::handle k, nb::handle scale, nb::handle 
   const int64_t ld = c.rows(k_a, L::kHeadDim, "[n, 128]");
   const int64_t n = k_a.shape[0];
   c.dtype(scale_a, {DType::kFloat32}, "float32");
-  if (scale_rows(c, scale_a, "n") != n)
+  if (scale_rows(c, scale_a) != n)
     c.fail("scale", "[n] or [n, 1] with n = k.shape[0] = " + std::to_string(n), scale_a.describe());
   c.dtype(slots_a, {DType::kInt64}, "int64");
-  c.vector(slots_a, n, "[n] with n = k.shape[0] = " + std::to_string(n), true);
+  c.vector(slots_a, n, "[k.shape[0]]", true);
   const nsa::Exec exec = c.exec(stream);
   run_op(c, [&] {
     nsa::store_k_and_s(exec, ic, k_a.as<const uint8_t>(), n, ld, scale_a.as<const float>(),
@@ -81,7 +82,7 @@ void store_k_and_s(nb::handle cache, nb::handle k, nb::handle scale, nb::handle 
 void check_page_ids(const Call& c, const Array& a, int64_t length) {
   c.index_type(a);
   const int64_t pages = (length + L::kPageSize - 1) / L::kPageSize;
-  c.vector(a, pages, "[>= ceil(length / 64)] = [>= " + std::to_string(pages) + "]");
+  c.vector(a, pages, "[ceil(length / 64)]");
 }
 
 void gather_k(nb::handle cache, int64_t length, nb::handle page_ids, nb::handle out_k, nb::handle stream) {
@@ -108,7 +109,7 @@ void gather_s(nb::handle cache, int64_t length, nb::handle page_ids, nb::handle 
   const nsa::IndexCache ic = index_cache(c, cache_a);
   if (length < 0) c.fail("length", ">= 0", std::to_string(length));
   check_page_ids(c, pages_a, length);
-  if (scale_rows(c, out_a, ">= length") < length)
+  if (scale_rows(c, out_a) < length)
     c.fail("out_s", "at least length = " + std::to_string(length) + " rows", out_a.describe());
   const nsa::Exec exec = c.exec(stream);
   run_op(c, [&] { nsa::gather_s(exec, ic, length, c.indices(pages_a), out_a.as<float>()); });
@@ -146,7 +147,7 @@ void gather_k_and_s(nb::handle cache, nb::handle page_table, nb::handle seq_lens
 
   c.dtype(out_k_a, {DType::kUint8, DType::kInt8}, "uint8");
   c.dense_rows(out_k_a, L::kHeadDim, "[capacity, 128]");
-  const int64_t s_rows = scale_rows(c, out_s_a, "capacity");
+  const int64_t s_rows = scale_rows(c, out_s_a);
   // Rows past sum(seq_lens) are never written, so the smaller output bounds the call.
   const int64_t capacity = std::min(out_k_a.shape[0], s_rows);
   const nsa::Exec exec = c.exec(stream);

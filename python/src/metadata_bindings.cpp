@@ -89,7 +89,7 @@ int32_t* int32_data(const Call& c, const Array& a) {
   return a.as<int32_t>();
 }
 
-int64_t int32_vector(const Call& c, const Array& a, int64_t min_len, const std::string& shape) {
+int64_t int32_vector(const Call& c, const Array& a, int64_t min_len, const char* shape) {
   int32_data(c, a);
   return c.vector(a, min_len, shape);
 }
@@ -186,12 +186,12 @@ void same_device_as_targets(Call& c, const MetadataTargetsHandle& t, const Array
 
 void check_batch_capacity(const Call& c, const MetadataTargetsHandle& t, int64_t bs) {
   for (int64_t i = 0; i < t.count(); ++i) {
-    const std::string prefix = "targets[" + std::to_string(i) + "].";
+    const auto field = [i](const char* name) { return "targets[" + std::to_string(i) + "]." + name; };
     if (t.cache_seqlens_len[i] < bs)
-      c.fail((prefix + "cache_seqlens").c_str(), "at least batch size = " + std::to_string(bs) + " elements",
+      c.fail(field("cache_seqlens").c_str(), "at least batch size = " + std::to_string(bs) + " elements",
              std::to_string(t.cache_seqlens_len[i]));
     if (t.cu_seqlens_k_len[i] < bs + 1)
-      c.fail((prefix + "cu_seqlens_k").c_str(), "at least batch size + 1 = " + std::to_string(bs + 1) + " elements",
+      c.fail(field("cu_seqlens_k").c_str(), "at least batch size + 1 = " + std::to_string(bs + 1) + " elements",
              std::to_string(t.cu_seqlens_k_len[i]));
   }
 }
@@ -224,7 +224,7 @@ void build_metadata(MetadataTargetsHandle& t, int mode, int64_t draft_tokens, in
   const int64_t bs = config.batch_size;
   in.seq_lens = c.indices(lens);
   c.index_type(rpi);
-  c.vector(rpi, bs, "[batch_size] = [" + std::to_string(bs) + "]", true);
+  c.vector(rpi, bs, "[batch_size]", true);
   in.req_pool_indices = c.indices(rpi);
   c.dtype(r2t, {DType::kInt32}, "int32");
   in.req_to_token = r2t.as<int32_t>();
@@ -235,13 +235,13 @@ void build_metadata(MetadataTargetsHandle& t, int mode, int64_t draft_tokens, in
     c.fail("extend_lens", "an array [batch_size] in draft_extend mode", "None");
   if (ext.present) {
     c.index_type(ext);
-    c.vector(ext, bs, "[batch_size] = [" + std::to_string(bs) + "]", true);
+    c.vector(ext, bs, "[batch_size]", true);
     in.extend_lens = c.indices(ext);
   }
   // Rows of this call at most: bs in DECODE, bs * N otherwise (DRAFT_EXTEND: sum(e_b) <= bs * N).
   const int64_t max_rows = config.mode == nsa::ForwardMode::kDecode ? bs : bs * std::max<int64_t>(draft_tokens, 0);
   if (splits.present) {
-    int32_vector(c, splits, max_rows + 1, "[>= rows + 1] = [>= " + std::to_string(max_rows + 1) + "]");
+    int32_vector(c, splits, max_rows + 1, "[rows + 1]");
     in.flashmla_num_splits = splits.as<int32_t>();
   }
   if (meta.present) {
@@ -272,48 +272,56 @@ void copy_metadata(MetadataTargetsHandle& t, int mode, int64_t bs, int64_t max_l
   const int64_t rows = decode ? bs : seqlens_expanded_size;
   const int64_t cols = decode ? max_len : max_seqlen_k;
 
-  Fields f(c, sources, "sources.");
-  f.only(kSourceFields);
-  const Array cache_seqlens = f.get("cache_seqlens", true, false);
-  const Array cu_seqlens_k = f.get("cu_seqlens_k", true, false);
-  const Array page_table_1 = f.get("page_table_1", true, false);
-  const Array seqlens_expanded = f.get("seqlens_expanded", false, false);
-  const Array nsa_cache_seqlens = f.get("nsa_cache_seqlens", true, false);
-  const Array nsa_cu_seqlens_k = f.get("nsa_cu_seqlens_k", true, false);
-  const Array real_page_table = f.get("real_page_table", false, false);
-  const Array num_splits = f.get("flashmla_num_splits", false, false);
-  const Array fm_metadata = f.get("flashmla_metadata", false, false);
+  // Unknown keys (typos) are errors; the lookup below ignores them otherwise.
+  if (nb::len(sources) > 0) {
+    size_t known = 0;
+    for (const char* k : kSourceFields) known += sources.contains(k) ? 1 : 0;
+    if (known != nb::len(sources)) Fields(c, sources, "sources.").only(kSourceFields);
+  }
+  const auto source = [&](const char* field, const char* arg, bool required) {
+    nb::handle v = sources.contains(field) ? nb::handle(sources[field]) : nb::none();
+    return required ? c.require(v, arg) : c.optional(v, arg);
+  };
+  const Array cache_seqlens = source("cache_seqlens", "sources.cache_seqlens", true);
+  const Array cu_seqlens_k = source("cu_seqlens_k", "sources.cu_seqlens_k", true);
+  const Array page_table_1 = source("page_table_1", "sources.page_table_1", true);
+  const Array seqlens_expanded = source("seqlens_expanded", "sources.seqlens_expanded", false);
+  const Array nsa_cache_seqlens = source("nsa_cache_seqlens", "sources.nsa_cache_seqlens", true);
+  const Array nsa_cu_seqlens_k = source("nsa_cu_seqlens_k", "sources.nsa_cu_seqlens_k", true);
+  const Array real_page_table = source("real_page_table", "sources.real_page_table", false);
+  const Array num_splits = source("flashmla_num_splits", "sources.flashmla_num_splits", false);
+  const Array fm_metadata = source("flashmla_metadata", "sources.flashmla_metadata", false);
   same_device_as_targets(c, t, cache_seqlens);
 
-  const std::string n_rows = std::to_string(rows);
   nsa::MetadataSources s;
-  int32_vector(c, cache_seqlens, bs, "[>= bs] = [>= " + std::to_string(bs) + "]");
+  int32_vector(c, cache_seqlens, bs, "[bs]");
   s.cache_seqlens = cache_seqlens.as<int32_t>();
-  int32_vector(c, cu_seqlens_k, bs + 1, "[>= bs + 1] = [>= " + std::to_string(bs + 1) + "]");
+  int32_vector(c, cu_seqlens_k, bs + 1, "[bs + 1]");
   s.cu_seqlens_k = cu_seqlens_k.as<int32_t>();
   int32_data(c, page_table_1);
   s.page_table_1_ld = c.table(page_table_1, "[rows, >= columns copied]");
   if (page_table_1.shape[0] < rows || page_table_1.shape[1] < cols)
-    c.fail(page_table_1.name, "at least [" + n_rows + ", " + std::to_string(cols) + "]", page_table_1.describe());
+    c.fail(page_table_1.name, "at least [" + std::to_string(rows) + ", " + std::to_string(cols) + "]",
+           page_table_1.describe());
   s.page_table_1 = page_table_1.as<int32_t>();
   if (seqlens_expanded.present) {
-    int32_vector(c, seqlens_expanded, decode ? 0 : rows, "[>= seqlens_expanded_size]");
+    int32_vector(c, seqlens_expanded, decode ? 0 : rows, "[seqlens_expanded_size]");
     s.seqlens_expanded = seqlens_expanded.as<int32_t>();
   }
-  int32_vector(c, nsa_cache_seqlens, rows, "[>= " + n_rows + "]");
+  int32_vector(c, nsa_cache_seqlens, rows, "[rows]");
   s.nsa_cache_seqlens = nsa_cache_seqlens.as<int32_t>();
-  int32_vector(c, nsa_cu_seqlens_k, rows + 1, "[>= " + std::to_string(rows + 1) + "]");
+  int32_vector(c, nsa_cu_seqlens_k, rows + 1, "[rows + 1]");
   s.nsa_cu_seqlens_k = nsa_cu_seqlens_k.as<int32_t>();
   if (real_page_table.present) {
     int32_data(c, real_page_table);
     s.real_page_table_ld = c.table(real_page_table, "[rows, pages]");
     if (real_page_table.shape[0] < rows)
-      c.fail(real_page_table.name, "at least " + n_rows + " rows", real_page_table.describe());
+      c.fail(real_page_table.name, "at least " + std::to_string(rows) + " rows", real_page_table.describe());
     s.real_page_table_cols = real_page_table.shape[1];
     s.real_page_table = real_page_table.as<int32_t>();
   }
   if (num_splits.present) {
-    int32_vector(c, num_splits, rows + 1, "[>= " + std::to_string(rows + 1) + "]");
+    int32_vector(c, num_splits, rows + 1, "[rows + 1]");
     s.flashmla_num_splits = num_splits.as<int32_t>();
   }
   if (fm_metadata.present) {
