@@ -90,6 +90,22 @@ struct MetadataInputs {
   const int32_t* flashmla_metadata = nullptr;    // [flashmla_metadata_size of the destinations]
 };
 
+// What build_metadata writes in every destination (R = query rows, L_r = the
+// cache_seqlens of row r's request; nothing else is touched):
+//   cache_seqlens[0, bs), cu_seqlens_k[0, bs] (element 0 written as 0),
+//   seqlens_expanded[0, R) (required in TARGET_VERIFY / DRAFT_EXTEND; in
+//   DECODE written only when non-null, with the cache_seqlens values),
+//   nsa_cache_seqlens[0, R), nsa_cu_seqlens_k[0, R] (element 0 written as 0),
+//   page_table_1 row r columns [0, L_r), real_page_table row r columns
+//   [0, ceil(L_r / P)) when present, flashmla_num_splits[0, R] and
+//   flashmla_metadata[0, flashmla_metadata_size) when both the input and the
+//   destination have the field. Rows >= R (DRAFT_EXTEND) keep stale values.
+// Preconditions on device values (unchecked; issue 6 adds a checked mode):
+//   0 <= req_pool_indices[b] < req_to_token_rows; 0 <= L_b <= req_to_token_cols
+//   and <= page_table_1_cols of every destination; ceil(L_b / P) <=
+//   real_page_table_cols; DRAFT_EXTEND: 0 <= e_b <= N; cumulative sums fit in
+//   int32; flashmla_num_splits holds R + 1 values and flashmla_metadata the
+//   largest flashmla_metadata_size of the destinations.
 void build_metadata(const Exec& exec, const MetadataConfig& config, const MetadataInputs& inputs,
                     const MetadataTargets& targets);
 
@@ -120,6 +136,12 @@ struct MetadataCopyShape {
   int64_t seqlens_expanded_size = 0;  // E (rows of the per-row arrays outside DECODE)
 };
 
+// copy_metadata writes exactly what the per-field copies of spec §6.2 write:
+// rows of page_table_1 and real_page_table = bs (DECODE) or E (TARGET_VERIFY,
+// DRAFT_EXTEND; upstream's source shape[0], bs*N or T); element 0 of
+// cu_seqlens_k / nsa_cu_seqlens_k untouched; num_splits copied from index 0;
+// seqlens_expanded never copied in DECODE. An optional field is copied into
+// every destination that has it when its source is given.
 void copy_metadata(const Exec& exec, const MetadataCopyShape& shape, const MetadataSources& sources,
                    const MetadataTargets& targets);
 

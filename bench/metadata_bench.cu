@@ -1,0 +1,359 @@
+// Metadata benchmark (not a test): per mode, batch size, destination count and
+// context, the GPU time (CUDA-graph replay) and host time (eager enqueue) per
+// call of
+//   (a) the upstream-style unfused baseline: after the sources were computed
+//       on the device once, one cudaMemcpyAsync / cudaMemcpy2DAsync per field
+//       per destination (SGLang's per-backend copy chain, spec §6.1),
+//   (b) copy_metadata (one launch for all destinations),
+//   (c) build_metadata (one launch, computes everything from the inputs),
+// next to the limits measured in the same run (empty kernel, D2D copy
+// bandwidth). All three write identical bytes, checked before timing (and
+// build_metadata against the reference where the buffers are small enough).
+//
+//   metadata_bench [--json FILE] [--quick]
+#include <cuda_runtime.h>
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <array>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "buffer.h"
+#include "nsa/metadata.h"
+#include "reference/metadata.h"
+#include "timing.h"
+
+using nsa::support::Buffer;
+using json = nlohmann::json;
+
+namespace {
+
+constexpr int64_t kN = 4, kTopk = 2048, kPage = 64, kTiles = 66 * 8;
+
+void cuda_check(cudaError_t e, const char* what) {
+  if (e != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(e));
+}
+
+template <class T>
+Buffer upload(const std::vector<T>& v) {
+  Buffer b(nsa::Backend::kCuda, v.size() * sizeof(T));
+  b.upload(v);
+  return b;
+}
+
+// One destination set (the captured buffers of one backend), every field present.
+struct DestSet {
+  enum { kCache, kCuK, kPt, kExp, kNsa, kNsaCu, kReal, kSplits, kTileTable, kCount };
+  std::array<Buffer, kCount> buf;
+  nsa::MetadataBuffers view;
+
+  DestSet(int64_t rows, int64_t pt_cols, int64_t pt_ld, int64_t rt_cols, int64_t rt_ld) {
+    const int64_t n[kCount] = {rows, rows + 1, rows * pt_ld, rows, rows, rows + 1, rows * rt_ld, rows + 1, kTiles};
+    for (int f = 0; f < kCount; ++f) buf[f] = Buffer(nsa::Backend::kCuda, static_cast<size_t>(n[f]) * 4);
+    view.cache_seqlens = buf[kCache].as<int32_t>();
+    view.cu_seqlens_k = buf[kCuK].as<int32_t>();
+    view.page_table_1 = buf[kPt].as<int32_t>();
+    view.page_table_1_cols = pt_cols;
+    view.page_table_1_ld = pt_ld;
+    view.seqlens_expanded = buf[kExp].as<int32_t>();
+    view.nsa_cache_seqlens = buf[kNsa].as<int32_t>();
+    view.nsa_cu_seqlens_k = buf[kNsaCu].as<int32_t>();
+    view.real_page_table = buf[kReal].as<int32_t>();
+    view.real_page_table_cols = rt_cols;
+    view.real_page_table_ld = rt_ld;
+    view.flashmla_num_splits = buf[kSplits].as<int32_t>();
+    view.flashmla_metadata = buf[kTileTable].as<int32_t>();
+    view.flashmla_metadata_size = kTiles;
+    view.max_rows = rows;
+  }
+  void zero() {
+    for (auto& b : buf) b.fill(0);
+  }
+  std::vector<std::vector<uint8_t>> download() const {
+    std::vector<std::vector<uint8_t>> v;
+    for (const auto& b : buf) v.push_back(b.to_host());
+    return v;
+  }
+  size_t bytes() const {
+    size_t s = 0;
+    for (const auto& b : buf) s += b.bytes();
+    return s;
+  }
+};
+
+struct Case {
+  nsa::ForwardMode mode;
+  int64_t bs, dests, ctx;
+};
+
+// Upstream claims for the fused 3-destination DECODE copy (issue 3), GPU us; 0 = none.
+double upstream_us(const Case& c) {
+  if (c.mode != nsa::ForwardMode::kDecode || c.dests != 3) return 0;
+  if (c.bs == 1 && c.ctx == 4096) return 4.4;
+  if (c.bs == 64 && c.ctx == 32768) return 14.0;
+  if (c.bs == 256 && c.ctx == 32768) return 71.0;
+  return 0;
+}
+
+json bench_case(const Case& c, const nsa::support::DeviceLimits& lim, std::mt19937_64& rng) {
+  using nsa::ForwardMode;
+  const bool decode = c.mode == ForwardMode::kDecode, verify = c.mode == ForwardMode::kTargetVerify;
+  const int64_t bs = c.bs, R = decode ? bs : bs * kN;
+  const int64_t kv = c.ctx;                         // every request's cache_seqlens
+  const int64_t seq = verify ? kv - kN : kv;        // seq_lens (VERIFY adds N)
+  const int64_t W = c.ctx + kN, ld = (W + 3) / 4 * 4;  // graph table width; 16-byte aligned rows
+  const int64_t rt_cols = (W + kPage - 1) / kPage, kv_pages = (kv + kPage - 1) / kPage;
+  const int64_t pool_rows = bs + 1;
+
+  // Inputs.
+  std::vector<int32_t> table(static_cast<size_t>(pool_rows * ld));
+  std::uniform_int_distribution<int32_t> slot(0, 1 << 28);
+  for (auto& x : table) x = slot(rng);
+  std::vector<int64_t> seq_lens(bs, seq);
+  std::vector<int32_t> rpi(bs), ext(bs, static_cast<int32_t>(kN));  // DRAFT_EXTEND v2: e_b = N
+  for (int64_t b = 0; b < bs; ++b) rpi[b] = static_cast<int32_t>((b * 7 + 1) % pool_rows);
+  std::vector<int32_t> splits(R + 1), tiles(kTiles);
+  for (auto& x : splits) x = slot(rng) & 15;
+  for (auto& x : tiles) x = slot(rng) & 1023;
+  Buffer table_d = upload(table), seq_d = upload(seq_lens), rpi_d = upload(rpi), ext_d = upload(ext),
+         splits_d = upload(splits), tiles_d = upload(tiles);
+
+  const nsa::MetadataConfig cfg{c.mode, bs, kN, kTopk, kPage};
+  nsa::MetadataInputs in;
+  in.seq_lens = seq_d.as<int64_t>();
+  in.req_pool_indices = rpi_d.as<int32_t>();
+  if (c.mode == ForwardMode::kDraftExtend) in.extend_lens = ext_d.as<int32_t>();
+  in.req_to_token = table_d.as<int32_t>();
+  in.req_to_token_rows = pool_rows;
+  in.req_to_token_cols = W;
+  in.req_to_token_ld = ld;
+  in.flashmla_num_splits = splits_d.as<int32_t>();
+  in.flashmla_metadata = tiles_d.as<int32_t>();
+
+  // Sources of (a) and (b): computed on the device once, contiguous like SGLang's precompute
+  // ([rows, max_len] with max_len = the batch maximum = kv).
+  DestSet src(R, kv, kv, kv_pages, kv_pages);
+  Buffer src_ws(nsa::Backend::kCuda, nsa::metadata_targets_workspace_bytes(1));
+  const auto src_targets = nsa::upload_metadata_targets(nsa::Exec::cuda(), &src.view, 1, src_ws.data(), src_ws.bytes());
+  nsa::build_metadata(nsa::Exec::cuda(), cfg, in, src_targets);
+  nsa::MetadataSources s;
+  s.cache_seqlens = src.view.cache_seqlens;
+  s.cu_seqlens_k = src.view.cu_seqlens_k;
+  s.page_table_1 = src.view.page_table_1;
+  s.page_table_1_ld = kv;
+  s.seqlens_expanded = decode ? nullptr : src.view.seqlens_expanded;
+  s.nsa_cache_seqlens = src.view.nsa_cache_seqlens;
+  s.nsa_cu_seqlens_k = src.view.nsa_cu_seqlens_k;
+  s.real_page_table = src.view.real_page_table;
+  s.real_page_table_cols = kv_pages;
+  s.real_page_table_ld = kv_pages;
+  s.flashmla_num_splits = src.view.flashmla_num_splits;
+  s.flashmla_metadata = src.view.flashmla_metadata;
+  s.flashmla_metadata_size = kTiles;
+  const nsa::MetadataCopyShape shape{c.mode, bs, kv, kv, R};
+
+  // Destinations.
+  std::vector<DestSet> dst;
+  std::vector<nsa::MetadataBuffers> views;
+  for (int64_t d = 0; d < c.dests; ++d) {
+    dst.emplace_back(R, W, ld, rt_cols, rt_cols);
+    views.push_back(dst.back().view);
+  }
+  Buffer ws(nsa::Backend::kCuda, nsa::metadata_targets_workspace_bytes(c.dests));
+  const auto targets = nsa::upload_metadata_targets(nsa::Exec::cuda(), views.data(), c.dests, ws.data(), ws.bytes());
+  nsa::support::synchronize(nsa::Backend::kCuda);
+
+  auto build = [&](nsa::cudaStream st) { nsa::build_metadata(nsa::Exec::cuda(st), cfg, in, targets); };
+  auto copy = [&](nsa::cudaStream st) { nsa::copy_metadata(nsa::Exec::cuda(st), shape, s, targets); };
+  auto baseline = [&](nsa::cudaStream st) {
+    auto flat = [&](int32_t* to, const int32_t* from, int64_t n) {
+      cuda_check(cudaMemcpyAsync(to, from, n * 4, cudaMemcpyDeviceToDevice, st), "baseline copy");
+    };
+    auto rows2d = [&](int32_t* to, int64_t to_ld, const int32_t* from, int64_t from_ld, int64_t rows, int64_t cols) {
+      cuda_check(cudaMemcpy2DAsync(to, to_ld * 4, from, from_ld * 4, cols * 4, rows, cudaMemcpyDeviceToDevice, st),
+                 "baseline copy2d");
+    };
+    for (const auto& v : views) {
+      flat(v.cache_seqlens, s.cache_seqlens, bs);
+      flat(v.cu_seqlens_k + 1, s.cu_seqlens_k + 1, bs);
+      rows2d(v.page_table_1, v.page_table_1_ld, s.page_table_1, kv, R, kv);
+      if (!decode) flat(v.seqlens_expanded, s.seqlens_expanded, R);
+      flat(v.nsa_cache_seqlens, s.nsa_cache_seqlens, R);
+      flat(v.nsa_cu_seqlens_k + 1, s.nsa_cu_seqlens_k + 1, R);
+      rows2d(v.real_page_table, v.real_page_table_ld, s.real_page_table, kv_pages, R, kv_pages);
+      flat(v.flashmla_num_splits, s.flashmla_num_splits, R + 1);
+      flat(v.flashmla_metadata, s.flashmla_metadata, kTiles);
+    }
+  };
+
+  // Verify: the three write the same bytes into zeroed destinations (DECODE's
+  // seqlens_expanded is written by build only: it aliases cache_seqlens upstream).
+  // Large cases compare the page tables of destination 0 only (host memory).
+  const bool all_tables = dst[0].bytes() * c.dests <= (size_t{256} << 20);
+  auto run_and_download = [&](const nsa::support::Launch& fn) {
+    for (auto& d : dst) d.zero();
+    fn(nullptr);
+    nsa::support::synchronize(nsa::Backend::kCuda);
+    std::vector<std::vector<std::vector<uint8_t>>> all;
+    for (size_t d = 0; d < dst.size(); ++d) {
+      all.push_back(dst[d].download());
+      if (d > 0 && !all_tables) all.back()[DestSet::kPt].clear(), all.back()[DestSet::kReal].clear();
+    }
+    return all;
+  };
+  auto built = run_and_download(build);
+  auto copied = run_and_download(copy);
+  auto base = run_and_download(baseline);
+  if (decode)
+    for (auto* r : {&copied, &base})
+      for (size_t d = 0; d < r->size(); ++d) (*r)[d][DestSet::kExp] = built[d][DestSet::kExp];
+  bool ok = built == copied && built == base;
+  bool ref_checked = false;
+  if (ok && all_tables) {  // reference on a zeroed host mirror
+    std::vector<std::vector<std::vector<uint8_t>>> mirror;
+    std::vector<nsa::MetadataBuffers> host_views;
+    for (const auto& d : dst) {
+      mirror.emplace_back();
+      for (const auto& b : d.buf) mirror.back().emplace_back(b.bytes(), 0);
+    }
+    for (size_t d = 0; d < dst.size(); ++d) {
+      nsa::MetadataBuffers h = dst[d].view;
+      auto p = [&](int f) { return reinterpret_cast<int32_t*>(mirror[d][f].data()); };
+      h.cache_seqlens = p(DestSet::kCache);
+      h.cu_seqlens_k = p(DestSet::kCuK);
+      h.page_table_1 = p(DestSet::kPt);
+      h.seqlens_expanded = p(DestSet::kExp);
+      h.nsa_cache_seqlens = p(DestSet::kNsa);
+      h.nsa_cu_seqlens_k = p(DestSet::kNsaCu);
+      h.real_page_table = p(DestSet::kReal);
+      h.flashmla_num_splits = p(DestSet::kSplits);
+      h.flashmla_metadata = p(DestSet::kTileTable);
+      host_views.push_back(h);
+    }
+    nsa::MetadataInputs hin = in;
+    hin.seq_lens = seq_lens.data();
+    hin.req_pool_indices = rpi.data();
+    if (c.mode == ForwardMode::kDraftExtend) hin.extend_lens = ext.data();
+    hin.req_to_token = table.data();
+    hin.flashmla_num_splits = splits.data();
+    hin.flashmla_metadata = tiles.data();
+    nsa::reference::build_metadata(cfg, hin, host_views.data(), c.dests);
+    ok = built == mirror;
+    ref_checked = true;
+  }
+  if (!ok) throw std::runtime_error(fmt::format("verification failed: mode {} bs {} D {} ctx {}", to_string(c.mode), bs,
+                                                c.dests, c.ctx));
+
+  // Bytes moved by build_metadata (read + written); the copy also reads its sources.
+  const double small = 4.0 * (2 * bs + 3 * R + 2 * (R + 1));
+  const double written = c.dests * (4.0 * R * kv + 4.0 * R * kv_pages + small + 4.0 * kTiles);
+  const double build_bytes = 4.0 * bs * kv + written + 4.0 * (R + 1 + kTiles);
+  const double copy_bytes = written + 4.0 * R * kv + 4.0 * R * kv_pages + small + 4.0 * kTiles;
+
+  const double base_gpu = nsa::support::graph_time_us(baseline, 10);
+  const double copy_gpu = nsa::support::graph_time_us(copy, 20);
+  const double build_gpu = nsa::support::graph_time_us(build, 20);
+  const auto base_eager = nsa::support::eager_time(baseline, 50);
+  const auto copy_eager = nsa::support::eager_time(copy, 200);
+  const auto build_eager = nsa::support::eager_time(build, 200);
+  const double gpu_target = 1.5 * (lim.empty_kernel_graph_us + build_bytes / (lim.copy_gbps * 1e3));
+  const double host_target = 1.2 * lim.empty_launch_host_us;
+  const double upstream = upstream_us(c);
+  const bool gpu_met = build_gpu <= gpu_target && (upstream == 0 || build_gpu < upstream);
+  const bool host_met = build_eager.host_us <= host_target;
+  fmt::print("{:<14} {:>4} {:>2} {:>6} | {:>8.2f} {:>7.2f} | {:>8.2f} {:>6.2f} | {:>8.2f} {:>6.2f} {:>8.2f} {:>7} | "
+             "{:>6} {:<6} {:<6}\n",
+             to_string(c.mode), bs, c.dests, c.ctx, base_gpu, base_eager.host_us, copy_gpu, copy_eager.host_us,
+             build_gpu, build_eager.host_us, gpu_target, upstream > 0 ? fmt::format("{:.1f}", upstream) : "-",
+             fmt::format("{:.0f}", build_bytes / build_gpu / 1e3),
+             gpu_met ? "MET" : "MISSED", host_met ? "MET" : "MISSED");
+  return json{{"mode", to_string(c.mode)},
+              {"batch", bs},
+              {"destinations", c.dests},
+              {"context", c.ctx},
+              {"rows", R},
+              {"build_bytes_moved", build_bytes},
+              {"copy_bytes_moved", copy_bytes},
+              {"baseline_gpu_us", base_gpu},
+              {"baseline_eager_gpu_us", base_eager.gpu_us},
+              {"baseline_host_us", base_eager.host_us},
+              {"copy_gpu_us", copy_gpu},
+              {"copy_eager_gpu_us", copy_eager.gpu_us},
+              {"copy_host_us", copy_eager.host_us},
+              {"build_gpu_us", build_gpu},
+              {"build_eager_gpu_us", build_eager.gpu_us},
+              {"build_host_us", build_eager.host_us},
+              {"build_gbps", build_bytes / build_gpu / 1e3},
+              {"build_gpu_target_us", gpu_target},
+              {"build_host_target_us", host_target},
+              {"upstream_fused_gpu_us", upstream},
+              {"gpu_target_met", gpu_met},
+              {"host_target_met", host_met},
+              {"verified_equal_outputs", ok},
+              {"verified_against_reference", ref_checked}};
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string json_path;
+  bool quick = false;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--json" && i + 1 < argc) json_path = argv[++i];
+    else if (a == "--quick") quick = true;
+    else {
+      fmt::print(stderr, "usage: {} [--json FILE] [--quick]\n", argv[0]);
+      return 2;
+    }
+  }
+  if (!nsa::support::cuda_device_available()) {
+    fmt::print("metadata_bench: no CUDA device found; this benchmark measures the CUDA backend only. Skipped.\n");
+    return 0;
+  }
+  try {
+    std::mt19937_64 rng(4242);
+    const auto lim = nsa::support::measure_device_limits();
+    fmt::print("device: {} ({} SMs)\n", lim.device, lim.sm_count);
+    fmt::print("limits: D2D copy {:.0f} GB/s (read+write), empty kernel {:.2f} us in a graph, {:.2f} us eager GPU, "
+               "{:.2f} us host per launch\n\n",
+               lim.copy_gbps, lim.empty_kernel_graph_us, lim.empty_kernel_eager_us, lim.empty_launch_host_us);
+    json out{{"device", lim.device},
+             {"sm_count", lim.sm_count},
+             {"copy_gbps", lim.copy_gbps},
+             {"empty_kernel_graph_us", lim.empty_kernel_graph_us},
+             {"empty_kernel_eager_us", lim.empty_kernel_eager_us},
+             {"empty_launch_host_us", lim.empty_launch_host_us},
+             {"draft_tokens", kN},
+             {"results", json::array()}};
+    fmt::print("N = {}, page size {}, topk {}; GPU us per call as CUDA-graph replays, host us per eager call.\n", kN,
+               kPage, kTopk);
+    fmt::print("build targets: GPU <= 1.5 x (empty kernel + bytes / copy BW) and < upstream fused copy; "
+               "host <= 1.2 x empty launch ({:.2f} us)\n",
+               1.2 * lim.empty_launch_host_us);
+    fmt::print("{:<14} {:>4} {:>2} {:>6} | {:>8} {:>7} | {:>8} {:>6} | {:>8} {:>6} {:>8} {:>7} | {:>6} {:<6} {:<6}\n",
+               "mode", "bs", "D", "ctx", "base gpu", "host", "copy gpu", "host", "build", "host", "target", "upstrm",
+               "GB/s", "gpu", "host");
+    std::vector<int64_t> batches = {1, 8, 64, 256}, dests = {1, 3, 4}, ctxs = {4096, 32768};
+    if (quick) {
+      batches = {1, 64};
+      dests = {3};
+    }
+    for (auto mode : {nsa::ForwardMode::kDecode, nsa::ForwardMode::kTargetVerify, nsa::ForwardMode::kDraftExtend})
+      for (int64_t ctx : ctxs)
+        for (int64_t bs : batches)
+          for (int64_t d : dests) out["results"].push_back(bench_case({mode, bs, d, ctx}, lim, rng));
+    if (!json_path.empty()) {
+      std::ofstream(json_path) << out.dump(2) << "\n";
+      fmt::print("\nwrote {}\n", json_path);
+    }
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "metadata_bench: {}\n", e.what());
+    return 1;
+  }
+  return 0;
+}
