@@ -1,0 +1,65 @@
+// Random host data and host<->backend transfers shared by the bench scenarios and selftest.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "buffer.h"
+
+namespace nsa {
+namespace cli {
+
+inline std::vector<uint8_t> random_bytes(std::mt19937_64& rng, size_t n) {
+  std::vector<uint8_t> v(n);
+  for (size_t i = 0; i < n; i += 8) {
+    const uint64_t r = rng();
+    std::memcpy(v.data() + i, &r, std::min<size_t>(8, n - i));
+  }
+  return v;
+}
+
+template <class T>
+std::vector<T> random_ints(std::mt19937_64& rng, size_t n, int64_t lo, int64_t hi) {
+  std::uniform_int_distribution<int64_t> d(lo, hi);
+  std::vector<T> v(n);
+  for (auto& x : v) x = static_cast<T>(d(rng));
+  return v;
+}
+
+// bf16 bits of normal values whose per-row magnitude spans many binades.
+inline std::vector<uint16_t> random_bf16(std::mt19937_64& rng, int64_t rows, int64_t ld) {
+  std::vector<uint16_t> v(static_cast<size_t>(rows * ld));
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::uniform_real_distribution<float> log_mag(-12.0f, 12.0f);
+  for (int64_t r = 0; r < rows; ++r) {
+    const float mag = std::exp2(log_mag(rng));
+    for (int64_t d = 0; d < ld; ++d) {
+      const float f = normal(rng) * mag;
+      uint32_t u;
+      std::memcpy(&u, &f, 4);
+      v[static_cast<size_t>(r * ld + d)] = static_cast<uint16_t>(u >> 16);
+    }
+  }
+  return v;
+}
+
+template <class T>
+support::Buffer to_backend(Backend b, const std::vector<T>& v) {
+  support::Buffer buf(b, v.size() * sizeof(T));
+  buf.upload(v);
+  return buf;
+}
+
+template <class T>
+std::vector<T> from_backend(const support::Buffer& buf, size_t count) {
+  std::vector<T> v(count);
+  buf.download(v.data(), count * sizeof(T));
+  return v;
+}
+
+}  // namespace cli
+}  // namespace nsa

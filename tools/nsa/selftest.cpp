@@ -1,0 +1,352 @@
+// nsa selftest: every op on every backend of this machine against the plain-
+// loop reference (src/reference), on random cases, for a few seconds. Prints
+// PASS / FAIL / SKIP per op and backend; exit code 0 only when nothing fails.
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <chrono>
+#include <functional>
+#include <numeric>
+#include <random>
+
+#include "buffer.h"
+#include "commands.h"
+#include "host_data.h"
+#include "nsa/index_cache.h"
+#include "nsa/metadata.h"
+#include "reference/index_cache.h"
+#include "reference/metadata.h"
+
+namespace nsa {
+namespace cli {
+namespace {
+
+using support::Buffer;
+using L = IndexCacheLayout;
+
+// A case that disagrees with the reference.
+struct Mismatch : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+void expect_same(const std::string& what, const std::vector<uint8_t>& got, const std::vector<uint8_t>& want) {
+  if (got.size() != want.size()) throw Mismatch(fmt::format("{}: {} bytes vs {} expected", what, got.size(), want.size()));
+  for (size_t i = 0; i < got.size(); ++i)
+    if (got[i] != want[i])
+      throw Mismatch(fmt::format("{}: byte {} of {} is 0x{:02x}, reference 0x{:02x}", what, i, got.size(), got[i], want[i]));
+}
+
+int64_t pick(std::mt19937_64& rng, int64_t lo, int64_t hi) { return std::uniform_int_distribution<int64_t>(lo, hi)(rng); }
+
+Exec exec_for(Backend b) { return b == Backend::kCpu ? Exec::cpu() : Exec::cuda(); }
+
+// Distinct random slots of a pool, every 7th replaced by -1 (padding) when asked.
+std::vector<int64_t> random_slots(std::mt19937_64& rng, int64_t n, int64_t pages, bool padding) {
+  std::vector<int64_t> all(static_cast<size_t>(pages * L::kPageSize));
+  std::iota(all.begin(), all.end(), 0);
+  std::shuffle(all.begin(), all.end(), rng);
+  std::vector<int64_t> s(all.begin(), all.begin() + n);
+  if (padding)
+    for (int64_t t = 0; t < n; t += 7) s[t] = -1;
+  return s;
+}
+
+// ------------------------------------------------------------------ index cache
+
+void case_quantize_and_store(Backend b, std::mt19937_64& rng) {
+  const int64_t pages = pick(rng, 1, 40), n = pick(rng, 0, std::min<int64_t>(pages * 64, 300));
+  const int64_t ld = 128 + 8 * pick(rng, 0, 8);
+  const ScaleMode mode = pick(rng, 0, 1) ? ScaleMode::kUe8m0 : ScaleMode::kFp32;
+  auto pool = random_bytes(rng, static_cast<size_t>(pages * L::kBytesPerPage));
+  const auto k = random_bf16(rng, n, ld);
+  const auto slots = random_slots(rng, n, pages, pick(rng, 0, 1));
+  Buffer pool_d = to_backend(b, pool), k_d = to_backend(b, k), slots_d = to_backend(b, slots);
+  quantize_and_store_k(exec_for(b), {pool_d.as<uint8_t>(), pages}, k_d.as<uint16_t>(), n, ld, slots_d.as<int64_t>(), mode);
+  support::synchronize(b);
+  reference::quantize_and_store_k({pool.data(), pages}, k.data(), n, ld, slots.data(), mode);
+  expect_same(fmt::format("n={} ld={} mode={}", n, ld, to_string(mode)), pool_d.to_host(), pool);
+}
+
+void case_store_k_and_s(Backend b, std::mt19937_64& rng) {
+  const int64_t pages = pick(rng, 1, 40), n = pick(rng, 0, std::min<int64_t>(pages * 64, 300));
+  const int64_t ld = 128 + 16 * pick(rng, 0, 4);
+  auto pool = random_bytes(rng, static_cast<size_t>(pages * L::kBytesPerPage));
+  const auto k = random_bytes(rng, static_cast<size_t>(n * ld));
+  std::vector<float> scale(n);
+  std::uniform_real_distribution<float> mag(-20.0f, 5.0f);
+  for (auto& s : scale) s = std::exp2(mag(rng));
+  const auto slots = random_slots(rng, n, pages, pick(rng, 0, 1));
+  Buffer pool_d = to_backend(b, pool), k_d = to_backend(b, k), s_d = to_backend(b, scale), slots_d = to_backend(b, slots);
+  store_k_and_s(exec_for(b), {pool_d.as<uint8_t>(), pages}, k_d.as<uint8_t>(), n, ld, s_d.as<float>(), slots_d.as<int64_t>());
+  support::synchronize(b);
+  reference::store_k_and_s({pool.data(), pages}, k.data(), n, ld, scale.data(), slots.data());
+  expect_same(fmt::format("n={} ld={}", n, ld), pool_d.to_host(), pool);
+}
+
+// One sequence: random length, page ids in any order with repeats, int32 or int64.
+void case_gather_one(Backend b, std::mt19937_64& rng, bool k_not_s) {
+  const int64_t pages = pick(rng, 1, 30), length = pick(rng, 0, 2000), n_ids = (length + 63) / 64;
+  const auto pool = random_bytes(rng, static_cast<size_t>(pages * L::kBytesPerPage));
+  const bool wide = pick(rng, 0, 1);
+  const auto ids64 = random_ints<int64_t>(rng, n_ids, 0, pages - 1);
+  const std::vector<int32_t> ids32(ids64.begin(), ids64.end());
+  Buffer pool_d = to_backend(b, pool);
+  Buffer ids_d = wide ? to_backend(b, ids64) : to_backend(b, ids32);
+  const Indices ids = wide ? Indices(ids_d.as<int64_t>()) : Indices(ids_d.as<int32_t>());
+  const Indices host_ids = wide ? Indices(ids64.data()) : Indices(ids32.data());
+  const size_t out_bytes = static_cast<size_t>(length) * (k_not_s ? 128 : 4);
+  Buffer out(b, out_bytes);
+  out.fill(0xA5);
+  std::vector<uint8_t> want(out_bytes, 0xA5);
+  if (k_not_s) {
+    gather_k(exec_for(b), {pool_d.as<uint8_t>(), pages}, length, ids, out.as<uint8_t>());
+    reference::gather_k({pool.data(), pages}, length, host_ids, want.data());
+  } else {
+    gather_s(exec_for(b), {pool_d.as<uint8_t>(), pages}, length, ids, out.as<float>());
+    reference::gather_s({pool.data(), pages}, length, host_ids, reinterpret_cast<float*>(want.data()));
+  }
+  support::synchronize(b);
+  expect_same(fmt::format("length={} ids={}", length, wide ? "int64" : "int32"), out.to_host(), want);
+}
+
+// A ragged batch in either length form, int32 or int64 indices, a padded table row stride.
+void case_gather_k_and_s(Backend b, std::mt19937_64& rng) {
+  const int64_t bs = pick(rng, 1, 8), pages = pick(rng, 1, 40);
+  const auto lens = random_ints<int64_t>(rng, bs, 0, 1000);
+  int64_t cols = 1, total = 0;
+  for (auto l : lens) {
+    cols = std::max(cols, (l + 63) / 64);
+    total += l;
+  }
+  const int64_t ld = cols + pick(rng, 0, 3), capacity = total + pick(rng, 0, 70);
+  const auto pool = random_bytes(rng, static_cast<size_t>(pages * L::kBytesPerPage));
+  const auto table64 = random_ints<int64_t>(rng, bs * ld, 0, pages - 1);
+  std::vector<int64_t> cu64(bs + 1, 0);
+  for (int64_t i = 0; i < bs; ++i) cu64[i + 1] = cu64[i] + lens[i];
+  const bool wide = pick(rng, 0, 1), cumulative = pick(rng, 0, 1);
+  const std::vector<int32_t> table32(table64.begin(), table64.end()), lens32(lens.begin(), lens.end()),
+      cu32(cu64.begin(), cu64.end());
+  auto up = [&](const std::vector<int64_t>& v64, const std::vector<int32_t>& v32) {
+    return wide ? to_backend(b, v64) : to_backend(b, v32);
+  };
+  auto view = [&](const Buffer& d) { return wide ? Indices(d.as<int64_t>()) : Indices(d.as<int32_t>()); };
+  auto host_view = [&](const std::vector<int64_t>& v64, const std::vector<int32_t>& v32) {
+    return wide ? Indices(v64.data()) : Indices(v32.data());
+  };
+  Buffer pool_d = to_backend(b, pool), table_d = up(table64, table32);
+  Buffer lens_d = cumulative ? up(cu64, cu32) : up(lens, lens32);
+  PagedBatch dev, host;
+  dev.batch_size = host.batch_size = bs;
+  dev.table_cols = host.table_cols = cols;
+  dev.table_ld = host.table_ld = ld;
+  dev.page_table = view(table_d);
+  host.page_table = host_view(table64, table32);
+  if (cumulative) {
+    dev.cu_seq_lens = view(lens_d);
+    host.cu_seq_lens = host_view(cu64, cu32);
+  } else {
+    dev.seq_lens = view(lens_d);
+    host.seq_lens = host_view(lens, lens32);
+  }
+  Buffer out_k(b, capacity * 128), out_s(b, capacity * 4);
+  out_k.fill(0xA5);
+  out_s.fill(0xA5);
+  std::vector<uint8_t> want_k(capacity * 128, 0xA5), want_s(capacity * 4, 0xA5);
+  gather_k_and_s(exec_for(b), {pool_d.as<uint8_t>(), pages}, dev, out_k.as<uint8_t>(), out_s.as<float>(), capacity);
+  reference::gather_k_and_s({pool.data(), pages}, host, want_k.data(), reinterpret_cast<float*>(want_s.data()));
+  support::synchronize(b);
+  const std::string what = fmt::format("bs={} total={} {} {}", bs, total, cumulative ? "cu_seq_lens" : "seq_lens",
+                                       wide ? "int64" : "int32");
+  expect_same(what + " K", out_k.to_host(), want_k);
+  expect_same(what + " scales", out_s.to_host(), want_s);
+}
+
+// ------------------------------------------------------------------ metadata
+
+// Destination sets with random contents, on the backend and mirrored on the host.
+struct Dests {
+  std::vector<std::vector<std::vector<uint8_t>>> host;  // [dest][field] bytes
+  std::vector<std::vector<Buffer>> dev;
+  std::vector<MetadataBuffers> dev_views, host_views;
+  Buffer workspace;
+  MetadataTargets targets;
+
+  // fields: 0 cache, 1 cu, 2 pt1, 3 expanded, 4 nsa, 5 nsa_cu, 6 real, 7 splits, 8 tiles; size < 0 = absent
+  Dests(Backend b, std::mt19937_64& rng, int64_t count, int64_t max_rows, int64_t pt_cols, int64_t rt_cols,
+        int64_t tiles, bool expanded) {
+    for (int64_t d = 0; d < count; ++d) {
+      const int64_t pt_ld = pt_cols + pick(rng, 0, 5), rt_ld = rt_cols + pick(rng, 0, 2);
+      const bool real = pick(rng, 0, 3) != 0, splits = pick(rng, 0, 1), tile = pick(rng, 0, 1);
+      const int64_t sizes[9] = {max_rows, max_rows + 1, max_rows * pt_ld, expanded ? max_rows : -1, max_rows,
+                                max_rows + 1, real ? max_rows * rt_ld : -1, splits ? max_rows + 1 : -1,
+                                tile ? tiles : -1};
+      host.emplace_back(9);
+      dev.emplace_back(9);
+      for (int f = 0; f < 9; ++f) {
+        if (sizes[f] < 0) continue;
+        host[d][f] = random_bytes(rng, static_cast<size_t>(sizes[f]) * 4);
+        dev[d][f] = to_backend(b, host[d][f]);
+      }
+      for (int which = 0; which < 2; ++which) {
+        auto p = [&](int f) -> int32_t* {
+          if (sizes[f] < 0) return nullptr;
+          return which ? reinterpret_cast<int32_t*>(host[d][f].data()) : dev[d][f].as<int32_t>();
+        };
+        MetadataBuffers m{p(0), p(1), p(2), pt_cols, pt_ld, p(3), p(4), p(5), p(6), real ? rt_cols : 0,
+                          real ? rt_ld : 0, p(7), p(8), tile ? tiles : 0, max_rows};
+        (which ? host_views : dev_views).push_back(m);
+      }
+    }
+    workspace = Buffer(b, metadata_targets_workspace_bytes(count));
+    targets = upload_metadata_targets(exec_for(b), dev_views.data(), count, workspace.data(), workspace.bytes());
+  }
+
+  void expect_matches_reference(const std::string& what) const {
+    for (size_t d = 0; d < dev.size(); ++d)
+      for (int f = 0; f < 9; ++f)
+        if (!host[d][f].empty()) expect_same(fmt::format("{} destination {} field {}", what, d, f), dev[d][f].to_host(), host[d][f]);
+  }
+};
+
+ForwardMode random_mode(std::mt19937_64& rng) { return static_cast<ForwardMode>(pick(rng, 0, 2)); }
+
+void case_build_metadata(Backend b, std::mt19937_64& rng) {
+  const ForwardMode mode = random_mode(rng);
+  const int64_t bs = pick(rng, 1, 40), n = pick(rng, 1, 8), page = pick(rng, 0, 1) ? 64 : 16;
+  const int64_t topk = pick(rng, 0, 1) ? 2048 : pick(rng, 1, 300), context = pick(rng, 1, 3000);
+  const int64_t width = context + n + pick(rng, 0, 10), pool_rows = bs + pick(rng, 0, 5);
+  const auto r2t = random_ints<int32_t>(rng, pool_rows * width, 0, 1 << 24);
+  const auto rpi = random_ints<int64_t>(rng, bs, 0, pool_rows - 1);
+  const auto extend = random_ints<int32_t>(rng, bs, 0, n);
+  std::vector<int64_t> seq = random_ints<int64_t>(rng, bs, 1, context);
+  if (mode == ForwardMode::kDraftExtend)
+    for (int64_t i = 0; i < bs; ++i) seq[i] = std::max<int64_t>(seq[i], extend[i]);
+  const int64_t rows = mode == ForwardMode::kDecode ? bs : bs * n;
+  const int64_t tiles = pick(rng, 1, 600);
+  const auto splits = random_ints<int32_t>(rng, rows + 1, 0, 1 << 20), tile = random_ints<int32_t>(rng, tiles, 0, 1 << 20);
+
+  Buffer r2t_d = to_backend(b, r2t), rpi_d = to_backend(b, rpi), seq_d = to_backend(b, seq),
+         ext_d = to_backend(b, extend), splits_d = to_backend(b, splits), tile_d = to_backend(b, tile);
+  MetadataConfig config{mode, bs, n, topk, page};
+  MetadataInputs dev{Indices(seq_d.as<int64_t>()), Indices(rpi_d.as<int64_t>()), r2t_d.as<int32_t>(), pool_rows, width,
+                     width, Indices(), splits_d.as<int32_t>(), tile_d.as<int32_t>()};
+  MetadataInputs host{Indices(seq.data()), Indices(rpi.data()), r2t.data(), pool_rows, width, width, Indices(),
+                      splits.data(), tile.data()};
+  if (mode == ForwardMode::kDraftExtend) {
+    dev.extend_lens = Indices(ext_d.as<int32_t>());
+    host.extend_lens = Indices(extend.data());
+  }
+  const int64_t count = pick(rng, 1, 3);
+  Dests dests(b, rng, count, rows + pick(rng, 0, 3), width, (width + page - 1) / page, tiles,
+              mode != ForwardMode::kDecode || pick(rng, 0, 1));
+  build_metadata(exec_for(b), config, dev, dests.targets);
+  support::synchronize(b);
+  reference::build_metadata(config, host, dests.host_views.data(), count);
+  dests.expect_matches_reference(fmt::format("{} bs={} N={} P={} topk={}", to_string(mode), bs, n, page, topk));
+}
+
+void case_copy_metadata(Backend b, std::mt19937_64& rng) {
+  const ForwardMode mode = random_mode(rng);
+  const bool decode = mode == ForwardMode::kDecode;
+  const int64_t bs = pick(rng, 1, 40), e = decode ? bs : pick(rng, 0, 4 * bs), cols = pick(rng, 1, 300);
+  const int64_t rows = decode ? bs : e, rt_cols = pick(rng, 1, 8), tiles = pick(rng, 1, 300);
+  const int64_t src_ld = cols + pick(rng, 0, 4);
+  MetadataCopyShape shape{mode, bs, cols, cols, e};
+  std::vector<std::vector<int32_t>> src = {random_ints<int32_t>(rng, bs, 0, 1 << 20),
+                                           random_ints<int32_t>(rng, bs + 1, 0, 1 << 20),
+                                           random_ints<int32_t>(rng, rows * src_ld, 0, 1 << 20),
+                                           random_ints<int32_t>(rng, e, 0, 1 << 20),
+                                           random_ints<int32_t>(rng, rows, 0, 1 << 20),
+                                           random_ints<int32_t>(rng, rows + 1, 0, 1 << 20),
+                                           random_ints<int32_t>(rng, rows * rt_cols, 0, 1 << 20),
+                                           random_ints<int32_t>(rng, rows + 1, 0, 1 << 20),
+                                           random_ints<int32_t>(rng, tiles, 0, 1 << 20)};
+  std::vector<Buffer> src_d;
+  for (const auto& v : src) src_d.push_back(to_backend(b, v));
+  const bool real = pick(rng, 0, 1), splits = pick(rng, 0, 1), tile = pick(rng, 0, 1), expanded = !decode && pick(rng, 0, 3);
+  auto sources = [&](bool device) {
+    auto p = [&](int f) -> const int32_t* { return device ? src_d[f].as<int32_t>() : src[f].data(); };
+    return MetadataSources{p(0), p(1), p(2), src_ld, expanded ? p(3) : nullptr, p(4), p(5),
+                           real ? p(6) : nullptr, rt_cols, rt_cols, splits ? p(7) : nullptr,
+                           tile ? p(8) : nullptr, tile ? tiles : 0};
+  };
+  const int64_t count = pick(rng, 1, 4);
+  Dests dests(b, rng, count, std::max(bs, rows) + pick(rng, 0, 3), cols + pick(rng, 0, 4), rt_cols + pick(rng, 0, 2),
+              tiles + pick(rng, 0, 4), !decode || pick(rng, 0, 1));
+  copy_metadata(exec_for(b), shape, sources(true), dests.targets);
+  support::synchronize(b);
+  reference::copy_metadata(shape, sources(false), dests.host_views.data(), count);
+  dests.expect_matches_reference(fmt::format("{} bs={} E={} cols={}", to_string(mode), bs, e, cols));
+}
+
+// ------------------------------------------------------------------ driver
+
+struct Op {
+  const char* name;
+  std::function<void(Backend, std::mt19937_64&)> run_case;
+};
+
+const std::vector<Op>& all_ops() {
+  static const std::vector<Op> ops = {
+      {"quantize_and_store_k", case_quantize_and_store},
+      {"store_k_and_s", case_store_k_and_s},
+      {"gather_k", [](Backend b, std::mt19937_64& r) { case_gather_one(b, r, true); }},
+      {"gather_s", [](Backend b, std::mt19937_64& r) { case_gather_one(b, r, false); }},
+      {"gather_k_and_s", case_gather_k_and_s},
+      {"build_metadata", case_build_metadata},
+      {"copy_metadata", case_copy_metadata},
+  };
+  return ops;
+}
+
+}  // namespace
+
+int run_selftest(const SelftestOptions& o) {
+  const uint64_t seed = o.seed ? o.seed : std::random_device{}();
+  const bool want_cpu = o.device != "cuda", want_cuda = o.device != "cpu";
+  const bool have_cuda = support::cuda_device_available();
+  std::string cuda_skip = !cuda_built() ? "CUDA backend not built" : "no CUDA device found";
+  const auto& ops = all_ops();
+  const int backends_run = (want_cpu ? 1 : 0) + (want_cuda && have_cuda ? 1 : 0);
+  const double slice_s = o.seconds / std::max<double>(1.0, static_cast<double>(ops.size() * backends_run));
+  fmt::print("nsa selftest: {} ops against the reference, random cases for ~{:.0f} s, seed {} (--seed to replay)\n",
+             ops.size(), o.seconds, seed);
+
+  int passed = 0, failed = 0, skipped = 0;
+  for (Backend b : {Backend::kCpu, Backend::kCuda}) {
+    const bool wanted = b == Backend::kCpu ? want_cpu : want_cuda;
+    if (!wanted) continue;
+    for (size_t i = 0; i < ops.size(); ++i) {
+      const Op& op = ops[i];
+      if (b == Backend::kCuda && !have_cuda) {
+        fmt::print("SKIP  {:<5} {:<22} ({})\n", to_string(b), op.name, cuda_skip);
+        ++skipped;
+        continue;
+      }
+      std::mt19937_64 rng(seed * 0x9E3779B97F4A7C15ull + i * 2 + (b == Backend::kCuda));
+      const auto start = std::chrono::steady_clock::now();
+      int cases = 0;
+      std::string error;
+      try {
+        do {
+          op.run_case(b, rng);
+          ++cases;
+        } while (cases < 3 || std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() < slice_s);
+      } catch (const std::exception& e) {
+        error = e.what();
+      }
+      if (error.empty()) {
+        fmt::print("PASS  {:<5} {:<22} ({} random cases)\n", to_string(b), op.name, cases);
+        ++passed;
+      } else {
+        fmt::print("FAIL  {:<5} {:<22} case {}: {}\n", to_string(b), op.name, cases + 1, error);
+        ++failed;
+      }
+    }
+  }
+  fmt::print("selftest: {} passed, {} failed, {} skipped\n", passed, failed, skipped);
+  return failed == 0 && passed > 0 ? kExitOk : kExitFailure;
+}
+
+}  // namespace cli
+}  // namespace nsa
