@@ -30,7 +30,6 @@ class _Torch:
 
     def __init__(self):
         import torch
-        import torch.utils.dlpack
 
         self.torch = torch
         self.dtypes = {_UINT8: torch.uint8, _INT32: torch.int32, _INT64: torch.int64, _FLOAT32: torch.float32}
@@ -39,8 +38,11 @@ class _Torch:
         # The C function behind torch.cuda.current_stream(i).cuda_stream, without
         # building a Stream object (a few hundred ns instead of microseconds).
         self._raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
-        # The C export function itself (torch.utils.dlpack.to_dlpack wraps it in some versions).
-        _nsa._register_torch(torch.Tensor, getattr(torch._C, "_to_dlpack", None) or torch.utils.dlpack.to_dlpack)
+        # Export through torch's C function directly when this torch has it;
+        # otherwise nanobind calls Tensor.__dlpack__ (slower, same result).
+        to_dlpack = getattr(torch._C, "_to_dlpack", None)
+        if to_dlpack is not None:
+            _nsa._register_torch(torch.Tensor, to_dlpack)
 
     def empty(self, like, shape, dtype):
         return self.torch.empty(shape, dtype=self.dtypes[dtype], device=like.device)
