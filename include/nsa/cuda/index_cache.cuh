@@ -9,6 +9,7 @@
 
 #include <cuda_runtime.h>
 #include <cub/block/block_scan.cuh>
+#include <cuda_fp8.h>
 
 #include <cstdint>
 
@@ -37,7 +38,23 @@ __device__ __forceinline__ int64_t scale_byte_offset(int64_t slot) {
 // lanes with a real token and a slot >= 0 write.
 // ---------------------------------------------------------------------------
 constexpr int kStoreThreads = 256;
-constexpr int kTokensPerStoreBlock = kStoreThreads / 16;
+
+// Two elements as e4m3 (low byte = a). On sm_89+ one cvt.rn.satfinite
+// instruction does both; it rounds exactly like detail::float_to_e4m3_satfinite
+// (tests compare every backend with the reference). NaN keeps its sign, as
+// detail::quantize_e4m3 promises; the hardware would return 0x7F for -NaN.
+__device__ __forceinline__ uint32_t quantize_e4m3x2(float a, float b, float inv) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+  const __nv_fp8x2_storage_t pair = __nv_cvt_float2_to_fp8x2(make_float2(a * inv, b * inv), __NV_SATFINITE, __NV_E4M3);
+  uint32_t q = pair;
+  const uint32_t ab = __float_as_uint(a), bb = __float_as_uint(b);
+  if ((ab & 0x7fffffffu) > 0x7f800000u) q = (q & 0xff00u) | ((ab >> 24) & 0x80u) | 0x7fu;
+  if ((bb & 0x7fffffffu) > 0x7f800000u) q = (q & 0x00ffu) | ((((bb >> 24) & 0x80u) | 0x7fu) << 8);
+  return q;
+#else
+  return detail::quantize_e4m3(a, inv) | (static_cast<uint32_t>(detail::quantize_e4m3(b, inv)) << 8);
+#endif
+}
 
 // 8 bf16 of a row: one 16-byte load when aligned, else 8 scalar loads.
 template <bool kVector>
@@ -56,16 +73,16 @@ __device__ __forceinline__ void load_bf16x8(const uint16_t* p, uint16_t (&h)[8])
   }
 }
 
-template <bool kVectorLoad>
-__global__ void __launch_bounds__(kStoreThreads) quantize_and_store_k_kernel(uint8_t* __restrict__ cache,
+template <bool kVectorLoad, int kThreads = kStoreThreads>
+__global__ void __launch_bounds__(kThreads) quantize_and_store_k_kernel(uint8_t* __restrict__ cache,
                                                                              const uint16_t* __restrict__ k, int64_t n,
                                                                              int64_t k_ld,
                                                                              const int64_t* __restrict__ slots,
                                                                              bool ue8m0) {
   const int sub = threadIdx.x & 15;  // lane within the half-warp: elements [8*sub, 8*sub + 8)
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * kTokensPerStoreBlock;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * (kThreads / 16);
   // Loop bound on the warp's first token keeps the whole warp in the loop (shuffles need it).
-  const int64_t warp_first = static_cast<int64_t>(blockIdx.x) * kTokensPerStoreBlock + (threadIdx.x >> 5) * 2;
+  const int64_t warp_first = static_cast<int64_t>(blockIdx.x) * (kThreads / 16) + (threadIdx.x >> 5) * 2;
   for (int64_t base = warp_first; base < n; base += stride) {
     const int64_t t = base + ((threadIdx.x >> 4) & 1);
     const bool active = t < n;
@@ -89,21 +106,24 @@ __global__ void __launch_bounds__(kStoreThreads) quantize_and_store_k_kernel(uin
     const float inv = 1.0f / s;
     uint32_t q[2] = {0, 0};
 #pragma unroll
-    for (int i = 0; i < 8; ++i) q[i / 4] |= static_cast<uint32_t>(detail::quantize_e4m3(x[i], inv)) << (8 * (i % 4));
+    for (int i = 0; i < 8; i += 2) {
+      const uint32_t pair = quantize_e4m3x2(x[i], x[i + 1], inv);
+      q[i / 4] |= pair << (8 * (i % 4));
+    }
     *reinterpret_cast<uint2*>(cache + k_byte_offset(slot) + sub * 8) = make_uint2(q[0], q[1]);
     if (sub == 0) *reinterpret_cast<float*>(cache + scale_byte_offset(slot)) = s;
   }
 }
 
 // store_k_and_s: the same shape without arithmetic; 8 bytes per lane.
-template <bool kVectorCopy>
-__global__ void __launch_bounds__(kStoreThreads) store_k_and_s_kernel(uint8_t* __restrict__ cache,
+template <bool kVectorCopy, int kThreads = kStoreThreads>
+__global__ void __launch_bounds__(kThreads) store_k_and_s_kernel(uint8_t* __restrict__ cache,
                                                                       const uint8_t* __restrict__ k, int64_t n,
                                                                       int64_t k_ld, const float* __restrict__ scale,
                                                                       const int64_t* __restrict__ slots) {
   const int sub = threadIdx.x & 15;
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * kTokensPerStoreBlock;
-  for (int64_t t = static_cast<int64_t>(blockIdx.x) * kTokensPerStoreBlock + (threadIdx.x >> 4); t < n; t += stride) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * (kThreads / 16);
+  for (int64_t t = static_cast<int64_t>(blockIdx.x) * (kThreads / 16) + (threadIdx.x >> 4); t < n; t += stride) {
     const int64_t slot = __ldg(slots + t);
     const uint8_t* src = k + t * k_ld + sub * 8;
     uint2 v;
@@ -129,13 +149,22 @@ __global__ void __launch_bounds__(kStoreThreads) store_k_and_s_kernel(uint8_t* _
 // consecutive output rows. Items are numbered b * table_cols + p, so a CTA
 // knows its request and page without a search; items past a request's last
 // page are skipped. A persistent 1-D grid walks the requests in chunks of
-// kGatherThreads: each CTA scans the chunk's lengths in shared memory (the
+// Policy::kThreads: each CTA scans the chunk's lengths in shared memory (the
 // first output row of each request) and takes every gridDim-th item.
 // The page id of a CTA's first item is loaded before the scan, so for small
 // batches the chain is: {lengths, page id} -> K bytes -> store.
 // ---------------------------------------------------------------------------
-constexpr int kGatherThreads = 128;
-constexpr int kVecPerThread = static_cast<int>(kKBytesPerPage / 16 / kGatherThreads);  // 4 x 16 B loads in flight
+// Launch shape of the gather: threads per CTA and tokens per work item
+// (64 = one page; 32 = half a page, twice the items for small batches).
+template <int kThreadsT, int kItemTokensT>
+struct GatherPolicy {
+  static constexpr int kThreads = kThreadsT;
+  static constexpr int kItemTokens = kItemTokensT;
+  static constexpr int kItemsPerPage = static_cast<int>(kPageSize) / kItemTokens;
+  static constexpr int kVecPerThread = kItemTokens * static_cast<int>(kHeadDim / 16) / kThreads;  // 16 B loads in flight
+  static_assert(kVecPerThread >= 1 && kThreads >= kItemTokens && kPageSize % kItemTokens == 0, "bad gather policy");
+};
+using DefaultGatherPolicy = GatherPolicy<128, 64>;
 
 enum class LengthForm { kHost, kSeqLens, kCuSeqLens };
 
@@ -159,51 +188,69 @@ __device__ __forceinline__ int64_t request_length(const LenT* lens, int64_t host
   else return static_cast<int64_t>(lens[b + 1]) - static_cast<int64_t>(lens[b]);
 }
 
-template <bool kWriteK, bool kWriteS>
-__device__ __forceinline__ void copy_page(const uint8_t* __restrict__ page, int64_t tokens, int64_t row,
-                                          uint8_t* __restrict__ out_k, float* __restrict__ out_s) {
+// Copies `tokens` consecutive tokens starting at `k_src` / `s_src` to output row `row`.
+template <class Policy, bool kWriteK, bool kWriteS>
+__device__ __forceinline__ void copy_tokens(const uint8_t* __restrict__ k_src, const float* __restrict__ s_src,
+                                            int64_t tokens, int64_t row, uint8_t* __restrict__ out_k,
+                                            float* __restrict__ out_s) {
   const int tid = threadIdx.x;
+  // Every load is issued before the first store: the scale load must not wait
+  // behind the K stores (one memory round trip instead of two).
+  float scale = 0.0f;
+  if constexpr (kWriteS) {
+    if (tid < tokens) scale = __ldg(s_src + tid);
+  }
   if constexpr (kWriteK) {
-    const uint4* src = reinterpret_cast<const uint4*>(page);
+    const uint4* src = reinterpret_cast<const uint4*>(k_src);
     uint4* dst = reinterpret_cast<uint4*>(out_k + row * kHeadDim);
     const int vectors = static_cast<int>(tokens * (kHeadDim / 16));
-    uint4 v[kVecPerThread];
+    uint4 v[Policy::kVecPerThread];
 #pragma unroll
-    for (int j = 0; j < kVecPerThread; ++j) {
-      const int e = tid + j * kGatherThreads;
+    for (int j = 0; j < Policy::kVecPerThread; ++j) {
+      const int e = tid + j * Policy::kThreads;
       if (e < vectors) v[j] = __ldg(src + e);
     }
 #pragma unroll
-    for (int j = 0; j < kVecPerThread; ++j) {
-      const int e = tid + j * kGatherThreads;
+    for (int j = 0; j < Policy::kVecPerThread; ++j) {
+      const int e = tid + j * Policy::kThreads;
       if (e < vectors) dst[e] = v[j];
     }
   }
   if constexpr (kWriteS) {
-    if (tid < tokens) out_s[row + tid] = __ldg(reinterpret_cast<const float*>(page + kKBytesPerPage) + tid);
+    if (tid < tokens) out_s[row + tid] = scale;
   }
 }
 
-template <LengthForm kForm, bool kWriteK, bool kWriteS, class TableT, class LenT>
-__global__ void __launch_bounds__(kGatherThreads) paged_gather_kernel(GatherParams<TableT, LenT> p) {
-  using Scan = cub::BlockScan<int64_t, kGatherThreads>;
+template <class Policy, LengthForm kForm, bool kWriteK, bool kWriteS, class TableT, class LenT>
+__global__ void __launch_bounds__(Policy::kThreads) paged_gather_kernel(GatherParams<TableT, LenT> p) {
+  constexpr int kThreads = Policy::kThreads;
+  using Scan = cub::BlockScan<int64_t, kThreads>;
   __shared__ typename Scan::TempStorage scan_storage;
-  __shared__ int64_t s_row_start[kGatherThreads];
-  __shared__ int64_t s_len[kGatherThreads];
+  __shared__ int64_t s_row_start[kThreads];
+  __shared__ int64_t s_len[kThreads];
 
   const int tid = threadIdx.x;
   const int64_t grid = gridDim.x;
-  const int64_t cols = p.table_cols;
+  const int64_t parts = p.table_cols * Policy::kItemsPerPage;  // items per request
   int64_t row_base = 0, item_base = 0;
-  for (int64_t chunk = 0; chunk < p.batch; chunk += kGatherThreads) {
-    const int count = static_cast<int>(p.batch - chunk < kGatherThreads ? p.batch - chunk : kGatherThreads);
-    const int64_t items = count * cols;
-    // Items are numbered globally (item_base + i) so the round-robin over CTAs continues across chunks.
-    int64_t first = (static_cast<int64_t>(blockIdx.x) - item_base) % grid;
-    if (first < 0) first += grid;
-    // Prefetch the page id of the first item; it is used only if that page holds tokens.
+  for (int64_t chunk = 0; chunk < p.batch; chunk += kThreads) {
+    const int count = static_cast<int>(p.batch - chunk < kThreads ? p.batch - chunk : kThreads);
+    const int64_t items = count * parts;
+    // Items are numbered globally (item_base + i) so the round-robin over CTAs
+    // continues across chunks. (64-bit modulo only from the second chunk on.)
+    int64_t first = blockIdx.x;
+    if (item_base != 0) {
+      first = (first - item_base) % grid;
+      if (first < 0) first += grid;
+    }
+    // Prefetch the page id of the first item (an in-bounds table entry); it
+    // is used only if that item holds tokens.
     int64_t first_page = 0;
-    if (first < items) first_page = static_cast<int64_t>(__ldg(p.table + (chunk + first / cols) * p.table_ld + first % cols));
+    if (first < items) {
+      const int64_t b = first / parts;
+      first_page = static_cast<int64_t>(
+          __ldg(p.table + (chunk + b) * p.table_ld + (first - b * parts) / Policy::kItemsPerPage));
+    }
 
     const int64_t len = tid < count ? request_length<kForm>(p.lens, p.host_length, chunk + tid) : 0;
     int64_t before = 0, total = 0;
@@ -212,15 +259,21 @@ __global__ void __launch_bounds__(kGatherThreads) paged_gather_kernel(GatherPara
     s_row_start[tid] = row_base + before;
     __syncthreads();
 
+    const bool narrow = items <= INT32_MAX;  // 32-bit division is several times cheaper
     for (int64_t i = first; i < items; i += grid) {
-      const int64_t b = i / cols;
-      const int64_t page_in_req = i - b * cols;
-      const int64_t left = s_len[b] - page_in_req * kPageSize;
-      if (left <= 0) continue;  // past this request's last page
-      const int64_t page =
-          i == first ? first_page : static_cast<int64_t>(__ldg(p.table + (chunk + b) * p.table_ld + page_in_req));
-      copy_page<kWriteK, kWriteS>(p.cache + page * kPageBytes, left < kPageSize ? left : kPageSize,
-                                  s_row_start[b] + page_in_req * kPageSize, p.out_k, p.out_s);
+      const int64_t b = narrow ? static_cast<int64_t>(static_cast<uint32_t>(i) / static_cast<uint32_t>(parts)) : i / parts;
+      const int64_t part = i - b * parts;
+      const int64_t token0 = part * Policy::kItemTokens;  // first token of the item within its request
+      const int64_t left = s_len[b] - token0;
+      if (left <= 0) continue;  // past this request's last token
+      const int64_t col = part / Policy::kItemsPerPage;
+      const int64_t page = i == first ? first_page : static_cast<int64_t>(__ldg(p.table + (chunk + b) * p.table_ld + col));
+      const int64_t in_page = token0 - col * kPageSize;
+      const uint8_t* page_base = p.cache + page * kPageBytes;
+      copy_tokens<Policy, kWriteK, kWriteS>(page_base + in_page * kHeadDim,
+                                            reinterpret_cast<const float*>(page_base + kKBytesPerPage) + in_page,
+                                            left < Policy::kItemTokens ? left : Policy::kItemTokens,
+                                            s_row_start[b] + token0, p.out_k, p.out_s);
     }
     row_base += total;
     item_base += items;
@@ -231,8 +284,9 @@ __global__ void __launch_bounds__(kGatherThreads) paged_gather_kernel(GatherPara
 // ---------------------------------------------------------------------------
 // Launchers.
 // ---------------------------------------------------------------------------
-inline int store_grid(int64_t n, int num_sms) {
-  const int64_t blocks = (n + kTokensPerStoreBlock - 1) / kTokensPerStoreBlock;
+inline int store_grid(int64_t n, int num_sms, int threads = kStoreThreads) {
+  const int64_t tokens_per_block = threads / 16;
+  const int64_t blocks = (n + tokens_per_block - 1) / tokens_per_block;
   const int64_t cap = static_cast<int64_t>(num_sms) * 16;  // grid-stride beyond a few waves
   return static_cast<int>(blocks < cap ? blocks : cap);
 }
@@ -258,18 +312,20 @@ inline cudaError_t invoke_store_k_and_s(uint8_t* cache, const uint8_t* k, int64_
 }
 
 // Persistent grid: one full wave of resident CTAs (enough to keep every SM's
-// memory pipe busy), never more than there are page items.
+// memory pipe busy), never more than there are work items.
+template <class Policy>
 inline int gather_grid(int64_t max_items, int num_sms) {
-  const int64_t cap = static_cast<int64_t>(num_sms) * (2048 / kGatherThreads);
+  const int64_t cap = static_cast<int64_t>(num_sms) * (2048 / Policy::kThreads);
   return static_cast<int>(max_items < cap ? (max_items > 0 ? max_items : 1) : cap);
 }
 
-template <LengthForm kForm, bool kWriteK, bool kWriteS, class TableT, class LenT>
-cudaError_t invoke_paged_gather(const GatherParams<TableT, LenT>& p, int64_t max_items, int num_sms,
+// max_pages = batch * table_cols (the launcher's grid bound).
+template <LengthForm kForm, bool kWriteK, bool kWriteS, class Policy = DefaultGatherPolicy, class TableT, class LenT>
+cudaError_t invoke_paged_gather(const GatherParams<TableT, LenT>& p, int64_t max_pages, int num_sms,
                                 cudaStream_t stream) {
-  if (p.batch == 0 || max_items == 0) return cudaSuccess;
-  paged_gather_kernel<kForm, kWriteK, kWriteS, TableT, LenT>
-      <<<gather_grid(max_items, num_sms), kGatherThreads, 0, stream>>>(p);
+  if (p.batch == 0 || max_pages == 0) return cudaSuccess;
+  paged_gather_kernel<Policy, kForm, kWriteK, kWriteS, TableT, LenT>
+      <<<gather_grid<Policy>(max_pages * Policy::kItemsPerPage, num_sms), Policy::kThreads, 0, stream>>>(p);
   return cudaGetLastError();
 }
 
