@@ -30,6 +30,14 @@ void check_rows(const ArgChecker& c, const void* p, int64_t n, int64_t ld, const
   if (n > 0) c.not_null(p, arg);
 }
 
+// An index array's element type is host-visible: reject anything but int32/int64
+// (read as int64 otherwise), and on CUDA an address the element loads would fault on.
+void check_index(const ArgChecker& c, const Exec& exec, Indices v, const char* arg) {
+  if (v.type != IndexType::kInt32 && v.type != IndexType::kInt64)
+    c.fail(arg, "int32 or int64 elements", std::to_string(static_cast<int>(v.type)));
+  if (exec.backend == Backend::kCuda) c.aligned(v.data, static_cast<int64_t>(v.type), arg);
+}
+
 }  // namespace
 
 void quantize_and_store_k(const Exec& exec, IndexCache cache, const uint16_t* k_bf16, int64_t n, int64_t k_ld,
@@ -70,6 +78,7 @@ void check_single_gather(const ArgChecker& c, const Exec& exec, ConstIndexCache 
   c.at_least(length, 0, "length");
   if (length == 0) return;
   c.not_null(page_ids.data, "page_ids");
+  check_index(c, exec, page_ids, "page_ids");
   c.not_null(out, out_arg);
   if (exec.backend == Backend::kCuda) c.aligned(out, out_align, out_arg);
 }
@@ -104,7 +113,10 @@ void gather_k_and_s(const Exec& exec, ConstIndexCache cache, const PagedBatch& b
   if (batch.batch_size > 0) {
     if (static_cast<bool>(batch.seq_lens) == static_cast<bool>(batch.cu_seq_lens))
       c.fail("batch.seq_lens/batch.cu_seq_lens", "exactly one of the two", batch.seq_lens ? "both" : "neither");
+    if (batch.seq_lens) check_index(c, exec, batch.seq_lens, "batch.seq_lens");
+    else check_index(c, exec, batch.cu_seq_lens, "batch.cu_seq_lens");
     c.not_null(batch.page_table.data, "batch.page_table");
+    check_index(c, exec, batch.page_table, "batch.page_table");
     c.at_least(batch.table_cols, 0, "batch.table_cols");
     c.at_least(batch.table_ld, batch.table_cols, "batch.table_ld");
   }
