@@ -1,0 +1,150 @@
+// The metadata side of the fuzz targets: destination sets whose descriptors
+// are sometimes broken, the shape-independent descriptor rules of
+// upload_metadata_targets, and the way a target table is handed to the ops
+// (through upload_metadata_targets with a fuzzed workspace, or built by hand
+// so the ops' own table checks are reached).
+#pragma once
+
+#include <array>
+#include <vector>
+
+#include "fuzz_input.h"
+#include "nsa/metadata.h"
+
+namespace nsa {
+namespace fuzz {
+
+enum Field { kCache, kCuK, kPt, kExpanded, kNsa, kNsaCu, kReal, kSplits, kTiles, kFields };
+
+// Sizes a destination is built with. Columns and strides are chosen by the
+// target (they bound the lengths it may generate).
+struct DestShape {
+  int64_t max_rows = 0;
+  int64_t pt_cols = 0, pt_ld = 0;
+  int64_t rt_cols = 0, rt_ld = 0;
+  int64_t tiles = 0;
+  bool expanded = true, real = false, splits = false, has_tiles = false;
+  int null_field = -1;  // a mandatory field left null (descriptor error), or -1
+};
+
+class FuzzDest {
+ public:
+  FuzzDest(Input& in, const DestShape& s) : s_(s) {
+    auto n = [](int64_t v) { return static_cast<size_t>(v > 0 ? v : 0); };
+    const int64_t rows = n(s.max_rows), pt_ld = std::max(s.pt_ld, s.pt_cols), rt_ld = std::max(s.rt_ld, s.rt_cols);
+    const size_t sizes[kFields] = {n(rows), n(rows + 1), n(rows * pt_ld), n(rows), n(rows),
+                                   n(rows + 1), n(rows * rt_ld), n(rows + 1), n(s.tiles)};
+    const bool present[kFields] = {true, true, true, s.expanded, true, true, s.real, s.splits, s.has_tiles};
+    for (int f = 0; f < kFields; ++f) {
+      present_[f] = present[f] && f != s.null_field;
+      if (!present_[f]) continue;
+      const std::vector<uint8_t> bytes = bytes_from(in, sizes[f] * 4 + 4);  // +1 element: never empty
+      actual_[f].resize(sizes[f] + 1);
+      std::memcpy(actual_[f].data(), bytes.data(), actual_[f].size() * 4);
+      expected_[f] = actual_[f];
+    }
+  }
+
+  MetadataBuffers view(bool expected) {
+    auto p = [&](int f) -> int32_t* { return present_[f] ? (expected ? expected_[f] : actual_[f]).data() : nullptr; };
+    MetadataBuffers m;
+    m.cache_seqlens = p(kCache);
+    m.cu_seqlens_k = p(kCuK);
+    m.page_table_1 = p(kPt);
+    m.page_table_1_cols = s_.pt_cols;
+    m.page_table_1_ld = s_.pt_ld;
+    m.seqlens_expanded = p(kExpanded);
+    m.nsa_cache_seqlens = p(kNsa);
+    m.nsa_cu_seqlens_k = p(kNsaCu);
+    m.real_page_table = p(kReal);
+    m.real_page_table_cols = s_.rt_cols;
+    m.real_page_table_ld = s_.rt_ld;
+    m.flashmla_num_splits = p(kSplits);
+    m.flashmla_metadata = p(kTiles);
+    m.flashmla_metadata_size = s_.tiles;
+    m.max_rows = s_.max_rows;
+    return m;
+  }
+
+  // upload_metadata_targets' rules for one descriptor.
+  bool descriptor_valid() const {
+    return s_.null_field < 0 && s_.max_rows >= 0 && s_.pt_cols >= 0 && s_.pt_ld >= s_.pt_cols &&
+           (!s_.real || (s_.rt_cols >= 0 && s_.rt_ld >= s_.rt_cols)) && (!s_.has_tiles || s_.tiles >= 0);
+  }
+  const DestShape& shape() const { return s_; }
+
+  void check_matches_expected() const {
+    static const char* const kNames[kFields] = {"cache_seqlens",     "cu_seqlens_k",     "page_table_1",
+                                                "seqlens_expanded",  "nsa_cache_seqlens", "nsa_cu_seqlens_k",
+                                                "real_page_table",   "flashmla_num_splits", "flashmla_metadata"};
+    for (int f = 0; f < kFields; ++f) expect_equal(actual_[f], expected_[f], kNames[f]);
+  }
+
+ private:
+  DestShape s_;
+  std::array<bool, kFields> present_{};
+  std::array<std::vector<int32_t>, kFields> actual_, expected_;
+};
+
+// A mandatory field to drop, rarely.
+inline int pick_null_field(Input& in) {
+  if (!in.rarely(64)) return -1;
+  static const int kMandatory[] = {kCache, kCuK, kPt, kNsa, kNsaCu};
+  return kMandatory[in.byte() % 5];
+}
+
+// The destination table the ops read, built one of two ways. `valid` says
+// whether the table itself is acceptable to the op (count, null pointers);
+// descriptor rules are checked by the caller.
+struct FuzzTargets {
+  std::vector<MetadataBuffers> host, expected_host;
+  std::vector<MetadataBuffers> workspace;  // upload's destination (CPU backend: host memory)
+  MetadataTargets targets;
+  bool table_ok = true;  // the op may run with this table (when the rest is valid)
+  bool ran_upload = false;
+
+  // Returns false when the upload path was taken and upload rejected the call
+  // (checked against its rules); the op is then not called.
+  bool prepare(Input& in, const Where& where, std::vector<FuzzDest>& dests) {
+    for (auto& d : dests) {
+      host.push_back(d.view(false));
+      expected_host.push_back(d.view(true));
+    }
+    const int64_t count = static_cast<int64_t>(host.size());
+    bool descriptors_ok = true;
+    for (auto& d : dests) descriptors_ok = descriptors_ok && d.descriptor_valid();
+    if (in.flag()) {  // upload path
+      workspace.resize(host.size() + 1);
+      const bool null_host = in.rarely(64), null_ws = in.rarely(64), misaligned = in.rarely(64);
+      const size_t needed = metadata_targets_workspace_bytes(count);
+      const size_t ws_bytes = in.rarely(32) ? needed - 1 - in.byte() % 8 : needed + in.byte() % 8;
+      void* ws = null_ws ? nullptr : reinterpret_cast<uint8_t*>(workspace.data()) + (misaligned ? 4 : 0);
+      const bool valid = where.backend_ok && !null_host && descriptors_ok && !null_ws && !misaligned && ws_bytes >= needed;
+      const std::vector<MetadataBuffers> ws_before = workspace;
+      bool ran = run_checked(valid, [&] {
+        targets = upload_metadata_targets(where.exec, null_host ? nullptr : host.data(), count, ws, ws_bytes);
+      });
+      if (!ran) {
+        expect_equal(workspace.data(), ws_before.data(), workspace.size() * sizeof(MetadataBuffers), "workspace");
+        return false;
+      }
+      expect_equal(workspace.data(), host.data(), host.size() * sizeof(MetadataBuffers), "uploaded table");
+      if (targets.host != host.data() || targets.table != static_cast<void*>(workspace.data()) || targets.count != count)
+        fail("upload_metadata_targets returned a different table than it was given");
+      ran_upload = true;
+      return true;
+    }
+    // By hand: table == host (CPU), sometimes a broken count or pointer.
+    targets = MetadataTargets{host.data(), host.data(), count};
+    switch (in.rarely(16) ? in.byte() % 3 : 3) {
+      case 0: targets.count = in.flag() ? 0 : -1; table_ok = false; break;
+      case 1: targets.host = nullptr; table_ok = false; break;
+      case 2: targets.table = nullptr; table_ok = false; break;
+      default: break;
+    }
+    return true;
+  }
+};
+
+}  // namespace fuzz
+}  // namespace nsa

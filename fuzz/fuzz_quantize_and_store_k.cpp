@@ -1,0 +1,39 @@
+// libFuzzer target: quantize_and_store_k on the CPU against the reference.
+// Fuzzed: pool size and declared page count, n, row stride, bf16 values
+// (NaN/Inf/subnormals come from raw input bits), slots with padding, scale
+// mode, null pointers and the backend.
+#include "fuzz_cache.h"
+#include "reference/index_cache.h"
+
+using namespace nsa;
+using namespace nsa::fuzz;
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  Input in(data, size);
+  const Where where = pick_exec(in);
+  FuzzPool pool(in);
+  const int64_t n = maybe_below(in, in.in(0, 64), 0);
+  const int64_t ld = maybe_below(in, 128 + in.in(0, 8), 128);
+  const int64_t rows = n > 0 ? n : 0;  // what is allocated
+  const int64_t row_elems = ld >= 128 ? ld : 128;
+
+  const std::vector<uint8_t> k_bytes = bytes_from(in, static_cast<size_t>(rows * row_elems * 2));
+  std::vector<uint16_t> k(static_cast<size_t>(rows * row_elems) + 1);
+  copy_into(k.data(), k_bytes);
+  const std::vector<int64_t> slots = fuzz_slots(in, rows, pool.usable_pages());
+  const bool null_k = in.rarely(32), null_slots = in.rarely(32);
+  ScaleMode mode = in.flag() ? ScaleMode::kFp32 : ScaleMode::kUe8m0;
+  if (in.rarely(32)) mode = static_cast<ScaleMode>(2 + in.byte() % 3);
+
+  const bool valid = where.backend_ok && pool.valid() && n >= 0 && ld >= 128 &&
+                     (n == 0 || (!null_k && !null_slots)) &&
+                     (mode == ScaleMode::kFp32 || mode == ScaleMode::kUe8m0);
+  std::vector<uint8_t> expected = pool.bytes;
+  const bool ran = run_checked(valid, [&] {
+    quantize_and_store_k(where.exec, pool.view(), null_k ? nullptr : k.data(), n, ld,
+                         null_slots ? nullptr : slots.data(), mode);
+  });
+  if (ran) reference::quantize_and_store_k(pool.view_of(expected), k.data(), n, ld, slots.data(), mode);
+  expect_equal(pool.bytes, expected, "cache");
+  return 0;
+}
