@@ -238,10 +238,13 @@ void build_metadata(MetadataTargetsHandle& t, int mode, int64_t draft_tokens, in
     c.vector(ext, bs, "[batch_size]", true);
     in.extend_lens = c.indices(ext);
   }
-  // Rows of this call at most: bs in DECODE, bs * N otherwise (DRAFT_EXTEND: sum(e_b) <= bs * N).
-  const int64_t max_rows = config.mode == nsa::ForwardMode::kDecode ? bs : bs * std::max<int64_t>(draft_tokens, 0);
+  // R + 1 values are read: R = bs (DECODE), bs * N (TARGET_VERIFY); in
+  // DRAFT_EXTEND R = sum(e_b) lives on the device, so only R >= 0 is checkable.
+  const int64_t known_rows = config.mode == nsa::ForwardMode::kDecode       ? bs
+                             : config.mode == nsa::ForwardMode::kTargetVerify ? bs * std::max<int64_t>(draft_tokens, 0)
+                                                                              : 0;
   if (splits.present) {
-    int32_vector(c, splits, max_rows + 1, "[rows + 1]");
+    int32_vector(c, splits, known_rows + 1, "[rows + 1]");
     in.flashmla_num_splits = splits.as<int32_t>();
   }
   if (meta.present) {
