@@ -74,6 +74,24 @@ __device__ __forceinline__ int32_t group_elem(const int4& v, int e) {
   return e == 0 ? v.x : e == 1 ? v.y : e == 2 ? v.z : v.w;
 }
 
+// Destination descriptors are staged into shared memory at kernel start: all
+// of them arrive in one memory round trip (a loop reading them from global
+// memory would pay one dependent round trip per destination). Tables larger
+// than kMaxSharedTargets stay in global memory.
+constexpr int kMaxSharedTargets = 32;
+static_assert(sizeof(MetadataBuffers) % sizeof(long long) == 0, "descriptors are copied as 8-byte words");
+
+template <int kThreads>
+__device__ __forceinline__ const MetadataBuffers* stage_targets(const MetadataBuffers* global, int64_t count,
+                                                                 MetadataBuffers* shared) {
+  if (count > kMaxSharedTargets) return global;
+  constexpr int kWords = sizeof(MetadataBuffers) / sizeof(long long);
+  const long long* src = reinterpret_cast<const long long*>(global);
+  long long* dst = reinterpret_cast<long long*>(shared);
+  for (int64_t w = threadIdx.x; w < count * kWords; w += kThreads) dst[w] = __ldg(src + w);
+  return shared;  // visible after the caller's next __syncthreads()
+}
+
 // Index arrays come as int32 or int64; the flag is uniform across the grid.
 __device__ __forceinline__ int64_t load_index(const void* p, bool is64, int64_t i) {
   return is64 ? static_cast<int64_t>(__ldg(static_cast<const long long*>(p) + i))
@@ -128,8 +146,9 @@ struct BuildScanSum {
 // One page-table item: columns [c0, c0 + kColsPerItem) of one request, loaded
 // once, stored into its q rows (starting at row0) of every destination, plus
 // the real_page_table entries of the page starts among those columns.
-__device__ __forceinline__ void build_page_item(const BuildParams& p, const int32_t* __restrict__ src, int64_t len,
-                                                int64_t c0, int64_t row0, int64_t q, int lane) {
+__device__ __forceinline__ void build_page_item(const BuildParams& p, const MetadataBuffers* targets,
+                                                const int32_t* __restrict__ src, int64_t len, int64_t c0, int64_t row0,
+                                                int64_t q, int lane) {
   const bool src_vec = aligned16(src);
   int4 v[kVecPerLane];
   unsigned page_mask[kVecPerLane];  // bit e: column c + e starts a page (and exists)
@@ -146,7 +165,7 @@ __device__ __forceinline__ void build_page_item(const BuildParams& p, const int3
     page_mask[k] = mask;
   }
   for (int64_t d = 0; d < p.num_targets; ++d) {
-    const MetadataBuffers& t = p.targets[d];
+    const MetadataBuffers& t = targets[d];
     int32_t* const table = t.page_table_1;
     const int64_t ld = t.page_table_1_ld;
     int32_t* const real = t.real_page_table;
@@ -181,6 +200,7 @@ __global__ void __launch_bounds__(kMetaThreads, kBuildCtasPerSm) build_metadata_
   __shared__ int64_t s_src_offset[kMetaThreads];  // rpi * ld
   __shared__ int64_t s_len[kMetaThreads];
   __shared__ int64_t s_q[kMetaThreads];
+  __shared__ MetadataBuffers s_targets[kMaxSharedTargets];
 
   const int tid = threadIdx.x;
   const int lane = tid & 31;
@@ -188,11 +208,25 @@ __global__ void __launch_bounds__(kMetaThreads, kBuildCtasPerSm) build_metadata_
   const int64_t my_warp = static_cast<int64_t>(tid >> 5) * gridDim.x + blockIdx.x;
   const int64_t draft = p.mode == static_cast<int32_t>(ForwardMode::kTargetVerify) ? p.draft_tokens : 0;
 
+  // Inputs of request b: cache_seqlens (int32 by definition), query rows, req_to_token row.
+  auto load_request = [&](int64_t b, int64_t& kv, int64_t& q, int64_t& rpi) {
+    kv = static_cast<int32_t>(load_index(p.seq_lens, p.seq_lens_64, b) + draft);
+    q = p.mode == static_cast<int32_t>(ForwardMode::kDecode)         ? 1
+        : p.mode == static_cast<int32_t>(ForwardMode::kTargetVerify) ? p.draft_tokens
+                                                                      : load_index(p.extend_lens, p.extend_lens_64, b);
+    rpi = load_index(p.req_pool_indices, p.req_pool_indices_64, b);
+  };
+  // The first chunk's inputs and the descriptors are loaded together (one round trip).
+  int64_t first_kv = 0, first_q = 0, first_rpi = 0;
+  if (tid < p.batch) load_request(tid, first_kv, first_q, first_rpi);
+  const MetadataBuffers* targets = stage_targets<kMetaThreads>(p.targets, p.num_targets, s_targets);
+  __syncthreads();
+
   // Element 0 of the cumulative arrays (spec §5.2: 0, written once at capture; we write it every call).
   if (blockIdx.x == 0) {
     for (int64_t d = tid; d < p.num_targets; d += kMetaThreads) {
-      p.targets[d].cu_seqlens_k[0] = 0;
-      p.targets[d].nsa_cu_seqlens_k[0] = 0;
+      targets[d].cu_seqlens_k[0] = 0;
+      targets[d].nsa_cu_seqlens_k[0] = 0;
     }
   }
 
@@ -202,13 +236,12 @@ __global__ void __launch_bounds__(kMetaThreads, kBuildCtasPerSm) build_metadata_
     const int count = static_cast<int>(p.batch - chunk < kMetaThreads ? p.batch - chunk : int64_t{kMetaThreads});
     BuildScan mine{0, 0, 0, 0};
     int64_t kv = 0, q = 0, rpi = 0;
+    if (chunk == 0) {
+      kv = first_kv, q = first_q, rpi = first_rpi;
+    } else if (tid < count) {
+      load_request(chunk + tid, kv, q, rpi);
+    }
     if (tid < count) {
-      const int64_t b = chunk + tid;
-      kv = static_cast<int32_t>(load_index(p.seq_lens, p.seq_lens_64, b) + draft);  // cache_seqlens is int32
-      q = p.mode == static_cast<int32_t>(ForwardMode::kDecode)         ? 1
-          : p.mode == static_cast<int32_t>(ForwardMode::kTargetVerify) ? p.draft_tokens
-                                                                        : load_index(p.extend_lens, p.extend_lens_64, b);
-      rpi = load_index(p.req_pool_indices, p.req_pool_indices_64, b);
       const int64_t items = (q > 0 && kv > 0) ? (kv + kColsPerItem - 1) / kColsPerItem : 0;
       mine = BuildScan{q, kv, clamped_rows_sum(kv, q, p.topk), items};
     }
@@ -225,7 +258,7 @@ __global__ void __launch_bounds__(kMetaThreads, kBuildCtasPerSm) build_metadata_
       const int64_t b = chunk + tid;
       const int64_t cu_k = kv_base + before.kv + kv;
       for (int64_t d = 0; d < p.num_targets; ++d) {
-        const MetadataBuffers& t = p.targets[d];
+        const MetadataBuffers& t = targets[d];
         t.cache_seqlens[b] = static_cast<int32_t>(kv);
         t.cu_seqlens_k[b + 1] = static_cast<int32_t>(cu_k);
       }
@@ -236,7 +269,7 @@ __global__ void __launch_bounds__(kMetaThreads, kBuildCtasPerSm) build_metadata_
         const int64_t clamped = expanded < p.topk ? expanded : p.topk;
         running += clamped;
         for (int64_t d = 0; d < p.num_targets; ++d) {
-          const MetadataBuffers& t = p.targets[d];
+          const MetadataBuffers& t = targets[d];
           if (t.seqlens_expanded != nullptr) t.seqlens_expanded[r] = static_cast<int32_t>(expanded);
           t.nsa_cache_seqlens[r] = static_cast<int32_t>(clamped);
           t.nsa_cu_seqlens_k[r + 1] = static_cast<int32_t>(running);
@@ -256,7 +289,7 @@ __global__ void __launch_bounds__(kMetaThreads, kBuildCtasPerSm) build_metadata_
         if (s_item_start[mid] <= i) lo = mid;
         else hi = mid - 1;
       }
-      build_page_item(p, p.req_to_token + s_src_offset[lo], s_len[lo], (i - s_item_start[lo]) * kColsPerItem,
+      build_page_item(p, targets, p.req_to_token + s_src_offset[lo], s_len[lo], (i - s_item_start[lo]) * kColsPerItem,
                       s_row_start[lo], s_q[lo], lane);
     }
     row_base += total.rows;
@@ -274,7 +307,7 @@ __global__ void __launch_bounds__(kMetaThreads, kBuildCtasPerSm) build_metadata_
     for (int64_t i = gtid; i <= row_base; i += gthreads) {
       const int32_t v = __ldg(p.flashmla_num_splits + i);
       for (int64_t d = 0; d < p.num_targets; ++d) {
-        int32_t* dst = p.targets[d].flashmla_num_splits;
+        int32_t* dst = targets[d].flashmla_num_splits;
         if (dst != nullptr) dst[i] = v;
       }
     }
@@ -283,7 +316,7 @@ __global__ void __launch_bounds__(kMetaThreads, kBuildCtasPerSm) build_metadata_
     for (int64_t i = gtid; i < p.flashmla_metadata_max; i += gthreads) {
       const int32_t v = __ldg(p.flashmla_metadata + i);
       for (int64_t d = 0; d < p.num_targets; ++d) {
-        const MetadataBuffers& t = p.targets[d];
+        const MetadataBuffers& t = targets[d];
         if (t.flashmla_metadata != nullptr && i < t.flashmla_metadata_size) t.flashmla_metadata[i] = v;
       }
     }
@@ -342,6 +375,9 @@ __host__ __device__ __forceinline__ int32_t* field_pointer(const MetadataBuffers
 }
 
 __global__ void __launch_bounds__(kMetaThreads) copy_metadata_kernel(const __grid_constant__ CopyParams p) {
+  __shared__ MetadataBuffers s_targets[kMaxSharedTargets];
+  const MetadataBuffers* targets = stage_targets<kMetaThreads>(p.targets, p.num_targets, s_targets);
+  __syncthreads();
   const int lane = threadIdx.x & 31;
   const int64_t grid_warps = static_cast<int64_t>(gridDim.x) * kMetaWarps;
   const int64_t my_warp = static_cast<int64_t>(threadIdx.x >> 5) * gridDim.x + blockIdx.x;
@@ -359,7 +395,7 @@ __global__ void __launch_bounds__(kMetaThreads) copy_metadata_kernel(const __gri
     for (int k = 0; k < kVecPerLane; ++k) v[k] = load_group(src, c0 + 4 * (lane + 32 * k), job.cols, src_vec);
     for (int64_t d = 0; d < p.num_targets; ++d) {
       int64_t ld = 0;
-      int32_t* base = field_pointer(p.targets[d], job.field, &ld);
+      int32_t* base = field_pointer(targets[d], job.field, &ld);
       if (base == nullptr) continue;  // optional field absent in this destination
       int32_t* dst = base + job.offset + row * ld;
       const bool dst_vec = aligned16(dst);
