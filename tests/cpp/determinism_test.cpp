@@ -281,7 +281,7 @@ TEST_P(DeterminismTest, BuildMetadataAllModes) {
     SCOPED_TRACE(to_string(mode));
     const int64_t rows = mode == ForwardMode::kDecode ? bs : bs * N;
     const std::vector<MetaDest> dests = {make_meta_dest(rng, rows, W, (W + 63) / 64, 80, 0),
-                                         make_meta_dest(rng, rows + 2, W + 5, (W + 63) / 64 + 1, 96, 3)};
+                                         make_meta_dest(rng, rows + 2, W + 5, (W + 63) / 64 + 1, 80, 3)};  // tiles: the source size
     expect_deterministic(GetParam(), [&](Backend b, const Exec& exec) {
       auto table_dev = to_backend(b, req_to_token);
       auto seq_dev = to_backend(b, seq);
