@@ -6,6 +6,7 @@
 #include <fmt/ranges.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <vector>
@@ -29,6 +30,7 @@ constexpr double kTargetSpeedup = 10.0;  // issue 4 target for the decode-step m
 struct Limits {
   std::string device;
   double copy_gbps = 0;
+  std::string line;  // printed after the progress line is cleared
   json to_json;
 };
 
@@ -42,7 +44,7 @@ Limits measure_limits(Backend backend) {
     lim.to_json = {{"device", d.device}, {"sm_count", d.sm_count}, {"copy_gbps", d.copy_gbps},
                    {"empty_kernel_graph_us", d.empty_kernel_graph_us}, {"empty_kernel_eager_us", d.empty_kernel_eager_us},
                    {"empty_launch_host_us", d.empty_launch_host_us}};
-    fmt::print("limits: device-to-device copy {:.0f} GB/s (read + write); empty kernel {:.2f} us GPU in a graph, "
+    lim.line = fmt::format("limits: device-to-device copy {:.0f} GB/s (read + write); empty kernel {:.2f} us GPU in a graph, "
                "{:.2f} us GPU eager, {:.2f} us host per launch\n",
                d.copy_gbps, d.empty_kernel_graph_us, d.empty_kernel_eager_us, d.empty_launch_host_us);
     return lim;
@@ -55,7 +57,7 @@ Limits measure_limits(Backend backend) {
   lim.device = "cpu";
   lim.copy_gbps = 2.0 * static_cast<double>(bytes) / us / 1e3;
   lim.to_json = {{"device", "cpu"}, {"copy_gbps", lim.copy_gbps}, {"copy_note", "one-thread memcpy, read + write"}};
-  fmt::print("limits: memcpy {:.1f} GB/s (one thread, read + write); no launches on the CPU backend\n", lim.copy_gbps);
+  lim.line = fmt::format("limits: memcpy {:.1f} GB/s (one thread, read + write); no launches on the CPU backend\n", lim.copy_gbps);
   return lim;
 }
 
@@ -161,11 +163,12 @@ ScenarioConfig make_config(const BenchOptions& o, Backend backend, bool& scaled)
   c.draft_tokens = o.draft_tokens;
   const bool prefill = o.scenario == "prefill";
   const bool cpu = backend == Backend::kCpu;
-  // Full DeepSeek-V3.2 sizes on CUDA; on the CPU backend the defaults shrink so the run ends in ~30 s.
-  const int64_t def_batch = prefill ? (cpu ? 4 : 8) : (cpu ? 16 : 64);
-  const int64_t def_context = prefill ? (cpu ? 4096 : 16384) : (cpu ? 8192 : 32768);
-  const int64_t def_layers = prefill ? (cpu ? 8 : 61) : 61;
-  scaled = cpu && ((o.batch < 0) || (o.context < 0) || (prefill && o.layers < 0));
+  // Full DeepSeek-V3.2 sizes everywhere, except that the prefill gather (about 1 GB of pools
+  // per step) runs 16 layers instead of 61 on the CPU backend so it ends well within ~30 s.
+  const int64_t def_batch = prefill ? 8 : 64;
+  const int64_t def_context = prefill ? 16384 : 32768;
+  const int64_t def_layers = prefill && cpu ? 16 : 61;
+  scaled = cpu && prefill && o.layers < 0;
   c.batch = o.batch > 0 ? o.batch : def_batch;
   c.context = o.context > 0 ? o.context : def_context;
   c.layers = o.layers > 0 ? o.layers : def_layers;
@@ -216,19 +219,22 @@ int run_bench(const BenchOptions& o) {
   if (backend == Backend::kCuda) {
     fmt::print("nsa bench on CUDA ({}): {}\n", support::cuda_device_name(), what);
   } else {
-    fmt::print("nsa bench on the CPU backend ({}{}): {}\n",
-               gpu ? "--device cpu" : "no CUDA device found",
-               scaled ? ", sizes scaled down to finish in ~30 s; set --batch/--context/--layers for others" : "", what);
+    fmt::print("nsa bench on the CPU backend ({}{}): {}\n", gpu ? "--device cpu" : "no CUDA device found",
+               scaled ? ", scaled down from 61 to 16 layers to finish in ~30 s; --layers 61 for all" : "", what);
   }
   fmt::print("nsa {}; inputs random (seed {}), lengths uniform in [3/4 context, context]; "
              "outputs verified equal to the baseline before timing\n",
              NSA_VERSION_STRING, cfg.seed);
 
   const auto batches = o.plot_path.empty() ? std::vector<int64_t>{} : sweep_batches(cfg.batch);
-  const int steps = 1 + 9 + 6 + static_cast<int>(batches.size()) * 4;
+  // limits + prepare + verify + each path (decode: 3 metadata + 2 store; prefill: 2) + 2 whole-step timings.
+  const int steps = 3 + (decode ? 5 : 2) + 2 + static_cast<int>(batches.size()) * 4;
   Progress progress(steps, o.progress);
   progress.step("measuring this machine's limits");
   const Limits lim = measure_limits(backend);
+  progress.done();
+  fmt::print("{}", lim.line);
+  std::fflush(stdout);
 
   try {
     return report(cfg, o, lim, progress, batches, scaled);

@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 
 #include <exception>
+#include <string>
 
 #include "commands.h"
 #include "nsa/version.h"
@@ -69,6 +70,13 @@ int main(int argc, char** argv) {
   CLI::App* bench = app.add_subcommand("bench", "DeepSeek-V3.2 decode-step benchmark: upstream-style baseline vs nsa");
   add_bench_options(*bench, bench_options);
 
+  // CLI11 reports an unknown first word only as "A subcommand is required"; name it instead.
+  const std::string first = argc > 1 ? argv[1] : "";
+  if (!first.empty() && first[0] != '-' && first != "info" && first != "selftest" && first != "bench") {
+    fmt::print(stderr, "nsa: error: unknown subcommand '{}' (expected info, selftest or bench)\n"
+                       "Run with --help for more information.\n", argv[1]);
+    return kExitUsage;
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -11,7 +11,7 @@ namespace nsa {
 namespace cli {
 namespace {
 
-constexpr double kWidth = 520, kHeight = 360;                           // one chart
+constexpr double kWidth = 600, kHeight = 380;                           // one chart
 constexpr double kLeft = 70, kRight = 20, kTop = 40, kBottom = 60;      // plot margins
 constexpr double kHeading = 30;
 
@@ -92,7 +92,7 @@ std::string render_svg(const std::vector<Chart>& charts, const std::string& head
       "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{0}\" height=\"{1}\" viewBox=\"0 0 {0} {1}\" "
       "font-family=\"sans-serif\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n",
       w, h);
-  svg += fmt::format("<text x=\"{}\" y=\"20\" font-size=\"13\" text-anchor=\"middle\">{}</text>\n", w / 2, escape(heading));
+  svg += fmt::format("<text x=\"{}\" y=\"20\" font-size=\"12\" text-anchor=\"middle\">{}</text>\n", w / 2, escape(heading));
   for (size_t i = 0; i < charts.size(); ++i)
     if (!charts[i].x.empty()) render_chart(svg, charts[i], kWidth * static_cast<double>(i), kHeading);
   svg += "</svg>\n";
