@@ -50,9 +50,7 @@ void quantize_and_store_k(const Exec& exec, IndexCache cache, const uint16_t* k_
     c.fail("mode", "ScaleMode::kFp32 or ScaleMode::kUe8m0", std::to_string(static_cast<int>(mode)));
   if (n == 0) return;
   if (exec.backend == Backend::kCpu) cpu::quantize_and_store_k(exec.cpu_threads, cache, k_bf16, n, k_ld, slots, mode);
-#if defined(NSA_WITH_CUDA)  // without it, require_backend has already rejected kCuda
   else cuda::quantize_and_store_k(exec.stream, cache, k_bf16, n, k_ld, slots, mode);
-#endif
 }
 
 void store_k_and_s(const Exec& exec, IndexCache cache, const uint8_t* k_fp8, int64_t n, int64_t k_ld,
@@ -66,9 +64,7 @@ void store_k_and_s(const Exec& exec, IndexCache cache, const uint8_t* k_fp8, int
   }
   if (n == 0) return;
   if (exec.backend == Backend::kCpu) cpu::store_k_and_s(exec.cpu_threads, cache, k_fp8, n, k_ld, scale, slots);
-#if defined(NSA_WITH_CUDA)  // without it, require_backend has already rejected kCuda
   else cuda::store_k_and_s(exec.stream, cache, k_fp8, n, k_ld, scale, slots);
-#endif
 }
 
 namespace {
@@ -89,9 +85,7 @@ void gather_k(const Exec& exec, ConstIndexCache cache, int64_t length, Indices p
   check_single_gather(c, exec, cache, length, page_ids, out_k, "out_k", 16);
   if (length == 0) return;
   if (exec.backend == Backend::kCpu) cpu::gather_k(exec.cpu_threads, cache, length, page_ids, out_k);
-#if defined(NSA_WITH_CUDA)  // without it, require_backend has already rejected kCuda
   else cuda::gather_k(exec.stream, cache, length, page_ids, out_k);
-#endif
 }
 
 void gather_s(const Exec& exec, ConstIndexCache cache, int64_t length, Indices page_ids, float* out_s) {
@@ -99,9 +93,7 @@ void gather_s(const Exec& exec, ConstIndexCache cache, int64_t length, Indices p
   check_single_gather(c, exec, cache, length, page_ids, out_s, "out_s", 4);
   if (length == 0) return;
   if (exec.backend == Backend::kCpu) cpu::gather_s(exec.cpu_threads, cache, length, page_ids, out_s);
-#if defined(NSA_WITH_CUDA)  // without it, require_backend has already rejected kCuda
   else cuda::gather_s(exec.stream, cache, length, page_ids, out_s);
-#endif
 }
 
 void gather_k_and_s(const Exec& exec, ConstIndexCache cache, const PagedBatch& batch, uint8_t* out_k, float* out_s,
@@ -130,9 +122,7 @@ void gather_k_and_s(const Exec& exec, ConstIndexCache cache, const PagedBatch& b
   }
   if (batch.batch_size == 0 || out_capacity == 0) return;
   if (exec.backend == Backend::kCpu) cpu::gather_k_and_s(exec.cpu_threads, cache, batch, out_k, out_s);
-#if defined(NSA_WITH_CUDA)  // without it, require_backend has already rejected kCuda
   else cuda::gather_k_and_s(exec.stream, cache, batch, out_k, out_s, out_capacity);
-#endif
 }
 
 }  // namespace nsa

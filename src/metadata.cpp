@@ -112,9 +112,7 @@ MetadataTargets upload_metadata_targets(const Exec& exec, const MetadataBuffers*
   if (workspace_bytes < needed)
     c.fail("workspace_bytes", ">= " + std::to_string(needed), std::to_string(workspace_bytes));
   if (exec.backend == Backend::kCpu) std::memcpy(workspace, host, needed);
-#if defined(NSA_WITH_CUDA)  // without it, require_backend has already rejected kCuda
   else cuda::upload_metadata_targets(exec.stream, host, count, workspace);
-#endif
   return MetadataTargets{host, static_cast<const MetadataBuffers*>(workspace), count};
 }
 
@@ -159,9 +157,7 @@ void build_metadata(const Exec& exec, const MetadataConfig& config, const Metada
 
   if (config.batch_size == 0) return;  // empty batch: nothing written, no launch
   if (exec.backend == Backend::kCpu) cpu::build_metadata(exec.cpu_threads, config, inputs, targets);
-#if defined(NSA_WITH_CUDA)  // without it, require_backend has already rejected kCuda
   else cuda::build_metadata(exec.stream, config, inputs, targets);
-#endif
 }
 
 void copy_metadata(const Exec& exec, const MetadataCopyShape& shape, const MetadataSources& sources,
@@ -211,9 +207,7 @@ void copy_metadata(const Exec& exec, const MetadataCopyShape& shape, const Metad
 
   if (shape.batch_size == 0) return;  // empty batch: nothing written, no launch
   if (exec.backend == Backend::kCpu) cpu::copy_metadata(exec.cpu_threads, shape, sources, targets);
-#if defined(NSA_WITH_CUDA)  // without it, require_backend has already rejected kCuda
   else cuda::copy_metadata(exec.stream, shape, sources, targets);
-#endif
 }
 
 }  // namespace nsa

@@ -5,11 +5,6 @@ namespace nsa {
 const char* to_string(Backend backend) { return backend == Backend::kCpu ? "cpu" : "cuda"; }
 const char* to_string(IndexType type) { return type == IndexType::kInt32 ? "int32" : "int64"; }
 
-#if !defined(NSA_WITH_CUDA)
-bool cuda_built() { return false; }
-int cuda_device_count() { return 0; }
-#endif
-
 namespace detail {
 
 void require_backend(const ArgChecker& check, const Exec& exec) {

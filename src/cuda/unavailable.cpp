@@ -1,0 +1,43 @@
+// CPU-only builds (no nvcc at configure time): the CUDA backend entry points
+// exist but refuse to run. The public API rejects Backend::kCuda before it
+// gets here (detail::require_backend), so these only guard against misuse.
+#include <string>
+
+#include "backends.h"
+#include "metadata_backends.h"
+
+namespace nsa {
+
+bool cuda_built() { return false; }
+int cuda_device_count() { return 0; }
+
+namespace cuda {
+namespace {
+[[noreturn]] void unavailable(const char* op) {
+  throw Error(ErrorCode::kUnsupported, std::string("nsa::") + op + ": this build has no CUDA backend");
+}
+}  // namespace
+
+void quantize_and_store_k(cudaStream, IndexCache, const uint16_t*, int64_t, int64_t, const int64_t*, ScaleMode) {
+  unavailable("quantize_and_store_k");
+}
+void store_k_and_s(cudaStream, IndexCache, const uint8_t*, int64_t, int64_t, const float*, const int64_t*) {
+  unavailable("store_k_and_s");
+}
+void gather_k(cudaStream, ConstIndexCache, int64_t, Indices, uint8_t*) { unavailable("gather_k"); }
+void gather_s(cudaStream, ConstIndexCache, int64_t, Indices, float*) { unavailable("gather_s"); }
+void gather_k_and_s(cudaStream, ConstIndexCache, const PagedBatch&, uint8_t*, float*, int64_t) {
+  unavailable("gather_k_and_s");
+}
+void upload_metadata_targets(cudaStream, const MetadataBuffers*, int64_t, void*) {
+  unavailable("upload_metadata_targets");
+}
+void build_metadata(cudaStream, const MetadataConfig&, const MetadataInputs&, const MetadataTargets&) {
+  unavailable("build_metadata");
+}
+void copy_metadata(cudaStream, const MetadataCopyShape&, const MetadataSources&, const MetadataTargets&) {
+  unavailable("copy_metadata");
+}
+
+}  // namespace cuda
+}  // namespace nsa
