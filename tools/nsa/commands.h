@@ -29,7 +29,7 @@ struct BenchOptions {
   int64_t layers = -1;
   int64_t draft_steps = 3;
   int64_t draft_tokens = 4;
-  int iters = 200;  // eager calls per host-time sample (CUDA) / minimum calls per sample (CPU)
+  int iters = 200;  // eager calls per host-time sample (CUDA)
   int cpu_threads = 0;
   uint64_t seed = 20250101;
   std::string json_path;
