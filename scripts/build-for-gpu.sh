@@ -16,7 +16,12 @@ rm -rf "$stage"
 mkdir -p "$stage"
 (cd "$build" && find . -type f -perm -u+x \( -path './tests/*' -o -path './bench/*' -o -path './tools/*' \) \
    ! -path '*/CMakeFiles/*' -exec cp --parents {} "$stage" \;)
-(cd "$build" && find . -name '_nsa*.so' ! -path '*/CMakeFiles/*' -exec cp --parents {} "$stage" \;) || true
+# The Python package for the GPU machine's interpreter (3.12 there; override with NSA_GPU_PYTHON).
+gpu_python=${NSA_GPU_PYTHON:-/root/.pyenv/versions/3.12.1/bin/python3}
+if [ -x "$gpu_python" ]; then
+  "$root/scripts/build-python.sh" "$gpu_python" "$root/build-py312" >/dev/null
+  cp -r "$root/build-py312/python" "$stage/python"
+fi
 commit=$(git -C "$root" rev-parse HEAD)
 git -C "$root" diff --quiet HEAD || commit="$commit+uncommitted"
 echo "$commit" >"$stage/COMMIT"

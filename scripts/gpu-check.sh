@@ -92,11 +92,11 @@ for b in "$build"/bench/*_bench; do
   run_step "bench_$n" 420 "$b" --json "$results/$n.json"
 done
 
-pymod=$(ls "$build"/python/nsa/_nsa*.so "$build"/python/_nsa*.so 2>/dev/null | head -1)
-if [ -n "$pymod" ] && command -v python3 >/dev/null; then
-  export PYTHONPATH="$(dirname "$pymod"):$root/python:${PYTHONPATH:-}"
-  run_step python_tests 420 python3 -m pytest -q "$root/tests/python" -rs
-  [ -f "$root/python/bench_overhead.py" ] && run_step python_overhead 300 python3 "$root/python/bench_overhead.py" --json "$results/python_overhead.json"
+# The Python package staged by scripts/build-for-gpu.sh (or any <build>/python from scripts/build-python.sh).
+if ls "$build"/python/nsa/_nsa*.so >/dev/null 2>&1 && command -v python3 >/dev/null; then
+  export PYTHONPATH="$build/python:${PYTHONPATH:-}"
+  run_step python_tests 420 "$root/tests/python/run.sh" python3 -rs
+  run_step python_overhead 300 python3 "$root/tests/python/bench_overhead.py" --out "$results/python_overhead.json"
 fi
 
 python3 "$root/scripts/gpu_report.py" "$results" >"$report"
