@@ -108,11 +108,14 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (!t.prepare(in, where, dests)) return 0;
 
   bool dests_ok = t.table_ok;
-  const int64_t capacity_rows = config.mode == ForwardMode::kDecode ? config.batch_size
-                                                                     : config.batch_size * config.draft_tokens;
   const bool rows_fit = config.batch_size <= 0 || config.draft_tokens <= INT32_MAX / config.batch_size;
+  // Rows every destination must hold (only meaningful when the shape itself is valid).
+  const bool shape_ok = rows_fit && config.batch_size >= 0 && config.draft_tokens >= 1;
+  const int64_t capacity_rows = !shape_ok ? 0
+                                : config.mode == ForwardMode::kDecode ? config.batch_size
+                                                                      : config.batch_size * config.draft_tokens;
   for (const auto& d : dests)
-    dests_ok = dests_ok && d.descriptor_valid() && (!rows_fit || d.shape().max_rows >= capacity_rows) &&
+    dests_ok = dests_ok && d.descriptor_valid() && d.shape().max_rows >= capacity_rows &&
                (config.mode == ForwardMode::kDecode || d.shape().expanded);
   const bool valid = where.backend_ok && mode_ok && config.batch_size >= 0 && config.draft_tokens >= 1 &&
                      config.topk >= 1 && config.page_size >= 1 && rows_fit && dests_ok && table_rows >= 0 &&
