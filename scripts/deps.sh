@@ -4,7 +4,9 @@
 # build is CPU-only and the GPU tests report themselves as skipped.
 set -euo pipefail
 need_apt=()
-for pkg in cmake ninja-build g++ libgtest-dev libcli11-dev nlohmann-json3-dev libfmt-dev python3-pip; do
+# clang + libclang-rt-14-dev: the libFuzzer targets (scripts/fuzz.sh); libasan/libubsan come with g++.
+for pkg in cmake ninja-build g++ libgtest-dev libcli11-dev nlohmann-json3-dev libfmt-dev python3-pip \
+           clang libclang-rt-14-dev; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
