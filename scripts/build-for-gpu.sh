@@ -20,7 +20,7 @@ mkdir -p "$stage"
 gpu_python=${NSA_GPU_PYTHON:-/root/.pyenv/versions/3.12.1/bin/python3}
 if [ -x "$gpu_python" ]; then
   "$root/scripts/build-python.sh" "$gpu_python" "$root/build-py312" >/dev/null
-  cp -r "$root/build-py312/python" "$stage/python"
+  mkdir -p "$stage/python" && cp -r "$root/build-py312/python/nsa" "$stage/python/nsa"
 fi
 commit=$(git -C "$root" rev-parse HEAD)
 git -C "$root" diff --quiet HEAD || commit="$commit+uncommitted"
