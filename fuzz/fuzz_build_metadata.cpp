@@ -122,7 +122,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
                      table_cols >= 0 && table_ld >= table_cols && (extend || !pass_ext) &&
                      (config.batch_size == 0 ||
                       (!null_seq && valid_index_type(seq_type) && !null_rpi && valid_index_type(rpi_type) &&
-                       (!extend || valid_index_type(ext_type)) && !null_table && table_rows >= 1));
+                       (!extend || (pass_ext && valid_index_type(ext_type))) && !null_table && table_rows >= 1));
 
   const bool ran = run_checked(valid, [&] { build_metadata(where.exec, config, inputs, t.targets); });
   if (ran) reference::build_metadata(config, inputs, t.expected_host.data(), count);

@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "nsa/index_cache.h"
+#include "nsa/metadata.h"
 #include "test_util.h"
 
 namespace nsa {
@@ -49,6 +50,37 @@ TEST(FuzzRegression, GatherRejectsInvalidIndexType) {
   }
   EXPECT_EQ(out_k, k_before);
   EXPECT_EQ(std::memcmp(out_s.data(), s_before.data(), out_s.size() * 4), 0);
+}
+
+// fuzz_copy_metadata: TARGET_VERIFY/DRAFT_EXTEND copy with E = 0 rows, where
+// nsa_cu_seqlens_k is not needed and may be null. The CPU backend computes
+// `src.nsa_cu_seqlens_k + 1` anyway (null + 4: undefined behaviour, flagged
+// by clang's UBSan; harmless in practice because nothing is copied). The call
+// must succeed and write only cache_seqlens and cu_seqlens_k[1..bs].
+TEST(FuzzRegression, CopyMetadataZeroRowsWithNullCumulativeSource) {
+  std::vector<int32_t> cache(4, -1), cu(5, -1), pt(4 * 8, -1), nsa(4, -1), nsa_cu(5, -1);
+  MetadataBuffers dst;
+  dst.cache_seqlens = cache.data();
+  dst.cu_seqlens_k = cu.data();
+  dst.page_table_1 = pt.data();
+  dst.page_table_1_cols = dst.page_table_1_ld = 8;
+  dst.nsa_cache_seqlens = nsa.data();
+  dst.nsa_cu_seqlens_k = nsa_cu.data();
+  dst.max_rows = 4;
+  MetadataBuffers ws;
+  const MetadataTargets targets = upload_metadata_targets(Exec::cpu(), &dst, 1, &ws, sizeof ws);
+  const int32_t src_cache[2] = {5, 6}, src_cu[3] = {0, 5, 11};
+  MetadataSources src;
+  src.cache_seqlens = src_cache;
+  src.cu_seqlens_k = src_cu;
+  for (ForwardMode mode : {ForwardMode::kTargetVerify, ForwardMode::kDraftExtend}) {
+    const MetadataCopyShape shape{mode, 2, 0, 8, 0};  // E = 0: no rows
+    EXPECT_NO_THROW(copy_metadata(Exec::cpu(), shape, src, targets));
+  }
+  EXPECT_EQ(cache, (std::vector<int32_t>{5, 6, -1, -1}));
+  EXPECT_EQ(cu, (std::vector<int32_t>{-1, 5, 11, -1, -1}));
+  EXPECT_EQ(nsa_cu, std::vector<int32_t>(5, -1));
+  EXPECT_EQ(pt, std::vector<int32_t>(32, -1));
 }
 
 }  // namespace
