@@ -65,15 +65,17 @@ for t in $tests; do
   run_step "test_$n" 300 "$t" --gtest_output="json:$results/test_$n.json"
 done
 
-# Only the CUDA instances under the sanitizers (the CPU ones do not touch the GPU).
-gpu_filter='*/cuda:*Cuda*:*CUDA*:*Graph*'
+# Only the CUDA instances under the sanitizers (the CPU ones do not touch the
+# GPU); binaries without GPU tests are skipped. memcheck covers every GPU test
+# but the 100k-replay long runs (their kernels are memchecked by the other
+# tests); the slower tools also skip the >4 GiB pool and the longest contexts.
+gpu_filter='*/cuda:*Cuda*:*CUDA*:*Graph*:*_cuda'
 for tool in memcheck racecheck initcheck synccheck; do
   for t in $tests; do
     n=$(basename "$t")
-    # memcheck covers every GPU test; the slower tools skip the biggest cases
-    # (the >4 GiB pool, the longest contexts, the 1000-replay graph loops).
-    filter="$gpu_filter"
-    [ "$tool" = memcheck ] || filter="$gpu_filter:-*4GiB*:*Long*:*Replay*"
+    filter="$gpu_filter:-*LongRun*"
+    [ "$tool" = memcheck ] || filter="$gpu_filter:-*LongRun*:*4GiB*:*Long*:*Replay*"
+    "$t" --gtest_list_tests --gtest_filter="$filter" | grep -q '^  ' || continue
     run_step "sanitizer_${tool}_$n" 420 compute-sanitizer --tool "$tool" --error-exitcode 86 \
       --print-limit 20 "$t" --gtest_filter="$filter"
   done

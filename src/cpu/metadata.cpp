@@ -113,10 +113,12 @@ void copy_metadata(int threads, const MetadataCopyShape& s, const MetadataSource
   for (int64_t d = 0; d < D; ++d) {
     const MetadataBuffers& t = dst[d];
     copy_ints(t.cache_seqlens, src.cache_seqlens, bs);
-    copy_ints(t.cu_seqlens_k + 1, src.cu_seqlens_k + 1, bs);  // element 0 untouched (upstream)
+    // Element 0 of the cumulative arrays stays untouched (upstream). Offsets
+    // are applied only when something is copied: with 0 rows a source may be null.
+    if (bs > 0) copy_ints(t.cu_seqlens_k + 1, src.cu_seqlens_k + 1, bs);
     if (!decode && src.seqlens_expanded && t.seqlens_expanded) copy_ints(t.seqlens_expanded, src.seqlens_expanded, n);
     copy_ints(t.nsa_cache_seqlens, src.nsa_cache_seqlens, n);
-    copy_ints(t.nsa_cu_seqlens_k + 1, src.nsa_cu_seqlens_k + 1, n);
+    if (n > 0) copy_ints(t.nsa_cu_seqlens_k + 1, src.nsa_cu_seqlens_k + 1, n);
     if (src.flashmla_num_splits && t.flashmla_num_splits) copy_ints(t.flashmla_num_splits, src.flashmla_num_splits, n + 1);
     if (src.flashmla_metadata && t.flashmla_metadata)
       copy_ints(t.flashmla_metadata, src.flashmla_metadata, src.flashmla_metadata_size);

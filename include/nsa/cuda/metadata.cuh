@@ -33,8 +33,8 @@ namespace kernels {
 
 constexpr int kMetaThreads = 256;
 constexpr int kMetaWarps = kMetaThreads / 32;
-constexpr int kVecPerLane = 4;                                // 4 x 16 B loads in flight per lane
-constexpr int64_t kColsPerItem = 32 * 4 * kVecPerLane;        // 512 int32 columns per warp item
+constexpr int kVecPerLane = 2;                                // 2 x 16 B loads in flight per lane
+constexpr int64_t kColsPerItem = 32 * 4 * kVecPerLane;        // 256 int32 columns per warp item
 constexpr int kBuildCtasPerSm = 2;  // build kernel: ~114 registers/thread, 2 CTAs resident per SM
 constexpr int kCopyCtasPerSm = 4;   // copy kernel: <= 64 registers/thread, 4 CTAs resident per SM
 
@@ -200,6 +200,7 @@ __global__ void __launch_bounds__(kMetaThreads, kBuildCtasPerSm) build_metadata_
   __shared__ int64_t s_src_offset[kMetaThreads];  // rpi * ld
   __shared__ int64_t s_len[kMetaThreads];
   __shared__ int64_t s_q[kMetaThreads];
+  __shared__ int64_t s_nsa_start[kMetaThreads];  // nsa_cu_seqlens_k before each request's rows
   __shared__ MetadataBuffers s_targets[kMaxSharedTargets];
 
   const int tid = threadIdx.x;
@@ -253,26 +254,41 @@ __global__ void __launch_bounds__(kMetaThreads, kBuildCtasPerSm) build_metadata_
     s_len[tid] = kv;
     s_q[tid] = q;
 
-    // Per-request and per-row scalars: written by one CTA per chunk.
-    if (tid < count && chunk_index % gridDim.x == blockIdx.x) {
-      const int64_t b = chunk + tid;
-      const int64_t cu_k = kv_base + before.kv + kv;
-      for (int64_t d = 0; d < p.num_targets; ++d) {
-        const MetadataBuffers& t = targets[d];
-        t.cache_seqlens[b] = static_cast<int32_t>(kv);
-        t.cu_seqlens_k[b + 1] = static_cast<int32_t>(cu_k);
-      }
-      int64_t running = nsa_base + before.nsa;
-      for (int64_t j = 0; j < q; ++j) {
-        const int64_t r = row_base + before.rows + j;
-        const int64_t expanded = kv - q + 1 + j;
-        const int64_t clamped = expanded < p.topk ? expanded : p.topk;
-        running += clamped;
+    __syncthreads();
+
+    // Per-request and per-row scalars: written by one CTA per chunk, the
+    // requests' fields one thread each, then the rows' fields one thread each
+    // (a row finds its request by binary search over the row starts).
+    if (chunk_index % gridDim.x == blockIdx.x) {
+      if (tid < count) {
+        const int64_t b = chunk + tid;
+        const int64_t cu_k = kv_base + before.kv + kv;
         for (int64_t d = 0; d < p.num_targets; ++d) {
           const MetadataBuffers& t = targets[d];
-          if (t.seqlens_expanded != nullptr) t.seqlens_expanded[r] = static_cast<int32_t>(expanded);
-          t.nsa_cache_seqlens[r] = static_cast<int32_t>(clamped);
-          t.nsa_cu_seqlens_k[r + 1] = static_cast<int32_t>(running);
+          t.cache_seqlens[b] = static_cast<int32_t>(kv);
+          t.cu_seqlens_k[b + 1] = static_cast<int32_t>(cu_k);
+        }
+        s_nsa_start[tid] = nsa_base + before.nsa;
+      }
+      __syncthreads();
+      for (int64_t r = tid; r < total.rows; r += kMetaThreads) {
+        int lo = 0, hi = count - 1;  // last request whose first row <= r
+        while (lo < hi) {
+          const int mid = (lo + hi + 1) >> 1;
+          if (s_row_start[mid] - row_base <= r) lo = mid;
+          else hi = mid - 1;
+        }
+        const int64_t j = r - (s_row_start[lo] - row_base);  // row within its request
+        const int64_t kv_b = s_len[lo], q_b = s_q[lo];
+        const int64_t expanded = kv_b - q_b + 1 + j;
+        const int64_t clamped = expanded < p.topk ? expanded : p.topk;
+        // nsa_cu_seqlens_k[r + 1]: the request's start plus its first j + 1 clamped rows.
+        const int64_t running = s_nsa_start[lo] + clamped_rows_sum(expanded, j + 1, p.topk);
+        for (int64_t d = 0; d < p.num_targets; ++d) {
+          const MetadataBuffers& t = targets[d];
+          if (t.seqlens_expanded != nullptr) t.seqlens_expanded[row_base + r] = static_cast<int32_t>(expanded);
+          t.nsa_cache_seqlens[row_base + r] = static_cast<int32_t>(clamped);
+          t.nsa_cu_seqlens_k[row_base + r + 1] = static_cast<int32_t>(running);
         }
       }
     }
@@ -409,11 +425,12 @@ __global__ void __launch_bounds__(kMetaThreads) copy_metadata_kernel(const __gri
 // Launchers.
 // ---------------------------------------------------------------------------
 // One wave of resident CTAs at most (extra CTAs of the build kernel would only
-// repeat the batch scan), never more CTAs than there are warp items.
+// repeat the batch scan), never more CTAs than there are warp items. Small
+// jobs get one item per CTA, so their stores spread over many SMs instead of
+// queueing in one SM's store path.
 inline int metadata_grid(int64_t max_items, int num_sms, int ctas_per_sm) {
-  const int64_t wanted = (max_items + kMetaWarps - 1) / kMetaWarps;
   const int64_t cap = static_cast<int64_t>(num_sms > 0 ? num_sms : 1) * ctas_per_sm;
-  return static_cast<int>(wanted < 1 ? 1 : (wanted < cap ? wanted : cap));
+  return static_cast<int>(max_items < 1 ? 1 : (max_items < cap ? max_items : cap));
 }
 
 // `req_to_token_cols` bounds every row length (precondition), so it bounds the
