@@ -46,14 +46,74 @@ const char* to_string(Backend backend);
 
 using cudaStream = CUstream_st*;  // == cudaStream_t
 
+// ---------------------------------------------------------------------------
+// Checked mode. Device-resident indices (slots, page ids, lengths, request
+// rows, accept lengths) are preconditions: out-of-range values are undefined
+// behaviour in the default (unchecked) CUDA kernels, as upstream. With
+// Exec::checked pointing at a DeviceError in device memory, the kernels
+// validate every such value, write nothing for an invalid row (token, page,
+// request), and record one violation there: the first one to be detected,
+// not necessarily the lowest row. Reading it needs no sync on the hot path:
+// read it whenever convenient (read_device_error synchronises the stream).
+// The CPU backend always validates, before writing anything, and throws.
+// ---------------------------------------------------------------------------
+enum class OpId : int32_t {
+  kNone = 0,
+  kQuantizeAndStoreK,
+  kStoreKAndS,
+  kGatherK,
+  kGatherS,
+  kGatherKAndS,
+  kBuildMetadata,
+  kCopyMetadata,
+};
+enum class ArgId : int32_t {
+  kNone = 0,
+  kSlots,           // slot >= num_pages * 64
+  kPageIds,         // page id < 0 or >= num_pages
+  kPageTable,       // page id < 0 or >= num_pages
+  kSeqLens,         // length < 0 or > 64 * table_cols (gather); cache length > table width (metadata)
+  kCuSeqLens,       // decreasing cumulative lengths or cu[0] != 0
+  kOutCapacity,     // sum of lengths > out_capacity
+  kReqPoolIndices,  // row < 0 or >= req_to_token_rows
+  kExtendLens,      // e_b < 0 or > draft_tokens
+};
+const char* to_string(OpId op);
+const char* to_string(ArgId arg);
+
+struct DeviceError {
+  int32_t code = 0;  // 0: no violation recorded; 1: one was
+  int32_t op = 0;    // OpId
+  int32_t arg = 0;   // ArgId
+  int32_t reserved = 0;
+  int64_t row = 0;    // token / page / request index where it was found
+  int64_t value = 0;  // the offending value
+};
+static_assert(sizeof(DeviceError) == 32, "DeviceError is shared with the kernels");
+
+// "gather_k_and_s: argument 'page_table' at row 17: invalid value 99999" (or "no error").
+std::string describe(const DeviceError& error);
+
 struct Exec {
   Backend backend = Backend::kCpu;
   cudaStream stream = nullptr;  // kCuda only; nullptr is the legacy default stream
   int cpu_threads = 0;          // kCpu only; 0 = std::thread::hardware_concurrency()
+  DeviceError* checked = nullptr;  // kCuda only: device memory; non-null = checked mode
 
-  static Exec cpu(int threads = 0) { return Exec{Backend::kCpu, nullptr, threads}; }
-  static Exec cuda(cudaStream stream = nullptr) { return Exec{Backend::kCuda, stream, 0}; }
+  static Exec cpu(int threads = 0) { return Exec{Backend::kCpu, nullptr, threads, nullptr}; }
+  static Exec cuda(cudaStream stream = nullptr) { return Exec{Backend::kCuda, stream, 0, nullptr}; }
+  // The same execution context in checked mode, recording into `error` (device memory).
+  Exec with_checks(DeviceError* error) const {
+    Exec e = *this;
+    e.checked = error;
+    return e;
+  }
 };
+
+// Clears exec.checked (cudaMemsetAsync on exec.stream: graph-capturable).
+void reset_device_error(const Exec& exec);
+// Synchronises exec.stream and returns the recorded violation (code 0: none).
+DeviceError read_device_error(const Exec& exec);
 
 // True when this build contains the CUDA backend (independent of any device).
 bool cuda_built();

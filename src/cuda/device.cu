@@ -16,6 +16,26 @@ int cuda_device_count() {
   return count;
 }
 
+void reset_device_error(const Exec& exec) {
+  if (exec.backend != Backend::kCuda || exec.checked == nullptr)
+    throw Error(ErrorCode::kInvalidArgument,
+                "nsa::reset_device_error: argument 'exec': expected a CUDA exec with checked != nullptr, got " +
+                    std::string(exec.backend == Backend::kCuda ? "checked == nullptr" : "backend cpu"));
+  NSA_CUDA_CHECK(cudaMemsetAsync(exec.checked, 0, sizeof(DeviceError), reinterpret_cast<cudaStream_t>(exec.stream)));
+}
+
+DeviceError read_device_error(const Exec& exec) {
+  if (exec.backend != Backend::kCuda || exec.checked == nullptr)
+    throw Error(ErrorCode::kInvalidArgument,
+                "nsa::read_device_error: argument 'exec': expected a CUDA exec with checked != nullptr, got " +
+                    std::string(exec.backend == Backend::kCuda ? "checked == nullptr" : "backend cpu"));
+  DeviceError e;
+  const auto stream = reinterpret_cast<cudaStream_t>(exec.stream);
+  NSA_CUDA_CHECK(cudaMemcpyAsync(&e, exec.checked, sizeof e, cudaMemcpyDeviceToHost, stream));
+  NSA_CUDA_CHECK(cudaStreamSynchronize(stream));
+  return e;
+}
+
 namespace cuda {
 
 int current_device_sm_count() {

@@ -11,6 +11,13 @@ namespace nsa {
 bool cuda_built() { return false; }
 int cuda_device_count() { return 0; }
 
+void reset_device_error(const Exec&) {
+  throw Error(ErrorCode::kUnsupported, "nsa::reset_device_error: this build has no CUDA backend");
+}
+DeviceError read_device_error(const Exec&) {
+  throw Error(ErrorCode::kUnsupported, "nsa::read_device_error: this build has no CUDA backend");
+}
+
 namespace cuda {
 namespace {
 [[noreturn]] void unavailable(const char* op) {
