@@ -157,7 +157,7 @@ void build_metadata(const Exec& exec, const MetadataConfig& config, const Metada
 
   if (config.batch_size == 0) return;  // empty batch: nothing written, no launch
   if (exec.backend == Backend::kCpu) cpu::build_metadata(exec.cpu_threads, config, inputs, targets);
-  else cuda::build_metadata(exec.stream, config, inputs, targets);
+  else cuda::build_metadata(exec.stream, exec.checked, config, inputs, targets);
 }
 
 void copy_metadata(const Exec& exec, const MetadataCopyShape& shape, const MetadataSources& sources,

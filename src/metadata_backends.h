@@ -16,7 +16,8 @@ void copy_metadata(int threads, const MetadataCopyShape& shape, const MetadataSo
 namespace cuda {
 // One cudaMemcpyAsync of `count` descriptors into device memory `workspace`.
 void upload_metadata_targets(cudaStream stream, const MetadataBuffers* host, int64_t count, void* workspace);
-void build_metadata(cudaStream stream, const MetadataConfig& config, const MetadataInputs& inputs,
+// `checked` (device memory) non-null: validate device values and record violations there.
+void build_metadata(cudaStream stream, DeviceError* checked, const MetadataConfig& config, const MetadataInputs& inputs,
                     const MetadataTargets& targets);
 void copy_metadata(cudaStream stream, const MetadataCopyShape& shape, const MetadataSources& sources,
                    const MetadataTargets& targets);

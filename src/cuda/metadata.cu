@@ -15,7 +15,7 @@ void upload_metadata_targets(cudaStream stream, const MetadataBuffers* host, int
                                  cudaMemcpyHostToDevice, stream));
 }
 
-void build_metadata(cudaStream stream, const MetadataConfig& c, const MetadataInputs& in,
+void build_metadata(cudaStream stream, DeviceError* checked, const MetadataConfig& c, const MetadataInputs& in,
                     const MetadataTargets& targets) {
   k::BuildParams p{};
   p.seq_lens = in.seq_lens.data;
@@ -31,6 +31,14 @@ void build_metadata(cudaStream stream, const MetadataConfig& c, const MetadataIn
   p.draft_tokens = c.draft_tokens;
   p.topk = c.topk;
   p.page_size = c.page_size;
+  p.page_shift = -1;
+  for (int shift = 0; shift < 62; ++shift)
+    if ((int64_t{1} << shift) == c.page_size) p.page_shift = shift;
+  p.req_to_token_rows = in.req_to_token_rows;
+  p.max_kv = in.req_to_token_cols;  // checked mode: a row may not be longer than its source or any destination
+  for (int64_t d = 0; d < targets.count; ++d)
+    if (targets.host[d].page_table_1_cols < p.max_kv) p.max_kv = targets.host[d].page_table_1_cols;
+  p.error = checked;
   p.flashmla_num_splits = in.flashmla_num_splits;
   p.flashmla_metadata = in.flashmla_metadata;
   p.flashmla_metadata_max = 0;

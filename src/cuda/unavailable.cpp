@@ -39,7 +39,7 @@ void gather_k_and_s(cudaStream, ConstIndexCache, const PagedBatch&, uint8_t*, fl
 void upload_metadata_targets(cudaStream, const MetadataBuffers*, int64_t, void*) {
   unavailable("upload_metadata_targets");
 }
-void build_metadata(cudaStream, const MetadataConfig&, const MetadataInputs&, const MetadataTargets&) {
+void build_metadata(cudaStream, DeviceError*, const MetadataConfig&, const MetadataInputs&, const MetadataTargets&) {
   unavailable("build_metadata");
 }
 void copy_metadata(cudaStream, const MetadataCopyShape&, const MetadataSources&, const MetadataTargets&) {

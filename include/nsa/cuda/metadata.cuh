@@ -26,6 +26,7 @@
 
 #include <cstdint>
 
+#include "nsa/cuda/checked.cuh"
 #include "nsa/metadata.h"
 
 namespace nsa {
@@ -117,18 +118,29 @@ struct BuildParams {
   const void* extend_lens;       // [batch] DRAFT_EXTEND only
   bool seq_lens_64, req_pool_indices_64, extend_lens_64;
   int32_t mode;                  // ForwardMode
-  const int32_t* req_to_token;   // [rows, ld]
+  const int32_t* req_to_token;   // [req_to_token_rows, ld]
   int64_t req_to_token_ld;
+  int64_t req_to_token_rows;
   int64_t batch;
   int64_t draft_tokens;
   int64_t topk;
   int64_t page_size;
+  int32_t page_shift;            // log2(page_size) when it is a power of two (the usual 64), else -1
+  int64_t max_kv;                // checked mode: largest valid cache length (min table width, req_to_token cols)
   const int32_t* flashmla_num_splits;  // optional [R + 1]
   const int32_t* flashmla_metadata;    // optional [flashmla_metadata_max]
   int64_t flashmla_metadata_max;       // max flashmla_metadata_size over destinations having the field
   const MetadataBuffers* targets;      // device array [num_targets]
   int64_t num_targets;
+  DeviceError* error;                  // checked mode only
 };
+
+__device__ __forceinline__ int64_t page_of(const BuildParams& p, int64_t x) {
+  return p.page_shift >= 0 ? x >> p.page_shift : x / p.page_size;
+}
+__device__ __forceinline__ bool starts_page(const BuildParams& p, int64_t x) {
+  return p.page_shift >= 0 ? (x & (p.page_size - 1)) == 0 : x % p.page_size == 0;
+}
 
 // Per-request quantities scanned across the batch.
 struct BuildScan {
@@ -151,19 +163,8 @@ __device__ __forceinline__ void build_page_item(const BuildParams& p, const Meta
                                                 int64_t q, int lane) {
   const bool src_vec = aligned16(src);
   int4 v[kVecPerLane];
-  unsigned page_mask[kVecPerLane];  // bit e: column c + e starts a page (and exists)
 #pragma unroll
-  for (int k = 0; k < kVecPerLane; ++k) {
-    const int64_t c = c0 + 4 * (lane + 32 * k);
-    v[k] = load_group(src, c, len, src_vec);
-    unsigned mask = 0;
-    if (c < len) {
-      const int64_t rem = c % p.page_size;
-      for (int64_t m = rem == 0 ? c : c + (p.page_size - rem); m < c + 4 && m < len; m += p.page_size)
-        mask |= 1u << static_cast<int>(m - c);
-    }
-    page_mask[k] = mask;
-  }
+  for (int k = 0; k < kVecPerLane; ++k) v[k] = load_group(src, c0 + 4 * (lane + 32 * k), len, src_vec);
   for (int64_t d = 0; d < p.num_targets; ++d) {
     const MetadataBuffers& t = targets[d];
     int32_t* const table = t.page_table_1;
@@ -175,23 +176,55 @@ __device__ __forceinline__ void build_page_item(const BuildParams& p, const Meta
       const bool dst_vec = aligned16(dst);
 #pragma unroll
       for (int k = 0; k < kVecPerLane; ++k) store_group(dst, c0 + 4 * (lane + 32 * k), len, dst_vec, v[k]);
-      if (real != nullptr) {
-        int32_t* real_row = real + (row0 + j) * real_ld;
+      if (real == nullptr) continue;
+      int32_t* real_row = real + (row0 + j) * real_ld;
 #pragma unroll
-        for (int k = 0; k < kVecPerLane; ++k) {
-          if (page_mask[k] == 0) continue;
-          const int64_t c = c0 + 4 * (lane + 32 * k);
-          for (int e = 0; e < 4; ++e) {
-            if (!(page_mask[k] >> e & 1u)) continue;
-            real_row[(c + e) / p.page_size] =
-                static_cast<int32_t>(static_cast<int64_t>(group_elem(v[k], e)) / p.page_size);
-          }
+      for (int k = 0; k < kVecPerLane; ++k) {
+        const int64_t c = c0 + 4 * (lane + 32 * k);
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {  // real[r, page] = first slot of the page / P
+          if (c + e < len && starts_page(p, c + e))
+            real_row[page_of(p, c + e)] = static_cast<int32_t>(page_of(p, group_elem(v[k], e)));
         }
       }
     }
   }
 }
 
+// FlashMLA schedule: `count` split counts from index 0 and the tile table,
+// broadcast to the destinations that have the fields.
+__device__ __forceinline__ void copy_flashmla(const BuildParams& p, const MetadataBuffers* targets, int64_t splits,
+                                              bool tiles) {
+  const int64_t gtid = static_cast<int64_t>(blockIdx.x) * kMetaThreads + threadIdx.x;
+  const int64_t gthreads = static_cast<int64_t>(gridDim.x) * kMetaThreads;
+  if (p.flashmla_num_splits != nullptr) {
+    for (int64_t i = gtid; i < splits; i += gthreads) {
+      const int32_t v = __ldg(p.flashmla_num_splits + i);
+      for (int64_t d = 0; d < p.num_targets; ++d) {
+        int32_t* dst = targets[d].flashmla_num_splits;
+        if (dst != nullptr) dst[i] = v;
+      }
+    }
+  }
+  if (tiles && p.flashmla_metadata != nullptr) {
+    for (int64_t i = gtid; i < p.flashmla_metadata_max; i += gthreads) {
+      const int32_t v = __ldg(p.flashmla_metadata + i);
+      for (int64_t d = 0; d < p.num_targets; ++d) {
+        const MetadataBuffers& t = targets[d];
+        if (t.flashmla_metadata != nullptr && i < t.flashmla_metadata_size) t.flashmla_metadata[i] = v;
+      }
+    }
+  }
+}
+
+// build_metadata: per-CTA redundant scan of the batch (chunks of kMetaThreads
+// requests, cub BlockScan in shared memory) + grid-stride fill, one launch.
+// The chain for a small batch: {inputs, descriptors, FlashMLA} loads -> scan
+// -> req_to_token row loads -> stores.
+// kChecked: requests with an invalid cache length, request row or extend
+// length are recorded in p.error and write no page-table rows (an invalid
+// extend length also counts as 0 query rows, so no row of it is written).
+template <bool kChecked>
 __global__ void __launch_bounds__(kMetaThreads, kBuildCtasPerSm) build_metadata_kernel(const __grid_constant__ BuildParams p) {
   using Scan = cub::BlockScan<BuildScan, kMetaThreads>;
   __shared__ typename Scan::TempStorage scan_storage;
@@ -207,21 +240,41 @@ __global__ void __launch_bounds__(kMetaThreads, kBuildCtasPerSm) build_metadata_
   const int lane = tid & 31;
   const int64_t grid_warps = static_cast<int64_t>(gridDim.x) * kMetaWarps;
   const int64_t my_warp = static_cast<int64_t>(tid >> 5) * gridDim.x + blockIdx.x;
-  const int64_t draft = p.mode == static_cast<int32_t>(ForwardMode::kTargetVerify) ? p.draft_tokens : 0;
+  const bool decode = p.mode == static_cast<int32_t>(ForwardMode::kDecode);
+  const bool verify = p.mode == static_cast<int32_t>(ForwardMode::kTargetVerify);
+  const int64_t draft = verify ? p.draft_tokens : 0;
 
-  // Inputs of request b: cache_seqlens (int32 by definition), query rows, req_to_token row.
-  auto load_request = [&](int64_t b, int64_t& kv, int64_t& q, int64_t& rpi) {
+  // Inputs of request b: cache_seqlens (int32 by definition), query rows,
+  // req_to_token row; `table_ok` = its page-table rows may be written.
+  auto load_request = [&](int64_t b, int64_t& kv, int64_t& q, int64_t& rpi, bool& table_ok) {
     kv = static_cast<int32_t>(load_index(p.seq_lens, p.seq_lens_64, b) + draft);
-    q = p.mode == static_cast<int32_t>(ForwardMode::kDecode)         ? 1
-        : p.mode == static_cast<int32_t>(ForwardMode::kTargetVerify) ? p.draft_tokens
-                                                                      : load_index(p.extend_lens, p.extend_lens_64, b);
+    q = decode ? 1 : verify ? p.draft_tokens : load_index(p.extend_lens, p.extend_lens_64, b);
     rpi = load_index(p.req_pool_indices, p.req_pool_indices_64, b);
+    table_ok = true;
+    if constexpr (kChecked) {
+      if (q < 0 || q > p.draft_tokens) {
+        record_error(p.error, OpId::kBuildMetadata, ArgId::kExtendLens, b, q);
+        q = 0;
+      }
+      if (kv < 0 || kv > p.max_kv) {
+        record_error(p.error, OpId::kBuildMetadata, ArgId::kSeqLens, b, kv);
+        table_ok = false;
+      }
+      if (rpi < 0 || rpi >= p.req_to_token_rows) {
+        record_error(p.error, OpId::kBuildMetadata, ArgId::kReqPoolIndices, b, rpi);
+        table_ok = false;
+      }
+    }
   };
-  // The first chunk's inputs and the descriptors are loaded together (one round trip).
+  // The first chunk's inputs, the descriptors and (where R is known on the
+  // host) the FlashMLA schedule are loaded together: one round trip.
   int64_t first_kv = 0, first_q = 0, first_rpi = 0;
-  if (tid < p.batch) load_request(tid, first_kv, first_q, first_rpi);
+  bool first_ok = true;
+  if (tid < p.batch) load_request(tid, first_kv, first_q, first_rpi, first_ok);
   const MetadataBuffers* targets = stage_targets<kMetaThreads>(p.targets, p.num_targets, s_targets);
   __syncthreads();
+  const int64_t known_rows = decode ? p.batch : verify ? p.batch * p.draft_tokens : -1;
+  copy_flashmla(p, targets, known_rows + 1, true);  // DRAFT_EXTEND: split counts after the scan
 
   // Element 0 of the cumulative arrays (spec §5.2: 0, written once at capture; we write it every call).
   if (blockIdx.x == 0) {
@@ -235,30 +288,31 @@ __global__ void __launch_bounds__(kMetaThreads, kBuildCtasPerSm) build_metadata_
   int64_t chunk_index = 0;
   for (int64_t chunk = 0; chunk < p.batch; chunk += kMetaThreads, ++chunk_index) {
     const int count = static_cast<int>(p.batch - chunk < kMetaThreads ? p.batch - chunk : int64_t{kMetaThreads});
-    BuildScan mine{0, 0, 0, 0};
     int64_t kv = 0, q = 0, rpi = 0;
+    bool table_ok = true;
     if (chunk == 0) {
-      kv = first_kv, q = first_q, rpi = first_rpi;
+      kv = first_kv, q = first_q, rpi = first_rpi, table_ok = first_ok;
     } else if (tid < count) {
-      load_request(chunk + tid, kv, q, rpi);
+      load_request(chunk + tid, kv, q, rpi, table_ok);
     }
+    BuildScan mine{0, 0, 0, 0};
     if (tid < count) {
-      const int64_t items = (q > 0 && kv > 0) ? (kv + kColsPerItem - 1) / kColsPerItem : 0;
+      const int64_t items = (table_ok && q > 0 && kv > 0) ? (kv + kColsPerItem - 1) / kColsPerItem : 0;
       mine = BuildScan{q, kv, clamped_rows_sum(kv, q, p.topk), items};
     }
     BuildScan before, total;
     Scan(scan_storage).ExclusiveScan(mine, before, BuildScan{0, 0, 0, 0}, BuildScanSum(), total);
     s_item_start[tid] = before.items;
-    s_row_start[tid] = row_base + before.rows;
+    s_row_start[tid] = before.rows;  // within the chunk
     s_src_offset[tid] = rpi * p.req_to_token_ld;
     s_len[tid] = kv;
     s_q[tid] = q;
-
+    s_nsa_start[tid] = nsa_base + before.nsa;
     __syncthreads();
 
     // Per-request and per-row scalars: written by one CTA per chunk, the
-    // requests' fields one thread each, then the rows' fields one thread each
-    // (a row finds its request by binary search over the row starts).
+    // requests' fields one thread each, the rows' fields one thread each (a
+    // row finds its request by binary search over the row starts).
     if (chunk_index % gridDim.x == blockIdx.x) {
       if (tid < count) {
         const int64_t b = chunk + tid;
@@ -268,19 +322,16 @@ __global__ void __launch_bounds__(kMetaThreads, kBuildCtasPerSm) build_metadata_
           t.cache_seqlens[b] = static_cast<int32_t>(kv);
           t.cu_seqlens_k[b + 1] = static_cast<int32_t>(cu_k);
         }
-        s_nsa_start[tid] = nsa_base + before.nsa;
       }
-      __syncthreads();
       for (int64_t r = tid; r < total.rows; r += kMetaThreads) {
         int lo = 0, hi = count - 1;  // last request whose first row <= r
         while (lo < hi) {
           const int mid = (lo + hi + 1) >> 1;
-          if (s_row_start[mid] - row_base <= r) lo = mid;
+          if (s_row_start[mid] <= r) lo = mid;
           else hi = mid - 1;
         }
-        const int64_t j = r - (s_row_start[lo] - row_base);  // row within its request
-        const int64_t kv_b = s_len[lo], q_b = s_q[lo];
-        const int64_t expanded = kv_b - q_b + 1 + j;
+        const int64_t j = r - s_row_start[lo];  // row within its request
+        const int64_t expanded = s_len[lo] - s_q[lo] + 1 + j;
         const int64_t clamped = expanded < p.topk ? expanded : p.topk;
         // nsa_cu_seqlens_k[r + 1]: the request's start plus its first j + 1 clamped rows.
         const int64_t running = s_nsa_start[lo] + clamped_rows_sum(expanded, j + 1, p.topk);
@@ -292,12 +343,14 @@ __global__ void __launch_bounds__(kMetaThreads, kBuildCtasPerSm) build_metadata_
         }
       }
     }
-    __syncthreads();
 
     // Page-table items of this chunk, numbered globally (item_base + i) so the
     // round-robin over warps continues across chunks.
-    int64_t first = (my_warp - item_base) % grid_warps;
-    if (first < 0) first += grid_warps;
+    int64_t first = my_warp;
+    if (item_base != 0) {
+      first = (my_warp - item_base) % grid_warps;
+      if (first < 0) first += grid_warps;
+    }
     for (int64_t i = first; i < total.items; i += grid_warps) {
       int lo = 0, hi = count - 1;  // last request whose item_start <= i (skips requests without items)
       while (lo < hi) {
@@ -306,7 +359,7 @@ __global__ void __launch_bounds__(kMetaThreads, kBuildCtasPerSm) build_metadata_
         else hi = mid - 1;
       }
       build_page_item(p, targets, p.req_to_token + s_src_offset[lo], s_len[lo], (i - s_item_start[lo]) * kColsPerItem,
-                      s_row_start[lo], s_q[lo], lane);
+                      row_base + s_row_start[lo], s_q[lo], lane);
     }
     row_base += total.rows;
     kv_base += total.kv;
@@ -314,29 +367,7 @@ __global__ void __launch_bounds__(kMetaThreads, kBuildCtasPerSm) build_metadata_
     item_base += total.items;
     __syncthreads();  // shared arrays and scan storage are reused by the next chunk
   }
-
-  // FlashMLA schedule: R + 1 split counts from index 0 (R is known only now in
-  // DRAFT_EXTEND) and the tile table, broadcast to destinations with the field.
-  const int64_t gtid = static_cast<int64_t>(blockIdx.x) * kMetaThreads + tid;
-  const int64_t gthreads = static_cast<int64_t>(gridDim.x) * kMetaThreads;
-  if (p.flashmla_num_splits != nullptr) {
-    for (int64_t i = gtid; i <= row_base; i += gthreads) {
-      const int32_t v = __ldg(p.flashmla_num_splits + i);
-      for (int64_t d = 0; d < p.num_targets; ++d) {
-        int32_t* dst = targets[d].flashmla_num_splits;
-        if (dst != nullptr) dst[i] = v;
-      }
-    }
-  }
-  if (p.flashmla_metadata != nullptr) {
-    for (int64_t i = gtid; i < p.flashmla_metadata_max; i += gthreads) {
-      const int32_t v = __ldg(p.flashmla_metadata + i);
-      for (int64_t d = 0; d < p.num_targets; ++d) {
-        const MetadataBuffers& t = targets[d];
-        if (t.flashmla_metadata != nullptr && i < t.flashmla_metadata_size) t.flashmla_metadata[i] = v;
-      }
-    }
-  }
+  if (known_rows < 0) copy_flashmla(p, targets, row_base + 1, false);  // DRAFT_EXTEND: R = sum(e_b)
 }
 
 // ---------------------------------------------------------------------------
@@ -440,7 +471,9 @@ inline cudaError_t invoke_build_metadata(const BuildParams& p, int64_t req_to_to
   if (p.batch == 0) return cudaSuccess;
   const int64_t items_per_request = (req_to_token_cols + kColsPerItem - 1) / kColsPerItem;
   const int64_t max_items = p.batch * (items_per_request > 0 ? items_per_request : 1);
-  build_metadata_kernel<<<metadata_grid(max_items, num_sms, kBuildCtasPerSm), kMetaThreads, 0, stream>>>(p);
+  const int grid = metadata_grid(max_items, num_sms, kBuildCtasPerSm);
+  if (p.error != nullptr) build_metadata_kernel<true><<<grid, kMetaThreads, 0, stream>>>(p);
+  else build_metadata_kernel<false><<<grid, kMetaThreads, 0, stream>>>(p);
   return cudaGetLastError();
 }
 
