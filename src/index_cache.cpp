@@ -14,8 +14,15 @@ namespace {
 using L = IndexCacheLayout;
 using detail::ArgChecker;
 
-void check_cache(const ArgChecker& c, const Exec& exec, const void* data, int64_t num_pages) {
+// Checked mode (CUDA): the kernels write the 8-byte fields of DeviceError.
+// On the CPU exec.checked is ignored: the CPU backend always validates and throws.
+void check_exec(const ArgChecker& c, const Exec& exec) {
   detail::require_backend(c, exec);
+  if (exec.backend == Backend::kCuda && exec.checked != nullptr) c.aligned(exec.checked, 8, "exec.checked");
+}
+
+void check_cache(const ArgChecker& c, const Exec& exec, const void* data, int64_t num_pages) {
+  check_exec(c, exec);
   c.not_null(data, "cache.data");
   c.at_least(num_pages, 1, "cache.num_pages");
   if (num_pages > std::numeric_limits<int64_t>::max() / L::kBytesPerPage)
@@ -50,7 +57,7 @@ void quantize_and_store_k(const Exec& exec, IndexCache cache, const uint16_t* k_
     c.fail("mode", "ScaleMode::kFp32 or ScaleMode::kUe8m0", std::to_string(static_cast<int>(mode)));
   if (n == 0) return;
   if (exec.backend == Backend::kCpu) cpu::quantize_and_store_k(exec.cpu_threads, cache, k_bf16, n, k_ld, slots, mode);
-  else cuda::quantize_and_store_k(exec.stream, cache, k_bf16, n, k_ld, slots, mode);
+  else cuda::quantize_and_store_k(exec.stream, exec.checked, cache, k_bf16, n, k_ld, slots, mode);
 }
 
 void store_k_and_s(const Exec& exec, IndexCache cache, const uint8_t* k_fp8, int64_t n, int64_t k_ld,
@@ -64,7 +71,7 @@ void store_k_and_s(const Exec& exec, IndexCache cache, const uint8_t* k_fp8, int
   }
   if (n == 0) return;
   if (exec.backend == Backend::kCpu) cpu::store_k_and_s(exec.cpu_threads, cache, k_fp8, n, k_ld, scale, slots);
-  else cuda::store_k_and_s(exec.stream, cache, k_fp8, n, k_ld, scale, slots);
+  else cuda::store_k_and_s(exec.stream, exec.checked, cache, k_fp8, n, k_ld, scale, slots);
 }
 
 namespace {
@@ -85,7 +92,7 @@ void gather_k(const Exec& exec, ConstIndexCache cache, int64_t length, Indices p
   check_single_gather(c, exec, cache, length, page_ids, out_k, "out_k", 16);
   if (length == 0) return;
   if (exec.backend == Backend::kCpu) cpu::gather_k(exec.cpu_threads, cache, length, page_ids, out_k);
-  else cuda::gather_k(exec.stream, cache, length, page_ids, out_k);
+  else cuda::gather_k(exec.stream, exec.checked, cache, length, page_ids, out_k);
 }
 
 void gather_s(const Exec& exec, ConstIndexCache cache, int64_t length, Indices page_ids, float* out_s) {
@@ -93,7 +100,7 @@ void gather_s(const Exec& exec, ConstIndexCache cache, int64_t length, Indices p
   check_single_gather(c, exec, cache, length, page_ids, out_s, "out_s", 4);
   if (length == 0) return;
   if (exec.backend == Backend::kCpu) cpu::gather_s(exec.cpu_threads, cache, length, page_ids, out_s);
-  else cuda::gather_s(exec.stream, cache, length, page_ids, out_s);
+  else cuda::gather_s(exec.stream, exec.checked, cache, length, page_ids, out_s);
 }
 
 void gather_k_and_s(const Exec& exec, ConstIndexCache cache, const PagedBatch& batch, uint8_t* out_k, float* out_s,
@@ -120,9 +127,12 @@ void gather_k_and_s(const Exec& exec, ConstIndexCache cache, const PagedBatch& b
       c.aligned(out_s, 4, "out_s");
     }
   }
-  if (batch.batch_size == 0 || out_capacity == 0) return;
-  if (exec.backend == Backend::kCpu) cpu::gather_k_and_s(exec.cpu_threads, cache, batch, out_k, out_s);
-  else cuda::gather_k_and_s(exec.stream, cache, batch, out_k, out_s, out_capacity);
+  if (batch.batch_size == 0) return;
+  // Nothing can be written, but the CPU backend and checked mode still look
+  // at the lengths: a positive sum over a zero capacity is a violation.
+  if (out_capacity == 0 && exec.backend == Backend::kCuda && exec.checked == nullptr) return;
+  if (exec.backend == Backend::kCpu) cpu::gather_k_and_s(exec.cpu_threads, cache, batch, out_k, out_s, out_capacity);
+  else cuda::gather_k_and_s(exec.stream, exec.checked, cache, batch, out_k, out_s, out_capacity);
 }
 
 }  // namespace nsa

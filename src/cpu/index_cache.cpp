@@ -1,10 +1,16 @@
 // CPU backend of the index-cache ops: memcpy-sized copies of whole page runs,
 // split over threads. Quantization uses the same header-only math as the CUDA
 // kernels (nsa/detail/quant.h), so both backends write the same bytes.
+//
+// Device-resident values (slots, page ids, lengths) are always validated here,
+// in a pre-pass over the index arrays before the first write: one int compare
+// per token or per page, next to 132 bytes moved per token.
 #include <algorithm>
 #include <cstring>
+#include <string>
 
 #include "backends.h"
+#include "common/check.h"
 #include "common/dispatch.h"
 #include "cpu/parallel.h"
 #include "nsa/detail/quant.h"
@@ -13,9 +19,89 @@ namespace nsa {
 namespace cpu {
 
 using L = IndexCacheLayout;
+using detail::ArgChecker;
+
+namespace {
+
+std::string range(int64_t lo, int64_t hi) { return "[" + std::to_string(lo) + ", " + std::to_string(hi) + ")"; }
+
+// Slots at or past the pool's end (negative slots are padding, not errors).
+void check_slots(const ArgChecker& c, const int64_t* slots, int64_t n, int64_t num_pages) {
+  const int64_t end = num_pages * L::kPageSize;
+  for (int64_t t = 0; t < n; ++t) {
+    if (slots[t] >= end)
+      c.fail("slots", "slots < num_pages * 64 = " + std::to_string(end) + " (negative slots are skipped)",
+             std::to_string(slots[t]) + " at token " + std::to_string(t));
+  }
+}
+
+// The page ids a request of `length` tokens reads: ids[0, ceil(length/64)).
+// Entries past them are never read and never checked (they may be stale).
+// Returns the first out-of-range position, or -1.
+int64_t find_bad_page(Indices ids, int64_t offset, int64_t length, int64_t num_pages) {
+  const int64_t pages = (length + L::kPageSize - 1) / L::kPageSize;
+  if (ids.type == IndexType::kInt32) {
+    const int32_t* p = static_cast<const int32_t*>(ids.data) + offset;
+    for (int64_t i = 0; i < pages; ++i)
+      if (p[i] < 0 || p[i] >= num_pages) return i;
+  } else {
+    const int64_t* p = static_cast<const int64_t*>(ids.data) + offset;
+    for (int64_t i = 0; i < pages; ++i)
+      if (p[i] < 0 || p[i] >= num_pages) return i;
+  }
+  return -1;
+}
+
+void check_page_list(const ArgChecker& c, ConstIndexCache cache, int64_t length, Indices page_ids) {
+  const int64_t bad = find_bad_page(page_ids, 0, length, cache.num_pages);
+  if (bad >= 0)
+    c.fail("page_ids", "page ids in " + range(0, cache.num_pages),
+           std::to_string(page_ids.at(bad)) + " at position " + std::to_string(bad));
+}
+
+// gather_k_and_s: lengths, their sum against the capacity, then the page ids
+// each request reads, in that order (the lengths say which ids are read).
+void check_batch(const ArgChecker& c, ConstIndexCache cache, const PagedBatch& b, int64_t out_capacity) {
+  const int64_t max_len = L::kPageSize * b.table_cols;
+  const std::string allowed = "[0, 64 * table_cols] = [0, " + std::to_string(max_len) + "]";
+  int64_t sum = 0;
+  if (b.cu_seq_lens) {
+    const Indices cu = b.cu_seq_lens;
+    if (cu.at(0) != 0)
+      c.fail("batch.cu_seq_lens", "cu_seq_lens[0] == 0", "cu_seq_lens[0] = " + std::to_string(cu.at(0)));
+    for (int64_t r = 0; r < b.batch_size; ++r) {
+      const int64_t lo = cu.at(r), hi = cu.at(r + 1);
+      if (hi - lo < 0 || hi - lo > max_len)
+        c.fail("batch.cu_seq_lens", "non-decreasing cumulative lengths with steps in " + allowed,
+               "cu_seq_lens[" + std::to_string(r + 1) + "] - cu_seq_lens[" + std::to_string(r) + "] = " +
+                   std::to_string(hi) + " - " + std::to_string(lo) + " at request " + std::to_string(r));
+    }
+    sum = cu.at(b.batch_size);
+  } else {
+    for (int64_t r = 0; r < b.batch_size; ++r) {
+      const int64_t len = b.seq_lens.at(r);
+      if (len < 0 || len > max_len)
+        c.fail("batch.seq_lens", "lengths in " + allowed, std::to_string(len) + " at request " + std::to_string(r));
+      sum += len;  // each term <= 64 * table_cols: no overflow for any table that fits in memory
+    }
+  }
+  if (sum > out_capacity)
+    c.fail("out_capacity", ">= the sum of the lengths = " + std::to_string(sum), std::to_string(out_capacity));
+  for (int64_t r = 0; r < b.batch_size; ++r) {
+    const int64_t len = b.cu_seq_lens ? b.cu_seq_lens.at(r + 1) - b.cu_seq_lens.at(r) : b.seq_lens.at(r);
+    const int64_t bad = find_bad_page(b.page_table, r * b.table_ld, len, cache.num_pages);
+    if (bad >= 0)
+      c.fail("batch.page_table", "page ids in " + range(0, cache.num_pages),
+             std::to_string(b.page_table.at(r * b.table_ld + bad)) + " at request " + std::to_string(r) +
+                 ", column " + std::to_string(bad));
+  }
+}
+
+}  // namespace
 
 void quantize_and_store_k(int threads, IndexCache cache, const uint16_t* k, int64_t n, int64_t k_ld,
                           const int64_t* slots, ScaleMode mode) {
+  check_slots(ArgChecker("quantize_and_store_k"), slots, n, cache.num_pages);
   const bool ue8m0 = mode == ScaleMode::kUe8m0;
   parallel_for(n, threads, n * (256 + 132), [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
@@ -39,6 +125,7 @@ void quantize_and_store_k(int threads, IndexCache cache, const uint16_t* k, int6
 
 void store_k_and_s(int threads, IndexCache cache, const uint8_t* k, int64_t n, int64_t k_ld, const float* scale,
                    const int64_t* slots) {
+  check_slots(ArgChecker("store_k_and_s"), slots, n, cache.num_pages);
   parallel_for(n, threads, n * 264, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
       const int64_t slot = slots[t];
@@ -73,14 +160,18 @@ void gather_single(int threads, ConstIndexCache cache, int64_t length, Indices p
 }  // namespace
 
 void gather_k(int threads, ConstIndexCache cache, int64_t length, Indices page_ids, uint8_t* out_k) {
+  check_page_list(ArgChecker("gather_k"), cache, length, page_ids);
   gather_single(threads, cache, length, page_ids, out_k, nullptr);
 }
 
 void gather_s(int threads, ConstIndexCache cache, int64_t length, Indices page_ids, float* out_s) {
+  check_page_list(ArgChecker("gather_s"), cache, length, page_ids);
   gather_single(threads, cache, length, page_ids, nullptr, out_s);
 }
 
-void gather_k_and_s(int threads, ConstIndexCache cache, const PagedBatch& b, uint8_t* out_k, float* out_s) {
+void gather_k_and_s(int threads, ConstIndexCache cache, const PagedBatch& b, uint8_t* out_k, float* out_s,
+                    int64_t out_capacity) {
+  check_batch(ArgChecker("gather_k_and_s"), cache, b, out_capacity);
   const bool cu = static_cast<bool>(b.cu_seq_lens);
   auto length = [&](int64_t r) { return cu ? b.cu_seq_lens.at(r + 1) - b.cu_seq_lens.at(r) : b.seq_lens.at(r); };
   int64_t total_pages = 0, total_rows = 0;

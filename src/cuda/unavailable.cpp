@@ -25,15 +25,17 @@ namespace {
 }
 }  // namespace
 
-void quantize_and_store_k(cudaStream, IndexCache, const uint16_t*, int64_t, int64_t, const int64_t*, ScaleMode) {
+void quantize_and_store_k(cudaStream, DeviceError*, IndexCache, const uint16_t*, int64_t, int64_t, const int64_t*,
+                          ScaleMode) {
   unavailable("quantize_and_store_k");
 }
-void store_k_and_s(cudaStream, IndexCache, const uint8_t*, int64_t, int64_t, const float*, const int64_t*) {
+void store_k_and_s(cudaStream, DeviceError*, IndexCache, const uint8_t*, int64_t, int64_t, const float*,
+                   const int64_t*) {
   unavailable("store_k_and_s");
 }
-void gather_k(cudaStream, ConstIndexCache, int64_t, Indices, uint8_t*) { unavailable("gather_k"); }
-void gather_s(cudaStream, ConstIndexCache, int64_t, Indices, float*) { unavailable("gather_s"); }
-void gather_k_and_s(cudaStream, ConstIndexCache, const PagedBatch&, uint8_t*, float*, int64_t) {
+void gather_k(cudaStream, DeviceError*, ConstIndexCache, int64_t, Indices, uint8_t*) { unavailable("gather_k"); }
+void gather_s(cudaStream, DeviceError*, ConstIndexCache, int64_t, Indices, float*) { unavailable("gather_s"); }
+void gather_k_and_s(cudaStream, DeviceError*, ConstIndexCache, const PagedBatch&, uint8_t*, float*, int64_t) {
   unavailable("gather_k_and_s");
 }
 void upload_metadata_targets(cudaStream, const MetadataBuffers*, int64_t, void*) {

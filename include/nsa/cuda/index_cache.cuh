@@ -13,6 +13,7 @@
 
 #include <cstdint>
 
+#include "nsa/cuda/checked.cuh"
 #include "nsa/detail/quant.h"
 
 namespace nsa {
@@ -38,6 +39,27 @@ __device__ __forceinline__ int64_t scale_byte_offset(int64_t slot) {
 // lanes with a real token and a slot >= 0 write.
 // ---------------------------------------------------------------------------
 constexpr int kStoreThreads = 256;
+
+// Checked mode of the stores (kChecked kernels only): a slot at or past the
+// pool's end is recorded and its token is not written; negative slots stay
+// padding (skipped, not an error).
+struct StoreChecks {
+  DeviceError* error = nullptr;  // device memory; nullptr launches the unchecked kernels
+  int64_t num_slots = 0;         // num_pages * 64
+};
+
+// kChecked: turns an out-of-range slot into "skip" after recording it.
+template <bool kChecked>
+__device__ __forceinline__ int64_t checked_slot(int64_t slot, int64_t t, bool reporter, const StoreChecks& checks,
+                                                OpId op) {
+  if constexpr (kChecked) {
+    if (slot >= checks.num_slots) {
+      if (reporter) record_error(checks.error, op, ArgId::kSlots, t, slot);
+      return -1;
+    }
+  }
+  return slot;
+}
 
 // Two elements as e4m3 (low byte = a). On sm_89+ one cvt.rn.satfinite
 // instruction does both; it rounds exactly like detail::float_to_e4m3_satfinite
@@ -73,12 +95,12 @@ __device__ __forceinline__ void load_bf16x8(const uint16_t* p, uint16_t (&h)[8])
   }
 }
 
-template <bool kVectorLoad, int kThreads = kStoreThreads>
+template <bool kVectorLoad, int kThreads = kStoreThreads, bool kChecked = false>
 __global__ void __launch_bounds__(kThreads) quantize_and_store_k_kernel(uint8_t* __restrict__ cache,
                                                                              const uint16_t* __restrict__ k, int64_t n,
                                                                              int64_t k_ld,
                                                                              const int64_t* __restrict__ slots,
-                                                                             bool ue8m0) {
+                                                                             bool ue8m0, StoreChecks checks) {
   const int sub = threadIdx.x & 15;  // lane within the half-warp: elements [8*sub, 8*sub + 8)
   const int64_t stride = static_cast<int64_t>(gridDim.x) * (kThreads / 16);
   // Loop bound on the warp's first token keeps the whole warp in the loop (shuffles need it).
@@ -89,7 +111,7 @@ __global__ void __launch_bounds__(kThreads) quantize_and_store_k_kernel(uint8_t*
     int64_t slot = -1;
     uint16_t h[8] = {0, 0, 0, 0, 0, 0, 0, 0};
     if (active) {
-      slot = __ldg(slots + t);
+      slot = checked_slot<kChecked>(__ldg(slots + t), t, sub == 0, checks, OpId::kQuantizeAndStoreK);
       load_bf16x8<kVectorLoad>(k + t * k_ld + sub * 8, h);
     }
     float x[8];
@@ -116,15 +138,16 @@ __global__ void __launch_bounds__(kThreads) quantize_and_store_k_kernel(uint8_t*
 }
 
 // store_k_and_s: the same shape without arithmetic; 8 bytes per lane.
-template <bool kVectorCopy, int kThreads = kStoreThreads>
+template <bool kVectorCopy, int kThreads = kStoreThreads, bool kChecked = false>
 __global__ void __launch_bounds__(kThreads) store_k_and_s_kernel(uint8_t* __restrict__ cache,
                                                                       const uint8_t* __restrict__ k, int64_t n,
                                                                       int64_t k_ld, const float* __restrict__ scale,
-                                                                      const int64_t* __restrict__ slots) {
+                                                                      const int64_t* __restrict__ slots,
+                                                                      StoreChecks checks) {
   const int sub = threadIdx.x & 15;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * (kThreads / 16);
   for (int64_t t = static_cast<int64_t>(blockIdx.x) * (kThreads / 16) + (threadIdx.x >> 4); t < n; t += stride) {
-    const int64_t slot = __ldg(slots + t);
+    const int64_t slot = checked_slot<kChecked>(__ldg(slots + t), t, sub == 0, checks, OpId::kStoreKAndS);
     const uint8_t* src = k + t * k_ld + sub * 8;
     uint2 v;
     if constexpr (kVectorCopy) {
@@ -179,7 +202,34 @@ struct GatherParams {
   int64_t batch;
   uint8_t* out_k;       // [rows, 128] or nullptr when K is not wanted
   float* out_s;         // [rows] or nullptr when scales are not wanted
+  // Checked mode only (error != nullptr); the unchecked kernels never read these.
+  int64_t out_capacity = 0;     // rows [0, out_capacity) may be written
+  int64_t num_pages = 0;        // valid page ids are [0, num_pages)
+  DeviceError* error = nullptr; // device memory: where the first violation is recorded
 };
+
+// Checked mode: a length that cannot be gathered (L_b < 0, L_b > 64 * table_cols).
+// Rows are reported as indices into the length array: seq_lens[b], or the
+// cu_seq_lens[b + 1] that makes the step from cu_seq_lens[b] invalid.
+template <LengthForm kForm, class LenT>
+__device__ __forceinline__ void record_length_error(DeviceError* error, const LenT* lens, int64_t b, int64_t len) {
+  if constexpr (kForm == LengthForm::kSeqLens) {
+    record_error(error, OpId::kGatherKAndS, ArgId::kSeqLens, b, len);
+  } else if constexpr (kForm == LengthForm::kCuSeqLens) {
+    record_error(error, OpId::kGatherKAndS, ArgId::kCuSeqLens, b + 1, static_cast<int64_t>(lens[b + 1]));
+  }
+}
+
+// Checked mode: a page id outside the pool. gather_k / gather_s report the
+// position in page_ids; gather_k_and_s reports the request.
+template <LengthForm kForm, bool kWriteK>
+__device__ __forceinline__ void record_page_error(DeviceError* error, int64_t request, int64_t col, int64_t page) {
+  if constexpr (kForm == LengthForm::kHost) {
+    record_error(error, kWriteK ? OpId::kGatherK : OpId::kGatherS, ArgId::kPageIds, col, page);
+  } else {
+    record_error(error, OpId::kGatherKAndS, ArgId::kPageTable, request, page);
+  }
+}
 
 template <LengthForm kForm, class LenT>
 __device__ __forceinline__ int64_t request_length(const LenT* lens, int64_t host_length, int64_t b) {
@@ -221,7 +271,13 @@ __device__ __forceinline__ void copy_tokens(const uint8_t* __restrict__ k_src, c
   }
 }
 
-template <class Policy, LengthForm kForm, bool kWriteK, bool kWriteS, class TableT, class LenT>
+// kChecked (see nsa/common.h): an invalid length writes none of its request's
+// rows but still counts in the row offsets of the requests after it (offsets
+// are the exclusive scan of the claimed lengths, as the caller computed them);
+// an invalid page id writes none of its item's rows; no row outside
+// [0, out_capacity) is written. cu_seq_lens[0] != 0 writes nothing at all
+// (the rows would be ambiguous: relative to cu[0], or absolute as in vLLM).
+template <class Policy, LengthForm kForm, bool kWriteK, bool kWriteS, class TableT, class LenT, bool kChecked = false>
 __global__ void __launch_bounds__(Policy::kThreads) paged_gather_kernel(GatherParams<TableT, LenT> p) {
   constexpr int kThreads = Policy::kThreads;
   using Scan = cub::BlockScan<int64_t, kThreads>;
@@ -232,6 +288,18 @@ __global__ void __launch_bounds__(Policy::kThreads) paged_gather_kernel(GatherPa
   const int tid = threadIdx.x;
   const int64_t grid = gridDim.x;
   const int64_t parts = p.table_cols * Policy::kItemsPerPage;  // items per request
+  [[maybe_unused]] const int64_t max_len = p.table_cols * kPageSize;
+  [[maybe_unused]] __shared__ int64_t s_first_overflow;  // first request whose rows pass out_capacity
+  if constexpr (kChecked) {
+    if constexpr (kForm == LengthForm::kCuSeqLens) {
+      const int64_t cu0 = static_cast<int64_t>(p.lens[0]);
+      if (cu0 != 0) {  // uniform over the grid: every CTA leaves before its first barrier
+        if (blockIdx.x == 0 && tid == 0) record_error(p.error, OpId::kGatherKAndS, ArgId::kCuSeqLens, 0, cu0);
+        return;
+      }
+    }
+    if (tid == 0) s_first_overflow = -1;
+  }
   int64_t row_base = 0, item_base = 0;
   for (int64_t chunk = 0; chunk < p.batch; chunk += kThreads) {
     const int count = static_cast<int>(p.batch - chunk < kThreads ? p.batch - chunk : kThreads);
@@ -255,7 +323,16 @@ __global__ void __launch_bounds__(Policy::kThreads) paged_gather_kernel(GatherPa
     const int64_t len = tid < count ? request_length<kForm>(p.lens, p.host_length, chunk + tid) : 0;
     int64_t before = 0, total = 0;
     Scan(scan_storage).ExclusiveSum(len, before, total);
-    s_len[tid] = len;
+    int64_t gathered = len;  // tokens of this request actually copied
+    if constexpr (kChecked && kForm != LengthForm::kHost) {
+      if (len < 0 || len > max_len) {
+        gathered = 0;
+        if (blockIdx.x == 0) record_length_error<kForm>(p.error, p.lens, chunk + tid, len);
+      }
+      const int64_t start = row_base + before;
+      if (blockIdx.x == 0 && start <= p.out_capacity && start + len > p.out_capacity) s_first_overflow = chunk + tid;
+    }
+    s_len[tid] = gathered;
     s_row_start[tid] = row_base + before;
     __syncthreads();
 
@@ -268,16 +345,39 @@ __global__ void __launch_bounds__(Policy::kThreads) paged_gather_kernel(GatherPa
       if (left <= 0) continue;  // past this request's last token
       const int64_t col = part / Policy::kItemsPerPage;
       const int64_t page = i == first ? first_page : static_cast<int64_t>(__ldg(p.table + (chunk + b) * p.table_ld + col));
-      const int64_t in_page = token0 - col * kPageSize;
+      int64_t in_page = token0 - col * kPageSize;
+      int64_t tokens = left < Policy::kItemTokens ? left : Policy::kItemTokens;
+      int64_t row = s_row_start[b] + token0;
+      if constexpr (kChecked) {  // every condition is uniform over the CTA
+        if (page < 0 || page >= p.num_pages) {
+          if (tid == 0) record_page_error<kForm, kWriteK>(p.error, chunk + b, col, page);
+          continue;
+        }
+        // Invalid lengths before this request (or a sum past the capacity) can
+        // move its rows out of [0, out_capacity): copy only the part inside.
+        if (row < 0) {
+          if (-row >= tokens) continue;
+          in_page -= row;
+          tokens += row;
+          row = 0;
+        }
+        if (row >= p.out_capacity) continue;
+        if (row + tokens > p.out_capacity) tokens = p.out_capacity - row;
+      }
       const uint8_t* page_base = p.cache + page * kPageBytes;
       copy_tokens<Policy, kWriteK, kWriteS>(page_base + in_page * kHeadDim,
                                             reinterpret_cast<const float*>(page_base + kKBytesPerPage) + in_page,
-                                            left < Policy::kItemTokens ? left : Policy::kItemTokens,
-                                            s_row_start[b] + token0, p.out_k, p.out_s);
+                                            tokens, row, p.out_k, p.out_s);
     }
     row_base += total;
     item_base += items;
     __syncthreads();  // shared arrays are rewritten by the next chunk
+  }
+  if constexpr (kChecked && kForm != LengthForm::kHost) {
+    // row_base is now the sum of the claimed lengths.
+    if (blockIdx.x == 0 && tid == 0 && row_base > p.out_capacity) {
+      record_error(p.error, OpId::kGatherKAndS, ArgId::kOutCapacity, s_first_overflow, row_base);
+    }
   }
 }
 
@@ -291,23 +391,38 @@ inline int store_grid(int64_t n, int num_sms, int threads = kStoreThreads) {
   return static_cast<int>(blocks < cap ? blocks : cap);
 }
 
+// checks.error != nullptr launches the checked kernel (see StoreChecks).
 inline cudaError_t invoke_quantize_and_store_k(uint8_t* cache, const uint16_t* k, int64_t n, int64_t k_ld,
-                                               const int64_t* slots, bool ue8m0, int num_sms, cudaStream_t stream) {
+                                               const int64_t* slots, bool ue8m0, int num_sms, cudaStream_t stream,
+                                               StoreChecks checks = {}) {
   if (n == 0) return cudaSuccess;
   const bool vec = reinterpret_cast<uintptr_t>(k) % 16 == 0 && k_ld % 8 == 0;
   const int grid = store_grid(n, num_sms);
-  if (vec) quantize_and_store_k_kernel<true><<<grid, kStoreThreads, 0, stream>>>(cache, k, n, k_ld, slots, ue8m0);
-  else quantize_and_store_k_kernel<false><<<grid, kStoreThreads, 0, stream>>>(cache, k, n, k_ld, slots, ue8m0);
+  constexpr int T = kStoreThreads;
+  if (checks.error != nullptr) {
+    if (vec) quantize_and_store_k_kernel<true, T, true><<<grid, T, 0, stream>>>(cache, k, n, k_ld, slots, ue8m0, checks);
+    else quantize_and_store_k_kernel<false, T, true><<<grid, T, 0, stream>>>(cache, k, n, k_ld, slots, ue8m0, checks);
+  } else {
+    if (vec) quantize_and_store_k_kernel<true><<<grid, T, 0, stream>>>(cache, k, n, k_ld, slots, ue8m0, checks);
+    else quantize_and_store_k_kernel<false><<<grid, T, 0, stream>>>(cache, k, n, k_ld, slots, ue8m0, checks);
+  }
   return cudaGetLastError();
 }
 
 inline cudaError_t invoke_store_k_and_s(uint8_t* cache, const uint8_t* k, int64_t n, int64_t k_ld, const float* scale,
-                                        const int64_t* slots, int num_sms, cudaStream_t stream) {
+                                        const int64_t* slots, int num_sms, cudaStream_t stream,
+                                        StoreChecks checks = {}) {
   if (n == 0) return cudaSuccess;
   const bool vec = reinterpret_cast<uintptr_t>(k) % 8 == 0 && k_ld % 8 == 0;
   const int grid = store_grid(n, num_sms);
-  if (vec) store_k_and_s_kernel<true><<<grid, kStoreThreads, 0, stream>>>(cache, k, n, k_ld, scale, slots);
-  else store_k_and_s_kernel<false><<<grid, kStoreThreads, 0, stream>>>(cache, k, n, k_ld, scale, slots);
+  constexpr int T = kStoreThreads;
+  if (checks.error != nullptr) {
+    if (vec) store_k_and_s_kernel<true, T, true><<<grid, T, 0, stream>>>(cache, k, n, k_ld, scale, slots, checks);
+    else store_k_and_s_kernel<false, T, true><<<grid, T, 0, stream>>>(cache, k, n, k_ld, scale, slots, checks);
+  } else {
+    if (vec) store_k_and_s_kernel<true><<<grid, T, 0, stream>>>(cache, k, n, k_ld, scale, slots, checks);
+    else store_k_and_s_kernel<false><<<grid, T, 0, stream>>>(cache, k, n, k_ld, scale, slots, checks);
+  }
   return cudaGetLastError();
 }
 
@@ -319,13 +434,18 @@ inline int gather_grid(int64_t max_items, int num_sms) {
   return static_cast<int>(max_items < cap ? (max_items > 0 ? max_items : 1) : cap);
 }
 
-// max_pages = batch * table_cols (the launcher's grid bound).
+// max_pages = batch * table_cols (the launcher's grid bound). p.error != nullptr
+// launches the checked kernel (p.out_capacity and p.num_pages must be set then).
 template <LengthForm kForm, bool kWriteK, bool kWriteS, class Policy = DefaultGatherPolicy, class TableT, class LenT>
 cudaError_t invoke_paged_gather(const GatherParams<TableT, LenT>& p, int64_t max_pages, int num_sms,
                                 cudaStream_t stream) {
-  if (p.batch == 0 || max_pages == 0) return cudaSuccess;
-  paged_gather_kernel<Policy, kForm, kWriteK, kWriteS, TableT, LenT>
-      <<<gather_grid<Policy>(max_pages * Policy::kItemsPerPage, num_sms), Policy::kThreads, 0, stream>>>(p);
+  // Checked mode launches even without items: the lengths are still validated.
+  if (p.batch == 0 || (max_pages == 0 && p.error == nullptr)) return cudaSuccess;
+  const int grid = gather_grid<Policy>(max_pages * Policy::kItemsPerPage, num_sms);
+  if (p.error != nullptr)
+    paged_gather_kernel<Policy, kForm, kWriteK, kWriteS, TableT, LenT, true><<<grid, Policy::kThreads, 0, stream>>>(p);
+  else
+    paged_gather_kernel<Policy, kForm, kWriteK, kWriteS, TableT, LenT><<<grid, Policy::kThreads, 0, stream>>>(p);
   return cudaGetLastError();
 }
 
