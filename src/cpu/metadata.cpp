@@ -4,9 +4,18 @@
 // threads when the bytes justify it. copy_metadata: one memcpy per row per
 // field per destination. No scratch memory: a thread finds the first query
 // row of its request range by re-walking the query counts (O(B)).
+//
+// build_metadata always validates the device-resident inputs (the
+// preconditions listed in nsa/metadata.h) in a pre-pass over the batch and
+// throws before writing anything. copy_metadata reads no index that addresses
+// memory (every size is a host value checked by the public API), so it has no
+// device values to validate.
 #include <algorithm>
 #include <cstring>
+#include <limits>
+#include <string>
 
+#include "common/check.h"
 #include "cpu/parallel.h"
 #include "metadata_backends.h"
 
@@ -36,9 +45,64 @@ void copy_ints(int32_t* dst, const int32_t* src, int64_t n) {
   if (n > 0) std::memcpy(dst, src, static_cast<size_t>(n) * sizeof(int32_t));
 }
 
+std::string at_request(int64_t value, int64_t b) { return std::to_string(value) + " at request " + std::to_string(b); }
+
+// The preconditions of nsa/metadata.h on device values, O(bs * D) compares.
+// The cache length is checked as the 64-bit sum seq_lens[b] (+ N), before it
+// is narrowed to the int32 field, so a length that would wrap is rejected too.
+void validate_inputs(const MetadataConfig& c, const MetadataInputs& in, const MetadataTargets& targets) {
+  const detail::ArgChecker chk("build_metadata");
+  const MetadataBuffers* dst = targets.table;
+  const int64_t draft = c.mode == ForwardMode::kTargetVerify ? c.draft_tokens : 0;
+  const char* len_arg = draft ? "inputs.seq_lens (+ draft_tokens)" : "inputs.seq_lens";
+  constexpr int64_t kInt32Max = std::numeric_limits<int32_t>::max();
+  int64_t cu_k = 0, cu_nsa = 0;
+  for (int64_t b = 0; b < c.batch_size; ++b) {
+    const int64_t rpi = load_index(in.req_pool_indices, b);
+    if (rpi < 0 || rpi >= in.req_to_token_rows)
+      chk.fail("inputs.req_pool_indices", "rows in [0, req_to_token_rows) = [0, " + std::to_string(in.req_to_token_rows) + ")",
+               at_request(rpi, b));
+    int64_t q = 1;
+    if (c.mode == ForwardMode::kDraftExtend) {
+      q = load_index(in.extend_lens, b);
+      if (q < 0 || q > c.draft_tokens)
+        chk.fail("inputs.extend_lens", "lengths in [0, draft_tokens] = [0, " + std::to_string(c.draft_tokens) + "]",
+                 at_request(q, b));
+    } else if (c.mode == ForwardMode::kTargetVerify) {
+      q = c.draft_tokens;
+    }
+    const int64_t kv = load_index(in.seq_lens, b) + draft;
+    if (kv < 0 || kv > in.req_to_token_cols)
+      chk.fail(len_arg, "cache lengths in [0, req_to_token_cols] = [0, " + std::to_string(in.req_to_token_cols) + "]",
+               at_request(kv, b));
+    for (int64_t d = 0; d < targets.count; ++d) {
+      if (kv > dst[d].page_table_1_cols)
+        chk.fail(len_arg,
+                 "cache lengths <= targets[" + std::to_string(d) + "].page_table_1_cols = " +
+                     std::to_string(dst[d].page_table_1_cols),
+                 at_request(kv, b));
+      const int64_t pages = (kv + c.page_size - 1) / c.page_size;
+      if (dst[d].real_page_table != nullptr && pages > dst[d].real_page_table_cols)
+        chk.fail(len_arg,
+                 "ceil(cache length / page_size) <= targets[" + std::to_string(d) + "].real_page_table_cols = " +
+                     std::to_string(dst[d].real_page_table_cols),
+                 at_request(kv, b) + " (" + std::to_string(pages) + " pages)");
+    }
+    cu_k += kv;
+    if (cu_k > kInt32Max)
+      chk.fail(len_arg, "cumulative cache lengths (cu_seqlens_k) that fit in int32", std::to_string(cu_k) +
+               " after request " + std::to_string(b));
+    for (int64_t j = 0; j < q; ++j) cu_nsa += std::min(kv - q + 1 + j, c.topk);  // as pass 1 below sums them
+    if (cu_nsa > kInt32Max)
+      chk.fail(len_arg, "cumulative NSA lengths (nsa_cu_seqlens_k) that fit in int32",
+               "more than " + std::to_string(kInt32Max) + " after request " + std::to_string(b));
+  }
+}
+
 }  // namespace
 
 void build_metadata(int threads, const MetadataConfig& c, const MetadataInputs& in, const MetadataTargets& targets) {
+  validate_inputs(c, in, targets);
   const MetadataBuffers* dst = targets.table;
   const int64_t D = targets.count, bs = c.batch_size;
 
