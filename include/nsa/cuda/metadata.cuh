@@ -34,9 +34,8 @@ namespace kernels {
 
 constexpr int kMetaThreads = 256;
 constexpr int kMetaWarps = kMetaThreads / 32;
-constexpr int kVecPerLane = 2;                                // 2 x 16 B loads in flight per lane
-constexpr int64_t kColsPerItem = 32 * 4 * kVecPerLane;        // 256 int32 columns per warp item
-constexpr int kBuildCtasPerSm = 2;  // build kernel: ~114 registers/thread, 2 CTAs resident per SM
+constexpr int kVecPerLane = 4;                                // copy kernel: 4 x 16 B loads in flight per lane
+constexpr int64_t kColsPerItem = 32 * 4 * kVecPerLane;        // copy kernel: 512 int32 columns per warp item
 constexpr int kCopyCtasPerSm = 4;   // copy kernel: <= 64 registers/thread, 4 CTAs resident per SM
 
 // ---------------------------------------------------------------------------
@@ -155,16 +154,30 @@ struct BuildScanSum {
   }
 };
 
+// Launch shape of build_metadata: int4 groups per lane of a page-table item
+// (columns per item = 128 * kVecPerLane) and resident CTAs per SM (the
+// register cap of __launch_bounds__). Small jobs want short items (more of
+// them, spread over more SMs); large ones want long items and occupancy.
+template <int kVecPerLaneT, int kCtasPerSmT>
+struct BuildPolicy {
+  static constexpr int kVecPerLane = kVecPerLaneT;
+  static constexpr int64_t kColsPerItem = 32 * 4 * kVecPerLane;
+  static constexpr int kCtasPerSm = kCtasPerSmT;
+};
+using SmallBuildPolicy = BuildPolicy<2, 2>;
+using LargeBuildPolicy = BuildPolicy<4, 2>;
+
 // One page-table item: columns [c0, c0 + kColsPerItem) of one request, loaded
 // once, stored into its q rows (starting at row0) of every destination, plus
 // the real_page_table entries of the page starts among those columns.
+template <class Policy>
 __device__ __forceinline__ void build_page_item(const BuildParams& p, const MetadataBuffers* targets,
                                                 const int32_t* __restrict__ src, int64_t len, int64_t c0, int64_t row0,
                                                 int64_t q, int lane) {
   const bool src_vec = aligned16(src);
-  int4 v[kVecPerLane];
+  int4 v[Policy::kVecPerLane];
 #pragma unroll
-  for (int k = 0; k < kVecPerLane; ++k) v[k] = load_group(src, c0 + 4 * (lane + 32 * k), len, src_vec);
+  for (int k = 0; k < Policy::kVecPerLane; ++k) v[k] = load_group(src, c0 + 4 * (lane + 32 * k), len, src_vec);
   for (int64_t d = 0; d < p.num_targets; ++d) {
     const MetadataBuffers& t = targets[d];
     int32_t* const table = t.page_table_1;
@@ -175,11 +188,11 @@ __device__ __forceinline__ void build_page_item(const BuildParams& p, const Meta
       int32_t* dst = table + (row0 + j) * ld;
       const bool dst_vec = aligned16(dst);
 #pragma unroll
-      for (int k = 0; k < kVecPerLane; ++k) store_group(dst, c0 + 4 * (lane + 32 * k), len, dst_vec, v[k]);
+      for (int k = 0; k < Policy::kVecPerLane; ++k) store_group(dst, c0 + 4 * (lane + 32 * k), len, dst_vec, v[k]);
       if (real == nullptr) continue;
       int32_t* real_row = real + (row0 + j) * real_ld;
 #pragma unroll
-      for (int k = 0; k < kVecPerLane; ++k) {
+      for (int k = 0; k < Policy::kVecPerLane; ++k) {
         const int64_t c = c0 + 4 * (lane + 32 * k);
 #pragma unroll
         for (int e = 0; e < 4; ++e) {  // real[r, page] = first slot of the page / P
@@ -224,8 +237,9 @@ __device__ __forceinline__ void copy_flashmla(const BuildParams& p, const Metada
 // kChecked: requests with an invalid cache length, request row or extend
 // length are recorded in p.error and write no page-table rows (an invalid
 // extend length also counts as 0 query rows, so no row of it is written).
-template <bool kChecked>
-__global__ void __launch_bounds__(kMetaThreads, kBuildCtasPerSm) build_metadata_kernel(const __grid_constant__ BuildParams p) {
+template <class Policy, bool kChecked>
+__global__ void __launch_bounds__(kMetaThreads, Policy::kCtasPerSm) build_metadata_kernel(const __grid_constant__ BuildParams p) {
+  constexpr int64_t kColsPerItem = Policy::kColsPerItem;
   using Scan = cub::BlockScan<BuildScan, kMetaThreads>;
   __shared__ typename Scan::TempStorage scan_storage;
   __shared__ int64_t s_item_start[kMetaThreads];
@@ -358,7 +372,7 @@ __global__ void __launch_bounds__(kMetaThreads, kBuildCtasPerSm) build_metadata_
         if (s_item_start[mid] <= i) lo = mid;
         else hi = mid - 1;
       }
-      build_page_item(p, targets, p.req_to_token + s_src_offset[lo], s_len[lo], (i - s_item_start[lo]) * kColsPerItem,
+      build_page_item<Policy>(p, targets, p.req_to_token + s_src_offset[lo], s_len[lo], (i - s_item_start[lo]) * kColsPerItem,
                       row_base + s_row_start[lo], s_q[lo], lane);
     }
     row_base += total.rows;
@@ -421,6 +435,9 @@ __host__ __device__ __forceinline__ int32_t* field_pointer(const MetadataBuffers
   }
 }
 
+// A template (with one instantiation) so that including this header in
+// several translation units defines the kernel once (ODR), like the others.
+template <int kVec = kVecPerLane>
 __global__ void __launch_bounds__(kMetaThreads) copy_metadata_kernel(const __grid_constant__ CopyParams p) {
   __shared__ MetadataBuffers s_targets[kMaxSharedTargets];
   const MetadataBuffers* targets = stage_targets<kMetaThreads>(p.targets, p.num_targets, s_targets);
@@ -437,9 +454,9 @@ __global__ void __launch_bounds__(kMetaThreads) copy_metadata_kernel(const __gri
     const int64_t c0 = (local - row * job.items_per_row) * kColsPerItem;
     const int32_t* src = job.src + row * job.src_ld;
     const bool src_vec = aligned16(src);
-    int4 v[kVecPerLane];
+    int4 v[kVec];
 #pragma unroll
-    for (int k = 0; k < kVecPerLane; ++k) v[k] = load_group(src, c0 + 4 * (lane + 32 * k), job.cols, src_vec);
+    for (int k = 0; k < kVec; ++k) v[k] = load_group(src, c0 + 4 * (lane + 32 * k), job.cols, src_vec);
     for (int64_t d = 0; d < p.num_targets; ++d) {
       int64_t ld = 0;
       int32_t* base = field_pointer(targets[d], job.field, &ld);
@@ -447,7 +464,7 @@ __global__ void __launch_bounds__(kMetaThreads) copy_metadata_kernel(const __gri
       int32_t* dst = base + job.offset + row * ld;
       const bool dst_vec = aligned16(dst);
 #pragma unroll
-      for (int k = 0; k < kVecPerLane; ++k) store_group(dst, c0 + 4 * (lane + 32 * k), job.cols, dst_vec, v[k]);
+      for (int k = 0; k < kVec; ++k) store_group(dst, c0 + 4 * (lane + 32 * k), job.cols, dst_vec, v[k]);
     }
   }
 }
@@ -466,15 +483,26 @@ inline int metadata_grid(int64_t max_items, int num_sms, int ctas_per_sm) {
 
 // `req_to_token_cols` bounds every row length (precondition), so it bounds the
 // page-table items without reading device data.
+template <class Policy>
+cudaError_t launch_build_metadata(const BuildParams& p, int64_t req_to_token_cols, int num_sms, cudaStream_t stream) {
+  if (p.batch == 0) return cudaSuccess;
+  const int64_t items_per_request = (req_to_token_cols + Policy::kColsPerItem - 1) / Policy::kColsPerItem;
+  const int64_t max_items = p.batch * (items_per_request > 0 ? items_per_request : 1);
+  const int grid = metadata_grid(max_items, num_sms, Policy::kCtasPerSm);
+  if (p.error != nullptr) build_metadata_kernel<Policy, true><<<grid, kMetaThreads, 0, stream>>>(p);
+  else build_metadata_kernel<Policy, false><<<grid, kMetaThreads, 0, stream>>>(p);
+  return cudaGetLastError();
+}
+
+// Picks the policy from what the host knows: with enough long-item work to
+// give every resident warp of the grid an item, long items; else short ones.
 inline cudaError_t invoke_build_metadata(const BuildParams& p, int64_t req_to_token_cols, int num_sms,
                                          cudaStream_t stream) {
-  if (p.batch == 0) return cudaSuccess;
-  const int64_t items_per_request = (req_to_token_cols + kColsPerItem - 1) / kColsPerItem;
-  const int64_t max_items = p.batch * (items_per_request > 0 ? items_per_request : 1);
-  const int grid = metadata_grid(max_items, num_sms, kBuildCtasPerSm);
-  if (p.error != nullptr) build_metadata_kernel<true><<<grid, kMetaThreads, 0, stream>>>(p);
-  else build_metadata_kernel<false><<<grid, kMetaThreads, 0, stream>>>(p);
-  return cudaGetLastError();
+  const int64_t large_items = p.batch * ((req_to_token_cols + LargeBuildPolicy::kColsPerItem - 1) /
+                                         LargeBuildPolicy::kColsPerItem);
+  const int64_t resident_warps = static_cast<int64_t>(num_sms) * LargeBuildPolicy::kCtasPerSm * kMetaWarps;
+  return large_items >= resident_warps ? launch_build_metadata<LargeBuildPolicy>(p, req_to_token_cols, num_sms, stream)
+                                       : launch_build_metadata<SmallBuildPolicy>(p, req_to_token_cols, num_sms, stream);
 }
 
 // Appends a copy job (host side); empty or absent fields add nothing. `p` starts zeroed.
@@ -495,7 +523,7 @@ inline void add_copy_job(CopyParams& p, MetaField field, const int32_t* src, int
 
 inline cudaError_t invoke_copy_metadata(const CopyParams& p, int num_sms, cudaStream_t stream) {
   if (p.total_items == 0) return cudaSuccess;
-  copy_metadata_kernel<<<metadata_grid(p.total_items, num_sms, kCopyCtasPerSm), kMetaThreads, 0, stream>>>(p);
+  copy_metadata_kernel<><<<metadata_grid(p.total_items, num_sms, kCopyCtasPerSm), kMetaThreads, 0, stream>>>(p);
   return cudaGetLastError();
 }
 
