@@ -238,36 +238,49 @@ __device__ __forceinline__ int64_t request_length(const LenT* lens, int64_t host
   else return static_cast<int64_t>(lens[b + 1]) - static_cast<int64_t>(lens[b]);
 }
 
-// Copies `tokens` consecutive tokens starting at `k_src` / `s_src` to output row `row`.
+// One work item's bytes in registers: a thread's K vectors and its scale.
+template <class Policy>
+struct ItemRegs {
+  uint4 k[Policy::kVecPerThread];
+  float scale;
+};
+
+// Loads `tokens` consecutive tokens starting at `k_src` / `s_src`. Every load
+// is issued before any store (the scale load must not queue behind K stores).
 template <class Policy, bool kWriteK, bool kWriteS>
-__device__ __forceinline__ void copy_tokens(const uint8_t* __restrict__ k_src, const float* __restrict__ s_src,
-                                            int64_t tokens, int64_t row, uint8_t* __restrict__ out_k,
-                                            float* __restrict__ out_s) {
+__device__ __forceinline__ void load_tokens(ItemRegs<Policy>& r, const uint8_t* __restrict__ k_src,
+                                            const float* __restrict__ s_src, int64_t tokens) {
   const int tid = threadIdx.x;
-  // Every load is issued before the first store: the scale load must not wait
-  // behind the K stores (one memory round trip instead of two).
-  float scale = 0.0f;
   if constexpr (kWriteS) {
-    if (tid < tokens) scale = __ldg(s_src + tid);
+    if (tid < tokens) r.scale = __ldg(s_src + tid);
   }
   if constexpr (kWriteK) {
     const uint4* src = reinterpret_cast<const uint4*>(k_src);
+    const int vectors = static_cast<int>(tokens * (kHeadDim / 16));
+#pragma unroll
+    for (int j = 0; j < Policy::kVecPerThread; ++j) {
+      const int e = tid + j * Policy::kThreads;
+      if (e < vectors) r.k[j] = __ldg(src + e);
+    }
+  }
+}
+
+// Stores what load_tokens loaded to output rows [row, row + tokens).
+template <class Policy, bool kWriteK, bool kWriteS>
+__device__ __forceinline__ void store_tokens(const ItemRegs<Policy>& r, int64_t tokens, int64_t row,
+                                             uint8_t* __restrict__ out_k, float* __restrict__ out_s) {
+  const int tid = threadIdx.x;
+  if constexpr (kWriteK) {
     uint4* dst = reinterpret_cast<uint4*>(out_k + row * kHeadDim);
     const int vectors = static_cast<int>(tokens * (kHeadDim / 16));
-    uint4 v[Policy::kVecPerThread];
 #pragma unroll
     for (int j = 0; j < Policy::kVecPerThread; ++j) {
       const int e = tid + j * Policy::kThreads;
-      if (e < vectors) v[j] = __ldg(src + e);
-    }
-#pragma unroll
-    for (int j = 0; j < Policy::kVecPerThread; ++j) {
-      const int e = tid + j * Policy::kThreads;
-      if (e < vectors) dst[e] = v[j];
+      if (e < vectors) dst[e] = r.k[j];
     }
   }
   if constexpr (kWriteS) {
-    if (tid < tokens) out_s[row + tid] = scale;
+    if (tid < tokens) out_s[row + tid] = r.scale;
   }
 }
 
@@ -311,13 +324,29 @@ __global__ void __launch_bounds__(Policy::kThreads) paged_gather_kernel(GatherPa
       first = (first - item_base) % grid;
       if (first < 0) first += grid;
     }
-    // Prefetch the page id of the first item (an in-bounds table entry); it
-    // is used only if that item holds tokens.
+    // The first item's request and page follow from its number, so its page
+    // id (an in-bounds table entry) and its request's length are loaded with
+    // the scan's inputs, and (unchecked) its bytes are loaded before the scan:
+    // the scan and barrier then overlap the data round trip.
     int64_t first_page = 0;
+    ItemRegs<Policy> first_regs;
+    bool first_loaded = false;
     if (first < items) {
       const int64_t b = first / parts;
-      first_page = static_cast<int64_t>(
-          __ldg(p.table + (chunk + b) * p.table_ld + (first - b * parts) / Policy::kItemsPerPage));
+      const int64_t part = first - b * parts;
+      first_page = static_cast<int64_t>(__ldg(p.table + (chunk + b) * p.table_ld + part / Policy::kItemsPerPage));
+      if constexpr (!kChecked) {
+        const int64_t token0 = part * Policy::kItemTokens;
+        const int64_t left = request_length<kForm>(p.lens, p.host_length, chunk + b) - token0;
+        if (left > 0) {
+          const int64_t in_page = token0 - (part / Policy::kItemsPerPage) * kPageSize;
+          const uint8_t* page_base = p.cache + first_page * kPageBytes;
+          load_tokens<Policy, kWriteK, kWriteS>(first_regs, page_base + in_page * kHeadDim,
+                                                reinterpret_cast<const float*>(page_base + kKBytesPerPage) + in_page,
+                                                left < Policy::kItemTokens ? left : Policy::kItemTokens);
+          first_loaded = true;
+        }
+      }
     }
 
     const int64_t len = tid < count ? request_length<kForm>(p.lens, p.host_length, chunk + tid) : 0;
@@ -337,14 +366,29 @@ __global__ void __launch_bounds__(Policy::kThreads) paged_gather_kernel(GatherPa
     __syncthreads();
 
     const bool narrow = items <= INT32_MAX;  // 32-bit division is several times cheaper
-    for (int64_t i = first; i < items; i += grid) {
-      const int64_t b = narrow ? static_cast<int64_t>(static_cast<uint32_t>(i) / static_cast<uint32_t>(parts)) : i / parts;
+    auto request_of = [&](int64_t i) {
+      return narrow ? static_cast<int64_t>(static_cast<uint32_t>(i) / static_cast<uint32_t>(parts)) : i / parts;
+    };
+    // Page ids are software-pipelined: the next item's id is loaded while this
+    // item's bytes move, so a CTA pays one dependent round trip per item, not two.
+    int64_t page = first_page, next_page = 0;
+    for (int64_t i = first; i < items; i += grid, page = next_page) {
+      const int64_t b = request_of(i);
       const int64_t part = i - b * parts;
+      const int64_t col = part / Policy::kItemsPerPage;
+      if (i + grid < items) {
+        const int64_t nb = request_of(i + grid);
+        next_page = static_cast<int64_t>(
+            __ldg(p.table + (chunk + nb) * p.table_ld + (i + grid - nb * parts) / Policy::kItemsPerPage));
+      }
       const int64_t token0 = part * Policy::kItemTokens;  // first token of the item within its request
       const int64_t left = s_len[b] - token0;
       if (left <= 0) continue;  // past this request's last token
-      const int64_t col = part / Policy::kItemsPerPage;
-      const int64_t page = i == first ? first_page : static_cast<int64_t>(__ldg(p.table + (chunk + b) * p.table_ld + col));
+      if (i == first && first_loaded) {
+        store_tokens<Policy, kWriteK, kWriteS>(first_regs, left < Policy::kItemTokens ? left : Policy::kItemTokens,
+                                               s_row_start[b] + token0, p.out_k, p.out_s);
+        continue;
+      }
       int64_t in_page = token0 - col * kPageSize;
       int64_t tokens = left < Policy::kItemTokens ? left : Policy::kItemTokens;
       int64_t row = s_row_start[b] + token0;
@@ -365,9 +409,10 @@ __global__ void __launch_bounds__(Policy::kThreads) paged_gather_kernel(GatherPa
         if (row + tokens > p.out_capacity) tokens = p.out_capacity - row;
       }
       const uint8_t* page_base = p.cache + page * kPageBytes;
-      copy_tokens<Policy, kWriteK, kWriteS>(page_base + in_page * kHeadDim,
-                                            reinterpret_cast<const float*>(page_base + kKBytesPerPage) + in_page,
-                                            tokens, row, p.out_k, p.out_s);
+      ItemRegs<Policy> regs;
+      load_tokens<Policy, kWriteK, kWriteS>(regs, page_base + in_page * kHeadDim,
+                                            reinterpret_cast<const float*>(page_base + kKBytesPerPage) + in_page, tokens);
+      store_tokens<Policy, kWriteK, kWriteS>(regs, tokens, row, p.out_k, p.out_s);
     }
     row_base += total;
     item_base += items;
@@ -426,11 +471,27 @@ inline cudaError_t invoke_store_k_and_s(uint8_t* cache, const uint8_t* k, int64_
   return cudaGetLastError();
 }
 
-// Persistent grid: one full wave of resident CTAs (enough to keep every SM's
-// memory pipe busy), never more than there are work items.
-template <class Policy>
-inline int gather_grid(int64_t max_items, int num_sms) {
-  const int64_t cap = static_cast<int64_t>(num_sms) * (2048 / Policy::kThreads);
+// Persistent grid: exactly one wave of resident CTAs (enough to keep every
+// SM's memory pipe busy; a second wave would start late and finish late),
+// never more than there are work items. Residency per SM comes from the
+// occupancy calculator once per kernel instantiation (no per-call query).
+// (Templated on the kernel itself, so each instantiation has its own cache;
+// a device with another SM architecture in the same process would share it.)
+template <auto kKernel>
+inline int resident_ctas_per_sm(int threads) {
+  static const int per_sm = [threads] {
+    int n = 0;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kKernel, threads, 0) != cudaSuccess || n < 1) {
+      (void)cudaGetLastError();  // not sticky; fall back to one CTA per SM
+      n = 1;
+    }
+    return n;
+  }();
+  return per_sm;
+}
+
+inline int gather_grid(int64_t max_items, int num_sms, int per_sm) {
+  const int64_t cap = static_cast<int64_t>(num_sms) * per_sm;
   return static_cast<int>(max_items < cap ? (max_items > 0 ? max_items : 1) : cap);
 }
 
@@ -441,11 +502,16 @@ cudaError_t invoke_paged_gather(const GatherParams<TableT, LenT>& p, int64_t max
                                 cudaStream_t stream) {
   // Checked mode launches even without items: the lengths are still validated.
   if (p.batch == 0 || (max_pages == 0 && p.error == nullptr)) return cudaSuccess;
-  const int grid = gather_grid<Policy>(max_pages * Policy::kItemsPerPage, num_sms);
-  if (p.error != nullptr)
-    paged_gather_kernel<Policy, kForm, kWriteK, kWriteS, TableT, LenT, true><<<grid, Policy::kThreads, 0, stream>>>(p);
-  else
-    paged_gather_kernel<Policy, kForm, kWriteK, kWriteS, TableT, LenT><<<grid, Policy::kThreads, 0, stream>>>(p);
+  const int64_t items = max_pages * Policy::kItemsPerPage;
+  if (p.error != nullptr) {
+    constexpr auto kernel = paged_gather_kernel<Policy, kForm, kWriteK, kWriteS, TableT, LenT, true>;
+    kernel<<<gather_grid(items, num_sms, resident_ctas_per_sm<kernel>(Policy::kThreads)), Policy::kThreads, 0,
+             stream>>>(p);
+  } else {
+    constexpr auto kernel = paged_gather_kernel<Policy, kForm, kWriteK, kWriteS, TableT, LenT>;
+    kernel<<<gather_grid(items, num_sms, resident_ctas_per_sm<kernel>(Policy::kThreads)), Policy::kThreads, 0,
+             stream>>>(p);
+  }
   return cudaGetLastError();
 }
 
