@@ -441,7 +441,7 @@ TEST(CheckedMode, CapturedCheckedGatherReportsViolationPlantedBetweenReplays_cud
   std::vector<int64_t> planted = b.table;
   planted[2 * kLd] = kPages;  // request 2's only page
   table_dev.upload(planted);
-  ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);  // the upload ran on the legacy stream
   for (int i = 0; i < 3; ++i) ASSERT_EQ(cudaGraphLaunch(graph_exec, stream), cudaSuccess);
   expect_error(read_device_error(exec), OpId::kGatherKAndS, ArgId::kPageTable, 2, kPages);
   // Rows of request 2 were not written by the planted replays: still what the valid replays wrote.

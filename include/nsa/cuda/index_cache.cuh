@@ -312,6 +312,7 @@ __global__ void __launch_bounds__(Policy::kThreads) paged_gather_kernel(GatherPa
       }
     }
     if (tid == 0) s_first_overflow = -1;
+    __syncthreads();  // before any thread may set it (checked launches only)
   }
   int64_t row_base = 0, item_base = 0;
   for (int64_t chunk = 0; chunk < p.batch; chunk += kThreads) {
