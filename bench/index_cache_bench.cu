@@ -2,7 +2,9 @@
 // on CUDA, timed as CUDA-graph replays, next to the limits measured in the
 // same run (same-bytes contiguous device copy, empty kernel) and next to the
 // upstream-style baselines in bench/baselines. Outputs are verified bit-exact
-// against the baseline and the reference before anything is timed.
+// against the baseline and the reference before anything is timed. Each op is
+// also timed in checked mode (Exec::checked, issue 6), whose outputs must equal
+// the unchecked ones; "chk" is its GPU time, "ovh" the overhead over "ours".
 //
 //   index_cache_bench [--json FILE] [--quick]
 #include <cuda_runtime.h>
@@ -43,6 +45,17 @@ std::vector<uint8_t> random_bytes(std::mt19937_64& rng, size_t n) {
   return v;
 }
 
+// One DeviceError for every checked call; it must stay clear (valid inputs).
+struct CheckedExec {
+  Buffer error{nsa::Backend::kCuda, sizeof(nsa::DeviceError)};
+  nsa::Exec on(nsa::cudaStream s) const { return nsa::Exec::cuda(s).with_checks(error.as<nsa::DeviceError>()); }
+  void expect_clear(const std::string& what) const {
+    const nsa::DeviceError e = nsa::read_device_error(on(nullptr));
+    if (e.code != 0) throw std::runtime_error("checked mode reported a violation on valid input (" + what + "): " +
+                                              nsa::describe(e));
+  }
+};
+
 template <class T>
 Buffer upload(const std::vector<T>& v) {
   Buffer b(nsa::Backend::kCuda, v.size() * sizeof(T));
@@ -56,7 +69,8 @@ struct GatherCase {
   double target_ratio;  // issue 2: ours / same-bytes copy
 };
 
-json bench_gather(const GatherCase& c, const nsa::support::DeviceLimits& lim, std::mt19937_64& rng) {
+json bench_gather(const GatherCase& c, const nsa::support::DeviceLimits& lim, const CheckedExec& chk,
+                  std::mt19937_64& rng) {
   const int64_t bs = static_cast<int64_t>(c.lens.size());
   const int64_t total = std::accumulate(c.lens.begin(), c.lens.end(), int64_t{0});
   int64_t cols = 0, pages_needed = 0;
@@ -86,6 +100,10 @@ json bench_gather(const GatherCase& c, const nsa::support::DeviceLimits& lim, st
   auto ours = [&](nsa::cudaStream s) {
     nsa::gather_k_and_s(nsa::Exec::cuda(s), cache, batch, out_k.as<uint8_t>(), out_s.as<float>(), total);
   };
+  Buffer chk_k(nsa::Backend::kCuda, total * 128), chk_s(nsa::Backend::kCuda, total * 4);
+  auto checked = [&](nsa::cudaStream s) {
+    nsa::gather_k_and_s(chk.on(s), cache, batch, chk_k.as<uint8_t>(), chk_s.as<float>(), total);
+  };
   auto base = [&](nsa::cudaStream s) {
     cuda_check(nsa::baseline::gather_k_and_s_per_token(pool.as<uint8_t>(), table_d.as<int32_t>(), cols,
                                                        cu_d.as<int64_t>(), bs, total, base_k.as<uint8_t>(),
@@ -105,27 +123,35 @@ json bench_gather(const GatherCase& c, const nsa::support::DeviceLimits& lim, st
   host_batch.page_table = nsa::Indices(table.data());
   nsa::reference::gather_k_and_s({pool_host.data(), pool_pages}, host_batch, ref_k.data(),
                                  reinterpret_cast<float*>(ref_s.data()));
+  chk_k.fill(0x5A);
+  chk_s.fill(0x5A);
+  checked(nullptr);
+  chk.expect_clear(c.name);
   const bool ok = out_k.to_host() == ref_k && out_s.to_host() == ref_s && base_k.to_host() == ref_k &&
-                  base_s.to_host() == ref_s;
+                  base_s.to_host() == ref_s && chk_k.to_host() == ref_k && chk_s.to_host() == ref_s;
   if (!ok) throw std::runtime_error("gather verification failed for " + c.name);
 
   const double bytes = 2.0 * 132.0 * static_cast<double>(total);  // read + written
   const double ours_us = nsa::support::graph_time_us(ours, 20);
+  const double checked_us = nsa::support::graph_time_us(checked, 20);
+  chk.expect_clear(c.name);
+  const double overhead = 100.0 * (checked_us / ours_us - 1.0);
   const double base_us = nsa::support::graph_time_us(base, 20);
   const double copy_us = nsa::support::copy_time_us(static_cast<size_t>(132 * total), 20);
   const auto eager = nsa::support::eager_time(ours, 200);
   const double ratio = ours_us / copy_us;
-  fmt::print("{:<26} {:>9} {:>9.2f} {:>9.2f} {:>9.2f} {:>8.0f} {:>7.3f} {:>6.2f}x {:>8.2f} {:>7.2f}x  {}\n", c.name,
-             total, ours_us, base_us, copy_us, bytes / ours_us / 1e3, ratio, c.target_ratio, eager.host_us,
-             base_us / ours_us, ratio <= c.target_ratio ? "MET" : "MISSED");
+  fmt::print("{:<26} {:>9} {:>9.2f} {:>9.2f} {:>6.1f}% {:>9.2f} {:>9.2f} {:>8.0f} {:>7.3f} {:>6.2f}x {:>8.2f} {:>7.2f}x  {}\n",
+             c.name, total, ours_us, checked_us, overhead, base_us, copy_us, bytes / ours_us / 1e3, ratio,
+             c.target_ratio, eager.host_us, base_us / ours_us, ratio <= c.target_ratio ? "MET" : "MISSED");
   return json{{"op", "gather_k_and_s"}, {"case", c.name}, {"batch", bs}, {"tokens", total},
-              {"bytes_moved", bytes}, {"ours_gpu_us", ours_us}, {"baseline_gpu_us", base_us},
+              {"bytes_moved", bytes}, {"ours_gpu_us", ours_us}, {"checked_gpu_us", checked_us},
+              {"checked_overhead_pct", overhead}, {"baseline_gpu_us", base_us},
               {"copy_gpu_us", copy_us}, {"ours_gbps", bytes / ours_us / 1e3}, {"ratio_to_copy", ratio},
               {"target_ratio_to_copy", c.target_ratio}, {"target_met", ratio <= c.target_ratio},
               {"ours_host_us", eager.host_us}, {"speedup_vs_baseline", base_us / ours_us}, {"verified", ok}};
 }
 
-json bench_store(int64_t n, const nsa::support::DeviceLimits& lim, std::mt19937_64& rng) {
+json bench_store(int64_t n, const nsa::support::DeviceLimits& lim, const CheckedExec& chk, std::mt19937_64& rng) {
   const int64_t pool_pages = n / 64 + 64;
   std::vector<int64_t> all(pool_pages * 64);
   std::iota(all.begin(), all.end(), 0);
@@ -141,12 +167,17 @@ json bench_store(int64_t n, const nsa::support::DeviceLimits& lim, std::mt19937_
   }
   const auto pool_host = random_bytes(rng, static_cast<size_t>(pool_pages * kPageBytes));
   Buffer pool = upload(pool_host), base_pool = upload(pool_host), k_d = upload(k), slots_d = upload(slots);
+  Buffer chk_pool = upload(pool_host);
   Buffer stage_k(nsa::Backend::kCuda, n * 128), stage_s(nsa::Backend::kCuda, n * 4);
   const nsa::IndexCache cache{pool.as<uint8_t>(), pool_pages};
   const auto mode = nsa::ScaleMode::kFp32;
 
   auto ours = [&](nsa::cudaStream s) {
     nsa::quantize_and_store_k(nsa::Exec::cuda(s), cache, k_d.as<uint16_t>(), n, 128, slots_d.as<int64_t>(), mode);
+  };
+  const nsa::IndexCache chk_cache{chk_pool.as<uint8_t>(), pool_pages};
+  auto checked = [&](nsa::cudaStream s) {
+    nsa::quantize_and_store_k(chk.on(s), chk_cache, k_d.as<uint16_t>(), n, 128, slots_d.as<int64_t>(), mode);
   };
   auto base = [&](nsa::cudaStream s) {
     cuda_check(nsa::baseline::quantize_k(k_d.as<uint16_t>(), n, 128, false, stage_k.as<uint8_t>(),
@@ -158,24 +189,30 @@ json bench_store(int64_t n, const nsa::support::DeviceLimits& lim, std::mt19937_
   };
   ours(nullptr);
   base(nullptr);
+  checked(nullptr);
+  chk.expect_clear("store n=" + std::to_string(n));
   nsa::support::synchronize(nsa::Backend::kCuda);
   auto ref = pool_host;
   nsa::reference::quantize_and_store_k({ref.data(), pool_pages}, k.data(), n, 128, slots.data(), mode);
-  const bool ok = pool.to_host() == ref && base_pool.to_host() == ref;
+  const bool ok = pool.to_host() == ref && base_pool.to_host() == ref && chk_pool.to_host() == ref;
   if (!ok) throw std::runtime_error("store verification failed for n=" + std::to_string(n));
 
   const double bytes = (256.0 + 132.0 + 8.0) * static_cast<double>(n);  // bf16 in, K+scale out, slot in
   const double ours_us = nsa::support::graph_time_us(ours, 20);
+  const double checked_us = nsa::support::graph_time_us(checked, 20);
+  chk.expect_clear("store n=" + std::to_string(n));
+  const double overhead = 100.0 * (checked_us / ours_us - 1.0);
   const double base_us = nsa::support::graph_time_us(base, 20);
   const auto eager = nsa::support::eager_time(ours, 200);
   const double frac = bytes / ours_us / 1e3 / lim.copy_gbps;
   const double vs_empty = ours_us / lim.empty_kernel_graph_us;
   const bool met = n >= 65536 ? frac >= 0.80 : (n <= 512 ? vs_empty <= 1.5 : true);
   const std::string target = n >= 65536 ? ">=80% copy BW" : (n <= 512 ? "<=1.5x empty" : "-");
-  fmt::print("{:<10} {:>9.2f} {:>9.2f} {:>8.0f} {:>7.1f}% {:>8.2f}x {:>8.2f} {:>7.2f}x  {:<14} {}\n", n, ours_us,
-             base_us, bytes / ours_us / 1e3, 100 * frac, vs_empty, eager.host_us, base_us / ours_us, target,
-             target == "-" ? "" : (met ? "MET" : "MISSED"));
+  fmt::print("{:<10} {:>9.2f} {:>9.2f} {:>6.1f}% {:>9.2f} {:>8.0f} {:>7.1f}% {:>8.2f}x {:>8.2f} {:>7.2f}x  {:<14} {}\n", n,
+             ours_us, checked_us, overhead, base_us, bytes / ours_us / 1e3, 100 * frac, vs_empty, eager.host_us,
+             base_us / ours_us, target, target == "-" ? "" : (met ? "MET" : "MISSED"));
   return json{{"op", "quantize_and_store_k"}, {"tokens", n}, {"bytes_moved", bytes}, {"ours_gpu_us", ours_us},
+              {"checked_gpu_us", checked_us}, {"checked_overhead_pct", overhead},
               {"baseline_gpu_us", base_us}, {"ours_gbps", bytes / ours_us / 1e3}, {"fraction_of_copy_bw", frac},
               {"ratio_to_empty_kernel", vs_empty}, {"ours_host_us", eager.host_us},
               {"speedup_vs_baseline", base_us / ours_us}, {"target", target}, {"target_met", met}, {"verified", ok}};
@@ -224,16 +261,18 @@ int main(int argc, char** argv) {
     gathers.push_back(ragged);
     if (quick) gathers.resize(2);
     fmt::print("gather_k_and_s (GPU us per call as graph replays; GB/s counts bytes read + written)\n");
-    fmt::print("{:<26} {:>9} {:>9} {:>9} {:>9} {:>8} {:>7} {:>7} {:>8} {:>8}\n", "case", "tokens", "ours", "baseline",
-               "copy", "GB/s", "x copy", "target", "host us", "speedup");
-    for (const auto& c : gathers) out["results"].push_back(bench_gather(c, lim, rng));
+    const CheckedExec chk;
+    nsa::reset_device_error(chk.on(nullptr));
+    fmt::print("{:<26} {:>9} {:>9} {:>9} {:>7} {:>9} {:>9} {:>8} {:>7} {:>7} {:>8} {:>8}\n", "case", "tokens", "ours",
+               "chk", "ovh", "baseline", "copy", "GB/s", "x copy", "target", "host us", "speedup");
+    for (const auto& c : gathers) out["results"].push_back(bench_gather(c, lim, chk, rng));
 
     fmt::print("\nquantize_and_store_k (fp32 scale; bytes = 256 in + 132 out + 8 slot per token)\n");
-    fmt::print("{:<10} {:>9} {:>9} {:>8} {:>8} {:>9} {:>8} {:>8}  {:<14}\n", "tokens", "ours", "baseline", "GB/s",
-               "of copy", "x empty", "host us", "speedup", "target");
+    fmt::print("{:<10} {:>9} {:>9} {:>7} {:>9} {:>8} {:>8} {:>9} {:>8} {:>8}  {:<14}\n", "tokens", "ours", "chk", "ovh",
+               "baseline", "GB/s", "of copy", "x empty", "host us", "speedup", "target");
     std::vector<int64_t> ns = {1, 64, 512, 8192, 65536};
     if (quick) ns = {64, 8192};
-    for (int64_t n : ns) out["results"].push_back(bench_store(n, lim, rng));
+    for (int64_t n : ns) out["results"].push_back(bench_store(n, lim, chk, rng));
 
     if (!json_path.empty()) {
       std::ofstream(json_path) << out.dump(2) << "\n";
