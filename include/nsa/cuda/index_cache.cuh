@@ -481,11 +481,16 @@ inline cudaError_t invoke_store_k_and_s(uint8_t* cache, const uint8_t* k, int64_
 template <auto kKernel>
 inline int resident_ctas_per_sm(int threads) {
   static const int per_sm = [threads] {
+    // The first launch may happen inside a stream capture: relax this
+    // thread's capture mode for the (non-stream) occupancy query.
+    cudaStreamCaptureMode mode = cudaStreamCaptureModeRelaxed;
+    (void)cudaThreadExchangeStreamCaptureMode(&mode);
     int n = 0;
     if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kKernel, threads, 0) != cudaSuccess || n < 1) {
       (void)cudaGetLastError();  // not sticky; fall back to one CTA per SM
       n = 1;
     }
+    (void)cudaThreadExchangeStreamCaptureMode(&mode);
     return n;
   }();
   return per_sm;
