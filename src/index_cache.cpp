@@ -14,15 +14,9 @@ namespace {
 using L = IndexCacheLayout;
 using detail::ArgChecker;
 
-// Checked mode (CUDA): the kernels write the 8-byte fields of DeviceError.
-// On the CPU exec.checked is ignored: the CPU backend always validates and throws.
-void check_exec(const ArgChecker& c, const Exec& exec) {
-  detail::require_backend(c, exec);
-  if (exec.backend == Backend::kCuda && exec.checked != nullptr) c.aligned(exec.checked, 8, "exec.checked");
-}
 
 void check_cache(const ArgChecker& c, const Exec& exec, const void* data, int64_t num_pages) {
-  check_exec(c, exec);
+  detail::require_backend(c, exec);
   c.not_null(data, "cache.data");
   c.at_least(num_pages, 1, "cache.num_pages");
   if (num_pages > std::numeric_limits<int64_t>::max() / L::kBytesPerPage)

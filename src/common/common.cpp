@@ -15,6 +15,9 @@ void require_backend(const ArgChecker& check, const Exec& exec) {
   if (exec.backend == Backend::kCpu && exec.cpu_threads < 0) {
     check.fail("exec.cpu_threads", ">= 0", std::to_string(exec.cpu_threads));
   }
+  // Checked mode (CUDA): the kernels write the 8-byte fields of DeviceError.
+  // On the CPU exec.checked is ignored: the CPU backend always validates and throws.
+  if (exec.backend == Backend::kCuda && exec.checked != nullptr) check.aligned(exec.checked, 8, "exec.checked");
 }
 
 }  // namespace detail

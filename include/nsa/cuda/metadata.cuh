@@ -164,8 +164,11 @@ struct BuildPolicy {
   static constexpr int64_t kColsPerItem = 32 * 4 * kVecPerLane;
   static constexpr int kCtasPerSm = kCtasPerSmT;
 };
-using SmallBuildPolicy = BuildPolicy<2, 2>;
-using LargeBuildPolicy = BuildPolicy<4, 2>;
+// Measured on an H100 (docs/gpu-report.md): 128-column items win while the job
+// has fewer items than the grid has warps; 256-column items beyond. Longer
+// items and 3 CTAs per SM (register spills) lost in most cases.
+using SmallBuildPolicy = BuildPolicy<1, 2>;
+using LargeBuildPolicy = BuildPolicy<2, 2>;
 
 // One page-table item: columns [c0, c0 + kColsPerItem) of one request, loaded
 // once, stored into its q rows (starting at row0) of every destination, plus
@@ -494,14 +497,14 @@ cudaError_t launch_build_metadata(const BuildParams& p, int64_t req_to_token_col
   return cudaGetLastError();
 }
 
-// Picks the policy from what the host knows: with enough long-item work to
-// give every resident warp of the grid an item, long items; else short ones.
+// Picks the policy from what the host knows: with more short items than the
+// grid has resident warps, long items; else short ones (more SMs storing).
 inline cudaError_t invoke_build_metadata(const BuildParams& p, int64_t req_to_token_cols, int num_sms,
                                          cudaStream_t stream) {
-  const int64_t large_items = p.batch * ((req_to_token_cols + LargeBuildPolicy::kColsPerItem - 1) /
-                                         LargeBuildPolicy::kColsPerItem);
-  const int64_t resident_warps = static_cast<int64_t>(num_sms) * LargeBuildPolicy::kCtasPerSm * kMetaWarps;
-  return large_items >= resident_warps ? launch_build_metadata<LargeBuildPolicy>(p, req_to_token_cols, num_sms, stream)
+  const int64_t small_items = p.batch * ((req_to_token_cols + SmallBuildPolicy::kColsPerItem - 1) /
+                                         SmallBuildPolicy::kColsPerItem);
+  const int64_t resident_warps = static_cast<int64_t>(num_sms) * SmallBuildPolicy::kCtasPerSm * kMetaWarps;
+  return small_items > resident_warps ? launch_build_metadata<LargeBuildPolicy>(p, req_to_token_cols, num_sms, stream)
                                        : launch_build_metadata<SmallBuildPolicy>(p, req_to_token_cols, num_sms, stream);
 }
 
