@@ -85,7 +85,8 @@ cli="$build/tools/nsa/nsa"
 if [ -x "$cli" ]; then
   run_step cli_info 60 "$cli" info
   run_step cli_selftest 300 "$cli" selftest
-  run_step cli_bench 420 "$cli" bench --json "$results/nsa_bench.json"
+  run_step cli_bench 420 "$cli" bench --no-progress --json "$results/nsa_bench.json" --plot "$results/nsa_bench.svg"
+  run_step cli_bench_prefill 300 "$cli" bench --no-progress --scenario prefill --json "$results/nsa_bench_prefill.json"
 fi
 
 for b in "$build"/bench/*_bench; do

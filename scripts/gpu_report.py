@@ -85,7 +85,8 @@ def main():
         w(f"| {name[10:]} | {'; '.join(summary) or 'no summary'} ({ran[0] if ran else '?'} tests passed) | {rc_of.get(name, '?')} |")
     w("")
 
-    for title, name in (("nsa info", "cli_info"), ("nsa selftest", "cli_selftest"), ("nsa bench (default scenario)", "cli_bench")):
+    for title, name in (("nsa info", "cli_info"), ("nsa selftest", "cli_selftest"), ("nsa bench (default scenario)", "cli_bench"),
+                        ("nsa bench --scenario prefill", "cli_bench_prefill")):
         text = read(os.path.join(results, name + ".log"))
         if text:
             w(f"## {title}")
