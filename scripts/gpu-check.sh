@@ -58,6 +58,7 @@ run_step() {  # run_step NAME TIMEOUT_S CMD...   (logs to $results/NAME.log, rec
   [ $rc -eq 0 ] || { status=1; log "$name FAILED (exit $rc)"; }
 }
 : >"$results/steps.txt"
+: >"$results/skipped.txt"
 
 tests=$(ls "$build"/tests/cpp/*_test 2>/dev/null)
 for t in $tests; do
@@ -75,7 +76,11 @@ for tool in memcheck racecheck initcheck synccheck; do
     n=$(basename "$t")
     filter="$gpu_filter:-*LongRun*"
     [ "$tool" = memcheck ] || filter="$gpu_filter:-*LongRun*:*4GiB*:*Long*:*Replay*"
-    "$t" --gtest_list_tests --gtest_filter="$filter" | grep -q '^  ' || continue
+    listing=$("$t" --gtest_list_tests --gtest_filter="$filter")  # no pipe: a SIGPIPE must not skip a binary
+    if ! grep -q '^  ' <<<"$listing"; then
+      echo "sanitizer_${tool}_$n no-gpu-tests" >>"$results/skipped.txt"
+      continue
+    fi
     run_step "sanitizer_${tool}_$n" 420 compute-sanitizer --tool "$tool" --error-exitcode 86 \
       --print-limit 20 "$t" --gtest_filter="$filter"
   done
@@ -101,6 +106,12 @@ if ls "$build"/python/nsa/_nsa*.so >/dev/null 2>&1 && command -v python3 >/dev/n
   run_step python_tests 420 "$root/tests/python/run.sh" python3 -rs
   run_step python_overhead 300 python3 "$root/tests/python/bench_overhead.py" --out "$results/python_overhead.json"
 fi
+
+# On a GPU machine a skipped GPU test is a failure (e.g. a driver too old for
+# the CUDA runtime makes every device test skip).
+skipped_gpu=$(cat "$results"/test_*.log 2>/dev/null | grep -cE '^\[  SKIPPED \] .*(/cuda|_cuda)' || true)
+echo "gpu_tests_skipped $skipped_gpu" >>"$results/steps.txt"
+[ "$skipped_gpu" -eq 0 ] || { status=1; log "$skipped_gpu GPU tests skipped on a GPU machine"; }
 
 python3 "$root/scripts/gpu_report.py" "$results" >"$report"
 log "report written to $report (overall status $status)"

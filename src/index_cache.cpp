@@ -14,7 +14,6 @@ namespace {
 using L = IndexCacheLayout;
 using detail::ArgChecker;
 
-
 void check_cache(const ArgChecker& c, const Exec& exec, const void* data, int64_t num_pages) {
   detail::require_backend(c, exec);
   c.not_null(data, "cache.data");
@@ -28,15 +27,8 @@ void check_cache(const ArgChecker& c, const Exec& exec, const void* data, int64_
 void check_rows(const ArgChecker& c, const void* p, int64_t n, int64_t ld, const char* arg, const char* ld_arg) {
   c.at_least(n, 0, "n");
   c.at_least(ld, L::kHeadDim, ld_arg);
+  c.product_fits(n, ld, ld_arg, "n * k_ld within int64");
   if (n > 0) c.not_null(p, arg);
-}
-
-// An index array's element type is host-visible: reject anything but int32/int64
-// (read as int64 otherwise), and on CUDA an address the element loads would fault on.
-void check_index(const ArgChecker& c, const Exec& exec, Indices v, const char* arg) {
-  if (v.type != IndexType::kInt32 && v.type != IndexType::kInt64)
-    c.fail(arg, "int32 or int64 elements", std::to_string(static_cast<int>(v.type)));
-  if (exec.backend == Backend::kCuda) c.aligned(v.data, static_cast<int64_t>(v.type), arg);
 }
 
 }  // namespace
@@ -47,6 +39,7 @@ void quantize_and_store_k(const Exec& exec, IndexCache cache, const uint16_t* k_
   check_cache(c, exec, cache.data, cache.num_pages);
   check_rows(c, k_bf16, n, k_ld, "k", "k_ld");
   if (n > 0) c.not_null(slots, "slots");
+  if (exec.backend == Backend::kCuda) c.aligned(slots, 8, "slots");
   if (mode != ScaleMode::kFp32 && mode != ScaleMode::kUe8m0)
     c.fail("mode", "ScaleMode::kFp32 or ScaleMode::kUe8m0", std::to_string(static_cast<int>(mode)));
   if (n == 0) return;
@@ -62,6 +55,10 @@ void store_k_and_s(const Exec& exec, IndexCache cache, const uint8_t* k_fp8, int
   if (n > 0) {
     c.not_null(scale, "scale");
     c.not_null(slots, "slots");
+    if (exec.backend == Backend::kCuda) {
+      c.aligned(scale, 4, "scale");
+      c.aligned(slots, 8, "slots");
+    }
   }
   if (n == 0) return;
   if (exec.backend == Backend::kCpu) cpu::store_k_and_s(exec.cpu_threads, cache, k_fp8, n, k_ld, scale, slots);
@@ -75,7 +72,7 @@ void check_single_gather(const ArgChecker& c, const Exec& exec, ConstIndexCache 
   c.at_least(length, 0, "length");
   if (length == 0) return;
   c.not_null(page_ids.data, "page_ids");
-  check_index(c, exec, page_ids, "page_ids");
+  c.indices(exec, page_ids, "page_ids");
   c.not_null(out, out_arg);
   if (exec.backend == Backend::kCuda) c.aligned(out, out_align, out_arg);
 }
@@ -106,12 +103,16 @@ void gather_k_and_s(const Exec& exec, ConstIndexCache cache, const PagedBatch& b
   if (batch.batch_size > 0) {
     if (static_cast<bool>(batch.seq_lens) == static_cast<bool>(batch.cu_seq_lens))
       c.fail("batch.seq_lens/batch.cu_seq_lens", "exactly one of the two", batch.seq_lens ? "both" : "neither");
-    if (batch.seq_lens) check_index(c, exec, batch.seq_lens, "batch.seq_lens");
-    else check_index(c, exec, batch.cu_seq_lens, "batch.cu_seq_lens");
+    if (batch.seq_lens) c.indices(exec, batch.seq_lens, "batch.seq_lens");
+    else c.indices(exec, batch.cu_seq_lens, "batch.cu_seq_lens");
     c.not_null(batch.page_table.data, "batch.page_table");
-    check_index(c, exec, batch.page_table, "batch.page_table");
+    c.indices(exec, batch.page_table, "batch.page_table");
     c.at_least(batch.table_cols, 0, "batch.table_cols");
     c.at_least(batch.table_ld, batch.table_cols, "batch.table_ld");
+    // Lengths are bounded by 64 * table_cols and items by batch * table_cols.
+    if (batch.table_cols > std::numeric_limits<int32_t>::max())
+      c.fail("batch.table_cols", "<= 2^31 - 1 pages per request", std::to_string(batch.table_cols));
+    c.product_fits(batch.batch_size, batch.table_ld, "batch.table_ld", "batch_size * table_ld within int64");
   }
   if (out_capacity > 0) {
     c.not_null(out_k, "out_k");

@@ -85,12 +85,6 @@ void check_targets_table(const ArgChecker& c, const MetadataTargets& targets) {
   c.not_null(targets.table, "targets.table");
 }
 
-void check_index(const ArgChecker& c, const Exec& exec, Indices v, const char* arg) {
-  c.not_null(v.data, arg);
-  if (v.type != IndexType::kInt32 && v.type != IndexType::kInt64)
-    c.fail(arg, "int32 or int64 elements", std::to_string(static_cast<int>(v.type)));
-  if (exec.backend == Backend::kCuda) c.aligned(v.data, static_cast<int64_t>(v.type), arg);
-}
 
 void check_source(const ArgChecker& c, const Exec& exec, const int32_t* p, bool needed, const char* arg) {
   if (needed) c.not_null(p, arg);
@@ -142,12 +136,14 @@ void build_metadata(const Exec& exec, const MetadataConfig& config, const Metada
   c.at_least(inputs.req_to_token_rows, 0, "inputs.req_to_token_rows");
   c.at_least(inputs.req_to_token_cols, 0, "inputs.req_to_token_cols");
   c.at_least(inputs.req_to_token_ld, inputs.req_to_token_cols, "inputs.req_to_token_ld");
+  c.product_fits(inputs.req_to_token_rows, inputs.req_to_token_ld, "inputs.req_to_token_ld",
+                 "req_to_token_rows * req_to_token_ld within int64");
   if (!extend && inputs.extend_lens)
     c.fail("inputs.extend_lens", "nullptr outside draft_extend", std::string("a pointer in ") + to_string(config.mode));
   if (config.batch_size > 0) {
-    check_index(c, exec, inputs.seq_lens, "inputs.seq_lens");
-    check_index(c, exec, inputs.req_pool_indices, "inputs.req_pool_indices");
-    if (extend) check_index(c, exec, inputs.extend_lens, "inputs.extend_lens");
+    c.indices(exec, inputs.seq_lens, "inputs.seq_lens");
+    c.indices(exec, inputs.req_pool_indices, "inputs.req_pool_indices");
+    if (extend) c.indices(exec, inputs.extend_lens, "inputs.extend_lens");
     c.not_null(inputs.req_to_token, "inputs.req_to_token");
     c.at_least(inputs.req_to_token_rows, 1, "inputs.req_to_token_rows");
     if (exec.backend == Backend::kCuda) c.aligned(inputs.req_to_token, 4, "inputs.req_to_token");

@@ -91,6 +91,10 @@ struct PagedBatch {
 // to row sum_{b'<b} L_b' + t of out_k [out_capacity, 128] and out_s
 // [out_capacity]. Rows past sum L are never written. L_b <= 64 * table_cols
 // and sum L <= out_capacity are preconditions (device values). One launch.
+// Table entries at columns >= ceil(L_b / 64) are never used, whatever they
+// hold; the CUDA kernel may still load them (all inside [batch_size,
+// table_ld]) to overlap the table read with the length read, so the table's
+// memory must exist even where its values do not matter.
 void gather_k_and_s(const Exec& exec, ConstIndexCache cache, const PagedBatch& batch, uint8_t* out_k,
                     float* out_s, int64_t out_capacity);
 

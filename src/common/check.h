@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <limits>
 #include <sstream>
 #include <string>
 
@@ -36,6 +37,18 @@ class ArgChecker {
   }
   void multiple_of(int64_t value, int64_t m, const char* arg) const {
     if (value % m != 0) fail(arg, "a multiple of " + std::to_string(m), std::to_string(value));
+  }
+  // A non-null int32/int64 index array; on CUDA aligned to its element size.
+  void indices(const Exec& exec, Indices v, const char* arg) const {
+    not_null(v.data, arg);
+    if (v.type != IndexType::kInt32 && v.type != IndexType::kInt64)
+      fail(arg, "int32 or int64 elements", std::to_string(static_cast<int>(v.type)));
+    if (exec.backend == Backend::kCuda) aligned(v.data, static_cast<int64_t>(v.type), arg);
+  }
+  // a * b of two non-negative sizes fits in int64 (offsets are computed from it).
+  void product_fits(int64_t a, int64_t b, const char* arg, const char* what) const {
+    if (a > 0 && b > std::numeric_limits<int64_t>::max() / a)
+      fail(arg, what, std::to_string(a) + " x " + std::to_string(b) + " overflows int64");
   }
   const char* op() const { return op_; }
 

@@ -8,6 +8,8 @@ const char* to_string(IndexType type) { return type == IndexType::kInt32 ? "int3
 namespace detail {
 
 void require_backend(const ArgChecker& check, const Exec& exec) {
+  if (exec.backend != Backend::kCpu && exec.backend != Backend::kCuda)
+    check.fail("exec.backend", "Backend::kCpu or Backend::kCuda", std::to_string(static_cast<int>(exec.backend)));
   if (exec.backend == Backend::kCuda && !cuda_built()) {
     throw Error(ErrorCode::kUnsupported,
                 std::string("nsa::") + check.op() + ": backend 'cuda' requested but this build has no CUDA backend");

@@ -35,9 +35,16 @@ void build_metadata(cudaStream stream, DeviceError* checked, const MetadataConfi
   for (int shift = 0; shift < 62; ++shift)
     if ((int64_t{1} << shift) == c.page_size) p.page_shift = shift;
   p.req_to_token_rows = in.req_to_token_rows;
-  p.max_kv = in.req_to_token_cols;  // checked mode: a row may not be longer than its source or any destination
-  for (int64_t d = 0; d < targets.count; ++d)
-    if (targets.host[d].page_table_1_cols < p.max_kv) p.max_kv = targets.host[d].page_table_1_cols;
+  // Checked mode: a row may not be longer than its source row, any
+  // destination's page_table_1 row, or P times any real_page_table row.
+  p.max_kv = in.req_to_token_cols;
+  for (int64_t d = 0; d < targets.count; ++d) {
+    const MetadataBuffers& t = targets.host[d];
+    if (t.page_table_1_cols < p.max_kv) p.max_kv = t.page_table_1_cols;
+    if (t.real_page_table != nullptr && t.real_page_table_cols <= INT64_MAX / c.page_size &&
+        t.real_page_table_cols * c.page_size < p.max_kv)
+      p.max_kv = t.real_page_table_cols * c.page_size;
+  }
   p.error = checked;
   p.flashmla_num_splits = in.flashmla_num_splits;
   p.flashmla_metadata = in.flashmla_metadata;

@@ -20,6 +20,7 @@ constexpr int64_t kPoolRows = 6, kPoolCols = 400;
 // One destination set as one poisoned byte image (host) + device copy.
 struct Dest {
   int64_t max_rows;
+  int64_t real_cols = kRealLd;  // real_page_table columns (a smaller value caps valid lengths at 64x it)
   std::vector<uint8_t> host;
   support::Buffer dev;
   // Offsets (in int32) of each field inside the image.
@@ -48,7 +49,7 @@ struct Dest {
     b.nsa_cache_seqlens = base + o_nsa;
     b.nsa_cu_seqlens_k = base + o_nsacu;
     b.real_page_table = base + o_real;
-    b.real_page_table_cols = kRealLd;
+    b.real_page_table_cols = real_cols;
     b.real_page_table_ld = kRealLd;
     b.max_rows = max_rows;
     return b;
@@ -70,11 +71,13 @@ struct Case {
 // Runs the case on CUDA in checked mode; `expected_inputs` is what the
 // reference sees; `untouched_rows` are the query rows whose page tables must keep their poison.
 void run_checked(const Case& got_case, const Case& ref_case, const std::vector<int64_t>& untouched_rows,
-                 ArgId expected_arg, int64_t expected_row, int64_t expected_value) {
+                 ArgId expected_arg, int64_t expected_row, int64_t expected_value, int64_t real_cols = kRealLd) {
   auto rng = make_rng(40);
   const int64_t bs = static_cast<int64_t>(got_case.seq_lens.size()), N = 4;
   Dest dest(bs * N, rng);
-  const auto r2t = random_ints<int32_t>(rng, static_cast<size_t>(kPoolRows * kPoolCols), 0, 1 << 20);
+  dest.real_cols = real_cols;
+  // Negative slots too: real_page_table = slot / 64 must round like the reference (toward zero).
+  const auto r2t = random_ints<int32_t>(rng, static_cast<size_t>(kPoolRows * kPoolCols), -(1 << 20), 1 << 20);
 
   support::Buffer err(Backend::kCuda, sizeof(DeviceError));
   const Exec exec = Exec::cuda().with_checks(err.as<DeviceError>());
@@ -145,6 +148,12 @@ TEST_F(MetadataChecked, RequestRowOutOfRange_cuda) {
 TEST_F(MetadataChecked, CacheLengthOverTableWidth_cuda) {
   const Case got{ForwardMode::kDecode, {250, static_cast<int32_t>(kW + 1), 9}, {0, 1, 2}, {}};
   run_checked(got, got, {1}, ArgId::kSeqLens, 1, kW + 1);
+}
+
+TEST_F(MetadataChecked, CacheLengthOverRealPageTable_cuda) {
+  // 290 <= W columns, but ceil(290 / 64) = 5 pages > 4 real_page_table columns.
+  const Case got{ForwardMode::kDecode, {250, 200, 290}, {0, 1, 2}, {}};
+  run_checked(got, got, {2}, ArgId::kSeqLens, 2, 290, 4);
 }
 
 TEST_F(MetadataChecked, ExtendLengthOverDraftTokens_cuda) {

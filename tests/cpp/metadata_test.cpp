@@ -306,7 +306,7 @@ TEST_P(MetadataTest, BuildMatchesReferenceAllModes) {
 TEST_P(MetadataTest, BuildEveryDestinationCount) {
   auto rng = make_rng(102);
   for (ForwardMode mode : kModes) {
-    for (int64_t D : {1, 2, 3, 5, 8, 17}) {
+    for (int64_t D : {1, 2, 3, 5, 8, 17, 33}) {  // 33: past the 32 descriptors staged in shared memory
       BuildCase c = make_build_case(rng, mode, 7, 4, 2200, D % 2 == 0);
       c.num_dests = D;
       c.optional = D != 2;
@@ -562,6 +562,8 @@ TEST_P(MetadataTest, CopyWidestTableAndManyDestinations) {
   run_copy_case(backend(), exec(), rng, {ForwardMode::kTargetVerify, 2, 4, 8, 0, W, W, 2, true, false});
   run_copy_case(backend(), exec(), rng, {ForwardMode::kDraftExtend, 2, 4, 5, 0, W - 1, W, 2, false, true});
   run_copy_case(backend(), exec(), rng, {ForwardMode::kDecode, 5, 1, 5, 333, 0, 400, 17, true, true});
+  // Past the 32 descriptors staged in shared memory: the kernel reads them from global memory.
+  run_copy_case(backend(), exec(), rng, {ForwardMode::kTargetVerify, 3, 2, 6, 0, 90, 100, 40, true, true});
 }
 
 TEST_P(MetadataTest, EmptyBatchWritesNothing) {

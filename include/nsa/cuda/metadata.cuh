@@ -125,7 +125,7 @@ struct BuildParams {
   int64_t topk;
   int64_t page_size;
   int32_t page_shift;            // log2(page_size) when it is a power of two (the usual 64), else -1
-  int64_t max_kv;                // checked mode: largest valid cache length (min table width, req_to_token cols)
+  int64_t max_kv;                // checked mode: largest valid cache length (see build_metadata in metadata.cu)
   const int32_t* flashmla_num_splits;  // optional [R + 1]
   const int32_t* flashmla_metadata;    // optional [flashmla_metadata_max]
   int64_t flashmla_metadata_max;       // max flashmla_metadata_size over destinations having the field
@@ -134,8 +134,10 @@ struct BuildParams {
   DeviceError* error;                  // checked mode only
 };
 
+// x / P rounded toward zero, as the CPU backend and the reference compute it
+// (a shift rounds negative slots down; they are garbage, but still bit-exact).
 __device__ __forceinline__ int64_t page_of(const BuildParams& p, int64_t x) {
-  return p.page_shift >= 0 ? x >> p.page_shift : x / p.page_size;
+  return p.page_shift >= 0 && x >= 0 ? x >> p.page_shift : x / p.page_size;
 }
 __device__ __forceinline__ bool starts_page(const BuildParams& p, int64_t x) {
   return p.page_shift >= 0 ? (x & (p.page_size - 1)) == 0 : x % p.page_size == 0;
@@ -264,7 +266,8 @@ __global__ void __launch_bounds__(kMetaThreads, Policy::kCtasPerSm) build_metada
   // Inputs of request b: cache_seqlens (int32 by definition), query rows,
   // req_to_token row; `table_ok` = its page-table rows may be written.
   auto load_request = [&](int64_t b, int64_t& kv, int64_t& q, int64_t& rpi, bool& table_ok) {
-    kv = static_cast<int32_t>(load_index(p.seq_lens, p.seq_lens_64, b) + draft);
+    const int64_t kv64 = load_index(p.seq_lens, p.seq_lens_64, b) + draft;
+    kv = static_cast<int32_t>(kv64);
     q = decode ? 1 : verify ? p.draft_tokens : load_index(p.extend_lens, p.extend_lens_64, b);
     rpi = load_index(p.req_pool_indices, p.req_pool_indices_64, b);
     table_ok = true;
@@ -273,8 +276,8 @@ __global__ void __launch_bounds__(kMetaThreads, Policy::kCtasPerSm) build_metada
         record_error(p.error, OpId::kBuildMetadata, ArgId::kExtendLens, b, q);
         q = 0;
       }
-      if (kv < 0 || kv > p.max_kv) {
-        record_error(p.error, OpId::kBuildMetadata, ArgId::kSeqLens, b, kv);
+      if (kv64 < 0 || kv64 > p.max_kv) {  // checked before the int32 narrowing
+        record_error(p.error, OpId::kBuildMetadata, ArgId::kSeqLens, b, kv64);
         table_ok = false;
       }
       if (rpi < 0 || rpi >= p.req_to_token_rows) {
