@@ -382,22 +382,6 @@ INSTANTIATE_TEST_SUITE_P(Backends, IndexCacheTest, ::testing::ValuesIn(all_backe
 
 // ------------------------------------ validation ------------------------------------
 
-// Every failed check throws nsa::Error naming the argument, before anything is written.
-template <class Fn>
-void expect_invalid(Fn&& fn, const std::string& arg, ErrorCode code = ErrorCode::kInvalidArgument) {
-  try {
-    fn();
-    ADD_FAILURE() << "expected nsa::Error for argument " << arg;
-  } catch (const Error& e) {
-    EXPECT_EQ(e.code(), code) << e.what();
-    EXPECT_NE(std::string(e.what()).find(arg), std::string::npos) << e.what();
-    if (code == ErrorCode::kInvalidArgument) {
-      EXPECT_NE(std::string(e.what()).find("expected"), std::string::npos) << e.what();
-      EXPECT_NE(std::string(e.what()).find("got"), std::string::npos) << e.what();
-    }
-  }
-}
-
 TEST(IndexCacheValidation, EveryCheckNamesItsArgumentAndWritesNothing) {
   auto rng = make_rng(11);
   const Exec cpu = Exec::cpu();

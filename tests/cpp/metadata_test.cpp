@@ -585,21 +585,6 @@ INSTANTIATE_TEST_SUITE_P(Backends, MetadataTest, ::testing::ValuesIn(all_backend
 
 // ------------------------------------ validation ------------------------------------
 
-template <class Fn>
-void expect_invalid(Fn&& fn, const std::string& arg, ErrorCode code = ErrorCode::kInvalidArgument) {
-  try {
-    fn();
-    ADD_FAILURE() << "expected nsa::Error for argument " << arg;
-  } catch (const Error& e) {
-    EXPECT_EQ(e.code(), code) << e.what();
-    EXPECT_NE(std::string(e.what()).find(arg), std::string::npos) << e.what();
-    if (code == ErrorCode::kInvalidArgument) {
-      EXPECT_NE(std::string(e.what()).find("expected"), std::string::npos) << e.what();
-      EXPECT_NE(std::string(e.what()).find("got"), std::string::npos) << e.what();
-    }
-  }
-}
-
 TEST(MetadataValidation, EveryCheckNamesItsArgumentAndWritesNothing) {
   auto rng = make_rng(110);
   const Exec cpu = Exec::cpu();

@@ -86,5 +86,22 @@ inline int64_t first_mismatch(const std::vector<uint8_t>& a, const std::vector<u
 
 constexpr uint8_t kPoison = 0xA5;
 
+// Every failed check throws nsa::Error naming the argument (and, for invalid
+// arguments, what was expected and what was given), before anything is written.
+template <class Fn>
+void expect_invalid(Fn&& fn, const std::string& arg, ErrorCode code = ErrorCode::kInvalidArgument) {
+  try {
+    fn();
+    ADD_FAILURE() << "expected nsa::Error for argument " << arg;
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), code) << e.what();
+    EXPECT_NE(std::string(e.what()).find(arg), std::string::npos) << e.what();
+    if (code == ErrorCode::kInvalidArgument) {
+      EXPECT_NE(std::string(e.what()).find("expected"), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("got"), std::string::npos) << e.what();
+    }
+  }
+}
+
 }  // namespace test
 }  // namespace nsa
