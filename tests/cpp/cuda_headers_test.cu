@@ -16,6 +16,7 @@ TEST(CudaHeaders, LaunchersUsableFromAnotherTranslationUnit_cuda) {
   if (!support::cuda_device_available()) GTEST_SKIP() << "no CUDA device: GPU test not run";
   support::Buffer pool(Backend::kCuda, 8448), out(Backend::kCuda, 8448);
   pool.fill(0x3c);
+  out.fill(0x00);  // poisoned: the launcher must write the K bytes and nothing past them
   std::vector<int32_t> ids = {0};
   support::Buffer ids_dev(Backend::kCuda, 4);
   ids_dev.upload(ids);
@@ -26,7 +27,7 @@ TEST(CudaHeaders, LaunchersUsableFromAnotherTranslationUnit_cuda) {
   ASSERT_EQ(kernels::invoke_copy_metadata(cp, 1, nullptr), cudaSuccess);  // no jobs: no launch
   support::synchronize(Backend::kCuda);
   const auto bytes = out.to_host();
-  for (int i = 0; i < 8192; ++i) ASSERT_EQ(bytes[i], 0x3c) << i;
+  for (int i = 0; i < 8448; ++i) ASSERT_EQ(bytes[i], i < 8192 ? 0x3c : 0x00) << i;
 }
 
 }  // namespace
