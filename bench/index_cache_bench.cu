@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "bench_main.h"
 #include "buffer.h"
 #include "index_cache_baseline.h"
 #include "nsa/index_cache.h"
@@ -221,36 +222,8 @@ json bench_store(int64_t n, const nsa::support::DeviceLimits& lim, const Checked
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string json_path;
-  bool quick = false;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    if (a == "--json" && i + 1 < argc) json_path = argv[++i];
-    else if (a == "--quick") quick = true;
-    else {
-      fmt::print(stderr, "usage: {} [--json FILE] [--quick]\n", argv[0]);
-      return 2;
-    }
-  }
-  if (!nsa::support::cuda_device_available()) {
-    fmt::print("index_cache_bench: no CUDA device found; this benchmark measures the CUDA backend only. Skipped.\n");
-    return 0;
-  }
-  try {
+  return nsa::bench::run("index_cache_bench", argc, argv, [](bool quick, const nsa::support::DeviceLimits& lim, json& out) {
     std::mt19937_64 rng(12345);
-    const auto lim = nsa::support::measure_device_limits();
-    fmt::print("device: {} ({} SMs)\n", lim.device, lim.sm_count);
-    fmt::print("limits: D2D copy {:.0f} GB/s (read+write), empty kernel {:.2f} us in a graph, {:.2f} us eager GPU, "
-               "{:.2f} us host per launch\n\n",
-               lim.copy_gbps, lim.empty_kernel_graph_us, lim.empty_kernel_eager_us, lim.empty_launch_host_us);
-    json out{{"device", lim.device},
-             {"sm_count", lim.sm_count},
-             {"copy_gbps", lim.copy_gbps},
-             {"empty_kernel_graph_us", lim.empty_kernel_graph_us},
-             {"empty_kernel_eager_us", lim.empty_kernel_eager_us},
-             {"empty_launch_host_us", lim.empty_launch_host_us},
-             {"results", json::array()}};
-
     std::vector<GatherCase> gathers = {{"B=1 L=4096", {4096}, 1.35},
                                        {"B=8 L=8192", std::vector<int64_t>(8, 8192), 1.15},
                                        {"B=32 L=16384", std::vector<int64_t>(32, 16384), 1.05},
@@ -273,14 +246,5 @@ int main(int argc, char** argv) {
     std::vector<int64_t> ns = {1, 64, 512, 8192, 65536};
     if (quick) ns = {64, 8192};
     for (int64_t n : ns) out["results"].push_back(bench_store(n, lim, chk, rng));
-
-    if (!json_path.empty()) {
-      std::ofstream(json_path) << out.dump(2) << "\n";
-      fmt::print("\nwrote {}\n", json_path);
-    }
-  } catch (const std::exception& e) {
-    fmt::print(stderr, "index_cache_bench: {}\n", e.what());
-    return 1;
-  }
-  return 0;
+  });
 }

@@ -22,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include "bench_main.h"
 #include "buffer.h"
 #include "nsa/metadata.h"
 #include "reference/metadata.h"
@@ -300,36 +301,9 @@ json bench_case(const Case& c, const nsa::support::DeviceLimits& lim, std::mt199
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string json_path;
-  bool quick = false;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    if (a == "--json" && i + 1 < argc) json_path = argv[++i];
-    else if (a == "--quick") quick = true;
-    else {
-      fmt::print(stderr, "usage: {} [--json FILE] [--quick]\n", argv[0]);
-      return 2;
-    }
-  }
-  if (!nsa::support::cuda_device_available()) {
-    fmt::print("metadata_bench: no CUDA device found; this benchmark measures the CUDA backend only. Skipped.\n");
-    return 0;
-  }
-  try {
+  return nsa::bench::run("metadata_bench", argc, argv, [](bool quick, const nsa::support::DeviceLimits& lim, json& out) {
     std::mt19937_64 rng(4242);
-    const auto lim = nsa::support::measure_device_limits();
-    fmt::print("device: {} ({} SMs)\n", lim.device, lim.sm_count);
-    fmt::print("limits: D2D copy {:.0f} GB/s (read+write), empty kernel {:.2f} us in a graph, {:.2f} us eager GPU, "
-               "{:.2f} us host per launch\n\n",
-               lim.copy_gbps, lim.empty_kernel_graph_us, lim.empty_kernel_eager_us, lim.empty_launch_host_us);
-    json out{{"device", lim.device},
-             {"sm_count", lim.sm_count},
-             {"copy_gbps", lim.copy_gbps},
-             {"empty_kernel_graph_us", lim.empty_kernel_graph_us},
-             {"empty_kernel_eager_us", lim.empty_kernel_eager_us},
-             {"empty_launch_host_us", lim.empty_launch_host_us},
-             {"draft_tokens", kN},
-             {"results", json::array()}};
+    out["draft_tokens"] = kN;
     fmt::print("N = {}, page size {}, topk {}; GPU us per call as CUDA-graph replays, host us per eager call.\n", kN,
                kPage, kTopk);
     fmt::print("build targets: GPU <= 1.5 x (empty kernel + bytes / copy BW) and < upstream fused copy; "
@@ -347,13 +321,5 @@ int main(int argc, char** argv) {
       for (int64_t ctx : ctxs)
         for (int64_t bs : batches)
           for (int64_t d : dests) out["results"].push_back(bench_case({mode, bs, d, ctx}, lim, rng));
-    if (!json_path.empty()) {
-      std::ofstream(json_path) << out.dump(2) << "\n";
-      fmt::print("\nwrote {}\n", json_path);
-    }
-  } catch (const std::exception& e) {
-    fmt::print(stderr, "metadata_bench: {}\n", e.what());
-    return 1;
-  }
-  return 0;
+  });
 }

@@ -1,0 +1,63 @@
+// The part every micro benchmark shares: `[--json FILE] [--quick]`, a visible
+// skip without a CUDA device, the device limits measured and printed first
+// (copy bandwidth, empty kernel), errors as exit code 1, the JSON report.
+#pragma once
+
+#include <fmt/format.h>
+
+#include <fstream>
+#include <functional>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "buffer.h"
+#include "timing.h"
+
+namespace nsa {
+namespace bench {
+
+// body(quick, limits, report): prints its tables and appends to report["results"].
+inline int run(const char* name, int argc, char** argv,
+               const std::function<void(bool, const support::DeviceLimits&, nlohmann::json&)>& body) {
+  std::string json_path;
+  bool quick = false;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--json" && i + 1 < argc) json_path = argv[++i];
+    else if (a == "--quick") quick = true;
+    else {
+      fmt::print(stderr, "usage: {} [--json FILE] [--quick]\n", argv[0]);
+      return 2;
+    }
+  }
+  if (!support::cuda_device_available()) {
+    fmt::print("{}: no CUDA device found; this benchmark measures the CUDA backend only. Skipped.\n", name);
+    return 0;
+  }
+  try {
+    const auto lim = support::measure_device_limits();
+    fmt::print("device: {} ({} SMs)\n", lim.device, lim.sm_count);
+    fmt::print("limits: D2D copy {:.0f} GB/s (read+write), empty kernel {:.2f} us in a graph, {:.2f} us eager GPU, "
+               "{:.2f} us host per launch\n\n",
+               lim.copy_gbps, lim.empty_kernel_graph_us, lim.empty_kernel_eager_us, lim.empty_launch_host_us);
+    nlohmann::json report{{"device", lim.device},
+                          {"sm_count", lim.sm_count},
+                          {"copy_gbps", lim.copy_gbps},
+                          {"empty_kernel_graph_us", lim.empty_kernel_graph_us},
+                          {"empty_kernel_eager_us", lim.empty_kernel_eager_us},
+                          {"empty_launch_host_us", lim.empty_launch_host_us},
+                          {"results", nlohmann::json::array()}};
+    body(quick, lim, report);
+    if (!json_path.empty()) {
+      std::ofstream(json_path) << report.dump(2) << "\n";
+      fmt::print("\nwrote {}\n", json_path);
+    }
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "{}: {}\n", name, e.what());
+    return 1;
+  }
+  return 0;
+}
+
+}  // namespace bench
+}  // namespace nsa
