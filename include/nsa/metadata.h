@@ -100,12 +100,16 @@ struct MetadataInputs {
 //   [0, ceil(L_r / P)) when present, flashmla_num_splits[0, R] and
 //   flashmla_metadata[0, flashmla_metadata_size) when both the input and the
 //   destination have the field. Rows >= R (DRAFT_EXTEND) keep stale values.
-// Preconditions on device values (unchecked; issue 6 adds a checked mode):
+// Preconditions on device values (the CPU backend checks them and throws;
+// CUDA checks them in checked mode, Exec::checked, see docs/checked-mode.md):
 //   0 <= req_pool_indices[b] < req_to_token_rows; 0 <= L_b <= req_to_token_cols
 //   and <= page_table_1_cols of every destination; ceil(L_b / P) <=
 //   real_page_table_cols; DRAFT_EXTEND: 0 <= e_b <= N; cumulative sums fit in
 //   int32; flashmla_num_splits holds R + 1 values and flashmla_metadata the
 //   largest flashmla_metadata_size of the destinations.
+// CUDA checked mode: a request with a bad length or request row writes no
+// page-table rows (its per-request and per-row scalars are still written); a
+// bad e_b counts as 0 query rows (nothing of it is written, later rows move up).
 void build_metadata(const Exec& exec, const MetadataConfig& config, const MetadataInputs& inputs,
                     const MetadataTargets& targets);
 
