@@ -20,12 +20,14 @@
 
 #include "bench_main.h"
 #include "buffer.h"
+#include "host_data.h"
 #include "index_cache_baseline.h"
 #include "nsa/index_cache.h"
 #include "reference/index_cache.h"
 #include "timing.h"
 
 using nsa::support::Buffer;
+using nsa::support::random_bytes;
 using json = nlohmann::json;
 
 namespace {
@@ -34,15 +36,6 @@ constexpr int64_t kPageBytes = nsa::IndexCacheLayout::kBytesPerPage;
 
 void cuda_check(cudaError_t e, const char* what) {
   if (e != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(e));
-}
-
-std::vector<uint8_t> random_bytes(std::mt19937_64& rng, size_t n) {
-  std::vector<uint8_t> v(n);
-  for (size_t i = 0; i < n; i += 8) {
-    const uint64_t r = rng();
-    std::memcpy(v.data() + i, &r, std::min<size_t>(8, n - i));
-  }
-  return v;
 }
 
 // One DeviceError for every checked call; it must stay clear (valid inputs).
@@ -56,11 +49,10 @@ struct CheckedExec {
   }
 };
 
+// Host data to device memory (the benchmarks measure the CUDA backend only).
 template <class T>
 Buffer upload(const std::vector<T>& v) {
-  Buffer b(nsa::Backend::kCuda, v.size() * sizeof(T));
-  b.upload(v);
-  return b;
+  return nsa::support::to_backend(nsa::Backend::kCuda, v);
 }
 
 struct GatherCase {

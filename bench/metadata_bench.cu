@@ -23,6 +23,7 @@
 
 #include "bench_main.h"
 #include "buffer.h"
+#include "host_data.h"
 #include "nsa/metadata.h"
 #include "reference/metadata.h"
 #include "timing.h"
@@ -38,11 +39,10 @@ void cuda_check(cudaError_t e, const char* what) {
   if (e != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(e));
 }
 
+// Host data to device memory (the benchmarks measure the CUDA backend only).
 template <class T>
 Buffer upload(const std::vector<T>& v) {
-  Buffer b(nsa::Backend::kCuda, v.size() * sizeof(T));
-  b.upload(v);
-  return b;
+  return nsa::support::to_backend(nsa::Backend::kCuda, v);
 }
 
 // One destination set (the captured buffers of one backend), every field present.

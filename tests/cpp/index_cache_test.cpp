@@ -28,23 +28,6 @@ struct Pool {
   IndexCache host_view() { return {host.data(), pages}; }
 };
 
-// Random bf16 rows: normal values with a per-row magnitude spanning many binades.
-std::vector<uint16_t> random_bf16(std::mt19937_64& rng, int64_t n, int64_t ld) {
-  std::vector<uint16_t> v(static_cast<size_t>(n * ld));
-  std::normal_distribution<float> normal(0.0f, 1.0f);
-  std::uniform_real_distribution<float> log_mag(-12.0f, 12.0f);
-  for (int64_t t = 0; t < n; ++t) {
-    const float mag = std::exp2(log_mag(rng));
-    for (int64_t d = 0; d < ld; ++d) {
-      const float f = normal(rng) * mag;
-      uint32_t u;
-      std::memcpy(&u, &f, 4);
-      v[static_cast<size_t>(t * ld + d)] = static_cast<uint16_t>(u >> 16);  // truncation is fine for inputs
-    }
-  }
-  return v;
-}
-
 // Distinct random slots in [0, pages*64), including slot 0 and the last slot
 // when n > 2, and every 7th entry -1 (padding) when asked. Distinct, because
 // which of two rows with the same slot wins is unspecified.

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "buffer.h"
+#include "host_data.h"
 #include "nsa/common.h"
 
 namespace nsa {
@@ -45,30 +46,10 @@ inline uint64_t test_seed() {
 
 inline std::mt19937_64 make_rng(uint64_t salt = 0) { return std::mt19937_64(test_seed() * 0x9E3779B97F4A7C15ull + salt); }
 
-template <class T>
-std::vector<T> random_ints(std::mt19937_64& rng, size_t n, int64_t lo, int64_t hi) {
-  std::uniform_int_distribution<int64_t> d(lo, hi);
-  std::vector<T> v(n);
-  for (auto& x : v) x = static_cast<T>(d(rng));
-  return v;
-}
-
-inline std::vector<uint8_t> random_bytes(std::mt19937_64& rng, size_t n) {
-  std::vector<uint8_t> v(n);
-  for (size_t i = 0; i < n; i += 8) {
-    const uint64_t r = rng();
-    for (size_t j = 0; j < 8 && i + j < n; ++j) v[i + j] = static_cast<uint8_t>(r >> (8 * j));
-  }
-  return v;
-}
-
-// Uploads host data into a new buffer of the backend.
-template <class T>
-support::Buffer to_backend(Backend b, const std::vector<T>& v) {
-  support::Buffer buf(b, v.size() * sizeof(T));
-  buf.upload(v);
-  return buf;
-}
+using support::random_bf16;
+using support::random_bytes;
+using support::random_ints;
+using support::to_backend;
 
 // Index of the first differing byte, or -1.
 inline int64_t first_mismatch(const std::vector<uint8_t>& a, const std::vector<uint8_t>& b) {

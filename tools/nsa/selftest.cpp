@@ -19,6 +19,13 @@
 
 namespace nsa {
 namespace cli {
+
+using support::from_backend;
+using support::random_bf16;
+using support::random_bytes;
+using support::random_ints;
+using support::to_backend;
+
 namespace {
 
 using support::Buffer;

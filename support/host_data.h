@@ -1,4 +1,4 @@
-// Random host data and host<->backend transfers shared by the bench scenarios and selftest.
+// Random host data and host<->backend transfers shared by the tests, benchmarks and the CLI.
 #pragma once
 
 #include <algorithm>
@@ -11,7 +11,7 @@
 #include "buffer.h"
 
 namespace nsa {
-namespace cli {
+namespace support {
 
 inline std::vector<uint8_t> random_bytes(std::mt19937_64& rng, size_t n) {
   std::vector<uint8_t> v(n);
@@ -48,18 +48,18 @@ inline std::vector<uint16_t> random_bf16(std::mt19937_64& rng, int64_t rows, int
 }
 
 template <class T>
-support::Buffer to_backend(Backend b, const std::vector<T>& v) {
-  support::Buffer buf(b, v.size() * sizeof(T));
+Buffer to_backend(Backend b, const std::vector<T>& v) {
+  Buffer buf(b, v.size() * sizeof(T));
   buf.upload(v);
   return buf;
 }
 
 template <class T>
-std::vector<T> from_backend(const support::Buffer& buf, size_t count) {
+std::vector<T> from_backend(const Buffer& buf, size_t count) {
   std::vector<T> v(count);
   buf.download(v.data(), count * sizeof(T));
   return v;
 }
 
-}  // namespace cli
+}  // namespace support
 }  // namespace nsa
