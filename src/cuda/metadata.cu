@@ -35,8 +35,9 @@ void build_metadata(cudaStream stream, DeviceError* checked, const MetadataConfi
   for (int shift = 0; shift < 62; ++shift)
     if ((int64_t{1} << shift) == c.page_size) p.page_shift = shift;
   p.req_to_token_rows = in.req_to_token_rows;
-  // Checked mode: a row may not be longer than its source row, any
-  // destination's page_table_1 row, or P times any real_page_table row.
+  // A row may not be longer than its source row, any destination's
+  // page_table_1 row, or P times any real_page_table row (checked mode
+  // verifies it; both kernels size their page-table items from it).
   p.max_kv = in.req_to_token_cols;
   for (int64_t d = 0; d < targets.count; ++d) {
     const MetadataBuffers& t = targets.host[d];
@@ -56,7 +57,7 @@ void build_metadata(cudaStream stream, DeviceError* checked, const MetadataConfi
   }
   p.targets = targets.table;
   p.num_targets = targets.count;
-  NSA_CUDA_CHECK(k::invoke_build_metadata(p, in.req_to_token_cols, current_device_sm_count(), stream));
+  NSA_CUDA_CHECK(k::invoke_build_metadata(p, current_device_sm_count(), stream));
 }
 
 void copy_metadata(cudaStream stream, const MetadataCopyShape& s, const MetadataSources& src,

@@ -108,8 +108,19 @@ __host__ __device__ __forceinline__ int64_t clamped_rows_sum(int64_t kv, int64_t
 }
 
 // ---------------------------------------------------------------------------
-// build_metadata: per-CTA redundant scan of the batch (chunks of kMetaThreads
-// requests, cub BlockScan in shared memory) + grid-stride fill, one launch.
+// build_metadata: ONE launch. Every CTA scans the batch redundantly (chunks of
+// kMetaThreads requests, cub BlockScan in shared memory) for the row offsets;
+// page-table items are numbered statically: item i is columns
+// [c * kColsPerItem, (c + 1) * kColsPerItem) of request b, i = b * ipr + c,
+// with ipr = items per request from the host bound max_kv. A warp therefore
+// knows its first item's request without the scan, and the chain for a small
+// batch is two memory round trips, like a gather:
+//   1. {inputs of the chunk, the first item's request, descriptors, FlashMLA}
+//   2. the first item's req_to_token columns   (the scan runs meanwhile)
+//   -> stores.
+// Items past a request's length are skipped (the warp jumps to its first item
+// of the next request), and each warp loads its next item before it stores
+// the current one, so two items' loads are in flight per warp.
 // ---------------------------------------------------------------------------
 struct BuildParams {
   const void* seq_lens;          // [batch]
@@ -125,7 +136,9 @@ struct BuildParams {
   int64_t topk;
   int64_t page_size;
   int32_t page_shift;            // log2(page_size) when it is a power of two (the usual 64), else -1
-  int64_t max_kv;                // checked mode: largest valid cache length (see build_metadata in metadata.cu)
+  // Every cache length is <= max_kv (a precondition the checked kernel
+  // verifies; see build_metadata in metadata.cu). Bounds the items per request.
+  int64_t max_kv;
   const int32_t* flashmla_num_splits;  // optional [R + 1]
   const int32_t* flashmla_metadata;    // optional [flashmla_metadata_max]
   int64_t flashmla_metadata_max;       // max flashmla_metadata_size over destinations having the field
@@ -145,14 +158,13 @@ __device__ __forceinline__ bool starts_page(const BuildParams& p, int64_t x) {
 
 // Per-request quantities scanned across the batch.
 struct BuildScan {
-  int64_t rows;   // query rows (q_b)
-  int64_t kv;     // cache_seqlens (for cu_seqlens_k)
-  int64_t nsa;    // sum of nsa_cache_seqlens over the request's rows
-  int64_t items;  // page-table warp items
+  int64_t rows;  // query rows (q_b)
+  int64_t kv;    // cache_seqlens (for cu_seqlens_k)
+  int64_t nsa;   // sum of nsa_cache_seqlens over the request's rows
 };
 struct BuildScanSum {
   __device__ __forceinline__ BuildScan operator()(const BuildScan& a, const BuildScan& b) const {
-    return BuildScan{a.rows + b.rows, a.kv + b.kv, a.nsa + b.nsa, a.items + b.items};
+    return BuildScan{a.rows + b.rows, a.kv + b.kv, a.nsa + b.nsa};
   }
 };
 
@@ -160,29 +172,56 @@ struct BuildScanSum {
 // (columns per item = 128 * kVecPerLane) and resident CTAs per SM (the
 // register cap of __launch_bounds__). Small jobs want short items (more of
 // them, spread over more SMs); large ones want long items and occupancy.
-template <int kVecPerLaneT, int kCtasPerSmT>
+// kFirstEarly: each warp loads its first item in the kernel's second round
+// trip (and, in DECODE / TARGET_VERIFY, stores it before the scan). It wins
+// when a warp has about one item; for large jobs its registers cost more.
+template <int kVecPerLaneT, int kCtasPerSmT, bool kFirstEarlyT, bool kPipelineT = true>
 struct BuildPolicy {
+  static constexpr bool kPipeline = kPipelineT;
   static constexpr int kVecPerLane = kVecPerLaneT;
   static constexpr int64_t kColsPerItem = 32 * 4 * kVecPerLane;
   static constexpr int kCtasPerSm = kCtasPerSmT;
+  static constexpr bool kFirstEarly = kFirstEarlyT;
 };
 // Measured on an H100 (docs/gpu-report.md): 128-column items win while the job
-// has fewer items than the grid has warps; 256-column items beyond. Longer
-// items and 3 CTAs per SM (register spills) lost in most cases.
-using SmallBuildPolicy = BuildPolicy<1, 2>;
-using LargeBuildPolicy = BuildPolicy<2, 2>;
+// has fewer items than the grid has warps; 256-column items beyond.
+using SmallBuildPolicy = BuildPolicy<1, 2, true>;
+using LargeBuildPolicy = BuildPolicy<2, 2, false>;
 
-// One page-table item: columns [c0, c0 + kColsPerItem) of one request, loaded
-// once, stored into its q rows (starting at row0) of every destination, plus
-// the real_page_table entries of the page starts among those columns.
+// One page-table item in registers: a lane's int4 groups of the source row.
 template <class Policy>
-__device__ __forceinline__ void build_page_item(const BuildParams& p, const MetadataBuffers* targets,
-                                                const int32_t* __restrict__ src, int64_t len, int64_t c0, int64_t row0,
-                                                int64_t q, int lane) {
-  const bool src_vec = aligned16(src);
+struct PageItem {
   int4 v[Policy::kVecPerLane];
+};
+
+// Columns [c0, c0 + kColsPerItem) of a req_to_token row of length `len`.
+template <class Policy>
+__device__ __forceinline__ void load_page_item(PageItem<Policy>& it, const int32_t* __restrict__ src, int64_t len,
+                                               int64_t c0, int lane) {
+  const bool vec = aligned16(src);
 #pragma unroll
-  for (int k = 0; k < Policy::kVecPerLane; ++k) v[k] = load_group(src, c0 + 4 * (lane + 32 * k), len, src_vec);
+  for (int k = 0; k < Policy::kVecPerLane; ++k) it.v[k] = load_group(src, c0 + 4 * (lane + 32 * k), len, vec);
+}
+
+// Stores an item into its q rows (starting at row0) of every destination,
+// plus the real_page_table entries of the page starts among its columns.
+// Everything that does not depend on the destination is computed once per
+// item: the loop over destinations is the hot path of a small batch.
+template <class Policy>
+__device__ __forceinline__ void store_page_item(const BuildParams& p, const MetadataBuffers* targets,
+                                                const PageItem<Policy>& it, int64_t len, int64_t c0, int64_t row0,
+                                                int64_t q, int lane) {
+  // With P a power of two >= 4, a lane's 4 columns (c a multiple of 4) hold at
+  // most one page start, c itself: real[r, c / P] = (slot at c) / P.
+  const bool one_start = p.page_shift >= 2;
+  bool real_start[Policy::kVecPerLane];
+  int32_t real_val[Policy::kVecPerLane];
+#pragma unroll
+  for (int k = 0; k < Policy::kVecPerLane; ++k) {
+    const int64_t c = c0 + 4 * (lane + 32 * k);
+    real_start[k] = one_start && c < len && (c & (p.page_size - 1)) == 0;
+    real_val[k] = static_cast<int32_t>(page_of(p, it.v[k].x));
+  }
   for (int64_t d = 0; d < p.num_targets; ++d) {
     const MetadataBuffers& t = targets[d];
     int32_t* const table = t.page_table_1;
@@ -193,109 +232,150 @@ __device__ __forceinline__ void build_page_item(const BuildParams& p, const Meta
       int32_t* dst = table + (row0 + j) * ld;
       const bool dst_vec = aligned16(dst);
 #pragma unroll
-      for (int k = 0; k < Policy::kVecPerLane; ++k) store_group(dst, c0 + 4 * (lane + 32 * k), len, dst_vec, v[k]);
+      for (int k = 0; k < Policy::kVecPerLane; ++k) store_group(dst, c0 + 4 * (lane + 32 * k), len, dst_vec, it.v[k]);
       if (real == nullptr) continue;
       int32_t* real_row = real + (row0 + j) * real_ld;
+      if (one_start) {
 #pragma unroll
-      for (int k = 0; k < Policy::kVecPerLane; ++k) {
+        for (int k = 0; k < Policy::kVecPerLane; ++k) {
+          if (real_start[k]) real_row[(c0 + 4 * (lane + 32 * k)) >> p.page_shift] = real_val[k];
+        }
+        continue;
+      }
+#pragma unroll
+      for (int k = 0; k < Policy::kVecPerLane; ++k) {  // any page size
         const int64_t c = c0 + 4 * (lane + 32 * k);
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {  // real[r, page] = first slot of the page / P
+        for (int e = 0; e < 4; ++e) {
           if (c + e < len && starts_page(p, c + e))
-            real_row[page_of(p, c + e)] = static_cast<int32_t>(page_of(p, group_elem(v[k], e)));
+            real_row[page_of(p, c + e)] = static_cast<int32_t>(page_of(p, group_elem(it.v[k], e)));
         }
       }
     }
   }
 }
 
-// FlashMLA schedule: `count` split counts from index 0 and the tile table,
-// broadcast to the destinations that have the fields.
-__device__ __forceinline__ void copy_flashmla(const BuildParams& p, const MetadataBuffers* targets, int64_t splits,
-                                              bool tiles) {
-  const int64_t gtid = static_cast<int64_t>(blockIdx.x) * kMetaThreads + threadIdx.x;
-  const int64_t gthreads = static_cast<int64_t>(gridDim.x) * kMetaThreads;
-  if (p.flashmla_num_splits != nullptr) {
-    for (int64_t i = gtid; i < splits; i += gthreads) {
-      const int32_t v = __ldg(p.flashmla_num_splits + i);
-      for (int64_t d = 0; d < p.num_targets; ++d) {
-        int32_t* dst = targets[d].flashmla_num_splits;
-        if (dst != nullptr) dst[i] = v;
-      }
-    }
+// One FlashMLA schedule element to every destination that has the field.
+__device__ __forceinline__ void store_flashmla_split(const BuildParams& p, const MetadataBuffers* targets, int64_t i,
+                                                     int32_t v) {
+  for (int64_t d = 0; d < p.num_targets; ++d) {
+    int32_t* dst = targets[d].flashmla_num_splits;
+    if (dst != nullptr) dst[i] = v;
   }
-  if (tiles && p.flashmla_metadata != nullptr) {
-    for (int64_t i = gtid; i < p.flashmla_metadata_max; i += gthreads) {
-      const int32_t v = __ldg(p.flashmla_metadata + i);
-      for (int64_t d = 0; d < p.num_targets; ++d) {
-        const MetadataBuffers& t = targets[d];
-        if (t.flashmla_metadata != nullptr && i < t.flashmla_metadata_size) t.flashmla_metadata[i] = v;
-      }
-    }
+}
+__device__ __forceinline__ void store_flashmla_tile(const BuildParams& p, const MetadataBuffers* targets, int64_t i,
+                                                    int32_t v) {
+  for (int64_t d = 0; d < p.num_targets; ++d) {
+    const MetadataBuffers& t = targets[d];
+    if (t.flashmla_metadata != nullptr && i < t.flashmla_metadata_size) t.flashmla_metadata[i] = v;
   }
 }
 
-// build_metadata: per-CTA redundant scan of the batch (chunks of kMetaThreads
-// requests, cub BlockScan in shared memory) + grid-stride fill, one launch.
-// The chain for a small batch: {inputs, descriptors, FlashMLA} loads -> scan
-// -> req_to_token row loads -> stores.
+// The inputs of one request as loaded (before any narrowing or validation).
+struct RequestInputs {
+  int64_t kv64 = 0;  // cache length: seq_lens (+ N in TARGET_VERIFY)
+  int64_t q = 0;     // query rows
+  int64_t rpi = 0;   // req_to_token row
+};
+
 // kChecked: requests with an invalid cache length, request row or extend
 // length are recorded in p.error and write no page-table rows (an invalid
 // extend length also counts as 0 query rows, so no row of it is written).
 template <class Policy, bool kChecked>
-__global__ void __launch_bounds__(kMetaThreads, Policy::kCtasPerSm) build_metadata_kernel(const __grid_constant__ BuildParams p) {
-  constexpr int64_t kColsPerItem = Policy::kColsPerItem;
-  using Scan = cub::BlockScan<BuildScan, kMetaThreads>;
+__global__ void __launch_bounds__(kMetaThreads, Policy::kCtasPerSm)
+    build_metadata_kernel(const __grid_constant__ BuildParams p) {
+  constexpr int64_t kCols = Policy::kColsPerItem;
+  // Warp scans: fewer steps on the critical path than the default raking scan.
+  using Scan = cub::BlockScan<BuildScan, kMetaThreads, cub::BLOCK_SCAN_WARP_SCANS>;
   __shared__ typename Scan::TempStorage scan_storage;
-  __shared__ int64_t s_item_start[kMetaThreads];
-  __shared__ int64_t s_row_start[kMetaThreads];
+  __shared__ int64_t s_row_start[kMetaThreads];   // first query row of each request, within the chunk
   __shared__ int64_t s_src_offset[kMetaThreads];  // rpi * ld
-  __shared__ int64_t s_len[kMetaThreads];
+  __shared__ int64_t s_kv[kMetaThreads];          // cache length
+  __shared__ int64_t s_cols[kMetaThreads];        // columns to copy: the cache length, 0 when no row may be written
   __shared__ int64_t s_q[kMetaThreads];
-  __shared__ int64_t s_nsa_start[kMetaThreads];  // nsa_cu_seqlens_k before each request's rows
+  __shared__ int64_t s_nsa_start[kMetaThreads];   // nsa_cu_seqlens_k before each request's rows
   __shared__ MetadataBuffers s_targets[kMaxSharedTargets];
 
   const int tid = threadIdx.x;
   const int lane = tid & 31;
   const int64_t grid_warps = static_cast<int64_t>(gridDim.x) * kMetaWarps;
   const int64_t my_warp = static_cast<int64_t>(tid >> 5) * gridDim.x + blockIdx.x;
+  const int64_t gtid = static_cast<int64_t>(blockIdx.x) * kMetaThreads + tid;
+  const int64_t gthreads = static_cast<int64_t>(gridDim.x) * kMetaThreads;
+  const int64_t ipr = (p.max_kv + kCols - 1) / kCols;  // items per request
   const bool decode = p.mode == static_cast<int32_t>(ForwardMode::kDecode);
   const bool verify = p.mode == static_cast<int32_t>(ForwardMode::kTargetVerify);
   const int64_t draft = verify ? p.draft_tokens : 0;
+  const int64_t known_rows = decode ? p.batch : verify ? p.batch * p.draft_tokens : -1;  // R, if known before the scan
 
-  // Inputs of request b: cache_seqlens (int32 by definition), query rows,
-  // req_to_token row; `table_ok` = its page-table rows may be written.
-  auto load_request = [&](int64_t b, int64_t& kv, int64_t& q, int64_t& rpi, bool& table_ok) {
-    const int64_t kv64 = load_index(p.seq_lens, p.seq_lens_64, b) + draft;
-    kv = static_cast<int32_t>(kv64);
-    q = decode ? 1 : verify ? p.draft_tokens : load_index(p.extend_lens, p.extend_lens_64, b);
-    rpi = load_index(p.req_pool_indices, p.req_pool_indices_64, b);
-    table_ok = true;
-    if constexpr (kChecked) {
-      if (q < 0 || q > p.draft_tokens) {
-        record_error(p.error, OpId::kBuildMetadata, ArgId::kExtendLens, b, q);
-        q = 0;
-      }
-      if (kv64 < 0 || kv64 > p.max_kv) {  // checked before the int32 narrowing
-        record_error(p.error, OpId::kBuildMetadata, ArgId::kSeqLens, b, kv64);
-        table_ok = false;
-      }
-      if (rpi < 0 || rpi >= p.req_to_token_rows) {
-        record_error(p.error, OpId::kBuildMetadata, ArgId::kReqPoolIndices, b, rpi);
-        table_ok = false;
-      }
-    }
+  auto load_request = [&](int64_t b) {
+    RequestInputs r;
+    r.kv64 = load_index(p.seq_lens, p.seq_lens_64, b) + draft;
+    r.q = decode ? 1 : verify ? p.draft_tokens : load_index(p.extend_lens, p.extend_lens_64, b);
+    r.rpi = load_index(p.req_pool_indices, p.req_pool_indices_64, b);
+    return r;
   };
-  // The first chunk's inputs, the descriptors and (where R is known on the
-  // host) the FlashMLA schedule are loaded together: one round trip.
-  int64_t first_kv = 0, first_q = 0, first_rpi = 0;
-  bool first_ok = true;
-  if (tid < p.batch) load_request(tid, first_kv, first_q, first_rpi, first_ok);
-  const MetadataBuffers* targets = stage_targets<kMetaThreads>(p.targets, p.num_targets, s_targets);
-  __syncthreads();
-  const int64_t known_rows = decode ? p.batch : verify ? p.batch * p.draft_tokens : -1;
-  copy_flashmla(p, targets, known_rows + 1, true);  // DRAFT_EXTEND: split counts after the scan
+  // Its page-table rows may be read and written (always, unchecked).
+  auto table_ok = [&](const RequestInputs& r) {
+    if constexpr (kChecked) return r.kv64 >= 0 && r.kv64 <= p.max_kv && r.rpi >= 0 && r.rpi < p.req_to_token_rows;
+    else return true;
+  };
 
+  // ---- Round trip 1: every load that depends on no device data. ----------
+  const int count0 = static_cast<int>(p.batch < kMetaThreads ? p.batch : int64_t{kMetaThreads});
+  RequestInputs mine;  // this thread's request of the current chunk (scan input)
+  if (tid < count0) mine = load_request(tid);
+  // This warp's first item is item my_warp (chunk 0 holds items [0, count0 * ipr)).
+  const bool has_first = Policy::kFirstEarly && my_warp < count0 * ipr;
+  RequestInputs first;
+  // (32-bit division: my_warp < 2^31 and ipr <= max_kv / 128 < 2^31 in any real table.)
+  const int64_t first_b = has_first ? (my_warp <= INT32_MAX && ipr <= INT32_MAX
+                                           ? static_cast<int64_t>(static_cast<uint32_t>(my_warp) / static_cast<uint32_t>(ipr))
+                                           : my_warp / ipr)
+                                    : 0;
+  if (has_first) first = load_request(first_b);
+  // Destination descriptors, into registers now and into shared memory below.
+  constexpr int kWords = static_cast<int>(sizeof(MetadataBuffers) / sizeof(long long));
+  constexpr int kDescRegs = (kMaxSharedTargets * kWords + kMetaThreads - 1) / kMetaThreads;
+  const bool shared_targets = p.num_targets <= kMaxSharedTargets;
+  long long desc[kDescRegs];
+#pragma unroll
+  for (int k = 0; k < kDescRegs; ++k) {
+    const int64_t w = tid + k * kMetaThreads;
+    if (shared_targets && w < p.num_targets * kWords) desc[k] = __ldg(reinterpret_cast<const long long*>(p.targets) + w);
+  }
+  // One element of each FlashMLA array per thread (DRAFT_EXTEND's split
+  // count R + 1 is only known after the scan: its splits are copied last).
+  const bool split0 = p.flashmla_num_splits != nullptr && gtid < known_rows + 1;
+  const bool tile0 = p.flashmla_metadata != nullptr && gtid < p.flashmla_metadata_max;
+  const int32_t split0_v = split0 ? __ldg(p.flashmla_num_splits + gtid) : 0;
+  const int32_t tile0_v = tile0 ? __ldg(p.flashmla_metadata + gtid) : 0;
+
+  // ---- Round trip 2: the first item's source columns. ---------------------
+  PageItem<Policy> cur;
+  const int64_t first_kv = static_cast<int32_t>(first.kv64);
+  const int64_t first_c0 = (my_warp - first_b * ipr) * kCols;
+  const bool first_loaded = has_first && table_ok(first) && first_c0 < first_kv;
+  if (first_loaded) load_page_item(cur, p.req_to_token + first.rpi * p.req_to_token_ld, first_kv, first_c0, lane);
+
+  // Descriptors become visible at the barrier; the stores below need them.
+#pragma unroll
+  for (int k = 0; k < kDescRegs; ++k) {
+    const int64_t w = tid + k * kMetaThreads;
+    if (shared_targets && w < p.num_targets * kWords) reinterpret_cast<long long*>(s_targets)[w] = desc[k];
+  }
+  const MetadataBuffers* targets = shared_targets ? s_targets : p.targets;
+  __syncthreads();
+  // DECODE / TARGET_VERIFY: the first item's rows are known without the scan
+  // (request b owns rows [b * q, (b + 1) * q)), so it is stored now and the
+  // scan and its barrier stay off the small batch's critical path.
+  const int64_t static_q = decode ? 1 : verify ? p.draft_tokens : 0;
+  const bool first_stored = first_loaded && static_q > 0;
+  if (first_stored) {
+    store_page_item(p, targets, cur, first_kv, first_c0, first_b * static_q, static_q, lane);
+  }
+  if (split0) store_flashmla_split(p, targets, gtid, split0_v);
+  if (tile0) store_flashmla_tile(p, targets, gtid, tile0_v);
   // Element 0 of the cumulative arrays (spec §5.2: 0, written once at capture; we write it every call).
   if (blockIdx.x == 0) {
     for (int64_t d = tid; d < p.num_targets; d += kMetaThreads) {
@@ -304,28 +384,36 @@ __global__ void __launch_bounds__(kMetaThreads, Policy::kCtasPerSm) build_metada
     }
   }
 
-  int64_t row_base = 0, kv_base = 0, nsa_base = 0, item_base = 0;
+  int64_t row_base = 0, kv_base = 0, nsa_base = 0;
   int64_t chunk_index = 0;
   for (int64_t chunk = 0; chunk < p.batch; chunk += kMetaThreads, ++chunk_index) {
     const int count = static_cast<int>(p.batch - chunk < kMetaThreads ? p.batch - chunk : int64_t{kMetaThreads});
-    int64_t kv = 0, q = 0, rpi = 0;
-    bool table_ok = true;
-    if (chunk == 0) {
-      kv = first_kv, q = first_q, rpi = first_rpi, table_ok = first_ok;
-    } else if (tid < count) {
-      load_request(chunk + tid, kv, q, rpi, table_ok);
-    }
-    BuildScan mine{0, 0, 0, 0};
+    if (chunk != 0) mine = tid < count ? load_request(chunk + tid) : RequestInputs{};
+    int64_t kv = 0, q = 0;
+    bool ok = false;
     if (tid < count) {
-      const int64_t items = (table_ok && q > 0 && kv > 0) ? (kv + kColsPerItem - 1) / kColsPerItem : 0;
-      mine = BuildScan{q, kv, clamped_rows_sum(kv, q, p.topk), items};
+      kv = static_cast<int32_t>(mine.kv64);
+      q = mine.q;
+      ok = table_ok(mine);
+      if constexpr (kChecked) {
+        const int64_t b = chunk + tid;
+        if (q < 0 || q > p.draft_tokens) {
+          record_error(p.error, OpId::kBuildMetadata, ArgId::kExtendLens, b, q);
+          q = 0;
+        }
+        if (mine.kv64 < 0 || mine.kv64 > p.max_kv)  // checked before the int32 narrowing
+          record_error(p.error, OpId::kBuildMetadata, ArgId::kSeqLens, b, mine.kv64);
+        if (mine.rpi < 0 || mine.rpi >= p.req_to_token_rows)
+          record_error(p.error, OpId::kBuildMetadata, ArgId::kReqPoolIndices, b, mine.rpi);
+      }
     }
+    const BuildScan in = tid < count ? BuildScan{q, kv, clamped_rows_sum(kv, q, p.topk)} : BuildScan{0, 0, 0};
     BuildScan before, total;
-    Scan(scan_storage).ExclusiveScan(mine, before, BuildScan{0, 0, 0, 0}, BuildScanSum(), total);
-    s_item_start[tid] = before.items;
-    s_row_start[tid] = before.rows;  // within the chunk
-    s_src_offset[tid] = rpi * p.req_to_token_ld;
-    s_len[tid] = kv;
+    Scan(scan_storage).ExclusiveScan(in, before, BuildScan{0, 0, 0}, BuildScanSum(), total);
+    s_row_start[tid] = before.rows;
+    s_src_offset[tid] = mine.rpi * p.req_to_token_ld;
+    s_kv[tid] = kv;
+    s_cols[tid] = ok && q > 0 ? kv : 0;
     s_q[tid] = q;
     s_nsa_start[tid] = nsa_base + before.nsa;
     __syncthreads();
@@ -333,7 +421,9 @@ __global__ void __launch_bounds__(kMetaThreads, Policy::kCtasPerSm) build_metada
     // Per-request and per-row scalars: written by one CTA per chunk, the
     // requests' fields one thread each, the rows' fields one thread each (a
     // row finds its request by binary search over the row starts).
-    if (chunk_index % gridDim.x == blockIdx.x) {
+    // Chunk c's scalars: CTA gridDim.x - 1 - c % gridDim.x. The launcher gives
+    // a small job one CTA more than it has items, so that CTA has no item.
+    if (gridDim.x - 1 - chunk_index % gridDim.x == blockIdx.x) {
       if (tid < count) {
         const int64_t b = chunk + tid;
         const int64_t cu_k = kv_base + before.kv + kv;
@@ -351,7 +441,7 @@ __global__ void __launch_bounds__(kMetaThreads, Policy::kCtasPerSm) build_metada
           else hi = mid - 1;
         }
         const int64_t j = r - s_row_start[lo];  // row within its request
-        const int64_t expanded = s_len[lo] - s_q[lo] + 1 + j;
+        const int64_t expanded = s_kv[lo] - s_q[lo] + 1 + j;
         const int64_t clamped = expanded < p.topk ? expanded : p.topk;
         // nsa_cu_seqlens_k[r + 1]: the request's start plus its first j + 1 clamped rows.
         const int64_t running = s_nsa_start[lo] + clamped_rows_sum(expanded, j + 1, p.topk);
@@ -364,30 +454,66 @@ __global__ void __launch_bounds__(kMetaThreads, Policy::kCtasPerSm) build_metada
       }
     }
 
-    // Page-table items of this chunk, numbered globally (item_base + i) so the
-    // round-robin over warps continues across chunks.
-    int64_t first = my_warp;
-    if (item_base != 0) {
-      first = (my_warp - item_base) % grid_warps;
-      if (first < 0) first += grid_warps;
-    }
-    for (int64_t i = first; i < total.items; i += grid_warps) {
-      int lo = 0, hi = count - 1;  // last request whose item_start <= i (skips requests without items)
-      while (lo < hi) {
-        const int mid = (lo + hi + 1) >> 1;
-        if (s_item_start[mid] <= i) lo = mid;
-        else hi = mid - 1;
+    // Page-table items of this chunk: global numbers [chunk * ipr, (chunk +
+    // count) * ipr), every grid_warps-th one for this warp (the round robin
+    // continues across chunks). Item math is chunk-relative and 32-bit when it
+    // fits: a 64-bit division costs dozens of instructions on the critical path.
+    const int64_t items = count * ipr;
+    const bool narrow = items <= INT32_MAX && grid_warps <= INT32_MAX;
+    auto div = [narrow](int64_t x, int64_t y) {
+      return narrow ? static_cast<int64_t>(static_cast<uint32_t>(x) / static_cast<uint32_t>(y)) : x / y;
+    };
+    struct Item {
+      int64_t rel, b, c0;  // chunk-relative number, request within the chunk, first column
+    };
+    // The warp's first item at or after `rel` that has columns to copy (rel == items: none).
+    auto live = [&](int64_t rel) {
+      while (rel < items) {
+        const int64_t b = div(rel, ipr);
+        const int64_t c0 = (rel - b * ipr) * kCols;
+        if (c0 < s_cols[b]) return Item{rel, b, c0};
+        rel += div((b + 1) * ipr - rel + grid_warps - 1, grid_warps) * grid_warps;  // its first item of request b + 1
       }
-      build_page_item<Policy>(p, targets, p.req_to_token + s_src_offset[lo], s_len[lo], (i - s_item_start[lo]) * kColsPerItem,
-                      row_base + s_row_start[lo], s_q[lo], lane);
+      return Item{items, 0, 0};
+    };
+    auto load_item = [&](PageItem<Policy>& it, const Item& x) {
+      load_page_item(it, p.req_to_token + s_src_offset[x.b], s_cols[x.b], x.c0, lane);
+    };
+    int64_t rel0 = my_warp;  // chunk 0
+    if (chunk != 0) {
+      rel0 = (my_warp - chunk * ipr) % grid_warps;
+      if (rel0 < 0) rel0 += grid_warps;
+    }
+    // Chunk 0: item my_warp may be stored already, or loaded into `cur`.
+    if (chunk == 0 && first_stored) rel0 += grid_warps;
+    Item x = live(rel0);
+    if (x.rel < items && !(chunk == 0 && first_loaded && x.rel == my_warp)) load_item(cur, x);
+    while (x.rel < items) {
+      const Item n = live(x.rel + grid_warps);
+      PageItem<Policy> next;
+      if (Policy::kPipeline && n.rel < items) load_item(next, n);  // in flight while `cur` is stored
+      store_page_item(p, targets, cur, s_cols[x.b], x.c0, row_base + s_row_start[x.b], s_q[x.b], lane);
+      x = n;
+      if constexpr (Policy::kPipeline) cur = next;
+      else if (x.rel < items) load_item(cur, x);
     }
     row_base += total.rows;
     kv_base += total.kv;
     nsa_base += total.nsa;
-    item_base += total.items;
     __syncthreads();  // shared arrays and scan storage are reused by the next chunk
   }
-  if (known_rows < 0) copy_flashmla(p, targets, row_base + 1, false);  // DRAFT_EXTEND: R = sum(e_b)
+
+  // FlashMLA elements past the first gthreads, and DRAFT_EXTEND's split
+  // counts (R + 1 = row_base + 1 is known now): load, then store.
+  const int64_t splits = known_rows >= 0 ? known_rows + 1 : row_base + 1;
+  if (p.flashmla_num_splits != nullptr) {
+    for (int64_t e = known_rows >= 0 ? gtid + gthreads : gtid; e < splits; e += gthreads)
+      store_flashmla_split(p, targets, e, __ldg(p.flashmla_num_splits + e));
+  }
+  if (p.flashmla_metadata != nullptr) {
+    for (int64_t e = gtid + gthreads; e < p.flashmla_metadata_max; e += gthreads)
+      store_flashmla_tile(p, targets, e, __ldg(p.flashmla_metadata + e));
+  }
 }
 
 // ---------------------------------------------------------------------------
@@ -487,14 +613,19 @@ inline int metadata_grid(int64_t max_items, int num_sms, int ctas_per_sm) {
   return static_cast<int>(max_items < 1 ? 1 : (max_items < cap ? max_items : cap));
 }
 
-// `req_to_token_cols` bounds every row length (precondition), so it bounds the
+// p.max_kv bounds every row length (precondition), so it bounds the
 // page-table items without reading device data.
 template <class Policy>
-cudaError_t launch_build_metadata(const BuildParams& p, int64_t req_to_token_cols, int num_sms, cudaStream_t stream) {
+inline int64_t build_items_per_request(const BuildParams& p) {
+  return (p.max_kv + Policy::kColsPerItem - 1) / Policy::kColsPerItem;
+}
+
+template <class Policy>
+cudaError_t launch_build_metadata(const BuildParams& p, int num_sms, cudaStream_t stream) {
   if (p.batch == 0) return cudaSuccess;
-  const int64_t items_per_request = (req_to_token_cols + Policy::kColsPerItem - 1) / Policy::kColsPerItem;
+  const int64_t items_per_request = build_items_per_request<Policy>(p);
   const int64_t max_items = p.batch * (items_per_request > 0 ? items_per_request : 1);
-  const int grid = metadata_grid(max_items, num_sms, Policy::kCtasPerSm);
+  const int grid = metadata_grid(max_items + 1, num_sms, Policy::kCtasPerSm);  // + 1: see the scalars
   if (p.error != nullptr) build_metadata_kernel<Policy, true><<<grid, kMetaThreads, 0, stream>>>(p);
   else build_metadata_kernel<Policy, false><<<grid, kMetaThreads, 0, stream>>>(p);
   return cudaGetLastError();
@@ -502,13 +633,11 @@ cudaError_t launch_build_metadata(const BuildParams& p, int64_t req_to_token_col
 
 // Picks the policy from what the host knows: with more short items than the
 // grid has resident warps, long items; else short ones (more SMs storing).
-inline cudaError_t invoke_build_metadata(const BuildParams& p, int64_t req_to_token_cols, int num_sms,
-                                         cudaStream_t stream) {
-  const int64_t small_items = p.batch * ((req_to_token_cols + SmallBuildPolicy::kColsPerItem - 1) /
-                                         SmallBuildPolicy::kColsPerItem);
+inline cudaError_t invoke_build_metadata(const BuildParams& p, int num_sms, cudaStream_t stream) {
+  const int64_t small_items = p.batch * build_items_per_request<SmallBuildPolicy>(p);
   const int64_t resident_warps = static_cast<int64_t>(num_sms) * SmallBuildPolicy::kCtasPerSm * kMetaWarps;
-  return small_items > resident_warps ? launch_build_metadata<LargeBuildPolicy>(p, req_to_token_cols, num_sms, stream)
-                                       : launch_build_metadata<SmallBuildPolicy>(p, req_to_token_cols, num_sms, stream);
+  return small_items > resident_warps ? launch_build_metadata<LargeBuildPolicy>(p, num_sms, stream)
+                                       : launch_build_metadata<SmallBuildPolicy>(p, num_sms, stream);
 }
 
 // Appends a copy job (host side); empty or absent fields add nothing. `p` starts zeroed.
