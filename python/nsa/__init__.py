@@ -16,9 +16,19 @@ from .metadata import (  # noqa: E402  (errors must be registered first)
     MetadataTargets,
     build_metadata,
     copy_metadata,
+    prepare_build_metadata,
     upload_metadata_targets,
 )
-from .ops import ScaleMode, gather_k, gather_k_and_s, gather_s, quantize_and_store_k, store_k_and_s  # noqa: E402
+from .ops import (  # noqa: E402
+    ScaleMode,
+    gather_k,
+    gather_k_and_s,
+    gather_s,
+    prepare_gather_k_and_s,
+    quantize_and_store_k,
+    store_k_and_s,
+)
+from .prepared import PreparedCall  # noqa: E402
 
 __version__ = _nsa.__version__
 cuda_built = _nsa.cuda_built
@@ -32,7 +42,8 @@ BYTES_PER_PAGE = 8448
 
 __all__ = [
     "BYTES_PER_PAGE", "CudaError", "DTypeError", "ForwardMode", "HEAD_DIM", "InvalidArgumentError",
-    "MetadataTargets", "NsaError", "PAGE_SIZE", "ScaleMode", "UnsupportedError", "build_metadata", "copy_metadata",
-    "cuda_built", "cuda_device_count", "gather_k", "gather_k_and_s", "gather_s", "has_metadata",
-    "quantize_and_store_k", "set_cpu_threads", "store_k_and_s", "upload_metadata_targets",
+    "MetadataTargets", "NsaError", "PAGE_SIZE", "PreparedCall", "ScaleMode", "UnsupportedError", "build_metadata",
+    "copy_metadata", "cuda_built", "cuda_device_count", "gather_k", "gather_k_and_s", "gather_s", "has_metadata",
+    "prepare_build_metadata", "prepare_gather_k_and_s", "quantize_and_store_k", "set_cpu_threads", "store_k_and_s",
+    "upload_metadata_targets",
 ]

@@ -141,6 +141,24 @@ def build_metadata(targets, seq_lens, req_pool_indices, req_to_token, *, mode=Fo
                         _frameworks.resolve_stream(fw, seq_lens, stream))
 
 
+def prepare_build_metadata(targets, seq_lens, req_pool_indices, req_to_token, *, mode=ForwardMode.DECODE,
+                           draft_tokens=1, extend_lens=None, topk=2048, page_size=64, flashmla_num_splits=None,
+                           flashmla_metadata=None):
+    """:func:`build_metadata` validated once and bound to these arrays; returns
+    a :class:`nsa.PreparedCall` (``call()`` or ``call(stream=...)``) that builds
+    from the values the arrays hold at each call. It keeps ``targets`` alive."""
+    from .prepared import PreparedCall
+
+    _require_metadata("build_metadata")
+    if not isinstance(targets, MetadataTargets):
+        raise InvalidArgumentError(f"nsa.build_metadata: argument 'targets': expected nsa.MetadataTargets, "
+                                   f"got {type(targets).__name__}")
+    native = _nsa.prepare_build_metadata(targets._handle, _mode("build_metadata", mode), draft_tokens, topk,
+                                         page_size, seq_lens, req_pool_indices, req_to_token, extend_lens,
+                                         flashmla_num_splits, flashmla_metadata)
+    return PreparedCall(native, _frameworks.of(seq_lens), seq_lens)
+
+
 def copy_metadata(targets, sources, *, mode, batch_size, max_len=0, max_seqlen_k=0, seqlens_expanded_size=0,
                   stream=None):
     """Copy precomputed fields (``sources``: a dict with the field names of

@@ -117,3 +117,15 @@ def gather_k_and_s(cache, page_table, seq_lens=None, *, cu_seq_lens=None, capaci
     _nsa.gather_k_and_s(cache, page_table, seq_lens, cu_seq_lens, out_k, out_s,
                         _frameworks.resolve_stream(fw, cache, stream))
     return out_k, out_s
+
+
+def prepare_gather_k_and_s(cache, page_table, seq_lens=None, *, cu_seq_lens=None, out_k, out_s):
+    """:func:`gather_k_and_s` validated once and bound to these arrays (outputs
+    required); returns a :class:`nsa.PreparedCall` (``call()`` or
+    ``call(stream=...)``) that gathers with the lengths and page ids the arrays
+    hold at each call."""
+    from .prepared import PreparedCall
+
+    fw = _frameworks.of(cache)
+    cache = fw.as_bytes(cache)
+    return PreparedCall(_nsa.prepare_gather_k_and_s(cache, page_table, seq_lens, cu_seq_lens, out_k, out_s), fw, cache)

@@ -8,8 +8,11 @@
 #include <nanobind/ndarray.h>
 
 #include <cstdint>
+#include <functional>
 #include <initializer_list>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "nsa/common.h"
 
@@ -122,6 +125,28 @@ void run_op(const Call& call, Fn&& fn) {
     fn();
   }
 }
+
+// A validated call kept for replay (nsa.prepare_*): the launch with its
+// arguments bound, the arrays it uses kept alive, and the Call that picked the
+// device. run() costs one launch plus the stream argument: no DLPack import
+// and no validation, which is most of a plain call's host time.
+class Prepared {
+ public:
+  using Launch = std::function<void(const nsa::Exec&)>;
+  Prepared(const Call& call, std::vector<Array> keep, Launch launch)
+      : call_(call), keep_(std::move(keep)), launch_(std::move(launch)) {}
+
+  void run(nb::handle stream) const {
+    const nsa::Exec exec = call_.exec(stream);
+    run_op(call_, [&] { launch_(exec); });
+  }
+  const char* op() const { return call_.op(); }
+
+ private:
+  Call call_;
+  std::vector<Array> keep_;  // their ndarray handles keep the producers' memory alive
+  Launch launch_;
+};
 
 // Process-wide settings set from Python.
 int cpu_threads();

@@ -115,8 +115,8 @@ void gather_s(nb::handle cache, int64_t length, nb::handle page_ids, nb::handle 
   run_op(c, [&] { nsa::gather_s(exec, ic, length, c.indices(pages_a), out_a.as<float>()); });
 }
 
-void gather_k_and_s(nb::handle cache, nb::handle page_table, nb::handle seq_lens, nb::handle cu_seq_lens,
-                    nb::handle out_k, nb::handle out_s, nb::handle stream) {
+Prepared prepare_gather_k_and_s(nb::handle cache, nb::handle page_table, nb::handle seq_lens,
+                                 nb::handle cu_seq_lens, nb::handle out_k, nb::handle out_s) {
   Call c("gather_k_and_s");
   const Array cache_a = c.require(cache, "cache");
   const Array table_a = c.require(page_table, "page_table");
@@ -150,10 +150,16 @@ void gather_k_and_s(nb::handle cache, nb::handle page_table, nb::handle seq_lens
   const int64_t s_rows = scale_rows(c, out_s_a);
   // Rows past sum(seq_lens) are never written, so the smaller output bounds the call.
   const int64_t capacity = std::min(out_k_a.shape[0], s_rows);
-  const nsa::Exec exec = c.exec(stream);
-  run_op(c, [&] {
-    nsa::gather_k_and_s(exec, ic, batch, out_k_a.as<uint8_t>(), out_s_a.as<float>(), capacity);
+  uint8_t* const k_out = out_k_a.as<uint8_t>();
+  float* const s_out = out_s_a.as<float>();
+  return Prepared(c, {cache_a, table_a, lens_a, cu_a, out_k_a, out_s_a}, [=](const nsa::Exec& exec) {
+    nsa::gather_k_and_s(exec, ic, batch, k_out, s_out, capacity);
   });
+}
+
+void gather_k_and_s(nb::handle cache, nb::handle page_table, nb::handle seq_lens, nb::handle cu_seq_lens,
+                    nb::handle out_k, nb::handle out_s, nb::handle stream) {
+  prepare_gather_k_and_s(cache, page_table, seq_lens, cu_seq_lens, out_k, out_s).run(stream);
 }
 
 }  // namespace
@@ -167,6 +173,8 @@ void bind_index_cache(nb::module_& m) {
         nb::arg("stream").none());
   m.def("gather_s", &gather_s, nb::arg("cache"), nb::arg("length"), nb::arg("page_ids"), nb::arg("out_s"),
         nb::arg("stream").none());
+  m.def("prepare_gather_k_and_s", &prepare_gather_k_and_s, nb::arg("cache"), nb::arg("page_table"),
+        nb::arg("seq_lens").none(), nb::arg("cu_seq_lens").none(), nb::arg("out_k"), nb::arg("out_s"));
   m.def("gather_k_and_s", &gather_k_and_s, nb::arg("cache"), nb::arg("page_table"), nb::arg("seq_lens").none(),
         nb::arg("cu_seq_lens").none(), nb::arg("out_k"), nb::arg("out_s"), nb::arg("stream").none());
 }

@@ -201,9 +201,10 @@ nsa::ForwardMode forward_mode(const Call& c, int mode) {
   return static_cast<nsa::ForwardMode>(mode);
 }
 
-void build_metadata(MetadataTargetsHandle& t, int mode, int64_t draft_tokens, int64_t topk, int64_t page_size,
-                    nb::handle seq_lens, nb::handle req_pool_indices, nb::handle req_to_token, nb::handle extend_lens,
-                    nb::handle flashmla_num_splits, nb::handle flashmla_metadata, nb::handle stream) {
+Prepared prepare_build_metadata(MetadataTargetsHandle& t, int mode, int64_t draft_tokens, int64_t topk,
+                                 int64_t page_size, nb::handle seq_lens, nb::handle req_pool_indices,
+                                 nb::handle req_to_token, nb::handle extend_lens, nb::handle flashmla_num_splits,
+                                 nb::handle flashmla_metadata) {
   Call c("build_metadata");
   nsa::MetadataConfig config;
   config.mode = forward_mode(c, mode);
@@ -255,8 +256,21 @@ void build_metadata(MetadataTargetsHandle& t, int mode, int64_t draft_tokens, in
     in.flashmla_metadata = meta.as<int32_t>();
   }
   check_batch_capacity(c, t, bs);
-  const nsa::Exec exec = c.exec(stream);
-  run_op(c, [&] { nsa::build_metadata(exec, config, in, t.targets); });
+  // The handle lives as long as its Python object, which the lambda holds.
+  const nb::object owner = nb::find(&t);
+  const MetadataTargetsHandle* const handle = &t;
+  return Prepared(c, {lens, rpi, r2t, ext, splits, meta}, [=](const nsa::Exec& exec) {
+    (void)owner;
+    nsa::build_metadata(exec, config, in, handle->targets);
+  });
+}
+
+void build_metadata(MetadataTargetsHandle& t, int mode, int64_t draft_tokens, int64_t topk, int64_t page_size,
+                    nb::handle seq_lens, nb::handle req_pool_indices, nb::handle req_to_token, nb::handle extend_lens,
+                    nb::handle flashmla_num_splits, nb::handle flashmla_metadata, nb::handle stream) {
+  prepare_build_metadata(t, mode, draft_tokens, topk, page_size, seq_lens, req_pool_indices, req_to_token,
+                         extend_lens, flashmla_num_splits, flashmla_metadata)
+      .run(stream);
 }
 
 void copy_metadata(MetadataTargetsHandle& t, int mode, int64_t bs, int64_t max_len, int64_t max_seqlen_k,
@@ -347,6 +361,10 @@ void bind_metadata(nb::module_& m) {
   m.def("metadata_targets_workspace_bytes", [](int64_t count) { return nsa::metadata_targets_workspace_bytes(count); });
   m.def("upload_metadata_targets", &upload, nb::arg("destinations"), nb::arg("workspace"), nb::arg("stream").none(),
         nb::rv_policy::take_ownership);
+  m.def("prepare_build_metadata", &prepare_build_metadata, nb::arg("targets"), nb::arg("mode"),
+        nb::arg("draft_tokens"), nb::arg("topk"), nb::arg("page_size"), nb::arg("seq_lens"),
+        nb::arg("req_pool_indices"), nb::arg("req_to_token"), nb::arg("extend_lens").none(),
+        nb::arg("flashmla_num_splits").none(), nb::arg("flashmla_metadata").none());
   m.def("build_metadata", &build_metadata, nb::arg("targets"), nb::arg("mode"), nb::arg("draft_tokens"),
         nb::arg("topk"), nb::arg("page_size"), nb::arg("seq_lens"), nb::arg("req_pool_indices"),
         nb::arg("req_to_token"), nb::arg("extend_lens").none(), nb::arg("flashmla_num_splits").none(),

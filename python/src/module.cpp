@@ -1,6 +1,7 @@
 // The extension module nsa._nsa: error translation, build facts and settings;
 // the ops are bound in index_cache_bindings.cpp and metadata_bindings.cpp.
 #include <nanobind/nanobind.h>
+#include <nanobind/stl/string.h>
 
 #include "arrays.h"
 #include "nsa/common.h"
@@ -65,6 +66,10 @@ NB_MODULE(_nsa, m) {
   m.def("get_cpu_threads", &cpu_threads);
   m.def("_register_errors", &register_errors);
   m.def("_register_torch", &register_torch);
+
+  nb::class_<Prepared>(m, "Prepared")
+      .def("run", &Prepared::run, nb::arg("stream").none())
+      .def_prop_ro("op", [](const Prepared& p) { return std::string(p.op()); });
 
   bind_index_cache(m);
   bind_metadata(m);

@@ -78,6 +78,8 @@ def main():
         "_nsa.gather_k_and_s (binding only, stream given)":
             lambda: _nsa.gather_k_and_s(cache, table, lens, None, out_k, out_s, stream),
         "compat.sglang.get_k_and_s": lambda: sglang.get_k_and_s(None, cache, table, lens, capacity, 100),
+        "prepared gather_k_and_s() (nsa.prepare_gather_k_and_s once)":
+            nsa.prepare_gather_k_and_s(cache, table, lens, out_k=out_k, out_s=out_s),
     }
 
     if nsa.has_metadata:
@@ -117,6 +119,8 @@ def main():
             "cache_seqlens": torch.zeros(bs, **i32), "cu_seqlens_k": torch.zeros(bs + 1, **i32),
             "page_table_1": torch.zeros(rows, width, **i32), "seqlens_expanded": torch.zeros(rows, **i32),
             "nsa_cache_seqlens": torch.zeros(rows, **i32), "nsa_cu_seqlens_k": torch.zeros(rows + 1, **i32)}])
+        cases["prepared build_metadata(decode, 3 targets)() (nsa.prepare_build_metadata once)"] = \
+            nsa.prepare_build_metadata(three, seq_lens, rpi, req_to_token)
         cases["build_metadata(target_verify N=4, 1 target)"] = lambda: nsa.build_metadata(
             verify, seq_lens, rpi, req_to_token, mode=nsa.ForwardMode.TARGET_VERIFY, draft_tokens=4)
 
@@ -125,7 +129,7 @@ def main():
 
     results = {name: measure(fn, sync, args.bursts, args.burst) for name, fn in cases.items()}
     targets = {name: r["median_us"] <= 10.0 for name, r in results.items()
-               if name.startswith(("build_metadata(", "gather_k_and_s(out"))}
+               if name.startswith(("build_metadata(", "gather_k_and_s(out", "prepared "))}
     report = {
         "what": "host wall time per call (us), torch CUDA tensors, no sync in the timed region",
         "target_us": 10.0,

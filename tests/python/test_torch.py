@@ -162,6 +162,28 @@ def test_explicit_stream_argument(gen):
     np.testing.assert_array_equal(np_(out).view(np.uint32), ref.gather_s(np_(cache), 1024, np_(pages)).view(np.uint32))
 
 
+@cuda_only
+def test_prepared_gather_on_cuda_follows_the_current_stream(gen):
+    cache = random_cache(gen, 32, "cuda")
+    lens = torch.tensor([100, 0, 64, 1], dtype=torch.int32, device="cuda")
+    table = torch.randint(0, 32, (4, 2), dtype=torch.int32, generator=gen).to("cuda")
+    out_k = torch.full((200, 128), 0xA5, dtype=torch.uint8, device="cuda")
+    out_s = torch.full((200,), float("nan"), dtype=torch.float32, device="cuda")
+    call = nsa.prepare_gather_k_and_s(cache, table, lens, out_k=out_k, out_s=out_s)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    _sleep_then(side, call)  # the current stream inside is `side`
+    side.synchronize()
+    ek, es = ref.gather_k_and_s(np_(cache), np_(table), np_(lens))
+    np.testing.assert_array_equal(np_(out_k)[:165], ek)
+    np.testing.assert_array_equal(np_(out_s)[:165].view(np.uint32), es.view(np.uint32))
+    assert (np_(out_k)[165:] == 0xA5).all()
+    lens.copy_(torch.tensor([3, 2, 1, 0], dtype=torch.int32))  # new contents, same tensor
+    call(stream=torch.cuda.current_stream())
+    torch.cuda.synchronize()
+    np.testing.assert_array_equal(np_(out_k)[:6], ref.gather_k_and_s(np_(cache), np_(table), np_(lens))[0])
+
+
 # ---------------------------------------------------------------- CUDA graphs
 
 @cuda_only

@@ -1,0 +1,31 @@
+// Floor kernels: the least work an op of the index cache can do on the same
+// bytes, measured next to the op so a benchmark can say how far it is from
+// what its memory pattern allows (not only from a contiguous copy). They are
+// not implementations of the ops (no lengths, no quantization).
+//   - page_gather_floor: full pages only; page id, then its 8192 K and 256
+//     scale bytes, stored to consecutive rows. Two dependent memory round
+//     trips and the page-scattered reads every paged gather has.
+//   - store_floor: per token, its slot and 256 input bytes are loaded, and 128
+//     + 4 bytes are stored at the slot: the round trip of a store without the
+//     amax reduction and the conversion.
+#pragma once
+
+#include <cstdint>
+
+#include <cuda_runtime.h>
+
+#include "nsa/common.h"
+
+namespace nsa {
+namespace baseline {
+
+// page_ids: [pages] flat (the batch's pages in output order); out_k [pages * 64, 128], out_s [pages * 64].
+cudaError_t page_gather_floor(const uint8_t* cache, const int32_t* page_ids, int64_t pages, uint8_t* out_k,
+                              float* out_s, int num_sms, nsa::cudaStream stream);
+
+// k: [n, 128] bf16 rows (as bytes, 256 each); slots: [n], all valid.
+cudaError_t store_floor(uint8_t* cache, const uint8_t* k, int64_t n, const int64_t* slots, int num_sms,
+                        nsa::cudaStream stream);
+
+}  // namespace baseline
+}  // namespace nsa
