@@ -39,12 +39,46 @@ __global__ void __launch_bounds__(256) store_floor_kernel(uint8_t* __restrict__ 
   }
 }
 
+// One warp per (request, 128 columns): 4 columns per lane.
+__global__ void __launch_bounds__(256) page_table_floor_kernel(const int32_t* __restrict__ r2t, int64_t ld,
+                                                               const int32_t* __restrict__ rpi, int64_t bs, int64_t q,
+                                                               int64_t cols, FloorTables dst) {
+  const int64_t per_request = (cols + 127) / 128;
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * 8;
+  const int lane = threadIdx.x & 31;
+  for (int64_t w = static_cast<int64_t>(blockIdx.x) * 8 + (threadIdx.x >> 5); w < bs * per_request; w += warps) {
+    const int64_t b = w / per_request;
+    const int64_t c = (w - b * per_request) * 128 + lane * 4;
+    const int32_t* src = r2t + static_cast<int64_t>(__ldg(rpi + b)) * ld;
+    int32_t v[4];
+#pragma unroll
+    for (int e = 0; e < 4; ++e) v[e] = c + e < cols ? __ldg(src + c + e) : 0;
+    for (int d = 0; d < dst.count; ++d) {
+      for (int64_t j = 0; j < q; ++j) {
+        int32_t* row = dst.table[d] + (b * q + j) * dst.ld[d];
+#pragma unroll
+        for (int e = 0; e < 4; ++e)
+          if (c + e < cols) row[c + e] = v[e];
+      }
+    }
+  }
+}
+
 int capped_grid(int64_t blocks, int num_sms, int per_sm) {
   const int64_t cap = static_cast<int64_t>(num_sms) * per_sm;
   return static_cast<int>(blocks < 1 ? 1 : (blocks < cap ? blocks : cap));
 }
 
 }  // namespace
+
+cudaError_t page_table_floor(const int32_t* req_to_token, int64_t req_to_token_ld, const int32_t* rpi, int64_t bs,
+                             int64_t q, int64_t cols, const FloorTables& dst, int num_sms, nsa::cudaStream stream) {
+  const int64_t items = bs * ((cols + 127) / 128);
+  if (items == 0) return cudaSuccess;
+  page_table_floor_kernel<<<capped_grid((items + 7) / 8, num_sms, 8), 256, 0, static_cast<cudaStream_t>(stream)>>>(
+      req_to_token, req_to_token_ld, rpi, bs, q, cols, dst);
+  return cudaGetLastError();
+}
 
 cudaError_t page_gather_floor(const uint8_t* cache, const int32_t* page_ids, int64_t pages, uint8_t* out_k,
                               float* out_s, int num_sms, nsa::cudaStream stream) {

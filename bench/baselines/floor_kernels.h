@@ -8,6 +8,10 @@
 //   - store_floor: per token, its slot and 256 input bytes are loaded, and 128
 //     + 4 bytes are stored at the slot: the round trip of a store without the
 //     amax reduction and the conversion.
+//   - page_table_floor: the page-table part of build_metadata alone: per
+//     (request, 128 columns), the request's req_to_token row index, then its
+//     columns, stored into q rows of every destination page table. No scalar
+//     fields, no real_page_table, no scan.
 #pragma once
 
 #include <cstdint>
@@ -26,6 +30,18 @@ cudaError_t page_gather_floor(const uint8_t* cache, const int32_t* page_ids, int
 // k: [n, 128] bf16 rows (as bytes, 256 each); slots: [n], all valid.
 cudaError_t store_floor(uint8_t* cache, const uint8_t* k, int64_t n, const int64_t* slots, int num_sms,
                         nsa::cudaStream stream);
+
+// Destination page tables of page_table_floor (passed by value).
+struct FloorTables {
+  static constexpr int kMax = 8;
+  int32_t* table[kMax] = {};
+  int64_t ld[kMax] = {};
+  int count = 0;
+};
+
+// Rows [b * q, (b + 1) * q) of every table get columns [0, cols) of req_to_token row rpi[b].
+cudaError_t page_table_floor(const int32_t* req_to_token, int64_t req_to_token_ld, const int32_t* rpi, int64_t bs,
+                             int64_t q, int64_t cols, const FloorTables& dst, int num_sms, nsa::cudaStream stream);
 
 }  // namespace baseline
 }  // namespace nsa
