@@ -285,26 +285,34 @@ __device__ __forceinline__ void store_tokens(const ItemRegs<Policy>& r, int64_t 
 }
 
 // Rows before request b (the exclusive scan of the lengths at b), computed by
-// each warp on its own: seq_lens are summed lane-strided and reduced with
-// shuffles, so a CTA that owns a single item needs no block scan and no
-// barrier. Every load here is independent of the others (one round trip).
+// each warp on its own, so a CTA that owns a single item needs no block scan
+// and no barrier. Two steps, so the caller can issue its data loads between
+// them: this lane's share (seq_lens summed lane-strided; every load issued at
+// once), then the warp-wide sum (shuffles: the lanes of a warp call it together).
 template <LengthForm kForm, class LenT>
-__device__ __forceinline__ int64_t rows_before(const LenT* lens, int64_t b) {
+__device__ __forceinline__ int64_t rows_before_share(const LenT* lens, int64_t b) {
   if constexpr (kForm == LengthForm::kHost) {
     return 0;
   } else if constexpr (kForm == LengthForm::kCuSeqLens) {
-    return static_cast<int64_t>(lens[b]) - static_cast<int64_t>(lens[0]);
+    return (threadIdx.x & 31) == 0 ? static_cast<int64_t>(lens[b]) - static_cast<int64_t>(lens[0]) : 0;
   } else {
     int64_t sum = 0;
     for (int64_t j = threadIdx.x & 31; j < b; j += 32) sum += static_cast<int64_t>(lens[j]);
-#pragma unroll
-    for (int offset = 16; offset > 0; offset >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
     return sum;
   }
 }
+template <LengthForm kForm>
+__device__ __forceinline__ int64_t warp_total(int64_t share) {
+  if constexpr (kForm != LengthForm::kHost) {
+#pragma unroll
+    for (int offset = 16; offset > 0; offset >>= 1) share += __shfl_xor_sync(0xffffffffu, share, offset);
+  }
+  return share;
+}
 
 // The whole job of a CTA that owns exactly one item (unchecked kernels, one
-// chunk): {page id, length, rows before} -> the item's bytes -> store.
+// chunk): {page id, length, lengths before} -> the item's bytes -> store; the
+// shuffles of the row start run while the bytes are in flight.
 template <class Policy, LengthForm kForm, bool kWriteK, bool kWriteS, class TableT, class LenT>
 __device__ __forceinline__ void gather_single_item(const GatherParams<TableT, LenT>& p, int64_t item, int64_t parts) {
   const int64_t b = static_cast<int64_t>(static_cast<uint32_t>(item) / static_cast<uint32_t>(parts));
@@ -312,16 +320,17 @@ __device__ __forceinline__ void gather_single_item(const GatherParams<TableT, Le
   const int64_t col = part / Policy::kItemsPerPage;
   const int64_t page = static_cast<int64_t>(__ldg(p.table + b * p.table_ld + col));
   const int64_t len = request_length<kForm>(p.lens, p.host_length, b);
-  const int64_t row0 = rows_before<kForm>(p.lens, b);
+  const int64_t share = rows_before_share<kForm>(p.lens, b);
   const int64_t token0 = part * Policy::kItemTokens;  // first token of the item within its request
   const int64_t left = len - token0;
-  if (left <= 0) return;
+  if (left <= 0) return;  // uniform over the CTA
   const int64_t tokens = left < Policy::kItemTokens ? left : Policy::kItemTokens;
   const int64_t in_page = token0 - col * kPageSize;
   const uint8_t* page_base = p.cache + page * kPageBytes;
   ItemRegs<Policy> regs;
   load_tokens<Policy, kWriteK, kWriteS>(regs, page_base + in_page * kHeadDim,
                                         reinterpret_cast<const float*>(page_base + kKBytesPerPage) + in_page, tokens);
+  const int64_t row0 = warp_total<kForm>(share);
   store_tokens<Policy, kWriteK, kWriteS>(regs, tokens, row0 + token0, p.out_k, p.out_s);
 }
 
