@@ -175,9 +175,8 @@ struct BuildScanSum {
 // kFirstEarly: each warp loads its first item in the kernel's second round
 // trip (and, in DECODE / TARGET_VERIFY, stores it before the scan). It wins
 // when a warp has about one item; for large jobs its registers cost more.
-template <int kVecPerLaneT, int kCtasPerSmT, bool kFirstEarlyT, bool kPipelineT = true>
+template <int kVecPerLaneT, int kCtasPerSmT, bool kFirstEarlyT>
 struct BuildPolicy {
-  static constexpr bool kPipeline = kPipelineT;
   static constexpr int kVecPerLane = kVecPerLaneT;
   static constexpr int64_t kColsPerItem = 32 * 4 * kVecPerLane;
   static constexpr int kCtasPerSm = kCtasPerSmT;
@@ -491,11 +490,10 @@ __global__ void __launch_bounds__(kMetaThreads, Policy::kCtasPerSm)
     while (x.rel < items) {
       const Item n = live(x.rel + grid_warps);
       PageItem<Policy> next;
-      if (Policy::kPipeline && n.rel < items) load_item(next, n);  // in flight while `cur` is stored
+      if (n.rel < items) load_item(next, n);  // in flight while `cur` is stored
       store_page_item(p, targets, cur, s_cols[x.b], x.c0, row_base + s_row_start[x.b], s_q[x.b], lane);
+      cur = next;
       x = n;
-      if constexpr (Policy::kPipeline) cur = next;
-      else if (x.rel < items) load_item(cur, x);
     }
     row_base += total.rows;
     kv_base += total.kv;
