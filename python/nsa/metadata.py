@@ -156,7 +156,7 @@ def prepare_build_metadata(targets, seq_lens, req_pool_indices, req_to_token, *,
     native = _nsa.prepare_build_metadata(targets._handle, _mode("build_metadata", mode), draft_tokens, topk,
                                          page_size, seq_lens, req_pool_indices, req_to_token, extend_lens,
                                          flashmla_num_splits, flashmla_metadata)
-    return PreparedCall(native, _frameworks.of(seq_lens), seq_lens)
+    return PreparedCall(native, _frameworks.of(seq_lens), seq_lens, keep=targets)
 
 
 def copy_metadata(targets, sources, *, mode, batch_size, max_len=0, max_seqlen_k=0, seqlens_expanded_size=0,

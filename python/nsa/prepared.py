@@ -15,12 +15,13 @@ class PreparedCall:
     """``call()`` launches on the current stream of the arrays' framework (or
     the CPU backend for host arrays); ``call(stream=...)`` on a given stream."""
 
-    __slots__ = ("_run", "_fw", "_like", "op")
+    __slots__ = ("_run", "_fw", "_like", "_keep", "op")
 
-    def __init__(self, native, fw, like):
-        self._run = native.run
+    def __init__(self, native, fw, like, keep=None):
+        self._run = native.run  # the native call holds the arrays it was given
         self._fw = fw
         self._like = like  # an argument array: its device picks the current stream
+        self._keep = keep  # Python objects owning memory the native call points into (MetadataTargets)
         self.op = native.op
 
     def __call__(self, stream=None):

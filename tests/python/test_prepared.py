@@ -3,6 +3,7 @@ bound arrays hold at each call, equal to the plain op; bad arguments raise at
 prepare time; the prepared call keeps its arrays alive."""
 
 import gc
+import weakref
 
 import numpy as np
 import pytest
@@ -67,12 +68,16 @@ def test_prepared_build_metadata_equals_reference_every_replay(rng, mode):
     rpi = np.zeros(bs, np.int64)
     extend = np.zeros(bs, np.int64) if mode == nsa.ForwardMode.DRAFT_EXTEND else None
     max_rows = bs if mode == nsa.ForwardMode.DECODE else bs * n
-    dests = [make_destination(rng, max_rows, bs, width, pad=1, real_cols=-(-width // 64)) for _ in range(2)]
-    targets = nsa.MetadataTargets(dests)
+    # The destinations are reached only through the targets, which only the prepared call holds.
+    targets = nsa.MetadataTargets([make_destination(rng, max_rows, bs, width, pad=1, real_cols=-(-width // 64))
+                                   for _ in range(2)])
+    dests = targets._destinations
     call = nsa.prepare_build_metadata(targets, seq_lens, rpi, req_to_token, mode=mode, draft_tokens=n,
                                       extend_lens=extend, topk=topk)
+    targets_ref = weakref.ref(targets)
     del targets
-    gc.collect()  # the prepared call holds the targets
+    gc.collect()
+    assert targets_ref() is not None  # kept alive by the prepared call
     for _ in range(3):
         seq_lens[:] = rng.integers(1, width - n + 1, size=bs)
         rpi[:] = rng.permutation(pool_rows)[:bs]
