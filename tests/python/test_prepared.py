@@ -46,6 +46,18 @@ def test_prepared_gather_validates_at_prepare_time(rng):
         nsa.prepare_gather_k_and_s(cache, np.zeros((1, 1), np.int32), out_k=out_k, out_s=np.zeros(4, np.float32))
 
 
+def test_prepared_gather_checks_contents_at_each_call(rng):
+    cache = random_cache(rng, 2)
+    lengths = np.array([64], np.int32)
+    out_k = np.full((64, 128), POISON, np.uint8)
+    call = nsa.prepare_gather_k_and_s(cache, np.array([[1, 0]], np.int32), lengths, out_k=out_k,
+                                      out_s=np.zeros(64, np.float32))
+    lengths[0] = 65  # past the outputs' 64 rows: rejected by the call, nothing written
+    with pytest.raises(nsa.InvalidArgumentError, match="out_capacity"):
+        call()
+    assert (out_k == POISON).all()
+
+
 def test_prepared_call_keeps_arrays_alive(rng):
     cache = random_cache(rng, 2)
     expected = ref.gather_k_and_s(cache, np.array([[1]], np.int32), np.array([64], np.int32))
