@@ -62,12 +62,18 @@ def test_prepared_call_keeps_arrays_alive(rng):
     cache = random_cache(rng, 2)
     expected = ref.gather_k_and_s(cache, np.array([[1]], np.int32), np.array([64], np.int32))
     out_k = np.zeros((64, 128), np.uint8)
-    call = nsa.prepare_gather_k_and_s(cache.copy(), np.array([[1]], np.int32), np.array([64], np.int32),
+    bound_cache = cache.copy()
+    cache_ref = weakref.ref(bound_cache)
+    call = nsa.prepare_gather_k_and_s(bound_cache, np.array([[1]], np.int32), np.array([64], np.int32),
                                       out_k=out_k, out_s=np.zeros(64, np.float32))
-    del cache
+    del cache, bound_cache
     gc.collect()
-    call()  # the temporaries above live as long as the prepared call
+    assert cache_ref() is not None  # held by the prepared call, not by this test
+    call()
     np.testing.assert_array_equal(out_k, expected[0])
+    del call
+    gc.collect()
+    assert cache_ref() is None  # and released with it
 
 
 @pytest.mark.skipif(not nsa.has_metadata, reason="this build has no metadata ops")
