@@ -276,15 +276,16 @@ json bench_case(const Case& c, const nsa::support::DeviceLimits& lim, std::mt199
   const auto base_eager = nsa::support::eager_time(baseline, 50);
   const auto copy_eager = nsa::support::eager_time(copy, 200);
   const auto build_eager = nsa::support::eager_time(build, 200);
+  const auto build_host = nsa::support::paired_host_time(build, 200);  // against an empty launch, interleaved
   const double gpu_target = 1.5 * (lim.empty_kernel_graph_us + build_bytes / (lim.copy_gbps * 1e3));
-  const double host_target = 1.2 * lim.empty_launch_host_us;
+  const double host_target = 1.2 * build_host.empty_us;
   const double upstream = upstream_us(c);
   const bool gpu_met = build_gpu <= gpu_target && (upstream == 0 || build_gpu < upstream);
-  const bool host_met = build_eager.host_us <= host_target;
-  fmt::print("{:<14} {:>4} {:>2} {:>6} | {:>8.2f} {:>7.2f} | {:>8.2f} {:>6.2f} | {:>8.2f} {:>6.2f} {:>7} {:>8.2f} {:>7} | "
-             "{:>6} {:<6} {:<6}\n",
+  const bool host_met = build_host.op_us <= host_target;
+  fmt::print("{:<14} {:>4} {:>2} {:>6} | {:>8.2f} {:>7.2f} | {:>8.2f} {:>6.2f} | {:>8.2f} {:>6.2f} {:>6.2f}x {:>7} {:>8.2f} "
+             "{:>7} | {:>6} {:<6} {:<6}\n",
              to_string(c.mode), bs, c.dests, c.ctx, base_gpu, base_eager.host_us, copy_gpu, copy_eager.host_us,
-             build_gpu, build_eager.host_us, has_floor ? fmt::format("{:.2f}", floor_gpu) : "-", gpu_target,
+             build_gpu, build_host.op_us, build_host.op_us / build_host.empty_us, has_floor ? fmt::format("{:.2f}", floor_gpu) : "-", gpu_target,
              upstream > 0 ? fmt::format("{:.1f}", upstream) : "-",
              fmt::format("{:.0f}", build_bytes / build_gpu / 1e3),
              gpu_met ? "MET" : "MISSED", host_met ? "MET" : "MISSED");
@@ -303,7 +304,9 @@ json bench_case(const Case& c, const nsa::support::DeviceLimits& lim, std::mt199
               {"copy_host_us", copy_eager.host_us},
               {"build_gpu_us", build_gpu},
               {"build_eager_gpu_us", build_eager.gpu_us},
-              {"build_host_us", build_eager.host_us},
+              {"build_host_us", build_host.op_us},
+              {"empty_launch_host_us_interleaved", build_host.empty_us},
+              {"build_host_over_empty", build_host.op_us / build_host.empty_us},
               {"build_gbps", build_bytes / build_gpu / 1e3},
               {"page_table_floor_gpu_us", has_floor ? json(floor_gpu) : json()},
               {"build_gpu_target_us", gpu_target},
@@ -324,14 +327,15 @@ int main(int argc, char** argv) {
     fmt::print("N = {}, page size {}, topk {}; GPU us per call as CUDA-graph replays, host us per eager call.\n", kN,
                kPage, kTopk);
     fmt::print("build targets: GPU <= 1.5 x (empty kernel + bytes / copy BW) and < upstream fused copy; "
-               "host <= 1.2 x empty launch ({:.2f} us)\n",
-               1.2 * lim.empty_launch_host_us);
+               "host <= 1.2 x empty launch (build host time and 'x empty' from samples interleaved with empty "
+               "launches; the empty launch alone: {:.2f} us)\n",
+               lim.empty_launch_host_us);
     fmt::print("floor = page tables alone, the least work of a build (req_to_token row index, then its columns, into "
                "every destination; bench/baselines/floor_kernels.h)\n");
-    fmt::print("{:<14} {:>4} {:>2} {:>6} | {:>8} {:>7} | {:>8} {:>6} | {:>8} {:>6} {:>7} {:>8} {:>7} | {:>6} {:<6} "
-               "{:<6}\n",
-               "mode", "bs", "D", "ctx", "base gpu", "host", "copy gpu", "host", "build", "host", "floor", "target",
-               "upstrm", "GB/s", "gpu", "host");
+    fmt::print("{:<14} {:>4} {:>2} {:>6} | {:>8} {:>7} | {:>8} {:>6} | {:>8} {:>6} {:>7} {:>7} {:>8} {:>7} | {:>6} "
+               "{:<6} {:<6}\n",
+               "mode", "bs", "D", "ctx", "base gpu", "host", "copy gpu", "host", "build", "host", "x empty", "floor",
+               "target", "upstrm", "GB/s", "gpu", "host");
     std::vector<int64_t> batches = {1, 8, 64, 256}, dests = {1, 3, 4}, ctxs = {4096, 32768};
     if (quick) {
       batches = {1, 64};

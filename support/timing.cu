@@ -115,6 +115,33 @@ EagerTiming eager_time(const Launch& launch, int iters) {
   return {median(host), median(gpu)};
 }
 
+PairedHostTiming paired_host_time(const Launch& launch, int iters) {
+  Stream stream;
+  const auto s = reinterpret_cast<cudaStream>(stream.s);
+  const Launch empty = [](cudaStream st) {
+    empty_kernel<<<1, 32, 0, reinterpret_cast<cudaStream_t>(st)>>>();
+    check(cudaGetLastError(), "empty kernel launch");
+  };
+  auto host_us = [&](const Launch& f) {
+    check(cudaStreamSynchronize(stream.s), "cudaStreamSynchronize");  // every sample starts from an idle stream
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < iters; ++i) f(s);
+    const auto t1 = std::chrono::steady_clock::now();
+    return std::chrono::duration<double, std::micro>(t1 - t0).count() / iters;
+  };
+  for (int i = 0; i < 10; ++i) {  // warm-up
+    launch(s);
+    empty(s);
+  }
+  std::vector<double> op, base;
+  for (int k = 0; k < 2 * kSamples + 1; ++k) {
+    op.push_back(host_us(launch));
+    base.push_back(host_us(empty));
+  }
+  check(cudaStreamSynchronize(stream.s), "cudaStreamSynchronize");
+  return {median(op), median(base)};
+}
+
 double copy_time_us(size_t bytes, int per_graph) {
   void *src = nullptr, *dst = nullptr;
   check(cudaMalloc(&src, std::max<size_t>(bytes, 16)), "cudaMalloc");

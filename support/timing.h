@@ -39,6 +39,16 @@ struct EagerTiming {
 };
 EagerTiming eager_time(const Launch& launch, int iters = 200);
 
+// Host microseconds per call of `launch` and of an empty kernel launch,
+// sampled alternately on the same stream (several interleaved samples each,
+// medians): the two figures see the same machine state, so their ratio is
+// stable even where the launch cost drifts by +-20% across a run.
+struct PairedHostTiming {
+  double op_us = 0;
+  double empty_us = 0;
+};
+PairedHostTiming paired_host_time(const Launch& launch, int iters = 200);
+
 // GPU time of a plain contiguous device-to-device cudaMemcpyAsync of `bytes`,
 // timed like graph_time_us (the "same bytes" copy baseline).
 double copy_time_us(size_t bytes, int per_graph = 20);

@@ -13,7 +13,7 @@
 // its item's source columns ONCE (all vectors first, so several 16-byte loads
 // are in flight per lane) and stores them into every query row that repeats
 // the request (TARGET_VERIFY / DRAFT_EXTEND) of every destination. Global
-// warp ids interleave CTAs (warp w of CTA c is w * gridDim + c), so
+// warp ids interleave CTAs (warp w of CTA c is w * CTAs + c), so
 // consecutive items land on different SMs even for a single request.
 //
 // Launchers take raw pointers, sizes and a stream, enqueue exactly one kernel
@@ -108,15 +108,18 @@ __host__ __device__ __forceinline__ int64_t clamped_rows_sum(int64_t kv, int64_t
 }
 
 // ---------------------------------------------------------------------------
-// build_metadata: ONE launch. Every CTA scans the batch redundantly (chunks of
-// kMetaThreads requests, cub BlockScan in shared memory) for the row offsets;
-// page-table items are numbered statically: item i is columns
+// build_metadata: ONE launch. The batch is read in chunks of kMetaThreads
+// requests. The last CTA scans each chunk (cub BlockScan in shared memory) and
+// writes the per-request and per-row scalars. In DRAFT_EXTEND the other CTAs
+// scan too (a request's first row is a prefix sum of the extend lengths); in
+// DECODE / TARGET_VERIFY request b owns rows [b * q, (b + 1) * q) and they
+// skip the scan. Page-table items are numbered statically: item i is columns
 // [c * kColsPerItem, (c + 1) * kColsPerItem) of request b, i = b * ipr + c,
 // with ipr = items per request from the host bound max_kv. A warp therefore
 // knows its first item's request without the scan, and the chain for a small
 // batch is two memory round trips, like a gather:
 //   1. {inputs of the chunk, the first item's request, descriptors, FlashMLA}
-//   2. the first item's req_to_token columns   (the scan runs meanwhile)
+//   2. the first item's req_to_token columns
 //   -> stores.
 // Items past a request's length are skipped (the warp jumps to its first item
 // of the next request), and each warp loads its next item before it stores
@@ -277,6 +280,14 @@ struct RequestInputs {
   int64_t rpi = 0;   // req_to_token row
 };
 
+// DECODE / TARGET_VERIFY with one chunk and at least one warp per item: each
+// warp's only item is its first one, stored before the chunk loop.
+template <class Policy>
+__device__ __forceinline__ bool first_stored_by_all(const BuildParams& p, int64_t static_q, int64_t ipr,
+                                                    int64_t grid_warps) {
+  return Policy::kFirstEarly && static_q > 0 && p.batch <= kMetaThreads && p.batch * ipr <= grid_warps;
+}
+
 // kChecked: requests with an invalid cache length, request row or extend
 // length are recorded in p.error and write no page-table rows (an invalid
 // extend length also counts as 0 query rows, so no row of it is written).
@@ -297,8 +308,14 @@ __global__ void __launch_bounds__(kMetaThreads, Policy::kCtasPerSm)
 
   const int tid = threadIdx.x;
   const int lane = tid & 31;
-  const int64_t grid_warps = static_cast<int64_t>(gridDim.x) * kMetaWarps;
-  const int64_t my_warp = static_cast<int64_t>(tid >> 5) * gridDim.x + blockIdx.x;
+  // CTAs [0, item_ctas) copy the page-table items. The last CTA writes the
+  // scalars; in a grid of more than one CTA it has no item, so its scan and
+  // stores run beside the others' page-table round trips instead of after them.
+  const int item_ctas = gridDim.x > 1 ? static_cast<int>(gridDim.x) - 1 : 1;
+  const bool item_cta = static_cast<int>(blockIdx.x) < item_ctas;
+  const bool scalars_cta = blockIdx.x == gridDim.x - 1;
+  const int64_t grid_warps = static_cast<int64_t>(item_ctas) * kMetaWarps;
+  const int64_t my_warp = static_cast<int64_t>(tid >> 5) * item_ctas + blockIdx.x;  // meaningful in item CTAs
   const int64_t gtid = static_cast<int64_t>(blockIdx.x) * kMetaThreads + tid;
   const int64_t gthreads = static_cast<int64_t>(gridDim.x) * kMetaThreads;
   const int64_t ipr = (p.max_kv + kCols - 1) / kCols;  // items per request
@@ -325,7 +342,7 @@ __global__ void __launch_bounds__(kMetaThreads, Policy::kCtasPerSm)
   RequestInputs mine;  // this thread's request of the current chunk (scan input)
   if (tid < count0) mine = load_request(tid);
   // This warp's first item is item my_warp (chunk 0 holds items [0, count0 * ipr)).
-  const bool has_first = Policy::kFirstEarly && my_warp < count0 * ipr;
+  const bool has_first = Policy::kFirstEarly && item_cta && my_warp < count0 * ipr;
   RequestInputs first;
   // (32-bit division: my_warp < 2^31 and ipr <= max_kv / 128 < 2^31 in any real table.)
   const int64_t first_b = has_first ? (my_warp <= INT32_MAX && ipr <= INT32_MAX
@@ -376,16 +393,21 @@ __global__ void __launch_bounds__(kMetaThreads, Policy::kCtasPerSm)
   if (split0) store_flashmla_split(p, targets, gtid, split0_v);
   if (tile0) store_flashmla_tile(p, targets, gtid, tile0_v);
   // Element 0 of the cumulative arrays (spec §5.2: 0, written once at capture; we write it every call).
-  if (blockIdx.x == 0) {
+  if (scalars_cta) {
     for (int64_t d = tid; d < p.num_targets; d += kMetaThreads) {
       targets[d].cu_seqlens_k[0] = 0;
       targets[d].nsa_cu_seqlens_k[0] = 0;
     }
   }
 
-  int64_t row_base = 0, kv_base = 0, nsa_base = 0;
-  int64_t chunk_index = 0;
-  for (int64_t chunk = 0; chunk < p.batch; chunk += kMetaThreads, ++chunk_index) {
+  // Only the scalars CTA scans in DECODE / TARGET_VERIFY (request b's rows
+  // start at b * q); in DRAFT_EXTEND every CTA needs the row starts.
+  const bool scans = scalars_cta || static_q == 0;
+  // When every item was a first item (stored above), an item CTA is done.
+  const bool all_items_stored = first_stored_by_all<Policy>(p, static_q, ipr, grid_warps);
+  const bool walks_chunks = scalars_cta || !all_items_stored;
+  int64_t row_base = 0, kv_base = 0, nsa_base = 0;  // kv_base, nsa_base: in CTAs that scan
+  for (int64_t chunk = 0; walks_chunks && chunk < p.batch; chunk += kMetaThreads) {
     const int count = static_cast<int>(p.batch - chunk < kMetaThreads ? p.batch - chunk : int64_t{kMetaThreads});
     if (chunk != 0) mine = tid < count ? load_request(chunk + tid) : RequestInputs{};
     int64_t kv = 0, q = 0;
@@ -406,9 +428,11 @@ __global__ void __launch_bounds__(kMetaThreads, Policy::kCtasPerSm)
           record_error(p.error, OpId::kBuildMetadata, ArgId::kReqPoolIndices, b, mine.rpi);
       }
     }
-    const BuildScan in = tid < count ? BuildScan{q, kv, clamped_rows_sum(kv, q, p.topk)} : BuildScan{0, 0, 0};
-    BuildScan before, total;
-    Scan(scan_storage).ExclusiveScan(in, before, BuildScan{0, 0, 0}, BuildScanSum(), total);
+    BuildScan before{tid * static_q, 0, 0}, total{count * static_q, 0, 0};
+    if (scans) {
+      const BuildScan in = tid < count ? BuildScan{q, kv, clamped_rows_sum(kv, q, p.topk)} : BuildScan{0, 0, 0};
+      Scan(scan_storage).ExclusiveScan(in, before, BuildScan{0, 0, 0}, BuildScanSum(), total);
+    }
     s_row_start[tid] = before.rows;
     s_src_offset[tid] = mine.rpi * p.req_to_token_ld;
     s_kv[tid] = kv;
@@ -417,12 +441,10 @@ __global__ void __launch_bounds__(kMetaThreads, Policy::kCtasPerSm)
     s_nsa_start[tid] = nsa_base + before.nsa;
     __syncthreads();
 
-    // Per-request and per-row scalars: written by one CTA per chunk, the
-    // requests' fields one thread each, the rows' fields one thread each (a
-    // row finds its request by binary search over the row starts).
-    // Chunk c's scalars: CTA gridDim.x - 1 - c % gridDim.x. The launcher gives
-    // a small job one CTA more than it has items, so that CTA has no item.
-    if (gridDim.x - 1 - chunk_index % gridDim.x == blockIdx.x) {
+    // Per-request and per-row scalars: the requests' fields one thread each,
+    // the rows' fields one thread each (a row finds its request by binary
+    // search over the row starts).
+    if (scalars_cta) {
       if (tid < count) {
         const int64_t b = chunk + tid;
         const int64_t cu_k = kv_base + before.kv + kv;
@@ -483,6 +505,7 @@ __global__ void __launch_bounds__(kMetaThreads, Policy::kCtasPerSm)
       rel0 = (my_warp - chunk * ipr) % grid_warps;
       if (rel0 < 0) rel0 += grid_warps;
     }
+    if (!item_cta) rel0 = items;
     // Chunk 0: item my_warp may be stored already, or loaded into `cur`.
     if (chunk == 0 && first_stored) rel0 += grid_warps;
     Item x = live(rel0);
