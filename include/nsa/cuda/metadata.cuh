@@ -159,11 +159,14 @@ __device__ __forceinline__ bool starts_page(const BuildParams& p, int64_t x) {
   return p.page_shift >= 0 ? (x & (p.page_size - 1)) == 0 : x % p.page_size == 0;
 }
 
-// Per-request quantities scanned across the batch.
+// Per-request quantities scanned across the batch. 32-bit words halve the
+// shuffles of the scan: rows fit (R <= INT32_MAX is validated), and the two
+// cumulative sums are int32 outputs, so their sums modulo 2^32 are exactly
+// what a 64-bit sum narrowed to int32 gives.
 struct BuildScan {
-  int64_t rows;  // query rows (q_b)
-  int64_t kv;    // cache_seqlens (for cu_seqlens_k)
-  int64_t nsa;   // sum of nsa_cache_seqlens over the request's rows
+  uint32_t rows;  // query rows (q_b)
+  uint32_t kv;    // cache_seqlens (for cu_seqlens_k)
+  uint32_t nsa;   // sum of nsa_cache_seqlens over the request's rows
 };
 struct BuildScanSum {
   __device__ __forceinline__ BuildScan operator()(const BuildScan& a, const BuildScan& b) const {
@@ -207,52 +210,83 @@ __device__ __forceinline__ void load_page_item(PageItem<Policy>& it, const int32
 
 // Stores an item into its q rows (starting at row0) of every destination,
 // plus the real_page_table entries of the page starts among its columns.
-// Everything that does not depend on the destination is computed once per
-// item: the loop over destinations is the hot path of a small batch.
+// Everything that does not depend on the destination or the row is computed
+// once per item, and rows are walked by pointer increments: with a few warps
+// per SM this loop runs latency-bound, so its length per row is what counts.
 template <class Policy>
 __device__ __forceinline__ void store_page_item(const BuildParams& p, const MetadataBuffers* targets,
                                                 const PageItem<Policy>& it, int64_t len, int64_t c0, int64_t row0,
                                                 int64_t q, int lane) {
+  constexpr int kV = Policy::kVecPerLane;
+  int64_t col[kV];  // a lane's groups of 4 columns
+  bool full[kV];    // all 4 columns exist: one 16-byte store when the row is aligned
   // With P a power of two >= 4, a lane's 4 columns (c a multiple of 4) hold at
   // most one page start, c itself: real[r, c / P] = (slot at c) / P.
   const bool one_start = p.page_shift >= 2;
-  bool real_start[Policy::kVecPerLane];
-  int32_t real_val[Policy::kVecPerLane];
+  bool real_start[kV];
+  int64_t real_col[kV];
+  int32_t real_val[kV];
 #pragma unroll
-  for (int k = 0; k < Policy::kVecPerLane; ++k) {
-    const int64_t c = c0 + 4 * (lane + 32 * k);
-    real_start[k] = one_start && c < len && (c & (p.page_size - 1)) == 0;
+  for (int k = 0; k < kV; ++k) {
+    col[k] = c0 + 4 * (lane + 32 * k);
+    full[k] = col[k] + 4 <= len;
+    real_start[k] = one_start && col[k] < len && (col[k] & (p.page_size - 1)) == 0;
+    real_col[k] = one_start ? col[k] >> p.page_shift : 0;
     real_val[k] = static_cast<int32_t>(page_of(p, it.v[k].x));
   }
   for (int64_t d = 0; d < p.num_targets; ++d) {
-    const MetadataBuffers& t = targets[d];
-    int32_t* const table = t.page_table_1;
-    const int64_t ld = t.page_table_1_ld;
+    const MetadataBuffers& t = targets[d];  // all four fields are read before the first store
+    const int64_t ld = t.page_table_1_ld, real_ld = t.real_page_table_ld;
+    int32_t* row = t.page_table_1 + row0 * ld;
     int32_t* const real = t.real_page_table;
-    const int64_t real_ld = t.real_page_table_ld;
-    for (int64_t j = 0; j < q; ++j) {
-      int32_t* dst = table + (row0 + j) * ld;
-      const bool dst_vec = aligned16(dst);
+    int64_t real_offset = row0 * real_ld;
+    for (int64_t j = 0; j < q; ++j, row += ld, real_offset += real_ld) {
+      const bool vec = aligned16(row);
 #pragma unroll
-      for (int k = 0; k < Policy::kVecPerLane; ++k) store_group(dst, c0 + 4 * (lane + 32 * k), len, dst_vec, it.v[k]);
+      for (int k = 0; k < kV; ++k) {
+        if (full[k] && vec) *reinterpret_cast<int4*>(row + col[k]) = it.v[k];
+        else store_group(row, col[k], len, false, it.v[k]);
+      }
       if (real == nullptr) continue;
-      int32_t* real_row = real + (row0 + j) * real_ld;
+      int32_t* real_row = real + real_offset;
       if (one_start) {
 #pragma unroll
-        for (int k = 0; k < Policy::kVecPerLane; ++k) {
-          if (real_start[k]) real_row[(c0 + 4 * (lane + 32 * k)) >> p.page_shift] = real_val[k];
-        }
+        for (int k = 0; k < kV; ++k)
+          if (real_start[k]) real_row[real_col[k]] = real_val[k];
         continue;
       }
 #pragma unroll
-      for (int k = 0; k < Policy::kVecPerLane; ++k) {  // any page size
-        const int64_t c = c0 + 4 * (lane + 32 * k);
+      for (int k = 0; k < kV; ++k) {  // any page size
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          if (c + e < len && starts_page(p, c + e))
-            real_row[page_of(p, c + e)] = static_cast<int32_t>(page_of(p, group_elem(it.v[k], e)));
+          const int64_t c = col[k] + e;
+          if (c < len && starts_page(p, c))
+            real_row[page_of(p, c)] = static_cast<int32_t>(page_of(p, group_elem(it.v[k], e)));
         }
       }
+    }
+  }
+}
+
+// Request b's fields and those of its q rows (rows [row0, row0 + q)), into
+// every destination; cu_before / nsa_before are the cumulative sums before
+// the request (modulo 2^32, see BuildScan). One thread per request: no search
+// of the row starts, and the stores leave as soon as the scan is done.
+__device__ __forceinline__ void store_request_scalars(const BuildParams& p, const MetadataBuffers* targets, int64_t b,
+                                                      int64_t row0, int64_t kv, int64_t q, uint32_t cu_before,
+                                                      uint32_t nsa_before) {
+  for (int64_t d = 0; d < p.num_targets; ++d) {
+    const MetadataBuffers& t = targets[d];
+    t.cache_seqlens[b] = static_cast<int32_t>(kv);
+    t.cu_seqlens_k[b + 1] = static_cast<int32_t>(cu_before + static_cast<uint32_t>(kv));
+    uint32_t running = nsa_before;
+    for (int64_t j = 0; j < q; ++j) {
+      const int64_t expanded = kv - q + 1 + j;
+      const int64_t clamped = expanded < p.topk ? expanded : p.topk;
+      running += static_cast<uint32_t>(clamped);
+      if (t.seqlens_expanded != nullptr) t.seqlens_expanded[row0 + j] = static_cast<int32_t>(expanded);
+      t.nsa_cache_seqlens[row0 + j] = static_cast<int32_t>(clamped);
+      t.nsa_cu_seqlens_k[row0 + j + 1] = static_cast<int32_t>(running);
     }
   }
 }
@@ -280,14 +314,6 @@ struct RequestInputs {
   int64_t rpi = 0;   // req_to_token row
 };
 
-// DECODE / TARGET_VERIFY with one chunk and at least one warp per item: each
-// warp's only item is its first one, stored before the chunk loop.
-template <class Policy>
-__device__ __forceinline__ bool first_stored_by_all(const BuildParams& p, int64_t static_q, int64_t ipr,
-                                                    int64_t grid_warps) {
-  return Policy::kFirstEarly && static_q > 0 && p.batch <= kMetaThreads && p.batch * ipr <= grid_warps;
-}
-
 // kChecked: requests with an invalid cache length, request row or extend
 // length are recorded in p.error and write no page-table rows (an invalid
 // extend length also counts as 0 query rows, so no row of it is written).
@@ -300,10 +326,8 @@ __global__ void __launch_bounds__(kMetaThreads, Policy::kCtasPerSm)
   __shared__ typename Scan::TempStorage scan_storage;
   __shared__ int64_t s_row_start[kMetaThreads];   // first query row of each request, within the chunk
   __shared__ int64_t s_src_offset[kMetaThreads];  // rpi * ld
-  __shared__ int64_t s_kv[kMetaThreads];          // cache length
   __shared__ int64_t s_cols[kMetaThreads];        // columns to copy: the cache length, 0 when no row may be written
   __shared__ int64_t s_q[kMetaThreads];
-  __shared__ int64_t s_nsa_start[kMetaThreads];   // nsa_cu_seqlens_k before each request's rows
   __shared__ MetadataBuffers s_targets[kMaxSharedTargets];
 
   const int tid = threadIdx.x;
@@ -403,10 +427,14 @@ __global__ void __launch_bounds__(kMetaThreads, Policy::kCtasPerSm)
   // Only the scalars CTA scans in DECODE / TARGET_VERIFY (request b's rows
   // start at b * q); in DRAFT_EXTEND every CTA needs the row starts.
   const bool scans = scalars_cta || static_q == 0;
-  // When every item was a first item (stored above), an item CTA is done.
-  const bool all_items_stored = first_stored_by_all<Policy>(p, static_q, ipr, grid_warps);
-  const bool walks_chunks = scalars_cta || !all_items_stored;
-  int64_t row_base = 0, kv_base = 0, nsa_base = 0;  // kv_base, nsa_base: in CTAs that scan
+  // An item CTA whose warps had one item each at most (stored above) is done:
+  // DECODE / TARGET_VERIFY, one chunk, and even the CTA's lowest warp id
+  // (blockIdx.x) has no second item.
+  const bool items_done = item_cta && Policy::kFirstEarly && static_q > 0 && p.batch <= kMetaThreads &&
+                          blockIdx.x + grid_warps >= p.batch * ipr;
+  const bool walks_chunks = scalars_cta || !items_done;
+  int64_t row_base = 0;
+  uint32_t kv_base = 0, nsa_base = 0;  // meaningful in CTAs that scan
   for (int64_t chunk = 0; walks_chunks && chunk < p.batch; chunk += kMetaThreads) {
     const int count = static_cast<int>(p.batch - chunk < kMetaThreads ? p.batch - chunk : int64_t{kMetaThreads});
     if (chunk != 0) mine = tid < count ? load_request(chunk + tid) : RequestInputs{};
@@ -428,52 +456,22 @@ __global__ void __launch_bounds__(kMetaThreads, Policy::kCtasPerSm)
           record_error(p.error, OpId::kBuildMetadata, ArgId::kReqPoolIndices, b, mine.rpi);
       }
     }
-    BuildScan before{tid * static_q, 0, 0}, total{count * static_q, 0, 0};
+    BuildScan before{static_cast<uint32_t>(tid * static_q), 0, 0};
+    BuildScan total{static_cast<uint32_t>(count * static_q), 0, 0};
     if (scans) {
-      const BuildScan in = tid < count ? BuildScan{q, kv, clamped_rows_sum(kv, q, p.topk)} : BuildScan{0, 0, 0};
+      const BuildScan in = tid < count ? BuildScan{static_cast<uint32_t>(q), static_cast<uint32_t>(kv),
+                                                   static_cast<uint32_t>(clamped_rows_sum(kv, q, p.topk))}
+                                       : BuildScan{0, 0, 0};
       Scan(scan_storage).ExclusiveScan(in, before, BuildScan{0, 0, 0}, BuildScanSum(), total);
     }
+    if (scalars_cta && tid < count)
+      store_request_scalars(p, targets, chunk + tid, row_base + before.rows, kv, q, kv_base + before.kv,
+                            nsa_base + before.nsa);
     s_row_start[tid] = before.rows;
     s_src_offset[tid] = mine.rpi * p.req_to_token_ld;
-    s_kv[tid] = kv;
     s_cols[tid] = ok && q > 0 ? kv : 0;
     s_q[tid] = q;
-    s_nsa_start[tid] = nsa_base + before.nsa;
-    __syncthreads();
-
-    // Per-request and per-row scalars: the requests' fields one thread each,
-    // the rows' fields one thread each (a row finds its request by binary
-    // search over the row starts).
-    if (scalars_cta) {
-      if (tid < count) {
-        const int64_t b = chunk + tid;
-        const int64_t cu_k = kv_base + before.kv + kv;
-        for (int64_t d = 0; d < p.num_targets; ++d) {
-          const MetadataBuffers& t = targets[d];
-          t.cache_seqlens[b] = static_cast<int32_t>(kv);
-          t.cu_seqlens_k[b + 1] = static_cast<int32_t>(cu_k);
-        }
-      }
-      for (int64_t r = tid; r < total.rows; r += kMetaThreads) {
-        int lo = 0, hi = count - 1;  // last request whose first row <= r
-        while (lo < hi) {
-          const int mid = (lo + hi + 1) >> 1;
-          if (s_row_start[mid] <= r) lo = mid;
-          else hi = mid - 1;
-        }
-        const int64_t j = r - s_row_start[lo];  // row within its request
-        const int64_t expanded = s_kv[lo] - s_q[lo] + 1 + j;
-        const int64_t clamped = expanded < p.topk ? expanded : p.topk;
-        // nsa_cu_seqlens_k[r + 1]: the request's start plus its first j + 1 clamped rows.
-        const int64_t running = s_nsa_start[lo] + clamped_rows_sum(expanded, j + 1, p.topk);
-        for (int64_t d = 0; d < p.num_targets; ++d) {
-          const MetadataBuffers& t = targets[d];
-          if (t.seqlens_expanded != nullptr) t.seqlens_expanded[row_base + r] = static_cast<int32_t>(expanded);
-          t.nsa_cache_seqlens[row_base + r] = static_cast<int32_t>(clamped);
-          t.nsa_cu_seqlens_k[row_base + r + 1] = static_cast<int32_t>(running);
-        }
-      }
-    }
+    if (item_cta) __syncthreads();  // the items below read them (the scalars CTA of a larger grid has none)
 
     // Page-table items of this chunk: global numbers [chunk * ipr, (chunk +
     // count) * ipr), every grid_warps-th one for this warp (the round robin
@@ -521,7 +519,7 @@ __global__ void __launch_bounds__(kMetaThreads, Policy::kCtasPerSm)
     row_base += total.rows;
     kv_base += total.kv;
     nsa_base += total.nsa;
-    __syncthreads();  // shared arrays and scan storage are reused by the next chunk
+    if (chunk + kMetaThreads < p.batch) __syncthreads();  // the next chunk reuses the shared arrays and scan storage
   }
 
   // FlashMLA elements past the first gthreads, and DRAFT_EXTEND's split
