@@ -268,6 +268,27 @@ __device__ __forceinline__ void store_page_item(const BuildParams& p, const Meta
   }
 }
 
+// Query rows of a request with extend length q: in checked mode an invalid
+// length (outside [0, N]) counts as 0 rows (it is recorded, and none of its
+// rows is written).
+template <bool kChecked>
+__device__ __forceinline__ int64_t query_rows(const BuildParams& p, int64_t q) {
+  return kChecked && (q < 0 || q > p.draft_tokens) ? 0 : q;
+}
+
+// DRAFT_EXTEND: the query rows of requests [0, b), b < kMetaThreads, summed
+// by one warp (all loads in flight at once, then one warp reduction).
+template <bool kChecked>
+__device__ __forceinline__ int64_t extend_rows_before(const BuildParams& p, int64_t b, int lane) {
+  uint32_t part = 0;  // R <= INT32_MAX (validated): 32 bits hold every partial sum
+#pragma unroll
+  for (int k = 0; k < kMetaThreads / 32; ++k) {
+    const int64_t i = lane + 32 * k;
+    if (i < b) part += static_cast<uint32_t>(query_rows<kChecked>(p, load_index(p.extend_lens, p.extend_lens_64, i)));
+  }
+  return __reduce_add_sync(0xffffffffu, part);
+}
+
 // Request b's fields and those of its q rows (rows [row0, row0 + q)), into
 // every destination; cu_before / nsa_before are the cumulative sums before
 // the request (modulo 2^32, see BuildScan). One thread per request: no search
@@ -374,6 +395,13 @@ __global__ void __launch_bounds__(kMetaThreads, Policy::kCtasPerSm)
                                            : my_warp / ipr)
                                     : 0;
   if (has_first) first = load_request(first_b);
+  // The first item's first row: b * q in DECODE / TARGET_VERIFY; in
+  // DRAFT_EXTEND the extend lengths before request b, summed by the warp in
+  // this round trip (b < kMetaThreads), so no mode waits for the scan.
+  const int64_t static_q = decode ? 1 : verify ? p.draft_tokens : 0;
+  const int64_t first_row0 = static_q > 0 ? first_b * static_q
+                             : has_first  ? extend_rows_before<kChecked>(p, first_b, lane)
+                                          : 0;
   // Destination descriptors, into registers now and into shared memory below.
   constexpr int kWords = static_cast<int>(sizeof(MetadataBuffers) / sizeof(long long));
   constexpr int kDescRegs = (kMaxSharedTargets * kWords + kMetaThreads - 1) / kMetaThreads;
@@ -406,13 +434,12 @@ __global__ void __launch_bounds__(kMetaThreads, Policy::kCtasPerSm)
   }
   const MetadataBuffers* targets = shared_targets ? s_targets : p.targets;
   __syncthreads();
-  // DECODE / TARGET_VERIFY: the first item's rows are known without the scan
-  // (request b owns rows [b * q, (b + 1) * q)), so it is stored now and the
-  // scan and its barrier stay off the small batch's critical path.
-  const int64_t static_q = decode ? 1 : verify ? p.draft_tokens : 0;
-  const bool first_stored = first_loaded && static_q > 0;
+  // The first item is stored now: the scan and its barriers stay off the
+  // small batch's critical path.
+  const bool first_stored = first_loaded;
   if (first_stored) {
-    store_page_item(p, targets, cur, first_kv, first_c0, first_b * static_q, static_q, lane);
+    const int64_t first_q = static_q > 0 ? static_q : query_rows<kChecked>(p, first.q);
+    store_page_item(p, targets, cur, first_kv, first_c0, first_row0, first_q, lane);
   }
   if (split0) store_flashmla_split(p, targets, gtid, split0_v);
   if (tile0) store_flashmla_tile(p, targets, gtid, tile0_v);
@@ -428,10 +455,9 @@ __global__ void __launch_bounds__(kMetaThreads, Policy::kCtasPerSm)
   // start at b * q); in DRAFT_EXTEND every CTA needs the row starts.
   const bool scans = scalars_cta || static_q == 0;
   // An item CTA whose warps had one item each at most (stored above) is done:
-  // DECODE / TARGET_VERIFY, one chunk, and even the CTA's lowest warp id
-  // (blockIdx.x) has no second item.
-  const bool items_done = item_cta && Policy::kFirstEarly && static_q > 0 && p.batch <= kMetaThreads &&
-                          blockIdx.x + grid_warps >= p.batch * ipr;
+  // one chunk, and even the CTA's lowest warp id (blockIdx.x) has no second item.
+  const bool items_done =
+      item_cta && Policy::kFirstEarly && p.batch <= kMetaThreads && blockIdx.x + grid_warps >= p.batch * ipr;
   const bool walks_chunks = scalars_cta || !items_done;
   int64_t row_base = 0;
   uint32_t kv_base = 0, nsa_base = 0;  // meaningful in CTAs that scan
@@ -446,7 +472,7 @@ __global__ void __launch_bounds__(kMetaThreads, Policy::kCtasPerSm)
       ok = table_ok(mine);
       if constexpr (kChecked) {
         const int64_t b = chunk + tid;
-        if (q < 0 || q > p.draft_tokens) {
+        if (q != query_rows<kChecked>(p, q)) {
           record_error(p.error, OpId::kBuildMetadata, ArgId::kExtendLens, b, q);
           q = 0;
         }
@@ -523,11 +549,16 @@ __global__ void __launch_bounds__(kMetaThreads, Policy::kCtasPerSm)
   }
 
   // FlashMLA elements past the first gthreads, and DRAFT_EXTEND's split
-  // counts (R + 1 = row_base + 1 is known now): load, then store.
-  const int64_t splits = known_rows >= 0 ? known_rows + 1 : row_base + 1;
+  // counts (R + 1 elements; R = row_base is known to the scalars CTA, the one
+  // CTA sure to have walked every chunk): load, then store.
   if (p.flashmla_num_splits != nullptr) {
-    for (int64_t e = known_rows >= 0 ? gtid + gthreads : gtid; e < splits; e += gthreads)
-      store_flashmla_split(p, targets, e, __ldg(p.flashmla_num_splits + e));
+    if (known_rows >= 0) {
+      for (int64_t e = gtid + gthreads; e <= known_rows; e += gthreads)
+        store_flashmla_split(p, targets, e, __ldg(p.flashmla_num_splits + e));
+    } else if (scalars_cta) {
+      for (int64_t e = tid; e <= row_base; e += kMetaThreads)
+        store_flashmla_split(p, targets, e, __ldg(p.flashmla_num_splits + e));
+    }
   }
   if (p.flashmla_metadata != nullptr) {
     for (int64_t e = gtid + gthreads; e < p.flashmla_metadata_max; e += gthreads)
