@@ -169,7 +169,8 @@ json bench_case(const Case& c, const nsa::support::DeviceLimits& lim, std::mt199
   nsa::support::synchronize(nsa::Backend::kCuda);
 
   auto build = [&](nsa::cudaStream st) { nsa::build_metadata(nsa::Exec::cuda(st), cfg, in, targets); };
-  // Floor (bench/baselines/floor_kernels.h): page tables only, DECODE / TARGET_VERIFY (q static), into scratch tables.
+  // Floor (bench/baselines/floor_kernels.h): page tables only, into scratch tables. Request b owns rows
+  // [b * q, (b + 1) * q) in every mode here (DRAFT_EXTEND's e_b = N), which is the floor kernel's layout.
   std::vector<Buffer> floor_tables;
   nsa::baseline::FloorTables floor_dst;
   for (int64_t d = 0; d < c.dests && d < nsa::baseline::FloorTables::kMax; ++d) {
@@ -177,7 +178,6 @@ json bench_case(const Case& c, const nsa::support::DeviceLimits& lim, std::mt199
     floor_dst.table[floor_dst.count] = floor_tables.back().as<int32_t>();
     floor_dst.ld[floor_dst.count++] = ld;
   }
-  const bool has_floor = c.mode != ForwardMode::kDraftExtend;
   auto floor = [&](nsa::cudaStream st) {
     cuda_check(nsa::baseline::page_table_floor(table_d.as<int32_t>(), ld, rpi_d.as<int32_t>(), bs, R / bs, kv,
                                                floor_dst, lim.sm_count, st),
@@ -272,7 +272,7 @@ json bench_case(const Case& c, const nsa::support::DeviceLimits& lim, std::mt199
   const double base_gpu = nsa::support::graph_time_us(baseline, 10);
   const double copy_gpu = nsa::support::graph_time_us(copy, 20);
   const double build_gpu = nsa::support::graph_time_us(build, 20);
-  const double floor_gpu = has_floor ? nsa::support::graph_time_us(floor, 20) : 0.0;
+  const double floor_gpu = nsa::support::graph_time_us(floor, 20);
   const auto base_eager = nsa::support::eager_time(baseline, 50);
   const auto copy_eager = nsa::support::eager_time(copy, 200);
   const auto build_eager = nsa::support::eager_time(build, 200);
@@ -282,10 +282,10 @@ json bench_case(const Case& c, const nsa::support::DeviceLimits& lim, std::mt199
   const double upstream = upstream_us(c);
   const bool gpu_met = build_gpu <= gpu_target && (upstream == 0 || build_gpu < upstream);
   const bool host_met = build_host.op_us <= host_target;
-  fmt::print("{:<14} {:>4} {:>2} {:>6} | {:>8.2f} {:>7.2f} | {:>8.2f} {:>6.2f} | {:>8.2f} {:>6.2f} {:>6.2f}x {:>7} {:>8.2f} "
-             "{:>7} | {:>6} {:<6} {:<6}\n",
+  fmt::print("{:<14} {:>4} {:>2} {:>6} | {:>8.2f} {:>7.2f} | {:>8.2f} {:>6.2f} | {:>8.2f} {:>6.2f} {:>6.2f}x {:>7.2f} "
+             "{:>8.2f} {:>7} | {:>6} {:<6} {:<6}\n",
              to_string(c.mode), bs, c.dests, c.ctx, base_gpu, base_eager.host_us, copy_gpu, copy_eager.host_us,
-             build_gpu, build_host.op_us, build_host.op_us / build_host.empty_us, has_floor ? fmt::format("{:.2f}", floor_gpu) : "-", gpu_target,
+             build_gpu, build_host.op_us, build_host.op_us / build_host.empty_us, floor_gpu, gpu_target,
              upstream > 0 ? fmt::format("{:.1f}", upstream) : "-",
              fmt::format("{:.0f}", build_bytes / build_gpu / 1e3),
              gpu_met ? "MET" : "MISSED", host_met ? "MET" : "MISSED");
@@ -308,7 +308,7 @@ json bench_case(const Case& c, const nsa::support::DeviceLimits& lim, std::mt199
               {"empty_launch_host_us_interleaved", build_host.empty_us},
               {"build_host_over_empty", build_host.op_us / build_host.empty_us},
               {"build_gbps", build_bytes / build_gpu / 1e3},
-              {"page_table_floor_gpu_us", has_floor ? json(floor_gpu) : json()},
+              {"page_table_floor_gpu_us", floor_gpu},
               {"build_gpu_target_us", gpu_target},
               {"build_host_target_us", host_target},
               {"upstream_fused_gpu_us", upstream},

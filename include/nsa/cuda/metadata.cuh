@@ -437,8 +437,7 @@ __global__ void __launch_bounds__(kMetaThreads, Policy::kCtasPerSm)
   __syncthreads();
   // The first item is stored now: the scan and its barriers stay off the
   // small batch's critical path.
-  const bool first_stored = first_loaded;
-  if (first_stored) {
+  if (first_loaded) {
     const int64_t first_q = static_q > 0 ? static_q : query_rows<kChecked>(p, first.q);
     store_page_item(p, targets, cur, first_kv, first_c0, first_row0, first_q, lane);
   }
@@ -453,7 +452,8 @@ __global__ void __launch_bounds__(kMetaThreads, Policy::kCtasPerSm)
   }
 
   // Only the scalars CTA scans in DECODE / TARGET_VERIFY (request b's rows
-  // start at b * q); in DRAFT_EXTEND every CTA needs the row starts.
+  // start at b * q); in DRAFT_EXTEND every CTA that walks the chunks needs the
+  // row starts of its later items.
   const bool scans = scalars_cta || static_q == 0;
   // An item CTA whose warps had one item each at most (stored above) is done:
   // one chunk, and even the CTA's lowest warp id (blockIdx.x) has no second item.
@@ -531,10 +531,10 @@ __global__ void __launch_bounds__(kMetaThreads, Policy::kCtasPerSm)
       if (rel0 < 0) rel0 += grid_warps;
     }
     if (!item_cta) rel0 = items;
-    // Chunk 0: item my_warp may be stored already, or loaded into `cur`.
-    if (chunk == 0 && first_stored) rel0 += grid_warps;
+    // Chunk 0: item my_warp may be stored already.
+    if (chunk == 0 && first_loaded) rel0 += grid_warps;
     Item x = live(rel0);
-    if (x.rel < items && !(chunk == 0 && first_loaded && x.rel == my_warp)) load_item(cur, x);
+    if (x.rel < items) load_item(cur, x);
     while (x.rel < items) {
       const Item n = live(x.rel + grid_warps);
       PageItem<Policy> next;
