@@ -118,6 +118,8 @@ void build_metadata(const Exec& exec, const MetadataConfig& config, const Metada
   c.at_least(config.batch_size, 0, "config.batch_size");
   c.at_least(config.draft_tokens, 1, "config.draft_tokens");
   c.at_least(config.topk, 1, "config.topk");
+  if (config.topk > std::numeric_limits<int32_t>::max())  // min(expanded, topk) is an int32 output
+    c.fail("config.topk", "<= 2147483647 (nsa_cache_seqlens is int32)", std::to_string(config.topk));
   c.at_least(config.page_size, 1, "config.page_size");
   if (config.batch_size > 0 && config.draft_tokens > std::numeric_limits<int32_t>::max() / config.batch_size)
     c.fail("config.draft_tokens", "batch_size * draft_tokens rows that fit in int32",

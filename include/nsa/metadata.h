@@ -32,7 +32,7 @@ struct MetadataConfig {
   ForwardMode mode = ForwardMode::kDecode;
   int64_t batch_size = 0;    // bs (under CUDA graphs: the captured, padded size)
   int64_t draft_tokens = 1;  // N: TARGET_VERIFY query tokens per request; DRAFT_EXTEND max e_b
-  int64_t topk = 2048;       // index_topk: nsa_cache_seqlens = min(expanded, topk)
+  int64_t topk = 2048;       // index_topk: nsa_cache_seqlens = min(expanded, topk); 1..INT32_MAX
   int64_t page_size = 64;    // P of real_page_table (page id = slot / P)
 };
 

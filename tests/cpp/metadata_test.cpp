@@ -621,6 +621,7 @@ TEST(MetadataValidation, EveryCheckNamesItsArgumentAndWritesNothing) {
   expect_invalid([&] { build(with_cfg([](auto& c) { c.batch_size = -1; }), in); }, "config.batch_size");
   expect_invalid([&] { build(with_cfg([](auto& c) { c.draft_tokens = 0; }), in); }, "config.draft_tokens");
   expect_invalid([&] { build(with_cfg([](auto& c) { c.topk = 0; }), in); }, "config.topk");
+  expect_invalid([&] { build(with_cfg([](auto& c) { c.topk = int64_t{1} << 31; }), in); }, "config.topk");
   expect_invalid([&] { build(with_cfg([](auto& c) { c.page_size = 0; }), in); }, "config.page_size");
   expect_invalid([&] { build(with_cfg([](auto& c) { c.draft_tokens = int64_t{1} << 40; }), in); }, "config.draft_tokens");
   // Row capacity: 2 requests x N = 4 rows > max_rows = 8? No: 8 fits; 3 requests x 4 = 12 does not.

@@ -189,8 +189,8 @@ struct BuildPolicy {
   static constexpr int kCtasPerSm = kCtasPerSmT;
   static constexpr bool kFirstEarly = kFirstEarlyT;
 };
-// Measured on an H100 (docs/gpu-report.md): 128-column items win while every
-// item can be a first item; 256-column items beyond.
+// Measured on an H100 (docs/gpu-report.md): 128-column items win while there
+// is a warp per item; 256-column items beyond.
 using SmallBuildPolicy = BuildPolicy<1, 2, true>;
 using LargeBuildPolicy = BuildPolicy<2, 2, true>;
 
@@ -682,9 +682,10 @@ cudaError_t launch_build_metadata(const BuildParams& p, int num_sms, cudaStream_
   return cudaGetLastError();
 }
 
-// Picks the policy from what the host knows: short items while every one of
-// them can be a first item (a warp each in the item CTAs of a full grid; the
-// last CTA holds none), else long ones.
+// Picks the policy from what the host knows: short items while the job has no
+// more of them than the item CTAs of a full grid have warps (the last CTA
+// holds none; in a batch of one chunk every item is then a first item), else
+// long ones.
 inline cudaError_t invoke_build_metadata(const BuildParams& p, int num_sms, cudaStream_t stream) {
   static_assert(SmallBuildPolicy::kCtasPerSm == LargeBuildPolicy::kCtasPerSm, "one grid size for both");
   const int64_t small_items = p.batch * build_items_per_request<SmallBuildPolicy>(p);
