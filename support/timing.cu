@@ -18,6 +18,12 @@ void check(cudaError_t err, const char* what) {
 
 __global__ void empty_kernel() {}
 
+// The reference launch every host and GPU figure is compared with.
+void launch_empty_kernel(cudaStream s) {
+  empty_kernel<<<1, 32, 0, reinterpret_cast<cudaStream_t>(s)>>>();
+  check(cudaGetLastError(), "empty kernel launch");
+}
+
 double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   return v[v.size() / 2];
@@ -118,10 +124,7 @@ EagerTiming eager_time(const Launch& launch, int iters) {
 PairedHostTiming paired_host_time(const Launch& launch, int iters) {
   Stream stream;
   const auto s = reinterpret_cast<cudaStream>(stream.s);
-  const Launch empty = [](cudaStream st) {
-    empty_kernel<<<1, 32, 0, reinterpret_cast<cudaStream_t>(st)>>>();
-    check(cudaGetLastError(), "empty kernel launch");
-  };
+  const Launch empty = launch_empty_kernel;
   auto host_us = [&](const Launch& f) {
     check(cudaStreamSynchronize(stream.s), "cudaStreamSynchronize");  // every sample starts from an idle stream
     const auto t0 = std::chrono::steady_clock::now();
@@ -175,10 +178,7 @@ DeviceLimits measure_device_limits() {
   lim.sm_count = prop.multiProcessorCount;
   const size_t big = size_t{1} << 30;  // 1 GiB each way: far beyond L2
   lim.copy_gbps = 2.0 * static_cast<double>(big) / (copy_time_us(big, 2) * 1e3);
-  const Launch empty = [](cudaStream s) {
-    empty_kernel<<<1, 32, 0, reinterpret_cast<cudaStream_t>(s)>>>();
-    check(cudaGetLastError(), "empty kernel launch");
-  };
+  const Launch empty = launch_empty_kernel;
   lim.empty_kernel_graph_us = graph_time_us(empty, 100);
   const EagerTiming eager = eager_time(empty, 1000);
   lim.empty_kernel_eager_us = eager.gpu_us;

@@ -42,7 +42,7 @@ EagerTiming eager_time(const Launch& launch, int iters = 200);
 // Host microseconds per call of `launch` and of an empty kernel launch,
 // sampled alternately on the same stream (several interleaved samples each,
 // medians): the two figures see the same machine state, so their ratio is
-// stable even where the launch cost drifts by +-20% across a run.
+// stable even where the launch cost drifts across a run.
 struct PairedHostTiming {
   double op_us = 0;
   double empty_us = 0;

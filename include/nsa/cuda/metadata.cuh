@@ -178,21 +178,19 @@ struct BuildScanSum {
 // (columns per item = 128 * kVecPerLane) and resident CTAs per SM (the
 // register cap of __launch_bounds__). Small jobs want short items (more of
 // them, spread over more SMs); large ones want long items and occupancy.
-// kFirstEarly: each warp loads its first item in the kernel's second round
-// trip and stores it before the scan. Both policies use it (measured on an
-// H100: it saves a round trip per small job and costs large ones < 3%); the
-// knob stays for architectures where its registers would cost occupancy.
-template <int kVecPerLaneT, int kCtasPerSmT, bool kFirstEarlyT>
+// Under either policy each warp loads its first item in the kernel's second
+// round trip and stores it before the scan: a small job saves a round trip,
+// and large ones measured about the same on an H100.
+template <int kVecPerLaneT, int kCtasPerSmT>
 struct BuildPolicy {
   static constexpr int kVecPerLane = kVecPerLaneT;
   static constexpr int64_t kColsPerItem = 32 * 4 * kVecPerLane;
   static constexpr int kCtasPerSm = kCtasPerSmT;
-  static constexpr bool kFirstEarly = kFirstEarlyT;
 };
 // Measured on an H100 (docs/gpu-report.md): 128-column items win while there
 // is a warp per item; 256-column items beyond.
-using SmallBuildPolicy = BuildPolicy<1, 2, true>;
-using LargeBuildPolicy = BuildPolicy<2, 2, true>;
+using SmallBuildPolicy = BuildPolicy<1, 2>;
+using LargeBuildPolicy = BuildPolicy<2, 2>;
 
 // One page-table item in registers: a lane's int4 groups of the source row.
 template <class Policy>
@@ -388,7 +386,7 @@ __global__ void __launch_bounds__(kMetaThreads, Policy::kCtasPerSm)
   RequestInputs mine;  // this thread's request of the current chunk (scan input)
   if (tid < count0) mine = load_request(tid);
   // This warp's first item is item my_warp (chunk 0 holds items [0, count0 * ipr)).
-  const bool has_first = Policy::kFirstEarly && item_cta && my_warp < count0 * ipr;
+  const bool has_first = item_cta && my_warp < count0 * ipr;
   RequestInputs first;
   // (32-bit division: my_warp < 2^31 and ipr <= max_kv / 128 < 2^31 in any real table.)
   const int64_t first_b = has_first ? (my_warp <= INT32_MAX && ipr <= INT32_MAX
@@ -457,8 +455,7 @@ __global__ void __launch_bounds__(kMetaThreads, Policy::kCtasPerSm)
   const bool scans = scalars_cta || static_q == 0;
   // An item CTA whose warps had one item each at most (stored above) is done:
   // one chunk, and even the CTA's lowest warp id (blockIdx.x) has no second item.
-  const bool items_done =
-      item_cta && Policy::kFirstEarly && p.batch <= kMetaThreads && blockIdx.x + grid_warps >= p.batch * ipr;
+  const bool items_done = item_cta && p.batch <= kMetaThreads && blockIdx.x + grid_warps >= p.batch * ipr;
   const bool walks_chunks = scalars_cta || !items_done;
   int64_t row_base = 0;
   uint32_t kv_base = 0, nsa_base = 0;  // meaningful in CTAs that scan
