@@ -1,8 +1,13 @@
 // The header-only kernels of include/nsa/cuda/ are usable from another
 // translation unit than the library's own (the library includes them too):
 // this file only links if every kernel in them is ODR-safe (templates or
-// inline), and it runs two launchers directly.
+// inline), and it runs two launchers directly. It also checks the header's
+// small arithmetic helpers against plain C++ operators.
 #include <gtest/gtest.h>
+
+#include <cstdint>
+#include <random>
+#include <vector>
 
 #include "buffer.h"
 #include "nsa/cuda/index_cache.cuh"
@@ -28,6 +33,69 @@ TEST(CudaHeaders, LaunchersUsableFromAnotherTranslationUnit_cuda) {
   support::synchronize(Backend::kCuda);
   const auto bytes = out.to_host();
   for (int i = 0; i < 8448; ++i) ASSERT_EQ(bytes[i], i < 8192 ? 0x3c : 0x00) << i;
+}
+
+// (divisor, numerator) pairs for kernels::FastDivisor, whose contract is
+// 1 <= d < 2^31 and n < 2^31: every small divisor, powers of two and their
+// neighbours, random ones; numerators at 0, around multiples of d, at the top
+// of the range, and random.
+std::vector<std::pair<uint32_t, uint32_t>> fast_divisor_cases() {
+  constexpr uint32_t kMaxN = 0x7fffffffu;
+  std::mt19937 rng(20261123);
+  std::vector<uint32_t> divisors;
+  for (uint32_t d = 1; d <= 300; ++d) divisors.push_back(d);
+  for (int s = 1; s < 31; ++s)
+    for (int64_t delta : {-1, 0, 1}) divisors.push_back(static_cast<uint32_t>((int64_t{1} << s) + delta));
+  divisors.push_back(kMaxN);
+  for (int i = 0; i < 200; ++i) divisors.push_back(1 + rng() % kMaxN);
+  std::vector<std::pair<uint32_t, uint32_t>> cases;
+  for (uint32_t d : divisors) {
+    for (uint32_t n : {0u, 1u, d - 1, d, d + 1, kMaxN, kMaxN - 1, kMaxN - d + 1}) cases.push_back({d, n & kMaxN});
+    for (uint32_t m : {2u, 3u, 1000u, kMaxN / d}) {
+      const uint64_t base = static_cast<uint64_t>(m) * d;
+      for (int64_t delta : {-1, 0, 1}) {
+        const int64_t n = static_cast<int64_t>(base) + delta;
+        if (n >= 0 && n <= kMaxN) cases.push_back({d, static_cast<uint32_t>(n)});
+      }
+    }
+    for (int i = 0; i < 40; ++i) cases.push_back({d, static_cast<uint32_t>(rng() % (uint64_t{kMaxN} + 1))});
+  }
+  return cases;
+}
+
+TEST(FastDivisor, MatchesIntegerDivisionOnHost) {
+  for (const auto& [d, n] : fast_divisor_cases())
+    ASSERT_EQ(kernels::FastDivisor::make(d).div(n), n / d) << "n=" << n << " d=" << d;
+}
+
+// As build_metadata uses it: made on the host, divided on the device.
+__global__ void fast_divide_kernel(const kernels::FastDivisor* d, const uint32_t* n, int count, uint32_t* out) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < count) out[i] = d[i].div(n[i]);
+}
+
+TEST(FastDivisor, MatchesIntegerDivisionOnDevice_cuda) {
+  if (!support::cuda_device_available()) GTEST_SKIP() << "no CUDA device: GPU test not run";
+  const auto cases = fast_divisor_cases();
+  std::vector<kernels::FastDivisor> d;
+  std::vector<uint32_t> n;
+  for (const auto& c : cases) {
+    d.push_back(kernels::FastDivisor::make(c.first));
+    n.push_back(c.second);
+  }
+  const int count = static_cast<int>(cases.size());
+  support::Buffer d_dev(Backend::kCuda, count * sizeof(kernels::FastDivisor)), n_dev(Backend::kCuda, count * 4),
+      out(Backend::kCuda, count * 4);
+  d_dev.upload(d);
+  n_dev.upload(n);
+  out.fill(0xff);
+  fast_divide_kernel<<<(count + 255) / 256, 256>>>(d_dev.as<kernels::FastDivisor>(), n_dev.as<uint32_t>(), count,
+                                                    out.as<uint32_t>());
+  ASSERT_EQ(cudaGetLastError(), cudaSuccess);
+  support::synchronize(Backend::kCuda);
+  std::vector<uint32_t> q(count);
+  out.download(q.data(), count * 4);
+  for (int i = 0; i < count; ++i) ASSERT_EQ(q[i], n[i] / cases[i].first) << "n=" << n[i] << " d=" << cases[i].first;
 }
 
 }  // namespace

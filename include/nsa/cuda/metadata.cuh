@@ -47,28 +47,61 @@ constexpr int kCopyCtasPerSm = 4;   // copy kernel: <= 64 registers/thread, 4 CT
 // ---------------------------------------------------------------------------
 __device__ __forceinline__ bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
-__device__ __forceinline__ int4 load_group(const int32_t* __restrict__ row, int64_t c, int64_t len, bool vec) {
+// I is int64_t (copy kernel) or uint32_t (build kernel: its rows are int32
+// cache lengths, and 32-bit compares halve the instructions on the path to
+// the first load). Comparisons are written as len - c so nothing overflows.
+template <class I>
+__device__ __forceinline__ int4 load_group(const int32_t* __restrict__ row, I c, I len, bool vec) {
   int4 v = make_int4(0, 0, 0, 0);
   if (c >= len) return v;
-  if (vec && c + 4 <= len) return __ldg(reinterpret_cast<const int4*>(row + c));
+  if (vec && len - c >= 4) return __ldg(reinterpret_cast<const int4*>(row + c));
   v.x = __ldg(row + c);
-  if (c + 1 < len) v.y = __ldg(row + c + 1);
-  if (c + 2 < len) v.z = __ldg(row + c + 2);
-  if (c + 3 < len) v.w = __ldg(row + c + 3);
+  if (len - c > 1) v.y = __ldg(row + c + 1);
+  if (len - c > 2) v.z = __ldg(row + c + 2);
+  if (len - c > 3) v.w = __ldg(row + c + 3);
   return v;
 }
 
-__device__ __forceinline__ void store_group(int32_t* row, int64_t c, int64_t len, bool vec, const int4& v) {
+template <class I>
+__device__ __forceinline__ void store_group(int32_t* row, I c, I len, bool vec, const int4& v) {
   if (c >= len) return;
-  if (vec && c + 4 <= len) {
+  if (vec && len - c >= 4) {
     *reinterpret_cast<int4*>(row + c) = v;
     return;
   }
   row[c] = v.x;
-  if (c + 1 < len) row[c + 1] = v.y;
-  if (c + 2 < len) row[c + 2] = v.z;
-  if (c + 3 < len) row[c + 3] = v.w;
+  if (len - c > 1) row[c + 1] = v.y;
+  if (len - c > 2) row[c + 2] = v.z;
+  if (len - c > 3) row[c + 3] = v.w;
 }
+
+// n / d for any n < 2^31 with one multiply-high and a shift, for a divisor
+// fixed per launch: the host picks the multiplier (round-up method of
+// Granlund and Montgomery, "Division by invariant integers using
+// multiplication", 1994), so the kernel's item math does not run the ~20
+// dependent instructions of a hardware-less 32-bit division. 1 <= d < 2^31.
+struct FastDivisor {
+  uint32_t divisor = 1;
+  uint32_t multiplier = 0;
+  uint32_t shift = 0;
+
+  static FastDivisor make(uint32_t d) {
+    FastDivisor f;
+    f.divisor = d;
+    while ((uint64_t{1} << f.shift) < d) ++f.shift;  // shift = ceil(log2 d)
+    f.multiplier = static_cast<uint32_t>(((uint64_t{1} << 32) * ((uint64_t{1} << f.shift) - d)) / d + 1);
+    return f;
+  }
+  // (mulhi(n, m) + n) >> s; n < 2^31 keeps the sum below 2^32.
+  __host__ __device__ __forceinline__ uint32_t div(uint32_t n) const {
+#ifdef __CUDA_ARCH__
+    const uint32_t hi = __umulhi(n, multiplier);
+#else
+    const uint32_t hi = static_cast<uint32_t>((static_cast<uint64_t>(n) * multiplier) >> 32);
+#endif
+    return (hi + n) >> shift;
+  }
+};
 
 __device__ __forceinline__ int32_t group_elem(const int4& v, int e) {
   return e == 0 ? v.x : e == 1 ? v.y : e == 2 ? v.z : v.w;
@@ -109,8 +142,8 @@ __host__ __device__ __forceinline__ int64_t clamped_rows_sum(int64_t kv, int64_t
 
 // ---------------------------------------------------------------------------
 // build_metadata: ONE launch. The batch is read in chunks of kMetaThreads
-// requests. The last CTA scans each chunk (cub BlockScan in shared memory) and
-// writes the per-request and per-row scalars. In DRAFT_EXTEND the other CTAs
+// requests. CTA 0 scans each chunk (cub scans in shared memory) and writes
+// the per-request and per-row scalars. In DRAFT_EXTEND the other CTAs
 // scan too (a request's first row is a prefix sum of the extend lengths); in
 // DECODE / TARGET_VERIFY request b owns rows [b * q, (b + 1) * q) and they
 // skip the scan. Page-table items are numbered statically: item i is columns
@@ -142,6 +175,11 @@ struct BuildParams {
   // Every cache length is <= max_kv (a precondition the checked kernel
   // verifies; see build_metadata in metadata.cu). Bounds the items per request.
   int64_t max_kv;
+  // Set by launch_build_metadata for its policy: page-table items per
+  // request, ceil(max_kv / columns per item), and its divisor (valid while
+  // the count is below 2^31; the kernel falls back to 64-bit division past it).
+  int64_t items_per_request;
+  FastDivisor items_per_request_div;
   const int32_t* flashmla_num_splits;  // optional [R + 1]
   const int32_t* flashmla_metadata;    // optional [flashmla_metadata_max]
   int64_t flashmla_metadata_max;       // max flashmla_metadata_size over destinations having the field
@@ -199,39 +237,62 @@ struct PageItem {
 };
 
 // Columns [c0, c0 + kColsPerItem) of a req_to_token row of length `len`.
+// 0 <= c0 < len < 2^31, so every column index fits 32 bits unsigned.
 template <class Policy>
-__device__ __forceinline__ void load_page_item(PageItem<Policy>& it, const int32_t* __restrict__ src, int64_t len,
-                                               int64_t c0, int lane) {
+__device__ __forceinline__ void load_page_item(PageItem<Policy>& it, const int32_t* __restrict__ src, uint32_t len,
+                                               uint32_t c0, int lane) {
   const bool vec = aligned16(src);
 #pragma unroll
-  for (int k = 0; k < Policy::kVecPerLane; ++k) it.v[k] = load_group(src, c0 + 4 * (lane + 32 * k), len, vec);
+  for (int k = 0; k < Policy::kVecPerLane; ++k)
+    it.v[k] = load_group(src, c0 + 4u * static_cast<uint32_t>(lane + 32 * k), len, vec);
+}
+
+// x / P rounded toward zero for an int32 slot and P = 2^shift, in 32 bits
+// (the 64-bit page_of would add a division call to the store loop for the
+// negative, garbage slots that must still come out bit-exact).
+__device__ __forceinline__ int32_t slot_page_pow2(int32_t x, int shift) {
+  if (x >= 0) return x >> shift;
+  if (shift >= 32) return 0;
+  return -static_cast<int32_t>((0u - static_cast<uint32_t>(x)) >> shift);
+}
+
+// real_page_table entries of one row for a page size that is not a power of
+// two >= 4: any of a lane's 4 columns may start a page. Out of line: no
+// engine uses such page sizes, and inlined it would triple the store loop's code.
+__device__ __noinline__ void store_real_any_page_size(const BuildParams& p, int32_t* real_row, int4 v, uint32_t c0,
+                                                      uint32_t len) {
+#pragma unroll
+  for (int e = 0; e < 4; ++e) {
+    const int64_t c = static_cast<int64_t>(c0) + e;
+    if (c < len && starts_page(p, c)) real_row[page_of(p, c)] = static_cast<int32_t>(page_of(p, group_elem(v, e)));
+  }
 }
 
 // Stores an item into its q rows (starting at row0) of every destination,
 // plus the real_page_table entries of the page starts among its columns.
 // Everything that does not depend on the destination or the row is computed
 // once per item, and rows are walked by pointer increments: with a few warps
-// per SM this loop runs latency-bound, so its length per row is what counts.
+// per SM this loop runs issue-bound, so its length per row is what counts.
 template <class Policy>
 __device__ __forceinline__ void store_page_item(const BuildParams& p, const MetadataBuffers* targets,
-                                                const PageItem<Policy>& it, int64_t len, int64_t c0, int64_t row0,
+                                                const PageItem<Policy>& it, uint32_t len, uint32_t c0, int64_t row0,
                                                 int64_t q, int lane) {
   constexpr int kV = Policy::kVecPerLane;
-  int64_t col[kV];  // a lane's groups of 4 columns
-  bool full[kV];    // all 4 columns exist: one 16-byte store when the row is aligned
+  uint32_t col[kV];  // a lane's groups of 4 columns (0 <= c0 < len < 2^31)
+  bool full[kV];     // all 4 columns exist: one 16-byte store when the row is aligned
   // With P a power of two >= 4, a lane's 4 columns (c a multiple of 4) hold at
   // most one page start, c itself: real[r, c / P] = (slot at c) / P.
   const bool one_start = p.page_shift >= 2;
   bool real_start[kV];
-  int64_t real_col[kV];
+  uint32_t real_col[kV];
   int32_t real_val[kV];
 #pragma unroll
   for (int k = 0; k < kV; ++k) {
-    col[k] = c0 + 4 * (lane + 32 * k);
-    full[k] = col[k] + 4 <= len;
-    real_start[k] = one_start && col[k] < len && (col[k] & (p.page_size - 1)) == 0;
-    real_col[k] = one_start ? col[k] >> p.page_shift : 0;
-    real_val[k] = static_cast<int32_t>(page_of(p, it.v[k].x));
+    col[k] = c0 + 4u * static_cast<uint32_t>(lane + 32 * k);
+    full[k] = col[k] < len && len - col[k] >= 4;
+    real_start[k] = one_start && col[k] < len && (col[k] & static_cast<uint32_t>(p.page_size - 1)) == 0;
+    real_col[k] = one_start && p.page_shift < 32 ? col[k] >> p.page_shift : 0;
+    real_val[k] = one_start ? slot_page_pow2(it.v[k].x, p.page_shift) : 0;
   }
   for (int64_t d = 0; d < p.num_targets; ++d) {
     const MetadataBuffers& t = targets[d];  // all four fields are read before the first store
@@ -248,19 +309,12 @@ __device__ __forceinline__ void store_page_item(const BuildParams& p, const Meta
       }
       if (real == nullptr) continue;
       int32_t* real_row = real + real_offset;
-      if (one_start) {
 #pragma unroll
-        for (int k = 0; k < kV; ++k)
+      for (int k = 0; k < kV; ++k) {
+        if (one_start) {
           if (real_start[k]) real_row[real_col[k]] = real_val[k];
-        continue;
-      }
-#pragma unroll
-      for (int k = 0; k < kV; ++k) {  // any page size
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int64_t c = col[k] + e;
-          if (c < len && starts_page(p, c))
-            real_row[page_of(p, c)] = static_cast<int32_t>(page_of(p, group_elem(it.v[k], e)));
+        } else if (col[k] < len) {
+          store_real_any_page_size(p, real_row, it.v[k], col[k], len);
         }
       }
     }
@@ -334,70 +388,168 @@ struct RequestInputs {
   int64_t rpi = 0;   // req_to_token row
 };
 
+// Query rows per request when the mode fixes them (DECODE 1, TARGET_VERIFY
+// N); 0 in DRAFT_EXTEND, whose rows come from the extend lengths.
+__device__ __forceinline__ int64_t static_rows(const BuildParams& p) {
+  return p.mode == static_cast<int32_t>(ForwardMode::kDecode)         ? 1
+         : p.mode == static_cast<int32_t>(ForwardMode::kTargetVerify) ? p.draft_tokens
+                                                                       : 0;
+}
+
+__device__ __forceinline__ RequestInputs load_request(const BuildParams& p, int64_t b) {
+  const int64_t static_q = static_rows(p);
+  const bool verify = p.mode == static_cast<int32_t>(ForwardMode::kTargetVerify);
+  RequestInputs r;
+  r.kv64 = load_index(p.seq_lens, p.seq_lens_64, b) + (verify ? p.draft_tokens : 0);
+  r.q = static_q > 0 ? static_q : load_index(p.extend_lens, p.extend_lens_64, b);
+  r.rpi = load_index(p.req_pool_indices, p.req_pool_indices_64, b);
+  return r;
+}
+
+// Its page-table rows may be read and written (always, unchecked).
+template <bool kChecked>
+__device__ __forceinline__ bool table_ok(const BuildParams& p, const RequestInputs& r) {
+  if constexpr (kChecked) return r.kv64 >= 0 && r.kv64 <= p.max_kv && r.rpi >= 0 && r.rpi < p.req_to_token_rows;
+  else return true;
+}
+
+// Warp scans: fewer steps on the critical path than the default raking scan.
+using BuildBlockScan = cub::BlockScan<BuildScan, kMetaThreads, cub::BLOCK_SCAN_WARP_SCANS>;
+using BuildWarpScan = cub::WarpScan<BuildScan>;
+
+// Shared memory of build_metadata (the item path and the scalars CTA's
+// function use the same bytes).
+struct BuildShared {
+  typename BuildBlockScan::TempStorage scan;
+  typename BuildWarpScan::TempStorage warp_scan;
+  int64_t row_start[kMetaThreads];   // first query row of each request, within the chunk
+  int64_t src_offset[kMetaThreads];  // rpi * ld
+  uint32_t cols[kMetaThreads];       // columns to copy: the cache length, 0 when no row may be written
+  int64_t q[kMetaThreads];
+  // Descriptors as raw words: MetadataBuffers has default member
+  // initializers, which a __shared__ object may not run.
+  long long target_words[kMaxSharedTargets * sizeof(MetadataBuffers) / sizeof(long long)];
+  __device__ __forceinline__ MetadataBuffers* targets() { return reinterpret_cast<MetadataBuffers*>(target_words); }
+};
+
+// The scalars CTA: per-request and per-row fields of every destination,
+// element 0 of the cumulative arrays, DRAFT_EXTEND's FlashMLA split counts (R
+// is known only after the scan), and in checked mode the validation record
+// of every request. It holds no page-table item, so its scan and stores run
+// beside the item CTAs' round trips; it is CTA 0, the first one dispatched,
+// because its chain (inputs, scan, stores) is as long as theirs. Kept apart
+// from the item path: its code is a short straight line with no item logic
+// to branch over.
+template <bool kChecked>
+__device__ __forceinline__ void build_scalars(const BuildParams& p, BuildShared& s) {
+  const int tid = threadIdx.x;
+  const int64_t static_q = static_rows(p);
+  const int count0 = static_cast<int>(p.batch < kMetaThreads ? p.batch : int64_t{kMetaThreads});
+  RequestInputs mine;  // this thread's request of the current chunk
+  if (tid < count0) mine = load_request(p, tid);
+  const MetadataBuffers* targets = stage_targets<kMetaThreads>(p.targets, p.num_targets, s.targets());
+  __syncthreads();
+  // Element 0 of the cumulative arrays (spec §5.2: 0, written once at capture; we write it every call).
+  for (int64_t d = tid; d < p.num_targets; d += kMetaThreads) {
+    targets[d].cu_seqlens_k[0] = 0;
+    targets[d].nsa_cu_seqlens_k[0] = 0;
+  }
+  int64_t row_base = 0;
+  uint32_t kv_base = 0, nsa_base = 0;
+  for (int64_t chunk = 0; chunk < p.batch; chunk += kMetaThreads) {
+    const int count = static_cast<int>(p.batch - chunk < kMetaThreads ? p.batch - chunk : int64_t{kMetaThreads});
+    if (chunk != 0) mine = tid < count ? load_request(p, chunk + tid) : RequestInputs{};
+    int64_t kv = 0, q = 0;
+    if (tid < count) {
+      kv = static_cast<int32_t>(mine.kv64);
+      q = query_rows<kChecked>(p, mine.q);
+      if constexpr (kChecked) {
+        const int64_t b = chunk + tid;
+        if (q != mine.q) record_error(p.error, OpId::kBuildMetadata, ArgId::kExtendLens, b, mine.q);
+        if (mine.kv64 < 0 || mine.kv64 > p.max_kv)  // checked before the int32 narrowing
+          record_error(p.error, OpId::kBuildMetadata, ArgId::kSeqLens, b, mine.kv64);
+        if (mine.rpi < 0 || mine.rpi >= p.req_to_token_rows)
+          record_error(p.error, OpId::kBuildMetadata, ArgId::kReqPoolIndices, b, mine.rpi);
+      }
+    }
+    const BuildScan in = tid < count ? BuildScan{static_cast<uint32_t>(q), static_cast<uint32_t>(kv),
+                                                 static_cast<uint32_t>(clamped_rows_sum(kv, q, p.topk))}
+                                     : BuildScan{0, 0, 0};
+    BuildScan before{0, 0, 0};
+    BuildScan total{static_cast<uint32_t>(count * static_q), 0, 0};
+    if (static_q > 0 && count <= 32) {
+      // One warp holds the chunk, and it is the last one: warp 0 scans alone,
+      // with no barrier (the rows are static, so no other warp needs a total).
+      if (tid < 32) BuildWarpScan(s.warp_scan).ExclusiveScan(in, before, BuildScan{0, 0, 0}, BuildScanSum(), total);
+    } else {
+      BuildBlockScan(s.scan).ExclusiveScan(in, before, BuildScan{0, 0, 0}, BuildScanSum(), total);
+    }
+    if (tid < count)
+      store_request_scalars(p, targets, chunk + tid, row_base + before.rows, kv, q, kv_base + before.kv,
+                            nsa_base + before.nsa);
+    row_base += total.rows;
+    kv_base += total.kv;
+    nsa_base += total.nsa;
+    if (chunk + kMetaThreads < p.batch) __syncthreads();  // the next chunk reuses the scan storage
+  }
+  // DRAFT_EXTEND's R + 1 FlashMLA split counts (R = row_base; the item CTAs
+  // copy the other FlashMLA elements).
+  if (p.flashmla_num_splits != nullptr && static_q == 0) {
+    for (int64_t e = tid; e <= row_base; e += kMetaThreads)
+      store_flashmla_split(p, targets, e, __ldg(p.flashmla_num_splits + e));
+  }
+}
+
 // kChecked: requests with an invalid cache length, request row or extend
-// length are recorded in p.error and write no page-table rows (an invalid
-// extend length also counts as 0 query rows, so no row of it is written).
+// length are recorded in p.error (by the scalars CTA) and write no
+// page-table rows (an invalid extend length also counts as 0 query rows, so
+// no row of it is written).
 template <class Policy, bool kChecked>
 __global__ void __launch_bounds__(kMetaThreads, Policy::kCtasPerSm)
     build_metadata_kernel(const __grid_constant__ BuildParams p) {
-  constexpr int64_t kCols = Policy::kColsPerItem;
-  // Warp scans: fewer steps on the critical path than the default raking scan.
-  using Scan = cub::BlockScan<BuildScan, kMetaThreads, cub::BLOCK_SCAN_WARP_SCANS>;
-  __shared__ typename Scan::TempStorage scan_storage;
-  __shared__ int64_t s_row_start[kMetaThreads];   // first query row of each request, within the chunk
-  __shared__ int64_t s_src_offset[kMetaThreads];  // rpi * ld
-  __shared__ int64_t s_cols[kMetaThreads];        // columns to copy: the cache length, 0 when no row may be written
-  __shared__ int64_t s_q[kMetaThreads];
-  __shared__ MetadataBuffers s_targets[kMaxSharedTargets];
+  __shared__ BuildShared s;
+  // CTA 0 writes the scalars (the launcher's grid always has an item CTA
+  // besides it).
+  if (blockIdx.x == 0) {
+    build_scalars<kChecked>(p, s);
+    return;
+  }
+  const int64_t block = blockIdx.x - 1;  // item CTA number
 
+  // ---- Item CTAs 1 .. gridDim.x - 1: page tables and FlashMLA copies. ----
+  constexpr int64_t kCols = Policy::kColsPerItem;
   const int tid = threadIdx.x;
   const int lane = tid & 31;
-  // CTAs [0, item_ctas) copy the page-table items. The last CTA writes the
-  // scalars; in a grid of more than one CTA it has no item, so its scan and
-  // stores run beside the others' page-table round trips instead of after them.
-  const int item_ctas = gridDim.x > 1 ? static_cast<int>(gridDim.x) - 1 : 1;
-  const bool item_cta = static_cast<int>(blockIdx.x) < item_ctas;
-  const bool scalars_cta = blockIdx.x == gridDim.x - 1;
+  const int item_ctas = static_cast<int>(gridDim.x) - 1;
   const int64_t grid_warps = static_cast<int64_t>(item_ctas) * kMetaWarps;
-  const int64_t my_warp = static_cast<int64_t>(tid >> 5) * item_ctas + blockIdx.x;  // meaningful in item CTAs
-  const int64_t gtid = static_cast<int64_t>(blockIdx.x) * kMetaThreads + tid;
-  const int64_t gthreads = static_cast<int64_t>(gridDim.x) * kMetaThreads;
-  const int64_t ipr = (p.max_kv + kCols - 1) / kCols;  // items per request
-  const bool decode = p.mode == static_cast<int32_t>(ForwardMode::kDecode);
-  const bool verify = p.mode == static_cast<int32_t>(ForwardMode::kTargetVerify);
-  const int64_t draft = verify ? p.draft_tokens : 0;
-  const int64_t known_rows = decode ? p.batch : verify ? p.batch * p.draft_tokens : -1;  // R, if known before the scan
-
-  auto load_request = [&](int64_t b) {
-    RequestInputs r;
-    r.kv64 = load_index(p.seq_lens, p.seq_lens_64, b) + draft;
-    r.q = decode ? 1 : verify ? p.draft_tokens : load_index(p.extend_lens, p.extend_lens_64, b);
-    r.rpi = load_index(p.req_pool_indices, p.req_pool_indices_64, b);
-    return r;
+  const int64_t my_warp = static_cast<int64_t>(tid >> 5) * item_ctas + block;
+  const int64_t gtid = block * kMetaThreads + tid;
+  const int64_t gthreads = static_cast<int64_t>(item_ctas) * kMetaThreads;
+  const int64_t ipr = p.items_per_request;
+  // Item number -> request: one multiply-high while the numbers fit 31 bits.
+  const bool fast_ipr = ipr <= INT32_MAX;
+  auto request_of = [&](int64_t item) {
+    return fast_ipr && item <= INT32_MAX ? static_cast<int64_t>(p.items_per_request_div.div(static_cast<uint32_t>(item)))
+                                         : item / ipr;
   };
-  // Its page-table rows may be read and written (always, unchecked).
-  auto table_ok = [&](const RequestInputs& r) {
-    if constexpr (kChecked) return r.kv64 >= 0 && r.kv64 <= p.max_kv && r.rpi >= 0 && r.rpi < p.req_to_token_rows;
-    else return true;
-  };
+  const int64_t static_q = static_rows(p);
+  const int64_t known_rows = static_q > 0 ? p.batch * static_q : -1;  // R, if known before the scan
 
   // ---- Round trip 1: every load that depends on no device data. ----------
   const int count0 = static_cast<int>(p.batch < kMetaThreads ? p.batch : int64_t{kMetaThreads});
-  RequestInputs mine;  // this thread's request of the current chunk (scan input)
-  if (tid < count0) mine = load_request(tid);
+  RequestInputs mine;  // this thread's request of the current chunk
+  // Loaded even by CTAs that will not walk the chunk: skipping it measured
+  // slower at small batches (these coalesced loads bring the lines that the
+  // warps' first-item loads below read).
+  if (tid < count0) mine = load_request(p, tid);
   // This warp's first item is item my_warp (chunk 0 holds items [0, count0 * ipr)).
-  const bool has_first = item_cta && my_warp < count0 * ipr;
+  const bool has_first = my_warp < count0 * ipr;
   RequestInputs first;
-  // (32-bit division: my_warp < 2^31 and ipr <= max_kv / 128 < 2^31 in any real table.)
-  const int64_t first_b = has_first ? (my_warp <= INT32_MAX && ipr <= INT32_MAX
-                                           ? static_cast<int64_t>(static_cast<uint32_t>(my_warp) / static_cast<uint32_t>(ipr))
-                                           : my_warp / ipr)
-                                    : 0;
-  if (has_first) first = load_request(first_b);
+  const int64_t first_b = has_first ? request_of(my_warp) : 0;
+  if (has_first) first = load_request(p, first_b);
   // The first item's first row: b * q in DECODE / TARGET_VERIFY; in
   // DRAFT_EXTEND the extend lengths before request b, summed by the warp in
   // this round trip (b < kMetaThreads), so no mode waits for the scan.
-  const int64_t static_q = decode ? 1 : verify ? p.draft_tokens : 0;
   const int64_t first_row0 = static_q > 0 ? first_b * static_q
                              : has_first  ? extend_rows_before<kChecked>(p, first_b, lane)
                                           : 0;
@@ -412,7 +564,7 @@ __global__ void __launch_bounds__(kMetaThreads, Policy::kCtasPerSm)
     if (shared_targets && w < p.num_targets * kWords) desc[k] = __ldg(reinterpret_cast<const long long*>(p.targets) + w);
   }
   // One element of each FlashMLA array per thread (DRAFT_EXTEND's split
-  // count R + 1 is only known after the scan: its splits are copied last).
+  // counts are the scalars CTA's: R + 1 is only known after the scan).
   const bool split0 = p.flashmla_num_splits != nullptr && gtid < known_rows + 1;
   const bool tile0 = p.flashmla_metadata != nullptr && gtid < p.flashmla_metadata_max;
   const int32_t split0_v = split0 ? __ldg(p.flashmla_num_splits + gtid) : 0;
@@ -422,80 +574,59 @@ __global__ void __launch_bounds__(kMetaThreads, Policy::kCtasPerSm)
   PageItem<Policy> cur;
   const int64_t first_kv = static_cast<int32_t>(first.kv64);
   const int64_t first_c0 = (my_warp - first_b * ipr) * kCols;
-  const bool first_loaded = has_first && table_ok(first) && first_c0 < first_kv;
-  if (first_loaded) load_page_item(cur, p.req_to_token + first.rpi * p.req_to_token_ld, first_kv, first_c0, lane);
+  // Columns are 32-bit from here on: 0 <= c0 < kv <= INT32_MAX.
+  const bool first_loaded = has_first && table_ok<kChecked>(p, first) && first_c0 < first_kv;
+  if (first_loaded)
+    load_page_item(cur, p.req_to_token + first.rpi * p.req_to_token_ld, static_cast<uint32_t>(first_kv),
+                   static_cast<uint32_t>(first_c0), lane);
 
   // Descriptors become visible at the barrier; the stores below need them.
 #pragma unroll
   for (int k = 0; k < kDescRegs; ++k) {
     const int64_t w = tid + k * kMetaThreads;
-    if (shared_targets && w < p.num_targets * kWords) reinterpret_cast<long long*>(s_targets)[w] = desc[k];
+    if (shared_targets && w < p.num_targets * kWords) s.target_words[w] = desc[k];
   }
-  const MetadataBuffers* targets = shared_targets ? s_targets : p.targets;
+  const MetadataBuffers* targets = shared_targets ? s.targets() : p.targets;
   __syncthreads();
-  // The first item is stored now: the scan and its barriers stay off the
-  // small batch's critical path.
+  // The first item is stored now: the chunk walk below stays off the small
+  // batch's critical path.
   if (first_loaded) {
     const int64_t first_q = static_q > 0 ? static_q : query_rows<kChecked>(p, first.q);
-    store_page_item(p, targets, cur, first_kv, first_c0, first_row0, first_q, lane);
+    store_page_item(p, targets, cur, static_cast<uint32_t>(first_kv), static_cast<uint32_t>(first_c0), first_row0,
+                    first_q, lane);
   }
   if (split0) store_flashmla_split(p, targets, gtid, split0_v);
   if (tile0) store_flashmla_tile(p, targets, gtid, tile0_v);
-  // Element 0 of the cumulative arrays (spec §5.2: 0, written once at capture; we write it every call).
-  if (scalars_cta) {
-    for (int64_t d = tid; d < p.num_targets; d += kMetaThreads) {
-      targets[d].cu_seqlens_k[0] = 0;
-      targets[d].nsa_cu_seqlens_k[0] = 0;
-    }
-  }
 
-  // Only the scalars CTA scans in DECODE / TARGET_VERIFY (request b's rows
-  // start at b * q); in DRAFT_EXTEND every CTA that walks the chunks needs the
-  // row starts of its later items.
-  const bool scans = scalars_cta || static_q == 0;
-  // An item CTA whose warps had one item each at most (stored above) is done:
-  // one chunk, and even the CTA's lowest warp id (blockIdx.x) has no second item.
-  const bool items_done = item_cta && p.batch <= kMetaThreads && blockIdx.x + grid_warps >= p.batch * ipr;
-  const bool walks_chunks = scalars_cta || !items_done;
-  int64_t row_base = 0;
-  uint32_t kv_base = 0, nsa_base = 0;  // meaningful in CTAs that scan
-  for (int64_t chunk = 0; walks_chunks && chunk < p.batch; chunk += kMetaThreads) {
+  // A CTA whose warps had one item each at most (stored above) is done: one
+  // chunk, and even the CTA's lowest warp id (`block`) has no second item.
+  const bool items_done = p.batch <= kMetaThreads && block + grid_warps >= p.batch * ipr;
+  int64_t row_base = 0;  // first query row of the chunk
+  for (int64_t chunk = 0; !items_done && chunk < p.batch; chunk += kMetaThreads) {
     const int count = static_cast<int>(p.batch - chunk < kMetaThreads ? p.batch - chunk : int64_t{kMetaThreads});
-    if (chunk != 0) mine = tid < count ? load_request(chunk + tid) : RequestInputs{};
+    if (chunk != 0) mine = tid < count ? load_request(p, chunk + tid) : RequestInputs{};
     int64_t kv = 0, q = 0;
     bool ok = false;
     if (tid < count) {
       kv = static_cast<int32_t>(mine.kv64);
-      q = mine.q;
-      ok = table_ok(mine);
-      if constexpr (kChecked) {
-        const int64_t b = chunk + tid;
-        if (q != query_rows<kChecked>(p, q)) {
-          record_error(p.error, OpId::kBuildMetadata, ArgId::kExtendLens, b, q);
-          q = 0;
-        }
-        if (mine.kv64 < 0 || mine.kv64 > p.max_kv)  // checked before the int32 narrowing
-          record_error(p.error, OpId::kBuildMetadata, ArgId::kSeqLens, b, mine.kv64);
-        if (mine.rpi < 0 || mine.rpi >= p.req_to_token_rows)
-          record_error(p.error, OpId::kBuildMetadata, ArgId::kReqPoolIndices, b, mine.rpi);
-      }
+      q = query_rows<kChecked>(p, mine.q);
+      ok = table_ok<kChecked>(p, mine);
     }
-    BuildScan before{static_cast<uint32_t>(tid * static_q), 0, 0};
-    BuildScan total{static_cast<uint32_t>(count * static_q), 0, 0};
-    if (scans) {
-      const BuildScan in = tid < count ? BuildScan{static_cast<uint32_t>(q), static_cast<uint32_t>(kv),
-                                                   static_cast<uint32_t>(clamped_rows_sum(kv, q, p.topk))}
-                                       : BuildScan{0, 0, 0};
-      Scan(scan_storage).ExclusiveScan(in, before, BuildScan{0, 0, 0}, BuildScanSum(), total);
+    // Row starts: b * q, or in DRAFT_EXTEND a scan of the extend lengths.
+    uint32_t rows_before = static_cast<uint32_t>(tid * static_q);
+    uint32_t rows_total = static_cast<uint32_t>(count * static_q);
+    if (static_q == 0) {
+      BuildScan before, total;
+      BuildBlockScan(s.scan).ExclusiveScan(BuildScan{static_cast<uint32_t>(q), 0, 0}, before, BuildScan{0, 0, 0},
+                                           BuildScanSum(), total);
+      rows_before = before.rows;
+      rows_total = total.rows;
     }
-    if (scalars_cta && tid < count)
-      store_request_scalars(p, targets, chunk + tid, row_base + before.rows, kv, q, kv_base + before.kv,
-                            nsa_base + before.nsa);
-    s_row_start[tid] = before.rows;
-    s_src_offset[tid] = mine.rpi * p.req_to_token_ld;
-    s_cols[tid] = ok && q > 0 ? kv : 0;
-    s_q[tid] = q;
-    if (item_cta) __syncthreads();  // the items below read them (the scalars CTA of a larger grid has none)
+    s.row_start[tid] = rows_before;
+    s.src_offset[tid] = mine.rpi * p.req_to_token_ld;
+    s.cols[tid] = ok && q > 0 && kv > 0 ? static_cast<uint32_t>(kv) : 0u;
+    s.q[tid] = q;
+    __syncthreads();  // the items below read them
 
     // Page-table items of this chunk: global numbers [chunk * ipr, (chunk +
     // count) * ipr), every grid_warps-th one for this warp (the round robin
@@ -503,31 +634,30 @@ __global__ void __launch_bounds__(kMetaThreads, Policy::kCtasPerSm)
     // fits: a 64-bit division costs dozens of instructions on the critical path.
     const int64_t items = count * ipr;
     const bool narrow = items <= INT32_MAX && grid_warps <= INT32_MAX;
-    auto div = [narrow](int64_t x, int64_t y) {
-      return narrow ? static_cast<int64_t>(static_cast<uint32_t>(x) / static_cast<uint32_t>(y)) : x / y;
-    };
     struct Item {
       int64_t rel, b, c0;  // chunk-relative number, request within the chunk, first column
     };
     // The warp's first item at or after `rel` that has columns to copy (rel == items: none).
     auto live = [&](int64_t rel) {
       while (rel < items) {
-        const int64_t b = div(rel, ipr);
+        const int64_t b = narrow ? request_of(rel) : rel / ipr;
         const int64_t c0 = (rel - b * ipr) * kCols;
-        if (c0 < s_cols[b]) return Item{rel, b, c0};
-        rel += div((b + 1) * ipr - rel + grid_warps - 1, grid_warps) * grid_warps;  // its first item of request b + 1
+        if (c0 < s.cols[b]) return Item{rel, b, c0};
+        const int64_t skip = (b + 1) * ipr - rel + grid_warps - 1;  // to its first item of request b + 1
+        rel += (narrow ? static_cast<int64_t>(static_cast<uint32_t>(skip) / static_cast<uint32_t>(grid_warps))
+                       : skip / grid_warps) *
+               grid_warps;
       }
       return Item{items, 0, 0};
     };
     auto load_item = [&](PageItem<Policy>& it, const Item& x) {
-      load_page_item(it, p.req_to_token + s_src_offset[x.b], s_cols[x.b], x.c0, lane);
+      load_page_item(it, p.req_to_token + s.src_offset[x.b], s.cols[x.b], static_cast<uint32_t>(x.c0), lane);
     };
     int64_t rel0 = my_warp;  // chunk 0
     if (chunk != 0) {
       rel0 = (my_warp - chunk * ipr) % grid_warps;
       if (rel0 < 0) rel0 += grid_warps;
     }
-    if (!item_cta) rel0 = items;
     // Chunk 0: item my_warp may be stored already.
     if (chunk == 0 && first_loaded) rel0 += grid_warps;
     Item x = live(rel0);
@@ -536,27 +666,20 @@ __global__ void __launch_bounds__(kMetaThreads, Policy::kCtasPerSm)
       const Item n = live(x.rel + grid_warps);
       PageItem<Policy> next;
       if (n.rel < items) load_item(next, n);  // in flight while `cur` is stored
-      store_page_item(p, targets, cur, s_cols[x.b], x.c0, row_base + s_row_start[x.b], s_q[x.b], lane);
+      store_page_item(p, targets, cur, s.cols[x.b], static_cast<uint32_t>(x.c0), row_base + s.row_start[x.b], s.q[x.b],
+                      lane);
       cur = next;
       x = n;
     }
-    row_base += total.rows;
-    kv_base += total.kv;
-    nsa_base += total.nsa;
+    row_base += rows_total;
     if (chunk + kMetaThreads < p.batch) __syncthreads();  // the next chunk reuses the shared arrays and scan storage
   }
 
-  // FlashMLA elements past the first gthreads, and DRAFT_EXTEND's split
-  // counts (R + 1 elements; R = row_base is known to the scalars CTA, the one
-  // CTA sure to have walked every chunk): load, then store.
-  if (p.flashmla_num_splits != nullptr) {
-    if (known_rows >= 0) {
-      for (int64_t e = gtid + gthreads; e <= known_rows; e += gthreads)
-        store_flashmla_split(p, targets, e, __ldg(p.flashmla_num_splits + e));
-    } else if (scalars_cta) {
-      for (int64_t e = tid; e <= row_base; e += kMetaThreads)
-        store_flashmla_split(p, targets, e, __ldg(p.flashmla_num_splits + e));
-    }
+  // FlashMLA elements past the first gthreads (DRAFT_EXTEND's split counts
+  // are the scalars CTA's).
+  if (p.flashmla_num_splits != nullptr && known_rows >= 0) {
+    for (int64_t e = gtid + gthreads; e <= known_rows; e += gthreads)
+      store_flashmla_split(p, targets, e, __ldg(p.flashmla_num_splits + e));
   }
   if (p.flashmla_metadata != nullptr) {
     for (int64_t e = gtid + gthreads; e < p.flashmla_metadata_max; e += gthreads)
@@ -669,19 +792,24 @@ inline int64_t build_items_per_request(const BuildParams& p) {
 }
 
 template <class Policy>
-cudaError_t launch_build_metadata(const BuildParams& p, int num_sms, cudaStream_t stream) {
+cudaError_t launch_build_metadata(BuildParams p, int num_sms, cudaStream_t stream) {
   if (p.batch == 0) return cudaSuccess;
   const int64_t items_per_request = build_items_per_request<Policy>(p);
+  p.items_per_request = items_per_request;
+  p.items_per_request_div =
+      FastDivisor::make(items_per_request >= 1 && items_per_request <= INT32_MAX ? static_cast<uint32_t>(items_per_request) : 1u);
   const int64_t max_items = p.batch * (items_per_request > 0 ? items_per_request : 1);
-  const int grid = metadata_grid(max_items + 1, num_sms, Policy::kCtasPerSm);  // + 1: see the scalars
+  // + 1: the scalars CTA. max_items >= 1 and the cap >= 2, so the grid
+  // always has an item CTA besides it (build_metadata_kernel relies on it).
+  const int grid = metadata_grid(max_items + 1, num_sms, Policy::kCtasPerSm);
   if (p.error != nullptr) build_metadata_kernel<Policy, true><<<grid, kMetaThreads, 0, stream>>>(p);
   else build_metadata_kernel<Policy, false><<<grid, kMetaThreads, 0, stream>>>(p);
   return cudaGetLastError();
 }
 
 // Picks the policy from what the host knows: short items while the job has no
-// more of them than the item CTAs of a full grid have warps (the last CTA
-// holds none; in a batch of one chunk every item is then a first item), else
+// more of them than the item CTAs of a full grid have warps (CTA 0 holds
+// none; in a batch of one chunk every item is then a first item), else
 // long ones.
 inline cudaError_t invoke_build_metadata(const BuildParams& p, int num_sms, cudaStream_t stream) {
   static_assert(SmallBuildPolicy::kCtasPerSm == LargeBuildPolicy::kCtasPerSm, "one grid size for both");
