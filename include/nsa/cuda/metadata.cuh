@@ -225,8 +225,8 @@ struct BuildPolicy {
   static constexpr int64_t kColsPerItem = 32 * 4 * kVecPerLane;
   static constexpr int kCtasPerSm = kCtasPerSmT;
 };
-// Measured on an H100 (docs/gpu-report.md): 128-column items win while there
-// is a warp per item; 256-column items beyond.
+// Measured on an H100: 128-column items win while each item CTA has at most
+// two of them; 256-column items beyond (see invoke_build_metadata).
 using SmallBuildPolicy = BuildPolicy<1, 2>;
 using LargeBuildPolicy = BuildPolicy<2, 2>;
 
@@ -807,16 +807,16 @@ cudaError_t launch_build_metadata(BuildParams p, int num_sms, cudaStream_t strea
   return cudaGetLastError();
 }
 
-// Picks the policy from what the host knows: short items while the job has no
-// more of them than the item CTAs of a full grid have warps (CTA 0 holds
-// none; in a batch of one chunk every item is then a first item), else
-// long ones.
+// Picks the policy from what the host knows: short items while there are at
+// most two per item CTA of a full grid (CTA 0 holds none), so a small job's
+// stores spread over many SMs; long ones beyond, which halve the warps, and
+// so the instructions each SM issues, for the same columns.
 inline cudaError_t invoke_build_metadata(const BuildParams& p, int num_sms, cudaStream_t stream) {
   static_assert(SmallBuildPolicy::kCtasPerSm == LargeBuildPolicy::kCtasPerSm, "one grid size for both");
   const int64_t small_items = p.batch * build_items_per_request<SmallBuildPolicy>(p);
-  const int64_t item_warps = (static_cast<int64_t>(num_sms) * SmallBuildPolicy::kCtasPerSm - 1) * kMetaWarps;
-  return small_items > item_warps ? launch_build_metadata<LargeBuildPolicy>(p, num_sms, stream)
-                                  : launch_build_metadata<SmallBuildPolicy>(p, num_sms, stream);
+  const int64_t item_ctas = static_cast<int64_t>(num_sms) * SmallBuildPolicy::kCtasPerSm - 1;
+  return small_items > 2 * item_ctas ? launch_build_metadata<LargeBuildPolicy>(p, num_sms, stream)
+                                     : launch_build_metadata<SmallBuildPolicy>(p, num_sms, stream);
 }
 
 // Appends a copy job (host side); empty or absent fields add nothing. `p` starts zeroed.
