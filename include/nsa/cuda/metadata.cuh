@@ -258,9 +258,10 @@ __device__ __forceinline__ int32_t slot_page_pow2(int32_t x, int shift) {
 
 // real_page_table entries of one row for a page size that is not a power of
 // two >= 4: any of a lane's 4 columns may start a page. Out of line: no
-// engine uses such page sizes, and inlined it would triple the store loop's code.
-__device__ __noinline__ void store_real_any_page_size(const BuildParams& p, int32_t* real_row, int4 v, uint32_t c0,
-                                                      uint32_t len) {
+// engine uses such page sizes, and inlined it would triple the store loop's
+// code (`inline` only for the one-definition rule: the header is shared).
+inline __device__ __noinline__ void store_real_any_page_size(const BuildParams& p, int32_t* real_row, int4 v,
+                                                             uint32_t c0, uint32_t len) {
 #pragma unroll
   for (int e = 0; e < 4; ++e) {
     const int64_t c = static_cast<int64_t>(c0) + e;
