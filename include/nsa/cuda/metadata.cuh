@@ -540,8 +540,8 @@ __global__ void __launch_bounds__(kMetaThreads, Policy::kCtasPerSm)
   const int count0 = static_cast<int>(p.batch < kMetaThreads ? p.batch : int64_t{kMetaThreads});
   RequestInputs mine;  // this thread's request of the current chunk
   // Loaded even by CTAs that will not walk the chunk: skipping it measured
-  // slower at small batches (these coalesced loads bring the lines that the
-  // warps' first-item loads below read).
+  // slower at small batches (probably because these coalesced loads bring in
+  // the lines that the warps' first-item loads below read).
   if (tid < count0) mine = load_request(p, tid);
   // This warp's first item is item my_warp (chunk 0 holds items [0, count0 * ipr)).
   const bool has_first = my_warp < count0 * ipr;
