@@ -163,6 +163,35 @@ TEST_F(MetadataChecked, ExtendLengthOverDraftTokens_cuda) {
   run_checked(got, ref, {}, ArgId::kExtendLens, 1, 5);
 }
 
+// 300 requests: two chunks and 256-column items, so item CTAs walk the
+// chunks; the violation sits in the second chunk, which only CTA 0 records.
+Case many_requests(ForwardMode mode) {
+  auto rng = make_rng(41);
+  Case c{mode, {}, {}, {}};
+  for (int b = 0; b < 300; ++b) {
+    c.seq_lens.push_back(static_cast<int32_t>(5 + rng() % (kW - 8)));
+    c.rpi.push_back(static_cast<int32_t>(rng() % kPoolRows));
+    if (mode == ForwardMode::kDraftExtend) c.extend.push_back(static_cast<int32_t>(1 + rng() % 4));
+  }
+  return c;
+}
+
+TEST_F(MetadataChecked, RequestRowOutOfRangeInSecondChunk_cuda) {
+  Case got = many_requests(ForwardMode::kDecode);
+  got.rpi[290] = kPoolRows;
+  Case ref = got;
+  ref.rpi[290] = 0;
+  run_checked(got, ref, {290}, ArgId::kReqPoolIndices, 290, kPoolRows);
+}
+
+TEST_F(MetadataChecked, ExtendLengthOverDraftTokensInSecondChunk_cuda) {
+  Case got = many_requests(ForwardMode::kDraftExtend);
+  got.extend[280] = 7;  // > N = 4
+  Case ref = got;
+  ref.extend[280] = 0;
+  run_checked(got, ref, {}, ArgId::kExtendLens, 280, 7);
+}
+
 }  // namespace
 }  // namespace test
 }  // namespace nsa

@@ -288,7 +288,9 @@ TEST_P(MetadataTest, BuildMatchesReferenceAllModes) {
   const int64_t kDests[] = {1, 2, 3, 5, 8};
   int64_t i = 0;
   for (ForwardMode mode : kModes) {
-    for (int64_t bs : {1, 2, 7, 64, 256, 513}) {
+    // 32 / 33: the last chunk scanned by one warp or by the block; 288: a
+    // second chunk of 32 requests added to the first chunk's totals.
+    for (int64_t bs : {1, 2, 7, 32, 33, 64, 256, 288, 513}) {
       for (int64_t N : {1, 2, 4}) {
         const int64_t max_len = bs <= 7 ? 5000 : 2100;
         BuildCase c = make_build_case(rng, mode, bs, N, max_len, i % 2 == 0);
@@ -537,7 +539,9 @@ TEST_P(MetadataTest, CopyMatchesReferenceAllModes) {
   const int64_t kDests[] = {1, 2, 3, 5, 8};
   int64_t i = 0;
   for (ForwardMode mode : kModes) {
-    for (int64_t bs : {1, 2, 7, 64, 256, 513}) {
+    // 32 / 33: the last chunk scanned by one warp or by the block; 288: a
+    // second chunk of 32 requests added to the first chunk's totals.
+    for (int64_t bs : {1, 2, 7, 32, 33, 64, 256, 288, 513}) {
       for (int64_t N : {1, 2, 4}) {
         const bool decode = mode == ForwardMode::kDecode;
         const int64_t W = bs <= 7 ? 4100 + N : 600 + N;

@@ -18,11 +18,13 @@
 //
 // Launchers take raw pointers, sizes and a stream, enqueue exactly one kernel
 // and return the launch status (cudaGetLastError). They never allocate and
-// never synchronise. All index math is 64-bit; every grid is 1-D.
+// never synchronise. Index math is 64-bit, except the build kernel's column
+// math (32-bit: rows are int32 cache lengths); every grid is 1-D.
 #pragma once
 
 #include <cuda_runtime.h>
 #include <cub/block/block_scan.cuh>
+#include <cub/warp/warp_scan.cuh>
 
 #include <cstdint>
 
@@ -175,9 +177,11 @@ struct BuildParams {
   // Every cache length is <= max_kv (a precondition the checked kernel
   // verifies; see build_metadata in metadata.cu). Bounds the items per request.
   int64_t max_kv;
-  // Set by launch_build_metadata for its policy: page-table items per
-  // request, ceil(max_kv / columns per item), and its divisor (valid while
-  // the count is below 2^31; the kernel falls back to 64-bit division past it).
+  // Set by launch_build_metadata for its policy (launch the kernel through
+  // it): page-table items per request, ceil(max_kv / columns per item), and
+  // its divisor (valid while the count is below 2^31; the kernel falls back
+  // to 64-bit division past it). The launcher also sizes the grid to hold
+  // CTA 0 (scalars) and at least one item CTA.
   int64_t items_per_request;
   FastDivisor items_per_request_div;
   const int32_t* flashmla_num_splits;  // optional [R + 1]
@@ -251,8 +255,8 @@ __device__ __forceinline__ void load_page_item(PageItem<Policy>& it, const int32
 // (the 64-bit page_of would add a division call to the store loop for the
 // negative, garbage slots that must still come out bit-exact).
 __device__ __forceinline__ int32_t slot_page_pow2(int32_t x, int shift) {
+  if (shift >= 32) return 0;  // |x| <= 2^31 < P (and no shift by the width or more)
   if (x >= 0) return x >> shift;
-  if (shift >= 32) return 0;
   return -static_cast<int32_t>((0u - static_cast<uint32_t>(x)) >> shift);
 }
 
