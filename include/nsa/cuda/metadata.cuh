@@ -26,6 +26,7 @@
 #include <cub/block/block_scan.cuh>
 #include <cub/warp/warp_scan.cuh>
 
+#include <cstddef>
 #include <cstdint>
 
 #include "nsa/cuda/checked.cuh"
@@ -159,6 +160,11 @@ __host__ __device__ __forceinline__ int64_t clamped_rows_sum(int64_t kv, int64_t
 // Items past a request's length are skipped (the warp jumps to its first item
 // of the next request), and each warp loads its next item before it stores
 // the current one, so two items' loads are in flight per warp.
+// When every warp has one item at most (most small and medium jobs), the
+// launcher picks the one-pass kernel instead: no chunk walk, no shared
+// memory, no barrier in the item CTAs (build_items_one_pass), and for a batch
+// of <= 32 requests with static rows one warp writes the scalars
+// (build_scalars_warp).
 // ---------------------------------------------------------------------------
 struct BuildParams {
   const void* seq_lens;          // [batch]
@@ -273,13 +279,64 @@ inline __device__ __noinline__ void store_real_any_page_size(const BuildParams& 
   }
 }
 
+// The page-table fields of one destination, as the item stores read them.
+struct TableTarget {
+  int32_t* table;
+  int64_t ld;
+  int32_t* real;  // real_page_table, or nullptr
+  int64_t real_ld;
+};
+
+// Destination descriptors read from a table (shared or global memory).
+struct TableTargets {
+  const MetadataBuffers* targets;
+  __device__ __forceinline__ TableTarget operator()(int64_t d) const {
+    const MetadataBuffers& t = targets[d];
+    return TableTarget{t.page_table_1, t.page_table_1_ld, t.real_page_table, t.real_page_table_ld};
+  }
+};
+
+// Destination descriptors held in a warp's lanes: lane 4d + f holds word f
+// of destination d's page-table fields {page_table_1, page_table_1_ld,
+// real_page_table, real_page_table_ld}. They arrive with the kernel's first
+// loads and need no shared memory and no barrier. Every lane of the warp must
+// call operator() (it shuffles).
+constexpr int kWarpTargets = 8;
+struct WarpTargets {
+  long long word = 0;
+
+  __device__ __forceinline__ static WarpTargets load(const MetadataBuffers* targets, int64_t count, int lane) {
+    static_assert(offsetof(MetadataBuffers, page_table_1) % sizeof(long long) == 0 &&
+                      offsetof(MetadataBuffers, real_page_table) % sizeof(long long) == 0,
+                  "descriptor fields are 8-byte words");
+    const int d = lane >> 2, f = lane & 3;
+    WarpTargets w;
+    if (d < count) {
+      const size_t offset = f == 0   ? offsetof(MetadataBuffers, page_table_1)
+                            : f == 1 ? offsetof(MetadataBuffers, page_table_1_ld)
+                            : f == 2 ? offsetof(MetadataBuffers, real_page_table)
+                                     : offsetof(MetadataBuffers, real_page_table_ld);
+      w.word = __ldg(reinterpret_cast<const long long*>(reinterpret_cast<const char*>(targets + d) + offset));
+    }
+    return w;
+  }
+  __device__ __forceinline__ TableTarget operator()(int64_t d) const {
+    const int l = static_cast<int>(d) * 4;
+    return TableTarget{reinterpret_cast<int32_t*>(__shfl_sync(0xffffffffu, word, l)), __shfl_sync(0xffffffffu, word, l + 1),
+                       reinterpret_cast<int32_t*>(__shfl_sync(0xffffffffu, word, l + 2)),
+                       __shfl_sync(0xffffffffu, word, l + 3)};
+  }
+};
+
 // Stores an item into its q rows (starting at row0) of every destination,
 // plus the real_page_table entries of the page starts among its columns.
 // Everything that does not depend on the destination or the row is computed
 // once per item, and rows are walked by pointer increments: with a few warps
 // per SM this loop runs issue-bound, so its length per row is what counts.
-template <class Policy>
-__device__ __forceinline__ void store_page_item(const BuildParams& p, const MetadataBuffers* targets,
+// `target_of(d)` gives destination d's page-table fields (TableTargets or
+// WarpTargets).
+template <class Policy, class TargetOf>
+__device__ __forceinline__ void store_page_item(const BuildParams& p, const TargetOf& target_of,
                                                 const PageItem<Policy>& it, uint32_t len, uint32_t c0, int64_t row0,
                                                 int64_t q, int lane) {
   constexpr int kV = Policy::kVecPerLane;
@@ -300,10 +357,10 @@ __device__ __forceinline__ void store_page_item(const BuildParams& p, const Meta
     real_val[k] = one_start ? slot_page_pow2(it.v[k].x, p.page_shift) : 0;
   }
   for (int64_t d = 0; d < p.num_targets; ++d) {
-    const MetadataBuffers& t = targets[d];  // all four fields are read before the first store
-    const int64_t ld = t.page_table_1_ld, real_ld = t.real_page_table_ld;
-    int32_t* row = t.page_table_1 + row0 * ld;
-    int32_t* const real = t.real_page_table;
+    const TableTarget t = target_of(d);  // all four fields are read before the first store
+    const int64_t ld = t.ld, real_ld = t.real_ld;
+    int32_t* row = t.table + row0 * ld;
+    int32_t* const real = t.real;
     int64_t real_offset = row0 * real_ld;
     for (int64_t j = 0; j < q; ++j, row += ld, real_offset += real_ld) {
       const bool vec = aligned16(row);
@@ -347,28 +404,78 @@ __device__ __forceinline__ int64_t extend_rows_before(const BuildParams& p, int6
   return __reduce_add_sync(0xffffffffu, part);
 }
 
-// Request b's fields and those of its q rows (rows [row0, row0 + q)), into
-// every destination; cu_before / nsa_before are the cumulative sums before
-// the request (modulo 2^32, see BuildScan). One thread per request: no search
-// of the row starts, and the stores leave as soon as the scan is done.
+// The per-request and per-row fields of one destination.
+struct ScalarTarget {
+  int32_t* cache_seqlens;
+  int32_t* cu_seqlens_k;
+  int32_t* seqlens_expanded;  // optional
+  int32_t* nsa_cache_seqlens;
+  int32_t* nsa_cu_seqlens_k;
+};
+
+// Request b's fields and those of its q rows (rows [row0, row0 + q)) in one
+// destination; cu_before / nsa_before are the cumulative sums before the
+// request (modulo 2^32, see BuildScan). One thread per request: no search of
+// the row starts, and the stores leave as soon as the scan is done.
+__device__ __forceinline__ void store_request_fields(const BuildParams& p, const ScalarTarget& t, int64_t b,
+                                                     int64_t row0, int64_t kv, int64_t q, uint32_t cu_before,
+                                                     uint32_t nsa_before) {
+  t.cache_seqlens[b] = static_cast<int32_t>(kv);
+  t.cu_seqlens_k[b + 1] = static_cast<int32_t>(cu_before + static_cast<uint32_t>(kv));
+  uint32_t running = nsa_before;
+  for (int64_t j = 0; j < q; ++j) {
+    const int64_t expanded = kv - q + 1 + j;
+    const int64_t clamped = expanded < p.topk ? expanded : p.topk;
+    running += static_cast<uint32_t>(clamped);
+    if (t.seqlens_expanded != nullptr) t.seqlens_expanded[row0 + j] = static_cast<int32_t>(expanded);
+    t.nsa_cache_seqlens[row0 + j] = static_cast<int32_t>(clamped);
+    t.nsa_cu_seqlens_k[row0 + j + 1] = static_cast<int32_t>(running);
+  }
+}
+
+// The same into every destination of a descriptor table.
 __device__ __forceinline__ void store_request_scalars(const BuildParams& p, const MetadataBuffers* targets, int64_t b,
                                                       int64_t row0, int64_t kv, int64_t q, uint32_t cu_before,
                                                       uint32_t nsa_before) {
   for (int64_t d = 0; d < p.num_targets; ++d) {
     const MetadataBuffers& t = targets[d];
-    t.cache_seqlens[b] = static_cast<int32_t>(kv);
-    t.cu_seqlens_k[b + 1] = static_cast<int32_t>(cu_before + static_cast<uint32_t>(kv));
-    uint32_t running = nsa_before;
-    for (int64_t j = 0; j < q; ++j) {
-      const int64_t expanded = kv - q + 1 + j;
-      const int64_t clamped = expanded < p.topk ? expanded : p.topk;
-      running += static_cast<uint32_t>(clamped);
-      if (t.seqlens_expanded != nullptr) t.seqlens_expanded[row0 + j] = static_cast<int32_t>(expanded);
-      t.nsa_cache_seqlens[row0 + j] = static_cast<int32_t>(clamped);
-      t.nsa_cu_seqlens_k[row0 + j + 1] = static_cast<int32_t>(running);
-    }
+    store_request_fields(p, ScalarTarget{t.cache_seqlens, t.cu_seqlens_k, t.seqlens_expanded, t.nsa_cache_seqlens,
+                                         t.nsa_cu_seqlens_k},
+                         b, row0, kv, q, cu_before, nsa_before);
   }
 }
+
+// The scalar fields of up to kWarpTargets destinations held in a warp's
+// lanes, as WarpTargets does for the page tables: lane 4d + f holds field f
+// of destination d in `a` {cache_seqlens, cu_seqlens_k, seqlens_expanded,
+// nsa_cache_seqlens} and, for f = 0, nsa_cu_seqlens_k in `b`. Every lane of
+// the warp must call operator() (it shuffles).
+struct WarpScalarTargets {
+  long long a = 0;
+  long long b = 0;
+
+  __device__ __forceinline__ static WarpScalarTargets load(const MetadataBuffers* targets, int64_t count, int lane) {
+    const int d = lane >> 2, f = lane & 3;
+    WarpScalarTargets w;
+    if (d < count) {
+      const MetadataBuffers* t = targets + d;
+      const size_t offset = f == 0   ? offsetof(MetadataBuffers, cache_seqlens)
+                            : f == 1 ? offsetof(MetadataBuffers, cu_seqlens_k)
+                            : f == 2 ? offsetof(MetadataBuffers, seqlens_expanded)
+                                     : offsetof(MetadataBuffers, nsa_cache_seqlens);
+      w.a = __ldg(reinterpret_cast<const long long*>(reinterpret_cast<const char*>(t) + offset));
+      if (f == 0) w.b = __ldg(reinterpret_cast<const long long*>(&t->nsa_cu_seqlens_k));
+    }
+    return w;
+  }
+  __device__ __forceinline__ ScalarTarget operator()(int64_t d) const {
+    const int l = static_cast<int>(d) * 4;
+    auto ptr = [](long long v) { return reinterpret_cast<int32_t*>(v); };
+    return ScalarTarget{ptr(__shfl_sync(0xffffffffu, a, l)), ptr(__shfl_sync(0xffffffffu, a, l + 1)),
+                        ptr(__shfl_sync(0xffffffffu, a, l + 2)), ptr(__shfl_sync(0xffffffffu, a, l + 3)),
+                        ptr(__shfl_sync(0xffffffffu, b, l))};
+  }
+};
 
 // One FlashMLA schedule element to every destination that has the field.
 __device__ __forceinline__ void store_flashmla_split(const BuildParams& p, const MetadataBuffers* targets, int64_t i,
@@ -437,6 +544,45 @@ struct BuildShared {
   __device__ __forceinline__ MetadataBuffers* targets() { return reinterpret_cast<MetadataBuffers*>(target_words); }
 };
 
+// The scalars of a batch of at most 32 requests with static rows (DECODE,
+// TARGET_VERIFY) into at most kWarpTargets destinations, by one warp: lane b
+// is request b. Inputs and descriptors arrive in one round trip, then a warp
+// scan and the stores, with no shared memory and no barrier (the other warps
+// of the CTA exit at once).
+template <bool kChecked>
+__device__ __forceinline__ void build_scalars_warp(const BuildParams& p, BuildShared& s, int lane) {
+  const int count = static_cast<int>(p.batch);
+  RequestInputs mine;
+  if (lane < count) mine = load_request(p, lane);
+  const WarpScalarTargets targets = WarpScalarTargets::load(p.targets, p.num_targets, lane);
+  int64_t kv = 0, q = 0;
+  if (lane < count) {
+    kv = static_cast<int32_t>(mine.kv64);
+    q = query_rows<kChecked>(p, mine.q);
+    if constexpr (kChecked) {
+      if (q != mine.q) record_error(p.error, OpId::kBuildMetadata, ArgId::kExtendLens, lane, mine.q);
+      if (mine.kv64 < 0 || mine.kv64 > p.max_kv)  // checked before the int32 narrowing
+        record_error(p.error, OpId::kBuildMetadata, ArgId::kSeqLens, lane, mine.kv64);
+      if (mine.rpi < 0 || mine.rpi >= p.req_to_token_rows)
+        record_error(p.error, OpId::kBuildMetadata, ArgId::kReqPoolIndices, lane, mine.rpi);
+    }
+  }
+  const BuildScan in = lane < count ? BuildScan{static_cast<uint32_t>(q), static_cast<uint32_t>(kv),
+                                                static_cast<uint32_t>(clamped_rows_sum(kv, q, p.topk))}
+                                    : BuildScan{0, 0, 0};
+  BuildScan before;
+  BuildWarpScan(s.warp_scan).ExclusiveScan(in, before, BuildScan{0, 0, 0}, BuildScanSum());
+  for (int64_t d = 0; d < p.num_targets; ++d) {
+    const ScalarTarget t = targets(d);  // all lanes: shuffles
+    if (lane == 0) {
+      // Element 0 of the cumulative arrays (spec §5.2: 0, written once at capture; we write it every call).
+      t.cu_seqlens_k[0] = 0;
+      t.nsa_cu_seqlens_k[0] = 0;
+    }
+    if (lane < count) store_request_fields(p, t, lane, before.rows, kv, q, before.kv, before.nsa);
+  }
+}
+
 // The scalars CTA: per-request and per-row fields of every destination,
 // element 0 of the cumulative arrays, DRAFT_EXTEND's FlashMLA split counts (R
 // is known only after the scan), and in checked mode the validation record
@@ -449,6 +595,10 @@ template <bool kChecked>
 __device__ __forceinline__ void build_scalars(const BuildParams& p, BuildShared& s) {
   const int tid = threadIdx.x;
   const int64_t static_q = static_rows(p);
+  if (static_q > 0 && p.batch <= 32 && p.num_targets <= kWarpTargets) {
+    if (tid < 32) build_scalars_warp<kChecked>(p, s, tid);
+    return;
+  }
   const int count0 = static_cast<int>(p.batch < kMetaThreads ? p.batch : int64_t{kMetaThreads});
   RequestInputs mine;  // this thread's request of the current chunk
   if (tid < count0) mine = load_request(p, tid);
@@ -505,11 +655,76 @@ __device__ __forceinline__ void build_scalars(const BuildParams& p, BuildShared&
   }
 }
 
+// Item CTAs of a one-pass launch: the launcher picks it when every item warp
+// has one page-table item at most (batch * items_per_request <= item warps),
+// the batch fits one chunk and the destinations fit a warp's lanes
+// (kWarpTargets). Each warp then knows its item, its request and its rows
+// from the kernel parameters alone, so it runs the two round trips (inputs
+// and descriptors, then the item's columns) and stores, with no shared
+// memory, no barrier and no chunk walk. A warp with no item and no FlashMLA
+// element exits at once: at small sizes most warps have nothing to do, and
+// their instructions would otherwise compete for issue slots with the warps
+// on the critical path.
+template <class Policy, bool kChecked>
+__device__ __forceinline__ void build_items_one_pass(const BuildParams& p) {
+  constexpr int64_t kCols = Policy::kColsPerItem;
+  const int tid = threadIdx.x;
+  const int lane = tid & 31;
+  const int item_ctas = static_cast<int>(gridDim.x) - 1;
+  const int block = static_cast<int>(blockIdx.x) - 1;
+  // Warp numbers interleave CTAs, as in the multi-pass path. The launcher
+  // bounds the grid, so they and the item count fit 31 bits.
+  const uint32_t my_warp = static_cast<uint32_t>((tid >> 5) * item_ctas + block);
+  // Item my_warp belongs to request b; b >= batch means the warp has no item
+  // (item < batch * ipr  <=>  item / ipr < batch).
+  const uint32_t b = p.items_per_request_div.div(my_warp);
+  const bool has_item = b < p.batch;  // warp-uniform
+  const int64_t static_q = static_rows(p);
+
+  if (has_item) {
+    // ---- Round trip 1: the item's request and the descriptors. ----
+    const RequestInputs r = load_request(p, b);
+    const WarpTargets targets = WarpTargets::load(p.targets, p.num_targets, lane);
+    // The item's first row: b * q, or in DRAFT_EXTEND the extend lengths
+    // before request b, summed by the warp (b < kMetaThreads).
+    const int64_t row0 =
+        static_q > 0 ? static_cast<int64_t>(b) * static_q : extend_rows_before<kChecked>(p, b, lane);
+    // ---- Round trip 2: the item's source columns, then its stores. ----
+    const int64_t kv = static_cast<int32_t>(r.kv64);
+    const int64_t c0 = static_cast<int64_t>(my_warp - b * static_cast<uint32_t>(p.items_per_request)) * kCols;
+    // Columns are 32-bit from here on: 0 <= c0 < kv <= INT32_MAX.
+    if (table_ok<kChecked>(p, r) && c0 < kv) {
+      PageItem<Policy> it;
+      load_page_item(it, p.req_to_token + r.rpi * p.req_to_token_ld, static_cast<uint32_t>(kv),
+                     static_cast<uint32_t>(c0), lane);
+      const int64_t q = static_q > 0 ? static_q : query_rows<kChecked>(p, r.q);
+      store_page_item(p, targets, it, static_cast<uint32_t>(kv), static_cast<uint32_t>(c0), row0, q, lane);
+    }
+  }
+
+  // FlashMLA elements: numbered from the last warp down, so the warps without
+  // an item take them and the item warps' chain stays short (each thread
+  // still gets every gthreads-th element; descriptors from the global table).
+  // DRAFT_EXTEND's split counts are the scalars CTA's: R + 1 is only known
+  // after the scan.
+  const int64_t gthreads = static_cast<int64_t>(item_ctas) * kMetaThreads;
+  const int64_t first = (static_cast<int64_t>(item_ctas) * kMetaWarps - 1 - my_warp) * 32 + lane;
+  const int64_t known_rows = static_q > 0 ? p.batch * static_q : -1;  // R, if known before the scan
+  if (p.flashmla_num_splits != nullptr) {
+    for (int64_t e = first; e <= known_rows; e += gthreads)
+      store_flashmla_split(p, p.targets, e, __ldg(p.flashmla_num_splits + e));
+  }
+  if (p.flashmla_metadata != nullptr) {
+    for (int64_t e = first; e < p.flashmla_metadata_max; e += gthreads)
+      store_flashmla_tile(p, p.targets, e, __ldg(p.flashmla_metadata + e));
+  }
+}
+
 // kChecked: requests with an invalid cache length, request row or extend
 // length are recorded in p.error (by the scalars CTA) and write no
 // page-table rows (an invalid extend length also counts as 0 query rows, so
 // no row of it is written).
-template <class Policy, bool kChecked>
+template <class Policy, bool kChecked, bool kOnePass>
 __global__ void __launch_bounds__(kMetaThreads, Policy::kCtasPerSm)
     build_metadata_kernel(const __grid_constant__ BuildParams p) {
   __shared__ BuildShared s;
@@ -517,6 +732,10 @@ __global__ void __launch_bounds__(kMetaThreads, Policy::kCtasPerSm)
   // besides it).
   if (blockIdx.x == 0) {
     build_scalars<kChecked>(p, s);
+    return;
+  }
+  if constexpr (kOnePass) {
+    build_items_one_pass<Policy, kChecked>(p);
     return;
   }
   const int64_t block = blockIdx.x - 1;  // item CTA number
@@ -597,8 +816,8 @@ __global__ void __launch_bounds__(kMetaThreads, Policy::kCtasPerSm)
   // batch's critical path.
   if (first_loaded) {
     const int64_t first_q = static_q > 0 ? static_q : query_rows<kChecked>(p, first.q);
-    store_page_item(p, targets, cur, static_cast<uint32_t>(first_kv), static_cast<uint32_t>(first_c0), first_row0,
-                    first_q, lane);
+    store_page_item(p, TableTargets{targets}, cur, static_cast<uint32_t>(first_kv), static_cast<uint32_t>(first_c0),
+                    first_row0, first_q, lane);
   }
   if (split0) store_flashmla_split(p, targets, gtid, split0_v);
   if (tile0) store_flashmla_tile(p, targets, gtid, tile0_v);
@@ -671,8 +890,8 @@ __global__ void __launch_bounds__(kMetaThreads, Policy::kCtasPerSm)
       const Item n = live(x.rel + grid_warps);
       PageItem<Policy> next;
       if (n.rel < items) load_item(next, n);  // in flight while `cur` is stored
-      store_page_item(p, targets, cur, s.cols[x.b], static_cast<uint32_t>(x.c0), row_base + s.row_start[x.b], s.q[x.b],
-                      lane);
+      store_page_item(p, TableTargets{targets}, cur, s.cols[x.b], static_cast<uint32_t>(x.c0),
+                      row_base + s.row_start[x.b], s.q[x.b], lane);
       cur = next;
       x = n;
     }
@@ -796,7 +1015,16 @@ inline int64_t build_items_per_request(const BuildParams& p) {
   return (p.max_kv + Policy::kColsPerItem - 1) / Policy::kColsPerItem;
 }
 
+// The one-pass item path applies (see build_items_one_pass).
 template <class Policy>
+inline bool build_one_pass(const BuildParams& p, int num_sms) {
+  if (p.batch > kMetaThreads || p.num_targets > kWarpTargets) return false;
+  const int64_t items = p.batch * build_items_per_request<Policy>(p);  // batch <= 256: no overflow
+  const int64_t item_warps = (metadata_grid(items + 1, num_sms, Policy::kCtasPerSm) - 1) * int64_t{kMetaWarps};
+  return items <= item_warps;
+}
+
+template <class Policy, bool kOnePass>
 cudaError_t launch_build_metadata(BuildParams p, int num_sms, cudaStream_t stream) {
   if (p.batch == 0) return cudaSuccess;
   const int64_t items_per_request = build_items_per_request<Policy>(p);
@@ -807,21 +1035,27 @@ cudaError_t launch_build_metadata(BuildParams p, int num_sms, cudaStream_t strea
   // + 1: the scalars CTA. max_items >= 1 and the cap >= 2, so the grid
   // always has an item CTA besides it (build_metadata_kernel relies on it).
   const int grid = metadata_grid(max_items + 1, num_sms, Policy::kCtasPerSm);
-  if (p.error != nullptr) build_metadata_kernel<Policy, true><<<grid, kMetaThreads, 0, stream>>>(p);
-  else build_metadata_kernel<Policy, false><<<grid, kMetaThreads, 0, stream>>>(p);
+  if (p.error != nullptr) build_metadata_kernel<Policy, true, kOnePass><<<grid, kMetaThreads, 0, stream>>>(p);
+  else build_metadata_kernel<Policy, false, kOnePass><<<grid, kMetaThreads, 0, stream>>>(p);
   return cudaGetLastError();
 }
 
 // Picks the policy from what the host knows: short items while there are at
 // most two per item CTA of a full grid (CTA 0 holds none), so a small job's
 // stores spread over many SMs; long ones beyond, which halve the warps, and
-// so the instructions each SM issues, for the same columns.
+// so the instructions each SM issues, for the same columns. One pass whenever
+// it applies with short items; with long items only in DECODE (measured on
+// an H100: with q > 1 rows per item and three or four destinations, the
+// long-item one-pass kernel was slower than the chunk walk).
 inline cudaError_t invoke_build_metadata(const BuildParams& p, int num_sms, cudaStream_t stream) {
   static_assert(SmallBuildPolicy::kCtasPerSm == LargeBuildPolicy::kCtasPerSm, "one grid size for both");
   const int64_t small_items = p.batch * build_items_per_request<SmallBuildPolicy>(p);
   const int64_t item_ctas = static_cast<int64_t>(num_sms) * SmallBuildPolicy::kCtasPerSm - 1;
-  return small_items > 2 * item_ctas ? launch_build_metadata<LargeBuildPolicy>(p, num_sms, stream)
-                                     : launch_build_metadata<SmallBuildPolicy>(p, num_sms, stream);
+  if (small_items <= 2 * item_ctas && build_one_pass<SmallBuildPolicy>(p, num_sms))
+    return launch_build_metadata<SmallBuildPolicy, true>(p, num_sms, stream);
+  if (p.mode == static_cast<int32_t>(ForwardMode::kDecode) && build_one_pass<LargeBuildPolicy>(p, num_sms))
+    return launch_build_metadata<LargeBuildPolicy, true>(p, num_sms, stream);
+  return launch_build_metadata<LargeBuildPolicy, false>(p, num_sms, stream);
 }
 
 // Appends a copy job (host side); empty or absent fields add nothing. `p` starts zeroed.
