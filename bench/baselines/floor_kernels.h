@@ -11,7 +11,9 @@
 //   - page_table_floor: the page-table part of build_metadata alone: per
 //     (request, 128 columns), the request's req_to_token row index, then its
 //     columns, stored into q rows of every destination page table. No scalar
-//     fields, no real_page_table, no scan.
+//     fields, no real_page_table, no scan. page_table_floor_vec16 does the
+//     same with 16-byte accesses (rows 16-byte aligned), as the build does on
+//     aligned rows; a benchmark takes the faster of the two as its floor.
 #pragma once
 
 #include <cstdint>
@@ -42,6 +44,11 @@ struct FloorTables {
 // Rows [b * q, (b + 1) * q) of every table get columns [0, cols) of req_to_token row rpi[b].
 cudaError_t page_table_floor(const int32_t* req_to_token, int64_t req_to_token_ld, const int32_t* rpi, int64_t bs,
                              int64_t q, int64_t cols, const FloorTables& dst, int num_sms, nsa::cudaStream stream);
+// The same with 16-byte accesses; cudaErrorInvalidValue unless req_to_token
+// and every table are 16-byte aligned with strides that are multiples of 4.
+cudaError_t page_table_floor_vec16(const int32_t* req_to_token, int64_t req_to_token_ld, const int32_t* rpi,
+                                   int64_t bs, int64_t q, int64_t cols, const FloorTables& dst, int num_sms,
+                                   nsa::cudaStream stream);
 
 }  // namespace baseline
 }  // namespace nsa
