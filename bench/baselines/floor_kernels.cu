@@ -39,7 +39,10 @@ __global__ void __launch_bounds__(256) store_floor_kernel(uint8_t* __restrict__ 
   }
 }
 
-// One warp per (request, 128 columns): 4 columns per lane.
+// One warp per (request, 128 columns): 4 columns per lane, as 4-byte
+// accesses or (kVec16, rows 16-byte aligned) one 16-byte access where all 4
+// exist, the width build_metadata uses on aligned rows.
+template <bool kVec16>
 __global__ void __launch_bounds__(256) page_table_floor_kernel(const int32_t* __restrict__ r2t, int64_t ld,
                                                                const int32_t* __restrict__ rpi, int64_t bs, int64_t q,
                                                                int64_t cols, FloorTables dst) {
@@ -50,50 +53,26 @@ __global__ void __launch_bounds__(256) page_table_floor_kernel(const int32_t* __
     const int64_t b = w / per_request;
     const int64_t c = (w - b * per_request) * 128 + lane * 4;
     const int32_t* src = r2t + static_cast<int64_t>(__ldg(rpi + b)) * ld;
-    int32_t v[4];
-#pragma unroll
-    for (int e = 0; e < 4; ++e) v[e] = c + e < cols ? __ldg(src + c + e) : 0;
-    for (int d = 0; d < dst.count; ++d) {
-      for (int64_t j = 0; j < q; ++j) {
-        int32_t* row = dst.table[d] + (b * q + j) * dst.ld[d];
-#pragma unroll
-        for (int e = 0; e < 4; ++e)
-          if (c + e < cols) row[c + e] = v[e];
-      }
-    }
-  }
-}
-
-// The same with one 16-byte load and store per lane (rows 16-byte aligned):
-// the access width build_metadata uses on aligned rows.
-__global__ void __launch_bounds__(256) page_table_floor_vec16_kernel(const int32_t* __restrict__ r2t, int64_t ld,
-                                                                     const int32_t* __restrict__ rpi, int64_t bs,
-                                                                     int64_t q, int64_t cols, FloorTables dst) {
-  const int64_t per_request = (cols + 127) / 128;
-  const int64_t warps = static_cast<int64_t>(gridDim.x) * 8;
-  const int lane = threadIdx.x & 31;
-  for (int64_t w = static_cast<int64_t>(blockIdx.x) * 8 + (threadIdx.x >> 5); w < bs * per_request; w += warps) {
-    const int64_t b = w / per_request;
-    const int64_t c = (w - b * per_request) * 128 + lane * 4;
-    const int32_t* src = r2t + static_cast<int64_t>(__ldg(rpi + b)) * ld;
-    const bool full = c + 4 <= cols;
+    const bool vec = kVec16 && c + 4 <= cols;
     int4 v = make_int4(0, 0, 0, 0);
-    if (full) {
+    if (vec) {
       v = __ldg(reinterpret_cast<const int4*>(src + c));
-    } else if (c < cols) {
-      v.x = __ldg(src + c);
+    } else {
+      if (c < cols) v.x = __ldg(src + c);
       if (c + 1 < cols) v.y = __ldg(src + c + 1);
       if (c + 2 < cols) v.z = __ldg(src + c + 2);
+      if (c + 3 < cols) v.w = __ldg(src + c + 3);
     }
     for (int d = 0; d < dst.count; ++d) {
       for (int64_t j = 0; j < q; ++j) {
         int32_t* row = dst.table[d] + (b * q + j) * dst.ld[d];
-        if (full) {
+        if (vec) {
           *reinterpret_cast<int4*>(row + c) = v;
-        } else if (c < cols) {
-          row[c] = v.x;
+        } else {
+          if (c < cols) row[c] = v.x;
           if (c + 1 < cols) row[c + 1] = v.y;
           if (c + 2 < cols) row[c + 2] = v.z;
+          if (c + 3 < cols) row[c + 3] = v.w;
         }
       }
     }
@@ -111,8 +90,9 @@ cudaError_t page_table_floor(const int32_t* req_to_token, int64_t req_to_token_l
                              int64_t q, int64_t cols, const FloorTables& dst, int num_sms, nsa::cudaStream stream) {
   const int64_t items = bs * ((cols + 127) / 128);
   if (items == 0) return cudaSuccess;
-  page_table_floor_kernel<<<capped_grid((items + 7) / 8, num_sms, 8), 256, 0, static_cast<cudaStream_t>(stream)>>>(
-      req_to_token, req_to_token_ld, rpi, bs, q, cols, dst);
+  page_table_floor_kernel<false><<<capped_grid((items + 7) / 8, num_sms, 8), 256, 0,
+                                   static_cast<cudaStream_t>(stream)>>>(req_to_token, req_to_token_ld, rpi, bs, q, cols,
+                                                                        dst);
   return cudaGetLastError();
 }
 
@@ -125,7 +105,7 @@ cudaError_t page_table_floor_vec16(const int32_t* req_to_token, int64_t req_to_t
   if (!ok) return cudaErrorInvalidValue;
   const int64_t items = bs * ((cols + 127) / 128);
   if (items == 0) return cudaSuccess;
-  page_table_floor_vec16_kernel<<<capped_grid((items + 7) / 8, num_sms, 8), 256, 0,
+  page_table_floor_kernel<true><<<capped_grid((items + 7) / 8, num_sms, 8), 256, 0,
                                   static_cast<cudaStream_t>(stream)>>>(req_to_token, req_to_token_ld, rpi, bs, q, cols,
                                                                        dst);
   return cudaGetLastError();

@@ -322,7 +322,8 @@ struct WarpTargets {
   }
   __device__ __forceinline__ TableTarget operator()(int64_t d) const {
     const int l = static_cast<int>(d) * 4;
-    return TableTarget{reinterpret_cast<int32_t*>(__shfl_sync(0xffffffffu, word, l)), __shfl_sync(0xffffffffu, word, l + 1),
+    return TableTarget{reinterpret_cast<int32_t*>(__shfl_sync(0xffffffffu, word, l)),
+                       __shfl_sync(0xffffffffu, word, l + 1),
                        reinterpret_cast<int32_t*>(__shfl_sync(0xffffffffu, word, l + 2)),
                        __shfl_sync(0xffffffffu, word, l + 3)};
   }
@@ -525,6 +526,17 @@ __device__ __forceinline__ bool table_ok(const BuildParams& p, const RequestInpu
   else return true;
 }
 
+// Checked mode: records request b's invalid inputs (q: its query rows after
+// query_rows, which differ from r.q when the extend length is invalid).
+__device__ __forceinline__ void record_request_errors(const BuildParams& p, int64_t b, const RequestInputs& r,
+                                                      int64_t q) {
+  if (q != r.q) record_error(p.error, OpId::kBuildMetadata, ArgId::kExtendLens, b, r.q);
+  if (r.kv64 < 0 || r.kv64 > p.max_kv)  // checked before the int32 narrowing
+    record_error(p.error, OpId::kBuildMetadata, ArgId::kSeqLens, b, r.kv64);
+  if (r.rpi < 0 || r.rpi >= p.req_to_token_rows)
+    record_error(p.error, OpId::kBuildMetadata, ArgId::kReqPoolIndices, b, r.rpi);
+}
+
 // Warp scans: fewer steps on the critical path than the default raking scan.
 using BuildBlockScan = cub::BlockScan<BuildScan, kMetaThreads, cub::BLOCK_SCAN_WARP_SCANS>;
 using BuildWarpScan = cub::WarpScan<BuildScan>;
@@ -559,13 +571,7 @@ __device__ __forceinline__ void build_scalars_warp(const BuildParams& p, BuildSh
   if (lane < count) {
     kv = static_cast<int32_t>(mine.kv64);
     q = query_rows<kChecked>(p, mine.q);
-    if constexpr (kChecked) {
-      if (q != mine.q) record_error(p.error, OpId::kBuildMetadata, ArgId::kExtendLens, lane, mine.q);
-      if (mine.kv64 < 0 || mine.kv64 > p.max_kv)  // checked before the int32 narrowing
-        record_error(p.error, OpId::kBuildMetadata, ArgId::kSeqLens, lane, mine.kv64);
-      if (mine.rpi < 0 || mine.rpi >= p.req_to_token_rows)
-        record_error(p.error, OpId::kBuildMetadata, ArgId::kReqPoolIndices, lane, mine.rpi);
-    }
+    if constexpr (kChecked) record_request_errors(p, lane, mine, q);
   }
   const BuildScan in = lane < count ? BuildScan{static_cast<uint32_t>(q), static_cast<uint32_t>(kv),
                                                 static_cast<uint32_t>(clamped_rows_sum(kv, q, p.topk))}
@@ -618,14 +624,7 @@ __device__ __forceinline__ void build_scalars(const BuildParams& p, BuildShared&
     if (tid < count) {
       kv = static_cast<int32_t>(mine.kv64);
       q = query_rows<kChecked>(p, mine.q);
-      if constexpr (kChecked) {
-        const int64_t b = chunk + tid;
-        if (q != mine.q) record_error(p.error, OpId::kBuildMetadata, ArgId::kExtendLens, b, mine.q);
-        if (mine.kv64 < 0 || mine.kv64 > p.max_kv)  // checked before the int32 narrowing
-          record_error(p.error, OpId::kBuildMetadata, ArgId::kSeqLens, b, mine.kv64);
-        if (mine.rpi < 0 || mine.rpi >= p.req_to_token_rows)
-          record_error(p.error, OpId::kBuildMetadata, ArgId::kReqPoolIndices, b, mine.rpi);
-      }
+      if constexpr (kChecked) record_request_errors(p, chunk + tid, mine, q);
     }
     const BuildScan in = tid < count ? BuildScan{static_cast<uint32_t>(q), static_cast<uint32_t>(kv),
                                                  static_cast<uint32_t>(clamped_rows_sum(kv, q, p.topk))}
