@@ -139,6 +139,58 @@ nsa::MetadataSources sources_of(const DestSet& src, bool decode) {
   return s;
 }
 
+// The device side of a case: the inputs, the sources of the copies computed
+// once by build_metadata (contiguous [R, max_len] like SGLang's precompute,
+// max_len = the batch maximum), and `dests` destination sets whose page
+// tables are [R, cols] with row stride ld.
+struct DeviceCase {
+  Buffer table, seq, rpi, ext, splits, tiles;
+  nsa::MetadataInputs in;
+  DestSet src;
+  Buffer src_ws;
+  nsa::MetadataSources sources;
+  std::vector<DestSet> dst;
+  std::vector<nsa::MetadataBuffers> views;
+  Buffer ws;
+  nsa::MetadataTargets targets;
+
+  // host_table: [pool_rows, table_ld] with table_cols columns.
+  DeviceCase(const nsa::MetadataConfig& cfg, const std::vector<int32_t>& host_table, int64_t pool_rows,
+             int64_t table_cols, int64_t table_ld, const std::vector<int64_t>& seq_lens,
+             const std::vector<int32_t>& rpi_, const std::vector<int32_t>& ext_, const std::vector<int32_t>& splits_,
+             const std::vector<int32_t>& tiles_, int64_t R, int64_t max_len, int64_t dests, int64_t cols, int64_t ld)
+      : table(upload(host_table)),
+        seq(upload(seq_lens)),
+        rpi(upload(rpi_)),
+        ext(upload(ext_)),
+        splits(upload(splits_)),
+        tiles(upload(tiles_)),
+        src(R, max_len, max_len, (max_len + kPage - 1) / kPage, (max_len + kPage - 1) / kPage),
+        src_ws(nsa::Backend::kCuda, nsa::metadata_targets_workspace_bytes(1)),
+        ws(nsa::Backend::kCuda, nsa::metadata_targets_workspace_bytes(dests)) {
+    in.seq_lens = seq.as<int64_t>();
+    in.req_pool_indices = rpi.as<int32_t>();
+    if (cfg.mode == nsa::ForwardMode::kDraftExtend) in.extend_lens = ext.as<int32_t>();
+    in.req_to_token = table.as<int32_t>();
+    in.req_to_token_rows = pool_rows;
+    in.req_to_token_cols = table_cols;
+    in.req_to_token_ld = table_ld;
+    in.flashmla_num_splits = splits.as<int32_t>();
+    in.flashmla_metadata = tiles.as<int32_t>();
+    const auto src_targets =
+        nsa::upload_metadata_targets(nsa::Exec::cuda(), &src.view, 1, src_ws.data(), src_ws.bytes());
+    nsa::build_metadata(nsa::Exec::cuda(), cfg, in, src_targets);
+    sources = sources_of(src, cfg.mode == nsa::ForwardMode::kDecode);
+    const int64_t rt_cols = (cols + kPage - 1) / kPage;
+    for (int64_t d = 0; d < dests; ++d) {
+      dst.emplace_back(R, cols, ld, rt_cols, rt_cols);
+      views.push_back(dst.back().view);
+    }
+    targets = nsa::upload_metadata_targets(nsa::Exec::cuda(), views.data(), dests, ws.data(), ws.bytes());
+    nsa::support::synchronize(nsa::Backend::kCuda);
+  }
+};
+
 // Upstream claims for the fused 3-destination DECODE copy (issue 3), GPU us; 0 = none.
 double upstream_us(const Case& c) {
   if (c.mode != nsa::ForwardMode::kDecode || c.dests != 3) return 0;
@@ -155,7 +207,7 @@ json bench_case(const Case& c, const nsa::support::DeviceLimits& lim, std::mt199
   const int64_t kv = c.ctx;                         // every request's cache_seqlens
   const int64_t seq = verify ? kv - kN : kv;        // seq_lens (VERIFY adds N)
   const int64_t W = c.ctx + kN, ld = (W + 3) / 4 * 4;  // graph table width; 16-byte aligned rows
-  const int64_t rt_cols = (W + kPage - 1) / kPage, kv_pages = (kv + kPage - 1) / kPage;
+  const int64_t kv_pages = (kv + kPage - 1) / kPage;
   const int64_t pool_rows = bs + 1;
 
   // Inputs.
@@ -168,40 +220,16 @@ json bench_case(const Case& c, const nsa::support::DeviceLimits& lim, std::mt199
   std::vector<int32_t> splits(R + 1), tiles(kTiles);
   for (auto& x : splits) x = slot(rng) & 15;
   for (auto& x : tiles) x = slot(rng) & 1023;
-  Buffer table_d = upload(table), seq_d = upload(seq_lens), rpi_d = upload(rpi), ext_d = upload(ext),
-         splits_d = upload(splits), tiles_d = upload(tiles);
-
   const nsa::MetadataConfig cfg{c.mode, bs, kN, kTopk, kPage};
-  nsa::MetadataInputs in;
-  in.seq_lens = seq_d.as<int64_t>();
-  in.req_pool_indices = rpi_d.as<int32_t>();
-  if (c.mode == ForwardMode::kDraftExtend) in.extend_lens = ext_d.as<int32_t>();
-  in.req_to_token = table_d.as<int32_t>();
-  in.req_to_token_rows = pool_rows;
-  in.req_to_token_cols = W;
-  in.req_to_token_ld = ld;
-  in.flashmla_num_splits = splits_d.as<int32_t>();
-  in.flashmla_metadata = tiles_d.as<int32_t>();
-
-  // Sources of (a) and (b): computed on the device once, contiguous like SGLang's precompute
-  // ([rows, max_len] with max_len = the batch maximum = kv).
-  DestSet src(R, kv, kv, kv_pages, kv_pages);
-  Buffer src_ws(nsa::Backend::kCuda, nsa::metadata_targets_workspace_bytes(1));
-  const auto src_targets = nsa::upload_metadata_targets(nsa::Exec::cuda(), &src.view, 1, src_ws.data(), src_ws.bytes());
-  nsa::build_metadata(nsa::Exec::cuda(), cfg, in, src_targets);
-  const nsa::MetadataSources s = sources_of(src, decode);
+  // Sources of (a) and (b): [R, kv] (every request's length is kv).
+  DeviceCase dc(cfg, table, pool_rows, W, ld, seq_lens, rpi, ext, splits, tiles, R, kv, c.dests, W, ld);
+  const nsa::MetadataInputs& in = dc.in;
+  const nsa::MetadataSources& s = dc.sources;
   const nsa::MetadataCopyShape shape{c.mode, bs, kv, kv, R};
-
-  // Destinations.
-  std::vector<DestSet> dst;
-  std::vector<nsa::MetadataBuffers> views;
-  for (int64_t d = 0; d < c.dests; ++d) {
-    dst.emplace_back(R, W, ld, rt_cols, rt_cols);
-    views.push_back(dst.back().view);
-  }
-  Buffer ws(nsa::Backend::kCuda, nsa::metadata_targets_workspace_bytes(c.dests));
-  const auto targets = nsa::upload_metadata_targets(nsa::Exec::cuda(), views.data(), c.dests, ws.data(), ws.bytes());
-  nsa::support::synchronize(nsa::Backend::kCuda);
+  std::vector<DestSet>& dst = dc.dst;
+  const std::vector<nsa::MetadataBuffers>& views = dc.views;
+  const nsa::MetadataTargets targets = dc.targets;
+  const Buffer &table_d = dc.table, &rpi_d = dc.rpi;
 
   auto build = [&](nsa::cudaStream st) { nsa::build_metadata(nsa::Exec::cuda(st), cfg, in, targets); };
   // Floor (bench/baselines/floor_kernels.h): page tables only, into scratch tables. Request b owns rows
@@ -438,44 +466,19 @@ json bench_sglang_case(const Case& c, std::mt19937_64& rng, Buffer& flush) {
   kv[std::uniform_int_distribution<int64_t>(0, bs - 1)(rng)] = c.ctx;
   for (int64_t b = 0; b < bs; ++b) seq_lens[b] = verify ? kv[b] - kN : kv[b];  // VERIFY adds N
   const int64_t max_len = *std::max_element(kv.begin(), kv.end());
-  const int64_t max_pages = (max_len + kPage - 1) / kPage;
   std::vector<int32_t> splits(R + 1), tiles(kTiles);
   std::uniform_int_distribution<int32_t> small(0, 1023);
   for (auto& x : splits) x = small(rng) & 15;
   for (auto& x : tiles) x = small(rng);
-  Buffer table_d = upload(table), seq_d = upload(seq_lens), rpi_d = upload(rpi), ext_d = upload(ext),
-         splits_d = upload(splits), tiles_d = upload(tiles);
-  table.clear();
-  table.shrink_to_fit();
-
   const nsa::MetadataConfig cfg{c.mode, bs, kN, kTopk, kPage};
-  nsa::MetadataInputs in;
-  in.seq_lens = seq_d.as<int64_t>();
-  in.req_pool_indices = rpi_d.as<int32_t>();
-  if (c.mode == ForwardMode::kDraftExtend) in.extend_lens = ext_d.as<int32_t>();
-  in.req_to_token = table_d.as<int32_t>();
-  in.req_to_token_rows = pool_rows;
-  in.req_to_token_cols = W;
-  in.req_to_token_ld = W;
-  in.flashmla_num_splits = splits_d.as<int32_t>();
-  in.flashmla_metadata = tiles_d.as<int32_t>();
-
-  DestSet src(R, max_len, max_len, max_pages, max_pages);
-  Buffer src_ws(nsa::Backend::kCuda, nsa::metadata_targets_workspace_bytes(1));
-  const auto src_targets = nsa::upload_metadata_targets(nsa::Exec::cuda(), &src.view, 1, src_ws.data(), src_ws.bytes());
-  nsa::build_metadata(nsa::Exec::cuda(), cfg, in, src_targets);
-  const nsa::MetadataSources s = sources_of(src, decode);
+  DeviceCase dc(cfg, table, pool_rows, W, W, seq_lens, rpi, ext, splits, tiles, R, max_len, c.dests, W, W);
+  table = {};
+  const nsa::MetadataInputs& in = dc.in;
+  const nsa::MetadataSources& s = dc.sources;
   const nsa::MetadataCopyShape shape{c.mode, bs, max_len, max_len, R};
-
-  std::vector<DestSet> dst;
-  std::vector<nsa::MetadataBuffers> views;
-  for (int64_t d = 0; d < c.dests; ++d) {
-    dst.emplace_back(R, W, W, rt_cols, rt_cols);
-    views.push_back(dst.back().view);
-  }
-  Buffer ws(nsa::Backend::kCuda, nsa::metadata_targets_workspace_bytes(c.dests));
-  const auto targets = nsa::upload_metadata_targets(nsa::Exec::cuda(), views.data(), c.dests, ws.data(), ws.bytes());
-  nsa::support::synchronize(nsa::Backend::kCuda);
+  std::vector<DestSet>& dst = dc.dst;
+  const std::vector<nsa::MetadataBuffers>& views = dc.views;
+  const nsa::MetadataTargets targets = dc.targets;
 
   auto build = [&](nsa::cudaStream st) { nsa::build_metadata(nsa::Exec::cuda(st), cfg, in, targets); };
   auto copy = [&](nsa::cudaStream st) { nsa::copy_metadata(nsa::Exec::cuda(st), shape, s, targets); };

@@ -12,9 +12,12 @@
 // items of kColsPerItem columns (32 lanes x kVecPerLane int4). A warp loads
 // its item's source columns ONCE (all vectors first, so several 16-byte loads
 // are in flight per lane) and stores them into every query row that repeats
-// the request (TARGET_VERIFY / DRAFT_EXTEND) of every destination. Global
-// warp ids interleave CTAs (warp w of CTA c is w * CTAs + c), so
-// consecutive items land on different SMs even for a single request.
+// the request (TARGET_VERIFY / DRAFT_EXTEND) of every destination. A job
+// with at most one item per CTA puts item c on CTA c, so even a single
+// request's items land on different SMs; larger jobs give each CTA a
+// contiguous range of items, so one SM's warps work on the same few rows
+// (memory pages) at a time. (build's first item per warp, stored before its
+// chunk walk, still interleaves CTAs: warp w of CTA c has item w * CTAs + c.)
 //
 // Launchers take raw pointers, sizes and a stream, enqueue exactly one kernel
 // and return the launch status (cudaGetLastError). They never allocate and
@@ -34,6 +37,7 @@
 //   build_scalars.cuh         path 1, CTA 0: per-request and per-row scalars
 //   build_items_one_pass.cuh  path 2: item CTAs when each warp has <= 1 item
 //   build_items_chunked.cuh   path 3: item CTAs walking the batch in chunks
+//   build_chunk_items.cuh     path 3's item numbering and per-warp walk
 //   build_page_items.cuh      page-table item load/store shared by paths 2, 3
 //   build_flashmla.cuh        FlashMLA schedule copies
 #pragma once

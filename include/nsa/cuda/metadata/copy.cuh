@@ -50,6 +50,7 @@ struct CopyParams {
   CopyJob jobs[kMaxCopyJobs];
   int32_t num_jobs;
   int64_t total_items;
+  int64_t items_per_cta;  // set by invoke_copy_metadata: CTA c copies items [c, c + 1) * items_per_cta
   const MetadataBuffers* targets;
   int64_t num_targets;
 };
@@ -76,9 +77,13 @@ __global__ void __launch_bounds__(kMetaThreads) copy_metadata_kernel(const __gri
   const MetadataBuffers* targets = stage_targets<kMetaThreads>(p.targets, p.num_targets, s_targets);
   __syncthreads();
   const int lane = threadIdx.x & 31;
-  const int64_t grid_warps = static_cast<int64_t>(gridDim.x) * kMetaWarps;
-  const int64_t my_warp = static_cast<int64_t>(threadIdx.x >> 5) * gridDim.x + blockIdx.x;
-  for (int64_t i = my_warp; i < p.total_items; i += grid_warps) {
+  // A contiguous range of items per CTA, every kMetaWarps-th one per warp:
+  // the warps of one SM work on the same few rows (and memory pages) at a
+  // time, not on rows far apart. With at most one item per CTA this is item
+  // blockIdx.x on warp 0, which spreads small jobs over the SMs.
+  const int64_t begin = static_cast<int64_t>(blockIdx.x) * p.items_per_cta;
+  const int64_t end = begin + p.items_per_cta < p.total_items ? begin + p.items_per_cta : p.total_items;
+  for (int64_t i = begin + (threadIdx.x >> 5); i < end; i += kMetaWarps) {
     int j = 0;
     while (j + 1 < p.num_jobs && p.jobs[j + 1].item_start <= i) ++j;
     const CopyJob& job = p.jobs[j];
@@ -118,9 +123,11 @@ inline void add_copy_job(CopyParams& p, MetaField field, const int32_t* src, int
   p.total_items += rows * j.items_per_row;
 }
 
-inline cudaError_t invoke_copy_metadata(const CopyParams& p, int num_sms, cudaStream_t stream) {
+inline cudaError_t invoke_copy_metadata(CopyParams p, int num_sms, cudaStream_t stream) {
   if (p.total_items == 0) return cudaSuccess;
-  copy_metadata_kernel<><<<metadata_grid(p.total_items, num_sms, kCopyCtasPerSm), kMetaThreads, 0, stream>>>(p);
+  const int grid = metadata_grid(p.total_items, num_sms, kCopyCtasPerSm);
+  p.items_per_cta = (p.total_items + grid - 1) / grid;
+  copy_metadata_kernel<><<<grid, kMetaThreads, 0, stream>>>(p);
   return cudaGetLastError();
 }
 
