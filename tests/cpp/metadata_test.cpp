@@ -341,7 +341,7 @@ TEST_P(MetadataTest, BuildWidestTable) {
 // chunks at bs 300).
 TEST_P(MetadataTest, BuildWideTableShortRows) {
   auto rng = make_rng(131);
-  const int64_t N = 2, width = 40000;
+  const int64_t N = 2, width = 20000;
   for (ForwardMode mode : kModes) {
     for (int64_t bs : {8, 64, 300}) {
       BuildCase c = make_build_case(rng, mode, bs, N, 3000, true);
