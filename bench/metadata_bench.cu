@@ -177,6 +177,10 @@ struct DeviceCase {
     in.req_to_token_ld = table_ld;
     in.flashmla_num_splits = splits.as<int32_t>();
     in.flashmla_metadata = tiles.as<int32_t>();
+    // Zeroed first: build writes row r up to its own length, and the copies
+    // copy max_len columns, so the columns between are zeros, as in the
+    // zeroed destinations build writes into.
+    src.zero();
     const auto src_targets =
         nsa::upload_metadata_targets(nsa::Exec::cuda(), &src.view, 1, src_ws.data(), src_ws.bytes());
     nsa::build_metadata(nsa::Exec::cuda(), cfg, in, src_targets);
