@@ -95,6 +95,22 @@ def main():
             w(text.rstrip())
             w("```")
             w("")
+    sglang = json.loads(read(os.path.join(results, "metadata_bench.json"), "{}") or "{}").get("sglang_shaped", [])
+    if sglang:
+        w("## metadata_bench: SGLang-shaped buffers (cold L2, graph replay)")
+        w("")
+        w("Ratios are to the upstream-shaped fused copy measured in the same run; targets: build <= "
+          f"{sglang[0]['build_target']}x, copy <= {sglang[0]['copy_target']}x.")
+        w("")
+        w("| mode | bs | D | ctx | upstream us | build us | build ratio | copy us | copy ratio |")
+        w("|---|---|---|---|---|---|---|---|---|")
+        for r in sglang:
+            verdict = lambda met: "MET" if met else "MISSED"
+            w(f"| {r['mode']} | {r['batch']} | {r['destinations']} | {r['context']} | "
+              f"{r['upstream_fused_copy_cold_gpu_us']:.2f} | {r['build_cold_gpu_us']:.2f} | "
+              f"{r['build_over_upstream']:.2f}x {verdict(r['build_target_met'])} | {r['copy_cold_gpu_us']:.2f} | "
+              f"{r['copy_over_upstream']:.2f}x {verdict(r['copy_target_met'])} |")
+        w("")
     for path in sorted(glob.glob(os.path.join(results, "bench_*.log"))):
         w(f"## {os.path.basename(path)[6:-4]}")
         w("")

@@ -1,6 +1,7 @@
 // Small switch helpers that turn runtime values into template constants
-// (index element types, boolean features), so kernels and CPU loops are
-// written once per type without runtime branching in the inner loop.
+// (index element types), so kernels and CPU loops are written once per type
+// without runtime branching in the inner loop. Switches that header launchers
+// need live in nsa/detail/dispatch.h.
 #pragma once
 
 #include <cstdint>
@@ -17,16 +18,4 @@
       using T = int64_t;                       \
       return __VA_ARGS__();                    \
     }                                          \
-  }()
-
-// NSA_DISPATCH_BOOL(value, NAME, ...): runs the body with `constexpr bool NAME`.
-#define NSA_DISPATCH_BOOL(value, NAME, ...) \
-  [&] {                                     \
-    if (value) {                            \
-      constexpr bool NAME = true;           \
-      return __VA_ARGS__();                 \
-    } else {                                \
-      constexpr bool NAME = false;          \
-      return __VA_ARGS__();                 \
-    }                                       \
   }()

@@ -335,6 +335,26 @@ TEST_P(MetadataTest, BuildWidestTable) {
   }
 }
 
+// Tables far wider than any row, as SGLang allocates its graph buffers: the
+// CUDA chunk walk numbers its items from the rows' lengths, not from the
+// width, and skips the items each warp stored before the walk (several
+// chunks at bs 300).
+TEST_P(MetadataTest, BuildWideTableShortRows) {
+  auto rng = make_rng(131);
+  const int64_t N = 2, width = 20000;
+  for (ForwardMode mode : kModes) {
+    for (int64_t bs : {8, 64, 300}) {
+      BuildCase c = make_build_case(rng, mode, bs, N, 3000, true);
+      c.cols = width;
+      c.ld = bs == 64 ? width + 3 : width;  // unaligned and aligned rows
+      c.num_dests = 3;
+      c.optional = bs != 8;
+      c.idx64 = bs == 300;
+      run_build_case(backend(), exec(), rng, c);
+    }
+  }
+}
+
 // Page sizes other than 64 (1: real table == page_table_1; 3: several page starts per 16-byte vector).
 TEST_P(MetadataTest, BuildOtherPageSizesAndTopk) {
   auto rng = make_rng(104);

@@ -1,0 +1,189 @@
+// Item CTAs of build_metadata in the general case: the batch is walked in
+// chunks of kMetaThreads requests, and each warp takes every grid_warps-th
+// page-table item of the chunk (after storing its first item early).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "nsa/cuda/metadata/build_chunk_items.cuh"
+#include "nsa/cuda/metadata/build_flashmla.cuh"
+#include "nsa/cuda/metadata/build_inputs.cuh"
+#include "nsa/cuda/metadata/build_page_items.cuh"
+#include "nsa/cuda/metadata/build_params.cuh"
+#include "nsa/cuda/metadata/launch_shape.cuh"
+#include "nsa/cuda/metadata/targets.cuh"
+#include "nsa/metadata.h"
+
+namespace nsa {
+namespace kernels {
+
+// Every item CTA (blockIdx.x >= 1) runs this when the one-pass path does not
+// apply. Round trip 1 loads the chunk's inputs, this warp's first item's
+// request, the descriptors and one FlashMLA element per thread; round trip 2
+// the first item's columns, which are stored before the chunk walk. The walk
+// then scans the rows (DRAFT_EXTEND), and each warp loads its next item
+// before it stores the current one.
+template <class Policy, bool kChecked>
+__device__ __forceinline__ void build_items_chunked(const BuildParams& p, BuildShared& s) {
+  const int64_t block = blockIdx.x - 1;  // item CTA number
+
+  // ---- Item CTAs 1 .. gridDim.x - 1: page tables and FlashMLA copies. ----
+  constexpr int64_t kCols = Policy::kColsPerItem;
+  const int tid = threadIdx.x;
+  const int lane = tid & 31;
+  const int item_ctas = static_cast<int>(gridDim.x) - 1;
+  const int64_t grid_warps = static_cast<int64_t>(item_ctas) * kMetaWarps;
+  const int64_t my_warp = static_cast<int64_t>(tid >> 5) * item_ctas + block;
+  const int64_t gtid = block * kMetaThreads + tid;
+  const int64_t gthreads = static_cast<int64_t>(item_ctas) * kMetaThreads;
+  const int64_t ipr = p.items_per_request;
+  // Item number -> request: one multiply-high while the numbers fit 31 bits.
+  const bool fast_ipr = ipr <= INT32_MAX;
+  auto request_of = [&](int64_t item) {
+    return fast_ipr && item <= INT32_MAX ? static_cast<int64_t>(p.items_per_request_div.div(static_cast<uint32_t>(item)))
+                                         : item / ipr;
+  };
+  const int64_t static_q = static_rows(p);
+  const int64_t known_rows = static_q > 0 ? p.batch * static_q : -1;  // R, if known before the scan
+
+  // ---- Round trip 1: every load that depends on no device data. ----------
+  const int count0 = static_cast<int>(p.batch < kMetaThreads ? p.batch : int64_t{kMetaThreads});
+  RequestInputs mine;  // this thread's request of the current chunk
+  // Loaded even by CTAs that will not walk the chunk: skipping it measured
+  // slower at small batches (probably because these coalesced loads bring in
+  // the lines that the warps' first-item loads below read).
+  if (tid < count0) mine = load_request(p, tid);
+  // This warp's first item is item my_warp (chunk 0 holds items [0, count0 * ipr)).
+  const bool has_first = my_warp < count0 * ipr;
+  RequestInputs first;
+  const int64_t first_b = has_first ? request_of(my_warp) : 0;
+  if (has_first) first = load_request(p, first_b);
+  // The first item's first row: b * q in DECODE / TARGET_VERIFY; in
+  // DRAFT_EXTEND the extend lengths before request b, summed by the warp in
+  // this round trip (b < kMetaThreads), so no mode waits for the scan.
+  const int64_t first_row0 = static_q > 0 ? first_b * static_q
+                             : has_first  ? extend_rows_before<kChecked>(p, first_b, lane)
+                                          : 0;
+  // Destination descriptors, into registers now and into shared memory below.
+  constexpr int kWords = static_cast<int>(sizeof(MetadataBuffers) / sizeof(long long));
+  constexpr int kDescRegs = (kMaxSharedTargets * kWords + kMetaThreads - 1) / kMetaThreads;
+  const bool shared_targets = p.num_targets <= kMaxSharedTargets;
+  long long desc[kDescRegs];
+#pragma unroll
+  for (int k = 0; k < kDescRegs; ++k) {
+    const int64_t w = tid + k * kMetaThreads;
+    if (shared_targets && w < p.num_targets * kWords) desc[k] = __ldg(reinterpret_cast<const long long*>(p.targets) + w);
+  }
+  // One element of each FlashMLA array per thread (DRAFT_EXTEND's split
+  // counts are the scalars CTA's: R + 1 is only known after the scan).
+  const bool split0 = p.flashmla_num_splits != nullptr && gtid < known_rows + 1;
+  const bool tile0 = p.flashmla_metadata != nullptr && gtid < p.flashmla_metadata_max;
+  const int32_t split0_v = split0 ? __ldg(p.flashmla_num_splits + gtid) : 0;
+  const int32_t tile0_v = tile0 ? __ldg(p.flashmla_metadata + gtid) : 0;
+
+  // ---- Round trip 2: the first item's source columns. ---------------------
+  PageItem<Policy> cur;
+  const int64_t first_kv = static_cast<int32_t>(first.kv64);
+  const int64_t first_c0 = (my_warp - first_b * ipr) * kCols;
+  // Columns are 32-bit from here on: 0 <= c0 < kv <= INT32_MAX.
+  const bool first_loaded = has_first && table_ok<kChecked>(p, first) && first_c0 < first_kv;
+  if (first_loaded)
+    load_page_item(cur, p.req_to_token + first.rpi * p.req_to_token_ld, static_cast<uint32_t>(first_kv),
+                   static_cast<uint32_t>(first_c0), lane);
+
+  // Descriptors become visible at the barrier; the stores below need them.
+#pragma unroll
+  for (int k = 0; k < kDescRegs; ++k) {
+    const int64_t w = tid + k * kMetaThreads;
+    if (shared_targets && w < p.num_targets * kWords) s.target_words[w] = desc[k];
+  }
+  const MetadataBuffers* targets = shared_targets ? s.targets() : p.targets;
+  if (tid == 0) s.longest[0] = 0;  // chunk 0's longest row (the walk resets the next chunk's slot)
+  __syncthreads();
+  // The first item is stored now: the chunk walk below stays off the small
+  // batch's critical path.
+  if (first_loaded) {
+    const int64_t first_q = static_q > 0 ? static_q : query_rows<kChecked>(p, first.q);
+    store_page_item(p, TableTargets{targets}, cur, static_cast<uint32_t>(first_kv), static_cast<uint32_t>(first_c0),
+                    first_row0, first_q, lane);
+  }
+  if (split0) store_flashmla_split(p, targets, gtid, split0_v);
+  if (tile0) store_flashmla_tile(p, targets, gtid, tile0_v);
+
+  // A CTA whose warps had one item each at most (stored above) is done: one
+  // chunk, and even the CTA's lowest warp id (`block`) has no second item.
+  const bool items_done = p.batch <= kMetaThreads && block + grid_warps >= p.batch * ipr;
+  int64_t row_base = 0;  // first query row of the chunk
+  for (int64_t chunk = 0; !items_done && chunk < p.batch; chunk += kMetaThreads) {
+    const int count = static_cast<int>(p.batch - chunk < kMetaThreads ? p.batch - chunk : int64_t{kMetaThreads});
+    if (chunk != 0) mine = tid < count ? load_request(p, chunk + tid) : RequestInputs{};
+    int64_t kv = 0, q = 0;
+    bool ok = false;
+    if (tid < count) {
+      kv = static_cast<int32_t>(mine.kv64);
+      q = query_rows<kChecked>(p, mine.q);
+      ok = table_ok<kChecked>(p, mine);
+    }
+    // Row starts: b * q, or in DRAFT_EXTEND a scan of the extend lengths.
+    uint32_t rows_before = static_cast<uint32_t>(tid * static_q);
+    uint32_t rows_total = static_cast<uint32_t>(count * static_q);
+    if (static_q == 0) {
+      BuildScan before, total;
+      BuildBlockScan(s.scan).ExclusiveScan(BuildScan{static_cast<uint32_t>(q), 0, 0}, before, BuildScan{0, 0, 0},
+                                           BuildScanSum(), total);
+      rows_before = before.rows;
+      rows_total = total.rows;
+    }
+    s.row_start[tid] = rows_before;
+    s.src_offset[tid] = mine.rpi * p.req_to_token_ld;
+    const uint32_t cols = ok && q > 0 && kv > 0 ? static_cast<uint32_t>(kv) : 0u;
+    s.cols[tid] = cols;
+    s.q[tid] = q;
+    // The chunk's longest row sizes its item numbering (build_chunk_items.cuh).
+    uint32_t* longest = &s.longest[(chunk / kMetaThreads) & 1];
+    const uint32_t warp_longest = __reduce_max_sync(0xffffffffu, cols);
+    if (lane == 0) atomicMax(longest, warp_longest);
+    __syncthreads();  // the items below read them
+    const auto walk = ChunkItems<kMetaWarps>::make(*longest, count, kCols, item_ctas, block, tid >> 5);
+    // The other slot was last read in the previous chunk's walk; the next
+    // chunk's maxima go there after the barrier that ends this walk.
+    if (tid == 0) s.longest[((chunk / kMetaThreads) + 1) & 1] = 0;
+    auto with_early = walk;
+    if (chunk == 0) {  // every warp's first item, numbered statically, was stored above
+      with_early.early_per_request = ipr;
+      with_early.early_items = grid_warps;
+    }
+    auto load_item = [&](PageItem<Policy>& it, const ChunkItem& x) {
+      load_page_item(it, p.req_to_token + s.src_offset[x.b], s.cols[x.b], static_cast<uint32_t>(x.c0), lane);
+    };
+    ChunkItem x = with_early.live(walk.first, s.cols);
+    if (x.rel < walk.end) load_item(cur, x);
+    while (x.rel < walk.end) {
+      const ChunkItem n = with_early.live(x.rel + kMetaWarps, s.cols);
+      PageItem<Policy> next;
+      if (n.rel < walk.end) load_item(next, n);  // in flight while `cur` is stored
+      store_page_item(p, TableTargets{targets}, cur, s.cols[x.b], static_cast<uint32_t>(x.c0),
+                      row_base + s.row_start[x.b], s.q[x.b], lane);
+      cur = next;
+      x = n;
+    }
+    row_base += rows_total;
+    if (chunk + kMetaThreads < p.batch) __syncthreads();  // the next chunk reuses the shared arrays and scan storage
+  }
+
+  // FlashMLA elements past the first gthreads (DRAFT_EXTEND's split counts
+  // are the scalars CTA's).
+  if (p.flashmla_num_splits != nullptr && known_rows >= 0) {
+    for (int64_t e = gtid + gthreads; e <= known_rows; e += gthreads)
+      store_flashmla_split(p, targets, e, __ldg(p.flashmla_num_splits + e));
+  }
+  if (p.flashmla_metadata != nullptr) {
+    for (int64_t e = gtid + gthreads; e < p.flashmla_metadata_max; e += gthreads)
+      store_flashmla_tile(p, targets, e, __ldg(p.flashmla_metadata + e));
+  }
+}
+
+}  // namespace kernels
+}  // namespace nsa
