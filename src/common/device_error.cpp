@@ -1,4 +1,5 @@
-// Names and messages of checked-mode violations (host side).
+// Names and messages of checked-mode violations (host side); the names come
+// from the op registry, nsa/detail/ops.def.
 #include <string>
 
 #include "nsa/common.h"
@@ -7,27 +8,18 @@ namespace nsa {
 
 const char* to_string(OpId op) {
   switch (op) {
-    case OpId::kQuantizeAndStoreK: return "quantize_and_store_k";
-    case OpId::kStoreKAndS: return "store_k_and_s";
-    case OpId::kGatherK: return "gather_k";
-    case OpId::kGatherS: return "gather_s";
-    case OpId::kGatherKAndS: return "gather_k_and_s";
-    case OpId::kBuildMetadata: return "build_metadata";
-    case OpId::kCopyMetadata: return "copy_metadata";
+#define NSA_OP(Id, name, cuda_params) \
+  case OpId::k##Id: return #name;
+#include "nsa/detail/ops.def"
     default: return "unknown op";
   }
 }
 
 const char* to_string(ArgId arg) {
   switch (arg) {
-    case ArgId::kSlots: return "slots";
-    case ArgId::kPageIds: return "page_ids";
-    case ArgId::kPageTable: return "page_table";
-    case ArgId::kSeqLens: return "seq_lens";
-    case ArgId::kCuSeqLens: return "cu_seq_lens";
-    case ArgId::kOutCapacity: return "out_capacity";
-    case ArgId::kReqPoolIndices: return "req_pool_indices";
-    case ArgId::kExtendLens: return "extend_lens";
+#define NSA_ARG(Id, name) \
+  case ArgId::k##Id: return #name;
+#include "nsa/detail/ops.def"
     default: return "unknown argument";
   }
 }
