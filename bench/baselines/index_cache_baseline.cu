@@ -53,15 +53,13 @@ __global__ void set_k_and_s_kernel(uint8_t* cache, const uint8_t* q, const float
   if (threadIdx.x == 0) reinterpret_cast<float*>(page + 8192)[slot % 64] = scale[t];
 }
 
-cudaStream_t raw(nsa::cudaStream s) { return reinterpret_cast<cudaStream_t>(s); }
-
 }  // namespace
 
 cudaError_t gather_k_and_s_per_token(const uint8_t* cache, const int32_t* page_table, int64_t table_ld,
                                      const int64_t* cu_seq_lens, int64_t batch, int64_t total_tokens,
                                      uint8_t* out_k, float* out_s, nsa::cudaStream stream) {
   if (total_tokens == 0) return cudaSuccess;
-  gather_per_token_kernel<<<static_cast<unsigned>(total_tokens), 32, 0, raw(stream)>>>(cache, page_table, table_ld,
+  gather_per_token_kernel<<<static_cast<unsigned>(total_tokens), 32, 0, stream>>>(cache, page_table, table_ld,
                                                                                        cu_seq_lens, batch, out_k, out_s);
   return cudaGetLastError();
 }
@@ -69,14 +67,14 @@ cudaError_t gather_k_and_s_per_token(const uint8_t* cache, const int32_t* page_t
 cudaError_t quantize_k(const uint16_t* k, int64_t n, int64_t k_ld, bool ue8m0, uint8_t* k_fp8, float* scale,
                        nsa::cudaStream stream) {
   if (n == 0) return cudaSuccess;
-  quantize_kernel<<<static_cast<unsigned>(n), 128, 0, raw(stream)>>>(k, k_ld, ue8m0, k_fp8, scale);
+  quantize_kernel<<<static_cast<unsigned>(n), 128, 0, stream>>>(k, k_ld, ue8m0, k_fp8, scale);
   return cudaGetLastError();
 }
 
 cudaError_t set_k_and_s(uint8_t* cache, const uint8_t* k_fp8, const float* scale, const int64_t* slots, int64_t n,
                         nsa::cudaStream stream) {
   if (n == 0) return cudaSuccess;
-  set_k_and_s_kernel<<<static_cast<unsigned>(n), 32, 0, raw(stream)>>>(cache, k_fp8, scale, slots);
+  set_k_and_s_kernel<<<static_cast<unsigned>(n), 32, 0, stream>>>(cache, k_fp8, scale, slots);
   return cudaGetLastError();
 }
 
