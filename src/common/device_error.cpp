@@ -1,28 +1,35 @@
 // Names and messages of checked-mode violations (host side); the names come
 // from the op registry, nsa/detail/ops.def.
+#include <cstddef>
 #include <string>
 
 #include "nsa/common.h"
 
 namespace nsa {
 
-const char* to_string(OpId op) {
-  switch (op) {
-#define NSA_OP(Id, name, cuda_params) \
-  case OpId::k##Id: return #name;
+namespace {
+// Names indexed by enumerator value: both come from the same list, in order,
+// after kNone = 0.
+constexpr const char* kOpNames[] = {
+    "unknown op",
+#define NSA_OP(Id, name, cuda_params) #name,
 #include "nsa/detail/ops.def"
-    default: return "unknown op";
-  }
-}
+};
+constexpr const char* kArgNames[] = {
+    "unknown argument",
+#define NSA_ARG(Id, name) #name,
+#include "nsa/detail/ops.def"
+};
 
-const char* to_string(ArgId arg) {
-  switch (arg) {
-#define NSA_ARG(Id, name) \
-  case ArgId::k##Id: return #name;
-#include "nsa/detail/ops.def"
-    default: return "unknown argument";
-  }
+template <class Id, size_t N>
+const char* name_of(Id id, const char* const (&names)[N]) {
+  const auto i = static_cast<size_t>(static_cast<int32_t>(id));
+  return i < N ? names[i] : names[0];
 }
+}  // namespace
+
+const char* to_string(OpId op) { return name_of(op, kOpNames); }
+const char* to_string(ArgId arg) { return name_of(arg, kArgNames); }
 
 std::string describe(const DeviceError& e) {
   if (e.code == 0) return "no error";
