@@ -13,14 +13,9 @@ constexpr int64_t kPageBytes = 8448;
 __global__ void gather_per_token_kernel(const uint8_t* cache, const int32_t* table, int64_t ld, const int64_t* cu,
                                         int64_t batch, uint8_t* out_k, float* out_s) {
   const int64_t row = blockIdx.x;
-  int64_t lo = 0, hi = batch - 1;  // last request with cu[b] <= row
-  while (lo < hi) {
-    const int64_t mid = (lo + hi + 1) / 2;
-    if (cu[mid] <= row) lo = mid;
-    else hi = mid - 1;
-  }
-  const int64_t t = row - cu[lo];
-  const int64_t page = table[lo * ld + t / 64];
+  const int64_t b = request_of_row(cu, batch, row);
+  const int64_t t = row - cu[b];
+  const int64_t page = table[b * ld + t / 64];
   const uint8_t* src = cache + page * kPageBytes;
   reinterpret_cast<uint32_t*>(out_k + row * 128)[threadIdx.x] =
       reinterpret_cast<const uint32_t*>(src + (t % 64) * 128)[threadIdx.x];

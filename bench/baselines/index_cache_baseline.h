@@ -11,9 +11,24 @@
 #include <cstdint>
 
 #include "nsa/common.h"
+#include "nsa/detail/quant.h"  // NSA_HOST_DEVICE
 
 namespace nsa {
 namespace baseline {
+
+// The request output row `row` of a request-major batch belongs to: the last
+// b with cu_seq_lens[b] <= row, found by binary search for every token, as
+// the upstream per-token gather does (host loop and kernel alike).
+NSA_HOST_DEVICE int64_t request_of_row(const int64_t* cu_seq_lens, int64_t batch, int64_t row) {
+  int64_t lo = 0, hi = batch - 1;
+  while (lo < hi) {
+    const int64_t mid = (lo + hi + 1) / 2;
+    if (cu_seq_lens[mid] <= row) lo = mid;
+    else hi = mid - 1;
+  }
+  return lo;
+}
+
 namespace cpu {
 
 void quantize_k(const uint16_t* k, int64_t n, int64_t k_ld, bool ue8m0, uint8_t* k_fp8, float* scale);

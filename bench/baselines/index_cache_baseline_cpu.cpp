@@ -40,15 +40,10 @@ void gather_k_and_s_per_token(const uint8_t* cache, const int32_t* page_table, i
                               const int64_t* cu_seq_lens, int64_t batch, int64_t total_tokens, uint8_t* out_k,
                               float* out_s) {
   for (int64_t row = 0; row < total_tokens; ++row) {
-    int64_t lo = 0, hi = batch - 1;  // last request with cu[b] <= row
-    while (lo < hi) {
-      const int64_t mid = (lo + hi + 1) / 2;
-      if (cu_seq_lens[mid] <= row) lo = mid;
-      else hi = mid - 1;
-    }
-    const int64_t t = row - cu_seq_lens[lo];
-    const int64_t slot = static_cast<int64_t>(page_table[lo * table_ld + t / L::kPageSize]) * L::kPageSize +
-                         t % L::kPageSize;
+    const int64_t b = request_of_row(cu_seq_lens, batch, row);
+    const int64_t t = row - cu_seq_lens[b];
+    const int64_t slot =
+        static_cast<int64_t>(page_table[b * table_ld + t / L::kPageSize]) * L::kPageSize + t % L::kPageSize;
     std::memcpy(out_k + row * L::kHeadDim, cache + L::k_offset(slot), L::kHeadDim);
     std::memcpy(out_s + row, cache + L::scale_offset(slot), sizeof(float));
   }
