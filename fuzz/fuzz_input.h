@@ -34,8 +34,6 @@ class Input {
 
   uint8_t byte() { return pos_ < size_ ? data_[pos_++] : 0; }
   uint16_t u16() { return static_cast<uint16_t>(byte() | (byte() << 8)); }
-  uint32_t u32() { return static_cast<uint32_t>(u16()) | (static_cast<uint32_t>(u16()) << 16); }
-  uint64_t u64() { return static_cast<uint64_t>(u32()) | (static_cast<uint64_t>(u32()) << 32); }
   bool flag() { return byte() & 1; }
   // True with probability about 1/n: the rare "break this argument" choices.
   bool rarely(int n = 16) { return byte() % n == 0; }

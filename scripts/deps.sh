@@ -5,8 +5,9 @@
 set -euo pipefail
 need_apt=()
 # clang + libclang-rt-14-dev: the libFuzzer targets (scripts/fuzz.sh); libasan/libubsan come with g++.
+# clang-format: scripts/check-format.sh (Debian 12's is version 14, the one .clang-format is tuned for).
 for pkg in cmake ninja-build g++ libgtest-dev libcli11-dev nlohmann-json3-dev libfmt-dev python3-pip \
-           clang libclang-rt-14-dev; do
+           clang libclang-rt-14-dev clang-format; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The two jobs of the README on a fresh machine:
 #   scripts/run.sh bench [nsa bench options]   build, then run the main job (`nsa bench`)
-#   scripts/run.sh test                        build, then run every test (C++ via ctest, the C++ tests again
-#                                              under ASan+UBSan, the fuzzers, Python via pytest)
+#   scripts/run.sh test                        check formatting (scripts/check-format.sh), build, then run every
+#                                              test (C++ via ctest, the C++ tests again under ASan+UBSan, the
+#                                              fuzzers, Python via pytest)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -12,6 +13,8 @@ build=${NSA_BUILD_DIR:-build}
 jobs=${NSA_JOBS:-$(nproc)}
 
 bash scripts/deps.sh
+# Formatting first: a style slip fails CI in seconds, not after the build.
+if [ "$job" = test ]; then bash scripts/check-format.sh; fi
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build "$build" -j "$jobs"
 

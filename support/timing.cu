@@ -20,7 +20,7 @@ __global__ void empty_kernel() {}
 
 // The reference launch every host and GPU figure is compared with.
 void launch_empty_kernel(cudaStream s) {
-  empty_kernel<<<1, 32, 0, reinterpret_cast<cudaStream_t>(s)>>>();
+  empty_kernel<<<1, 32, 0, s>>>();
   check(cudaGetLastError(), "empty kernel launch");
 }
 
@@ -154,8 +154,7 @@ double copy_time_us(size_t bytes, int per_graph) {
   try {
     us = graph_time_us(
         [&](cudaStream s) {
-          check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, reinterpret_cast<cudaStream_t>(s)),
-                "cudaMemcpyAsync");
+          check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, s), "cudaMemcpyAsync");
         },
         per_graph);
   } catch (...) {

@@ -13,14 +13,9 @@ constexpr int64_t kPageBytes = 8448;
 __global__ void gather_per_token_kernel(const uint8_t* cache, const int32_t* table, int64_t ld, const int64_t* cu,
                                         int64_t batch, uint8_t* out_k, float* out_s) {
   const int64_t row = blockIdx.x;
-  int64_t lo = 0, hi = batch - 1;  // last request with cu[b] <= row
-  while (lo < hi) {
-    const int64_t mid = (lo + hi + 1) / 2;
-    if (cu[mid] <= row) lo = mid;
-    else hi = mid - 1;
-  }
-  const int64_t t = row - cu[lo];
-  const int64_t page = table[lo * ld + t / 64];
+  const int64_t b = request_of_row(cu, batch, row);
+  const int64_t t = row - cu[b];
+  const int64_t page = table[b * ld + t / 64];
   const uint8_t* src = cache + page * kPageBytes;
   reinterpret_cast<uint32_t*>(out_k + row * 128)[threadIdx.x] =
       reinterpret_cast<const uint32_t*>(src + (t % 64) * 128)[threadIdx.x];
@@ -53,15 +48,13 @@ __global__ void set_k_and_s_kernel(uint8_t* cache, const uint8_t* q, const float
   if (threadIdx.x == 0) reinterpret_cast<float*>(page + 8192)[slot % 64] = scale[t];
 }
 
-cudaStream_t raw(nsa::cudaStream s) { return reinterpret_cast<cudaStream_t>(s); }
-
 }  // namespace
 
 cudaError_t gather_k_and_s_per_token(const uint8_t* cache, const int32_t* page_table, int64_t table_ld,
                                      const int64_t* cu_seq_lens, int64_t batch, int64_t total_tokens,
                                      uint8_t* out_k, float* out_s, nsa::cudaStream stream) {
   if (total_tokens == 0) return cudaSuccess;
-  gather_per_token_kernel<<<static_cast<unsigned>(total_tokens), 32, 0, raw(stream)>>>(cache, page_table, table_ld,
+  gather_per_token_kernel<<<static_cast<unsigned>(total_tokens), 32, 0, stream>>>(cache, page_table, table_ld,
                                                                                        cu_seq_lens, batch, out_k, out_s);
   return cudaGetLastError();
 }
@@ -69,14 +62,14 @@ cudaError_t gather_k_and_s_per_token(const uint8_t* cache, const int32_t* page_t
 cudaError_t quantize_k(const uint16_t* k, int64_t n, int64_t k_ld, bool ue8m0, uint8_t* k_fp8, float* scale,
                        nsa::cudaStream stream) {
   if (n == 0) return cudaSuccess;
-  quantize_kernel<<<static_cast<unsigned>(n), 128, 0, raw(stream)>>>(k, k_ld, ue8m0, k_fp8, scale);
+  quantize_kernel<<<static_cast<unsigned>(n), 128, 0, stream>>>(k, k_ld, ue8m0, k_fp8, scale);
   return cudaGetLastError();
 }
 
 cudaError_t set_k_and_s(uint8_t* cache, const uint8_t* k_fp8, const float* scale, const int64_t* slots, int64_t n,
                         nsa::cudaStream stream) {
   if (n == 0) return cudaSuccess;
-  set_k_and_s_kernel<<<static_cast<unsigned>(n), 32, 0, raw(stream)>>>(cache, k_fp8, scale, slots);
+  set_k_and_s_kernel<<<static_cast<unsigned>(n), 32, 0, stream>>>(cache, k_fp8, scale, slots);
   return cudaGetLastError();
 }
 

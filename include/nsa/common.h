@@ -57,26 +57,17 @@ using cudaStream = CUstream_st*;  // == cudaStream_t
 // read it whenever convenient (read_device_error synchronises the stream).
 // The CPU backend always validates, before writing anything, and throws.
 // ---------------------------------------------------------------------------
+// The ops and arguments a violation names; both lists live in
+// nsa/detail/ops.def (one line per op).
 enum class OpId : int32_t {
   kNone = 0,
-  kQuantizeAndStoreK,
-  kStoreKAndS,
-  kGatherK,
-  kGatherS,
-  kGatherKAndS,
-  kBuildMetadata,
-  kCopyMetadata,
+#define NSA_OP(Id, name, cuda_params) k##Id,
+#include "nsa/detail/ops.def"
 };
 enum class ArgId : int32_t {
   kNone = 0,
-  kSlots,           // slot >= num_pages * 64
-  kPageIds,         // page id < 0 or >= num_pages
-  kPageTable,       // page id < 0 or >= num_pages
-  kSeqLens,         // length < 0 or > 64 * table_cols (gather); cache length > table width (metadata)
-  kCuSeqLens,       // decreasing cumulative lengths or cu[0] != 0
-  kOutCapacity,     // sum of lengths > out_capacity
-  kReqPoolIndices,  // row < 0 or >= req_to_token_rows
-  kExtendLens,      // e_b < 0 or > draft_tokens
+#define NSA_ARG(Id, name) k##Id,
+#include "nsa/detail/ops.def"
 };
 const char* to_string(OpId op);
 const char* to_string(ArgId arg);

@@ -35,9 +35,6 @@ class ArgChecker {
       fail(arg, "an address aligned to " + std::to_string(bytes) + " bytes", got.str());
     }
   }
-  void multiple_of(int64_t value, int64_t m, const char* arg) const {
-    if (value % m != 0) fail(arg, "a multiple of " + std::to_string(m), std::to_string(value));
-  }
   // A non-null int32/int64 index array; on CUDA aligned to its element size.
   void indices(const Exec& exec, Indices v, const char* arg) const {
     not_null(v.data, arg);

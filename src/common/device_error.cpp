@@ -1,36 +1,35 @@
-// Names and messages of checked-mode violations (host side).
+// Names and messages of checked-mode violations (host side); the names come
+// from the op registry, nsa/detail/ops.def.
+#include <cstddef>
 #include <string>
 
 #include "nsa/common.h"
 
 namespace nsa {
 
-const char* to_string(OpId op) {
-  switch (op) {
-    case OpId::kQuantizeAndStoreK: return "quantize_and_store_k";
-    case OpId::kStoreKAndS: return "store_k_and_s";
-    case OpId::kGatherK: return "gather_k";
-    case OpId::kGatherS: return "gather_s";
-    case OpId::kGatherKAndS: return "gather_k_and_s";
-    case OpId::kBuildMetadata: return "build_metadata";
-    case OpId::kCopyMetadata: return "copy_metadata";
-    default: return "unknown op";
-  }
-}
+namespace {
+// Names indexed by enumerator value: both come from the same list, in order,
+// after kNone = 0.
+constexpr const char* kOpNames[] = {
+    "unknown op",
+#define NSA_OP(Id, name, cuda_params) #name,
+#include "nsa/detail/ops.def"
+};
+constexpr const char* kArgNames[] = {
+    "unknown argument",
+#define NSA_ARG(Id, name) #name,
+#include "nsa/detail/ops.def"
+};
 
-const char* to_string(ArgId arg) {
-  switch (arg) {
-    case ArgId::kSlots: return "slots";
-    case ArgId::kPageIds: return "page_ids";
-    case ArgId::kPageTable: return "page_table";
-    case ArgId::kSeqLens: return "seq_lens";
-    case ArgId::kCuSeqLens: return "cu_seq_lens";
-    case ArgId::kOutCapacity: return "out_capacity";
-    case ArgId::kReqPoolIndices: return "req_pool_indices";
-    case ArgId::kExtendLens: return "extend_lens";
-    default: return "unknown argument";
-  }
+template <class Id, size_t N>
+const char* name_of(Id id, const char* const (&names)[N]) {
+  const auto i = static_cast<size_t>(static_cast<int32_t>(id));
+  return i < N ? names[i] : names[0];
 }
+}  // namespace
+
+const char* to_string(OpId op) { return name_of(op, kOpNames); }
+const char* to_string(ArgId arg) { return name_of(arg, kArgNames); }
 
 std::string describe(const DeviceError& e) {
   if (e.code == 0) return "no error";

@@ -11,7 +11,6 @@
 
 #include "backends.h"
 #include "common/check.h"
-#include "common/dispatch.h"
 #include "cpu/parallel.h"
 #include "nsa/detail/quant.h"
 

@@ -21,7 +21,7 @@ void reset_device_error(const Exec& exec) {
     throw Error(ErrorCode::kInvalidArgument,
                 "nsa::reset_device_error: argument 'exec': expected a CUDA exec with checked != nullptr, got " +
                     std::string(exec.backend == Backend::kCuda ? "checked == nullptr" : "backend cpu"));
-  NSA_CUDA_CHECK(cudaMemsetAsync(exec.checked, 0, sizeof(DeviceError), reinterpret_cast<cudaStream_t>(exec.stream)));
+  NSA_CUDA_CHECK(cudaMemsetAsync(exec.checked, 0, sizeof(DeviceError), exec.stream));
 }
 
 DeviceError read_device_error(const Exec& exec) {
@@ -30,9 +30,8 @@ DeviceError read_device_error(const Exec& exec) {
                 "nsa::read_device_error: argument 'exec': expected a CUDA exec with checked != nullptr, got " +
                     std::string(exec.backend == Backend::kCuda ? "checked == nullptr" : "backend cpu"));
   DeviceError e;
-  const auto stream = reinterpret_cast<cudaStream_t>(exec.stream);
-  NSA_CUDA_CHECK(cudaMemcpyAsync(&e, exec.checked, sizeof e, cudaMemcpyDeviceToHost, stream));
-  NSA_CUDA_CHECK(cudaStreamSynchronize(stream));
+  NSA_CUDA_CHECK(cudaMemcpyAsync(&e, exec.checked, sizeof e, cudaMemcpyDeviceToHost, exec.stream));
+  NSA_CUDA_CHECK(cudaStreamSynchronize(exec.stream));
   return e;
 }
 

@@ -25,28 +25,15 @@ namespace {
 }
 }  // namespace
 
-void quantize_and_store_k(cudaStream, DeviceError*, IndexCache, const uint16_t*, int64_t, int64_t, const int64_t*,
-                          ScaleMode) {
-  unavailable("quantize_and_store_k");
-}
-void store_k_and_s(cudaStream, DeviceError*, IndexCache, const uint8_t*, int64_t, int64_t, const float*,
-                   const int64_t*) {
-  unavailable("store_k_and_s");
-}
-void gather_k(cudaStream, DeviceError*, ConstIndexCache, int64_t, Indices, uint8_t*) { unavailable("gather_k"); }
-void gather_s(cudaStream, DeviceError*, ConstIndexCache, int64_t, Indices, float*) { unavailable("gather_s"); }
-void gather_k_and_s(cudaStream, DeviceError*, ConstIndexCache, const PagedBatch&, uint8_t*, float*, int64_t) {
-  unavailable("gather_k_and_s");
-}
-void upload_metadata_targets(cudaStream, const MetadataBuffers*, int64_t, void*) {
-  unavailable("upload_metadata_targets");
-}
-void build_metadata(cudaStream, DeviceError*, const MetadataConfig&, const MetadataInputs&, const MetadataTargets&) {
-  unavailable("build_metadata");
-}
-void copy_metadata(cudaStream, const MetadataCopyShape&, const MetadataSources&, const MetadataTargets&) {
-  unavailable("copy_metadata");
-}
+// One throwing stub per CUDA entry point of the op registry. A stub whose
+// parameters drift from the declaration in *backends.h is another overload,
+// and this build then fails to link.
+#define NSA_CUDA_STUB(name, cuda_params) \
+  void name cuda_params { unavailable(#name); }
+#define NSA_OP(Id, name, cuda_params) NSA_CUDA_STUB(name, cuda_params)
+#define NSA_CUDA_ENTRY(name, cuda_params) NSA_CUDA_STUB(name, cuda_params)
+#include "nsa/detail/ops.def"
+#undef NSA_CUDA_STUB
 
 }  // namespace cuda
 }  // namespace nsa

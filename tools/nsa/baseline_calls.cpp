@@ -3,12 +3,11 @@
 #include <string>
 
 #include "cpu_baseline.h"
+#include "index_cache_baseline.h"
 #include "metadata_baseline.h"
 
 #if defined(NSA_WITH_CUDA)
 #include <cuda_runtime.h>
-
-#include "index_cache_baseline.h"
 #endif
 
 namespace nsa {
@@ -48,7 +47,7 @@ void copy_metadata_per_field(Backend backend, cudaStream stream, const MetadataC
 
 void quantize_k(Backend backend, cudaStream stream, const uint16_t* k, int64_t n, int64_t k_ld, bool ue8m0,
                 uint8_t* k_fp8, float* scale) {
-  if (backend == Backend::kCpu) return cpu_baseline::quantize_k(k, n, k_ld, ue8m0, k_fp8, scale);
+  if (backend == Backend::kCpu) return baseline::cpu::quantize_k(k, n, k_ld, ue8m0, k_fp8, scale);
 #if defined(NSA_WITH_CUDA)
   check(baseline::quantize_k(k, n, k_ld, ue8m0, k_fp8, scale, stream), "quantize_k");
 #else
@@ -59,7 +58,7 @@ void quantize_k(Backend backend, cudaStream stream, const uint16_t* k, int64_t n
 
 void set_k_and_s(Backend backend, cudaStream stream, uint8_t* cache, const uint8_t* k_fp8, const float* scale,
                  const int64_t* slots, int64_t n) {
-  if (backend == Backend::kCpu) return cpu_baseline::set_k_and_s(cache, k_fp8, scale, slots, n);
+  if (backend == Backend::kCpu) return baseline::cpu::set_k_and_s(cache, k_fp8, scale, slots, n);
 #if defined(NSA_WITH_CUDA)
   check(baseline::set_k_and_s(cache, k_fp8, scale, slots, n, stream), "set_k_and_s");
 #else
@@ -72,8 +71,8 @@ void gather_k_and_s_per_token(Backend backend, cudaStream stream, const uint8_t*
                               int64_t table_ld, const int64_t* cu_seq_lens, int64_t batch, int64_t total_tokens,
                               uint8_t* out_k, float* out_s) {
   if (backend == Backend::kCpu)
-    return cpu_baseline::gather_k_and_s_per_token(cache, page_table, table_ld, cu_seq_lens, batch, total_tokens, out_k,
-                                                  out_s);
+    return baseline::cpu::gather_k_and_s_per_token(cache, page_table, table_ld, cu_seq_lens, batch, total_tokens,
+                                                   out_k, out_s);
 #if defined(NSA_WITH_CUDA)
   check(baseline::gather_k_and_s_per_token(cache, page_table, table_ld, cu_seq_lens, batch, total_tokens, out_k, out_s,
                                            stream),
