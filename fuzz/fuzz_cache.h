@@ -40,6 +40,15 @@ struct FuzzPool {
     return !null_data && L::is_supported_page_size(page_size) && declared_pages >= 1 &&
            declared_pages <= std::numeric_limits<int64_t>::max() / L::bytes_per_page(page_size);
   }
+  // True when [p, p + len) shares a byte with the declared pool (num_pages *
+  // page bytes from data, past the allocation when declared_pages > pages):
+  // the op rejects such a call, since an output may not overlap an input.
+  bool declared_overlaps(const void* p, uint64_t len) const {
+    if (!valid() || p == nullptr || len == 0) return false;
+    const uintptr_t a = reinterpret_cast<uintptr_t>(bytes.data()), b = reinterpret_cast<uintptr_t>(p);
+    const uint64_t size = static_cast<uint64_t>(declared_pages * L::bytes_per_page(page_size));
+    return a <= b ? b - a < size : a - b < len;
+  }
   IndexCache view() { return {null_data ? nullptr : bytes.data(), declared_pages, page_size}; }
   IndexCache view_of(std::vector<uint8_t>& other) { return {other.data(), declared_pages, page_size}; }
 };

@@ -30,7 +30,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
 
   const bool valid = where.backend_ok && pool.valid() && n >= 0 && ld >= 128 &&
                      (n == 0 || (!null_k && !null_slots)) &&
-                     static_cast<int>(mode) <= 2 && !bad_dtype;
+                     static_cast<int>(mode) <= 2 && !bad_dtype &&
+                     (n <= 0 || (!pool.declared_overlaps(k.data(), ((n - 1) * ld + 128) * element_bytes(dtype)) &&
+                                 !pool.declared_overlaps(slots.data(), n * 8)));
   std::vector<uint8_t> expected = pool.bytes;
   const bool ran = run_checked(valid, [&] {
     quantize_and_store_k(where.exec, pool.view(), null_k ? nullptr : k.data(), n, ld,
