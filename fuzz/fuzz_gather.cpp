@@ -15,17 +15,18 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   FuzzPool pool(in);
   const int64_t length = maybe_below(in, in.in(0, 300), 0);
   const int64_t tokens = length > 0 ? length : 0;
-  std::vector<int64_t> ids(static_cast<size_t>((tokens + 63) / 64));
+  std::vector<int64_t> ids(static_cast<size_t>((tokens + pool.tokens() - 1) / pool.tokens()));
   for (auto& id : ids) id = in.byte() % pool.usable_pages();
   const IndexType type = pick_index_type(in);
   const IndexArray page_ids(type, ids);
   const bool null_ids = in.rarely(32), null_out = in.rarely(32);
 
-  const bool valid = where.backend_ok && pool.valid() && length >= 0 &&
-                     (length == 0 || (!null_ids && !null_out && valid_index_type(type)));
   const uint8_t poison = in.byte();
   const size_t out_bytes = static_cast<size_t>(tokens) * (scales ? 4 : 128) + 4;
   std::vector<uint8_t> out(out_bytes, poison), expected(out_bytes, poison);
+  const bool valid = where.backend_ok && pool.valid() && length >= 0 &&
+                     (length == 0 || (!null_ids && !null_out && valid_index_type(type) &&
+                                      !pool.declared_overlaps(out.data(), out_bytes - 4)));
   const std::vector<uint8_t> pool_before = pool.bytes;
   const bool ran = run_checked(valid, [&] {
     if (scales) gather_s(where.exec, pool.view(), length, page_ids.view(null_ids),
