@@ -70,6 +70,7 @@ struct DestSet {
     view.flashmla_metadata = buf[kTileTable].as<int32_t>();
     view.flashmla_metadata_size = kTiles;
     view.max_rows = rows;
+    view.max_batch = rows;
   }
   void zero() {
     for (auto& b : buf) b.fill(0);

@@ -63,6 +63,7 @@ class FuzzDest {
     m.flashmla_metadata = p(kTiles);
     m.flashmla_metadata_size = s_.tiles;
     m.max_rows = s_.max_rows;
+    m.max_batch = s_.max_rows;
     return m;
   }
 

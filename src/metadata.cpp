@@ -47,6 +47,13 @@ void target_not_null(const ArgChecker& c, const void* p, int64_t d, const char* 
 void target_at_least(const ArgChecker& c, int64_t v, int64_t min, int64_t d, const char* field) {
   if (v < min) c.fail(target_arg(d, field).c_str(), ">= " + std::to_string(min), std::to_string(v));
 }
+// cache_seqlens holds max_batch values and cu_seqlens_k max_batch + 1.
+void target_holds_batch(const ArgChecker& c, int64_t max_batch, int64_t bs, int64_t d) {
+  if (max_batch < bs)
+    c.fail(target_arg(d, "max_batch").c_str(),
+           ">= batch size = " + std::to_string(bs) + " (cache_seqlens holds max_batch, cu_seqlens_k max_batch + 1)",
+           std::to_string(max_batch));
+}
 void target_aligned4(const ArgChecker& c, const void* p, int64_t d, const char* field) {
   if (reinterpret_cast<uintptr_t>(p) % 4 != 0) c.aligned(p, 4, target_arg(d, field).c_str());
 }
@@ -59,6 +66,7 @@ void check_descriptor(const ArgChecker& c, const Exec& exec, const MetadataBuffe
   target_not_null(c, t.nsa_cache_seqlens, d, "nsa_cache_seqlens");
   target_not_null(c, t.nsa_cu_seqlens_k, d, "nsa_cu_seqlens_k");
   target_at_least(c, t.max_rows, 0, d, "max_rows");
+  target_at_least(c, t.max_batch, 0, d, "max_batch");
   target_at_least(c, t.page_table_1_cols, 0, d, "page_table_1_cols");
   target_at_least(c, t.page_table_1_ld, t.page_table_1_cols, d, "page_table_1_ld");
   if (t.real_page_table != nullptr) {
@@ -131,7 +139,8 @@ void build_metadata(const Exec& exec, const MetadataConfig& config, const Metada
   for (int64_t d = 0; d < targets.count; ++d) {
     const MetadataBuffers& t = targets.host[d];
     check_descriptor(c, exec, t, d);
-    target_at_least(c, t.max_rows, rows, d, "max_rows");  // covers cache_seqlens [bs] too: rows >= bs
+    target_holds_batch(c, t.max_batch, config.batch_size, d);
+    target_at_least(c, t.max_rows, rows, d, "max_rows");
     if (config.mode != ForwardMode::kDecode) target_not_null(c, t.seqlens_expanded, d, "seqlens_expanded");
   }
 
@@ -176,7 +185,7 @@ void copy_metadata(const Exec& exec, const MetadataCopyShape& shape, const Metad
   for (int64_t d = 0; d < targets.count; ++d) {
     const MetadataBuffers& t = targets.host[d];
     check_descriptor(c, exec, t, d);
-    target_at_least(c, t.max_rows, shape.batch_size, d, "max_rows");
+    target_holds_batch(c, t.max_batch, shape.batch_size, d);
     target_at_least(c, t.max_rows, rows, d, "max_rows");
     target_at_least(c, t.page_table_1_cols, cols, d, "page_table_1_cols");
     if (has_real && t.real_page_table != nullptr)

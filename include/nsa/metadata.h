@@ -39,8 +39,8 @@ struct MetadataConfig {
 // One destination set. Optional fields are absent when their pointer is null.
 // Capacities are checked against each call's shape before anything is written.
 struct MetadataBuffers {
-  int32_t* cache_seqlens = nullptr;      // [>= bs]
-  int32_t* cu_seqlens_k = nullptr;       // [>= bs + 1]
+  int32_t* cache_seqlens = nullptr;      // [max_batch]
+  int32_t* cu_seqlens_k = nullptr;       // [max_batch + 1]
   int32_t* page_table_1 = nullptr;       // [max_rows, page_table_1_cols], row stride page_table_1_ld
   int64_t page_table_1_cols = 0;         // W
   int64_t page_table_1_ld = 0;           // >= page_table_1_cols
@@ -54,6 +54,7 @@ struct MetadataBuffers {
   int32_t* flashmla_metadata = nullptr;    // optional [flashmla_metadata_size], opaque tile-scheduler table
   int64_t flashmla_metadata_size = 0;
   int64_t max_rows = 0;                    // capacity of the per-row arrays and page-table rows
+  int64_t max_batch = 0;                   // capacity of the per-request arrays: requests (bs) a call may have
 };
 
 // Destination table as the ops read it. `host` is the caller's array (kept

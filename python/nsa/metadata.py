@@ -61,8 +61,8 @@ class MetadataTargets:
     ==========================  ==================================  =========
     field                       shape                               required
     ==========================  ==================================  =========
-    ``cache_seqlens``           ``[>= bs]``                         yes
-    ``cu_seqlens_k``            ``[>= bs + 1]``                     yes
+    ``cache_seqlens``           ``[max_batch]``                     yes
+    ``cu_seqlens_k``            ``[max_batch + 1]``                 yes
     ``page_table_1``            ``[max_rows, W]``, any row stride   yes
     ``seqlens_expanded``        ``[max_rows]``                      no
     ``nsa_cache_seqlens``       ``[max_rows]``                      yes
@@ -72,8 +72,10 @@ class MetadataTargets:
     ``flashmla_metadata``       any contiguous shape                no
     ==========================  ==================================  =========
 
-    ``max_rows`` (the row capacity) is the smallest of the capacities above, or
-    an int ``"max_rows"`` entry no larger than that. The object keeps every
+    ``max_rows`` (the row capacity) is the smallest of the per-row capacities
+    above, or an int ``"max_rows"`` entry no larger than that; ``max_batch``
+    (the request capacity, bs of a call) likewise from the two per-request
+    arrays or a ``"max_batch"`` entry. The object keeps every
     array alive and owns the device table (allocated with the arrays' framework,
     e.g. torch's caching allocator), uploaded on ``stream`` (default: current).
     """

@@ -25,9 +25,6 @@ namespace {
 // `host` and `table` stays valid while the handle lives.
 struct MetadataTargetsHandle {
   std::vector<nsa::MetadataBuffers> host;
-  // Capacities the library's descriptors do not carry, checked per call here.
-  std::vector<int64_t> cache_seqlens_len;
-  std::vector<int64_t> cu_seqlens_k_len;
   nsa::MetadataTargets targets;
   DeviceKind device = DeviceKind::kCpu;
   int device_id = 0;
@@ -43,7 +40,7 @@ struct MetadataTargetsHandle {
 const char* kDestinationFields[] = {"cache_seqlens",     "cu_seqlens_k",        "page_table_1",
                                     "seqlens_expanded",  "nsa_cache_seqlens",   "nsa_cu_seqlens_k",
                                     "real_page_table",   "flashmla_num_splits", "flashmla_metadata",
-                                    "max_rows"};
+                                    "max_rows",          "max_batch"};
 const char* kSourceFields[] = {"cache_seqlens",     "cu_seqlens_k",      "page_table_1",
                                "seqlens_expanded",  "nsa_cache_seqlens", "nsa_cu_seqlens_k",
                                "real_page_table",   "flashmla_num_splits", "flashmla_metadata"};
@@ -99,6 +96,15 @@ void int32_flat(const Call& c, const Array& a) {
   if (!a.contiguous()) c.fail(a.name, "a contiguous array", a.describe());
 }
 
+// An optional int entry ("max_rows", "max_batch") that lowers a capacity the arrays imply.
+int64_t capacity_entry(const Call& c, Fields& f, const char* key, int64_t limit, const char* what) {
+  int64_t requested = 0;
+  if (!nb::try_cast(f.raw(key), requested, false) || requested < 0 || requested > limit)
+    c.fail(f.name(key), "an int in [0, " + std::to_string(limit) + "] (" + what + ")",
+           nb::cast<std::string>(nb::repr(f.raw(key))));
+  return requested;
+}
+
 MetadataTargetsHandle* upload(nb::list destinations, nb::handle workspace, nb::handle stream) {
   Call c("MetadataTargets");
   auto handle = std::make_unique<MetadataTargetsHandle>();
@@ -123,9 +129,9 @@ MetadataTargetsHandle* upload(nb::list destinations, nb::handle workspace, nb::h
     const Array fm_metadata = f.get("flashmla_metadata", false, true);
 
     b.cache_seqlens = int32_data(c, cache_seqlens);
-    handle->cache_seqlens_len.push_back(c.vector(cache_seqlens, 0, "[>= batch size]"));
     b.cu_seqlens_k = int32_data(c, cu_seqlens_k);
-    handle->cu_seqlens_k_len.push_back(c.vector(cu_seqlens_k, 1, "[>= batch size + 1]"));
+    b.max_batch = std::min(c.vector(cache_seqlens, 0, "[max_batch]"), c.vector(cu_seqlens_k, 1, "[max_batch + 1]") - 1);
+    if (f.has("max_batch")) b.max_batch = capacity_entry(c, f, "max_batch", b.max_batch, "the smallest batch capacity");
     b.page_table_1 = int32_data(c, page_table_1);
     b.page_table_1_ld = c.table(page_table_1, "[max_rows, width]");
     b.page_table_1_cols = page_table_1.shape[1];
@@ -152,13 +158,7 @@ MetadataTargetsHandle* upload(nb::list destinations, nb::handle workspace, nb::h
       b.flashmla_metadata = fm_metadata.as<int32_t>();
       b.flashmla_metadata_size = fm_metadata.numel();
     }
-    if (f.has("max_rows")) {
-      int64_t requested = 0;
-      if (!nb::try_cast(f.raw("max_rows"), requested, false) || requested < 0 || requested > max_rows)
-        c.fail(f.name("max_rows"), "an int in [0, " + std::to_string(max_rows) + "] (the smallest row capacity)",
-               nb::cast<std::string>(nb::repr(f.raw("max_rows"))));
-      max_rows = requested;
-    }
+    if (f.has("max_rows")) max_rows = capacity_entry(c, f, "max_rows", max_rows, "the smallest row capacity");
     b.max_rows = max_rows;
     handle->host.push_back(b);
   }
@@ -181,18 +181,6 @@ void same_device_as_targets(Call& c, const MetadataTargetsHandle& t, const Array
   if (!same) {
     const std::string where = t.device == DeviceKind::kCuda ? "cuda:" + std::to_string(t.device_id) : "cpu";
     c.fail(any_input.name, "an array on " + where + " like the targets", any_input.describe());
-  }
-}
-
-void check_batch_capacity(const Call& c, const MetadataTargetsHandle& t, int64_t bs) {
-  for (int64_t i = 0; i < t.count(); ++i) {
-    const auto field = [i](const char* name) { return "targets[" + std::to_string(i) + "]." + name; };
-    if (t.cache_seqlens_len[i] < bs)
-      c.fail(field("cache_seqlens").c_str(), "at least batch size = " + std::to_string(bs) + " elements",
-             std::to_string(t.cache_seqlens_len[i]));
-    if (t.cu_seqlens_k_len[i] < bs + 1)
-      c.fail(field("cu_seqlens_k").c_str(), "at least batch size + 1 = " + std::to_string(bs + 1) + " elements",
-             std::to_string(t.cu_seqlens_k_len[i]));
   }
 }
 
@@ -255,7 +243,6 @@ Prepared prepare_build_metadata(MetadataTargetsHandle& t, int mode, int64_t draf
                                       " elements (the largest destination)", meta.describe());
     in.flashmla_metadata = meta.as<int32_t>();
   }
-  check_batch_capacity(c, t, bs);
   // The handle lives as long as its Python object, which the lambda holds.
   const nb::object owner = nb::find(&t);
   const MetadataTargetsHandle* const handle = &t;
@@ -346,7 +333,6 @@ void copy_metadata(MetadataTargetsHandle& t, int mode, int64_t bs, int64_t max_l
     s.flashmla_metadata = fm_metadata.as<int32_t>();
     s.flashmla_metadata_size = fm_metadata.numel();
   }
-  check_batch_capacity(c, t, bs);
   const nsa::Exec exec = c.exec(stream);
   run_op(c, [&] { nsa::copy_metadata(exec, shape, s, t.targets); });
 }

@@ -587,6 +587,7 @@ struct CpuDest {
     buffers.real_page_table = real.data();
     buffers.real_page_table_cols = buffers.real_page_table_ld = real_cols;
     buffers.max_rows = rows;
+    buffers.max_batch = rows;
   }
   bool untouched() const {
     for (const auto* v : {&cache, &cu, &pt, &exp, &nsa, &nsacu, &real})

@@ -249,6 +249,7 @@ Outputs run_with_dests(Backend b, const Exec& exec, const std::vector<MetaDest>&
     m.flashmla_metadata = p(8);
     m.flashmla_metadata_size = d.tiles;
     m.max_rows = d.max_rows;
+    m.max_batch = d.max_rows;
     host.push_back(m);
   }
   const size_t ws_bytes = metadata_targets_workspace_bytes(static_cast<int64_t>(host.size()));

@@ -36,6 +36,8 @@ namespace {
 // ------------------------------------------------------------------------------------
 struct DestSpec {
   int64_t max_rows = 0;
+  int64_t max_batch = -1;  // per-request capacity; -1: max_rows
+  int64_t batch() const { return max_batch < 0 ? max_rows : max_batch; }
   int64_t pt_cols = 0, pt_ld = 0;
   bool expanded = true, real = false, num_splits = false, tiles = false;
   int64_t rt_cols = 0, rt_ld = 0;
@@ -50,8 +52,8 @@ const char* const kFieldNames[kFields] = {"cache_seqlens",    "cu_seqlens_k",   
 class Dest {
  public:
   Dest(Backend b, const DestSpec& s, std::mt19937_64& rng) : spec_(s) {
-    const int64_t n[kFields] = {s.max_rows,
-                                s.max_rows + 1,
+    const int64_t n[kFields] = {s.batch(),
+                                s.batch() + 1,
                                 s.max_rows * s.pt_ld,
                                 s.expanded ? s.max_rows : -1,
                                 s.max_rows,
@@ -88,6 +90,7 @@ class Dest {
     m.flashmla_metadata = p(kTiles);
     m.flashmla_metadata_size = spec_.tiles_size;
     m.max_rows = spec_.max_rows;
+    m.max_batch = spec_.batch();
     return m;
   }
 
@@ -583,6 +586,51 @@ TEST_P(MetadataTest, EmptyBatchWritesNothing) {
   sets.expect_matches();
 }
 
+// Finding 1 of issue 13: per-request arrays shorter than the per-row ones.
+// cache_seqlens [4] and cu_seqlens_k [5] are exact-size allocations, so an
+// unchecked bs = 16 call writes past their ends (ASan on the CPU build,
+// compute-sanitizer memcheck on the GPU). max_batch bounds bs.
+TEST_P(MetadataTest, BatchBeyondPerRequestCapacityIsRejected) {
+  auto rng = make_rng(112);
+  DestSpec spec;
+  spec.max_rows = 16;
+  spec.max_batch = 4;
+  spec.pt_cols = spec.pt_ld = 8;
+  DestSets sets(backend(), exec(), {spec}, rng);
+  const std::vector<int32_t> seq(16, 3), rpi(16, 0), table(8, 5), src(16 * 8 + 1, 1);
+  auto seq_dev = to_backend(backend(), seq), rpi_dev = to_backend(backend(), rpi);
+  auto table_dev = to_backend(backend(), table), src_dev = to_backend(backend(), src);
+  MetadataInputs in;
+  in.seq_lens = seq_dev.as<int32_t>();
+  in.req_pool_indices = rpi_dev.as<int32_t>();
+  in.req_to_token = table_dev.as<int32_t>();
+  in.req_to_token_rows = 1;
+  in.req_to_token_cols = in.req_to_token_ld = 8;
+  const int32_t* s = src_dev.as<int32_t>();
+  const MetadataSources sources{s, s, s, 0, nullptr, s, s};
+  expect_invalid([&] { build_metadata(exec(), MetadataConfig{ForwardMode::kDecode, 16, 1, 2048, 64}, in, sets.targets); },
+                 "targets[0].max_batch");
+  expect_invalid([&] { build_metadata(exec(), MetadataConfig{ForwardMode::kTargetVerify, 5, 2, 2048, 64}, in, sets.targets); },
+                 "targets[0].max_batch");
+  expect_invalid([&] { copy_metadata(exec(), MetadataCopyShape{ForwardMode::kDecode, 16, 8, 0, 0}, sources, sets.targets); },
+                 "targets[0].max_batch");
+  expect_invalid([&] { copy_metadata(exec(), MetadataCopyShape{ForwardMode::kDraftExtend, 5, 0, 8, 3}, sources, sets.targets); },
+                 "targets[0].max_batch");
+  support::synchronize(backend());
+  sets.expect_matches();  // nothing written
+
+  // bs = max_batch fits exactly.
+  const MetadataConfig fits{ForwardMode::kTargetVerify, 4, 4, 2048, 64};
+  build_metadata(exec(), fits, in, sets.targets);
+  support::synchronize(backend());
+  MetadataInputs host_in = in;
+  host_in.seq_lens = seq.data();
+  host_in.req_pool_indices = rpi.data();
+  host_in.req_to_token = table.data();
+  reference::build_metadata(fits, host_in, sets.host_views.data(), 1);
+  sets.expect_matches();
+}
+
 INSTANTIATE_TEST_SUITE_P(Backends, MetadataTest, ::testing::ValuesIn(all_backends()), backend_name);
 
 // ------------------------------------ validation ------------------------------------
@@ -628,7 +676,7 @@ TEST(MetadataValidation, EveryCheckNamesItsArgumentAndWritesNothing) {
   expect_invalid([&] { build(with_cfg([](auto& c) { c.draft_tokens = int64_t{1} << 40; }), in); }, "config.draft_tokens");
   // Row capacity: 2 requests x N = 4 rows > max_rows = 8? No: 8 fits; 3 requests x 4 = 12 does not.
   expect_invalid([&] { build(with_cfg([](auto& c) { c.mode = ForwardMode::kTargetVerify; c.batch_size = 3; }), in); }, "targets[0].max_rows");
-  expect_invalid([&] { build(with_cfg([](auto& c) { c.batch_size = 9; }), in); }, "targets[0].max_rows");
+  expect_invalid([&] { build(with_cfg([](auto& c) { c.batch_size = 9; }), in); }, "targets[0].max_batch");
   expect_invalid([&] { build(cfg, with_in([](auto& i) { i.seq_lens = Indices(); })); }, "inputs.seq_lens");
   expect_invalid([&] { build(cfg, with_in([](auto& i) { i.seq_lens = Indices(i.seq_lens.data, static_cast<IndexType>(2)); })); }, "inputs.seq_lens");
   expect_invalid([&] { build(cfg, with_in([](auto& i) { i.req_pool_indices = Indices(); })); }, "inputs.req_pool_indices");
@@ -657,6 +705,7 @@ TEST(MetadataValidation, EveryCheckNamesItsArgumentAndWritesNothing) {
       {0, [](MetadataBuffers& t) { t.nsa_cache_seqlens = nullptr; }, "targets[0].nsa_cache_seqlens"},
       {1, [](MetadataBuffers& t) { t.nsa_cu_seqlens_k = nullptr; }, "targets[1].nsa_cu_seqlens_k"},
       {1, [](MetadataBuffers& t) { t.max_rows = -1; }, "targets[1].max_rows"},
+      {0, [](MetadataBuffers& t) { t.max_batch = -1; }, "targets[0].max_batch"},
       {0, [](MetadataBuffers& t) { t.page_table_1_cols = -1; }, "targets[0].page_table_1_cols"},
       {1, [](MetadataBuffers& t) { t.page_table_1_ld = 31; }, "targets[1].page_table_1_ld"},
       {0, [](MetadataBuffers& t) { t.real_page_table_cols = -2; }, "targets[0].real_page_table_cols"},
@@ -709,7 +758,7 @@ TEST(MetadataValidation, EveryCheckNamesItsArgumentAndWritesNothing) {
   expect_invalid([&] { copy(with_shape([](auto& s) { s.max_seqlen_k = -1; }), good_src); }, "shape.max_seqlen_k");
   expect_invalid([&] { copy(with_shape([](auto& s) { s.seqlens_expanded_size = -1; }), good_src); }, "shape.seqlens_expanded_size");
   expect_invalid([&] { copy(with_shape([](auto& s) { s.seqlens_expanded_size = 9; }), good_src); }, "targets[0].max_rows");
-  expect_invalid([&] { copy(with_shape([](auto& s) { s.batch_size = 9; s.seqlens_expanded_size = 2; }), good_src); }, "targets[0].max_rows");
+  expect_invalid([&] { copy(with_shape([](auto& s) { s.batch_size = 9; s.seqlens_expanded_size = 2; }), good_src); }, "targets[0].max_batch");
   expect_invalid([&] { copy(with_shape([](auto& s) { s.max_seqlen_k = 33; }), good_src); }, "targets[0].page_table_1_cols");
   expect_invalid([&] { copy(good_shape, with_src([](auto& s) { s.cache_seqlens = nullptr; })); }, "sources.cache_seqlens");
   expect_invalid([&] { copy(good_shape, with_src([](auto& s) { s.cu_seqlens_k = nullptr; })); }, "sources.cu_seqlens_k");

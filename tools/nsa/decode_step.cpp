@@ -96,6 +96,7 @@ struct DestSet {
     desc.flashmla_metadata = ptr(kTileTable);
     desc.flashmla_metadata_size = s.tile_ints;
     desc.max_rows = s.max_rows;
+    desc.max_batch = s.batch;
   }
   std::vector<int32_t> download(int f) const { return from_backend<int32_t>(buf[f], shape.count(f)); }
 };

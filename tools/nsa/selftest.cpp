@@ -200,7 +200,7 @@ struct Dests {
           return which ? reinterpret_cast<int32_t*>(host[d][f].data()) : dev[d][f].as<int32_t>();
         };
         MetadataBuffers m{p(0), p(1), p(2), pt_cols, pt_ld, p(3), p(4), p(5), p(6), real ? rt_cols : 0,
-                          real ? rt_ld : 0, p(7), p(8), tile ? tiles : 0, max_rows};
+                          real ? rt_ld : 0, p(7), p(8), tile ? tiles : 0, max_rows, max_rows};
         (which ? host_views : dev_views).push_back(m);
       }
     }
