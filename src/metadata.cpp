@@ -1,11 +1,15 @@
 // Public API of the metadata ops: validate every host-visible argument
 // (nothing is written when a check fails), then hand over to one backend.
-// Validation is O(D) plain comparisons on the caller's host descriptors: no
-// driver query, no allocation (strings are built only when a check fails), so
-// the host cost of a call stays close to that of an empty kernel launch.
+// upload_metadata_targets validates the destination descriptors once and
+// summarises them (smallest capacities and widths, which optional fields
+// exist); a call checks its shape against that summary in O(1) comparisons:
+// no driver query, no allocation (strings are built only when a check fails),
+// so the host cost of a call stays close to that of an empty kernel launch.
+#include <algorithm>
 #include <cstring>
 #include <limits>
 #include <string>
+#include <vector>
 
 #include "common/check.h"
 #include "metadata_backends.h"
@@ -87,10 +91,46 @@ void check_descriptor(const ArgChecker& c, const Exec& exec, const MetadataBuffe
   }
 }
 
-void check_targets_table(const ArgChecker& c, const MetadataTargets& targets) {
+// A table returned by upload_metadata_targets for this backend.
+void check_targets_table(const ArgChecker& c, const Exec& exec, const MetadataTargets& targets) {
   c.at_least(targets.count, 1, "targets.count");
-  c.not_null(targets.host, "targets.host");
   c.not_null(targets.table, "targets.table");
+  if (!targets.host || static_cast<int64_t>(targets.host->descriptors.size()) != targets.count)
+    c.fail("targets", "a table returned by upload_metadata_targets", "a table built by hand");
+  if (targets.backend != exec.backend)
+    c.fail("targets", std::string("a table uploaded for exec.backend = ") + to_string(exec.backend),
+           std::string("one uploaded for ") + to_string(targets.backend));
+}
+
+// `bound` (the smallest over the destinations) >= `need`, naming the destination that sets it.
+void bound_at_least(const ArgChecker& c, const MetadataBound& bound, int64_t need, const char* field) {
+  if (bound.index >= 0) target_at_least(c, bound.value, need, bound.index, field);
+}
+
+// Lowers `bound` to `value` of destination d when smaller (or the first).
+void lower(MetadataBound& bound, int64_t value, int64_t d) {
+  if (bound.index < 0 || value < bound.value) bound = MetadataBound{value, d};
+}
+
+// The summary every call is checked against, from validated descriptors.
+void summarise(MetadataTargets& t, const MetadataBuffers* host, int64_t count) {
+  for (int64_t d = 0; d < count; ++d) {
+    const MetadataBuffers& b = host[d];
+    lower(t.max_batch, b.max_batch, d);
+    lower(t.max_rows, b.max_rows, d);
+    lower(t.page_table_1_cols, b.page_table_1_cols, d);
+    if (b.real_page_table != nullptr) lower(t.real_page_table_cols, b.real_page_table_cols, d);
+    if (b.flashmla_metadata != nullptr) {
+      lower(t.flashmla_metadata_size, b.flashmla_metadata_size, d);
+      t.flashmla_metadata_max = std::max(t.flashmla_metadata_max, b.flashmla_metadata_size);
+    }
+    uint32_t present = 0;
+    for (int f = 0; f < kMetadataFieldCount; ++f)
+      if (b.*kMetadataFields[f].pointer != nullptr) present |= 1u << f;
+    t.fields_all = d == 0 ? present : t.fields_all & present;
+    t.fields_any |= present;
+    if (b.seqlens_expanded == nullptr && t.first_without_seqlens_expanded < 0) t.first_without_seqlens_expanded = d;
+  }
 }
 
 
@@ -113,9 +153,25 @@ MetadataTargets upload_metadata_targets(const Exec& exec, const MetadataBuffers*
   const size_t needed = metadata_targets_workspace_bytes(count);
   if (workspace_bytes < needed)
     c.fail("workspace_bytes", ">= " + std::to_string(needed), std::to_string(workspace_bytes));
+  MetadataTargets t;
+  t.table = static_cast<const MetadataBuffers*>(workspace);
+  t.count = count;
+  t.backend = exec.backend;
+  summarise(t, host, count);
+  auto state = std::make_shared<detail::MetadataTargetsHost>();
+  state->descriptors.assign(host, host + count);
+  t.host = std::move(state);
   if (exec.backend == Backend::kCpu) std::memcpy(workspace, host, needed);
   else cuda::upload_metadata_targets(exec.stream, host, count, workspace);
-  return MetadataTargets{host, static_cast<const MetadataBuffers*>(workspace), count};
+  return t;
+}
+
+const MetadataBuffers& metadata_target(const MetadataTargets& targets, int64_t d) {
+  const ArgChecker c("metadata_target");
+  if (!targets.host) c.fail("targets", "a table returned by upload_metadata_targets", "a table built by hand");
+  const int64_t count = static_cast<int64_t>(targets.host->descriptors.size());
+  if (d < 0 || d >= count) c.fail("d", "an index in [0, " + std::to_string(count) + ")", std::to_string(d));
+  return targets.host->descriptors[static_cast<size_t>(d)];
 }
 
 void build_metadata(const Exec& exec, const MetadataConfig& config, const MetadataInputs& inputs,
@@ -135,14 +191,11 @@ void build_metadata(const Exec& exec, const MetadataConfig& config, const Metada
   const bool extend = config.mode == ForwardMode::kDraftExtend;
   const int64_t rows = metadata_row_capacity(config);
 
-  check_targets_table(c, targets);
-  for (int64_t d = 0; d < targets.count; ++d) {
-    const MetadataBuffers& t = targets.host[d];
-    check_descriptor(c, exec, t, d);
-    target_holds_batch(c, t.max_batch, config.batch_size, d);
-    target_at_least(c, t.max_rows, rows, d, "max_rows");
-    if (config.mode != ForwardMode::kDecode) target_not_null(c, t.seqlens_expanded, d, "seqlens_expanded");
-  }
+  check_targets_table(c, exec, targets);
+  target_holds_batch(c, targets.max_batch.value, config.batch_size, targets.max_batch.index);
+  bound_at_least(c, targets.max_rows, rows, "max_rows");
+  if (config.mode != ForwardMode::kDecode && targets.first_without_seqlens_expanded >= 0)
+    target_not_null(c, nullptr, targets.first_without_seqlens_expanded, "seqlens_expanded");
 
   c.at_least(inputs.req_to_token_rows, 0, "inputs.req_to_token_rows");
   c.at_least(inputs.req_to_token_cols, 0, "inputs.req_to_token_cols");
@@ -181,18 +234,13 @@ void copy_metadata(const Exec& exec, const MetadataCopyShape& shape, const Metad
   const bool has_real = sources.real_page_table != nullptr;
   const bool has_tiles = sources.flashmla_metadata != nullptr;
 
-  check_targets_table(c, targets);
-  for (int64_t d = 0; d < targets.count; ++d) {
-    const MetadataBuffers& t = targets.host[d];
-    check_descriptor(c, exec, t, d);
-    target_holds_batch(c, t.max_batch, shape.batch_size, d);
-    target_at_least(c, t.max_rows, rows, d, "max_rows");
-    target_at_least(c, t.page_table_1_cols, cols, d, "page_table_1_cols");
-    if (has_real && t.real_page_table != nullptr)
-      target_at_least(c, t.real_page_table_cols, sources.real_page_table_cols, d, "real_page_table_cols");
-    if (has_tiles && t.flashmla_metadata != nullptr)
-      target_at_least(c, t.flashmla_metadata_size, sources.flashmla_metadata_size, d, "flashmla_metadata_size");
-  }
+  check_targets_table(c, exec, targets);
+  target_holds_batch(c, targets.max_batch.value, shape.batch_size, targets.max_batch.index);
+  bound_at_least(c, targets.max_rows, rows, "max_rows");
+  bound_at_least(c, targets.page_table_1_cols, cols, "page_table_1_cols");
+  if (has_real) bound_at_least(c, targets.real_page_table_cols, sources.real_page_table_cols, "real_page_table_cols");
+  if (has_tiles)
+    bound_at_least(c, targets.flashmla_metadata_size, sources.flashmla_metadata_size, "flashmla_metadata_size");
 
   const bool any = shape.batch_size > 0;
   check_source(c, exec, sources.cache_seqlens, any, "sources.cache_seqlens");

@@ -2,9 +2,18 @@
 // validates everything first; backends never validate again and never allocate.
 #pragma once
 
+#include <vector>
+
 #include "nsa/metadata.h"
 
 namespace nsa {
+
+namespace detail {
+// Host state of an uploaded table, shared by every copy of its MetadataTargets.
+struct MetadataTargetsHost {
+  std::vector<MetadataBuffers> descriptors;  // as validated by upload_metadata_targets
+};
+}  // namespace detail
 
 namespace cpu {
 void build_metadata(int threads, const MetadataConfig& config, const MetadataInputs& inputs,

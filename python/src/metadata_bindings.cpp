@@ -21,20 +21,14 @@ namespace nsa_py {
 namespace {
 
 // One uploaded destination table. The Python MetadataTargets object owns this
-// handle, the workspace and the destination tensors, so every pointer in
-// `host` and `table` stays valid while the handle lives.
+// handle, the workspace and the destination tensors, so every pointer in the
+// table stays valid while the handle lives.
 struct MetadataTargetsHandle {
-  std::vector<nsa::MetadataBuffers> host;
   nsa::MetadataTargets targets;
   DeviceKind device = DeviceKind::kCpu;
   int device_id = 0;
 
-  int64_t count() const { return static_cast<int64_t>(host.size()); }
-  int64_t max_flashmla_metadata_size() const {
-    int64_t m = 0;
-    for (const auto& b : host) m = std::max(m, b.flashmla_metadata ? b.flashmla_metadata_size : 0);
-    return m;
-  }
+  int64_t count() const { return targets.count; }
 };
 
 const char* kDestinationFields[] = {"cache_seqlens",     "cu_seqlens_k",        "page_table_1",
@@ -108,6 +102,7 @@ int64_t capacity_entry(const Call& c, Fields& f, const char* key, int64_t limit,
 MetadataTargetsHandle* upload(nb::list destinations, nb::handle workspace, nb::handle stream) {
   Call c("MetadataTargets");
   auto handle = std::make_unique<MetadataTargetsHandle>();
+  std::vector<nsa::MetadataBuffers> host;
   const int64_t count = static_cast<int64_t>(nb::len(destinations));
   if (count < 1) c.fail("destinations", "at least one destination dict", "an empty list");
   std::deque<Fields> all;  // keeps argument names alive until the call ends
@@ -160,7 +155,7 @@ MetadataTargetsHandle* upload(nb::list destinations, nb::handle workspace, nb::h
     }
     if (f.has("max_rows")) max_rows = capacity_entry(c, f, "max_rows", max_rows, "the smallest row capacity");
     b.max_rows = max_rows;
-    handle->host.push_back(b);
+    host.push_back(b);
   }
   const Array ws = c.require(workspace, "workspace", true);
   if (!ws.contiguous()) c.fail("workspace", "a contiguous array", ws.describe());
@@ -171,7 +166,7 @@ MetadataTargetsHandle* upload(nb::list destinations, nb::handle workspace, nb::h
   handle->device = c.on_cuda() ? DeviceKind::kCuda : DeviceKind::kCpu;
   handle->device_id = c.device_id();
   DeviceGuard guard(c);
-  handle->targets = nsa::upload_metadata_targets(exec, handle->host.data(), count, ws.data, have);
+  handle->targets = nsa::upload_metadata_targets(exec, host.data(), count, ws.data, have);
   return handle.release();
 }
 
@@ -238,8 +233,8 @@ Prepared prepare_build_metadata(MetadataTargetsHandle& t, int mode, int64_t draf
   }
   if (meta.present) {
     int32_flat(c, meta);
-    if (meta.numel() < t.max_flashmla_metadata_size())
-      c.fail("flashmla_metadata", "at least " + std::to_string(t.max_flashmla_metadata_size()) +
+    if (meta.numel() < t.targets.flashmla_metadata_max)
+      c.fail("flashmla_metadata", "at least " + std::to_string(t.targets.flashmla_metadata_max) +
                                       " elements (the largest destination)", meta.describe());
     in.flashmla_metadata = meta.as<int32_t>();
   }
@@ -343,7 +338,7 @@ void bind_metadata(nb::module_& m) {
   m.attr("has_metadata") = true;
   nb::class_<MetadataTargetsHandle>(m, "MetadataTargetsHandle")
       .def_prop_ro("count", &MetadataTargetsHandle::count)
-      .def("max_rows", [](const MetadataTargetsHandle& t, int64_t i) { return t.host.at(static_cast<size_t>(i)).max_rows; });
+      .def("max_rows", [](const MetadataTargetsHandle& t, int64_t i) { return nsa::metadata_target(t.targets, i).max_rows; });
   m.def("metadata_targets_workspace_bytes", [](int64_t count) { return nsa::metadata_targets_workspace_bytes(count); });
   m.def("upload_metadata_targets", &upload, nb::arg("destinations"), nb::arg("workspace"), nb::arg("stream").none(),
         nb::rv_policy::take_ownership);

@@ -687,7 +687,7 @@ TEST(MetadataValidation, EveryCheckNamesItsArgumentAndWritesNothing) {
   expect_invalid([&] { build(cfg, with_in([&](auto& i) { i.extend_lens = ext.data(); })); }, "inputs.extend_lens");
   expect_invalid([&] { build(with_cfg([](auto& c) { c.mode = ForwardMode::kDraftExtend; }), in); }, "inputs.extend_lens");
 
-  // Destination descriptors, checked per call (and at upload).
+  // Destination descriptors, checked once, at upload.
   auto with_target = [&](int d, auto mutate) {
     auto views = sets.dev_views;
     mutate(views[d]);
@@ -714,20 +714,33 @@ TEST(MetadataValidation, EveryCheckNamesItsArgumentAndWritesNothing) {
   };
   for (const auto& tc : target_cases) {
     auto views = with_target(tc.d, tc.mutate);
-    const MetadataTargets bad{views.data(), sets.targets.table, 2};
-    expect_invalid([&] { build_metadata(cpu, cfg, in, bad); }, tc.arg);
-    expect_invalid([&] { copy_metadata(cpu, MetadataCopyShape{ForwardMode::kDecode, 2, 4, 0, 0}, MetadataSources{src.data(), src.data(), src.data(), 0, nullptr, src.data(), src.data()}, bad); }, tc.arg);
     support::Buffer ws(Backend::kCpu, metadata_targets_workspace_bytes(2));
     expect_invalid([&] { upload_metadata_targets(cpu, views.data(), 2, ws.data(), ws.bytes()); }, tc.arg);
   }
   {
     auto views = with_target(1, [](MetadataBuffers& t) { t.seqlens_expanded = nullptr; });
-    const MetadataTargets bad{views.data(), sets.targets.table, 2};
-    expect_invalid([&] { build_metadata(cpu, with_cfg([](auto& c) { c.mode = ForwardMode::kTargetVerify; }), in, bad); }, "targets[1].seqlens_expanded");
+    support::Buffer ws(Backend::kCpu, metadata_targets_workspace_bytes(2));
+    const MetadataTargets partial = upload_metadata_targets(cpu, views.data(), 2, ws.data(), ws.bytes());
+    expect_invalid([&] { build_metadata(cpu, with_cfg([](auto& c) { c.mode = ForwardMode::kTargetVerify; }), in, partial); }, "targets[1].seqlens_expanded");
   }
-  expect_invalid([&] { build_metadata(cpu, cfg, in, MetadataTargets{sets.targets.host, sets.targets.table, 0}); }, "targets.count");
-  expect_invalid([&] { build_metadata(cpu, cfg, in, MetadataTargets{nullptr, sets.targets.table, 2}); }, "targets.host");
-  expect_invalid([&] { build_metadata(cpu, cfg, in, MetadataTargets{sets.targets.host, nullptr, 2}); }, "targets.table");
+  // The table itself: as returned by upload_metadata_targets, for this backend.
+  auto with_table = [&](auto mutate) {
+    MetadataTargets t = sets.targets;
+    mutate(t);
+    return t;
+  };
+  expect_invalid([&] { build_metadata(cpu, cfg, in, with_table([](auto& t) { t.count = 0; })); }, "targets.count");
+  expect_invalid([&] { build_metadata(cpu, cfg, in, with_table([](auto& t) { t.table = nullptr; })); }, "targets.table");
+  expect_invalid([&] { build_metadata(cpu, cfg, in, with_table([](auto& t) { t.host = nullptr; })); }, "targets");
+  expect_invalid([&] { build_metadata(cpu, cfg, in, with_table([](auto& t) { t.count = 1; })); }, "upload_metadata_targets");
+  expect_invalid([&] { copy_metadata(cpu, MetadataCopyShape{ForwardMode::kDecode, 2, 4, 0, 0}, MetadataSources{src.data(), src.data(), src.data(), 0, nullptr, src.data(), src.data()}, with_table([](auto& t) { t.backend = Backend::kCuda; })); }, "targets");
+  // The summary names the destination that sets each bound.
+  EXPECT_EQ(sets.targets.max_rows.value, 8);
+  EXPECT_EQ(sets.targets.max_rows.index, 0);
+  EXPECT_EQ(sets.targets.flashmla_metadata_max, 4);
+  EXPECT_EQ(sets.targets.fields_all & metadata_field_bit(MetadataField::kRealPageTable), metadata_field_bit(MetadataField::kRealPageTable));
+  EXPECT_EQ(sets.targets.fields_any & metadata_field_bit(MetadataField::kFlashmlaNumSplits), 0u);
+  EXPECT_EQ(metadata_target(sets.targets, 1).page_table_1, sets.dev_views[1].page_table_1);
   expect_invalid([&] { build_metadata(Exec{Backend::kCpu, nullptr, -1}, cfg, in, sets.targets); }, "cpu_threads");
 
   // upload_metadata_targets' own arguments.
@@ -777,9 +790,8 @@ TEST(MetadataValidation, EveryCheckNamesItsArgumentAndWritesNothing) {
   } else {
     // Alignment is checked on the host, before any device access.
     auto views = with_target(0, [](MetadataBuffers& t) { t.page_table_1 = reinterpret_cast<int32_t*>(reinterpret_cast<uint8_t*>(t.page_table_1) + 2); });
-    const MetadataTargets bad{views.data(), sets.targets.table, 2};
-    expect_invalid([&] { build_metadata(Exec::cuda(), cfg, in, bad); }, "targets[0].page_table_1");
-    expect_invalid([&] { build_metadata(Exec::cuda(), cfg, with_in([&](auto& i) { i.req_to_token = reinterpret_cast<const int32_t*>(reinterpret_cast<const uint8_t*>(table.data()) + 1); }), sets.targets); }, "inputs.req_to_token");
+    expect_invalid([&] { upload_metadata_targets(Exec::cuda(), views.data(), 2, ws.data(), ws.bytes()); }, "targets[0].page_table_1");
+    expect_invalid([&] { build_metadata(Exec::cuda(), cfg, with_in([&](auto& i) { i.req_to_token = reinterpret_cast<const int32_t*>(reinterpret_cast<const uint8_t*>(table.data()) + 1); }), with_table([](auto& t) { t.backend = Backend::kCuda; })); }, "inputs.req_to_token");
   }
   // Nothing was written by any failed call.
   sets.expect_matches();
