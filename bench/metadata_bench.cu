@@ -25,6 +25,8 @@
 #include "buffer.h"
 #include "floor_kernels.h"
 #include "host_data.h"
+#include "metadata_baseline.h"
+#include "metadata_dests.h"
 #include "nsa/metadata.h"
 #include "reference/metadata.h"
 #include "timing.h"
@@ -46,46 +48,19 @@ Buffer upload(const std::vector<T>& v) {
   return nsa::support::to_backend(nsa::Backend::kCuda, v);
 }
 
-// One destination set (the captured buffers of one backend), every field present.
-struct DestSet {
-  enum { kCache, kCuK, kPt, kExp, kNsa, kNsaCu, kReal, kSplits, kTileTable, kCount };
-  std::array<Buffer, kCount> buf;
-  nsa::MetadataBuffers view;
-
-  DestSet(int64_t rows, int64_t pt_cols, int64_t pt_ld, int64_t rt_cols, int64_t rt_ld) {
-    const int64_t n[kCount] = {rows, rows + 1, rows * pt_ld, rows, rows, rows + 1, rows * rt_ld, rows + 1, kTiles};
-    for (int f = 0; f < kCount; ++f) buf[f] = Buffer(nsa::Backend::kCuda, static_cast<size_t>(n[f]) * 4);
-    view.cache_seqlens = buf[kCache].as<int32_t>();
-    view.cu_seqlens_k = buf[kCuK].as<int32_t>();
-    view.page_table_1 = buf[kPt].as<int32_t>();
-    view.page_table_1_cols = pt_cols;
-    view.page_table_1_ld = pt_ld;
-    view.seqlens_expanded = buf[kExp].as<int32_t>();
-    view.nsa_cache_seqlens = buf[kNsa].as<int32_t>();
-    view.nsa_cu_seqlens_k = buf[kNsaCu].as<int32_t>();
-    view.real_page_table = buf[kReal].as<int32_t>();
-    view.real_page_table_cols = rt_cols;
-    view.real_page_table_ld = rt_ld;
-    view.flashmla_num_splits = buf[kSplits].as<int32_t>();
-    view.flashmla_metadata = buf[kTileTable].as<int32_t>();
-    view.flashmla_metadata_size = kTiles;
-    view.max_rows = rows;
-    view.max_batch = rows;
-  }
-  void zero() {
-    for (auto& b : buf) b.fill(0);
-  }
-  std::vector<std::vector<uint8_t>> download() const {
-    std::vector<std::vector<uint8_t>> v;
-    for (const auto& b : buf) v.push_back(b.to_host());
-    return v;
-  }
-  size_t bytes() const {
-    size_t s = 0;
-    for (const auto& b : buf) s += b.bytes();
-    return s;
-  }
-};
+// `count` destination sets (the captured buffers of one backend each), every field present, zeroed.
+nsa::support::MetadataDests make_dests(int64_t count, int64_t rows, int64_t pt_cols, int64_t pt_ld, int64_t rt_cols,
+                                       int64_t rt_ld) {
+  nsa::support::MetadataDestShape shape;
+  shape.max_batch = shape.max_rows = rows;
+  shape.page_table_1_cols = pt_cols;
+  shape.page_table_1_ld = pt_ld;
+  shape.real_page_table_cols = rt_cols;
+  shape.real_page_table_ld = rt_ld;
+  shape.flashmla_metadata_size = kTiles;
+  return nsa::support::MetadataDests(nsa::Backend::kCuda, std::vector<nsa::support::MetadataDestShape>(count, shape),
+                                     uint8_t{0});
+}
 
 struct Case {
   nsa::ForwardMode mode;
@@ -138,35 +113,28 @@ json bench_case(const Case& c, const nsa::support::DeviceLimits& lim, std::mt199
 
   // Sources of (a) and (b): computed on the device once, contiguous like SGLang's precompute
   // ([rows, max_len] with max_len = the batch maximum = kv).
-  DestSet src(R, kv, kv, kv_pages, kv_pages);
-  Buffer src_ws(nsa::Backend::kCuda, nsa::metadata_targets_workspace_bytes(1));
-  const auto src_targets = nsa::upload_metadata_targets(nsa::Exec::cuda(), &src.view, 1, src_ws.data(), src_ws.bytes());
-  nsa::build_metadata(nsa::Exec::cuda(), cfg, in, src_targets);
+  const auto src_dests = make_dests(1, R, kv, kv, kv_pages, kv_pages);
+  const nsa::MetadataBuffers& src = src_dests.device(0);
+  nsa::build_metadata(nsa::Exec::cuda(), cfg, in, src_dests.targets());
   nsa::MetadataSources s;
-  s.cache_seqlens = src.view.cache_seqlens;
-  s.cu_seqlens_k = src.view.cu_seqlens_k;
-  s.page_table_1 = src.view.page_table_1;
+  s.cache_seqlens = src.cache_seqlens;
+  s.cu_seqlens_k = src.cu_seqlens_k;
+  s.page_table_1 = src.page_table_1;
   s.page_table_1_ld = kv;
-  s.seqlens_expanded = decode ? nullptr : src.view.seqlens_expanded;
-  s.nsa_cache_seqlens = src.view.nsa_cache_seqlens;
-  s.nsa_cu_seqlens_k = src.view.nsa_cu_seqlens_k;
-  s.real_page_table = src.view.real_page_table;
+  s.seqlens_expanded = decode ? nullptr : src.seqlens_expanded;
+  s.nsa_cache_seqlens = src.nsa_cache_seqlens;
+  s.nsa_cu_seqlens_k = src.nsa_cu_seqlens_k;
+  s.real_page_table = src.real_page_table;
   s.real_page_table_cols = kv_pages;
   s.real_page_table_ld = kv_pages;
-  s.flashmla_num_splits = src.view.flashmla_num_splits;
-  s.flashmla_metadata = src.view.flashmla_metadata;
+  s.flashmla_num_splits = src.flashmla_num_splits;
+  s.flashmla_metadata = src.flashmla_metadata;
   s.flashmla_metadata_size = kTiles;
   const nsa::MetadataCopyShape shape{c.mode, bs, kv, kv, R};
 
   // Destinations.
-  std::vector<DestSet> dst;
-  std::vector<nsa::MetadataBuffers> views;
-  for (int64_t d = 0; d < c.dests; ++d) {
-    dst.emplace_back(R, W, ld, rt_cols, rt_cols);
-    views.push_back(dst.back().view);
-  }
-  Buffer ws(nsa::Backend::kCuda, nsa::metadata_targets_workspace_bytes(c.dests));
-  const auto targets = nsa::upload_metadata_targets(nsa::Exec::cuda(), views.data(), c.dests, ws.data(), ws.bytes());
+  auto dst = make_dests(c.dests, R, W, ld, rt_cols, rt_cols);
+  const auto& targets = dst.targets();
   nsa::support::synchronize(nsa::Backend::kCuda);
 
   auto build = [&](nsa::cudaStream st) { nsa::build_metadata(nsa::Exec::cuda(st), cfg, in, targets); };
@@ -190,71 +158,44 @@ json bench_case(const Case& c, const nsa::support::DeviceLimits& lim, std::mt199
                "page-table floor (16-byte accesses)");
   };
   auto copy = [&](nsa::cudaStream st) { nsa::copy_metadata(nsa::Exec::cuda(st), shape, s, targets); };
-  auto baseline = [&](nsa::cudaStream st) {
-    auto flat = [&](int32_t* to, const int32_t* from, int64_t n) {
-      cuda_check(cudaMemcpyAsync(to, from, n * 4, cudaMemcpyDeviceToDevice, st), "baseline copy");
-    };
-    auto rows2d = [&](int32_t* to, int64_t to_ld, const int32_t* from, int64_t from_ld, int64_t rows, int64_t cols) {
-      cuda_check(cudaMemcpy2DAsync(to, to_ld * 4, from, from_ld * 4, cols * 4, rows, cudaMemcpyDeviceToDevice, st),
-                 "baseline copy2d");
-    };
-    for (const auto& v : views) {
-      flat(v.cache_seqlens, s.cache_seqlens, bs);
-      flat(v.cu_seqlens_k + 1, s.cu_seqlens_k + 1, bs);
-      rows2d(v.page_table_1, v.page_table_1_ld, s.page_table_1, kv, R, kv);
-      if (!decode) flat(v.seqlens_expanded, s.seqlens_expanded, R);
-      flat(v.nsa_cache_seqlens, s.nsa_cache_seqlens, R);
-      flat(v.nsa_cu_seqlens_k + 1, s.nsa_cu_seqlens_k + 1, R);
-      rows2d(v.real_page_table, v.real_page_table_ld, s.real_page_table, kv_pages, R, kv_pages);
-      flat(v.flashmla_num_splits, s.flashmla_num_splits, R + 1);
-      flat(v.flashmla_metadata, s.flashmla_metadata, kTiles);
-    }
+  auto baseline = [&](nsa::cudaStream st) {  // bench/baselines: one copy per field per destination
+    cuda_check(nsa::baseline::copy_metadata_per_field(shape, s, &dst.device(0), c.dests, st), "baseline copies");
   };
 
   // Verify: the three write the same bytes into zeroed destinations (DECODE's
   // seqlens_expanded is written by build only: it aliases cache_seqlens upstream).
   // Large cases compare the page tables of destination 0 only (host memory).
-  const bool all_tables = dst[0].bytes() * c.dests <= (size_t{256} << 20);
-  auto run_and_download = [&](const nsa::support::Launch& fn) {
-    for (auto& d : dst) d.zero();
-    fn(nullptr);
-    nsa::support::synchronize(nsa::Backend::kCuda);
-    std::vector<std::vector<std::vector<uint8_t>>> all;
-    for (size_t d = 0; d < dst.size(); ++d) {
-      all.push_back(dst[d].download());
-      if (d > 0 && !all_tables) all.back()[DestSet::kPt].clear(), all.back()[DestSet::kReal].clear();
+  constexpr int kPt = static_cast<int>(nsa::MetadataField::kPageTable1);
+  constexpr int kReal = static_cast<int>(nsa::MetadataField::kRealPageTable);
+  constexpr int kExp = static_cast<int>(nsa::MetadataField::kSeqlensExpanded);
+  size_t dest_bytes = 0;
+  for (int f = 0; f < nsa::kMetadataFieldCount; ++f) dest_bytes += dst.buffer(0, f).bytes();
+  const bool all_tables = dest_bytes * c.dests <= (size_t{256} << 20);
+  using Image = std::vector<std::vector<std::vector<uint8_t>>>;  // [destination][field] bytes
+  auto image = [&](auto&& bytes_of) {
+    Image all(static_cast<size_t>(c.dests));
+    for (int64_t d = 0; d < c.dests; ++d) {
+      for (int f = 0; f < nsa::kMetadataFieldCount; ++f)
+        all[d].push_back(d > 0 && !all_tables && (f == kPt || f == kReal) ? std::vector<uint8_t>() : bytes_of(d, f));
     }
     return all;
+  };
+  auto run_and_download = [&](const nsa::support::Launch& fn) {
+    dst.fill(0);
+    fn(nullptr);
+    nsa::support::synchronize(nsa::Backend::kCuda);
+    return image([&](int64_t d, int f) { return dst.read(d, f); });
   };
   auto built = run_and_download(build);
   auto copied = run_and_download(copy);
   auto base = run_and_download(baseline);
   if (decode)
     for (auto* r : {&copied, &base})
-      for (size_t d = 0; d < r->size(); ++d) (*r)[d][DestSet::kExp] = built[d][DestSet::kExp];
+      for (size_t d = 0; d < r->size(); ++d) (*r)[d][kExp] = built[d][kExp];
   bool ok = built == copied && built == base;
   bool ref_checked = false;
   if (ok && all_tables) {  // reference on a zeroed host mirror
-    std::vector<std::vector<std::vector<uint8_t>>> mirror;
-    std::vector<nsa::MetadataBuffers> host_views;
-    for (const auto& d : dst) {
-      mirror.emplace_back();
-      for (const auto& b : d.buf) mirror.back().emplace_back(b.bytes(), 0);
-    }
-    for (size_t d = 0; d < dst.size(); ++d) {
-      nsa::MetadataBuffers h = dst[d].view;
-      auto p = [&](int f) { return reinterpret_cast<int32_t*>(mirror[d][f].data()); };
-      h.cache_seqlens = p(DestSet::kCache);
-      h.cu_seqlens_k = p(DestSet::kCuK);
-      h.page_table_1 = p(DestSet::kPt);
-      h.seqlens_expanded = p(DestSet::kExp);
-      h.nsa_cache_seqlens = p(DestSet::kNsa);
-      h.nsa_cu_seqlens_k = p(DestSet::kNsaCu);
-      h.real_page_table = p(DestSet::kReal);
-      h.flashmla_num_splits = p(DestSet::kSplits);
-      h.flashmla_metadata = p(DestSet::kTileTable);
-      host_views.push_back(h);
-    }
+    dst.fill(0);
     nsa::MetadataInputs hin = in;
     hin.seq_lens = seq_lens.data();
     hin.req_pool_indices = rpi.data();
@@ -262,8 +203,8 @@ json bench_case(const Case& c, const nsa::support::DeviceLimits& lim, std::mt199
     hin.req_to_token = table.data();
     hin.flashmla_num_splits = splits.data();
     hin.flashmla_metadata = tiles.data();
-    nsa::reference::build_metadata(cfg, hin, host_views.data(), c.dests);
-    ok = built == mirror;
+    nsa::reference::build_metadata(cfg, hin, dst.expected(), c.dests);
+    ok = built == image([&](int64_t d, int f) { return dst.mirror(d, f); });
     ref_checked = true;
   }
   if (!ok) throw std::runtime_error(fmt::format("verification failed: mode {} bs {} D {} ctx {}", to_string(c.mode), bs,

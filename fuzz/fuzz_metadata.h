@@ -14,7 +14,9 @@
 namespace nsa {
 namespace fuzz {
 
+// Field indices of kMetadataFields (nsa/metadata.h).
 enum Field { kCache, kCuK, kPt, kExpanded, kNsa, kNsaCu, kReal, kSplits, kTiles, kFields };
+static_assert(kFields == kMetadataFieldCount, "one entry per MetadataBuffers field");
 
 // Sizes a destination is built with. Columns and strides are chosen by the
 // target (they bound the lengths it may generate).
@@ -46,21 +48,13 @@ class FuzzDest {
   }
 
   MetadataBuffers view(bool expected) {
-    auto p = [&](int f) -> int32_t* { return present_[f] ? (expected ? expected_[f] : actual_[f]).data() : nullptr; };
     MetadataBuffers m;
-    m.cache_seqlens = p(kCache);
-    m.cu_seqlens_k = p(kCuK);
-    m.page_table_1 = p(kPt);
+    for (int f = 0; f < kFields; ++f)
+      if (present_[f]) m.*kMetadataFields[f].pointer = (expected ? expected_[f] : actual_[f]).data();
     m.page_table_1_cols = s_.pt_cols;
     m.page_table_1_ld = s_.pt_ld;
-    m.seqlens_expanded = p(kExpanded);
-    m.nsa_cache_seqlens = p(kNsa);
-    m.nsa_cu_seqlens_k = p(kNsaCu);
-    m.real_page_table = p(kReal);
     m.real_page_table_cols = s_.rt_cols;
     m.real_page_table_ld = s_.rt_ld;
-    m.flashmla_num_splits = p(kSplits);
-    m.flashmla_metadata = p(kTiles);
     m.flashmla_metadata_size = s_.tiles;
     m.max_rows = s_.max_rows;
     m.max_batch = s_.max_rows;
@@ -75,10 +69,7 @@ class FuzzDest {
   const DestShape& shape() const { return s_; }
 
   void check_matches_expected() const {
-    static const char* const kNames[kFields] = {"cache_seqlens",     "cu_seqlens_k",     "page_table_1",
-                                                "seqlens_expanded",  "nsa_cache_seqlens", "nsa_cu_seqlens_k",
-                                                "real_page_table",   "flashmla_num_splits", "flashmla_metadata"};
-    for (int f = 0; f < kFields; ++f) expect_equal(actual_[f], expected_[f], kNames[f]);
+    for (int f = 0; f < kFields; ++f) expect_equal(actual_[f], expected_[f], kMetadataFields[f].name);
   }
 
  private:

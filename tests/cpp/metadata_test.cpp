@@ -13,6 +13,7 @@
 #include <numeric>
 
 #include "nsa/metadata.h"
+#include "metadata_dests.h"
 #include "reference/metadata.h"
 #include "test_util.h"
 
@@ -44,98 +45,48 @@ struct DestSpec {
   int64_t tiles_size = 0;
 };
 
-enum Field { kCache, kCuK, kPt, kExpanded, kNsa, kNsaCu, kReal, kSplits, kTiles, kFields };
-const char* const kFieldNames[kFields] = {"cache_seqlens",    "cu_seqlens_k",    "page_table_1",
-                                          "seqlens_expanded", "nsa_cache_seqlens", "nsa_cu_seqlens_k",
-                                          "real_page_table",  "flashmla_num_splits", "flashmla_metadata"};
+constexpr int field(MetadataField f) { return static_cast<int>(f); }
+constexpr int kCache = field(MetadataField::kCacheSeqlens), kCuK = field(MetadataField::kCuSeqlensK),
+              kPt = field(MetadataField::kPageTable1), kExpanded = field(MetadataField::kSeqlensExpanded),
+              kNsa = field(MetadataField::kNsaCacheSeqlens), kNsaCu = field(MetadataField::kNsaCuSeqlensK),
+              kReal = field(MetadataField::kRealPageTable);
 
-class Dest {
- public:
-  Dest(Backend b, const DestSpec& s, std::mt19937_64& rng) : spec_(s) {
-    const int64_t n[kFields] = {s.batch(),
-                                s.batch() + 1,
-                                s.max_rows * s.pt_ld,
-                                s.expanded ? s.max_rows : -1,
-                                s.max_rows,
-                                s.max_rows + 1,
-                                s.real ? s.max_rows * s.rt_ld : -1,
-                                s.num_splits ? s.max_rows + 1 : -1,
-                                s.tiles ? s.tiles_size : -1};
-    for (int f = 0; f < kFields; ++f) {
-      if (n[f] < 0) continue;
-      expected_[f] = random_bytes(rng, static_cast<size_t>(n[f]) * 4);
-      dev_[f] = to_backend(b, expected_[f]);
-      present_[f] = true;
-    }
-  }
+support::MetadataDestShape dest_shape(const DestSpec& s) {
+  support::MetadataDestShape m;
+  m.max_batch = s.batch();
+  m.max_rows = s.max_rows;
+  m.page_table_1_cols = s.pt_cols;
+  m.page_table_1_ld = s.pt_ld;
+  m.real_page_table_cols = s.rt_cols;
+  m.real_page_table_ld = s.rt_ld;
+  m.flashmla_metadata_size = s.tiles_size;
+  m.fields = (s.expanded ? metadata_field_bit(MetadataField::kSeqlensExpanded) : 0) |
+             (s.real ? metadata_field_bit(MetadataField::kRealPageTable) : 0) |
+             (s.num_splits ? metadata_field_bit(MetadataField::kFlashmlaNumSplits) : 0) |
+             (s.tiles ? metadata_field_bit(MetadataField::kFlashmlaMetadata) : 0);
+  return m;
+}
+std::vector<support::MetadataDestShape> dest_shapes(const std::vector<DestSpec>& specs) {
+  std::vector<support::MetadataDestShape> v;
+  for (const auto& s : specs) v.push_back(dest_shape(s));
+  return v;
+}
 
-  MetadataBuffers view(bool device) {
-    auto p = [&](int f) -> int32_t* {
-      if (!present_[f]) return nullptr;
-      return device ? dev_[f].as<int32_t>() : reinterpret_cast<int32_t*>(expected_[f].data());
-    };
-    MetadataBuffers m;
-    m.cache_seqlens = p(kCache);
-    m.cu_seqlens_k = p(kCuK);
-    m.page_table_1 = p(kPt);
-    m.page_table_1_cols = spec_.pt_cols;
-    m.page_table_1_ld = spec_.pt_ld;
-    m.seqlens_expanded = p(kExpanded);
-    m.nsa_cache_seqlens = p(kNsa);
-    m.nsa_cu_seqlens_k = p(kNsaCu);
-    m.real_page_table = p(kReal);
-    m.real_page_table_cols = spec_.rt_cols;
-    m.real_page_table_ld = spec_.rt_ld;
-    m.flashmla_num_splits = p(kSplits);
-    m.flashmla_metadata = p(kTiles);
-    m.flashmla_metadata_size = spec_.tiles_size;
-    m.max_rows = spec_.max_rows;
-    m.max_batch = spec_.batch();
-    return m;
-  }
-
-  void expect_matches(int64_t d) const {
-    for (int f = 0; f < kFields; ++f) {
-      if (!present_[f]) continue;
-      SCOPED_TRACE(::testing::Message() << "destination " << d << " field " << kFieldNames[f]);
-      NSA_EXPECT_BYTES_EQ(dev_[f].to_host(), expected_[f]);
-    }
-  }
-  bool matches() const {
-    for (int f = 0; f < kFields; ++f)
-      if (present_[f] && dev_[f].to_host() != expected_[f]) return false;
-    return true;
-  }
-  const std::vector<uint8_t>& expected(int f) const { return expected_[f]; }
-  const support::Buffer& device(int f) const { return dev_[f]; }
-
- private:
-  DestSpec spec_;
-  std::array<std::vector<uint8_t>, kFields> expected_;
-  std::array<support::Buffer, kFields> dev_;
-  std::array<bool, kFields> present_{};
-};
-
-// All destinations of one call, their descriptor tables and the uploaded table.
+// All destinations of one call (random initial bytes, mirrored on the host) and their uploaded table.
 struct DestSets {
-  std::vector<Dest> dests;
-  std::vector<MetadataBuffers> dev_views, host_views;
-  support::Buffer workspace;
-  MetadataTargets targets;
+  support::MetadataDests m;
+  const MetadataTargets& targets;
 
-  DestSets(Backend b, const Exec& exec, const std::vector<DestSpec>& specs, std::mt19937_64& rng) {
-    for (const auto& s : specs) dests.emplace_back(b, s, rng);
-    for (auto& d : dests) {
-      dev_views.push_back(d.view(true));
-      host_views.push_back(d.view(false));
-    }
-    const int64_t count = static_cast<int64_t>(dests.size());
-    workspace = support::Buffer(b, metadata_targets_workspace_bytes(count));
-    targets = upload_metadata_targets(exec, dev_views.data(), count, workspace.data(), workspace.bytes());
-    support::synchronize(b);
-  }
+  DestSets(Backend, const Exec& exec, const std::vector<DestSpec>& specs, std::mt19937_64& rng)
+      : m(exec, dest_shapes(specs), rng), targets(m.targets()) {}
   void expect_matches() const {
-    for (size_t d = 0; d < dests.size(); ++d) dests[d].expect_matches(static_cast<int64_t>(d));
+    for (int64_t d = 0; d < m.count(); ++d) {
+      for (int f = 0; f < kMetadataFieldCount; ++f) {
+        if (!m.present(d, f)) continue;
+        SCOPED_TRACE(::testing::Message() << "destination " << d << " field " << kMetadataFields[f].name);
+        NSA_EXPECT_BYTES_EQ(m.read(d, f), m.mirror(d, f));
+      }
+    }
   }
 };
 
@@ -241,7 +192,7 @@ void run_build_case(Backend b, const Exec& exec, std::mt19937_64& rng, const Bui
   host_in.req_to_token = table.data();
   host_in.flashmla_num_splits = c.optional ? splits.data() : nullptr;
   host_in.flashmla_metadata = c.optional ? tiles.data() : nullptr;
-  reference::build_metadata(cfg, host_in, sets.host_views.data(), c.num_dests);
+  reference::build_metadata(cfg, host_in, sets.m.expected(), c.num_dests);
   sets.expect_matches();
 }
 
@@ -421,7 +372,7 @@ TEST_P(MetadataTest, SpecWorkedExample) {
     support::synchronize(backend());
 
     auto ints = [&](int f, size_t n) {
-      const auto bytes = sets.dests[0].device(f).to_host();
+      const auto bytes = sets.m.read(0, f);
       std::vector<int32_t> v(n);
       std::memcpy(v.data(), bytes.data(), n * 4);
       return v;
@@ -435,7 +386,7 @@ TEST_P(MetadataTest, SpecWorkedExample) {
     // page_table_1 rows: A (pool row 2) then B (pool row 0), repeated per query token, up to the row's length.
     const auto pt = ints(kPt, static_cast<size_t>(rows * W));
     const auto real = ints(kReal, static_cast<size_t>(rows * 34));
-    const auto poison = sets.dests[0].expected(kPt);
+    const auto poison = sets.m.mirror(0, kPt);
     size_t r = 0;
     for (size_t b = 0; b < 2; ++b) {
       const int64_t q = e.mode == ForwardMode::kDecode ? 1 : e.mode == ForwardMode::kTargetVerify ? 4 : e.extend[b];
@@ -533,7 +484,7 @@ void run_copy_case(Backend b, const Exec& exec, std::mt19937_64& rng, const Copy
   const MetadataCopyShape shape{c.mode, c.bs, c.max_len, c.max_seqlen_k, c.E};
   copy_metadata(exec, shape, s, sets.targets);
   support::synchronize(b);
-  reference::copy_metadata(shape, hs, sets.host_views.data(), c.num_dests);
+  reference::copy_metadata(shape, hs, sets.m.expected(), c.num_dests);
   sets.expect_matches();
 }
 
@@ -627,7 +578,7 @@ TEST_P(MetadataTest, BatchBeyondPerRequestCapacityIsRejected) {
   host_in.seq_lens = seq.data();
   host_in.req_pool_indices = rpi.data();
   host_in.req_to_token = table.data();
-  reference::build_metadata(fits, host_in, sets.host_views.data(), 1);
+  reference::build_metadata(fits, host_in, sets.m.expected(), 1);
   sets.expect_matches();
 }
 
@@ -689,7 +640,7 @@ TEST(MetadataValidation, EveryCheckNamesItsArgumentAndWritesNothing) {
 
   // Destination descriptors, checked once, at upload.
   auto with_target = [&](int d, auto mutate) {
-    auto views = sets.dev_views;
+    std::vector<MetadataBuffers> views = {sets.m.device(0), sets.m.device(1)};
     mutate(views[d]);
     return views;
   };
@@ -740,16 +691,16 @@ TEST(MetadataValidation, EveryCheckNamesItsArgumentAndWritesNothing) {
   EXPECT_EQ(sets.targets.flashmla_metadata_max, 4);
   EXPECT_EQ(sets.targets.fields_all & metadata_field_bit(MetadataField::kRealPageTable), metadata_field_bit(MetadataField::kRealPageTable));
   EXPECT_EQ(sets.targets.fields_any & metadata_field_bit(MetadataField::kFlashmlaNumSplits), 0u);
-  EXPECT_EQ(metadata_target(sets.targets, 1).page_table_1, sets.dev_views[1].page_table_1);
+  EXPECT_EQ(metadata_target(sets.targets, 1).page_table_1, sets.m.device(1).page_table_1);
   expect_invalid([&] { build_metadata(Exec{Backend::kCpu, nullptr, -1}, cfg, in, sets.targets); }, "cpu_threads");
 
   // upload_metadata_targets' own arguments.
   support::Buffer ws(Backend::kCpu, metadata_targets_workspace_bytes(2));
-  expect_invalid([&] { upload_metadata_targets(cpu, sets.dev_views.data(), 0, ws.data(), ws.bytes()); }, "count");
+  expect_invalid([&] { upload_metadata_targets(cpu, &sets.m.device(0), 0, ws.data(), ws.bytes()); }, "count");
   expect_invalid([&] { upload_metadata_targets(cpu, nullptr, 2, ws.data(), ws.bytes()); }, "host");
-  expect_invalid([&] { upload_metadata_targets(cpu, sets.dev_views.data(), 2, nullptr, ws.bytes()); }, "workspace");
-  expect_invalid([&] { upload_metadata_targets(cpu, sets.dev_views.data(), 2, ws.as<uint8_t>() + 4, ws.bytes() - 8); }, "workspace");
-  expect_invalid([&] { upload_metadata_targets(cpu, sets.dev_views.data(), 2, ws.data(), ws.bytes() - 1); }, "workspace_bytes");
+  expect_invalid([&] { upload_metadata_targets(cpu, &sets.m.device(0), 2, nullptr, ws.bytes()); }, "workspace");
+  expect_invalid([&] { upload_metadata_targets(cpu, &sets.m.device(0), 2, ws.as<uint8_t>() + 4, ws.bytes() - 8); }, "workspace");
+  expect_invalid([&] { upload_metadata_targets(cpu, &sets.m.device(0), 2, ws.data(), ws.bytes() - 1); }, "workspace_bytes");
 
   // copy_metadata's shape and sources.
   const MetadataSources good_src{src.data(), src.data(), src.data(), 0, nullptr, src.data(), src.data()};
@@ -798,7 +749,7 @@ TEST(MetadataValidation, EveryCheckNamesItsArgumentAndWritesNothing) {
 
   // And a valid call still works after all that (the checks are not sticky).
   build_metadata(cpu, cfg, in, sets.targets);
-  reference::build_metadata(cfg, in, sets.host_views.data(), 2);
+  reference::build_metadata(cfg, in, sets.m.expected(), 2);
   sets.expect_matches();
 }
 
@@ -868,7 +819,7 @@ TEST(MetadataCudaGraph, CaptureOnceReplayWithFreshInputs) {
     cudaGraphExec_t graph_exec = nullptr;
     NSA_TEST_CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
     build_metadata(exec, cfg, in, sets.targets);
-    NSA_TEST_CUDA(launch_checksum(sets.dev_views[0].nsa_cu_seqlens_k, R_cap + 1, checksum_dev.as<long long>(), stream));
+    NSA_TEST_CUDA(launch_checksum(sets.m.device(0).nsa_cu_seqlens_k, R_cap + 1, checksum_dev.as<long long>(), stream));
     NSA_TEST_CUDA(cudaStreamEndCapture(stream, &graph));
     NSA_TEST_CUDA(cudaGraphInstantiate(&graph_exec, graph, 0));
 
@@ -896,13 +847,13 @@ TEST(MetadataCudaGraph, CaptureOnceReplayWithFreshInputs) {
       host_in.req_to_token = table.data();
       host_in.flashmla_num_splits = splits.data();
       host_in.flashmla_metadata = tiles.data();
-      reference::build_metadata(cfg, host_in, sets.host_views.data(), D);
+      reference::build_metadata(cfg, host_in, sets.m.expected(), D);
 
       bool ok = true;
-      for (const auto& d : sets.dests) ok = ok && d.matches();
+      ok = ok && sets.m.matches();
       long long checksum = 0, expected = 0;
       checksum_dev.download(&checksum, 8);
-      const auto& cu_bytes = sets.dests[0].expected(kNsaCu);
+      const auto& cu_bytes = sets.m.mirror(0, kNsaCu);
       for (int64_t i = 0; i <= R_cap; ++i) {
         int32_t v;
         std::memcpy(&v, cu_bytes.data() + i * 4, 4);
