@@ -110,6 +110,8 @@ json bench_case(const Case& c, const nsa::support::DeviceLimits& lim, std::mt199
   in.req_to_token_ld = ld;
   in.flashmla_num_splits = splits_d.as<int32_t>();
   in.flashmla_metadata = tiles_d.as<int32_t>();
+  in.flashmla_num_splits_size = R + 1;
+  in.flashmla_metadata_size = kTiles;
 
   // Sources of (a) and (b): computed on the device once, contiguous like SGLang's precompute
   // ([rows, max_len] with max_len = the batch maximum = kv).

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "common/check.h"
+#include "common/overlap.h"
 #include "metadata_backends.h"
 
 namespace nsa {
@@ -73,9 +74,12 @@ void check_descriptor(const ArgChecker& c, const Exec& exec, const MetadataBuffe
   target_at_least(c, t.max_batch, 0, d, "max_batch");
   target_at_least(c, t.page_table_1_cols, 0, d, "page_table_1_cols");
   target_at_least(c, t.page_table_1_ld, t.page_table_1_cols, d, "page_table_1_ld");
+  c.product_fits(t.max_rows, t.page_table_1_ld, target_arg(d, "page_table_1_ld").c_str(), "max_rows * ld within int64");
   if (t.real_page_table != nullptr) {
     target_at_least(c, t.real_page_table_cols, 0, d, "real_page_table_cols");
     target_at_least(c, t.real_page_table_ld, t.real_page_table_cols, d, "real_page_table_ld");
+    c.product_fits(t.max_rows, t.real_page_table_ld, target_arg(d, "real_page_table_ld").c_str(),
+                   "max_rows * ld within int64");
   }
   if (t.flashmla_metadata != nullptr) target_at_least(c, t.flashmla_metadata_size, 0, d, "flashmla_metadata_size");
   if (exec.backend == Backend::kCuda) {  // int32 stores need 4-byte alignment on the device
@@ -139,6 +143,104 @@ void check_source(const ArgChecker& c, const Exec& exec, const int32_t* p, bool 
   if (p != nullptr && exec.backend == Backend::kCuda) c.aligned(p, 4, arg);
 }
 
+// ---------------------------------------------------------------------------
+// What a call reads and writes must not overlap (finding 8): the byte ranges
+// of one call, inputs first, so an error names the destination argument and
+// the input it overlaps. Ranges follow the call's shape (rows, columns
+// written), bounded by the arrays' capacities.
+// ---------------------------------------------------------------------------
+class CallRanges {
+ public:
+  explicit CallRanges(size_t capacity) {
+    if (capacity > kInline) {
+      heap_.resize(capacity);
+      ranges_ = heap_.data();
+    }
+  }
+  void add(const void* p, int64_t bytes, const char* name) {
+    if (p != nullptr && bytes > 0) ranges_[count_++] = detail::ByteRange{p, static_cast<uint64_t>(bytes), name};
+  }
+  void ints(const void* p, int64_t count, const char* name) { add(p, count * 4, name); }
+  void indices(Indices v, int64_t count, const char* name) { add(v.data, count * static_cast<int64_t>(v.type), name); }
+  // `rows` rows of `cols` int32 with a row stride of `ld`.
+  void table(const void* p, int64_t rows, int64_t ld, int64_t cols, const char* name) {
+    if (rows > 0 && cols > 0) ints(p, (rows - 1) * ld + cols, name);
+  }
+  void check(const ArgChecker& c) const { detail::check_no_overlap(c, ranges_, count_); }
+
+ private:
+  static constexpr size_t kInline = 6 + 9 * 8;  // no allocation up to 8 destinations
+  detail::ByteRange inline_[kInline];
+  std::vector<detail::ByteRange> heap_;
+  detail::ByteRange* ranges_ = inline_;
+  size_t count_ = 0;
+};
+
+using F = MetadataField;
+
+void check_build_overlap(const ArgChecker& c, const MetadataConfig& cfg, const MetadataInputs& in,
+                         const MetadataTargets& targets, int64_t rows) {
+  const int64_t bs = cfg.batch_size;
+  const bool splits = in.flashmla_num_splits != nullptr, tiles = in.flashmla_metadata != nullptr;
+  CallRanges r(6 + static_cast<size_t>(kMetadataFieldCount * targets.count));
+  r.indices(in.seq_lens, bs, "inputs.seq_lens");
+  r.indices(in.req_pool_indices, bs, "inputs.req_pool_indices");
+  if (cfg.mode == ForwardMode::kDraftExtend) r.indices(in.extend_lens, bs, "inputs.extend_lens");
+  r.table(in.req_to_token, in.req_to_token_rows, in.req_to_token_ld, in.req_to_token_cols, "inputs.req_to_token");
+  r.ints(in.flashmla_num_splits, in.flashmla_num_splits_size, "inputs.flashmla_num_splits");
+  r.ints(in.flashmla_metadata, in.flashmla_metadata_size, "inputs.flashmla_metadata");
+  // A row is never longer than its req_to_token row (checked on the device values).
+  const int64_t pages = in.req_to_token_cols / cfg.page_size + (in.req_to_token_cols % cfg.page_size != 0);
+  const detail::MetadataTargetsHost& host = *targets.host;
+  for (int64_t d = 0; d < targets.count; ++d) {
+    const MetadataBuffers& b = host.descriptors[static_cast<size_t>(d)];
+    r.ints(b.cache_seqlens, bs, host.name(d, F::kCacheSeqlens));
+    r.ints(b.cu_seqlens_k, bs + 1, host.name(d, F::kCuSeqlensK));
+    r.table(b.page_table_1, rows, b.page_table_1_ld, std::min(b.page_table_1_cols, in.req_to_token_cols),
+            host.name(d, F::kPageTable1));
+    r.ints(b.seqlens_expanded, rows, host.name(d, F::kSeqlensExpanded));
+    r.ints(b.nsa_cache_seqlens, rows, host.name(d, F::kNsaCacheSeqlens));
+    r.ints(b.nsa_cu_seqlens_k, rows + 1, host.name(d, F::kNsaCuSeqlensK));
+    r.table(b.real_page_table, rows, b.real_page_table_ld, std::min(b.real_page_table_cols, pages),
+            host.name(d, F::kRealPageTable));
+    if (splits) r.ints(b.flashmla_num_splits, rows + 1, host.name(d, F::kFlashmlaNumSplits));
+    if (tiles) r.ints(b.flashmla_metadata, b.flashmla_metadata_size, host.name(d, F::kFlashmlaMetadata));
+  }
+  r.check(c);
+}
+
+void check_copy_overlap(const ArgChecker& c, const MetadataCopyShape& shape, const MetadataSources& s,
+                        const MetadataTargets& targets) {
+  const int64_t bs = shape.batch_size, rows = copy_rows(shape), cols = copy_page_cols(shape);
+  const bool decode = shape.mode == ForwardMode::kDecode;
+  const int64_t rc = s.real_page_table_cols;
+  CallRanges r(9 + static_cast<size_t>(kMetadataFieldCount * targets.count));
+  r.ints(s.cache_seqlens, bs, "sources.cache_seqlens");
+  r.ints(s.cu_seqlens_k, bs + 1, "sources.cu_seqlens_k");
+  r.table(s.page_table_1, rows, s.page_table_1_ld ? s.page_table_1_ld : cols, cols, "sources.page_table_1");
+  if (!decode) r.ints(s.seqlens_expanded, rows, "sources.seqlens_expanded");
+  r.ints(s.nsa_cache_seqlens, rows, "sources.nsa_cache_seqlens");
+  r.ints(s.nsa_cu_seqlens_k, rows + 1, "sources.nsa_cu_seqlens_k");
+  r.table(s.real_page_table, rows, s.real_page_table_ld ? s.real_page_table_ld : rc, rc, "sources.real_page_table");
+  r.ints(s.flashmla_num_splits, rows + 1, "sources.flashmla_num_splits");
+  r.ints(s.flashmla_metadata, s.flashmla_metadata_size, "sources.flashmla_metadata");
+  const detail::MetadataTargetsHost& host = *targets.host;
+  for (int64_t d = 0; d < targets.count; ++d) {
+    const MetadataBuffers& b = host.descriptors[static_cast<size_t>(d)];
+    r.ints(b.cache_seqlens, bs, host.name(d, F::kCacheSeqlens));
+    r.ints(b.cu_seqlens_k + 1, bs, host.name(d, F::kCuSeqlensK));  // element 0 untouched
+    r.table(b.page_table_1, rows, b.page_table_1_ld, cols, host.name(d, F::kPageTable1));
+    if (!decode && s.seqlens_expanded) r.ints(b.seqlens_expanded, rows, host.name(d, F::kSeqlensExpanded));
+    r.ints(b.nsa_cache_seqlens, rows, host.name(d, F::kNsaCacheSeqlens));
+    r.ints(b.nsa_cu_seqlens_k + 1, rows, host.name(d, F::kNsaCuSeqlensK));
+    if (s.real_page_table) r.table(b.real_page_table, rows, b.real_page_table_ld, rc, host.name(d, F::kRealPageTable));
+    if (s.flashmla_num_splits) r.ints(b.flashmla_num_splits, rows + 1, host.name(d, F::kFlashmlaNumSplits));
+    if (s.flashmla_metadata)
+      r.ints(b.flashmla_metadata, s.flashmla_metadata_size, host.name(d, F::kFlashmlaMetadata));
+  }
+  r.check(c);
+}
+
 }  // namespace
 
 MetadataTargets upload_metadata_targets(const Exec& exec, const MetadataBuffers* host, int64_t count, void* workspace,
@@ -160,6 +262,8 @@ MetadataTargets upload_metadata_targets(const Exec& exec, const MetadataBuffers*
   summarise(t, host, count);
   auto state = std::make_shared<detail::MetadataTargetsHost>();
   state->descriptors.assign(host, host + count);
+  for (int64_t d = 0; d < count; ++d)
+    for (int f = 0; f < kMetadataFieldCount; ++f) state->names.push_back(target_arg(d, kMetadataFields[f].name));
   t.host = std::move(state);
   if (exec.backend == Backend::kCpu) std::memcpy(workspace, host, needed);
   else cuda::upload_metadata_targets(exec.stream, host, count, workspace);
@@ -214,8 +318,21 @@ void build_metadata(const Exec& exec, const MetadataConfig& config, const Metada
   }
   check_source(c, exec, inputs.flashmla_num_splits, false, "inputs.flashmla_num_splits");
   check_source(c, exec, inputs.flashmla_metadata, false, "inputs.flashmla_metadata");
+  // FlashMLA sources are read only into destinations that have the field.
+  if (inputs.flashmla_num_splits && (targets.fields_any & metadata_field_bit(F::kFlashmlaNumSplits))) {
+    const int64_t need = extend ? 1 : rows + 1;  // DRAFT_EXTEND: R is a device value (the CPU backend checks it)
+    if (inputs.flashmla_num_splits_size < need)
+      c.fail("inputs.flashmla_num_splits_size", ">= R + 1 = " + std::to_string(need) + " (values copied)",
+             std::to_string(inputs.flashmla_num_splits_size));
+  }
+  if (inputs.flashmla_metadata && (targets.fields_any & metadata_field_bit(F::kFlashmlaMetadata)) &&
+      inputs.flashmla_metadata_size < targets.flashmla_metadata_max)
+    c.fail("inputs.flashmla_metadata_size",
+           ">= " + std::to_string(targets.flashmla_metadata_max) + " (the largest destination's flashmla_metadata_size)",
+           std::to_string(inputs.flashmla_metadata_size));
 
   if (config.batch_size == 0) return;  // empty batch: nothing written, no launch
+  check_build_overlap(c, config, inputs, targets, rows);
   if (exec.backend == Backend::kCpu) cpu::build_metadata(exec.cpu_threads, config, inputs, targets);
   else cuda::build_metadata(exec.stream, exec.checked, config, inputs, targets);
 }
@@ -261,6 +378,7 @@ void copy_metadata(const Exec& exec, const MetadataCopyShape& shape, const Metad
   if (has_tiles) c.at_least(sources.flashmla_metadata_size, 0, "sources.flashmla_metadata_size");
 
   if (shape.batch_size == 0) return;  // empty batch: nothing written, no launch
+  check_copy_overlap(c, shape, sources, targets);
   if (exec.backend == Backend::kCpu) cpu::copy_metadata(exec.cpu_threads, shape, sources, targets);
   else cuda::copy_metadata(exec.stream, shape, sources, targets);
 }

@@ -2,6 +2,7 @@
 // validates everything first; backends never validate again and never allocate.
 #pragma once
 
+#include <string>
 #include <vector>
 
 #include "nsa/metadata.h"
@@ -12,6 +13,10 @@ namespace detail {
 // Host state of an uploaded table, shared by every copy of its MetadataTargets.
 struct MetadataTargetsHost {
   std::vector<MetadataBuffers> descriptors;  // as validated by upload_metadata_targets
+  std::vector<std::string> names;            // "targets[d].<field>", [d * kMetadataFieldCount + field]
+  const char* name(int64_t d, MetadataField f) const {
+    return names[static_cast<size_t>(d * kMetadataFieldCount + static_cast<int>(f))].c_str();
+  }
 };
 }  // namespace detail
 

@@ -173,9 +173,12 @@ struct MetadataInputs {
   int64_t req_to_token_ld = 0;
   Indices extend_lens;       // DRAFT_EXTEND only: [bs] query tokens per request, 0 <= e_b <= N
   // Optional FlashMLA schedule produced by FlashMLA's own builder, copied
-  // unchanged into every destination that has the field.
-  const int32_t* flashmla_num_splits = nullptr;  // [R + 1]
-  const int32_t* flashmla_metadata = nullptr;    // [flashmla_metadata_size of the destinations]
+  // unchanged into every destination that has the field. Each length is
+  // required when its pointer is given and some destination has the field.
+  const int32_t* flashmla_num_splits = nullptr;  // [flashmla_num_splits_size >= R + 1]
+  const int32_t* flashmla_metadata = nullptr;    // [flashmla_metadata_size >= the largest destination's]
+  int64_t flashmla_num_splits_size = 0;
+  int64_t flashmla_metadata_size = 0;
 };
 
 // What build_metadata writes in every destination (R = query rows, L_r = the
@@ -192,9 +195,12 @@ struct MetadataInputs {
 // CUDA checks them in checked mode, Exec::checked, see docs/checked-mode.md):
 //   0 <= req_pool_indices[b] < req_to_token_rows; 0 <= L_b <= req_to_token_cols
 //   and <= page_table_1_cols of every destination; ceil(L_b / P) <=
-//   real_page_table_cols; DRAFT_EXTEND: 0 <= e_b <= N; cumulative sums fit in
-//   int32; flashmla_num_splits holds R + 1 values and flashmla_metadata the
-//   largest flashmla_metadata_size of the destinations.
+//   real_page_table_cols; DRAFT_EXTEND: 0 <= e_b <= N and R + 1 <=
+//   flashmla_num_splits_size (the host checks it in DECODE / TARGET_VERIFY,
+//   where R is known, and the CPU backend in DRAFT_EXTEND); cumulative sums
+//   fit in int32.
+// No destination array may overlap an input or another destination array
+// (checked on the host over the byte ranges this call reads and writes).
 // CUDA checked mode: a request with a bad length or request row writes no
 // page-table rows (its per-request and per-row scalars are still written); a
 // bad e_b counts as 0 query rows (nothing of it is written, later rows move up).
@@ -228,7 +234,8 @@ struct MetadataCopyShape {
   int64_t seqlens_expanded_size = 0;  // E (rows of the per-row arrays outside DECODE)
 };
 
-// copy_metadata writes exactly what the per-field copies of spec §6.2 write:
+// copy_metadata writes exactly what the per-field copies of spec §6.2 write
+// (no written range may overlap a source or another written range):
 // rows of page_table_1 and real_page_table = bs (DECODE) or E (TARGET_VERIFY,
 // DRAFT_EXTEND; upstream's source shape[0], bs*N or T); element 0 of
 // cu_seqlens_k / nsa_cu_seqlens_k untouched; num_splits copied from index 0;

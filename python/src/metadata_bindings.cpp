@@ -222,21 +222,15 @@ Prepared prepare_build_metadata(MetadataTargetsHandle& t, int mode, int64_t draf
     c.vector(ext, bs, "[batch_size]", true);
     in.extend_lens = c.indices(ext);
   }
-  // R + 1 values are read: R = bs (DECODE), bs * N (TARGET_VERIFY); in
-  // DRAFT_EXTEND R = sum(e_b) lives on the device, so only R >= 0 is checkable.
-  const int64_t known_rows = config.mode == nsa::ForwardMode::kDecode       ? bs
-                             : config.mode == nsa::ForwardMode::kTargetVerify ? bs * std::max<int64_t>(draft_tokens, 0)
-                                                                              : 0;
+  // Lengths only: the library checks them against the call (R + 1, the largest tile table).
   if (splits.present) {
-    int32_vector(c, splits, known_rows + 1, "[rows + 1]");
+    in.flashmla_num_splits_size = int32_vector(c, splits, 0, "[rows + 1]");
     in.flashmla_num_splits = splits.as<int32_t>();
   }
   if (meta.present) {
     int32_flat(c, meta);
-    if (meta.numel() < t.targets.flashmla_metadata_max)
-      c.fail("flashmla_metadata", "at least " + std::to_string(t.targets.flashmla_metadata_max) +
-                                      " elements (the largest destination)", meta.describe());
     in.flashmla_metadata = meta.as<int32_t>();
+    in.flashmla_metadata_size = meta.numel();
   }
   // The handle lives as long as its Python object, which the lambda holds.
   const nb::object owner = nb::find(&t);

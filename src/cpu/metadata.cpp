@@ -58,7 +58,7 @@ void validate_inputs(const MetadataConfig& c, const MetadataInputs& in, const Me
   const int64_t draft = c.mode == ForwardMode::kTargetVerify ? c.draft_tokens : 0;
   const char* len_arg = draft ? "inputs.seq_lens (+ draft_tokens)" : "inputs.seq_lens";
   constexpr int64_t kInt32Max = std::numeric_limits<int32_t>::max();
-  int64_t cu_k = 0, cu_nsa = 0;
+  int64_t cu_k = 0, cu_nsa = 0, rows = 0;
   for (int64_t b = 0; b < c.batch_size; ++b) {
     const int64_t rpi = load_index(in.req_pool_indices, b);
     if (rpi < 0 || rpi >= in.req_to_token_rows)
@@ -88,6 +88,7 @@ void validate_inputs(const MetadataConfig& c, const MetadataInputs& in, const Me
                "ceil(cache length / page_size) <= targets[" + std::to_string(real_cols.index) +
                    "].real_page_table_cols = " + std::to_string(real_cols.value),
                at_request(kv, b) + " (" + std::to_string(pages) + " pages)");
+    rows += q;
     cu_k += kv;
     if (cu_k > kInt32Max)
       chk.fail(len_arg, "cumulative cache lengths (cu_seqlens_k) that fit in int32", std::to_string(cu_k) +
@@ -97,6 +98,11 @@ void validate_inputs(const MetadataConfig& c, const MetadataInputs& in, const Me
       chk.fail(len_arg, "cumulative NSA lengths (nsa_cu_seqlens_k) that fit in int32",
                "more than " + std::to_string(kInt32Max) + " after request " + std::to_string(b));
   }
+  // DRAFT_EXTEND: R = sum(e_b) is known only now (the public API checked the other modes).
+  if (in.flashmla_num_splits && (targets.fields_any & metadata_field_bit(MetadataField::kFlashmlaNumSplits)) &&
+      in.flashmla_num_splits_size < rows + 1)
+    chk.fail("inputs.flashmla_num_splits_size", ">= R + 1 = " + std::to_string(rows + 1) + " (values copied)",
+             std::to_string(in.flashmla_num_splits_size));
 }
 
 }  // namespace

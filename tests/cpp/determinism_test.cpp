@@ -280,6 +280,8 @@ TEST_P(DeterminismTest, BuildMetadataAllModes) {
       in.req_to_token_ld = table_ld;
       in.flashmla_num_splits = splits_dev.as<int32_t>();
       in.flashmla_metadata = tiles_dev.as<int32_t>();
+      in.flashmla_num_splits_size = static_cast<int64_t>(splits.size());
+      in.flashmla_metadata_size = static_cast<int64_t>(tiles.size());
       const MetadataConfig cfg{mode, bs, N, 2048, 64};
       return run_with_dests(b, exec, dests, [&](const MetadataTargets& t) { build_metadata(exec, cfg, in, t); });
     });

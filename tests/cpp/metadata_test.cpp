@@ -177,6 +177,8 @@ void run_build_case(Backend b, const Exec& exec, std::mt19937_64& rng, const Bui
   if (c.optional) {
     in.flashmla_num_splits = splits_dev.as<int32_t>();
     in.flashmla_metadata = tiles_dev.as<int32_t>();
+    in.flashmla_num_splits_size = static_cast<int64_t>(splits.size());
+    in.flashmla_metadata_size = static_cast<int64_t>(tiles.size());
   }
   build_metadata(exec, cfg, in, sets.targets);
   support::synchronize(b);
@@ -753,6 +755,181 @@ TEST(MetadataValidation, EveryCheckNamesItsArgumentAndWritesNothing) {
   sets.expect_matches();
 }
 
+// ------------------------------------ aliasing ------------------------------------
+// Finding 8 of issue 13: a destination array overlapping an input, a source
+// or another destination array is rejected before anything is written. All
+// arrays are carved from one poisoned arena so they can be made to overlap.
+class AliasArena {
+ public:
+  AliasArena() : arena_(4096, -77) {}
+  int32_t* take(int64_t n) {
+    int32_t* p = arena_.data() + used_;
+    used_ += n + 3;  // a gap: adjacent arrays never touch
+    return p;
+  }
+  bool untouched() const {
+    return std::all_of(arena_.begin(), arena_.end(), [](int32_t v) { return v == -77; });
+  }
+
+ private:
+  std::vector<int32_t> arena_;
+  int64_t used_ = 0;
+};
+
+constexpr int64_t kAliasBs = 2, kAliasN = 2, kAliasRows = kAliasBs * kAliasN, kAliasW = 8;
+
+MetadataBuffers alias_dest(AliasArena& a) {
+  MetadataBuffers m;
+  m.max_batch = kAliasBs;
+  m.max_rows = kAliasRows;
+  m.page_table_1_cols = m.page_table_1_ld = kAliasW;
+  m.real_page_table_cols = m.real_page_table_ld = 1;
+  m.flashmla_metadata_size = 8;
+  for (const auto& f : kMetadataFields) {
+    MetadataBuffers shape = m;
+    m.*f.pointer = a.take(metadata_field_elements(shape, f.extent));
+  }
+  return m;
+}
+
+MetadataTargets alias_upload(std::vector<MetadataBuffers> dests, std::vector<MetadataBuffers>& ws) {
+  ws.resize(dests.size());
+  return upload_metadata_targets(Exec::cpu(), dests.data(), static_cast<int64_t>(dests.size()), ws.data(),
+                                 ws.size() * sizeof(MetadataBuffers));
+}
+
+TEST(MetadataAliasing, BuildRejectsEveryOverlapAndWritesNothing) {
+  AliasArena a;
+  int32_t* seq = a.take(kAliasBs);
+  int32_t* rpi = a.take(kAliasBs);
+  int32_t* ext = a.take(kAliasBs);
+  int32_t* table = a.take(kAliasW);
+  int32_t* splits = a.take(kAliasRows + 1);
+  int32_t* tiles = a.take(8);
+  const MetadataBuffers d0 = alias_dest(a), d1 = alias_dest(a);
+  MetadataInputs in;
+  in.seq_lens = seq;
+  in.req_pool_indices = rpi;
+  in.req_to_token = table;
+  in.req_to_token_rows = 1;
+  in.req_to_token_cols = in.req_to_token_ld = kAliasW;
+  in.flashmla_num_splits = splits;
+  in.flashmla_metadata = tiles;
+  in.flashmla_num_splits_size = kAliasRows + 1;
+  in.flashmla_metadata_size = 8;
+  const MetadataConfig verify{ForwardMode::kTargetVerify, kAliasBs, kAliasN, 2048, 64};
+  MetadataConfig extend = verify;
+  extend.mode = ForwardMode::kDraftExtend;
+  MetadataInputs ext_in = in;
+  ext_in.extend_lens = ext;
+
+  struct Case {
+    const char* what;
+    std::function<void(MetadataBuffers&, MetadataBuffers&)> alias;
+    const char* arg;
+    const char* other;
+    bool draft_extend = false;
+  };
+  const std::vector<Case> cases = {
+      {"page table over req_to_token", [&](auto& t, auto&) { t.page_table_1 = table; }, "targets[0].page_table_1", "inputs.req_to_token"},
+      {"cache_seqlens over seq_lens", [&](auto& t, auto&) { t.cache_seqlens = seq; }, "targets[0].cache_seqlens", "inputs.seq_lens"},
+      {"nsa_cache_seqlens over req_pool_indices", [&](auto&, auto& u) { u.nsa_cache_seqlens = rpi; }, "targets[1].nsa_cache_seqlens", "inputs.req_pool_indices"},
+      {"seqlens_expanded over extend_lens", [&](auto& t, auto&) { t.seqlens_expanded = ext - 1; }, "targets[0].seqlens_expanded", "inputs.extend_lens", true},
+      {"num_splits over its source", [&](auto&, auto& u) { u.flashmla_num_splits = splits + 2; }, "targets[1].flashmla_num_splits", "inputs.flashmla_num_splits"},
+      {"tile table over its source", [&](auto& t, auto&) { t.flashmla_metadata = tiles; }, "targets[0].flashmla_metadata", "inputs.flashmla_metadata"},
+      {"two destinations sharing cu_seqlens_k", [&](auto& t, auto& u) { u.cu_seqlens_k = t.cu_seqlens_k; }, "targets[1].cu_seqlens_k", "targets[0].cu_seqlens_k"},
+      {"real page table inside page_table_1", [&](auto& t, auto&) { t.real_page_table = t.page_table_1 + 3; }, "targets[0].real_page_table", "targets[0].page_table_1"},
+      {"seqlens_expanded == cache_seqlens", [&](auto& t, auto&) { t.seqlens_expanded = t.cache_seqlens; }, "targets[0].seqlens_expanded", "targets[0].cache_seqlens"},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.what);
+    MetadataBuffers t = d0, u = d1;
+    c.alias(t, u);
+    std::vector<MetadataBuffers> ws;
+    const MetadataTargets targets = alias_upload({t, u}, ws);
+    try {
+      build_metadata(Exec::cpu(), c.draft_extend ? extend : verify, c.draft_extend ? ext_in : in, targets);
+      ADD_FAILURE() << "no error";
+    } catch (const Error& e) {
+      const std::string msg = e.what();
+      EXPECT_NE(msg.find(std::string("'") + c.arg + "'"), std::string::npos) << msg;
+      EXPECT_NE(msg.find(std::string("expected no overlap with '") + c.other + "'"), std::string::npos) << msg;
+    }
+    EXPECT_TRUE(a.untouched());
+  }
+
+  // DRAFT_EXTEND: num_splits must hold R + 1 = sum(e_b) + 1 values; the host
+  // checks >= 1 (R is a device value), the CPU backend the exact count.
+  std::vector<MetadataBuffers> ws;
+  const MetadataTargets targets = alias_upload({d0, d1}, ws);
+  MetadataInputs short_splits = ext_in;
+  short_splits.flashmla_num_splits_size = 0;
+  expect_invalid([&] { build_metadata(Exec::cpu(), extend, short_splits, targets); }, "inputs.flashmla_num_splits_size");
+  std::vector<int32_t> seq_v = {5, 6}, rpi_v = {0, 0}, ext_v = {2, 1};  // R = 3: 4 values needed
+  short_splits.seq_lens = seq_v.data();
+  short_splits.req_pool_indices = rpi_v.data();
+  short_splits.extend_lens = ext_v.data();
+  short_splits.flashmla_num_splits_size = 3;
+  expect_invalid([&] { build_metadata(Exec::cpu(), extend, short_splits, targets); }, "inputs.flashmla_num_splits_size");
+  MetadataInputs short_tiles = in;
+  short_tiles.flashmla_metadata_size = 7;
+  expect_invalid([&] { build_metadata(Exec::cpu(), verify, short_tiles, targets); }, "inputs.flashmla_metadata_size");
+  EXPECT_TRUE(a.untouched());
+}
+
+TEST(MetadataAliasing, CopyRejectsEveryOverlapAndWritesNothing) {
+  AliasArena a;
+  const MetadataBuffers src_set = alias_dest(a), d0 = alias_dest(a), d1 = alias_dest(a);
+  MetadataSources s;
+  s.cache_seqlens = src_set.cache_seqlens;
+  s.cu_seqlens_k = src_set.cu_seqlens_k;
+  s.page_table_1 = src_set.page_table_1;
+  s.seqlens_expanded = src_set.seqlens_expanded;
+  s.nsa_cache_seqlens = src_set.nsa_cache_seqlens;
+  s.nsa_cu_seqlens_k = src_set.nsa_cu_seqlens_k;
+  s.real_page_table = src_set.real_page_table;
+  s.real_page_table_cols = 1;
+  s.flashmla_num_splits = src_set.flashmla_num_splits;
+  s.flashmla_metadata = src_set.flashmla_metadata;
+  s.flashmla_metadata_size = 8;
+  const MetadataCopyShape shape{ForwardMode::kTargetVerify, kAliasBs, 0, kAliasW, kAliasRows};
+
+  struct Case {
+    const char* what;
+    std::function<void(MetadataBuffers&, MetadataBuffers&)> alias;
+    const char* arg;
+    const char* other;
+  };
+  const std::vector<Case> cases = {
+      {"copy onto its own source set", [&](auto& t, auto&) { t.cache_seqlens = src_set.cache_seqlens; }, "targets[0].cache_seqlens", "sources.cache_seqlens"},
+      {"page table rows over the source table", [&](auto&, auto& u) { u.page_table_1 = src_set.page_table_1 + kAliasW; }, "targets[1].page_table_1", "sources.page_table_1"},
+      {"nsa_cu_seqlens_k over seqlens_expanded source", [&](auto& t, auto&) { t.nsa_cu_seqlens_k = src_set.seqlens_expanded - 2; }, "targets[0].nsa_cu_seqlens_k", "sources.seqlens_expanded"},
+      {"two destinations sharing the real page table", [&](auto& t, auto& u) { u.real_page_table = t.real_page_table; }, "targets[1].real_page_table", "targets[0].real_page_table"},
+      {"tile table over num_splits", [&](auto& t, auto&) { t.flashmla_metadata = t.flashmla_num_splits + kAliasRows; }, "targets[0].flashmla_metadata", "targets[0].flashmla_num_splits"},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.what);
+    MetadataBuffers t = d0, u = d1;
+    c.alias(t, u);
+    std::vector<MetadataBuffers> ws;
+    const MetadataTargets targets = alias_upload({t, u}, ws);
+    try {
+      copy_metadata(Exec::cpu(), shape, s, targets);
+      ADD_FAILURE() << "no error";
+    } catch (const Error& e) {
+      const std::string msg = e.what();
+      EXPECT_NE(msg.find(std::string("'") + c.arg + "'"), std::string::npos) << msg;
+      EXPECT_NE(msg.find(std::string("expected no overlap with '") + c.other + "'"), std::string::npos) << msg;
+    }
+    EXPECT_TRUE(a.untouched());
+  }
+  // Disjoint arrays still copy.
+  src_set.cache_seqlens[1] = 5;
+  std::vector<MetadataBuffers> ws;
+  copy_metadata(Exec::cpu(), shape, s, alias_upload({d0, d1}, ws));
+  EXPECT_EQ(d1.cache_seqlens[1], 5);
+}
+
 TEST(MetadataNames, ForwardModeToString) {
   EXPECT_STREQ(to_string(ForwardMode::kDecode), "decode");
   EXPECT_STREQ(to_string(ForwardMode::kTargetVerify), "target_verify");
@@ -814,6 +991,8 @@ TEST(MetadataCudaGraph, CaptureOnceReplayWithFreshInputs) {
     in.req_to_token_ld = ld;
     in.flashmla_num_splits = splits_dev.as<int32_t>();
     in.flashmla_metadata = tiles_dev.as<int32_t>();
+    in.flashmla_num_splits_size = static_cast<int64_t>(splits.size());
+    in.flashmla_metadata_size = static_cast<int64_t>(tiles.size());
 
     cudaGraph_t graph = nullptr;
     cudaGraphExec_t graph_exec = nullptr;

@@ -247,6 +247,8 @@ class DecodeScenario : public Scenario {
     if (de) in.extend_lens = Indices(extend_dev_.as<int32_t>());
     in.flashmla_num_splits = ptr(kNumSplits);
     in.flashmla_metadata = tile_dev_.as<int32_t>();
+    in.flashmla_num_splits_size = max_rows + 1;
+    in.flashmla_metadata_size = c_.flashmla_tile_ints;
 
     DestShape shape;
     shape.batch = c_.batch;

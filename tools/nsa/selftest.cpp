@@ -234,6 +234,8 @@ void case_build_metadata(Backend b, std::mt19937_64& rng) {
                      width, Indices(), splits_d.as<int32_t>(), tile_d.as<int32_t>()};
   MetadataInputs host{Indices(seq.data()), Indices(rpi.data()), r2t.data(), pool_rows, width, width, Indices(),
                       splits.data(), tile.data()};
+  dev.flashmla_num_splits_size = host.flashmla_num_splits_size = rows + 1;
+  dev.flashmla_metadata_size = host.flashmla_metadata_size = tiles;
   if (mode == ForwardMode::kDraftExtend) {
     dev.extend_lens = Indices(ext_d.as<int32_t>());
     host.extend_lens = Indices(extend.data());
