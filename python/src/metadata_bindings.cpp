@@ -1,12 +1,7 @@
-// Bindings of the metadata ops (include/nsa/metadata.h). Compiled to a stub
-// (`has_metadata = False`) until the library contains src/metadata.cpp; see
-// python/CMakeLists.txt.
+// Bindings of the metadata ops (include/nsa/metadata.h): conversion of
+// Python arrays and dicts to the library's descriptors; every check of the
+// call itself is the library's.
 #include <nanobind/nanobind.h>
-
-#include "arrays.h"
-
-#if defined(NSA_PY_HAVE_METADATA)
-
 #include <nanobind/stl/string.h>
 
 #include <algorithm>
@@ -14,6 +9,7 @@
 #include <memory>
 #include <vector>
 
+#include "arrays.h"
 #include "nsa/metadata.h"
 
 namespace nsa_py {
@@ -329,7 +325,6 @@ void copy_metadata(MetadataTargetsHandle& t, int mode, int64_t bs, int64_t max_l
 }  // namespace
 
 void bind_metadata(nb::module_& m) {
-  m.attr("has_metadata") = true;
   nb::class_<MetadataTargetsHandle>(m, "MetadataTargetsHandle")
       .def_prop_ro("count", &MetadataTargetsHandle::count)
       .def("max_rows", [](const MetadataTargetsHandle& t, int64_t i) { return nsa::metadata_target(t.targets, i).max_rows; });
@@ -349,11 +344,3 @@ void bind_metadata(nb::module_& m) {
 }
 
 }  // namespace nsa_py
-
-#else  // !NSA_PY_HAVE_METADATA
-
-namespace nsa_py {
-void bind_metadata(nb::module_& m) { m.attr("has_metadata") = false; }
-}  // namespace nsa_py
-
-#endif
