@@ -798,6 +798,33 @@ MetadataTargets alias_upload(std::vector<MetadataBuffers> dests, std::vector<Met
                                  ws.size() * sizeof(MetadataBuffers));
 }
 
+struct AliasCase {
+  const char* what;
+  std::function<void(MetadataBuffers&, MetadataBuffers&)> alias;  // makes destination 0 or 1 overlap something
+  const char* arg;
+  const char* other;
+  bool draft_extend = false;
+};
+
+// Uploads {d0, d1} with the case's alias and expects `op` to reject it, naming both arguments, writing nothing.
+void expect_alias_rejected(const AliasCase& c, const MetadataBuffers& d0, const MetadataBuffers& d1,
+                           const AliasArena& arena, const std::function<void(const MetadataTargets&)>& op) {
+  SCOPED_TRACE(c.what);
+  MetadataBuffers t = d0, u = d1;
+  c.alias(t, u);
+  std::vector<MetadataBuffers> ws;
+  const MetadataTargets targets = alias_upload({t, u}, ws);
+  try {
+    op(targets);
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find(std::string("'") + c.arg + "'"), std::string::npos) << msg;
+    EXPECT_NE(msg.find(std::string("expected no overlap with '") + c.other + "'"), std::string::npos) << msg;
+  }
+  EXPECT_TRUE(arena.untouched());
+}
+
 TEST(MetadataAliasing, BuildRejectsEveryOverlapAndWritesNothing) {
   AliasArena a;
   int32_t* seq = a.take(kAliasBs);
@@ -823,14 +850,7 @@ TEST(MetadataAliasing, BuildRejectsEveryOverlapAndWritesNothing) {
   MetadataInputs ext_in = in;
   ext_in.extend_lens = ext;
 
-  struct Case {
-    const char* what;
-    std::function<void(MetadataBuffers&, MetadataBuffers&)> alias;
-    const char* arg;
-    const char* other;
-    bool draft_extend = false;
-  };
-  const std::vector<Case> cases = {
+  const std::vector<AliasCase> cases = {
       {"page table over req_to_token", [&](auto& t, auto&) { t.page_table_1 = table; }, "targets[0].page_table_1", "inputs.req_to_token"},
       {"cache_seqlens over seq_lens", [&](auto& t, auto&) { t.cache_seqlens = seq; }, "targets[0].cache_seqlens", "inputs.seq_lens"},
       {"nsa_cache_seqlens over req_pool_indices", [&](auto&, auto& u) { u.nsa_cache_seqlens = rpi; }, "targets[1].nsa_cache_seqlens", "inputs.req_pool_indices"},
@@ -842,20 +862,9 @@ TEST(MetadataAliasing, BuildRejectsEveryOverlapAndWritesNothing) {
       {"seqlens_expanded == cache_seqlens", [&](auto& t, auto&) { t.seqlens_expanded = t.cache_seqlens; }, "targets[0].seqlens_expanded", "targets[0].cache_seqlens"},
   };
   for (const auto& c : cases) {
-    SCOPED_TRACE(c.what);
-    MetadataBuffers t = d0, u = d1;
-    c.alias(t, u);
-    std::vector<MetadataBuffers> ws;
-    const MetadataTargets targets = alias_upload({t, u}, ws);
-    try {
+    expect_alias_rejected(c, d0, d1, a, [&](const MetadataTargets& targets) {
       build_metadata(Exec::cpu(), c.draft_extend ? extend : verify, c.draft_extend ? ext_in : in, targets);
-      ADD_FAILURE() << "no error";
-    } catch (const Error& e) {
-      const std::string msg = e.what();
-      EXPECT_NE(msg.find(std::string("'") + c.arg + "'"), std::string::npos) << msg;
-      EXPECT_NE(msg.find(std::string("expected no overlap with '") + c.other + "'"), std::string::npos) << msg;
-    }
-    EXPECT_TRUE(a.untouched());
+    });
   }
 
   // DRAFT_EXTEND: num_splits must hold R + 1 = sum(e_b) + 1 values; the host
@@ -894,35 +903,15 @@ TEST(MetadataAliasing, CopyRejectsEveryOverlapAndWritesNothing) {
   s.flashmla_metadata_size = 8;
   const MetadataCopyShape shape{ForwardMode::kTargetVerify, kAliasBs, 0, kAliasW, kAliasRows};
 
-  struct Case {
-    const char* what;
-    std::function<void(MetadataBuffers&, MetadataBuffers&)> alias;
-    const char* arg;
-    const char* other;
-  };
-  const std::vector<Case> cases = {
+  const std::vector<AliasCase> cases = {
       {"copy onto its own source set", [&](auto& t, auto&) { t.cache_seqlens = src_set.cache_seqlens; }, "targets[0].cache_seqlens", "sources.cache_seqlens"},
       {"page table rows over the source table", [&](auto&, auto& u) { u.page_table_1 = src_set.page_table_1 + kAliasW; }, "targets[1].page_table_1", "sources.page_table_1"},
       {"nsa_cu_seqlens_k over seqlens_expanded source", [&](auto& t, auto&) { t.nsa_cu_seqlens_k = src_set.seqlens_expanded - 2; }, "targets[0].nsa_cu_seqlens_k", "sources.seqlens_expanded"},
       {"two destinations sharing the real page table", [&](auto& t, auto& u) { u.real_page_table = t.real_page_table; }, "targets[1].real_page_table", "targets[0].real_page_table"},
       {"tile table over num_splits", [&](auto& t, auto&) { t.flashmla_metadata = t.flashmla_num_splits + kAliasRows; }, "targets[0].flashmla_metadata", "targets[0].flashmla_num_splits"},
   };
-  for (const auto& c : cases) {
-    SCOPED_TRACE(c.what);
-    MetadataBuffers t = d0, u = d1;
-    c.alias(t, u);
-    std::vector<MetadataBuffers> ws;
-    const MetadataTargets targets = alias_upload({t, u}, ws);
-    try {
-      copy_metadata(Exec::cpu(), shape, s, targets);
-      ADD_FAILURE() << "no error";
-    } catch (const Error& e) {
-      const std::string msg = e.what();
-      EXPECT_NE(msg.find(std::string("'") + c.arg + "'"), std::string::npos) << msg;
-      EXPECT_NE(msg.find(std::string("expected no overlap with '") + c.other + "'"), std::string::npos) << msg;
-    }
-    EXPECT_TRUE(a.untouched());
-  }
+  for (const auto& c : cases)
+    expect_alias_rejected(c, d0, d1, a, [&](const MetadataTargets& targets) { copy_metadata(Exec::cpu(), shape, s, targets); });
   // Disjoint arrays still copy.
   src_set.cache_seqlens[1] = 5;
   std::vector<MetadataBuffers> ws;
