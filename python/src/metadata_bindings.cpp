@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <deque>
+#include <limits>
 #include <memory>
 #include <vector>
 
@@ -27,13 +28,22 @@ struct MetadataTargetsHandle {
   int64_t count() const { return targets.count; }
 };
 
-const char* kDestinationFields[] = {"cache_seqlens",     "cu_seqlens_k",        "page_table_1",
-                                    "seqlens_expanded",  "nsa_cache_seqlens",   "nsa_cu_seqlens_k",
-                                    "real_page_table",   "flashmla_num_splits", "flashmla_metadata",
-                                    "max_rows",          "max_batch"};
-const char* kSourceFields[] = {"cache_seqlens",     "cu_seqlens_k",      "page_table_1",
-                               "seqlens_expanded",  "nsa_cache_seqlens", "nsa_cu_seqlens_k",
-                               "real_page_table",   "flashmla_num_splits", "flashmla_metadata"};
+// Keys of a destination dict: the fields of nsa/metadata.h plus two optional capacity limits.
+const std::vector<const char*>& destination_keys() {
+  static const std::vector<const char*> keys = [] {
+    std::vector<const char*> k;
+    for (const auto& f : nsa::kMetadataFields) k.push_back(f.name);
+    k.push_back("max_rows");
+    k.push_back("max_batch");
+    return k;
+  }();
+  return keys;
+}
+// Keys of a copy's sources dict: the same field names.
+const std::vector<const char*>& source_keys() {
+  static const std::vector<const char*> keys(destination_keys().begin(), destination_keys().end() - 2);
+  return keys;
+}
 
 // Fetches fields of a dict by name, keeping the argument names ("destinations[1].page_table_1")
 // alive for the messages of the call.
@@ -41,8 +51,7 @@ class Fields {
  public:
   Fields(Call& c, nb::dict d, std::string prefix) : c_(c), d_(std::move(d)), prefix_(std::move(prefix)) {}
 
-  template <size_t N>
-  void only(const char* const (&known)[N]) {
+  void only(const std::vector<const char*>& known) {
     for (auto item : d_) {
       const std::string key = nb::cast<std::string>(nb::str(item.first));
       if (std::find_if(std::begin(known), std::end(known), [&](const char* k) { return key == k; }) == std::end(known)) {
@@ -107,48 +116,41 @@ MetadataTargetsHandle* upload(nb::list destinations, nb::handle workspace, nb::h
     nb::handle item = destinations[static_cast<size_t>(i)];
     if (!nb::isinstance<nb::dict>(item)) c.fail("destinations", "a list of dicts", "an item that is not a dict");
     Fields& f = all.emplace_back(c, nb::borrow<nb::dict>(item), prefix);
-    f.only(kDestinationFields);
+    f.only(destination_keys());
+    // Capacities are the smallest the arrays allow, per extent (nsa::kMetadataFields).
     nsa::MetadataBuffers b;
-    const Array cache_seqlens = f.get("cache_seqlens", true, true);
-    const Array cu_seqlens_k = f.get("cu_seqlens_k", true, true);
-    const Array page_table_1 = f.get("page_table_1", true, true);
-    const Array seqlens_expanded = f.get("seqlens_expanded", false, true);
-    const Array nsa_cache_seqlens = f.get("nsa_cache_seqlens", true, true);
-    const Array nsa_cu_seqlens_k = f.get("nsa_cu_seqlens_k", true, true);
-    const Array real_page_table = f.get("real_page_table", false, true);
-    const Array num_splits = f.get("flashmla_num_splits", false, true);
-    const Array fm_metadata = f.get("flashmla_metadata", false, true);
-
-    b.cache_seqlens = int32_data(c, cache_seqlens);
-    b.cu_seqlens_k = int32_data(c, cu_seqlens_k);
-    b.max_batch = std::min(c.vector(cache_seqlens, 0, "[max_batch]"), c.vector(cu_seqlens_k, 1, "[max_batch + 1]") - 1);
-    if (f.has("max_batch")) b.max_batch = capacity_entry(c, f, "max_batch", b.max_batch, "the smallest batch capacity");
-    b.page_table_1 = int32_data(c, page_table_1);
-    b.page_table_1_ld = c.table(page_table_1, "[max_rows, width]");
-    b.page_table_1_cols = page_table_1.shape[1];
-    int64_t max_rows = page_table_1.shape[0];
-    if (seqlens_expanded.present)
-      max_rows = std::min(max_rows, int32_vector(c, seqlens_expanded, 0, "[max_rows]"));
-    b.seqlens_expanded = int32_data(c, seqlens_expanded);
-    b.nsa_cache_seqlens = int32_data(c, nsa_cache_seqlens);
-    max_rows = std::min(max_rows, c.vector(nsa_cache_seqlens, 0, "[max_rows]"));
-    b.nsa_cu_seqlens_k = int32_data(c, nsa_cu_seqlens_k);
-    max_rows = std::min(max_rows, c.vector(nsa_cu_seqlens_k, 1, "[max_rows + 1]") - 1);
-    if (real_page_table.present) {
-      b.real_page_table = int32_data(c, real_page_table);
-      b.real_page_table_ld = c.table(real_page_table, "[max_rows, pages]");
-      b.real_page_table_cols = real_page_table.shape[1];
-      max_rows = std::min(max_rows, real_page_table.shape[0]);
+    int64_t max_rows = std::numeric_limits<int64_t>::max(), max_batch = max_rows;
+    for (const auto& field : nsa::kMetadataFields) {
+      const Array a = f.get(field.name, !field.optional, true);
+      if (!a.present) continue;
+      b.*field.pointer = int32_data(c, a);
+      switch (field.extent) {
+        case nsa::MetadataExtent::kBatch: max_batch = std::min(max_batch, c.vector(a, 0, "[max_batch]")); break;
+        case nsa::MetadataExtent::kBatchPlusOne:
+          max_batch = std::min(max_batch, c.vector(a, 1, "[max_batch + 1]") - 1);
+          break;
+        case nsa::MetadataExtent::kRows: max_rows = std::min(max_rows, c.vector(a, 0, "[max_rows]")); break;
+        case nsa::MetadataExtent::kRowsPlusOne:
+          max_rows = std::min(max_rows, c.vector(a, 1, "[max_rows + 1]") - 1);
+          break;
+        case nsa::MetadataExtent::kPageTable1:
+          b.page_table_1_ld = c.table(a, "[max_rows, width]");
+          b.page_table_1_cols = a.shape[1];
+          max_rows = std::min(max_rows, a.shape[0]);
+          break;
+        case nsa::MetadataExtent::kRealPageTable:
+          b.real_page_table_ld = c.table(a, "[max_rows, pages]");
+          b.real_page_table_cols = a.shape[1];
+          max_rows = std::min(max_rows, a.shape[0]);
+          break;
+        case nsa::MetadataExtent::kFlashmlaTiles:
+          int32_flat(c, a);
+          b.flashmla_metadata_size = a.numel();
+          break;
+      }
     }
-    if (num_splits.present) {
-      b.flashmla_num_splits = int32_data(c, num_splits);
-      max_rows = std::min(max_rows, c.vector(num_splits, 1, "[max_rows + 1]") - 1);
-    }
-    if (fm_metadata.present) {
-      int32_flat(c, fm_metadata);
-      b.flashmla_metadata = fm_metadata.as<int32_t>();
-      b.flashmla_metadata_size = fm_metadata.numel();
-    }
+    if (f.has("max_batch")) max_batch = capacity_entry(c, f, "max_batch", max_batch, "the smallest batch capacity");
+    b.max_batch = max_batch;
     if (f.has("max_rows")) max_rows = capacity_entry(c, f, "max_rows", max_rows, "the smallest row capacity");
     b.max_rows = max_rows;
     host.push_back(b);
@@ -264,8 +266,8 @@ void copy_metadata(MetadataTargetsHandle& t, int mode, int64_t bs, int64_t max_l
   // Unknown keys (typos) are errors; the lookup below ignores them otherwise.
   if (nb::len(sources) > 0) {
     size_t known = 0;
-    for (const char* k : kSourceFields) known += sources.contains(k) ? 1 : 0;
-    if (known != nb::len(sources)) Fields(c, sources, "sources.").only(kSourceFields);
+    for (const char* k : source_keys()) known += sources.contains(k) ? 1 : 0;
+    if (known != nb::len(sources)) Fields(c, sources, "sources.").only(source_keys());
   }
   const auto source = [&](const char* field, const char* arg, bool required) {
     nb::handle v = sources.contains(field) ? nb::handle(sources[field]) : nb::none();
