@@ -45,7 +45,7 @@ struct MetadataBuffers {
   int32_t* page_table_1 = nullptr;       // [max_rows, page_table_1_cols], row stride page_table_1_ld
   int64_t page_table_1_cols = 0;         // W
   int64_t page_table_1_ld = 0;           // >= page_table_1_cols
-  int32_t* seqlens_expanded = nullptr;   // [max_rows]; optional in DECODE (equals cache_seqlens there)
+  int32_t* seqlens_expanded = nullptr;   // [max_rows]; optional in DECODE (gets the cache_seqlens values; its own array)
   int32_t* nsa_cache_seqlens = nullptr;  // [max_rows]
   int32_t* nsa_cu_seqlens_k = nullptr;   // [max_rows + 1]
   int32_t* real_page_table = nullptr;    // optional [max_rows, real_page_table_cols], stride real_page_table_ld
