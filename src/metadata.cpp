@@ -160,15 +160,25 @@ class CallRanges {
   void add(const void* p, int64_t bytes, const char* name) {
     if (p != nullptr && bytes > 0) ranges_[count_++] = detail::ByteRange{p, static_cast<uint64_t>(bytes), name};
   }
-  void ints(const void* p, int64_t count, const char* name) { add(p, count * 4, name); }
-  void indices(Indices v, int64_t count, const char* name) { add(v.data, count * static_cast<int64_t>(v.type), name); }
+  // Counts come from the caller (absent fields may carry any value): the
+  // products saturate instead of overflowing.
+  void ints(const void* p, int64_t count, const char* name) { elements(p, count, 4, name); }
+  void indices(Indices v, int64_t count, const char* name) {
+    elements(v.data, count, static_cast<int64_t>(v.type), name);
+  }
   // `rows` rows of `cols` int32 with a row stride of `ld`.
   void table(const void* p, int64_t rows, int64_t ld, int64_t cols, const char* name) {
-    if (rows > 0 && cols > 0) ints(p, (rows - 1) * ld + cols, name);
+    if (p == nullptr || rows <= 0 || cols <= 0) return;  // an absent table's sizes mean nothing
+    const bool huge = ld > 0 && rows - 1 > (kMaxCount - cols) / ld;
+    ints(p, huge ? kMaxCount : (rows - 1) * ld + cols, name);
   }
   void check(const ArgChecker& c) const { detail::check_no_overlap(c, ranges_, count_); }
 
  private:
+  static constexpr int64_t kMaxCount = std::numeric_limits<int64_t>::max() / 8;
+  void elements(const void* p, int64_t count, int64_t size, const char* name) {
+    if (p != nullptr && count > 0) add(p, std::min(count, kMaxCount) * size, name);
+  }
   static constexpr size_t kInline = 6 + 9 * 8;  // no allocation up to 8 destinations
   detail::ByteRange inline_[kInline];
   std::vector<detail::ByteRange> heap_;

@@ -38,6 +38,10 @@ inline void check_no_overlap(const ArgChecker& c, const ByteRange* ranges, size_
   for (size_t i = 0; i < count; ++i)
     if (ranges[i].bytes > 0 && ranges[i].begin != nullptr) order[n++] = static_cast<uint32_t>(i);
   const auto start = [&](uint32_t i) { return reinterpret_cast<uintptr_t>(ranges[i].begin); };
+  const auto end = [&](uint32_t i) {  // one past the last byte, saturating at the top of the address space
+    const uintptr_t room = UINTPTR_MAX - start(i);
+    return ranges[i].bytes > room ? UINTPTR_MAX : start(i) + static_cast<uintptr_t>(ranges[i].bytes);
+  };
   std::sort(order, order + n, [&](uint32_t a, uint32_t b) { return start(a) < start(b); });
   // The range reaching furthest so far is the one a later start may fall into.
   size_t reach = 0;
@@ -50,7 +54,7 @@ inline void check_no_overlap(const ArgChecker& c, const ByteRange* ranges, size_
       got << b.bytes << " bytes at " << b.begin << " overlapping " << a.bytes << " bytes at " << a.begin;
       c.fail(b.name, std::string("no overlap with '") + a.name + "'", got.str());
     }
-    if (start(next) + ranges[next].bytes > start(far) + ranges[far].bytes) reach = k;
+    if (end(next) > end(far)) reach = k;
   }
 }
 
