@@ -79,6 +79,7 @@ struct DestSet {
     view.flashmla_metadata = buf[kTileTable].as<int32_t>();
     view.flashmla_metadata_size = kTiles;
     view.max_rows = rows;
+    view.max_batch = rows;  // rows >= bs in every mode
   }
   void zero() {
     for (auto& b : buf) b.fill(0);
@@ -177,6 +178,8 @@ struct DeviceCase {
     in.req_to_token_ld = table_ld;
     in.flashmla_num_splits = splits.as<int32_t>();
     in.flashmla_metadata = tiles.as<int32_t>();
+    in.flashmla_num_splits_size = static_cast<int64_t>(splits_.size());
+    in.flashmla_metadata_size = static_cast<int64_t>(tiles_.size());
     // Zeroed first: build writes row r up to its own length, and the copies
     // copy max_len columns, so the columns between are zeros, as in the
     // zeroed destinations build writes into.

@@ -103,6 +103,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::vector<int32_t> splits_src = ints_from(in, rows + 1), tiles_src = ints_from(in, max_tiles);
   if (in.flag()) inputs.flashmla_num_splits = splits_src.data();
   if (in.flag()) inputs.flashmla_metadata = tiles_src.data();
+  inputs.flashmla_num_splits_size = rows + 1;
+  inputs.flashmla_metadata_size = max_tiles;
 
   FuzzTargets t;
   if (!t.prepare(in, where, dests)) return 0;

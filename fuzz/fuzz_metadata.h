@@ -1,8 +1,8 @@
 // The metadata side of the fuzz targets: destination sets whose descriptors
 // are sometimes broken, the shape-independent descriptor rules of
 // upload_metadata_targets, and the way a target table is handed to the ops
-// (through upload_metadata_targets with a fuzzed workspace, or built by hand
-// so the ops' own table checks are reached).
+// (uploaded with a fuzzed workspace, sometimes broken afterwards so the ops'
+// own table checks are reached).
 #pragma once
 
 #include <array>
@@ -14,7 +14,9 @@
 namespace nsa {
 namespace fuzz {
 
+// Field indices of kMetadataFields (nsa/metadata.h).
 enum Field { kCache, kCuK, kPt, kExpanded, kNsa, kNsaCu, kReal, kSplits, kTiles, kFields };
+static_assert(kFields == kMetadataFieldCount, "one entry per MetadataBuffers field");
 
 // Sizes a destination is built with. Columns and strides are chosen by the
 // target (they bound the lengths it may generate).
@@ -46,23 +48,16 @@ class FuzzDest {
   }
 
   MetadataBuffers view(bool expected) {
-    auto p = [&](int f) -> int32_t* { return present_[f] ? (expected ? expected_[f] : actual_[f]).data() : nullptr; };
     MetadataBuffers m;
-    m.cache_seqlens = p(kCache);
-    m.cu_seqlens_k = p(kCuK);
-    m.page_table_1 = p(kPt);
+    for (int f = 0; f < kFields; ++f)
+      if (present_[f]) m.*kMetadataFields[f].pointer = (expected ? expected_[f] : actual_[f]).data();
     m.page_table_1_cols = s_.pt_cols;
     m.page_table_1_ld = s_.pt_ld;
-    m.seqlens_expanded = p(kExpanded);
-    m.nsa_cache_seqlens = p(kNsa);
-    m.nsa_cu_seqlens_k = p(kNsaCu);
-    m.real_page_table = p(kReal);
     m.real_page_table_cols = s_.rt_cols;
     m.real_page_table_ld = s_.rt_ld;
-    m.flashmla_num_splits = p(kSplits);
-    m.flashmla_metadata = p(kTiles);
     m.flashmla_metadata_size = s_.tiles;
     m.max_rows = s_.max_rows;
+    m.max_batch = s_.max_rows;
     return m;
   }
 
@@ -74,10 +69,7 @@ class FuzzDest {
   const DestShape& shape() const { return s_; }
 
   void check_matches_expected() const {
-    static const char* const kNames[kFields] = {"cache_seqlens",     "cu_seqlens_k",     "page_table_1",
-                                                "seqlens_expanded",  "nsa_cache_seqlens", "nsa_cu_seqlens_k",
-                                                "real_page_table",   "flashmla_num_splits", "flashmla_metadata"};
-    for (int f = 0; f < kFields; ++f) expect_equal(actual_[f], expected_[f], kNames[f]);
+    for (int f = 0; f < kFields; ++f) expect_equal(actual_[f], expected_[f], kMetadataFields[f].name);
   }
 
  private:
@@ -93,18 +85,17 @@ inline int pick_null_field(Input& in) {
   return kMandatory[in.byte() % 5];
 }
 
-// The destination table the ops read, built one of two ways. `valid` says
-// whether the table itself is acceptable to the op (count, null pointers);
-// descriptor rules are checked by the caller.
+// The destination table the ops read: uploaded with a fuzzed workspace (the
+// upload's own rules are checked here), then sometimes broken by hand so the
+// ops' table checks are reached. Descriptor rules are checked by the caller.
 struct FuzzTargets {
   std::vector<MetadataBuffers> host, expected_host;
   std::vector<MetadataBuffers> workspace;  // upload's destination (CPU backend: host memory)
   MetadataTargets targets;
   bool table_ok = true;  // the op may run with this table (when the rest is valid)
-  bool ran_upload = false;
 
-  // Returns false when the upload path was taken and upload rejected the call
-  // (checked against its rules); the op is then not called.
+  // Returns false when upload rejected the call (checked against its rules);
+  // the op is then not called.
   bool prepare(Input& in, const Where& where, std::vector<FuzzDest>& dests) {
     for (auto& d : dests) {
       host.push_back(d.view(false));
@@ -113,33 +104,28 @@ struct FuzzTargets {
     const int64_t count = static_cast<int64_t>(host.size());
     bool descriptors_ok = true;
     for (auto& d : dests) descriptors_ok = descriptors_ok && d.descriptor_valid();
-    if (in.flag()) {  // upload path
-      workspace.resize(host.size() + 1);
-      const bool null_host = in.rarely(64), null_ws = in.rarely(64), misaligned = in.rarely(64);
-      const size_t needed = metadata_targets_workspace_bytes(count);
-      const size_t ws_bytes = in.rarely(32) ? needed - 1 - in.byte() % 8 : needed + in.byte() % 8;
-      void* ws = null_ws ? nullptr : reinterpret_cast<uint8_t*>(workspace.data()) + (misaligned ? 4 : 0);
-      const bool valid = where.backend_ok && !null_host && descriptors_ok && !null_ws && !misaligned && ws_bytes >= needed;
-      const std::vector<MetadataBuffers> ws_before = workspace;
-      bool ran = run_checked(valid, [&] {
-        targets = upload_metadata_targets(where.exec, null_host ? nullptr : host.data(), count, ws, ws_bytes);
-      });
-      if (!ran) {
-        expect_equal(workspace.data(), ws_before.data(), workspace.size() * sizeof(MetadataBuffers), "workspace");
-        return false;
-      }
-      expect_equal(workspace.data(), host.data(), host.size() * sizeof(MetadataBuffers), "uploaded table");
-      if (targets.host != host.data() || targets.table != static_cast<void*>(workspace.data()) || targets.count != count)
-        fail("upload_metadata_targets returned a different table than it was given");
-      ran_upload = true;
-      return true;
+    workspace.resize(host.size() + 1);
+    const bool null_host = in.rarely(64), null_ws = in.rarely(64), misaligned = in.rarely(64);
+    const size_t needed = metadata_targets_workspace_bytes(count);
+    const size_t ws_bytes = in.rarely(32) ? needed - 1 - in.byte() % 8 : needed + in.byte() % 8;
+    void* ws = null_ws ? nullptr : reinterpret_cast<uint8_t*>(workspace.data()) + (misaligned ? 4 : 0);
+    const bool valid = where.backend_ok && !null_host && descriptors_ok && !null_ws && !misaligned && ws_bytes >= needed;
+    const std::vector<MetadataBuffers> ws_before = workspace;
+    const bool ran = run_checked(valid, [&] {
+      targets = upload_metadata_targets(where.exec, null_host ? nullptr : host.data(), count, ws, ws_bytes);
+    });
+    if (!ran) {
+      expect_equal(workspace.data(), ws_before.data(), workspace.size() * sizeof(MetadataBuffers), "workspace");
+      return false;
     }
-    // By hand: table == host (CPU), sometimes a broken count or pointer.
-    targets = MetadataTargets{host.data(), host.data(), count};
+    expect_equal(workspace.data(), host.data(), host.size() * sizeof(MetadataBuffers), "uploaded table");
+    if (targets.table != static_cast<void*>(workspace.data()) || targets.count != count)
+      fail("upload_metadata_targets returned a different table than it was given");
+    // Sometimes a broken table: wrong count, no device table, or no host state (built by hand).
     switch (in.rarely(16) ? in.byte() % 3 : 3) {
-      case 0: targets.count = in.flag() ? 0 : -1; table_ok = false; break;
-      case 1: targets.host = nullptr; table_ok = false; break;
-      case 2: targets.table = nullptr; table_ok = false; break;
+      case 0: targets.count = in.flag() ? 0 : count + 1; table_ok = false; break;
+      case 1: targets.table = nullptr; table_ok = false; break;
+      case 2: targets.host = nullptr; table_ok = false; break;
       default: break;
     }
     return true;

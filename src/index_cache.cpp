@@ -60,10 +60,15 @@ uint64_t check_rows(const ArgChecker& c, const void* p, int64_t n, int64_t ld, i
 // share memory (reading twice is harmless).
 template <size_t kOut, size_t kIn>
 void check_outputs_disjoint(const ArgChecker& c, const ByteRange (&outputs)[kOut], const ByteRange (&inputs)[kIn]) {
-  detail::check_no_overlap(c, outputs, kOut);
-  for (const ByteRange& out : outputs) {
+  // check_no_overlap names the later range of an overlapping pair: list each
+  // pair so that the message names the output (the first of two outputs).
+  for (size_t i = 0; i < kOut; ++i) {
+    for (size_t j = i + 1; j < kOut; ++j) {
+      const ByteRange pair[] = {outputs[j], outputs[i]};
+      detail::check_no_overlap(c, pair, 2);
+    }
     for (const ByteRange& in : inputs) {
-      const ByteRange pair[] = {out, in};
+      const ByteRange pair[] = {in, outputs[i]};
       detail::check_no_overlap(c, pair, 2);
     }
   }

@@ -1,13 +1,18 @@
 // Public API of the metadata ops: validate every host-visible argument
 // (nothing is written when a check fails), then hand over to one backend.
-// Validation is O(D) plain comparisons on the caller's host descriptors: no
-// driver query, no allocation (strings are built only when a check fails), so
-// the host cost of a call stays close to that of an empty kernel launch.
+// upload_metadata_targets validates the destination descriptors once and
+// summarises them (smallest capacities and widths, which optional fields
+// exist); a call checks its shape against that summary in O(1) comparisons:
+// no driver query, no allocation (strings are built only when a check fails),
+// so the host cost of a call stays close to that of an empty kernel launch.
+#include <algorithm>
 #include <cstring>
 #include <limits>
 #include <string>
+#include <vector>
 
 #include "common/check.h"
+#include "common/overlap.h"
 #include "metadata_backends.h"
 
 namespace nsa {
@@ -47,6 +52,13 @@ void target_not_null(const ArgChecker& c, const void* p, int64_t d, const char* 
 void target_at_least(const ArgChecker& c, int64_t v, int64_t min, int64_t d, const char* field) {
   if (v < min) c.fail(target_arg(d, field).c_str(), ">= " + std::to_string(min), std::to_string(v));
 }
+// cache_seqlens holds max_batch values and cu_seqlens_k max_batch + 1.
+void target_holds_batch(const ArgChecker& c, int64_t max_batch, int64_t bs, int64_t d) {
+  if (max_batch < bs)
+    c.fail(target_arg(d, "max_batch").c_str(),
+           ">= batch size = " + std::to_string(bs) + " (cache_seqlens holds max_batch, cu_seqlens_k max_batch + 1)",
+           std::to_string(max_batch));
+}
 void target_aligned4(const ArgChecker& c, const void* p, int64_t d, const char* field) {
   if (reinterpret_cast<uintptr_t>(p) % 4 != 0) c.aligned(p, 4, target_arg(d, field).c_str());
 }
@@ -59,11 +71,15 @@ void check_descriptor(const ArgChecker& c, const Exec& exec, const MetadataBuffe
   target_not_null(c, t.nsa_cache_seqlens, d, "nsa_cache_seqlens");
   target_not_null(c, t.nsa_cu_seqlens_k, d, "nsa_cu_seqlens_k");
   target_at_least(c, t.max_rows, 0, d, "max_rows");
+  target_at_least(c, t.max_batch, 0, d, "max_batch");
   target_at_least(c, t.page_table_1_cols, 0, d, "page_table_1_cols");
   target_at_least(c, t.page_table_1_ld, t.page_table_1_cols, d, "page_table_1_ld");
+  c.product_fits(t.max_rows, t.page_table_1_ld, target_arg(d, "page_table_1_ld").c_str(), "max_rows * ld within int64");
   if (t.real_page_table != nullptr) {
     target_at_least(c, t.real_page_table_cols, 0, d, "real_page_table_cols");
     target_at_least(c, t.real_page_table_ld, t.real_page_table_cols, d, "real_page_table_ld");
+    c.product_fits(t.max_rows, t.real_page_table_ld, target_arg(d, "real_page_table_ld").c_str(),
+                   "max_rows * ld within int64");
   }
   if (t.flashmla_metadata != nullptr) target_at_least(c, t.flashmla_metadata_size, 0, d, "flashmla_metadata_size");
   if (exec.backend == Backend::kCuda) {  // int32 stores need 4-byte alignment on the device
@@ -79,16 +95,160 @@ void check_descriptor(const ArgChecker& c, const Exec& exec, const MetadataBuffe
   }
 }
 
-void check_targets_table(const ArgChecker& c, const MetadataTargets& targets) {
+// A table returned by upload_metadata_targets for this backend.
+void check_targets_table(const ArgChecker& c, const Exec& exec, const MetadataTargets& targets) {
   c.at_least(targets.count, 1, "targets.count");
-  c.not_null(targets.host, "targets.host");
   c.not_null(targets.table, "targets.table");
+  if (!targets.host || static_cast<int64_t>(targets.host->descriptors.size()) != targets.count)
+    c.fail("targets", "a table returned by upload_metadata_targets", "a table built by hand");
+  if (targets.backend != exec.backend)
+    c.fail("targets", std::string("a table uploaded for exec.backend = ") + to_string(exec.backend),
+           std::string("one uploaded for ") + to_string(targets.backend));
+}
+
+// `bound` (the smallest over the destinations) >= `need`, naming the destination that sets it.
+void bound_at_least(const ArgChecker& c, const MetadataBound& bound, int64_t need, const char* field) {
+  if (bound.index >= 0) target_at_least(c, bound.value, need, bound.index, field);
+}
+
+// Lowers `bound` to `value` of destination d when smaller (or the first).
+void lower(MetadataBound& bound, int64_t value, int64_t d) {
+  if (bound.index < 0 || value < bound.value) bound = MetadataBound{value, d};
+}
+
+// The summary every call is checked against, from validated descriptors.
+void summarise(MetadataTargets& t, const MetadataBuffers* host, int64_t count) {
+  for (int64_t d = 0; d < count; ++d) {
+    const MetadataBuffers& b = host[d];
+    lower(t.max_batch, b.max_batch, d);
+    lower(t.max_rows, b.max_rows, d);
+    lower(t.page_table_1_cols, b.page_table_1_cols, d);
+    if (b.real_page_table != nullptr) lower(t.real_page_table_cols, b.real_page_table_cols, d);
+    if (b.flashmla_metadata != nullptr) {
+      lower(t.flashmla_metadata_size, b.flashmla_metadata_size, d);
+      t.flashmla_metadata_max = std::max(t.flashmla_metadata_max, b.flashmla_metadata_size);
+    }
+    uint32_t present = 0;
+    for (int f = 0; f < kMetadataFieldCount; ++f)
+      if (b.*kMetadataFields[f].pointer != nullptr) present |= 1u << f;
+    t.fields_all = d == 0 ? present : t.fields_all & present;
+    t.fields_any |= present;
+    if (b.seqlens_expanded == nullptr && t.first_without_seqlens_expanded < 0) t.first_without_seqlens_expanded = d;
+  }
 }
 
 
 void check_source(const ArgChecker& c, const Exec& exec, const int32_t* p, bool needed, const char* arg) {
   if (needed) c.not_null(p, arg);
   if (p != nullptr && exec.backend == Backend::kCuda) c.aligned(p, 4, arg);
+}
+
+// ---------------------------------------------------------------------------
+// What a call reads and writes must not overlap (finding 8): the byte ranges
+// of one call, inputs first, so an error names the destination argument and
+// the input it overlaps. Ranges follow the call's shape (rows, columns
+// written), bounded by the arrays' capacities.
+// ---------------------------------------------------------------------------
+class CallRanges {
+ public:
+  explicit CallRanges(size_t capacity) {
+    if (capacity > kInline) {
+      heap_.resize(capacity);
+      ranges_ = heap_.data();
+    }
+  }
+  void add(const void* p, int64_t bytes, const char* name) {
+    if (p != nullptr && bytes > 0) ranges_[count_++] = detail::ByteRange{p, static_cast<uint64_t>(bytes), name};
+  }
+  // Counts come from the caller (absent fields may carry any value): the
+  // products saturate instead of overflowing.
+  void ints(const void* p, int64_t count, const char* name) { elements(p, count, 4, name); }
+  void indices(Indices v, int64_t count, const char* name) {
+    elements(v.data, count, static_cast<int64_t>(v.type), name);
+  }
+  // `rows` rows of `cols` int32 with a row stride of `ld`.
+  void table(const void* p, int64_t rows, int64_t ld, int64_t cols, const char* name) {
+    if (p == nullptr || rows <= 0 || cols <= 0) return;  // an absent table's sizes mean nothing
+    const bool huge = ld > 0 && rows - 1 > (kMaxCount - cols) / ld;
+    ints(p, huge ? kMaxCount : (rows - 1) * ld + cols, name);
+  }
+  void check(const ArgChecker& c) const { detail::check_no_overlap(c, ranges_, count_); }
+
+ private:
+  static constexpr int64_t kMaxCount = std::numeric_limits<int64_t>::max() / 8;
+  void elements(const void* p, int64_t count, int64_t size, const char* name) {
+    if (p != nullptr && count > 0) add(p, std::min(count, kMaxCount) * size, name);
+  }
+  static constexpr size_t kInline = 6 + 9 * 8;  // no allocation up to 8 destinations
+  detail::ByteRange inline_[kInline];
+  std::vector<detail::ByteRange> heap_;
+  detail::ByteRange* ranges_ = inline_;
+  size_t count_ = 0;
+};
+
+using F = MetadataField;
+
+void check_build_overlap(const ArgChecker& c, const MetadataConfig& cfg, const MetadataInputs& in,
+                         const MetadataTargets& targets, int64_t rows) {
+  const int64_t bs = cfg.batch_size;
+  const bool splits = in.flashmla_num_splits != nullptr, tiles = in.flashmla_metadata != nullptr;
+  CallRanges r(6 + static_cast<size_t>(kMetadataFieldCount * targets.count));
+  r.indices(in.seq_lens, bs, "inputs.seq_lens");
+  r.indices(in.req_pool_indices, bs, "inputs.req_pool_indices");
+  if (cfg.mode == ForwardMode::kDraftExtend) r.indices(in.extend_lens, bs, "inputs.extend_lens");
+  r.table(in.req_to_token, in.req_to_token_rows, in.req_to_token_ld, in.req_to_token_cols, "inputs.req_to_token");
+  r.ints(in.flashmla_num_splits, in.flashmla_num_splits_size, "inputs.flashmla_num_splits");
+  r.ints(in.flashmla_metadata, in.flashmla_metadata_size, "inputs.flashmla_metadata");
+  // A row is never longer than its req_to_token row (checked on the device values).
+  const int64_t pages = in.req_to_token_cols / cfg.page_size + (in.req_to_token_cols % cfg.page_size != 0);
+  const detail::MetadataTargetsHost& host = *targets.host;
+  for (int64_t d = 0; d < targets.count; ++d) {
+    const MetadataBuffers& b = host.descriptors[static_cast<size_t>(d)];
+    r.ints(b.cache_seqlens, bs, host.name(d, F::kCacheSeqlens));
+    r.ints(b.cu_seqlens_k, bs + 1, host.name(d, F::kCuSeqlensK));
+    r.table(b.page_table_1, rows, b.page_table_1_ld, std::min(b.page_table_1_cols, in.req_to_token_cols),
+            host.name(d, F::kPageTable1));
+    r.ints(b.seqlens_expanded, rows, host.name(d, F::kSeqlensExpanded));
+    r.ints(b.nsa_cache_seqlens, rows, host.name(d, F::kNsaCacheSeqlens));
+    r.ints(b.nsa_cu_seqlens_k, rows + 1, host.name(d, F::kNsaCuSeqlensK));
+    r.table(b.real_page_table, rows, b.real_page_table_ld, std::min(b.real_page_table_cols, pages),
+            host.name(d, F::kRealPageTable));
+    if (splits) r.ints(b.flashmla_num_splits, rows + 1, host.name(d, F::kFlashmlaNumSplits));
+    if (tiles) r.ints(b.flashmla_metadata, b.flashmla_metadata_size, host.name(d, F::kFlashmlaMetadata));
+  }
+  r.check(c);
+}
+
+void check_copy_overlap(const ArgChecker& c, const MetadataCopyShape& shape, const MetadataSources& s,
+                        const MetadataTargets& targets) {
+  const int64_t bs = shape.batch_size, rows = copy_rows(shape), cols = copy_page_cols(shape);
+  const bool decode = shape.mode == ForwardMode::kDecode;
+  const int64_t rc = s.real_page_table_cols;
+  CallRanges r(9 + static_cast<size_t>(kMetadataFieldCount * targets.count));
+  r.ints(s.cache_seqlens, bs, "sources.cache_seqlens");
+  r.ints(s.cu_seqlens_k, bs + 1, "sources.cu_seqlens_k");
+  r.table(s.page_table_1, rows, s.page_table_1_ld ? s.page_table_1_ld : cols, cols, "sources.page_table_1");
+  if (!decode) r.ints(s.seqlens_expanded, rows, "sources.seqlens_expanded");
+  r.ints(s.nsa_cache_seqlens, rows, "sources.nsa_cache_seqlens");
+  r.ints(s.nsa_cu_seqlens_k, rows + 1, "sources.nsa_cu_seqlens_k");
+  r.table(s.real_page_table, rows, s.real_page_table_ld ? s.real_page_table_ld : rc, rc, "sources.real_page_table");
+  r.ints(s.flashmla_num_splits, rows + 1, "sources.flashmla_num_splits");
+  r.ints(s.flashmla_metadata, s.flashmla_metadata_size, "sources.flashmla_metadata");
+  const detail::MetadataTargetsHost& host = *targets.host;
+  for (int64_t d = 0; d < targets.count; ++d) {
+    const MetadataBuffers& b = host.descriptors[static_cast<size_t>(d)];
+    r.ints(b.cache_seqlens, bs, host.name(d, F::kCacheSeqlens));
+    r.ints(b.cu_seqlens_k + 1, bs, host.name(d, F::kCuSeqlensK));  // element 0 untouched
+    r.table(b.page_table_1, rows, b.page_table_1_ld, cols, host.name(d, F::kPageTable1));
+    if (!decode && s.seqlens_expanded) r.ints(b.seqlens_expanded, rows, host.name(d, F::kSeqlensExpanded));
+    r.ints(b.nsa_cache_seqlens, rows, host.name(d, F::kNsaCacheSeqlens));
+    r.ints(b.nsa_cu_seqlens_k + 1, rows, host.name(d, F::kNsaCuSeqlensK));
+    if (s.real_page_table) r.table(b.real_page_table, rows, b.real_page_table_ld, rc, host.name(d, F::kRealPageTable));
+    if (s.flashmla_num_splits) r.ints(b.flashmla_num_splits, rows + 1, host.name(d, F::kFlashmlaNumSplits));
+    if (s.flashmla_metadata)
+      r.ints(b.flashmla_metadata, s.flashmla_metadata_size, host.name(d, F::kFlashmlaMetadata));
+  }
+  r.check(c);
 }
 
 }  // namespace
@@ -105,9 +265,27 @@ MetadataTargets upload_metadata_targets(const Exec& exec, const MetadataBuffers*
   const size_t needed = metadata_targets_workspace_bytes(count);
   if (workspace_bytes < needed)
     c.fail("workspace_bytes", ">= " + std::to_string(needed), std::to_string(workspace_bytes));
+  MetadataTargets t;
+  t.table = static_cast<const MetadataBuffers*>(workspace);
+  t.count = count;
+  t.backend = exec.backend;
+  summarise(t, host, count);
+  auto state = std::make_shared<detail::MetadataTargetsHost>();
+  state->descriptors.assign(host, host + count);
+  for (int64_t d = 0; d < count; ++d)
+    for (int f = 0; f < kMetadataFieldCount; ++f) state->names.push_back(target_arg(d, kMetadataFields[f].name));
+  t.host = std::move(state);
   if (exec.backend == Backend::kCpu) std::memcpy(workspace, host, needed);
   else cuda::upload_metadata_targets(exec.stream, host, count, workspace);
-  return MetadataTargets{host, static_cast<const MetadataBuffers*>(workspace), count};
+  return t;
+}
+
+const MetadataBuffers& metadata_target(const MetadataTargets& targets, int64_t d) {
+  const ArgChecker c("metadata_target");
+  if (!targets.host) c.fail("targets", "a table returned by upload_metadata_targets", "a table built by hand");
+  const int64_t count = static_cast<int64_t>(targets.host->descriptors.size());
+  if (d < 0 || d >= count) c.fail("d", "an index in [0, " + std::to_string(count) + ")", std::to_string(d));
+  return targets.host->descriptors[static_cast<size_t>(d)];
 }
 
 void build_metadata(const Exec& exec, const MetadataConfig& config, const MetadataInputs& inputs,
@@ -127,13 +305,11 @@ void build_metadata(const Exec& exec, const MetadataConfig& config, const Metada
   const bool extend = config.mode == ForwardMode::kDraftExtend;
   const int64_t rows = metadata_row_capacity(config);
 
-  check_targets_table(c, targets);
-  for (int64_t d = 0; d < targets.count; ++d) {
-    const MetadataBuffers& t = targets.host[d];
-    check_descriptor(c, exec, t, d);
-    target_at_least(c, t.max_rows, rows, d, "max_rows");  // covers cache_seqlens [bs] too: rows >= bs
-    if (config.mode != ForwardMode::kDecode) target_not_null(c, t.seqlens_expanded, d, "seqlens_expanded");
-  }
+  check_targets_table(c, exec, targets);
+  target_holds_batch(c, targets.max_batch.value, config.batch_size, targets.max_batch.index);
+  bound_at_least(c, targets.max_rows, rows, "max_rows");
+  if (config.mode != ForwardMode::kDecode && targets.first_without_seqlens_expanded >= 0)
+    target_not_null(c, nullptr, targets.first_without_seqlens_expanded, "seqlens_expanded");
 
   c.at_least(inputs.req_to_token_rows, 0, "inputs.req_to_token_rows");
   c.at_least(inputs.req_to_token_cols, 0, "inputs.req_to_token_cols");
@@ -152,8 +328,21 @@ void build_metadata(const Exec& exec, const MetadataConfig& config, const Metada
   }
   check_source(c, exec, inputs.flashmla_num_splits, false, "inputs.flashmla_num_splits");
   check_source(c, exec, inputs.flashmla_metadata, false, "inputs.flashmla_metadata");
+  // FlashMLA sources are read only into destinations that have the field.
+  if (inputs.flashmla_num_splits && (targets.fields_any & metadata_field_bit(F::kFlashmlaNumSplits))) {
+    const int64_t need = extend ? 1 : rows + 1;  // DRAFT_EXTEND: R is a device value (the CPU backend checks it)
+    if (inputs.flashmla_num_splits_size < need)
+      c.fail("inputs.flashmla_num_splits_size", ">= R + 1 = " + std::to_string(need) + " (values copied)",
+             std::to_string(inputs.flashmla_num_splits_size));
+  }
+  if (inputs.flashmla_metadata && (targets.fields_any & metadata_field_bit(F::kFlashmlaMetadata)) &&
+      inputs.flashmla_metadata_size < targets.flashmla_metadata_max)
+    c.fail("inputs.flashmla_metadata_size",
+           ">= " + std::to_string(targets.flashmla_metadata_max) + " (the largest destination's flashmla_metadata_size)",
+           std::to_string(inputs.flashmla_metadata_size));
 
   if (config.batch_size == 0) return;  // empty batch: nothing written, no launch
+  check_build_overlap(c, config, inputs, targets, rows);
   if (exec.backend == Backend::kCpu) cpu::build_metadata(exec.cpu_threads, config, inputs, targets);
   else cuda::build_metadata(exec.stream, exec.checked, config, inputs, targets);
 }
@@ -172,18 +361,13 @@ void copy_metadata(const Exec& exec, const MetadataCopyShape& shape, const Metad
   const bool has_real = sources.real_page_table != nullptr;
   const bool has_tiles = sources.flashmla_metadata != nullptr;
 
-  check_targets_table(c, targets);
-  for (int64_t d = 0; d < targets.count; ++d) {
-    const MetadataBuffers& t = targets.host[d];
-    check_descriptor(c, exec, t, d);
-    target_at_least(c, t.max_rows, shape.batch_size, d, "max_rows");
-    target_at_least(c, t.max_rows, rows, d, "max_rows");
-    target_at_least(c, t.page_table_1_cols, cols, d, "page_table_1_cols");
-    if (has_real && t.real_page_table != nullptr)
-      target_at_least(c, t.real_page_table_cols, sources.real_page_table_cols, d, "real_page_table_cols");
-    if (has_tiles && t.flashmla_metadata != nullptr)
-      target_at_least(c, t.flashmla_metadata_size, sources.flashmla_metadata_size, d, "flashmla_metadata_size");
-  }
+  check_targets_table(c, exec, targets);
+  target_holds_batch(c, targets.max_batch.value, shape.batch_size, targets.max_batch.index);
+  bound_at_least(c, targets.max_rows, rows, "max_rows");
+  bound_at_least(c, targets.page_table_1_cols, cols, "page_table_1_cols");
+  if (has_real) bound_at_least(c, targets.real_page_table_cols, sources.real_page_table_cols, "real_page_table_cols");
+  if (has_tiles)
+    bound_at_least(c, targets.flashmla_metadata_size, sources.flashmla_metadata_size, "flashmla_metadata_size");
 
   const bool any = shape.batch_size > 0;
   check_source(c, exec, sources.cache_seqlens, any, "sources.cache_seqlens");
@@ -204,6 +388,7 @@ void copy_metadata(const Exec& exec, const MetadataCopyShape& shape, const Metad
   if (has_tiles) c.at_least(sources.flashmla_metadata_size, 0, "sources.flashmla_metadata_size");
 
   if (shape.batch_size == 0) return;  // empty batch: nothing written, no launch
+  check_copy_overlap(c, shape, sources, targets);
   if (exec.backend == Backend::kCpu) cpu::copy_metadata(exec.cpu_threads, shape, sources, targets);
   else cuda::copy_metadata(exec.stream, shape, sources, targets);
 }

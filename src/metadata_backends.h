@@ -2,9 +2,23 @@
 // validates everything first; backends never validate again and never allocate.
 #pragma once
 
+#include <string>
+#include <vector>
+
 #include "nsa/metadata.h"
 
 namespace nsa {
+
+namespace detail {
+// Host state of an uploaded table, shared by every copy of its MetadataTargets.
+struct MetadataTargetsHost {
+  std::vector<MetadataBuffers> descriptors;  // as validated by upload_metadata_targets
+  std::vector<std::string> names;            // "targets[d].<field>", [d * kMetadataFieldCount + field]
+  const char* name(int64_t d, MetadataField f) const {
+    return names[static_cast<size_t>(d * kMetadataFieldCount + static_cast<int>(f))].c_str();
+  }
+};
+}  // namespace detail
 
 namespace cpu {
 void build_metadata(int threads, const MetadataConfig& config, const MetadataInputs& inputs,

@@ -34,7 +34,6 @@ __version__ = _nsa.__version__
 cuda_built = _nsa.cuda_built
 cuda_device_count = _nsa.cuda_device_count
 set_cpu_threads = _nsa.set_cpu_threads
-has_metadata = bool(getattr(_nsa, "has_metadata", False))
 
 PAGE_SIZE = 64
 HEAD_DIM = 128
@@ -43,7 +42,7 @@ BYTES_PER_PAGE = 8448
 __all__ = [
     "BYTES_PER_PAGE", "CudaError", "DTypeError", "ForwardMode", "HEAD_DIM", "InvalidArgumentError",
     "MetadataTargets", "NsaError", "PAGE_SIZE", "PreparedCall", "ScaleMode", "UnsupportedError", "build_metadata",
-    "copy_metadata", "cuda_built", "cuda_device_count", "gather_k", "gather_k_and_s", "gather_s", "has_metadata",
+    "copy_metadata", "cuda_built", "cuda_device_count", "gather_k", "gather_k_and_s", "gather_s",
     "prepare_build_metadata", "prepare_gather_k_and_s", "quantize_and_store_k", "set_cpu_threads", "store_k_and_s",
     "upload_metadata_targets",
 ]

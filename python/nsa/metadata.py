@@ -9,7 +9,7 @@ All metadata tensors are int32.
 import enum
 
 from . import _frameworks, _nsa
-from .errors import InvalidArgumentError, UnsupportedError
+from .errors import InvalidArgumentError
 
 
 class ForwardMode(enum.IntEnum):
@@ -22,12 +22,6 @@ _MODE_NAMES = {"decode": 0, "target_verify": 1, "draft_extend": 2}
 
 DESTINATION_FIELDS = ("cache_seqlens", "cu_seqlens_k", "page_table_1", "seqlens_expanded", "nsa_cache_seqlens",
                       "nsa_cu_seqlens_k", "real_page_table", "flashmla_num_splits", "flashmla_metadata")
-
-
-def _require_metadata(op):
-    if not getattr(_nsa, "has_metadata", False):
-        raise UnsupportedError(f"nsa.{op}: this build of nsa has no metadata ops (it was built before the library "
-                               f"contained src/metadata.cpp); rebuild the package")
 
 
 def _mode(op, mode):
@@ -61,8 +55,8 @@ class MetadataTargets:
     ==========================  ==================================  =========
     field                       shape                               required
     ==========================  ==================================  =========
-    ``cache_seqlens``           ``[>= bs]``                         yes
-    ``cu_seqlens_k``            ``[>= bs + 1]``                     yes
+    ``cache_seqlens``           ``[max_batch]``                     yes
+    ``cu_seqlens_k``            ``[max_batch + 1]``                 yes
     ``page_table_1``            ``[max_rows, W]``, any row stride   yes
     ``seqlens_expanded``        ``[max_rows]``                      no
     ``nsa_cache_seqlens``       ``[max_rows]``                      yes
@@ -72,14 +66,15 @@ class MetadataTargets:
     ``flashmla_metadata``       any contiguous shape                no
     ==========================  ==================================  =========
 
-    ``max_rows`` (the row capacity) is the smallest of the capacities above, or
-    an int ``"max_rows"`` entry no larger than that. The object keeps every
+    ``max_rows`` (the row capacity) is the smallest of the per-row capacities
+    above, or an int ``"max_rows"`` entry no larger than that; ``max_batch``
+    (the request capacity, bs of a call) likewise from the two per-request
+    arrays or a ``"max_batch"`` entry. The object keeps every
     array alive and owns the device table (allocated with the arrays' framework,
     e.g. torch's caching allocator), uploaded on ``stream`` (default: current).
     """
 
     def __init__(self, destinations, *, stream=None):
-        _require_metadata("MetadataTargets")
         if isinstance(destinations, dict):
             destinations = [destinations]
         self._destinations = [dict(d) for d in destinations]
@@ -131,7 +126,6 @@ def build_metadata(targets, seq_lens, req_pool_indices, req_to_token, *, mode=Fo
     request, DRAFT_EXTEND max e_b). Optional FlashMLA schedule tensors are
     copied unchanged into destinations that have them. No host sync.
     """
-    _require_metadata("build_metadata")
     if not isinstance(targets, MetadataTargets):
         raise InvalidArgumentError(f"nsa.build_metadata: argument 'targets': expected nsa.MetadataTargets, "
                                    f"got {type(targets).__name__}")
@@ -149,7 +143,6 @@ def prepare_build_metadata(targets, seq_lens, req_pool_indices, req_to_token, *,
     from the values the arrays hold at each call. It keeps ``targets`` alive."""
     from .prepared import PreparedCall
 
-    _require_metadata("build_metadata")
     if not isinstance(targets, MetadataTargets):
         raise InvalidArgumentError(f"nsa.build_metadata: argument 'targets': expected nsa.MetadataTargets, "
                                    f"got {type(targets).__name__}")
@@ -167,7 +160,6 @@ def copy_metadata(targets, sources, *, mode, batch_size, max_len=0, max_seqlen_k
     one: ``max_len`` page-table columns in DECODE, ``max_seqlen_k`` otherwise;
     ``seqlens_expanded_size`` rows of the per-row arrays outside DECODE.
     """
-    _require_metadata("copy_metadata")
     if not isinstance(targets, MetadataTargets):
         raise InvalidArgumentError(f"nsa.copy_metadata: argument 'targets': expected nsa.MetadataTargets, "
                                    f"got {type(targets).__name__}")

@@ -1,19 +1,16 @@
-// Bindings of the metadata ops (include/nsa/metadata.h). Compiled to a stub
-// (`has_metadata = False`) until the library contains src/metadata.cpp; see
-// python/CMakeLists.txt.
+// Bindings of the metadata ops (include/nsa/metadata.h): conversion of
+// Python arrays and dicts to the library's descriptors; every check of the
+// call itself is the library's.
 #include <nanobind/nanobind.h>
-
-#include "arrays.h"
-
-#if defined(NSA_PY_HAVE_METADATA)
-
 #include <nanobind/stl/string.h>
 
 #include <algorithm>
 #include <deque>
+#include <limits>
 #include <memory>
 #include <vector>
 
+#include "arrays.h"
 #include "nsa/metadata.h"
 
 namespace nsa_py {
@@ -21,32 +18,32 @@ namespace nsa_py {
 namespace {
 
 // One uploaded destination table. The Python MetadataTargets object owns this
-// handle, the workspace and the destination tensors, so every pointer in
-// `host` and `table` stays valid while the handle lives.
+// handle, the workspace and the destination tensors, so every pointer in the
+// table stays valid while the handle lives.
 struct MetadataTargetsHandle {
-  std::vector<nsa::MetadataBuffers> host;
-  // Capacities the library's descriptors do not carry, checked per call here.
-  std::vector<int64_t> cache_seqlens_len;
-  std::vector<int64_t> cu_seqlens_k_len;
   nsa::MetadataTargets targets;
   DeviceKind device = DeviceKind::kCpu;
   int device_id = 0;
 
-  int64_t count() const { return static_cast<int64_t>(host.size()); }
-  int64_t max_flashmla_metadata_size() const {
-    int64_t m = 0;
-    for (const auto& b : host) m = std::max(m, b.flashmla_metadata ? b.flashmla_metadata_size : 0);
-    return m;
-  }
+  int64_t count() const { return targets.count; }
 };
 
-const char* kDestinationFields[] = {"cache_seqlens",     "cu_seqlens_k",        "page_table_1",
-                                    "seqlens_expanded",  "nsa_cache_seqlens",   "nsa_cu_seqlens_k",
-                                    "real_page_table",   "flashmla_num_splits", "flashmla_metadata",
-                                    "max_rows"};
-const char* kSourceFields[] = {"cache_seqlens",     "cu_seqlens_k",      "page_table_1",
-                               "seqlens_expanded",  "nsa_cache_seqlens", "nsa_cu_seqlens_k",
-                               "real_page_table",   "flashmla_num_splits", "flashmla_metadata"};
+// Keys of a destination dict: the fields of nsa/metadata.h plus two optional capacity limits.
+const std::vector<const char*>& destination_keys() {
+  static const std::vector<const char*> keys = [] {
+    std::vector<const char*> k;
+    for (const auto& f : nsa::kMetadataFields) k.push_back(f.name);
+    k.push_back("max_rows");
+    k.push_back("max_batch");
+    return k;
+  }();
+  return keys;
+}
+// Keys of a copy's sources dict: the same field names.
+const std::vector<const char*>& source_keys() {
+  static const std::vector<const char*> keys(destination_keys().begin(), destination_keys().end() - 2);
+  return keys;
+}
 
 // Fetches fields of a dict by name, keeping the argument names ("destinations[1].page_table_1")
 // alive for the messages of the call.
@@ -54,8 +51,7 @@ class Fields {
  public:
   Fields(Call& c, nb::dict d, std::string prefix) : c_(c), d_(std::move(d)), prefix_(std::move(prefix)) {}
 
-  template <size_t N>
-  void only(const char* const (&known)[N]) {
+  void only(const std::vector<const char*>& known) {
     for (auto item : d_) {
       const std::string key = nb::cast<std::string>(nb::str(item.first));
       if (std::find_if(std::begin(known), std::end(known), [&](const char* k) { return key == k; }) == std::end(known)) {
@@ -99,9 +95,19 @@ void int32_flat(const Call& c, const Array& a) {
   if (!a.contiguous()) c.fail(a.name, "a contiguous array", a.describe());
 }
 
+// An optional int entry ("max_rows", "max_batch") that lowers a capacity the arrays imply.
+int64_t capacity_entry(const Call& c, Fields& f, const char* key, int64_t limit, const char* what) {
+  int64_t requested = 0;
+  if (!nb::try_cast(f.raw(key), requested, false) || requested < 0 || requested > limit)
+    c.fail(f.name(key), "an int in [0, " + std::to_string(limit) + "] (" + what + ")",
+           nb::cast<std::string>(nb::repr(f.raw(key))));
+  return requested;
+}
+
 MetadataTargetsHandle* upload(nb::list destinations, nb::handle workspace, nb::handle stream) {
   Call c("MetadataTargets");
   auto handle = std::make_unique<MetadataTargetsHandle>();
+  std::vector<nsa::MetadataBuffers> host;
   const int64_t count = static_cast<int64_t>(nb::len(destinations));
   if (count < 1) c.fail("destinations", "at least one destination dict", "an empty list");
   std::deque<Fields> all;  // keeps argument names alive until the call ends
@@ -110,57 +116,44 @@ MetadataTargetsHandle* upload(nb::list destinations, nb::handle workspace, nb::h
     nb::handle item = destinations[static_cast<size_t>(i)];
     if (!nb::isinstance<nb::dict>(item)) c.fail("destinations", "a list of dicts", "an item that is not a dict");
     Fields& f = all.emplace_back(c, nb::borrow<nb::dict>(item), prefix);
-    f.only(kDestinationFields);
+    f.only(destination_keys());
+    // Capacities are the smallest the arrays allow, per extent (nsa::kMetadataFields).
     nsa::MetadataBuffers b;
-    const Array cache_seqlens = f.get("cache_seqlens", true, true);
-    const Array cu_seqlens_k = f.get("cu_seqlens_k", true, true);
-    const Array page_table_1 = f.get("page_table_1", true, true);
-    const Array seqlens_expanded = f.get("seqlens_expanded", false, true);
-    const Array nsa_cache_seqlens = f.get("nsa_cache_seqlens", true, true);
-    const Array nsa_cu_seqlens_k = f.get("nsa_cu_seqlens_k", true, true);
-    const Array real_page_table = f.get("real_page_table", false, true);
-    const Array num_splits = f.get("flashmla_num_splits", false, true);
-    const Array fm_metadata = f.get("flashmla_metadata", false, true);
-
-    b.cache_seqlens = int32_data(c, cache_seqlens);
-    handle->cache_seqlens_len.push_back(c.vector(cache_seqlens, 0, "[>= batch size]"));
-    b.cu_seqlens_k = int32_data(c, cu_seqlens_k);
-    handle->cu_seqlens_k_len.push_back(c.vector(cu_seqlens_k, 1, "[>= batch size + 1]"));
-    b.page_table_1 = int32_data(c, page_table_1);
-    b.page_table_1_ld = c.table(page_table_1, "[max_rows, width]");
-    b.page_table_1_cols = page_table_1.shape[1];
-    int64_t max_rows = page_table_1.shape[0];
-    if (seqlens_expanded.present)
-      max_rows = std::min(max_rows, int32_vector(c, seqlens_expanded, 0, "[max_rows]"));
-    b.seqlens_expanded = int32_data(c, seqlens_expanded);
-    b.nsa_cache_seqlens = int32_data(c, nsa_cache_seqlens);
-    max_rows = std::min(max_rows, c.vector(nsa_cache_seqlens, 0, "[max_rows]"));
-    b.nsa_cu_seqlens_k = int32_data(c, nsa_cu_seqlens_k);
-    max_rows = std::min(max_rows, c.vector(nsa_cu_seqlens_k, 1, "[max_rows + 1]") - 1);
-    if (real_page_table.present) {
-      b.real_page_table = int32_data(c, real_page_table);
-      b.real_page_table_ld = c.table(real_page_table, "[max_rows, pages]");
-      b.real_page_table_cols = real_page_table.shape[1];
-      max_rows = std::min(max_rows, real_page_table.shape[0]);
+    int64_t max_rows = std::numeric_limits<int64_t>::max(), max_batch = max_rows;
+    for (const auto& field : nsa::kMetadataFields) {
+      const Array a = f.get(field.name, !field.optional, true);
+      if (!a.present) continue;
+      b.*field.pointer = int32_data(c, a);
+      switch (field.extent) {
+        case nsa::MetadataExtent::kBatch: max_batch = std::min(max_batch, c.vector(a, 0, "[max_batch]")); break;
+        case nsa::MetadataExtent::kBatchPlusOne:
+          max_batch = std::min(max_batch, c.vector(a, 1, "[max_batch + 1]") - 1);
+          break;
+        case nsa::MetadataExtent::kRows: max_rows = std::min(max_rows, c.vector(a, 0, "[max_rows]")); break;
+        case nsa::MetadataExtent::kRowsPlusOne:
+          max_rows = std::min(max_rows, c.vector(a, 1, "[max_rows + 1]") - 1);
+          break;
+        case nsa::MetadataExtent::kPageTable1:
+          b.page_table_1_ld = c.table(a, "[max_rows, width]");
+          b.page_table_1_cols = a.shape[1];
+          max_rows = std::min(max_rows, a.shape[0]);
+          break;
+        case nsa::MetadataExtent::kRealPageTable:
+          b.real_page_table_ld = c.table(a, "[max_rows, pages]");
+          b.real_page_table_cols = a.shape[1];
+          max_rows = std::min(max_rows, a.shape[0]);
+          break;
+        case nsa::MetadataExtent::kFlashmlaTiles:
+          int32_flat(c, a);
+          b.flashmla_metadata_size = a.numel();
+          break;
+      }
     }
-    if (num_splits.present) {
-      b.flashmla_num_splits = int32_data(c, num_splits);
-      max_rows = std::min(max_rows, c.vector(num_splits, 1, "[max_rows + 1]") - 1);
-    }
-    if (fm_metadata.present) {
-      int32_flat(c, fm_metadata);
-      b.flashmla_metadata = fm_metadata.as<int32_t>();
-      b.flashmla_metadata_size = fm_metadata.numel();
-    }
-    if (f.has("max_rows")) {
-      int64_t requested = 0;
-      if (!nb::try_cast(f.raw("max_rows"), requested, false) || requested < 0 || requested > max_rows)
-        c.fail(f.name("max_rows"), "an int in [0, " + std::to_string(max_rows) + "] (the smallest row capacity)",
-               nb::cast<std::string>(nb::repr(f.raw("max_rows"))));
-      max_rows = requested;
-    }
+    if (f.has("max_batch")) max_batch = capacity_entry(c, f, "max_batch", max_batch, "the smallest batch capacity");
+    b.max_batch = max_batch;
+    if (f.has("max_rows")) max_rows = capacity_entry(c, f, "max_rows", max_rows, "the smallest row capacity");
     b.max_rows = max_rows;
-    handle->host.push_back(b);
+    host.push_back(b);
   }
   const Array ws = c.require(workspace, "workspace", true);
   if (!ws.contiguous()) c.fail("workspace", "a contiguous array", ws.describe());
@@ -171,7 +164,7 @@ MetadataTargetsHandle* upload(nb::list destinations, nb::handle workspace, nb::h
   handle->device = c.on_cuda() ? DeviceKind::kCuda : DeviceKind::kCpu;
   handle->device_id = c.device_id();
   DeviceGuard guard(c);
-  handle->targets = nsa::upload_metadata_targets(exec, handle->host.data(), count, ws.data, have);
+  handle->targets = nsa::upload_metadata_targets(exec, host.data(), count, ws.data, have);
   return handle.release();
 }
 
@@ -181,18 +174,6 @@ void same_device_as_targets(Call& c, const MetadataTargetsHandle& t, const Array
   if (!same) {
     const std::string where = t.device == DeviceKind::kCuda ? "cuda:" + std::to_string(t.device_id) : "cpu";
     c.fail(any_input.name, "an array on " + where + " like the targets", any_input.describe());
-  }
-}
-
-void check_batch_capacity(const Call& c, const MetadataTargetsHandle& t, int64_t bs) {
-  for (int64_t i = 0; i < t.count(); ++i) {
-    const auto field = [i](const char* name) { return "targets[" + std::to_string(i) + "]." + name; };
-    if (t.cache_seqlens_len[i] < bs)
-      c.fail(field("cache_seqlens").c_str(), "at least batch size = " + std::to_string(bs) + " elements",
-             std::to_string(t.cache_seqlens_len[i]));
-    if (t.cu_seqlens_k_len[i] < bs + 1)
-      c.fail(field("cu_seqlens_k").c_str(), "at least batch size + 1 = " + std::to_string(bs + 1) + " elements",
-             std::to_string(t.cu_seqlens_k_len[i]));
   }
 }
 
@@ -239,23 +220,16 @@ Prepared prepare_build_metadata(MetadataTargetsHandle& t, int mode, int64_t draf
     c.vector(ext, bs, "[batch_size]", true);
     in.extend_lens = c.indices(ext);
   }
-  // R + 1 values are read: R = bs (DECODE), bs * N (TARGET_VERIFY); in
-  // DRAFT_EXTEND R = sum(e_b) lives on the device, so only R >= 0 is checkable.
-  const int64_t known_rows = config.mode == nsa::ForwardMode::kDecode       ? bs
-                             : config.mode == nsa::ForwardMode::kTargetVerify ? bs * std::max<int64_t>(draft_tokens, 0)
-                                                                              : 0;
+  // Lengths only: the library checks them against the call (R + 1, the largest tile table).
   if (splits.present) {
-    int32_vector(c, splits, known_rows + 1, "[rows + 1]");
+    in.flashmla_num_splits_size = int32_vector(c, splits, 0, "[rows + 1]");
     in.flashmla_num_splits = splits.as<int32_t>();
   }
   if (meta.present) {
     int32_flat(c, meta);
-    if (meta.numel() < t.max_flashmla_metadata_size())
-      c.fail("flashmla_metadata", "at least " + std::to_string(t.max_flashmla_metadata_size()) +
-                                      " elements (the largest destination)", meta.describe());
     in.flashmla_metadata = meta.as<int32_t>();
+    in.flashmla_metadata_size = meta.numel();
   }
-  check_batch_capacity(c, t, bs);
   // The handle lives as long as its Python object, which the lambda holds.
   const nb::object owner = nb::find(&t);
   const MetadataTargetsHandle* const handle = &t;
@@ -292,8 +266,8 @@ void copy_metadata(MetadataTargetsHandle& t, int mode, int64_t bs, int64_t max_l
   // Unknown keys (typos) are errors; the lookup below ignores them otherwise.
   if (nb::len(sources) > 0) {
     size_t known = 0;
-    for (const char* k : kSourceFields) known += sources.contains(k) ? 1 : 0;
-    if (known != nb::len(sources)) Fields(c, sources, "sources.").only(kSourceFields);
+    for (const char* k : source_keys()) known += sources.contains(k) ? 1 : 0;
+    if (known != nb::len(sources)) Fields(c, sources, "sources.").only(source_keys());
   }
   const auto source = [&](const char* field, const char* arg, bool required) {
     nb::handle v = sources.contains(field) ? nb::handle(sources[field]) : nb::none();
@@ -346,7 +320,6 @@ void copy_metadata(MetadataTargetsHandle& t, int mode, int64_t bs, int64_t max_l
     s.flashmla_metadata = fm_metadata.as<int32_t>();
     s.flashmla_metadata_size = fm_metadata.numel();
   }
-  check_batch_capacity(c, t, bs);
   const nsa::Exec exec = c.exec(stream);
   run_op(c, [&] { nsa::copy_metadata(exec, shape, s, t.targets); });
 }
@@ -354,10 +327,9 @@ void copy_metadata(MetadataTargetsHandle& t, int mode, int64_t bs, int64_t max_l
 }  // namespace
 
 void bind_metadata(nb::module_& m) {
-  m.attr("has_metadata") = true;
   nb::class_<MetadataTargetsHandle>(m, "MetadataTargetsHandle")
       .def_prop_ro("count", &MetadataTargetsHandle::count)
-      .def("max_rows", [](const MetadataTargetsHandle& t, int64_t i) { return t.host.at(static_cast<size_t>(i)).max_rows; });
+      .def("max_rows", [](const MetadataTargetsHandle& t, int64_t i) { return nsa::metadata_target(t.targets, i).max_rows; });
   m.def("metadata_targets_workspace_bytes", [](int64_t count) { return nsa::metadata_targets_workspace_bytes(count); });
   m.def("upload_metadata_targets", &upload, nb::arg("destinations"), nb::arg("workspace"), nb::arg("stream").none(),
         nb::rv_policy::take_ownership);
@@ -374,11 +346,3 @@ void bind_metadata(nb::module_& m) {
 }
 
 }  // namespace nsa_py
-
-#else  // !NSA_PY_HAVE_METADATA
-
-namespace nsa_py {
-void bind_metadata(nb::module_& m) { m.attr("has_metadata") = false; }
-}  // namespace nsa_py
-
-#endif

@@ -10,7 +10,7 @@
 namespace nsa_py {
 
 void bind_index_cache(nb::module_& m);
-void bind_metadata(nb::module_& m);  // binds nothing but `has_metadata = False` without the implementation
+void bind_metadata(nb::module_& m);
 
 namespace {
 

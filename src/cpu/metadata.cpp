@@ -47,16 +47,18 @@ void copy_ints(int32_t* dst, const int32_t* src, int64_t n) {
 
 std::string at_request(int64_t value, int64_t b) { return std::to_string(value) + " at request " + std::to_string(b); }
 
-// The preconditions of nsa/metadata.h on device values, O(bs * D) compares.
+// The preconditions of nsa/metadata.h on device values, O(bs) compares
+// against the table's narrowest widths (the summary of the destinations).
 // The cache length is checked as the 64-bit sum seq_lens[b] (+ N), before it
 // is narrowed to the int32 field, so a length that would wrap is rejected too.
 void validate_inputs(const MetadataConfig& c, const MetadataInputs& in, const MetadataTargets& targets) {
   const detail::ArgChecker chk("build_metadata");
-  const MetadataBuffers* dst = targets.table;
+  const MetadataBound& pt_cols = targets.page_table_1_cols;
+  const MetadataBound& real_cols = targets.real_page_table_cols;  // index -1: no destination has the field
   const int64_t draft = c.mode == ForwardMode::kTargetVerify ? c.draft_tokens : 0;
   const char* len_arg = draft ? "inputs.seq_lens (+ draft_tokens)" : "inputs.seq_lens";
   constexpr int64_t kInt32Max = std::numeric_limits<int32_t>::max();
-  int64_t cu_k = 0, cu_nsa = 0;
+  int64_t cu_k = 0, cu_nsa = 0, rows = 0;
   for (int64_t b = 0; b < c.batch_size; ++b) {
     const int64_t rpi = load_index(in.req_pool_indices, b);
     if (rpi < 0 || rpi >= in.req_to_token_rows)
@@ -75,19 +77,18 @@ void validate_inputs(const MetadataConfig& c, const MetadataInputs& in, const Me
     if (kv < 0 || kv > in.req_to_token_cols)
       chk.fail(len_arg, "cache lengths in [0, req_to_token_cols] = [0, " + std::to_string(in.req_to_token_cols) + "]",
                at_request(kv, b));
-    for (int64_t d = 0; d < targets.count; ++d) {
-      if (kv > dst[d].page_table_1_cols)
-        chk.fail(len_arg,
-                 "cache lengths <= targets[" + std::to_string(d) + "].page_table_1_cols = " +
-                     std::to_string(dst[d].page_table_1_cols),
-                 at_request(kv, b));
-      const int64_t pages = (kv + c.page_size - 1) / c.page_size;
-      if (dst[d].real_page_table != nullptr && pages > dst[d].real_page_table_cols)
-        chk.fail(len_arg,
-                 "ceil(cache length / page_size) <= targets[" + std::to_string(d) + "].real_page_table_cols = " +
-                     std::to_string(dst[d].real_page_table_cols),
-                 at_request(kv, b) + " (" + std::to_string(pages) + " pages)");
-    }
+    if (kv > pt_cols.value)
+      chk.fail(len_arg,
+               "cache lengths <= targets[" + std::to_string(pt_cols.index) + "].page_table_1_cols = " +
+                   std::to_string(pt_cols.value),
+               at_request(kv, b));
+    const int64_t pages = (kv + c.page_size - 1) / c.page_size;
+    if (real_cols.index >= 0 && pages > real_cols.value)
+      chk.fail(len_arg,
+               "ceil(cache length / page_size) <= targets[" + std::to_string(real_cols.index) +
+                   "].real_page_table_cols = " + std::to_string(real_cols.value),
+               at_request(kv, b) + " (" + std::to_string(pages) + " pages)");
+    rows += q;
     cu_k += kv;
     if (cu_k > kInt32Max)
       chk.fail(len_arg, "cumulative cache lengths (cu_seqlens_k) that fit in int32", std::to_string(cu_k) +
@@ -97,6 +98,11 @@ void validate_inputs(const MetadataConfig& c, const MetadataInputs& in, const Me
       chk.fail(len_arg, "cumulative NSA lengths (nsa_cu_seqlens_k) that fit in int32",
                "more than " + std::to_string(kInt32Max) + " after request " + std::to_string(b));
   }
+  // DRAFT_EXTEND: R = sum(e_b) is known only now (the public API checked the other modes).
+  if (in.flashmla_num_splits && (targets.fields_any & metadata_field_bit(MetadataField::kFlashmlaNumSplits)) &&
+      in.flashmla_num_splits_size < rows + 1)
+    chk.fail("inputs.flashmla_num_splits_size", ">= R + 1 = " + std::to_string(rows + 1) + " (values copied)",
+             std::to_string(in.flashmla_num_splits_size));
 }
 
 }  // namespace

@@ -1,6 +1,6 @@
 // CUDA backend of the metadata ops: parameter packing onto the header-only
-// kernels in nsa/cuda/metadata.cuh, launch-status check, nothing else. The
-// only host work is O(D) over the caller's host descriptors.
+// kernels in nsa/cuda/metadata.cuh, launch-status check, nothing else. Host
+// bounds come from the table's summary (MetadataTargets), O(1).
 #include "cuda/cuda_check.h"
 #include "metadata_backends.h"
 #include "nsa/cuda/metadata.cuh"
@@ -39,22 +39,15 @@ void build_metadata(cudaStream stream, DeviceError* checked, const MetadataConfi
   // page_table_1 row, or P times any real_page_table row (checked mode
   // verifies it; both kernels size their page-table items from it).
   p.max_kv = in.req_to_token_cols;
-  for (int64_t d = 0; d < targets.count; ++d) {
-    const MetadataBuffers& t = targets.host[d];
-    if (t.page_table_1_cols < p.max_kv) p.max_kv = t.page_table_1_cols;
-    if (t.real_page_table != nullptr && t.real_page_table_cols <= INT64_MAX / c.page_size &&
-        t.real_page_table_cols * c.page_size < p.max_kv)
-      p.max_kv = t.real_page_table_cols * c.page_size;
-  }
+  if (targets.page_table_1_cols.value < p.max_kv) p.max_kv = targets.page_table_1_cols.value;
+  const int64_t real_cols = targets.real_page_table_cols.value;
+  if (targets.real_page_table_cols.index >= 0 && real_cols <= INT64_MAX / c.page_size &&
+      real_cols * c.page_size < p.max_kv)
+    p.max_kv = real_cols * c.page_size;
   p.error = checked;
   p.flashmla_num_splits = in.flashmla_num_splits;
   p.flashmla_metadata = in.flashmla_metadata;
-  p.flashmla_metadata_max = 0;
-  for (int64_t d = 0; d < targets.count; ++d) {
-    const MetadataBuffers& t = targets.host[d];
-    if (t.flashmla_metadata != nullptr && t.flashmla_metadata_size > p.flashmla_metadata_max)
-      p.flashmla_metadata_max = t.flashmla_metadata_size;
-  }
+  p.flashmla_metadata_max = targets.flashmla_metadata_max;
   p.targets = targets.table;
   p.num_targets = targets.count;
   NSA_CUDA_CHECK(k::invoke_build_metadata(p, current_device_sm_count(), stream));

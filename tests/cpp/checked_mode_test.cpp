@@ -15,6 +15,7 @@
 #include "nsa/index_cache.h"
 #include "nsa/metadata.h"
 #include "reference/index_cache.h"
+#include "metadata_dests.h"
 #include "test_util.h"
 
 #if defined(NSA_WITH_CUDA)
@@ -570,40 +571,22 @@ TEST(CheckedModeCpu, GatherBatchRejectsEachViolationAndWritesNothing) {
 
 // ------------------------------- CPU: build_metadata preconditions -------------------------------
 
-// One destination set in host memory, poisoned.
-struct CpuDest {
-  std::vector<int32_t> cache, cu, pt, exp, nsa, nsacu, real;
-  MetadataBuffers buffers;
-  CpuDest(int64_t rows, int64_t pt_cols, int64_t real_cols)
-      : cache(rows, -7), cu(rows + 1, -7), pt(rows * pt_cols, -7), exp(rows, -7), nsa(rows, -7),
-        nsacu(rows + 1, -7), real(rows * real_cols, -7) {
-    buffers.cache_seqlens = cache.data();
-    buffers.cu_seqlens_k = cu.data();
-    buffers.page_table_1 = pt.data();
-    buffers.page_table_1_cols = buffers.page_table_1_ld = pt_cols;
-    buffers.seqlens_expanded = exp.data();
-    buffers.nsa_cache_seqlens = nsa.data();
-    buffers.nsa_cu_seqlens_k = nsacu.data();
-    buffers.real_page_table = real.data();
-    buffers.real_page_table_cols = buffers.real_page_table_ld = real_cols;
-    buffers.max_rows = rows;
-  }
-  bool untouched() const {
-    for (const auto* v : {&cache, &cu, &pt, &exp, &nsa, &nsacu, &real})
-      for (int32_t x : *v)
-        if (x != -7) return false;
-    return true;
-  }
-};
+// A destination set of `rows` rows in host memory (page_table_1 and real_page_table widths given), poisoned.
+support::MetadataDestShape cpu_dest(int64_t rows, int64_t pt_cols, int64_t real_cols) {
+  support::MetadataDestShape s;
+  s.max_batch = s.max_rows = rows;
+  s.page_table_1_cols = pt_cols;
+  s.real_page_table_cols = real_cols;
+  s.fields = metadata_field_bit(MetadataField::kSeqlensExpanded) | metadata_field_bit(MetadataField::kRealPageTable);
+  return s;
+}
 
 TEST(CheckedModeCpu, BuildMetadataRejectsEachViolationAndWritesNothing) {
   const int64_t N = 3;
   // Two destinations: the second has the narrower page_table_1 (40) and real_page_table (1 column of P = 64).
-  CpuDest wide(8 * N, 80, 2), narrow(8 * N, 40, 1);
-  const MetadataBuffers host[2] = {wide.buffers, narrow.buffers};
-  alignas(MetadataBuffers) unsigned char workspace[2 * sizeof(MetadataBuffers)];
+  const support::MetadataDests dests(Backend::kCpu, {cpu_dest(8 * N, 80, 2), cpu_dest(8 * N, 40, 1)}, kPoison);
   const Exec cpu = Exec::cpu();
-  const MetadataTargets targets = upload_metadata_targets(cpu, host, 2, workspace, sizeof workspace);
+  const MetadataTargets& targets = dests.targets();
   std::vector<int32_t> req_to_token(4 * 80, 9);
   std::vector<int32_t> seq = {10, 37, 0}, rpi = {3, 0, 1}, ext = {1, 3, 0};
   MetadataInputs in;
@@ -641,26 +624,25 @@ TEST(CheckedModeCpu, BuildMetadataRejectsEachViolationAndWritesNothing) {
   ext = {-1, 3, 0};
   expect_rejected([&] { build(ForwardMode::kDraftExtend, ex); }, op, "inputs.extend_lens", "-1 at request 0");
   ext = {1, 3, 0};
-  EXPECT_TRUE(wide.untouched());
-  EXPECT_TRUE(narrow.untouched());
+  EXPECT_TRUE(dests.matches());  // both still poison
 
   // real_page_table: the narrow destination holds 1 page of 64 tokens; a 33-column page table holds 65.
-  CpuDest real_short(3, 80, 1);
-  real_short.buffers.page_table_1_cols = 70;
-  alignas(MetadataBuffers) unsigned char ws1[sizeof(MetadataBuffers)];
-  const MetadataTargets one = upload_metadata_targets(cpu, &real_short.buffers, 1, ws1, sizeof ws1);
+  support::MetadataDestShape real_shape = cpu_dest(3, 70, 1);
+  real_shape.page_table_1_ld = 80;
+  const support::MetadataDests real_short(Backend::kCpu, {real_shape}, kPoison);
+  const MetadataTargets& one = real_short.targets();
   seq = {10, 65, 0};
   MetadataInputs long_rows = in;
   long_rows.req_to_token_cols = 80;
   expect_rejected([&] { build_metadata(cpu, MetadataConfig{ForwardMode::kDecode, 3, 1, 2048, 64}, long_rows, one); }, op,
                   "inputs.seq_lens", "65 at request 1 (2 pages)");
-  EXPECT_TRUE(real_short.untouched());
+  EXPECT_TRUE(real_short.matches());
 
   seq = {10, 37, 0};  // valid: all three modes run
   build(ForwardMode::kDecode, in);
   build(ForwardMode::kTargetVerify, in);
   build(ForwardMode::kDraftExtend, ex);
-  EXPECT_FALSE(wide.untouched());
+  EXPECT_FALSE(dests.matches());
 }
 
 }  // namespace

@@ -11,6 +11,7 @@
 #include <numeric>
 
 #include "nsa/index_cache.h"
+#include "metadata_dests.h"
 #include "nsa/metadata.h"
 #include "test_util.h"
 
@@ -211,56 +212,36 @@ TEST_P(DeterminismTest, GatherKAndSBatch) {
 // Metadata: two destination sets of random bytes, every optional field present.
 // ------------------------------------------------------------------------------------
 struct MetaDest {
-  std::vector<std::vector<uint8_t>> init;  // initial bytes per field, in MetadataBuffers order
-  int64_t max_rows, pt_cols, pt_ld, rt_cols, rt_ld, tiles;
+  support::MetadataDestShape shape;
+  uint64_t seed;  // of the initial bytes: every run starts from the same ones
 };
 
 MetaDest make_meta_dest(std::mt19937_64& rng, int64_t max_rows, int64_t pt_cols, int64_t rt_cols, int64_t tiles,
                         int64_t extra_ld) {
-  MetaDest d{{}, max_rows, pt_cols, pt_cols + extra_ld, rt_cols, rt_cols + extra_ld, tiles};
-  const int64_t n[9] = {max_rows,        max_rows + 1, max_rows * d.pt_ld, max_rows,    max_rows,
-                        max_rows + 1,    max_rows * d.rt_ld, max_rows + 1, tiles};
-  for (int64_t f : n) d.init.push_back(random_bytes(rng, static_cast<size_t>(f * 4)));
+  MetaDest d{{}, rng()};
+  d.shape.max_batch = d.shape.max_rows = max_rows;
+  d.shape.page_table_1_cols = pt_cols;
+  d.shape.page_table_1_ld = pt_cols + extra_ld;
+  d.shape.real_page_table_cols = rt_cols;
+  d.shape.real_page_table_ld = rt_cols + extra_ld;
+  d.shape.flashmla_metadata_size = tiles;
   return d;
 }
 
 // Uploads the destinations, runs `op` with their table, returns every field.
 Outputs run_with_dests(Backend b, const Exec& exec, const std::vector<MetaDest>& dests,
                        const std::function<void(const MetadataTargets&)>& op) {
-  std::vector<std::vector<support::Buffer>> bufs;
-  std::vector<MetadataBuffers> host;
-  for (const auto& d : dests) {
-    bufs.emplace_back();
-    for (const auto& f : d.init) bufs.back().push_back(to_backend(b, f));
-    auto p = [&](int f) { return bufs.back()[static_cast<size_t>(f)].as<int32_t>(); };
-    MetadataBuffers m;
-    m.cache_seqlens = p(0);
-    m.cu_seqlens_k = p(1);
-    m.page_table_1 = p(2);
-    m.page_table_1_cols = d.pt_cols;
-    m.page_table_1_ld = d.pt_ld;
-    m.seqlens_expanded = p(3);
-    m.nsa_cache_seqlens = p(4);
-    m.nsa_cu_seqlens_k = p(5);
-    m.real_page_table = p(6);
-    m.real_page_table_cols = d.rt_cols;
-    m.real_page_table_ld = d.rt_ld;
-    m.flashmla_num_splits = p(7);
-    m.flashmla_metadata = p(8);
-    m.flashmla_metadata_size = d.tiles;
-    m.max_rows = d.max_rows;
-    host.push_back(m);
-  }
-  const size_t ws_bytes = metadata_targets_workspace_bytes(static_cast<int64_t>(host.size()));
-  support::Buffer ws(b, ws_bytes);
-  const MetadataTargets targets =
-      upload_metadata_targets(exec, host.data(), static_cast<int64_t>(host.size()), ws.data(), ws_bytes);
+  std::vector<support::MetadataDestShape> shapes;
+  for (const auto& d : dests) shapes.push_back(d.shape);
+  std::mt19937_64 rng(dests.empty() ? 0 : dests[0].seed);
+  const support::MetadataDests m(exec, shapes, rng);
   fence(b);
-  op(targets);
+  op(m.targets());
   fence(b);
   Outputs out;
-  for (const auto& set : bufs)
-    for (const auto& buf : set) out.push_back(buf.to_host());
+  for (int64_t d = 0; d < m.count(); ++d)
+    for (int f = 0; f < kMetadataFieldCount; ++f)
+      if (m.present(d, f)) out.push_back(m.read(d, f));
   return out;
 }
 
@@ -299,6 +280,8 @@ TEST_P(DeterminismTest, BuildMetadataAllModes) {
       in.req_to_token_ld = table_ld;
       in.flashmla_num_splits = splits_dev.as<int32_t>();
       in.flashmla_metadata = tiles_dev.as<int32_t>();
+      in.flashmla_num_splits_size = static_cast<int64_t>(splits.size());
+      in.flashmla_metadata_size = static_cast<int64_t>(tiles.size());
       const MetadataConfig cfg{mode, bs, N, 2048, 64};
       return run_with_dests(b, exec, dests, [&](const MetadataTargets& t) { build_metadata(exec, cfg, in, t); });
     });

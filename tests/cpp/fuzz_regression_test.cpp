@@ -67,6 +67,7 @@ TEST(FuzzRegression, CopyMetadataZeroRowsWithNullCumulativeSource) {
   dst.nsa_cache_seqlens = nsa.data();
   dst.nsa_cu_seqlens_k = nsa_cu.data();
   dst.max_rows = 4;
+  dst.max_batch = 4;
   MetadataBuffers ws;
   const MetadataTargets targets = upload_metadata_targets(Exec::cpu(), &dst, 1, &ws, sizeof ws);
   const int32_t src_cache[2] = {5, 6}, src_cu[3] = {0, 5, 11};

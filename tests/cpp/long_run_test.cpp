@@ -81,6 +81,7 @@ struct HostDest {
     m.real_page_table_cols = kRtCols;
     m.real_page_table_ld = rt_ld;
     m.max_rows = rows;
+    m.max_batch = kBs;
     return m;
   }
   MetadataBuffers host_view() {

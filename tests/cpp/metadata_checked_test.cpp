@@ -52,6 +52,7 @@ struct Dest {
     b.real_page_table_cols = real_cols;
     b.real_page_table_ld = kRealLd;
     b.max_rows = max_rows;
+    b.max_batch = max_rows;
     return b;
   }
   // Restores the poison of query row `r` in both page tables of `expected`.

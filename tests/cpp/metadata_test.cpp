@@ -13,6 +13,7 @@
 #include <numeric>
 
 #include "nsa/metadata.h"
+#include "metadata_dests.h"
 #include "reference/metadata.h"
 #include "test_util.h"
 
@@ -36,103 +37,56 @@ namespace {
 // ------------------------------------------------------------------------------------
 struct DestSpec {
   int64_t max_rows = 0;
+  int64_t max_batch = -1;  // per-request capacity; -1: max_rows
+  int64_t batch() const { return max_batch < 0 ? max_rows : max_batch; }
   int64_t pt_cols = 0, pt_ld = 0;
   bool expanded = true, real = false, num_splits = false, tiles = false;
   int64_t rt_cols = 0, rt_ld = 0;
   int64_t tiles_size = 0;
 };
 
-enum Field { kCache, kCuK, kPt, kExpanded, kNsa, kNsaCu, kReal, kSplits, kTiles, kFields };
-const char* const kFieldNames[kFields] = {"cache_seqlens",    "cu_seqlens_k",    "page_table_1",
-                                          "seqlens_expanded", "nsa_cache_seqlens", "nsa_cu_seqlens_k",
-                                          "real_page_table",  "flashmla_num_splits", "flashmla_metadata"};
+constexpr int field(MetadataField f) { return static_cast<int>(f); }
+constexpr int kCache = field(MetadataField::kCacheSeqlens), kCuK = field(MetadataField::kCuSeqlensK),
+              kPt = field(MetadataField::kPageTable1), kExpanded = field(MetadataField::kSeqlensExpanded),
+              kNsa = field(MetadataField::kNsaCacheSeqlens), kNsaCu = field(MetadataField::kNsaCuSeqlensK),
+              kReal = field(MetadataField::kRealPageTable);
 
-class Dest {
- public:
-  Dest(Backend b, const DestSpec& s, std::mt19937_64& rng) : spec_(s) {
-    const int64_t n[kFields] = {s.max_rows,
-                                s.max_rows + 1,
-                                s.max_rows * s.pt_ld,
-                                s.expanded ? s.max_rows : -1,
-                                s.max_rows,
-                                s.max_rows + 1,
-                                s.real ? s.max_rows * s.rt_ld : -1,
-                                s.num_splits ? s.max_rows + 1 : -1,
-                                s.tiles ? s.tiles_size : -1};
-    for (int f = 0; f < kFields; ++f) {
-      if (n[f] < 0) continue;
-      expected_[f] = random_bytes(rng, static_cast<size_t>(n[f]) * 4);
-      dev_[f] = to_backend(b, expected_[f]);
-      present_[f] = true;
-    }
-  }
+support::MetadataDestShape dest_shape(const DestSpec& s) {
+  support::MetadataDestShape m;
+  m.max_batch = s.batch();
+  m.max_rows = s.max_rows;
+  m.page_table_1_cols = s.pt_cols;
+  m.page_table_1_ld = s.pt_ld;
+  m.real_page_table_cols = s.rt_cols;
+  m.real_page_table_ld = s.rt_ld;
+  m.flashmla_metadata_size = s.tiles_size;
+  m.fields = (s.expanded ? metadata_field_bit(MetadataField::kSeqlensExpanded) : 0) |
+             (s.real ? metadata_field_bit(MetadataField::kRealPageTable) : 0) |
+             (s.num_splits ? metadata_field_bit(MetadataField::kFlashmlaNumSplits) : 0) |
+             (s.tiles ? metadata_field_bit(MetadataField::kFlashmlaMetadata) : 0);
+  return m;
+}
+std::vector<support::MetadataDestShape> dest_shapes(const std::vector<DestSpec>& specs) {
+  std::vector<support::MetadataDestShape> v;
+  for (const auto& s : specs) v.push_back(dest_shape(s));
+  return v;
+}
 
-  MetadataBuffers view(bool device) {
-    auto p = [&](int f) -> int32_t* {
-      if (!present_[f]) return nullptr;
-      return device ? dev_[f].as<int32_t>() : reinterpret_cast<int32_t*>(expected_[f].data());
-    };
-    MetadataBuffers m;
-    m.cache_seqlens = p(kCache);
-    m.cu_seqlens_k = p(kCuK);
-    m.page_table_1 = p(kPt);
-    m.page_table_1_cols = spec_.pt_cols;
-    m.page_table_1_ld = spec_.pt_ld;
-    m.seqlens_expanded = p(kExpanded);
-    m.nsa_cache_seqlens = p(kNsa);
-    m.nsa_cu_seqlens_k = p(kNsaCu);
-    m.real_page_table = p(kReal);
-    m.real_page_table_cols = spec_.rt_cols;
-    m.real_page_table_ld = spec_.rt_ld;
-    m.flashmla_num_splits = p(kSplits);
-    m.flashmla_metadata = p(kTiles);
-    m.flashmla_metadata_size = spec_.tiles_size;
-    m.max_rows = spec_.max_rows;
-    return m;
-  }
-
-  void expect_matches(int64_t d) const {
-    for (int f = 0; f < kFields; ++f) {
-      if (!present_[f]) continue;
-      SCOPED_TRACE(::testing::Message() << "destination " << d << " field " << kFieldNames[f]);
-      NSA_EXPECT_BYTES_EQ(dev_[f].to_host(), expected_[f]);
-    }
-  }
-  bool matches() const {
-    for (int f = 0; f < kFields; ++f)
-      if (present_[f] && dev_[f].to_host() != expected_[f]) return false;
-    return true;
-  }
-  const std::vector<uint8_t>& expected(int f) const { return expected_[f]; }
-  const support::Buffer& device(int f) const { return dev_[f]; }
-
- private:
-  DestSpec spec_;
-  std::array<std::vector<uint8_t>, kFields> expected_;
-  std::array<support::Buffer, kFields> dev_;
-  std::array<bool, kFields> present_{};
-};
-
-// All destinations of one call, their descriptor tables and the uploaded table.
+// All destinations of one call (random initial bytes, mirrored on the host) and their uploaded table.
 struct DestSets {
-  std::vector<Dest> dests;
-  std::vector<MetadataBuffers> dev_views, host_views;
-  support::Buffer workspace;
-  MetadataTargets targets;
+  support::MetadataDests m;
+  const MetadataTargets& targets;
 
-  DestSets(Backend b, const Exec& exec, const std::vector<DestSpec>& specs, std::mt19937_64& rng) {
-    for (const auto& s : specs) dests.emplace_back(b, s, rng);
-    for (auto& d : dests) {
-      dev_views.push_back(d.view(true));
-      host_views.push_back(d.view(false));
-    }
-    const int64_t count = static_cast<int64_t>(dests.size());
-    workspace = support::Buffer(b, metadata_targets_workspace_bytes(count));
-    targets = upload_metadata_targets(exec, dev_views.data(), count, workspace.data(), workspace.bytes());
-    support::synchronize(b);
-  }
+  DestSets(Backend, const Exec& exec, const std::vector<DestSpec>& specs, std::mt19937_64& rng)
+      : m(exec, dest_shapes(specs), rng), targets(m.targets()) {}
   void expect_matches() const {
-    for (size_t d = 0; d < dests.size(); ++d) dests[d].expect_matches(static_cast<int64_t>(d));
+    for (int64_t d = 0; d < m.count(); ++d) {
+      for (int f = 0; f < kMetadataFieldCount; ++f) {
+        if (!m.present(d, f)) continue;
+        SCOPED_TRACE(::testing::Message() << "destination " << d << " field " << kMetadataFields[f].name);
+        NSA_EXPECT_BYTES_EQ(m.read(d, f), m.mirror(d, f));
+      }
+    }
   }
 };
 
@@ -223,6 +177,8 @@ void run_build_case(Backend b, const Exec& exec, std::mt19937_64& rng, const Bui
   if (c.optional) {
     in.flashmla_num_splits = splits_dev.as<int32_t>();
     in.flashmla_metadata = tiles_dev.as<int32_t>();
+    in.flashmla_num_splits_size = static_cast<int64_t>(splits.size());
+    in.flashmla_metadata_size = static_cast<int64_t>(tiles.size());
   }
   build_metadata(exec, cfg, in, sets.targets);
   support::synchronize(b);
@@ -238,7 +194,7 @@ void run_build_case(Backend b, const Exec& exec, std::mt19937_64& rng, const Bui
   host_in.req_to_token = table.data();
   host_in.flashmla_num_splits = c.optional ? splits.data() : nullptr;
   host_in.flashmla_metadata = c.optional ? tiles.data() : nullptr;
-  reference::build_metadata(cfg, host_in, sets.host_views.data(), c.num_dests);
+  reference::build_metadata(cfg, host_in, sets.m.expected(), c.num_dests);
   sets.expect_matches();
 }
 
@@ -438,7 +394,7 @@ TEST_P(MetadataTest, SpecWorkedExample) {
     support::synchronize(backend());
 
     auto ints = [&](int f, size_t n) {
-      const auto bytes = sets.dests[0].device(f).to_host();
+      const auto bytes = sets.m.read(0, f);
       std::vector<int32_t> v(n);
       std::memcpy(v.data(), bytes.data(), n * 4);
       return v;
@@ -452,7 +408,7 @@ TEST_P(MetadataTest, SpecWorkedExample) {
     // page_table_1 rows: A (pool row 2) then B (pool row 0), repeated per query token, up to the row's length.
     const auto pt = ints(kPt, static_cast<size_t>(rows * W));
     const auto real = ints(kReal, static_cast<size_t>(rows * 34));
-    const auto poison = sets.dests[0].expected(kPt);
+    const auto poison = sets.m.mirror(0, kPt);
     size_t r = 0;
     for (size_t b = 0; b < 2; ++b) {
       const int64_t q = e.mode == ForwardMode::kDecode ? 1 : e.mode == ForwardMode::kTargetVerify ? 4 : e.extend[b];
@@ -550,7 +506,7 @@ void run_copy_case(Backend b, const Exec& exec, std::mt19937_64& rng, const Copy
   const MetadataCopyShape shape{c.mode, c.bs, c.max_len, c.max_seqlen_k, c.E};
   copy_metadata(exec, shape, s, sets.targets);
   support::synchronize(b);
-  reference::copy_metadata(shape, hs, sets.host_views.data(), c.num_dests);
+  reference::copy_metadata(shape, hs, sets.m.expected(), c.num_dests);
   sets.expect_matches();
 }
 
@@ -603,6 +559,51 @@ TEST_P(MetadataTest, EmptyBatchWritesNothing) {
   sets.expect_matches();
 }
 
+// Finding 1 of issue 13: per-request arrays shorter than the per-row ones.
+// cache_seqlens [4] and cu_seqlens_k [5] are exact-size allocations, so an
+// unchecked bs = 16 call writes past their ends (ASan on the CPU build,
+// compute-sanitizer memcheck on the GPU). max_batch bounds bs.
+TEST_P(MetadataTest, BatchBeyondPerRequestCapacityIsRejected) {
+  auto rng = make_rng(112);
+  DestSpec spec;
+  spec.max_rows = 16;
+  spec.max_batch = 4;
+  spec.pt_cols = spec.pt_ld = 8;
+  DestSets sets(backend(), exec(), {spec}, rng);
+  const std::vector<int32_t> seq(16, 3), rpi(16, 0), table(8, 5), src(16 * 8 + 1, 1);
+  auto seq_dev = to_backend(backend(), seq), rpi_dev = to_backend(backend(), rpi);
+  auto table_dev = to_backend(backend(), table), src_dev = to_backend(backend(), src);
+  MetadataInputs in;
+  in.seq_lens = seq_dev.as<int32_t>();
+  in.req_pool_indices = rpi_dev.as<int32_t>();
+  in.req_to_token = table_dev.as<int32_t>();
+  in.req_to_token_rows = 1;
+  in.req_to_token_cols = in.req_to_token_ld = 8;
+  const int32_t* s = src_dev.as<int32_t>();
+  const MetadataSources sources{s, s, s, 0, nullptr, s, s};
+  expect_invalid([&] { build_metadata(exec(), MetadataConfig{ForwardMode::kDecode, 16, 1, 2048, 64}, in, sets.targets); },
+                 "targets[0].max_batch");
+  expect_invalid([&] { build_metadata(exec(), MetadataConfig{ForwardMode::kTargetVerify, 5, 2, 2048, 64}, in, sets.targets); },
+                 "targets[0].max_batch");
+  expect_invalid([&] { copy_metadata(exec(), MetadataCopyShape{ForwardMode::kDecode, 16, 8, 0, 0}, sources, sets.targets); },
+                 "targets[0].max_batch");
+  expect_invalid([&] { copy_metadata(exec(), MetadataCopyShape{ForwardMode::kDraftExtend, 5, 0, 8, 3}, sources, sets.targets); },
+                 "targets[0].max_batch");
+  support::synchronize(backend());
+  sets.expect_matches();  // nothing written
+
+  // bs = max_batch fits exactly.
+  const MetadataConfig fits{ForwardMode::kTargetVerify, 4, 4, 2048, 64};
+  build_metadata(exec(), fits, in, sets.targets);
+  support::synchronize(backend());
+  MetadataInputs host_in = in;
+  host_in.seq_lens = seq.data();
+  host_in.req_pool_indices = rpi.data();
+  host_in.req_to_token = table.data();
+  reference::build_metadata(fits, host_in, sets.m.expected(), 1);
+  sets.expect_matches();
+}
+
 INSTANTIATE_TEST_SUITE_P(Backends, MetadataTest, ::testing::ValuesIn(all_backends()), backend_name);
 
 // ------------------------------------ validation ------------------------------------
@@ -648,7 +649,7 @@ TEST(MetadataValidation, EveryCheckNamesItsArgumentAndWritesNothing) {
   expect_invalid([&] { build(with_cfg([](auto& c) { c.draft_tokens = int64_t{1} << 40; }), in); }, "config.draft_tokens");
   // Row capacity: 2 requests x N = 4 rows > max_rows = 8? No: 8 fits; 3 requests x 4 = 12 does not.
   expect_invalid([&] { build(with_cfg([](auto& c) { c.mode = ForwardMode::kTargetVerify; c.batch_size = 3; }), in); }, "targets[0].max_rows");
-  expect_invalid([&] { build(with_cfg([](auto& c) { c.batch_size = 9; }), in); }, "targets[0].max_rows");
+  expect_invalid([&] { build(with_cfg([](auto& c) { c.batch_size = 9; }), in); }, "targets[0].max_batch");
   expect_invalid([&] { build(cfg, with_in([](auto& i) { i.seq_lens = Indices(); })); }, "inputs.seq_lens");
   expect_invalid([&] { build(cfg, with_in([](auto& i) { i.seq_lens = Indices(i.seq_lens.data, static_cast<IndexType>(2)); })); }, "inputs.seq_lens");
   expect_invalid([&] { build(cfg, with_in([](auto& i) { i.req_pool_indices = Indices(); })); }, "inputs.req_pool_indices");
@@ -659,9 +660,9 @@ TEST(MetadataValidation, EveryCheckNamesItsArgumentAndWritesNothing) {
   expect_invalid([&] { build(cfg, with_in([&](auto& i) { i.extend_lens = ext.data(); })); }, "inputs.extend_lens");
   expect_invalid([&] { build(with_cfg([](auto& c) { c.mode = ForwardMode::kDraftExtend; }), in); }, "inputs.extend_lens");
 
-  // Destination descriptors, checked per call (and at upload).
+  // Destination descriptors, checked once, at upload.
   auto with_target = [&](int d, auto mutate) {
-    auto views = sets.dev_views;
+    std::vector<MetadataBuffers> views = {sets.m.device(0), sets.m.device(1)};
     mutate(views[d]);
     return views;
   };
@@ -677,6 +678,7 @@ TEST(MetadataValidation, EveryCheckNamesItsArgumentAndWritesNothing) {
       {0, [](MetadataBuffers& t) { t.nsa_cache_seqlens = nullptr; }, "targets[0].nsa_cache_seqlens"},
       {1, [](MetadataBuffers& t) { t.nsa_cu_seqlens_k = nullptr; }, "targets[1].nsa_cu_seqlens_k"},
       {1, [](MetadataBuffers& t) { t.max_rows = -1; }, "targets[1].max_rows"},
+      {0, [](MetadataBuffers& t) { t.max_batch = -1; }, "targets[0].max_batch"},
       {0, [](MetadataBuffers& t) { t.page_table_1_cols = -1; }, "targets[0].page_table_1_cols"},
       {1, [](MetadataBuffers& t) { t.page_table_1_ld = 31; }, "targets[1].page_table_1_ld"},
       {0, [](MetadataBuffers& t) { t.real_page_table_cols = -2; }, "targets[0].real_page_table_cols"},
@@ -685,29 +687,42 @@ TEST(MetadataValidation, EveryCheckNamesItsArgumentAndWritesNothing) {
   };
   for (const auto& tc : target_cases) {
     auto views = with_target(tc.d, tc.mutate);
-    const MetadataTargets bad{views.data(), sets.targets.table, 2};
-    expect_invalid([&] { build_metadata(cpu, cfg, in, bad); }, tc.arg);
-    expect_invalid([&] { copy_metadata(cpu, MetadataCopyShape{ForwardMode::kDecode, 2, 4, 0, 0}, MetadataSources{src.data(), src.data(), src.data(), 0, nullptr, src.data(), src.data()}, bad); }, tc.arg);
     support::Buffer ws(Backend::kCpu, metadata_targets_workspace_bytes(2));
     expect_invalid([&] { upload_metadata_targets(cpu, views.data(), 2, ws.data(), ws.bytes()); }, tc.arg);
   }
   {
     auto views = with_target(1, [](MetadataBuffers& t) { t.seqlens_expanded = nullptr; });
-    const MetadataTargets bad{views.data(), sets.targets.table, 2};
-    expect_invalid([&] { build_metadata(cpu, with_cfg([](auto& c) { c.mode = ForwardMode::kTargetVerify; }), in, bad); }, "targets[1].seqlens_expanded");
+    support::Buffer ws(Backend::kCpu, metadata_targets_workspace_bytes(2));
+    const MetadataTargets partial = upload_metadata_targets(cpu, views.data(), 2, ws.data(), ws.bytes());
+    expect_invalid([&] { build_metadata(cpu, with_cfg([](auto& c) { c.mode = ForwardMode::kTargetVerify; }), in, partial); }, "targets[1].seqlens_expanded");
   }
-  expect_invalid([&] { build_metadata(cpu, cfg, in, MetadataTargets{sets.targets.host, sets.targets.table, 0}); }, "targets.count");
-  expect_invalid([&] { build_metadata(cpu, cfg, in, MetadataTargets{nullptr, sets.targets.table, 2}); }, "targets.host");
-  expect_invalid([&] { build_metadata(cpu, cfg, in, MetadataTargets{sets.targets.host, nullptr, 2}); }, "targets.table");
+  // The table itself: as returned by upload_metadata_targets, for this backend.
+  auto with_table = [&](auto mutate) {
+    MetadataTargets t = sets.targets;
+    mutate(t);
+    return t;
+  };
+  expect_invalid([&] { build_metadata(cpu, cfg, in, with_table([](auto& t) { t.count = 0; })); }, "targets.count");
+  expect_invalid([&] { build_metadata(cpu, cfg, in, with_table([](auto& t) { t.table = nullptr; })); }, "targets.table");
+  expect_invalid([&] { build_metadata(cpu, cfg, in, with_table([](auto& t) { t.host = nullptr; })); }, "targets");
+  expect_invalid([&] { build_metadata(cpu, cfg, in, with_table([](auto& t) { t.count = 1; })); }, "upload_metadata_targets");
+  expect_invalid([&] { copy_metadata(cpu, MetadataCopyShape{ForwardMode::kDecode, 2, 4, 0, 0}, MetadataSources{src.data(), src.data(), src.data(), 0, nullptr, src.data(), src.data()}, with_table([](auto& t) { t.backend = Backend::kCuda; })); }, "targets");
+  // The summary names the destination that sets each bound.
+  EXPECT_EQ(sets.targets.max_rows.value, 8);
+  EXPECT_EQ(sets.targets.max_rows.index, 0);
+  EXPECT_EQ(sets.targets.flashmla_metadata_max, 4);
+  EXPECT_EQ(sets.targets.fields_all & metadata_field_bit(MetadataField::kRealPageTable), metadata_field_bit(MetadataField::kRealPageTable));
+  EXPECT_EQ(sets.targets.fields_any & metadata_field_bit(MetadataField::kFlashmlaNumSplits), 0u);
+  EXPECT_EQ(metadata_target(sets.targets, 1).page_table_1, sets.m.device(1).page_table_1);
   expect_invalid([&] { build_metadata(Exec{Backend::kCpu, nullptr, -1}, cfg, in, sets.targets); }, "cpu_threads");
 
   // upload_metadata_targets' own arguments.
   support::Buffer ws(Backend::kCpu, metadata_targets_workspace_bytes(2));
-  expect_invalid([&] { upload_metadata_targets(cpu, sets.dev_views.data(), 0, ws.data(), ws.bytes()); }, "count");
+  expect_invalid([&] { upload_metadata_targets(cpu, &sets.m.device(0), 0, ws.data(), ws.bytes()); }, "count");
   expect_invalid([&] { upload_metadata_targets(cpu, nullptr, 2, ws.data(), ws.bytes()); }, "host");
-  expect_invalid([&] { upload_metadata_targets(cpu, sets.dev_views.data(), 2, nullptr, ws.bytes()); }, "workspace");
-  expect_invalid([&] { upload_metadata_targets(cpu, sets.dev_views.data(), 2, ws.as<uint8_t>() + 4, ws.bytes() - 8); }, "workspace");
-  expect_invalid([&] { upload_metadata_targets(cpu, sets.dev_views.data(), 2, ws.data(), ws.bytes() - 1); }, "workspace_bytes");
+  expect_invalid([&] { upload_metadata_targets(cpu, &sets.m.device(0), 2, nullptr, ws.bytes()); }, "workspace");
+  expect_invalid([&] { upload_metadata_targets(cpu, &sets.m.device(0), 2, ws.as<uint8_t>() + 4, ws.bytes() - 8); }, "workspace");
+  expect_invalid([&] { upload_metadata_targets(cpu, &sets.m.device(0), 2, ws.data(), ws.bytes() - 1); }, "workspace_bytes");
 
   // copy_metadata's shape and sources.
   const MetadataSources good_src{src.data(), src.data(), src.data(), 0, nullptr, src.data(), src.data()};
@@ -729,7 +744,7 @@ TEST(MetadataValidation, EveryCheckNamesItsArgumentAndWritesNothing) {
   expect_invalid([&] { copy(with_shape([](auto& s) { s.max_seqlen_k = -1; }), good_src); }, "shape.max_seqlen_k");
   expect_invalid([&] { copy(with_shape([](auto& s) { s.seqlens_expanded_size = -1; }), good_src); }, "shape.seqlens_expanded_size");
   expect_invalid([&] { copy(with_shape([](auto& s) { s.seqlens_expanded_size = 9; }), good_src); }, "targets[0].max_rows");
-  expect_invalid([&] { copy(with_shape([](auto& s) { s.batch_size = 9; s.seqlens_expanded_size = 2; }), good_src); }, "targets[0].max_rows");
+  expect_invalid([&] { copy(with_shape([](auto& s) { s.batch_size = 9; s.seqlens_expanded_size = 2; }), good_src); }, "targets[0].max_batch");
   expect_invalid([&] { copy(with_shape([](auto& s) { s.max_seqlen_k = 33; }), good_src); }, "targets[0].page_table_1_cols");
   expect_invalid([&] { copy(good_shape, with_src([](auto& s) { s.cache_seqlens = nullptr; })); }, "sources.cache_seqlens");
   expect_invalid([&] { copy(good_shape, with_src([](auto& s) { s.cu_seqlens_k = nullptr; })); }, "sources.cu_seqlens_k");
@@ -748,17 +763,180 @@ TEST(MetadataValidation, EveryCheckNamesItsArgumentAndWritesNothing) {
   } else {
     // Alignment is checked on the host, before any device access.
     auto views = with_target(0, [](MetadataBuffers& t) { t.page_table_1 = reinterpret_cast<int32_t*>(reinterpret_cast<uint8_t*>(t.page_table_1) + 2); });
-    const MetadataTargets bad{views.data(), sets.targets.table, 2};
-    expect_invalid([&] { build_metadata(Exec::cuda(), cfg, in, bad); }, "targets[0].page_table_1");
-    expect_invalid([&] { build_metadata(Exec::cuda(), cfg, with_in([&](auto& i) { i.req_to_token = reinterpret_cast<const int32_t*>(reinterpret_cast<const uint8_t*>(table.data()) + 1); }), sets.targets); }, "inputs.req_to_token");
+    expect_invalid([&] { upload_metadata_targets(Exec::cuda(), views.data(), 2, ws.data(), ws.bytes()); }, "targets[0].page_table_1");
+    expect_invalid([&] { build_metadata(Exec::cuda(), cfg, with_in([&](auto& i) { i.req_to_token = reinterpret_cast<const int32_t*>(reinterpret_cast<const uint8_t*>(table.data()) + 1); }), with_table([](auto& t) { t.backend = Backend::kCuda; })); }, "inputs.req_to_token");
   }
   // Nothing was written by any failed call.
   sets.expect_matches();
 
   // And a valid call still works after all that (the checks are not sticky).
   build_metadata(cpu, cfg, in, sets.targets);
-  reference::build_metadata(cfg, in, sets.host_views.data(), 2);
+  reference::build_metadata(cfg, in, sets.m.expected(), 2);
   sets.expect_matches();
+}
+
+// ------------------------------------ aliasing ------------------------------------
+// Finding 8 of issue 13: a destination array overlapping an input, a source
+// or another destination array is rejected before anything is written. All
+// arrays are carved from one poisoned arena so they can be made to overlap.
+class AliasArena {
+ public:
+  AliasArena() : arena_(4096, -77) {}
+  int32_t* take(int64_t n) {
+    int32_t* p = arena_.data() + used_;
+    used_ += n + 3;  // a gap: adjacent arrays never touch
+    return p;
+  }
+  bool untouched() const {
+    return std::all_of(arena_.begin(), arena_.end(), [](int32_t v) { return v == -77; });
+  }
+
+ private:
+  std::vector<int32_t> arena_;
+  int64_t used_ = 0;
+};
+
+constexpr int64_t kAliasBs = 2, kAliasN = 2, kAliasRows = kAliasBs * kAliasN, kAliasW = 8;
+
+MetadataBuffers alias_dest(AliasArena& a) {
+  MetadataBuffers m;
+  m.max_batch = kAliasBs;
+  m.max_rows = kAliasRows;
+  m.page_table_1_cols = m.page_table_1_ld = kAliasW;
+  m.real_page_table_cols = m.real_page_table_ld = 1;
+  m.flashmla_metadata_size = 8;
+  for (const auto& f : kMetadataFields) {
+    MetadataBuffers shape = m;
+    m.*f.pointer = a.take(metadata_field_elements(shape, f.extent));
+  }
+  return m;
+}
+
+MetadataTargets alias_upload(std::vector<MetadataBuffers> dests, std::vector<MetadataBuffers>& ws) {
+  ws.resize(dests.size());
+  return upload_metadata_targets(Exec::cpu(), dests.data(), static_cast<int64_t>(dests.size()), ws.data(),
+                                 ws.size() * sizeof(MetadataBuffers));
+}
+
+struct AliasCase {
+  const char* what;
+  std::function<void(MetadataBuffers&, MetadataBuffers&)> alias;  // makes destination 0 or 1 overlap something
+  const char* arg;
+  const char* other;
+  bool draft_extend = false;
+};
+
+// Uploads {d0, d1} with the case's alias and expects `op` to reject it, naming both arguments, writing nothing.
+void expect_alias_rejected(const AliasCase& c, const MetadataBuffers& d0, const MetadataBuffers& d1,
+                           const AliasArena& arena, const std::function<void(const MetadataTargets&)>& op) {
+  SCOPED_TRACE(c.what);
+  MetadataBuffers t = d0, u = d1;
+  c.alias(t, u);
+  std::vector<MetadataBuffers> ws;
+  const MetadataTargets targets = alias_upload({t, u}, ws);
+  try {
+    op(targets);
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find(std::string("'") + c.arg + "'"), std::string::npos) << msg;
+    EXPECT_NE(msg.find(std::string("expected no overlap with '") + c.other + "'"), std::string::npos) << msg;
+  }
+  EXPECT_TRUE(arena.untouched());
+}
+
+TEST(MetadataAliasing, BuildRejectsEveryOverlapAndWritesNothing) {
+  AliasArena a;
+  int32_t* seq = a.take(kAliasBs);
+  int32_t* rpi = a.take(kAliasBs);
+  int32_t* ext = a.take(kAliasBs);
+  int32_t* table = a.take(kAliasW);
+  int32_t* splits = a.take(kAliasRows + 1);
+  int32_t* tiles = a.take(8);
+  const MetadataBuffers d0 = alias_dest(a), d1 = alias_dest(a);
+  MetadataInputs in;
+  in.seq_lens = seq;
+  in.req_pool_indices = rpi;
+  in.req_to_token = table;
+  in.req_to_token_rows = 1;
+  in.req_to_token_cols = in.req_to_token_ld = kAliasW;
+  in.flashmla_num_splits = splits;
+  in.flashmla_metadata = tiles;
+  in.flashmla_num_splits_size = kAliasRows + 1;
+  in.flashmla_metadata_size = 8;
+  const MetadataConfig verify{ForwardMode::kTargetVerify, kAliasBs, kAliasN, 2048, 64};
+  MetadataConfig extend = verify;
+  extend.mode = ForwardMode::kDraftExtend;
+  MetadataInputs ext_in = in;
+  ext_in.extend_lens = ext;
+
+  const std::vector<AliasCase> cases = {
+      {"page table over req_to_token", [&](auto& t, auto&) { t.page_table_1 = table; }, "targets[0].page_table_1", "inputs.req_to_token"},
+      {"cache_seqlens over seq_lens", [&](auto& t, auto&) { t.cache_seqlens = seq; }, "targets[0].cache_seqlens", "inputs.seq_lens"},
+      {"nsa_cache_seqlens over req_pool_indices", [&](auto&, auto& u) { u.nsa_cache_seqlens = rpi; }, "targets[1].nsa_cache_seqlens", "inputs.req_pool_indices"},
+      {"seqlens_expanded over extend_lens", [&](auto& t, auto&) { t.seqlens_expanded = ext - 1; }, "targets[0].seqlens_expanded", "inputs.extend_lens", true},
+      {"num_splits over its source", [&](auto&, auto& u) { u.flashmla_num_splits = splits + 2; }, "targets[1].flashmla_num_splits", "inputs.flashmla_num_splits"},
+      {"tile table over its source", [&](auto& t, auto&) { t.flashmla_metadata = tiles; }, "targets[0].flashmla_metadata", "inputs.flashmla_metadata"},
+      {"two destinations sharing cu_seqlens_k", [&](auto& t, auto& u) { u.cu_seqlens_k = t.cu_seqlens_k; }, "targets[1].cu_seqlens_k", "targets[0].cu_seqlens_k"},
+      {"real page table inside page_table_1", [&](auto& t, auto&) { t.real_page_table = t.page_table_1 + 3; }, "targets[0].real_page_table", "targets[0].page_table_1"},
+      {"seqlens_expanded == cache_seqlens", [&](auto& t, auto&) { t.seqlens_expanded = t.cache_seqlens; }, "targets[0].seqlens_expanded", "targets[0].cache_seqlens"},
+  };
+  for (const auto& c : cases) {
+    expect_alias_rejected(c, d0, d1, a, [&](const MetadataTargets& targets) {
+      build_metadata(Exec::cpu(), c.draft_extend ? extend : verify, c.draft_extend ? ext_in : in, targets);
+    });
+  }
+
+  // DRAFT_EXTEND: num_splits must hold R + 1 = sum(e_b) + 1 values; the host
+  // checks >= 1 (R is a device value), the CPU backend the exact count.
+  std::vector<MetadataBuffers> ws;
+  const MetadataTargets targets = alias_upload({d0, d1}, ws);
+  MetadataInputs short_splits = ext_in;
+  short_splits.flashmla_num_splits_size = 0;
+  expect_invalid([&] { build_metadata(Exec::cpu(), extend, short_splits, targets); }, "inputs.flashmla_num_splits_size");
+  std::vector<int32_t> seq_v = {5, 6}, rpi_v = {0, 0}, ext_v = {2, 1};  // R = 3: 4 values needed
+  short_splits.seq_lens = seq_v.data();
+  short_splits.req_pool_indices = rpi_v.data();
+  short_splits.extend_lens = ext_v.data();
+  short_splits.flashmla_num_splits_size = 3;
+  expect_invalid([&] { build_metadata(Exec::cpu(), extend, short_splits, targets); }, "inputs.flashmla_num_splits_size");
+  MetadataInputs short_tiles = in;
+  short_tiles.flashmla_metadata_size = 7;
+  expect_invalid([&] { build_metadata(Exec::cpu(), verify, short_tiles, targets); }, "inputs.flashmla_metadata_size");
+  EXPECT_TRUE(a.untouched());
+}
+
+TEST(MetadataAliasing, CopyRejectsEveryOverlapAndWritesNothing) {
+  AliasArena a;
+  const MetadataBuffers src_set = alias_dest(a), d0 = alias_dest(a), d1 = alias_dest(a);
+  MetadataSources s;
+  s.cache_seqlens = src_set.cache_seqlens;
+  s.cu_seqlens_k = src_set.cu_seqlens_k;
+  s.page_table_1 = src_set.page_table_1;
+  s.seqlens_expanded = src_set.seqlens_expanded;
+  s.nsa_cache_seqlens = src_set.nsa_cache_seqlens;
+  s.nsa_cu_seqlens_k = src_set.nsa_cu_seqlens_k;
+  s.real_page_table = src_set.real_page_table;
+  s.real_page_table_cols = 1;
+  s.flashmla_num_splits = src_set.flashmla_num_splits;
+  s.flashmla_metadata = src_set.flashmla_metadata;
+  s.flashmla_metadata_size = 8;
+  const MetadataCopyShape shape{ForwardMode::kTargetVerify, kAliasBs, 0, kAliasW, kAliasRows};
+
+  const std::vector<AliasCase> cases = {
+      {"copy onto its own source set", [&](auto& t, auto&) { t.cache_seqlens = src_set.cache_seqlens; }, "targets[0].cache_seqlens", "sources.cache_seqlens"},
+      {"page table rows over the source table", [&](auto&, auto& u) { u.page_table_1 = src_set.page_table_1 + kAliasW; }, "targets[1].page_table_1", "sources.page_table_1"},
+      {"nsa_cu_seqlens_k over seqlens_expanded source", [&](auto& t, auto&) { t.nsa_cu_seqlens_k = src_set.seqlens_expanded - 2; }, "targets[0].nsa_cu_seqlens_k", "sources.seqlens_expanded"},
+      {"two destinations sharing the real page table", [&](auto& t, auto& u) { u.real_page_table = t.real_page_table; }, "targets[1].real_page_table", "targets[0].real_page_table"},
+      {"tile table over num_splits", [&](auto& t, auto&) { t.flashmla_metadata = t.flashmla_num_splits + kAliasRows; }, "targets[0].flashmla_metadata", "targets[0].flashmla_num_splits"},
+  };
+  for (const auto& c : cases)
+    expect_alias_rejected(c, d0, d1, a, [&](const MetadataTargets& targets) { copy_metadata(Exec::cpu(), shape, s, targets); });
+  // Disjoint arrays still copy.
+  src_set.cache_seqlens[1] = 5;
+  std::vector<MetadataBuffers> ws;
+  copy_metadata(Exec::cpu(), shape, s, alias_upload({d0, d1}, ws));
+  EXPECT_EQ(d1.cache_seqlens[1], 5);
 }
 
 TEST(MetadataNames, ForwardModeToString) {
@@ -822,12 +1000,14 @@ TEST(MetadataCudaGraph, CaptureOnceReplayWithFreshInputs) {
     in.req_to_token_ld = ld;
     in.flashmla_num_splits = splits_dev.as<int32_t>();
     in.flashmla_metadata = tiles_dev.as<int32_t>();
+    in.flashmla_num_splits_size = static_cast<int64_t>(splits.size());
+    in.flashmla_metadata_size = static_cast<int64_t>(tiles.size());
 
     cudaGraph_t graph = nullptr;
     cudaGraphExec_t graph_exec = nullptr;
     NSA_TEST_CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
     build_metadata(exec, cfg, in, sets.targets);
-    NSA_TEST_CUDA(launch_checksum(sets.dev_views[0].nsa_cu_seqlens_k, R_cap + 1, checksum_dev.as<long long>(), stream));
+    NSA_TEST_CUDA(launch_checksum(sets.m.device(0).nsa_cu_seqlens_k, R_cap + 1, checksum_dev.as<long long>(), stream));
     NSA_TEST_CUDA(cudaStreamEndCapture(stream, &graph));
     NSA_TEST_CUDA(cudaGraphInstantiate(&graph_exec, graph, 0));
 
@@ -855,13 +1035,13 @@ TEST(MetadataCudaGraph, CaptureOnceReplayWithFreshInputs) {
       host_in.req_to_token = table.data();
       host_in.flashmla_num_splits = splits.data();
       host_in.flashmla_metadata = tiles.data();
-      reference::build_metadata(cfg, host_in, sets.host_views.data(), D);
+      reference::build_metadata(cfg, host_in, sets.m.expected(), D);
 
       bool ok = true;
-      for (const auto& d : sets.dests) ok = ok && d.matches();
+      ok = ok && sets.m.matches();
       long long checksum = 0, expected = 0;
       checksum_dev.download(&checksum, 8);
-      const auto& cu_bytes = sets.dests[0].expected(kNsaCu);
+      const auto& cu_bytes = sets.m.mirror(0, kNsaCu);
       for (int64_t i = 0; i <= R_cap; ++i) {
         int32_t v;
         std::memcpy(&v, cu_bytes.data() + i * 4, 4);

@@ -82,48 +82,46 @@ def main():
             nsa.prepare_gather_k_and_s(cache, table, lens, out_k=out_k, out_s=out_s),
     }
 
-    if nsa.has_metadata:
-        width = 4096
-        req_to_token = torch.arange(64 * width, **i32).view(64, width)
-        seq_lens = torch.full((bs,), 1000, dtype=torch.int64, device=dev)
-        rpi = torch.arange(bs, dtype=torch.int64, device=dev)
+    width = 4096
+    req_to_token = torch.arange(64 * width, **i32).view(64, width)
+    seq_lens = torch.full((bs,), 1000, dtype=torch.int64, device=dev)
+    rpi = torch.arange(bs, dtype=torch.int64, device=dev)
 
-        def destination():
-            z = lambda *s: torch.zeros(*s, **i32)  # noqa: E731
-            return {"cache_seqlens": z(bs), "cu_seqlens_k": z(bs + 1), "page_table_1": z(bs, width),
-                    "nsa_cache_seqlens": z(bs), "nsa_cu_seqlens_k": z(bs + 1), "real_page_table": z(bs, width // 64)}
+    def destination():
+        z = lambda *s: torch.zeros(*s, **i32)  # noqa: E731
+        return {"cache_seqlens": z(bs), "cu_seqlens_k": z(bs + 1), "page_table_1": z(bs, width),
+                "nsa_cache_seqlens": z(bs), "nsa_cu_seqlens_k": z(bs + 1), "real_page_table": z(bs, width // 64)}
 
-        one = nsa.MetadataTargets([destination()])
-        three = nsa.MetadataTargets([destination() for _ in range(3)])
-        src = destination()
-        dsts = [destination() for _ in range(3)]
-        src_args = [src["cache_seqlens"], src["cu_seqlens_k"], src["page_table_1"], src["nsa_cache_seqlens"], None,
-                    src["nsa_cu_seqlens_k"], src["real_page_table"], None, None]
-        d0 = dsts[0]
-        dst_args = [d0["cache_seqlens"], d0["cu_seqlens_k"], d0["page_table_1"], d0["nsa_cache_seqlens"], None,
-                    d0["nsa_cu_seqlens_k"], d0["real_page_table"], None, None]
-        cases.update({
-            "build_metadata(decode, 1 target)": lambda: nsa.build_metadata(one, seq_lens, rpi, req_to_token),
-            "build_metadata(decode, 3 targets)": lambda: nsa.build_metadata(three, seq_lens, rpi, req_to_token),
-            "build_metadata(target_verify N=4, 1 target)": None,  # filled below (needs bs*N rows)
-            "_nsa.build_metadata (binding only, stream given)":
-                lambda: _nsa.build_metadata(one._handle, 0, 1, 2048, 64, seq_lens, rpi, req_to_token, None, None, None,
-                                            stream),
-            "copy_metadata(decode, 3 targets)":
-                lambda: nsa.copy_metadata(three, {k: v for k, v in src.items()}, mode=0, batch_size=bs, max_len=1000),
-            "compat.sglang.fused_metadata_copy_cuda":
-                lambda: sglang.fused_metadata_copy_cuda(*src_args, *dst_args, 0, bs, 1000, 0, bs),
-        })
-        rows = bs * 4
-        verify = nsa.MetadataTargets([{
-            "cache_seqlens": torch.zeros(bs, **i32), "cu_seqlens_k": torch.zeros(bs + 1, **i32),
-            "page_table_1": torch.zeros(rows, width, **i32), "seqlens_expanded": torch.zeros(rows, **i32),
-            "nsa_cache_seqlens": torch.zeros(rows, **i32), "nsa_cu_seqlens_k": torch.zeros(rows + 1, **i32)}])
-        cases["prepared build_metadata(decode, 3 targets)() (nsa.prepare_build_metadata once)"] = \
-            nsa.prepare_build_metadata(three, seq_lens, rpi, req_to_token)
-        cases["build_metadata(target_verify N=4, 1 target)"] = lambda: nsa.build_metadata(
-            verify, seq_lens, rpi, req_to_token, mode=nsa.ForwardMode.TARGET_VERIFY, draft_tokens=4)
-
+    one = nsa.MetadataTargets([destination()])
+    three = nsa.MetadataTargets([destination() for _ in range(3)])
+    src = destination()
+    dsts = [destination() for _ in range(3)]
+    src_args = [src["cache_seqlens"], src["cu_seqlens_k"], src["page_table_1"], src["nsa_cache_seqlens"], None,
+                src["nsa_cu_seqlens_k"], src["real_page_table"], None, None]
+    d0 = dsts[0]
+    dst_args = [d0["cache_seqlens"], d0["cu_seqlens_k"], d0["page_table_1"], d0["nsa_cache_seqlens"], None,
+                d0["nsa_cu_seqlens_k"], d0["real_page_table"], None, None]
+    cases.update({
+        "build_metadata(decode, 1 target)": lambda: nsa.build_metadata(one, seq_lens, rpi, req_to_token),
+        "build_metadata(decode, 3 targets)": lambda: nsa.build_metadata(three, seq_lens, rpi, req_to_token),
+        "build_metadata(target_verify N=4, 1 target)": None,  # filled below (needs bs*N rows)
+        "_nsa.build_metadata (binding only, stream given)":
+            lambda: _nsa.build_metadata(one._handle, 0, 1, 2048, 64, seq_lens, rpi, req_to_token, None, None, None,
+                                        stream),
+        "copy_metadata(decode, 3 targets)":
+            lambda: nsa.copy_metadata(three, {k: v for k, v in src.items()}, mode=0, batch_size=bs, max_len=1000),
+        "compat.sglang.fused_metadata_copy_cuda":
+            lambda: sglang.fused_metadata_copy_cuda(*src_args, *dst_args, 0, bs, 1000, 0, bs),
+    })
+    rows = bs * 4
+    verify = nsa.MetadataTargets([{
+        "cache_seqlens": torch.zeros(bs, **i32), "cu_seqlens_k": torch.zeros(bs + 1, **i32),
+        "page_table_1": torch.zeros(rows, width, **i32), "seqlens_expanded": torch.zeros(rows, **i32),
+        "nsa_cache_seqlens": torch.zeros(rows, **i32), "nsa_cu_seqlens_k": torch.zeros(rows + 1, **i32)}])
+    cases["prepared build_metadata(decode, 3 targets)() (nsa.prepare_build_metadata once)"] = \
+        nsa.prepare_build_metadata(three, seq_lens, rpi, req_to_token)
+    cases["build_metadata(target_verify N=4, 1 target)"] = lambda: nsa.build_metadata(
+        verify, seq_lens, rpi, req_to_token, mode=nsa.ForwardMode.TARGET_VERIFY, draft_tokens=4)
     tiny = torch.zeros(1, device=dev)
     cases["baseline: torch tiny add_ (one torch kernel launch)"] = lambda: tiny.add_(1)
 

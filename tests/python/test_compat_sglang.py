@@ -120,7 +120,6 @@ def test_pool_layout_is_checked(rng):
 
 # ---------------------------------------------------------------- fused metadata copies
 
-pytest_metadata = pytest.mark.skipif(not nsa.has_metadata, reason="this build has no metadata ops")
 
 
 def _fixture(rng, bs, E, has_real, has_fm, rows):
@@ -154,7 +153,6 @@ DST_ORDER = ["cache_seqlens", "cu_seqlens_k", "page_table_1", "nsa_cache_seqlens
              "nsa_cu_seqlens_k", "real_page_table", "flashmla_num_splits", "flashmla_metadata"]
 
 
-@pytest_metadata
 @pytest.mark.parametrize("has_fm", [False, True])
 @pytest.mark.parametrize("has_real", [False, True])
 @pytest.mark.parametrize("mode,bs", [(0, 1), (0, 8), (0, 32), (1, 4), (2, 4)])
@@ -171,7 +169,6 @@ def test_fused_metadata_copy_cuda(rng, mode, bs, has_real, has_fm):
             np.testing.assert_array_equal(dst[name], expected[name], err_msg=name)
 
 
-@pytest_metadata
 @pytest.mark.parametrize("has_fm", [False, True])
 @pytest.mark.parametrize("has_real", [False, True])
 @pytest.mark.parametrize("bs", [1, 16])
@@ -195,7 +192,6 @@ def test_fused_metadata_copy_multi_cuda(rng, bs, has_real, has_fm):
                 np.testing.assert_array_equal(d[name], e[name], err_msg=name)
 
 
-@pytest_metadata
 def test_fused_copy_dtype_errors_match_upstream(rng):
     src, make_dst = _fixture(rng, 2, 2, False, False, 2)
     dst = make_dst()
@@ -220,7 +216,6 @@ def test_fused_copy_dtype_errors_match_upstream(rng):
     assert (dst["cache_seqlens"] == 0).all()
 
 
-@pytest_metadata
 def test_fused_copy_reuses_uploaded_targets(rng):
     src, make_dst = _fixture(rng, 4, 4, True, True, 4)
     dst = make_dst()
@@ -235,8 +230,6 @@ def test_fused_copy_reuses_uploaded_targets(rng):
 
 
 def test_non_contiguous_sources_accepted(rng):
-    if not nsa.has_metadata:
-        pytest.skip("this build has no metadata ops")
     src, make_dst = _fixture(rng, 3, 3, False, False, 3)
     dst, expected = make_dst(), make_dst()
     strided = np.zeros(6, np.int32)

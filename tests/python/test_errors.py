@@ -107,7 +107,6 @@ def test_cuda_stream_type_is_checked(rng):
         nsa.gather_k(cache, 1, np.zeros(1, np.int32), stream="default")
 
 
-@pytest.mark.skipif(not nsa.has_metadata, reason="this build has no metadata ops")
 def test_metadata_targets_errors():
     def dest(**over):
         d = {"cache_seqlens": np.zeros(4, np.int32), "cu_seqlens_k": np.zeros(5, np.int32),
@@ -153,4 +152,9 @@ def test_metadata_targets_errors():
         nsa.copy_metadata(targets, src, mode=0, batch_size=2, max_len=9)
     with raises(nsa.DTypeError, "sources.nsa_cache_seqlens", "int32"):
         nsa.copy_metadata(targets, dict(src, nsa_cache_seqlens=np.ones(2, np.int64)), mode=0, batch_size=2, max_len=8)
+    assert (d["cache_seqlens"] == 0).all() and (d["page_table_1"] == 0).all()
+    # two destinations sharing their arrays: the library rejects the call before writing
+    twins = nsa.MetadataTargets([d, dict(d)])
+    with raises(nsa.InvalidArgumentError, "'targets[1].", "expected no overlap with 'targets[0]."):
+        nsa.build_metadata(twins, np.ones(2, np.int32), np.zeros(2, np.int32), r2t)
     assert (d["cache_seqlens"] == 0).all() and (d["page_table_1"] == 0).all()

@@ -76,7 +76,6 @@ def test_prepared_call_keeps_arrays_alive(rng):
     assert cache_ref() is None  # and released with it
 
 
-@pytest.mark.skipif(not nsa.has_metadata, reason="this build has no metadata ops")
 @pytest.mark.parametrize("mode", list(nsa.ForwardMode))
 def test_prepared_build_metadata_equals_reference_every_replay(rng, mode):
     bs, n, width, topk = 5, 3, 300, 128

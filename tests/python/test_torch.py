@@ -17,7 +17,6 @@ from nsa.compat import sglang  # noqa: E402
 
 HAS_CUDA = torch.cuda.is_available() and nsa.cuda_built()
 cuda_only = pytest.mark.skipif(not HAS_CUDA, reason="needs a GPU, torch CUDA and a CUDA build of nsa")
-needs_metadata = pytest.mark.skipif(not nsa.has_metadata, reason="this build has no metadata ops")
 POOL = SimpleNamespace(page_size=64, index_head_dim=128, quant_block_size=128)
 DEVICES = ["cpu"] + (["cuda"] if HAS_CUDA else [])
 
@@ -269,7 +268,6 @@ def _graph_destination(rows, bs, width):
 
 
 @cuda_only
-@needs_metadata
 @pytest.mark.parametrize("mode", [0, 1, 2])
 def test_build_metadata_cuda_graph(gen, mode):
     bs, n, width, topk = 8, 4, 700, 256
@@ -346,7 +344,6 @@ def test_compat_index_buffer_cuda(gen):
 
 
 @cuda_only
-@needs_metadata
 def test_compat_fused_metadata_copy_cuda():
     bs, max_len = 8, 128
     g = torch.Generator(device="cuda").manual_seed(3)

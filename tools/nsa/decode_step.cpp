@@ -96,6 +96,7 @@ struct DestSet {
     desc.flashmla_metadata = ptr(kTileTable);
     desc.flashmla_metadata_size = s.tile_ints;
     desc.max_rows = s.max_rows;
+    desc.max_batch = s.batch;
   }
   std::vector<int32_t> download(int f) const { return from_backend<int32_t>(buf[f], shape.count(f)); }
 };
@@ -246,6 +247,8 @@ class DecodeScenario : public Scenario {
     if (de) in.extend_lens = Indices(extend_dev_.as<int32_t>());
     in.flashmla_num_splits = ptr(kNumSplits);
     in.flashmla_metadata = tile_dev_.as<int32_t>();
+    in.flashmla_num_splits_size = max_rows + 1;
+    in.flashmla_metadata_size = c_.flashmla_tile_ints;
 
     DestShape shape;
     shape.batch = c_.batch;

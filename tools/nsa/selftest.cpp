@@ -14,6 +14,7 @@
 #include "buffer.h"
 #include "commands.h"
 #include "host_data.h"
+#include "metadata_dests.h"
 #include "nsa/index_cache.h"
 #include "nsa/metadata.h"
 #include "reference/index_cache.h"
@@ -209,48 +210,42 @@ void case_gather_k_and_s(Backend b, std::mt19937_64& rng) {
 
 // ------------------------------------------------------------------ metadata
 
-// Destination sets with random contents, on the backend and mirrored on the host.
+// Destination sets with random contents and random optional fields, on the backend and mirrored on the host.
 struct Dests {
-  std::vector<std::vector<std::vector<uint8_t>>> host;  // [dest][field] bytes
-  std::vector<std::vector<Buffer>> dev;
-  std::vector<MetadataBuffers> dev_views, host_views;
-  Buffer workspace;
-  MetadataTargets targets;
+  support::MetadataDests m;
 
-  // fields: 0 cache, 1 cu, 2 pt1, 3 expanded, 4 nsa, 5 nsa_cu, 6 real, 7 splits, 8 tiles; size < 0 = absent
   Dests(Backend b, std::mt19937_64& rng, int64_t count, int64_t max_rows, int64_t pt_cols, int64_t rt_cols,
-        int64_t tiles, bool expanded) {
+        int64_t tiles, bool expanded)
+      : m(b, shapes(rng, count, max_rows, pt_cols, rt_cols, tiles, expanded), rng) {}
+  const MetadataTargets& targets() const { return m.targets(); }
+
+  static std::vector<support::MetadataDestShape> shapes(std::mt19937_64& rng, int64_t count, int64_t max_rows,
+                                                        int64_t pt_cols, int64_t rt_cols, int64_t tiles,
+                                                        bool expanded) {
+    std::vector<support::MetadataDestShape> v;
     for (int64_t d = 0; d < count; ++d) {
-      const int64_t pt_ld = pt_cols + pick(rng, 0, 5), rt_ld = rt_cols + pick(rng, 0, 2);
-      const bool real = pick(rng, 0, 3) != 0, splits = pick(rng, 0, 1), tile = pick(rng, 0, 1);
-      const int64_t sizes[9] = {max_rows, max_rows + 1, max_rows * pt_ld, expanded ? max_rows : -1, max_rows,
-                                max_rows + 1, real ? max_rows * rt_ld : -1, splits ? max_rows + 1 : -1,
-                                tile ? tiles : -1};
-      host.emplace_back(9);
-      dev.emplace_back(9);
-      for (int f = 0; f < 9; ++f) {
-        if (sizes[f] < 0) continue;
-        host[d][f] = random_bytes(rng, static_cast<size_t>(sizes[f]) * 4);
-        dev[d][f] = to_backend(b, host[d][f]);
-      }
-      for (int which = 0; which < 2; ++which) {
-        auto p = [&](int f) -> int32_t* {
-          if (sizes[f] < 0) return nullptr;
-          return which ? reinterpret_cast<int32_t*>(host[d][f].data()) : dev[d][f].as<int32_t>();
-        };
-        MetadataBuffers m{p(0), p(1), p(2), pt_cols, pt_ld, p(3), p(4), p(5), p(6), real ? rt_cols : 0,
-                          real ? rt_ld : 0, p(7), p(8), tile ? tiles : 0, max_rows};
-        (which ? host_views : dev_views).push_back(m);
-      }
+      support::MetadataDestShape s;
+      s.max_batch = s.max_rows = max_rows;
+      s.page_table_1_cols = pt_cols;
+      s.page_table_1_ld = pt_cols + pick(rng, 0, 5);
+      s.real_page_table_cols = rt_cols;
+      s.real_page_table_ld = rt_cols + pick(rng, 0, 2);
+      s.flashmla_metadata_size = tiles;
+      s.fields = (expanded ? metadata_field_bit(MetadataField::kSeqlensExpanded) : 0) |
+                 (pick(rng, 0, 3) != 0 ? metadata_field_bit(MetadataField::kRealPageTable) : 0) |
+                 (pick(rng, 0, 1) ? metadata_field_bit(MetadataField::kFlashmlaNumSplits) : 0) |
+                 (pick(rng, 0, 1) ? metadata_field_bit(MetadataField::kFlashmlaMetadata) : 0);
+      v.push_back(s);
     }
-    workspace = Buffer(b, metadata_targets_workspace_bytes(count));
-    targets = upload_metadata_targets(exec_for(b), dev_views.data(), count, workspace.data(), workspace.bytes());
+    return v;
   }
 
   void expect_matches_reference(const std::string& what) const {
-    for (size_t d = 0; d < dev.size(); ++d)
-      for (int f = 0; f < 9; ++f)
-        if (!host[d][f].empty()) expect_same(fmt::format("{} destination {} field {}", what, d, f), dev[d][f].to_host(), host[d][f]);
+    for (int64_t d = 0; d < m.count(); ++d)
+      for (int f = 0; f < kMetadataFieldCount; ++f)
+        if (m.present(d, f))
+          expect_same(fmt::format("{} destination {} field {}", what, d, kMetadataFields[f].name), m.read(d, f),
+                      m.mirror(d, f));
   }
 };
 
@@ -278,6 +273,8 @@ void case_build_metadata(Backend b, std::mt19937_64& rng) {
                      width, Indices(), splits_d.as<int32_t>(), tile_d.as<int32_t>()};
   MetadataInputs host{Indices(seq.data()), Indices(rpi.data()), r2t.data(), pool_rows, width, width, Indices(),
                       splits.data(), tile.data()};
+  dev.flashmla_num_splits_size = host.flashmla_num_splits_size = rows + 1;
+  dev.flashmla_metadata_size = host.flashmla_metadata_size = tiles;
   if (mode == ForwardMode::kDraftExtend) {
     dev.extend_lens = Indices(ext_d.as<int32_t>());
     host.extend_lens = Indices(extend.data());
@@ -285,9 +282,9 @@ void case_build_metadata(Backend b, std::mt19937_64& rng) {
   const int64_t count = pick(rng, 1, 3);
   Dests dests(b, rng, count, rows + pick(rng, 0, 3), width, (width + page - 1) / page, tiles,
               mode != ForwardMode::kDecode || pick(rng, 0, 1));
-  build_metadata(exec_for(b), config, dev, dests.targets);
+  build_metadata(exec_for(b), config, dev, dests.targets());
   support::synchronize(b);
-  reference::build_metadata(config, host, dests.host_views.data(), count);
+  reference::build_metadata(config, host, dests.m.expected(), count);
   dests.expect_matches_reference(fmt::format("{} bs={} N={} P={} topk={}", to_string(mode), bs, n, page, topk));
 }
 
@@ -319,9 +316,9 @@ void case_copy_metadata(Backend b, std::mt19937_64& rng) {
   const int64_t count = pick(rng, 1, 4);
   Dests dests(b, rng, count, std::max(bs, rows) + pick(rng, 0, 3), cols + pick(rng, 0, 4), rt_cols + pick(rng, 0, 2),
               tiles + pick(rng, 0, 4), !decode || pick(rng, 0, 1));
-  copy_metadata(exec_for(b), shape, sources(true), dests.targets);
+  copy_metadata(exec_for(b), shape, sources(true), dests.targets());
   support::synchronize(b);
-  reference::copy_metadata(shape, sources(false), dests.host_views.data(), count);
+  reference::copy_metadata(shape, sources(false), dests.m.expected(), count);
   dests.expect_matches_reference(fmt::format("{} bs={} E={} cols={}", to_string(mode), bs, e, cols));
 }
 

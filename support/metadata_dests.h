@@ -1,0 +1,77 @@
+// Destination sets of the metadata ops for tests, benchmarks and the CLI: one
+// buffer per field on a backend, a host mirror holding the same initial bytes
+// (a reference writes the expected result into it), and the uploaded table.
+// Every field is handled through kMetadataFields (nsa/metadata.h), so a new
+// field needs no change here.
+#pragma once
+
+#include <cstdint>
+#include <random>
+#include <vector>
+
+#include "buffer.h"
+#include "nsa/metadata.h"
+
+namespace nsa {
+namespace support {
+
+constexpr uint32_t kAllMetadataFields = (1u << kMetadataFieldCount) - 1;
+
+// Capacities of one destination set. Optional fields are present when their
+// bit (metadata_field_bit) is in `fields`; mandatory ones always are.
+struct MetadataDestShape {
+  int64_t max_batch = 0, max_rows = 0;
+  int64_t page_table_1_cols = 0, page_table_1_ld = 0;        // ld 0: = cols
+  int64_t real_page_table_cols = 0, real_page_table_ld = 0;  // ld 0: = cols
+  int64_t flashmla_metadata_size = 0;
+  uint32_t fields = kAllMetadataFields;
+
+  bool has(int field) const { return !kMetadataFields[field].optional || (fields >> field & 1u); }
+  // The descriptor of this shape with every pointer null.
+  MetadataBuffers descriptor() const;
+};
+
+// Elements of `field` in a destination of this shape (0 when absent): rows x
+// row stride for the tables.
+int64_t metadata_field_size(const MetadataDestShape& shape, int field);
+
+class MetadataDests {
+ public:
+  // Initial bytes: random (rng) or `byte` everywhere; the mirror starts equal.
+  MetadataDests(Backend backend, const std::vector<MetadataDestShape>& shapes, std::mt19937_64& rng);
+  MetadataDests(Backend backend, const std::vector<MetadataDestShape>& shapes, uint8_t byte);
+  // Same, uploaded on `exec` (a stream other than the default one).
+  MetadataDests(const Exec& exec, const std::vector<MetadataDestShape>& shapes, std::mt19937_64& rng);
+
+  int64_t count() const { return static_cast<int64_t>(shapes_.size()); }
+  const MetadataTargets& targets() const { return targets_; }
+  const MetadataBuffers& device(int64_t d) const { return device_[static_cast<size_t>(d)]; }
+  // Descriptors of the host mirror, for the reference ops.
+  MetadataBuffers* expected() { return expected_.data(); }
+  const MetadataDestShape& shape(int64_t d) const { return shapes_[static_cast<size_t>(d)]; }
+
+  bool present(int64_t d, int field) const { return shape(d).has(field); }
+  std::vector<uint8_t> read(int64_t d, int field) const;  // the backend's bytes
+  const std::vector<uint8_t>& mirror(int64_t d, int field) const;
+  std::vector<uint8_t>& mirror(int64_t d, int field);
+  const Buffer& buffer(int64_t d, int field) const;
+  // Sets every byte of every field, on the backend and in the mirror.
+  void fill(uint8_t byte);
+  // True when the backend's bytes equal the mirror's; `d`, `field` narrow it.
+  bool matches() const;
+  bool matches(int64_t d, int field) const;
+
+ private:
+  void init(Backend backend, const Exec& exec, const std::vector<MetadataDestShape>& shapes,
+            std::mt19937_64* rng, uint8_t byte);
+
+  std::vector<MetadataDestShape> shapes_;
+  std::vector<std::vector<Buffer>> buffers_;                   // [d][field]
+  std::vector<std::vector<std::vector<uint8_t>>> mirror_;      // [d][field]
+  std::vector<MetadataBuffers> device_, expected_;
+  Buffer workspace_;
+  MetadataTargets targets_;
+};
+
+}  // namespace support
+}  // namespace nsa
