@@ -35,3 +35,31 @@ def distinct_slots(rng, n, pages, padding_every=0):
     if padding_every:
         slots[::padding_every] = -1
     return slots
+
+
+def _array_frameworks():
+    out = ["numpy"]
+    try:
+        import torch  # noqa: F401
+        out.append("torch")
+    except ImportError:
+        pass
+    return out
+
+
+# Array libraries the compat tests run on: numpy always, torch (CPU tensors) when installed.
+FRAMEWORKS = _array_frameworks()
+
+
+def to_np(x):
+    return x if isinstance(x, np.ndarray) else x.numpy()
+
+
+def to_fw(fw, x):
+    """numpy array x in framework fw, sharing its memory (uint16 = bf16 bits)."""
+    if x is None or fw == "numpy" or not isinstance(x, np.ndarray):
+        return x
+    import torch
+    if x.dtype == np.uint16:
+        return torch.from_numpy(x.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(x)

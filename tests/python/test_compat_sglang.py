@@ -12,39 +12,13 @@ import pytest
 
 import nsa
 from nsa.compat import sglang
-from conftest import random_cache
+from conftest import FRAMEWORKS, random_cache, to_fw, to_np
 
 POOL = SimpleNamespace(page_size=64, index_head_dim=128, quant_block_size=128)
 SENTINEL = -7
 N_DRAFT = 4            # speculative_num_draft_tokens of the default DeepSeek-V3.2 MTP config
 P = 64                 # real page size
 NUM_SM_PARTS = 66      # FlashMLA tile rows on a 132-SM GPU
-
-
-# ---------------------------------------------------------------- frameworks
-
-def _frameworks():
-    out = ["numpy"]
-    try:
-        import torch  # noqa: F401
-        out.append("torch")
-    except ImportError:
-        pass
-    return out
-
-
-FRAMEWORKS = _frameworks()
-
-
-def to_fw(fw, x):
-    if x is None or fw == "numpy":
-        return x
-    import torch
-    return torch.from_numpy(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else x
-
-
-def to_np(x):
-    return x if isinstance(x, np.ndarray) else x.numpy()
 
 
 # ---------------------------------------------------------------- upstream semantics, restated

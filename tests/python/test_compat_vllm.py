@@ -11,35 +11,10 @@ import pytest
 import nsa
 from nsa.compat import vllm
 from nsa_reference import float_to_e4m3
+from conftest import FRAMEWORKS, to_fw, to_np
 
 TOKEN = 132
 BLOCK_SIZES = [16, 32, 64, 128, 256]
-
-
-def _frameworks():
-    out = ["numpy"]
-    try:
-        import torch  # noqa: F401
-        out.append("torch")
-    except ImportError:
-        pass
-    return out
-
-
-FRAMEWORKS = _frameworks()
-
-
-def to_fw(fw, x):
-    if fw == "numpy":
-        return x
-    import torch
-    if x.dtype == np.uint16:  # bf16 bits
-        return torch.from_numpy(x.view(np.int16)).view(torch.bfloat16)
-    return torch.from_numpy(x)
-
-
-def to_np(x):
-    return x if isinstance(x, np.ndarray) else x.numpy()
 
 
 # ---------------------------------------------------------------- vLLM's kernels, restated

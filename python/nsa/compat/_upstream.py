@@ -12,8 +12,7 @@ from .. import _frameworks
 from ..errors import DTypeError, InvalidArgumentError, NsaError
 
 
-class _Cache:
-    classes = {}
+_made_classes = {}
 
 
 def upstream_class(cls, base):
@@ -22,11 +21,11 @@ def upstream_class(cls, base):
     if issubclass(cls, base):
         return cls
     key = (cls, base)
-    made = _Cache.classes.get(key)
+    made = _made_classes.get(key)
     if made is None:
-        made = type(cls.__name__, (cls, base), {"__module__": __name__,
-                                                "__doc__": f"{cls.__doc__} Also a {base.__name__}, as upstream raises."})
-        _Cache.classes[key] = made
+        doc = f"{cls.__doc__} Also a {base.__name__}, as upstream raises."
+        made = type(cls.__name__, (cls, base), {"__module__": __name__, "__doc__": doc})
+        _made_classes[key] = made
     return made
 
 
