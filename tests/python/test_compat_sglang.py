@@ -516,3 +516,86 @@ def test_accessor_errors_are_assertion_and_value_errors(rng, case):
     assert isinstance(info.value, ValueError) and isinstance(info.value, nsa.NsaError)
     assert "argument" in str(info.value)
     np.testing.assert_array_equal(buf, before)
+
+
+# ---------------------------------------------------------------- CUDA: replay, eager and captured
+
+def _cuda_torch():
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch if torch.cuda.is_available() and nsa.cuda_built() else None
+
+
+needs_cuda = pytest.mark.skipif(_cuda_torch() is None, reason="needs torch with a CUDA device and a CUDA build of nsa")
+
+
+def _on_device(torch, backend, bs, rows):
+    """Device copies of a backend's buffers with SGLang's aliasing (views of
+    the shared page table and num_splits, seqlens_expanded = cache_seqlens in
+    DECODE), and a function that copies them back for comparison."""
+    host = backend.metadata(bs, rows)
+    shared = {"page_table": torch.from_numpy(backend.page_table).cuda()}
+    if backend.has_fm:
+        shared["num_splits"] = torch.from_numpy(backend.num_splits).cuda()
+        shared["tiles"] = torch.from_numpy(backend.tiles).cuda()
+    dev = {name: (None if v is None else torch.from_numpy(v).cuda()) for name, v in host.items()}
+    dev["page_table_1"] = shared["page_table"][:rows, :]
+    if host["seqlens_expanded"] is host["cache_seqlens"]:
+        dev["seqlens_expanded"] = dev["cache_seqlens"]
+    if backend.has_fm:
+        dev["flashmla_num_splits"] = shared["num_splits"][:rows + 1]
+        dev["flashmla_metadata"] = shared["tiles"]
+
+    def copy_back():
+        torch.cuda.synchronize()
+        backend.page_table[...] = shared["page_table"].cpu().numpy()
+        if backend.has_fm:
+            backend.num_splits[...] = shared["num_splits"].cpu().numpy()
+            backend.tiles[...] = shared["tiles"].cpu().numpy()
+        for name, v in host.items():
+            if v is not None and name not in ("page_table_1", "flashmla_num_splits", "flashmla_metadata"):
+                v[...] = dev[name].cpu().numpy()
+
+    return dev, copy_back
+
+
+@needs_cuda
+@pytest_metadata
+@pytest.mark.parametrize("mode,bs", [(0, 3), (1, 3), (2, 3)])
+def test_cuda_replay_captured_in_a_graph(rng, mode, bs):
+    """The replay's copy captured once (after a warm-up call that uploads the
+    destination table), then replayed with new precomputed values written
+    into the same source tensors."""
+    torch = _cuda_torch()
+    W = 200
+    backend, expected_backend = Backend(8, W, True, True), Backend(8, W, True, True)
+    extend = np.full(bs, N_DRAFT) if mode == 2 else None  # fixed shapes across replays
+    src, s = precompute(rng, mode, bs, W, True, True, extend)
+    rows = bs if mode == 0 else bs * N_DRAFT
+    dst, copy_back = _on_device(torch, backend, bs, rows)
+    dev_src = {name: (None if v is None else torch.from_numpy(v).cuda()) for name, v in src.items()}
+    if mode == 0:
+        dev_src["seqlens_expanded"] = dev_src["cache_seqlens"]
+    args = ([dev_src[n] for n in SRC_ORDER] + [dst[n] for n in DST_ORDER]
+            + [mode, s["bs"], s["max_len"], s["max_seqlen_k"], s["E"]])
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        sglang.fused_metadata_copy_cuda(*args)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        sglang.fused_metadata_copy_cuda(*args)
+    for _ in range(2):  # new values, same shapes, written into the captured sources
+        new = {name: rng.integers(-1000, 1 << 20, size=v.shape).astype(np.int32) for name, v in src.items()}
+        for name, v in dev_src.items():
+            if not (mode == 0 and name == "seqlens_expanded"):
+                v.copy_(torch.from_numpy(new[name]).cuda())
+        graph.replay()
+        copy_back()
+        upstream_copy(new, expected_backend.metadata(bs, rows), mode, s["bs"], s["max_len"], s["max_seqlen_k"],
+                      s["E"], True, True)
+        for got, want in zip(backend.snapshot(), expected_backend.snapshot()):
+            np.testing.assert_array_equal(got, want)

@@ -298,3 +298,71 @@ def test_gather_errors(rng, case):
         vllm.cp_gather_indexer_k_quant_cache(cache, dst_k, dst_s, table, cu)
     assert isinstance(info.value, nsa.NsaError)
     assert not dst_k.any() and not np.asarray(dst_s).any()
+
+
+# ---------------------------------------------------------------- CUDA: eager and CUDA-graph replay
+
+def _cuda_torch():
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch if torch.cuda.is_available() and nsa.cuda_built() else None
+
+
+needs_cuda = pytest.mark.skipif(_cuda_torch() is None, reason="needs torch with a CUDA device and a CUDA build of nsa")
+
+
+def _captured(torch, call):
+    """call() captured in a CUDA graph after a warm-up on a side stream."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        call()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        call()
+    return graph
+
+
+@needs_cuda
+@pytest.mark.parametrize("scale_fmt", ["ue8m0", ""])
+@pytest.mark.parametrize("k_dtype", ["bfloat16", "float16", "float32"])
+@pytest.mark.parametrize("block_size", [16, 64])
+def test_cuda_store_and_gather_replayed_in_a_graph(rng, block_size, k_dtype, scale_fmt):
+    """vLLM's decode path: both ops captured once, replayed with new K, slots
+    and lengths written into the captured tensors."""
+    torch = _cuda_torch()
+    blocks, n = 8, 2 * block_size + 5
+    cache = random_vllm_cache(rng, blocks, block_size)
+    dev_cache = torch.from_numpy(cache.copy()).cuda()
+    dev_k = to_fw("torch", random_k(rng, n, k_dtype)).cuda()
+    dev_slots = torch.zeros(n, dtype=torch.int64, device="cuda")
+    lens = np.array([block_size + 3, 0, block_size + 2], np.int64)
+    table = rng.permutation(blocks)[:6].reshape(3, 2).astype(np.int32)
+    cu = np.concatenate([[0], np.cumsum(lens)]).astype(np.int32)
+    dev_table, dev_cu = torch.from_numpy(table).cuda(), torch.from_numpy(cu).cuda()
+    dev_out_k = torch.full((n, 128), 0xA5, dtype=torch.uint8, device="cuda").view(torch.float8_e4m3fn)
+    dev_out_s = torch.full((n, 4), 0xA5, dtype=torch.uint8, device="cuda")
+
+    def step():
+        vllm.indexer_k_quant_and_cache(dev_k, dev_cache, dev_slots, 128, scale_fmt)
+        vllm.cp_gather_indexer_k_quant_cache(dev_cache, dev_out_k, dev_out_s, dev_table, dev_cu)
+
+    graph = _captured(torch, step)
+    for _ in range(2):
+        k = random_k(rng, n, k_dtype)
+        slots = rng.permutation(blocks * block_size)[:n].astype(np.int64)
+        slots[::9] = -1
+        dev_k.copy_(to_fw("torch", k).cuda())
+        dev_slots.copy_(torch.from_numpy(slots).cuda())
+        before = dev_cache.cpu().numpy()
+        out_k, out_s = dev_out_k.view(torch.uint8).cpu().numpy(), dev_out_s.cpu().numpy()
+        graph.replay()
+        torch.cuda.synchronize()
+        vllm_quant_and_cache(before, k, slots, scale_fmt == "ue8m0")
+        np.testing.assert_array_equal(dev_cache.cpu().numpy(), before)
+        vllm_gather(before, out_k, out_s, table, cu)
+        np.testing.assert_array_equal(dev_out_k.view(torch.uint8).cpu().numpy(), out_k)
+        np.testing.assert_array_equal(dev_out_s.cpu().numpy(), out_s)
