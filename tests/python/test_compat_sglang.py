@@ -416,13 +416,14 @@ def test_get_k_get_s(rng, fw, index_dtype, seq_len):
 
 
 @pytest.mark.parametrize("fw", FRAMEWORKS)
+@pytest.mark.parametrize("table_dtype", [np.int32, np.int64])
 @pytest.mark.parametrize("len_dtype", [np.int32, np.int64])
-def test_get_k_and_s(rng, fw, len_dtype):
+def test_get_k_and_s(rng, fw, len_dtype, table_dtype):
     """The indexer's prefill call: real page table [B, pages] int32, lengths
     int32/int64, seq_len_sum and max_seq_len host ints, keywords."""
     buf = random_cache(rng, 6)
     seq_lens = np.array([5, 70, 0, 128, 1, 64], len_dtype)
-    page_indices = rng.integers(0, 6, size=(6, 3)).astype(np.int32)
+    page_indices = rng.integers(0, 6, size=(6, 3)).astype(table_dtype)
     k, s = sglang.get_k_and_s(POOL, to_fw(fw, buf), page_indices=to_fw(fw, page_indices),
                               seq_len_tensor=to_fw(fw, seq_lens), seq_len_sum=int(seq_lens.sum()),
                               max_seq_len=int(seq_lens.max()))
@@ -440,6 +441,20 @@ def test_get_k_and_s_reads_page_rows_with_upstream_pitch(rng):
     with pytest.raises(AssertionError, match="contiguous") as info:
         sglang.get_k_and_s(POOL, buf, wide[:, :2], np.array([64, 65], np.int64), 129, 65)
     assert isinstance(info.value, ValueError) and isinstance(info.value, nsa.NsaError)
+
+
+def test_get_k_and_s_strided_torch_table_reads_upstreams_memory(rng):
+    """A column-sliced torch table: upstream reads row b at element b * shape[1]
+    of the memory from the view's first element, and so does the compat layer."""
+    torch = pytest.importorskip("torch")
+    buf = random_cache(rng, 6)
+    wide = rng.integers(0, 6, size=(3, 5)).astype(np.int32)
+    view = torch.from_numpy(wide)[:, :2]
+    lens = np.array([100, 64, 65], np.int64)
+    k, s = sglang.get_k_and_s(POOL, torch.from_numpy(buf), view, torch.from_numpy(lens), 229, 100)
+    ek, es = upstream_get_k_and_s(buf, wide.reshape(-1)[:6].reshape(3, 2), lens)
+    np.testing.assert_array_equal(k.numpy(), ek)
+    np.testing.assert_array_equal(s.numpy(), es)
 
 
 @pytest.mark.parametrize("fw", FRAMEWORKS)
