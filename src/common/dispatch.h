@@ -30,3 +30,33 @@
       return __VA_ARGS__();                 \
     }                                       \
   }()
+
+// NSA_DISPATCH_PAGE_SIZE(page_size, NAME, ...): runs the body with `constexpr int NAME`
+// = the index cache's tokens per page (16, 32, 64, 128 or 256; the public API
+// has rejected every other value before a backend runs). The only place where
+// the runtime page size becomes a template constant.
+#define NSA_DISPATCH_PAGE_SIZE(page_size, NAME, ...) \
+  [&] {                                              \
+    switch (page_size) {                             \
+      case 16: {                                     \
+        constexpr int NAME = 16;                     \
+        return __VA_ARGS__();                        \
+      }                                              \
+      case 32: {                                     \
+        constexpr int NAME = 32;                     \
+        return __VA_ARGS__();                        \
+      }                                              \
+      case 128: {                                    \
+        constexpr int NAME = 128;                    \
+        return __VA_ARGS__();                        \
+      }                                              \
+      case 256: {                                    \
+        constexpr int NAME = 256;                    \
+        return __VA_ARGS__();                        \
+      }                                              \
+      default: {                                     \
+        constexpr int NAME = 64;                     \
+        return __VA_ARGS__();                        \
+      }                                              \
+    }                                                \
+  }()

@@ -25,8 +25,8 @@ namespace {
 }
 }  // namespace
 
-void quantize_and_store_k(cudaStream, DeviceError*, IndexCache, const uint16_t*, int64_t, int64_t, const int64_t*,
-                          ScaleMode) {
+void quantize_and_store_k(cudaStream, DeviceError*, IndexCache, const void*, int64_t, int64_t, const int64_t*,
+                          ScaleMode, KDtype) {
   unavailable("quantize_and_store_k");
 }
 void store_k_and_s(cudaStream, DeviceError*, IndexCache, const uint8_t*, int64_t, int64_t, const float*,

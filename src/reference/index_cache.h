@@ -18,8 +18,8 @@ uint8_t float_to_e4m3(float x);
 float e4m3_to_float(uint8_t code);
 float quant_scale(float amax, ScaleMode mode);
 
-void quantize_and_store_k(IndexCache cache, const uint16_t* k, int64_t n, int64_t k_ld, const int64_t* slots,
-                          ScaleMode mode);
+void quantize_and_store_k(IndexCache cache, const void* k, int64_t n, int64_t k_ld, const int64_t* slots,
+                          ScaleMode mode, KDtype dtype = KDtype::kBf16);
 void store_k_and_s(IndexCache cache, const uint8_t* k, int64_t n, int64_t k_ld, const float* scale,
                    const int64_t* slots);
 void gather_k(ConstIndexCache cache, int64_t length, Indices page_ids, uint8_t* out_k);

@@ -361,6 +361,178 @@ TEST_P(IndexCacheTest, PoolLargerThan4GiB) {
   NSA_EXPECT_BYTES_EQ(gs.to_host(), egs);
 }
 
+// ------------------------- page sizes, K dtypes, scale formulas -------------------------
+
+// Raw K rows of `dtype`, finite, with magnitudes over many binades: bf16/fp16
+// as random 16-bit patterns with a finite exponent (fp16 subnormals included),
+// fp32 as normal values times one power of two in 2^[-30, 30] per row
+// (full fp32 precision; within a row a normal spread, as real K rows have).
+std::vector<uint8_t> random_k(std::mt19937_64& rng, KDtype dtype, int64_t n, int64_t ld) {
+  std::vector<uint8_t> bytes(static_cast<size_t>(n * ld * element_bytes(dtype)));
+  if (dtype == KDtype::kFp32) {
+    std::vector<float> v(static_cast<size_t>(n * ld));
+    std::normal_distribution<float> normal;
+    for (int64_t t = 0; t < n; ++t) {
+      const int e = std::uniform_int_distribution<int>(-30, 30)(rng);
+      for (int64_t d = 0; d < ld; ++d) v[static_cast<size_t>(t * ld + d)] = std::ldexp(normal(rng), e);
+    }
+    std::memcpy(bytes.data(), v.data(), bytes.size());
+  } else {
+    std::vector<uint16_t> v(static_cast<size_t>(n * ld));
+    const uint16_t exp_mask = dtype == KDtype::kBf16 ? 0x7f80 : 0x7c00;
+    for (auto& h : v) {
+      do h = static_cast<uint16_t>(rng()); while ((h & exp_mask) == exp_mask);
+    }
+    std::memcpy(bytes.data(), v.data(), bytes.size());
+  }
+  return bytes;
+}
+
+// A pool of `pages` pages of `page_size` tokens.
+struct PagedPool {
+  int64_t pages, page_size;
+  std::vector<uint8_t> host;
+  support::Buffer dev;
+  PagedPool(Backend b, int64_t n, int64_t p, std::mt19937_64& rng)
+      : pages(n), page_size(p), host(random_bytes(rng, static_cast<size_t>(n * L::bytes_per_page(p)))),
+        dev(to_backend(b, host)) {}
+  IndexCache view() { return {dev.as<uint8_t>(), pages, page_size}; }
+  IndexCache host_view() { return {host.data(), pages, page_size}; }
+};
+
+std::vector<int64_t> distinct_slots(std::mt19937_64& rng, int64_t n, int64_t slot_count) {
+  std::vector<int64_t> all(static_cast<size_t>(slot_count));
+  std::iota(all.begin(), all.end(), 0);
+  std::shuffle(all.begin(), all.end(), rng);
+  all.resize(static_cast<size_t>(n));
+  for (int64_t t = 3; t < n; t += 7) all[static_cast<size_t>(t)] = -1;
+  return all;
+}
+
+TEST_P(IndexCacheTest, QuantizeEveryDtypeAndScaleModeMatchesReference) {
+  auto rng = make_rng(20);
+  for (KDtype dtype : {KDtype::kBf16, KDtype::kFp16, KDtype::kFp32}) {
+    for (ScaleMode mode : {ScaleMode::kFp32, ScaleMode::kFp32Divide, ScaleMode::kUe8m0}) {
+      for (int64_t n : {1, 65, 1000}) {
+        for (int64_t ld : {128, 136, 131}) {  // 131: rows not 16-byte aligned (element load path)
+          SCOPED_TRACE(::testing::Message() << to_string(dtype) << " " << to_string(mode) << " n=" << n << " ld=" << ld);
+          const int64_t pages = n / 32 + 3;
+          PagedPool pool(backend(), pages, 64, rng);
+          const auto k = random_k(rng, dtype, n, ld);
+          const auto slots = distinct_slots(rng, n, pages * 64);
+          auto k_dev = to_backend(backend(), k);
+          auto slots_dev = to_backend(backend(), slots);
+          quantize_and_store_k(exec(), pool.view(), k_dev.data(), n, ld, slots_dev.as<int64_t>(), mode, dtype);
+          reference::quantize_and_store_k(pool.host_view(), k.data(), n, ld, slots.data(), mode, dtype);
+          NSA_EXPECT_BYTES_EQ(pool.dev.to_host(), pool.host);
+        }
+      }
+    }
+  }
+}
+
+// The two plain formulas are really different (about 1 byte in 2000 on random
+// bf16 rows, whose short mantissas make exact e4m3 ties common; full-precision
+// fp32 rows almost never hit one) and each backend follows the one asked for.
+TEST_P(IndexCacheTest, MultiplyAndDivideFormulasDifferOnTies) {
+  auto rng = make_rng(21);
+  const int64_t n = 4096;
+  const auto k = random_k(rng, KDtype::kBf16, n, 128);
+  std::vector<int64_t> slots(static_cast<size_t>(n));
+  std::iota(slots.begin(), slots.end(), 0);
+  auto k_dev = to_backend(backend(), k);
+  auto slots_dev = to_backend(backend(), slots);
+  PagedPool mul(backend(), n / 64, 64, rng), div(backend(), n / 64, 64, rng);
+  quantize_and_store_k(exec(), mul.view(), k_dev.data(), n, 128, slots_dev.as<int64_t>(), ScaleMode::kFp32);
+  quantize_and_store_k(exec(), div.view(), k_dev.data(), n, 128, slots_dev.as<int64_t>(), ScaleMode::kFp32Divide);
+  const auto a = mul.dev.to_host(), b = div.dev.to_host();
+  int64_t differ = 0;
+  for (size_t i = 0; i < a.size(); ++i) differ += a[i] != b[i];
+  EXPECT_GT(differ, 0);
+  EXPECT_LT(differ, static_cast<int64_t>(a.size() / 100));
+}
+
+TEST_P(IndexCacheTest, EveryOpAtEveryPageSizeMatchesReference) {
+  auto rng = make_rng(22);
+  for (int64_t P : {16, 32, 64, 128, 256}) {
+    SCOPED_TRACE(::testing::Message() << "page_size=" << P);
+    const int64_t pages = 12;
+    PagedPool pool(backend(), pages, P, rng);
+    // Stores (slot 0 and the last slot of the pool included).
+    const int64_t n = 3 * P + 5;
+    auto slots = distinct_slots(rng, n, pages * P);
+    slots[0] = 0;
+    slots[1] = pages * P - 1;
+    auto slots_dev = to_backend(backend(), slots);
+    for (ScaleMode mode : {ScaleMode::kFp32, ScaleMode::kUe8m0, ScaleMode::kFp32Divide}) {
+      const auto k = random_k(rng, KDtype::kBf16, n, 128);
+      auto k_dev = to_backend(backend(), k);
+      quantize_and_store_k(exec(), pool.view(), k_dev.data(), n, 128, slots_dev.as<int64_t>(), mode);
+      reference::quantize_and_store_k(pool.host_view(), k.data(), n, 128, slots.data(), mode);
+      NSA_EXPECT_BYTES_EQ(pool.dev.to_host(), pool.host);
+    }
+    const auto k8 = random_bytes(rng, static_cast<size_t>(n * 128));
+    std::vector<float> scale(static_cast<size_t>(n));
+    for (auto& x : scale) x = std::uniform_real_distribution<float>(1e-7f, 10.0f)(rng);
+    auto k8_dev = to_backend(backend(), k8);
+    auto sc_dev = to_backend(backend(), scale);
+    store_k_and_s(exec(), pool.view(), k8_dev.as<uint8_t>(), n, 128, sc_dev.as<float>(), slots_dev.as<int64_t>());
+    reference::store_k_and_s(pool.host_view(), k8.data(), n, 128, scale.data(), slots.data());
+    NSA_EXPECT_BYTES_EQ(pool.dev.to_host(), pool.host);
+
+    // Single-sequence gathers: partial pages, repeated pages; rows past L untouched.
+    for (int64_t length : {int64_t{1}, P - 1, P, P + 1, 5 * P + 3}) {
+      const int64_t np = (length + P - 1) / P;
+      auto ids = random_ints<int32_t>(rng, static_cast<size_t>(np), 0, static_cast<int32_t>(pages - 1));
+      auto ids_dev = to_backend(backend(), ids);
+      auto expect_k = random_bytes(rng, static_cast<size_t>((length + 9) * 128));
+      auto expect_s = random_bytes(rng, static_cast<size_t>((length + 9) * 4));
+      auto out_k = to_backend(backend(), expect_k);
+      auto out_s = to_backend(backend(), expect_s);
+      gather_k(exec(), pool.view(), length, ids_dev.as<int32_t>(), out_k.as<uint8_t>());
+      gather_s(exec(), pool.view(), length, ids_dev.as<int32_t>(), out_s.as<float>());
+      reference::gather_k(pool.host_view(), length, ids.data(), expect_k.data());
+      reference::gather_s(pool.host_view(), length, ids.data(), reinterpret_cast<float*>(expect_s.data()));
+      NSA_EXPECT_BYTES_EQ(out_k.to_host(), expect_k);
+      NSA_EXPECT_BYTES_EQ(out_s.to_host(), expect_s);
+    }
+
+    // Batched gather, both length forms, a strided int64 table.
+    const std::vector<int64_t> lens = {0, 1, P + 3, 2 * P, 5, 4 * P};
+    const int64_t bs = static_cast<int64_t>(lens.size()), cols = 4, ld = 6;
+    std::vector<int64_t> table(static_cast<size_t>(bs * ld), int64_t{1} << 40);  // unused entries: out of range
+    std::vector<int64_t> cu(static_cast<size_t>(bs + 1), 0);
+    for (int64_t r = 0; r < bs; ++r) {
+      for (int64_t p = 0; p < (lens[r] + P - 1) / P; ++p)
+        table[static_cast<size_t>(r * ld + p)] = std::uniform_int_distribution<int64_t>(0, pages - 1)(rng);
+      cu[r + 1] = cu[r] + lens[r];
+    }
+    auto table_dev = to_backend(backend(), table);
+    for (bool cu_form : {false, true}) {
+      auto lens_dev = to_backend(backend(), cu_form ? cu : lens);
+      PagedBatch batch;
+      batch.batch_size = bs;
+      (cu_form ? batch.cu_seq_lens : batch.seq_lens) = Indices(lens_dev.as<int64_t>());
+      batch.page_table = Indices(table_dev.as<int64_t>());
+      batch.table_cols = cols;
+      batch.table_ld = ld;
+      const int64_t cap = cu.back() + 7;
+      auto expect_k = random_bytes(rng, static_cast<size_t>(cap * 128));
+      auto expect_s = random_bytes(rng, static_cast<size_t>(cap * 4));
+      auto out_k = to_backend(backend(), expect_k);
+      auto out_s = to_backend(backend(), expect_s);
+      gather_k_and_s(exec(), pool.view(), batch, out_k.as<uint8_t>(), out_s.as<float>(), cap);
+      PagedBatch host = batch;
+      host.seq_lens = cu_form ? Indices() : Indices(lens.data());
+      host.cu_seq_lens = cu_form ? Indices(cu.data()) : Indices();
+      host.page_table = Indices(table.data());
+      reference::gather_k_and_s(pool.host_view(), host, expect_k.data(), reinterpret_cast<float*>(expect_s.data()));
+      NSA_EXPECT_BYTES_EQ(out_k.to_host(), expect_k);
+      NSA_EXPECT_BYTES_EQ(out_s.to_host(), expect_s);
+    }
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Backends, IndexCacheTest, ::testing::ValuesIn(all_backends()), backend_name);
 
 // ------------------------------------ validation ------------------------------------
@@ -420,6 +592,11 @@ TEST(IndexCacheValidation, EveryCheckNamesItsArgumentAndWritesNothing) {
     expect_invalid([&] { gather_k(Exec::cuda(), {pool.data() + 1, 1}, 5, ids.data(), out_k.data()); }, "cache.data");
     expect_invalid([&] { gather_k(Exec::cuda(), cache, 5, ids.data(), out_k.data() + 1); }, "out_k");
   }
+  for (int64_t bad_page : {0, 8, 48, 65, 512}) {
+    expect_invalid([&] { gather_k(cpu, {pool.data(), 2, bad_page}, 5, ids.data(), out_k.data()); }, "cache.page_size");
+    expect_invalid([&] { quantize_and_store_k(cpu, {pool.data(), 2, bad_page}, k.data(), 2, 128, slots.data(), ScaleMode::kFp32); }, "cache.page_size");
+  }
+  expect_invalid([&] { quantize_and_store_k(cpu, cache, k.data(), 2, 128, slots.data(), ScaleMode::kFp32, static_cast<KDtype>(9)); }, "k_dtype");
   EXPECT_EQ(pool, pool_before);
   EXPECT_EQ(out_k, out_k_before);
   for (float s : out_s) EXPECT_EQ(s, 0.5f);
@@ -429,6 +606,71 @@ TEST(IndexCacheValidation, EveryCheckNamesItsArgumentAndWritesNothing) {
   gather_k(cpu, cache, 0, Indices(), nullptr);
   gather_k_and_s(cpu, cache, PagedBatch{}, nullptr, nullptr, 0);
   EXPECT_EQ(pool, pool_before);
+}
+
+// No output may share a byte with an input or another output of the call
+// (issue: out_s laid over seq_lens, K rows inside the cache, ...). Rejected
+// on the host before anything is written; the message names both arguments.
+TEST(IndexCacheValidation, OutputsOverlappingInputsOrEachOtherAreRejected) {
+  auto rng = make_rng(12);
+  const Exec cpu = Exec::cpu();
+  std::vector<uint8_t> pool = random_bytes(rng, 4 * 8448);
+  const auto pool_before = pool;
+  IndexCache cache{pool.data(), 4};
+  std::vector<int64_t> slots = {100, 101};
+  std::vector<float> scale = {1.0f, 2.0f};
+  std::vector<int32_t> ids = {1, 0};
+  // K rows inside the cache they are written into
+  expect_invalid([&] { store_k_and_s(cpu, cache, pool.data(), 2, 128, scale.data(), slots.data()); },
+                 "argument 'cache': expected no overlap with 'k'");
+  expect_invalid([&] { quantize_and_store_k(cpu, cache, pool.data() + 8448, 2, 128, slots.data(), ScaleMode::kFp32); },
+                 "argument 'cache': expected no overlap with 'k'");
+  expect_invalid([&] { store_k_and_s(cpu, cache, pool.data() + 20000, 2, 128, reinterpret_cast<float*>(pool.data() + 30000), slots.data()); },
+                 "argument 'cache': expected no overlap with 'k'");
+  // slots or scales inside the cache
+  std::vector<uint8_t> k8(256, 1);
+  expect_invalid([&] { store_k_and_s(cpu, cache, k8.data(), 2, 128, reinterpret_cast<float*>(pool.data() + 8192), slots.data()); },
+                 "no overlap with 'scale'");
+  expect_invalid([&] { store_k_and_s(cpu, cache, k8.data(), 2, 128, scale.data(), reinterpret_cast<int64_t*>(pool.data() + 16)); },
+                 "no overlap with 'slots'");
+  EXPECT_EQ(pool, pool_before);
+
+  // gathers: outputs on the cache, on the page list, on the lengths, on each other
+  std::vector<uint8_t> scratch(64 * 1024, kPoison);
+  const auto scratch_before = scratch;
+  expect_invalid([&] { gather_k(cpu, cache, 10, ids.data(), pool.data() + 8448 * 3); }, "argument 'out_k': expected no overlap with 'cache'");
+  expect_invalid([&] { gather_s(cpu, cache, 10, ids.data(), reinterpret_cast<float*>(pool.data())); }, "argument 'out_s': expected no overlap with 'cache'");
+  auto* ids_in_scratch = reinterpret_cast<int32_t*>(scratch.data() + 64);
+  expect_invalid([&] { gather_k(cpu, cache, 10, Indices(ids_in_scratch), scratch.data()); }, "argument 'out_k': expected no overlap with 'page_ids'");
+  // seq_lens and page_table hold valid values, so only the overlap can fail
+  auto* lens = reinterpret_cast<int64_t*>(scratch.data() + 40000);
+  auto* table = reinterpret_cast<int32_t*>(scratch.data() + 40100);
+  const int64_t lens_v[2] = {3, 4};
+  const int32_t table_v[2] = {1, 0};
+  std::memcpy(lens, lens_v, sizeof lens_v);
+  std::memcpy(table, table_v, sizeof table_v);
+  const auto scratch_set = scratch;
+  PagedBatch batch{2, Indices(lens), Indices(), Indices(table), 1, 1};
+  uint8_t* out_k = scratch.data();
+  float* out_s = reinterpret_cast<float*>(scratch.data() + 8 * 128);
+  gather_k_and_s(cpu, cache, batch, out_k, out_s, 7);  // disjoint: fine
+  scratch = scratch_set;
+  expect_invalid([&] { gather_k_and_s(cpu, cache, batch, out_k, reinterpret_cast<float*>(scratch.data() + 39992), 7); },
+                 "argument 'out_s': expected no overlap with 'batch.seq_lens'");
+  expect_invalid([&] { gather_k_and_s(cpu, cache, batch, scratch.data() + 40000 - 7 * 128 + 128, out_s, 7); },
+                 "argument 'out_k': expected no overlap with 'batch.seq_lens'");
+  expect_invalid([&] { gather_k_and_s(cpu, cache, batch, scratch.data() + 39900, out_s, 7); }, "no overlap with 'batch");
+  expect_invalid([&] { gather_k_and_s(cpu, cache, batch, out_k, reinterpret_cast<float*>(scratch.data() + 6 * 128), 7); },
+                 "argument 'out_k': expected no overlap with 'out_s'");
+  expect_invalid([&] { gather_k_and_s(cpu, cache, batch, out_k, reinterpret_cast<float*>(pool.data() + 8192), 7); },
+                 "argument 'out_s': expected no overlap with 'cache'");
+  EXPECT_EQ(scratch, scratch_set);
+  EXPECT_EQ(pool, pool_before);
+  (void)scratch_before;
+  // Inputs may share memory: reading twice is harmless.
+  std::vector<uint8_t> both(2 * 128 + 8, 3);
+  std::vector<int64_t> free_slots = {200, -1};
+  store_k_and_s(cpu, cache, both.data(), 2, 128, reinterpret_cast<float*>(both.data() + 4), free_slots.data());
 }
 
 TEST(IndexCacheLayoutTest, SpecWorkedExamples) {

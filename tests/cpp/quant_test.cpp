@@ -73,6 +73,35 @@ TEST(QuantMath, E4m3ConversionMatchesCudaHostConversion) {
 }
 #endif
 
+// Every fp16 bit pattern against the arithmetic definition (sign, 2^(e-15) * 1.m, subnormals m * 2^-24).
+TEST(QuantMath, Fp16ConversionMatchesDefinitionOnEveryValue) {
+  for (uint32_t h = 0; h < 0x10000u; ++h) {
+    const int e = (h >> 10) & 31, m = h & 1023;
+    const float got = detail::fp16_bits_to_float(static_cast<uint16_t>(h));
+    ASSERT_EQ(std::signbit(got), (h & 0x8000u) != 0) << std::hex << h;
+    if (e == 31) {
+      ASSERT_TRUE(m ? std::isnan(got) : std::isinf(got)) << std::hex << h;
+      continue;
+    }
+    const float mag = e == 0 ? std::ldexp(static_cast<float>(m), -24) : std::ldexp(1.0f + m / 1024.0f, e - 15);
+    ASSERT_EQ(std::fabs(got), mag) << std::hex << h;
+  }
+}
+
+// The divide formula: IEEE x / s, NaN keeps its sign, saturation as the multiply formula.
+TEST(QuantMath, DivideFormulaMatchesReference) {
+  auto rng = make_rng(23);
+  std::uniform_real_distribution<float> mag(-12.0f, 9.5f);
+  for (int i = 0; i < 200000; ++i) {
+    const float s = std::exp2(mag(rng)) / 448.0f;
+    const float x = std::exp2(mag(rng)) * ((rng() & 1) ? -1.0f : 1.0f);
+    ASSERT_EQ(detail::quantize_e4m3_divide(x, s), reference::float_to_e4m3(x / s)) << x << " / " << s;
+  }
+  EXPECT_EQ(detail::quantize_e4m3_divide(-NAN, 1.0f), 0xff);
+  EXPECT_EQ(detail::quantize_e4m3_divide(INFINITY, 1.0f), 0x7e);
+  EXPECT_EQ(detail::quantize_e4m3_divide(1e30f, 1e-10f), 0x7e);
+}
+
 TEST(QuantMath, ScaleMatchesReferenceAndSpecRules) {
   auto rng = make_rng(22);
   std::uniform_real_distribution<float> mag(-20.0f, 20.0f);

@@ -11,12 +11,13 @@ PAGE_BYTES = PAGE * (HEAD + 4)  # 8448
 K_BYTES = PAGE * HEAD           # 8192
 
 
-def k_offset(slot):
-    return (slot // PAGE) * PAGE_BYTES + (slot % PAGE) * HEAD
+def k_offset(slot, page=PAGE):
+    """A page of `page` tokens: page * 128 K bytes, then page * 4 scale bytes."""
+    return (slot // page) * page * (HEAD + 4) + (slot % page) * HEAD
 
 
-def s_offset(slot):
-    return (slot // PAGE) * PAGE_BYTES + K_BYTES + (slot % PAGE) * 4
+def s_offset(slot, page=PAGE):
+    return (slot // page) * page * (HEAD + 4) + page * HEAD + (slot % page) * 4
 
 
 # ---------------------------------------------------------------- fp8 e4m3fn
@@ -58,68 +59,70 @@ def quant_scale(amax, mode):
     return np.float32(s)
 
 
-def quantize_row(x, mode):
+def quantize_row(x, mode, formula="multiply"):
     x = np.asarray(x, dtype=np.float32)
     finite = x[np.isfinite(x)]
     amax = np.max(np.abs(finite)) if finite.size else np.float32(0)
     s = quant_scale(amax, mode)
-    q = x * (np.float32(1.0) / s) if mode == "fp32" else x / s
+    q = x * (np.float32(1.0) / s) if (mode == "fp32" and formula == "multiply") else x / s
     return float_to_e4m3(np.clip(q, -448.0, 448.0).astype(np.float32)), s
 
 
 # ---------------------------------------------------------------- index cache ops (flat uint8 cache)
 
-def quantize_and_store_k(cache, k_bits, slots, mode):
+def quantize_and_store_k(cache, k, slots, mode, page=PAGE, formula="multiply"):
+    """k: bf16 as raw uint16 bits, float16 or float32."""
     flat = cache.reshape(-1)
     for t, slot in enumerate(slots):
         if slot < 0:
             continue
-        q, s = quantize_row(bf16_bits_to_float(k_bits[t]), mode)
-        flat[k_offset(slot):k_offset(slot) + HEAD] = q
-        flat[s_offset(slot):s_offset(slot) + 4] = np.array([s], dtype=np.float32).view(np.uint8)
+        row = bf16_bits_to_float(k[t]) if k.dtype == np.uint16 else k[t].astype(np.float32)
+        q, s = quantize_row(row, mode, formula)
+        flat[k_offset(slot, page):k_offset(slot, page) + HEAD] = q
+        flat[s_offset(slot, page):s_offset(slot, page) + 4] = np.array([s], dtype=np.float32).view(np.uint8)
 
 
-def store_k_and_s(cache, k, scale, slots):
+def store_k_and_s(cache, k, scale, slots, page=PAGE):
     flat = cache.reshape(-1)
     scale = np.asarray(scale, dtype=np.float32).reshape(-1)
     for t, slot in enumerate(slots):
         if slot < 0:
             continue
-        flat[k_offset(slot):k_offset(slot) + HEAD] = k[t]
-        flat[s_offset(slot):s_offset(slot) + 4] = scale[t:t + 1].view(np.uint8)
+        flat[k_offset(slot, page):k_offset(slot, page) + HEAD] = k[t]
+        flat[s_offset(slot, page):s_offset(slot, page) + 4] = scale[t:t + 1].view(np.uint8)
 
 
-def token_k(cache, page, offset):
+def token_k(cache, page_id, offset, page=PAGE):
     flat = cache.reshape(-1)
-    start = k_offset(int(page) * PAGE + offset)
+    start = k_offset(int(page_id) * page + offset, page)
     return flat[start:start + HEAD]
 
 
-def token_s_bytes(cache, page, offset):
+def token_s_bytes(cache, page_id, offset, page=PAGE):
     flat = cache.reshape(-1)
-    start = s_offset(int(page) * PAGE + offset)
+    start = s_offset(int(page_id) * page + offset, page)
     return flat[start:start + 4]
 
 
-def gather_k(cache, length, page_ids):
+def gather_k(cache, length, page_ids, page=PAGE):
     out = np.empty((length, HEAD), np.uint8)
     for t in range(length):
-        out[t] = token_k(cache, page_ids[t // PAGE], t % PAGE)
+        out[t] = token_k(cache, page_ids[t // page], t % page, page)
     return out
 
 
-def gather_s(cache, length, page_ids):
+def gather_s(cache, length, page_ids, page=PAGE):
     out = np.empty((length, 4), np.uint8)
     for t in range(length):
-        out[t] = token_s_bytes(cache, page_ids[t // PAGE], t % PAGE)
+        out[t] = token_s_bytes(cache, page_ids[t // page], t % page, page)
     return out.view(np.float32).reshape(length)
 
 
-def gather_k_and_s(cache, page_table, lengths):
+def gather_k_and_s(cache, page_table, lengths, page=PAGE):
     ks, ss = [], []
     for b, length in enumerate(lengths):
-        ks.append(gather_k(cache, int(length), page_table[b]))
-        ss.append(gather_s(cache, int(length), page_table[b]))
+        ks.append(gather_k(cache, int(length), page_table[b], page))
+        ss.append(gather_s(cache, int(length), page_table[b], page))
     return np.concatenate(ks or [np.empty((0, HEAD), np.uint8)]), np.concatenate(ss or [np.empty(0, np.float32)])
 
 

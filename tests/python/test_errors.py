@@ -43,7 +43,7 @@ def test_wrong_dtypes_name_the_argument(rng):
     with raises(nsa.DTypeError, "'slots'", "int64"):
         nsa.store_k_and_s(cache, np.zeros((3, 128), np.uint8), np.zeros(3, np.float32), np.zeros(3, np.int32))
     with raises(nsa.DTypeError, "'k'", "bfloat16"):
-        nsa.quantize_and_store_k(cache, np.zeros((3, 128), np.float32), np.zeros(3, np.int64))
+        nsa.quantize_and_store_k(cache, np.zeros((3, 128), np.float64), np.zeros(3, np.int64))
     assert (out == POISON).all()
 
 

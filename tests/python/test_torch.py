@@ -67,6 +67,41 @@ def test_store_k_and_s_float8(gen, device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+@pytest.mark.parametrize("formula", ["multiply", "divide"])
+def test_quantize_and_store_k_fp16_fp32_vllm_shaped_cache(gen, device, dtype, formula):
+    # vLLM's view of the cache: [num_blocks, block_size, 132] uint8, block size 16 here
+    cache = torch.randint(0, 256, (8, 16, 132), dtype=torch.uint8, generator=gen).to(device)
+    expected = np_(cache)
+    k = (torch.randn(40, 128, generator=gen) * 5).to(getattr(torch, dtype)).to(device)
+    slots = torch.randperm(128, generator=gen)[:40].to(torch.int64)
+    slots[::5] = -1
+    nsa.quantize_and_store_k(cache, k, slots.to(device), "fp32", page_size=16, scale_formula=formula)
+    ref.quantize_and_store_k(expected, np_(k), np_(slots), "fp32", page=16, formula=formula)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    np.testing.assert_array_equal(np_(cache), expected)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_out_k_may_be_float8_e4m3fn_only(gen, device):
+    if not hasattr(torch, "float8_e4m3fn"):
+        pytest.skip("torch without float8")
+    cache = random_cache(gen, 3, device)
+    lens = torch.tensor([70, 5], dtype=torch.int32, device=device)
+    table = torch.tensor([[2, 0], [1, 1]], dtype=torch.int32, device=device)
+    out_k = torch.zeros(75, 128, dtype=torch.float8_e4m3fn, device=device)
+    out_s = torch.zeros(75, dtype=torch.float32, device=device)
+    kk, _ = nsa.gather_k_and_s(cache, table, lens, out_k=out_k, out_s=out_s)
+    assert kk is out_k
+    ek, _ = ref.gather_k_and_s(np_(cache), np_(table), np_(lens))
+    np.testing.assert_array_equal(np_(out_k.view(torch.uint8)), ek)
+    if hasattr(torch, "float8_e5m2"):
+        with pytest.raises(nsa.InvalidArgumentError, match="'out_k'.*float8_e4m3fn"):
+            nsa.gather_k_and_s(cache, table, lens, out_k=out_k.view(torch.float8_e5m2), out_s=out_s)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_gathers_allocate_with_torch(gen, device):
     cache = random_cache(gen, 6, device)
     pages = torch.tensor([5, 0, 3], dtype=torch.int32, device=device)

@@ -5,6 +5,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
+#include <cstring>
 #include <functional>
 #include <numeric>
 #include <random>
@@ -47,9 +49,41 @@ int64_t pick(std::mt19937_64& rng, int64_t lo, int64_t hi) { return std::uniform
 
 Exec exec_for(Backend b) { return b == Backend::kCpu ? Exec::cpu() : Exec::cuda(); }
 
+// Tokens per page of a case: every supported size, 64 (the default) most often.
+int64_t pick_page_size(std::mt19937_64& rng) {
+  static const int64_t sizes[] = {16, 32, 64, 64, 64, 128, 256};
+  return sizes[pick(rng, 0, 6)];
+}
+
+// Raw K rows of `dtype`: bf16 from the shared generator, fp16 as finite random
+// bit patterns, fp32 as normal values times a random power of two per row.
+std::vector<uint8_t> random_k(std::mt19937_64& rng, KDtype dtype, int64_t n, int64_t ld) {
+  std::vector<uint8_t> bytes(static_cast<size_t>(n * ld * element_bytes(dtype)));
+  if (dtype == KDtype::kBf16) {
+    const auto v = random_bf16(rng, n, ld);
+    std::memcpy(bytes.data(), v.data(), bytes.size());
+  } else if (dtype == KDtype::kFp16) {
+    for (size_t i = 0; i + 1 < bytes.size(); i += 2) {
+      uint16_t h;
+      do h = static_cast<uint16_t>(rng()); while ((h & 0x7c00) == 0x7c00);
+      std::memcpy(&bytes[i], &h, 2);
+    }
+  } else {
+    std::normal_distribution<float> normal;
+    for (int64_t t = 0; t < n; ++t) {
+      const int e = static_cast<int>(pick(rng, -20, 20));
+      for (int64_t d = 0; d < ld; ++d) {
+        const float x = std::ldexp(normal(rng), e);
+        std::memcpy(&bytes[static_cast<size_t>((t * ld + d) * 4)], &x, 4);
+      }
+    }
+  }
+  return bytes;
+}
+
 // Distinct random slots of a pool, every 7th replaced by -1 (padding) when asked.
-std::vector<int64_t> random_slots(std::mt19937_64& rng, int64_t n, int64_t pages, bool padding) {
-  std::vector<int64_t> all(static_cast<size_t>(pages * L::kPageSize));
+std::vector<int64_t> random_slots(std::mt19937_64& rng, int64_t n, int64_t slot_count, bool padding) {
+  std::vector<int64_t> all(static_cast<size_t>(slot_count));
   std::iota(all.begin(), all.end(), 0);
   std::shuffle(all.begin(), all.end(), rng);
   std::vector<int64_t> s(all.begin(), all.begin() + n);
@@ -61,39 +95,44 @@ std::vector<int64_t> random_slots(std::mt19937_64& rng, int64_t n, int64_t pages
 // ------------------------------------------------------------------ index cache
 
 void case_quantize_and_store(Backend b, std::mt19937_64& rng) {
-  const int64_t pages = pick(rng, 1, 40), n = pick(rng, 0, std::min<int64_t>(pages * 64, 300));
+  const int64_t P = pick_page_size(rng), pages = pick(rng, 1, 40), n = pick(rng, 0, std::min<int64_t>(pages * P, 300));
   const int64_t ld = 128 + 8 * pick(rng, 0, 8);
-  const ScaleMode mode = pick(rng, 0, 1) ? ScaleMode::kUe8m0 : ScaleMode::kFp32;
-  auto pool = random_bytes(rng, static_cast<size_t>(pages * L::kBytesPerPage));
-  const auto k = random_bf16(rng, n, ld);
-  const auto slots = random_slots(rng, n, pages, pick(rng, 0, 1));
+  const ScaleMode mode = static_cast<ScaleMode>(pick(rng, 0, 2));  // kFp32, kUe8m0, kFp32Divide
+  const KDtype dtype = static_cast<KDtype>(pick(rng, 0, 2));       // kBf16, kFp16, kFp32
+  auto pool = random_bytes(rng, static_cast<size_t>(pages * L::bytes_per_page(P)));
+  const auto k = random_k(rng, dtype, n, ld);
+  const auto slots = random_slots(rng, n, pages * P, pick(rng, 0, 1));
   Buffer pool_d = to_backend(b, pool), k_d = to_backend(b, k), slots_d = to_backend(b, slots);
-  quantize_and_store_k(exec_for(b), {pool_d.as<uint8_t>(), pages}, k_d.as<uint16_t>(), n, ld, slots_d.as<int64_t>(), mode);
+  quantize_and_store_k(exec_for(b), {pool_d.as<uint8_t>(), pages, P}, k_d.data(), n, ld, slots_d.as<int64_t>(), mode,
+                       dtype);
   support::synchronize(b);
-  reference::quantize_and_store_k({pool.data(), pages}, k.data(), n, ld, slots.data(), mode);
-  expect_same(fmt::format("n={} ld={} mode={}", n, ld, to_string(mode)), pool_d.to_host(), pool);
+  reference::quantize_and_store_k({pool.data(), pages, P}, k.data(), n, ld, slots.data(), mode, dtype);
+  expect_same(fmt::format("page_size={} n={} ld={} mode={} k={}", P, n, ld, to_string(mode), to_string(dtype)),
+              pool_d.to_host(), pool);
 }
 
 void case_store_k_and_s(Backend b, std::mt19937_64& rng) {
-  const int64_t pages = pick(rng, 1, 40), n = pick(rng, 0, std::min<int64_t>(pages * 64, 300));
+  const int64_t P = pick_page_size(rng), pages = pick(rng, 1, 40), n = pick(rng, 0, std::min<int64_t>(pages * P, 300));
   const int64_t ld = 128 + 16 * pick(rng, 0, 4);
-  auto pool = random_bytes(rng, static_cast<size_t>(pages * L::kBytesPerPage));
+  auto pool = random_bytes(rng, static_cast<size_t>(pages * L::bytes_per_page(P)));
   const auto k = random_bytes(rng, static_cast<size_t>(n * ld));
   std::vector<float> scale(n);
   std::uniform_real_distribution<float> mag(-20.0f, 5.0f);
   for (auto& s : scale) s = std::exp2(mag(rng));
-  const auto slots = random_slots(rng, n, pages, pick(rng, 0, 1));
+  const auto slots = random_slots(rng, n, pages * P, pick(rng, 0, 1));
   Buffer pool_d = to_backend(b, pool), k_d = to_backend(b, k), s_d = to_backend(b, scale), slots_d = to_backend(b, slots);
-  store_k_and_s(exec_for(b), {pool_d.as<uint8_t>(), pages}, k_d.as<uint8_t>(), n, ld, s_d.as<float>(), slots_d.as<int64_t>());
+  store_k_and_s(exec_for(b), {pool_d.as<uint8_t>(), pages, P}, k_d.as<uint8_t>(), n, ld, s_d.as<float>(),
+                slots_d.as<int64_t>());
   support::synchronize(b);
-  reference::store_k_and_s({pool.data(), pages}, k.data(), n, ld, scale.data(), slots.data());
-  expect_same(fmt::format("n={} ld={}", n, ld), pool_d.to_host(), pool);
+  reference::store_k_and_s({pool.data(), pages, P}, k.data(), n, ld, scale.data(), slots.data());
+  expect_same(fmt::format("page_size={} n={} ld={}", P, n, ld), pool_d.to_host(), pool);
 }
 
 // One sequence: random length, page ids in any order with repeats, int32 or int64.
 void case_gather_one(Backend b, std::mt19937_64& rng, bool k_not_s) {
-  const int64_t pages = pick(rng, 1, 30), length = pick(rng, 0, 2000), n_ids = (length + 63) / 64;
-  const auto pool = random_bytes(rng, static_cast<size_t>(pages * L::kBytesPerPage));
+  const int64_t P = pick_page_size(rng), pages = pick(rng, 1, 30), length = pick(rng, 0, 2000);
+  const int64_t n_ids = (length + P - 1) / P;
+  const auto pool = random_bytes(rng, static_cast<size_t>(pages * L::bytes_per_page(P)));
   const bool wide = pick(rng, 0, 1);
   const auto ids64 = random_ints<int64_t>(rng, n_ids, 0, pages - 1);
   const std::vector<int32_t> ids32(ids64.begin(), ids64.end());
@@ -106,27 +145,27 @@ void case_gather_one(Backend b, std::mt19937_64& rng, bool k_not_s) {
   out.fill(0xA5);
   std::vector<uint8_t> want(out_bytes, 0xA5);
   if (k_not_s) {
-    gather_k(exec_for(b), {pool_d.as<uint8_t>(), pages}, length, ids, out.as<uint8_t>());
-    reference::gather_k({pool.data(), pages}, length, host_ids, want.data());
+    gather_k(exec_for(b), {pool_d.as<uint8_t>(), pages, P}, length, ids, out.as<uint8_t>());
+    reference::gather_k({pool.data(), pages, P}, length, host_ids, want.data());
   } else {
-    gather_s(exec_for(b), {pool_d.as<uint8_t>(), pages}, length, ids, out.as<float>());
-    reference::gather_s({pool.data(), pages}, length, host_ids, reinterpret_cast<float*>(want.data()));
+    gather_s(exec_for(b), {pool_d.as<uint8_t>(), pages, P}, length, ids, out.as<float>());
+    reference::gather_s({pool.data(), pages, P}, length, host_ids, reinterpret_cast<float*>(want.data()));
   }
   support::synchronize(b);
-  expect_same(fmt::format("length={} ids={}", length, wide ? "int64" : "int32"), out.to_host(), want);
+  expect_same(fmt::format("page_size={} length={} ids={}", P, length, wide ? "int64" : "int32"), out.to_host(), want);
 }
 
 // A ragged batch in either length form, int32 or int64 indices, a padded table row stride.
 void case_gather_k_and_s(Backend b, std::mt19937_64& rng) {
-  const int64_t bs = pick(rng, 1, 8), pages = pick(rng, 1, 40);
+  const int64_t P = pick_page_size(rng), bs = pick(rng, 1, 8), pages = pick(rng, 1, 40);
   const auto lens = random_ints<int64_t>(rng, bs, 0, 1000);
   int64_t cols = 1, total = 0;
   for (auto l : lens) {
-    cols = std::max(cols, (l + 63) / 64);
+    cols = std::max(cols, (l + P - 1) / P);
     total += l;
   }
   const int64_t ld = cols + pick(rng, 0, 3), capacity = total + pick(rng, 0, 70);
-  const auto pool = random_bytes(rng, static_cast<size_t>(pages * L::kBytesPerPage));
+  const auto pool = random_bytes(rng, static_cast<size_t>(pages * L::bytes_per_page(P)));
   const auto table64 = random_ints<int64_t>(rng, bs * ld, 0, pages - 1);
   std::vector<int64_t> cu64(bs + 1, 0);
   for (int64_t i = 0; i < bs; ++i) cu64[i + 1] = cu64[i] + lens[i];
@@ -159,11 +198,11 @@ void case_gather_k_and_s(Backend b, std::mt19937_64& rng) {
   out_k.fill(0xA5);
   out_s.fill(0xA5);
   std::vector<uint8_t> want_k(capacity * 128, 0xA5), want_s(capacity * 4, 0xA5);
-  gather_k_and_s(exec_for(b), {pool_d.as<uint8_t>(), pages}, dev, out_k.as<uint8_t>(), out_s.as<float>(), capacity);
-  reference::gather_k_and_s({pool.data(), pages}, host, want_k.data(), reinterpret_cast<float*>(want_s.data()));
+  gather_k_and_s(exec_for(b), {pool_d.as<uint8_t>(), pages, P}, dev, out_k.as<uint8_t>(), out_s.as<float>(), capacity);
+  reference::gather_k_and_s({pool.data(), pages, P}, host, want_k.data(), reinterpret_cast<float*>(want_s.data()));
   support::synchronize(b);
-  const std::string what = fmt::format("bs={} total={} {} {}", bs, total, cumulative ? "cu_seq_lens" : "seq_lens",
-                                       wide ? "int64" : "int32");
+  const std::string what = fmt::format("page_size={} bs={} total={} {} {}", P, bs, total,
+                                       cumulative ? "cu_seq_lens" : "seq_lens", wide ? "int64" : "int32");
   expect_same(what + " K", out_k.to_host(), want_k);
   expect_same(what + " scales", out_s.to_host(), want_s);
 }

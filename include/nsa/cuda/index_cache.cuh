@@ -15,37 +15,61 @@
 
 #include "nsa/cuda/checked.cuh"
 #include "nsa/detail/quant.h"
+#include "nsa/index_cache.h"
 
 namespace nsa {
 namespace kernels {
 
-constexpr int64_t kPageSize = 64;
+constexpr int64_t kPageSize = 64;  // the default page (8448 bytes); see PageGeometry for the others
 constexpr int64_t kHeadDim = 128;
 constexpr int64_t kPageBytes = 8448;
 constexpr int64_t kKBytesPerPage = 8192;
 
-__device__ __forceinline__ int64_t k_byte_offset(int64_t slot) {
-  return (slot >> 6) * kPageBytes + (slot & 63) * kHeadDim;
-}
-__device__ __forceinline__ int64_t scale_byte_offset(int64_t slot) {
-  return (slot >> 6) * kPageBytes + kKBytesPerPage + (slot & 63) * 4;
-}
+// Byte geometry of a page of kPage tokens (spec §2): kPage x 128 K bytes, then
+// kPage fp32 scales. The page size is a template constant so slot -> page is
+// a shift; NSA_DISPATCH_PAGE_SIZE (src/common/dispatch.h) picks it.
+template <int kPage>
+struct PageGeometry {
+  static_assert(kPage >= 16 && kPage <= 256 && (kPage & (kPage - 1)) == 0, "page size: a power of two in [16, 256]");
+  static constexpr int64_t kTokens = kPage;
+  static constexpr int64_t kKBytes = kPage * kHeadDim;
+  static constexpr int64_t kBytes = kPage * (kHeadDim + 4);
+  // slot >= 0: the unsigned division is a shift.
+  static __device__ __forceinline__ int64_t k_offset(int64_t slot) {
+    const uint64_t u = static_cast<uint64_t>(slot);
+    return static_cast<int64_t>((u / kPage) * kBytes + (u % kPage) * kHeadDim);
+  }
+  static __device__ __forceinline__ int64_t scale_offset(int64_t slot) {
+    const uint64_t u = static_cast<uint64_t>(slot);
+    return static_cast<int64_t>((u / kPage) * kBytes + kKBytes + (u % kPage) * 4);
+  }
+};
+
+__device__ __forceinline__ int64_t k_byte_offset(int64_t slot) { return PageGeometry<64>::k_offset(slot); }
+__device__ __forceinline__ int64_t scale_byte_offset(int64_t slot) { return PageGeometry<64>::scale_offset(slot); }
 
 // ---------------------------------------------------------------------------
-// Stores: half a warp (16 lanes) per token, 8 elements per lane. All loads of
-// a token (slot, K row, scale) are issued together, so a store costs one
-// memory round trip before its write. The two half-warps of a warp work on
-// neighbouring tokens; every lane runs the shuffles (full mask) and only
-// lanes with a real token and a slot >= 0 write.
+// Stores: 8 lanes per token, 16 elements per lane (one 16-byte K store per
+// lane), and every lane group carries kStoreUnroll tokens per iteration. All
+// loads of those tokens (slots, K rows, scales) are issued before the first
+// reduction, so each thread keeps kStoreUnroll x 32 bytes (bf16) in flight and
+// a store costs one memory round trip per iteration. A CTA iteration covers
+// kThreads / 8 * kStoreUnroll consecutive tokens (coalesced 1 KiB K reads per
+// warp); the grid is one wave of resident CTAs, strided over longer inputs.
+// Every lane runs the shuffles (full mask); only lanes with a real token and a
+// slot >= 0 write.
 // ---------------------------------------------------------------------------
 constexpr int kStoreThreads = 256;
+constexpr int kStoreLanes = 8;    // lanes per token
+constexpr int kStoreElems = 16;   // elements per lane
+constexpr int kStoreUnroll = 2;   // tokens per lane group per iteration
 
 // Checked mode of the stores (kChecked kernels only): a slot at or past the
 // pool's end is recorded and its token is not written; negative slots stay
 // padding (skipped, not an error).
 struct StoreChecks {
   DeviceError* error = nullptr;  // device memory; nullptr launches the unchecked kernels
-  int64_t num_slots = 0;         // num_pages * 64
+  int64_t num_slots = 0;         // num_pages * page size
 };
 
 // kChecked: turns an out-of-range slot into "skip" after recording it.
@@ -61,108 +85,170 @@ __device__ __forceinline__ int64_t checked_slot(int64_t slot, int64_t t, bool re
   return slot;
 }
 
-// Two elements as e4m3 (low byte = a). On sm_89+ one cvt.rn.satfinite
+// Two already-scaled elements as e4m3 (low byte = a); `xa`, `xb` are the
+// unscaled inputs (their NaN sign is kept, as detail::quantize_e4m3 promises;
+// the hardware would return 0x7F for -NaN). On sm_89+ one cvt.rn.satfinite
 // instruction does both; it rounds exactly like detail::float_to_e4m3_satfinite
-// (tests compare every backend with the reference). NaN keeps its sign, as
-// detail::quantize_e4m3 promises; the hardware would return 0x7F for -NaN.
-__device__ __forceinline__ uint32_t quantize_e4m3x2(float a, float b, float inv) {
+// (tests compare every backend with the reference).
+__device__ __forceinline__ uint32_t e4m3x2(float xa, float xb, float a, float b) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
-  const __nv_fp8x2_storage_t pair = __nv_cvt_float2_to_fp8x2(make_float2(a * inv, b * inv), __NV_SATFINITE, __NV_E4M3);
+  const __nv_fp8x2_storage_t pair = __nv_cvt_float2_to_fp8x2(make_float2(a, b), __NV_SATFINITE, __NV_E4M3);
   uint32_t q = pair;
-  const uint32_t ab = __float_as_uint(a), bb = __float_as_uint(b);
+#else
+  uint32_t q = detail::float_to_e4m3_satfinite(a) | (static_cast<uint32_t>(detail::float_to_e4m3_satfinite(b)) << 8);
+#endif
+  const uint32_t ab = __float_as_uint(xa), bb = __float_as_uint(xb);
   if ((ab & 0x7fffffffu) > 0x7f800000u) q = (q & 0xff00u) | ((ab >> 24) & 0x80u) | 0x7fu;
   if ((bb & 0x7fffffffu) > 0x7f800000u) q = (q & 0x00ffu) | ((((bb >> 24) & 0x80u) | 0x7fu) << 8);
   return q;
-#else
-  return detail::quantize_e4m3(a, inv) | (static_cast<uint32_t>(detail::quantize_e4m3(b, inv)) << 8);
-#endif
 }
 
-// 8 bf16 of a row: one 16-byte load when aligned, else 8 scalar loads.
-template <bool kVector>
-__device__ __forceinline__ void load_bf16x8(const uint16_t* p, uint16_t (&h)[8]) {
-  if constexpr (kVector) {
-    const uint4 v = __ldg(reinterpret_cast<const uint4*>(p));
-    const uint32_t w[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      h[2 * i] = static_cast<uint16_t>(w[i] & 0xffffu);
-      h[2 * i + 1] = static_cast<uint16_t>(w[i] >> 16);
-    }
-  } else {
-#pragma unroll
-    for (int i = 0; i < 8; ++i) h[i] = p[i];
-  }
-}
-
-template <bool kVectorLoad, int kThreads = kStoreThreads, bool kChecked = false>
-__global__ void __launch_bounds__(kThreads) quantize_and_store_k_kernel(uint8_t* __restrict__ cache,
-                                                                             const uint16_t* __restrict__ k, int64_t n,
-                                                                             int64_t k_ld,
-                                                                             const int64_t* __restrict__ slots,
-                                                                             bool ue8m0, StoreChecks checks) {
-  const int sub = threadIdx.x & 15;  // lane within the half-warp: elements [8*sub, 8*sub + 8)
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * (kThreads / 16);
-  // Loop bound on the warp's first token keeps the whole warp in the loop (shuffles need it).
-  const int64_t warp_first = static_cast<int64_t>(blockIdx.x) * (kThreads / 16) + (threadIdx.x >> 5) * 2;
-  for (int64_t base = warp_first; base < n; base += stride) {
-    const int64_t t = base + ((threadIdx.x >> 4) & 1);
-    const bool active = t < n;
-    int64_t slot = -1;
-    uint16_t h[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    if (active) {
-      slot = checked_slot<kChecked>(__ldg(slots + t), t, sub == 0, checks, OpId::kQuantizeAndStoreK);
-      load_bf16x8<kVectorLoad>(k + t * k_ld + sub * 8, h);
-    }
-    float x[8];
-    float amax = 0.0f;
-#pragma unroll
-    for (int i = 0; i < 8; ++i) {
-      x[i] = detail::bf16_bits_to_float(h[i]);
-      amax = fmaxf(amax, detail::finite_abs(x[i]));
-    }
-#pragma unroll
-    for (int offset = 8; offset > 0; offset >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, offset));
-    if (slot < 0) continue;  // padding row or past the end
-    const float s = detail::scale_from_amax(amax, ue8m0);
-    const float inv = 1.0f / s;
-    uint32_t q[2] = {0, 0};
-#pragma unroll
-    for (int i = 0; i < 8; i += 2) {
-      const uint32_t pair = quantize_e4m3x2(x[i], x[i + 1], inv);
-      q[i / 4] |= pair << (8 * (i % 4));
-    }
-    *reinterpret_cast<uint2*>(cache + k_byte_offset(slot) + sub * 8) = make_uint2(q[0], q[1]);
-    if (sub == 0) *reinterpret_cast<float*>(cache + scale_byte_offset(slot)) = s;
-  }
-}
-
-// store_k_and_s: the same shape without arithmetic; 8 bytes per lane.
-template <bool kVectorCopy, int kThreads = kStoreThreads, bool kChecked = false>
-__global__ void __launch_bounds__(kThreads) store_k_and_s_kernel(uint8_t* __restrict__ cache,
-                                                                      const uint8_t* __restrict__ k, int64_t n,
-                                                                      int64_t k_ld, const float* __restrict__ scale,
-                                                                      const int64_t* __restrict__ slots,
-                                                                      StoreChecks checks) {
-  const int sub = threadIdx.x & 15;
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * (kThreads / 16);
-  for (int64_t t = static_cast<int64_t>(blockIdx.x) * (kThreads / 16) + (threadIdx.x >> 4); t < n; t += stride) {
-    const int64_t slot = checked_slot<kChecked>(__ldg(slots + t), t, sub == 0, checks, OpId::kStoreKAndS);
-    const uint8_t* src = k + t * k_ld + sub * 8;
-    uint2 v;
-    if constexpr (kVectorCopy) {
-      v = __ldg(reinterpret_cast<const uint2*>(src));
+// Element type of K: bytes per element and conversion of a raw word to fp32.
+template <KDtype kDtype>
+struct KElem {
+  static constexpr int kBytes = kDtype == KDtype::kFp32 ? 4 : 2;
+  // Element i of the lane's kStoreElems from its raw 32-bit words.
+  static __device__ __forceinline__ float get(const uint32_t* w, int i) {
+    if constexpr (kDtype == KDtype::kFp32) {
+      return __uint_as_float(w[i]);
     } else {
-      uint8_t b[8];
-#pragma unroll
-      for (int i = 0; i < 8; ++i) b[i] = src[i];
-      v.x = b[0] | (b[1] << 8) | (b[2] << 16) | (static_cast<uint32_t>(b[3]) << 24);
-      v.y = b[4] | (b[5] << 8) | (b[6] << 16) | (static_cast<uint32_t>(b[7]) << 24);
+      const uint16_t h = static_cast<uint16_t>(i & 1 ? w[i / 2] >> 16 : w[i / 2] & 0xffffu);
+      return kDtype == KDtype::kBf16 ? detail::bf16_bits_to_float(h) : detail::fp16_bits_to_float(h);
     }
-    const float sc = sub == 0 ? __ldg(scale + t) : 0.0f;
-    if (slot < 0) continue;
-    *reinterpret_cast<uint2*>(cache + k_byte_offset(slot) + sub * 8) = v;
-    if (sub == 0) *reinterpret_cast<float*>(cache + scale_byte_offset(slot)) = sc;
+  }
+};
+
+// The lane's kStoreElems elements of a row, as raw words: 16-byte loads when
+// the row is 16-byte aligned, else element loads.
+template <KDtype kDtype, bool kVector>
+__device__ __forceinline__ void load_k_words(const uint8_t* p, uint32_t (&w)[kStoreElems * KElem<kDtype>::kBytes / 4]) {
+  constexpr int kWords = kStoreElems * KElem<kDtype>::kBytes / 4;
+  if constexpr (kVector) {
+#pragma unroll
+    for (int v = 0; v < kWords / 4; ++v) {
+      const uint4 q = __ldg(reinterpret_cast<const uint4*>(p) + v);
+      w[4 * v] = q.x;
+      w[4 * v + 1] = q.y;
+      w[4 * v + 2] = q.z;
+      w[4 * v + 3] = q.w;
+    }
+  } else if constexpr (KElem<kDtype>::kBytes == 4) {
+#pragma unroll
+    for (int i = 0; i < kWords; ++i) w[i] = __ldg(reinterpret_cast<const uint32_t*>(p) + i);
+  } else {
+    const uint16_t* h = reinterpret_cast<const uint16_t*>(p);
+#pragma unroll
+    for (int i = 0; i < kWords; ++i) w[i] = __ldg(h + 2 * i) | (static_cast<uint32_t>(__ldg(h + 2 * i + 1)) << 16);
+  }
+}
+
+// Shape of the grid-stride walk shared by both stores: in the iteration at
+// `base`, lane group g carries tokens base + g + u * kGroups (u < kStoreUnroll).
+// The loop bound is uniform over the CTA, so every lane runs every iteration.
+template <int kThreads>
+struct StoreWalk {
+  static constexpr int kGroups = kThreads / kStoreLanes;          // lane groups per CTA
+  static constexpr int64_t kCtaTokens = int64_t{kGroups} * kStoreUnroll;  // tokens per CTA iteration
+};
+
+template <int kPage, KDtype kDtype, bool kVectorLoad, int kThreads = kStoreThreads, bool kChecked = false>
+__global__ void __launch_bounds__(kThreads) quantize_and_store_k_kernel(uint8_t* __restrict__ cache,
+                                                                        const uint8_t* __restrict__ k, int64_t n,
+                                                                        int64_t k_ld, const int64_t* __restrict__ slots,
+                                                                        ScaleMode mode, StoreChecks checks) {
+  using Page = PageGeometry<kPage>;
+  using W = StoreWalk<kThreads>;
+  using E = KElem<kDtype>;
+  constexpr int kWords = kStoreElems * E::kBytes / 4;
+  const int lane = threadIdx.x % kStoreLanes;  // elements [16 * lane, 16 * lane + 16)
+  const int group = threadIdx.x / kStoreLanes;
+  const bool ue8m0 = mode == ScaleMode::kUe8m0, divide = mode == ScaleMode::kFp32Divide;
+  const int64_t row_bytes = k_ld * E::kBytes;
+  for (int64_t base = static_cast<int64_t>(blockIdx.x) * W::kCtaTokens; base < n;
+       base += static_cast<int64_t>(gridDim.x) * W::kCtaTokens) {
+    int64_t slot[kStoreUnroll];
+    uint32_t w[kStoreUnroll][kWords];
+#pragma unroll
+    for (int u = 0; u < kStoreUnroll; ++u) {
+      const int64_t t = base + group + u * W::kGroups;
+      slot[u] = -1;
+#pragma unroll
+      for (int i = 0; i < kWords; ++i) w[u][i] = 0;
+      if (t < n) {
+        slot[u] = checked_slot<kChecked>(__ldg(slots + t), t, lane == 0, checks, OpId::kQuantizeAndStoreK);
+        load_k_words<kDtype, kVectorLoad>(k + t * row_bytes + lane * kStoreElems * E::kBytes, w[u]);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kStoreUnroll; ++u) {
+      float amax = 0.0f;
+#pragma unroll
+      for (int i = 0; i < kStoreElems; ++i) amax = fmaxf(amax, detail::finite_abs(E::get(w[u], i)));
+#pragma unroll
+      for (int offset = kStoreLanes / 2; offset > 0; offset >>= 1)
+        amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, offset));
+      if (slot[u] < 0) continue;  // padding row, past the end, or past n
+      const float s = detail::scale_from_amax(amax, ue8m0);
+      const float inv = 1.0f / s;
+      uint32_t q[4] = {0, 0, 0, 0};
+#pragma unroll
+      for (int i = 0; i < kStoreElems; i += 2) {
+        const float xa = E::get(w[u], i), xb = E::get(w[u], i + 1);
+        const uint32_t pair = divide ? e4m3x2(xa, xb, __fdiv_rn(xa, s), __fdiv_rn(xb, s))
+                                     : e4m3x2(xa, xb, xa * inv, xb * inv);
+        q[i / 4] |= pair << (8 * (i % 4));
+      }
+      *reinterpret_cast<uint4*>(cache + Page::k_offset(slot[u]) + lane * kStoreElems) = make_uint4(q[0], q[1], q[2], q[3]);
+      if (lane == 0) *reinterpret_cast<float*>(cache + Page::scale_offset(slot[u])) = s;
+    }
+  }
+}
+
+// store_k_and_s: the same walk without arithmetic; 16 bytes per lane.
+template <int kPage, bool kVectorCopy, int kThreads = kStoreThreads, bool kChecked = false>
+__global__ void __launch_bounds__(kThreads) store_k_and_s_kernel(uint8_t* __restrict__ cache,
+                                                                 const uint8_t* __restrict__ k, int64_t n,
+                                                                 int64_t k_ld, const float* __restrict__ scale,
+                                                                 const int64_t* __restrict__ slots,
+                                                                 StoreChecks checks) {
+  using Page = PageGeometry<kPage>;
+  using W = StoreWalk<kThreads>;
+  const int lane = threadIdx.x % kStoreLanes;
+  const int group = threadIdx.x / kStoreLanes;
+  for (int64_t base = static_cast<int64_t>(blockIdx.x) * W::kCtaTokens; base < n;
+       base += static_cast<int64_t>(gridDim.x) * W::kCtaTokens) {
+    int64_t slot[kStoreUnroll];
+    uint32_t w[kStoreUnroll][4];  // 16 K bytes
+    float sc[kStoreUnroll];
+#pragma unroll
+    for (int u = 0; u < kStoreUnroll; ++u) {
+      const int64_t t = base + group + u * W::kGroups;
+      slot[u] = -1;
+      sc[u] = 0.0f;
+      if (t < n) {
+        slot[u] = checked_slot<kChecked>(__ldg(slots + t), t, lane == 0, checks, OpId::kStoreKAndS);
+        const uint8_t* src = k + t * k_ld + lane * 16;
+        if constexpr (kVectorCopy) {
+          const uint4 v = __ldg(reinterpret_cast<const uint4*>(src));
+          w[u][0] = v.x;
+          w[u][1] = v.y;
+          w[u][2] = v.z;
+          w[u][3] = v.w;
+        } else {
+#pragma unroll
+          for (int i = 0; i < 4; ++i)
+            w[u][i] = src[4 * i] | (src[4 * i + 1] << 8) | (src[4 * i + 2] << 16) |
+                      (static_cast<uint32_t>(src[4 * i + 3]) << 24);
+        }
+        if (lane == 0) sc[u] = __ldg(scale + t);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kStoreUnroll; ++u) {
+      if (slot[u] < 0) continue;
+      *reinterpret_cast<uint4*>(cache + Page::k_offset(slot[u]) + lane * 16) = make_uint4(w[u][0], w[u][1], w[u][2], w[u][3]);
+      if (lane == 0) *reinterpret_cast<float*>(cache + Page::scale_offset(slot[u])) = sc[u];
+    }
   }
 }
 
@@ -177,17 +263,23 @@ __global__ void __launch_bounds__(kThreads) store_k_and_s_kernel(uint8_t* __rest
 // The page id of a CTA's first item is loaded before the scan, so for small
 // batches the chain is: {lengths, page id} -> K bytes -> store.
 // ---------------------------------------------------------------------------
-// Launch shape of the gather: threads per CTA and tokens per work item
-// (64 = one page; 32 = half a page, twice the items for small batches).
-template <int kThreadsT, int kItemTokensT>
+// Launch shape of the gather: threads per CTA, tokens per work item (64 = one
+// default page; 32 = half a page, twice the items for small batches) and the
+// page size. Pages larger than 64 tokens are cut into 64-token items, smaller
+// ones are one item each.
+template <int kThreadsT, int kItemTokensT, int kPageT = 64>
 struct GatherPolicy {
   static constexpr int kThreads = kThreadsT;
   static constexpr int kItemTokens = kItemTokensT;
-  static constexpr int kItemsPerPage = static_cast<int>(kPageSize) / kItemTokens;
+  static constexpr int kPage = kPageT;
+  static constexpr int64_t kPageBytes = PageGeometry<kPage>::kBytes;
+  static constexpr int64_t kKBytesPerPage = PageGeometry<kPage>::kKBytes;
+  static constexpr int kItemsPerPage = kPage / kItemTokens;
   static constexpr int kVecPerThread = kItemTokens * static_cast<int>(kHeadDim / 16) / kThreads;  // 16 B loads in flight
-  static_assert(kVecPerThread >= 1 && kThreads >= kItemTokens && kPageSize % kItemTokens == 0, "bad gather policy");
+  static_assert(kVecPerThread >= 1 && kThreads >= kItemTokens && kPage % kItemTokens == 0, "bad gather policy");
 };
-using DefaultGatherPolicy = GatherPolicy<128, 64>;
+template <int kPage = 64>
+using DefaultGatherPolicy = GatherPolicy<128, (kPage < 64 ? kPage : 64), kPage>;
 
 enum class LengthForm { kHost, kSeqLens, kCuSeqLens };
 
@@ -195,7 +287,7 @@ template <class TableT, class LenT>
 struct GatherParams {
   const uint8_t* cache;
   const TableT* table;  // [batch, table_ld]; page ids of each request
-  int64_t table_cols;   // pages per row that may be used (L_b <= 64 * table_cols)
+  int64_t table_cols;   // pages per row that may be used (L_b <= page size * table_cols)
   int64_t table_ld;
   const LenT* lens;     // kSeqLens: [batch]; kCuSeqLens: [batch + 1]; kHost: unused
   int64_t host_length;  // kHost: the single request's length
@@ -208,7 +300,7 @@ struct GatherParams {
   DeviceError* error = nullptr; // device memory: where the first violation is recorded
 };
 
-// Checked mode: a length that cannot be gathered (L_b < 0, L_b > 64 * table_cols).
+// Checked mode: a length that cannot be gathered (L_b < 0, L_b > page size * table_cols).
 // Rows are reported as indices into the length array: seq_lens[b], or the
 // cu_seq_lens[b + 1] that makes the step from cu_seq_lens[b] invalid.
 template <LengthForm kForm, class LenT>
@@ -325,11 +417,11 @@ __device__ __forceinline__ void gather_single_item(const GatherParams<TableT, Le
   const int64_t left = len - token0;
   if (left <= 0) return;  // uniform over the CTA
   const int64_t tokens = left < Policy::kItemTokens ? left : Policy::kItemTokens;
-  const int64_t in_page = token0 - col * kPageSize;
-  const uint8_t* page_base = p.cache + page * kPageBytes;
+  const int64_t in_page = token0 - col * Policy::kPage;
+  const uint8_t* page_base = p.cache + page * Policy::kPageBytes;
   ItemRegs<Policy> regs;
   load_tokens<Policy, kWriteK, kWriteS>(regs, page_base + in_page * kHeadDim,
-                                        reinterpret_cast<const float*>(page_base + kKBytesPerPage) + in_page, tokens);
+                                        reinterpret_cast<const float*>(page_base + Policy::kKBytesPerPage) + in_page, tokens);
   const int64_t row0 = warp_total<kForm>(share);
   store_tokens<Policy, kWriteK, kWriteS>(regs, tokens, row0 + token0, p.out_k, p.out_s);
 }
@@ -352,7 +444,7 @@ __global__ void __launch_bounds__(Policy::kThreads) paged_gather_kernel(GatherPa
   const int tid = threadIdx.x;
   const int64_t grid = gridDim.x;
   const int64_t parts = p.table_cols * Policy::kItemsPerPage;  // items per request
-  [[maybe_unused]] const int64_t max_len = p.table_cols * kPageSize;
+  [[maybe_unused]] const int64_t max_len = p.table_cols * Policy::kPage;
   [[maybe_unused]] __shared__ int64_t s_first_overflow;  // first request whose rows pass out_capacity
   if constexpr (kChecked) {
     if constexpr (kForm == LengthForm::kCuSeqLens) {
@@ -405,10 +497,10 @@ __global__ void __launch_bounds__(Policy::kThreads) paged_gather_kernel(GatherPa
         const int64_t token0 = part * Policy::kItemTokens;
         const int64_t left = request_length<kForm>(p.lens, p.host_length, chunk + b) - token0;
         if (left > 0) {
-          const int64_t in_page = token0 - (part / Policy::kItemsPerPage) * kPageSize;
-          const uint8_t* page_base = p.cache + first_page * kPageBytes;
+          const int64_t in_page = token0 - (part / Policy::kItemsPerPage) * Policy::kPage;
+          const uint8_t* page_base = p.cache + first_page * Policy::kPageBytes;
           load_tokens<Policy, kWriteK, kWriteS>(first_regs, page_base + in_page * kHeadDim,
-                                                reinterpret_cast<const float*>(page_base + kKBytesPerPage) + in_page,
+                                                reinterpret_cast<const float*>(page_base + Policy::kKBytesPerPage) + in_page,
                                                 left < Policy::kItemTokens ? left : Policy::kItemTokens);
           first_loaded = true;
         }
@@ -451,7 +543,7 @@ __global__ void __launch_bounds__(Policy::kThreads) paged_gather_kernel(GatherPa
                                                s_row_start[b] + token0, p.out_k, p.out_s);
         continue;
       }
-      int64_t in_page = token0 - col * kPageSize;
+      int64_t in_page = token0 - col * Policy::kPage;
       int64_t tokens = left < Policy::kItemTokens ? left : Policy::kItemTokens;
       int64_t row = s_row_start[b] + token0;
       if constexpr (kChecked) {  // every condition is uniform over the CTA
@@ -470,10 +562,10 @@ __global__ void __launch_bounds__(Policy::kThreads) paged_gather_kernel(GatherPa
         if (row >= p.out_capacity) continue;
         if (row + tokens > p.out_capacity) tokens = p.out_capacity - row;
       }
-      const uint8_t* page_base = p.cache + page * kPageBytes;
+      const uint8_t* page_base = p.cache + page * Policy::kPageBytes;
       ItemRegs<Policy> regs;
       load_tokens<Policy, kWriteK, kWriteS>(regs, page_base + in_page * kHeadDim,
-                                            reinterpret_cast<const float*>(page_base + kKBytesPerPage) + in_page, tokens);
+                                            reinterpret_cast<const float*>(page_base + Policy::kKBytesPerPage) + in_page, tokens);
       store_tokens<Policy, kWriteK, kWriteS>(regs, tokens, row, p.out_k, p.out_s);
     }
     row_base += total;
@@ -491,48 +583,6 @@ __global__ void __launch_bounds__(Policy::kThreads) paged_gather_kernel(GatherPa
 // ---------------------------------------------------------------------------
 // Launchers.
 // ---------------------------------------------------------------------------
-inline int store_grid(int64_t n, int num_sms, int threads = kStoreThreads) {
-  const int64_t tokens_per_block = threads / 16;
-  const int64_t blocks = (n + tokens_per_block - 1) / tokens_per_block;
-  const int64_t cap = static_cast<int64_t>(num_sms) * 16;  // grid-stride beyond a few waves
-  return static_cast<int>(blocks < cap ? blocks : cap);
-}
-
-// checks.error != nullptr launches the checked kernel (see StoreChecks).
-inline cudaError_t invoke_quantize_and_store_k(uint8_t* cache, const uint16_t* k, int64_t n, int64_t k_ld,
-                                               const int64_t* slots, bool ue8m0, int num_sms, cudaStream_t stream,
-                                               StoreChecks checks = {}) {
-  if (n == 0) return cudaSuccess;
-  const bool vec = reinterpret_cast<uintptr_t>(k) % 16 == 0 && k_ld % 8 == 0;
-  const int grid = store_grid(n, num_sms);
-  constexpr int T = kStoreThreads;
-  if (checks.error != nullptr) {
-    if (vec) quantize_and_store_k_kernel<true, T, true><<<grid, T, 0, stream>>>(cache, k, n, k_ld, slots, ue8m0, checks);
-    else quantize_and_store_k_kernel<false, T, true><<<grid, T, 0, stream>>>(cache, k, n, k_ld, slots, ue8m0, checks);
-  } else {
-    if (vec) quantize_and_store_k_kernel<true><<<grid, T, 0, stream>>>(cache, k, n, k_ld, slots, ue8m0, checks);
-    else quantize_and_store_k_kernel<false><<<grid, T, 0, stream>>>(cache, k, n, k_ld, slots, ue8m0, checks);
-  }
-  return cudaGetLastError();
-}
-
-inline cudaError_t invoke_store_k_and_s(uint8_t* cache, const uint8_t* k, int64_t n, int64_t k_ld, const float* scale,
-                                        const int64_t* slots, int num_sms, cudaStream_t stream,
-                                        StoreChecks checks = {}) {
-  if (n == 0) return cudaSuccess;
-  const bool vec = reinterpret_cast<uintptr_t>(k) % 8 == 0 && k_ld % 8 == 0;
-  const int grid = store_grid(n, num_sms);
-  constexpr int T = kStoreThreads;
-  if (checks.error != nullptr) {
-    if (vec) store_k_and_s_kernel<true, T, true><<<grid, T, 0, stream>>>(cache, k, n, k_ld, scale, slots, checks);
-    else store_k_and_s_kernel<false, T, true><<<grid, T, 0, stream>>>(cache, k, n, k_ld, scale, slots, checks);
-  } else {
-    if (vec) store_k_and_s_kernel<true><<<grid, T, 0, stream>>>(cache, k, n, k_ld, scale, slots, checks);
-    else store_k_and_s_kernel<false><<<grid, T, 0, stream>>>(cache, k, n, k_ld, scale, slots, checks);
-  }
-  return cudaGetLastError();
-}
-
 // Persistent grid: exactly one wave of resident CTAs (enough to keep every
 // SM's memory pipe busy; a second wave would start late and finish late),
 // never more than there are work items. Residency per SM comes from the
@@ -557,6 +607,84 @@ inline int resident_ctas_per_sm(int threads) {
   return per_sm;
 }
 
+// Stores: one wave of resident CTAs at most (each CTA strides over the rest).
+template <auto kKernel>
+inline int store_grid(int64_t n, int num_sms) {
+  constexpr int64_t kCtaTokens = StoreWalk<kStoreThreads>::kCtaTokens;
+  const int64_t blocks = (n + kCtaTokens - 1) / kCtaTokens;
+  const int64_t cap = static_cast<int64_t>(num_sms) * resident_ctas_per_sm<kKernel>(kStoreThreads);
+  return static_cast<int>(blocks < cap ? blocks : cap);
+}
+
+template <int kPage, KDtype kDtype, bool kVector, bool kChecked>
+inline void launch_quantize_and_store_k(uint8_t* cache, const void* k, int64_t n, int64_t k_ld,
+                                        const int64_t* slots, ScaleMode mode, int num_sms, cudaStream_t stream,
+                                        StoreChecks checks) {
+  constexpr auto kernel = quantize_and_store_k_kernel<kPage, kDtype, kVector, kStoreThreads, kChecked>;
+  kernel<<<store_grid<kernel>(n, num_sms), kStoreThreads, 0, stream>>>(cache, static_cast<const uint8_t*>(k), n, k_ld,
+                                                                       slots, mode, checks);
+}
+
+template <int kPage, KDtype kDtype>
+inline void launch_quantize_and_store_k(uint8_t* cache, const void* k, int64_t n, int64_t k_ld,
+                                        const int64_t* slots, ScaleMode mode, int num_sms, cudaStream_t stream,
+                                        StoreChecks checks) {
+  constexpr int64_t kElem = KElem<kDtype>::kBytes;
+  const bool vec = reinterpret_cast<uintptr_t>(k) % 16 == 0 && (k_ld * kElem) % 16 == 0;
+  if (checks.error != nullptr) {
+    if (vec) launch_quantize_and_store_k<kPage, kDtype, true, true>(cache, k, n, k_ld, slots, mode, num_sms, stream, checks);
+    else launch_quantize_and_store_k<kPage, kDtype, false, true>(cache, k, n, k_ld, slots, mode, num_sms, stream, checks);
+  } else {
+    if (vec) launch_quantize_and_store_k<kPage, kDtype, true, false>(cache, k, n, k_ld, slots, mode, num_sms, stream, checks);
+    else launch_quantize_and_store_k<kPage, kDtype, false, false>(cache, k, n, k_ld, slots, mode, num_sms, stream, checks);
+  }
+}
+
+// K [n, 128] of k_dtype (row stride k_ld elements; aligned to its element
+// size) quantized and stored at slots. checks.error != nullptr launches the
+// checked kernel (see StoreChecks).
+template <int kPage = 64>
+inline cudaError_t invoke_quantize_and_store_k(uint8_t* cache, const void* k, KDtype k_dtype, int64_t n, int64_t k_ld,
+                                               const int64_t* slots, ScaleMode mode, int num_sms, cudaStream_t stream,
+                                               StoreChecks checks = {}) {
+  if (n == 0) return cudaSuccess;
+  switch (k_dtype) {
+    case KDtype::kBf16:
+      launch_quantize_and_store_k<kPage, KDtype::kBf16>(cache, k, n, k_ld, slots, mode, num_sms, stream, checks);
+      break;
+    case KDtype::kFp16:
+      launch_quantize_and_store_k<kPage, KDtype::kFp16>(cache, k, n, k_ld, slots, mode, num_sms, stream, checks);
+      break;
+    case KDtype::kFp32:
+      launch_quantize_and_store_k<kPage, KDtype::kFp32>(cache, k, n, k_ld, slots, mode, num_sms, stream, checks);
+      break;
+  }
+  return cudaGetLastError();
+}
+
+template <int kPage, bool kVector, bool kChecked>
+inline void launch_store_k_and_s(uint8_t* cache, const uint8_t* k, int64_t n, int64_t k_ld, const float* scale,
+                                 const int64_t* slots, int num_sms, cudaStream_t stream, StoreChecks checks) {
+  constexpr auto kernel = store_k_and_s_kernel<kPage, kVector, kStoreThreads, kChecked>;
+  kernel<<<store_grid<kernel>(n, num_sms), kStoreThreads, 0, stream>>>(cache, k, n, k_ld, scale, slots, checks);
+}
+
+template <int kPage = 64>
+inline cudaError_t invoke_store_k_and_s(uint8_t* cache, const uint8_t* k, int64_t n, int64_t k_ld, const float* scale,
+                                        const int64_t* slots, int num_sms, cudaStream_t stream,
+                                        StoreChecks checks = {}) {
+  if (n == 0) return cudaSuccess;
+  const bool vec = reinterpret_cast<uintptr_t>(k) % 16 == 0 && k_ld % 16 == 0;
+  if (checks.error != nullptr) {
+    if (vec) launch_store_k_and_s<kPage, true, true>(cache, k, n, k_ld, scale, slots, num_sms, stream, checks);
+    else launch_store_k_and_s<kPage, false, true>(cache, k, n, k_ld, scale, slots, num_sms, stream, checks);
+  } else {
+    if (vec) launch_store_k_and_s<kPage, true, false>(cache, k, n, k_ld, scale, slots, num_sms, stream, checks);
+    else launch_store_k_and_s<kPage, false, false>(cache, k, n, k_ld, scale, slots, num_sms, stream, checks);
+  }
+  return cudaGetLastError();
+}
+
 inline int gather_grid(int64_t max_items, int num_sms, int per_sm) {
   const int64_t cap = static_cast<int64_t>(num_sms) * per_sm;
   return static_cast<int>(max_items < cap ? (max_items > 0 ? max_items : 1) : cap);
@@ -564,7 +692,7 @@ inline int gather_grid(int64_t max_items, int num_sms, int per_sm) {
 
 // max_pages = batch * table_cols (the launcher's grid bound). p.error != nullptr
 // launches the checked kernel (p.out_capacity and p.num_pages must be set then).
-template <LengthForm kForm, bool kWriteK, bool kWriteS, class Policy = DefaultGatherPolicy, class TableT, class LenT>
+template <LengthForm kForm, bool kWriteK, bool kWriteS, class Policy = DefaultGatherPolicy<>, class TableT, class LenT>
 cudaError_t invoke_paged_gather(const GatherParams<TableT, LenT>& p, int64_t max_pages, int num_sms,
                                 cudaStream_t stream) {
   // Checked mode launches even without items: the lengths are still validated.

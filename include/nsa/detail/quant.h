@@ -43,6 +43,19 @@ NSA_HOST_DEVICE float bits_float(uint32_t u) {
 // bf16 -> fp32 is exact: the bf16 bits are the top half of the fp32 bits.
 NSA_HOST_DEVICE float bf16_bits_to_float(uint16_t b) { return bits_float(static_cast<uint32_t>(b) << 16); }
 
+// fp16 -> fp32 is exact too: re-bias the exponent (15 -> 127); subnormals are
+// m * 2^-24 (exact in fp32); Inf and NaN keep their sign and payload.
+NSA_HOST_DEVICE float fp16_bits_to_float(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+  const uint32_t exp = (h >> 10) & 0x1fu, mant = h & 0x3ffu;
+  if (exp == 0) {
+    const float mag = static_cast<float>(mant) * 5.9604644775390625e-8f;  // 2^-24
+    return bits_float(float_bits(mag) | sign);
+  }
+  if (exp == 31) return bits_float(sign | 0x7f800000u | (mant << 13));
+  return bits_float(sign | ((exp + 112u) << 23) | (mant << 13));
+}
+
 // |x| if x is finite, else 0: NaN and Inf never contribute to amax.
 NSA_HOST_DEVICE float finite_abs(float x) {
   const uint32_t a = float_bits(x) & 0x7fffffffu;
@@ -78,6 +91,18 @@ NSA_HOST_DEVICE uint8_t quantize_e4m3(float x, float inv_scale) {
   const uint32_t bits = float_bits(x);
   if ((bits & 0x7fffffffu) > 0x7f800000u) return static_cast<uint8_t>(((bits >> 24) & 0x80u) | 0x7fu);
   return float_to_e4m3_satfinite(x * inv_scale);
+}
+
+// One element: x / scale as e4m3 (the kFp32Divide formula; IEEE division,
+// also on the GPU whatever the compiler's precision flags).
+NSA_HOST_DEVICE uint8_t quantize_e4m3_divide(float x, float scale) {
+  const uint32_t bits = float_bits(x);
+  if ((bits & 0x7fffffffu) > 0x7f800000u) return static_cast<uint8_t>(((bits >> 24) & 0x80u) | 0x7fu);
+#if defined(__CUDA_ARCH__)
+  return float_to_e4m3_satfinite(__fdiv_rn(x, scale));
+#else
+  return float_to_e4m3_satfinite(x / scale);
+#endif
 }
 
 // Per-token scale from the finite amax of its 128 values (spec §3).
