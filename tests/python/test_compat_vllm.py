@@ -120,14 +120,15 @@ def test_indexer_k_quant_and_cache(rng, fw, block_size, k_dtype, scale_fmt):
 def test_plain_scale_divides_like_vllm(rng):
     """vLLM's kernel stores e4m3(x / s); SGLang's store e4m3(x * (1/s)). Rows
     where the two differ must get vLLM's byte."""
-    x = rng.standard_normal((4096, 128)).astype(np.float32)
+    bits = random_k(rng, 4096, "bfloat16")  # bf16 K: quotients land exactly on e4m3 midpoints often
+    x = k_as_float(bits)
     s = np.maximum(np.abs(x).max(axis=1), np.float32(1e-4)).astype(np.float32) / np.float32(448)
     divide = float_to_e4m3(np.clip(x / s[:, None], -448, 448).astype(np.float32))
     multiply = float_to_e4m3(np.clip(x * (np.float32(1) / s)[:, None], -448, 448).astype(np.float32))
     rows = np.nonzero((divide != multiply).any(axis=1))[0][:64]
     assert rows.size > 0, "no tie found; enlarge the sample"
     cache = np.zeros((len(rows), 64, TOKEN), np.uint8)
-    vllm.indexer_k_quant_and_cache(x[rows], cache, np.arange(len(rows), dtype=np.int64) * 64, 128, "")
+    vllm.indexer_k_quant_and_cache(bits[rows], cache, np.arange(len(rows), dtype=np.int64) * 64, 128, "")
     got = cache[:, 0, :128]  # token 0 of each block
     np.testing.assert_array_equal(got, divide[rows])
     assert (got != multiply[rows]).any()
