@@ -57,11 +57,13 @@ def indexer_k_quant_and_cache(k, kv_cache, slot_mapping, quant_block_size, kv_ca
     does; ``kv_cache``: uint8 ``[num_blocks, block_size, 132]``;
     ``slot_mapping``: int64, its first ``num_tokens`` entries are the token
     slots (``block * block_size + offset``; negative = padding, skipped);
-    ``quant_block_size``: 128 (one scale per token: the only layout of a
-    132-byte token); ``kv_cache_dtype``: the scale format vLLM passes there:
-    ``"ue8m0"`` rounds each scale up to a power of two, any other value keeps
-    the plain scale ``max(amax, 1e-4) / 448`` and stores ``e4m3(x / s)``, as
-    vLLM's CUDA kernel does.
+    ``quant_block_size``: 128 (vLLM's kernel takes the amax of each 128-element
+    warp whatever this is, and only uses it to place the scale; 128 is the one
+    value that gives 132-byte tokens); ``kv_cache_dtype``: the scale format
+    vLLM's indexer passes there (vLLM's kernel compares it with ``"ue8m0"`` and
+    ignores it otherwise): ``"ue8m0"`` rounds each scale up to a power of two,
+    any other value keeps the plain scale ``max(amax, 1e-4) / 448`` and stores
+    ``e4m3(x / s)``, as vLLM's CUDA kernel does.
 
     Differences: vLLM computes the ue8m0 scale as ``exp2f(ceilf(log2f(s)))``,
     nsa on the bits; the two agree for every bf16 and fp16 K (no amax of those
