@@ -63,3 +63,29 @@ def to_fw(fw, x):
     if x.dtype == np.uint16:
         return torch.from_numpy(x.view(np.int16)).view(torch.bfloat16)
     return torch.from_numpy(x)
+
+
+def cuda_torch():
+    """torch, when it sees a CUDA device and nsa was built with CUDA; else None."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch if torch.cuda.is_available() and nsa.cuda_built() else None
+
+
+needs_cuda = pytest.mark.skipif(cuda_torch() is None, reason="needs torch with a CUDA device and a CUDA build of nsa")
+
+
+def captured(torch, call):
+    """call() captured in a CUDA graph, after a warm-up call on a side stream
+    (which also does any one-time upload)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        call()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        call()
+    return graph

@@ -12,7 +12,7 @@ import pytest
 
 import nsa
 from nsa.compat import sglang
-from conftest import FRAMEWORKS, random_cache, to_fw, to_np
+from conftest import FRAMEWORKS, captured, cuda_torch, needs_cuda, random_cache, to_fw, to_np
 
 POOL = SimpleNamespace(page_size=64, index_head_dim=128, quant_block_size=128)
 SENTINEL = -7
@@ -535,17 +535,6 @@ def test_accessor_errors_are_assertion_and_value_errors(rng, case):
 
 # ---------------------------------------------------------------- CUDA: replay, eager and captured
 
-def _cuda_torch():
-    try:
-        import torch
-    except ImportError:
-        return None
-    return torch if torch.cuda.is_available() and nsa.cuda_built() else None
-
-
-needs_cuda = pytest.mark.skipif(_cuda_torch() is None, reason="needs torch with a CUDA device and a CUDA build of nsa")
-
-
 def _on_device(torch, backend, bs, rows):
     """Device copies of a backend's buffers with SGLang's aliasing (views of
     the shared page table and num_splits, seqlens_expanded = cache_seqlens in
@@ -583,7 +572,7 @@ def test_cuda_replay_captured_in_a_graph(rng, mode, bs):
     """The replay's copy captured once (after a warm-up call that uploads the
     destination table), then replayed with new precomputed values written
     into the same source tensors."""
-    torch = _cuda_torch()
+    torch = cuda_torch()
     W = 200
     backend, expected_backend = Backend(8, W, True, True), Backend(8, W, True, True)
     extend = np.full(bs, N_DRAFT) if mode == 2 else None  # fixed shapes across replays
@@ -595,14 +584,7 @@ def test_cuda_replay_captured_in_a_graph(rng, mode, bs):
         dev_src["seqlens_expanded"] = dev_src["cache_seqlens"]
     args = ([dev_src[n] for n in SRC_ORDER] + [dst[n] for n in DST_ORDER]
             + [mode, s["bs"], s["max_len"], s["max_seqlen_k"], s["E"]])
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        sglang.fused_metadata_copy_cuda(*args)
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        sglang.fused_metadata_copy_cuda(*args)
+    graph = captured(torch, lambda: sglang.fused_metadata_copy_cuda(*args))
     for _ in range(2):  # new values, same shapes, written into the captured sources
         new = {name: rng.integers(-1000, 1 << 20, size=v.shape).astype(np.int32) for name, v in src.items()}
         for name, v in dev_src.items():

@@ -11,7 +11,7 @@ import pytest
 import nsa
 from nsa.compat import vllm
 from nsa_reference import float_to_e4m3
-from conftest import FRAMEWORKS, to_fw, to_np
+from conftest import FRAMEWORKS, captured, cuda_torch, needs_cuda, to_fw, to_np
 
 TOKEN = 132
 BLOCK_SIZES = [16, 32, 64, 128, 256]
@@ -303,30 +303,6 @@ def test_gather_errors(rng, case):
 
 # ---------------------------------------------------------------- CUDA: eager and CUDA-graph replay
 
-def _cuda_torch():
-    try:
-        import torch
-    except ImportError:
-        return None
-    return torch if torch.cuda.is_available() and nsa.cuda_built() else None
-
-
-needs_cuda = pytest.mark.skipif(_cuda_torch() is None, reason="needs torch with a CUDA device and a CUDA build of nsa")
-
-
-def _captured(torch, call):
-    """call() captured in a CUDA graph after a warm-up on a side stream."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        call()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        call()
-    return graph
-
-
 @needs_cuda
 @pytest.mark.parametrize("scale_fmt", ["ue8m0", ""])
 @pytest.mark.parametrize("k_dtype", ["bfloat16", "float16", "float32"])
@@ -334,7 +310,7 @@ def _captured(torch, call):
 def test_cuda_store_and_gather_replayed_in_a_graph(rng, block_size, k_dtype, scale_fmt):
     """vLLM's decode path: both ops captured once, replayed with new K, slots
     and lengths written into the captured tensors."""
-    torch = _cuda_torch()
+    torch = cuda_torch()
     blocks, n = 8, 2 * block_size + 5
     cache = random_vllm_cache(rng, blocks, block_size)
     dev_cache = torch.from_numpy(cache.copy()).cuda()
@@ -351,7 +327,7 @@ def test_cuda_store_and_gather_replayed_in_a_graph(rng, block_size, k_dtype, sca
         vllm.indexer_k_quant_and_cache(dev_k, dev_cache, dev_slots, 128, scale_fmt)
         vllm.cp_gather_indexer_k_quant_cache(dev_cache, dev_out_k, dev_out_s, dev_table, dev_cu)
 
-    graph = _captured(torch, step)
+    graph = captured(torch, step)
     for _ in range(2):
         k = random_k(rng, n, k_dtype)
         slots = rng.permutation(blocks * block_size)[:n].astype(np.int64)
