@@ -78,14 +78,15 @@ needs_cuda = pytest.mark.skipif(cuda_torch() is None, reason="needs torch with a
 
 
 def captured(torch, call):
-    """call() captured in a CUDA graph, after a warm-up call on a side stream
-    (which also does any one-time upload)."""
+    """call() captured in a CUDA graph, after a warm-up call on the capture
+    stream itself (so one-time uploads keyed by stream happen before capture)."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
         call()
-    torch.cuda.current_stream().wait_stream(side)
+    side.synchronize()
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    with torch.cuda.graph(graph, stream=side):
         call()
+    torch.cuda.current_stream().wait_stream(side)
     return graph
