@@ -15,7 +15,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   FuzzPool pool(in);
   const int64_t length = maybe_below(in, in.in(0, 300), 0);
   const int64_t tokens = length > 0 ? length : 0;
-  std::vector<int64_t> ids(static_cast<size_t>((tokens + 63) / 64));
+  std::vector<int64_t> ids(static_cast<size_t>((tokens + pool.tokens() - 1) / pool.tokens()));
   for (auto& id : ids) id = in.byte() % pool.usable_pages();
   const IndexType type = pick_index_type(in);
   const IndexArray page_ids(type, ids);

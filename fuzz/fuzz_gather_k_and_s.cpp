@@ -1,7 +1,7 @@
 // libFuzzer target: gather_k_and_s (ragged batch) on the CPU against the
 // reference. Fuzzed: pool, batch size, seq_lens or cu_seq_lens (or both or
 // neither), element types, table columns and row stride, lengths in
-// [0, 64 * table_cols] (a device-value precondition), page ids, output
+// [0, page_size * table_cols] (a device-value precondition), page ids, output
 // capacity >= sum of lengths, null pointers and the backend.
 #include "fuzz_cache.h"
 #include "reference/index_cache.h"
@@ -24,7 +24,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   std::vector<int64_t> lens(static_cast<size_t>(reqs)), cu(1, 0), table(static_cast<size_t>(reqs * alloc_ld));
   int64_t total = 0;
   for (auto& l : lens) {
-    l = cols > 0 ? in.in(0, 64 * cols) : 0;
+    l = cols > 0 ? in.in(0, pool.tokens() * cols) : 0;
     if (in.flag()) l = l % 3;  // many short requests too
     total += l;
     cu.push_back(total);

@@ -1,7 +1,7 @@
 // libFuzzer target: quantize_and_store_k on the CPU against the reference.
-// Fuzzed: pool size and declared page count, n, row stride, bf16 values
-// (NaN/Inf/subnormals come from raw input bits), slots with padding, scale
-// mode, null pointers and the backend.
+// Fuzzed: pool size, page size and declared page count, n, row stride, K
+// dtype (bf16/fp16/fp32) and values (NaN/Inf/subnormals come from raw input
+// bits), slots with padding, scale mode, null pointers and the backend.
 #include "fuzz_cache.h"
 #include "reference/index_cache.h"
 
@@ -17,23 +17,26 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const int64_t rows = n > 0 ? n : 0;  // what is allocated
   const int64_t row_elems = ld >= 128 ? ld : 128;
 
-  const std::vector<uint8_t> k_bytes = bytes_from(in, static_cast<size_t>(rows * row_elems * 2));
-  std::vector<uint16_t> k(static_cast<size_t>(rows * row_elems) + 1);
-  copy_into(k.data(), k_bytes);
-  const std::vector<int64_t> slots = fuzz_slots(in, rows, pool.usable_pages());
+  KDtype dtype = static_cast<KDtype>(in.byte() % 3);
+  const std::vector<uint8_t> k_bytes = bytes_from(in, static_cast<size_t>(rows * row_elems * element_bytes(dtype)));
+  std::vector<uint32_t> k(static_cast<size_t>(rows * row_elems) + 1);  // 4-byte aligned for every dtype
+  copy_into(reinterpret_cast<uint8_t*>(k.data()), k_bytes);
+  const std::vector<int64_t> slots = fuzz_slots(in, rows, pool);
   const bool null_k = in.rarely(32), null_slots = in.rarely(32);
-  ScaleMode mode = in.flag() ? ScaleMode::kFp32 : ScaleMode::kUe8m0;
-  if (in.rarely(32)) mode = static_cast<ScaleMode>(2 + in.byte() % 3);
+  ScaleMode mode = static_cast<ScaleMode>(in.byte() % 3);  // kFp32, kUe8m0, kFp32Divide
+  if (in.rarely(32)) mode = static_cast<ScaleMode>(3 + in.byte() % 3);
+  const bool bad_dtype = in.rarely(32);
+  if (bad_dtype) dtype = static_cast<KDtype>(3 + in.byte() % 3);
 
   const bool valid = where.backend_ok && pool.valid() && n >= 0 && ld >= 128 &&
                      (n == 0 || (!null_k && !null_slots)) &&
-                     (mode == ScaleMode::kFp32 || mode == ScaleMode::kUe8m0);
+                     static_cast<int>(mode) <= 2 && !bad_dtype;
   std::vector<uint8_t> expected = pool.bytes;
   const bool ran = run_checked(valid, [&] {
     quantize_and_store_k(where.exec, pool.view(), null_k ? nullptr : k.data(), n, ld,
-                         null_slots ? nullptr : slots.data(), mode);
+                         null_slots ? nullptr : slots.data(), mode, dtype);
   });
-  if (ran) reference::quantize_and_store_k(pool.view_of(expected), k.data(), n, ld, slots.data(), mode);
+  if (ran) reference::quantize_and_store_k(pool.view_of(expected), k.data(), n, ld, slots.data(), mode, dtype);
   expect_equal(pool.bytes, expected, "cache");
   return 0;
 }

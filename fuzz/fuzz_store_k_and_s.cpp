@@ -20,7 +20,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::vector<uint8_t> s_bytes = bytes_from(in, static_cast<size_t>(rows * 4));
   std::vector<float> scale(static_cast<size_t>(rows) + 1);
   copy_into(scale.data(), s_bytes);
-  const std::vector<int64_t> slots = fuzz_slots(in, rows, pool.usable_pages());
+  const std::vector<int64_t> slots = fuzz_slots(in, rows, pool);
   const bool null_k = in.rarely(32), null_scale = in.rarely(32), null_slots = in.rarely(32);
 
   const bool valid = where.backend_ok && pool.valid() && n >= 0 && ld >= 128 &&
