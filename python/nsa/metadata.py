@@ -125,6 +125,10 @@ def build_metadata(targets, seq_lens, req_pool_indices, req_to_token, *, mode=Fo
     (DRAFT_EXTEND only); ``draft_tokens`` is N (TARGET_VERIFY query tokens per
     request, DRAFT_EXTEND max e_b). Optional FlashMLA schedule tensors are
     copied unchanged into destinations that have them. No host sync.
+    ``real_page_table`` entries are ``slot / page_size`` rounded toward zero (a
+    negative, unset slot above ``-page_size`` gives 0); SGLang's torch ``//``
+    floors (-1). Rows only read their first ``ceil(L / page_size)`` entries,
+    which hold valid (non-negative) slots.
     """
     if not isinstance(targets, MetadataTargets):
         raise InvalidArgumentError(f"nsa.build_metadata: argument 'targets': expected nsa.MetadataTargets, "
@@ -159,6 +163,9 @@ def copy_metadata(targets, sources, *, mode, batch_size, max_len=0, max_seqlen_k
     launch, exactly as SGLang's fused_metadata_copy (metadata.md §6.2) does for
     one: ``max_len`` page-table columns in DECODE, ``max_seqlen_k`` otherwise;
     ``seqlens_expanded_size`` rows of the per-row arrays outside DECODE.
+    Each source table is read with its own row stride (upstream reads
+    ``page_indices[r * cols + c]`` with ``cols`` the copied columns;
+    ``nsa.compat.sglang`` reproduces that).
     """
     if not isinstance(targets, MetadataTargets):
         raise InvalidArgumentError(f"nsa.copy_metadata: argument 'targets': expected nsa.MetadataTargets, "

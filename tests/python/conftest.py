@@ -35,3 +35,58 @@ def distinct_slots(rng, n, pages, padding_every=0):
     if padding_every:
         slots[::padding_every] = -1
     return slots
+
+
+def _array_frameworks():
+    out = ["numpy"]
+    try:
+        import torch  # noqa: F401
+        out.append("torch")
+    except ImportError:
+        pass
+    return out
+
+
+# Array libraries the compat tests run on: numpy always, torch (CPU tensors) when installed.
+FRAMEWORKS = _array_frameworks()
+
+
+def to_np(x):
+    return x if isinstance(x, np.ndarray) else x.numpy()
+
+
+def to_fw(fw, x):
+    """numpy array x in framework fw, sharing its memory (uint16 = bf16 bits)."""
+    if x is None or fw == "numpy" or not isinstance(x, np.ndarray):
+        return x
+    import torch
+    if x.dtype == np.uint16:
+        return torch.from_numpy(x.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(x)
+
+
+def cuda_torch():
+    """torch, when it sees a CUDA device and nsa was built with CUDA; else None."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch if torch.cuda.is_available() and nsa.cuda_built() else None
+
+
+needs_cuda = pytest.mark.skipif(cuda_torch() is None, reason="needs torch with a CUDA device and a CUDA build of nsa")
+
+
+def captured(torch, call):
+    """call() captured in a CUDA graph, after a warm-up call on the capture
+    stream itself (so one-time uploads keyed by stream happen before capture)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        call()
+    side.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, stream=side):
+        call()
+    torch.cuda.current_stream().wait_stream(side)
+    return graph
