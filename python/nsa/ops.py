@@ -104,8 +104,10 @@ def gather_k_and_s(cache, page_table, seq_lens=None, *, cu_seq_lens=None, capaci
     if out_k is None or out_s is None:
         if capacity is None:
             lengths = seq_lens if seq_lens is not None else cu_seq_lens
-            if lengths is not None:
-                capacity = _total_length(_frameworks.of(lengths), lengths, seq_lens is None)
+            if lengths is None:
+                raise InvalidArgumentError("nsa.gather_k_and_s: argument 'seq_lens/cu_seq_lens': expected exactly "
+                                           "one of the two, got neither")
+            capacity = _total_length(_frameworks.of(lengths), lengths, seq_lens is None)
             if capacity is None:
                 raise InvalidArgumentError(
                     "nsa.gather_k_and_s: argument 'capacity': expected the number of output rows (>= sum of "
@@ -114,7 +116,8 @@ def gather_k_and_s(cache, page_table, seq_lens=None, *, cu_seq_lens=None, capaci
             out_k = fw.empty(cache, (capacity, _HEAD_DIM), "uint8")
         if out_s is None:
             out_s = fw.empty(cache, (capacity,), "float32")
-    _nsa.gather_k_and_s(cache, page_table, seq_lens, cu_seq_lens, out_k, out_s,
+    # out_k may be a torch float8 tensor (vLLM's K output); the kernel writes its bytes.
+    _nsa.gather_k_and_s(cache, page_table, seq_lens, cu_seq_lens, _frameworks.of(out_k).as_bytes(out_k), out_s,
                         _frameworks.resolve_stream(fw, cache, stream))
     return out_k, out_s
 
@@ -128,4 +131,5 @@ def prepare_gather_k_and_s(cache, page_table, seq_lens=None, *, cu_seq_lens=None
 
     fw = _frameworks.of(cache)
     cache = fw.as_bytes(cache)
+    out_k = _frameworks.of(out_k).as_bytes(out_k)
     return PreparedCall(_nsa.prepare_gather_k_and_s(cache, page_table, seq_lens, cu_seq_lens, out_k, out_s), fw, cache)
