@@ -59,8 +59,8 @@ class Pool {
 
   // False when the pool is running another job (the caller then runs inline).
   bool try_run(int64_t tasks, const std::function<void(int64_t)>& task) {
-    std::unique_lock<std::mutex> busy(busy_, std::try_to_lock);
-    if (!busy.owns_lock()) return false;
+    bool idle = false;
+    if (!busy_.compare_exchange_strong(idle, true, std::memory_order_acquire)) return false;
     {
       std::lock_guard<std::mutex> lock(mutex_);
       task_ = &task;
@@ -77,6 +77,7 @@ class Pool {
     // resets the counter that a straggler would otherwise read.
     finished_.wait(lock, [&] { return done_ == tasks_ && active_ == 0; });
     task_ = nullptr;
+    busy_.store(false, std::memory_order_release);
     return true;
   }
 
@@ -109,7 +110,7 @@ class Pool {
     }
   }
 
-  std::mutex busy_;   // held by the caller of the running job
+  std::atomic<bool> busy_{false};  // a job is running (a flag, not a mutex: a nested call comes from its owner)
   std::mutex mutex_;  // guards the fields below
   std::condition_variable wake_, finished_;
   const std::function<void(int64_t)>* task_ = nullptr;
