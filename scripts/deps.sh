@@ -74,7 +74,8 @@ if ! version_ge "${cmake_version:-0}" "$min_cmake"; then
 fi
 if [ $need_venv -eq 1 ]; then
   if [ ! -x "$venv/bin/python" ]; then
-    command -v python3 >/dev/null || apt_install python3 python3-venv
+    py=$(command -v python3 || true)  # the distro's (Ubuntu ships python3 without venv support)
+    if [ -z "$py" ] || [ "$py" = /usr/bin/python3 ]; then apt_install python3 python3-venv; fi
     echo "deps: creating virtual environment $venv ($(python3 --version))"
     python3 -m venv "$venv" || {
       echo "deps: 'python3 -m venv' failed; on Debian/Ubuntu install python3-venv" >&2; exit 1; }
