@@ -90,8 +90,8 @@ if [ $need_venv -eq 1 ]; then
   }
   if ! version_ge "${cmake_version:-0}" "$min_cmake"; then
     echo "deps: CMake ${cmake_version:-missing} is older than $min_cmake: using PyPI's cmake in $venv"
-    "$venv/bin/python" -m pip install -q --disable-pip-version-check "cmake>=$min_cmake" ninja
-    installed+=("cmake>=$min_cmake" ninja)
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check "cmake>=$min_cmake,<4" ninja  # 3.x: as tested
+    installed+=("cmake>=$min_cmake,<4" ninja)
     cmake_version=$("$venv/bin/cmake" --version | sed -n 's/^cmake version \([0-9.]*\).*/\1/p')
   fi
   if [ "$job" = test ]; then
