@@ -85,7 +85,8 @@ if [ $need_venv -eq 1 ]; then
     local mod=$1; shift
     "$venv/bin/python" -c "import $mod" 2>/dev/null && return 0
     echo "deps: pip install $* (into $venv)"
-    "$venv/bin/python" -m pip install -q --disable-pip-version-check "$@"
+    # --no-compile: no .pyc for thousands of files up front (torch's alone take minutes on 2 cores).
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-compile "$@"
     installed+=("$@")
   }
   if ! version_ge "${cmake_version:-0}" "$min_cmake"; then
