@@ -11,6 +11,7 @@
 #include <string>
 
 #include "buffer.h"
+#include "output_file.h"
 #include "timing.h"
 
 namespace nsa {
@@ -23,24 +24,30 @@ inline int run(const char* name, int argc, char** argv,
   bool quick = false;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
+    support::L2Mode l2 = support::l2_mode();
     if (a == "--json" && i + 1 < argc) json_path = argv[++i];
     else if (a == "--quick") quick = true;
+    else if (a == "--l2" && i + 1 < argc && support::parse_l2_mode(argv[++i], l2)) support::set_l2_mode(l2);
     else {
-      fmt::print(stderr, "usage: {} [--json FILE] [--quick]\n", argv[0]);
+      fmt::print(stderr, "usage: {} [--json FILE] [--quick] [--l2 cold|warm]\n", argv[0]);
       return 2;
     }
   }
   if (!support::cuda_device_available()) {
-    fmt::print("{}: no CUDA device found; this benchmark measures the CUDA backend only. Skipped.\n", name);
+    fmt::print("{}: {}; this benchmark measures the CUDA backend only. Skipped.\n", name,
+               support::cuda_unavailable_reason());
     return 0;
   }
   try {
+    if (!json_path.empty()) support::check_writable(json_path, "--json");
     const auto lim = support::measure_device_limits();
     fmt::print("device: {} ({} SMs)\n", lim.device, lim.sm_count);
     fmt::print("limits: D2D copy {:.0f} GB/s (read+write), empty kernel {:.2f} us in a graph, {:.2f} us eager GPU, "
-               "{:.2f} us host per launch\n\n",
+               "{:.2f} us host per launch\n",
                lim.copy_gbps, lim.empty_kernel_graph_us, lim.empty_kernel_eager_us, lim.empty_launch_host_us);
+    fmt::print("GPU times below: {} (--l2 cold|warm)\n\n", support::l2_label());
     nlohmann::json report{{"device", lim.device},
+                          {"l2", support::l2_label()},
                           {"sm_count", lim.sm_count},
                           {"copy_gbps", lim.copy_gbps},
                           {"empty_kernel_graph_us", lim.empty_kernel_graph_us},

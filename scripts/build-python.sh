@@ -5,7 +5,7 @@
 #   scripts/build-python.sh [python] [build-dir] [extra cmake args...]
 #
 #   scripts/build-python.sh                                     # python3, build-py, CUDA auto-detected
-#   scripts/build-python.sh /root/.pyenv/versions/3.12.1/bin/python3 build-py312
+#   scripts/build-python.sh python3.12 build-py312
 #   NSA_CUDA=OFF scripts/build-python.sh python3 build-py-cpu   # CPU-only
 #
 # Then:  PYTHONPATH=<build-dir>/python python -m pytest tests/python

@@ -92,6 +92,7 @@ if [ -x "$cli" ]; then
   run_step cli_selftest 300 "$cli" selftest
   run_step cli_bench 420 "$cli" bench --no-progress --json "$results/nsa_bench.json" --plot "$results/nsa_bench.svg"
   run_step cli_bench_prefill 300 "$cli" bench --no-progress --scenario prefill --json "$results/nsa_bench_prefill.json"
+  run_step cli_bench_cold_l2 420 "$cli" bench --no-progress --l2 cold --json "$results/nsa_bench_cold_l2.json"
 fi
 
 for b in "$build"/bench/*_bench; do

@@ -86,7 +86,8 @@ def main():
     w("")
 
     for title, name in (("nsa info", "cli_info"), ("nsa selftest", "cli_selftest"), ("nsa bench (default scenario)", "cli_bench"),
-                        ("nsa bench --scenario prefill", "cli_bench_prefill")):
+                        ("nsa bench --scenario prefill", "cli_bench_prefill"),
+                        ("nsa bench --l2 cold (L2 flushed between timed calls)", "cli_bench_cold_l2")):
         text = read(os.path.join(results, name + ".log"))
         if text:
             w(f"## {title}")

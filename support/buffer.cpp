@@ -24,6 +24,10 @@ void check(cudaError_t err, const char* what) {
 
 bool cuda_device_available() { return cuda_device_count() > 0; }
 
+const char* cuda_unavailable_reason() {
+  return cuda_built() ? "no CUDA device found" : "built without CUDA (NSA_CUDA=OFF, or no nvcc at configure time)";
+}
+
 std::string cuda_device_name() {
 #if defined(NSA_WITH_CUDA)
   if (!cuda_device_available()) return "";

@@ -15,6 +15,8 @@ namespace support {
 
 // True when the CUDA backend is built and at least one device is usable.
 bool cuda_device_available();
+// Why the CUDA backend cannot run here: "no CUDA device found" or "built without CUDA (...)".
+const char* cuda_unavailable_reason();
 // Name of device 0, "" when none.
 std::string cuda_device_name();
 

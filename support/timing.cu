@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <chrono>
 #include <stdexcept>
+#include <utility>
 #include <vector>
 
 namespace nsa {
@@ -77,9 +78,52 @@ struct Graph {
   }
 };
 
+// Cold-L2 mode: writes a buffer of twice the current device's L2 (allocated
+// on first use, one per device, kept until exit), evicting every line an
+// earlier call left there.
+void flush_l2(cudaStream s) {
+  static std::vector<std::pair<void*, size_t>> buffers;  // by device
+  int device = 0;
+  check(cudaGetDevice(&device), "cudaGetDevice");
+  if (buffers.size() <= static_cast<size_t>(device)) buffers.resize(device + 1, {nullptr, 0});
+  auto& [buffer, bytes] = buffers[device];
+  if (buffer == nullptr) {
+    int l2 = 0;
+    check(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, device), "cudaDeviceGetAttribute(L2 size)");
+    bytes = 2 * static_cast<size_t>(std::max(l2, 1 << 20));
+    check(cudaMalloc(&buffer, bytes), "cudaMalloc(L2 flush buffer)");
+  }
+  check(cudaMemsetAsync(buffer, 0x3c, bytes, reinterpret_cast<cudaStream_t>(s)), "cudaMemsetAsync(L2 flush)");
+}
+
+// `launch` preceded by an L2 flush; the flush alone is timed the same way and subtracted.
+Launch with_flush(const Launch& launch) {
+  return [launch](cudaStream s) {
+    flush_l2(s);
+    launch(s);
+  };
+}
+
+double graph_time_warm_us(const Launch& launch, int per_graph);
+EagerTiming eager_time_warm(const Launch& launch, int iters);
+
 }  // namespace
 
 double graph_time_us(const Launch& launch, int per_graph) {
+  if (l2_mode() == L2Mode::kWarm) return graph_time_warm_us(launch, per_graph);
+  return std::max(graph_time_warm_us(with_flush(launch), per_graph) - graph_time_warm_us(flush_l2, per_graph), 0.0);
+}
+
+EagerTiming eager_time(const Launch& launch, int iters) {
+  EagerTiming t = eager_time_warm(launch, iters);
+  if (l2_mode() == L2Mode::kCold)
+    t.gpu_us = std::max(eager_time_warm(with_flush(launch), iters).gpu_us - eager_time_warm(flush_l2, iters).gpu_us, 0.0);
+  return t;
+}
+
+namespace {
+
+double graph_time_warm_us(const Launch& launch, int per_graph) {
   Stream stream;
   Graph graph(launch, per_graph, stream.s);
   Events ev;
@@ -101,7 +145,7 @@ double graph_time_us(const Launch& launch, int per_graph) {
   return median(samples);
 }
 
-EagerTiming eager_time(const Launch& launch, int iters) {
+EagerTiming eager_time_warm(const Launch& launch, int iters) {
   Stream stream;
   Events ev;
   const auto s = reinterpret_cast<cudaStream>(stream.s);
@@ -120,6 +164,8 @@ EagerTiming eager_time(const Launch& launch, int iters) {
   check(cudaGetLastError(), "eager launches");
   return {median(host), median(gpu)};
 }
+
+}  // namespace
 
 PairedHostTiming paired_host_time(const Launch& launch, int iters) {
   Stream stream;
@@ -178,8 +224,9 @@ DeviceLimits measure_device_limits() {
   const size_t big = size_t{1} << 30;  // 1 GiB each way: far beyond L2
   lim.copy_gbps = 2.0 * static_cast<double>(big) / (copy_time_us(big, 2) * 1e3);
   const Launch empty = launch_empty_kernel;
-  lim.empty_kernel_graph_us = graph_time_us(empty, 100);
-  const EagerTiming eager = eager_time(empty, 1000);
+  // The launch limits do not depend on L2: measured warm in either mode.
+  lim.empty_kernel_graph_us = graph_time_warm_us(empty, 100);
+  const EagerTiming eager = eager_time_warm(empty, 1000);
   lim.empty_kernel_eager_us = eager.gpu_us;
   lim.empty_launch_host_us = eager.host_us;
   return lim;

@@ -14,6 +14,20 @@
 namespace nsa {
 namespace support {
 
+// L2 state of every GPU timing below. kWarm: calls run back to back, so a
+// call's inputs may still be in L2 from the previous one (what a CUDA graph
+// replaying the same small buffers sees). kCold: a >= 2x L2-sized buffer is
+// written between timed calls (as NVBench does), and the GPU time of those
+// writes, measured alone the same way, is subtracted. Host times are the same
+// in both. The default is kWarm, or the NSA_BENCH_L2 environment variable
+// ("cold"/"warm"); label every table with l2_label().
+enum class L2Mode { kWarm, kCold };
+void set_l2_mode(L2Mode mode);
+L2Mode l2_mode();
+const char* l2_label();  // "cold L2" / "warm L2"
+// Parses "cold" / "warm"; false for anything else.
+bool parse_l2_mode(const std::string& text, L2Mode& mode);
+
 // The physical limits of this device, measured in the same run as the ops.
 struct DeviceLimits {
   std::string device;

@@ -30,10 +30,24 @@ from .ops import (  # noqa: E402
 )
 from .prepared import PreparedCall  # noqa: E402
 
-__version__ = _nsa.__version__
-cuda_built = _nsa.cuda_built
-cuda_device_count = _nsa.cuda_device_count
-set_cpu_threads = _nsa.set_cpu_threads
+__version__: str = _nsa.__version__
+
+
+# Python functions (not the extension's) so that inspect.signature and help() work.
+def cuda_built() -> bool:
+    """Whether this build has the CUDA backend (nvcc was found when it was configured)."""
+    return _nsa.cuda_built()
+
+
+def cuda_device_count() -> int:
+    """CUDA devices visible to the CUDA runtime (0 without a GPU, a usable driver or a CUDA build)."""
+    return _nsa.cuda_device_count()
+
+
+def set_cpu_threads(threads: int) -> None:
+    """Threads of the CPU backend (0: one per available core, the default)."""
+    _nsa.set_cpu_threads(threads)
+
 
 PAGE_SIZE = 64
 HEAD_DIM = 128

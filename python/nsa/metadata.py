@@ -7,6 +7,7 @@ All metadata tensors are int32.
 """
 
 import enum
+import weakref
 
 from . import _frameworks, _nsa
 from .errors import InvalidArgumentError
@@ -22,6 +23,11 @@ _MODE_NAMES = {"decode": 0, "target_verify": 1, "draft_extend": 2}
 
 DESTINATION_FIELDS = ("cache_seqlens", "cu_seqlens_k", "page_table_1", "seqlens_expanded", "nsa_cache_seqlens",
                       "nsa_cu_seqlens_k", "real_page_table", "flashmla_num_splits", "flashmla_metadata")
+
+
+# Every live MetadataTargets by id(): nsa.torch_ops passes targets to its custom
+# ops as that int (an op schema has no opaque objects).
+_live_targets = weakref.WeakValueDictionary()
 
 
 def _mode(op, mode):
@@ -90,6 +96,7 @@ class MetadataTargets:
                                                     _frameworks.resolve_stream(fw, like, stream))
         self._framework = fw
         self._like = like
+        _live_targets[id(self)] = self
 
     @property
     def count(self):

@@ -159,8 +159,10 @@ def gather_k_and_s(cache, page_table, seq_lens=None, *, cu_seq_lens=None, capaci
     if out_k is None or out_s is None:
         if capacity is None:
             lengths = seq_lens if seq_lens is not None else cu_seq_lens
-            if lengths is not None:
-                capacity = _total_length(_frameworks.of(lengths), lengths, seq_lens is None)
+            if lengths is None:
+                raise InvalidArgumentError("nsa.gather_k_and_s: argument 'seq_lens/cu_seq_lens': expected exactly "
+                                           "one of the two, got neither")
+            capacity = _total_length(_frameworks.of(lengths), lengths, seq_lens is None)
             if capacity is None:
                 raise InvalidArgumentError(
                     "nsa.gather_k_and_s: argument 'capacity': expected the number of output rows (>= sum of "

@@ -2,7 +2,7 @@
 #include "arrays.h"
 
 #include <atomic>
-#include <sstream>
+#include <string>
 
 #if defined(NSA_PY_WITH_CUDA)
 #include <cuda_runtime.h>
@@ -94,14 +94,17 @@ bool Array::contiguous() const {
   return true;
 }
 
+// Built from std::string and std::to_string only: std::ostringstream crashed in
+// modules linked against a static libstdc++ (its locale facets are not shared
+// with the interpreter's), which made every error message about an array a segfault.
 std::string Array::describe() const {
-  std::ostringstream s;
-  s << to_string(dtype) << " [";
-  for (int i = 0; i < ndim; ++i) s << (i ? ", " : "") << shape[i];
-  s << "] strides [";
-  for (int i = 0; i < ndim; ++i) s << (i ? ", " : "") << stride[i];
-  s << "] on " << (device == DeviceKind::kCuda ? "cuda:" + std::to_string(device_id) : std::string("cpu"));
-  return s.str();
+  const auto list = [this](const int64_t* v) {
+    std::string s = "[";
+    for (int i = 0; i < ndim; ++i) s += (i ? ", " : "") + std::to_string(v[i]);
+    return s + "]";
+  };
+  return std::string(to_string(dtype)) + " " + list(shape) + " strides " + list(stride) + " on " +
+         (device == DeviceKind::kCuda ? "cuda:" + std::to_string(device_id) : std::string("cpu"));
 }
 
 void Call::fail(const char* arg, const std::string& expected, const std::string& got) const {

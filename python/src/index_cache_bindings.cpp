@@ -100,14 +100,14 @@ void gather_k(nb::handle cache, int64_t length, nb::handle page_ids, nb::handle 
   Call c("gather_k");
   const Array cache_a = c.require(cache, "cache");
   const Array pages_a = c.require(page_ids, "page_ids");
-  const Array out_a = c.require(out_k, "out_k", true);
+  const Array out_a = c.require(out_k, "out", true);  // the Python argument is `out`
   const nsa::IndexCache ic = index_cache(c, cache_a, page_size);
   if (length < 0) c.fail("length", ">= 0", std::to_string(length));
   check_page_ids(c, pages_a, length, page_size);
   c.dtype(out_a, {DType::kUint8, DType::kInt8}, "uint8");
   c.dense_rows(out_a, L::kHeadDim, "[>= length, 128]");
   if (out_a.shape[0] < length)
-    c.fail("out_k", "at least length = " + std::to_string(length) + " rows", out_a.describe());
+    c.fail("out", "at least length = " + std::to_string(length) + " rows", out_a.describe());
   const nsa::Exec exec = c.exec(stream);
   run_op(c, [&] { nsa::gather_k(exec, ic, length, c.indices(pages_a), out_a.as<uint8_t>()); });
 }
@@ -117,12 +117,12 @@ void gather_s(nb::handle cache, int64_t length, nb::handle page_ids, nb::handle 
   Call c("gather_s");
   const Array cache_a = c.require(cache, "cache");
   const Array pages_a = c.require(page_ids, "page_ids");
-  const Array out_a = c.require(out_s, "out_s", true);
+  const Array out_a = c.require(out_s, "out", true);  // the Python argument is `out`
   const nsa::IndexCache ic = index_cache(c, cache_a, page_size);
   if (length < 0) c.fail("length", ">= 0", std::to_string(length));
   check_page_ids(c, pages_a, length, page_size);
   if (scale_rows(c, out_a) < length)
-    c.fail("out_s", "at least length = " + std::to_string(length) + " rows", out_a.describe());
+    c.fail("out", "at least length = " + std::to_string(length) + " rows", out_a.describe());
   const nsa::Exec exec = c.exec(stream);
   run_op(c, [&] { nsa::gather_s(exec, ic, length, c.indices(pages_a), out_a.as<float>()); });
 }

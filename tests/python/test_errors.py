@@ -36,7 +36,7 @@ def test_wrong_dtypes_name_the_argument(rng):
     out = np.full((10, 128), POISON, np.uint8)
     with raises(nsa.DTypeError, "gather_k", "'page_ids'", "int32 or int64", "float32"):
         nsa.gather_k(cache, 10, np.zeros(1, np.float32), out=out)
-    with raises(nsa.DTypeError, "'out_k'", "uint8"):
+    with raises(nsa.DTypeError, "'out'", "uint8"):
         nsa.gather_k(cache, 10, np.zeros(1, np.int32), out=np.zeros((10, 128), np.int32))
     with raises(nsa.DTypeError, "'cache'", "uint8"):
         nsa.gather_k(cache.view(np.int32), 10, np.zeros(1, np.int32), out=out)
@@ -64,7 +64,7 @@ def test_wrong_shapes_and_strides(rng):
         nsa.store_k_and_s(cache, np.zeros((3, 128), np.uint8), np.zeros(4, np.float32), np.zeros(3, np.int64))
     with raises(nsa.InvalidArgumentError, "'slots'", "[k.shape[0]] = [3]"):
         nsa.quantize_and_store_k(cache, np.zeros((3, 128), np.uint16), np.zeros(2, np.int64))
-    with raises(nsa.InvalidArgumentError, "'out_k'", "contiguous"):
+    with raises(nsa.InvalidArgumentError, "'out'", "contiguous"):
         nsa.gather_k(cache, 2, np.zeros(1, np.int32), out=np.zeros((2, 256), np.uint8)[:, :128])
     with raises(nsa.InvalidArgumentError, "'length'", ">= 0"):
         nsa.gather_k(cache, -1, np.zeros(1, np.int32), out=np.zeros((1, 128), np.uint8))
@@ -79,6 +79,8 @@ def test_gather_k_and_s_arguments(rng):
     lens = np.array([3, 4], np.int32)
     with raises(nsa.InvalidArgumentError, "seq_lens/cu_seq_lens", "exactly one"):
         nsa.gather_k_and_s(cache, table, capacity=7)
+    with raises(nsa.InvalidArgumentError, "seq_lens/cu_seq_lens", "neither"):  # not 'capacity'
+        nsa.gather_k_and_s(cache, table)
     with raises(nsa.InvalidArgumentError, "seq_lens/cu_seq_lens", "both"):
         nsa.gather_k_and_s(cache, table, lens, cu_seq_lens=np.array([0, 3, 7], np.int32), capacity=7)
     with raises(nsa.InvalidArgumentError, "'page_table'", "batch_size = 3"):
@@ -91,7 +93,7 @@ def test_read_only_output_and_non_arrays(rng):
     cache = random_cache(rng, 1)
     out = np.zeros((4, 128), np.uint8)
     out.flags.writeable = False
-    with raises(nsa.InvalidArgumentError, "'out_k'", "writable"):
+    with raises(nsa.InvalidArgumentError, "'out'", "writable"):
         nsa.gather_k(cache, 4, np.zeros(1, np.int32), out=out)
     with raises(nsa.InvalidArgumentError, "'page_ids'", "DLPack"):
         nsa.gather_k(cache, 4, "not an array", out=np.zeros((4, 128), np.uint8))

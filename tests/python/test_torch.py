@@ -18,6 +18,7 @@ from nsa.compat import sglang  # noqa: E402
 HAS_CUDA = torch.cuda.is_available() and nsa.cuda_built()
 cuda_only = pytest.mark.skipif(not HAS_CUDA, reason="needs a GPU, torch CUDA and a CUDA build of nsa")
 POOL = SimpleNamespace(page_size=64, index_head_dim=128, quant_block_size=128)
+POISON = 0xA5
 DEVICES = ["cpu"] + (["cuda"] if HAS_CUDA else [])
 
 
@@ -128,11 +129,28 @@ def test_torch_cpu_is_zero_copy(gen):
     assert torch.equal(out, cache[0, :8192].view(64, 128))
 
 
+def test_gather_k_and_s_into_float8_out_k(gen):
+    """vLLM passes its K output as float8_e4m3fn; the bytes are written, the tensor returned as given."""
+    if not hasattr(torch, "float8_e4m3fn"):
+        pytest.skip("torch without float8")
+    cache = random_cache(gen, 3, "cpu")
+    table = torch.tensor([[2, 0], [1, 2]], dtype=torch.int32)
+    lens = torch.tensor([70, 5], dtype=torch.int32)
+    out_k = torch.full((80, 128), POISON, dtype=torch.uint8).view(torch.float8_e4m3fn)
+    out_s = torch.full((80,), float("nan"), dtype=torch.float32)
+    rk, rs = nsa.gather_k_and_s(cache, table, lens, out_k=out_k, out_s=out_s)
+    assert rk is out_k and rs is out_s
+    ek, es = ref.gather_k_and_s(np_(cache), np_(table), np_(lens))
+    np.testing.assert_array_equal(np_(out_k.view(torch.uint8))[:75], ek)
+    assert (np_(out_k.view(torch.uint8))[75:] == POISON).all()
+    np.testing.assert_array_equal(np_(out_s)[:75].view(np.uint32), es.view(np.uint32))
+
+
 def test_torch_errors_name_arguments(gen):
     cache = random_cache(gen, 1, "cpu")
     with pytest.raises(nsa.DTypeError, match="'page_ids'"):
         nsa.gather_k(cache, 1, torch.zeros(1, dtype=torch.float32))
-    with pytest.raises(nsa.InvalidArgumentError, match="'out_k'"):
+    with pytest.raises(nsa.InvalidArgumentError, match="'out'"):
         nsa.gather_k(cache, 2, torch.zeros(1, dtype=torch.int32), out=torch.zeros(2, 256, dtype=torch.uint8)[:, ::2])
 
 

@@ -14,6 +14,7 @@
 #include "buffer.h"
 #include "commands.h"
 #include "nsa/version.h"
+#include "output_file.h"
 #include "progress.h"
 #include "scenarios.h"
 #include "svg_plot.h"
@@ -25,7 +26,7 @@ namespace {
 
 using json = nlohmann::json;
 
-constexpr double kTargetSpeedup = 10.0;  // issue 4 target for the decode-step metadata (H100)
+constexpr double kTargetSpeedup = 10.0;  // target for the decode-step metadata on an H100
 
 struct Limits {
   std::string device;
@@ -165,7 +166,7 @@ ScenarioConfig make_config(const BenchOptions& o, Backend backend, bool& scaled)
   const bool prefill = o.scenario == "prefill";
   const bool cpu = backend == Backend::kCpu;
   // Full DeepSeek-V3.2 sizes everywhere, except that the prefill gather (about 1 GB of pools
-  // per step) runs 16 layers instead of 61 on the CPU backend so it ends well within ~30 s.
+  // per step) runs 16 layers instead of 61 on the CPU backend.
   const int64_t def_batch = prefill ? 8 : 64;
   const int64_t def_context = prefill ? 16384 : 32768;
   const int64_t def_layers = prefill && cpu ? 16 : 61;
@@ -198,11 +199,16 @@ int run_bench(const BenchOptions& o) {
     throw UsageError(fmt::format("--plot writes an SVG picture: give a file name ending in .svg (got '{}')", o.plot_path));
   if (o.scenario == "prefill" && (o.draft_steps != 3 || o.draft_tokens != 4))
     throw UsageError("--draft-steps/--draft-tokens apply to --scenario decode only");
+  // Before the run, not after it: an unwritable path must not cost a whole benchmark.
+  if (!o.json_path.empty()) support::check_writable(o.json_path, "--json");
+  if (!o.plot_path.empty()) support::check_writable(o.plot_path, "--plot");
+  support::L2Mode l2 = support::L2Mode::kWarm;
+  support::parse_l2_mode(o.l2, l2);  // the CLI accepts only "warm" and "cold"
+  support::set_l2_mode(l2);
 
   const bool gpu = support::cuda_device_available();
   if (o.device == "cuda" && !gpu) {
-    fmt::print(stderr, "nsa bench: --device cuda: {}\n",
-               cuda_built() ? "no CUDA device found" : "this build has no CUDA backend");
+    fmt::print(stderr, "nsa bench: --device cuda: {}\n", support::cuda_unavailable_reason());
     return kExitFailure;
   }
   const Backend backend = (o.device == "cpu" || !gpu) ? Backend::kCpu : Backend::kCuda;
@@ -218,10 +224,10 @@ int run_bench(const BenchOptions& o) {
       : fmt::format("chunked-prefill K+S gather: {} requests x up to {} tokens, {} layers", cfg.batch, cfg.context,
                     cfg.layers);
   if (backend == Backend::kCuda) {
-    fmt::print("nsa bench on CUDA ({}): {}\n", support::cuda_device_name(), what);
+    fmt::print("nsa bench on CUDA ({}, {}): {}\n", support::cuda_device_name(), support::l2_label(), what);
   } else {
-    fmt::print("nsa bench on the CPU backend ({}{}): {}\n", gpu ? "--device cpu" : "no CUDA device found",
-               scaled ? ", scaled down from 61 to 16 layers to finish in ~30 s; --layers 61 for all" : "", what);
+    fmt::print("nsa bench on the CPU backend ({}{}): {}\n", gpu ? "--device cpu" : support::cuda_unavailable_reason(),
+               scaled ? ", scaled down from 61 to 16 layers; --layers 61 for all" : "", what);
   }
   fmt::print("nsa {}; inputs random (seed {}), lengths uniform in [3/4 context, context]; "
              "outputs verified equal to the baseline before timing\n",
@@ -304,6 +310,7 @@ int report(const ScenarioConfig& cfg, const BenchOptions& o, const Limits& lim, 
              {"backend", to_string(backend)},
              {"device", lim.device},
              {"timing", backend == Backend::kCuda ? "cuda-graph replays (GPU), eager enqueue (host)" : "cpu wall clock"},
+             {"l2", backend == Backend::kCuda ? support::l2_label() : "n/a"},
              {"scaled", scaled},
              {"config", {{"batch", cfg.batch}, {"context", cfg.context}, {"layers", cfg.layers},
                          {"draft_steps", cfg.draft_steps}, {"draft_tokens", cfg.draft_tokens}, {"topk", cfg.topk},

@@ -34,6 +34,7 @@ struct BenchOptions {
   uint64_t seed = 20250101;
   std::string json_path;
   std::string plot_path;
+  std::string l2 = "warm";  // warm | cold: L2 state of the GPU timings (support/timing.h)
   bool progress = true;
 };
 

@@ -44,6 +44,9 @@ void add_bench_options(CLI::App& cmd, BenchOptions& o) {
   cmd.add_option("--seed", o.seed, "seed of the random inputs")->capture_default_str();
   cmd.add_option("--json", o.json_path, "write the results as JSON to FILE");
   cmd.add_option("--plot", o.plot_path, "write an SVG of step time vs batch size (a small sweep) to FILE.svg");
+  cmd.add_option("--l2", o.l2, "GPU timings with a warm L2 (calls back to back) or a cold one (L2 flushed between calls)")
+      ->check(CLI::IsMember({"warm", "cold"}))
+      ->capture_default_str();
   cmd.add_flag("!--no-progress", o.progress, "no live progress line (it is shown only on a terminal anyway)");
 }
 
