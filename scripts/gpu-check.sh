@@ -6,7 +6,11 @@
 # the CLI self-test, the Python tests (when the extension was built), the
 # benchmarks and `nsa bench`, then writes the report from the logs and JSON.
 #
-#   scripts/gpu-check.sh [--build-dir DIR] [--results DIR] [--report FILE]
+#   scripts/gpu-check.sh [--build-dir DIR] [--results DIR] [--report FILE] [--phase all|tests|rest]
+#
+# --phase splits one check over two shorter commands on the same machine and
+# results folder: `tests` runs the C++ tests and the sanitizers, `rest` the
+# CLI, benchmarks and Python tests and then writes the report of both.
 #
 # The build folder may come from another machine (scripts/build-for-gpu.sh
 # builds one with a static CUDA runtime and records the commit in it); without
@@ -16,14 +20,17 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 build="$root/build-gpu"
 results="${OUT:-$root/gpu-results}"
 report="$root/docs/gpu-report.md"
+phase=all
 while [ $# -gt 0 ]; do
   case "$1" in
     --build-dir) build=$2; shift 2 ;;
     --results) results=$2; shift 2 ;;
     --report) report=$2; shift 2 ;;
-    *) echo "usage: $0 [--build-dir DIR] [--results DIR] [--report FILE]" >&2; exit 2 ;;
+    --phase) phase=$2; shift 2 ;;
+    *) echo "usage: $0 [--build-dir DIR] [--results DIR] [--report FILE] [--phase all|tests|rest]" >&2; exit 2 ;;
   esac
 done
+case "$phase" in all | tests | rest) ;; *) echo "gpu-check: --phase all, tests or rest" >&2; exit 2 ;; esac
 mkdir -p "$results"
 log() { echo "[gpu-check $(date +%H:%M:%S)] $*"; }
 
@@ -39,7 +46,7 @@ if [ ! -x "$build/tests/cpp/index_cache_test" ]; then
 fi
 
 # Facts about the machine and the code under test.
-{
+[ "$phase" = rest ] || {
   echo "date=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
   echo "commit=$(cat "$build/COMMIT" 2>/dev/null || git -C "$root" rev-parse HEAD 2>/dev/null || echo unknown)"
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader | head -1 | sed 's/^/gpu=/'
@@ -57,6 +64,7 @@ run_step() {  # run_step NAME TIMEOUT_S CMD...   (logs to $results/NAME.log, rec
   echo "$name $rc" >>"$results/steps.txt"
   [ $rc -eq 0 ] || { status=1; log "$name FAILED (exit $rc)"; }
 }
+if [ "$phase" != rest ]; then
 : >"$results/steps.txt"
 : >"$results/skipped.txt"
 
@@ -85,6 +93,12 @@ for tool in memcheck racecheck initcheck synccheck; do
       --print-limit 20 "$t" --gtest_filter="$filter"
   done
 done
+
+fi  # phase tests
+if [ "$phase" = tests ]; then
+  log "phase tests done (overall status $status); run --phase rest for the rest and the report"
+  exit $status
+fi
 
 cli="$build/tools/nsa/nsa"
 if [ -x "$cli" ]; then
