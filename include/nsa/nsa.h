@@ -5,4 +5,5 @@
 #include "nsa/common.h"
 #include "nsa/index_cache.h"
 #include "nsa/metadata.h"
+#include "nsa/topk.h"
 #include "nsa/version.h"

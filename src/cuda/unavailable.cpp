@@ -5,6 +5,7 @@
 
 #include "backends.h"
 #include "metadata_backends.h"
+#include "topk_backends.h"
 
 namespace nsa {
 
@@ -47,6 +48,9 @@ void build_metadata(cudaStream, DeviceError*, const MetadataConfig&, const Metad
 void copy_metadata(cudaStream, const MetadataCopyShape&, const MetadataSources&, const MetadataTargets&) {
   unavailable("copy_metadata");
 }
+
+// topk_transform (issue 16)
+void topk_transform(cudaStream, const TopkArgs&) { unavailable("topk_transform"); }
 
 }  // namespace cuda
 }  // namespace nsa
