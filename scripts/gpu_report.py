@@ -95,6 +95,19 @@ def main():
             w(text.rstrip())
             w("```")
             w("")
+    topk = json.loads(read(os.path.join(results, "topk_bench.json"), "{}") or "{}")
+    if topk.get("results"):
+        w("## topk_transform targets (from topk_bench.json)")
+        w("")
+        w("| case | ours us | floor us | x floor | sort us | target | verdict |")
+        w("|---|---|---|---|---|---|---|")
+        for r in topk["results"]:
+            sort_us = r.get("sort_baseline_gpu_us")
+            met = r.get("target_met")
+            verdict = "" if met is None else ("MET" if met else "MISSED")
+            w(f"| {r['case']} | {r['ours_gpu_us']:.2f} | {r['floor_gpu_us']:.2f} | {r['ratio_to_floor']:.2f} | "
+              f"{'-' if sort_us is None else f'{sort_us:.2f}'} | {r['target']} | {verdict} |")
+        w("")
     for path in sorted(glob.glob(os.path.join(results, "bench_*.log"))):
         w(f"## {os.path.basename(path)[6:-4]}")
         w("")

@@ -703,16 +703,18 @@ TEST_P(TopkTest, LongRowsAndManyRows) {
   check_case(backend(), many, "300 rows");
 }
 
-#if defined(NSA_WITH_CUDA)
+INSTANTIATE_TEST_SUITE_P(Backends, TopkTest, ::testing::ValuesIn(all_backends()), backend_name);
+
 // Repeatability over 25 CUDA graph replays (tie-heavy rows, any order mode):
 // the same bytes every replay.
-TEST_P(TopkTest, GraphReplaysAreRepeatable) {
-  if (backend() != Backend::kCuda) GTEST_SKIP() << "CUDA graphs only";
+TEST(TopkCuda, GraphReplaysAreRepeatable) {
+  NSA_SKIP_WITHOUT_BACKEND(Backend::kCuda);
+#if defined(NSA_WITH_CUDA)
   auto rng = make_rng(19);
   TopkCase c = decode_case(rng, 32, 32768, 2048, std::vector<int64_t>(32, 32768));
   for (size_t i = 0; i < c.scores.size(); ++i)
     if (i % 100 != 0) c.scores[i] = 0.0f;
-  Runner run(backend(), c);
+  Runner run(Backend::kCuda, c);
   cudaStream_t stream = nullptr;
   ASSERT_EQ(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), cudaSuccess);
   cudaGraph_t graph = nullptr;
@@ -738,10 +740,9 @@ TEST_P(TopkTest, GraphReplaysAreRepeatable) {
   (void)cudaGraphExecDestroy(exec);
   (void)cudaGraphDestroy(graph);
   (void)cudaStreamDestroy(stream);
-}
 #endif
+}
 
-INSTANTIATE_TEST_SUITE_P(Backends, TopkTest, ::testing::ValuesIn(all_backends()), backend_name);
 
 // ------------------------------------ reference ------------------------------------
 
