@@ -11,6 +11,7 @@ namespace nsa_py {
 
 void bind_index_cache(nb::module_& m);
 void bind_metadata(nb::module_& m);  // binds nothing but `has_metadata = False` without the implementation
+void bind_topk(nb::module_& m);      // topk_transform (issue 16)
 
 namespace {
 
@@ -73,4 +74,5 @@ NB_MODULE(_nsa, m) {
 
   bind_index_cache(m);
   bind_metadata(m);
+  bind_topk(m);
 }
