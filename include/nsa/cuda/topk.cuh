@@ -93,7 +93,7 @@ struct TopkVec<uint16_t> {
 
 template <class ScoreT>
 __device__ __forceinline__ uint32_t topk_load_key(const ScoreT* p) {
-  return detail::topk_key(detail::topk_bits(p[0]));
+  return detail::topk_key(detail::topk_bits(__ldg(p)));
 }
 
 // Calls f(i, key, valid) for every index i of the row [0, len), in no
@@ -168,6 +168,30 @@ __device__ __forceinline__ uint32_t* topk_cache_base(uint32_t* raw, const ScoreT
   const int misalign = static_cast<int>((reinterpret_cast<uintptr_t>(row) & 15) / sizeof(ScoreT));
   const int head = misalign == 0 ? 0 : TopkVec<ScoreT>::kElems - misalign;
   return raw + ((4 - (head & 3)) & 3);
+}
+
+// Calls f(i, key, valid) for i in [begin, end) in index order, one warp, 32
+// consecutive indices per step (lane l gets the l-th). The keys of kDepth
+// steps are loaded before the first is used, so a warp keeps kDepth loads in
+// flight when the keys come from global memory. f may use warp collectives:
+// every lane calls it for every step (valid = false past `end`).
+template <class KeyAt, class F>
+__device__ __forceinline__ void topk_warp_sweep(int64_t begin, int64_t end, KeyAt&& key_at, F&& f) {
+  constexpr int kDepth = 8;
+  const int lane = threadIdx.x & 31;
+  for (int64_t i0 = begin; i0 < end; i0 += 32 * kDepth) {  // warp-uniform bounds
+    uint32_t keys[kDepth];
+#pragma unroll
+    for (int u = 0; u < kDepth; ++u) {
+      const int64_t i = i0 + u * 32 + lane;
+      keys[u] = i < end ? key_at(i) : 0u;
+    }
+#pragma unroll
+    for (int u = 0; u < kDepth; ++u) {
+      const int64_t step = i0 + u * 32;
+      if (step < end) f(step + lane, keys[u], step + lane < end);
+    }
+  }
 }
 
 // Picks the bin (descending) that holds the need-th largest counted key and
@@ -263,15 +287,11 @@ __global__ void __launch_bounds__(kTopkThreads, 1) topk_transform_kernel(const T
   const int64_t end = begin + chunk < len ? begin + chunk : len;
   auto key_at = [&](int64_t i) { return cached ? cache[i] : topk_load_key(row + i); };
   uint32_t above = 0, ties = 0;
-#pragma unroll 4
-  for (int64_t i0 = begin; i0 < end; i0 += 32) {
-    const int64_t i = i0 + lane;
-    if (i < end) {
-      const uint32_t p = key_at(i) >> shift;
-      above += p > prefix;
-      ties += p == prefix;
-    }
-  }
+  topk_warp_sweep(begin, end, key_at, [&](int64_t, uint32_t key, bool valid) {
+    const uint32_t p = key >> shift;
+    above += valid && p > prefix;
+    ties += valid && p == prefix;
+  });
   above = __reduce_add_sync(0xffffffffu, above);
   ties = __reduce_add_sync(0xffffffffu, ties);
   if (lane == 0) {
@@ -296,12 +316,10 @@ __global__ void __launch_bounds__(kTopkThreads, 1) topk_transform_kernel(const T
   __syncthreads();
   uint32_t slot = st.warp_slot[warp], tie_rank = st.warp_tie0[warp];
   const uint32_t lanes_below = (1u << lane) - 1u;
-  for (int64_t i0 = begin; i0 < end; i0 += 32) {  // warp-uniform bounds
-    const int64_t i = i0 + lane;
-    uint32_t p = 0;
-    if (i < end) p = key_at(i) >> shift;
-    const bool is_above = i < end && p > prefix;
-    const bool is_tie = i < end && p == prefix;
+  topk_warp_sweep(begin, end, key_at, [&](int64_t i, uint32_t key, bool valid) {
+    const uint32_t p = key >> shift;
+    const bool is_above = valid && p > prefix;
+    const bool is_tie = valid && p == prefix;
     const uint32_t tie_mask = __ballot_sync(0xffffffffu, is_tie);
     const bool take = is_above || (is_tie && tie_rank + __popc(tie_mask & lanes_below) < need);
     const uint32_t take_mask = __ballot_sync(0xffffffffu, take);
@@ -312,7 +330,7 @@ __global__ void __launch_bounds__(kTopkThreads, 1) topk_transform_kernel(const T
     }
     slot += __popc(take_mask);
     tie_rank += __popc(tie_mask);
-  }
+  });
 }
 
 // Dynamic shared memory above 48 KiB must be allowed once per kernel. The
