@@ -37,14 +37,16 @@ def test_decode_paged64_matches_reference(rng, k):
     scores = scores_full[:, :width]  # row stride width + 9
     scores[2, ::3] = 0.0  # ties
     lengths = np.array([0, 1, k, k + 1, width, width + 5], np.int32)
-    table = rng.permutation(1000)[: 4 * 64].reshape(4, 64).astype(np.int32)
+    cols = (width + 63) // 64
+    table = rng.permutation(100000)[: 4 * cols].reshape(4, cols).astype(np.int32)
+    table[1, 0] = -1  # a padding page: its slots are -1
     rtr = np.array([3, 2, 1, 0, 1, 2], np.int64)
     out_full = np.full((rows, k + 4), POISON, np.int32)
     out, raw = nsa.topk_transform(scores, lengths, k, transform="paged64", page_table=table, row_to_request=rtr,
                                   out=out_full, return_raw=True, order="ascending")
     assert out is out_full
     sel = [ref_row(scores[r], 0, min(max(int(lengths[r]), 0), width), k) for r in range(rows)]
-    check(out, sel, k, lambda r, x: table[rtr[r], x >> 6] * 64 + (x & 63))
+    check(out, sel, k, lambda r, x: -1 if table[rtr[r], x >> 6] < 0 else table[rtr[r], x >> 6] * 64 + (x & 63))
     check(raw, sel, k, lambda r, x: x)
     assert (out_full[:, k:] == POISON).all()
 
