@@ -14,8 +14,12 @@
 //             and picks the bin holding the K-th largest key; it stops early
 //             when that bin is taken whole. Rows of up to kTopkCacheKeys
 //             scores are read from global memory once: their keys stay in
-//             shared memory for the later passes. Longer rows are re-read
-//             (mostly from L2).
+//             shared memory for the later passes. For longer rows, when pass
+//             1's bin holds <= kTopkCandidates keys, one more sweep collects
+//             that bin's (key, index) pairs into the same shared memory and
+//             counts each warp's keys above it; the later passes then read
+//             only the candidates (3 reads of the row in all). Otherwise the
+//             row is re-read per pass (mostly from L2).
 //             Then the row is compacted in index order: each warp owns a
 //             contiguous chunk, counts its keys above the threshold and its
 //             ties, a 32-entry scan gives every warp its first output slot,
@@ -46,6 +50,9 @@ constexpr int kTopkBins = 2048;            // 11-bit digits
 // Keys of a row kept in shared memory (128 KiB; with the histogram the CTA
 // stays within the 163 KiB opt-in limit of sm_80 as well as sm_90's 227 KiB).
 constexpr int kTopkCacheKeys = 32 * 1024;
+// Longer rows use the same memory for the candidates of pass 1's bin: (key,
+// index) pairs, when that bin holds at most this many keys.
+constexpr int kTopkCandidates = kTopkCacheKeys / 2;
 // Dynamic shared memory: the histogram, then the key cache (+3 words of
 // alignment slack: the cache is shifted so vector stores are 16-byte aligned).
 constexpr size_t kTopkSharedBytes = (kTopkBins + kTopkCacheKeys + 4) * sizeof(uint32_t);
@@ -54,6 +61,7 @@ struct TopkBlockState {
   int32_t bin;       // the bin holding the K-th key at this level
   uint32_t in_bin;   // keys in that bin
   uint32_t need;     // keys still to take from that bin
+  uint32_t candidates;  // (key, index) pairs collected so far
   uint32_t warp_above[kTopkWarps];
   uint32_t warp_ties[kTopkWarps];
   uint32_t warp_slot[kTopkWarps];  // first output slot of each warp's chunk
@@ -255,11 +263,53 @@ __global__ void __launch_bounds__(kTopkThreads, 1) topk_transform_kernel(const T
   topk_pick_bin<Scan>(hist, static_cast<uint32_t>(k), st, scan);
   __syncthreads();
 
-  // Passes 2 and 3 refine the prefix while the bin must be split.
+  // Chunks of the compaction (and of the candidate collection): warp w owns
+  // the indices [w * chunk, min(len, (w + 1) * chunk)), a multiple of 32.
+  const int64_t chunk = ((len + kTopkWarps - 1) / kTopkWarps + 31) / 32 * 32;
+  const int64_t begin = warp * chunk;
+  const int64_t end = begin + chunk < len ? begin + chunk : len;
+  const uint32_t lanes_below = (1u << lane) - 1u;
+  auto key_at = [&](int64_t i) { return cached ? cache[i] : topk_load_key(row + i); };
+
   uint32_t prefix = static_cast<uint32_t>(st.bin);
   uint32_t need = st.need;
   int shift = 21;
   bool done = st.in_bin == need;
+
+  // A row past the cache whose pass-1 bin is small enough: one more global
+  // sweep, in compaction chunks, counts each warp's keys above the bin and
+  // collects the bin's (key, index) pairs into shared memory; the later
+  // passes then read only those, and the compaction needs one global sweep.
+  const bool use_candidates = !cached && !done && st.in_bin <= kTopkCandidates;  // uniform
+  uint32_t* const cand_key = topk_smem + kTopkBins;
+  uint32_t* const cand_idx = cand_key + kTopkCandidates;
+  uint32_t above = 0, ties = 0;  // this lane's share of its warp's counts
+  if (use_candidates) {
+    if (tid == 0) st.candidates = 0;
+    __syncthreads();
+    const uint32_t bin = prefix;
+    topk_warp_sweep(begin, end, key_at, [&](int64_t i, uint32_t key, bool valid) {
+      const uint32_t p = key >> 21;
+      above += valid && p > bin;
+      const bool is_cand = valid && p == bin;
+      const uint32_t mask = __ballot_sync(0xffffffffu, is_cand);
+      if (mask != 0u) {  // warp-uniform
+        uint32_t base = 0;
+        if (lane == 0) base = atomicAdd(&st.candidates, static_cast<uint32_t>(__popc(mask)));
+        base = __shfl_sync(0xffffffffu, base, 0);
+        if (is_cand) {
+          const uint32_t pos = base + __popc(mask & lanes_below);
+          cand_key[pos] = key;
+          cand_idx[pos] = static_cast<uint32_t>(i);
+        }
+      }
+    });
+    __syncthreads();
+  }
+  const int64_t n_cand = use_candidates ? static_cast<int64_t>(st.in_bin) : 0;
+
+  // Passes 2 and 3 refine the prefix while the bin must be split: over the
+  // cached keys, the candidates, or the row in global memory.
   for (int level = 0; level < 2 && !done; ++level) {  // uniform over the CTA
     const int digit_shift = level == 0 ? 10 : 0;
     const uint32_t digit_mask = level == 0 ? 0x7ffu : 0x3ffu;
@@ -270,6 +320,7 @@ __global__ void __launch_bounds__(kTopkThreads, 1) topk_transform_kernel(const T
       topk_hist_add(hist, match ? static_cast<int>((key >> digit_shift) & digit_mask) : -1);
     };
     if (cached) topk_visit_cache(cache, len, count_next);
+    else if (use_candidates) topk_visit_cache(cand_key, n_cand, count_next);
     else topk_visit_global<ScoreT, false>(row, len, cache, count_next);
     __syncthreads();
     topk_pick_bin<Scan>(hist, need, st, scan);
@@ -282,23 +333,40 @@ __global__ void __launch_bounds__(kTopkThreads, 1) topk_transform_kernel(const T
 
   // Compaction in index order. Keys with (key >> shift) > prefix are all
   // taken (k - need of them); of those equal to it, the first `need`.
-  const int64_t chunk = ((len + kTopkWarps - 1) / kTopkWarps + 31) / 32 * 32;
-  const int64_t begin = warp * chunk;
-  const int64_t end = begin + chunk < len ? begin + chunk : len;
-  auto key_at = [&](int64_t i) { return cached ? cache[i] : topk_load_key(row + i); };
-  uint32_t above = 0, ties = 0;
-  topk_warp_sweep(begin, end, key_at, [&](int64_t, uint32_t key, bool valid) {
-    const uint32_t p = key >> shift;
-    above += valid && p > prefix;
-    ties += valid && p == prefix;
-  });
-  above = __reduce_add_sync(0xffffffffu, above);
-  ties = __reduce_add_sync(0xffffffffu, ties);
-  if (lane == 0) {
-    st.warp_above[warp] = above;
-    st.warp_ties[warp] = ties;
+  // First the counts of each warp's chunk: from a sweep of the row, or from
+  // the candidates (above pass 1's bin was counted by the candidate sweep).
+  if (use_candidates) {
+    if (lane == 0) st.warp_ties[warp] = 0;
+    above = __reduce_add_sync(0xffffffffu, above);
+    if (lane == 0) st.warp_above[warp] = above;
+    __syncthreads();
+    topk_visit_cache(cand_idx, n_cand, [&](int64_t c, uint32_t idx, bool valid) {
+      const uint32_t key = valid ? cand_key[c] : 0u;
+      const int owner = valid ? static_cast<int>(idx / static_cast<uint64_t>(chunk)) : -1;
+      const uint32_t peers = __match_any_sync(0xffffffffu, owner);
+      const uint32_t above_mask = __ballot_sync(0xffffffffu, valid && (key >> shift) > prefix);
+      const uint32_t tie_mask = __ballot_sync(0xffffffffu, valid && (key >> shift) == prefix);
+      if (valid && lane == __ffs(peers) - 1) {  // one atomic per owner present in this warp step
+        const uint32_t a_n = __popc(above_mask & peers), t_n = __popc(tie_mask & peers);
+        if (a_n != 0u) atomicAdd(&st.warp_above[owner], a_n);
+        if (t_n != 0u) atomicAdd(&st.warp_ties[owner], t_n);
+      }
+    });
+    __syncthreads();
+  } else {
+    topk_warp_sweep(begin, end, key_at, [&](int64_t, uint32_t key, bool valid) {
+      const uint32_t p = key >> shift;
+      above += valid && p > prefix;
+      ties += valid && p == prefix;
+    });
+    above = __reduce_add_sync(0xffffffffu, above);
+    ties = __reduce_add_sync(0xffffffffu, ties);
+    if (lane == 0) {
+      st.warp_above[warp] = above;
+      st.warp_ties[warp] = ties;
+    }
+    __syncthreads();
   }
-  __syncthreads();
   if (warp == 0) {  // exclusive scans over the 32 warps
     uint32_t a_incl = st.warp_above[lane], t_incl = st.warp_ties[lane];
 #pragma unroll
@@ -315,7 +383,6 @@ __global__ void __launch_bounds__(kTopkThreads, 1) topk_transform_kernel(const T
   }
   __syncthreads();
   uint32_t slot = st.warp_slot[warp], tie_rank = st.warp_tie0[warp];
-  const uint32_t lanes_below = (1u << lane) - 1u;
   topk_warp_sweep(begin, end, key_at, [&](int64_t i, uint32_t key, bool valid) {
     const uint32_t p = key >> shift;
     const bool is_above = valid && p > prefix;
