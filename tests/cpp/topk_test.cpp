@@ -172,6 +172,40 @@ class Runner {
   support::Buffer scores_dev_, lens_dev_, starts_dev_, rtr_dev_, offs_dev_, table_dev_, out_dev_, raw_dev_;
 };
 
+#if defined(NSA_WITH_CUDA)
+// One call of a Runner captured into a CUDA graph on its own stream; a
+// failing CUDA call throws (gtest reports it as a failure of the test).
+class CapturedCall {
+ public:
+  explicit CapturedCall(Runner& run) {
+    check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    check(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+    run.run(Exec::cuda(stream_));
+    check(cudaStreamEndCapture(stream_, &graph_));
+    check(cudaGraphInstantiate(&exec_, graph_, 0));
+  }
+  ~CapturedCall() {
+    if (exec_) (void)cudaGraphExecDestroy(exec_);
+    if (graph_) (void)cudaGraphDestroy(graph_);
+    if (stream_) (void)cudaStreamDestroy(stream_);
+  }
+  CapturedCall(const CapturedCall&) = delete;
+  CapturedCall& operator=(const CapturedCall&) = delete;
+  void replay() {
+    check(cudaGraphLaunch(exec_, stream_));
+    check(cudaStreamSynchronize(stream_));
+  }
+
+ private:
+  static void check(cudaError_t e) {
+    if (e != cudaSuccess) throw std::runtime_error(std::string("CUDA: ") + cudaGetErrorString(e));
+  }
+  cudaStream_t stream_ = nullptr;
+  cudaGraph_t graph_ = nullptr;
+  cudaGraphExec_t exec_ = nullptr;
+};
+#endif
+
 // Row r of got vs expected: slots past k untouched (poison), the valid count
 // and the -1 tail exact, the set exact; the order too in ascending mode (and
 // for short rows, whose identity order is part of the contract).
@@ -455,23 +489,12 @@ TEST_P(TopkTest, P6_LengthsChangeUnderOneLaunchShape) {
   };
 #if defined(NSA_WITH_CUDA)
   if (backend() == Backend::kCuda) {
-    cudaStream_t stream = nullptr;
-    ASSERT_EQ(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), cudaSuccess);
-    cudaGraph_t graph = nullptr;
-    cudaGraphExec_t exec = nullptr;
-    ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), cudaSuccess);
-    run.run(Exec::cuda(stream));
-    ASSERT_EQ(cudaStreamEndCapture(stream, &graph), cudaSuccess);
-    ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
+    CapturedCall graph(run);
     for (size_t i = 0; i < live.size(); ++i) {
       set_lengths(live[i]);
-      ASSERT_EQ(cudaGraphLaunch(exec, stream), cudaSuccess);
-      ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+      graph.replay();
       check_live(live[i], "P6 replay " + std::to_string(i));
     }
-    (void)cudaGraphExecDestroy(exec);
-    (void)cudaGraphDestroy(graph);
-    (void)cudaStreamDestroy(stream);
     return;
   }
 #endif
@@ -715,19 +738,11 @@ TEST(TopkCuda, GraphReplaysAreRepeatable) {
   for (size_t i = 0; i < c.scores.size(); ++i)
     if (i % 100 != 0) c.scores[i] = 0.0f;
   Runner run(Backend::kCuda, c);
-  cudaStream_t stream = nullptr;
-  ASSERT_EQ(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), cudaSuccess);
-  cudaGraph_t graph = nullptr;
-  cudaGraphExec_t exec = nullptr;
-  ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), cudaSuccess);
-  run.run(Exec::cuda(stream));
-  ASSERT_EQ(cudaStreamEndCapture(stream, &graph), cudaSuccess);
-  ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
+  CapturedCall graph(run);
   const TopkResult want = run.expected();
   TopkResult first;
   for (int rep = 0; rep < 25; ++rep) {
-    ASSERT_EQ(cudaGraphLaunch(exec, stream), cudaSuccess);
-    ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+    graph.replay();
     const TopkResult got = run.result();
     if (rep == 0) {
       first = got;
@@ -737,9 +752,6 @@ TEST(TopkCuda, GraphReplaysAreRepeatable) {
       ASSERT_EQ(got.raw, first.raw) << "replay " << rep;
     }
   }
-  (void)cudaGraphExecDestroy(exec);
-  (void)cudaGraphDestroy(graph);
-  (void)cudaStreamDestroy(stream);
 #endif
 }
 
