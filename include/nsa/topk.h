@@ -24,7 +24,8 @@
 // host-side dispatch on lengths, so a captured CUDA graph stays correct and
 // fast when the lengths change between replays. Lengths are clamped, never
 // trusted: a negative length is 0 and a window is cut at the score width.
-// The op never allocates and uses no scratch memory (no workspace).
+// The op never allocates and uses no scratch memory (no workspace). No
+// device value can be invalid (see TopkArgs), so Exec::checked is ignored.
 #pragma once
 
 #include <cstdint>
