@@ -103,3 +103,27 @@ def test_errors():
         nsa.topk_transform(scores.astype(np.float64), lengths, 16)
     with pytest.raises(nsa.InvalidArgumentError, match="lengths"):
         nsa.topk_transform(scores, lengths[:1], 16)
+
+
+def test_torch_cuda_matches_cpu():
+    """torch CUDA tensors (current stream, CUDA-graph replay) give the CPU backend's bytes."""
+    torch = pytest.importorskip("torch")
+    if not (torch.cuda.is_available() and nsa.cuda_built()):
+        pytest.skip("needs a GPU, torch CUDA and a CUDA build of nsa")
+    gen = torch.Generator().manual_seed(3)
+    scores = torch.rand(8, 40000, generator=gen)
+    scores[:, ::3] = 0.0
+    lengths = torch.tensor([0, 5, 2048, 2049, 32768, 32769, 40000, 39999], dtype=torch.int32)
+    want = nsa.topk_transform(scores, lengths, 2048, order="ascending")
+    s_dev, l_dev = scores.cuda(), lengths.cuda()
+    out = torch.full((8, 2048), -5, dtype=torch.int32, device="cuda")
+    nsa.topk_transform(s_dev, l_dev, 2048, out=out, order="ascending")
+    torch.cuda.synchronize()
+    assert torch.equal(out.cpu(), want)
+    graph = torch.cuda.CUDAGraph()
+    out.fill_(-5)
+    with torch.cuda.graph(graph):
+        nsa.topk_transform(s_dev, l_dev, 2048, out=out, order="ascending")
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(out.cpu(), want)
