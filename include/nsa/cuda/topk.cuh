@@ -9,7 +9,7 @@
 //   len <= K  the identity 0 .. len-1, then -1 (scores are not read).
 //   len >  K  a radix select on the order-preserving uint32 key of each
 //             score (nsa/detail/topk_math.h), most significant digit first:
-//             digits of 11, 11 and 10 bits. Each pass builds a histogram of
+//             digits of 12, 10 and 10 bits. Each pass builds a histogram of
 //             the keys that share the prefix found so far, in shared memory,
 //             and picks the bin holding the K-th largest key; it stops early
 //             when that bin is taken whole. Rows of up to kTopkCacheKeys
@@ -46,7 +46,11 @@ namespace kernels {
 
 constexpr int kTopkThreads = 1024;
 constexpr int kTopkWarps = kTopkThreads / 32;
-constexpr int kTopkBins = 2048;            // 11-bit digits
+// The first digit has 12 bits (sign, exponent, 3 mantissa bits: fine enough
+// that the bin of the K-th key is small on long rows), the other two 10.
+constexpr int kTopkTopShift = 20;
+constexpr int kTopkBins = 1 << (32 - kTopkTopShift);
+constexpr int kTopkBinsPerThread = kTopkBins / kTopkThreads;
 // Keys of a row kept in shared memory (128 KiB; with the histogram the CTA
 // stays within the 163 KiB opt-in limit of sm_80 as well as sm_90's 227 KiB).
 constexpr int kTopkCacheKeys = 32 * 1024;
@@ -204,30 +208,36 @@ __device__ __forceinline__ void topk_warp_sweep(int64_t begin, int64_t end, KeyA
 
 // Picks the bin (descending) that holds the need-th largest counted key and
 // publishes it in st (bin, in_bin, need - keys in higher bins). Bins are
-// walked from the top: thread t owns bins 2047 - 2t and 2046 - 2t.
+// walked from the top: thread t owns the kTopkBinsPerThread bins below
+// kTopkBins - t * kTopkBinsPerThread, and exactly one thread publishes.
 template <class Scan>
 __device__ __forceinline__ void topk_pick_bin(const uint32_t* hist, uint32_t need, TopkBlockState& st,
                                               typename Scan::TempStorage& scan) {
-  const int t = threadIdx.x;
-  const int hi = kTopkBins - 1 - 2 * t, lo = hi - 1;
-  const uint32_t c_hi = hist[hi], c_lo = hist[lo];
+  const int top = kTopkBins - 1 - static_cast<int>(threadIdx.x) * kTopkBinsPerThread;
+  uint32_t c[kTopkBinsPerThread];
+  uint32_t mine = 0;
+#pragma unroll
+  for (int j = 0; j < kTopkBinsPerThread; ++j) {
+    c[j] = hist[top - j];
+    mine += c[j];
+  }
   uint32_t above = 0;
-  Scan(scan).ExclusiveSum(c_hi + c_lo, above);
-  if (above < need && need <= above + c_hi) {
-    st.bin = hi;
-    st.in_bin = c_hi;
-    st.need = need - above;
-  } else if (above + c_hi < need && need <= above + c_hi + c_lo) {
-    st.bin = lo;
-    st.in_bin = c_lo;
-    st.need = need - above - c_hi;
+  Scan(scan).ExclusiveSum(mine, above);
+#pragma unroll
+  for (int j = 0; j < kTopkBinsPerThread; ++j) {
+    if (above < need && need <= above + c[j]) {
+      st.bin = top - j;
+      st.in_bin = c[j];
+      st.need = need - above;
+    }
+    above += c[j];
   }
 }
 
 template <class ScoreT>
 __global__ void __launch_bounds__(kTopkThreads, 1) topk_transform_kernel(const TopkArgs a) {
   using Scan = cub::BlockScan<uint32_t, kTopkThreads, cub::BLOCK_SCAN_WARP_SCANS>;
-  static_assert(kTopkBins == 2 * kTopkThreads, "topk_pick_bin gives each thread two bins");
+  static_assert(kTopkBins % kTopkThreads == 0, "topk_pick_bin gives each thread whole bins");
   __shared__ typename Scan::TempStorage scan;
   __shared__ TopkBlockState st;
   extern __shared__ __align__(16) uint32_t topk_smem[];
@@ -253,10 +263,10 @@ __global__ void __launch_bounds__(kTopkThreads, 1) topk_transform_kernel(const T
   const bool cached = len <= kTopkCacheKeys;
   uint32_t* const cache = topk_cache_base(topk_smem + kTopkBins, row);
 
-  // Pass 1: top 11 bits of every key (and the keys into the cache).
+  // Pass 1: top 12 bits of every key (and the keys into the cache).
   for (int b = tid; b < kTopkBins; b += kTopkThreads) hist[b] = 0;
   __syncthreads();
-  auto count_top = [&](int64_t, uint32_t key, bool valid) { topk_hist_add(hist, valid ? static_cast<int>(key >> 21) : -1); };
+  auto count_top = [&](int64_t, uint32_t key, bool valid) { topk_hist_add(hist, valid ? static_cast<int>(key >> kTopkTopShift) : -1); };
   if (cached) topk_visit_global<ScoreT, true>(row, len, cache, count_top);
   else topk_visit_global<ScoreT, false>(row, len, cache, count_top);
   __syncthreads();
@@ -273,7 +283,7 @@ __global__ void __launch_bounds__(kTopkThreads, 1) topk_transform_kernel(const T
 
   uint32_t prefix = static_cast<uint32_t>(st.bin);
   uint32_t need = st.need;
-  int shift = 21;
+  int shift = kTopkTopShift;
   bool done = st.in_bin == need;
 
   // A row past the cache whose pass-1 bin is small enough: one more global
@@ -289,7 +299,7 @@ __global__ void __launch_bounds__(kTopkThreads, 1) topk_transform_kernel(const T
     __syncthreads();
     const uint32_t bin = prefix;
     topk_warp_sweep(begin, end, key_at, [&](int64_t i, uint32_t key, bool valid) {
-      const uint32_t p = key >> 21;
+      const uint32_t p = key >> kTopkTopShift;
       above += valid && p > bin;
       const bool is_cand = valid && p == bin;
       const uint32_t mask = __ballot_sync(0xffffffffu, is_cand);
@@ -312,7 +322,7 @@ __global__ void __launch_bounds__(kTopkThreads, 1) topk_transform_kernel(const T
   // cached keys, the candidates, or the row in global memory.
   for (int level = 0; level < 2 && !done; ++level) {  // uniform over the CTA
     const int digit_shift = level == 0 ? 10 : 0;
-    const uint32_t digit_mask = level == 0 ? 0x7ffu : 0x3ffu;
+    constexpr uint32_t digit_mask = 0x3ffu;  // 10 bits at shift 10, then at shift 0
     for (int b = tid; b < kTopkBins; b += kTopkThreads) hist[b] = 0;
     __syncthreads();
     auto count_next = [&](int64_t, uint32_t key, bool valid) {
