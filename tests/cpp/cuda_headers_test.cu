@@ -12,6 +12,8 @@
 #include "buffer.h"
 #include "nsa/cuda/index_cache.cuh"
 #include "nsa/cuda/metadata.cuh"
+#include "nsa/cuda/topk.cuh"
+#include "nsa/topk.h"
 
 namespace nsa {
 namespace test {
@@ -96,6 +98,36 @@ TEST(FastDivisor, MatchesIntegerDivisionOnDevice_cuda) {
   std::vector<uint32_t> q(count);
   out.download(q.data(), count * 4);
   for (int i = 0; i < count; ++i) ASSERT_EQ(q[i], n[i] / cases[i].first) << "n=" << n[i] << " d=" << cases[i].first;
+}
+
+// topk_transform's launcher from this translation unit: the same bytes as the CPU backend.
+TEST(CudaHeaders, TopkLauncherUsableFromAnotherTranslationUnit_cuda) {
+  if (!support::cuda_device_available()) GTEST_SKIP() << "no CUDA device: GPU test not run";
+  constexpr int64_t kWidth = 3000, kK = 512;
+  std::vector<float> scores(kWidth);
+  std::mt19937 rng(5);
+  for (auto& x : scores) x = std::uniform_real_distribution<float>(-1.0f, 1.0f)(rng);
+  std::vector<int32_t> lengths = {kWidth}, want(kK), got(kK);
+  support::Buffer s_dev(Backend::kCuda, kWidth * 4), l_dev(Backend::kCuda, 4), o_dev(Backend::kCuda, kK * 4);
+  s_dev.upload(scores);
+  l_dev.upload(lengths);
+  TopkArgs a;
+  a.scores = scores.data();
+  a.rows = 1;
+  a.width = a.score_ld = kWidth;
+  a.k = kK;
+  a.lengths = lengths.data();
+  a.out = want.data();
+  a.out_ld = kK;
+  a.order = TopkOrder::kAscending;
+  topk_transform(Exec::cpu(), a);
+  a.scores = s_dev.data();
+  a.lengths = l_dev.as<int32_t>();
+  a.out = o_dev.as<int32_t>();
+  ASSERT_EQ(kernels::invoke_topk_transform(a, nullptr), cudaSuccess);
+  support::synchronize(Backend::kCuda);
+  o_dev.download(got.data(), kK * 4);
+  EXPECT_EQ(got, want);
 }
 
 }  // namespace
