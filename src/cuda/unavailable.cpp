@@ -6,6 +6,7 @@
 #include "backends.h"
 #include "metadata_backends.h"
 #include "topk_backends.h"
+#include "indexer_backends.h"
 
 namespace nsa {
 
@@ -51,6 +52,9 @@ void copy_metadata(cudaStream, const MetadataCopyShape&, const MetadataSources&,
 
 // topk_transform (issue 16)
 void topk_transform(cudaStream, const TopkArgs&) { unavailable("topk_transform"); }
+
+// paged_mqa_logits (issue 17)
+void paged_mqa_logits(cudaStream, const PagedMqaLogitsArgs&) { unavailable("paged_mqa_logits"); }
 
 }  // namespace cuda
 }  // namespace nsa
