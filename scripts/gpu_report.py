@@ -108,6 +108,18 @@ def main():
             w(f"| {r['case']} | {r['ours_gpu_us']:.2f} | {r['floor_gpu_us']:.2f} | {r['ratio_to_floor']:.2f} | "
               f"{'-' if sort_us is None else f'{sort_us:.2f}'} | {r['target']} | {verdict} |")
         w("")
+    logits = json.loads(read(os.path.join(results, "paged_mqa_logits_bench.json"), "{}") or "{}")
+    if logits.get("results"):
+        w("## paged_mqa_logits (from paged_mqa_logits_bench.json)")
+        w("")
+        w("| case | ours us | copy us (same traffic) | cache-read floor us | GB/s | of copy | x floor | target | verdict |")
+        w("|---|---|---|---|---|---|---|---|---|")
+        for r in logits["results"]:
+            met = r.get("target_met")
+            verdict = "" if met is None else ("MET" if met else "MISSED")
+            w(f"| {r['case']} | {r['ours_gpu_us']:.2f} | {r['copy_same_traffic_us']:.2f} | {r['cache_read_floor_us']:.2f} | "
+              f"{r['ours_gbps']:.0f} | {r['fraction_of_copy']:.2f} | {r['ratio_to_floor']:.2f} | {r['target']} | {verdict} |")
+        w("")
     for path in sorted(glob.glob(os.path.join(results, "bench_*.log"))):
         w(f"## {os.path.basename(path)[6:-4]}")
         w("")
