@@ -12,6 +12,7 @@ namespace nsa_py {
 void bind_index_cache(nb::module_& m);
 void bind_metadata(nb::module_& m);  // binds nothing but `has_metadata = False` without the implementation
 void bind_topk(nb::module_& m);      // topk_transform (issue 16)
+void bind_indexer(nb::module_& m);   // paged_mqa_logits (issue 17)
 
 namespace {
 
@@ -75,4 +76,5 @@ NB_MODULE(_nsa, m) {
   bind_index_cache(m);
   bind_metadata(m);
   bind_topk(m);
+  bind_indexer(m);
 }

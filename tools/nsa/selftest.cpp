@@ -14,9 +14,11 @@
 #include "commands.h"
 #include "host_data.h"
 #include "nsa/index_cache.h"
+#include "nsa/indexer.h"
 #include "nsa/metadata.h"
 #include "nsa/topk.h"
 #include "reference/index_cache.h"
+#include "reference/indexer.h"
 #include "reference/metadata.h"
 #include "reference/topk.h"
 
@@ -378,6 +380,79 @@ void case_topk_transform(Backend b, std::mt19937_64& rng) {
   expect_same(what + " out_raw", bytes(got_raw), bytes(want_raw));
 }
 
+// paged_mqa_logits: random batch, next_n, page size, lengths (some negative,
+// some past the width), tables with padding and out-of-pool entries. The CPU
+// backend must give the reference's bytes; CUDA (tensor cores) -inf at the
+// same columns and calc_diff < 1e-3 per row against the fixed-order reference.
+void case_paged_mqa_logits(Backend b, std::mt19937_64& rng) {
+  constexpr int64_t kH = kIndexerHeads, kD = kIndexerHeadDim;
+  PagedMqaLogitsArgs a;
+  a.batch = pick(rng, 1, 4);
+  a.next_n = pick(rng, 1, kIndexerMaxNextN);
+  a.page_size = int64_t{4} << pick(rng, 0, 5);
+  a.width = pick(rng, 1, 1500);
+  a.logits_ld = a.width + pick(rng, 0, 5);
+  a.table_cols = (a.width + a.page_size - 1) / a.page_size;
+  a.table_ld = a.table_cols + pick(rng, 0, 3);
+  const int64_t pages = a.batch * a.table_cols + 1, page_bytes = a.page_size * (kD + 4);
+  a.cache.num_pages = pages;
+  auto fp8 = [&](size_t n) {
+    auto v = random_bytes(rng, n);
+    for (auto& x : v) x = static_cast<uint8_t>((x & 0x7f) >= 0x70 ? x & 0xb7 : x);  // no NaN, modest range
+    return v;
+  };
+  auto cache = fp8(static_cast<size_t>(pages * page_bytes));
+  std::uniform_real_distribution<float> scale(1e-3f, 1e-2f);
+  for (int64_t p = 0; p < pages; ++p)
+    for (int64_t o = 0; o < a.page_size; ++o) {
+      const float sc = scale(rng);
+      std::memcpy(&cache[static_cast<size_t>(p * page_bytes + a.page_size * kD + o * 4)], &sc, 4);
+    }
+  const auto q = fp8(static_cast<size_t>(a.batch * a.next_n * kH * kD));
+  std::vector<float> w(static_cast<size_t>(a.batch * a.next_n * kH));
+  std::normal_distribution<float> normal(0.0f, 0.05f);
+  for (auto& x : w) x = normal(rng);
+  const auto lens = random_ints<int64_t>(rng, a.batch, -3, a.width + 20);
+  auto table = random_ints<int32_t>(rng, a.batch * a.table_ld, -1, pages);  // -1 and `pages` are masked
+  const std::vector<float> poison(static_cast<size_t>(a.batch * a.next_n * a.logits_ld), 7.0f);
+  Buffer cache_d = to_backend(b, cache), q_d = to_backend(b, q), w_d = to_backend(b, w), lens_d = to_backend(b, lens),
+         table_d = to_backend(b, table), out_d = to_backend(b, poison);
+  PagedMqaLogitsArgs dev = a;
+  dev.q = q_d.as<uint8_t>();
+  dev.weights = w_d.as<float>();
+  dev.cache.data = cache_d.as<uint8_t>();
+  dev.context_lens = Indices(lens_d.as<int64_t>());
+  dev.page_table = Indices(table_d.as<int32_t>());
+  dev.logits = out_d.as<float>();
+  paged_mqa_logits(exec_for(b), dev);
+  std::vector<float> want = poison;
+  PagedMqaLogitsArgs host = a;
+  host.q = q.data();
+  host.weights = w.data();
+  host.cache.data = cache.data();
+  host.context_lens = Indices(lens.data());
+  host.page_table = Indices(table.data());
+  host.logits = want.data();
+  reference::paged_mqa_logits(host);
+  const auto got = from_backend<float>(out_d, want.size());
+  const std::string what = fmt::format("B={} N={} P={} width={}", a.batch, a.next_n, a.page_size, a.width);
+  auto bytes = [](const std::vector<float>& v) {
+    std::vector<uint8_t> out(v.size() * 4);
+    std::memcpy(out.data(), v.data(), out.size());
+    return out;
+  };
+  if (b == Backend::kCpu) return expect_same(what, bytes(got), bytes(want));
+  for (int64_t r = 0; r < a.batch * a.next_n; ++r) {
+    const float* g = &got[static_cast<size_t>(r * a.logits_ld)];
+    const float* e = &want[static_cast<size_t>(r * a.logits_ld)];
+    std::vector<double> ref(e, e + a.width);
+    for (int64_t t = a.width; t < a.logits_ld; ++t)
+      if (g[t] != 7.0f) throw Mismatch(fmt::format("{}: row {} column {} past the width was written", what, r, t));
+    const double diff = reference::calc_diff(g, ref.data(), a.width);
+    if (!(diff < 1e-3)) throw Mismatch(fmt::format("{}: row {} calc_diff {} (or -inf at different columns)", what, r, diff));
+  }
+}
+
 // ------------------------------------------------------------------ driver
 
 struct Op {
@@ -395,6 +470,7 @@ const std::vector<Op>& all_ops() {
       {"build_metadata", case_build_metadata},
       {"copy_metadata", case_copy_metadata},
       {"topk_transform", case_topk_transform},
+      {"paged_mqa_logits", case_paged_mqa_logits},
   };
   return ops;
 }
