@@ -55,11 +55,7 @@ void check_args(const ArgChecker& c, const Exec& exec, const PagedMqaLogitsArgs&
   }
 }
 
-}  // namespace
-
-void paged_mqa_logits(const Exec& exec, const PagedMqaLogitsArgs& args) {
-  const ArgChecker c("paged_mqa_logits");
-  check_args(c, exec, args);
+void run_paged_mqa_logits(const Exec& exec, const PagedMqaLogitsArgs& args) {
   if (args.batch == 0 || args.width == 0) return;
   PagedMqaLogitsArgs a = args;
   // No table or no pages: every token is masked and neither is ever read.
@@ -69,6 +65,65 @@ void paged_mqa_logits(const Exec& exec, const PagedMqaLogitsArgs& args) {
   }
   if (exec.backend == Backend::kCpu) cpu::paged_mqa_logits(exec.cpu_threads, a);
   else cuda::paged_mqa_logits(exec.stream, a);
+}
+
+// The topk_transform step of indexer_topk over the logits workspace.
+TopkArgs topk_step(const IndexerTopkArgs& x) {
+  const PagedMqaLogitsArgs& l = x.logits;
+  TopkArgs t;
+  t.scores = l.logits;
+  t.rows = l.batch * l.next_n;
+  t.width = l.width;
+  t.score_ld = l.logits_ld;
+  t.k = x.k;
+  t.length_form = TopkLengths::kPerRequest;
+  t.lengths = l.context_lens;
+  t.rows_per_request = l.next_n;
+  if (x.paged_output) {
+    t.transform = TopkTransform::kPaged64;
+    t.table = l.page_table;
+    t.table_rows = l.batch;
+    t.table_cols = l.table_cols;
+    t.table_ld = l.table_ld;
+  }
+  t.out = x.out;
+  t.out_ld = x.out_ld;
+  t.out_raw = x.out_raw;
+  t.out_raw_ld = x.out_raw_ld;
+  t.order = x.order;
+  return t;
+}
+
+}  // namespace
+
+void paged_mqa_logits(const Exec& exec, const PagedMqaLogitsArgs& args) {
+  const ArgChecker c("paged_mqa_logits");
+  check_args(c, exec, args);
+  run_paged_mqa_logits(exec, args);
+}
+
+void indexer_topk(const Exec& exec, const IndexerTopkArgs& args) {
+  const ArgChecker c("indexer_topk");
+  check_args(c, exec, args.logits);
+  if (args.logits.page_size != IndexCacheLayout::kPageSize)
+    c.fail("logits.page_size", "64 (the output maps position x to table[x >> 6] * 64 + (x & 63))",
+           num(args.logits.page_size));
+  if (args.logits.width > std::numeric_limits<int32_t>::max())
+    c.fail("logits.width", "<= 2^31 - 1 columns (int32 positions)", num(args.logits.width));
+  if (args.k < 1 || args.k > kTopkMaxK) c.fail("k", "1 <= k <= " + num(kTopkMaxK), num(args.k));
+  const int64_t rows = args.logits.batch * args.logits.next_n;
+  c.at_least(args.out_ld, args.k, "out_ld");
+  if (rows > 0) c.not_null(args.out, "out");
+  if (args.out_raw) c.at_least(args.out_raw_ld, args.k, "out_raw_ld");
+  if (args.order != TopkOrder::kAny && args.order != TopkOrder::kAscending)
+    c.fail("order", "TopkOrder::kAny or TopkOrder::kAscending", num(static_cast<int>(args.order)));
+  if (rows == 0) return;
+  if (args.logits.width == 0) {  // nothing to score: every row is all -1 (topk_transform writes it)
+    topk_transform(exec, topk_step(args));
+    return;
+  }
+  run_paged_mqa_logits(exec, args.logits);
+  topk_transform(exec, topk_step(args));
 }
 
 }  // namespace nsa

@@ -37,6 +37,7 @@
 
 #include "nsa/common.h"
 #include "nsa/index_cache.h"
+#include "nsa/topk.h"
 
 namespace nsa {
 
@@ -77,5 +78,28 @@ struct PagedMqaLogitsArgs {
 // exec.stream. Exec::checked is ignored: no device value can be invalid
 // (lengths are clamped, unreadable pages masked).
 void paged_mqa_logits(const Exec& exec, const PagedMqaLogitsArgs& args);
+
+// indexer_topk: the top-k KV indices of every query row, i.e. exactly
+// topk_transform(paged_mqa_logits(...)) with per-request MTP lengths (L_b,
+// N) and the 64-token page-table transform through the same page table.
+// This first version is unfused: it writes the logits into the caller's
+// workspace (logits.logits, [B*N, >= width], row stride logits.logits_ld)
+// and runs topk_transform on them: two launches, the logits round trip
+// included. The selected sets are identical to the two ops called in turn
+// on the same backend (same bits in, same selection rule).
+struct IndexerTopkArgs {
+  PagedMqaLogitsArgs logits;  // page_size must be 64; logits.logits is the workspace
+  int64_t k = kTopkMaxK;
+  bool paged_output = true;   // false: raw token positions (TopkTransform::kRaw)
+  int32_t* out = nullptr;     // int32 [B*N, >= k], row stride out_ld
+  int64_t out_ld = 0;
+  int32_t* out_raw = nullptr;  // optional raw positions, row stride out_raw_ld
+  int64_t out_raw_ld = 0;
+  TopkOrder order = TopkOrder::kAny;
+};
+
+// Validates every host-visible argument of both steps before anything is
+// written, then runs them on exec (CPU, or two launches on exec.stream).
+void indexer_topk(const Exec& exec, const IndexerTopkArgs& args);
 
 }  // namespace nsa

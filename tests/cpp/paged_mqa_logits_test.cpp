@@ -15,6 +15,7 @@
 #include "nsa/indexer.h"
 #include "reference/index_cache.h"
 #include "reference/indexer.h"
+#include "reference/topk.h"
 #include "test_util.h"
 
 #if defined(NSA_WITH_CUDA)
@@ -351,12 +352,13 @@ TEST_P(PagedMqaLogitsTest, P9_MtpCausalLengths) {
 
 // P13 / P15: bit-identical across runs (check_case) and across graph replays
 // with lengths changed between captures and replays (CUDA).
-TEST_P(PagedMqaLogitsTest, P13_GraphReplayIsBitStable) {
-  if (backend() != Backend::kCuda) GTEST_SKIP() << "CUDA graph replay: CUDA backend only (the CPU case is covered above)";
+TEST(PagedMqaLogitsCuda, P13_GraphReplayIsBitStable) {
+  NSA_SKIP_WITHOUT_BACKEND(Backend::kCuda);
 #if defined(NSA_WITH_CUDA)
+  const Backend b = Backend::kCuda;
   auto rng = make_rng(9);
   LogitsCase c = make_case(rng, 2, {1800, 40, 1201}, 2000, 64, false);
-  Runner run(backend(), c);
+  Runner run(b, c);
   cudaStream_t stream = nullptr;
   cudaGraph_t graph = nullptr;
   cudaGraphExec_t exec = nullptr;
@@ -377,8 +379,8 @@ TEST_P(PagedMqaLogitsTest, P13_GraphReplayIsBitStable) {
     const auto got = run.result();
     if (rep == 0) {
       first = got;
-      Runner fresh(backend(), c);  // the reference sees the new lengths
-      expect_matches(backend(), fresh, c, got, "replay");
+      Runner fresh(b, c);  // the reference sees the new lengths
+      expect_matches(b, fresh, c, got, "replay");
     } else {
       EXPECT_TRUE(same_bits(first, got)) << "replay " << rep << " differs";
     }
@@ -430,6 +432,93 @@ TEST_P(PagedMqaLogitsTest, BadArgumentsThrowBeforeWriting) {
   expect_bad([](PagedMqaLogitsArgs& a) { a.cache.data = nullptr; }, "cache.data");
   expect_bad([](PagedMqaLogitsArgs& a) { a.cache.num_pages = -1; }, "cache.num_pages");
   for (float x : run.result()) EXPECT_EQ(bits(x), kPoisonBits);
+}
+
+// ------------------------------- indexer_topk -------------------------------
+
+// indexer_topk == topk_transform(paged_mqa_logits(...)) on the same backend,
+// byte for byte; on the CPU also == the references composed.
+TEST_P(PagedMqaLogitsTest, IndexerTopkEqualsLogitsThenTopk) {
+  auto rng = make_rng(12);
+  const std::pair<int64_t, int64_t> shapes[] = {{1, 2048}, {2, 512}, {4, 64}, {3, 100}};
+  for (const auto& [n, k] : shapes) {
+    {
+      LogitsCase c = make_case(rng, n, {0, 5, k - 1, k + n, 2 * k + 100}, 2 * k + 128, 64, n == 2);
+      c.table[1 * c.table_ld + 0] = -1;  // a padding page: its tokens are -inf and map to -1
+      Runner run(backend(), c);
+      const int64_t rows = run.rows(), ld = k + 3;
+      const std::vector<int32_t> poison(static_cast<size_t>(rows * ld), -7);
+      support::Buffer fused = to_backend(backend(), poison), fused_raw = to_backend(backend(), poison),
+                      plain = to_backend(backend(), poison);
+      IndexerTopkArgs x;
+      x.logits = run.device_args();
+      x.k = k;
+      x.out = fused.as<int32_t>();
+      x.out_ld = ld;
+      x.out_raw = fused_raw.as<int32_t>();
+      x.out_raw_ld = ld;
+      x.order = TopkOrder::kAscending;
+      indexer_topk(exec_for(backend()), x);
+      // The two ops in turn.
+      run.poison();
+      run.run(exec_for(backend()));
+      TopkArgs t;
+      t.scores = x.logits.logits;
+      t.rows = rows;
+      t.width = c.width;
+      t.score_ld = c.ld;
+      t.k = k;
+      t.length_form = TopkLengths::kPerRequest;
+      t.lengths = x.logits.context_lens;
+      t.rows_per_request = n;
+      t.transform = TopkTransform::kPaged64;
+      t.table = x.logits.page_table;
+      t.table_rows = c.batch;
+      t.table_cols = c.table_cols;
+      t.table_ld = c.table_ld;
+      t.out = plain.as<int32_t>();
+      t.out_ld = ld;
+      t.order = TopkOrder::kAscending;
+      topk_transform(exec_for(backend()), t);
+      support::synchronize(backend());
+      const auto got = support::from_backend<int32_t>(fused, poison.size());
+      EXPECT_EQ(got, support::from_backend<int32_t>(plain, poison.size())) << "N=" << n << " k=" << k;
+      if (backend() == Backend::kCpu) {
+        const std::vector<float> logits = run.expected();
+        std::vector<int32_t> want = poison;
+        TopkArgs h = t;
+        h.scores = logits.data();
+        h.lengths = run.host_args().context_lens;
+        h.table = run.host_args().page_table;
+        h.out = want.data();
+        reference::topk_transform(h);
+        EXPECT_EQ(got, want) << "N=" << n << " k=" << k;
+      }
+    }
+  }
+}
+
+TEST_P(PagedMqaLogitsTest, IndexerTopkBadArgumentsThrowBeforeWriting) {
+  auto rng = make_rng(13);
+  LogitsCase c = make_case(rng, 1, {100, 50}, 128, 64, false);
+  Runner run(backend(), c);
+  support::Buffer out(backend(), 2 * 64 * 4);
+  IndexerTopkArgs x;
+  x.logits = run.device_args();
+  x.k = 64;
+  x.out = out.as<int32_t>();
+  x.out_ld = 64;
+  auto expect_bad = [&](auto mutate, const std::string& arg) {
+    IndexerTopkArgs y = x;
+    mutate(y);
+    expect_invalid([&] { indexer_topk(exec_for(backend()), y); }, arg);
+  };
+  expect_bad([](IndexerTopkArgs& y) { y.k = 0; }, "k");
+  expect_bad([](IndexerTopkArgs& y) { y.out_ld = 10; }, "out_ld");
+  expect_bad([](IndexerTopkArgs& y) { y.out = nullptr; }, "out");
+  expect_bad([](IndexerTopkArgs& y) { y.logits.page_size = 32; }, "page_size");
+  expect_bad([](IndexerTopkArgs& y) { y.logits.next_n = 9; }, "next_n");
+  for (float v : run.result()) EXPECT_EQ(bits(v), kPoisonBits);  // the workspace is untouched
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, PagedMqaLogitsTest, ::testing::ValuesIn(all_backends()), backend_name);
