@@ -38,3 +38,37 @@ def paged_mqa_logits(q, weights, cache, context_lens, page_table, *, width=None,
     _nsa.paged_mqa_logits(q, weights, cache, context_lens, page_table, int(page_size), out,
                           _frameworks.resolve_stream(fw, q, stream))
     return out
+
+
+_ORDERS = {"any": 0, "ascending": 1}
+
+
+def indexer_topk(q, weights, cache, context_lens, page_table, k=2048, *, width=None, workspace=None, out=None,
+                 out_raw=None, return_raw=False, paged_output=True, order="any", stream=None):
+    """Top-``k`` KV indices of every query row: exactly
+    ``topk_transform(paged_mqa_logits(...), context_lens, k, rows_per_request=N,
+    transform="paged64", page_table=page_table)``.
+
+    Unfused for now: the logits go through ``workspace`` (float32
+    ``[B*N, width]``, allocated when not given), then the top-k runs: two
+    launches. ``paged_output=False`` returns raw token positions. Returns int32
+    ``out [B*N, k]`` (and the raw positions when ``return_raw`` or ``out_raw``).
+    """
+    from .errors import InvalidArgumentError
+    fw = _frameworks.of(q)
+    q = fw.as_bytes(q)
+    cache = _frameworks.of(cache).as_bytes(cache)
+    rows = q.shape[0] * q.shape[1] if len(q.shape) == 4 else 0
+    if workspace is None:
+        if width is None:
+            width = page_table.shape[1] * PAGE_SIZE if len(page_table.shape) == 2 else 0
+        workspace = fw.empty(q, (rows, int(width)), "float32")
+    if out is None:
+        out = fw.empty(q, (rows, k), "int32")
+    if out_raw is None and return_raw:
+        out_raw = fw.empty(q, (rows, k), "int32")
+    if order not in _ORDERS:
+        raise InvalidArgumentError(f"nsa.indexer_topk: argument 'order': expected 'any' or 'ascending', got {order!r}")
+    _nsa.indexer_topk(q, weights, cache, context_lens, page_table, PAGE_SIZE, workspace, int(k), bool(paged_output),
+                      out, out_raw, _ORDERS[order], _frameworks.resolve_stream(fw, q, stream))
+    return (out, out_raw) if out_raw is not None else out

@@ -12,9 +12,10 @@ namespace {
 
 constexpr int64_t kH = nsa::kIndexerHeads, kD = nsa::kIndexerHeadDim;
 
-void paged_mqa_logits(nb::handle q, nb::handle weights, nb::handle cache, nb::handle context_lens,
-                      nb::handle page_table, int64_t page_size, nb::handle logits, nb::handle stream) {
-  Call c("paged_mqa_logits");
+// The arguments of paged_mqa_logits, checked; `logits` is the output (or indexer_topk's workspace).
+nsa::PagedMqaLogitsArgs logits_args(Call& c, nb::handle q, nb::handle weights, nb::handle cache,
+                                    nb::handle context_lens, nb::handle page_table, int64_t page_size,
+                                    nb::handle logits) {
   const Array q_a = c.require(q, "q");
   const Array w_a = c.require(weights, "weights");
   const Array cache_a = c.require(cache, "cache");
@@ -55,8 +56,48 @@ void paged_mqa_logits(nb::handle q, nb::handle weights, nb::handle cache, nb::ha
     c.fail("logits", "[batch * next_n, width] = [" + std::to_string(a.batch * a.next_n) + ", width]", out_a.describe());
   a.width = out_a.shape[1];
   a.logits = out_a.as<float>();
+  return a;
+}
+
+void paged_mqa_logits(nb::handle q, nb::handle weights, nb::handle cache, nb::handle context_lens,
+                      nb::handle page_table, int64_t page_size, nb::handle logits, nb::handle stream) {
+  Call c("paged_mqa_logits");
+  const nsa::PagedMqaLogitsArgs a = logits_args(c, q, weights, cache, context_lens, page_table, page_size, logits);
   const nsa::Exec exec = c.exec(stream);
   run_op(c, [&] { nsa::paged_mqa_logits(exec, a); });
+}
+
+// An int32 output [rows, >= k] with unit column stride; returns its row stride.
+int64_t topk_output(const Call& c, const Array& a, int64_t rows, int64_t k) {
+  c.dtype(a, {DType::kInt32}, "int32");
+  const int64_t ld = c.table(a, "[rows, >= k]");
+  if (a.shape[0] != rows || a.shape[1] < k)
+    c.fail(a.name, "shape [batch * next_n, >= k] = [" + std::to_string(rows) + ", >= " + std::to_string(k) + "]",
+           a.describe());
+  return ld;
+}
+
+void indexer_topk(nb::handle q, nb::handle weights, nb::handle cache, nb::handle context_lens, nb::handle page_table,
+                  int64_t page_size, nb::handle workspace, int64_t k, bool paged_output, nb::handle out,
+                  nb::handle out_raw, int order, nb::handle stream) {
+  Call c("indexer_topk");
+  nsa::IndexerTopkArgs x;
+  x.logits = logits_args(c, q, weights, cache, context_lens, page_table, page_size, workspace);
+  const int64_t rows = x.logits.batch * x.logits.next_n;
+  const Array out_a = c.require(out, "out", true);
+  const Array raw_a = c.optional(out_raw, "out_raw", true);
+  x.k = k;
+  x.paged_output = paged_output;
+  x.out_ld = topk_output(c, out_a, rows, k);
+  x.out = out_a.as<int32_t>();
+  if (raw_a.present) {
+    x.out_raw_ld = topk_output(c, raw_a, rows, k);
+    x.out_raw = raw_a.as<int32_t>();
+  }
+  if (order != 0 && order != 1) c.fail("order", "'any' or 'ascending'", std::to_string(order));
+  x.order = static_cast<nsa::TopkOrder>(order);
+  const nsa::Exec exec = c.exec(stream);
+  run_op(c, [&] { nsa::indexer_topk(exec, x); });
 }
 
 }  // namespace
@@ -65,6 +106,9 @@ void bind_indexer(nb::module_& m) {
   m.def("paged_mqa_logits", &paged_mqa_logits, nb::arg("q"), nb::arg("weights"), nb::arg("cache"),
         nb::arg("context_lens"), nb::arg("page_table"), nb::arg("page_size"), nb::arg("logits"),
         nb::arg("stream").none());
+  m.def("indexer_topk", &indexer_topk, nb::arg("q"), nb::arg("weights"), nb::arg("cache"), nb::arg("context_lens"),
+        nb::arg("page_table"), nb::arg("page_size"), nb::arg("workspace"), nb::arg("k"), nb::arg("paged_output"),
+        nb::arg("out"), nb::arg("out_raw").none(), nb::arg("order"), nb::arg("stream").none());
 }
 
 }  // namespace nsa_py

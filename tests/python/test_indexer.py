@@ -127,3 +127,22 @@ def test_errors(rng):
         nsa.paged_mqa_logits(random_fp8(rng, (1, 5, H, D)), np.zeros((5, H), np.float32), cache, lens, table)
     with pytest.raises(nsa.InvalidArgumentError, match="page_size"):
         nsa.paged_mqa_logits(q, w, cache, lens, table, page_size=6)
+
+
+@pytest.mark.parametrize("n,k", [(1, 256), (2, 100), (4, 64)])
+def test_indexer_topk_equals_logits_then_topk(rng, n, k):
+    page_size, cols, B = 64, 8, 3
+    pages = B * cols
+    cache = make_cache(rng, pages, page_size)
+    table = rng.permutation(pages).reshape(B, cols).astype(np.int32)
+    lens = np.array([3, 300, 500], np.int32)
+    q = random_fp8(rng, (B, n, H, D))
+    w = rng.standard_normal((B * n, H)).astype(np.float32) * 0.05
+    got, raw = nsa.indexer_topk(q, w, cache, lens, table, k, return_raw=True, order="ascending")
+    logits = nsa.paged_mqa_logits(q, w, cache, lens, table)
+    want, want_raw = nsa.topk_transform(logits, lens, k, rows_per_request=n, transform="paged64", page_table=table,
+                                        return_raw=True, order="ascending")
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(raw, want_raw)
+    with pytest.raises(nsa.InvalidArgumentError, match="k"):
+        nsa.indexer_topk(q, w, cache, lens, table, 0)
