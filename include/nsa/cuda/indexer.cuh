@@ -7,8 +7,8 @@
 // L_b, and:
 //   * loads the q of all N rows of its request into registers once (tensor-
 //     core A fragments: warp w owns the 16 heads of group w % 4);
-//   * streams its chunk's visible tokens in tiles of 128 through a 2-stage
-//     cp.async pipeline (one K row of 128 B per token, padded to 144 B in
+//   * streams its chunk's visible tokens in tiles of 128 through a 4-stage
+//     cp.async pipeline (the whole chunk in flight at once) (one K row of 128 B per token, padded to 144 B in
 //     shared memory so the fragment loads are conflict-free, plus the scale):
 //     each K page is read once for all N rows and 64 heads; tokens past
 //     min(L_b, width) and pages that cannot be read are never loaded;
@@ -29,6 +29,7 @@
 #include <cuda_fp8.h>
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cstdint>
 
 #include "nsa/detail/indexer_math.h"
@@ -42,6 +43,10 @@ constexpr int kMqaTileTokens = 128;              // tokens per pipeline stage
 constexpr int kMqaRowBytes = 144;                // 128 K bytes + 16 padding (bank-conflict free)
 constexpr int kMqaTilesPerCta = static_cast<int>(detail::kIndexerCtaColumns) / kMqaTileTokens;
 static_assert(kMqaTilesPerCta * kMqaTileTokens == detail::kIndexerCtaColumns, "chunk must be whole tiles");
+// cp.async stages: a CTA's whole chunk (4 tiles, ~67 KB of K) is in flight
+// before the first tile is used, so one CTA per SM already keeps enough bytes
+// moving to cover the memory latency.
+constexpr int kMqaStages = 4;
 
 struct MqaStage {
   uint8_t k[kMqaTileTokens * kMqaRowBytes];
@@ -67,7 +72,10 @@ __device__ __forceinline__ void mqa_cp_async4(void* smem, const void* gmem) {
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(s), "l"(gmem) : "memory");
 }
 __device__ __forceinline__ void mqa_cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-__device__ __forceinline__ void mqa_cp_async_wait_one() { asm volatile("cp.async.wait_group 1;\n" ::: "memory"); }
+// Waits until at most kMqaStages - 1 committed groups are still in flight.
+__device__ __forceinline__ void mqa_cp_async_wait_stage() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kMqaStages - 1) : "memory");
+}
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 890
 // Two fp8 e4m3 (low 16 bits of w when hi == false) as an f16x2 register, exact.
@@ -133,11 +141,21 @@ __device__ __forceinline__ void mqa_load_tile(MqaStage& st, const PagedMqaLogits
   }
 }
 
+// Dynamic shared memory of the kernel for N rows: the stages, then the
+// per-(row, head group, token) partial sums.
+template <int N>
+struct MqaShared {
+  MqaStage stages[kMqaStages];
+  float red[N][4][kMqaTileTokens];
+};
+
 template <int N>
 __global__ void __launch_bounds__(kMqaThreads) paged_mqa_logits_kernel(const PagedMqaLogitsArgs a,
                                                                        int64_t ctas_per_request) {
-  __shared__ __align__(16) MqaStage stages[2];
-  __shared__ __align__(16) float red[N][4][kMqaTileTokens];  // per (row, head group, token)
+  extern __shared__ __align__(16) uint8_t mqa_smem[];
+  MqaShared<N>& sm = *reinterpret_cast<MqaShared<N>*>(mqa_smem);
+  MqaStage* stages = sm.stages;
+  auto& red = sm.red;
 
   const int64_t b = blockIdx.x / ctas_per_request;
   const int64_t c0 = (blockIdx.x % ctas_per_request) * detail::kIndexerCtaColumns;
@@ -154,8 +172,12 @@ __global__ void __launch_bounds__(kMqaThreads) paged_mqa_logits_kernel(const Pag
     const int group = warp & 3, half = warp >> 2;  // head group, token half of a tile
     const int g = lane >> 2, q4 = lane & 3;        // mma groupID, threadID_in_group
 
-    mqa_load_tile(stages[0], a, b, c0, load_end);
-    mqa_cp_async_commit();
+    // Prologue: tiles 0 .. kMqaStages - 2 (one group each, empty past the last tile).
+#pragma unroll
+    for (int p = 0; p < kMqaStages - 1; ++p) {
+      if (p < tiles) mqa_load_tile(stages[p], a, b, c0 + static_cast<int64_t>(p) * kMqaTileTokens, load_end);
+      mqa_cp_async_commit();
+    }
 
     // q fragments of the two heads (16*group + g, + 8) of every row, bytes [32*q4, +32).
     uint32_t qa[N][4][4];
@@ -183,11 +205,13 @@ __global__ void __launch_bounds__(kMqaThreads) paged_mqa_logits_kernel(const Pag
 
     for (int i = 0; i < tiles; ++i) {
       const int64_t t0 = c0 + static_cast<int64_t>(i) * kMqaTileTokens;
-      if (i + 1 < tiles) mqa_load_tile(stages[(i + 1) & 1], a, b, t0 + kMqaTileTokens, load_end);
+      const int ahead = i + kMqaStages - 1;
+      if (ahead < tiles)
+        mqa_load_tile(stages[ahead % kMqaStages], a, b, c0 + static_cast<int64_t>(ahead) * kMqaTileTokens, load_end);
       mqa_cp_async_commit();
-      mqa_cp_async_wait_one();
-      __syncthreads();
-      const MqaStage& st = stages[i & 1];
+      mqa_cp_async_wait_stage();  // tile i has landed (this thread's copies)
+      __syncthreads();            // ... and everyone's
+      const MqaStage& st = stages[i % kMqaStages];
 
       // Tensor cores: 8 n-tiles of 8 tokens per warp, N rows each.
 #pragma unroll 1
@@ -231,7 +255,7 @@ __global__ void __launch_bounds__(kMqaThreads) paged_mqa_logits_kernel(const Pag
           a.logits[(b * N + j) * a.logits_ld + t] = v;
         }
       }
-      __syncthreads();  // the stage and red are overwritten next iteration
+      __syncthreads();  // red is rewritten next iteration, this stage kMqaStages - 1 tiles later
     }
   }
 
@@ -243,20 +267,48 @@ __global__ void __launch_bounds__(kMqaThreads) paged_mqa_logits_kernel(const Pag
   }
 }
 
+// Dynamic shared memory above 48 KiB must be allowed once per kernel and
+// device (remembered for devices 0..63; others ask on every call). The first
+// call may happen inside a stream capture: relax this thread's capture mode
+// for the (non-stream) attribute call.
+template <int N>
+inline cudaError_t mqa_allow_shared_memory() {
+  static std::atomic<uint64_t> allowed{0};  // bit d: done on device d
+  int device = 0;
+  cudaError_t e = cudaGetDevice(&device);
+  if (e != cudaSuccess) return e;
+  const uint64_t bit = device >= 0 && device < 64 ? uint64_t{1} << device : 0;
+  if (bit != 0 && (allowed.load(std::memory_order_acquire) & bit) != 0) return cudaSuccess;
+  cudaStreamCaptureMode mode = cudaStreamCaptureModeRelaxed;
+  (void)cudaThreadExchangeStreamCaptureMode(&mode);
+  e = cudaFuncSetAttribute(paged_mqa_logits_kernel<N>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                           static_cast<int>(sizeof(MqaShared<N>)));
+  (void)cudaThreadExchangeStreamCaptureMode(&mode);
+  if (e == cudaSuccess && bit != 0) allowed.fetch_or(bit, std::memory_order_release);
+  return e;
+}
+
+template <int N>
+inline cudaError_t mqa_launch(const PagedMqaLogitsArgs& a, int64_t ctas_per_request, cudaStream_t stream) {
+  const cudaError_t e = mqa_allow_shared_memory<N>();
+  if (e != cudaSuccess) return e;
+  const dim3 grid(static_cast<unsigned>(a.batch * ctas_per_request));
+  paged_mqa_logits_kernel<N><<<grid, kMqaThreads, sizeof(MqaShared<N>), stream>>>(a, ctas_per_request);
+  return cudaGetLastError();
+}
+
 // One launch on `stream`; arguments must have passed the public API's
-// validation. Returns the launch status.
+// validation (src/indexer.cpp). Returns the launch status.
 inline cudaError_t invoke_paged_mqa_logits(const PagedMqaLogitsArgs& a, cudaStream_t stream) {
   if (a.batch <= 0 || a.width <= 0) return cudaSuccess;
   const int64_t ctas_per_request = (a.width + detail::kIndexerCtaColumns - 1) / detail::kIndexerCtaColumns;
-  const dim3 grid(static_cast<unsigned>(a.batch * ctas_per_request));
   switch (a.next_n) {
-    case 1: paged_mqa_logits_kernel<1><<<grid, kMqaThreads, 0, stream>>>(a, ctas_per_request); break;
-    case 2: paged_mqa_logits_kernel<2><<<grid, kMqaThreads, 0, stream>>>(a, ctas_per_request); break;
-    case 3: paged_mqa_logits_kernel<3><<<grid, kMqaThreads, 0, stream>>>(a, ctas_per_request); break;
-    case 4: paged_mqa_logits_kernel<4><<<grid, kMqaThreads, 0, stream>>>(a, ctas_per_request); break;
+    case 1: return mqa_launch<1>(a, ctas_per_request, stream);
+    case 2: return mqa_launch<2>(a, ctas_per_request, stream);
+    case 3: return mqa_launch<3>(a, ctas_per_request, stream);
+    case 4: return mqa_launch<4>(a, ctas_per_request, stream);
     default: return cudaErrorInvalidValue;
   }
-  return cudaGetLastError();
 }
 
 }  // namespace kernels
