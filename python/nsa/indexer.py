@@ -15,6 +15,17 @@ from . import _frameworks, _nsa
 PAGE_SIZE = 64
 
 
+def _rows(q):
+    return q.shape[0] * q.shape[1] if len(q.shape) == 4 else 0
+
+
+def _logits_buffer(fw, q, page_table, width, page_size):
+    """float32 [B*N, width]; width defaults to the table's capacity (columns * page_size)."""
+    if width is None:
+        width = page_table.shape[1] * page_size if len(page_table.shape) == 2 else 0
+    return fw.empty(q, (_rows(q), int(width)), "float32")
+
+
 def paged_mqa_logits(q, weights, cache, context_lens, page_table, *, width=None, out=None, page_size=PAGE_SIZE,
                      stream=None):
     """Indexer logits of every query row over its request's cached tokens.
@@ -30,11 +41,8 @@ def paged_mqa_logits(q, weights, cache, context_lens, page_table, *, width=None,
     fw = _frameworks.of(q)
     q = fw.as_bytes(q)
     cache = _frameworks.of(cache).as_bytes(cache)
-    rows = q.shape[0] * q.shape[1] if len(q.shape) == 4 else 0
     if out is None:
-        if width is None:
-            width = page_table.shape[1] * page_size if len(page_table.shape) == 2 else 0
-        out = fw.empty(q, (rows, int(width)), "float32")
+        out = _logits_buffer(fw, q, page_table, width, page_size)
     _nsa.paged_mqa_logits(q, weights, cache, context_lens, page_table, int(page_size), out,
                           _frameworks.resolve_stream(fw, q, stream))
     return out
@@ -58,11 +66,9 @@ def indexer_topk(q, weights, cache, context_lens, page_table, k=2048, *, width=N
     fw = _frameworks.of(q)
     q = fw.as_bytes(q)
     cache = _frameworks.of(cache).as_bytes(cache)
-    rows = q.shape[0] * q.shape[1] if len(q.shape) == 4 else 0
+    rows = _rows(q)
     if workspace is None:
-        if width is None:
-            width = page_table.shape[1] * PAGE_SIZE if len(page_table.shape) == 2 else 0
-        workspace = fw.empty(q, (rows, int(width)), "float32")
+        workspace = _logits_buffer(fw, q, page_table, width, PAGE_SIZE)
     if out is None:
         out = fw.empty(q, (rows, k), "int32")
     if out_raw is None and return_raw:

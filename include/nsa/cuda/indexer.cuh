@@ -29,9 +29,9 @@
 #include <cuda_fp8.h>
 #include <cuda_runtime.h>
 
-#include <atomic>
 #include <cstdint>
 
+#include "nsa/cuda/shared_memory.cuh"
 #include "nsa/detail/indexer_math.h"
 #include "nsa/indexer.h"
 
@@ -267,30 +267,9 @@ __global__ void __launch_bounds__(kMqaThreads) paged_mqa_logits_kernel(const Pag
   }
 }
 
-// Dynamic shared memory above 48 KiB must be allowed once per kernel and
-// device (remembered for devices 0..63; others ask on every call). The first
-// call may happen inside a stream capture: relax this thread's capture mode
-// for the (non-stream) attribute call.
-template <int N>
-inline cudaError_t mqa_allow_shared_memory() {
-  static std::atomic<uint64_t> allowed{0};  // bit d: done on device d
-  int device = 0;
-  cudaError_t e = cudaGetDevice(&device);
-  if (e != cudaSuccess) return e;
-  const uint64_t bit = device >= 0 && device < 64 ? uint64_t{1} << device : 0;
-  if (bit != 0 && (allowed.load(std::memory_order_acquire) & bit) != 0) return cudaSuccess;
-  cudaStreamCaptureMode mode = cudaStreamCaptureModeRelaxed;
-  (void)cudaThreadExchangeStreamCaptureMode(&mode);
-  e = cudaFuncSetAttribute(paged_mqa_logits_kernel<N>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                           static_cast<int>(sizeof(MqaShared<N>)));
-  (void)cudaThreadExchangeStreamCaptureMode(&mode);
-  if (e == cudaSuccess && bit != 0) allowed.fetch_or(bit, std::memory_order_release);
-  return e;
-}
-
 template <int N>
 inline cudaError_t mqa_launch(const PagedMqaLogitsArgs& a, int64_t ctas_per_request, cudaStream_t stream) {
-  const cudaError_t e = mqa_allow_shared_memory<N>();
+  const cudaError_t e = allow_dynamic_shared_memory<paged_mqa_logits_kernel<N>>(sizeof(MqaShared<N>));
   if (e != cudaSuccess) return e;
   const dim3 grid(static_cast<unsigned>(a.batch * ctas_per_request));
   paged_mqa_logits_kernel<N><<<grid, kMqaThreads, sizeof(MqaShared<N>), stream>>>(a, ctas_per_request);

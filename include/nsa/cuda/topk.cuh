@@ -36,9 +36,9 @@
 #include <cuda_runtime.h>
 #include <cub/block/block_scan.cuh>
 
-#include <atomic>
 #include <cstdint>
 
+#include "nsa/cuda/shared_memory.cuh"
 #include "nsa/detail/topk_math.h"
 #include "nsa/topk.h"
 
@@ -411,25 +411,10 @@ __global__ void __launch_bounds__(kTopkThreads, 1) topk_transform_kernel(const T
   });
 }
 
-// Dynamic shared memory above 48 KiB must be allowed once per kernel and
-// device (remembered for devices 0..63; others ask on every call). The first
-// call may happen inside a stream capture: relax this thread's capture mode
-// for the (non-stream) attribute call.
+// The > 48 KiB shared-memory opt-in of the kernel (nsa/cuda/shared_memory.cuh).
 template <class ScoreT>
 inline cudaError_t topk_allow_shared_memory() {
-  static std::atomic<uint64_t> allowed{0};  // bit d: done on device d
-  int device = 0;
-  cudaError_t e = cudaGetDevice(&device);
-  if (e != cudaSuccess) return e;
-  const uint64_t bit = device >= 0 && device < 64 ? uint64_t{1} << device : 0;
-  if (bit != 0 && (allowed.load(std::memory_order_acquire) & bit) != 0) return cudaSuccess;
-  cudaStreamCaptureMode mode = cudaStreamCaptureModeRelaxed;
-  (void)cudaThreadExchangeStreamCaptureMode(&mode);
-  e = cudaFuncSetAttribute(topk_transform_kernel<ScoreT>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                           static_cast<int>(kTopkSharedBytes));
-  (void)cudaThreadExchangeStreamCaptureMode(&mode);
-  if (e == cudaSuccess && bit != 0) allowed.fetch_or(bit, std::memory_order_release);
-  return e;
+  return allow_dynamic_shared_memory<topk_transform_kernel<ScoreT>>(kTopkSharedBytes);
 }
 
 // One launch of `a.rows` CTAs on `stream`. `a` must satisfy the checks of
