@@ -188,9 +188,8 @@ __device__ __forceinline__ uint32_t* topk_cache_base(uint32_t* raw, const ScoreT
 // steps are loaded before the first is used, so a warp keeps kDepth loads in
 // flight when the keys come from global memory. f may use warp collectives:
 // every lane calls it for every step (valid = false past `end`).
-template <class KeyAt, class F>
+template <int kDepth, class KeyAt, class F>
 __device__ __forceinline__ void topk_warp_sweep(int64_t begin, int64_t end, KeyAt&& key_at, F&& f) {
-  constexpr int kDepth = 8;
   const int lane = threadIdx.x & 31;
   for (int64_t i0 = begin; i0 < end; i0 += 32 * kDepth) {  // warp-uniform bounds
     uint32_t keys[kDepth];
@@ -205,6 +204,15 @@ __device__ __forceinline__ void topk_warp_sweep(int64_t begin, int64_t end, KeyA
       if (step < end) f(step + lane, keys[u], step + lane < end);
     }
   }
+}
+
+// topk_warp_sweep over the cached keys, or over the row in global memory
+// with more loads in flight per warp (its latency is that of L2 or HBM).
+template <class ScoreT, class F>
+__device__ __forceinline__ void topk_sweep_row(bool cached, const uint32_t* cache, const ScoreT* row, int64_t begin,
+                                               int64_t end, F&& f) {
+  if (cached) topk_warp_sweep<8>(begin, end, [&](int64_t i) { return cache[i]; }, f);
+  else topk_warp_sweep<16>(begin, end, [&](int64_t i) { return topk_load_key(row + i); }, f);
 }
 
 // Picks the bin (descending) that holds the need-th largest counted key and
@@ -239,6 +247,7 @@ template <class ScoreT>
 __global__ void __launch_bounds__(kTopkThreads, 1) topk_transform_kernel(const TopkArgs a) {
   using Scan = cub::BlockScan<uint32_t, kTopkThreads, cub::BLOCK_SCAN_WARP_SCANS>;
   static_assert(kTopkBins % kTopkThreads == 0, "topk_pick_bin gives each thread whole bins");
+  static_assert(kTopkMaxK <= kTopkBins, "the selected indices reuse the histogram");
   __shared__ typename Scan::TempStorage scan;
   __shared__ TopkBlockState st;
   extern __shared__ __align__(16) uint32_t topk_smem[];
@@ -279,8 +288,8 @@ __global__ void __launch_bounds__(kTopkThreads, 1) topk_transform_kernel(const T
   const int64_t chunk = ((len + kTopkWarps - 1) / kTopkWarps + 31) / 32 * 32;
   const int64_t begin = warp * chunk;
   const int64_t end = begin + chunk < len ? begin + chunk : len;
+  const uint32_t chunk32 = static_cast<uint32_t>(chunk);  // width <= 2^31 - 1 (checked by topk_transform)
   const uint32_t lanes_below = (1u << lane) - 1u;
-  auto key_at = [&](int64_t i) { return cached ? cache[i] : topk_load_key(row + i); };
 
   uint32_t prefix = static_cast<uint32_t>(st.bin);
   uint32_t need = st.need;
@@ -288,20 +297,21 @@ __global__ void __launch_bounds__(kTopkThreads, 1) topk_transform_kernel(const T
   bool done = st.in_bin == need;
 
   // A row past the cache whose pass-1 bin is small enough: one more global
-  // sweep, in compaction chunks, counts each warp's keys above the bin and
-  // collects the bin's (key, index) pairs into shared memory; the later
-  // passes then read only those, and the compaction needs one global sweep.
+  // sweep (16-byte loads, like pass 1) collects the bin's (key, index) pairs
+  // into shared memory and counts the keys above the bin per compaction
+  // chunk (fewer than K of them: one shared atomic each); the later passes
+  // then read only the candidates, and the compaction one global sweep.
   const bool use_candidates = !cached && !done && st.in_bin <= kTopkCandidates;  // uniform
   uint32_t* const cand_key = topk_smem + kTopkBins;
   uint32_t* const cand_idx = cand_key + kTopkCandidates;
-  uint32_t above = 0, ties = 0;  // this lane's share of its warp's counts
   if (use_candidates) {
     if (tid == 0) st.candidates = 0;
+    if (tid < kTopkWarps) st.warp_above[tid] = 0;
     __syncthreads();
     const uint32_t bin = prefix;
-    topk_warp_sweep(begin, end, key_at, [&](int64_t i, uint32_t key, bool valid) {
+    topk_visit_global<ScoreT, false>(row, len, cache, [&](int64_t i, uint32_t key, bool valid) {
       const uint32_t p = key >> kTopkTopShift;
-      above += valid && p > bin;
+      if (valid && p > bin) atomicAdd(&st.warp_above[static_cast<uint32_t>(i) / chunk32], 1u);
       const bool is_cand = valid && p == bin;
       const uint32_t mask = __ballot_sync(0xffffffffu, is_cand);
       if (mask != 0u) {  // warp-uniform
@@ -347,13 +357,11 @@ __global__ void __launch_bounds__(kTopkThreads, 1) topk_transform_kernel(const T
   // First the counts of each warp's chunk: from a sweep of the row, or from
   // the candidates (above pass 1's bin was counted by the candidate sweep).
   if (use_candidates) {
-    if (lane == 0) st.warp_ties[warp] = 0;
-    above = __reduce_add_sync(0xffffffffu, above);
-    if (lane == 0) st.warp_above[warp] = above;
+    if (lane == 0) st.warp_ties[warp] = 0;  // st.warp_above holds the counts above pass 1's bin
     __syncthreads();
     topk_visit_cache(cand_idx, n_cand, [&](int64_t c, uint32_t idx, bool valid) {
       const uint32_t key = valid ? cand_key[c] : 0u;
-      const int owner = valid ? static_cast<int>(idx / static_cast<uint64_t>(chunk)) : -1;
+      const int owner = valid ? static_cast<int>(idx / chunk32) : -1;
       const uint32_t peers = __match_any_sync(0xffffffffu, owner);
       const uint32_t above_mask = __ballot_sync(0xffffffffu, valid && (key >> shift) > prefix);
       const uint32_t tie_mask = __ballot_sync(0xffffffffu, valid && (key >> shift) == prefix);
@@ -365,7 +373,8 @@ __global__ void __launch_bounds__(kTopkThreads, 1) topk_transform_kernel(const T
     });
     __syncthreads();
   } else {
-    topk_warp_sweep(begin, end, key_at, [&](int64_t, uint32_t key, bool valid) {
+    uint32_t above = 0, ties = 0;  // this lane's share of its warp's counts
+    topk_sweep_row(cached, cache, row, begin, end, [&](int64_t, uint32_t key, bool valid) {
       const uint32_t p = key >> shift;
       above += valid && p > prefix;
       ties += valid && p == prefix;
@@ -393,22 +402,29 @@ __global__ void __launch_bounds__(kTopkThreads, 1) topk_transform_kernel(const T
     st.warp_slot[lane] = a_before + (t_before < need ? t_before : need);
   }
   __syncthreads();
+  // The compaction writes the selected raw indices in output order into the
+  // histogram's memory (no longer needed; K <= kTopkBins words).
+  uint32_t* const selected = hist;
   uint32_t slot = st.warp_slot[warp], tie_rank = st.warp_tie0[warp];
-  topk_warp_sweep(begin, end, key_at, [&](int64_t i, uint32_t key, bool valid) {
+  topk_sweep_row(cached, cache, row, begin, end, [&](int64_t i, uint32_t key, bool valid) {
     const uint32_t p = key >> shift;
     const bool is_above = valid && p > prefix;
     const bool is_tie = valid && p == prefix;
     const uint32_t tie_mask = __ballot_sync(0xffffffffu, is_tie);
     const bool take = is_above || (is_tie && tie_rank + __popc(tie_mask & lanes_below) < need);
     const uint32_t take_mask = __ballot_sync(0xffffffffu, take);
-    if (take) {
-      const uint32_t s = slot + __popc(take_mask & lanes_below);
-      out[s] = detail::topk_apply_transform(a, r, q, i);
-      if (raw != nullptr) raw[s] = static_cast<int32_t>(i);
-    }
+    if (take) selected[slot + __popc(take_mask & lanes_below)] = static_cast<uint32_t>(i);
     slot += __popc(take_mask);
     tie_rank += __popc(tie_mask);
   });
+  __syncthreads();
+  // The transform reads the table: done here, all K slots at once, so its
+  // global loads are in flight together instead of one per warp step.
+  for (int64_t s = tid; s < k; s += kTopkThreads) {
+    const int64_t i = selected[s];
+    out[s] = detail::topk_apply_transform(a, r, q, i);
+    if (raw != nullptr) raw[s] = static_cast<int32_t>(i);
+  }
 }
 
 // The > 48 KiB shared-memory opt-in of the kernel (nsa/cuda/shared_memory.cuh).
