@@ -112,6 +112,31 @@ def main():
               f"{r['build_over_upstream']:.2f}x {verdict(r['build_target_met'])} | {r['copy_cold_gpu_us']:.2f} | "
               f"{r['copy_over_upstream']:.2f}x {verdict(r['copy_target_met'])} |")
         w("")
+    topk = json.loads(read(os.path.join(results, "topk_bench.json"), "{}") or "{}")
+    if topk.get("results"):
+        w("## topk_transform targets (from topk_bench.json)")
+        w("")
+        w("| case | ours us | floor us | x floor | sort us | target | verdict |")
+        w("|---|---|---|---|---|---|---|")
+        for r in topk["results"]:
+            sort_us = r.get("sort_baseline_gpu_us")
+            met = r.get("target_met")
+            verdict = "" if met is None else ("MET" if met else "MISSED")
+            w(f"| {r['case']} | {r['ours_gpu_us']:.2f} | {r['floor_gpu_us']:.2f} | {r['ratio_to_floor']:.2f} | "
+              f"{'-' if sort_us is None else f'{sort_us:.2f}'} | {r['target']} | {verdict} |")
+        w("")
+    logits = json.loads(read(os.path.join(results, "paged_mqa_logits_bench.json"), "{}") or "{}")
+    if logits.get("results"):
+        w("## paged_mqa_logits (from paged_mqa_logits_bench.json)")
+        w("")
+        w("| case | ours us | copy us (same traffic) | cache-read floor us | GB/s | of copy | x floor | target | verdict |")
+        w("|---|---|---|---|---|---|---|---|---|")
+        for r in logits["results"]:
+            met = r.get("target_met")
+            verdict = "" if met is None else ("MET" if met else "MISSED")
+            w(f"| {r['case']} | {r['ours_gpu_us']:.2f} | {r['copy_same_traffic_us']:.2f} | {r['cache_read_floor_us']:.2f} | "
+              f"{r['ours_gbps']:.0f} | {r['fraction_of_copy']:.2f} | {r['ratio_to_floor']:.2f} | {r['target']} | {verdict} |")
+        w("")
     for path in sorted(glob.glob(os.path.join(results, "bench_*.log"))):
         w(f"## {os.path.basename(path)[6:-4]}")
         w("")

@@ -4,5 +4,7 @@
 
 #include "nsa/common.h"
 #include "nsa/index_cache.h"
+#include "nsa/indexer.h"
 #include "nsa/metadata.h"
+#include "nsa/topk.h"
 #include "nsa/version.h"

@@ -29,6 +29,8 @@ from .ops import (  # noqa: E402
     store_k_and_s,
 )
 from .prepared import PreparedCall  # noqa: E402
+from .topk import topk_transform  # noqa: E402
+from .indexer import indexer_topk, paged_mqa_logits  # noqa: E402
 
 __version__: str = _nsa.__version__
 
@@ -58,5 +60,5 @@ __all__ = [
     "MetadataTargets", "NsaError", "PAGE_SIZE", "PreparedCall", "ScaleMode", "UnsupportedError", "build_metadata",
     "copy_metadata", "cuda_built", "cuda_device_count", "gather_k", "gather_k_and_s", "gather_s",
     "prepare_build_metadata", "prepare_gather_k_and_s", "quantize_and_store_k", "set_cpu_threads", "store_k_and_s",
-    "upload_metadata_targets",
+    "topk_transform", "upload_metadata_targets", "paged_mqa_logits", "indexer_topk",
 ]

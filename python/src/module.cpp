@@ -11,6 +11,8 @@ namespace nsa_py {
 
 void bind_index_cache(nb::module_& m);
 void bind_metadata(nb::module_& m);
+void bind_topk(nb::module_& m);     // topk_transform
+void bind_indexer(nb::module_& m);  // paged_mqa_logits, indexer_topk
 
 namespace {
 
@@ -73,4 +75,6 @@ NB_MODULE(_nsa, m) {
 
   bind_index_cache(m);
   bind_metadata(m);
+  bind_topk(m);
+  bind_indexer(m);
 }

@@ -6,13 +6,19 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <random>
 #include <vector>
 
 #include "buffer.h"
 #include "nsa/cuda/index_cache.cuh"
 #include "nsa/cuda/metadata.cuh"
+#include "nsa/cuda/topk.cuh"
+#include "nsa/cuda/indexer.cuh"
+#include "nsa/indexer.h"
+#include "nsa/topk.h"
 
 namespace nsa {
 namespace test {
@@ -141,6 +147,82 @@ TEST(FastDivisor, MatchesIntegerDivisionOnDevice_cuda) {
   std::vector<uint32_t> q(count);
   out.download(q.data(), count * 4);
   for (int i = 0; i < count; ++i) ASSERT_EQ(q[i], n[i] / cases[i].first) << "n=" << n[i] << " d=" << cases[i].first;
+}
+
+// topk_transform's launcher from this translation unit: the same bytes as the CPU backend.
+TEST(CudaHeaders, TopkLauncherUsableFromAnotherTranslationUnit_cuda) {
+  if (!support::cuda_device_available()) GTEST_SKIP() << "no CUDA device: GPU test not run";
+  constexpr int64_t kWidth = 3000, kK = 512;
+  std::vector<float> scores(kWidth);
+  std::mt19937 rng(5);
+  for (auto& x : scores) x = std::uniform_real_distribution<float>(-1.0f, 1.0f)(rng);
+  std::vector<int32_t> lengths = {kWidth}, want(kK), got(kK);
+  support::Buffer s_dev(Backend::kCuda, kWidth * 4), l_dev(Backend::kCuda, 4), o_dev(Backend::kCuda, kK * 4);
+  s_dev.upload(scores);
+  l_dev.upload(lengths);
+  TopkArgs a;
+  a.scores = scores.data();
+  a.rows = 1;
+  a.width = a.score_ld = kWidth;
+  a.k = kK;
+  a.lengths = lengths.data();
+  a.out = want.data();
+  a.out_ld = kK;
+  a.order = TopkOrder::kAscending;
+  topk_transform(Exec::cpu(), a);
+  a.scores = s_dev.data();
+  a.lengths = l_dev.as<int32_t>();
+  a.out = o_dev.as<int32_t>();
+  ASSERT_EQ(kernels::invoke_topk_transform(a, nullptr), cudaSuccess);
+  support::synchronize(Backend::kCuda);
+  o_dev.download(got.data(), kK * 4);
+  EXPECT_EQ(got, want);
+}
+
+// paged_mqa_logits' launcher from this translation unit: the library's bytes
+// (same kernel, fixed reduction order), -inf past the length.
+TEST(CudaHeaders, PagedMqaLogitsLauncherUsableFromAnotherTranslationUnit_cuda) {
+  if (!support::cuda_device_available()) GTEST_SKIP() << "no CUDA device: GPU test not run";
+  constexpr int64_t kWidth = 700, kPages = 11;
+  std::mt19937 rng(6);
+  std::vector<uint8_t> cache(kPages * 8448), q(64 * 128);
+  for (auto& x : cache) x = static_cast<uint8_t>(std::uniform_int_distribution<int>(0, 0x6f)(rng));
+  for (auto& x : q) x = static_cast<uint8_t>(std::uniform_int_distribution<int>(0, 0xef)(rng) & 0xef);
+  for (int64_t p = 0; p < kPages; ++p)
+    for (int64_t o = 0; o < 64; ++o) {
+      const float s = 0.01f;
+      std::memcpy(&cache[p * 8448 + 8192 + o * 4], &s, 4);
+    }
+  std::vector<float> w(64, 0.02f);
+  std::vector<int32_t> lens = {650}, table(kPages);
+  for (int64_t i = 0; i < kPages; ++i) table[i] = static_cast<int32_t>(kPages - 1 - i);
+  support::Buffer c_dev(Backend::kCuda, cache.size()), q_dev(Backend::kCuda, q.size()), w_dev(Backend::kCuda, 256),
+      l_dev(Backend::kCuda, 4), t_dev(Backend::kCuda, kPages * 4), lib(Backend::kCuda, kWidth * 4),
+      hdr(Backend::kCuda, kWidth * 4);
+  c_dev.upload(cache);
+  q_dev.upload(q);
+  w_dev.upload(w);
+  l_dev.upload(lens);
+  t_dev.upload(table);
+  PagedMqaLogitsArgs a;
+  a.q = q_dev.as<uint8_t>();
+  a.weights = w_dev.as<float>();
+  a.batch = 1;
+  a.cache = ConstIndexCache(c_dev.as<uint8_t>(), kPages);
+  a.context_lens = l_dev.as<int32_t>();
+  a.page_table = t_dev.as<int32_t>();
+  a.table_cols = a.table_ld = kPages;
+  a.logits = lib.as<float>();
+  a.width = a.logits_ld = kWidth;
+  paged_mqa_logits(Exec::cuda(), a);
+  a.logits = hdr.as<float>();
+  ASSERT_EQ(kernels::invoke_paged_mqa_logits(a, nullptr), cudaSuccess);
+  support::synchronize(Backend::kCuda);
+  EXPECT_EQ(hdr.to_host(), lib.to_host());
+  std::vector<float> got(kWidth);
+  hdr.download(got.data(), kWidth * 4);
+  EXPECT_TRUE(std::isinf(got[650]) && got[650] < 0);
+  EXPECT_FALSE(std::isinf(got[649]));
 }
 
 }  // namespace

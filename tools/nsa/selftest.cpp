@@ -16,9 +16,13 @@
 #include "host_data.h"
 #include "metadata_dests.h"
 #include "nsa/index_cache.h"
+#include "nsa/indexer.h"
 #include "nsa/metadata.h"
+#include "nsa/topk.h"
 #include "reference/index_cache.h"
+#include "reference/indexer.h"
 #include "reference/metadata.h"
+#include "reference/topk.h"
 
 namespace nsa {
 namespace cli {
@@ -322,6 +326,168 @@ void case_copy_metadata(Backend b, std::mt19937_64& rng) {
   dests.expect_matches_reference(fmt::format("{} bs={} E={} cols={}", to_string(mode), bs, e, cols));
 }
 
+// topk_transform: random shapes, lengths (some past K, some negative, some
+// past the width), tie-heavy scores, every transform, MTP or per-row lengths,
+// both orders. The valid prefix is compared as a set in order "any".
+void case_topk_transform(Backend b, std::mt19937_64& rng) {
+  TopkArgs a;
+  a.rows = pick(rng, 1, 24);
+  a.k = pick(rng, 0, 2) ? int64_t{512} << pick(rng, 0, 2) : pick(rng, 1, 2048);
+  a.width = pick(rng, 1, 3 * a.k + 100);
+  a.score_ld = a.width + pick(rng, 0, 5);
+  a.score_type = pick(rng, 0, 3) ? ScoreType::kFloat32 : ScoreType::kBfloat16;
+  a.order = pick(rng, 0, 1) ? TopkOrder::kAscending : TopkOrder::kAny;
+  a.transform = static_cast<TopkTransform>(pick(rng, 0, 3));
+  const int zero_pct = static_cast<int>(pick(rng, 0, 3)) * 33;  // 0, 33, 66 or 99% exact zeros
+  std::vector<float> f(static_cast<size_t>(a.rows * a.score_ld));
+  std::normal_distribution<float> normal;
+  for (auto& x : f) x = pick(rng, 0, 99) < zero_pct ? 0.0f : normal(rng);
+  std::vector<uint16_t> h(f.size());
+  for (size_t i = 0; i < f.size(); ++i) {
+    uint32_t u;
+    std::memcpy(&u, &f[i], 4);
+    h[i] = static_cast<uint16_t>(u >> 16);
+  }
+  const bool mtp = pick(rng, 0, 1);
+  if (mtp) {
+    a.length_form = TopkLengths::kPerRequest;
+    a.rows_per_request = pick(rng, 1, 4);
+  }
+  const int64_t requests = (a.rows + a.rows_per_request - 1) / a.rows_per_request;
+  auto lens = random_ints<int64_t>(rng, mtp ? requests : a.rows, -3, a.width + 3);
+  std::vector<int64_t> starts, rtr, offsets;
+  if (!mtp && pick(rng, 0, 1)) starts = random_ints<int64_t>(rng, a.rows, 0, a.width);
+  if (pick(rng, 0, 1)) rtr = random_ints<int64_t>(rng, a.rows, 0, requests);  // may point past the table
+  a.table_rows = requests;
+  a.table_cols = a.transform == TopkTransform::kPaged64 ? (a.width + 63) / 64 : a.width;
+  a.table_ld = a.table_cols + pick(rng, 0, 3);
+  auto table = random_ints<int32_t>(rng, a.table_rows * a.table_ld, -1, 1 << 24);
+  offsets = random_ints<int64_t>(rng, a.rows, 0, 1 << 30);
+  const int64_t out_ld = a.k + pick(rng, 0, 4);
+  const std::vector<int32_t> poison(static_cast<size_t>(a.rows * out_ld), -7);
+
+  Buffer f_d = to_backend(b, f), h_d = to_backend(b, h), lens_d = to_backend(b, lens), starts_d = to_backend(b, starts),
+         rtr_d = to_backend(b, rtr), table_d = to_backend(b, table), off_d = to_backend(b, offsets),
+         out_d = to_backend(b, poison), raw_d = to_backend(b, poison);
+  auto bind = [&](bool device) {
+    TopkArgs x = a;
+    const bool fp32 = a.score_type == ScoreType::kFloat32;
+    x.scores = device ? (fp32 ? f_d.data() : h_d.data()) : (fp32 ? static_cast<const void*>(f.data()) : h.data());
+    x.lengths = Indices(device ? lens_d.as<int64_t>() : lens.data());
+    if (!starts.empty()) x.row_starts = Indices(device ? starts_d.as<int64_t>() : starts.data());
+    if (!rtr.empty()) x.row_to_request = Indices(device ? rtr_d.as<int64_t>() : rtr.data());
+    x.table = Indices(device ? table_d.as<int32_t>() : table.data());
+    x.offsets = Indices(device ? off_d.as<int64_t>() : offsets.data());
+    x.out_ld = x.out_raw_ld = out_ld;
+    return x;
+  };
+  TopkArgs dev = bind(true);
+  dev.out = out_d.as<int32_t>();
+  dev.out_raw = raw_d.as<int32_t>();
+  topk_transform(exec_for(b), dev);
+  support::synchronize(b);
+  std::vector<int32_t> want = poison, want_raw = poison;
+  TopkArgs host = bind(false);
+  host.out = want.data();
+  host.out_raw = want_raw.data();
+  reference::topk_transform(host);
+  auto got = from_backend<int32_t>(out_d, want.size()), got_raw = from_backend<int32_t>(raw_d, want.size());
+  if (a.order == TopkOrder::kAny) {  // compare sets: sort (raw, out) pairs of each row's first k slots
+    for (auto* pair : {&got, &want}) {
+      auto& out = *pair;
+      auto& raw = pair == &got ? got_raw : want_raw;
+      for (int64_t r = 0; r < a.rows; ++r) {
+        std::vector<std::pair<int32_t, int32_t>> p;
+        for (int64_t s = 0; s < a.k; ++s) p.emplace_back(raw[r * out_ld + s], out[r * out_ld + s]);
+        std::sort(p.begin(), p.end());
+        for (int64_t s = 0; s < a.k; ++s) std::tie(raw[r * out_ld + s], out[r * out_ld + s]) = p[s];
+      }
+    }
+  }
+  const std::string what = fmt::format("rows={} width={} k={} {} {} {} {}", a.rows, a.width, a.k, to_string(a.score_type),
+                                       to_string(a.length_form), to_string(a.transform), to_string(a.order));
+  auto bytes = [](const std::vector<int32_t>& v) {
+    std::vector<uint8_t> out(v.size() * 4);
+    std::memcpy(out.data(), v.data(), out.size());
+    return out;
+  };
+  expect_same(what + " out", bytes(got), bytes(want));
+  expect_same(what + " out_raw", bytes(got_raw), bytes(want_raw));
+}
+
+// paged_mqa_logits: random batch, next_n, page size, lengths (some negative,
+// some past the width), tables with padding and out-of-pool entries. The CPU
+// backend must give the reference's bytes; CUDA (tensor cores) -inf at the
+// same columns and calc_diff < 1e-3 per row against the fixed-order reference.
+void case_paged_mqa_logits(Backend b, std::mt19937_64& rng) {
+  constexpr int64_t kH = kIndexerHeads, kD = kIndexerHeadDim;
+  PagedMqaLogitsArgs a;
+  a.batch = pick(rng, 1, 4);
+  a.next_n = pick(rng, 1, kIndexerMaxNextN);
+  a.page_size = int64_t{4} << pick(rng, 0, 5);
+  a.width = pick(rng, 1, 1500);
+  a.logits_ld = a.width + pick(rng, 0, 5);
+  a.table_cols = (a.width + a.page_size - 1) / a.page_size;
+  a.table_ld = a.table_cols + pick(rng, 0, 3);
+  const int64_t pages = a.batch * a.table_cols + 1, page_bytes = a.page_size * (kD + 4);
+  a.cache.num_pages = pages;
+  auto fp8 = [&](size_t n) {
+    auto v = random_bytes(rng, n);
+    for (auto& x : v) x = static_cast<uint8_t>((x & 0x7f) >= 0x70 ? x & 0xb7 : x);  // no NaN, modest range
+    return v;
+  };
+  auto cache = fp8(static_cast<size_t>(pages * page_bytes));
+  std::uniform_real_distribution<float> scale(1e-3f, 1e-2f);
+  for (int64_t p = 0; p < pages; ++p)
+    for (int64_t o = 0; o < a.page_size; ++o) {
+      const float sc = scale(rng);
+      std::memcpy(&cache[static_cast<size_t>(p * page_bytes + a.page_size * kD + o * 4)], &sc, 4);
+    }
+  const auto q = fp8(static_cast<size_t>(a.batch * a.next_n * kH * kD));
+  std::vector<float> w(static_cast<size_t>(a.batch * a.next_n * kH));
+  std::normal_distribution<float> normal(0.0f, 0.05f);
+  for (auto& x : w) x = normal(rng);
+  const auto lens = random_ints<int64_t>(rng, a.batch, -3, a.width + 20);
+  auto table = random_ints<int32_t>(rng, a.batch * a.table_ld, -1, pages);  // -1 and `pages` are masked
+  const std::vector<float> poison(static_cast<size_t>(a.batch * a.next_n * a.logits_ld), 7.0f);
+  Buffer cache_d = to_backend(b, cache), q_d = to_backend(b, q), w_d = to_backend(b, w), lens_d = to_backend(b, lens),
+         table_d = to_backend(b, table), out_d = to_backend(b, poison);
+  PagedMqaLogitsArgs dev = a;
+  dev.q = q_d.as<uint8_t>();
+  dev.weights = w_d.as<float>();
+  dev.cache.data = cache_d.as<uint8_t>();
+  dev.context_lens = Indices(lens_d.as<int64_t>());
+  dev.page_table = Indices(table_d.as<int32_t>());
+  dev.logits = out_d.as<float>();
+  paged_mqa_logits(exec_for(b), dev);
+  std::vector<float> want = poison;
+  PagedMqaLogitsArgs host = a;
+  host.q = q.data();
+  host.weights = w.data();
+  host.cache.data = cache.data();
+  host.context_lens = Indices(lens.data());
+  host.page_table = Indices(table.data());
+  host.logits = want.data();
+  reference::paged_mqa_logits(host);
+  const auto got = from_backend<float>(out_d, want.size());
+  const std::string what = fmt::format("B={} N={} P={} width={}", a.batch, a.next_n, a.page_size, a.width);
+  auto bytes = [](const std::vector<float>& v) {
+    std::vector<uint8_t> out(v.size() * 4);
+    std::memcpy(out.data(), v.data(), out.size());
+    return out;
+  };
+  if (b == Backend::kCpu) return expect_same(what, bytes(got), bytes(want));
+  for (int64_t r = 0; r < a.batch * a.next_n; ++r) {
+    const float* g = &got[static_cast<size_t>(r * a.logits_ld)];
+    const float* e = &want[static_cast<size_t>(r * a.logits_ld)];
+    std::vector<double> ref(e, e + a.width);
+    for (int64_t t = a.width; t < a.logits_ld; ++t)
+      if (g[t] != 7.0f) throw Mismatch(fmt::format("{}: row {} column {} past the width was written", what, r, t));
+    const double diff = reference::calc_diff(g, ref.data(), a.width);
+    if (!(diff < 1e-3)) throw Mismatch(fmt::format("{}: row {} calc_diff {} (or -inf at different columns)", what, r, diff));
+  }
+}
+
 // ------------------------------------------------------------------ driver
 
 struct Op {
@@ -338,6 +504,8 @@ const std::vector<Op>& all_ops() {
       {"gather_k_and_s", case_gather_k_and_s},
       {"build_metadata", case_build_metadata},
       {"copy_metadata", case_copy_metadata},
+      {"topk_transform", case_topk_transform},
+      {"paged_mqa_logits", case_paged_mqa_logits},
   };
   return ops;
 }

@@ -1,0 +1,125 @@
+#include "topk_baseline.h"
+
+#include <cub/device/device_segmented_radix_sort.cuh>
+
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "nsa/detail/topk_math.h"
+
+namespace nsa {
+namespace baseline {
+
+namespace {
+
+constexpr int kFloorThreads = 256;
+constexpr int64_t kFloorVecsPerThread = 4;
+constexpr int64_t kFloorElemsPerBlock = kFloorThreads * kFloorVecsPerThread * 4;
+
+// Block (row, segment): 4 x 16 B loads in flight per thread over its part of the window.
+__global__ void __launch_bounds__(kFloorThreads) read_floor_kernel(const float* __restrict__ scores, int64_t ld,
+                                                                   const int32_t* __restrict__ starts,
+                                                                   const int32_t* __restrict__ lens, int64_t segs,
+                                                                   int32_t* sink) {
+  const int64_t r = blockIdx.x / segs, seg = blockIdx.x % segs;
+  const int64_t start = __ldg(starts + r), len = __ldg(lens + r);
+  const float* row = scores + r * ld + start;
+  const int64_t head = ((16 - (reinterpret_cast<uintptr_t>(row) & 15)) & 15) / 4;
+  const int64_t nvec = len > head ? (len - head) / 4 : 0;
+  const uint4* vec = reinterpret_cast<const uint4*>(row + head);
+  uint32_t acc = 0;
+  const int64_t v0 = seg * kFloorThreads * kFloorVecsPerThread + threadIdx.x;
+  uint4 v[kFloorVecsPerThread];
+#pragma unroll
+  for (int j = 0; j < kFloorVecsPerThread; ++j) {
+    const int64_t i = v0 + j * kFloorThreads;
+    v[j] = i < nvec ? __ldg(vec + i) : make_uint4(0, 0, 0, 0);
+  }
+#pragma unroll
+  for (int j = 0; j < kFloorVecsPerThread; ++j) acc ^= v[j].x ^ v[j].y ^ v[j].z ^ v[j].w;
+  if (seg == 0 && threadIdx.x < 8) {  // head (< 4) and tail (< 4) elements
+    const int64_t i = threadIdx.x < 4 ? threadIdx.x : head + nvec * 4 + (threadIdx.x - 4);
+    if ((threadIdx.x < 4 && i < head && i < len) || (threadIdx.x >= 4 && i < len)) acc ^= __float_as_uint(row[i]);
+  }
+  if (acc == 0x7fc0dead) *sink = 1;
+}
+
+__global__ void iota_rows_kernel(int32_t* vals, int64_t rows, int64_t ld) {
+  const int64_t n = rows * ld;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    vals[i] = static_cast<int32_t>(i % ld);  // the column: raw index = column - window start
+}
+
+// One block per row: slot s gets the s-th sorted index through the transform.
+__global__ void take_k_kernel(const TopkArgs a, const int32_t* __restrict__ vals_out, const int32_t* __restrict__ begin) {
+  const int64_t r = blockIdx.x;
+  const detail::TopkWindow w = detail::topk_window(a, r);
+  const int64_t q = detail::topk_request(a, r);
+  const int64_t valid = w.len < a.k ? w.len : a.k;
+  for (int64_t s = threadIdx.x; s < a.k; s += blockDim.x) {
+    const int64_t x = s < valid ? vals_out[begin[r] + s] - w.start : -1;
+    a.out[r * a.out_ld + s] = s < valid ? detail::topk_apply_transform(a, r, q, x) : -1;
+    if (a.out_raw != nullptr) a.out_raw[r * a.out_raw_ld + s] = static_cast<int32_t>(x);
+  }
+}
+
+void check(cudaError_t e, const char* what) {
+  if (e != cudaSuccess) throw std::runtime_error(std::string("SortTopk: ") + what + ": " + cudaGetErrorString(e));
+}
+
+}  // namespace
+
+cudaError_t topk_read_floor(const float* scores, int64_t rows, int64_t ld, const int32_t* starts, const int32_t* lens,
+                            int64_t max_len, int32_t* sink, nsa::cudaStream stream) {
+  if (rows == 0) return cudaSuccess;
+  const int64_t segs = max_len > 0 ? (max_len + kFloorElemsPerBlock - 1) / kFloorElemsPerBlock : 1;
+  read_floor_kernel<<<static_cast<unsigned>(rows * segs), kFloorThreads, 0, reinterpret_cast<cudaStream_t>(stream)>>>(
+      scores, ld, starts, lens, segs, sink);
+  return cudaGetLastError();
+}
+
+SortTopk::SortTopk(int64_t rows, int64_t ld, const int32_t* host_starts, const int32_t* host_lens) : rows_(rows), ld_(ld) {
+  if (rows * ld > INT32_MAX) throw std::runtime_error("SortTopk: rows * ld must fit in int32 (CUB item count)");
+  std::vector<int32_t> b(rows), e(rows);
+  for (int64_t r = 0; r < rows; ++r) {
+    b[r] = static_cast<int32_t>(r * ld + host_starts[r]);
+    e[r] = b[r] + host_lens[r];
+  }
+  check(cudaMalloc(&keys_out_, rows * ld * sizeof(float)), "cudaMalloc");
+  check(cudaMalloc(&vals_in_, rows * ld * sizeof(int32_t)), "cudaMalloc");
+  check(cudaMalloc(&vals_out_, rows * ld * sizeof(int32_t)), "cudaMalloc");
+  check(cudaMalloc(&begin_, rows * sizeof(int32_t)), "cudaMalloc");
+  check(cudaMalloc(&end_, rows * sizeof(int32_t)), "cudaMalloc");
+  check(cudaMemcpy(begin_, b.data(), rows * 4, cudaMemcpyHostToDevice), "cudaMemcpy");
+  check(cudaMemcpy(end_, e.data(), rows * 4, cudaMemcpyHostToDevice), "cudaMemcpy");
+  iota_rows_kernel<<<1024, 256>>>(vals_in_, rows, ld);
+  check(cudaGetLastError(), "iota");
+  check(cub::DeviceSegmentedRadixSort::SortPairsDescending(nullptr, temp_bytes_, static_cast<const float*>(nullptr),
+                                                           keys_out_, vals_in_, vals_out_, static_cast<int>(rows * ld),
+                                                           static_cast<int>(rows), begin_, end_),
+        "temp size");
+  check(cudaMalloc(&temp_, temp_bytes_ > 0 ? temp_bytes_ : 16), "cudaMalloc");
+  check(cudaDeviceSynchronize(), "setup");
+}
+
+SortTopk::~SortTopk() {
+  for (void* p : {static_cast<void*>(keys_out_), static_cast<void*>(vals_in_), static_cast<void*>(vals_out_),
+                  static_cast<void*>(begin_), static_cast<void*>(end_), temp_})
+    (void)cudaFree(p);
+}
+
+cudaError_t SortTopk::run(const TopkArgs& a, nsa::cudaStream stream) {
+  const auto s = reinterpret_cast<cudaStream_t>(stream);
+  size_t bytes = temp_bytes_;
+  const cudaError_t e = cub::DeviceSegmentedRadixSort::SortPairsDescending(
+      temp_, bytes, static_cast<const float*>(a.scores), keys_out_, vals_in_, vals_out_, static_cast<int>(rows_ * ld_),
+      static_cast<int>(rows_), begin_, end_, 0, 32, s);
+  if (e != cudaSuccess) return e;
+  take_k_kernel<<<static_cast<unsigned>(rows_), 256, 0, s>>>(a, vals_out_, begin_);
+  return cudaGetLastError();
+}
+
+}  // namespace baseline
+}  // namespace nsa
