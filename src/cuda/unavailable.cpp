@@ -4,9 +4,9 @@
 #include <string>
 
 #include "backends.h"
+#include "indexer_backends.h"
 #include "metadata_backends.h"
 #include "topk_backends.h"
-#include "indexer_backends.h"
 
 namespace nsa {
 
@@ -36,12 +36,6 @@ namespace {
 #define NSA_CUDA_ENTRY(name, cuda_params) NSA_CUDA_STUB(name, cuda_params)
 #include "nsa/detail/ops.def"
 #undef NSA_CUDA_STUB
-
-// topk_transform (issue 16)
-void topk_transform(cudaStream, const TopkArgs&) { unavailable("topk_transform"); }
-
-// paged_mqa_logits (issue 17)
-void paged_mqa_logits(cudaStream, const PagedMqaLogitsArgs&) { unavailable("paged_mqa_logits"); }
 
 }  // namespace cuda
 }  // namespace nsa
