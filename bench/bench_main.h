@@ -42,9 +42,10 @@ inline int run(const char* name, int argc, char** argv,
     if (!json_path.empty()) support::check_writable(json_path, "--json");
     const auto lim = support::measure_device_limits();
     fmt::print("device: {} ({} SMs)\n", lim.device, lim.sm_count);
-    fmt::print("limits: D2D copy {:.0f} GB/s (read+write), empty kernel {:.2f} us in a graph, {:.2f} us eager GPU, "
-               "{:.2f} us host per launch\n",
-               lim.copy_gbps, lim.empty_kernel_graph_us, lim.empty_kernel_eager_us, lim.empty_launch_host_us);
+    fmt::print(
+        "limits: D2D copy {:.0f} GB/s (read+write), empty kernel {:.2f} us in a graph, {:.2f} us eager GPU, "
+        "{:.2f} us host per launch\n",
+        lim.copy_gbps, lim.empty_kernel_graph_us, lim.empty_kernel_eager_us, lim.empty_launch_host_us);
     fmt::print("GPU times below: {} (--l2 cold|warm)\n\n", support::l2_label());
     nlohmann::json report{{"device", lim.device},
                           {"l2", support::l2_label()},

@@ -45,8 +45,8 @@ struct CheckedExec {
   nsa::Exec on(nsa::cudaStream s) const { return nsa::Exec::cuda(s).with_checks(error.as<nsa::DeviceError>()); }
   void expect_clear(const std::string& what) const {
     const nsa::DeviceError e = nsa::read_device_error(on(nullptr));
-    if (e.code != 0) throw std::runtime_error("checked mode reported a violation on valid input (" + what + "): " +
-                                              nsa::describe(e));
+    if (e.code != 0)
+      throw std::runtime_error("checked mode reported a violation on valid input (" + what + "): " + nsa::describe(e));
   }
 };
 
@@ -87,8 +87,8 @@ json bench_gather(const GatherCase& c, const nsa::support::DeviceLimits& lim, co
   Buffer out_k(nsa::Backend::kCuda, total * 128), out_s(nsa::Backend::kCuda, total * 4);
   Buffer base_k(nsa::Backend::kCuda, total * 128), base_s(nsa::Backend::kCuda, total * 4);
   const nsa::ConstIndexCache cache(pool.as<uint8_t>(), pool_pages);
-  nsa::PagedBatch batch{bs, nsa::Indices(lens_d.as<int64_t>()), nsa::Indices(), nsa::Indices(table_d.as<int32_t>()),
-                        cols, cols};
+  nsa::PagedBatch batch{
+      bs, nsa::Indices(lens_d.as<int64_t>()), nsa::Indices(), nsa::Indices(table_d.as<int32_t>()), cols, cols};
 
   auto ours = [&](nsa::cudaStream s) {
     nsa::gather_k_and_s(nsa::Exec::cuda(s), cache, batch, out_k.as<uint8_t>(), out_s.as<float>(), total);
@@ -146,20 +146,32 @@ json bench_gather(const GatherCase& c, const nsa::support::DeviceLimits& lim, co
   const double floor_us = whole_pages ? nsa::support::graph_time_us(floor, 20) : 0.0;
   const auto eager = nsa::support::eager_time(ours, 200);
   const double ratio = ours_us / copy_us;
-  fmt::print("{:<26} {:>9} {:>9.2f} {:>9.2f} {:>6.1f}% {:>9.2f} {:>9.2f} {:>8.0f} {:>7.3f} {:>6.2f}x {:>8} {:>7} {:>8.2f} "
-             "{:>7.2f}x  {}\n",
-             c.name, total, ours_us, checked_us, overhead, base_us, copy_us, bytes / ours_us / 1e3, ratio,
-             c.target_ratio, whole_pages ? fmt::format("{:.2f}", floor_us) : "-",
-             whole_pages ? fmt::format("{:.3f}", ours_us / floor_us) : "-", eager.host_us, base_us / ours_us,
-             ratio <= c.target_ratio ? "MET" : "MISSED");
-  return json{{"op", "gather_k_and_s"}, {"case", c.name}, {"batch", bs}, {"tokens", total},
-              {"bytes_moved", bytes}, {"ours_gpu_us", ours_us}, {"checked_gpu_us", checked_us},
-              {"checked_overhead_pct", overhead}, {"baseline_gpu_us", base_us},
-              {"copy_gpu_us", copy_us}, {"ours_gbps", bytes / ours_us / 1e3}, {"ratio_to_copy", ratio},
+  fmt::print(
+      "{:<26} {:>9} {:>9.2f} {:>9.2f} {:>6.1f}% {:>9.2f} {:>9.2f} {:>8.0f} {:>7.3f} {:>6.2f}x {:>8} {:>7} {:>8.2f} "
+      "{:>7.2f}x  {}\n",
+      c.name, total, ours_us, checked_us, overhead, base_us, copy_us, bytes / ours_us / 1e3, ratio, c.target_ratio,
+      whole_pages ? fmt::format("{:.2f}", floor_us) : "-",
+      whole_pages ? fmt::format("{:.3f}", ours_us / floor_us) : "-", eager.host_us, base_us / ours_us,
+      ratio <= c.target_ratio ? "MET" : "MISSED");
+  return json{{"op", "gather_k_and_s"},
+              {"case", c.name},
+              {"batch", bs},
+              {"tokens", total},
+              {"bytes_moved", bytes},
+              {"ours_gpu_us", ours_us},
+              {"checked_gpu_us", checked_us},
+              {"checked_overhead_pct", overhead},
+              {"baseline_gpu_us", base_us},
+              {"copy_gpu_us", copy_us},
+              {"ours_gbps", bytes / ours_us / 1e3},
+              {"ratio_to_copy", ratio},
               {"floor_gpu_us", whole_pages ? json(floor_us) : json()},
               {"ratio_to_floor", whole_pages ? json(ours_us / floor_us) : json()},
-              {"target_ratio_to_copy", c.target_ratio}, {"target_met", ratio <= c.target_ratio},
-              {"ours_host_us", eager.host_us}, {"speedup_vs_baseline", base_us / ours_us}, {"verified", ok}};
+              {"target_ratio_to_copy", c.target_ratio},
+              {"target_met", ratio <= c.target_ratio},
+              {"ours_host_us", eager.host_us},
+              {"speedup_vs_baseline", base_us / ours_us},
+              {"verified", ok}};
 }
 
 json bench_store(int64_t n, const nsa::support::DeviceLimits& lim, const CheckedExec& chk, std::mt19937_64& rng) {
@@ -191,8 +203,8 @@ json bench_store(int64_t n, const nsa::support::DeviceLimits& lim, const Checked
     nsa::quantize_and_store_k(chk.on(s), chk_cache, k_d.as<uint16_t>(), n, 128, slots_d.as<int64_t>(), mode);
   };
   auto base = [&](nsa::cudaStream s) {
-    cuda_check(nsa::baseline::quantize_k(k_d.as<uint16_t>(), n, 128, false, stage_k.as<uint8_t>(),
-                                         stage_s.as<float>(), s),
+    cuda_check(nsa::baseline::quantize_k(k_d.as<uint16_t>(), n, 128, false, stage_k.as<uint8_t>(), stage_s.as<float>(),
+                                         s),
                "baseline quantize");
     cuda_check(nsa::baseline::set_k_and_s(base_pool.as<uint8_t>(), stage_k.as<uint8_t>(), stage_s.as<float>(),
                                           slots_d.as<int64_t>(), n, s),
@@ -225,17 +237,29 @@ json bench_store(int64_t n, const nsa::support::DeviceLimits& lim, const Checked
   const double vs_empty = ours_us / lim.empty_kernel_graph_us;
   const bool met = n >= 65536 ? frac >= 0.80 : (n <= 512 ? vs_empty <= 1.5 : true);
   const std::string target = n >= 65536 ? ">=80% copy BW" : (n <= 512 ? "<=1.5x empty" : "-");
-  fmt::print("{:<10} {:>9.2f} {:>9.2f} {:>6.1f}% {:>9.2f} {:>8.0f} {:>7.1f}% {:>8.2f}x {:>8.2f} {:>7.2f}x {:>8.2f} {:>7.2f}x  "
-             "{:<14} {}\n",
-             n, ours_us, checked_us, overhead, base_us, bytes / ours_us / 1e3, 100 * frac, vs_empty, floor_us,
-             floor_us / lim.empty_kernel_graph_us, eager.host_us, base_us / ours_us, target,
-             target == "-" ? "" : (met ? "MET" : "MISSED"));
-  return json{{"op", "quantize_and_store_k"}, {"tokens", n}, {"bytes_moved", bytes}, {"ours_gpu_us", ours_us},
-              {"checked_gpu_us", checked_us}, {"checked_overhead_pct", overhead},
-              {"baseline_gpu_us", base_us}, {"ours_gbps", bytes / ours_us / 1e3}, {"fraction_of_copy_bw", frac},
-              {"ratio_to_empty_kernel", vs_empty}, {"floor_gpu_us", floor_us},
-              {"floor_ratio_to_empty_kernel", floor_us / lim.empty_kernel_graph_us}, {"ours_host_us", eager.host_us},
-              {"speedup_vs_baseline", base_us / ours_us}, {"target", target}, {"target_met", met}, {"verified", ok}};
+  fmt::print(
+      "{:<10} {:>9.2f} {:>9.2f} {:>6.1f}% {:>9.2f} {:>8.0f} {:>7.1f}% {:>8.2f}x {:>8.2f} {:>7.2f}x {:>8.2f} {:>7.2f}x  "
+      "{:<14} {}\n",
+      n, ours_us, checked_us, overhead, base_us, bytes / ours_us / 1e3, 100 * frac, vs_empty, floor_us,
+      floor_us / lim.empty_kernel_graph_us, eager.host_us, base_us / ours_us, target,
+      target == "-" ? "" : (met ? "MET" : "MISSED"));
+  return json{{"op", "quantize_and_store_k"},
+              {"tokens", n},
+              {"bytes_moved", bytes},
+              {"ours_gpu_us", ours_us},
+              {"checked_gpu_us", checked_us},
+              {"checked_overhead_pct", overhead},
+              {"baseline_gpu_us", base_us},
+              {"ours_gbps", bytes / ours_us / 1e3},
+              {"fraction_of_copy_bw", frac},
+              {"ratio_to_empty_kernel", vs_empty},
+              {"floor_gpu_us", floor_us},
+              {"floor_ratio_to_empty_kernel", floor_us / lim.empty_kernel_graph_us},
+              {"ours_host_us", eager.host_us},
+              {"speedup_vs_baseline", base_us / ours_us},
+              {"target", target},
+              {"target_met", met},
+              {"verified", ok}};
 }
 
 // Prefill-size stores against a D2D copy of the same bytes, measured in the
@@ -274,8 +298,7 @@ json bench_store_vs_copy(bool quantize, nsa::ScaleMode mode, int64_t n, std::mt1
   auto ref = pool_host;
   if (quantize)
     nsa::reference::quantize_and_store_k({ref.data(), pool_pages}, k_bf16.data(), n, 128, slots.data(), mode);
-  else
-    nsa::reference::store_k_and_s({ref.data(), pool_pages}, k_fp8.data(), n, 128, scale.data(), slots.data());
+  else nsa::reference::store_k_and_s({ref.data(), pool_pages}, k_fp8.data(), n, 128, scale.data(), slots.data());
   const bool ok = pool.to_host() == ref;
   const char* op = quantize ? "quantize_and_store_k" : "store_k_and_s";
   if (!ok) throw std::runtime_error(std::string(op) + " verification failed for n=" + std::to_string(n));
@@ -287,51 +310,61 @@ json bench_store_vs_copy(bool quantize, nsa::ScaleMode mode, int64_t n, std::mt1
   const bool met = ratio <= kStoreCopyTarget;
   fmt::print("{:<22} {:<6} {:>7} {:>6} {:>9.2f} {:>9.2f} {:>7.3f}x {:>6.2f}x  {}\n", op, nsa::to_string(mode), n,
              bytes_per_token, ours_us, copy_us, ratio, kStoreCopyTarget, met ? "MET" : "MISSED");
-  return json{{"op", op}, {"case", "store vs copy"}, {"scale_mode", nsa::to_string(mode)}, {"tokens", n},
-              {"copy_bytes", bytes_per_token * n}, {"ours_gpu_us", ours_us}, {"copy_gpu_us", copy_us},
-              {"ratio_to_copy", ratio}, {"target_ratio_to_copy", kStoreCopyTarget}, {"target_met", met},
+  return json{{"op", op},
+              {"case", "store vs copy"},
+              {"scale_mode", nsa::to_string(mode)},
+              {"tokens", n},
+              {"copy_bytes", bytes_per_token * n},
+              {"ours_gpu_us", ours_us},
+              {"copy_gpu_us", copy_us},
+              {"ratio_to_copy", ratio},
+              {"target_ratio_to_copy", kStoreCopyTarget},
+              {"target_met", met},
               {"verified", ok}};
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  return nsa::bench::run("index_cache_bench", argc, argv, [](bool quick, const nsa::support::DeviceLimits& lim, json& out) {
-    std::mt19937_64 rng(12345);
-    std::vector<GatherCase> gathers = {{"B=1 L=4096", {4096}, 1.35},
-                                       {"B=8 L=8192", std::vector<int64_t>(8, 8192), 1.15},
-                                       {"B=32 L=16384", std::vector<int64_t>(32, 16384), 1.05},
-                                       {"B=4 L=131072", std::vector<int64_t>(4, 131072), 1.05}};
-    GatherCase ragged{"B=64 ragged 1..8192", {}, 99.0};
-    std::uniform_int_distribution<int64_t> len(1, 8192);
-    for (int i = 0; i < 64; ++i) ragged.lens.push_back(len(rng));
-    gathers.push_back(ragged);
-    if (quick) gathers.resize(2);
-    fmt::print("gather_k_and_s (GPU us per call as graph replays; GB/s counts bytes read + written)\n");
-    const CheckedExec chk;
-    nsa::reset_device_error(chk.on(nullptr));
-    fmt::print("floor = a minimal full-page gather (page id, then its 8448 bytes; bench/baselines/floor_kernels.h)\n");
-    fmt::print("{:<26} {:>9} {:>9} {:>9} {:>7} {:>9} {:>9} {:>8} {:>7} {:>7} {:>8} {:>7} {:>8} {:>8}\n", "case", "tokens",
-               "ours", "chk", "ovh", "baseline", "copy", "GB/s", "x copy", "target", "floor", "x floor", "host us",
-               "speedup");
-    for (const auto& c : gathers) out["results"].push_back(bench_gather(c, lim, chk, rng));
+  return nsa::bench::run(
+      "index_cache_bench", argc, argv, [](bool quick, const nsa::support::DeviceLimits& lim, json& out) {
+        std::mt19937_64 rng(12345);
+        std::vector<GatherCase> gathers = {{"B=1 L=4096", {4096}, 1.35},
+                                           {"B=8 L=8192", std::vector<int64_t>(8, 8192), 1.15},
+                                           {"B=32 L=16384", std::vector<int64_t>(32, 16384), 1.05},
+                                           {"B=4 L=131072", std::vector<int64_t>(4, 131072), 1.05}};
+        GatherCase ragged{"B=64 ragged 1..8192", {}, 99.0};
+        std::uniform_int_distribution<int64_t> len(1, 8192);
+        for (int i = 0; i < 64; ++i) ragged.lens.push_back(len(rng));
+        gathers.push_back(ragged);
+        if (quick) gathers.resize(2);
+        fmt::print("gather_k_and_s (GPU us per call as graph replays; GB/s counts bytes read + written)\n");
+        const CheckedExec chk;
+        nsa::reset_device_error(chk.on(nullptr));
+        fmt::print(
+            "floor = a minimal full-page gather (page id, then its 8448 bytes; bench/baselines/floor_kernels.h)\n");
+        fmt::print("{:<26} {:>9} {:>9} {:>9} {:>7} {:>9} {:>9} {:>8} {:>7} {:>7} {:>8} {:>7} {:>8} {:>8}\n", "case",
+                   "tokens", "ours", "chk", "ovh", "baseline", "copy", "GB/s", "x copy", "target", "floor", "x floor",
+                   "host us", "speedup");
+        for (const auto& c : gathers) out["results"].push_back(bench_gather(c, lim, chk, rng));
 
-    fmt::print("\nquantize_and_store_k (fp32 scale; bytes = 256 in + 132 out + 8 slot per token)\n");
-    fmt::print("floor = load slot + 256 B, store 132 B at the slot, no arithmetic (bench/baselines/floor_kernels.h)\n");
-    fmt::print("{:<10} {:>9} {:>9} {:>7} {:>9} {:>8} {:>8} {:>9} {:>8} {:>8} {:>8} {:>8}  {:<14}\n", "tokens", "ours",
-               "chk", "ovh", "baseline", "GB/s", "of copy", "x empty", "floor", "x empty", "host us", "speedup",
-               "target");
-    std::vector<int64_t> ns = {1, 64, 512, 8192, 65536};
-    if (quick) ns = {64, 8192};
-    for (int64_t n : ns) out["results"].push_back(bench_store(n, lim, chk, rng));
+        fmt::print("\nquantize_and_store_k (fp32 scale; bytes = 256 in + 132 out + 8 slot per token)\n");
+        fmt::print(
+            "floor = load slot + 256 B, store 132 B at the slot, no arithmetic (bench/baselines/floor_kernels.h)\n");
+        fmt::print("{:<10} {:>9} {:>9} {:>7} {:>9} {:>8} {:>8} {:>9} {:>8} {:>8} {:>8} {:>8}  {:<14}\n", "tokens",
+                   "ours", "chk", "ovh", "baseline", "GB/s", "of copy", "x empty", "floor", "x empty", "host us",
+                   "speedup", "target");
+        std::vector<int64_t> ns = {1, 64, 512, 8192, 65536};
+        if (quick) ns = {64, 8192};
+        for (int64_t n : ns) out["results"].push_back(bench_store(n, lim, chk, rng));
 
-    fmt::print("\nprefill-size stores vs a D2D copy of the same bytes (same run; target <= {:.2f}x)\n",
-               kStoreCopyTarget);
-    fmt::print("{:<22} {:<6} {:>7} {:>6} {:>9} {:>9} {:>8} {:>7}  {}\n", "op", "scale", "tokens", "B/tok", "ours",
-               "copy", "x copy", "target", "verdict");
-    for (bool quantize : {true, false})
-      for (nsa::ScaleMode mode : {nsa::ScaleMode::kFp32, nsa::ScaleMode::kUe8m0})
-        for (int64_t n : {int64_t{16384}, int64_t{65536}})
-          out["results"].push_back(bench_store_vs_copy(quantize, mode, n, rng));
-  });
+        fmt::print("\nprefill-size stores vs a D2D copy of the same bytes (same run; target <= {:.2f}x)\n",
+                   kStoreCopyTarget);
+        fmt::print("{:<22} {:<6} {:>7} {:>6} {:>9} {:>9} {:>8} {:>7}  {}\n", "op", "scale", "tokens", "B/tok", "ours",
+                   "copy", "x copy", "target", "verdict");
+        for (bool quantize : {true, false})
+          for (nsa::ScaleMode mode : {nsa::ScaleMode::kFp32, nsa::ScaleMode::kUe8m0})
+            for (int64_t n : {int64_t{16384}, int64_t{65536}})
+              out["results"].push_back(bench_store_vs_copy(quantize, mode, n, rng));
+      });
 }

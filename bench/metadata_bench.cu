@@ -23,8 +23,8 @@
 
 #include <algorithm>
 #include <array>
-#include <numeric>
 #include <nlohmann/json.hpp>
+#include <numeric>
 #include <random>
 #include <string>
 #include <vector>
@@ -107,7 +107,7 @@ constexpr size_t kAllTablesBytes = size_t{256} << 20;
 // Runs `fn` into zeroed destinations and downloads them (page tables of
 // destination 0 only unless all_tables).
 std::vector<std::vector<std::vector<uint8_t>>> run_into_zeroed(std::vector<DestSet>& dst, bool all_tables,
-                                                              const nsa::support::Launch& fn) {
+                                                               const nsa::support::Launch& fn) {
   for (auto& d : dst) d.zero();
   fn(nullptr);
   nsa::support::synchronize(nsa::Backend::kCuda);
@@ -211,8 +211,8 @@ json bench_case(const Case& c, const nsa::support::DeviceLimits& lim, std::mt199
   using nsa::ForwardMode;
   const bool decode = c.mode == ForwardMode::kDecode, verify = c.mode == ForwardMode::kTargetVerify;
   const int64_t bs = c.bs, R = decode ? bs : bs * kN;
-  const int64_t kv = c.ctx;                         // every request's cache_seqlens
-  const int64_t seq = verify ? kv - kN : kv;        // seq_lens (VERIFY adds N)
+  const int64_t kv = c.ctx;                            // every request's cache_seqlens
+  const int64_t seq = verify ? kv - kN : kv;           // seq_lens (VERIFY adds N)
   const int64_t W = c.ctx + kN, ld = (W + 3) / 4 * 4;  // graph table width; 16-byte aligned rows
   const int64_t kv_pages = (kv + kPage - 1) / kPage;
   const int64_t pool_rows = bs + 1;
@@ -325,8 +325,9 @@ json bench_case(const Case& c, const nsa::support::DeviceLimits& lim, std::mt199
     ok = built == mirror;
     ref_checked = true;
   }
-  if (!ok) throw std::runtime_error(fmt::format("verification failed: mode {} bs {} D {} ctx {}", to_string(c.mode), bs,
-                                                c.dests, c.ctx));
+  if (!ok)
+    throw std::runtime_error(
+        fmt::format("verification failed: mode {} bs {} D {} ctx {}", to_string(c.mode), bs, c.dests, c.ctx));
 
   // Bytes moved by build_metadata (read + written); the copy also reads its sources.
   const double small = 4.0 * (2 * bs + 3 * R + 2 * (R + 1));
@@ -349,13 +350,13 @@ json bench_case(const Case& c, const nsa::support::DeviceLimits& lim, std::mt199
   const double upstream = upstream_us(c);
   const bool gpu_met = build_gpu <= gpu_target && (upstream == 0 || build_gpu < upstream);
   const bool host_met = build_host.op_us <= host_target;
-  fmt::print("{:<14} {:>4} {:>2} {:>6} | {:>8.2f} {:>7.2f} | {:>8.2f} {:>6.2f} | {:>8.2f} {:>6.2f} {:>6.2f}x {:>7.2f} "
-             "{:>8.2f} {:>7} | {:>6} {:<6} {:<6}\n",
-             to_string(c.mode), bs, c.dests, c.ctx, base_gpu, base_eager.host_us, copy_gpu, copy_eager.host_us,
-             build_gpu, build_host.op_us, build_host.op_us / build_host.empty_us, floor_gpu, gpu_target,
-             upstream > 0 ? fmt::format("{:.1f}", upstream) : "-",
-             fmt::format("{:.0f}", build_bytes / build_gpu / 1e3),
-             gpu_met ? "MET" : "MISSED", host_met ? "MET" : "MISSED");
+  fmt::print(
+      "{:<14} {:>4} {:>2} {:>6} | {:>8.2f} {:>7.2f} | {:>8.2f} {:>6.2f} | {:>8.2f} {:>6.2f} {:>6.2f}x {:>7.2f} "
+      "{:>8.2f} {:>7} | {:>6} {:<6} {:<6}\n",
+      to_string(c.mode), bs, c.dests, c.ctx, base_gpu, base_eager.host_us, copy_gpu, copy_eager.host_us, build_gpu,
+      build_host.op_us, build_host.op_us / build_host.empty_us, floor_gpu, gpu_target,
+      upstream > 0 ? fmt::format("{:.1f}", upstream) : "-", fmt::format("{:.0f}", build_bytes / build_gpu / 1e3),
+      gpu_met ? "MET" : "MISSED", host_met ? "MET" : "MISSED");
   return json{{"mode", to_string(c.mode)},
               {"batch", bs},
               {"destinations", c.dests},
@@ -390,7 +391,7 @@ json bench_case(const Case& c, const nsa::support::DeviceLimits& lim, std::mt199
 // ---------------------------------------------------------------------------
 // SGLang-shaped buffers.
 // ---------------------------------------------------------------------------
-constexpr int64_t kSglangWidth = 163844;  // req_to_token and graph page-table width for a 160K context
+constexpr int64_t kSglangWidth = 163844;                 // req_to_token and graph page-table width for a 160K context
 constexpr double kBuildTarget = 0.9, kCopyTarget = 0.8;  // x the upstream-shaped fused copy
 
 // GPU microseconds of one call with a cold L2, as a CUDA-graph replay: one
@@ -538,56 +539,63 @@ json bench_sglang_case(const Case& c, std::mt19937_64& rng, Buffer& flush) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  return nsa::bench::run("metadata_bench", argc, argv, [](bool quick, const nsa::support::DeviceLimits& lim, json& out) {
-    std::mt19937_64 rng(4242);
-    out["draft_tokens"] = kN;
-    fmt::print("N = {}, page size {}, topk {}; GPU us per call as CUDA-graph replays, host us per eager call.\n", kN,
-               kPage, kTopk);
-    fmt::print("build targets: GPU <= 1.5 x (empty kernel + bytes / copy BW) and < upstream fused copy; "
-               "host <= 1.2 x empty launch (build host time and 'x empty' from samples interleaved with empty "
-               "launches; the empty launch alone: {:.2f} us)\n",
-               lim.empty_launch_host_us);
-    fmt::print("floor = page tables alone, the least work of a build (req_to_token row index, then its columns, into "
-               "every destination; the faster of 4-byte and 16-byte accesses; bench/baselines/floor_kernels.h)\n");
-    fmt::print("{:<14} {:>4} {:>2} {:>6} | {:>8} {:>7} | {:>8} {:>6} | {:>8} {:>6} {:>7} {:>7} {:>8} {:>7} | {:>6} "
-               "{:<6} {:<6}\n",
-               "mode", "bs", "D", "ctx", "base gpu", "host", "copy gpu", "host", "build", "host", "x empty", "floor",
-               "target", "upstrm", "GB/s", "gpu", "host");
-    std::vector<int64_t> batches = {1, 8, 64, 256}, dests = {1, 3, 4}, ctxs = {4096, 32768};
-    if (quick) {
-      batches = {1, 64};
-      dests = {3};
-    }
-    for (auto mode : {nsa::ForwardMode::kDecode, nsa::ForwardMode::kTargetVerify, nsa::ForwardMode::kDraftExtend})
-      for (int64_t ctx : ctxs)
-        for (int64_t bs : batches)
-          for (int64_t d : dests) out["results"].push_back(bench_case({mode, bs, d, ctx}, lim, rng));
+  return nsa::bench::run(
+      "metadata_bench", argc, argv, [](bool quick, const nsa::support::DeviceLimits& lim, json& out) {
+        std::mt19937_64 rng(4242);
+        out["draft_tokens"] = kN;
+        fmt::print("N = {}, page size {}, topk {}; GPU us per call as CUDA-graph replays, host us per eager call.\n",
+                   kN, kPage, kTopk);
+        fmt::print(
+            "build targets: GPU <= 1.5 x (empty kernel + bytes / copy BW) and < upstream fused copy; "
+            "host <= 1.2 x empty launch (build host time and 'x empty' from samples interleaved with empty "
+            "launches; the empty launch alone: {:.2f} us)\n",
+            lim.empty_launch_host_us);
+        fmt::print(
+            "floor = page tables alone, the least work of a build (req_to_token row index, then its columns, into "
+            "every destination; the faster of 4-byte and 16-byte accesses; bench/baselines/floor_kernels.h)\n");
+        fmt::print(
+            "{:<14} {:>4} {:>2} {:>6} | {:>8} {:>7} | {:>8} {:>6} | {:>8} {:>6} {:>7} {:>7} {:>8} {:>7} | {:>6} "
+            "{:<6} {:<6}\n",
+            "mode", "bs", "D", "ctx", "base gpu", "host", "copy gpu", "host", "build", "host", "x empty", "floor",
+            "target", "upstrm", "GB/s", "gpu", "host");
+        std::vector<int64_t> batches = {1, 8, 64, 256}, dests = {1, 3, 4}, ctxs = {4096, 32768};
+        if (quick) {
+          batches = {1, 64};
+          dests = {3};
+        }
+        for (auto mode : {nsa::ForwardMode::kDecode, nsa::ForwardMode::kTargetVerify, nsa::ForwardMode::kDraftExtend})
+          for (int64_t ctx : ctxs)
+            for (int64_t bs : batches)
+              for (int64_t d : dests) out["results"].push_back(bench_case({mode, bs, d, ctx}, lim, rng));
 
-    // SGLang-shaped buffers, cold L2.
-    int l2_bytes = 0;
-    int device = 0;
-    cuda_check(cudaGetDevice(&device), "cudaGetDevice");
-    cuda_check(cudaDeviceGetAttribute(&l2_bytes, cudaDevAttrL2CacheSize, device), "L2 size");
-    Buffer flush(nsa::Backend::kCuda, std::max<size_t>(size_t{2} * static_cast<size_t>(l2_bytes), size_t{64} << 20));
-    fmt::print("\nSGLang-shaped buffers: req_to_token and graph page tables {} columns wide (160K context), 2 x bs "
-               "req_to_token rows, random request rows and page ids, cache lengths uniform in [3/4 ctx, ctx] (one at "
-               "ctx). GPU us per call, CUDA-graph replay with a cold L2 (a {} MB memset before each call). upstream = "
-               "upstream-shaped fused copy of the precomputed fields (one launch, 256 threads, grid min(ceil(elements "
-               "/ 256), 1024), scalar int32 grid-stride copies; bench/baselines/fused_copy_baseline.h). Targets: build "
-               "<= {} x upstream, copy <= {} x upstream.\n",
-               kSglangWidth, flush.bytes() >> 20, kBuildTarget, kCopyTarget);
-    fmt::print("{:<14} {:>4} {:>2} {:>6} | {:>8} | {:>8} {:>7} {:<6} | {:>8} {:>7} {:<6}\n", "mode", "bs", "D", "ctx",
-               "upstream", "build", "ratio", "target", "copy", "ratio", "target");
-    std::vector<int64_t> sg_batches = {1, 8, 64, 256}, sg_dests = {1, 3}, sg_ctxs = {4096, 32768, 131072};
-    if (quick) {
-      sg_batches = {1, 64};
-      sg_dests = {3};
-      sg_ctxs = {32768};
-    }
-    out["sglang_shaped"] = json::array();
-    for (auto mode : {nsa::ForwardMode::kDecode, nsa::ForwardMode::kTargetVerify, nsa::ForwardMode::kDraftExtend})
-      for (int64_t ctx : sg_ctxs)
-        for (int64_t bs : sg_batches)
-          for (int64_t d : sg_dests) out["sglang_shaped"].push_back(bench_sglang_case({mode, bs, d, ctx}, rng, flush));
-  });
+        // SGLang-shaped buffers, cold L2.
+        int l2_bytes = 0;
+        int device = 0;
+        cuda_check(cudaGetDevice(&device), "cudaGetDevice");
+        cuda_check(cudaDeviceGetAttribute(&l2_bytes, cudaDevAttrL2CacheSize, device), "L2 size");
+        Buffer flush(nsa::Backend::kCuda,
+                     std::max<size_t>(size_t{2} * static_cast<size_t>(l2_bytes), size_t{64} << 20));
+        fmt::print(
+            "\nSGLang-shaped buffers: req_to_token and graph page tables {} columns wide (160K context), 2 x bs "
+            "req_to_token rows, random request rows and page ids, cache lengths uniform in [3/4 ctx, ctx] (one at "
+            "ctx). GPU us per call, CUDA-graph replay with a cold L2 (a {} MB memset before each call). upstream = "
+            "upstream-shaped fused copy of the precomputed fields (one launch, 256 threads, grid min(ceil(elements "
+            "/ 256), 1024), scalar int32 grid-stride copies; bench/baselines/fused_copy_baseline.h). Targets: build "
+            "<= {} x upstream, copy <= {} x upstream.\n",
+            kSglangWidth, flush.bytes() >> 20, kBuildTarget, kCopyTarget);
+        fmt::print("{:<14} {:>4} {:>2} {:>6} | {:>8} | {:>8} {:>7} {:<6} | {:>8} {:>7} {:<6}\n", "mode", "bs", "D",
+                   "ctx", "upstream", "build", "ratio", "target", "copy", "ratio", "target");
+        std::vector<int64_t> sg_batches = {1, 8, 64, 256}, sg_dests = {1, 3}, sg_ctxs = {4096, 32768, 131072};
+        if (quick) {
+          sg_batches = {1, 64};
+          sg_dests = {3};
+          sg_ctxs = {32768};
+        }
+        out["sglang_shaped"] = json::array();
+        for (auto mode : {nsa::ForwardMode::kDecode, nsa::ForwardMode::kTargetVerify, nsa::ForwardMode::kDraftExtend})
+          for (int64_t ctx : sg_ctxs)
+            for (int64_t bs : sg_batches)
+              for (int64_t d : sg_dests)
+                out["sglang_shaped"].push_back(bench_sglang_case({mode, bs, d, ctx}, rng, flush));
+      });
 }

@@ -146,9 +146,11 @@ json bench_case(std::mt19937_64& rng, int64_t batch, int64_t ctx, int64_t n, dou
     std::shuffle(row, row + pages_per_call, rng);
   }
   auto table_d = nsa::support::to_backend(nsa::Backend::kCuda, table);
-  auto lens_d = nsa::support::to_backend(nsa::Backend::kCuda, std::vector<int32_t>(static_cast<size_t>(batch), static_cast<int32_t>(ctx)));
+  auto lens_d = nsa::support::to_backend(nsa::Backend::kCuda,
+                                         std::vector<int32_t>(static_cast<size_t>(batch), static_cast<int32_t>(ctx)));
   auto q_d = nsa::support::to_backend(nsa::Backend::kCuda, random_fp8(rng, static_cast<size_t>(batch * n * kH * kD)));
-  auto w_d = nsa::support::to_backend(nsa::Backend::kCuda, std::vector<float>(static_cast<size_t>(batch * n * kH), 0.01f));
+  auto w_d =
+      nsa::support::to_backend(nsa::Backend::kCuda, std::vector<float>(static_cast<size_t>(batch * n * kH), 0.01f));
   const int64_t width = ctx;  // DeepGEMM pads to 256 columns; ctx is a multiple of 256 here
   Buffer logits(nsa::Backend::kCuda, static_cast<size_t>(batch * n * width * 4));
 
@@ -162,8 +164,8 @@ json bench_case(std::mt19937_64& rng, int64_t batch, int64_t ctx, int64_t n, dou
   };
   const int per_graph = static_cast<int>(std::max<int64_t>(copies, 10) / copies * copies);
   const double ours_us = nsa::support::graph_time_us(ours, per_graph);
-  const double traffic = static_cast<double>(call_bytes) + 4.0 * batch * n * width + batch * n * kH * (kD + 4.0) +
-                         4.0 * pages_per_call;
+  const double traffic =
+      static_cast<double>(call_bytes) + 4.0 * batch * n * width + batch * n * kH * (kD + 4.0) + 4.0 * pages_per_call;
   const double copy_us = nsa::support::copy_time_us(static_cast<size_t>(traffic / 2));
   const double floor_us = static_cast<double>(batch * ctx * 132) / (copy_gbps * 1e3);
   const double of_copy = copy_us / ours_us;
@@ -173,32 +175,42 @@ json bench_case(std::mt19937_64& rng, int64_t batch, int64_t ctx, int64_t n, dou
   fmt::print("{:<22} {:>10.2f} {:>9.2f} {:>9.2f} {:>8.0f} {:>8.2f} {:>8.2f}x  {}\n", name, ours_us, copy_us, floor_us,
              traffic / ours_us / 1e3, of_copy, ours_us / floor_us,
              has_target ? (met ? ">=0.80 MET" : ">=0.80 MISSED") : "-");
-  return json{{"op", "paged_mqa_logits"}, {"case", name}, {"batch", batch}, {"ctx", ctx}, {"next_n", n},
-              {"page_copies", copies}, {"ours_gpu_us", ours_us}, {"copy_same_traffic_us", copy_us},
-              {"cache_read_floor_us", floor_us}, {"traffic_bytes", traffic}, {"ours_gbps", traffic / ours_us / 1e3},
-              {"fraction_of_copy", of_copy}, {"ratio_to_floor", ours_us / floor_us},
-              {"target", has_target ? ">=0.80 of copy" : "-"}, {"target_met", has_target ? json(met) : json()}};
+  return json{{"op", "paged_mqa_logits"},
+              {"case", name},
+              {"batch", batch},
+              {"ctx", ctx},
+              {"next_n", n},
+              {"page_copies", copies},
+              {"ours_gpu_us", ours_us},
+              {"copy_same_traffic_us", copy_us},
+              {"cache_read_floor_us", floor_us},
+              {"traffic_bytes", traffic},
+              {"ours_gbps", traffic / ours_us / 1e3},
+              {"fraction_of_copy", of_copy},
+              {"ratio_to_floor", ours_us / floor_us},
+              {"target", has_target ? ">=0.80 of copy" : "-"},
+              {"target_met", has_target ? json(met) : json()}};
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  return nsa::bench::run("paged_mqa_logits_bench", argc, argv,
-                         [](bool quick, const nsa::support::DeviceLimits& lim, json& out) {
-    std::mt19937_64 rng(2026);
-    for (int64_t n = 1; n <= nsa::kIndexerMaxNextN; ++n) verify(rng, n);
-    fmt::print("paged_mqa_logits (fp8 q [B,N,64,128], 64-token pages, fp32 logits): verified N=1..4 vs CPU\n");
-    fmt::print("GPU us per call as CUDA-graph replays, cold L2 (page tables rotate over >= 256 MB of pages)\n");
-    fmt::print("copy = D2D copy of the same traffic; floor = 132 B per cached token at the copy bandwidth\n");
-    fmt::print("{:<22} {:>10} {:>9} {:>9} {:>8} {:>8} {:>9}  {}\n", "case", "ours us", "copy us", "floor us", "GB/s",
-               "of copy", "x floor", "target (B x ctx >= 8 x 32K)");
-    std::vector<int64_t> batches = {1, 8, 64, 256}, ctxs = {4096, 32768, 131072}, ns = {1, 2, 4};
-    if (quick) {
-      batches = {8};
-      ctxs = {32768};
-    }
-    for (int64_t b : batches)
-      for (int64_t ctx : ctxs)
-        for (int64_t n : ns) out["results"].push_back(bench_case(rng, b, ctx, n, lim.copy_gbps));
-  });
+  return nsa::bench::run(
+      "paged_mqa_logits_bench", argc, argv, [](bool quick, const nsa::support::DeviceLimits& lim, json& out) {
+        std::mt19937_64 rng(2026);
+        for (int64_t n = 1; n <= nsa::kIndexerMaxNextN; ++n) verify(rng, n);
+        fmt::print("paged_mqa_logits (fp8 q [B,N,64,128], 64-token pages, fp32 logits): verified N=1..4 vs CPU\n");
+        fmt::print("GPU us per call as CUDA-graph replays, cold L2 (page tables rotate over >= 256 MB of pages)\n");
+        fmt::print("copy = D2D copy of the same traffic; floor = 132 B per cached token at the copy bandwidth\n");
+        fmt::print("{:<22} {:>10} {:>9} {:>9} {:>8} {:>8} {:>9}  {}\n", "case", "ours us", "copy us", "floor us",
+                   "GB/s", "of copy", "x floor", "target (B x ctx >= 8 x 32K)");
+        std::vector<int64_t> batches = {1, 8, 64, 256}, ctxs = {4096, 32768, 131072}, ns = {1, 2, 4};
+        if (quick) {
+          batches = {8};
+          ctxs = {32768};
+        }
+        for (int64_t b : batches)
+          for (int64_t ctx : ctxs)
+            for (int64_t n : ns) out["results"].push_back(bench_case(rng, b, ctx, n, lim.copy_gbps));
+      });
 }

@@ -54,9 +54,9 @@ struct Case {
   int64_t k = 2048;
   Scores scores = Scores::kUniform;
   nsa::TopkOrder order = nsa::TopkOrder::kAny;
-  double target_us = 0;         // 0: none
-  double target_floor_x = 0;    // 0: none (ours / floor)
-  std::string relative_to;      // qualifier: ours / (that case's ours) must be <= relative_max
+  double target_us = 0;       // 0: none
+  double target_floor_x = 0;  // 0: none (ours / floor)
+  std::string relative_to;    // qualifier: ours / (that case's ours) must be <= relative_max
   double relative_max = 0;
 };
 
@@ -95,8 +95,8 @@ json bench_case(const Case& c, std::mt19937_64& rng, std::map<std::string, Measu
   std::uniform_int_distribution<int> pct(0, 99);
   for (auto& x : host) x = c.scores == Scores::kZeros99 ? (pct(rng) == 0 ? 1.0f - u(rng) : 0.0f) : 1.0f - u(rng);
   const size_t bytes_per_call = static_cast<size_t>(rows * ld) * 4;
-  const int64_t copies = std::clamp<int64_t>(static_cast<int64_t>((kRotationBytes + bytes_per_call - 1) / bytes_per_call),
-                                             2, kMaxCopies);
+  const int64_t copies =
+      std::clamp<int64_t>(static_cast<int64_t>((kRotationBytes + bytes_per_call - 1) / bytes_per_call), 2, kMaxCopies);
   Buffer scores(nsa::Backend::kCuda, copies * bytes_per_call);
   scores.upload(host);
   for (int64_t i = 1; i < copies; ++i)
@@ -184,8 +184,8 @@ json bench_case(const Case& c, std::mt19937_64& rng, std::map<std::string, Measu
   };
   auto floor = [&](nsa::cudaStream s) {
     cuda_check(nsa::baseline::topk_read_floor(reinterpret_cast<const float*>(copy_of(call++)), rows, ld,
-                                              starts_d.as<int32_t>(), lens_d.as<int32_t>(), max_len,
-                                              sink.as<int32_t>(), s),
+                                              starts_d.as<int32_t>(), lens_d.as<int32_t>(), max_len, sink.as<int32_t>(),
+                                              s),
                "read floor");
   };
   const double ours_us = nsa::support::graph_time_us(ours, per_graph);
@@ -234,15 +234,28 @@ json bench_case(const Case& c, std::mt19937_64& rng, std::map<std::string, Measu
              max_len, ours_us, floor_us, floor_x, sort_us > 0 ? fmt::format("{:.2f}", sort_us) : "-",
              sort_us > 0 ? fmt::format("{:.1f}x", sort_us / ours_us) : "-", host_t.op_us,
              host_t.op_us / host_t.empty_us, target, verdict);
-  return json{{"op", "topk_transform"}, {"case", c.name}, {"rows", rows}, {"max_len", max_len},
-              {"visible_scores", visible}, {"k", c.k}, {"order", nsa::to_string(c.order)},
-              {"score_copies", copies}, {"ours_gpu_us", ours_us}, {"floor_gpu_us", floor_us},
-              {"ratio_to_floor", floor_x}, {"floor_gbps", static_cast<double>(visible) * 4 / floor_us / 1e3},
-              {"sort_baseline_gpu_us", sort_us > 0 ? json(sort_us) : json()}, {"sort_baseline_verified", sort_ok},
+  return json{{"op", "topk_transform"},
+              {"case", c.name},
+              {"rows", rows},
+              {"max_len", max_len},
+              {"visible_scores", visible},
+              {"k", c.k},
+              {"order", nsa::to_string(c.order)},
+              {"score_copies", copies},
+              {"ours_gpu_us", ours_us},
+              {"floor_gpu_us", floor_us},
+              {"ratio_to_floor", floor_x},
+              {"floor_gbps", static_cast<double>(visible) * 4 / floor_us / 1e3},
+              {"sort_baseline_gpu_us", sort_us > 0 ? json(sort_us) : json()},
+              {"sort_baseline_verified", sort_ok},
               {"speedup_vs_sort", sort_us > 0 ? json(sort_us / ours_us) : json()},
-              {"ours_host_us", host_t.op_us}, {"empty_launch_host_us", host_t.empty_us},
-              {"relative_to", c.relative_to}, {"relative_ratio", relative > 0 ? json(relative) : json()},
-              {"target", target}, {"target_met", target == "-" ? json() : json(met)}, {"verified", ok}};
+              {"ours_host_us", host_t.op_us},
+              {"empty_launch_host_us", host_t.empty_us},
+              {"relative_to", c.relative_to},
+              {"relative_ratio", relative > 0 ? json(relative) : json()},
+              {"target", target},
+              {"target_met", target == "-" ? json() : json(met)},
+              {"verified", ok}};
 }
 
 std::vector<int64_t> fill(int64_t rows, int64_t len) { return std::vector<int64_t>(rows, len); }

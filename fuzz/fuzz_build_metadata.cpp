@@ -113,7 +113,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const bool rows_fit = config.batch_size <= 0 || config.draft_tokens <= INT32_MAX / config.batch_size;
   // Rows every destination must hold (only meaningful when the shape itself is valid).
   const bool shape_ok = rows_fit && config.batch_size >= 0 && config.draft_tokens >= 1;
-  const int64_t capacity_rows = !shape_ok ? 0
+  const int64_t capacity_rows = !shape_ok                             ? 0
                                 : config.mode == ForwardMode::kDecode ? config.batch_size
                                                                       : config.batch_size * config.draft_tokens;
   for (const auto& d : dests)

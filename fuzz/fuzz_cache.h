@@ -1,7 +1,7 @@
 // The index-cache side of the fuzz targets: a small pool of 1, 2 or 4 pages of
 // 16..256 tokens whose declared num_pages, page size and data pointer are
 // sometimes broken, and the validity rules of the cache argument
-// (index_cache.h / indexer-cache.md).
+// (index_cache.h / docs/spec/index-cache.md).
 #pragma once
 
 #include <limits>
@@ -19,7 +19,7 @@ struct FuzzPool {
   int64_t pages = 1;           // what is allocated; device values stay inside it
   int64_t declared_pages = 1;  // what the call says (may exceed `pages`: never touched past `pages`)
   bool null_data = false;
-  int64_t page_size = 64;      // what the call says (sometimes unsupported)
+  int64_t page_size = 64;  // what the call says (sometimes unsupported)
   std::vector<uint8_t> bytes;
 
   explicit FuzzPool(Input& in) {

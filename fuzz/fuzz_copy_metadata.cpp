@@ -33,7 +33,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   shape.seqlens_expanded_size = maybe_below(in, in.in(0, 12), 0);
   const int64_t bs = at_least0(shape.batch_size);
   const int64_t rows = decode ? shape.batch_size : shape.seqlens_expanded_size;  // copy_rows
-  const int64_t cols = decode ? shape.max_len : shape.max_seqlen_k;             // copy_page_cols
+  const int64_t cols = decode ? shape.max_len : shape.max_seqlen_k;              // copy_page_cols
   const int64_t rows_a = at_least0(rows), cols_a = at_least0(cols);
 
   // Sources.
@@ -41,8 +41,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const bool has_real = in.flag(), has_tiles = in.flag();
   src.page_table_1_ld = in.flag() ? 0 : maybe_below(in, cols_a + in.in(0, 2), cols);
   src.real_page_table_cols = maybe_below(in, in.in(0, 4), 0);
-  src.real_page_table_ld = in.flag() ? 0 : maybe_below(in, at_least0(src.real_page_table_cols) + in.in(0, 2),
-                                                        src.real_page_table_cols);
+  src.real_page_table_ld =
+      in.flag() ? 0 : maybe_below(in, at_least0(src.real_page_table_cols) + in.in(0, 2), src.real_page_table_cols);
   src.flashmla_metadata_size = maybe_below(in, in.in(0, 20), 0);
   const int64_t pt_ld = std::max(src.page_table_1_ld ? src.page_table_1_ld : cols_a, cols_a);
   const int64_t rt_cols = at_least0(src.real_page_table_cols);
@@ -77,7 +77,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     s.rt_ld = maybe_below(in, at_least0(s.rt_cols) + in.in(0, 2), s.rt_cols);
     s.splits = in.flag();
     s.has_tiles = in.flag();
-    s.tiles = maybe_below(in, at_least0(src.flashmla_metadata_size) + in.in(0, 3), at_least0(src.flashmla_metadata_size));
+    s.tiles =
+        maybe_below(in, at_least0(src.flashmla_metadata_size) + in.in(0, 3), at_least0(src.flashmla_metadata_size));
     s.null_field = pick_null_field(in);
     dests.emplace_back(in, s);
   }
@@ -93,13 +94,13 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
                (!has_tiles || !s.has_tiles || s.tiles >= src.flashmla_metadata_size);
   }
   const bool any = shape.batch_size > 0;
-  const bool sources_ok = (!any || (null_source != 0 && null_source != 1)) &&
-                          (!(any && rows > 0 && cols > 0) || null_source != 2) &&
-                          (src.page_table_1_ld == 0 || src.page_table_1_ld >= cols) &&
-                          (!(any && rows > 0) || (null_source != 3 && null_source != 4)) &&
-                          (!has_real || (src.real_page_table_cols >= 0 && (src.real_page_table_ld == 0 ||
-                                                                          src.real_page_table_ld >= src.real_page_table_cols))) &&
-                          (!has_tiles || src.flashmla_metadata_size >= 0);
+  const bool sources_ok =
+      (!any || (null_source != 0 && null_source != 1)) && (!(any && rows > 0 && cols > 0) || null_source != 2) &&
+      (src.page_table_1_ld == 0 || src.page_table_1_ld >= cols) &&
+      (!(any && rows > 0) || (null_source != 3 && null_source != 4)) &&
+      (!has_real || (src.real_page_table_cols >= 0 &&
+                     (src.real_page_table_ld == 0 || src.real_page_table_ld >= src.real_page_table_cols))) &&
+      (!has_tiles || src.flashmla_metadata_size >= 0);
   const bool valid = where.backend_ok && mode_ok && shape.batch_size >= 0 && shape.max_len >= 0 &&
                      shape.max_seqlen_k >= 0 && shape.seqlens_expanded_size >= 0 && dests_ok && sources_ok;
 

@@ -29,8 +29,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
                                       !pool.declared_overlaps(out.data(), out_bytes - 4)));
   const std::vector<uint8_t> pool_before = pool.bytes;
   const bool ran = run_checked(valid, [&] {
-    if (scales) gather_s(where.exec, pool.view(), length, page_ids.view(null_ids),
-                         null_out ? nullptr : reinterpret_cast<float*>(out.data()));
+    if (scales)
+      gather_s(where.exec, pool.view(), length, page_ids.view(null_ids),
+               null_out ? nullptr : reinterpret_cast<float*>(out.data()));
     else gather_k(where.exec, pool.view(), length, page_ids.view(null_ids), null_out ? nullptr : out.data());
   });
   if (ran) {

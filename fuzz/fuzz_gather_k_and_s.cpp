@@ -53,8 +53,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   std::vector<uint8_t> out_k(static_cast<size_t>(rows * 128) + 1, poison), want_k = out_k;
   std::vector<float> out_s(static_cast<size_t>(rows) + 1), want_s;
   // Outputs inside the declared pool are rejected (checked once the batch is non-empty).
-  const bool overlaps = bs > 0 && (pool.declared_overlaps(out_k.data(), rows * 128) ||
-                                   pool.declared_overlaps(out_s.data(), rows * 4));
+  const bool overlaps =
+      bs > 0 && (pool.declared_overlaps(out_k.data(), rows * 128) || pool.declared_overlaps(out_s.data(), rows * 4));
   std::memset(out_s.data(), poison, out_s.size() * 4);
   want_s = out_s;
   const bool ran = run_checked(valid && !overlaps, [&] {

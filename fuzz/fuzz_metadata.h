@@ -34,8 +34,8 @@ class FuzzDest {
   FuzzDest(Input& in, const DestShape& s) : s_(s) {
     auto n = [](int64_t v) { return static_cast<size_t>(v > 0 ? v : 0); };
     const int64_t rows = n(s.max_rows), pt_ld = std::max(s.pt_ld, s.pt_cols), rt_ld = std::max(s.rt_ld, s.rt_cols);
-    const size_t sizes[kFields] = {n(rows), n(rows + 1), n(rows * pt_ld), n(rows), n(rows),
-                                   n(rows + 1), n(rows * rt_ld), n(rows + 1), n(s.tiles)};
+    const size_t sizes[kFields] = {n(rows),     n(rows + 1),     n(rows * pt_ld), n(rows),   n(rows),
+                                   n(rows + 1), n(rows * rt_ld), n(rows + 1),     n(s.tiles)};
     const bool present[kFields] = {true, true, true, s.expanded, true, true, s.real, s.splits, s.has_tiles};
     for (int f = 0; f < kFields; ++f) {
       present_[f] = present[f] && f != s.null_field;
@@ -109,7 +109,8 @@ struct FuzzTargets {
     const size_t needed = metadata_targets_workspace_bytes(count);
     const size_t ws_bytes = in.rarely(32) ? needed - 1 - in.byte() % 8 : needed + in.byte() % 8;
     void* ws = null_ws ? nullptr : reinterpret_cast<uint8_t*>(workspace.data()) + (misaligned ? 4 : 0);
-    const bool valid = where.backend_ok && !null_host && descriptors_ok && !null_ws && !misaligned && ws_bytes >= needed;
+    const bool valid =
+        where.backend_ok && !null_host && descriptors_ok && !null_ws && !misaligned && ws_bytes >= needed;
     const std::vector<MetadataBuffers> ws_before = workspace;
     const bool ran = run_checked(valid, [&] {
       targets = upload_metadata_targets(where.exec, null_host ? nullptr : host.data(), count, ws, ws_bytes);
@@ -123,9 +124,18 @@ struct FuzzTargets {
       fail("upload_metadata_targets returned a different table than it was given");
     // Sometimes a broken table: wrong count, no device table, or no host state (built by hand).
     switch (in.rarely(16) ? in.byte() % 3 : 3) {
-      case 0: targets.count = in.flag() ? 0 : count + 1; table_ok = false; break;
-      case 1: targets.table = nullptr; table_ok = false; break;
-      case 2: targets.host = nullptr; table_ok = false; break;
+      case 0:
+        targets.count = in.flag() ? 0 : count + 1;
+        table_ok = false;
+        break;
+      case 1:
+        targets.table = nullptr;
+        table_ok = false;
+        break;
+      case 2:
+        targets.host = nullptr;
+        table_ok = false;
+        break;
       default: break;
     }
     return true;

@@ -28,8 +28,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const bool bad_dtype = in.rarely(32);
   if (bad_dtype) dtype = static_cast<KDtype>(3 + in.byte() % 3);
 
-  const bool valid = where.backend_ok && pool.valid() && n >= 0 && ld >= 128 &&
-                     (n == 0 || (!null_k && !null_slots)) &&
+  const bool valid = where.backend_ok && pool.valid() && n >= 0 && ld >= 128 && (n == 0 || (!null_k && !null_slots)) &&
                      static_cast<int>(mode) <= 2 && !bad_dtype &&
                      (n <= 0 || (!pool.declared_overlaps(k.data(), ((n - 1) * ld + 128) * element_bytes(dtype)) &&
                                  !pool.declared_overlaps(slots.data(), n * 8)));

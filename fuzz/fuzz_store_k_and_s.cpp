@@ -23,11 +23,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::vector<int64_t> slots = fuzz_slots(in, rows, pool);
   const bool null_k = in.rarely(32), null_scale = in.rarely(32), null_slots = in.rarely(32);
 
-  const bool valid = where.backend_ok && pool.valid() && n >= 0 && ld >= 128 &&
-                     (n == 0 || (!null_k && !null_scale && !null_slots)) &&
-                     (n <= 0 || (!pool.declared_overlaps(k.data(), (n - 1) * ld + 128) &&
-                                 !pool.declared_overlaps(scale.data(), n * 4) &&
-                                 !pool.declared_overlaps(slots.data(), n * 8)));
+  const bool valid =
+      where.backend_ok && pool.valid() && n >= 0 && ld >= 128 && (n == 0 || (!null_k && !null_scale && !null_slots)) &&
+      (n <= 0 || (!pool.declared_overlaps(k.data(), (n - 1) * ld + 128) &&
+                  !pool.declared_overlaps(scale.data(), n * 4) && !pool.declared_overlaps(slots.data(), n * 8)));
   std::vector<uint8_t> expected = pool.bytes;
   const bool ran = run_checked(valid, [&] {
     store_k_and_s(where.exec, pool.view(), null_k ? nullptr : k.data(), n, ld, null_scale ? nullptr : scale.data(),

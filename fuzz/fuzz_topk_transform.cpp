@@ -21,8 +21,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   a.score_ld = maybe_below(in, (a.width > 0 ? a.width : 0) + in.in(0, 3), a.width);
   a.k = in.rarely() ? static_cast<int64_t>(in.flag() ? 0 : kTopkMaxK + 1) : in.in(1, 40);
   a.score_type = in.rarely(32) ? static_cast<ScoreType>(7) : (in.flag() ? ScoreType::kBfloat16 : ScoreType::kFloat32);
-  a.length_form = in.rarely(32) ? static_cast<TopkLengths>(5)
-                                : (in.flag() ? TopkLengths::kPerRequest : TopkLengths::kPerRow);
+  a.length_form =
+      in.rarely(32) ? static_cast<TopkLengths>(5) : (in.flag() ? TopkLengths::kPerRequest : TopkLengths::kPerRow);
   a.rows_per_request = a.length_form == TopkLengths::kPerRequest ? maybe_below(in, in.in(1, 4), 1) : 1;
   a.transform = in.rarely(32) ? static_cast<TopkTransform>(9) : static_cast<TopkTransform>(in.byte() % 4);
   a.order = in.rarely(32) ? static_cast<TopkOrder>(4) : static_cast<TopkOrder>(in.byte() % 2);
@@ -65,7 +65,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (with_rtr) a.row_to_request = rtr.view();
   a.table = table.view(null_table);
   a.offsets = offsets.view(null_offsets);
-  const int64_t out_elems = rows * (a.out_ld > 0 ? a.out_ld : 0), raw_elems = rows * (a.out_raw_ld > 0 ? a.out_raw_ld : 0);
+  const int64_t out_elems = rows * (a.out_ld > 0 ? a.out_ld : 0),
+                raw_elems = rows * (a.out_raw_ld > 0 ? a.out_raw_ld : 0);
   std::vector<int32_t> out(static_cast<size_t>(out_elems) + 1, -77), raw(static_cast<size_t>(raw_elems) + 1, -88);
   std::vector<int32_t> want = out, want_raw = raw;
   a.out = null_out ? nullptr : out.data();
@@ -80,15 +81,15 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
                               (!with_rtr || valid_index_type(qt)) &&
                               (!tables || a.table_rows == 0 || a.table_cols == 0 || valid_index_type(tt)) &&
                               (a.transform != TopkTransform::kRaggedOffset || valid_index_type(ot));
-  const bool valid =
-      where.backend_ok && enums_ok && a.rows >= 0 && a.k >= 1 && a.k <= kTopkMaxK && a.width >= 0 &&
-      a.score_ld >= a.width && (rows == 0 || a.width == 0 || !null_scores) && (rows == 0 || !null_lengths) &&
-      (a.length_form == TopkLengths::kPerRow ? a.rows_per_request == 1 : a.rows_per_request >= 1) &&
-      (!with_starts || a.length_form == TopkLengths::kPerRow) && index_types_ok &&
-      (!tables || (a.table_rows >= 0 && a.table_cols >= 0 && a.table_ld >= a.table_cols &&
-                   (a.table_rows == 0 || a.table_cols == 0 || !null_table))) &&
-      (a.transform != TopkTransform::kRaggedOffset || !null_offsets) && a.out_ld >= a.k &&
-      (rows == 0 || !null_out) && (!with_raw || a.out_raw_ld >= a.k);
+  const bool valid = where.backend_ok && enums_ok && a.rows >= 0 && a.k >= 1 && a.k <= kTopkMaxK && a.width >= 0 &&
+                     a.score_ld >= a.width && (rows == 0 || a.width == 0 || !null_scores) &&
+                     (rows == 0 || !null_lengths) &&
+                     (a.length_form == TopkLengths::kPerRow ? a.rows_per_request == 1 : a.rows_per_request >= 1) &&
+                     (!with_starts || a.length_form == TopkLengths::kPerRow) && index_types_ok &&
+                     (!tables || (a.table_rows >= 0 && a.table_cols >= 0 && a.table_ld >= a.table_cols &&
+                                  (a.table_rows == 0 || a.table_cols == 0 || !null_table))) &&
+                     (a.transform != TopkTransform::kRaggedOffset || !null_offsets) && a.out_ld >= a.k &&
+                     (rows == 0 || !null_out) && (!with_raw || a.out_raw_ld >= a.k);
   const bool ran = run_checked(valid, [&] { topk_transform(where.exec, a); });
   if (ran && rows > 0) {
     TopkArgs r = a;

@@ -10,8 +10,8 @@
 namespace nsa {
 
 namespace cpu {
-void quantize_and_store_k(int threads, IndexCache cache, const void* k, int64_t n, int64_t k_ld,
-                          const int64_t* slots, ScaleMode mode, KDtype k_dtype);
+void quantize_and_store_k(int threads, IndexCache cache, const void* k, int64_t n, int64_t k_ld, const int64_t* slots,
+                          ScaleMode mode, KDtype k_dtype);
 void store_k_and_s(int threads, IndexCache cache, const uint8_t* k, int64_t n, int64_t k_ld, const float* scale,
                    const int64_t* slots);
 void gather_k(int threads, ConstIndexCache cache, int64_t length, Indices page_ids, uint8_t* out_k);
@@ -24,8 +24,8 @@ void gather_k_and_s(int threads, ConstIndexCache cache, const PagedBatch& batch,
 namespace cuda {
 void quantize_and_store_k(cudaStream stream, DeviceError* checked, IndexCache cache, const void* k, int64_t n,
                           int64_t k_ld, const int64_t* slots, ScaleMode mode, KDtype k_dtype);
-void store_k_and_s(cudaStream stream, DeviceError* checked, IndexCache cache, const uint8_t* k, int64_t n,
-                   int64_t k_ld, const float* scale, const int64_t* slots);
+void store_k_and_s(cudaStream stream, DeviceError* checked, IndexCache cache, const uint8_t* k, int64_t n, int64_t k_ld,
+                   const float* scale, const int64_t* slots);
 void gather_k(cudaStream stream, DeviceError* checked, ConstIndexCache cache, int64_t length, Indices page_ids,
               uint8_t* out_k);
 void gather_s(cudaStream stream, DeviceError* checked, ConstIndexCache cache, int64_t length, Indices page_ids,

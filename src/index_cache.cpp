@@ -122,9 +122,8 @@ void store_k_and_s(const Exec& exec, IndexCache cache, const uint8_t* k_fp8, int
 }
 
 namespace {
-void check_single_gather(const ArgChecker& c, const Exec& exec, ConstIndexCache cache, int64_t length,
-                         Indices page_ids, const void* out, const char* out_arg, int64_t out_align,
-                         int64_t out_row_bytes) {
+void check_single_gather(const ArgChecker& c, const Exec& exec, ConstIndexCache cache, int64_t length, Indices page_ids,
+                         const void* out, const char* out_arg, int64_t out_align, int64_t out_row_bytes) {
   const uint64_t pool = check_cache(c, exec, cache.data, cache.num_pages, cache.page_size);
   c.at_least(length, 0, "length");
   if (length == 0) return;
@@ -134,7 +133,8 @@ void check_single_gather(const ArgChecker& c, const Exec& exec, ConstIndexCache 
   if (exec.backend == Backend::kCuda) c.aligned(out, out_align, out_arg);
   const int64_t pages = (length + cache.page_size - 1) / cache.page_size;
   check_outputs_disjoint(c, {ByteRange{out, static_cast<uint64_t>(length * out_row_bytes), out_arg}},
-                         {ByteRange{cache.data, pool, "cache"}, ByteRange{page_ids.data, index_bytes(page_ids, pages), "page_ids"}});
+                         {ByteRange{cache.data, pool, "cache"},
+                          ByteRange{page_ids.data, index_bytes(page_ids, pages), "page_ids"}});
 }
 }  // namespace
 

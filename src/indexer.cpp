@@ -27,8 +27,10 @@ void check_args(const ArgChecker& c, const Exec& exec, const PagedMqaLogitsArgs&
   c.at_least(a.logits_ld, a.width, "logits_ld");
   const int64_t rows = a.batch * a.next_n;
   c.product_fits(rows, a.logits_ld, "logits_ld", "rows * logits_ld within int64");
-  if (cuda && a.batch > 0 && (a.width + kChunkColumns - 1) / kChunkColumns > std::numeric_limits<int32_t>::max() / a.batch)
-    c.fail("width", "batch * ceil(width / " + num(kChunkColumns) + ") < 2^31 (CUDA grid)", num(a.batch) + " x " + num(a.width));
+  if (cuda && a.batch > 0 &&
+      (a.width + kChunkColumns - 1) / kChunkColumns > std::numeric_limits<int32_t>::max() / a.batch)
+    c.fail("width", "batch * ceil(width / " + num(kChunkColumns) + ") < 2^31 (CUDA grid)",
+           num(a.batch) + " x " + num(a.width));
   if (rows == 0 || a.width == 0) return;  // nothing is read or written
 
   c.not_null(a.logits, "logits");

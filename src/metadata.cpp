@@ -39,13 +39,12 @@ bool valid_mode(ForwardMode m) {
 }
 
 void check_mode(const ArgChecker& c, ForwardMode m, const char* arg) {
-  if (!valid_mode(m)) c.fail(arg, "0 (decode), 1 (target_verify) or 2 (draft_extend)", std::to_string(static_cast<int>(m)));
+  if (!valid_mode(m))
+    c.fail(arg, "0 (decode), 1 (target_verify) or 2 (draft_extend)", std::to_string(static_cast<int>(m)));
 }
 
 // Names like "targets[2].page_table_1"; built only on failure.
-std::string target_arg(int64_t d, const char* field) {
-  return "targets[" + std::to_string(d) + "]." + field;
-}
+std::string target_arg(int64_t d, const char* field) { return "targets[" + std::to_string(d) + "]." + field; }
 void target_not_null(const ArgChecker& c, const void* p, int64_t d, const char* field) {
   if (p == nullptr) c.fail(target_arg(d, field).c_str(), "a non-null pointer", "nullptr");
 }
@@ -136,7 +135,6 @@ void summarise(MetadataTargets& t, const MetadataBuffers* host, int64_t count) {
     if (b.seqlens_expanded == nullptr && t.first_without_seqlens_expanded < 0) t.first_without_seqlens_expanded = d;
   }
 }
-
 
 void check_source(const ArgChecker& c, const Exec& exec, const int32_t* p, bool needed, const char* arg) {
   if (needed) c.not_null(p, arg);
@@ -245,8 +243,7 @@ void check_copy_overlap(const ArgChecker& c, const MetadataCopyShape& shape, con
     r.ints(b.nsa_cu_seqlens_k + 1, rows, host.name(d, F::kNsaCuSeqlensK));
     if (s.real_page_table) r.table(b.real_page_table, rows, b.real_page_table_ld, rc, host.name(d, F::kRealPageTable));
     if (s.flashmla_num_splits) r.ints(b.flashmla_num_splits, rows + 1, host.name(d, F::kFlashmlaNumSplits));
-    if (s.flashmla_metadata)
-      r.ints(b.flashmla_metadata, s.flashmla_metadata_size, host.name(d, F::kFlashmlaMetadata));
+    if (s.flashmla_metadata) r.ints(b.flashmla_metadata, s.flashmla_metadata_size, host.name(d, F::kFlashmlaMetadata));
   }
   r.check(c);
 }
@@ -338,7 +335,8 @@ void build_metadata(const Exec& exec, const MetadataConfig& config, const Metada
   if (inputs.flashmla_metadata && (targets.fields_any & metadata_field_bit(F::kFlashmlaMetadata)) &&
       inputs.flashmla_metadata_size < targets.flashmla_metadata_max)
     c.fail("inputs.flashmla_metadata_size",
-           ">= " + std::to_string(targets.flashmla_metadata_max) + " (the largest destination's flashmla_metadata_size)",
+           ">= " + std::to_string(targets.flashmla_metadata_max) +
+               " (the largest destination's flashmla_metadata_size)",
            std::to_string(inputs.flashmla_metadata_size));
 
   if (config.batch_size == 0) return;  // empty batch: nothing written, no launch

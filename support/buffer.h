@@ -31,7 +31,9 @@ class Buffer {
   Buffer& operator=(const Buffer&) = delete;
 
   template <class T>
-  T* as() const { return static_cast<T*>(data_); }
+  T* as() const {
+    return static_cast<T*>(data_);
+  }
   void* data() const { return data_; }
   size_t bytes() const { return bytes_; }
   Backend backend() const { return backend_; }
@@ -41,7 +43,9 @@ class Buffer {
   void fill(uint8_t byte);
   std::vector<uint8_t> to_host() const;
   template <class T>
-  void upload(const std::vector<T>& v, size_t offset = 0) { upload(v.data(), v.size() * sizeof(T), offset); }
+  void upload(const std::vector<T>& v, size_t offset = 0) {
+    upload(v.data(), v.size() * sizeof(T), offset);
+  }
 
  private:
   Backend backend_ = Backend::kCpu;

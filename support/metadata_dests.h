@@ -62,12 +62,12 @@ class MetadataDests {
   bool matches(int64_t d, int field) const;
 
  private:
-  void init(Backend backend, const Exec& exec, const std::vector<MetadataDestShape>& shapes,
-            std::mt19937_64* rng, uint8_t byte);
+  void init(Backend backend, const Exec& exec, const std::vector<MetadataDestShape>& shapes, std::mt19937_64* rng,
+            uint8_t byte);
 
   std::vector<MetadataDestShape> shapes_;
-  std::vector<std::vector<Buffer>> buffers_;                   // [d][field]
-  std::vector<std::vector<std::vector<uint8_t>>> mirror_;      // [d][field]
+  std::vector<std::vector<Buffer>> buffers_;               // [d][field]
+  std::vector<std::vector<std::vector<uint8_t>>> mirror_;  // [d][field]
   std::vector<MetadataBuffers> device_, expected_;
   Buffer workspace_;
   MetadataTargets targets_;

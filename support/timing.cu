@@ -14,7 +14,8 @@ namespace support {
 namespace {
 
 void check(cudaError_t err, const char* what) {
-  if (err != cudaSuccess) throw Error(ErrorCode::kCudaError, std::string("timing: ") + what + ": " + cudaGetErrorString(err));
+  if (err != cudaSuccess)
+    throw Error(ErrorCode::kCudaError, std::string("timing: ") + what + ": " + cudaGetErrorString(err));
 }
 
 __global__ void empty_kernel() {}
@@ -117,7 +118,8 @@ double graph_time_us(const Launch& launch, int per_graph) {
 EagerTiming eager_time(const Launch& launch, int iters) {
   EagerTiming t = eager_time_warm(launch, iters);
   if (l2_mode() == L2Mode::kCold)
-    t.gpu_us = std::max(eager_time_warm(with_flush(launch), iters).gpu_us - eager_time_warm(flush_l2, iters).gpu_us, 0.0);
+    t.gpu_us =
+        std::max(eager_time_warm(with_flush(launch), iters).gpu_us - eager_time_warm(flush_l2, iters).gpu_us, 0.0);
   return t;
 }
 
@@ -199,9 +201,7 @@ double copy_time_us(size_t bytes, int per_graph) {
   double us = 0;
   try {
     us = graph_time_us(
-        [&](cudaStream s) {
-          check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, s), "cudaMemcpyAsync");
-        },
+        [&](cudaStream s) { check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, s), "cudaMemcpyAsync"); },
         per_graph);
   } catch (...) {
     (void)cudaFree(src);

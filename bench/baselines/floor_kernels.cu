@@ -8,9 +8,9 @@ namespace {
 constexpr int64_t kPageBytes = 8448;
 
 // 128 threads per page: 4 x 16 B of K each, the first 64 also one scale.
-__global__ void __launch_bounds__(128) page_gather_floor_kernel(const uint8_t* __restrict__ cache,
-                                                                const int32_t* __restrict__ ids, int64_t pages,
-                                                                uint8_t* __restrict__ out_k, float* __restrict__ out_s) {
+__global__ void __launch_bounds__(128)
+    page_gather_floor_kernel(const uint8_t* __restrict__ cache, const int32_t* __restrict__ ids, int64_t pages,
+                             uint8_t* __restrict__ out_k, float* __restrict__ out_s) {
   for (int64_t i = blockIdx.x; i < pages; i += gridDim.x) {
     const int64_t page = __ldg(ids + i);
     const uint4* src = reinterpret_cast<const uint4*>(cache + page * kPageBytes);
@@ -43,9 +43,9 @@ __global__ void __launch_bounds__(256) store_floor_kernel(uint8_t* __restrict__ 
 // accesses or (kVec16, rows 16-byte aligned) one 16-byte access where all 4
 // exist, the width build_metadata uses on aligned rows.
 template <bool kVec16>
-__global__ void __launch_bounds__(256) page_table_floor_kernel(const int32_t* __restrict__ r2t, int64_t ld,
-                                                               const int32_t* __restrict__ rpi, int64_t bs, int64_t q,
-                                                               int64_t cols, FloorTables dst) {
+__global__ void __launch_bounds__(256)
+    page_table_floor_kernel(const int32_t* __restrict__ r2t, int64_t ld, const int32_t* __restrict__ rpi, int64_t bs,
+                            int64_t q, int64_t cols, FloorTables dst) {
   const int64_t per_request = (cols + 127) / 128;
   const int64_t warps = static_cast<int64_t>(gridDim.x) * 8;
   const int lane = threadIdx.x & 31;
@@ -90,14 +90,15 @@ cudaError_t page_table_floor(const int32_t* req_to_token, int64_t req_to_token_l
                              int64_t q, int64_t cols, const FloorTables& dst, int num_sms, nsa::cudaStream stream) {
   const int64_t items = bs * ((cols + 127) / 128);
   if (items == 0) return cudaSuccess;
-  page_table_floor_kernel<false><<<capped_grid((items + 7) / 8, num_sms, 8), 256, 0,
-                                   static_cast<cudaStream_t>(stream)>>>(req_to_token, req_to_token_ld, rpi, bs, q, cols,
-                                                                        dst);
+  page_table_floor_kernel<false>
+      <<<capped_grid((items + 7) / 8, num_sms, 8), 256, 0, static_cast<cudaStream_t>(stream)>>>(req_to_token,
+                                                                                                req_to_token_ld, rpi,
+                                                                                                bs, q, cols, dst);
   return cudaGetLastError();
 }
 
-cudaError_t page_table_floor_vec16(const int32_t* req_to_token, int64_t req_to_token_ld, const int32_t* rpi,
-                                   int64_t bs, int64_t q, int64_t cols, const FloorTables& dst, int num_sms,
+cudaError_t page_table_floor_vec16(const int32_t* req_to_token, int64_t req_to_token_ld, const int32_t* rpi, int64_t bs,
+                                   int64_t q, int64_t cols, const FloorTables& dst, int num_sms,
                                    nsa::cudaStream stream) {
   const auto aligned = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; };
   bool ok = aligned(req_to_token) && req_to_token_ld % 4 == 0;
@@ -105,25 +106,28 @@ cudaError_t page_table_floor_vec16(const int32_t* req_to_token, int64_t req_to_t
   if (!ok) return cudaErrorInvalidValue;
   const int64_t items = bs * ((cols + 127) / 128);
   if (items == 0) return cudaSuccess;
-  page_table_floor_kernel<true><<<capped_grid((items + 7) / 8, num_sms, 8), 256, 0,
-                                  static_cast<cudaStream_t>(stream)>>>(req_to_token, req_to_token_ld, rpi, bs, q, cols,
-                                                                       dst);
+  page_table_floor_kernel<true>
+      <<<capped_grid((items + 7) / 8, num_sms, 8), 256, 0, static_cast<cudaStream_t>(stream)>>>(req_to_token,
+                                                                                                req_to_token_ld, rpi,
+                                                                                                bs, q, cols, dst);
   return cudaGetLastError();
 }
 
 cudaError_t page_gather_floor(const uint8_t* cache, const int32_t* page_ids, int64_t pages, uint8_t* out_k,
                               float* out_s, int num_sms, nsa::cudaStream stream) {
   if (pages == 0) return cudaSuccess;
-  page_gather_floor_kernel<<<capped_grid(pages, num_sms, 8), 128, 0, static_cast<cudaStream_t>(stream)>>>(
-      cache, page_ids, pages, out_k, out_s);
+  page_gather_floor_kernel<<<capped_grid(pages, num_sms, 8), 128, 0, static_cast<cudaStream_t>(stream)>>>(cache,
+                                                                                                          page_ids,
+                                                                                                          pages, out_k,
+                                                                                                          out_s);
   return cudaGetLastError();
 }
 
 cudaError_t store_floor(uint8_t* cache, const uint8_t* k, int64_t n, const int64_t* slots, int num_sms,
                         nsa::cudaStream stream) {
   if (n == 0) return cudaSuccess;
-  store_floor_kernel<<<capped_grid((n + 15) / 16, num_sms, 16), 256, 0, static_cast<cudaStream_t>(stream)>>>(
-      cache, k, n, slots);
+  store_floor_kernel<<<capped_grid((n + 15) / 16, num_sms, 16), 256, 0, static_cast<cudaStream_t>(stream)>>>(cache, k,
+                                                                                                             n, slots);
   return cudaGetLastError();
 }
 

@@ -46,8 +46,8 @@ cudaError_t page_table_floor(const int32_t* req_to_token, int64_t req_to_token_l
                              int64_t q, int64_t cols, const FloorTables& dst, int num_sms, nsa::cudaStream stream);
 // The same with 16-byte accesses; cudaErrorInvalidValue unless req_to_token
 // and every table are 16-byte aligned with strides that are multiples of 4.
-cudaError_t page_table_floor_vec16(const int32_t* req_to_token, int64_t req_to_token_ld, const int32_t* rpi,
-                                   int64_t bs, int64_t q, int64_t cols, const FloorTables& dst, int num_sms,
+cudaError_t page_table_floor_vec16(const int32_t* req_to_token, int64_t req_to_token_ld, const int32_t* rpi, int64_t bs,
+                                   int64_t q, int64_t cols, const FloorTables& dst, int num_sms,
                                    nsa::cudaStream stream);
 
 }  // namespace baseline

@@ -84,7 +84,7 @@ cudaError_t fused_copy_upstream_style(const MetadataCopyShape& shape, const Meta
   const int64_t rc = src.real_page_table_cols;
   bool ok = true;
   int64_t max_elements = 0;
-  auto flat = [&](const int32_t* s, int32_t* (MetadataBuffers::*field), int64_t count_, int64_t offset) {
+  auto flat = [&](const int32_t* s, int32_t*(MetadataBuffers::*field), int64_t count_, int64_t offset) {
     FlatField f{};
     ok = ok && fits_int32(count_ + offset);
     if (s == nullptr || count_ <= 0) return f;
@@ -95,8 +95,8 @@ cudaError_t fused_copy_upstream_style(const MetadataCopyShape& shape, const Meta
     max_elements = std::max(max_elements, count_);
     return f;
   };
-  auto table = [&](const int32_t* s, int64_t s_ld, int32_t* (MetadataBuffers::*field),
-                   int64_t MetadataBuffers::*ld, int64_t c) {
+  auto table = [&](const int32_t* s, int64_t s_ld, int32_t*(MetadataBuffers::*field), int64_t MetadataBuffers::*ld,
+                   int64_t c) {
     TableField f{};
     if (s == nullptr || rows <= 0 || c <= 0) return f;
     f.src = s;

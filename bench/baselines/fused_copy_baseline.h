@@ -1,6 +1,6 @@
 // Upstream-shaped baseline of copy_metadata, kept only to measure against:
 // SGLang's fused copy of precomputed metadata (fused_metadata_copy, and
-// fused_metadata_copy_multi for three destinations; spec metadata.md §6.4),
+// fused_metadata_copy_multi for three destinations; spec docs/spec/metadata.md §6.4),
 // written from its described behaviour. One launch of 256-thread CTAs, grid
 // min(ceil(max_elements / 256), 1024), grid-stride loops of scalar int32
 // copies that run the fields one after another; each source element is read

@@ -51,11 +51,11 @@ __global__ void set_k_and_s_kernel(uint8_t* cache, const uint8_t* q, const float
 }  // namespace
 
 cudaError_t gather_k_and_s_per_token(const uint8_t* cache, const int32_t* page_table, int64_t table_ld,
-                                     const int64_t* cu_seq_lens, int64_t batch, int64_t total_tokens,
-                                     uint8_t* out_k, float* out_s, nsa::cudaStream stream) {
+                                     const int64_t* cu_seq_lens, int64_t batch, int64_t total_tokens, uint8_t* out_k,
+                                     float* out_s, nsa::cudaStream stream) {
   if (total_tokens == 0) return cudaSuccess;
   gather_per_token_kernel<<<static_cast<unsigned>(total_tokens), 32, 0, stream>>>(cache, page_table, table_ld,
-                                                                                       cu_seq_lens, batch, out_k, out_s);
+                                                                                  cu_seq_lens, batch, out_k, out_s);
   return cudaGetLastError();
 }
 

@@ -48,8 +48,8 @@ namespace nsa {
 namespace baseline {
 
 cudaError_t gather_k_and_s_per_token(const uint8_t* cache, const int32_t* page_table, int64_t table_ld,
-                                     const int64_t* cu_seq_lens, int64_t batch, int64_t total_tokens,
-                                     uint8_t* out_k, float* out_s, nsa::cudaStream stream);
+                                     const int64_t* cu_seq_lens, int64_t batch, int64_t total_tokens, uint8_t* out_k,
+                                     float* out_s, nsa::cudaStream stream);
 
 cudaError_t quantize_k(const uint16_t* k, int64_t n, int64_t k_ld, bool ue8m0, uint8_t* k_fp8, float* scale,
                        nsa::cudaStream stream);

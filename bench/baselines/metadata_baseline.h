@@ -4,7 +4,7 @@
 // backend's captured buffers with its own copy: one cudaMemcpyAsync per 1-D
 // field and one cudaMemcpy2DAsync per page table, per destination.
 //
-// The field list is the one of metadata.md §6.2 (same elements as
+// The field list is the one of docs/spec/metadata.md §6.2 (same elements as
 // nsa::copy_metadata writes). The plan is plain C++ so the CPU backend of
 // `nsa bench` replays the same copies with std::memcpy.
 #pragma once
@@ -28,7 +28,7 @@ struct FieldCopy {
   size_t rows = 1;
 };
 
-// The copies of metadata.md §6.2 for one destination, in upstream order. Absent optional
+// The copies of docs/spec/metadata.md §6.2 for one destination, in upstream order. Absent optional
 // fields (null source or destination) are skipped; empty copies are dropped.
 inline std::vector<FieldCopy> metadata_field_copies(const MetadataCopyShape& shape, const MetadataSources& src,
                                                     const MetadataBuffers& dst) {
@@ -49,8 +49,8 @@ inline std::vector<FieldCopy> metadata_field_copies(const MetadataCopyShape& sha
   };
   flat(dst.cache_seqlens, src.cache_seqlens, bs);
   flat(dst.cu_seqlens_k + 1, src.cu_seqlens_k + 1, bs);
-  table(dst.page_table_1, dst.page_table_1_ld, src.page_table_1, src.page_table_1_ld ? src.page_table_1_ld : cols,
-        rows, cols);
+  table(dst.page_table_1, dst.page_table_1_ld, src.page_table_1, src.page_table_1_ld ? src.page_table_1_ld : cols, rows,
+        cols);
   if (!decode) flat(dst.seqlens_expanded, src.seqlens_expanded, n);
   flat(dst.nsa_cache_seqlens, src.nsa_cache_seqlens, n);
   flat(dst.nsa_cu_seqlens_k + 1, src.nsa_cu_seqlens_k + 1, n);

@@ -18,10 +18,9 @@ constexpr int64_t kFloorVecsPerThread = 4;
 constexpr int64_t kFloorElemsPerBlock = kFloorThreads * kFloorVecsPerThread * 4;
 
 // Block (row, segment): 4 x 16 B loads in flight per thread over its part of the window.
-__global__ void __launch_bounds__(kFloorThreads) read_floor_kernel(const float* __restrict__ scores, int64_t ld,
-                                                                   const int32_t* __restrict__ starts,
-                                                                   const int32_t* __restrict__ lens, int64_t segs,
-                                                                   int32_t* sink) {
+__global__ void __launch_bounds__(kFloorThreads)
+    read_floor_kernel(const float* __restrict__ scores, int64_t ld, const int32_t* __restrict__ starts,
+                      const int32_t* __restrict__ lens, int64_t segs, int32_t* sink) {
   const int64_t r = blockIdx.x / segs, seg = blockIdx.x % segs;
   const int64_t start = __ldg(starts + r), len = __ldg(lens + r);
   const float* row = scores + r * ld + start;
@@ -53,7 +52,8 @@ __global__ void iota_rows_kernel(int32_t* vals, int64_t rows, int64_t ld) {
 }
 
 // One block per row: slot s gets the s-th sorted index through the transform.
-__global__ void take_k_kernel(const TopkArgs a, const int32_t* __restrict__ vals_out, const int32_t* __restrict__ begin) {
+__global__ void take_k_kernel(const TopkArgs a, const int32_t* __restrict__ vals_out,
+                              const int32_t* __restrict__ begin) {
   const int64_t r = blockIdx.x;
   const detail::TopkWindow w = detail::topk_window(a, r);
   const int64_t q = detail::topk_request(a, r);
@@ -80,7 +80,8 @@ cudaError_t topk_read_floor(const float* scores, int64_t rows, int64_t ld, const
   return cudaGetLastError();
 }
 
-SortTopk::SortTopk(int64_t rows, int64_t ld, const int32_t* host_starts, const int32_t* host_lens) : rows_(rows), ld_(ld) {
+SortTopk::SortTopk(int64_t rows, int64_t ld, const int32_t* host_starts, const int32_t* host_lens)
+    : rows_(rows), ld_(ld) {
   if (rows * ld > INT32_MAX) throw std::runtime_error("SortTopk: rows * ld must fit in int32 (CUB item count)");
   std::vector<int32_t> b(rows), e(rows);
   for (int64_t r = 0; r < rows; ++r) {
@@ -113,9 +114,10 @@ SortTopk::~SortTopk() {
 cudaError_t SortTopk::run(const TopkArgs& a, nsa::cudaStream stream) {
   const auto s = reinterpret_cast<cudaStream_t>(stream);
   size_t bytes = temp_bytes_;
-  const cudaError_t e = cub::DeviceSegmentedRadixSort::SortPairsDescending(
-      temp_, bytes, static_cast<const float*>(a.scores), keys_out_, vals_in_, vals_out_, static_cast<int>(rows_ * ld_),
-      static_cast<int>(rows_), begin_, end_, 0, 32, s);
+  const cudaError_t e =
+      cub::DeviceSegmentedRadixSort::SortPairsDescending(temp_, bytes, static_cast<const float*>(a.scores), keys_out_,
+                                                         vals_in_, vals_out_, static_cast<int>(rows_ * ld_),
+                                                         static_cast<int>(rows_), begin_, end_, 0, 32, s);
   if (e != cudaSuccess) return e;
   take_k_kernel<<<static_cast<unsigned>(rows_), 256, 0, s>>>(a, vals_out_, begin_);
   return cudaGetLastError();

@@ -87,8 +87,8 @@ std::string describe(const DeviceError& error);
 
 struct Exec {
   Backend backend = Backend::kCpu;
-  cudaStream stream = nullptr;  // kCuda only; nullptr is the legacy default stream
-  int cpu_threads = 0;          // kCpu only; 0 = std::thread::hardware_concurrency()
+  cudaStream stream = nullptr;     // kCuda only; nullptr is the legacy default stream
+  int cpu_threads = 0;             // kCpu only; 0 = std::thread::hardware_concurrency()
   DeviceError* checked = nullptr;  // kCuda only: device memory; non-null = checked mode
 
   static Exec cpu(int threads = 0) { return Exec{Backend::kCpu, nullptr, threads, nullptr}; }
@@ -130,8 +130,7 @@ struct Indices {
 
   // Host-side read of element i (only valid when `data` is host memory).
   int64_t at(int64_t i) const {
-    return type == IndexType::kInt32 ? static_cast<const int32_t*>(data)[i]
-                                     : static_cast<const int64_t*>(data)[i];
+    return type == IndexType::kInt32 ? static_cast<const int32_t*>(data)[i] : static_cast<const int64_t*>(data)[i];
   }
   explicit operator bool() const { return data != nullptr; }
 };

@@ -1,4 +1,4 @@
-// Paged FP8 indexer-K cache of DeepSeek Sparse Attention (spec: indexer-cache.md).
+// Paged FP8 indexer-K cache of DeepSeek Sparse Attention (spec: docs/spec/index-cache.md).
 //
 // One buffer per layer, uint8[num_pages][P * 132]. A page holds P tokens
 // (P = 64 by default; 16..256 supported): first all P x 128 fp8 e4m3 K bytes
@@ -25,11 +25,11 @@ namespace nsa {
 // engine uses on CUDA (and the default everywhere here); 16, 32, 128 and 256
 // are supported for engines configured with another block size.
 struct IndexCacheLayout {
-  static constexpr int64_t kPageSize = 64;                          // default tokens per page
-  static constexpr int64_t kHeadDim = 128;                          // fp8 bytes of K per token
-  static constexpr int64_t kScaleBytes = 4;                         // one fp32 scale per token
-  static constexpr int64_t kTokenBytes = kHeadDim + kScaleBytes;    // 132
-  static constexpr int64_t kKBytesPerPage = kPageSize * kHeadDim;   // 8192 (page size 64)
+  static constexpr int64_t kPageSize = 64;                           // default tokens per page
+  static constexpr int64_t kHeadDim = 128;                           // fp8 bytes of K per token
+  static constexpr int64_t kScaleBytes = 4;                          // one fp32 scale per token
+  static constexpr int64_t kTokenBytes = kHeadDim + kScaleBytes;     // 132
+  static constexpr int64_t kKBytesPerPage = kPageSize * kHeadDim;    // 8192 (page size 64)
   static constexpr int64_t kBytesPerPage = kPageSize * kTokenBytes;  // 8448 (page size 64)
 
   // Page sizes the ops accept (every power of two in [16, 256]).
@@ -65,7 +65,8 @@ struct ConstIndexCache {
   ConstIndexCache() = default;
   ConstIndexCache(const uint8_t* d, int64_t n, int64_t p = IndexCacheLayout::kPageSize)
       : data(d), num_pages(n), page_size(p) {}
-  ConstIndexCache(IndexCache c) : data(c.data), num_pages(c.num_pages), page_size(c.page_size) {}  // NOLINT: implicit on purpose
+  ConstIndexCache(IndexCache c)
+      : data(c.data), num_pages(c.num_pages), page_size(c.page_size) {}  // NOLINT: implicit on purpose
 };
 
 // How the per-token fp32 scale is chosen and applied (spec §3). The two plain
@@ -132,7 +133,7 @@ struct PagedBatch {
 // hold; the CUDA kernel may still load them (all inside [batch_size,
 // table_ld]) to overlap the table read with the length read, so the table's
 // memory must exist even where its values do not matter.
-void gather_k_and_s(const Exec& exec, ConstIndexCache cache, const PagedBatch& batch, uint8_t* out_k,
-                    float* out_s, int64_t out_capacity);
+void gather_k_and_s(const Exec& exec, ConstIndexCache cache, const PagedBatch& batch, uint8_t* out_k, float* out_s,
+                    int64_t out_capacity);
 
 }  // namespace nsa

@@ -41,9 +41,9 @@
 
 namespace nsa {
 
-constexpr int64_t kIndexerHeads = 64;      // index_n_heads
-constexpr int64_t kIndexerHeadDim = 128;   // index_head_dim: one fp8 byte per dimension
-constexpr int64_t kIndexerMaxNextN = 4;    // query rows per request (decode + MTP drafts)
+constexpr int64_t kIndexerHeads = 64;     // index_n_heads
+constexpr int64_t kIndexerHeadDim = 128;  // index_head_dim: one fp8 byte per dimension
+constexpr int64_t kIndexerMaxNextN = 4;   // query rows per request (decode + MTP drafts)
 
 struct PagedMqaLogitsArgs {
   // q: fp8 e4m3 [batch, next_n, 64, 128] contiguous (the q scale is folded into weights).
@@ -90,8 +90,8 @@ void paged_mqa_logits(const Exec& exec, const PagedMqaLogitsArgs& args);
 struct IndexerTopkArgs {
   PagedMqaLogitsArgs logits;  // page_size must be 64; logits.logits is the workspace
   int64_t k = kTopkMaxK;
-  bool paged_output = true;   // false: raw token positions (TopkTransform::kRaw)
-  int32_t* out = nullptr;     // int32 [B*N, >= k], row stride out_ld
+  bool paged_output = true;  // false: raw token positions (TopkTransform::kRaw)
+  int32_t* out = nullptr;    // int32 [B*N, >= k], row stride out_ld
   int64_t out_ld = 0;
   int32_t* out_raw = nullptr;  // optional raw positions, row stride out_raw_ld
   int64_t out_raw_ld = 0;

@@ -1,5 +1,5 @@
 // NSA attention metadata for DECODE, TARGET_VERIFY and DRAFT_EXTEND
-// (spec: metadata.md). Two ops, each writing into any number of destination
+// (spec: docs/spec/metadata.md). Two ops, each writing into any number of destination
 // sets (the captured CUDA-graph buffers of one attention backend each):
 //
 //   build_metadata  computes every field on the device from seq_lens,
@@ -40,12 +40,12 @@ struct MetadataConfig {
 // One destination set. Optional fields are absent when their pointer is null.
 // Capacities are checked against each call's shape before anything is written.
 struct MetadataBuffers {
-  int32_t* cache_seqlens = nullptr;      // [max_batch]
-  int32_t* cu_seqlens_k = nullptr;       // [max_batch + 1]
-  int32_t* page_table_1 = nullptr;       // [max_rows, page_table_1_cols], row stride page_table_1_ld
-  int64_t page_table_1_cols = 0;         // W
-  int64_t page_table_1_ld = 0;           // >= page_table_1_cols
-  int32_t* seqlens_expanded = nullptr;   // [max_rows]; optional in DECODE (gets the cache_seqlens values; its own array)
+  int32_t* cache_seqlens = nullptr;     // [max_batch]
+  int32_t* cu_seqlens_k = nullptr;      // [max_batch + 1]
+  int32_t* page_table_1 = nullptr;      // [max_rows, page_table_1_cols], row stride page_table_1_ld
+  int64_t page_table_1_cols = 0;        // W
+  int64_t page_table_1_ld = 0;          // >= page_table_1_cols
+  int32_t* seqlens_expanded = nullptr;  // [max_rows]; optional in DECODE (gets the cache_seqlens values; its own array)
   int32_t* nsa_cache_seqlens = nullptr;  // [max_rows]
   int32_t* nsa_cu_seqlens_k = nullptr;   // [max_rows + 1]
   int32_t* real_page_table = nullptr;    // optional [max_rows, real_page_table_cols], stride real_page_table_ld
@@ -54,8 +54,8 @@ struct MetadataBuffers {
   int32_t* flashmla_num_splits = nullptr;  // optional [max_rows + 1], opaque
   int32_t* flashmla_metadata = nullptr;    // optional [flashmla_metadata_size], opaque tile-scheduler table
   int64_t flashmla_metadata_size = 0;
-  int64_t max_rows = 0;                    // capacity of the per-row arrays and page-table rows
-  int64_t max_batch = 0;                   // capacity of the per-request arrays: requests (bs) a call may have
+  int64_t max_rows = 0;   // capacity of the per-row arrays and page-table rows
+  int64_t max_batch = 0;  // capacity of the per-request arrays: requests (bs) a call may have
 };
 
 // The fields of a destination set, in MetadataBuffers order: one row per
@@ -94,8 +94,15 @@ inline constexpr int kMetadataFieldCount = static_cast<int>(sizeof(kMetadataFiel
 
 // Index of each field in kMetadataFields (and its bit in MetadataTargets' field masks).
 enum class MetadataField : int32_t {
-  kCacheSeqlens, kCuSeqlensK, kPageTable1, kSeqlensExpanded, kNsaCacheSeqlens,
-  kNsaCuSeqlensK, kRealPageTable, kFlashmlaNumSplits, kFlashmlaMetadata,
+  kCacheSeqlens,
+  kCuSeqlensK,
+  kPageTable1,
+  kSeqlensExpanded,
+  kNsaCacheSeqlens,
+  kNsaCuSeqlensK,
+  kRealPageTable,
+  kFlashmlaNumSplits,
+  kFlashmlaMetadata,
 };
 constexpr uint32_t metadata_field_bit(MetadataField f) { return 1u << static_cast<int>(f); }
 
@@ -137,14 +144,14 @@ struct MetadataTargets {
   int64_t count = 0;                       // destination sets
   Backend backend = Backend::kCpu;         // exec backend of the upload: memory `table` lives in
   // What every call is checked against (O(1) per call, whatever the count):
-  MetadataBound max_batch;               // smallest per-request capacity
-  MetadataBound max_rows;                // smallest per-row capacity
-  MetadataBound page_table_1_cols;       // narrowest page_table_1
-  MetadataBound real_page_table_cols;    // narrowest real_page_table (destinations having one)
-  MetadataBound flashmla_metadata_size;  // smallest tile table (destinations having one)
-  int64_t flashmla_metadata_max = 0;     // largest tile table: what a build reads from its input
-  uint32_t fields_all = 0;               // metadata_field_bit of each field every destination has
-  uint32_t fields_any = 0;               // ... that at least one destination has
+  MetadataBound max_batch;                      // smallest per-request capacity
+  MetadataBound max_rows;                       // smallest per-row capacity
+  MetadataBound page_table_1_cols;              // narrowest page_table_1
+  MetadataBound real_page_table_cols;           // narrowest real_page_table (destinations having one)
+  MetadataBound flashmla_metadata_size;         // smallest tile table (destinations having one)
+  int64_t flashmla_metadata_max = 0;            // largest tile table: what a build reads from its input
+  uint32_t fields_all = 0;                      // metadata_field_bit of each field every destination has
+  uint32_t fields_any = 0;                      // ... that at least one destination has
   int64_t first_without_seqlens_expanded = -1;  // a destination lacking it (TARGET_VERIFY/DRAFT_EXTEND need it)
   std::shared_ptr<const detail::MetadataTargetsHost> host;  // descriptors and argument names, for overlap checks
 };
@@ -157,21 +164,21 @@ size_t metadata_targets_workspace_bytes(int64_t count);
 // memory; for kCuda one cudaMemcpyAsync on exec.stream) and returns the
 // table with its summary. Call once per set of graph buffers, at setup time,
 // not per step (it allocates the small host state the result shares).
-MetadataTargets upload_metadata_targets(const Exec& exec, const MetadataBuffers* host, int64_t count,
-                                        void* workspace, size_t workspace_bytes);
+MetadataTargets upload_metadata_targets(const Exec& exec, const MetadataBuffers* host, int64_t count, void* workspace,
+                                        size_t workspace_bytes);
 
 // The validated descriptor of destination `d` of `targets` (its host copy).
 const MetadataBuffers& metadata_target(const MetadataTargets& targets, int64_t d);
 
-// Device inputs of build_metadata (spec metadata.md §1).
+// Device inputs of build_metadata (spec docs/spec/metadata.md §1).
 struct MetadataInputs {
-  Indices seq_lens;          // [bs] KV length per request (DRAFT_EXTEND: including the new tokens)
-  Indices req_pool_indices;  // [bs] row of each request in req_to_token
+  Indices seq_lens;                       // [bs] KV length per request (DRAFT_EXTEND: including the new tokens)
+  Indices req_pool_indices;               // [bs] row of each request in req_to_token
   const int32_t* req_to_token = nullptr;  // [req_to_token_rows, req_to_token_cols], row stride req_to_token_ld
   int64_t req_to_token_rows = 0;
   int64_t req_to_token_cols = 0;
   int64_t req_to_token_ld = 0;
-  Indices extend_lens;       // DRAFT_EXTEND only: [bs] query tokens per request, 0 <= e_b <= N
+  Indices extend_lens;  // DRAFT_EXTEND only: [bs] query tokens per request, 0 <= e_b <= N
   // Optional FlashMLA schedule produced by FlashMLA's own builder, copied
   // unchanged into every destination that has the field. Each length is
   // required when its pointer is given and some destination has the field.
@@ -207,17 +214,17 @@ struct MetadataInputs {
 void build_metadata(const Exec& exec, const MetadataConfig& config, const MetadataInputs& inputs,
                     const MetadataTargets& targets);
 
-// Precomputed sources of copy_metadata (spec metadata.md §6.2), contiguous
+// Precomputed sources of copy_metadata (spec docs/spec/metadata.md §6.2), contiguous
 // unless a row stride is given.
 struct MetadataSources {
-  const int32_t* cache_seqlens = nullptr;     // [bs]
-  const int32_t* cu_seqlens_k = nullptr;      // [bs + 1]
-  const int32_t* page_table_1 = nullptr;      // [rows, cols], row stride page_table_1_ld (0 = cols)
+  const int32_t* cache_seqlens = nullptr;  // [bs]
+  const int32_t* cu_seqlens_k = nullptr;   // [bs + 1]
+  const int32_t* page_table_1 = nullptr;   // [rows, cols], row stride page_table_1_ld (0 = cols)
   int64_t page_table_1_ld = 0;
-  const int32_t* seqlens_expanded = nullptr;  // optional [E]
-  const int32_t* nsa_cache_seqlens = nullptr; // [bs (DECODE) or E]
-  const int32_t* nsa_cu_seqlens_k = nullptr;  // [bs + 1 (DECODE) or E + 1]
-  const int32_t* real_page_table = nullptr;   // optional [rows, real_page_table_cols], stride (0 = cols)
+  const int32_t* seqlens_expanded = nullptr;   // optional [E]
+  const int32_t* nsa_cache_seqlens = nullptr;  // [bs (DECODE) or E]
+  const int32_t* nsa_cu_seqlens_k = nullptr;   // [bs + 1 (DECODE) or E + 1]
+  const int32_t* real_page_table = nullptr;    // optional [rows, real_page_table_cols], stride (0 = cols)
   int64_t real_page_table_cols = 0;
   int64_t real_page_table_ld = 0;
   const int32_t* flashmla_num_splits = nullptr;  // optional [bs + 1 (DECODE) or E + 1]

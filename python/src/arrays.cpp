@@ -127,8 +127,8 @@ Array Call::import(nb::handle obj, const char* name, bool writable) {
       source = nb::handle(g_torch_to_dlpack)(obj);
     } catch (nb::python_error& e) {
       // e.g. a float8 tensor on a torch without float8 DLPack support
-      throw DTypeError(std::string("nsa.") + op_ + ": argument '" + name +
-                       "': cannot be exported through DLPack (" + nb::str(e.value()).c_str() + ")");
+      throw DTypeError(std::string("nsa.") + op_ + ": argument '" + name + "': cannot be exported through DLPack (" +
+                       nb::str(e.value()).c_str() + ")");
     }
   }
   bool ok = writable ? nb::try_cast(source, a.keep_rw, false) : nb::try_cast(source, a.keep_ro, false);
@@ -141,7 +141,8 @@ Array Call::import(nb::handle obj, const char* name, bool writable) {
   if (writable) fill(a, a.keep_rw);
   else fill(a, a.keep_ro);
   const int type = writable ? a.keep_rw.device_type() : a.keep_ro.device_type();
-  if (!supported_device(type)) fail(name, "an array in host or CUDA memory", "DLPack device type " + std::to_string(type));
+  if (!supported_device(type))
+    fail(name, "an array in host or CUDA memory", "DLPack device type " + std::to_string(type));
   if (a.ndim > Array::kMaxDims) fail(name, "at most 4 dimensions", a.describe());
   same_device(a);
   return a;

@@ -51,7 +51,10 @@ struct Array {
   // Unit stride along every dimension that has more than one element, in C order.
   bool contiguous() const;
   std::string describe() const;  // "int32 [3, 128] strides [128, 1] on cuda:0"
-  template <class T> T* as() const { return static_cast<T*>(data); }
+  template <class T>
+  T* as() const {
+    return static_cast<T*>(data);
+  }
 };
 
 // One call of one op: imports its arguments, checks them and picks the Exec.

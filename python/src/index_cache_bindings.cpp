@@ -61,7 +61,9 @@ void quantize_and_store_k(nb::handle cache, nb::handle k, nb::handle slots, int 
   c.dtype(slots_a, {DType::kInt64}, "int64");
   c.vector(slots_a, n, "[k.shape[0]]", true);
   if (mode < 0 || mode > 2) c.fail("mode", "'fp32' or 'ue8m0'", std::to_string(mode));
-  const nsa::ScaleMode m = mode == 0 ? nsa::ScaleMode::kFp32 : mode == 1 ? nsa::ScaleMode::kUe8m0 : nsa::ScaleMode::kFp32Divide;
+  const nsa::ScaleMode m = mode == 0   ? nsa::ScaleMode::kFp32
+                           : mode == 1 ? nsa::ScaleMode::kUe8m0
+                                       : nsa::ScaleMode::kFp32Divide;
   const nsa::Exec exec = c.exec(stream);
   run_op(c, [&] { nsa::quantize_and_store_k(exec, ic, k_a.data, n, ld, slots_a.as<const int64_t>(), m, k_dtype); });
 }
@@ -106,8 +108,7 @@ void gather_k(nb::handle cache, int64_t length, nb::handle page_ids, nb::handle 
   check_page_ids(c, pages_a, length, page_size);
   c.dtype(out_a, {DType::kUint8, DType::kInt8}, "uint8");
   c.dense_rows(out_a, L::kHeadDim, "[>= length, 128]");
-  if (out_a.shape[0] < length)
-    c.fail("out", "at least length = " + std::to_string(length) + " rows", out_a.describe());
+  if (out_a.shape[0] < length) c.fail("out", "at least length = " + std::to_string(length) + " rows", out_a.describe());
   const nsa::Exec exec = c.exec(stream);
   run_op(c, [&] { nsa::gather_k(exec, ic, length, c.indices(pages_a), out_a.as<uint8_t>()); });
 }
@@ -127,8 +128,8 @@ void gather_s(nb::handle cache, int64_t length, nb::handle page_ids, nb::handle 
   run_op(c, [&] { nsa::gather_s(exec, ic, length, c.indices(pages_a), out_a.as<float>()); });
 }
 
-Prepared prepare_gather_k_and_s(nb::handle cache, nb::handle page_table, nb::handle seq_lens,
-                                 nb::handle cu_seq_lens, nb::handle out_k, nb::handle out_s, int64_t page_size) {
+Prepared prepare_gather_k_and_s(nb::handle cache, nb::handle page_table, nb::handle seq_lens, nb::handle cu_seq_lens,
+                                nb::handle out_k, nb::handle out_s, int64_t page_size) {
   Call c("gather_k_and_s");
   const Array cache_a = c.require(cache, "cache");
   const Array table_a = c.require(page_table, "page_table");
@@ -164,9 +165,8 @@ Prepared prepare_gather_k_and_s(nb::handle cache, nb::handle page_table, nb::han
   const int64_t capacity = std::min(out_k_a.shape[0], s_rows);
   uint8_t* const k_out = out_k_a.as<uint8_t>();
   float* const s_out = out_s_a.as<float>();
-  return Prepared(c, {cache_a, table_a, lens_a, cu_a, out_k_a, out_s_a}, [=](const nsa::Exec& exec) {
-    nsa::gather_k_and_s(exec, ic, batch, k_out, s_out, capacity);
-  });
+  return Prepared(c, {cache_a, table_a, lens_a, cu_a, out_k_a, out_s_a},
+                  [=](const nsa::Exec& exec) { nsa::gather_k_and_s(exec, ic, batch, k_out, s_out, capacity); });
 }
 
 void gather_k_and_s(nb::handle cache, nb::handle page_table, nb::handle seq_lens, nb::handle cu_seq_lens,

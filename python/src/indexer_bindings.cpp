@@ -35,8 +35,7 @@ nsa::PagedMqaLogitsArgs logits_args(Call& c, nb::handle q, nb::handle weights, n
     c.fail("weights", "a contiguous [batch * next_n, 64] array", w_a.describe());
   a.weights = w_a.as<float>();
   c.dtype(cache_a, {DType::kUint8}, "uint8 (fp8 buffers are viewed as uint8 by the Python layer)");
-  if (page_size < 4 || page_size % 4 != 0)
-    c.fail("page_size", "a positive multiple of 4", std::to_string(page_size));
+  if (page_size < 4 || page_size % 4 != 0) c.fail("page_size", "a positive multiple of 4", std::to_string(page_size));
   const int64_t page_bytes = page_size * (kD + 4);
   if (!cache_a.contiguous() || cache_a.numel() % page_bytes != 0)
     c.fail("cache", "contiguous pages of page_size * 132 bytes", cache_a.describe());

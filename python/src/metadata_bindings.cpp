@@ -54,7 +54,8 @@ class Fields {
   void only(const std::vector<const char*>& known) {
     for (auto item : d_) {
       const std::string key = nb::cast<std::string>(nb::str(item.first));
-      if (std::find_if(std::begin(known), std::end(known), [&](const char* k) { return key == k; }) == std::end(known)) {
+      if (std::find_if(std::begin(known), std::end(known), [&](const char* k) { return key == k; }) ==
+          std::end(known)) {
         std::string list;
         for (const char* k : known) list += (list.empty() ? "" : ", ") + std::string(k);
         c_.fail(name(key.c_str()), "one of the fields " + list, "an unknown field");
@@ -170,7 +171,8 @@ MetadataTargetsHandle* upload(nb::list destinations, nb::handle workspace, nb::h
 
 // The Call's device must be the one the targets live on.
 void same_device_as_targets(Call& c, const MetadataTargetsHandle& t, const Array& any_input) {
-  const bool same = any_input.device == t.device && (t.device == DeviceKind::kCpu || any_input.device_id == t.device_id);
+  const bool same =
+      any_input.device == t.device && (t.device == DeviceKind::kCpu || any_input.device_id == t.device_id);
   if (!same) {
     const std::string where = t.device == DeviceKind::kCuda ? "cuda:" + std::to_string(t.device_id) : "cpu";
     c.fail(any_input.name, "an array on " + where + " like the targets", any_input.describe());
@@ -183,9 +185,9 @@ nsa::ForwardMode forward_mode(const Call& c, int mode) {
 }
 
 Prepared prepare_build_metadata(MetadataTargetsHandle& t, int mode, int64_t draft_tokens, int64_t topk,
-                                 int64_t page_size, nb::handle seq_lens, nb::handle req_pool_indices,
-                                 nb::handle req_to_token, nb::handle extend_lens, nb::handle flashmla_num_splits,
-                                 nb::handle flashmla_metadata) {
+                                int64_t page_size, nb::handle seq_lens, nb::handle req_pool_indices,
+                                nb::handle req_to_token, nb::handle extend_lens, nb::handle flashmla_num_splits,
+                                nb::handle flashmla_metadata) {
   Call c("build_metadata");
   nsa::MetadataConfig config;
   config.mode = forward_mode(c, mode);
@@ -242,8 +244,8 @@ Prepared prepare_build_metadata(MetadataTargetsHandle& t, int mode, int64_t draf
 void build_metadata(MetadataTargetsHandle& t, int mode, int64_t draft_tokens, int64_t topk, int64_t page_size,
                     nb::handle seq_lens, nb::handle req_pool_indices, nb::handle req_to_token, nb::handle extend_lens,
                     nb::handle flashmla_num_splits, nb::handle flashmla_metadata, nb::handle stream) {
-  prepare_build_metadata(t, mode, draft_tokens, topk, page_size, seq_lens, req_pool_indices, req_to_token,
-                         extend_lens, flashmla_num_splits, flashmla_metadata)
+  prepare_build_metadata(t, mode, draft_tokens, topk, page_size, seq_lens, req_pool_indices, req_to_token, extend_lens,
+                         flashmla_num_splits, flashmla_metadata)
       .run(stream);
 }
 
@@ -256,7 +258,9 @@ void copy_metadata(MetadataTargetsHandle& t, int mode, int64_t bs, int64_t max_l
   shape.max_len = max_len;
   shape.max_seqlen_k = max_seqlen_k;
   shape.seqlens_expanded_size = seqlens_expanded_size;
-  for (auto [v, name] : {std::pair{bs, "bs"}, {max_len, "max_len"}, {max_seqlen_k, "max_seqlen_k"},
+  for (auto [v, name] : {std::pair{bs, "bs"},
+                         {max_len, "max_len"},
+                         {max_seqlen_k, "max_seqlen_k"},
                          {seqlens_expanded_size, "seqlens_expanded_size"}})
     if (v < 0) c.fail(name, ">= 0", std::to_string(v));
   const bool decode = shape.mode == nsa::ForwardMode::kDecode;
@@ -329,14 +333,15 @@ void copy_metadata(MetadataTargetsHandle& t, int mode, int64_t bs, int64_t max_l
 void bind_metadata(nb::module_& m) {
   nb::class_<MetadataTargetsHandle>(m, "MetadataTargetsHandle")
       .def_prop_ro("count", &MetadataTargetsHandle::count)
-      .def("max_rows", [](const MetadataTargetsHandle& t, int64_t i) { return nsa::metadata_target(t.targets, i).max_rows; });
+      .def("max_rows",
+           [](const MetadataTargetsHandle& t, int64_t i) { return nsa::metadata_target(t.targets, i).max_rows; });
   m.def("metadata_targets_workspace_bytes", [](int64_t count) { return nsa::metadata_targets_workspace_bytes(count); });
   m.def("upload_metadata_targets", &upload, nb::arg("destinations"), nb::arg("workspace"), nb::arg("stream").none(),
         nb::rv_policy::take_ownership);
-  m.def("prepare_build_metadata", &prepare_build_metadata, nb::arg("targets"), nb::arg("mode"),
-        nb::arg("draft_tokens"), nb::arg("topk"), nb::arg("page_size"), nb::arg("seq_lens"),
-        nb::arg("req_pool_indices"), nb::arg("req_to_token"), nb::arg("extend_lens").none(),
-        nb::arg("flashmla_num_splits").none(), nb::arg("flashmla_metadata").none());
+  m.def("prepare_build_metadata", &prepare_build_metadata, nb::arg("targets"), nb::arg("mode"), nb::arg("draft_tokens"),
+        nb::arg("topk"), nb::arg("page_size"), nb::arg("seq_lens"), nb::arg("req_pool_indices"),
+        nb::arg("req_to_token"), nb::arg("extend_lens").none(), nb::arg("flashmla_num_splits").none(),
+        nb::arg("flashmla_metadata").none());
   m.def("build_metadata", &build_metadata, nb::arg("targets"), nb::arg("mode"), nb::arg("draft_tokens"),
         nb::arg("topk"), nb::arg("page_size"), nb::arg("seq_lens"), nb::arg("req_pool_indices"),
         nb::arg("req_to_token"), nb::arg("extend_lens").none(), nb::arg("flashmla_num_splits").none(),

@@ -40,9 +40,7 @@ void translate(const std::exception_ptr& p, void*) {
       case nsa::ErrorCode::kUnsupported:
         PyErr_SetString(or_default(g_errors.unsupported, PyExc_RuntimeError), e.what());
         break;
-      default:
-        PyErr_SetString(or_default(g_errors.cuda, PyExc_RuntimeError), e.what());
-        break;
+      default: PyErr_SetString(or_default(g_errors.cuda, PyExc_RuntimeError), e.what()); break;
     }
   }
 }

@@ -60,9 +60,11 @@ void topk_transform(nb::handle scores, int64_t k, nb::handle lengths, int64_t ro
   a.lengths = c.indices(lengths_a);
   a.row_starts = per_row(c, starts_a, a.rows);
   a.row_to_request = per_row(c, rtr_a, a.rows);
-  if (transform < 0 || transform > 3) c.fail("transform", "'raw', 'paged64', 'token_table' or 'ragged'", std::to_string(transform));
+  if (transform < 0 || transform > 3)
+    c.fail("transform", "'raw', 'paged64', 'token_table' or 'ragged'", std::to_string(transform));
   a.transform = static_cast<nsa::TopkTransform>(transform);
-  const bool needs_table = a.transform == nsa::TopkTransform::kPaged64 || a.transform == nsa::TopkTransform::kTokenTable;
+  const bool needs_table =
+      a.transform == nsa::TopkTransform::kPaged64 || a.transform == nsa::TopkTransform::kTokenTable;
   if (needs_table) {
     if (!table_a.present) c.fail("page_table", "a [requests, columns] int32/int64 table for this transform", "None");
     c.index_type(table_a);

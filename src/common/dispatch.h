@@ -9,15 +9,15 @@
 #include "nsa/common.h"
 
 // NSA_DISPATCH_INDEX(type, T, ...): runs the body with `using T = int32_t` or `int64_t`.
-#define NSA_DISPATCH_INDEX(type, T, ...)       \
-  [&] {                                        \
-    if ((type) == ::nsa::IndexType::kInt32) {  \
-      using T = int32_t;                       \
-      return __VA_ARGS__();                    \
-    } else {                                   \
-      using T = int64_t;                       \
-      return __VA_ARGS__();                    \
-    }                                          \
+#define NSA_DISPATCH_INDEX(type, T, ...)      \
+  [&] {                                       \
+    if ((type) == ::nsa::IndexType::kInt32) { \
+      using T = int32_t;                      \
+      return __VA_ARGS__();                   \
+    } else {                                  \
+      using T = int64_t;                      \
+      return __VA_ARGS__();                   \
+    }                                         \
   }()
 
 // NSA_DISPATCH_PAGE_SIZE(page_size, NAME, ...): runs the body with `constexpr int NAME`

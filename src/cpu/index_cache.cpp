@@ -74,8 +74,8 @@ void check_batch(const ArgChecker& c, ConstIndexCache cache, const PagedBatch& b
       const int64_t lo = cu.at(r), hi = cu.at(r + 1);
       if (hi - lo < 0 || hi - lo > max_len)
         c.fail("batch.cu_seq_lens", "non-decreasing cumulative lengths with steps in " + allowed,
-               "cu_seq_lens[" + std::to_string(r + 1) + "] - cu_seq_lens[" + std::to_string(r) + "] = " +
-                   std::to_string(hi) + " - " + std::to_string(lo) + " at request " + std::to_string(r));
+               "cu_seq_lens[" + std::to_string(r + 1) + "] - cu_seq_lens[" + std::to_string(r) +
+                   "] = " + std::to_string(hi) + " - " + std::to_string(lo) + " at request " + std::to_string(r));
     }
     sum = cu.at(b.batch_size);
   } else {
@@ -93,8 +93,8 @@ void check_batch(const ArgChecker& c, ConstIndexCache cache, const PagedBatch& b
     const int64_t bad = find_bad_page(b.page_table, r * b.table_ld, len, cache);
     if (bad >= 0)
       c.fail("batch.page_table", "page ids in " + range(0, cache.num_pages),
-             std::to_string(b.page_table.at(r * b.table_ld + bad)) + " at request " + std::to_string(r) +
-                 ", column " + std::to_string(bad));
+             std::to_string(b.page_table.at(r * b.table_ld + bad)) + " at request " + std::to_string(r) + ", column " +
+                 std::to_string(bad));
   }
 }
 
@@ -141,8 +141,8 @@ void quantize_rows(int threads, IndexCache cache, const void* k, int64_t n, int6
 
 }  // namespace
 
-void quantize_and_store_k(int threads, IndexCache cache, const void* k, int64_t n, int64_t k_ld,
-                          const int64_t* slots, ScaleMode mode, KDtype k_dtype) {
+void quantize_and_store_k(int threads, IndexCache cache, const void* k, int64_t n, int64_t k_ld, const int64_t* slots,
+                          ScaleMode mode, KDtype k_dtype) {
   check_slots(ArgChecker("quantize_and_store_k"), slots, n, cache);
   switch (k_dtype) {
     case KDtype::kBf16: return quantize_rows<KDtype::kBf16>(threads, cache, k, n, k_ld, slots, mode);
@@ -175,8 +175,7 @@ inline void copy_page_run(ConstIndexCache cache, int64_t page, int64_t tokens, i
     std::memcpy(out_s + row, src + L::k_bytes_per_page(cache.page_size), static_cast<size_t>(tokens * L::kScaleBytes));
 }
 
-void gather_single(int threads, ConstIndexCache cache, int64_t length, Indices page_ids, uint8_t* out_k,
-                   float* out_s) {
+void gather_single(int threads, ConstIndexCache cache, int64_t length, Indices page_ids, uint8_t* out_k, float* out_s) {
   const int64_t P = cache.page_size, pages = pages_of(length, P);
   parallel_for(pages, threads, length * 264, [&](int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; ++p) {
@@ -221,8 +220,7 @@ void gather_k_and_s(int threads, ConstIndexCache cache, const PagedBatch& b, uin
       const int64_t len = length(r);
       const int64_t P = cache.page_size, pages = pages_of(len, P);
       for (int64_t p = g - page0; p < pages && g < end; ++p, ++g) {
-        copy_page_run(cache, b.page_table.at(r * b.table_ld + p), std::min(P, len - p * P), row0 + p * P, out_k,
-                      out_s);
+        copy_page_run(cache, b.page_table.at(r * b.table_ld + p), std::min(P, len - p * P), row0 + p * P, out_k, out_s);
       }
       page0 += pages;
       row0 += len;

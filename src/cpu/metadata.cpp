@@ -62,7 +62,8 @@ void validate_inputs(const MetadataConfig& c, const MetadataInputs& in, const Me
   for (int64_t b = 0; b < c.batch_size; ++b) {
     const int64_t rpi = load_index(in.req_pool_indices, b);
     if (rpi < 0 || rpi >= in.req_to_token_rows)
-      chk.fail("inputs.req_pool_indices", "rows in [0, req_to_token_rows) = [0, " + std::to_string(in.req_to_token_rows) + ")",
+      chk.fail("inputs.req_pool_indices",
+               "rows in [0, req_to_token_rows) = [0, " + std::to_string(in.req_to_token_rows) + ")",
                at_request(rpi, b));
     int64_t q = 1;
     if (c.mode == ForwardMode::kDraftExtend) {
@@ -79,8 +80,8 @@ void validate_inputs(const MetadataConfig& c, const MetadataInputs& in, const Me
                at_request(kv, b));
     if (kv > pt_cols.value)
       chk.fail(len_arg,
-               "cache lengths <= targets[" + std::to_string(pt_cols.index) + "].page_table_1_cols = " +
-                   std::to_string(pt_cols.value),
+               "cache lengths <= targets[" + std::to_string(pt_cols.index) +
+                   "].page_table_1_cols = " + std::to_string(pt_cols.value),
                at_request(kv, b));
     const int64_t pages = (kv + c.page_size - 1) / c.page_size;
     if (real_cols.index >= 0 && pages > real_cols.value)
@@ -91,8 +92,8 @@ void validate_inputs(const MetadataConfig& c, const MetadataInputs& in, const Me
     rows += q;
     cu_k += kv;
     if (cu_k > kInt32Max)
-      chk.fail(len_arg, "cumulative cache lengths (cu_seqlens_k) that fit in int32", std::to_string(cu_k) +
-               " after request " + std::to_string(b));
+      chk.fail(len_arg, "cumulative cache lengths (cu_seqlens_k) that fit in int32",
+               std::to_string(cu_k) + " after request " + std::to_string(b));
     for (int64_t j = 0; j < q; ++j) cu_nsa += std::min(kv - q + 1 + j, c.topk);  // as pass 1 below sums them
     if (cu_nsa > kInt32Max)
       chk.fail(len_arg, "cumulative NSA lengths (nsa_cu_seqlens_k) that fit in int32",
@@ -189,7 +190,8 @@ void copy_metadata(int threads, const MetadataCopyShape& s, const MetadataSource
     if (!decode && src.seqlens_expanded && t.seqlens_expanded) copy_ints(t.seqlens_expanded, src.seqlens_expanded, n);
     copy_ints(t.nsa_cache_seqlens, src.nsa_cache_seqlens, n);
     if (n > 0) copy_ints(t.nsa_cu_seqlens_k + 1, src.nsa_cu_seqlens_k + 1, n);
-    if (src.flashmla_num_splits && t.flashmla_num_splits) copy_ints(t.flashmla_num_splits, src.flashmla_num_splits, n + 1);
+    if (src.flashmla_num_splits && t.flashmla_num_splits)
+      copy_ints(t.flashmla_num_splits, src.flashmla_num_splits, n + 1);
     if (src.flashmla_metadata && t.flashmla_metadata)
       copy_ints(t.flashmla_metadata, src.flashmla_metadata, src.flashmla_metadata_size);
   }

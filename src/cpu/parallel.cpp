@@ -111,7 +111,7 @@ class Pool {
   }
 
   std::atomic<bool> busy_{false};  // a job is running (a flag, not a mutex: a nested call comes from its owner)
-  std::mutex mutex_;  // guards the fields below
+  std::mutex mutex_;               // guards the fields below
   std::condition_variable wake_, finished_;
   const std::function<void(int64_t)>* task_ = nullptr;
   int64_t tasks_ = 0;

@@ -20,9 +20,7 @@ namespace cpu {
 int available_cpus();
 
 // Threads a job may use: `requested` when > 0, else available_cpus(); at most 64.
-inline int resolve_threads(int requested) {
-  return std::min(requested > 0 ? requested : available_cpus(), 64);
-}
+inline int resolve_threads(int requested) { return std::min(requested > 0 ? requested : available_cpus(), 64); }
 
 // Runs task(i) for every i in [0, tasks) on the calling thread and up to
 // tasks - 1 pool workers, and returns when all are done. A call made while the
@@ -36,8 +34,8 @@ template <class Fn>
 void parallel_for(int64_t n, int threads, int64_t work_bytes, Fn&& fn) {
   if (n <= 0) return;
   constexpr int64_t kMinBytesPerThread = int64_t{1} << 20;
-  const int64_t t = std::min<int64_t>(
-      {int64_t{resolve_threads(threads)}, n, std::max<int64_t>(1, work_bytes / kMinBytesPerThread)});
+  const int64_t t =
+      std::min<int64_t>({int64_t{resolve_threads(threads)}, n, std::max<int64_t>(1, work_bytes / kMinBytesPerThread)});
   if (t <= 1) {
     fn(int64_t{0}, n);
     return;

@@ -23,8 +23,8 @@ int current_device_sm_count();
 }  // namespace cuda
 }  // namespace nsa
 
-#define NSA_CUDA_CHECK(expr)                                                           \
-  do {                                                                                 \
-    const cudaError_t nsa_err_ = (expr);                                               \
+#define NSA_CUDA_CHECK(expr)                                                                         \
+  do {                                                                                               \
+    const cudaError_t nsa_err_ = (expr);                                                             \
     if (nsa_err_ != cudaSuccess) ::nsa::cuda::throw_cuda_error(nsa_err_, #expr, __FILE__, __LINE__); \
   } while (0)

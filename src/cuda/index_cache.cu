@@ -37,8 +37,18 @@ static void gather_single(cudaStream stream, DeviceError* checked, ConstIndexCac
   NSA_DISPATCH_PAGE_SIZE(cache.page_size, kPage, [&] {
     NSA_DISPATCH_INDEX(page_ids.type, TableT, [&] {
       // One request whose "table row" is the page list.
-      k::GatherParams<TableT, int64_t> p{cache.data, static_cast<const TableT*>(page_ids.data), pages, pages, nullptr,
-                                         length, 1, out_k, out_s, length, cache.num_pages, checked};
+      k::GatherParams<TableT, int64_t> p{cache.data,
+                                         static_cast<const TableT*>(page_ids.data),
+                                         pages,
+                                         pages,
+                                         nullptr,
+                                         length,
+                                         1,
+                                         out_k,
+                                         out_s,
+                                         length,
+                                         cache.num_pages,
+                                         checked};
       NSA_CUDA_CHECK((k::invoke_paged_gather<k::LengthForm::kHost, kWriteK, kWriteS, k::DefaultGatherPolicy<kPage>>(
           p, pages, current_device_sm_count(), stream)));
     });
@@ -55,8 +65,8 @@ void gather_s(cudaStream stream, DeviceError* checked, ConstIndexCache cache, in
   gather_single<false, true>(stream, checked, cache, length, page_ids, nullptr, out_s);
 }
 
-void gather_k_and_s(cudaStream stream, DeviceError* checked, ConstIndexCache cache, const PagedBatch& b,
-                    uint8_t* out_k, float* out_s, int64_t out_capacity) {
+void gather_k_and_s(cudaStream stream, DeviceError* checked, ConstIndexCache cache, const PagedBatch& b, uint8_t* out_k,
+                    float* out_s, int64_t out_capacity) {
   if (b.batch_size == 0) return;
   if (out_capacity == 0 && checked == nullptr) return;  // sum L <= capacity = 0: nothing to move
   // Items are (request, table column) pairs; columns past a request's pages are skipped in the kernel.
@@ -67,9 +77,18 @@ void gather_k_and_s(cudaStream stream, DeviceError* checked, ConstIndexCache cac
     using Policy = k::DefaultGatherPolicy<kPage>;
     NSA_DISPATCH_INDEX(b.page_table.type, TableT, [&] {
       NSA_DISPATCH_INDEX(lens.type, LenT, [&] {
-        k::GatherParams<TableT, LenT> p{cache.data, static_cast<const TableT*>(b.page_table.data), b.table_cols,
-                                        b.table_ld, static_cast<const LenT*>(lens.data), 0, b.batch_size, out_k,
-                                        out_s, out_capacity, cache.num_pages, checked};
+        k::GatherParams<TableT, LenT> p{cache.data,
+                                        static_cast<const TableT*>(b.page_table.data),
+                                        b.table_cols,
+                                        b.table_ld,
+                                        static_cast<const LenT*>(lens.data),
+                                        0,
+                                        b.batch_size,
+                                        out_k,
+                                        out_s,
+                                        out_capacity,
+                                        cache.num_pages,
+                                        checked};
         const int sms = current_device_sm_count();
         const cudaError_t err =
             cu ? k::invoke_paged_gather<k::LengthForm::kCuSeqLens, true, true, Policy>(p, max_items, sms, stream)

@@ -69,10 +69,9 @@ void copy_metadata(cudaStream stream, const MetadataCopyShape& s, const Metadata
   k::add_copy_job(p, F::kNsaCuSeqlensK, src.nsa_cu_seqlens_k, 0, 1, n, 1);
   k::add_copy_job(p, F::kFlashmlaNumSplits, src.flashmla_num_splits, 0, 1, n + 1, 0);  // from index 0
   k::add_copy_job(p, F::kFlashmlaMetadata, src.flashmla_metadata, 0, 1, src.flashmla_metadata_size, 0);
-  k::add_copy_job(p, F::kPageTable1, src.page_table_1, src.page_table_1_ld ? src.page_table_1_ld : cols, rows, cols,
-                  0);
-  k::add_copy_job(p, F::kRealPageTable, src.real_page_table, src.real_page_table_ld ? src.real_page_table_ld : rc,
-                  rows, rc, 0);
+  k::add_copy_job(p, F::kPageTable1, src.page_table_1, src.page_table_1_ld ? src.page_table_1_ld : cols, rows, cols, 0);
+  k::add_copy_job(p, F::kRealPageTable, src.real_page_table, src.real_page_table_ld ? src.real_page_table_ld : rc, rows,
+                  rc, 0);
   p.targets = targets.table;
   p.num_targets = targets.count;
   NSA_CUDA_CHECK(k::invoke_copy_metadata(p, current_device_sm_count(), stream));

@@ -1,5 +1,5 @@
 // Reference implementation of the index-cache ops: plain loops over tokens and
-// bytes that follow the spec (indexer-cache.md) word by word. Host memory only,
+// bytes that follow the spec (docs/spec/index-cache.md) word by word. Host memory only,
 // no validation, no speed. Tests, `nsa selftest` and the benchmarks' output
 // checks compare every backend against these.
 #pragma once

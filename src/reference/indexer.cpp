@@ -52,8 +52,7 @@ float token_scale(const PagedMqaLogitsArgs& a, const uint8_t* page, int64_t t) {
 double head_dot(const PagedMqaLogitsArgs& a, int64_t r, int64_t h, const uint8_t* k) {
   const uint8_t* q = a.q + (r * kIndexerHeads + h) * kIndexerHeadDim;
   double s = 0;
-  for (int64_t d = 0; d < kIndexerHeadDim; ++d)
-    s += fp8(q[d]) * fp8(k[d]);
+  for (int64_t d = 0; d < kIndexerHeadDim; ++d) s += fp8(q[d]) * fp8(k[d]);
   return s;
 }
 
@@ -93,8 +92,7 @@ double paged_mqa_logit_dequantized(const PagedMqaLogitsArgs& a, int64_t r, int64
   for (int64_t h = 0; h < kIndexerHeads; ++h) {
     const uint8_t* q = a.q + (r * kIndexerHeads + h) * kIndexerHeadDim;
     double s = 0;
-    for (int64_t d = 0; d < kIndexerHeadDim; ++d)
-      s += fp8(q[d]) * (fp8(k[d]) * scale);
+    for (int64_t d = 0; d < kIndexerHeadDim; ++d) s += fp8(q[d]) * (fp8(k[d]) * scale);
     sum += static_cast<double>(a.weights[r * kIndexerHeads + h]) * (s > 0 ? s : 0.0);
   }
   return sum;

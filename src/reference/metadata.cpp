@@ -36,9 +36,9 @@ void build_metadata(const MetadataConfig& c, const MetadataInputs& in, const Met
   std::vector<int32_t> cache_seqlens, qo;
   for (int64_t b = 0; b < bs; ++b) {
     cache_seqlens.push_back(static_cast<int32_t>(in.seq_lens.at(b) + draft));
-    if (c.mode == ForwardMode::kDecode) qo.push_back(1);                                   // §4.2
+    if (c.mode == ForwardMode::kDecode) qo.push_back(1);                                                // §4.2
     else if (c.mode == ForwardMode::kTargetVerify) qo.push_back(static_cast<int32_t>(c.draft_tokens));  // §4.3
-    else qo.push_back(static_cast<int32_t>(in.extend_lens.at(b)));                          // §4.4
+    else qo.push_back(static_cast<int32_t>(in.extend_lens.at(b)));                                      // §4.4
   }
   const std::vector<int32_t> cu_seqlens_k = cu(cache_seqlens);
   const std::vector<int32_t> expanded = expand(qo, cache_seqlens);  // DECODE: equals cache_seqlens
@@ -97,25 +97,25 @@ void copy_metadata(const MetadataCopyShape& s, const MetadataSources& src, const
   const int64_t bs = s.batch_size;
   if (bs == 0) return;
   const bool decode = s.mode == ForwardMode::kDecode;
-  const int64_t n = decode ? bs : s.seqlens_expanded_size;     // rows of the per-row arrays and tables
+  const int64_t n = decode ? bs : s.seqlens_expanded_size;  // rows of the per-row arrays and tables
   const int64_t cols = decode ? s.max_len : s.max_seqlen_k;
   const int64_t rc = src.real_page_table_cols;
   for (int64_t d = 0; d < count; ++d) {
     const MetadataBuffers& t = targets[d];
-    copy_flat(t.cache_seqlens, src.cache_seqlens, 0, bs);                                   // 1
-    copy_flat(t.cu_seqlens_k, src.cu_seqlens_k, 1, bs + 1);                                 // 2: dst[0] untouched
-    copy_rows(t.page_table_1, t.page_table_1_ld, src.page_table_1,                           // 3
+    copy_flat(t.cache_seqlens, src.cache_seqlens, 0, bs);           // 1
+    copy_flat(t.cu_seqlens_k, src.cu_seqlens_k, 1, bs + 1);         // 2: dst[0] untouched
+    copy_rows(t.page_table_1, t.page_table_1_ld, src.page_table_1,  // 3
               src.page_table_1_ld ? src.page_table_1_ld : cols, n, cols);
-    if (!decode && src.seqlens_expanded && t.seqlens_expanded)                               // 4
+    if (!decode && src.seqlens_expanded && t.seqlens_expanded)  // 4
       copy_flat(t.seqlens_expanded, src.seqlens_expanded, 0, n);
-    copy_flat(t.nsa_cache_seqlens, src.nsa_cache_seqlens, 0, n);                            // 5
-    copy_flat(t.nsa_cu_seqlens_k, src.nsa_cu_seqlens_k, 1, n + 1);                          // 6: dst[0] untouched
-    if (src.real_page_table && t.real_page_table)                                            // 7
+    copy_flat(t.nsa_cache_seqlens, src.nsa_cache_seqlens, 0, n);    // 5
+    copy_flat(t.nsa_cu_seqlens_k, src.nsa_cu_seqlens_k, 1, n + 1);  // 6: dst[0] untouched
+    if (src.real_page_table && t.real_page_table)                   // 7
       copy_rows(t.real_page_table, t.real_page_table_ld, src.real_page_table,
                 src.real_page_table_ld ? src.real_page_table_ld : rc, n, rc);
-    if (src.flashmla_num_splits && t.flashmla_num_splits)                                    // 8: from index 0
+    if (src.flashmla_num_splits && t.flashmla_num_splits)  // 8: from index 0
       copy_flat(t.flashmla_num_splits, src.flashmla_num_splits, 0, n + 1);
-    if (src.flashmla_metadata && t.flashmla_metadata)                                        // 9
+    if (src.flashmla_metadata && t.flashmla_metadata)  // 9
       copy_flat(t.flashmla_metadata, src.flashmla_metadata, 0, src.flashmla_metadata_size);
   }
 }

@@ -1,4 +1,4 @@
-// Reference implementation of the metadata ops: the formulas of metadata.md
+// Reference implementation of the metadata ops: the formulas of docs/spec/metadata.md
 // §3/§4 and the plain per-field copies of §6.2, written literally with
 // std::vector temporaries. Host memory only, no validation, no speed. Tests
 // and benchmark checks compare every backend against these.
@@ -13,8 +13,8 @@ namespace nsa {
 namespace reference {
 
 // Spec §3 helpers.
-std::vector<int32_t> cu(const std::vector<int32_t>& x);                                   // [0, x0, x0+x1, ...]
-std::vector<int32_t> clamp_topk(const std::vector<int32_t>& x, int64_t topk);             // min(x, topk)
+std::vector<int32_t> cu(const std::vector<int32_t>& x);                                       // [0, x0, x0+x1, ...]
+std::vector<int32_t> clamp_topk(const std::vector<int32_t>& x, int64_t topk);                 // min(x, topk)
 std::vector<int32_t> expand(const std::vector<int32_t>& qo, const std::vector<int32_t>& kv);  // kv_b - qo_b + 1 + j
 
 // build_metadata into `count` destination sets (host pointers).

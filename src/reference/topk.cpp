@@ -24,7 +24,8 @@ float as_float(uint32_t bits) {
 // Score j of row r as fp32 bits (bf16 widened).
 uint32_t score_bits(const TopkArgs& a, int64_t r, int64_t j) {
   const int64_t e = r * a.score_ld + j;
-  if (a.score_type == ScoreType::kBfloat16) return static_cast<uint32_t>(static_cast<const uint16_t*>(a.scores)[e]) << 16;
+  if (a.score_type == ScoreType::kBfloat16)
+    return static_cast<uint32_t>(static_cast<const uint16_t*>(a.scores)[e]) << 16;
   uint32_t u;
   std::memcpy(&u, static_cast<const float*>(a.scores) + e, 4);
   return u;

@@ -12,10 +12,10 @@
 #include <numeric>
 #include <optional>
 
+#include "metadata_dests.h"
 #include "nsa/index_cache.h"
 #include "nsa/metadata.h"
 #include "reference/index_cache.h"
-#include "metadata_dests.h"
 #include "test_util.h"
 
 #if defined(NSA_WITH_CUDA)
@@ -159,7 +159,7 @@ void run_single_gather_case(int64_t length, int64_t bad_pos, int64_t bad_id, uin
 TEST(CheckedMode, GatherSinglePageIdOutOfRange_cuda) {
   NSA_SKIP_WITHOUT_GPU();
   run_single_gather_case<int32_t>(300, 2, kPages, 202);
-  run_single_gather_case<int64_t>(300, 4, -7, 203);          // partial last page
+  run_single_gather_case<int64_t>(300, 4, -7, 203);                       // partial last page
   run_single_gather_case<int64_t>(64 * 700, 650, int64_t{1} << 33, 204);  // a later grid-stride item
 }
 
@@ -245,7 +245,8 @@ DeviceError run_batch(Pool& pool, const Batch& b, const BatchRun& run, std::mt19
   Checked chk;
   gather_k_and_s(chk.exec, pool.view(), batch, out_k.as<uint8_t>(), out_s.as<float>(), run.capacity);
   const DeviceError e = chk.read();
-  const int64_t skip_r = run.plant_at >= 0 ? run.plant_at / kLd : -1, skip_c = run.plant_at >= 0 ? run.plant_at % kLd : -1;
+  const int64_t skip_r = run.plant_at >= 0 ? run.plant_at / kLd : -1,
+                skip_c = run.plant_at >= 0 ? run.plant_at % kLd : -1;
   const Expected want =
       expected_rows(pool, b, run.starts, run.written, poison_k, poison_s, run.capacity, skip_r, skip_c);
   NSA_EXPECT_BYTES_EQ(out_k.to_host(), want.k);
@@ -347,7 +348,8 @@ TEST(CheckedMode, ValidInputsRecordNothingAndMatchUnchecked_cuda) {
   const auto k = bf16_rows(rng, n);
   auto k_dev = to_backend(Backend::kCuda, k);
   auto s_dev = to_backend(Backend::kCuda, slots);
-  quantize_and_store_k(chk.exec, checked_pool.view(), k_dev.as<uint16_t>(), n, 128, s_dev.as<int64_t>(), ScaleMode::kFp32);
+  quantize_and_store_k(chk.exec, checked_pool.view(), k_dev.as<uint16_t>(), n, 128, s_dev.as<int64_t>(),
+                       ScaleMode::kFp32);
   quantize_and_store_k(plain, plain_view, k_dev.as<uint16_t>(), n, 128, s_dev.as<int64_t>(), ScaleMode::kFp32);
   const auto slots2 = distinct_slots(rng, n);
   auto s2_dev = to_backend(Backend::kCuda, slots2);
@@ -447,7 +449,8 @@ TEST(CheckedMode, CapturedCheckedGatherReportsViolationPlantedBetweenReplays_cud
   expect_error(read_device_error(exec), OpId::kGatherKAndS, ArgId::kPageTable, 2, kPages);
   // Rows of request 2 were not written by the planted replays: still what the valid replays wrote.
   std::vector<uint8_t> want_s(static_cast<size_t>(total * 4));
-  reference::gather_s(pool.host_view(), 30, b.table.data() + 2 * kLd, reinterpret_cast<float*>(want_s.data() + 300 * 4));
+  reference::gather_s(pool.host_view(), 30, b.table.data() + 2 * kLd,
+                      reinterpret_cast<float*>(want_s.data() + 300 * 4));
   std::vector<uint8_t> got_s = out_s.to_host();
   EXPECT_EQ(std::memcmp(got_s.data() + 300 * 4, want_s.data() + 300 * 4, 30 * 4), 0);
 
@@ -634,8 +637,11 @@ TEST(CheckedModeCpu, BuildMetadataRejectsEachViolationAndWritesNothing) {
   seq = {10, 65, 0};
   MetadataInputs long_rows = in;
   long_rows.req_to_token_cols = 80;
-  expect_rejected([&] { build_metadata(cpu, MetadataConfig{ForwardMode::kDecode, 3, 1, 2048, 64}, long_rows, one); }, op,
-                  "inputs.seq_lens", "65 at request 1 (2 pages)");
+  expect_rejected(
+      [&] {
+        build_metadata(cpu, MetadataConfig{ForwardMode::kDecode, 3, 1, 2048, 64}, long_rows, one);
+      },
+      op, "inputs.seq_lens", "65 at request 1 (2 pages)");
   EXPECT_TRUE(real_short.matches());
 
   seq = {10, 37, 0};  // valid: all three modes run

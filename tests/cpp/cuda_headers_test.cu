@@ -14,9 +14,9 @@
 
 #include "buffer.h"
 #include "nsa/cuda/index_cache.cuh"
+#include "nsa/cuda/indexer.cuh"
 #include "nsa/cuda/metadata.cuh"
 #include "nsa/cuda/topk.cuh"
-#include "nsa/cuda/indexer.cuh"
 #include "nsa/indexer.h"
 #include "nsa/topk.h"
 
@@ -32,8 +32,8 @@ TEST(CudaHeaders, LaunchersUsableFromAnotherTranslationUnit_cuda) {
   std::vector<int32_t> ids = {0};
   support::Buffer ids_dev(Backend::kCuda, 4);
   ids_dev.upload(ids);
-  kernels::GatherParams<int32_t, int64_t> p{pool.as<uint8_t>(), ids_dev.as<int32_t>(), 1, 1, nullptr, 64, 1,
-                                            out.as<uint8_t>(), nullptr};
+  kernels::GatherParams<int32_t, int64_t> p{
+      pool.as<uint8_t>(), ids_dev.as<int32_t>(), 1, 1, nullptr, 64, 1, out.as<uint8_t>(), nullptr};
   ASSERT_EQ((kernels::invoke_paged_gather<kernels::LengthForm::kHost, true, false>(p, 1, 1, nullptr)), cudaSuccess);
   kernels::CopyParams cp{};
   ASSERT_EQ(kernels::invoke_copy_metadata(cp, 1, nullptr), cudaSuccess);  // no jobs: no launch
@@ -103,7 +103,8 @@ TEST(ChunkItems, EveryLiveItemOnceAcrossCtasAndWarps) {
           walk.early_per_request = static_ipr;
           walk.early_items = grid_warps;
         }
-        for (auto x = walk.live(walk.first, cols.data()); x.rel < walk.end; x = walk.live(x.rel + kWarps, cols.data())) {
+        for (auto x = walk.live(walk.first, cols.data()); x.rel < walk.end;
+             x = walk.live(x.rel + kWarps, cols.data())) {
           ASSERT_EQ(x.c0 % cols_per_item, 0);
           ASSERT_EQ(x.b * per_request + x.c0 / cols_per_item, x.rel);
           ++seen[static_cast<size_t>(x.rel)];
@@ -141,7 +142,7 @@ TEST(FastDivisor, MatchesIntegerDivisionOnDevice_cuda) {
   n_dev.upload(n);
   out.fill(0xff);
   fast_divide_kernel<<<(count + 255) / 256, 256>>>(d_dev.as<kernels::FastDivisor>(), n_dev.as<uint32_t>(), count,
-                                                    out.as<uint32_t>());
+                                                   out.as<uint32_t>());
   ASSERT_EQ(cudaGetLastError(), cudaSuccess);
   support::synchronize(Backend::kCuda);
   std::vector<uint32_t> q(count);

@@ -10,8 +10,8 @@
 #include <functional>
 #include <numeric>
 
-#include "nsa/index_cache.h"
 #include "metadata_dests.h"
+#include "nsa/index_cache.h"
 #include "nsa/metadata.h"
 #include "test_util.h"
 
@@ -200,8 +200,8 @@ TEST_P(DeterminismTest, GatherKAndSBatch) {
       batch.page_table = table_dev.as<int64_t>();
       batch.table_cols = cols;
       batch.table_ld = ld;
-      gather_k_and_s(exec, ConstIndexCache(cache.as<uint8_t>(), kPages), batch, out_k.as<uint8_t>(),
-                     out_s.as<float>(), capacity);
+      gather_k_and_s(exec, ConstIndexCache(cache.as<uint8_t>(), kPages), batch, out_k.as<uint8_t>(), out_s.as<float>(),
+                     capacity);
       fence(b);
       return Outputs{out_k.to_host(), out_s.to_host()};
     });
@@ -262,7 +262,8 @@ TEST_P(DeterminismTest, BuildMetadataAllModes) {
     SCOPED_TRACE(to_string(mode));
     const int64_t rows = mode == ForwardMode::kDecode ? bs : bs * N;
     const std::vector<MetaDest> dests = {make_meta_dest(rng, rows, W, (W + 63) / 64, 80, 0),
-                                         make_meta_dest(rng, rows + 2, W + 5, (W + 63) / 64 + 1, 80, 3)};  // tiles: the source size
+                                         make_meta_dest(rng, rows + 2, W + 5, (W + 63) / 64 + 1, 80,
+                                                        3)};  // tiles: the source size
     expect_deterministic(GetParam(), [&](Backend b, const Exec& exec) {
       auto table_dev = to_backend(b, req_to_token);
       auto seq_dev = to_backend(b, seq);

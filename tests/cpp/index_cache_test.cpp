@@ -1,6 +1,6 @@
 // Index-cache ops on every backend against the plain-loop reference
 // (src/reference/index_cache.cpp), bit-exact, on fresh random data with
-// poisoned outputs; plus the edges of indexer-cache.md §8 and every
+// poisoned outputs; plus the edges of docs/spec/index-cache.md §8 and every
 // validation path.
 #include <algorithm>
 #include <cmath>
@@ -209,9 +209,9 @@ TEST_P(IndexCacheTest, GatherSingleSequenceLongerThanGridLimit) {
 
 struct BatchCase {
   std::vector<int64_t> lens;
-  int64_t cols;         // table columns (>= max pages)
-  int64_t ld;           // table row stride
-  int64_t extra_rows;   // capacity - sum L
+  int64_t cols;        // table columns (>= max pages)
+  int64_t ld;          // table row stride
+  int64_t extra_rows;  // capacity - sum L
   bool table64, lens64, cu_form;
 };
 
@@ -289,7 +289,7 @@ TEST_P(IndexCacheTest, GatherBatchMatchesReference) {
 
 TEST_P(IndexCacheTest, GatherBatchSpecCaseU5) {
   auto rng = make_rng(8);
-  // indexer-cache.md §8 U5: seq_lens [256,267,215,32,129] over a 5x5 table, 128 pages.
+  // Upstream's unit-test shape: seq_lens [256,267,215,32,129] over a 5x5 table, 128 pages.
   BatchCase c{{256, 267, 215, 32, 129}, 5, 5, 4, false, true, false};
   run_batch_gather(backend(), exec(), rng, c, 128);
 }
@@ -381,7 +381,8 @@ std::vector<uint8_t> random_k(std::mt19937_64& rng, KDtype dtype, int64_t n, int
     std::vector<uint16_t> v(static_cast<size_t>(n * ld));
     const uint16_t exp_mask = dtype == KDtype::kBf16 ? 0x7f80 : 0x7c00;
     for (auto& h : v) {
-      do h = static_cast<uint16_t>(rng()); while ((h & exp_mask) == exp_mask);
+      do h = static_cast<uint16_t>(rng());
+      while ((h & exp_mask) == exp_mask);
     }
     std::memcpy(bytes.data(), v.data(), bytes.size());
   }
@@ -394,7 +395,9 @@ struct PagedPool {
   std::vector<uint8_t> host;
   support::Buffer dev;
   PagedPool(Backend b, int64_t n, int64_t p, std::mt19937_64& rng)
-      : pages(n), page_size(p), host(random_bytes(rng, static_cast<size_t>(n * L::bytes_per_page(p)))),
+      : pages(n),
+        page_size(p),
+        host(random_bytes(rng, static_cast<size_t>(n * L::bytes_per_page(p)))),
         dev(to_backend(b, host)) {}
   IndexCache view() { return {dev.as<uint8_t>(), pages, page_size}; }
   IndexCache host_view() { return {host.data(), pages, page_size}; }
@@ -415,7 +418,8 @@ TEST_P(IndexCacheTest, QuantizeEveryDtypeAndScaleModeMatchesReference) {
     for (ScaleMode mode : {ScaleMode::kFp32, ScaleMode::kFp32Divide, ScaleMode::kUe8m0}) {
       for (int64_t n : {1, 65, 1000}) {
         for (int64_t ld : {128, 136, 131}) {  // 131: rows not 16-byte aligned (element load path)
-          SCOPED_TRACE(::testing::Message() << to_string(dtype) << " " << to_string(mode) << " n=" << n << " ld=" << ld);
+          SCOPED_TRACE(::testing::Message()
+                       << to_string(dtype) << " " << to_string(mode) << " n=" << n << " ld=" << ld);
           const int64_t pages = n / 32 + 3;
           PagedPool pool(backend(), pages, 64, rng);
           const auto k = random_k(rng, dtype, n, ld);
@@ -552,15 +556,32 @@ TEST(IndexCacheValidation, EveryCheckNamesItsArgumentAndWritesNothing) {
   std::vector<float> out_s(8, 0.5f);
   const auto out_k_before = out_k;
 
-  expect_invalid([&] { quantize_and_store_k(cpu, {nullptr, 2}, k.data(), 2, 128, slots.data(), ScaleMode::kFp32); }, "cache.data");
-  expect_invalid([&] { quantize_and_store_k(cpu, {pool.data(), 0}, k.data(), 2, 128, slots.data(), ScaleMode::kFp32); }, "cache.num_pages");
-  expect_invalid([&] { quantize_and_store_k(cpu, {pool.data(), int64_t{1} << 62}, k.data(), 2, 128, slots.data(), ScaleMode::kFp32); }, "cache.num_pages");
+  expect_invalid(
+      [&] {
+        quantize_and_store_k(cpu, {nullptr, 2}, k.data(), 2, 128, slots.data(), ScaleMode::kFp32);
+      },
+      "cache.data");
+  expect_invalid(
+      [&] {
+        quantize_and_store_k(cpu, {pool.data(), 0}, k.data(), 2, 128, slots.data(), ScaleMode::kFp32);
+      },
+      "cache.num_pages");
+  expect_invalid(
+      [&] {
+        quantize_and_store_k(cpu, {pool.data(), int64_t{1} << 62}, k.data(), 2, 128, slots.data(), ScaleMode::kFp32);
+      },
+      "cache.num_pages");
   expect_invalid([&] { quantize_and_store_k(cpu, cache, k.data(), -1, 128, slots.data(), ScaleMode::kFp32); }, "'n'");
   expect_invalid([&] { quantize_and_store_k(cpu, cache, k.data(), 2, 127, slots.data(), ScaleMode::kFp32); }, "k_ld");
   expect_invalid([&] { quantize_and_store_k(cpu, cache, nullptr, 2, 128, slots.data(), ScaleMode::kFp32); }, "'k'");
   expect_invalid([&] { quantize_and_store_k(cpu, cache, k.data(), 2, 128, nullptr, ScaleMode::kFp32); }, "slots");
-  expect_invalid([&] { quantize_and_store_k(cpu, cache, k.data(), 2, 128, slots.data(), static_cast<ScaleMode>(7)); }, "mode");
-  expect_invalid([&] { quantize_and_store_k(Exec{Backend::kCpu, nullptr, -2}, cache, k.data(), 2, 128, slots.data(), ScaleMode::kFp32); }, "cpu_threads");
+  expect_invalid([&] { quantize_and_store_k(cpu, cache, k.data(), 2, 128, slots.data(), static_cast<ScaleMode>(7)); },
+                 "mode");
+  expect_invalid(
+      [&] {
+        quantize_and_store_k(Exec{Backend::kCpu, nullptr, -2}, cache, k.data(), 2, 128, slots.data(), ScaleMode::kFp32);
+      },
+      "cpu_threads");
   expect_invalid([&] { store_k_and_s(cpu, cache, k8.data(), 2, 100, sc.data(), slots.data()); }, "k_ld");
   expect_invalid([&] { store_k_and_s(cpu, cache, k8.data(), 2, 128, nullptr, slots.data()); }, "scale");
   expect_invalid([&] { store_k_and_s(cpu, cache, k8.data(), 2, 128, sc.data(), nullptr); }, "slots");
@@ -576,17 +597,42 @@ TEST(IndexCacheValidation, EveryCheckNamesItsArgumentAndWritesNothing) {
     mutate(b);
     return b;
   };
-  expect_invalid([&] { gather_k_and_s(cpu, cache, with([](PagedBatch& b) { b.batch_size = -1; }), out_k.data(), out_s.data(), 8); }, "batch.batch_size");
-  expect_invalid([&] { gather_k_and_s(cpu, cache, with([](PagedBatch& b) { b.seq_lens = Indices(); }), out_k.data(), out_s.data(), 8); }, "batch.seq_lens/batch.cu_seq_lens");
-  expect_invalid([&] { gather_k_and_s(cpu, cache, with([&](PagedBatch& b) { b.cu_seq_lens = Indices(lens.data()); }), out_k.data(), out_s.data(), 8); }, "batch.seq_lens/batch.cu_seq_lens");
-  expect_invalid([&] { gather_k_and_s(cpu, cache, with([](PagedBatch& b) { b.page_table = Indices(); }), out_k.data(), out_s.data(), 8); }, "batch.page_table");
-  expect_invalid([&] { gather_k_and_s(cpu, cache, with([](PagedBatch& b) { b.table_cols = -1; }), out_k.data(), out_s.data(), 8); }, "batch.table_cols");
-  expect_invalid([&] { gather_k_and_s(cpu, cache, with([](PagedBatch& b) { b.table_ld = 0; }), out_k.data(), out_s.data(), 8); }, "batch.table_ld");
+  expect_invalid(
+      [&] {
+        gather_k_and_s(cpu, cache, with([](PagedBatch& b) { b.batch_size = -1; }), out_k.data(), out_s.data(), 8);
+      },
+      "batch.batch_size");
+  expect_invalid(
+      [&] {
+        gather_k_and_s(cpu, cache, with([](PagedBatch& b) { b.seq_lens = Indices(); }), out_k.data(), out_s.data(), 8);
+      },
+      "batch.seq_lens/batch.cu_seq_lens");
+  expect_invalid(
+      [&] {
+        gather_k_and_s(cpu, cache, with([&](PagedBatch& b) { b.cu_seq_lens = Indices(lens.data()); }), out_k.data(),
+                       out_s.data(), 8);
+      },
+      "batch.seq_lens/batch.cu_seq_lens");
+  expect_invalid(
+      [&] {
+        gather_k_and_s(cpu, cache, with([](PagedBatch& b) { b.page_table = Indices(); }), out_k.data(), out_s.data(),
+                       8);
+      },
+      "batch.page_table");
+  expect_invalid(
+      [&] {
+        gather_k_and_s(cpu, cache, with([](PagedBatch& b) { b.table_cols = -1; }), out_k.data(), out_s.data(), 8);
+      },
+      "batch.table_cols");
+  expect_invalid(
+      [&] { gather_k_and_s(cpu, cache, with([](PagedBatch& b) { b.table_ld = 0; }), out_k.data(), out_s.data(), 8); },
+      "batch.table_ld");
   expect_invalid([&] { gather_k_and_s(cpu, cache, good, out_k.data(), out_s.data(), -1); }, "out_capacity");
   expect_invalid([&] { gather_k_and_s(cpu, cache, good, nullptr, out_s.data(), 8); }, "out_k");
   expect_invalid([&] { gather_k_and_s(cpu, cache, good, out_k.data(), nullptr, 8); }, "out_s");
   if (!cuda_built()) {
-    expect_invalid([&] { gather_k(Exec::cuda(), cache, 5, ids.data(), out_k.data()); }, "cuda", ErrorCode::kUnsupported);
+    expect_invalid([&] { gather_k(Exec::cuda(), cache, 5, ids.data(), out_k.data()); }, "cuda",
+                   ErrorCode::kUnsupported);
   } else {
     // Alignment is checked on the host, before any device access.
     expect_invalid([&] { gather_k(Exec::cuda(), {pool.data() + 1, 1}, 5, ids.data(), out_k.data()); }, "cache.data");
@@ -594,9 +640,17 @@ TEST(IndexCacheValidation, EveryCheckNamesItsArgumentAndWritesNothing) {
   }
   for (int64_t bad_page : {0, 8, 48, 65, 512}) {
     expect_invalid([&] { gather_k(cpu, {pool.data(), 2, bad_page}, 5, ids.data(), out_k.data()); }, "cache.page_size");
-    expect_invalid([&] { quantize_and_store_k(cpu, {pool.data(), 2, bad_page}, k.data(), 2, 128, slots.data(), ScaleMode::kFp32); }, "cache.page_size");
+    expect_invalid(
+        [&] {
+          quantize_and_store_k(cpu, {pool.data(), 2, bad_page}, k.data(), 2, 128, slots.data(), ScaleMode::kFp32);
+        },
+        "cache.page_size");
   }
-  expect_invalid([&] { quantize_and_store_k(cpu, cache, k.data(), 2, 128, slots.data(), ScaleMode::kFp32, static_cast<KDtype>(9)); }, "k_dtype");
+  expect_invalid(
+      [&] {
+        quantize_and_store_k(cpu, cache, k.data(), 2, 128, slots.data(), ScaleMode::kFp32, static_cast<KDtype>(9));
+      },
+      "k_dtype");
   EXPECT_EQ(pool, pool_before);
   EXPECT_EQ(out_k, out_k_before);
   for (float s : out_s) EXPECT_EQ(s, 0.5f);
@@ -625,23 +679,32 @@ TEST(IndexCacheValidation, OutputsOverlappingInputsOrEachOtherAreRejected) {
                  "argument 'cache': expected no overlap with 'k'");
   expect_invalid([&] { quantize_and_store_k(cpu, cache, pool.data() + 8448, 2, 128, slots.data(), ScaleMode::kFp32); },
                  "argument 'cache': expected no overlap with 'k'");
-  expect_invalid([&] { store_k_and_s(cpu, cache, pool.data() + 20000, 2, 128, reinterpret_cast<float*>(pool.data() + 30000), slots.data()); },
-                 "argument 'cache': expected no overlap with 'k'");
+  expect_invalid(
+      [&] {
+        store_k_and_s(cpu, cache, pool.data() + 20000, 2, 128, reinterpret_cast<float*>(pool.data() + 30000),
+                      slots.data());
+      },
+      "argument 'cache': expected no overlap with 'k'");
   // slots or scales inside the cache
   std::vector<uint8_t> k8(256, 1);
-  expect_invalid([&] { store_k_and_s(cpu, cache, k8.data(), 2, 128, reinterpret_cast<float*>(pool.data() + 8192), slots.data()); },
-                 "no overlap with 'scale'");
-  expect_invalid([&] { store_k_and_s(cpu, cache, k8.data(), 2, 128, scale.data(), reinterpret_cast<int64_t*>(pool.data() + 16)); },
-                 "no overlap with 'slots'");
+  expect_invalid(
+      [&] { store_k_and_s(cpu, cache, k8.data(), 2, 128, reinterpret_cast<float*>(pool.data() + 8192), slots.data()); },
+      "no overlap with 'scale'");
+  expect_invalid(
+      [&] { store_k_and_s(cpu, cache, k8.data(), 2, 128, scale.data(), reinterpret_cast<int64_t*>(pool.data() + 16)); },
+      "no overlap with 'slots'");
   EXPECT_EQ(pool, pool_before);
 
   // gathers: outputs on the cache, on the page list, on the lengths, on each other
   std::vector<uint8_t> scratch(64 * 1024, kPoison);
   const auto scratch_before = scratch;
-  expect_invalid([&] { gather_k(cpu, cache, 10, ids.data(), pool.data() + 8448 * 3); }, "argument 'out_k': expected no overlap with 'cache'");
-  expect_invalid([&] { gather_s(cpu, cache, 10, ids.data(), reinterpret_cast<float*>(pool.data())); }, "argument 'out_s': expected no overlap with 'cache'");
+  expect_invalid([&] { gather_k(cpu, cache, 10, ids.data(), pool.data() + 8448 * 3); },
+                 "argument 'out_k': expected no overlap with 'cache'");
+  expect_invalid([&] { gather_s(cpu, cache, 10, ids.data(), reinterpret_cast<float*>(pool.data())); },
+                 "argument 'out_s': expected no overlap with 'cache'");
   auto* ids_in_scratch = reinterpret_cast<int32_t*>(scratch.data() + 64);
-  expect_invalid([&] { gather_k(cpu, cache, 10, Indices(ids_in_scratch), scratch.data()); }, "argument 'out_k': expected no overlap with 'page_ids'");
+  expect_invalid([&] { gather_k(cpu, cache, 10, Indices(ids_in_scratch), scratch.data()); },
+                 "argument 'out_k': expected no overlap with 'page_ids'");
   // seq_lens and page_table hold valid values, so only the overlap can fail
   auto* lens = reinterpret_cast<int64_t*>(scratch.data() + 40000);
   auto* table = reinterpret_cast<int32_t*>(scratch.data() + 40100);
@@ -659,9 +722,11 @@ TEST(IndexCacheValidation, OutputsOverlappingInputsOrEachOtherAreRejected) {
                  "argument 'out_s': expected no overlap with 'batch.seq_lens'");
   expect_invalid([&] { gather_k_and_s(cpu, cache, batch, scratch.data() + 40000 - 7 * 128 + 128, out_s, 7); },
                  "argument 'out_k': expected no overlap with 'batch.seq_lens'");
-  expect_invalid([&] { gather_k_and_s(cpu, cache, batch, scratch.data() + 39900, out_s, 7); }, "no overlap with 'batch");
-  expect_invalid([&] { gather_k_and_s(cpu, cache, batch, out_k, reinterpret_cast<float*>(scratch.data() + 6 * 128), 7); },
-                 "argument 'out_k': expected no overlap with 'out_s'");
+  expect_invalid([&] { gather_k_and_s(cpu, cache, batch, scratch.data() + 39900, out_s, 7); },
+                 "no overlap with 'batch");
+  expect_invalid(
+      [&] { gather_k_and_s(cpu, cache, batch, out_k, reinterpret_cast<float*>(scratch.data() + 6 * 128), 7); },
+      "argument 'out_k': expected no overlap with 'out_s'");
   expect_invalid([&] { gather_k_and_s(cpu, cache, batch, out_k, reinterpret_cast<float*>(pool.data() + 8192), 7); },
                  "argument 'out_s': expected no overlap with 'cache'");
   EXPECT_EQ(scratch, scratch_set);
@@ -674,7 +739,7 @@ TEST(IndexCacheValidation, OutputsOverlappingInputsOrEachOtherAreRejected) {
 }
 
 TEST(IndexCacheLayoutTest, SpecWorkedExamples) {
-  // indexer-cache.md §2 worked examples.
+  // docs/spec/index-cache.md §2 worked examples.
   EXPECT_EQ(L::k_offset(0), 0);
   EXPECT_EQ(L::scale_offset(0), 8192);
   EXPECT_EQ(L::k_offset(63), 8064);

@@ -197,8 +197,8 @@ void run_long(ForwardMode mode) {
   auto sets_seq = to_backend(dev, all_seq), sets_rpi = to_backend(dev, all_rpi), sets_hash = to_backend(dev, all_hash);
 
   // Captured buffers: inputs, two destination sets, gather outputs, check state.
-  support::Buffer seq_dev(dev, kBs * 4), rpi_dev(dev, kBs * 4), expected_hash(dev, 8), accum(dev, 8),
-      counters(dev, 24), out_k(dev, capacity * 128), out_s(dev, capacity * 4);
+  support::Buffer seq_dev(dev, kBs * 4), rpi_dev(dev, kBs * 4), expected_hash(dev, 8), accum(dev, 8), counters(dev, 24),
+      out_k(dev, capacity * 128), out_s(dev, capacity * 4);
   std::vector<std::vector<support::Buffer>> dest_bufs(2);
   MetadataBuffers dev_views[2];
   for (int d = 0; d < 2; ++d) {
@@ -246,10 +246,10 @@ void run_long(ForwardMode mode) {
   for (int64_t r = 0; r < replays; ++r) {
     pick = pick * 6364136223846793005ull + 1442695040888963407ull;  // cheap host LCG
     const int64_t s = static_cast<int64_t>((pick >> 33) % kSets);
-    NSA_LR_CUDA(cudaMemcpyAsync(seq_dev.data(), sets_seq.as<int32_t>() + s * kBs, kBs * 4, cudaMemcpyDeviceToDevice,
-                                stream));
-    NSA_LR_CUDA(cudaMemcpyAsync(rpi_dev.data(), sets_rpi.as<int32_t>() + s * kBs, kBs * 4, cudaMemcpyDeviceToDevice,
-                                stream));
+    NSA_LR_CUDA(
+        cudaMemcpyAsync(seq_dev.data(), sets_seq.as<int32_t>() + s * kBs, kBs * 4, cudaMemcpyDeviceToDevice, stream));
+    NSA_LR_CUDA(
+        cudaMemcpyAsync(rpi_dev.data(), sets_rpi.as<int32_t>() + s * kBs, kBs * 4, cudaMemcpyDeviceToDevice, stream));
     NSA_LR_CUDA(cudaMemcpyAsync(expected_hash.data(), sets_hash.as<unsigned long long>() + s, 8,
                                 cudaMemcpyDeviceToDevice, stream));
     NSA_LR_CUDA(cudaGraphLaunch(graph_exec, stream));
@@ -270,7 +270,8 @@ void run_long(ForwardMode mode) {
     };
     const HostDest* want[2] = {&e.d0, &e.d1};
     for (int d = 0; d < 2; ++d) {
-      for (int i : {0, 1, 3, 4, 5}) check(dest_bufs[d][i], want[d]->f[i].data(), want[d]->f[i].size() * 4, "metadata field");
+      for (int i : {0, 1, 3, 4, 5})
+        check(dest_bufs[d][i], want[d]->f[i].data(), want[d]->f[i].size() * 4, "metadata field");
       // Page tables: every row's columns below its request's length (the rest is stale by contract).
       std::vector<int32_t> pt(want[d]->f[2].size()), real(want[d]->real.size());
       dest_bufs[d][2].download(pt.data(), pt.size() * 4);
@@ -294,10 +295,11 @@ void run_long(ForwardMode mode) {
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   unsigned long long c[3] = {0, 0, 0};
   counters.download(c, sizeof c);
-  std::printf("[ long run ] mode=%s replays=%lld device_checked=%llu device_mismatches=%llu full_checks=%lld "
-              "full_failures=%lld time=%.2fs\n",
-              to_string(mode), static_cast<long long>(replays), c[0], c[1], static_cast<long long>(full_checks),
-              static_cast<long long>(full_failures), seconds);
+  std::printf(
+      "[ long run ] mode=%s replays=%lld device_checked=%llu device_mismatches=%llu full_checks=%lld "
+      "full_failures=%lld time=%.2fs\n",
+      to_string(mode), static_cast<long long>(replays), c[0], c[1], static_cast<long long>(full_checks),
+      static_cast<long long>(full_failures), seconds);
   EXPECT_EQ(c[0], static_cast<unsigned long long>(replays)) << "replays the device check saw";
   EXPECT_EQ(c[1], 0u) << "replays whose hash differed; first at replay " << c[2];
   EXPECT_EQ(full_failures, 0);

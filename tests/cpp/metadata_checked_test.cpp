@@ -12,9 +12,9 @@ namespace nsa {
 namespace test {
 namespace {
 
-constexpr int64_t kW = 300;        // page_table_1 columns of the destination
-constexpr int64_t kLd = 320;       // its row stride (room for a too-long row in the reference)
-constexpr int64_t kRealLd = 8;     // real_page_table row stride (>= ceil(321 / 64))
+constexpr int64_t kW = 300;     // page_table_1 columns of the destination
+constexpr int64_t kLd = 320;    // its row stride (room for a too-long row in the reference)
+constexpr int64_t kRealLd = 8;  // real_page_table row stride (>= ceil(321 / 64))
 constexpr int64_t kPoolRows = 6, kPoolCols = 400;
 
 // One destination set as one poisoned byte image (host) + device copy.
@@ -27,7 +27,11 @@ struct Dest {
   int64_t o_cache, o_cu, o_pt, o_exp, o_nsa, o_nsacu, o_real;
   Dest(int64_t rows, std::mt19937_64& rng) : max_rows(rows) {
     int64_t at = 0;
-    auto take = [&](int64_t n) { const int64_t o = at; at += n; return o; };
+    auto take = [&](int64_t n) {
+      const int64_t o = at;
+      at += n;
+      return o;
+    };
     o_cache = take(rows);
     o_cu = take(rows + 1);
     o_pt = take(rows * kLd);

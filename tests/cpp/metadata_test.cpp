@@ -12,8 +12,8 @@
 #include <functional>
 #include <numeric>
 
-#include "nsa/metadata.h"
 #include "metadata_dests.h"
+#include "nsa/metadata.h"
 #include "reference/metadata.h"
 #include "test_util.h"
 
@@ -189,8 +189,8 @@ void run_build_case(Backend b, const Exec& exec, std::mt19937_64& rng, const Bui
   host_in.seq_lens = c.idx64 ? Indices(c.seq_lens.data()) : Indices(seq32.data());
   host_in.req_pool_indices = c.idx64 ? Indices(rpi32.data()) : Indices(c.rpi.data());
   host_in.extend_lens = c.mode != ForwardMode::kDraftExtend ? Indices()
-                        : c.idx64                          ? Indices(c.extend.data())
-                                                           : Indices(ext32.data());
+                        : c.idx64                           ? Indices(c.extend.data())
+                                                            : Indices(ext32.data());
   host_in.req_to_token = table.data();
   host_in.flashmla_num_splits = c.optional ? splits.data() : nullptr;
   host_in.flashmla_metadata = c.optional ? tiles.data() : nullptr;
@@ -340,7 +340,7 @@ TEST_P(MetadataTest, DraftExtendAcceptLengthsZeroToN) {
   }
 }
 
-// metadata.md §4.7 (B = 2, seq_lens = [2100, 70], N = 4, TOPK = 2048, P = 64), checked against the table.
+// docs/spec/metadata.md §4.7 (B = 2, seq_lens = [2100, 70], N = 4, TOPK = 2048, P = 64), checked against the table.
 TEST_P(MetadataTest, SpecWorkedExample) {
   auto rng = make_rng(106);
   struct Expect {
@@ -439,15 +439,16 @@ struct CopyCase {
 };
 
 void run_copy_case(Backend b, const Exec& exec, std::mt19937_64& rng, const CopyCase& c) {
-  SCOPED_TRACE(::testing::Message() << "mode=" << to_string(c.mode) << " bs=" << c.bs << " E=" << c.E
-                                    << " D=" << c.num_dests << " optional=" << c.optional
-                                    << " strided=" << c.strided_src);
+  SCOPED_TRACE(::testing::Message() << "mode=" << to_string(c.mode) << " bs=" << c.bs << " E=" << c.E << " D="
+                                    << c.num_dests << " optional=" << c.optional << " strided=" << c.strided_src);
   const bool decode = c.mode == ForwardMode::kDecode;
   const int64_t rows = decode ? c.bs : c.E, cols = decode ? c.max_len : c.max_seqlen_k;
   const int64_t pt_ld = c.strided_src ? cols + 5 : 0, pt_stride = pt_ld ? pt_ld : cols;
   const int64_t rc = (cols + 63) / 64, rt_ld = c.strided_src ? rc + 2 : 0, rt_stride = rt_ld ? rt_ld : rc;
   const int64_t tiles_size = 40 + 4 * c.num_dests;
-  auto src_ints = [&](int64_t n) { return random_ints<int32_t>(rng, static_cast<size_t>(std::max<int64_t>(n, 1)), -100000, 100000); };
+  auto src_ints = [&](int64_t n) {
+    return random_ints<int32_t>(rng, static_cast<size_t>(std::max<int64_t>(n, 1)), -100000, 100000);
+  };
   auto cache = src_ints(c.bs), cu_k = src_ints(c.bs + 1), pt = src_ints(rows * pt_stride), expanded = src_ints(rows),
        nsa = src_ints(rows), nsa_cu = src_ints(rows + 1), real = src_ints(rows * rt_stride),
        splits = src_ints(rows + 1), tiles = src_ints(tiles_size);
@@ -526,7 +527,8 @@ TEST_P(MetadataTest, CopyMatchesReferenceAllModes) {
         const int64_t max_seqlen_k = i % 4 == 0 ? W : std::uniform_int_distribution<int64_t>(1, W)(rng);
         const int64_t rows = decode ? bs : bs * N;
         const int64_t D = dests_within_budget(kDests[i % 5], rows + 1, W + 16);
-        run_copy_case(backend(), exec(), rng, {mode, bs, N, E, max_len, max_seqlen_k, W, D, i % 2 == 0, (i / 2) % 2 == 0});
+        run_copy_case(backend(), exec(), rng,
+                      {mode, bs, N, E, max_len, max_seqlen_k, W, D, i % 2 == 0, (i / 2) % 2 == 0});
         ++i;
       }
     }
@@ -581,14 +583,26 @@ TEST_P(MetadataTest, BatchBeyondPerRequestCapacityIsRejected) {
   in.req_to_token_cols = in.req_to_token_ld = 8;
   const int32_t* s = src_dev.as<int32_t>();
   const MetadataSources sources{s, s, s, 0, nullptr, s, s};
-  expect_invalid([&] { build_metadata(exec(), MetadataConfig{ForwardMode::kDecode, 16, 1, 2048, 64}, in, sets.targets); },
-                 "targets[0].max_batch");
-  expect_invalid([&] { build_metadata(exec(), MetadataConfig{ForwardMode::kTargetVerify, 5, 2, 2048, 64}, in, sets.targets); },
-                 "targets[0].max_batch");
-  expect_invalid([&] { copy_metadata(exec(), MetadataCopyShape{ForwardMode::kDecode, 16, 8, 0, 0}, sources, sets.targets); },
-                 "targets[0].max_batch");
-  expect_invalid([&] { copy_metadata(exec(), MetadataCopyShape{ForwardMode::kDraftExtend, 5, 0, 8, 3}, sources, sets.targets); },
-                 "targets[0].max_batch");
+  expect_invalid(
+      [&] {
+        build_metadata(exec(), MetadataConfig{ForwardMode::kDecode, 16, 1, 2048, 64}, in, sets.targets);
+      },
+      "targets[0].max_batch");
+  expect_invalid(
+      [&] {
+        build_metadata(exec(), MetadataConfig{ForwardMode::kTargetVerify, 5, 2, 2048, 64}, in, sets.targets);
+      },
+      "targets[0].max_batch");
+  expect_invalid(
+      [&] {
+        copy_metadata(exec(), MetadataCopyShape{ForwardMode::kDecode, 16, 8, 0, 0}, sources, sets.targets);
+      },
+      "targets[0].max_batch");
+  expect_invalid(
+      [&] {
+        copy_metadata(exec(), MetadataCopyShape{ForwardMode::kDraftExtend, 5, 0, 8, 3}, sources, sets.targets);
+      },
+      "targets[0].max_batch");
   support::synchronize(backend());
   sets.expect_matches();  // nothing written
 
@@ -646,19 +660,32 @@ TEST(MetadataValidation, EveryCheckNamesItsArgumentAndWritesNothing) {
   expect_invalid([&] { build(with_cfg([](auto& c) { c.topk = 0; }), in); }, "config.topk");
   expect_invalid([&] { build(with_cfg([](auto& c) { c.topk = int64_t{1} << 31; }), in); }, "config.topk");
   expect_invalid([&] { build(with_cfg([](auto& c) { c.page_size = 0; }), in); }, "config.page_size");
-  expect_invalid([&] { build(with_cfg([](auto& c) { c.draft_tokens = int64_t{1} << 40; }), in); }, "config.draft_tokens");
+  expect_invalid([&] { build(with_cfg([](auto& c) { c.draft_tokens = int64_t{1} << 40; }), in); },
+                 "config.draft_tokens");
   // Row capacity: 2 requests x N = 4 rows > max_rows = 8? No: 8 fits; 3 requests x 4 = 12 does not.
-  expect_invalid([&] { build(with_cfg([](auto& c) { c.mode = ForwardMode::kTargetVerify; c.batch_size = 3; }), in); }, "targets[0].max_rows");
+  expect_invalid(
+      [&] {
+        build(with_cfg([](auto& c) {
+                c.mode = ForwardMode::kTargetVerify;
+                c.batch_size = 3;
+              }),
+              in);
+      },
+      "targets[0].max_rows");
   expect_invalid([&] { build(with_cfg([](auto& c) { c.batch_size = 9; }), in); }, "targets[0].max_batch");
   expect_invalid([&] { build(cfg, with_in([](auto& i) { i.seq_lens = Indices(); })); }, "inputs.seq_lens");
-  expect_invalid([&] { build(cfg, with_in([](auto& i) { i.seq_lens = Indices(i.seq_lens.data, static_cast<IndexType>(2)); })); }, "inputs.seq_lens");
-  expect_invalid([&] { build(cfg, with_in([](auto& i) { i.req_pool_indices = Indices(); })); }, "inputs.req_pool_indices");
+  expect_invalid(
+      [&] { build(cfg, with_in([](auto& i) { i.seq_lens = Indices(i.seq_lens.data, static_cast<IndexType>(2)); })); },
+      "inputs.seq_lens");
+  expect_invalid([&] { build(cfg, with_in([](auto& i) { i.req_pool_indices = Indices(); })); },
+                 "inputs.req_pool_indices");
   expect_invalid([&] { build(cfg, with_in([](auto& i) { i.req_to_token = nullptr; })); }, "inputs.req_to_token");
   expect_invalid([&] { build(cfg, with_in([](auto& i) { i.req_to_token_rows = 0; })); }, "inputs.req_to_token_rows");
   expect_invalid([&] { build(cfg, with_in([](auto& i) { i.req_to_token_cols = -1; })); }, "inputs.req_to_token_cols");
   expect_invalid([&] { build(cfg, with_in([](auto& i) { i.req_to_token_ld = 31; })); }, "inputs.req_to_token_ld");
   expect_invalid([&] { build(cfg, with_in([&](auto& i) { i.extend_lens = ext.data(); })); }, "inputs.extend_lens");
-  expect_invalid([&] { build(with_cfg([](auto& c) { c.mode = ForwardMode::kDraftExtend; }), in); }, "inputs.extend_lens");
+  expect_invalid([&] { build(with_cfg([](auto& c) { c.mode = ForwardMode::kDraftExtend; }), in); },
+                 "inputs.extend_lens");
 
   // Destination descriptors, checked once, at upload.
   auto with_target = [&](int d, auto mutate) {
@@ -694,7 +721,9 @@ TEST(MetadataValidation, EveryCheckNamesItsArgumentAndWritesNothing) {
     auto views = with_target(1, [](MetadataBuffers& t) { t.seqlens_expanded = nullptr; });
     support::Buffer ws(Backend::kCpu, metadata_targets_workspace_bytes(2));
     const MetadataTargets partial = upload_metadata_targets(cpu, views.data(), 2, ws.data(), ws.bytes());
-    expect_invalid([&] { build_metadata(cpu, with_cfg([](auto& c) { c.mode = ForwardMode::kTargetVerify; }), in, partial); }, "targets[1].seqlens_expanded");
+    expect_invalid(
+        [&] { build_metadata(cpu, with_cfg([](auto& c) { c.mode = ForwardMode::kTargetVerify; }), in, partial); },
+        "targets[1].seqlens_expanded");
   }
   // The table itself: as returned by upload_metadata_targets, for this backend.
   auto with_table = [&](auto mutate) {
@@ -703,15 +732,24 @@ TEST(MetadataValidation, EveryCheckNamesItsArgumentAndWritesNothing) {
     return t;
   };
   expect_invalid([&] { build_metadata(cpu, cfg, in, with_table([](auto& t) { t.count = 0; })); }, "targets.count");
-  expect_invalid([&] { build_metadata(cpu, cfg, in, with_table([](auto& t) { t.table = nullptr; })); }, "targets.table");
+  expect_invalid([&] { build_metadata(cpu, cfg, in, with_table([](auto& t) { t.table = nullptr; })); },
+                 "targets.table");
   expect_invalid([&] { build_metadata(cpu, cfg, in, with_table([](auto& t) { t.host = nullptr; })); }, "targets");
-  expect_invalid([&] { build_metadata(cpu, cfg, in, with_table([](auto& t) { t.count = 1; })); }, "upload_metadata_targets");
-  expect_invalid([&] { copy_metadata(cpu, MetadataCopyShape{ForwardMode::kDecode, 2, 4, 0, 0}, MetadataSources{src.data(), src.data(), src.data(), 0, nullptr, src.data(), src.data()}, with_table([](auto& t) { t.backend = Backend::kCuda; })); }, "targets");
+  expect_invalid([&] { build_metadata(cpu, cfg, in, with_table([](auto& t) { t.count = 1; })); },
+                 "upload_metadata_targets");
+  expect_invalid(
+      [&] {
+        copy_metadata(cpu, MetadataCopyShape{ForwardMode::kDecode, 2, 4, 0, 0},
+                      MetadataSources{src.data(), src.data(), src.data(), 0, nullptr, src.data(), src.data()},
+                      with_table([](auto& t) { t.backend = Backend::kCuda; }));
+      },
+      "targets");
   // The summary names the destination that sets each bound.
   EXPECT_EQ(sets.targets.max_rows.value, 8);
   EXPECT_EQ(sets.targets.max_rows.index, 0);
   EXPECT_EQ(sets.targets.flashmla_metadata_max, 4);
-  EXPECT_EQ(sets.targets.fields_all & metadata_field_bit(MetadataField::kRealPageTable), metadata_field_bit(MetadataField::kRealPageTable));
+  EXPECT_EQ(sets.targets.fields_all & metadata_field_bit(MetadataField::kRealPageTable),
+            metadata_field_bit(MetadataField::kRealPageTable));
   EXPECT_EQ(sets.targets.fields_any & metadata_field_bit(MetadataField::kFlashmlaNumSplits), 0u);
   EXPECT_EQ(metadata_target(sets.targets, 1).page_table_1, sets.m.device(1).page_table_1);
   expect_invalid([&] { build_metadata(Exec{Backend::kCpu, nullptr, -1}, cfg, in, sets.targets); }, "cpu_threads");
@@ -721,8 +759,10 @@ TEST(MetadataValidation, EveryCheckNamesItsArgumentAndWritesNothing) {
   expect_invalid([&] { upload_metadata_targets(cpu, &sets.m.device(0), 0, ws.data(), ws.bytes()); }, "count");
   expect_invalid([&] { upload_metadata_targets(cpu, nullptr, 2, ws.data(), ws.bytes()); }, "host");
   expect_invalid([&] { upload_metadata_targets(cpu, &sets.m.device(0), 2, nullptr, ws.bytes()); }, "workspace");
-  expect_invalid([&] { upload_metadata_targets(cpu, &sets.m.device(0), 2, ws.as<uint8_t>() + 4, ws.bytes() - 8); }, "workspace");
-  expect_invalid([&] { upload_metadata_targets(cpu, &sets.m.device(0), 2, ws.data(), ws.bytes() - 1); }, "workspace_bytes");
+  expect_invalid([&] { upload_metadata_targets(cpu, &sets.m.device(0), 2, ws.as<uint8_t>() + 4, ws.bytes() - 8); },
+                 "workspace");
+  expect_invalid([&] { upload_metadata_targets(cpu, &sets.m.device(0), 2, ws.data(), ws.bytes() - 1); },
+                 "workspace_bytes");
 
   // copy_metadata's shape and sources.
   const MetadataSources good_src{src.data(), src.data(), src.data(), 0, nullptr, src.data(), src.data()};
@@ -738,33 +778,98 @@ TEST(MetadataValidation, EveryCheckNamesItsArgumentAndWritesNothing) {
     mutate(s);
     return s;
   };
-  expect_invalid([&] { copy(with_shape([](auto& s) { s.mode = static_cast<ForwardMode>(-1); }), good_src); }, "shape.mode");
+  expect_invalid([&] { copy(with_shape([](auto& s) { s.mode = static_cast<ForwardMode>(-1); }), good_src); },
+                 "shape.mode");
   expect_invalid([&] { copy(with_shape([](auto& s) { s.batch_size = -1; }), good_src); }, "shape.batch_size");
   expect_invalid([&] { copy(with_shape([](auto& s) { s.max_len = -1; }), good_src); }, "shape.max_len");
   expect_invalid([&] { copy(with_shape([](auto& s) { s.max_seqlen_k = -1; }), good_src); }, "shape.max_seqlen_k");
-  expect_invalid([&] { copy(with_shape([](auto& s) { s.seqlens_expanded_size = -1; }), good_src); }, "shape.seqlens_expanded_size");
-  expect_invalid([&] { copy(with_shape([](auto& s) { s.seqlens_expanded_size = 9; }), good_src); }, "targets[0].max_rows");
-  expect_invalid([&] { copy(with_shape([](auto& s) { s.batch_size = 9; s.seqlens_expanded_size = 2; }), good_src); }, "targets[0].max_batch");
-  expect_invalid([&] { copy(with_shape([](auto& s) { s.max_seqlen_k = 33; }), good_src); }, "targets[0].page_table_1_cols");
-  expect_invalid([&] { copy(good_shape, with_src([](auto& s) { s.cache_seqlens = nullptr; })); }, "sources.cache_seqlens");
-  expect_invalid([&] { copy(good_shape, with_src([](auto& s) { s.cu_seqlens_k = nullptr; })); }, "sources.cu_seqlens_k");
-  expect_invalid([&] { copy(good_shape, with_src([](auto& s) { s.page_table_1 = nullptr; })); }, "sources.page_table_1");
-  expect_invalid([&] { copy(good_shape, with_src([](auto& s) { s.page_table_1_ld = 29; })); }, "sources.page_table_1_ld");
-  expect_invalid([&] { copy(good_shape, with_src([](auto& s) { s.nsa_cache_seqlens = nullptr; })); }, "sources.nsa_cache_seqlens");
-  expect_invalid([&] { copy(good_shape, with_src([](auto& s) { s.nsa_cu_seqlens_k = nullptr; })); }, "sources.nsa_cu_seqlens_k");
-  expect_invalid([&] { copy(good_shape, with_src([&](auto& s) { s.real_page_table = src.data(); s.real_page_table_cols = -1; })); }, "sources.real_page_table_cols");
-  expect_invalid([&] { copy(good_shape, with_src([&](auto& s) { s.real_page_table = src.data(); s.real_page_table_cols = 2; s.real_page_table_ld = 1; })); }, "sources.real_page_table_ld");
-  expect_invalid([&] { copy(good_shape, with_src([&](auto& s) { s.real_page_table = src.data(); s.real_page_table_cols = 3; })); }, "targets[0].real_page_table_cols");
-  expect_invalid([&] { copy(good_shape, with_src([&](auto& s) { s.flashmla_metadata = src.data(); s.flashmla_metadata_size = -1; })); }, "sources.flashmla_metadata_size");
-  expect_invalid([&] { copy(good_shape, with_src([&](auto& s) { s.flashmla_metadata = src.data(); s.flashmla_metadata_size = 5; })); }, "targets[0].flashmla_metadata_size");
+  expect_invalid([&] { copy(with_shape([](auto& s) { s.seqlens_expanded_size = -1; }), good_src); },
+                 "shape.seqlens_expanded_size");
+  expect_invalid([&] { copy(with_shape([](auto& s) { s.seqlens_expanded_size = 9; }), good_src); },
+                 "targets[0].max_rows");
+  expect_invalid(
+      [&] {
+        copy(with_shape([](auto& s) {
+               s.batch_size = 9;
+               s.seqlens_expanded_size = 2;
+             }),
+             good_src);
+      },
+      "targets[0].max_batch");
+  expect_invalid([&] { copy(with_shape([](auto& s) { s.max_seqlen_k = 33; }), good_src); },
+                 "targets[0].page_table_1_cols");
+  expect_invalid([&] { copy(good_shape, with_src([](auto& s) { s.cache_seqlens = nullptr; })); },
+                 "sources.cache_seqlens");
+  expect_invalid([&] { copy(good_shape, with_src([](auto& s) { s.cu_seqlens_k = nullptr; })); },
+                 "sources.cu_seqlens_k");
+  expect_invalid([&] { copy(good_shape, with_src([](auto& s) { s.page_table_1 = nullptr; })); },
+                 "sources.page_table_1");
+  expect_invalid([&] { copy(good_shape, with_src([](auto& s) { s.page_table_1_ld = 29; })); },
+                 "sources.page_table_1_ld");
+  expect_invalid([&] { copy(good_shape, with_src([](auto& s) { s.nsa_cache_seqlens = nullptr; })); },
+                 "sources.nsa_cache_seqlens");
+  expect_invalid([&] { copy(good_shape, with_src([](auto& s) { s.nsa_cu_seqlens_k = nullptr; })); },
+                 "sources.nsa_cu_seqlens_k");
+  expect_invalid(
+      [&] {
+        copy(good_shape, with_src([&](auto& s) {
+               s.real_page_table = src.data();
+               s.real_page_table_cols = -1;
+             }));
+      },
+      "sources.real_page_table_cols");
+  expect_invalid(
+      [&] {
+        copy(good_shape, with_src([&](auto& s) {
+               s.real_page_table = src.data();
+               s.real_page_table_cols = 2;
+               s.real_page_table_ld = 1;
+             }));
+      },
+      "sources.real_page_table_ld");
+  expect_invalid(
+      [&] {
+        copy(good_shape, with_src([&](auto& s) {
+               s.real_page_table = src.data();
+               s.real_page_table_cols = 3;
+             }));
+      },
+      "targets[0].real_page_table_cols");
+  expect_invalid(
+      [&] {
+        copy(good_shape, with_src([&](auto& s) {
+               s.flashmla_metadata = src.data();
+               s.flashmla_metadata_size = -1;
+             }));
+      },
+      "sources.flashmla_metadata_size");
+  expect_invalid(
+      [&] {
+        copy(good_shape, with_src([&](auto& s) {
+               s.flashmla_metadata = src.data();
+               s.flashmla_metadata_size = 5;
+             }));
+      },
+      "targets[0].flashmla_metadata_size");
 
   if (!cuda_built()) {
     expect_invalid([&] { build_metadata(Exec::cuda(), cfg, in, sets.targets); }, "cuda", ErrorCode::kUnsupported);
   } else {
     // Alignment is checked on the host, before any device access.
-    auto views = with_target(0, [](MetadataBuffers& t) { t.page_table_1 = reinterpret_cast<int32_t*>(reinterpret_cast<uint8_t*>(t.page_table_1) + 2); });
-    expect_invalid([&] { upload_metadata_targets(Exec::cuda(), views.data(), 2, ws.data(), ws.bytes()); }, "targets[0].page_table_1");
-    expect_invalid([&] { build_metadata(Exec::cuda(), cfg, with_in([&](auto& i) { i.req_to_token = reinterpret_cast<const int32_t*>(reinterpret_cast<const uint8_t*>(table.data()) + 1); }), with_table([](auto& t) { t.backend = Backend::kCuda; })); }, "inputs.req_to_token");
+    auto views = with_target(0, [](MetadataBuffers& t) {
+      t.page_table_1 = reinterpret_cast<int32_t*>(reinterpret_cast<uint8_t*>(t.page_table_1) + 2);
+    });
+    expect_invalid([&] { upload_metadata_targets(Exec::cuda(), views.data(), 2, ws.data(), ws.bytes()); },
+                   "targets[0].page_table_1");
+    expect_invalid(
+        [&] {
+          build_metadata(Exec::cuda(), cfg, with_in([&](auto& i) {
+                           i.req_to_token =
+                               reinterpret_cast<const int32_t*>(reinterpret_cast<const uint8_t*>(table.data()) + 1);
+                         }),
+                         with_table([](auto& t) { t.backend = Backend::kCuda; }));
+        },
+        "inputs.req_to_token");
   }
   // Nothing was written by any failed call.
   sets.expect_matches();
@@ -871,15 +976,24 @@ TEST(MetadataAliasing, BuildRejectsEveryOverlapAndWritesNothing) {
   ext_in.extend_lens = ext;
 
   const std::vector<AliasCase> cases = {
-      {"page table over req_to_token", [&](auto& t, auto&) { t.page_table_1 = table; }, "targets[0].page_table_1", "inputs.req_to_token"},
-      {"cache_seqlens over seq_lens", [&](auto& t, auto&) { t.cache_seqlens = seq; }, "targets[0].cache_seqlens", "inputs.seq_lens"},
-      {"nsa_cache_seqlens over req_pool_indices", [&](auto&, auto& u) { u.nsa_cache_seqlens = rpi; }, "targets[1].nsa_cache_seqlens", "inputs.req_pool_indices"},
-      {"seqlens_expanded over extend_lens", [&](auto& t, auto&) { t.seqlens_expanded = ext - 1; }, "targets[0].seqlens_expanded", "inputs.extend_lens", true},
-      {"num_splits over its source", [&](auto&, auto& u) { u.flashmla_num_splits = splits + 2; }, "targets[1].flashmla_num_splits", "inputs.flashmla_num_splits"},
-      {"tile table over its source", [&](auto& t, auto&) { t.flashmla_metadata = tiles; }, "targets[0].flashmla_metadata", "inputs.flashmla_metadata"},
-      {"two destinations sharing cu_seqlens_k", [&](auto& t, auto& u) { u.cu_seqlens_k = t.cu_seqlens_k; }, "targets[1].cu_seqlens_k", "targets[0].cu_seqlens_k"},
-      {"real page table inside page_table_1", [&](auto& t, auto&) { t.real_page_table = t.page_table_1 + 3; }, "targets[0].real_page_table", "targets[0].page_table_1"},
-      {"seqlens_expanded == cache_seqlens", [&](auto& t, auto&) { t.seqlens_expanded = t.cache_seqlens; }, "targets[0].seqlens_expanded", "targets[0].cache_seqlens"},
+      {"page table over req_to_token", [&](auto& t, auto&) { t.page_table_1 = table; }, "targets[0].page_table_1",
+       "inputs.req_to_token"},
+      {"cache_seqlens over seq_lens", [&](auto& t, auto&) { t.cache_seqlens = seq; }, "targets[0].cache_seqlens",
+       "inputs.seq_lens"},
+      {"nsa_cache_seqlens over req_pool_indices", [&](auto&, auto& u) { u.nsa_cache_seqlens = rpi; },
+       "targets[1].nsa_cache_seqlens", "inputs.req_pool_indices"},
+      {"seqlens_expanded over extend_lens", [&](auto& t, auto&) { t.seqlens_expanded = ext - 1; },
+       "targets[0].seqlens_expanded", "inputs.extend_lens", true},
+      {"num_splits over its source", [&](auto&, auto& u) { u.flashmla_num_splits = splits + 2; },
+       "targets[1].flashmla_num_splits", "inputs.flashmla_num_splits"},
+      {"tile table over its source", [&](auto& t, auto&) { t.flashmla_metadata = tiles; },
+       "targets[0].flashmla_metadata", "inputs.flashmla_metadata"},
+      {"two destinations sharing cu_seqlens_k", [&](auto& t, auto& u) { u.cu_seqlens_k = t.cu_seqlens_k; },
+       "targets[1].cu_seqlens_k", "targets[0].cu_seqlens_k"},
+      {"real page table inside page_table_1", [&](auto& t, auto&) { t.real_page_table = t.page_table_1 + 3; },
+       "targets[0].real_page_table", "targets[0].page_table_1"},
+      {"seqlens_expanded == cache_seqlens", [&](auto& t, auto&) { t.seqlens_expanded = t.cache_seqlens; },
+       "targets[0].seqlens_expanded", "targets[0].cache_seqlens"},
   };
   for (const auto& c : cases) {
     expect_alias_rejected(c, d0, d1, a, [&](const MetadataTargets& targets) {
@@ -893,13 +1007,15 @@ TEST(MetadataAliasing, BuildRejectsEveryOverlapAndWritesNothing) {
   const MetadataTargets targets = alias_upload({d0, d1}, ws);
   MetadataInputs short_splits = ext_in;
   short_splits.flashmla_num_splits_size = 0;
-  expect_invalid([&] { build_metadata(Exec::cpu(), extend, short_splits, targets); }, "inputs.flashmla_num_splits_size");
+  expect_invalid([&] { build_metadata(Exec::cpu(), extend, short_splits, targets); },
+                 "inputs.flashmla_num_splits_size");
   std::vector<int32_t> seq_v = {5, 6}, rpi_v = {0, 0}, ext_v = {2, 1};  // R = 3: 4 values needed
   short_splits.seq_lens = seq_v.data();
   short_splits.req_pool_indices = rpi_v.data();
   short_splits.extend_lens = ext_v.data();
   short_splits.flashmla_num_splits_size = 3;
-  expect_invalid([&] { build_metadata(Exec::cpu(), extend, short_splits, targets); }, "inputs.flashmla_num_splits_size");
+  expect_invalid([&] { build_metadata(Exec::cpu(), extend, short_splits, targets); },
+                 "inputs.flashmla_num_splits_size");
   MetadataInputs short_tiles = in;
   short_tiles.flashmla_metadata_size = 7;
   expect_invalid([&] { build_metadata(Exec::cpu(), verify, short_tiles, targets); }, "inputs.flashmla_metadata_size");
@@ -924,14 +1040,22 @@ TEST(MetadataAliasing, CopyRejectsEveryOverlapAndWritesNothing) {
   const MetadataCopyShape shape{ForwardMode::kTargetVerify, kAliasBs, 0, kAliasW, kAliasRows};
 
   const std::vector<AliasCase> cases = {
-      {"copy onto its own source set", [&](auto& t, auto&) { t.cache_seqlens = src_set.cache_seqlens; }, "targets[0].cache_seqlens", "sources.cache_seqlens"},
-      {"page table rows over the source table", [&](auto&, auto& u) { u.page_table_1 = src_set.page_table_1 + kAliasW; }, "targets[1].page_table_1", "sources.page_table_1"},
-      {"nsa_cu_seqlens_k over seqlens_expanded source", [&](auto& t, auto&) { t.nsa_cu_seqlens_k = src_set.seqlens_expanded - 2; }, "targets[0].nsa_cu_seqlens_k", "sources.seqlens_expanded"},
-      {"two destinations sharing the real page table", [&](auto& t, auto& u) { u.real_page_table = t.real_page_table; }, "targets[1].real_page_table", "targets[0].real_page_table"},
-      {"tile table over num_splits", [&](auto& t, auto&) { t.flashmla_metadata = t.flashmla_num_splits + kAliasRows; }, "targets[0].flashmla_metadata", "targets[0].flashmla_num_splits"},
+      {"copy onto its own source set", [&](auto& t, auto&) { t.cache_seqlens = src_set.cache_seqlens; },
+       "targets[0].cache_seqlens", "sources.cache_seqlens"},
+      {"page table rows over the source table",
+       [&](auto&, auto& u) { u.page_table_1 = src_set.page_table_1 + kAliasW; }, "targets[1].page_table_1",
+       "sources.page_table_1"},
+      {"nsa_cu_seqlens_k over seqlens_expanded source",
+       [&](auto& t, auto&) { t.nsa_cu_seqlens_k = src_set.seqlens_expanded - 2; }, "targets[0].nsa_cu_seqlens_k",
+       "sources.seqlens_expanded"},
+      {"two destinations sharing the real page table", [&](auto& t, auto& u) { u.real_page_table = t.real_page_table; },
+       "targets[1].real_page_table", "targets[0].real_page_table"},
+      {"tile table over num_splits", [&](auto& t, auto&) { t.flashmla_metadata = t.flashmla_num_splits + kAliasRows; },
+       "targets[0].flashmla_metadata", "targets[0].flashmla_num_splits"},
   };
   for (const auto& c : cases)
-    expect_alias_rejected(c, d0, d1, a, [&](const MetadataTargets& targets) { copy_metadata(Exec::cpu(), shape, s, targets); });
+    expect_alias_rejected(c, d0, d1, a,
+                          [&](const MetadataTargets& targets) { copy_metadata(Exec::cpu(), shape, s, targets); });
   // Disjoint arrays still copy.
   src_set.cache_seqlens[1] = 5;
   std::vector<MetadataBuffers> ws;

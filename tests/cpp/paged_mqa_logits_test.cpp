@@ -183,8 +183,8 @@ void expect_matches(Backend b, const Runner& run, const LogitsCase& c, const std
   if (b == Backend::kCpu) {
     for (size_t i = 0; i < want.size(); ++i)
       if (bits(got[i]) != bits(want[i])) {
-        ADD_FAILURE() << "row " << static_cast<int64_t>(i) / c.ld << " col " << static_cast<int64_t>(i) % c.ld
-                      << ": " << got[i] << " vs reference " << want[i];
+        ADD_FAILURE() << "row " << static_cast<int64_t>(i) / c.ld << " col " << static_cast<int64_t>(i) % c.ld << ": "
+                      << got[i] << " vs reference " << want[i];
         return;
       }
     return;
@@ -293,10 +293,10 @@ TEST_P(PagedMqaLogitsTest, P2_ExactZeroPlateau) {
 TEST_P(PagedMqaLogitsTest, P3_P11_MaskedColumnsAreMinusInf) {
   auto rng = make_rng(5);
   LogitsCase c = make_case(rng, 1, {1000, 1000, 600}, 1200, 64, false);
-  c.table[0 * c.table_ld + 3] = -1;                 // padding page inside request 0
-  c.table[1 * c.table_ld + 5] = c.num_pages;        // out of the pool
-  c.table[1 * c.table_ld + 6] = int64_t{1} << 30;   // garbage
-  c.table_cols = 10;                                // request 0 and 1 need 16 columns: 640.. masked
+  c.table[0 * c.table_ld + 3] = -1;                // padding page inside request 0
+  c.table[1 * c.table_ld + 5] = c.num_pages;       // out of the pool
+  c.table[1 * c.table_ld + 6] = int64_t{1} << 30;  // garbage
+  c.table_cols = 10;                               // request 0 and 1 need 16 columns: 640.. masked
   // Entries past a request's live pages are garbage and must never be used.
   for (int64_t col = 10; col < c.table_ld; ++col) c.table[2 * c.table_ld + col] = -7;
   Runner run(backend(), c);

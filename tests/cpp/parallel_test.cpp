@@ -38,14 +38,16 @@ TEST(Parallel, EachIndexOnceForAnySizeAndThreadCount) {
 TEST(Parallel, SmallJobsRunInline) {
   const auto caller = std::this_thread::get_id();
   bool inline_only = true;
-  parallel_for(1000, 8, 100, [&](int64_t, int64_t) { inline_only = inline_only && std::this_thread::get_id() == caller; });
+  parallel_for(1000, 8, 100,
+               [&](int64_t, int64_t) { inline_only = inline_only && std::this_thread::get_id() == caller; });
   EXPECT_TRUE(inline_only);
 }
 
 TEST(Parallel, ExceptionsReachTheCaller) {
-  EXPECT_THROW(parallel_for(100, 4, kBig, [](int64_t b, int64_t) {
-                 if (b > 0) throw std::runtime_error("chunk failed");
-               }),
+  EXPECT_THROW(parallel_for(100, 4, kBig,
+                            [](int64_t b, int64_t) {
+                              if (b > 0) throw std::runtime_error("chunk failed");
+                            }),
                std::runtime_error);
   expect_each_index_once(1000, 4);  // the pool still works afterwards
 }

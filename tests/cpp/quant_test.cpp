@@ -27,7 +27,8 @@ TEST(QuantMath, E4m3ConversionMatchesReferenceOnEveryBf16Value) {
   for (uint32_t hi = 0; hi < 0x10000u; ++hi) {
     for (uint32_t lo : {0x0000u, 0x0001u, 0x7fffu, 0x8000u, 0x8001u, 0xffffu}) {
       const float x = from_bits((hi << 16) | lo);
-      ASSERT_EQ(detail::float_to_e4m3_satfinite(x), reference::float_to_e4m3(x)) << "x bits " << std::hex << ((hi << 16) | lo);
+      ASSERT_EQ(detail::float_to_e4m3_satfinite(x), reference::float_to_e4m3(x))
+          << "x bits " << std::hex << ((hi << 16) | lo);
     }
   }
 }
@@ -115,7 +116,7 @@ TEST(QuantMath, ScaleMatchesReferenceAndSpecRules) {
   EXPECT_EQ(detail::scale_from_amax(s * 448.0f, true) >= s, true);
   EXPECT_EQ(detail::scale_from_amax(0.0f, true), std::ldexp(1.0f, -22));  // floor 1e-4 -> 2^-22
   EXPECT_EQ(detail::scale_from_amax(0.0f, false), 1e-4f / 448.0f);
-  EXPECT_EQ(detail::scale_from_amax(448.0f, true), 1.0f);                   // powers of two stay
+  EXPECT_EQ(detail::scale_from_amax(448.0f, true), 1.0f);  // powers of two stay
 }
 
 }  // namespace

@@ -18,9 +18,12 @@ namespace {
 
 TEST(Registry, OpIdsAndNamesAreStable) {
   const std::pair<OpId, const char*> ops[] = {
-      {OpId::kQuantizeAndStoreK, "quantize_and_store_k"}, {OpId::kStoreKAndS, "store_k_and_s"},
-      {OpId::kGatherK, "gather_k"},                       {OpId::kGatherS, "gather_s"},
-      {OpId::kGatherKAndS, "gather_k_and_s"},             {OpId::kBuildMetadata, "build_metadata"},
+      {OpId::kQuantizeAndStoreK, "quantize_and_store_k"},
+      {OpId::kStoreKAndS, "store_k_and_s"},
+      {OpId::kGatherK, "gather_k"},
+      {OpId::kGatherS, "gather_s"},
+      {OpId::kGatherKAndS, "gather_k_and_s"},
+      {OpId::kBuildMetadata, "build_metadata"},
       {OpId::kCopyMetadata, "copy_metadata"},
   };
   EXPECT_EQ(static_cast<int32_t>(OpId::kNone), 0);
@@ -34,10 +37,14 @@ TEST(Registry, OpIdsAndNamesAreStable) {
 
 TEST(Registry, ArgIdsAndNamesAreStable) {
   const std::pair<ArgId, const char*> args[] = {
-      {ArgId::kSlots, "slots"},           {ArgId::kPageIds, "page_ids"},
-      {ArgId::kPageTable, "page_table"},  {ArgId::kSeqLens, "seq_lens"},
-      {ArgId::kCuSeqLens, "cu_seq_lens"}, {ArgId::kOutCapacity, "out_capacity"},
-      {ArgId::kReqPoolIndices, "req_pool_indices"}, {ArgId::kExtendLens, "extend_lens"},
+      {ArgId::kSlots, "slots"},
+      {ArgId::kPageIds, "page_ids"},
+      {ArgId::kPageTable, "page_table"},
+      {ArgId::kSeqLens, "seq_lens"},
+      {ArgId::kCuSeqLens, "cu_seq_lens"},
+      {ArgId::kOutCapacity, "out_capacity"},
+      {ArgId::kReqPoolIndices, "req_pool_indices"},
+      {ArgId::kExtendLens, "extend_lens"},
   };
   EXPECT_EQ(static_cast<int32_t>(ArgId::kNone), 0);
   for (size_t i = 0; i < std::size(args); ++i) {

@@ -25,10 +25,10 @@ namespace test {
 inline std::vector<Backend> all_backends() { return {Backend::kCpu, Backend::kCuda}; }
 inline std::string backend_name(const ::testing::TestParamInfo<Backend>& info) { return to_string(info.param); }
 
-#define NSA_SKIP_WITHOUT_BACKEND(backend)                                                  \
-  do {                                                                                     \
-    if ((backend) == ::nsa::Backend::kCuda && !::nsa::support::cuda_device_available())   \
-      GTEST_SKIP() << "no CUDA device (or CUDA backend not built): GPU test not run";     \
+#define NSA_SKIP_WITHOUT_BACKEND(backend)                                               \
+  do {                                                                                  \
+    if ((backend) == ::nsa::Backend::kCuda && !::nsa::support::cuda_device_available()) \
+      GTEST_SKIP() << "no CUDA device (or CUDA backend not built): GPU test not run";   \
   } while (0)
 
 inline Exec exec_for(Backend b) { return b == Backend::kCpu ? Exec::cpu() : Exec::cuda(); }
@@ -44,7 +44,9 @@ inline uint64_t test_seed() {
   return seed;
 }
 
-inline std::mt19937_64 make_rng(uint64_t salt = 0) { return std::mt19937_64(test_seed() * 0x9E3779B97F4A7C15ull + salt); }
+inline std::mt19937_64 make_rng(uint64_t salt = 0) {
+  return std::mt19937_64(test_seed() * 0x9E3779B97F4A7C15ull + salt);
+}
 
 using support::random_bf16;
 using support::random_bytes;
@@ -59,9 +61,9 @@ inline int64_t first_mismatch(const std::vector<uint8_t>& a, const std::vector<u
   return -1;
 }
 
-#define NSA_EXPECT_BYTES_EQ(actual, expected)                                                          \
-  do {                                                                                                 \
-    const int64_t nsa_mm_ = ::nsa::test::first_mismatch((actual), (expected));                         \
+#define NSA_EXPECT_BYTES_EQ(actual, expected)                                                       \
+  do {                                                                                              \
+    const int64_t nsa_mm_ = ::nsa::test::first_mismatch((actual), (expected));                      \
     EXPECT_EQ(nsa_mm_, -1) << "first differing byte at " << nsa_mm_ << " of " << (expected).size(); \
   } while (0)
 

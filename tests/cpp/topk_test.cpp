@@ -67,9 +67,7 @@ struct HostIndices {
     if (!v32.empty()) return Indices(v32.data());
     return Indices();
   }
-  support::Buffer upload(Backend b) const {
-    return v64.empty() ? to_backend(b, v32) : to_backend(b, v64);
-  }
+  support::Buffer upload(Backend b) const { return v64.empty() ? to_backend(b, v32) : to_backend(b, v64); }
 };
 
 // Everything the op wrote: out and out_raw, each [rows, k + pad].
@@ -80,8 +78,13 @@ struct TopkResult {
 class Runner {
  public:
   Runner(Backend b, const TopkCase& c)
-      : b_(b), c_(c), lens_(c.lengths, c.idx64), starts_(c.row_starts, c.idx64), rtr_(c.row_to_request, c.idx64),
-        offs_(c.offsets, c.idx64), table_(c.table, c.idx64) {
+      : b_(b),
+        c_(c),
+        lens_(c.lengths, c.idx64),
+        starts_(c.row_starts, c.idx64),
+        rtr_(c.row_to_request, c.idx64),
+        offs_(c.offsets, c.idx64),
+        table_(c.table, c.idx64) {
     host_ = make_args(c, nullptr);
     if (c.type == ScoreType::kFloat32) {
       scores_dev_ = to_backend(b, c.scores);
@@ -331,7 +334,8 @@ TEST_P(TopkTest, MatchesReferenceEveryModeAndIndexType) {
           c.table_rows = 4;
           c.table_cols = transform == TopkTransform::kPaged64 ? (c.width + 63) / 64 : c.width;
           c.table_ld = c.table_cols + 7;
-          c.table = random_table(rng, c.table_rows, c.table_ld, transform == TopkTransform::kPaged64 ? 100000 : 1 << 30);
+          c.table =
+              random_table(rng, c.table_rows, c.table_ld, transform == TopkTransform::kPaged64 ? 100000 : 1 << 30);
           c.row_to_request.resize(static_cast<size_t>(c.rows));
           for (auto& q : c.row_to_request) q = std::uniform_int_distribution<int64_t>(0, c.table_rows - 1)(rng);
         }
@@ -371,8 +375,8 @@ TEST_P(TopkTest, P1_ThresholdBinOverflow) {
     c.scores.resize(static_cast<size_t>(c.rows * c.ld));
     std::uniform_int_distribution<uint32_t> low(0, 1023);
     for (int64_t j = 0; j < c.ld; ++j) {
-      c.scores[j] = bits_float(0x3f800000u + low(rng));  // row 0: 40,000 values in one 2^10-wide bin
-      c.scores[c.ld + j] = (j % 5 == 0) ? 2.0f : 1.5f;    // row 1: 8,000 ties at the top
+      c.scores[j] = bits_float(0x3f800000u + low(rng));                 // row 0: 40,000 values in one 2^10-wide bin
+      c.scores[c.ld + j] = (j % 5 == 0) ? 2.0f : 1.5f;                  // row 1: 8,000 ties at the top
       c.scores[2 * c.ld + j] = bits_float(0x3f800000u + low(rng) % 3);  // row 2: three values, ~13,000 ties each
     }
     c.lengths = {c.width, c.width, c.width};
@@ -427,7 +431,7 @@ TEST_P(TopkTest, P3_NegInfAndSentinels) {
       c.ld = width;
       c.scores = random_scores(rng, c.rows, c.ld);
       for (int64_t j = 0; j < width; ++j) {
-        if (j % 3 != 0) c.scores[j] = -INFINITY;                   // row 0: a third finite
+        if (j % 3 != 0) c.scores[j] = -INFINITY;  // row 0: a third finite
         c.scores[c.ld + j] = j % 2 ? -INFINITY : -std::numeric_limits<float>::max();
         c.scores[2 * c.ld + j] = j % 4 == 1 ? -70000.0f : -INFINITY;  // below fp16's -65504
         c.scores[3 * c.ld + j] = -INFINITY;                           // all -inf: the smallest indices
@@ -447,7 +451,15 @@ TEST_P(TopkTest, P4_NegativeAndGarbageLengths) {
   for (int64_t k : kKs) {
     for (bool idx64 : {false, true}) {
       const int64_t width = 2 * k + 100;
-      std::vector<int64_t> lens = {-5, 0, 1, k - 1, k, k + 1, width, width + 1, std::numeric_limits<int32_t>::min(),
+      std::vector<int64_t> lens = {-5,
+                                   0,
+                                   1,
+                                   k - 1,
+                                   k,
+                                   k + 1,
+                                   width,
+                                   width + 1,
+                                   std::numeric_limits<int32_t>::min(),
                                    std::numeric_limits<int32_t>::max()};
       if (idx64) lens.push_back(std::numeric_limits<int64_t>::max() / 2);
       TopkCase c = decode_case(rng, static_cast<int64_t>(lens.size()), width, k, lens);
@@ -587,8 +599,8 @@ TEST_P(TopkTest, P9_MtpCausalLengths) {
       const TopkResult e = run.expected();
       for (int64_t r = 0; r < c.rows; ++r) {
         const int64_t len = std::max<int64_t>(0, ls[r / n] - n + 1 + r % n);
-        const int64_t valid = std::count_if(e.raw.begin() + r * (k + c.out_pad), e.raw.begin() + r * (k + c.out_pad) + k,
-                                            [](int32_t x) { return x >= 0; });
+        const int64_t valid = std::count_if(e.raw.begin() + r * (k + c.out_pad),
+                                            e.raw.begin() + r * (k + c.out_pad) + k, [](int32_t x) { return x >= 0; });
         EXPECT_EQ(valid, std::min(len, k)) << "row " << r;
       }
     }
@@ -649,7 +661,7 @@ TEST_P(TopkTest, P11_StaleTableEntries) {
     for (int64_t q = 0; q < 3; ++q)
       for (int64_t p = (width + 63) / 64; p < c.table_cols; ++p)
         c.table[static_cast<size_t>(q * c.table_ld + p)] = p % 2 ? -1 : std::numeric_limits<int32_t>::max();
-    c.table[3] = -1;  // a padding page inside request 0's live range
+    c.table[3] = -1;                  // a padding page inside request 0's live range
     c.row_to_request = {0, 1, 2, 3};  // row 3: request past the table
     check_case(backend(), c, "P11 k=" + std::to_string(k));
   }
@@ -677,8 +689,8 @@ TEST_P(TopkTest, P14_NaN) {
   auto rng = make_rng(15);
   for (int64_t k : kKs) {
     TopkCase c = decode_case(rng, 4, 3 * k, k, {3 * k, 3 * k, 3 * k, 3 * k - 1});
-    for (int64_t j = 0; j < 3 * k; j += 7) c.scores[j] = NAN;                             // row 0: +NaN sprinkled
-    for (int64_t j = 0; j < 3 * k; j += 2) c.scores[c.ld + j] = -NAN;                     // row 1: -NaN half
+    for (int64_t j = 0; j < 3 * k; j += 7) c.scores[j] = NAN;          // row 0: +NaN sprinkled
+    for (int64_t j = 0; j < 3 * k; j += 2) c.scores[c.ld + j] = -NAN;  // row 1: -NaN half
     for (int64_t j = 0; j < 3 * k; ++j) c.scores[2 * c.ld + j] = bits_float(0x7f800001u + (j % 5));  // all NaN payloads
     c.scores[3 * c.ld + 5] = INFINITY;
     c.scores[3 * c.ld + 6] = NAN;
@@ -755,7 +767,6 @@ TEST(TopkCuda, GraphReplaysAreRepeatable) {
 #endif
 }
 
-
 // ------------------------------------ reference ------------------------------------
 
 TEST(TopkReference, ScoreOrder) {
@@ -800,70 +811,85 @@ TEST(TopkValidation, EveryCheckNamesItsArgumentAndWritesNothing) {
   expect_invalid([&] { topk_transform(cpu, with([](TopkArgs& a) { a.rows = -1; })); }, "rows");
   expect_invalid([&] { topk_transform(cpu, with([](TopkArgs& a) { a.k = 0; })); }, "'k'");
   expect_invalid([&] { topk_transform(cpu, with([](TopkArgs& a) { a.k = 2049; })); }, "'k'");
-  expect_invalid([&] { topk_transform(cpu, with([](TopkArgs& a) { a.score_type = static_cast<ScoreType>(5); })); }, "score_type");
+  expect_invalid([&] { topk_transform(cpu, with([](TopkArgs& a) { a.score_type = static_cast<ScoreType>(5); })); },
+                 "score_type");
   expect_invalid([&] { topk_transform(cpu, with([](TopkArgs& a) { a.width = -1; })); }, "width");
   expect_invalid([&] { topk_transform(cpu, with([](TopkArgs& a) { a.score_ld = 99; })); }, "score_ld");
   expect_invalid([&] { topk_transform(cpu, with([](TopkArgs& a) { a.score_ld = int64_t{1} << 62; })); }, "score_ld");
   expect_invalid([&] { topk_transform(cpu, with([](TopkArgs& a) { a.scores = nullptr; })); }, "scores");
   expect_invalid([&] { topk_transform(cpu, with([](TopkArgs& a) { a.lengths = Indices(); })); }, "lengths");
-  expect_invalid([&] { topk_transform(cpu, with([](TopkArgs& a) { a.length_form = static_cast<TopkLengths>(9); })); }, "length_form");
+  expect_invalid([&] { topk_transform(cpu, with([](TopkArgs& a) { a.length_form = static_cast<TopkLengths>(9); })); },
+                 "length_form");
   expect_invalid([&] { topk_transform(cpu, with([](TopkArgs& a) { a.rows_per_request = 0; })); }, "rows_per_request");
   expect_invalid([&] { topk_transform(cpu, with([](TopkArgs& a) { a.rows_per_request = 2; })); }, "rows_per_request");
-  expect_invalid([&] {
-    topk_transform(cpu, with([&](TopkArgs& a) {
-      a.length_form = TopkLengths::kPerRequest;
-      a.row_starts = lens.data();
-    }));
-  }, "row_starts");
-  expect_invalid([&] { topk_transform(cpu, with([](TopkArgs& a) { a.transform = static_cast<TopkTransform>(7); })); }, "transform");
-  expect_invalid([&] { topk_transform(cpu, with([](TopkArgs& a) { a.transform = TopkTransform::kRaggedOffset; })); }, "offsets");
-  expect_invalid([&] {
-    topk_transform(cpu, with([&](TopkArgs& a) {
-      a.transform = TopkTransform::kPaged64;
-      a.table_rows = 4;
-      a.table_cols = 2;
-      a.table_ld = 2;
-    }));
-  }, "table");
-  expect_invalid([&] {
-    topk_transform(cpu, with([&](TopkArgs& a) {
-      a.transform = TopkTransform::kTokenTable;
-      a.table = table.data();
-      a.table_rows = 4;
-      a.table_cols = 2;
-      a.table_ld = 1;
-    }));
-  }, "table_ld");
+  expect_invalid(
+      [&] {
+        topk_transform(cpu, with([&](TopkArgs& a) {
+                         a.length_form = TopkLengths::kPerRequest;
+                         a.row_starts = lens.data();
+                       }));
+      },
+      "row_starts");
+  expect_invalid([&] { topk_transform(cpu, with([](TopkArgs& a) { a.transform = static_cast<TopkTransform>(7); })); },
+                 "transform");
+  expect_invalid([&] { topk_transform(cpu, with([](TopkArgs& a) { a.transform = TopkTransform::kRaggedOffset; })); },
+                 "offsets");
+  expect_invalid(
+      [&] {
+        topk_transform(cpu, with([&](TopkArgs& a) {
+                         a.transform = TopkTransform::kPaged64;
+                         a.table_rows = 4;
+                         a.table_cols = 2;
+                         a.table_ld = 2;
+                       }));
+      },
+      "table");
+  expect_invalid(
+      [&] {
+        topk_transform(cpu, with([&](TopkArgs& a) {
+                         a.transform = TopkTransform::kTokenTable;
+                         a.table = table.data();
+                         a.table_rows = 4;
+                         a.table_cols = 2;
+                         a.table_ld = 1;
+                       }));
+      },
+      "table_ld");
   expect_invalid([&] { topk_transform(cpu, with([](TopkArgs& a) { a.out = nullptr; })); }, "'out'");
   expect_invalid([&] { topk_transform(cpu, with([](TopkArgs& a) { a.out_ld = 15; })); }, "out_ld");
-  expect_invalid([&] {
-    topk_transform(cpu, with([&](TopkArgs& a) {
-      a.out_raw = out.data();
-      a.out_raw_ld = 3;
-    }));
-  }, "out_raw_ld");
+  expect_invalid(
+      [&] {
+        topk_transform(cpu, with([&](TopkArgs& a) {
+                         a.out_raw = out.data();
+                         a.out_raw_ld = 3;
+                       }));
+      },
+      "out_raw_ld");
   expect_invalid([&] { topk_transform(cpu, with([](TopkArgs& a) { a.order = static_cast<TopkOrder>(3); })); }, "order");
   expect_invalid([&] { topk_transform(Exec{Backend::kCpu, nullptr, -1}, good); }, "cpu_threads");
   if (!cuda_built()) {
     expect_invalid([&] { topk_transform(Exec::cuda(), good); }, "cuda", ErrorCode::kUnsupported);
   } else {
-    expect_invalid([&] {
-      topk_transform(Exec::cuda(), with([&](TopkArgs& a) { a.scores = reinterpret_cast<const uint8_t*>(scores.data()) + 1; }));
-    }, "scores");
+    expect_invalid(
+        [&] {
+          topk_transform(Exec::cuda(),
+                         with([&](TopkArgs& a) { a.scores = reinterpret_cast<const uint8_t*>(scores.data()) + 1; }));
+        },
+        "scores");
   }
   EXPECT_EQ(out, before);
 
   // Empty work is valid with null pointers; width 0 writes only -1.
   topk_transform(cpu, with([](TopkArgs& a) {
-    a.rows = 0;
-    a.scores = nullptr;
-    a.lengths = Indices();
-    a.out = nullptr;
-  }));
+                   a.rows = 0;
+                   a.scores = nullptr;
+                   a.lengths = Indices();
+                   a.out = nullptr;
+                 }));
   topk_transform(cpu, with([](TopkArgs& a) {
-    a.width = 0;
-    a.scores = nullptr;
-  }));
+                   a.width = 0;
+                   a.scores = nullptr;
+                 }));
   for (int64_t i = 0; i < 4 * 16; ++i) EXPECT_EQ(out[i], -1);
 }
 

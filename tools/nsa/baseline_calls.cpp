@@ -17,7 +17,8 @@ namespace baseline_call {
 namespace {
 #if defined(NSA_WITH_CUDA)
 void check(cudaError_t err, const char* what) {
-  if (err != cudaSuccess) throw Error(ErrorCode::kCudaError, std::string("baseline ") + what + ": " + cudaGetErrorString(err));
+  if (err != cudaSuccess)
+    throw Error(ErrorCode::kCudaError, std::string("baseline ") + what + ": " + cudaGetErrorString(err));
 }
 #else
 [[noreturn]] void no_cuda() { throw Error(ErrorCode::kUnsupported, "baseline: this build has no CUDA backend"); }
@@ -27,7 +28,8 @@ void check(cudaError_t err, const char* what) {
 int64_t metadata_copies(const MetadataCopyShape& shape, const MetadataSources& src, const MetadataBuffers* dsts,
                         int64_t count) {
   int64_t n = 0;
-  for (int64_t d = 0; d < count; ++d) n += static_cast<int64_t>(baseline::metadata_field_copies(shape, src, dsts[d]).size());
+  for (int64_t d = 0; d < count; ++d)
+    n += static_cast<int64_t>(baseline::metadata_field_copies(shape, src, dsts[d]).size());
   return n;
 }
 
@@ -71,8 +73,8 @@ void gather_k_and_s_per_token(Backend backend, cudaStream stream, const uint8_t*
                               int64_t table_ld, const int64_t* cu_seq_lens, int64_t batch, int64_t total_tokens,
                               uint8_t* out_k, float* out_s) {
   if (backend == Backend::kCpu)
-    return baseline::cpu::gather_k_and_s_per_token(cache, page_table, table_ld, cu_seq_lens, batch, total_tokens,
-                                                   out_k, out_s);
+    return baseline::cpu::gather_k_and_s_per_token(cache, page_table, table_ld, cu_seq_lens, batch, total_tokens, out_k,
+                                                   out_s);
 #if defined(NSA_WITH_CUDA)
   check(baseline::gather_k_and_s_per_token(cache, page_table, table_ld, cu_seq_lens, batch, total_tokens, out_k, out_s,
                                            stream),

@@ -42,12 +42,16 @@ Limits measure_limits(Backend backend) {
     const auto d = support::measure_device_limits();
     lim.device = fmt::format("{} ({} SMs)", d.device, d.sm_count);
     lim.copy_gbps = d.copy_gbps;
-    lim.to_json = {{"device", d.device}, {"sm_count", d.sm_count}, {"copy_gbps", d.copy_gbps},
-                   {"empty_kernel_graph_us", d.empty_kernel_graph_us}, {"empty_kernel_eager_us", d.empty_kernel_eager_us},
+    lim.to_json = {{"device", d.device},
+                   {"sm_count", d.sm_count},
+                   {"copy_gbps", d.copy_gbps},
+                   {"empty_kernel_graph_us", d.empty_kernel_graph_us},
+                   {"empty_kernel_eager_us", d.empty_kernel_eager_us},
                    {"empty_launch_host_us", d.empty_launch_host_us}};
-    lim.line = fmt::format("limits: device-to-device copy {:.0f} GB/s (read + write); empty kernel {:.2f} us GPU in a graph, "
-               "{:.2f} us GPU eager, {:.2f} us host per launch\n",
-               d.copy_gbps, d.empty_kernel_graph_us, d.empty_kernel_eager_us, d.empty_launch_host_us);
+    lim.line = fmt::format(
+        "limits: device-to-device copy {:.0f} GB/s (read + write); empty kernel {:.2f} us GPU in a graph, "
+        "{:.2f} us GPU eager, {:.2f} us host per launch\n",
+        d.copy_gbps, d.empty_kernel_graph_us, d.empty_kernel_eager_us, d.empty_launch_host_us);
     return lim;
   }
 #endif
@@ -59,7 +63,8 @@ Limits measure_limits(Backend backend) {
   lim.device = "cpu";
   lim.copy_gbps = 2.0 * static_cast<double>(bytes) / us / 1e3;
   lim.to_json = {{"device", "cpu"}, {"copy_gbps", lim.copy_gbps}, {"copy_note", "one-thread memcpy, read + write"}};
-  lim.line = fmt::format("limits: memcpy {:.1f} GB/s (one thread, read + write); no launches on the CPU backend\n", lim.copy_gbps);
+  lim.line = fmt::format("limits: memcpy {:.1f} GB/s (one thread, read + write); no launches on the CPU backend\n",
+                         lim.copy_gbps);
   return lim;
 }
 
@@ -77,8 +82,7 @@ std::string fmt_us(double us) { return us >= 1000 ? fmt::format("{:.0f}", us) : 
 Measured measure(const ScenarioConfig& cfg, const BenchOptions& o, const Limits& lim, Progress& progress, bool full) {
   const bool cuda = cfg.backend == Backend::kCuda;
   progress.step(fmt::format("preparing inputs (batch {})", cfg.batch));
-  std::unique_ptr<Scenario> s =
-      o.scenario == "prefill" ? make_prefill_scenario(cfg) : make_decode_scenario(cfg);
+  std::unique_ptr<Scenario> s = o.scenario == "prefill" ? make_prefill_scenario(cfg) : make_decode_scenario(cfg);
   progress.step("verifying ours == baseline");
   s->verify();
 
@@ -116,10 +120,15 @@ Measured measure(const ScenarioConfig& cfg, const BenchOptions& o, const Limits&
         if (&path == &p.paths.front()) base = t;
         rows.push_back({p.name, fmt::format("{}: {}", path.role, path.label), path.launches, t, p.bytes, base});
         const double gbps = p.bytes / t.gpu_us / 1e3;
-        pj["paths"].push_back({{"role", path.role}, {"label", path.label}, {"launches", path.launches},
-                               {"gpu_us", t.gpu_us}, {"host_us", t.host_us}, {"gbps", gbps},
+        pj["paths"].push_back({{"role", path.role},
+                               {"label", path.label},
+                               {"launches", path.launches},
+                               {"gpu_us", t.gpu_us},
+                               {"host_us", t.host_us},
+                               {"gbps", gbps},
                                {"fraction_of_copy_bw", gbps / lim.copy_gbps},
-                               {"speedup_gpu", base.gpu_us / t.gpu_us}, {"speedup_host", base.host_us / t.host_us}});
+                               {"speedup_gpu", base.gpu_us / t.gpu_us},
+                               {"speedup_host", base.host_us / t.host_us}});
         if (p.name == "metadata" && path.role == "ours") {
           m.metadata_gpu_speedup = base.gpu_us / t.gpu_us;
           m.metadata_host_speedup = base.host_us / t.host_us;
@@ -142,14 +151,15 @@ Measured measure(const ScenarioConfig& cfg, const BenchOptions& o, const Limits&
 
   // The table.
   fmt::print("\n{:<16} {:<62} {:>10} {:>10} {:>8} {:>9} {:>8} {:>8} {:>8}\n", "part", "path",
-             cuda ? "GPU us" : "wall us", cuda ? "host us" : "", "launches", "GB/s", "of copy", cuda ? "GPU x" : "speed-up", cuda ? "host x" : "");
+             cuda ? "GPU us" : "wall us", cuda ? "host us" : "", "launches", "GB/s", "of copy",
+             cuda ? "GPU x" : "speed-up", cuda ? "host x" : "");
   std::string last;
   for (const auto& r : rows) {
     const double gbps = r.bytes / r.t.gpu_us / 1e3;
-    fmt::print("{:<16} {:<62} {:>10} {:>10} {:>8} {:>9.1f} {:>7.1f}% {:>7.2f}x {:>8}\n",
-               r.part == last ? "" : r.part, r.label.substr(0, 62), fmt_us(r.t.gpu_us),
-               cuda ? fmt_us(r.t.host_us) : "", r.launches, gbps, 100.0 * gbps / lim.copy_gbps,
-               r.base.gpu_us / r.t.gpu_us, cuda ? fmt::format("{:.2f}x", r.base.host_us / r.t.host_us) : "");
+    fmt::print("{:<16} {:<62} {:>10} {:>10} {:>8} {:>9.1f} {:>7.1f}% {:>7.2f}x {:>8}\n", r.part == last ? "" : r.part,
+               r.label.substr(0, 62), fmt_us(r.t.gpu_us), cuda ? fmt_us(r.t.host_us) : "", r.launches, gbps,
+               100.0 * gbps / lim.copy_gbps, r.base.gpu_us / r.t.gpu_us,
+               cuda ? fmt::format("{:.2f}x", r.base.host_us / r.t.host_us) : "");
     last = r.part;
   }
   for (const auto& p : parts) fmt::print("  {}: {}\n", p.name, p.detail);
@@ -196,7 +206,8 @@ int report(const ScenarioConfig& cfg, const BenchOptions& o, const Limits& lim, 
 
 int run_bench(const BenchOptions& o) {
   if (!o.plot_path.empty() && !ends_with(o.plot_path, ".svg"))
-    throw UsageError(fmt::format("--plot writes an SVG picture: give a file name ending in .svg (got '{}')", o.plot_path));
+    throw UsageError(
+        fmt::format("--plot writes an SVG picture: give a file name ending in .svg (got '{}')", o.plot_path));
   if (o.scenario == "prefill" && (o.draft_steps != 3 || o.draft_tokens != 4))
     throw UsageError("--draft-steps/--draft-tokens apply to --scenario decode only");
   // Before the run, not after it: an unwritable path must not cost a whole benchmark.
@@ -217,21 +228,23 @@ int run_bench(const BenchOptions& o) {
   const bool decode = o.scenario == "decode";
 
   // First line: what runs where.
-  const std::string what = decode
-      ? fmt::format("DeepSeek-V3.2 decode step: batch {}, context {}, {} layers, {} draft steps x {} draft tokens, "
-                    "top-k {}, page {}", cfg.batch, cfg.context, cfg.layers, cfg.draft_steps, cfg.draft_tokens,
-                    cfg.topk, cfg.page_size)
-      : fmt::format("chunked-prefill K+S gather: {} requests x up to {} tokens, {} layers", cfg.batch, cfg.context,
-                    cfg.layers);
+  const std::string what =
+      decode ? fmt::format(
+                   "DeepSeek-V3.2 decode step: batch {}, context {}, {} layers, {} draft steps x {} draft tokens, "
+                   "top-k {}, page {}",
+                   cfg.batch, cfg.context, cfg.layers, cfg.draft_steps, cfg.draft_tokens, cfg.topk, cfg.page_size)
+             : fmt::format("chunked-prefill K+S gather: {} requests x up to {} tokens, {} layers", cfg.batch,
+                           cfg.context, cfg.layers);
   if (backend == Backend::kCuda) {
     fmt::print("nsa bench on CUDA ({}, {}): {}\n", support::cuda_device_name(), support::l2_label(), what);
   } else {
     fmt::print("nsa bench on the CPU backend ({}{}): {}\n", gpu ? "--device cpu" : support::cuda_unavailable_reason(),
                scaled ? ", scaled down from 61 to 16 layers; --layers 61 for all" : "", what);
   }
-  fmt::print("nsa {}; inputs random (seed {}), lengths uniform in [3/4 context, context]; "
-             "outputs verified equal to the baseline before timing\n",
-             NSA_VERSION_STRING, cfg.seed);
+  fmt::print(
+      "nsa {}; inputs random (seed {}), lengths uniform in [3/4 context, context]; "
+      "outputs verified equal to the baseline before timing\n",
+      NSA_VERSION_STRING, cfg.seed);
 
   const auto batches = o.plot_path.empty() ? std::vector<int64_t>{} : sweep_batches(cfg.batch);
   // limits + prepare + verify + each path (decode: 3 metadata + 2 store; prefill: 2) + 2 whole-step timings.
@@ -268,13 +281,16 @@ int report(const ScenarioConfig& cfg, const BenchOptions& o, const Limits& lim, 
   if (decode) {
     const bool gpu_met = m.metadata_gpu_speedup >= kTargetSpeedup, host_met = m.metadata_host_speedup >= kTargetSpeedup;
     if (backend == Backend::kCuda) {
-      fmt::print("metadata: speed-up of ours over the unfused baseline: {:.2f}x GPU time, {:.2f}x host time "
-                 "(target >= {:.0f}x each on H100: GPU {}, host {})\n",
-                 m.metadata_gpu_speedup, m.metadata_host_speedup, kTargetSpeedup, gpu_met ? "MET" : "MISSED",
-                 host_met ? "MET" : "MISSED");
+      fmt::print(
+          "metadata: speed-up of ours over the unfused baseline: {:.2f}x GPU time, {:.2f}x host time "
+          "(target >= {:.0f}x each on H100: GPU {}, host {})\n",
+          m.metadata_gpu_speedup, m.metadata_host_speedup, kTargetSpeedup, gpu_met ? "MET" : "MISSED",
+          host_met ? "MET" : "MISSED");
     } else {
-      fmt::print("metadata: speed-up of ours over the per-field memcpy baseline: {:.2f}x wall time (the >= {:.0f}x "
-                 "target applies to CUDA)\n", m.metadata_gpu_speedup, kTargetSpeedup);
+      fmt::print(
+          "metadata: speed-up of ours over the per-field memcpy baseline: {:.2f}x wall time (the >= {:.0f}x "
+          "target applies to CUDA)\n",
+          m.metadata_gpu_speedup, kTargetSpeedup);
     }
     summary["metadata_gpu_speedup"] = m.metadata_gpu_speedup;
     summary["metadata_host_speedup"] = m.metadata_host_speedup;
@@ -290,8 +306,11 @@ int report(const ScenarioConfig& cfg, const BenchOptions& o, const Limits& lim, 
       ScenarioConfig c = cfg;
       c.batch = b;
       const Measured p = measure(c, o, lim, progress, false);
-      sweep.push_back({{"batch", b}, {"baseline_gpu_us", p.step_baseline.gpu_us}, {"ours_gpu_us", p.step_ours.gpu_us},
-                       {"baseline_host_us", p.step_baseline.host_us}, {"ours_host_us", p.step_ours.host_us}});
+      sweep.push_back({{"batch", b},
+                       {"baseline_gpu_us", p.step_baseline.gpu_us},
+                       {"ours_gpu_us", p.step_ours.gpu_us},
+                       {"baseline_host_us", p.step_baseline.host_us},
+                       {"ours_host_us", p.step_ours.host_us}});
     }
     progress.done();
     write_step_plot(o.plot_path, sweep, backend == Backend::kCuda,
@@ -309,18 +328,30 @@ int report(const ScenarioConfig& cfg, const BenchOptions& o, const Limits& lim, 
              {"scenario", o.scenario},
              {"backend", to_string(backend)},
              {"device", lim.device},
-             {"timing", backend == Backend::kCuda ? "cuda-graph replays (GPU), eager enqueue (host)" : "cpu wall clock"},
+             {"timing",
+              backend == Backend::kCuda ? "cuda-graph replays (GPU), eager enqueue (host)" : "cpu wall clock"},
              {"l2", backend == Backend::kCuda ? support::l2_label() : "n/a"},
              {"scaled", scaled},
-             {"config", {{"batch", cfg.batch}, {"context", cfg.context}, {"layers", cfg.layers},
-                         {"draft_steps", cfg.draft_steps}, {"draft_tokens", cfg.draft_tokens}, {"topk", cfg.topk},
-                         {"page_size", cfg.page_size}, {"seed", cfg.seed}, {"cpu_threads", cfg.cpu_threads}}},
+             {"config",
+              {{"batch", cfg.batch},
+               {"context", cfg.context},
+               {"layers", cfg.layers},
+               {"draft_steps", cfg.draft_steps},
+               {"draft_tokens", cfg.draft_tokens},
+               {"topk", cfg.topk},
+               {"page_size", cfg.page_size},
+               {"seed", cfg.seed},
+               {"cpu_threads", cfg.cpu_threads}}},
              {"limits", lim.to_json},
              {"verified", true},
              {"parts", m.parts},
-             {"step", {{"baseline_gpu_us", m.step_baseline.gpu_us}, {"ours_gpu_us", m.step_ours.gpu_us},
-                       {"baseline_host_us", m.step_baseline.host_us}, {"ours_host_us", m.step_ours.host_us},
-                       {"baseline_launches", m.step_launches_baseline}, {"ours_launches", m.step_launches_ours}}},
+             {"step",
+              {{"baseline_gpu_us", m.step_baseline.gpu_us},
+               {"ours_gpu_us", m.step_ours.gpu_us},
+               {"baseline_host_us", m.step_baseline.host_us},
+               {"ours_host_us", m.step_ours.host_us},
+               {"baseline_launches", m.step_launches_baseline},
+               {"ours_launches", m.step_launches_ours}}},
              {"summary", summary},
              {"sweep", sweep}};
     std::ofstream f(o.json_path);

@@ -1,6 +1,6 @@
+#include <fmt/format.h>
 #include <algorithm>
 #include <cstring>
-#include <fmt/format.h>
 
 #include "bench_types.h"
 #include "timing.h"
@@ -33,8 +33,9 @@ void expect_equal_bytes(const std::string& what, const void* ours, const void* b
   const auto* b = static_cast<const uint8_t*>(baseline);
   for (size_t i = 0; i < bytes; ++i) {
     if (a[i] != b[i])
-      throw VerificationError(fmt::format("verification failed: {}: first differing byte at {} of {} (0x{:02x} vs baseline 0x{:02x})",
-                                          what, i, bytes, a[i], b[i]));
+      throw VerificationError(
+          fmt::format("verification failed: {}: first differing byte at {} of {} (0x{:02x} vs baseline 0x{:02x})", what,
+                      i, bytes, a[i], b[i]));
   }
 }
 

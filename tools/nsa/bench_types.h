@@ -27,8 +27,8 @@ struct Path {
 struct Part {
   std::string name;
   std::string detail;
-  double bytes = 0;   // essential bytes per step (read + written), the same for every path
-  int per_graph = 10; // part calls captured per CUDA graph
+  double bytes = 0;         // essential bytes per step (read + written), the same for every path
+  int per_graph = 10;       // part calls captured per CUDA graph
   std::vector<Path> paths;  // front(): the baseline, back(): ours
 };
 

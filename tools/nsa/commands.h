@@ -39,9 +39,9 @@ struct BenchOptions {
 };
 
 struct SelftestOptions {
-  double seconds = 3.0;  // total time budget over all ops and backends
+  double seconds = 3.0;        // total time budget over all ops and backends
   std::string device = "all";  // all | cpu | cuda
-  uint64_t seed = 0;     // 0 = random (printed)
+  uint64_t seed = 0;           // 0 = random (printed)
 };
 
 int run_info();

@@ -14,8 +14,8 @@ namespace cli {
 namespace cpu_baseline {
 
 // Returns the number of field copies made (the "launches" of this path).
-int64_t copy_metadata_per_field(const MetadataCopyShape& shape, const MetadataSources& src,
-                                const MetadataBuffers* dsts, int64_t count);
+int64_t copy_metadata_per_field(const MetadataCopyShape& shape, const MetadataSources& src, const MetadataBuffers* dsts,
+                                int64_t count);
 
 }  // namespace cpu_baseline
 }  // namespace cli

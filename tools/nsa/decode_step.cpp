@@ -1,16 +1,16 @@
 // The decode-step scenario of `nsa bench` (DeepSeek-V3.2 with MTP speculative
 // decoding). Per step:
 //   metadata  S-1 draft-decode backends (DECODE), TARGET_VERIFY, DRAFT_EXTEND,
-//             each into its own captured graph buffers (metadata.md §5, §7);
+//             each into its own captured graph buffers (docs/spec/metadata.md §5, §7);
 //   store     per layer, quantize + store the indexer keys of the bs*N verify
-//             tokens into that layer's paged cache (indexer-cache.md §4.1).
+//             tokens into that layer's paged cache (docs/spec/index-cache.md §4.1).
 // Paths: baseline = precomputed sources copied field by field into every
 // destination / quantize then SetKAndS; fused copy = nsa::copy_metadata of the
 // same sources; ours = nsa::build_metadata from the raw inputs / the fused
 // quantize_and_store_k.
+#include <fmt/format.h>
 #include <algorithm>
 #include <array>
-#include <fmt/format.h>
 #include <numeric>
 #include <random>
 
@@ -38,13 +38,23 @@ using L = IndexCacheLayout;
 
 // ------------------------------------------------------------------ destinations
 
-enum Field { kCacheSeqlens, kCuSeqlensK, kPageTable1, kSeqlensExpanded, kNsaCacheSeqlens, kNsaCuSeqlensK,
-             kRealPageTable, kNumSplits, kTileTable, kFieldCount };
-constexpr const char* kFieldNames[kFieldCount] = {"cache_seqlens",     "cu_seqlens_k",      "page_table_1",
-                                                  "seqlens_expanded",  "nsa_cache_seqlens", "nsa_cu_seqlens_k",
-                                                  "real_page_table",   "flashmla_num_splits", "flashmla_metadata"};
+enum Field {
+  kCacheSeqlens,
+  kCuSeqlensK,
+  kPageTable1,
+  kSeqlensExpanded,
+  kNsaCacheSeqlens,
+  kNsaCuSeqlensK,
+  kRealPageTable,
+  kNumSplits,
+  kTileTable,
+  kFieldCount
+};
+constexpr const char* kFieldNames[kFieldCount] = {"cache_seqlens",    "cu_seqlens_k",        "page_table_1",
+                                                  "seqlens_expanded", "nsa_cache_seqlens",   "nsa_cu_seqlens_k",
+                                                  "real_page_table",  "flashmla_num_splits", "flashmla_metadata"};
 
-// Capacities of one backend's captured buffers (metadata.md §5.1).
+// Capacities of one backend's captured buffers (docs/spec/metadata.md §5.1).
 struct DestShape {
   int64_t batch = 0, max_rows = 0, cols = 0, real_cols = 0, tile_ints = 0;
   bool has_expanded = false;  // DECODE aliases it to cache_seqlens upstream
@@ -265,7 +275,7 @@ class DecodeScenario : public Scenario {
     modes_.push_back(std::move(w));
   }
 
-  // Bytes a destination must receive: the per-row defined region (metadata.md §5.6).
+  // Bytes a destination must receive: the per-row defined region (docs/spec/metadata.md §5.6).
   static double defined_bytes(const ModeWork& w) {
     const HostMetadata& h = w.host;
     const int64_t p = w.config.page_size;
@@ -283,19 +293,23 @@ class DecodeScenario : public Scenario {
       part.bytes += 2.0 * defined_bytes(*w);  // read once + written, as a copy would
       modes += fmt::format("{}{} x{}", modes.empty() ? "" : ", ", to_string(w->config.mode), w->dest_count);
     }
-    part.detail = modes + " destination sets; GB/s counts each destination's bytes as read + written (what "
-                          "copying them costs): a build that reads its inputs once for all destinations can pass 100%";
+    part.detail = modes +
+                  " destination sets; GB/s counts each destination's bytes as read + written (what "
+                  "copying them costs): a build that reads its inputs once for all destinations can pass 100%";
     part.per_graph = 10;
     const Backend b = c_.backend;
 
-    Path base{"baseline", b == Backend::kCpu ? "precomputed, std::memcpy per field per destination"
-                                             : "precomputed, cudaMemcpy(2D)Async per field per destination",
+    Path base{"baseline",
+              b == Backend::kCpu ? "precomputed, std::memcpy per field per destination"
+                                 : "precomputed, cudaMemcpy(2D)Async per field per destination",
               0, nullptr};
     for (const auto& w : modes_)
-      base.launches += baseline_call::metadata_copies(w->host.shape, w->sources, w->baseline->descs.data(), w->dest_count);
+      base.launches +=
+          baseline_call::metadata_copies(w->host.shape, w->sources, w->baseline->descs.data(), w->dest_count);
     base.run = [this, b](cudaStream s) {
       for (const auto& w : modes_)
-        baseline_call::copy_metadata_per_field(b, s, w->host.shape, w->sources, w->baseline->descs.data(), w->dest_count);
+        baseline_call::copy_metadata_per_field(b, s, w->host.shape, w->sources, w->baseline->descs.data(),
+                                               w->dest_count);
     };
     Path fused{"fused_copy", "precomputed, nsa::copy_metadata (1 per mode)", static_cast<int64_t>(modes_.size()),
                [this](cudaStream s) {
@@ -343,8 +357,7 @@ class DecodeScenario : public Scenario {
     part.detail = fmt::format("{} layers x {} verify tokens (bs*N), fp32 scale", c_.layers, n_tok);
     part.bytes = (256.0 + 132.0 + 8.0) * static_cast<double>(n_tok * c_.layers);
     part.per_graph = 2;
-    Path base{"baseline", "quantize into staging, then SetKAndS (2 per layer)", 2 * c_.layers,
-              [this, b](cudaStream s) {
+    Path base{"baseline", "quantize into staging, then SetKAndS (2 per layer)", 2 * c_.layers, [this, b](cudaStream s) {
                 for (int64_t l = 0; l < c_.layers; ++l) {
                   baseline_call::quantize_k(b, s, layer_k(l), store_tokens_, L::kHeadDim, false, stage_k_.as<uint8_t>(),
                                             stage_s_.as<float>());
@@ -380,7 +393,7 @@ class DecodeScenario : public Scenario {
           const std::string where = fmt::format("{} destination {} {}", to_string(w->config.mode), d, kFieldNames[f]);
           // The fused copy writes exactly what the per-field copies write: every byte equal.
           expect_equal_bytes("copy_metadata " + where, got_fused.data(), expect.data(), count * 4);
-          // build_metadata defines each row up to its own length (metadata.md §5.6).
+          // build_metadata defines each row up to its own length (docs/spec/metadata.md §5.6).
           if (f == kPageTable1 || f == kRealPageTable) {
             const int64_t ld = f == kPageTable1 ? base.shape.cols : base.shape.real_cols;
             for (int64_t r = 0; r < rows; ++r) {
@@ -409,8 +422,8 @@ class DecodeScenario : public Scenario {
       expect_equal_bytes(fmt::format("quantize_and_store_k layer {}", l), ours.data(), base.data(), bytes);
       if (l == 0) {  // and both equal the plain-loop reference
         auto ref = pool0_image_;
-        reference::quantize_and_store_k(IndexCache{ref.data(), pool_pages_}, k_host_.data(), store_tokens_,
-                                        L::kHeadDim, slots_.data(), ScaleMode::kFp32);
+        reference::quantize_and_store_k(IndexCache{ref.data(), pool_pages_}, k_host_.data(), store_tokens_, L::kHeadDim,
+                                        slots_.data(), ScaleMode::kFp32);
         expect_equal_bytes("quantize_and_store_k layer 0 vs reference", ours.data(), ref.data(), bytes);
       }
     }

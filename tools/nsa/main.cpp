@@ -3,8 +3,8 @@
 //   nsa selftest             every op on every backend against the reference
 //   nsa bench [options]      DeepSeek-V3.2 decode step (or prefill gather): baseline vs ours
 // Exit codes: 0 ok, 1 runtime failure, 2 usage error.
-#include <CLI/CLI.hpp>
 #include <fmt/format.h>
+#include <CLI/CLI.hpp>
 
 #include <exception>
 #include <string>
@@ -35,7 +35,8 @@ void add_bench_options(CLI::App& cmd, BenchOptions& o) {
   cmd.add_option("--draft-tokens", o.draft_tokens, "speculative draft tokens N (verify rows per request)")
       ->check(CLI::Range(int64_t{1}, int64_t{16}))
       ->capture_default_str();
-  cmd.add_option("--iters", o.iters, "eager calls per host-time sample on CUDA (the CPU harness times >= 20 ms per sample)")
+  cmd.add_option("--iters", o.iters,
+                 "eager calls per host-time sample on CUDA (the CPU harness times >= 20 ms per sample)")
       ->check(CLI::Range(1, 100000))
       ->capture_default_str();
   cmd.add_option("--cpu-threads", o.cpu_threads, "threads of the CPU backend (0 = all cores)")
@@ -44,7 +45,8 @@ void add_bench_options(CLI::App& cmd, BenchOptions& o) {
   cmd.add_option("--seed", o.seed, "seed of the random inputs")->capture_default_str();
   cmd.add_option("--json", o.json_path, "write the results as JSON to FILE");
   cmd.add_option("--plot", o.plot_path, "write an SVG of step time vs batch size (a small sweep) to FILE.svg");
-  cmd.add_option("--l2", o.l2, "GPU timings with a warm L2 (calls back to back) or a cold one (L2 flushed between calls)")
+  cmd.add_option("--l2", o.l2,
+                 "GPU timings with a warm L2 (calls back to back) or a cold one (L2 flushed between calls)")
       ->check(CLI::IsMember({"warm", "cold"}))
       ->capture_default_str();
   cmd.add_flag("!--no-progress", o.progress, "no live progress line (it is shown only on a terminal anyway)");
@@ -60,7 +62,8 @@ int main(int argc, char** argv) {
   CLI::App* info = app.add_subcommand("info", "version, build configuration and devices");
 
   SelftestOptions selftest_options;
-  CLI::App* selftest = app.add_subcommand("selftest", "run every op on every backend against the reference; exit 0 if none fails");
+  CLI::App* selftest =
+      app.add_subcommand("selftest", "run every op on every backend against the reference; exit 0 if none fails");
   selftest->add_option("--seconds", selftest_options.seconds, "total time budget")
       ->check(CLI::Range(0.0, 3600.0))
       ->capture_default_str();
@@ -70,14 +73,17 @@ int main(int argc, char** argv) {
   selftest->add_option("--seed", selftest_options.seed, "seed of the random cases (0 = random, printed)");
 
   BenchOptions bench_options;
-  CLI::App* bench = app.add_subcommand("bench", "DeepSeek-V3.2 decode step (or prefill gather): upstream-style baseline vs nsa, verified, timed");
+  CLI::App* bench = app.add_subcommand(
+      "bench", "DeepSeek-V3.2 decode step (or prefill gather): upstream-style baseline vs nsa, verified, timed");
   add_bench_options(*bench, bench_options);
 
   // CLI11 reports an unknown first word only as "A subcommand is required"; name it instead.
   const std::string first = argc > 1 ? argv[1] : "";
   if (!first.empty() && first[0] != '-' && first != "info" && first != "selftest" && first != "bench") {
-    fmt::print(stderr, "nsa: error: unknown subcommand '{}' (expected info, selftest or bench)\n"
-                       "Run with --help for more information.\n", argv[1]);
+    fmt::print(stderr,
+               "nsa: error: unknown subcommand '{}' (expected info, selftest or bench)\n"
+               "Run with --help for more information.\n",
+               argv[1]);
     return kExitUsage;
   }
   try {

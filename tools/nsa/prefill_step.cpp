@@ -1,10 +1,10 @@
 // The prefill scenario of `nsa bench`: a chunked-prefill step gathers, per
 // layer, the indexer K and scales of every request's whole context from the
-// paged cache into contiguous [T, 128] + [T] buffers (indexer-cache.md §4.4).
+// paged cache into contiguous [T, 128] + [T] buffers (docs/spec/index-cache.md §4.4).
 // Paths: baseline = one CTA per output token (SGLang PR #13812 style) / a
 // per-token memcpy loop on CPU; ours = nsa::gather_k_and_s.
-#include <algorithm>
 #include <fmt/format.h>
+#include <algorithm>
 #include <numeric>
 #include <random>
 

@@ -20,7 +20,7 @@ struct ScenarioConfig {
   int64_t draft_tokens = 4;  // N
   int64_t topk = 2048;
   int64_t page_size = 64;
-  int64_t flashmla_tile_ints = 66 * 8;  // [num_sm_parts, 8] on a 132-SM H100 (metadata.md §8)
+  int64_t flashmla_tile_ints = 66 * 8;  // [num_sm_parts, 8] on a 132-SM H100 (docs/spec/metadata.md §8)
   uint64_t seed = 1;
 };
 

@@ -44,13 +44,17 @@ struct Mismatch : std::runtime_error {
 };
 
 void expect_same(const std::string& what, const std::vector<uint8_t>& got, const std::vector<uint8_t>& want) {
-  if (got.size() != want.size()) throw Mismatch(fmt::format("{}: {} bytes vs {} expected", what, got.size(), want.size()));
+  if (got.size() != want.size())
+    throw Mismatch(fmt::format("{}: {} bytes vs {} expected", what, got.size(), want.size()));
   for (size_t i = 0; i < got.size(); ++i)
     if (got[i] != want[i])
-      throw Mismatch(fmt::format("{}: byte {} of {} is 0x{:02x}, reference 0x{:02x}", what, i, got.size(), got[i], want[i]));
+      throw Mismatch(
+          fmt::format("{}: byte {} of {} is 0x{:02x}, reference 0x{:02x}", what, i, got.size(), got[i], want[i]));
 }
 
-int64_t pick(std::mt19937_64& rng, int64_t lo, int64_t hi) { return std::uniform_int_distribution<int64_t>(lo, hi)(rng); }
+int64_t pick(std::mt19937_64& rng, int64_t lo, int64_t hi) {
+  return std::uniform_int_distribution<int64_t>(lo, hi)(rng);
+}
 
 Exec exec_for(Backend b) { return b == Backend::kCpu ? Exec::cpu() : Exec::cuda(); }
 
@@ -70,7 +74,8 @@ std::vector<uint8_t> random_k(std::mt19937_64& rng, KDtype dtype, int64_t n, int
   } else if (dtype == KDtype::kFp16) {
     for (size_t i = 0; i + 1 < bytes.size(); i += 2) {
       uint16_t h;
-      do h = static_cast<uint16_t>(rng()); while ((h & 0x7c00) == 0x7c00);
+      do h = static_cast<uint16_t>(rng());
+      while ((h & 0x7c00) == 0x7c00);
       std::memcpy(&bytes[i], &h, 2);
     }
   } else {
@@ -125,7 +130,8 @@ void case_store_k_and_s(Backend b, std::mt19937_64& rng) {
   std::uniform_real_distribution<float> mag(-20.0f, 5.0f);
   for (auto& s : scale) s = std::exp2(mag(rng));
   const auto slots = random_slots(rng, n, pages * P, pick(rng, 0, 1));
-  Buffer pool_d = to_backend(b, pool), k_d = to_backend(b, k), s_d = to_backend(b, scale), slots_d = to_backend(b, slots);
+  Buffer pool_d = to_backend(b, pool), k_d = to_backend(b, k), s_d = to_backend(b, scale),
+         slots_d = to_backend(b, slots);
   store_k_and_s(exec_for(b), {pool_d.as<uint8_t>(), pages, P}, k_d.as<uint8_t>(), n, ld, s_d.as<float>(),
                 slots_d.as<int64_t>());
   support::synchronize(b);
@@ -268,15 +274,23 @@ void case_build_metadata(Backend b, std::mt19937_64& rng) {
     for (int64_t i = 0; i < bs; ++i) seq[i] = std::max<int64_t>(seq[i], extend[i]);
   const int64_t rows = mode == ForwardMode::kDecode ? bs : bs * n;
   const int64_t tiles = pick(rng, 1, 600);
-  const auto splits = random_ints<int32_t>(rng, rows + 1, 0, 1 << 20), tile = random_ints<int32_t>(rng, tiles, 0, 1 << 20);
+  const auto splits = random_ints<int32_t>(rng, rows + 1, 0, 1 << 20),
+             tile = random_ints<int32_t>(rng, tiles, 0, 1 << 20);
 
   Buffer r2t_d = to_backend(b, r2t), rpi_d = to_backend(b, rpi), seq_d = to_backend(b, seq),
          ext_d = to_backend(b, extend), splits_d = to_backend(b, splits), tile_d = to_backend(b, tile);
   MetadataConfig config{mode, bs, n, topk, page};
-  MetadataInputs dev{Indices(seq_d.as<int64_t>()), Indices(rpi_d.as<int64_t>()), r2t_d.as<int32_t>(), pool_rows, width,
-                     width, Indices(), splits_d.as<int32_t>(), tile_d.as<int32_t>()};
-  MetadataInputs host{Indices(seq.data()), Indices(rpi.data()), r2t.data(), pool_rows, width, width, Indices(),
-                      splits.data(), tile.data()};
+  MetadataInputs dev{Indices(seq_d.as<int64_t>()),
+                     Indices(rpi_d.as<int64_t>()),
+                     r2t_d.as<int32_t>(),
+                     pool_rows,
+                     width,
+                     width,
+                     Indices(),
+                     splits_d.as<int32_t>(),
+                     tile_d.as<int32_t>()};
+  MetadataInputs host{Indices(seq.data()), Indices(rpi.data()), r2t.data(), pool_rows, width, width,
+                      Indices(),           splits.data(),       tile.data()};
   dev.flashmla_num_splits_size = host.flashmla_num_splits_size = rows + 1;
   dev.flashmla_metadata_size = host.flashmla_metadata_size = tiles;
   if (mode == ForwardMode::kDraftExtend) {
@@ -310,12 +324,23 @@ void case_copy_metadata(Backend b, std::mt19937_64& rng) {
                                            random_ints<int32_t>(rng, tiles, 0, 1 << 20)};
   std::vector<Buffer> src_d;
   for (const auto& v : src) src_d.push_back(to_backend(b, v));
-  const bool real = pick(rng, 0, 1), splits = pick(rng, 0, 1), tile = pick(rng, 0, 1), expanded = !decode && pick(rng, 0, 3);
+  const bool real = pick(rng, 0, 1), splits = pick(rng, 0, 1), tile = pick(rng, 0, 1),
+             expanded = !decode && pick(rng, 0, 3);
   auto sources = [&](bool device) {
     auto p = [&](int f) -> const int32_t* { return device ? src_d[f].as<int32_t>() : src[f].data(); };
-    return MetadataSources{p(0), p(1), p(2), src_ld, expanded ? p(3) : nullptr, p(4), p(5),
-                           real ? p(6) : nullptr, rt_cols, rt_cols, splits ? p(7) : nullptr,
-                           tile ? p(8) : nullptr, tile ? tiles : 0};
+    return MetadataSources{p(0),
+                           p(1),
+                           p(2),
+                           src_ld,
+                           expanded ? p(3) : nullptr,
+                           p(4),
+                           p(5),
+                           real ? p(6) : nullptr,
+                           rt_cols,
+                           rt_cols,
+                           splits ? p(7) : nullptr,
+                           tile ? p(8) : nullptr,
+                           tile ? tiles : 0};
   };
   const int64_t count = pick(rng, 1, 4);
   Dests dests(b, rng, count, std::max(bs, rows) + pick(rng, 0, 3), cols + pick(rng, 0, 4), rt_cols + pick(rng, 0, 2),
@@ -404,8 +429,9 @@ void case_topk_transform(Backend b, std::mt19937_64& rng) {
       }
     }
   }
-  const std::string what = fmt::format("rows={} width={} k={} {} {} {} {}", a.rows, a.width, a.k, to_string(a.score_type),
-                                       to_string(a.length_form), to_string(a.transform), to_string(a.order));
+  const std::string what =
+      fmt::format("rows={} width={} k={} {} {} {} {}", a.rows, a.width, a.k, to_string(a.score_type),
+                  to_string(a.length_form), to_string(a.transform), to_string(a.order));
   auto bytes = [](const std::vector<int32_t>& v) {
     std::vector<uint8_t> out(v.size() * 4);
     std::memcpy(out.data(), v.data(), out.size());
@@ -484,7 +510,8 @@ void case_paged_mqa_logits(Backend b, std::mt19937_64& rng) {
     for (int64_t t = a.width; t < a.logits_ld; ++t)
       if (g[t] != 7.0f) throw Mismatch(fmt::format("{}: row {} column {} past the width was written", what, r, t));
     const double diff = reference::calc_diff(g, ref.data(), a.width);
-    if (!(diff < 1e-3)) throw Mismatch(fmt::format("{}: row {} calc_diff {} (or -inf at different columns)", what, r, diff));
+    if (!(diff < 1e-3))
+      throw Mismatch(fmt::format("{}: row {} calc_diff {} (or -inf at different columns)", what, r, diff));
   }
 }
 
@@ -542,7 +569,8 @@ int run_selftest(const SelftestOptions& o) {
         do {
           op.run_case(b, rng);
           ++cases;
-        } while (cases < 3 || std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() < slice_s);
+        } while (cases < 3 ||
+                 std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() < slice_s);
       } catch (const std::exception& e) {
         error = e.what();
       }

@@ -11,8 +11,8 @@ namespace nsa {
 namespace cli {
 namespace {
 
-constexpr double kWidth = 600, kHeight = 380;                           // one chart
-constexpr double kLeft = 70, kRight = 20, kTop = 40, kBottom = 60;      // plot margins
+constexpr double kWidth = 600, kHeight = 380;                       // one chart
+constexpr double kLeft = 70, kRight = 20, kTop = 40, kBottom = 60;  // plot margins
 constexpr double kHeading = 30;
 
 std::string escape(const std::string& s) {
@@ -67,19 +67,22 @@ void render_chart(std::string& svg, const Chart& c, double ox, double oy) {
                      oy + kTop, pw, ph);
   svg += fmt::format("<text x=\"{}\" y=\"{}\" font-size=\"12\" text-anchor=\"middle\">{}</text>\n", ox + kLeft + pw / 2,
                      oy + kHeight - 18, escape(c.x_label));
-  svg += fmt::format("<text transform=\"translate({},{}) rotate(-90)\" font-size=\"12\" text-anchor=\"middle\">{}</text>\n",
-                     ox + 16, oy + kTop + ph / 2, escape(c.y_label));
+  svg += fmt::format(
+      "<text transform=\"translate({},{}) rotate(-90)\" font-size=\"12\" text-anchor=\"middle\">{}</text>\n", ox + 16,
+      oy + kTop + ph / 2, escape(c.y_label));
   int i = 0;
   for (const auto& s : c.series) {
     std::string points;
-    for (size_t k = 0; k < s.y.size() && k < c.x.size(); ++k) points += fmt::format("{:.1f},{:.1f} ", px(c.x[k]), py(s.y[k]));
+    for (size_t k = 0; k < s.y.size() && k < c.x.size(); ++k)
+      points += fmt::format("{:.1f},{:.1f} ", px(c.x[k]), py(s.y[k]));
     svg += fmt::format("<polyline points=\"{}\" fill=\"none\" stroke=\"{}\" stroke-width=\"2\"{}/>\n", points, s.color,
                        s.dashed ? " stroke-dasharray=\"6,4\"" : "");
     for (size_t k = 0; k < s.y.size() && k < c.x.size(); ++k)
-      svg += fmt::format("<circle cx=\"{:.1f}\" cy=\"{:.1f}\" r=\"3\" fill=\"{}\"/>\n", px(c.x[k]), py(s.y[k]), s.color);
+      svg +=
+          fmt::format("<circle cx=\"{:.1f}\" cy=\"{:.1f}\" r=\"3\" fill=\"{}\"/>\n", px(c.x[k]), py(s.y[k]), s.color);
     const double ly = oy + kTop + 14 + 16 * i++;  // legend, top left inside the plot
-    svg += fmt::format("<line x1=\"{}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"{}\" stroke-width=\"2\"/>\n", ox + kLeft + 10,
-                       ly - 4, ox + kLeft + 30, ly - 4, s.color);
+    svg += fmt::format("<line x1=\"{}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"{}\" stroke-width=\"2\"/>\n",
+                       ox + kLeft + 10, ly - 4, ox + kLeft + 30, ly - 4, s.color);
     svg += fmt::format("<text x=\"{}\" y=\"{}\" font-size=\"12\">{}</text>\n", ox + kLeft + 36, ly, escape(s.name));
   }
 }
@@ -92,7 +95,8 @@ std::string render_svg(const std::vector<Chart>& charts, const std::string& head
       "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{0}\" height=\"{1}\" viewBox=\"0 0 {0} {1}\" "
       "font-family=\"sans-serif\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n",
       w, h);
-  svg += fmt::format("<text x=\"{}\" y=\"20\" font-size=\"12\" text-anchor=\"middle\">{}</text>\n", w / 2, escape(heading));
+  svg += fmt::format("<text x=\"{}\" y=\"20\" font-size=\"12\" text-anchor=\"middle\">{}</text>\n", w / 2,
+                     escape(heading));
   for (size_t i = 0; i < charts.size(); ++i)
     if (!charts[i].x.empty()) render_chart(svg, charts[i], kWidth * static_cast<double>(i), kHeading);
   svg += "</svg>\n";
@@ -100,8 +104,11 @@ std::string render_svg(const std::vector<Chart>& charts, const std::string& head
 }
 
 void write_step_plot(const std::string& path, const nlohmann::json& sweep, bool cuda, const std::string& heading) {
-  Chart time{cuda ? "Step GPU time (CUDA graph replay)" : "Step wall time (CPU backend)", "microseconds per step", {},
-             "batch size", {}};
+  Chart time{cuda ? "Step GPU time (CUDA graph replay)" : "Step wall time (CPU backend)",
+             "microseconds per step",
+             {},
+             "batch size",
+             {}};
   Chart host{"Step host time (eager enqueue)", "microseconds per step", {}, "batch size", {}};
   Series tb{"baseline (upstream-style, unfused)", "#d62728", false, {}}, to{"ours (nsa)", "#1f77b4", false, {}};
   Series hb = tb, ho = to;

@@ -7,9 +7,9 @@
 // never synchronise. Every byte offset is 64-bit; every grid is 1-D.
 #pragma once
 
+#include <cuda_fp8.h>
 #include <cuda_runtime.h>
 #include <cub/block/block_scan.cuh>
-#include <cuda_fp8.h>
 
 #include <cstdint>
 
@@ -60,9 +60,9 @@ __device__ __forceinline__ int64_t scale_byte_offset(int64_t slot) { return Page
 // slot >= 0 write.
 // ---------------------------------------------------------------------------
 constexpr int kStoreThreads = 256;
-constexpr int kStoreLanes = 8;    // lanes per token
-constexpr int kStoreElems = 16;   // elements per lane
-constexpr int kStoreUnroll = 2;   // tokens per lane group per iteration
+constexpr int kStoreLanes = 8;   // lanes per token
+constexpr int kStoreElems = 16;  // elements per lane
+constexpr int kStoreUnroll = 2;  // tokens per lane group per iteration
 
 // Checked mode of the stores (kChecked kernels only): a slot at or past the
 // pool's end is recorded and its token is not written; negative slots stay
@@ -147,15 +147,14 @@ __device__ __forceinline__ void load_k_words(const uint8_t* p, uint32_t (&w)[kSt
 // The loop bound is uniform over the CTA, so every lane runs every iteration.
 template <int kThreads>
 struct StoreWalk {
-  static constexpr int kGroups = kThreads / kStoreLanes;          // lane groups per CTA
+  static constexpr int kGroups = kThreads / kStoreLanes;                  // lane groups per CTA
   static constexpr int64_t kCtaTokens = int64_t{kGroups} * kStoreUnroll;  // tokens per CTA iteration
 };
 
 template <int kPage, KDtype kDtype, bool kVectorLoad, int kThreads = kStoreThreads, bool kChecked = false>
-__global__ void __launch_bounds__(kThreads) quantize_and_store_k_kernel(uint8_t* __restrict__ cache,
-                                                                        const uint8_t* __restrict__ k, int64_t n,
-                                                                        int64_t k_ld, const int64_t* __restrict__ slots,
-                                                                        ScaleMode mode, StoreChecks checks) {
+__global__ void __launch_bounds__(kThreads)
+    quantize_and_store_k_kernel(uint8_t* __restrict__ cache, const uint8_t* __restrict__ k, int64_t n, int64_t k_ld,
+                                const int64_t* __restrict__ slots, ScaleMode mode, StoreChecks checks) {
   using Page = PageGeometry<kPage>;
   using W = StoreWalk<kThreads>;
   using E = KElem<kDtype>;
@@ -194,11 +193,12 @@ __global__ void __launch_bounds__(kThreads) quantize_and_store_k_kernel(uint8_t*
 #pragma unroll
       for (int i = 0; i < kStoreElems; i += 2) {
         const float xa = E::get(w[u], i), xb = E::get(w[u], i + 1);
-        const uint32_t pair = divide ? e4m3x2(xa, xb, __fdiv_rn(xa, s), __fdiv_rn(xb, s))
-                                     : e4m3x2(xa, xb, xa * inv, xb * inv);
+        const uint32_t pair =
+            divide ? e4m3x2(xa, xb, __fdiv_rn(xa, s), __fdiv_rn(xb, s)) : e4m3x2(xa, xb, xa * inv, xb * inv);
         q[i / 4] |= pair << (8 * (i % 4));
       }
-      *reinterpret_cast<uint4*>(cache + Page::k_offset(slot[u]) + lane * kStoreElems) = make_uint4(q[0], q[1], q[2], q[3]);
+      *reinterpret_cast<uint4*>(cache + Page::k_offset(slot[u]) + lane * kStoreElems) =
+          make_uint4(q[0], q[1], q[2], q[3]);
       if (lane == 0) *reinterpret_cast<float*>(cache + Page::scale_offset(slot[u])) = s;
     }
   }
@@ -206,11 +206,9 @@ __global__ void __launch_bounds__(kThreads) quantize_and_store_k_kernel(uint8_t*
 
 // store_k_and_s: the same walk without arithmetic; 16 bytes per lane.
 template <int kPage, bool kVectorCopy, int kThreads = kStoreThreads, bool kChecked = false>
-__global__ void __launch_bounds__(kThreads) store_k_and_s_kernel(uint8_t* __restrict__ cache,
-                                                                 const uint8_t* __restrict__ k, int64_t n,
-                                                                 int64_t k_ld, const float* __restrict__ scale,
-                                                                 const int64_t* __restrict__ slots,
-                                                                 StoreChecks checks) {
+__global__ void __launch_bounds__(kThreads)
+    store_k_and_s_kernel(uint8_t* __restrict__ cache, const uint8_t* __restrict__ k, int64_t n, int64_t k_ld,
+                         const float* __restrict__ scale, const int64_t* __restrict__ slots, StoreChecks checks) {
   using Page = PageGeometry<kPage>;
   using W = StoreWalk<kThreads>;
   const int lane = threadIdx.x % kStoreLanes;
@@ -246,7 +244,8 @@ __global__ void __launch_bounds__(kThreads) store_k_and_s_kernel(uint8_t* __rest
 #pragma unroll
     for (int u = 0; u < kStoreUnroll; ++u) {
       if (slot[u] < 0) continue;
-      *reinterpret_cast<uint4*>(cache + Page::k_offset(slot[u]) + lane * 16) = make_uint4(w[u][0], w[u][1], w[u][2], w[u][3]);
+      *reinterpret_cast<uint4*>(cache + Page::k_offset(slot[u]) + lane * 16) =
+          make_uint4(w[u][0], w[u][1], w[u][2], w[u][3]);
       if (lane == 0) *reinterpret_cast<float*>(cache + Page::scale_offset(slot[u])) = sc[u];
     }
   }
@@ -275,7 +274,8 @@ struct GatherPolicy {
   static constexpr int64_t kPageBytes = PageGeometry<kPage>::kBytes;
   static constexpr int64_t kKBytesPerPage = PageGeometry<kPage>::kKBytes;
   static constexpr int kItemsPerPage = kPage / kItemTokens;
-  static constexpr int kVecPerThread = kItemTokens * static_cast<int>(kHeadDim / 16) / kThreads;  // 16 B loads in flight
+  static constexpr int kVecPerThread =
+      kItemTokens * static_cast<int>(kHeadDim / 16) / kThreads;  // 16 B loads in flight
   static_assert(kVecPerThread >= 1 && kThreads >= kItemTokens && kPage % kItemTokens == 0, "bad gather policy");
 };
 template <int kPage = 64>
@@ -292,12 +292,12 @@ struct GatherParams {
   const LenT* lens;     // kSeqLens: [batch]; kCuSeqLens: [batch + 1]; kHost: unused
   int64_t host_length;  // kHost: the single request's length
   int64_t batch;
-  uint8_t* out_k;       // [rows, 128] or nullptr when K is not wanted
-  float* out_s;         // [rows] or nullptr when scales are not wanted
+  uint8_t* out_k;  // [rows, 128] or nullptr when K is not wanted
+  float* out_s;    // [rows] or nullptr when scales are not wanted
   // Checked mode only (error != nullptr); the unchecked kernels never read these.
-  int64_t out_capacity = 0;     // rows [0, out_capacity) may be written
-  int64_t num_pages = 0;        // valid page ids are [0, num_pages)
-  DeviceError* error = nullptr; // device memory: where the first violation is recorded
+  int64_t out_capacity = 0;      // rows [0, out_capacity) may be written
+  int64_t num_pages = 0;         // valid page ids are [0, num_pages)
+  DeviceError* error = nullptr;  // device memory: where the first violation is recorded
 };
 
 // Checked mode: a length that cannot be gathered (L_b < 0, L_b > page size * table_cols).
@@ -421,7 +421,8 @@ __device__ __forceinline__ void gather_single_item(const GatherParams<TableT, Le
   const uint8_t* page_base = p.cache + page * Policy::kPageBytes;
   ItemRegs<Policy> regs;
   load_tokens<Policy, kWriteK, kWriteS>(regs, page_base + in_page * kHeadDim,
-                                        reinterpret_cast<const float*>(page_base + Policy::kKBytesPerPage) + in_page, tokens);
+                                        reinterpret_cast<const float*>(page_base + Policy::kKBytesPerPage) + in_page,
+                                        tokens);
   const int64_t row0 = warp_total<kForm>(share);
   store_tokens<Policy, kWriteK, kWriteS>(regs, tokens, row0 + token0, p.out_k, p.out_s);
 }
@@ -500,7 +501,8 @@ __global__ void __launch_bounds__(Policy::kThreads) paged_gather_kernel(GatherPa
           const int64_t in_page = token0 - (part / Policy::kItemsPerPage) * Policy::kPage;
           const uint8_t* page_base = p.cache + first_page * Policy::kPageBytes;
           load_tokens<Policy, kWriteK, kWriteS>(first_regs, page_base + in_page * kHeadDim,
-                                                reinterpret_cast<const float*>(page_base + Policy::kKBytesPerPage) + in_page,
+                                                reinterpret_cast<const float*>(page_base + Policy::kKBytesPerPage) +
+                                                    in_page,
                                                 left < Policy::kItemTokens ? left : Policy::kItemTokens);
           first_loaded = true;
         }
@@ -565,7 +567,9 @@ __global__ void __launch_bounds__(Policy::kThreads) paged_gather_kernel(GatherPa
       const uint8_t* page_base = p.cache + page * Policy::kPageBytes;
       ItemRegs<Policy> regs;
       load_tokens<Policy, kWriteK, kWriteS>(regs, page_base + in_page * kHeadDim,
-                                            reinterpret_cast<const float*>(page_base + Policy::kKBytesPerPage) + in_page, tokens);
+                                            reinterpret_cast<const float*>(page_base + Policy::kKBytesPerPage) +
+                                                in_page,
+                                            tokens);
       store_tokens<Policy, kWriteK, kWriteS>(regs, tokens, row, p.out_k, p.out_s);
     }
     row_base += total;
@@ -617,26 +621,28 @@ inline int store_grid(int64_t n, int num_sms) {
 }
 
 template <int kPage, KDtype kDtype, bool kVector, bool kChecked>
-inline void launch_quantize_and_store_k(uint8_t* cache, const void* k, int64_t n, int64_t k_ld,
-                                        const int64_t* slots, ScaleMode mode, int num_sms, cudaStream_t stream,
-                                        StoreChecks checks) {
+inline void launch_quantize_and_store_k(uint8_t* cache, const void* k, int64_t n, int64_t k_ld, const int64_t* slots,
+                                        ScaleMode mode, int num_sms, cudaStream_t stream, StoreChecks checks) {
   constexpr auto kernel = quantize_and_store_k_kernel<kPage, kDtype, kVector, kStoreThreads, kChecked>;
   kernel<<<store_grid<kernel>(n, num_sms), kStoreThreads, 0, stream>>>(cache, static_cast<const uint8_t*>(k), n, k_ld,
                                                                        slots, mode, checks);
 }
 
 template <int kPage, KDtype kDtype>
-inline void launch_quantize_and_store_k(uint8_t* cache, const void* k, int64_t n, int64_t k_ld,
-                                        const int64_t* slots, ScaleMode mode, int num_sms, cudaStream_t stream,
-                                        StoreChecks checks) {
+inline void launch_quantize_and_store_k(uint8_t* cache, const void* k, int64_t n, int64_t k_ld, const int64_t* slots,
+                                        ScaleMode mode, int num_sms, cudaStream_t stream, StoreChecks checks) {
   constexpr int64_t kElem = KElem<kDtype>::kBytes;
   const bool vec = reinterpret_cast<uintptr_t>(k) % 16 == 0 && (k_ld * kElem) % 16 == 0;
   if (checks.error != nullptr) {
-    if (vec) launch_quantize_and_store_k<kPage, kDtype, true, true>(cache, k, n, k_ld, slots, mode, num_sms, stream, checks);
-    else launch_quantize_and_store_k<kPage, kDtype, false, true>(cache, k, n, k_ld, slots, mode, num_sms, stream, checks);
+    if (vec)
+      launch_quantize_and_store_k<kPage, kDtype, true, true>(cache, k, n, k_ld, slots, mode, num_sms, stream, checks);
+    else
+      launch_quantize_and_store_k<kPage, kDtype, false, true>(cache, k, n, k_ld, slots, mode, num_sms, stream, checks);
   } else {
-    if (vec) launch_quantize_and_store_k<kPage, kDtype, true, false>(cache, k, n, k_ld, slots, mode, num_sms, stream, checks);
-    else launch_quantize_and_store_k<kPage, kDtype, false, false>(cache, k, n, k_ld, slots, mode, num_sms, stream, checks);
+    if (vec)
+      launch_quantize_and_store_k<kPage, kDtype, true, false>(cache, k, n, k_ld, slots, mode, num_sms, stream, checks);
+    else
+      launch_quantize_and_store_k<kPage, kDtype, false, false>(cache, k, n, k_ld, slots, mode, num_sms, stream, checks);
   }
 }
 

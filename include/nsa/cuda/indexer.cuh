@@ -38,9 +38,9 @@
 namespace nsa {
 namespace kernels {
 
-constexpr int kMqaThreads = 256;                 // 8 warps: 4 head groups x 2 token halves
-constexpr int kMqaTileTokens = 128;              // tokens per pipeline stage
-constexpr int kMqaRowBytes = 144;                // 128 K bytes + 16 padding (bank-conflict free)
+constexpr int kMqaThreads = 256;     // 8 warps: 4 head groups x 2 token halves
+constexpr int kMqaTileTokens = 128;  // tokens per pipeline stage
+constexpr int kMqaRowBytes = 144;    // 128 K bytes + 16 padding (bank-conflict free)
 constexpr int kMqaTilesPerCta = static_cast<int>(detail::kIndexerCtaColumns) / kMqaTileTokens;
 static_assert(kMqaTilesPerCta * kMqaTileTokens == detail::kIndexerCtaColumns, "chunk must be whole tiles");
 // cp.async stages: a CTA's whole chunk (4 tiles, ~67 KB of K) is in flight
@@ -150,8 +150,8 @@ struct MqaShared {
 };
 
 template <int N>
-__global__ void __launch_bounds__(kMqaThreads) paged_mqa_logits_kernel(const PagedMqaLogitsArgs a,
-                                                                       int64_t ctas_per_request) {
+__global__ void __launch_bounds__(kMqaThreads)
+    paged_mqa_logits_kernel(const PagedMqaLogitsArgs a, int64_t ctas_per_request) {
   extern __shared__ __align__(16) uint8_t mqa_smem[];
   MqaShared<N>& sm = *reinterpret_cast<MqaShared<N>*>(mqa_smem);
   MqaStage* stages = sm.stages;
@@ -248,8 +248,8 @@ __global__ void __launch_bounds__(kMqaThreads) paged_mqa_logits_kernel(const Pag
           const int64_t len = detail::indexer_row_len(L, N, j, a.width);
           float v = ninf;
           if (t < len && st.ok[tok]) {
-            const float sum = __fadd_rn(__fadd_rn(red[j][0][tok], red[j][1][tok]),
-                                        __fadd_rn(red[j][2][tok], red[j][3][tok]));
+            const float sum =
+                __fadd_rn(__fadd_rn(red[j][0][tok], red[j][1][tok]), __fadd_rn(red[j][2][tok], red[j][3][tok]));
             v = __fmul_rn(sum, st.scale[tok]);
           }
           a.logits[(b * N + j) * a.logits_ld + t] = v;

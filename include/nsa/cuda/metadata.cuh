@@ -1,5 +1,5 @@
 // CUDA kernels and launchers of the NSA attention metadata ops (spec:
-// metadata.md). Header-only so an engine can fuse them into its own code; the
+// docs/spec/metadata.md). Header-only so an engine can fuse them into its own code; the
 // public API in nsa/metadata.h validates arguments and then calls the
 // launchers below.
 //

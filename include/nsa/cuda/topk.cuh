@@ -63,9 +63,9 @@ constexpr int kTopkCandidates = kTopkCacheKeys / 2;
 constexpr size_t kTopkSharedBytes = (kTopkBins + kTopkCacheKeys + 4) * sizeof(uint32_t);
 
 struct TopkBlockState {
-  int32_t bin;       // the bin holding the K-th key at this level
-  uint32_t in_bin;   // keys in that bin
-  uint32_t need;     // keys still to take from that bin
+  int32_t bin;          // the bin holding the K-th key at this level
+  uint32_t in_bin;      // keys in that bin
+  uint32_t need;        // keys still to take from that bin
   uint32_t candidates;  // (key, index) pairs collected so far
   uint32_t warp_above[kTopkWarps];
   uint32_t warp_ties[kTopkWarps];
@@ -211,8 +211,12 @@ __device__ __forceinline__ void topk_warp_sweep(int64_t begin, int64_t end, KeyA
 template <class ScoreT, class F>
 __device__ __forceinline__ void topk_sweep_row(bool cached, const uint32_t* cache, const ScoreT* row, int64_t begin,
                                                int64_t end, F&& f) {
-  if (cached) topk_warp_sweep<8>(begin, end, [&](int64_t i) { return cache[i]; }, f);
-  else topk_warp_sweep<16>(begin, end, [&](int64_t i) { return topk_load_key(row + i); }, f);
+  if (cached)
+    topk_warp_sweep<8>(
+        begin, end, [&](int64_t i) { return cache[i]; }, f);
+  else
+    topk_warp_sweep<16>(
+        begin, end, [&](int64_t i) { return topk_load_key(row + i); }, f);
 }
 
 // Picks the bin (descending) that holds the need-th largest counted key and
@@ -276,7 +280,9 @@ __global__ void __launch_bounds__(kTopkThreads, 1) topk_transform_kernel(const T
   // Pass 1: top 12 bits of every key (and the keys into the cache).
   for (int b = tid; b < kTopkBins; b += kTopkThreads) hist[b] = 0;
   __syncthreads();
-  auto count_top = [&](int64_t, uint32_t key, bool valid) { topk_hist_add(hist, valid ? static_cast<int>(key >> kTopkTopShift) : -1); };
+  auto count_top = [&](int64_t, uint32_t key, bool valid) {
+    topk_hist_add(hist, valid ? static_cast<int>(key >> kTopkTopShift) : -1);
+  };
   if (cached) topk_visit_global<ScoreT, true>(row, len, cache, count_top);
   else topk_visit_global<ScoreT, false>(row, len, cache, count_top);
   __syncthreads();

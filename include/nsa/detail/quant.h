@@ -1,5 +1,5 @@
 // Quantization math shared by the CPU backend and the CUDA kernels, so both
-// produce the same bits by construction (spec: indexer-cache.md §3). Header-
+// produce the same bits by construction (spec: docs/spec/index-cache.md §3). Header-
 // only, host and device. Integer bit manipulation instead of the hardware
 // cvt instruction keeps the result identical on every backend, including the
 // documented NaN/Inf behaviour.
@@ -68,14 +68,14 @@ NSA_HOST_DEVICE uint8_t float_to_e4m3_satfinite(float x) {
   const uint32_t bits = float_bits(x);
   const uint8_t sign = static_cast<uint8_t>((bits >> 24) & 0x80u);
   const uint32_t abs_bits = bits & 0x7fffffffu;
-  if (abs_bits > 0x7f800000u) return sign | 0x7f;              // NaN
-  if (abs_bits >= 0x43e00000u) return sign | 0x7e;             // >= 448 (or Inf): saturate
-  if (abs_bits < 0x3c800000u) {                                // < 2^-6: e4m3 subnormal range
+  if (abs_bits > 0x7f800000u) return sign | 0x7f;   // NaN
+  if (abs_bits >= 0x43e00000u) return sign | 0x7e;  // >= 448 (or Inf): saturate
+  if (abs_bits < 0x3c800000u) {                     // < 2^-6: e4m3 subnormal range
     // Units of 2^-9; the scaling is exact, the rounding is ties-to-even.
     const float units = bits_float(abs_bits) * 512.0f;
-    uint32_t q = static_cast<uint32_t>(units);                 // truncation (units < 8)
-    const float rem = units - static_cast<float>(q);           // exact
-    if (rem > 0.5f || (rem == 0.5f && (q & 1u))) ++q;          // q == 8 is the min normal, code 0x08
+    uint32_t q = static_cast<uint32_t>(units);         // truncation (units < 8)
+    const float rem = units - static_cast<float>(q);   // exact
+    if (rem > 0.5f || (rem == 0.5f && (q & 1u))) ++q;  // q == 8 is the min normal, code 0x08
     return sign | static_cast<uint8_t>(q);
   }
   // Normal: keep 3 mantissa bits with round-to-nearest-even on bit 20, then

@@ -62,8 +62,7 @@ constexpr int64_t kTopkInt32Max = 2147483647;
 // the result cannot be a valid index (see TopkArgs).
 NSA_HOST_DEVICE int32_t topk_apply_transform(const TopkArgs& a, int64_t r, int64_t q, int64_t x) {
   switch (a.transform) {
-    case TopkTransform::kRaw:
-      return static_cast<int32_t>(x);
+    case TopkTransform::kRaw: return static_cast<int32_t>(x);
     case TopkTransform::kRaggedOffset: {
       const int64_t off = topk_index_at(a.offsets, r);
       if (off > kTopkInt32Max) return -1;

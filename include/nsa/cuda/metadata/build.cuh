@@ -88,15 +88,14 @@ cudaError_t launch_build_metadata(BuildParams p, int num_sms, cudaStream_t strea
   if (p.batch == 0) return cudaSuccess;
   const int64_t items_per_request = build_items_per_request<Policy>(p);
   p.items_per_request = items_per_request;
-  p.items_per_request_div =
-      FastDivisor::make(items_per_request >= 1 && items_per_request <= INT32_MAX ? static_cast<uint32_t>(items_per_request) : 1u);
+  p.items_per_request_div = FastDivisor::make(
+      items_per_request >= 1 && items_per_request <= INT32_MAX ? static_cast<uint32_t>(items_per_request) : 1u);
   const int64_t max_items = p.batch * (items_per_request > 0 ? items_per_request : 1);
   // + 1: the scalars CTA. max_items >= 1 and the cap >= 2, so the grid
   // always has an item CTA besides it (build_metadata_kernel relies on it).
   const int grid = metadata_grid(max_items + 1, num_sms, Policy::kCtasPerSm);
-  NSA_DISPATCH_BOOL(p.error != nullptr, kChecked, [&] {
-    build_metadata_kernel<Policy, kChecked, kOnePass><<<grid, kMetaThreads, 0, stream>>>(p);
-  });
+  NSA_DISPATCH_BOOL(p.error != nullptr, kChecked,
+                    [&] { build_metadata_kernel<Policy, kChecked, kOnePass><<<grid, kMetaThreads, 0, stream>>>(p); });
   return cudaGetLastError();
 }
 

@@ -30,9 +30,9 @@ struct ChunkItem {
 // kStep: warps per CTA.
 template <int kStep>
 struct ChunkItems {
-  int64_t per_request = 0;    // items per request
-  int64_t end = 0;            // one past the CTA's last item
-  int64_t first = 0;          // the warp's first item
+  int64_t per_request = 0;  // items per request
+  int64_t end = 0;          // one past the CTA's last item
+  int64_t first = 0;        // the warp's first item
   int64_t cols_per_item = 0;
   // Chunk 0 only: item (b, c) with b * early_per_request + c < early_items
   // was stored before the walk (each warp's first item, numbered statically).
@@ -58,9 +58,9 @@ struct ChunkItems {
   __host__ __device__ __forceinline__ ChunkItem live(int64_t rel, const Cols& cols) const {
     while (rel < end) {
       // 32-bit division while the numbers fit (a 64-bit one is a call of dozens of instructions).
-      const int64_t b = end <= INT32_MAX ? static_cast<int64_t>(static_cast<uint32_t>(rel) /
-                                                                static_cast<uint32_t>(per_request))
-                                         : rel / per_request;
+      const int64_t b = end <= INT32_MAX
+                            ? static_cast<int64_t>(static_cast<uint32_t>(rel) / static_cast<uint32_t>(per_request))
+                            : rel / per_request;
       const int64_t c = rel - b * per_request;
       const int64_t c0 = c * cols_per_item;
       if (c0 >= static_cast<int64_t>(cols[b])) {

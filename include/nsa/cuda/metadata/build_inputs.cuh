@@ -51,7 +51,7 @@ struct RequestInputs {
 __device__ __forceinline__ int64_t static_rows(const BuildParams& p) {
   return p.mode == static_cast<int32_t>(ForwardMode::kDecode)         ? 1
          : p.mode == static_cast<int32_t>(ForwardMode::kTargetVerify) ? p.draft_tokens
-                                                                       : 0;
+                                                                      : 0;
 }
 
 __device__ __forceinline__ RequestInputs load_request(const BuildParams& p, int64_t b) {

@@ -42,8 +42,9 @@ __device__ __forceinline__ void build_items_chunked(const BuildParams& p, BuildS
   // Item number -> request: one multiply-high while the numbers fit 31 bits.
   const bool fast_ipr = ipr <= INT32_MAX;
   auto request_of = [&](int64_t item) {
-    return fast_ipr && item <= INT32_MAX ? static_cast<int64_t>(p.items_per_request_div.div(static_cast<uint32_t>(item)))
-                                         : item / ipr;
+    return fast_ipr && item <= INT32_MAX
+               ? static_cast<int64_t>(p.items_per_request_div.div(static_cast<uint32_t>(item)))
+               : item / ipr;
   };
   const int64_t static_q = static_rows(p);
   const int64_t known_rows = static_q > 0 ? p.batch * static_q : -1;  // R, if known before the scan
@@ -74,7 +75,8 @@ __device__ __forceinline__ void build_items_chunked(const BuildParams& p, BuildS
 #pragma unroll
   for (int k = 0; k < kDescRegs; ++k) {
     const int64_t w = tid + k * kMetaThreads;
-    if (shared_targets && w < p.num_targets * kWords) desc[k] = __ldg(reinterpret_cast<const long long*>(p.targets) + w);
+    if (shared_targets && w < p.num_targets * kWords)
+      desc[k] = __ldg(reinterpret_cast<const long long*>(p.targets) + w);
   }
   // One element of each FlashMLA array per thread (DRAFT_EXTEND's split
   // counts are the scalars CTA's: R + 1 is only known after the scan).
@@ -93,7 +95,7 @@ __device__ __forceinline__ void build_items_chunked(const BuildParams& p, BuildS
     load_page_item(cur, p.req_to_token + first.rpi * p.req_to_token_ld, static_cast<uint32_t>(first_kv),
                    static_cast<uint32_t>(first_c0), lane);
 
-  // Descriptors become visible at the barrier; the stores below need them.
+    // Descriptors become visible at the barrier; the stores below need them.
 #pragma unroll
   for (int k = 0; k < kDescRegs; ++k) {
     const int64_t w = tid + k * kMetaThreads;

@@ -47,8 +47,7 @@ __device__ __forceinline__ void build_items_one_pass(const BuildParams& p) {
     const WarpTargets targets = WarpTargets::load(p.targets, p.num_targets, lane);
     // The item's first row: b * q, or in DRAFT_EXTEND the extend lengths
     // before request b, summed by the warp (b < kMetaThreads).
-    const int64_t row0 =
-        static_q > 0 ? static_cast<int64_t>(b) * static_q : extend_rows_before<kChecked>(p, b, lane);
+    const int64_t row0 = static_q > 0 ? static_cast<int64_t>(b) * static_q : extend_rows_before<kChecked>(p, b, lane);
     // ---- Round trip 2: the item's source columns, then its stores. ----
     const int64_t kv = static_cast<int32_t>(r.kv64);
     const int64_t c0 = static_cast<int64_t>(my_warp - b * static_cast<uint32_t>(p.items_per_request)) * kCols;

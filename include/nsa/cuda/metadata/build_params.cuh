@@ -21,15 +21,15 @@ struct BuildParams {
   const void* req_pool_indices;  // [batch]
   const void* extend_lens;       // [batch] DRAFT_EXTEND only
   bool seq_lens_64, req_pool_indices_64, extend_lens_64;
-  int32_t mode;                  // ForwardMode
-  const int32_t* req_to_token;   // [req_to_token_rows, ld]
+  int32_t mode;                 // ForwardMode
+  const int32_t* req_to_token;  // [req_to_token_rows, ld]
   int64_t req_to_token_ld;
   int64_t req_to_token_rows;
   int64_t batch;
   int64_t draft_tokens;
   int64_t topk;
   int64_t page_size;
-  int32_t page_shift;            // log2(page_size) when it is a power of two (the usual 64), else -1
+  int32_t page_shift;  // log2(page_size) when it is a power of two (the usual 64), else -1
   // Every cache length is <= max_kv (a precondition the checked kernel
   // verifies; see build_metadata in metadata.cu). Bounds the items per request.
   int64_t max_kv;
@@ -45,7 +45,7 @@ struct BuildParams {
   int64_t flashmla_metadata_max;       // max flashmla_metadata_size over destinations having the field
   const MetadataBuffers* targets;      // device array [num_targets]
   int64_t num_targets;
-  DeviceError* error;                  // checked mode only
+  DeviceError* error;  // checked mode only
 };
 
 // x / P rounded toward zero, as the CPU backend and the reference compute it
@@ -103,7 +103,7 @@ struct BuildShared {
   int64_t src_offset[kMetaThreads];  // rpi * ld
   uint32_t cols[kMetaThreads];       // columns to copy: the cache length, 0 when no row may be written
   int64_t q[kMetaThreads];
-  uint32_t longest[2];               // the chunk's longest row, by chunk parity (build_chunk_items.cuh)
+  uint32_t longest[2];  // the chunk's longest row, by chunk parity (build_chunk_items.cuh)
   // Descriptors as raw words: MetadataBuffers has default member
   // initializers, which a __shared__ object may not run.
   long long target_words[kMaxSharedTargets * sizeof(MetadataBuffers) / sizeof(long long)];

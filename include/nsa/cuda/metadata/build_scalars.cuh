@@ -62,8 +62,9 @@ __device__ __forceinline__ void store_request_scalars(const BuildParams& p, cons
                                                       uint32_t nsa_before) {
   for (int64_t d = 0; d < p.num_targets; ++d) {
     const MetadataBuffers& t = targets[d];
-    store_request_fields(p, ScalarTarget{t.cache_seqlens, t.cu_seqlens_k, t.seqlens_expanded, t.nsa_cache_seqlens,
-                                         t.nsa_cu_seqlens_k},
+    store_request_fields(p,
+                         ScalarTarget{t.cache_seqlens, t.cu_seqlens_k, t.seqlens_expanded, t.nsa_cache_seqlens,
+                                      t.nsa_cu_seqlens_k},
                          b, row0, kv, q, cu_before, nsa_before);
   }
 }

@@ -19,9 +19,9 @@ namespace kernels {
 // columns; every item is loaded once and stored to every destination that
 // has the field. The job table is host-built and passed by value.
 // ---------------------------------------------------------------------------
-constexpr int kVecPerLane = 4;                                // copy kernel: 4 x 16 B loads in flight per lane
-constexpr int64_t kColsPerItem = 32 * 4 * kVecPerLane;        // copy kernel: 512 int32 columns per warp item
-constexpr int kCopyCtasPerSm = 4;   // copy kernel: <= 64 registers/thread, 4 CTAs resident per SM
+constexpr int kVecPerLane = 4;                          // copy kernel: 4 x 16 B loads in flight per lane
+constexpr int64_t kColsPerItem = 32 * 4 * kVecPerLane;  // copy kernel: 512 int32 columns per warp item
+constexpr int kCopyCtasPerSm = 4;                       // copy kernel: <= 64 registers/thread, 4 CTAs resident per SM
 
 enum class MetaField : int32_t {
   kCacheSeqlens,
@@ -40,7 +40,7 @@ struct CopyJob {
   const int32_t* src;  // row 0, element `offset` already applied
   int64_t src_ld;
   int64_t rows, cols;
-  int64_t offset;      // first destination element (1 for the cumulative arrays)
+  int64_t offset;  // first destination element (1 for the cumulative arrays)
   int64_t items_per_row;
   int64_t item_start;
   MetaField field;
@@ -108,8 +108,8 @@ __global__ void __launch_bounds__(kMetaThreads) copy_metadata_kernel(const __gri
 }
 
 // Appends a copy job (host side); empty or absent fields add nothing. `p` starts zeroed.
-inline void add_copy_job(CopyParams& p, MetaField field, const int32_t* src, int64_t src_ld, int64_t rows,
-                         int64_t cols, int64_t offset) {
+inline void add_copy_job(CopyParams& p, MetaField field, const int32_t* src, int64_t src_ld, int64_t rows, int64_t cols,
+                         int64_t offset) {
   if (src == nullptr || rows <= 0 || cols <= 0 || p.num_jobs >= kMaxCopyJobs) return;
   CopyJob& j = p.jobs[p.num_jobs++];
   j.src = src + offset;

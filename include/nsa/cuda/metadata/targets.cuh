@@ -20,7 +20,7 @@ static_assert(sizeof(MetadataBuffers) % sizeof(long long) == 0, "descriptors are
 
 template <int kThreads>
 __device__ __forceinline__ const MetadataBuffers* stage_targets(const MetadataBuffers* global, int64_t count,
-                                                                 MetadataBuffers* shared) {
+                                                                MetadataBuffers* shared) {
   if (count > kMaxSharedTargets) return global;
   constexpr int kWords = sizeof(MetadataBuffers) / sizeof(long long);
   const long long* src = reinterpret_cast<const long long*>(global);
