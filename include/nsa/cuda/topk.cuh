@@ -202,18 +202,19 @@ __device__ __forceinline__ uint32_t* topk_cache_base(uint32_t* raw, const ScoreT
 // every lane calls it for every step (valid = false past `end`).
 template <int kDepth, class KeyAt, class F>
 __device__ __forceinline__ void topk_warp_sweep(int64_t begin, int64_t end, KeyAt&& key_at, F&& f) {
-  const int lane = threadIdx.x & 31;
-  for (int64_t i0 = begin; i0 < end; i0 += 32 * kDepth) {  // warp-uniform bounds
+  // 32-bit index arithmetic: end <= width <= 2^31 - 1, so i0 + 32 * kDepth fits.
+  const uint32_t lane = threadIdx.x & 31, stop = static_cast<uint32_t>(end);
+  for (uint32_t i0 = static_cast<uint32_t>(begin); i0 < stop; i0 += 32 * kDepth) {  // warp-uniform bounds
     uint32_t keys[kDepth];
 #pragma unroll
     for (int u = 0; u < kDepth; ++u) {
-      const int64_t i = i0 + u * 32 + lane;
-      keys[u] = i < end ? key_at(i) : 0u;
+      const uint32_t i = i0 + u * 32 + lane;
+      keys[u] = i < stop ? key_at(i) : 0u;
     }
 #pragma unroll
     for (int u = 0; u < kDepth; ++u) {
-      const int64_t step = i0 + u * 32;
-      if (step < end) f(step + lane, keys[u], step + lane < end);
+      const uint32_t step = i0 + u * 32;
+      if (step < stop) f(static_cast<int64_t>(step + lane), keys[u], step + lane < stop);
     }
   }
 }
@@ -223,8 +224,8 @@ __device__ __forceinline__ void topk_warp_sweep(int64_t begin, int64_t end, KeyA
 template <class ScoreT, class F>
 __device__ __forceinline__ void topk_sweep_row(bool cached, const uint32_t* cache, const ScoreT* row, int64_t begin,
                                                int64_t end, F&& f) {
-  if (cached) topk_warp_sweep<8>(begin, end, [&](int64_t i) { return cache[i]; }, f);
-  else topk_warp_sweep<16>(begin, end, [&](int64_t i) { return topk_load_key(row + i); }, f);
+  if (cached) topk_warp_sweep<8>(begin, end, [&](uint32_t i) { return cache[i]; }, f);
+  else topk_warp_sweep<16>(begin, end, [&](uint32_t i) { return topk_load_key(row + i); }, f);
 }
 
 // Picks the bin (descending) that holds the need-th largest counted key and
@@ -440,16 +441,24 @@ __global__ void __launch_bounds__(kTopkThreads, 1) topk_transform_kernel(const T
   // histogram's memory (no longer needed; K <= kTopkBins words).
   uint32_t* const selected = hist;
   uint32_t slot = st.warp_slot[warp], tie_rank = st.warp_tie0[warp];
+  // Only a warp whose chunk holds the cut among the ties ranks them; every
+  // other warp takes all of its ties or none (warp-uniform).
+  const bool cut_here = tie_rank < need && tie_rank + st.warp_ties[warp] > need;
+  const bool take_ties = tie_rank < need;
   topk_sweep_row(cached, cache, row, begin, end, [&](int64_t i, uint32_t key, bool valid) {
     const uint32_t p = key >> shift;
-    const bool is_above = valid && p > prefix;
     const bool is_tie = valid && p == prefix;
-    const uint32_t tie_mask = __ballot_sync(0xffffffffu, is_tie);
-    const bool take = is_above || (is_tie && tie_rank + __popc(tie_mask & lanes_below) < need);
+    bool take = valid && p > prefix;
+    if (cut_here) {
+      const uint32_t tie_mask = __ballot_sync(0xffffffffu, is_tie);
+      take = take || (is_tie && tie_rank + __popc(tie_mask & lanes_below) < need);
+      tie_rank += __popc(tie_mask);
+    } else {
+      take = take || (is_tie && take_ties);
+    }
     const uint32_t take_mask = __ballot_sync(0xffffffffu, take);
     if (take) selected[slot + __popc(take_mask & lanes_below)] = static_cast<uint32_t>(i);
     slot += __popc(take_mask);
-    tie_rank += __popc(tie_mask);
   });
   __syncthreads();
   // The transform reads the table: done here, all K slots at once, so its
