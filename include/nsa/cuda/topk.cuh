@@ -25,7 +25,9 @@
 //             ties, a 32-entry scan gives every warp its first output slot,
 //             and ballots give each lane its slot. A tie at the threshold is
 //             taken when fewer than `need` ties precede it in index order:
-//             the smallest indices win, and the output is ascending.
+//             the smallest indices win, and the output is ascending. The
+//             compaction writes raw indices to shared memory; the transform
+//             (table loads) then runs over all K slots at once.
 //
 // No global scratch, no atomics outside shared memory, no inter-CTA
 // communication (nothing to deadlock under co-scheduling), no allocation.
