@@ -25,7 +25,9 @@
 //             ties, a 32-entry scan gives every warp its first output slot,
 //             and ballots give each lane its slot. A tie at the threshold is
 //             taken when fewer than `need` ties precede it in index order:
-//             the smallest indices win, and the output is ascending.
+//             the smallest indices win, and the output is ascending. The
+//             compaction writes raw indices to shared memory; the transform
+//             (table loads) then runs over all K slots at once.
 //
 // No global scratch, no atomics outside shared memory, no inter-CTA
 // communication (nothing to deadlock under co-scheduling), no allocation.
@@ -51,7 +53,7 @@ constexpr int kTopkWarps = kTopkThreads / 32;
 // that the bin of the K-th key is small on long rows), the other two 10.
 constexpr int kTopkTopShift = 20;
 constexpr int kTopkBins = 1 << (32 - kTopkTopShift);
-constexpr int kTopkBinsPerThread = kTopkBins / kTopkThreads;
+constexpr int kTopkDigitBins = 1 << 10;  // bins of passes 2 and 3
 // Keys of a row kept in shared memory (128 KiB; with the histogram the CTA
 // stays within the 163 KiB opt-in limit of sm_80 as well as sm_90's 227 KiB).
 constexpr int kTopkCacheKeys = 32 * 1024;
@@ -109,14 +111,16 @@ __device__ __forceinline__ uint32_t topk_load_key(const ScoreT* p) {
   return detail::topk_key(detail::topk_bits(__ldg(p)));
 }
 
-// Calls f(i, key, valid) for every index i of the row [0, len), in no
-// particular order, with warp-uniform control flow (lanes without an element
-// call it with valid = false). 16-byte loads for the aligned body, four in
-// flight per thread; the unaligned head and the tail (< 2 vectors) go to
-// warp 0. kStore: also writes each key to cache[i] (vector stores; `cache`
-// must make &cache[head] 16-byte aligned, see topk_cache_base).
-template <class ScoreT, bool kStore, class F>
-__device__ __forceinline__ void topk_visit_global(const ScoreT* row, int64_t len, uint32_t* cache, F&& f) {
+// Calls g(i0, keys, n) for runs of consecutive indices of the row [0, len)
+// that together cover it once, in no particular order, with warp-uniform
+// control flow: keys is a uint32_t array (of kElems keys, or of 1), of which
+// the first n (maybe 0) are the keys of i0, i0 + 1, ... 16-byte loads for the
+// aligned body, four in flight per thread; the unaligned head and the tail
+// (< 2 vectors) go to warp 0, one element per lane. kStore: also writes each
+// key to cache[i] (vector stores; `cache` must make &cache[head] 16-byte
+// aligned, see topk_cache_base).
+template <class ScoreT, bool kStore, class G>
+__device__ __forceinline__ void topk_visit_global_runs(const ScoreT* row, int64_t len, uint32_t* cache, G&& g) {
   using V = TopkVec<ScoreT>;
   constexpr int kE = V::kElems;
   constexpr int kUnroll = 4;
@@ -148,20 +152,30 @@ __device__ __forceinline__ void topk_visit_global(const ScoreT* row, int64_t len
             *reinterpret_cast<uint4*>(cache + i0 + e) = make_uint4(keys[e], keys[e + 1], keys[e + 2], keys[e + 3]);
         }
       }
-#pragma unroll
-      for (int e = 0; e < kE; ++e) f(i0 + e, keys[e], valid);
+      g(i0, keys, valid ? kE : 0);
     }
   }
   if (tid < 32) {  // head [0, head) and tail [tail, len): fewer than 2 * kE <= 16 elements
     const int lane = tid;
     const int64_t i = lane < head ? lane : tail + (lane - head);
     const bool valid = lane < head || (i >= tail && i < len);
-    const uint32_t key = valid ? topk_load_key(row + i) : 0u;
+    const uint32_t key[1] = {valid ? topk_load_key(row + i) : 0u};
     if constexpr (kStore) {
-      if (valid) cache[i] = key;
+      if (valid) cache[i] = key[0];
     }
-    f(i, key, valid);
+    g(i, key, valid ? 1 : 0);
   }
+}
+
+// The same, one element at a time: f(i, key, valid) (valid = false for the
+// padding of warp-uniform calls).
+template <class ScoreT, bool kStore, class F>
+__device__ __forceinline__ void topk_visit_global(const ScoreT* row, int64_t len, uint32_t* cache, F&& f) {
+  topk_visit_global_runs<ScoreT, kStore>(row, len, cache, [&](int64_t i0, const auto& keys, int n) {
+    constexpr int kN = sizeof(keys) / sizeof(keys[0]);
+#pragma unroll
+    for (int e = 0; e < kN; ++e) f(i0 + e, keys[e], e < n);
+  });
 }
 
 // The same over keys already in shared memory (conflict-free: consecutive lanes, consecutive words).
@@ -190,18 +204,19 @@ __device__ __forceinline__ uint32_t* topk_cache_base(uint32_t* raw, const ScoreT
 // every lane calls it for every step (valid = false past `end`).
 template <int kDepth, class KeyAt, class F>
 __device__ __forceinline__ void topk_warp_sweep(int64_t begin, int64_t end, KeyAt&& key_at, F&& f) {
-  const int lane = threadIdx.x & 31;
-  for (int64_t i0 = begin; i0 < end; i0 += 32 * kDepth) {  // warp-uniform bounds
+  // 32-bit index arithmetic: end <= width <= 2^31 - 1, so i0 + 32 * kDepth fits.
+  const uint32_t lane = threadIdx.x & 31, stop = static_cast<uint32_t>(end);
+  for (uint32_t i0 = static_cast<uint32_t>(begin); i0 < stop; i0 += 32 * kDepth) {  // warp-uniform bounds
     uint32_t keys[kDepth];
 #pragma unroll
     for (int u = 0; u < kDepth; ++u) {
-      const int64_t i = i0 + u * 32 + lane;
-      keys[u] = i < end ? key_at(i) : 0u;
+      const uint32_t i = i0 + u * 32 + lane;
+      keys[u] = i < stop ? key_at(i) : 0u;
     }
 #pragma unroll
     for (int u = 0; u < kDepth; ++u) {
-      const int64_t step = i0 + u * 32;
-      if (step < end) f(step + lane, keys[u], step + lane < end);
+      const uint32_t step = i0 + u * 32;
+      if (step < stop) f(static_cast<int64_t>(step + lane), keys[u], step + lane < stop);
     }
   }
 }
@@ -213,31 +228,33 @@ __device__ __forceinline__ void topk_sweep_row(bool cached, const uint32_t* cach
                                                int64_t end, F&& f) {
   if (cached)
     topk_warp_sweep<8>(
-        begin, end, [&](int64_t i) { return cache[i]; }, f);
+        begin, end, [&](uint32_t i) { return cache[i]; }, f);
   else
     topk_warp_sweep<16>(
-        begin, end, [&](int64_t i) { return topk_load_key(row + i); }, f);
+        begin, end, [&](uint32_t i) { return topk_load_key(row + i); }, f);
 }
 
 // Picks the bin (descending) that holds the need-th largest counted key and
 // publishes it in st (bin, in_bin, need - keys in higher bins). Bins are
-// walked from the top: thread t owns the kTopkBinsPerThread bins below
-// kTopkBins - t * kTopkBinsPerThread, and exactly one thread publishes.
-template <class Scan>
+// walked from the top: thread t owns the kPerThread bins below
+// kBins - t * kPerThread, and exactly one thread publishes.
+template <class Scan, int kBins>
 __device__ __forceinline__ void topk_pick_bin(const uint32_t* hist, uint32_t need, TopkBlockState& st,
                                               typename Scan::TempStorage& scan) {
-  const int top = kTopkBins - 1 - static_cast<int>(threadIdx.x) * kTopkBinsPerThread;
-  uint32_t c[kTopkBinsPerThread];
+  static_assert(kBins % kTopkThreads == 0, "topk_pick_bin gives each thread whole bins");
+  constexpr int kPerThread = kBins / kTopkThreads;
+  const int top = kBins - 1 - static_cast<int>(threadIdx.x) * kPerThread;
+  uint32_t c[kPerThread];
   uint32_t mine = 0;
 #pragma unroll
-  for (int j = 0; j < kTopkBinsPerThread; ++j) {
+  for (int j = 0; j < kPerThread; ++j) {
     c[j] = hist[top - j];
     mine += c[j];
   }
   uint32_t above = 0;
   Scan(scan).ExclusiveSum(mine, above);
 #pragma unroll
-  for (int j = 0; j < kTopkBinsPerThread; ++j) {
+  for (int j = 0; j < kPerThread; ++j) {
     if (above < need && need <= above + c[j]) {
       st.bin = top - j;
       st.in_bin = c[j];
@@ -250,7 +267,6 @@ __device__ __forceinline__ void topk_pick_bin(const uint32_t* hist, uint32_t nee
 template <class ScoreT>
 __global__ void __launch_bounds__(kTopkThreads, 1) topk_transform_kernel(const TopkArgs a) {
   using Scan = cub::BlockScan<uint32_t, kTopkThreads, cub::BLOCK_SCAN_WARP_SCANS>;
-  static_assert(kTopkBins % kTopkThreads == 0, "topk_pick_bin gives each thread whole bins");
   static_assert(kTopkMaxK <= kTopkBins, "the selected indices reuse the histogram");
   __shared__ typename Scan::TempStorage scan;
   __shared__ TopkBlockState st;
@@ -286,7 +302,7 @@ __global__ void __launch_bounds__(kTopkThreads, 1) topk_transform_kernel(const T
   if (cached) topk_visit_global<ScoreT, true>(row, len, cache, count_top);
   else topk_visit_global<ScoreT, false>(row, len, cache, count_top);
   __syncthreads();
-  topk_pick_bin<Scan>(hist, static_cast<uint32_t>(k), st, scan);
+  topk_pick_bin<Scan, kTopkBins>(hist, static_cast<uint32_t>(k), st, scan);
   __syncthreads();
 
   // Chunks of the compaction (and of the candidate collection): warp w owns
@@ -315,19 +331,35 @@ __global__ void __launch_bounds__(kTopkThreads, 1) topk_transform_kernel(const T
     if (tid < kTopkWarps) st.warp_above[tid] = 0;
     __syncthreads();
     const uint32_t bin = prefix;
-    topk_visit_global<ScoreT, false>(row, len, cache, [&](int64_t i, uint32_t key, bool valid) {
-      const uint32_t p = key >> kTopkTopShift;
-      if (valid && p > bin) atomicAdd(&st.warp_above[static_cast<uint32_t>(i) / chunk32], 1u);
-      const bool is_cand = valid && p == bin;
-      const uint32_t mask = __ballot_sync(0xffffffffu, is_cand);
-      if (mask != 0u) {  // warp-uniform
+    topk_visit_global_runs<ScoreT, false>(row, len, cache, [&](int64_t i0, const auto& keys, int n) {
+      constexpr int kN = sizeof(keys) / sizeof(keys[0]);
+      uint32_t mine = 0;  // this lane's candidates in its run
+#pragma unroll
+      for (int e = 0; e < kN; ++e) {
+        const uint32_t p = keys[e] >> kTopkTopShift;
+        if (e < n && p > bin) atomicAdd(&st.warp_above[static_cast<uint32_t>(i0 + e) / chunk32], 1u);
+        mine += e < n && p == bin;
+      }
+      // One shared atomic per warp and run reserves the warp's slots (not
+      // one per element: all warps contend for st.candidates).
+      uint32_t incl = mine;
+#pragma unroll
+      for (int o = 1; o < 32; o <<= 1) {
+        const uint32_t up = __shfl_up_sync(0xffffffffu, incl, o);
+        if (lane >= o) incl += up;
+      }
+      const uint32_t total = __shfl_sync(0xffffffffu, incl, 31);
+      if (total != 0u) {  // warp-uniform
         uint32_t base = 0;
-        if (lane == 0) base = atomicAdd(&st.candidates, static_cast<uint32_t>(__popc(mask)));
-        base = __shfl_sync(0xffffffffu, base, 0);
-        if (is_cand) {
-          const uint32_t pos = base + __popc(mask & lanes_below);
-          cand_key[pos] = key;
-          cand_idx[pos] = static_cast<uint32_t>(i);
+        if (lane == 0) base = atomicAdd(&st.candidates, total);
+        uint32_t pos = __shfl_sync(0xffffffffu, base, 0) + incl - mine;
+#pragma unroll
+        for (int e = 0; e < kN; ++e) {
+          if (e < n && (keys[e] >> kTopkTopShift) == bin) {
+            cand_key[pos] = keys[e];
+            cand_idx[pos] = static_cast<uint32_t>(i0 + e);
+            ++pos;
+          }
         }
       }
     });
@@ -340,7 +372,7 @@ __global__ void __launch_bounds__(kTopkThreads, 1) topk_transform_kernel(const T
   for (int level = 0; level < 2 && !done; ++level) {  // uniform over the CTA
     const int digit_shift = level == 0 ? 10 : 0;
     constexpr uint32_t digit_mask = 0x3ffu;  // 10 bits at shift 10, then at shift 0
-    for (int b = tid; b < kTopkBins; b += kTopkThreads) hist[b] = 0;
+    for (int b = tid; b < kTopkDigitBins; b += kTopkThreads) hist[b] = 0;
     __syncthreads();
     auto count_next = [&](int64_t, uint32_t key, bool valid) {
       const bool match = valid && (key >> shift) == prefix;
@@ -350,7 +382,7 @@ __global__ void __launch_bounds__(kTopkThreads, 1) topk_transform_kernel(const T
     else if (use_candidates) topk_visit_cache(cand_key, n_cand, count_next);
     else topk_visit_global<ScoreT, false>(row, len, cache, count_next);
     __syncthreads();
-    topk_pick_bin<Scan>(hist, need, st, scan);
+    topk_pick_bin<Scan, kTopkDigitBins>(hist, need, st, scan);
     __syncthreads();
     prefix = (prefix << (shift - digit_shift)) | static_cast<uint32_t>(st.bin);
     shift = digit_shift;
@@ -368,13 +400,18 @@ __global__ void __launch_bounds__(kTopkThreads, 1) topk_transform_kernel(const T
     topk_visit_cache(cand_idx, n_cand, [&](int64_t c, uint32_t idx, bool valid) {
       const uint32_t key = valid ? cand_key[c] : 0u;
       const int owner = valid ? static_cast<int>(idx / chunk32) : -1;
-      const uint32_t peers = __match_any_sync(0xffffffffu, owner);
-      const uint32_t above_mask = __ballot_sync(0xffffffffu, valid && (key >> shift) > prefix);
-      const uint32_t tie_mask = __ballot_sync(0xffffffffu, valid && (key >> shift) == prefix);
-      if (valid && lane == __ffs(peers) - 1) {  // one atomic per owner present in this warp step
-        const uint32_t a_n = __popc(above_mask & peers), t_n = __popc(tie_mask & peers);
-        if (a_n != 0u) atomicAdd(&st.warp_above[owner], a_n);
-        if (t_n != 0u) atomicAdd(&st.warp_ties[owner], t_n);
+      const bool is_above = valid && (key >> shift) > prefix, is_tie = valid && (key >> shift) == prefix;
+      // Consecutive candidates mostly come from one warp step of the sweep,
+      // so from one chunk: then one atomic per count for the whole warp.
+      const int first = __shfl_sync(0xffffffffu, owner, 0);
+      if (__all_sync(0xffffffffu, owner == first || !valid)) {
+        const uint32_t a_n = __popc(__ballot_sync(0xffffffffu, is_above));
+        const uint32_t t_n = __popc(__ballot_sync(0xffffffffu, is_tie));
+        if (lane == 0 && a_n != 0u) atomicAdd(&st.warp_above[first], a_n);
+        if (lane == 0 && t_n != 0u) atomicAdd(&st.warp_ties[first], t_n);
+      } else {
+        if (is_above) atomicAdd(&st.warp_above[owner], 1u);
+        if (is_tie) atomicAdd(&st.warp_ties[owner], 1u);
       }
     });
     __syncthreads();
@@ -412,16 +449,24 @@ __global__ void __launch_bounds__(kTopkThreads, 1) topk_transform_kernel(const T
   // histogram's memory (no longer needed; K <= kTopkBins words).
   uint32_t* const selected = hist;
   uint32_t slot = st.warp_slot[warp], tie_rank = st.warp_tie0[warp];
+  // Only a warp whose chunk holds the cut among the ties ranks them; every
+  // other warp takes all of its ties or none (warp-uniform).
+  const bool cut_here = tie_rank < need && tie_rank + st.warp_ties[warp] > need;
+  const bool take_ties = tie_rank < need;
   topk_sweep_row(cached, cache, row, begin, end, [&](int64_t i, uint32_t key, bool valid) {
     const uint32_t p = key >> shift;
-    const bool is_above = valid && p > prefix;
     const bool is_tie = valid && p == prefix;
-    const uint32_t tie_mask = __ballot_sync(0xffffffffu, is_tie);
-    const bool take = is_above || (is_tie && tie_rank + __popc(tie_mask & lanes_below) < need);
+    bool take = valid && p > prefix;
+    if (cut_here) {
+      const uint32_t tie_mask = __ballot_sync(0xffffffffu, is_tie);
+      take = take || (is_tie && tie_rank + __popc(tie_mask & lanes_below) < need);
+      tie_rank += __popc(tie_mask);
+    } else {
+      take = take || (is_tie && take_ties);
+    }
     const uint32_t take_mask = __ballot_sync(0xffffffffu, take);
     if (take) selected[slot + __popc(take_mask & lanes_below)] = static_cast<uint32_t>(i);
     slot += __popc(take_mask);
-    tie_rank += __popc(tie_mask);
   });
   __syncthreads();
   // The transform reads the table: done here, all K slots at once, so its
