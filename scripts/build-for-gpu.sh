@@ -4,7 +4,8 @@
 # the CUDA runtime linked statically, then stages only the binaries into
 # .gpu-bin/ (small enough to carry) with the commit they were built from.
 #
-#   scripts/build-for-gpu.sh [extra cmake -D options]
+#   scripts/build-for-gpu.sh [extra cmake -D options, for both builds]
+#   e.g. -DCMAKE_CUDA_ARCHITECTURES=90a-real to build only what an H100/H200 runs
 # then, on the GPU machine:  scripts/gpu-check.sh --build-dir .gpu-bin
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -19,7 +20,7 @@ mkdir -p "$stage"
 # The Python package for the GPU machine's interpreter (3.12 there; override with NSA_GPU_PYTHON).
 gpu_python=${NSA_GPU_PYTHON:-/root/.pyenv/versions/3.12.1/bin/python3}
 if [ -x "$gpu_python" ]; then
-  "$root/scripts/build-python.sh" "$gpu_python" "$root/build-py312" >/dev/null
+  "$root/scripts/build-python.sh" "$gpu_python" "$root/build-py312" "$@" >/dev/null
   mkdir -p "$stage/python" && cp -r "$root/build-py312/python/nsa" "$stage/python/nsa"
 fi
 commit=$(git -C "$root" rev-parse HEAD)
