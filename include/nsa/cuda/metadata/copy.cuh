@@ -23,18 +23,9 @@ constexpr int kVecPerLane = 4;                          // copy kernel: 4 x 16 B
 constexpr int64_t kColsPerItem = 32 * 4 * kVecPerLane;  // copy kernel: 512 int32 columns per warp item
 constexpr int kCopyCtasPerSm = 4;                       // copy kernel: <= 64 registers/thread, 4 CTAs resident per SM
 
-enum class MetaField : int32_t {
-  kCacheSeqlens,
-  kCuSeqlensK,
-  kPageTable1,
-  kSeqlensExpanded,
-  kNsaCacheSeqlens,
-  kNsaCuSeqlensK,
-  kRealPageTable,
-  kFlashmlaNumSplits,
-  kFlashmlaMetadata,
-};
-constexpr int kMaxCopyJobs = 9;
+// The fields are those of the public field table (nsa/metadata.h).
+using MetaField = MetadataField;
+constexpr int kMaxCopyJobs = kMetadataFieldCount;
 
 struct CopyJob {
   const int32_t* src;  // row 0, element `offset` already applied
