@@ -6,11 +6,13 @@
 # the CLI self-test, the Python tests (when the extension was built), the
 # benchmarks and `nsa bench`, then writes the report from the logs and JSON.
 #
-#   scripts/gpu-check.sh [--build-dir DIR] [--results DIR] [--report FILE] [--phase all|tests|rest]
+#   scripts/gpu-check.sh [--build-dir DIR] [--results DIR] [--report FILE] [--phase all|tests|sanitizers|rest]
 #
-# --phase splits one check over two shorter commands on the same machine and
-# results folder: `tests` runs the C++ tests and the sanitizers, `rest` the
-# CLI, benchmarks and Python tests and then writes the report of both.
+# --phase splits one check over shorter commands on the same machine and
+# results folder: `tests` runs the C++ tests and the sanitizers (only the tools
+# in $NSA_SANITIZERS when set), `sanitizers` the sanitizers alone (for the tools
+# a first `tests` command left out), `rest` the CLI, benchmarks and Python
+# tests and then writes the report of all of them.
 #
 # The build folder may come from another machine (scripts/build-for-gpu.sh
 # builds one with a static CUDA runtime and records the commit in it); without
@@ -27,10 +29,10 @@ while [ $# -gt 0 ]; do
     --results) results=$2; shift 2 ;;
     --report) report=$2; shift 2 ;;
     --phase) phase=$2; shift 2 ;;
-    *) echo "usage: $0 [--build-dir DIR] [--results DIR] [--report FILE] [--phase all|tests|rest]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--build-dir DIR] [--results DIR] [--report FILE] [--phase all|tests|sanitizers|rest]" >&2; exit 2 ;;
   esac
 done
-case "$phase" in all | tests | rest) ;; *) echo "gpu-check: --phase all, tests or rest" >&2; exit 2 ;; esac
+case "$phase" in all | tests | sanitizers | rest) ;; *) echo "gpu-check: --phase all, tests, sanitizers or rest" >&2; exit 2 ;; esac
 mkdir -p "$results"
 log() { echo "[gpu-check $(date +%H:%M:%S)] $*"; }
 
@@ -64,22 +66,22 @@ run_step() {  # run_step NAME TIMEOUT_S CMD...   (logs to $results/NAME.log, rec
   echo "$name $rc" >>"$results/steps.txt"
   [ $rc -eq 0 ] || { status=1; log "$name FAILED (exit $rc)"; }
 }
-if [ "$phase" != rest ]; then
+tests=$(ls "$build"/tests/cpp/*_test 2>/dev/null)
+if [ "$phase" = all ] || [ "$phase" = tests ]; then
 : >"$results/steps.txt"
 : >"$results/skipped.txt"
-
-tests=$(ls "$build"/tests/cpp/*_test 2>/dev/null)
 for t in $tests; do
   n=$(basename "$t")
   run_step "test_$n" 300 "$t" --gtest_output="json:$results/test_$n.json"
 done
+fi
 
 # Only the CUDA instances under the sanitizers (the CPU ones do not touch the
 # GPU); binaries without GPU tests are skipped. memcheck covers every GPU test
 # but the 100k-replay long runs (their kernels are memchecked by the other
 # tests); the slower tools also skip the >4 GiB pool and the longest contexts.
 gpu_filter='*/cuda:*Cuda*:*CUDA*:*Graph*:*_cuda'
-for tool in memcheck racecheck initcheck synccheck; do
+[ "$phase" = rest ] || for tool in ${NSA_SANITIZERS:-memcheck racecheck initcheck synccheck}; do
   for t in $tests; do
     n=$(basename "$t")
     filter="$gpu_filter:-*LongRun*"
@@ -94,9 +96,8 @@ for tool in memcheck racecheck initcheck synccheck; do
   done
 done
 
-fi  # phase tests
-if [ "$phase" = tests ]; then
-  log "phase tests done (overall status $status); run --phase rest for the rest and the report"
+if [ "$phase" = tests ] || [ "$phase" = sanitizers ]; then
+  log "phase $phase done (overall status $status); run --phase rest for the rest and the report"
   exit $status
 fi
 
