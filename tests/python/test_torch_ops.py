@@ -122,16 +122,16 @@ def sync(device):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
 @pytest.mark.parametrize("page_size,dtype,mode,formula", [
-    (16, torch.float16, "fp32", "divide"),
+    (16, torch.bfloat16, "fp32", "divide"),
     (128, torch.float32, "fp32", "multiply"),
-    (32, torch.bfloat16, "ue8m0", "divide"),
+    (32, torch.float16, "ue8m0", "divide"),
 ])
 def test_cache_ops_page_size_dtypes_and_formula(gen, device, compiled, page_size, dtype, mode, formula):
-    pages, n = 5, 37
+    pages, n = 16, 120
     cache = torch.randint(0, 256, (pages, page_size * 132), dtype=torch.uint8, generator=gen)
     k = (torch.randn(n, 128, generator=gen) * 3).to(dtype)
-    k[3, 7] = 0.5 * float(k[3].abs().max())  # a value that lands on an e4m3 tie more often than chance
-    slots = torch.randperm(pages * page_size, generator=gen)[:n].to(torch.int64)
+    perm = torch.randperm(pages * page_size, generator=gen).to(torch.int64)
+    slots, second = perm[:n].clone(), perm[n:2 * n].clone()  # disjoint: the store overwrites no quantized row
     slots[::7] = -1
     k8 = torch.randint(0, 256, (n, 128), dtype=torch.uint8, generator=gen)
     scale = torch.rand(n, generator=gen)
@@ -142,7 +142,10 @@ def test_cache_ops_page_size_dtypes_and_formula(gen, device, compiled, page_size
     expected = np_(cache).copy()
     k_np = np_(k.view(torch.int16)).view(np.uint16) if dtype == torch.bfloat16 else np_(k)
     ref.quantize_and_store_k(expected, k_np, np_(slots), mode, page=page_size, formula=formula)
-    second = torch.randperm(pages * page_size, generator=gen)[:n].to(torch.int64)
+    if (mode, formula) == ("fp32", "divide"):  # these rows tell the formulas apart (exact e4m3 ties of bf16)
+        other = np_(cache).copy()
+        ref.quantize_and_store_k(other, k_np, np_(slots), mode, page=page_size, formula="multiply")
+        assert (other != expected).any()
     ref.store_k_and_s(expected, np_(k8), np_(scale), np_(second), page=page_size)
     ek, es = ref.gather_k_and_s(expected, np_(table), np_(lens), page=page_size)
     total = ek.shape[0]
