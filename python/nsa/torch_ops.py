@@ -28,22 +28,22 @@ from typing import List, Optional, Tuple
 
 import torch
 
+from . import indexer as _indexer
 from . import metadata as _metadata
 from . import ops as _ops
+from . import topk as _topk
 from .errors import InvalidArgumentError
 
 _HEAD_DIM = 128
 
+# Enum-like arguments cross the op schema as ints (a schema takes no Python
+# objects); each op maps its int back to the public function's value.
+# quantize_and_store_k's (mode, scale_formula) pair is the library's mode code.
+_SCALE_CODES = {0: (_ops.ScaleMode.FP32, "multiply"), 1: (_ops.ScaleMode.UE8M0, "multiply"),
+                2: (_ops.ScaleMode.FP32, "divide")}
+_TOPK_TRANSFORMS = {code: name for name, code in _topk._TRANSFORMS.items()}
+_TOPK_ORDERS = {code: name for name, code in _topk._ORDERS.items()}
 
-def _scale_mode(mode) -> int:
-    try:
-        return _ops._SCALE_MODES[mode]
-    except (KeyError, TypeError):
-        raise InvalidArgumentError(
-            f"nsa.quantize_and_store_k: argument 'mode': expected 'fp32' or 'ue8m0', got {mode!r}") from None
-
-
-# ---------------------------------------------------------------- index cache
 
 def _writes(*arguments):
     """Registers the decorated eager implementation as the custom op
@@ -58,78 +58,188 @@ def _writes(*arguments):
     return register
 
 
+# ---------------------------------------------------------------- index cache
+
 @_writes("cache")
-def _quantize_and_store_k(cache: torch.Tensor, k: torch.Tensor, slots: torch.Tensor, scale_mode: int) -> None:
-    _ops.quantize_and_store_k(cache, k, slots, mode=scale_mode)
+def _quantize_and_store_k(cache: torch.Tensor, k: torch.Tensor, slots: torch.Tensor, scale_code: int,
+                          page_size: int) -> None:
+    scale_mode, scale_formula = _SCALE_CODES[scale_code]
+    _ops.quantize_and_store_k(cache, k, slots, scale_mode, page_size=page_size, scale_formula=scale_formula)
 
 
 @_writes("cache")
-def _store_k_and_s(cache: torch.Tensor, k: torch.Tensor, scale: torch.Tensor, slots: torch.Tensor) -> None:
-    _ops.store_k_and_s(cache, k, scale, slots)
+def _store_k_and_s(cache: torch.Tensor, k: torch.Tensor, scale: torch.Tensor, slots: torch.Tensor,
+                   page_size: int) -> None:
+    _ops.store_k_and_s(cache, k, scale, slots, page_size=page_size)
 
 
 @_writes("out")
-def _gather_k(cache: torch.Tensor, length: int, page_ids: torch.Tensor, out: torch.Tensor) -> None:
-    _ops.gather_k(cache, length, page_ids, out=out)
+def _gather_k(cache: torch.Tensor, length: int, page_ids: torch.Tensor, out: torch.Tensor, page_size: int) -> None:
+    _ops.gather_k(cache, length, page_ids, out=out, page_size=page_size)
 
 
 @_writes("out")
-def _gather_s(cache: torch.Tensor, length: int, page_ids: torch.Tensor, out: torch.Tensor) -> None:
-    _ops.gather_s(cache, length, page_ids, out=out)
+def _gather_s(cache: torch.Tensor, length: int, page_ids: torch.Tensor, out: torch.Tensor, page_size: int) -> None:
+    _ops.gather_s(cache, length, page_ids, out=out, page_size=page_size)
 
 
 @_writes("out_k", "out_s")
 def _gather_k_and_s(cache: torch.Tensor, page_table: torch.Tensor, seq_lens: Optional[torch.Tensor],
-                    cu_seq_lens: Optional[torch.Tensor], out_k: torch.Tensor, out_s: torch.Tensor) -> None:
-    _ops.gather_k_and_s(cache, page_table, seq_lens, cu_seq_lens=cu_seq_lens, out_k=out_k, out_s=out_s)
+                    cu_seq_lens: Optional[torch.Tensor], out_k: torch.Tensor, out_s: torch.Tensor,
+                    page_size: int) -> None:
+    _ops.gather_k_and_s(cache, page_table, seq_lens, cu_seq_lens=cu_seq_lens, out_k=out_k, out_s=out_s,
+                        page_size=page_size)
 
 
-def quantize_and_store_k(cache: torch.Tensor, k: torch.Tensor, slots: torch.Tensor, *, mode="fp32") -> None:
+def quantize_and_store_k(cache: torch.Tensor, k: torch.Tensor, slots: torch.Tensor, mode="fp32", *,
+                         page_size: int = 64, scale_formula: str = "multiply") -> None:
     """:func:`nsa.quantize_and_store_k` as ``torch.ops.nsa.quantize_and_store_k``."""
-    torch.ops.nsa.quantize_and_store_k(cache, k, slots, _scale_mode(mode))
+    op = "quantize_and_store_k"
+    torch.ops.nsa.quantize_and_store_k(cache, k, slots, _ops._scale_mode(op, mode, scale_formula),
+                                       _ops._page_size(op, page_size))
 
 
-def store_k_and_s(cache: torch.Tensor, k: torch.Tensor, scale: torch.Tensor, slots: torch.Tensor) -> None:
+def store_k_and_s(cache: torch.Tensor, k: torch.Tensor, scale: torch.Tensor, slots: torch.Tensor, *,
+                  page_size: int = 64) -> None:
     """:func:`nsa.store_k_and_s` as ``torch.ops.nsa.store_k_and_s``."""
-    torch.ops.nsa.store_k_and_s(cache, k, scale, slots)
+    torch.ops.nsa.store_k_and_s(cache, k, scale, slots, _ops._page_size("store_k_and_s", page_size))
 
 
 def gather_k(cache: torch.Tensor, length: int, page_ids: torch.Tensor, *,
-             out: Optional[torch.Tensor] = None) -> torch.Tensor:
+             out: Optional[torch.Tensor] = None, page_size: int = 64) -> torch.Tensor:
     """:func:`nsa.gather_k` as ``torch.ops.nsa.gather_k``; allocates ``out`` with torch when not given."""
     if out is None:
         out = torch.empty((length, _HEAD_DIM), dtype=torch.uint8, device=cache.device)
-    torch.ops.nsa.gather_k(cache, length, page_ids, out)
+    torch.ops.nsa.gather_k(cache, length, page_ids, out, _ops._page_size("gather_k", page_size))
     return out
 
 
 def gather_s(cache: torch.Tensor, length: int, page_ids: torch.Tensor, *,
-             out: Optional[torch.Tensor] = None) -> torch.Tensor:
+             out: Optional[torch.Tensor] = None, page_size: int = 64) -> torch.Tensor:
     """:func:`nsa.gather_s` as ``torch.ops.nsa.gather_s``; allocates ``out`` with torch when not given."""
     if out is None:
         out = torch.empty((length,), dtype=torch.float32, device=cache.device)
-    torch.ops.nsa.gather_s(cache, length, page_ids, out)
+    torch.ops.nsa.gather_s(cache, length, page_ids, out, _ops._page_size("gather_s", page_size))
     return out
 
 
-def gather_k_and_s(cache: torch.Tensor, page_table: torch.Tensor, seq_lens: Optional[torch.Tensor] = None, *,
-                   cu_seq_lens: Optional[torch.Tensor] = None, capacity: Optional[int] = None,
-                   out_k: Optional[torch.Tensor] = None,
-                   out_s: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
-    """:func:`nsa.gather_k_and_s` as ``torch.ops.nsa.gather_k_and_s``. Outputs
-    not given are allocated with ``capacity`` rows (required here: reading the
-    lengths would be a host sync, which a compiled graph cannot have)."""
+def _rows_out(capacity, out_k, out_s, device):
     if out_k is None or out_s is None:
         if capacity is None:
             raise InvalidArgumentError(
                 "nsa.torch_ops.gather_k_and_s: argument 'capacity': expected the number of output rows when "
                 "out_k/out_s are not given, got None")
         if out_k is None:
-            out_k = torch.empty((capacity, _HEAD_DIM), dtype=torch.uint8, device=cache.device)
+            out_k = torch.empty((capacity, _HEAD_DIM), dtype=torch.uint8, device=device)
         if out_s is None:
-            out_s = torch.empty((capacity,), dtype=torch.float32, device=cache.device)
-    torch.ops.nsa.gather_k_and_s(cache, page_table, seq_lens, cu_seq_lens, out_k, out_s)
+            out_s = torch.empty((capacity,), dtype=torch.float32, device=device)
     return out_k, out_s
+
+
+def gather_k_and_s(cache: torch.Tensor, page_table: torch.Tensor, seq_lens: Optional[torch.Tensor] = None, *,
+                   cu_seq_lens: Optional[torch.Tensor] = None, capacity: Optional[int] = None,
+                   out_k: Optional[torch.Tensor] = None, out_s: Optional[torch.Tensor] = None,
+                   page_size: int = 64) -> Tuple[torch.Tensor, torch.Tensor]:
+    """:func:`nsa.gather_k_and_s` as ``torch.ops.nsa.gather_k_and_s``. Outputs
+    not given are allocated with ``capacity`` rows (required here: reading the
+    lengths would be a host sync, which a compiled graph cannot have)."""
+    out_k, out_s = _rows_out(capacity, out_k, out_s, cache.device)
+    torch.ops.nsa.gather_k_and_s(cache, page_table, seq_lens, cu_seq_lens, out_k, out_s,
+                                 _ops._page_size("gather_k_and_s", page_size))
+    return out_k, out_s
+
+
+# ---------------------------------------------------------------- top-k and indexer
+
+def _index_outputs(like: torch.Tensor, rows: int, k: int, out, out_raw, return_raw: bool):
+    if out is None:
+        out = torch.empty((rows, k), dtype=torch.int32, device=like.device)
+    if out_raw is None and return_raw:
+        out_raw = torch.empty((rows, k), dtype=torch.int32, device=like.device)
+    return out, out_raw
+
+
+@_writes("out", "out_raw")
+def _topk_transform(scores: torch.Tensor, lengths: torch.Tensor, k: int, rows_per_request: int,
+                    row_starts: Optional[torch.Tensor], row_to_request: Optional[torch.Tensor], transform: int,
+                    page_table: Optional[torch.Tensor], offsets: Optional[torch.Tensor], out: torch.Tensor,
+                    out_raw: Optional[torch.Tensor], order: int) -> None:
+    # rows_per_request 0 stands for None (per-row lengths)
+    _topk.topk_transform(scores, lengths, k, rows_per_request=rows_per_request or None, row_starts=row_starts,
+                         row_to_request=row_to_request, transform=_TOPK_TRANSFORMS[transform],
+                         page_table=page_table, offsets=offsets, out=out, out_raw=out_raw,
+                         order=_TOPK_ORDERS[order])
+
+
+def topk_transform(scores: torch.Tensor, lengths: torch.Tensor, k: int = _topk.MAX_K, *,
+                   rows_per_request: Optional[int] = None, row_starts: Optional[torch.Tensor] = None,
+                   row_to_request: Optional[torch.Tensor] = None, transform: str = "raw",
+                   page_table: Optional[torch.Tensor] = None, offsets: Optional[torch.Tensor] = None,
+                   out: Optional[torch.Tensor] = None, out_raw: Optional[torch.Tensor] = None,
+                   return_raw: bool = False, order: str = "any"):
+    """:func:`nsa.topk_transform` as ``torch.ops.nsa.topk_transform``; allocates
+    the outputs with torch when not given."""
+    op = "topk_transform"
+    t = _topk._choice(op, "transform", _topk._TRANSFORMS, transform)
+    o = _topk._choice(op, "order", _topk._ORDERS, order)
+    if rows_per_request is not None and (type(rows_per_request) is not int or rows_per_request < 1):
+        raise InvalidArgumentError(
+            f"nsa.topk_transform: argument 'rows_per_request': expected None or an int >= 1, got {rows_per_request!r}")
+    rows = scores.shape[0] if scores.dim() == 2 else 0
+    out, out_raw = _index_outputs(scores, rows, k, out, out_raw, return_raw)
+    torch.ops.nsa.topk_transform(scores, lengths, k, rows_per_request or 0, row_starts, row_to_request, t,
+                                 page_table, offsets, out, out_raw, o)
+    return (out, out_raw) if out_raw is not None else out
+
+
+def _logits_buffer(q: torch.Tensor, page_table: torch.Tensor, width: Optional[int], page_size: int) -> torch.Tensor:
+    """float32 [B*N, width]; width defaults to the table's capacity (columns * page_size)."""
+    rows = q.shape[0] * q.shape[1] if q.dim() == 4 else 0
+    if width is None:
+        width = page_table.shape[1] * page_size if page_table.dim() == 2 else 0
+    return torch.empty((rows, width), dtype=torch.float32, device=q.device)
+
+
+@_writes("out")
+def _paged_mqa_logits(q: torch.Tensor, weights: torch.Tensor, cache: torch.Tensor, context_lens: torch.Tensor,
+                      page_table: torch.Tensor, out: torch.Tensor, page_size: int) -> None:
+    _indexer.paged_mqa_logits(q, weights, cache, context_lens, page_table, out=out, page_size=page_size)
+
+
+def paged_mqa_logits(q: torch.Tensor, weights: torch.Tensor, cache: torch.Tensor, context_lens: torch.Tensor,
+                     page_table: torch.Tensor, *, width: Optional[int] = None, out: Optional[torch.Tensor] = None,
+                     page_size: int = _indexer.PAGE_SIZE) -> torch.Tensor:
+    """:func:`nsa.paged_mqa_logits` as ``torch.ops.nsa.paged_mqa_logits``;
+    allocates ``out`` with torch when not given."""
+    if out is None:
+        out = _logits_buffer(q, page_table, width, page_size)
+    torch.ops.nsa.paged_mqa_logits(q, weights, cache, context_lens, page_table, out, page_size)
+    return out
+
+
+@_writes("workspace", "out", "out_raw")
+def _indexer_topk(q: torch.Tensor, weights: torch.Tensor, cache: torch.Tensor, context_lens: torch.Tensor,
+                  page_table: torch.Tensor, k: int, workspace: torch.Tensor, out: torch.Tensor,
+                  out_raw: Optional[torch.Tensor], paged_output: bool, order: int) -> None:
+    _indexer.indexer_topk(q, weights, cache, context_lens, page_table, k, workspace=workspace, out=out,
+                          out_raw=out_raw, paged_output=paged_output, order=_TOPK_ORDERS[order])
+
+
+def indexer_topk(q: torch.Tensor, weights: torch.Tensor, cache: torch.Tensor, context_lens: torch.Tensor,
+                 page_table: torch.Tensor, k: int = 2048, *, width: Optional[int] = None,
+                 workspace: Optional[torch.Tensor] = None, out: Optional[torch.Tensor] = None,
+                 out_raw: Optional[torch.Tensor] = None, return_raw: bool = False, paged_output: bool = True,
+                 order: str = "any"):
+    """:func:`nsa.indexer_topk` as ``torch.ops.nsa.indexer_topk``; allocates
+    the workspace and outputs with torch when not given."""
+    o = _topk._choice("indexer_topk", "order", _topk._ORDERS, order)
+    if workspace is None:
+        workspace = _logits_buffer(q, page_table, width, _indexer.PAGE_SIZE)
+    rows = q.shape[0] * q.shape[1] if q.dim() == 4 else 0
+    out, out_raw = _index_outputs(q, rows, k, out, out_raw, return_raw)
+    torch.ops.nsa.indexer_topk(q, weights, cache, context_lens, page_table, k, workspace, out, out_raw,
+                               bool(paged_output), o)
+    return (out, out_raw) if out_raw is not None else out
 
 
 # ---------------------------------------------------------------- metadata
