@@ -114,9 +114,11 @@ __device__ __forceinline__ void build_items_chunked(const BuildParams& p, BuildS
   if (split0) store_flashmla_split(p, targets, gtid, split0_v);
   if (tile0) store_flashmla_tile(p, targets, gtid, tile0_v);
 
-  // A CTA whose warps had one item each at most (stored above) is done: one
-  // chunk, and even the CTA's lowest warp id (`block`) has no second item.
-  const bool items_done = p.batch <= kMetaThreads && block + grid_warps >= p.batch * ipr;
+  // Done when the first items stored above were all the items: one chunk, and
+  // no static item number reaches past the grid's warps. Otherwise every CTA
+  // walks its range of the dense numbering (build_chunk_items.cuh), whatever
+  // its warps stored above: those ranges do not follow the static numbering.
+  const bool items_done = p.batch <= kMetaThreads && grid_warps >= p.batch * ipr;
   int64_t row_base = 0;  // first query row of the chunk
   for (int64_t chunk = 0; !items_done && chunk < p.batch; chunk += kMetaThreads) {
     const int count = static_cast<int>(p.batch - chunk < kMetaThreads ? p.batch - chunk : int64_t{kMetaThreads});
