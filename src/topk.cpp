@@ -55,6 +55,8 @@ void check_args(const ArgChecker& c, const Exec& exec, const TopkArgs& a) {
     c.fail("length_form", "TopkLengths::kPerRow or TopkLengths::kPerRequest", num(static_cast<int>(a.length_form)));
   if (a.rows > 0) c.indices(exec, a.lengths, "lengths");
   c.at_least(a.rows_per_request, 1, "rows_per_request");
+  if (a.rows_per_request > std::numeric_limits<int32_t>::max())  // the length math adds it to the width
+    c.fail("rows_per_request", "<= 2^31 - 1", num(a.rows_per_request));
   if (a.length_form == TopkLengths::kPerRow && a.rows_per_request != 1)
     c.fail("rows_per_request", "1 with TopkLengths::kPerRow (N applies to per-request lengths)",
            num(a.rows_per_request));

@@ -42,7 +42,9 @@ NSA_HOST_DEVICE TopkWindow topk_window(const TopkArgs& a, int64_t r) {
   if (a.length_form == TopkLengths::kPerRequest) {
     const int64_t n = a.rows_per_request;
     const int64_t b = r / n;
-    len = topk_index_at(a.lengths, b) - n + 1 + (r - b * n);
+    // L_b clamped first, so that any int64 value is safe: below 0 or above
+    // width + n the row's clamped length is 0 or the width either way.
+    len = topk_clamp(topk_index_at(a.lengths, b), 0, a.width + n) - n + 1 + (r - b * n);
   } else {
     len = topk_index_at(a.lengths, r);
     if (a.row_starts.data != nullptr) start = topk_clamp(topk_index_at(a.row_starts, r), 0, a.width);
