@@ -55,6 +55,10 @@ fi
   echo "cuda_runtime=$(nvidia-smi | sed -n 's/.*CUDA Version: \([0-9.]*\).*/\1/p' | head -1)"
   echo "sanitizer=$(compute-sanitizer --version 2>/dev/null | grep -o 'Version [^ ]*' | head -1)"
 } >"$results/facts.txt"
+if [ "$phase" = rest ]; then  # the commit of this phase's binaries, when a later build ran it
+  rest_commit=$(cat "$build/COMMIT" 2>/dev/null || echo unknown)
+  grep -q "^commit=$rest_commit\$" "$results/facts.txt" || echo "commit_rest=$rest_commit" >>"$results/facts.txt"
+fi
 cat "$results/facts.txt"
 
 status=0

@@ -49,7 +49,11 @@ def main():
     w(f"- GPU: {facts.get('gpu', 'unknown')} (name, driver, memory, max SM clock)")
     w(f"- CUDA (driver): {facts.get('cuda_runtime', '?')}; compute-sanitizer: {facts.get('sanitizer', '?')}")
     w(f"- date: {facts.get('date', '?')}")
-    w(f"- commit: {facts.get('commit', '?')}")
+    if facts.get("commit_rest"):
+        w(f"- commit: {facts.get('commit', '?')} (C++ tests, sanitizers); {facts['commit_rest']} (CLI, benchmarks, "
+          "Python: run again after a fix, on the same machine kind)")
+    else:
+        w(f"- commit: {facts.get('commit', '?')}")
     w("")
     w("## Steps")
     w("")

@@ -82,7 +82,9 @@ struct Graph {
 // Cold-L2 mode: writes a buffer of twice the current device's L2 (allocated
 // on first use, one per device, kept until exit), evicting every line an
 // earlier call left there.
-void flush_l2(cudaStream s) {
+// The timing functions call it before any stream capture begins: a
+// cudaMalloc is not allowed while a stream is capturing.
+std::pair<void*, size_t>& flush_buffer() {
   static std::vector<std::pair<void*, size_t>> buffers;  // by device
   int device = 0;
   check(cudaGetDevice(&device), "cudaGetDevice");
@@ -94,6 +96,11 @@ void flush_l2(cudaStream s) {
     bytes = 2 * static_cast<size_t>(std::max(l2, 1 << 20));
     check(cudaMalloc(&buffer, bytes), "cudaMalloc(L2 flush buffer)");
   }
+  return buffers[device];
+}
+
+void flush_l2(cudaStream s) {
+  const auto& [buffer, bytes] = flush_buffer();
   check(cudaMemsetAsync(buffer, 0x3c, bytes, reinterpret_cast<cudaStream_t>(s)), "cudaMemsetAsync(L2 flush)");
 }
 
@@ -112,14 +119,17 @@ EagerTiming eager_time_warm(const Launch& launch, int iters);
 
 double graph_time_us(const Launch& launch, int per_graph) {
   if (l2_mode() == L2Mode::kWarm) return graph_time_warm_us(launch, per_graph);
+  flush_buffer();  // allocated now, not inside the capture
   return std::max(graph_time_warm_us(with_flush(launch), per_graph) - graph_time_warm_us(flush_l2, per_graph), 0.0);
 }
 
 EagerTiming eager_time(const Launch& launch, int iters) {
   EagerTiming t = eager_time_warm(launch, iters);
-  if (l2_mode() == L2Mode::kCold)
+  if (l2_mode() == L2Mode::kCold) {
+    flush_buffer();
     t.gpu_us =
         std::max(eager_time_warm(with_flush(launch), iters).gpu_us - eager_time_warm(flush_l2, iters).gpu_us, 0.0);
+  }
   return t;
 }
 

@@ -76,7 +76,7 @@ def main():
         "gather_k_and_s(out=...)": lambda: nsa.gather_k_and_s(cache, table, lens, out_k=out_k, out_s=out_s),
         "gather_k_and_s(allocating, capacity=...)": lambda: nsa.gather_k_and_s(cache, table, lens, capacity=capacity),
         "_nsa.gather_k_and_s (binding only, stream given)":
-            lambda: _nsa.gather_k_and_s(cache, table, lens, None, out_k, out_s, stream),
+            lambda: _nsa.gather_k_and_s(cache, table, lens, None, out_k, out_s, 64, stream),
         "compat.sglang.get_k_and_s": lambda: sglang.get_k_and_s(None, cache, table, lens, capacity, 100),
         "prepared gather_k_and_s() (nsa.prepare_gather_k_and_s once)":
             nsa.prepare_gather_k_and_s(cache, table, lens, out_k=out_k, out_s=out_s),
