@@ -37,7 +37,9 @@ void window(const TopkArgs& a, int64_t r, int64_t& start, int64_t& len) {
   if (a.length_form == TopkLengths::kPerRequest) {
     const int64_t n = a.rows_per_request;
     const int64_t b = r / n, j = r % n;
-    len = std::max<int64_t>(0, at(a.lengths, b) - n + 1 + j);
+    const int64_t hidden = n - 1 - j;  // row j sees all but the last n - 1 - j tokens
+    const int64_t L = at(a.lengths, b);
+    len = L > hidden ? L - hidden : 0;  // max(0, L - n + 1 + j), without overflow at any int64 L
   } else {
     len = std::max<int64_t>(0, at(a.lengths, r));
     if (a.row_starts.data) start = std::min(std::max<int64_t>(0, at(a.row_starts, r)), a.width);
