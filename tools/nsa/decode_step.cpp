@@ -38,21 +38,18 @@ using L = IndexCacheLayout;
 
 // ------------------------------------------------------------------ destinations
 
-enum Field {
-  kCacheSeqlens,
-  kCuSeqlensK,
-  kPageTable1,
-  kSeqlensExpanded,
-  kNsaCacheSeqlens,
-  kNsaCuSeqlensK,
-  kRealPageTable,
-  kNumSplits,
-  kTileTable,
-  kFieldCount
-};
-constexpr const char* kFieldNames[kFieldCount] = {"cache_seqlens",    "cu_seqlens_k",        "page_table_1",
-                                                  "seqlens_expanded", "nsa_cache_seqlens",   "nsa_cu_seqlens_k",
-                                                  "real_page_table",  "flashmla_num_splits", "flashmla_metadata"};
+// Field indices: those of the public field table kMetadataFields (nsa/metadata.h).
+constexpr int field_index(MetadataField f) { return static_cast<int>(f); }
+constexpr int kCacheSeqlens = field_index(MetadataField::kCacheSeqlens);
+constexpr int kCuSeqlensK = field_index(MetadataField::kCuSeqlensK);
+constexpr int kPageTable1 = field_index(MetadataField::kPageTable1);
+constexpr int kSeqlensExpanded = field_index(MetadataField::kSeqlensExpanded);
+constexpr int kNsaCacheSeqlens = field_index(MetadataField::kNsaCacheSeqlens);
+constexpr int kNsaCuSeqlensK = field_index(MetadataField::kNsaCuSeqlensK);
+constexpr int kRealPageTable = field_index(MetadataField::kRealPageTable);
+constexpr int kNumSplits = field_index(MetadataField::kFlashmlaNumSplits);
+constexpr int kTileTable = field_index(MetadataField::kFlashmlaMetadata);
+constexpr int kFieldCount = kMetadataFieldCount;
 
 // Capacities of one backend's captured buffers (docs/spec/metadata.md §5.1).
 struct DestShape {
@@ -390,7 +387,8 @@ class DecodeScenario : public Scenario {
           const auto expect = base.download(f);
           const auto got_fused = fused.download(f);
           const auto got_ours = ours.download(f);
-          const std::string where = fmt::format("{} destination {} {}", to_string(w->config.mode), d, kFieldNames[f]);
+          const std::string where =
+              fmt::format("{} destination {} {}", to_string(w->config.mode), d, kMetadataFields[f].name);
           // The fused copy writes exactly what the per-field copies write: every byte equal.
           expect_equal_bytes("copy_metadata " + where, got_fused.data(), expect.data(), count * 4);
           // build_metadata defines each row up to its own length (docs/spec/metadata.md §5.6).
