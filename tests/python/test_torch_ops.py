@@ -10,7 +10,7 @@ import pytest
 try:
     import torch
 except ImportError:
-    pytest.skip("torch not installed (NSA_TORCH=1 scripts/run.sh test installs it into .venv)", allow_module_level=True)
+    pytest.skip("torch not installed (scripts/run.sh test installs it into .venv unless NSA_TORCH=0)", allow_module_level=True)
 
 import nsa  # noqa: E402
 import nsa.torch_ops as nsa_ops  # noqa: E402
