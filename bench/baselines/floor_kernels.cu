@@ -45,12 +45,14 @@ __global__ void __launch_bounds__(256) store_floor_kernel(uint8_t* __restrict__ 
 template <bool kVec16>
 __global__ void __launch_bounds__(256)
     page_table_floor_kernel(const int32_t* __restrict__ r2t, int64_t ld, const int32_t* __restrict__ rpi, int64_t bs,
-                            int64_t q, int64_t cols, FloorTables dst) {
-  const int64_t per_request = (cols + 127) / 128;
+                            int64_t q, int64_t max_cols, FloorTables dst, const int32_t* __restrict__ lens) {
+  const int64_t per_request = (max_cols + 127) / 128;
   const int64_t warps = static_cast<int64_t>(gridDim.x) * 8;
   const int lane = threadIdx.x & 31;
   for (int64_t w = static_cast<int64_t>(blockIdx.x) * 8 + (threadIdx.x >> 5); w < bs * per_request; w += warps) {
     const int64_t b = w / per_request;
+    const int64_t cols = lens != nullptr && __ldg(lens + b) < max_cols ? __ldg(lens + b) : max_cols;
+    if ((w - b * per_request) * 128 >= cols) continue;  // past the request's row
     const int64_t c = (w - b * per_request) * 128 + lane * 4;
     const int32_t* src = r2t + static_cast<int64_t>(__ldg(rpi + b)) * ld;
     const bool vec = kVec16 && c + 4 <= cols;
@@ -87,19 +89,20 @@ int capped_grid(int64_t blocks, int num_sms, int per_sm) {
 }  // namespace
 
 cudaError_t page_table_floor(const int32_t* req_to_token, int64_t req_to_token_ld, const int32_t* rpi, int64_t bs,
-                             int64_t q, int64_t cols, const FloorTables& dst, int num_sms, nsa::cudaStream stream) {
+                             int64_t q, int64_t cols, const FloorTables& dst, int num_sms, nsa::cudaStream stream,
+                             const int32_t* lens) {
   const int64_t items = bs * ((cols + 127) / 128);
   if (items == 0) return cudaSuccess;
   page_table_floor_kernel<false>
       <<<capped_grid((items + 7) / 8, num_sms, 8), 256, 0, static_cast<cudaStream_t>(stream)>>>(req_to_token,
                                                                                                 req_to_token_ld, rpi,
-                                                                                                bs, q, cols, dst);
+                                                                                                bs, q, cols, dst, lens);
   return cudaGetLastError();
 }
 
 cudaError_t page_table_floor_vec16(const int32_t* req_to_token, int64_t req_to_token_ld, const int32_t* rpi, int64_t bs,
-                                   int64_t q, int64_t cols, const FloorTables& dst, int num_sms,
-                                   nsa::cudaStream stream) {
+                                   int64_t q, int64_t cols, const FloorTables& dst, int num_sms, nsa::cudaStream stream,
+                                   const int32_t* lens) {
   const auto aligned = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; };
   bool ok = aligned(req_to_token) && req_to_token_ld % 4 == 0;
   for (int d = 0; d < dst.count; ++d) ok = ok && aligned(dst.table[d]) && dst.ld[d] % 4 == 0;
@@ -109,7 +112,7 @@ cudaError_t page_table_floor_vec16(const int32_t* req_to_token, int64_t req_to_t
   page_table_floor_kernel<true>
       <<<capped_grid((items + 7) / 8, num_sms, 8), 256, 0, static_cast<cudaStream_t>(stream)>>>(req_to_token,
                                                                                                 req_to_token_ld, rpi,
-                                                                                                bs, q, cols, dst);
+                                                                                                bs, q, cols, dst, lens);
   return cudaGetLastError();
 }
 

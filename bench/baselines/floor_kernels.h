@@ -41,14 +41,17 @@ struct FloorTables {
   int count = 0;
 };
 
-// Rows [b * q, (b + 1) * q) of every table get columns [0, cols) of req_to_token row rpi[b].
+// Rows [b * q, (b + 1) * q) of every table get columns [0, cols) of
+// req_to_token row rpi[b]; lens (optional, device [bs]) shortens request b's
+// columns to min(lens[b], cols).
 cudaError_t page_table_floor(const int32_t* req_to_token, int64_t req_to_token_ld, const int32_t* rpi, int64_t bs,
-                             int64_t q, int64_t cols, const FloorTables& dst, int num_sms, nsa::cudaStream stream);
+                             int64_t q, int64_t cols, const FloorTables& dst, int num_sms, nsa::cudaStream stream,
+                             const int32_t* lens = nullptr);
 // The same with 16-byte accesses; cudaErrorInvalidValue unless req_to_token
 // and every table are 16-byte aligned with strides that are multiples of 4.
 cudaError_t page_table_floor_vec16(const int32_t* req_to_token, int64_t req_to_token_ld, const int32_t* rpi, int64_t bs,
-                                   int64_t q, int64_t cols, const FloorTables& dst, int num_sms,
-                                   nsa::cudaStream stream);
+                                   int64_t q, int64_t cols, const FloorTables& dst, int num_sms, nsa::cudaStream stream,
+                                   const int32_t* lens = nullptr);
 
 }  // namespace baseline
 }  // namespace nsa

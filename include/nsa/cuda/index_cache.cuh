@@ -49,20 +49,38 @@ __device__ __forceinline__ int64_t k_byte_offset(int64_t slot) { return PageGeom
 __device__ __forceinline__ int64_t scale_byte_offset(int64_t slot) { return PageGeometry<64>::scale_offset(slot); }
 
 // ---------------------------------------------------------------------------
-// Stores: 8 lanes per token, 16 elements per lane (one 16-byte K store per
-// lane), and every lane group carries kStoreUnroll tokens per iteration. All
-// loads of those tokens (slots, K rows, scales) are issued before the first
-// reduction, so each thread keeps kStoreUnroll x 32 bytes (bf16) in flight and
-// a store costs one memory round trip per iteration. A CTA iteration covers
-// kThreads / 8 * kStoreUnroll consecutive tokens (coalesced 1 KiB K reads per
-// warp); the grid is one wave of resident CTAs, strided over longer inputs.
+// Stores: a lane group of 8 or 16 lanes per token (StoreShape below), each
+// lane taking a contiguous run of its elements (one K store per lane). All
+// loads of a lane group's tokens (slots, K rows, scales) are issued before the
+// first reduction, so a store costs one memory round trip per iteration. A CTA
+// iteration covers consecutive tokens (coalesced K reads per warp); the grid
+// is one wave of resident CTAs at most, strided over longer inputs.
 // Every lane runs the shuffles (full mask); only lanes with a real token and a
 // slot >= 0 write.
 // ---------------------------------------------------------------------------
 constexpr int kStoreThreads = 256;
-constexpr int kStoreLanes = 8;   // lanes per token
-constexpr int kStoreElems = 16;  // elements per lane
-constexpr int kStoreUnroll = 2;  // tokens per lane group per iteration
+
+// Launch shape of a store: kLanes lanes share a token (each takes 128 / kLanes
+// of its elements) and a lane group carries kUnroll tokens per iteration of
+// the grid-stride walk. In the iteration at `base`, lane group g carries
+// tokens base + g + u * kGroups (u < kUnroll); the loop bound is uniform over
+// the CTA, so every lane runs every iteration (the shuffles need it).
+template <int kLanesT, int kUnrollT, int kThreadsT = kStoreThreads>
+struct StoreShape {
+  static constexpr int kLanes = kLanesT;
+  static constexpr int kUnroll = kUnrollT;
+  static constexpr int kThreads = kThreadsT;
+  static constexpr int kElems = 128 / kLanes;                        // elements (K bytes) per lane
+  static constexpr int kGroups = kThreads / kLanes;                  // lane groups per CTA
+  static constexpr int64_t kCtaTokens = int64_t{kGroups} * kUnroll;  // tokens per CTA iteration
+  static_assert(kLanes >= 8 && kLanes <= 16 && kThreads % 32 == 0, "a token's lanes stay within a warp");
+};
+// Many tokens (more than one wave of resident CTAs can hold as NarrowStore):
+// two tokens of 16 elements per lane in flight hide the memory latency.
+using WideStore = StoreShape<8, 2>;
+// Up to one wave: one token of 8 elements per lane, so every token is in
+// flight at once and each lane's chain (load, amax, quantize, store) is short.
+using NarrowStore = StoreShape<16, 1>;
 
 // Checked mode of the stores (kChecked kernels only): a slot at or past the
 // pool's end is recorded and its token is not written; negative slots stay
@@ -107,7 +125,7 @@ __device__ __forceinline__ uint32_t e4m3x2(float xa, float xb, float a, float b)
 template <KDtype kDtype>
 struct KElem {
   static constexpr int kBytes = kDtype == KDtype::kFp32 ? 4 : 2;
-  // Element i of the lane's kStoreElems from its raw 32-bit words.
+  // Element i of the lane's elements from their raw 32-bit words.
   static __device__ __forceinline__ float get(const uint32_t* w, int i) {
     if constexpr (kDtype == KDtype::kFp32) {
       return __uint_as_float(w[i]);
@@ -118,11 +136,11 @@ struct KElem {
   }
 };
 
-// The lane's kStoreElems elements of a row, as raw words: 16-byte loads when
-// the row is 16-byte aligned, else element loads.
-template <KDtype kDtype, bool kVector>
-__device__ __forceinline__ void load_k_words(const uint8_t* p, uint32_t (&w)[kStoreElems * KElem<kDtype>::kBytes / 4]) {
-  constexpr int kWords = kStoreElems * KElem<kDtype>::kBytes / 4;
+// The lane's kElems elements of a row, as raw words: 16-byte loads when the
+// row is 16-byte aligned, else element loads.
+template <KDtype kDtype, bool kVector, int kElems>
+__device__ __forceinline__ void load_k_words(const uint8_t* p, uint32_t (&w)[kElems * KElem<kDtype>::kBytes / 4]) {
+  constexpr int kWords = kElems * KElem<kDtype>::kBytes / 4;
   if constexpr (kVector) {
 #pragma unroll
     for (int v = 0; v < kWords / 4; ++v) {
@@ -142,77 +160,75 @@ __device__ __forceinline__ void load_k_words(const uint8_t* p, uint32_t (&w)[kSt
   }
 }
 
-// Shape of the grid-stride walk shared by both stores: in the iteration at
-// `base`, lane group g carries tokens base + g + u * kGroups (u < kStoreUnroll).
-// The loop bound is uniform over the CTA, so every lane runs every iteration.
-template <int kThreads>
-struct StoreWalk {
-  static constexpr int kGroups = kThreads / kStoreLanes;                  // lane groups per CTA
-  static constexpr int64_t kCtaTokens = int64_t{kGroups} * kStoreUnroll;  // tokens per CTA iteration
-};
+// The lane's kWords quantized words (4 e4m3 bytes each) as one store.
+template <int kWords>
+__device__ __forceinline__ void store_words(uint8_t* p, const uint32_t (&q)[kWords]) {
+  if constexpr (kWords == 4) *reinterpret_cast<uint4*>(p) = make_uint4(q[0], q[1], q[2], q[3]);
+  else *reinterpret_cast<uint2*>(p) = make_uint2(q[0], q[1]);
+}
 
-template <int kPage, KDtype kDtype, bool kVectorLoad, int kThreads = kStoreThreads, bool kChecked = false>
-__global__ void __launch_bounds__(kThreads)
+template <int kPage, KDtype kDtype, bool kVectorLoad, class Shape = WideStore, bool kChecked = false>
+__global__ void __launch_bounds__(Shape::kThreads)
     quantize_and_store_k_kernel(uint8_t* __restrict__ cache, const uint8_t* __restrict__ k, int64_t n, int64_t k_ld,
                                 const int64_t* __restrict__ slots, ScaleMode mode, StoreChecks checks) {
   using Page = PageGeometry<kPage>;
-  using W = StoreWalk<kThreads>;
   using E = KElem<kDtype>;
-  constexpr int kWords = kStoreElems * E::kBytes / 4;
-  const int lane = threadIdx.x % kStoreLanes;  // elements [16 * lane, 16 * lane + 16)
-  const int group = threadIdx.x / kStoreLanes;
+  constexpr int kElems = Shape::kElems, kUnroll = Shape::kUnroll;
+  constexpr int kWords = kElems * E::kBytes / 4;
+  const int lane = threadIdx.x % Shape::kLanes;  // elements [kElems * lane, kElems * (lane + 1))
+  const int group = threadIdx.x / Shape::kLanes;
   const bool ue8m0 = mode == ScaleMode::kUe8m0, divide = mode == ScaleMode::kFp32Divide;
   const int64_t row_bytes = k_ld * E::kBytes;
-  for (int64_t base = static_cast<int64_t>(blockIdx.x) * W::kCtaTokens; base < n;
-       base += static_cast<int64_t>(gridDim.x) * W::kCtaTokens) {
-    int64_t slot[kStoreUnroll];
-    uint32_t w[kStoreUnroll][kWords];
+  for (int64_t base = static_cast<int64_t>(blockIdx.x) * Shape::kCtaTokens; base < n;
+       base += static_cast<int64_t>(gridDim.x) * Shape::kCtaTokens) {
+    int64_t slot[kUnroll];
+    uint32_t w[kUnroll][kWords];
 #pragma unroll
-    for (int u = 0; u < kStoreUnroll; ++u) {
-      const int64_t t = base + group + u * W::kGroups;
+    for (int u = 0; u < kUnroll; ++u) {
+      const int64_t t = base + group + u * Shape::kGroups;
       slot[u] = -1;
 #pragma unroll
       for (int i = 0; i < kWords; ++i) w[u][i] = 0;
       if (t < n) {
         slot[u] = checked_slot<kChecked>(__ldg(slots + t), t, lane == 0, checks, OpId::kQuantizeAndStoreK);
-        load_k_words<kDtype, kVectorLoad>(k + t * row_bytes + lane * kStoreElems * E::kBytes, w[u]);
+        load_k_words<kDtype, kVectorLoad, kElems>(k + t * row_bytes + lane * kElems * E::kBytes, w[u]);
       }
     }
 #pragma unroll
-    for (int u = 0; u < kStoreUnroll; ++u) {
+    for (int u = 0; u < kUnroll; ++u) {
       float amax = 0.0f;
 #pragma unroll
-      for (int i = 0; i < kStoreElems; ++i) amax = fmaxf(amax, detail::finite_abs(E::get(w[u], i)));
+      for (int i = 0; i < kElems; ++i) amax = fmaxf(amax, detail::finite_abs(E::get(w[u], i)));
 #pragma unroll
-      for (int offset = kStoreLanes / 2; offset > 0; offset >>= 1)
+      for (int offset = Shape::kLanes / 2; offset > 0; offset >>= 1)
         amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, offset));
       if (slot[u] < 0) continue;  // padding row, past the end, or past n
       const float s = detail::scale_from_amax(amax, ue8m0);
       const float inv = 1.0f / s;
-      uint32_t q[4] = {0, 0, 0, 0};
+      uint32_t q[kElems / 4] = {};
 #pragma unroll
-      for (int i = 0; i < kStoreElems; i += 2) {
+      for (int i = 0; i < kElems; i += 2) {
         const float xa = E::get(w[u], i), xb = E::get(w[u], i + 1);
         const uint32_t pair =
             divide ? e4m3x2(xa, xb, __fdiv_rn(xa, s), __fdiv_rn(xb, s)) : e4m3x2(xa, xb, xa * inv, xb * inv);
         q[i / 4] |= pair << (8 * (i % 4));
       }
-      *reinterpret_cast<uint4*>(cache + Page::k_offset(slot[u]) + lane * kStoreElems) =
-          make_uint4(q[0], q[1], q[2], q[3]);
+      store_words(cache + Page::k_offset(slot[u]) + lane * kElems, q);
       if (lane == 0) *reinterpret_cast<float*>(cache + Page::scale_offset(slot[u])) = s;
     }
   }
 }
 
-// store_k_and_s: the same walk without arithmetic; 16 bytes per lane.
-template <int kPage, bool kVectorCopy, int kThreads = kStoreThreads, bool kChecked = false>
-__global__ void __launch_bounds__(kThreads)
+// store_k_and_s: the wide walk without arithmetic; 16 bytes per lane.
+template <int kPage, bool kVectorCopy, bool kChecked = false>
+__global__ void __launch_bounds__(WideStore::kThreads)
     store_k_and_s_kernel(uint8_t* __restrict__ cache, const uint8_t* __restrict__ k, int64_t n, int64_t k_ld,
                          const float* __restrict__ scale, const int64_t* __restrict__ slots, StoreChecks checks) {
   using Page = PageGeometry<kPage>;
-  using W = StoreWalk<kThreads>;
-  const int lane = threadIdx.x % kStoreLanes;
-  const int group = threadIdx.x / kStoreLanes;
+  using W = WideStore;
+  constexpr int kStoreUnroll = W::kUnroll;
+  const int lane = threadIdx.x % W::kLanes;
+  const int group = threadIdx.x / W::kLanes;
   for (int64_t base = static_cast<int64_t>(blockIdx.x) * W::kCtaTokens; base < n;
        base += static_cast<int64_t>(gridDim.x) * W::kCtaTokens) {
     int64_t slot[kStoreUnroll];
@@ -612,20 +628,30 @@ inline int resident_ctas_per_sm(int threads) {
 }
 
 // Stores: one wave of resident CTAs at most (each CTA strides over the rest).
-template <auto kKernel>
+template <auto kKernel, class Shape>
+inline int64_t store_wave_ctas(int num_sms) {
+  return static_cast<int64_t>(num_sms) * resident_ctas_per_sm<kKernel>(Shape::kThreads);
+}
+template <auto kKernel, class Shape = WideStore>
 inline int store_grid(int64_t n, int num_sms) {
-  constexpr int64_t kCtaTokens = StoreWalk<kStoreThreads>::kCtaTokens;
-  const int64_t blocks = (n + kCtaTokens - 1) / kCtaTokens;
-  const int64_t cap = static_cast<int64_t>(num_sms) * resident_ctas_per_sm<kKernel>(kStoreThreads);
+  const int64_t blocks = (n + Shape::kCtaTokens - 1) / Shape::kCtaTokens;
+  const int64_t cap = store_wave_ctas<kKernel, Shape>(num_sms);
   return static_cast<int>(blocks < cap ? blocks : cap);
 }
 
 template <int kPage, KDtype kDtype, bool kVector, bool kChecked>
 inline void launch_quantize_and_store_k(uint8_t* cache, const void* k, int64_t n, int64_t k_ld, const int64_t* slots,
                                         ScaleMode mode, int num_sms, cudaStream_t stream, StoreChecks checks) {
-  constexpr auto kernel = quantize_and_store_k_kernel<kPage, kDtype, kVector, kStoreThreads, kChecked>;
-  kernel<<<store_grid<kernel>(n, num_sms), kStoreThreads, 0, stream>>>(cache, static_cast<const uint8_t*>(k), n, k_ld,
-                                                                       slots, mode, checks);
+  const auto* kk = static_cast<const uint8_t*>(k);
+  constexpr auto narrow = quantize_and_store_k_kernel<kPage, kDtype, kVector, NarrowStore, kChecked>;
+  if (n <= store_wave_ctas<narrow, NarrowStore>(num_sms) * NarrowStore::kCtaTokens) {
+    narrow<<<store_grid<narrow, NarrowStore>(n, num_sms), NarrowStore::kThreads, 0, stream>>>(cache, kk, n, k_ld, slots,
+                                                                                              mode, checks);
+  } else {
+    constexpr auto wide = quantize_and_store_k_kernel<kPage, kDtype, kVector, WideStore, kChecked>;
+    wide<<<store_grid<wide, WideStore>(n, num_sms), WideStore::kThreads, 0, stream>>>(cache, kk, n, k_ld, slots, mode,
+                                                                                      checks);
+  }
 }
 
 template <int kPage, KDtype kDtype>
@@ -671,8 +697,8 @@ inline cudaError_t invoke_quantize_and_store_k(uint8_t* cache, const void* k, KD
 template <int kPage, bool kVector, bool kChecked>
 inline void launch_store_k_and_s(uint8_t* cache, const uint8_t* k, int64_t n, int64_t k_ld, const float* scale,
                                  const int64_t* slots, int num_sms, cudaStream_t stream, StoreChecks checks) {
-  constexpr auto kernel = store_k_and_s_kernel<kPage, kVector, kStoreThreads, kChecked>;
-  kernel<<<store_grid<kernel>(n, num_sms), kStoreThreads, 0, stream>>>(cache, k, n, k_ld, scale, slots, checks);
+  constexpr auto kernel = store_k_and_s_kernel<kPage, kVector, kChecked>;
+  kernel<<<store_grid<kernel>(n, num_sms), WideStore::kThreads, 0, stream>>>(cache, k, n, k_ld, scale, slots, checks);
 }
 
 template <int kPage = 64>
