@@ -62,6 +62,9 @@ void target_aligned4(const ArgChecker& c, const void* p, int64_t d, const char* 
   if (reinterpret_cast<uintptr_t>(p) % 4 != 0) c.aligned(p, 4, target_arg(d, field).c_str());
 }
 
+// SMs of a paged-MQA schedule: far above any GPU, small enough for int32 row math.
+constexpr int64_t kMaxPagedMqaSms = int64_t{1} << 20;
+
 // Shape-independent checks of one destination descriptor.
 void check_descriptor(const ArgChecker& c, const Exec& exec, const MetadataBuffers& t, int64_t d) {
   target_not_null(c, t.cache_seqlens, d, "cache_seqlens");
@@ -81,6 +84,12 @@ void check_descriptor(const ArgChecker& c, const Exec& exec, const MetadataBuffe
                    "max_rows * ld within int64");
   }
   if (t.flashmla_metadata != nullptr) target_at_least(c, t.flashmla_metadata_size, 0, d, "flashmla_metadata_size");
+  if (t.paged_mqa_schedule != nullptr) {
+    target_at_least(c, t.paged_mqa_num_sms, 1, d, "paged_mqa_num_sms");
+    if (t.paged_mqa_num_sms > kMaxPagedMqaSms)
+      c.fail(target_arg(d, "paged_mqa_num_sms").c_str(), "<= " + std::to_string(kMaxPagedMqaSms),
+             std::to_string(t.paged_mqa_num_sms));
+  }
   if (exec.backend == Backend::kCuda) {  // int32 stores need 4-byte alignment on the device
     target_aligned4(c, t.cache_seqlens, d, "cache_seqlens");
     target_aligned4(c, t.cu_seqlens_k, d, "cu_seqlens_k");
@@ -91,6 +100,7 @@ void check_descriptor(const ArgChecker& c, const Exec& exec, const MetadataBuffe
     target_aligned4(c, t.real_page_table, d, "real_page_table");
     target_aligned4(c, t.flashmla_num_splits, d, "flashmla_num_splits");
     target_aligned4(c, t.flashmla_metadata, d, "flashmla_metadata");
+    target_aligned4(c, t.paged_mqa_schedule, d, "paged_mqa_schedule");
   }
 }
 
@@ -177,7 +187,7 @@ class CallRanges {
   void elements(const void* p, int64_t count, int64_t size, const char* name) {
     if (p != nullptr && count > 0) add(p, std::min(count, kMaxCount) * size, name);
   }
-  static constexpr size_t kInline = 6 + 9 * 8;  // no allocation up to 8 destinations
+  static constexpr size_t kInline = 6 + kMetadataFieldCount * 8;  // no allocation up to 8 destinations
   detail::ByteRange inline_[kInline];
   std::vector<detail::ByteRange> heap_;
   detail::ByteRange* ranges_ = inline_;
@@ -213,6 +223,8 @@ void check_build_overlap(const ArgChecker& c, const MetadataConfig& cfg, const M
             host.name(d, F::kRealPageTable));
     if (splits) r.ints(b.flashmla_num_splits, rows + 1, host.name(d, F::kFlashmlaNumSplits));
     if (tiles) r.ints(b.flashmla_metadata, b.flashmla_metadata_size, host.name(d, F::kFlashmlaMetadata));
+    r.ints(b.paged_mqa_schedule, metadata_field_elements(b, MetadataExtent::kPagedMqaSms),
+           host.name(d, F::kPagedMqaSchedule));
   }
   r.check(c);
 }
@@ -307,6 +319,8 @@ void build_metadata(const Exec& exec, const MetadataConfig& config, const Metada
   bound_at_least(c, targets.max_rows, rows, "max_rows");
   if (config.mode != ForwardMode::kDecode && targets.first_without_seqlens_expanded >= 0)
     target_not_null(c, nullptr, targets.first_without_seqlens_expanded, "seqlens_expanded");
+  if (config.paged_mqa_layout != PagedMqaLayout::kG4 && config.paged_mqa_layout != PagedMqaLayout::kG1)
+    c.fail("config.paged_mqa_layout", "0 (G4) or 1 (G1)", std::to_string(static_cast<int>(config.paged_mqa_layout)));
 
   c.at_least(inputs.req_to_token_rows, 0, "inputs.req_to_token_rows");
   c.at_least(inputs.req_to_token_cols, 0, "inputs.req_to_token_cols");

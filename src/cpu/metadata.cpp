@@ -18,6 +18,7 @@
 #include "common/check.h"
 #include "cpu/parallel.h"
 #include "metadata_backends.h"
+#include "nsa/detail/paged_mqa_schedule.h"
 
 namespace nsa {
 namespace cpu {
@@ -106,6 +107,28 @@ void validate_inputs(const MetadataConfig& c, const MetadataInputs& in, const Me
              std::to_string(in.flashmla_num_splits_size));
 }
 
+// DeepGEMM's paged-MQA schedule into one destination (spec §10): one pass
+// for the total units, then the requests and the SM starts walked together
+// (both ascending), so each SM's row is decoded in O(1) without a prefix array.
+void write_paged_mqa_schedule(const MetadataConfig& c, const MetadataInputs& in, int32_t* out, int64_t sms) {
+  const bool g1 = c.paged_mqa_layout == PagedMqaLayout::kG1, clamp = c.paged_mqa_clamp_min_len;
+  const int64_t atoms = detail::paged_mqa_atoms(c.mode == ForwardMode::kDecode ? 1 : c.draft_tokens, g1);
+  int64_t units = 0;
+  for (int64_t b = 0; b < c.batch_size; ++b) units += detail::paged_mqa_units(kv_length(c, in, b), clamp);
+  const detail::PagedMqaSplit split = detail::PagedMqaSplit::make(units * atoms, sms, g1);
+  int64_t i = 0, first = 0;  // first: the request's first unit (times atoms)
+  for (int64_t b = 0; b < c.batch_size; ++b) {
+    const int64_t u = detail::paged_mqa_units(kv_length(c, in, b), clamp), end = first + u * atoms;
+    for (; i < sms && split.start(i) < end; ++i)
+      detail::paged_mqa_store_row(out, i, b, atoms, u, split.start(i) - first);
+    first = end;
+  }
+  for (; i <= sms; ++i) {  // SMs starting past the last unit, and the sentinel: (B * A, 0)
+    out[2 * i] = static_cast<int32_t>(c.batch_size * atoms);
+    out[2 * i + 1] = 0;
+  }
+}
+
 }  // namespace
 
 void build_metadata(int threads, const MetadataConfig& c, const MetadataInputs& in, const MetadataTargets& targets) {
@@ -167,6 +190,7 @@ void build_metadata(int threads, const MetadataConfig& c, const MetadataInputs& 
       copy_ints(dst[d].flashmla_num_splits, in.flashmla_num_splits, total_rows + 1);
     if (in.flashmla_metadata && dst[d].flashmla_metadata)
       copy_ints(dst[d].flashmla_metadata, in.flashmla_metadata, dst[d].flashmla_metadata_size);
+    if (dst[d].paged_mqa_schedule) write_paged_mqa_schedule(c, in, dst[d].paged_mqa_schedule, dst[d].paged_mqa_num_sms);
   }
 }
 

@@ -48,6 +48,10 @@ void build_metadata(cudaStream stream, DeviceError* checked, const MetadataConfi
   p.flashmla_num_splits = in.flashmla_num_splits;
   p.flashmla_metadata = in.flashmla_metadata;
   p.flashmla_metadata_max = targets.flashmla_metadata_max;
+  p.schedule_cta = (targets.fields_any & metadata_field_bit(MetadataField::kPagedMqaSchedule)) != 0 ? 1 : 0;
+  p.paged_mqa_g1 = c.paged_mqa_layout == PagedMqaLayout::kG1;
+  p.paged_mqa_clamp_min_len = c.paged_mqa_clamp_min_len;
+  p.paged_mqa_atoms = detail::paged_mqa_atoms(c.mode == ForwardMode::kDecode ? 1 : c.draft_tokens, p.paged_mqa_g1);
   p.targets = targets.table;
   p.num_targets = targets.count;
   NSA_CUDA_CHECK(k::invoke_build_metadata(p, current_device_sm_count(), stream));

@@ -244,7 +244,9 @@ struct Dests {
       s.fields = (expanded ? metadata_field_bit(MetadataField::kSeqlensExpanded) : 0) |
                  (pick(rng, 0, 3) != 0 ? metadata_field_bit(MetadataField::kRealPageTable) : 0) |
                  (pick(rng, 0, 1) ? metadata_field_bit(MetadataField::kFlashmlaNumSplits) : 0) |
-                 (pick(rng, 0, 1) ? metadata_field_bit(MetadataField::kFlashmlaMetadata) : 0);
+                 (pick(rng, 0, 1) ? metadata_field_bit(MetadataField::kFlashmlaMetadata) : 0) |
+                 (pick(rng, 0, 1) ? metadata_field_bit(MetadataField::kPagedMqaSchedule) : 0);
+      s.paged_mqa_num_sms = pick(rng, 0, 1) ? 132 : pick(rng, 1, 200);
       v.push_back(s);
     }
     return v;
@@ -280,6 +282,8 @@ void case_build_metadata(Backend b, std::mt19937_64& rng) {
   Buffer r2t_d = to_backend(b, r2t), rpi_d = to_backend(b, rpi), seq_d = to_backend(b, seq),
          ext_d = to_backend(b, extend), splits_d = to_backend(b, splits), tile_d = to_backend(b, tile);
   MetadataConfig config{mode, bs, n, topk, page};
+  config.paged_mqa_layout = pick(rng, 0, 3) == 0 ? PagedMqaLayout::kG1 : PagedMqaLayout::kG4;
+  config.paged_mqa_clamp_min_len = pick(rng, 0, 1) != 0;
   MetadataInputs dev{Indices(seq_d.as<int64_t>()),
                      Indices(rpi_d.as<int64_t>()),
                      r2t_d.as<int32_t>(),
