@@ -63,7 +63,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     s.has_tiles = in.flag();
     s.tiles = maybe_below(in, in.in(0, 20), 0);
     s.schedule = in.flag();
-    s.sms = maybe_below(in, in.in(1, 140), 1);
+    s.sms = in.rarely(32) ? kMaxSms + 1 + in.byte()
+                          : maybe_below(in, in.in(1, 140), 1);  // too many, or too few  // too many SMs, or too few
     s.null_field = pick_null_field(in);
     dests.emplace_back(in, s);
   }

@@ -18,6 +18,9 @@ namespace fuzz {
 enum Field { kCache, kCuK, kPt, kExpanded, kNsa, kNsaCu, kReal, kSplits, kTiles, kSchedule, kFields };
 static_assert(kFields == kMetadataFieldCount, "one entry per MetadataBuffers field");
 
+// The most SMs upload_metadata_targets accepts for a paged-MQA schedule.
+constexpr int64_t kMaxSms = int64_t{1} << 20;
+
 // Sizes a destination is built with. Columns and strides are chosen by the
 // target (they bound the lengths it may generate).
 struct DestShape {
@@ -35,8 +38,11 @@ class FuzzDest {
   FuzzDest(Input& in, const DestShape& s) : s_(s) {
     auto n = [](int64_t v) { return static_cast<size_t>(v > 0 ? v : 0); };
     const int64_t rows = n(s.max_rows), pt_ld = std::max(s.pt_ld, s.pt_cols), rt_ld = std::max(s.rt_ld, s.rt_cols);
-    const size_t sizes[kFields] = {n(rows),     n(rows + 1),     n(rows * pt_ld), n(rows),    n(rows),
-                                   n(rows + 1), n(rows * rt_ld), n(rows + 1),     n(s.tiles), n(2 * (s.sms + 1))};
+    const size_t sizes[kFields] = {n(rows),         n(rows + 1),
+                                   n(rows * pt_ld), n(rows),
+                                   n(rows),         n(rows + 1),
+                                   n(rows * rt_ld), n(rows + 1),
+                                   n(s.tiles),      s.sms > 0 && s.sms <= kMaxSms ? n(2 * (s.sms + 1)) : 0};
     const bool present[kFields] = {true, true, true, s.expanded, true, true, s.real, s.splits, s.has_tiles, s.schedule};
     for (int f = 0; f < kFields; ++f) {
       present_[f] = present[f] && f != s.null_field;
@@ -67,7 +73,7 @@ class FuzzDest {
   bool descriptor_valid() const {
     return s_.null_field < 0 && s_.max_rows >= 0 && s_.pt_cols >= 0 && s_.pt_ld >= s_.pt_cols &&
            (!s_.real || (s_.rt_cols >= 0 && s_.rt_ld >= s_.rt_cols)) && (!s_.has_tiles || s_.tiles >= 0) &&
-           (!s_.schedule || (s_.sms >= 1 && s_.sms <= (int64_t{1} << 20)));
+           (!s_.schedule || (s_.sms >= 1 && s_.sms <= kMaxSms));
   }
   const DestShape& shape() const { return s_; }
 

@@ -14,6 +14,7 @@
 #include "common/check.h"
 #include "common/overlap.h"
 #include "metadata_backends.h"
+#include "nsa/detail/paged_mqa_schedule.h"
 
 namespace nsa {
 
@@ -357,6 +358,34 @@ void build_metadata(const Exec& exec, const MetadataConfig& config, const Metada
   check_build_overlap(c, config, inputs, targets, rows);
   if (exec.backend == Backend::kCpu) cpu::build_metadata(exec.cpu_threads, config, inputs, targets);
   else cuda::build_metadata(exec.stream, exec.checked, config, inputs, targets);
+}
+
+void paged_mqa_schedule(const Exec& exec, const PagedMqaScheduleArgs& a) {
+  const ArgChecker c("paged_mqa_schedule");
+  detail::require_backend(c, exec);
+  c.at_least(a.batch, 0, "args.batch");
+  c.at_least(a.next_n, 1, "args.next_n");
+  c.at_least(a.num_sms, 1, "args.num_sms");
+  if (a.num_sms > kMaxPagedMqaSms)
+    c.fail("args.num_sms", "<= " + std::to_string(kMaxPagedMqaSms), std::to_string(a.num_sms));
+  if (a.layout != PagedMqaLayout::kG4 && a.layout != PagedMqaLayout::kG1)
+    c.fail("args.layout", "0 (G4) or 1 (G1)", std::to_string(static_cast<int>(a.layout)));
+  const int64_t ld = a.context_lens_ld ? a.context_lens_ld : a.next_n;
+  c.at_least(ld, a.next_n, "args.context_lens_ld");
+  const int64_t atoms = detail::paged_mqa_atoms(a.next_n, a.layout == PagedMqaLayout::kG1);
+  if (a.batch > 0 && atoms > std::numeric_limits<int32_t>::max() / a.batch)
+    c.fail("args.batch", "batch * next_n atoms that fit in int32 (the schedule's q_atom_idx)", std::to_string(a.batch));
+  c.product_fits(a.batch, ld, "args.context_lens_ld", "batch * context_lens_ld within int64");
+  if (a.batch > 0) check_source(c, exec, a.context_lens, true, "args.context_lens");
+  check_source(c, exec, a.schedule, true, "args.schedule");
+  if (a.batch > 0) {
+    const detail::ByteRange ranges[] = {{a.context_lens, static_cast<uint64_t>(((a.batch - 1) * ld + a.next_n) * 4),
+                                         "args.context_lens"},
+                                        {a.schedule, static_cast<uint64_t>(2 * (a.num_sms + 1) * 4), "args.schedule"}};
+    detail::check_no_overlap(c, ranges, 2);
+  }
+  if (exec.backend == Backend::kCpu) cpu::paged_mqa_schedule(a);
+  else cuda::paged_mqa_schedule(exec.stream, a);
 }
 
 void copy_metadata(const Exec& exec, const MetadataCopyShape& shape, const MetadataSources& sources,

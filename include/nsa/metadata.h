@@ -239,6 +239,21 @@ struct MetadataInputs {
 void build_metadata(const Exec& exec, const MetadataConfig& config, const MetadataInputs& inputs,
                     const MetadataTargets& targets);
 
+// DeepGEMM's get_paged_mqa_logits_metadata on its own: the schedule that
+// build_metadata writes into a destination's paged_mqa_schedule, from
+// lengths given directly (docs/spec/metadata.md §10.4). One CTA on CUDA.
+struct PagedMqaScheduleArgs {
+  const int32_t* context_lens = nullptr;  // [batch, next_n], row stride context_lens_ld; column next_n - 1 is read
+  int64_t batch = 0;
+  int64_t next_n = 1;           // query rows per request (N)
+  int64_t context_lens_ld = 0;  // 0: next_n (contiguous)
+  int64_t num_sms = 0;          // SMs of the logits kernel, 1 .. 2^20
+  PagedMqaLayout layout = PagedMqaLayout::kG4;
+  bool clamp_min_len = false;
+  int32_t* schedule = nullptr;  // [num_sms + 1, 2], contiguous; every element written (batch 0: zeros)
+};
+void paged_mqa_schedule(const Exec& exec, const PagedMqaScheduleArgs& args);
+
 // Precomputed sources of copy_metadata (spec docs/spec/metadata.md §6.2), contiguous
 // unless a row stride is given.
 struct MetadataSources {

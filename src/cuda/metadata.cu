@@ -57,6 +57,20 @@ void build_metadata(cudaStream stream, DeviceError* checked, const MetadataConfi
   NSA_CUDA_CHECK(k::invoke_build_metadata(p, current_device_sm_count(), stream));
 }
 
+void paged_mqa_schedule(cudaStream stream, const PagedMqaScheduleArgs& a) {
+  k::ScheduleJob j{};
+  j.lens = a.context_lens;
+  j.lens_ld = a.context_lens_ld ? a.context_lens_ld : a.next_n;
+  j.lens_column = a.next_n - 1;
+  j.batch = a.batch;
+  j.g1 = a.layout == PagedMqaLayout::kG1;
+  j.atoms = detail::paged_mqa_atoms(a.next_n, j.g1);
+  j.clamp_min_len = a.clamp_min_len;
+  j.out = a.schedule;
+  j.sms = a.num_sms;
+  NSA_CUDA_CHECK(k::invoke_paged_mqa_schedule(j, stream));
+}
+
 void copy_metadata(cudaStream stream, const MetadataCopyShape& s, const MetadataSources& src,
                    const MetadataTargets& targets) {
   using F = k::MetaField;

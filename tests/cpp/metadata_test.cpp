@@ -397,6 +397,81 @@ TEST_P(MetadataTest, PagedMqaScheduleMatchesReference) {
   }
 }
 
+// paged_mqa_schedule, the op on its own: [B, N] lengths with a row stride,
+// column N - 1 read, every element of the output written (random initial
+// bytes), batch 0 included.
+TEST_P(MetadataTest, PagedMqaScheduleOpMatchesReference) {
+  auto rng = make_rng(141);
+  int64_t i = 0;
+  for (int64_t bs : {0, 1, 2, 31, 32, 33, 64, 256, 1000, 4096}) {
+    for (int64_t N : {1, 2}) {
+      const int64_t ld = N + (i % 3);
+      auto lens = random_ints<int32_t>(rng, static_cast<size_t>(std::max<int64_t>(bs * ld, 1)), -3, 70000);
+      if (i % 4 == 1)
+        for (int64_t b = 0; b < bs; ++b) lens[static_cast<size_t>(b * ld + N - 1)] = 0;  // all zero
+      std::vector<int32_t> last;
+      for (int64_t b = 0; b < bs; ++b) last.push_back(std::max(lens[static_cast<size_t>(b * ld + N - 1)], 0));
+      for (int32_t& x : lens) x = std::max(x, 0);
+      auto lens_dev = to_backend(backend(), lens);
+      for (PagedMqaLayout layout : {PagedMqaLayout::kG4, PagedMqaLayout::kG1}) {
+        for (int64_t sms : {1, 78, 132}) {
+          for (bool clamp : {false, true}) {
+            SCOPED_TRACE(::testing::Message() << "bs=" << bs << " N=" << N << " sms=" << sms << " clamp=" << clamp
+                                              << " G" << (layout == PagedMqaLayout::kG1 ? 1 : 4));
+            const auto poison = random_ints<int32_t>(rng, static_cast<size_t>(2 * (sms + 1)), INT32_MIN, INT32_MAX);
+            auto out = to_backend(backend(), poison);
+            PagedMqaScheduleArgs a;
+            a.context_lens = lens_dev.as<int32_t>();
+            a.batch = bs;
+            a.next_n = N;
+            a.context_lens_ld = ld;
+            a.num_sms = sms;
+            a.layout = layout;
+            a.clamp_min_len = clamp;
+            a.schedule = out.as<int32_t>();
+            paged_mqa_schedule(exec(), a);
+            support::synchronize(backend());
+            EXPECT_EQ(support::from_backend<int32_t>(out, poison.size()),
+                      reference::paged_mqa_schedule(last, N, sms, layout, clamp));
+          }
+        }
+      }
+      ++i;
+    }
+  }
+}
+
+TEST(MetadataValidation, PagedMqaScheduleArgumentsNameTheArgumentAndWriteNothing) {
+  std::vector<int32_t> lens = {5, 300}, out(10, 7);
+  PagedMqaScheduleArgs good;
+  good.context_lens = lens.data();
+  good.batch = 2;
+  good.num_sms = 4;
+  good.schedule = out.data();
+  auto with = [&](auto mutate) {
+    PagedMqaScheduleArgs a = good;
+    mutate(a);
+    return a;
+  };
+  const Exec cpu = Exec::cpu();
+  expect_invalid([&] { paged_mqa_schedule(cpu, with([](auto& a) { a.batch = -1; })); }, "args.batch");
+  expect_invalid([&] { paged_mqa_schedule(cpu, with([](auto& a) { a.next_n = 0; })); }, "args.next_n");
+  expect_invalid([&] { paged_mqa_schedule(cpu, with([](auto& a) { a.num_sms = 0; })); }, "args.num_sms");
+  expect_invalid([&] { paged_mqa_schedule(cpu, with([](auto& a) { a.num_sms = int64_t{1} << 21; })); }, "args.num_sms");
+  expect_invalid([&] { paged_mqa_schedule(cpu, with([](auto& a) { a.layout = static_cast<PagedMqaLayout>(5); })); },
+                 "args.layout");
+  expect_invalid([&] { paged_mqa_schedule(cpu, with([](auto& a) { a.context_lens_ld = -1; })); },
+                 "args.context_lens_ld");
+  expect_invalid([&] { paged_mqa_schedule(cpu, with([](auto& a) { a.context_lens = nullptr; })); },
+                 "args.context_lens");
+  expect_invalid([&] { paged_mqa_schedule(cpu, with([](auto& a) { a.schedule = nullptr; })); }, "args.schedule");
+  expect_invalid([&] { paged_mqa_schedule(cpu, with([&](auto& a) { a.schedule = lens.data(); })); }, "args.schedule");
+  expect_invalid([&] { paged_mqa_schedule(cpu, with([](auto& a) { a.batch = int64_t{1} << 31; })); }, "args.batch");
+  EXPECT_EQ(out, std::vector<int32_t>(10, 7));
+  paged_mqa_schedule(cpu, good);  // u = [1, 2], T = 3, S = 4: G4 starts 0, 0, 1, 2
+  EXPECT_EQ(out, (std::vector<int32_t>{0, 0, 0, 0, 1, 0, 1, 1, 2, 0}));
+}
+
 // The reference restates spec §10 literally; these rows are worked by hand.
 TEST(MetadataReference, PagedMqaScheduleHandWorkedExamples) {
   using L = PagedMqaLayout;
