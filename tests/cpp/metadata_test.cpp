@@ -1282,6 +1282,7 @@ TEST(MetadataCudaGraph, CaptureOnceReplayWithFreshInputs) {
       specs[d].rt_cols = specs[d].rt_ld = (W + 63) / 64 + d;
       specs[d].num_splits = specs[d].tiles = true;
       specs[d].tiles_size = 64;
+      specs[d].schedule_sms = d == 0 ? 132 : 0;  // the schedule CTA replayed with fresh lengths
     }
     DestSets sets(b, exec, specs, rng);
     NSA_TEST_CUDA(cudaStreamSynchronize(stream));

@@ -57,8 +57,8 @@ struct PagedMqaSplit {
   }
 };
 
-// Row i of the schedule when SM i starts inside request b, whose units (times
-// atoms) begin at unit `first`: (b * A + atom, kv split).
+// Row i of the schedule when SM i starts `offset` units into request b's
+// units x atoms (request b has `units` units per atom): (b * A + atom, kv split).
 NSA_HOST_DEVICE void paged_mqa_store_row(int32_t* schedule, int64_t i, int64_t b, int64_t atoms, int64_t units,
                                          int64_t offset) {
   schedule[2 * i] = static_cast<int32_t>(b * atoms + offset / units);

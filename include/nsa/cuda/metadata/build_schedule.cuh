@@ -28,7 +28,8 @@ struct ScheduleShared {
     typename ScheduleScan::TempStorage scan;
     typename ScheduleReduce::TempStorage reduce;
   };
-  uint32_t total;  // T, broadcast from the reduction
+  uint32_t total;                 // T, broadcast from the reduction
+  uint32_t prefix[kMetaThreads];  // inclusive unit prefix of the tile's requests
 };
 static_assert(sizeof(ScheduleShared) <= sizeof(BuildShared), "the schedule CTA reuses the build's shared memory");
 
@@ -63,12 +64,15 @@ struct ScheduleJob {
   }
 };
 
-// Every SM row of every output, by one CTA of kMetaThreads threads: each
-// thread takes a request and writes the rows of the SMs that start inside its
-// units (found by a binary search over the monotone SM starts), so no prefix
-// array is kept; the rows of SMs starting at or past T (idle SMs in G1, the
-// sentinel) are written by a strided loop. T must be known first: one tile
-// (B <= kMetaThreads) gets it from the scan itself, larger batches from a
+// Every SM row of every output, by one CTA of kMetaThreads threads, a tile
+// of kMetaThreads requests at a time: the tile's inclusive unit prefix goes
+// to shared memory, the SMs that start inside the tile's units are a
+// contiguous range (found by binary search over the monotone SM starts), and
+// the threads share those rows, each decoding its SM's request by binary
+// search over the prefix (so a long request spanning many SMs is written by
+// many threads). The rows of SMs starting at or past T (idle SMs in G1, the
+// sentinel) are written last. T must be known first: one tile (B <=
+// kMetaThreads) gets it from the scan itself, larger batches from a
 // reduction pass over the lengths before the scan pass.
 __device__ __forceinline__ void paged_mqa_schedule_cta(const ScheduleJob& j, ScheduleShared& s) {
   const int tid = threadIdx.x;
@@ -84,28 +88,43 @@ __device__ __forceinline__ void paged_mqa_schedule_cta(const ScheduleJob& j, Sch
   }
   uint32_t base = 0;  // units of the tiles before this one
   for (int64_t tile = 0; tile < j.batch; tile += kMetaThreads) {
-    const int64_t b = tile + tid;
-    const uint32_t u = b < j.batch ? j.units(b) : 0u;
+    const int count = static_cast<int>(j.batch - tile < kMetaThreads ? j.batch - tile : int64_t{kMetaThreads});
+    const uint32_t u = tid < count ? j.units(tile + tid) : 0u;
     uint32_t before = 0, tile_total = 0;
     ScheduleScan(s.scan).ExclusiveSum(u, before, tile_total);
     if (j.batch <= kMetaThreads) total = tile_total;
-    const int64_t first = static_cast<int64_t>(base + before) * j.atoms, end = first + int64_t{u} * j.atoms;
-    for (int64_t d = 0; d < j.outputs() && u > 0; ++d) {
+    s.prefix[tid] = base + before + u;
+    __syncthreads();
+    const int64_t units = static_cast<int64_t>(total) * j.atoms;
+    const int64_t tile_first = static_cast<int64_t>(base) * j.atoms;
+    const int64_t tile_end = static_cast<int64_t>(base + tile_total) * j.atoms;
+    for (int64_t d = 0; d < j.outputs() && tile_end > tile_first; ++d) {
       int64_t sms = 0;
       int32_t* out = j.output(d, &sms);
       if (out == nullptr) continue;
-      const detail::PagedMqaSplit split = detail::PagedMqaSplit::make(static_cast<int64_t>(total) * j.atoms, sms, j.g1);
-      for (int64_t i = split.first_at(first), stop = split.first_at(end); i < stop; ++i)
-        detail::paged_mqa_store_row(out, i, b, j.atoms, u, split.start(i) - first);
+      const detail::PagedMqaSplit split = detail::PagedMqaSplit::make(units, sms, j.g1);
+      const int64_t stop = split.first_at(tile_end);
+      for (int64_t i = split.first_at(tile_first) + tid; i < stop; i += kMetaThreads) {
+        const int64_t start = split.start(i);
+        int lo = 0, hi = count - 1;  // the first request of the tile with prefix * atoms > start
+        while (lo < hi) {
+          const int mid = (lo + hi) / 2;
+          if (static_cast<int64_t>(s.prefix[mid]) * j.atoms > start) hi = mid;
+          else lo = mid + 1;
+        }
+        const uint32_t end = s.prefix[lo], first = lo > 0 ? s.prefix[lo - 1] : base;
+        detail::paged_mqa_store_row(out, i, tile + lo, j.atoms, end - first,
+                                    start - static_cast<int64_t>(first) * j.atoms);
+      }
     }
     base += tile_total;
-    if (tile + kMetaThreads < j.batch) __syncthreads();  // the next tile reuses the scan storage
+    if (tile + kMetaThreads < j.batch) __syncthreads();  // the next tile reuses the scan storage and prefix
   }
+  const int64_t units = static_cast<int64_t>(total) * j.atoms;
   for (int64_t d = 0; d < j.outputs(); ++d) {
     int64_t sms = 0;
     int32_t* out = j.output(d, &sms);
     if (out == nullptr) continue;
-    const int64_t units = static_cast<int64_t>(total) * j.atoms;
     const detail::PagedMqaSplit split = detail::PagedMqaSplit::make(units, sms, j.g1);
     for (int64_t i = split.first_at(units) + tid; i <= sms; i += kMetaThreads) {
       out[2 * i] = static_cast<int32_t>(j.batch * j.atoms);
