@@ -102,6 +102,14 @@ void int32_flat(const Call& c, const Array& a) {
   if (!a.contiguous()) c.fail(a.name, "a contiguous array", a.describe());
 }
 
+// An int32 [num_sms + 1, 2] contiguous schedule array (paged_mqa_schedule): its num_sms.
+int64_t schedule_sms(const Call& c, const Array& a) {
+  int32_flat(c, a);
+  if (a.ndim != 2 || a.shape[1] != 2 || a.shape[0] < 2)
+    c.fail(a.name, "an int32 array [num_sms + 1, 2] with num_sms >= 1", a.describe());
+  return a.shape[0] - 1;
+}
+
 // An optional int entry ("max_rows", "max_batch") that lowers a capacity the arrays imply.
 int64_t capacity_entry(const Call& c, Fields& f, const char* key, int64_t limit, const char* what) {
   int64_t requested = 0;
@@ -154,12 +162,7 @@ MetadataTargetsHandle* upload(nb::list destinations, nb::handle workspace, nb::h
           int32_flat(c, a);
           b.flashmla_metadata_size = a.numel();
           break;
-        case nsa::MetadataExtent::kPagedMqaSms:
-          int32_flat(c, a);
-          if (a.ndim != 2 || a.shape[1] != 2 || a.shape[0] < 2)
-            c.fail(a.name, "an int32 array [num_sms + 1, 2] with num_sms >= 1", a.describe());
-          b.paged_mqa_num_sms = a.shape[0] - 1;
-          break;
+        case nsa::MetadataExtent::kPagedMqaSms: b.paged_mqa_num_sms = schedule_sms(c, a); break;
       }
     }
     if (f.has("max_batch")) max_batch = capacity_entry(c, f, "max_batch", max_batch, "the smallest batch capacity");
@@ -284,10 +287,7 @@ void paged_mqa_schedule(nb::handle context_lens, nb::handle out, int layout, boo
     if (a.next_n < 1) c.fail(lens.name, "[batch, next_n] with next_n >= 1", lens.describe());
   }
   a.context_lens = lens.as<int32_t>();
-  int32_flat(c, sched);
-  if (sched.ndim != 2 || sched.shape[1] != 2 || sched.shape[0] < 2)
-    c.fail(sched.name, "an int32 array [num_sms + 1, 2] with num_sms >= 1", sched.describe());
-  a.num_sms = sched.shape[0] - 1;
+  a.num_sms = schedule_sms(c, sched);
   a.schedule = sched.as<int32_t>();
   a.layout = paged_mqa_layout(layout);
   a.clamp_min_len = clamp_min_len;
