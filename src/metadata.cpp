@@ -153,21 +153,68 @@ void check_source(const ArgChecker& c, const Exec& exec, const int32_t* p, bool 
 }
 
 // ---------------------------------------------------------------------------
-// What a call reads and writes must not overlap (finding 8): the byte ranges
-// of one call, inputs first, so an error names the destination argument and
-// the input it overlaps. Ranges follow the call's shape (rows, columns
-// written), bounded by the arrays' capacities.
+// What a call reads and writes must not overlap (finding 8). Destinations are
+// checked against each other once, at upload (full capacities); a call lists
+// its inputs and, only when one of them may touch a destination (or the
+// destinations were not disjoint), the byte ranges it writes, following the
+// call's shape, bounded by the arrays' capacities. The error then names the
+// destination argument and the input it overlaps.
 // ---------------------------------------------------------------------------
+using Host = detail::MetadataTargetsHost;
+
+uintptr_t span_end(const void* p, uint64_t bytes) {  // saturating at the top of the address space
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(p);
+  return bytes > UINTPTR_MAX - begin ? UINTPTR_MAX : begin + static_cast<uintptr_t>(bytes);
+}
+
+// The full-capacity spans of every present field, sorted; whether disjoint.
+void index_spans(Host& host) {
+  for (const MetadataBuffers& b : host.descriptors)
+    for (const MetadataFieldInfo& f : kMetadataFields) {
+      const int32_t* p = b.*f.pointer;
+      const int64_t n = metadata_field_elements(b, f.extent);  // products checked by check_descriptor
+      if (p != nullptr && n > 0) {
+        const uint64_t bytes = static_cast<uint64_t>(n) > UINT64_MAX / 4 ? UINT64_MAX : 4 * static_cast<uint64_t>(n);
+        host.spans.push_back({reinterpret_cast<uintptr_t>(p), span_end(p, bytes)});
+      }
+    }
+  std::sort(host.spans.begin(), host.spans.end(),
+            [](const Host::Span& a, const Host::Span& b) { return a.begin < b.begin; });
+  host.spans_disjoint = true;
+  for (size_t i = 1; i < host.spans.size(); ++i)
+    if (host.spans[i].begin < host.spans[i - 1].end) host.spans_disjoint = false;
+}
+
+// Whether [p, p + bytes) shares a byte with a destination span (disjoint
+// spans: their ends are sorted too).
+bool touches_destination(const Host& host, const detail::ByteRange& r) {
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(r.begin);
+  const auto first = std::upper_bound(host.spans.begin(), host.spans.end(), begin,
+                                      [](uintptr_t v, const Host::Span& s) { return v < s.end; });
+  return first != host.spans.end() && first->begin < span_end(r.begin, r.bytes);
+}
+
 class CallRanges {
  public:
-  explicit CallRanges(size_t capacity) {
-    if (capacity > kInline) {
-      heap_.resize(capacity);
-      ranges_ = heap_.data();
-    }
+  explicit CallRanges(const Host& host) : host_(host) {}
+  // Inputs are added first, then `needs_writes()` says whether the written
+  // ranges must be listed and checked too.
+  bool needs_writes() {
+    inputs_ = count_;
+    if (!host_.spans_disjoint) return true;
+    for (size_t i = 0; i < inputs_; ++i)
+      if (touches_destination(host_, ranges_[i])) return true;
+    return false;
+  }
+  void reserve(size_t capacity) {
+    if (capacity <= kInline) return;
+    heap_.assign(ranges_, ranges_ + count_);
+    heap_.resize(capacity);
+    ranges_ = heap_.data();
   }
   void add(const void* p, int64_t bytes, const char* name) {
-    if (p != nullptr && bytes > 0) ranges_[count_++] = detail::ByteRange{p, static_cast<uint64_t>(bytes), name};
+    if (p != nullptr && bytes > 0)
+      ranges_[count_++] = detail::ByteRange{p, static_cast<uint64_t>(bytes), name, count_ >= inputs_};
   }
   // Counts come from the caller (absent fields may carry any value): the
   // products saturate instead of overflowing.
@@ -188,11 +235,13 @@ class CallRanges {
   void elements(const void* p, int64_t count, int64_t size, const char* name) {
     if (p != nullptr && count > 0) add(p, std::min(count, kMaxCount) * size, name);
   }
-  static constexpr size_t kInline = 6 + kMetadataFieldCount * 8;  // no allocation up to 8 destinations
+  static constexpr size_t kInline = 9 + kMetadataFieldCount * 8;  // no allocation up to 8 destinations
+  const Host& host_;
   detail::ByteRange inline_[kInline];
   std::vector<detail::ByteRange> heap_;
   detail::ByteRange* ranges_ = inline_;
   size_t count_ = 0;
+  size_t inputs_ = SIZE_MAX;  // ranges added before needs_writes() are read
 };
 
 using F = MetadataField;
@@ -201,16 +250,18 @@ void check_build_overlap(const ArgChecker& c, const MetadataConfig& cfg, const M
                          const MetadataTargets& targets, int64_t rows) {
   const int64_t bs = cfg.batch_size;
   const bool splits = in.flashmla_num_splits != nullptr, tiles = in.flashmla_metadata != nullptr;
-  CallRanges r(6 + static_cast<size_t>(kMetadataFieldCount * targets.count));
+  const Host& host = *targets.host;
+  CallRanges r(host);
   r.indices(in.seq_lens, bs, "inputs.seq_lens");
   r.indices(in.req_pool_indices, bs, "inputs.req_pool_indices");
   if (cfg.mode == ForwardMode::kDraftExtend) r.indices(in.extend_lens, bs, "inputs.extend_lens");
   r.table(in.req_to_token, in.req_to_token_rows, in.req_to_token_ld, in.req_to_token_cols, "inputs.req_to_token");
   r.ints(in.flashmla_num_splits, in.flashmla_num_splits_size, "inputs.flashmla_num_splits");
   r.ints(in.flashmla_metadata, in.flashmla_metadata_size, "inputs.flashmla_metadata");
+  if (!r.needs_writes()) return;
+  r.reserve(6 + static_cast<size_t>(kMetadataFieldCount * targets.count));
   // A row is never longer than its req_to_token row (checked on the device values).
   const int64_t pages = in.req_to_token_cols / cfg.page_size + (in.req_to_token_cols % cfg.page_size != 0);
-  const detail::MetadataTargetsHost& host = *targets.host;
   for (int64_t d = 0; d < targets.count; ++d) {
     const MetadataBuffers& b = host.descriptors[static_cast<size_t>(d)];
     r.ints(b.cache_seqlens, bs, host.name(d, F::kCacheSeqlens));
@@ -235,7 +286,8 @@ void check_copy_overlap(const ArgChecker& c, const MetadataCopyShape& shape, con
   const int64_t bs = shape.batch_size, rows = copy_rows(shape), cols = copy_page_cols(shape);
   const bool decode = shape.mode == ForwardMode::kDecode;
   const int64_t rc = s.real_page_table_cols;
-  CallRanges r(9 + static_cast<size_t>(kMetadataFieldCount * targets.count));
+  const Host& host = *targets.host;
+  CallRanges r(host);
   r.ints(s.cache_seqlens, bs, "sources.cache_seqlens");
   r.ints(s.cu_seqlens_k, bs + 1, "sources.cu_seqlens_k");
   r.table(s.page_table_1, rows, s.page_table_1_ld ? s.page_table_1_ld : cols, cols, "sources.page_table_1");
@@ -245,7 +297,8 @@ void check_copy_overlap(const ArgChecker& c, const MetadataCopyShape& shape, con
   r.table(s.real_page_table, rows, s.real_page_table_ld ? s.real_page_table_ld : rc, rc, "sources.real_page_table");
   r.ints(s.flashmla_num_splits, rows + 1, "sources.flashmla_num_splits");
   r.ints(s.flashmla_metadata, s.flashmla_metadata_size, "sources.flashmla_metadata");
-  const detail::MetadataTargetsHost& host = *targets.host;
+  if (!r.needs_writes()) return;
+  r.reserve(9 + static_cast<size_t>(kMetadataFieldCount * targets.count));
   for (int64_t d = 0; d < targets.count; ++d) {
     const MetadataBuffers& b = host.descriptors[static_cast<size_t>(d)];
     r.ints(b.cache_seqlens, bs, host.name(d, F::kCacheSeqlens));
@@ -284,6 +337,7 @@ MetadataTargets upload_metadata_targets(const Exec& exec, const MetadataBuffers*
   state->descriptors.assign(host, host + count);
   for (int64_t d = 0; d < count; ++d)
     for (int f = 0; f < kMetadataFieldCount; ++f) state->names.push_back(target_arg(d, kMetadataFields[f].name));
+  index_spans(*state);
   t.host = std::move(state);
   if (exec.backend == Backend::kCpu) std::memcpy(workspace, host, needed);
   else cuda::upload_metadata_targets(exec.stream, host, count, workspace);
@@ -379,8 +433,9 @@ void paged_mqa_schedule(const Exec& exec, const PagedMqaScheduleArgs& a) {
   if (a.batch > 0) check_source(c, exec, a.context_lens, true, "args.context_lens");
   check_source(c, exec, a.schedule, true, "args.schedule");
   if (a.batch > 0) {
-    const detail::ByteRange ranges[] = {{a.context_lens, static_cast<uint64_t>(((a.batch - 1) * ld + a.next_n) * 4),
-                                         "args.context_lens"},
+    const uint64_t lens_ints = static_cast<uint64_t>((a.batch - 1) * ld + a.next_n);  // <= batch * ld: fits
+    const uint64_t lens_bytes = lens_ints > UINT64_MAX / 4 ? UINT64_MAX : lens_ints * 4;
+    const detail::ByteRange ranges[] = {{a.context_lens, lens_bytes, "args.context_lens", false},
                                         {a.schedule, static_cast<uint64_t>(2 * (a.num_sms + 1) * 4), "args.schedule"}};
     detail::check_no_overlap(c, ranges, 2);
   }

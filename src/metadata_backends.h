@@ -2,6 +2,7 @@
 // validates everything first; backends never validate again and never allocate.
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -17,6 +18,15 @@ struct MetadataTargetsHost {
   const char* name(int64_t d, MetadataField f) const {
     return names[static_cast<size_t>(d * kMetadataFieldCount + static_cast<int>(f))].c_str();
   }
+  // Every destination field at full capacity, [begin, end), sorted by begin.
+  // When they are pairwise disjoint (any sane set of graph buffers), what one
+  // call writes is too, and a call only has to keep its inputs off these
+  // spans (O(inputs * log spans)); otherwise every call checks its own ranges.
+  struct Span {
+    uintptr_t begin, end;
+  };
+  std::vector<Span> spans;
+  bool spans_disjoint = false;
 };
 }  // namespace detail
 

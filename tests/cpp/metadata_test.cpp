@@ -1236,6 +1236,65 @@ TEST(MetadataAliasing, CopyRejectsEveryOverlapAndWritesNothing) {
   EXPECT_EQ(d1.cache_seqlens[1], 5);
 }
 
+// Only what a call actually touches counts: inputs may share memory (both are
+// only read), and an input may live in the part of a destination's capacity
+// that this call does not write. Destinations are checked against each other
+// at upload, and per call only when their capacities overlap.
+TEST(MetadataAliasing, OnlyTheBytesACallTouchesCount) {
+  std::vector<int32_t> arena(1024, -77);
+  int64_t used = 0;
+  const auto take = [&](int64_t n) {
+    int32_t* p = arena.data() + used;
+    used += n + 3;
+    return p;
+  };
+  MetadataBuffers d;  // twice the rows the call writes
+  d.max_batch = kAliasBs;
+  d.max_rows = 2 * kAliasRows;
+  d.page_table_1_cols = d.page_table_1_ld = kAliasW;
+  for (const auto& f : kMetadataFields) {
+    if (f.optional && f.extent != MetadataExtent::kRows) continue;
+    MetadataBuffers shape = d;
+    d.*f.pointer = take(metadata_field_elements(shape, f.extent));
+  }
+  // seq_lens and req_pool_indices are one array, in the unwritten half of nsa_cache_seqlens.
+  int32_t* shared = d.nsa_cache_seqlens + kAliasRows;
+  shared[0] = shared[1] = 1;  // request row 1, length 1
+  int32_t* table = take(2 * kAliasW);
+  std::iota(table, table + 2 * kAliasW, 100);
+  MetadataInputs in;
+  in.seq_lens = in.req_pool_indices = shared;
+  in.req_to_token = table;
+  in.req_to_token_rows = 2;
+  in.req_to_token_cols = in.req_to_token_ld = kAliasW;
+  const MetadataConfig verify{ForwardMode::kTargetVerify, kAliasBs, kAliasN, 2048, 64};
+  std::vector<MetadataBuffers> ws;
+  build_metadata(Exec::cpu(), verify, in, alias_upload({d}, ws));
+  EXPECT_EQ(shared[0], 1);  // the inputs survive
+  EXPECT_EQ(shared[1], 1);
+  EXPECT_EQ(d.page_table_1[0], 100 + kAliasW);  // request row 1, token 0
+  EXPECT_EQ(d.cache_seqlens[1], 1 + kAliasN);   // TARGET_VERIFY: seq_len + N
+
+  // A second destination whose capacity overlaps the first one's unwritten
+  // rows: accepted (each call checks its own ranges), rejected once a call
+  // writes the shared bytes.
+  MetadataBuffers e = d;
+  e.nsa_cache_seqlens = take(2 * kAliasRows);
+  e.cache_seqlens = take(kAliasBs);
+  e.cu_seqlens_k = take(kAliasBs + 1);
+  e.seqlens_expanded = take(2 * kAliasRows);
+  e.nsa_cu_seqlens_k = take(2 * kAliasRows + 1);
+  e.page_table_1 = d.page_table_1 + kAliasRows * kAliasW;  // rows 4..7 of d's table
+  int32_t* fresh = take(kAliasBs);
+  fresh[0] = fresh[1] = 1;
+  in.seq_lens = in.req_pool_indices = fresh;
+  const MetadataTargets both = alias_upload({d, e}, ws);
+  build_metadata(Exec::cpu(), verify, in, both);
+  EXPECT_EQ(e.page_table_1[0], 100 + kAliasW);
+  const MetadataConfig wider{ForwardMode::kTargetVerify, kAliasBs, 2 * kAliasN, 2048, 64};  // 8 rows
+  expect_invalid([&] { build_metadata(Exec::cpu(), wider, in, both); }, "targets[1].page_table_1");
+}
+
 TEST(MetadataNames, ForwardModeToString) {
   EXPECT_STREQ(to_string(ForwardMode::kDecode), "decode");
   EXPECT_STREQ(to_string(ForwardMode::kTargetVerify), "target_verify");
