@@ -17,6 +17,10 @@
 // copy_metadata against an upstream-shaped fused copy of the precomputed
 // fields (bench/baselines/fused_copy_baseline.h).
 //
+// A third table times build_metadata with and without the DeepGEMM paged-MQA
+// schedule field (docs/spec/metadata.md §10) in every destination: the same
+// launch, plus its schedule CTA; target <= 1 us added for bs <= 256.
+//
 //   metadata_bench [--json FILE] [--quick]
 #include <cuda_runtime.h>
 #include <fmt/format.h>
@@ -393,6 +397,7 @@ json bench_case(const Case& c, const nsa::support::DeviceLimits& lim, std::mt199
 // ---------------------------------------------------------------------------
 constexpr int64_t kSglangWidth = 163844;                 // req_to_token and graph page-table width for a 160K context
 constexpr double kBuildTarget = 0.9, kCopyTarget = 0.8;  // x the upstream-shaped fused copy
+constexpr double kScheduleTargetUs = 1.0;                // GPU us the schedule field may add to a build
 
 // GPU microseconds of one call with a cold L2, as a CUDA-graph replay: one
 // graph of kColdSamples x {L2 flush (a memset of `flush`, twice the L2),
@@ -578,6 +583,76 @@ json bench_sglang_case(const Case& c, int sm_count, std::mt19937_64& rng, Buffer
               {"verified_equal_outputs", true}};
 }
 
+// build_metadata into the same destinations without and with a paged-MQA
+// schedule for this GPU's SM count (warm and cold L2), the schedule checked
+// against the reference first.
+json bench_schedule_case(const Case& c, std::mt19937_64& rng, Buffer& flush) {
+  const bool decode = c.mode == nsa::ForwardMode::kDecode, verify = c.mode == nsa::ForwardMode::kTargetVerify;
+  const int64_t bs = c.bs, R = decode ? bs : bs * kN, W = c.ctx + kN, ld = (W + 3) / 4 * 4, pool_rows = bs + 1;
+  std::vector<int32_t> table(static_cast<size_t>(pool_rows * ld));
+  std::uniform_int_distribution<int32_t> slot(0, (1 << 30) - 1);
+  for (auto& x : table) x = slot(rng);
+  std::uniform_int_distribution<int64_t> len(c.ctx * 3 / 4, c.ctx);
+  std::vector<int64_t> seq_lens(static_cast<size_t>(bs));
+  for (auto& x : seq_lens) x = len(rng);
+  std::vector<int32_t> rpi(static_cast<size_t>(bs)), ext(static_cast<size_t>(bs), static_cast<int32_t>(kN));
+  std::iota(rpi.begin(), rpi.end(), 0);
+  std::vector<int32_t> splits(static_cast<size_t>(R + 1), 1), tiles(kTiles, 1);
+  const nsa::MetadataConfig cfg{c.mode, bs, kN, kTopk, kPage};
+  DeviceCase dc(cfg, table, pool_rows, W, ld, seq_lens, rpi, ext, splits, tiles, R, c.ctx + kN, c.dests, W, ld);
+
+  int device = 0, sms = 0;
+  cuda_check(cudaGetDevice(&device), "cudaGetDevice");
+  cuda_check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "SM count");
+  std::vector<Buffer> schedules;
+  std::vector<nsa::MetadataBuffers> views = dc.views;
+  for (auto& v : views) {
+    schedules.emplace_back(nsa::Backend::kCuda, static_cast<size_t>(2 * (sms + 1)) * 4);
+    v.paged_mqa_schedule = schedules.back().as<int32_t>();
+    v.paged_mqa_num_sms = sms;
+  }
+  Buffer ws(nsa::Backend::kCuda, nsa::metadata_targets_workspace_bytes(c.dests));
+  const nsa::MetadataTargets with =
+      nsa::upload_metadata_targets(nsa::Exec::cuda(), views.data(), c.dests, ws.data(), ws.bytes());
+  auto without_schedule = [&](nsa::cudaStream st) { nsa::build_metadata(nsa::Exec::cuda(st), cfg, dc.in, dc.targets); };
+  auto with_schedule = [&](nsa::cudaStream st) { nsa::build_metadata(nsa::Exec::cuda(st), cfg, dc.in, with); };
+
+  with_schedule(nullptr);
+  nsa::support::synchronize(nsa::Backend::kCuda);
+  std::vector<int32_t> lens;
+  for (int64_t x : seq_lens) lens.push_back(static_cast<int32_t>(x + (verify ? kN : 0)));
+  const std::vector<int32_t> expected =
+      nsa::reference::paged_mqa_schedule(lens, decode ? 1 : kN, sms, nsa::PagedMqaLayout::kG4, false);
+  for (const auto& b : schedules)
+    if (nsa::support::from_backend<int32_t>(b, expected.size()) != expected)
+      throw std::runtime_error(
+          fmt::format("paged-MQA schedule verification failed: mode {} bs {} D {}", to_string(c.mode), bs, c.dests));
+
+  const double warm_without = nsa::support::graph_time_us(without_schedule, 20);
+  const double warm_with = nsa::support::graph_time_us(with_schedule, 20);
+  const double cold_without = cold_graph_time_us(without_schedule, flush);
+  const double cold_with = cold_graph_time_us(with_schedule, flush);
+  const double added = warm_with - warm_without, added_cold = cold_with - cold_without;
+  const bool met = bs > 256 || std::max(added, added_cold) <= kScheduleTargetUs;
+  fmt::print("{:<14} {:>4} {:>2} {:>6} {:>4} | {:>8.2f} {:>8.2f} {:>7.2f} | {:>8.2f} {:>8.2f} {:>7.2f} | {:<6}\n",
+             to_string(c.mode), bs, c.dests, c.ctx, sms, warm_without, warm_with, added, cold_without, cold_with,
+             added_cold, met ? "MET" : "MISSED");
+  return json{{"mode", to_string(c.mode)},
+              {"batch", bs},
+              {"destinations", c.dests},
+              {"context", c.ctx},
+              {"num_sms", sms},
+              {"build_gpu_us", warm_without},
+              {"build_with_schedule_gpu_us", warm_with},
+              {"added_gpu_us", added},
+              {"build_cold_gpu_us", cold_without},
+              {"build_with_schedule_cold_gpu_us", cold_with},
+              {"added_cold_gpu_us", added_cold},
+              {"target_added_us", kScheduleTargetUs},
+              {"target_met", met},
+              {"verified_against_reference", true}};
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -642,5 +717,23 @@ int main(int argc, char** argv) {
             for (int64_t bs : sg_batches)
               for (int64_t d : sg_dests)
                 out["sglang_shaped"].push_back(bench_sglang_case({mode, bs, d, ctx}, lim.sm_count, rng, flush));
+
+        fmt::print(
+            "\nbuild_metadata without / with the DeepGEMM paged-MQA schedule field (G4, this GPU's SM count) in "
+            "every destination, same launch; GPU us per call as CUDA-graph replays, warm then cold L2. Target: "
+            "added <= {} us for bs <= 256.\n",
+            kScheduleTargetUs);
+        fmt::print("{:<14} {:>4} {:>2} {:>6} {:>4} | {:>8} {:>8} {:>7} | {:>8} {:>8} {:>7} | {:<6}\n", "mode", "bs",
+                   "D", "ctx", "SMs", "without", "with", "added", "cold w/o", "cold w/", "added", "target");
+        std::vector<int64_t> sched_batches = {1, 8, 64, 256}, sched_dests = {1, 3};
+        if (quick) {
+          sched_batches = {1, 64};
+          sched_dests = {3};
+        }
+        out["paged_mqa_schedule"] = json::array();
+        for (auto mode : {nsa::ForwardMode::kDecode, nsa::ForwardMode::kTargetVerify})
+          for (int64_t bs : sched_batches)
+            for (int64_t d : sched_dests)
+              out["paged_mqa_schedule"].push_back(bench_schedule_case({mode, bs, d, 32768}, rng, flush));
       });
 }

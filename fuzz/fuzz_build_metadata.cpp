@@ -36,6 +36,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (in.rarely(32)) config.draft_tokens = INT32_MAX - in.byte();  // rows overflow int32 unless bs == 0
   config.topk = maybe_below(in, in.flag() ? in.in(1, 48) : 2048, 1);
   config.page_size = maybe_below(in, in.in(1, 70), 1);
+  config.paged_mqa_layout = static_cast<PagedMqaLayout>(in.rarely(32) ? 2 + in.byte() % 2 : in.byte() % 2);
+  config.paged_mqa_clamp_min_len = in.flag();
+  const bool layout_ok = static_cast<int>(config.paged_mqa_layout) <= 1;
   const int64_t bs = std::max<int64_t>(config.batch_size, 0);
   const bool small_n = config.draft_tokens >= 1 && config.draft_tokens <= 4;
   const int64_t n = small_n ? config.draft_tokens : 0;  // what buffers are sized for
@@ -59,6 +62,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     s.splits = in.flag();
     s.has_tiles = in.flag();
     s.tiles = maybe_below(in, in.in(0, 20), 0);
+    s.schedule = in.flag();
+    s.sms = in.rarely(32) ? kMaxSms + 1 + in.byte()
+                          : maybe_below(in, in.in(1, 140), 1);  // too many, or too few  // too many SMs, or too few
     s.null_field = pick_null_field(in);
     dests.emplace_back(in, s);
   }
@@ -119,7 +125,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   for (const auto& d : dests)
     dests_ok = dests_ok && d.descriptor_valid() && d.shape().max_rows >= capacity_rows &&
                (config.mode == ForwardMode::kDecode || d.shape().expanded);
-  const bool valid = where.backend_ok && mode_ok && config.batch_size >= 0 && config.draft_tokens >= 1 &&
+  const bool valid = where.backend_ok && mode_ok && layout_ok && config.batch_size >= 0 && config.draft_tokens >= 1 &&
                      config.topk >= 1 && config.page_size >= 1 && rows_fit && dests_ok && table_rows >= 0 &&
                      table_cols >= 0 && table_ld >= table_cols && (extend || !pass_ext) &&
                      (config.batch_size == 0 ||

@@ -15,8 +15,11 @@ namespace nsa {
 namespace fuzz {
 
 // Field indices of kMetadataFields (nsa/metadata.h).
-enum Field { kCache, kCuK, kPt, kExpanded, kNsa, kNsaCu, kReal, kSplits, kTiles, kFields };
+enum Field { kCache, kCuK, kPt, kExpanded, kNsa, kNsaCu, kReal, kSplits, kTiles, kSchedule, kFields };
 static_assert(kFields == kMetadataFieldCount, "one entry per MetadataBuffers field");
+
+// The most SMs upload_metadata_targets accepts for a paged-MQA schedule.
+constexpr int64_t kMaxSms = int64_t{1} << 20;
 
 // Sizes a destination is built with. Columns and strides are chosen by the
 // target (they bound the lengths it may generate).
@@ -25,7 +28,8 @@ struct DestShape {
   int64_t pt_cols = 0, pt_ld = 0;
   int64_t rt_cols = 0, rt_ld = 0;
   int64_t tiles = 0;
-  bool expanded = true, real = false, splits = false, has_tiles = false;
+  int64_t sms = 0;  // paged_mqa_num_sms
+  bool expanded = true, real = false, splits = false, has_tiles = false, schedule = false;
   int null_field = -1;  // a mandatory field left null (descriptor error), or -1
 };
 
@@ -34,9 +38,12 @@ class FuzzDest {
   FuzzDest(Input& in, const DestShape& s) : s_(s) {
     auto n = [](int64_t v) { return static_cast<size_t>(v > 0 ? v : 0); };
     const int64_t rows = n(s.max_rows), pt_ld = std::max(s.pt_ld, s.pt_cols), rt_ld = std::max(s.rt_ld, s.rt_cols);
-    const size_t sizes[kFields] = {n(rows),     n(rows + 1),     n(rows * pt_ld), n(rows),   n(rows),
-                                   n(rows + 1), n(rows * rt_ld), n(rows + 1),     n(s.tiles)};
-    const bool present[kFields] = {true, true, true, s.expanded, true, true, s.real, s.splits, s.has_tiles};
+    const size_t sizes[kFields] = {n(rows),         n(rows + 1),
+                                   n(rows * pt_ld), n(rows),
+                                   n(rows),         n(rows + 1),
+                                   n(rows * rt_ld), n(rows + 1),
+                                   n(s.tiles),      s.sms > 0 && s.sms <= kMaxSms ? n(2 * (s.sms + 1)) : 0};
+    const bool present[kFields] = {true, true, true, s.expanded, true, true, s.real, s.splits, s.has_tiles, s.schedule};
     for (int f = 0; f < kFields; ++f) {
       present_[f] = present[f] && f != s.null_field;
       if (!present_[f]) continue;
@@ -56,6 +63,7 @@ class FuzzDest {
     m.real_page_table_cols = s_.rt_cols;
     m.real_page_table_ld = s_.rt_ld;
     m.flashmla_metadata_size = s_.tiles;
+    m.paged_mqa_num_sms = s_.sms;
     m.max_rows = s_.max_rows;
     m.max_batch = s_.max_rows;
     return m;
@@ -64,7 +72,8 @@ class FuzzDest {
   // upload_metadata_targets' rules for one descriptor.
   bool descriptor_valid() const {
     return s_.null_field < 0 && s_.max_rows >= 0 && s_.pt_cols >= 0 && s_.pt_ld >= s_.pt_cols &&
-           (!s_.real || (s_.rt_cols >= 0 && s_.rt_ld >= s_.rt_cols)) && (!s_.has_tiles || s_.tiles >= 0);
+           (!s_.real || (s_.rt_cols >= 0 && s_.rt_ld >= s_.rt_cols)) && (!s_.has_tiles || s_.tiles >= 0) &&
+           (!s_.schedule || (s_.sms >= 1 && s_.sms <= kMaxSms));
   }
   const DestShape& shape() const { return s_; }
 

@@ -14,6 +14,7 @@
 #include "common/check.h"
 #include "common/overlap.h"
 #include "metadata_backends.h"
+#include "nsa/detail/paged_mqa_schedule.h"
 
 namespace nsa {
 
@@ -62,6 +63,9 @@ void target_aligned4(const ArgChecker& c, const void* p, int64_t d, const char* 
   if (reinterpret_cast<uintptr_t>(p) % 4 != 0) c.aligned(p, 4, target_arg(d, field).c_str());
 }
 
+// SMs of a paged-MQA schedule: far above any GPU, small enough for int32 row math.
+constexpr int64_t kMaxPagedMqaSms = int64_t{1} << 20;
+
 // Shape-independent checks of one destination descriptor.
 void check_descriptor(const ArgChecker& c, const Exec& exec, const MetadataBuffers& t, int64_t d) {
   target_not_null(c, t.cache_seqlens, d, "cache_seqlens");
@@ -81,6 +85,12 @@ void check_descriptor(const ArgChecker& c, const Exec& exec, const MetadataBuffe
                    "max_rows * ld within int64");
   }
   if (t.flashmla_metadata != nullptr) target_at_least(c, t.flashmla_metadata_size, 0, d, "flashmla_metadata_size");
+  if (t.paged_mqa_schedule != nullptr) {
+    target_at_least(c, t.paged_mqa_num_sms, 1, d, "paged_mqa_num_sms");
+    if (t.paged_mqa_num_sms > kMaxPagedMqaSms)
+      c.fail(target_arg(d, "paged_mqa_num_sms").c_str(), "<= " + std::to_string(kMaxPagedMqaSms),
+             std::to_string(t.paged_mqa_num_sms));
+  }
   if (exec.backend == Backend::kCuda) {  // int32 stores need 4-byte alignment on the device
     target_aligned4(c, t.cache_seqlens, d, "cache_seqlens");
     target_aligned4(c, t.cu_seqlens_k, d, "cu_seqlens_k");
@@ -91,6 +101,7 @@ void check_descriptor(const ArgChecker& c, const Exec& exec, const MetadataBuffe
     target_aligned4(c, t.real_page_table, d, "real_page_table");
     target_aligned4(c, t.flashmla_num_splits, d, "flashmla_num_splits");
     target_aligned4(c, t.flashmla_metadata, d, "flashmla_metadata");
+    target_aligned4(c, t.paged_mqa_schedule, d, "paged_mqa_schedule");
   }
 }
 
@@ -224,7 +235,7 @@ class CallRanges {
   void elements(const void* p, int64_t count, int64_t size, const char* name) {
     if (p != nullptr && count > 0) add(p, std::min(count, kMaxCount) * size, name);
   }
-  static constexpr size_t kInline = 9 + 9 * 8;  // no allocation up to 8 destinations
+  static constexpr size_t kInline = 9 + kMetadataFieldCount * 8;  // no allocation up to 8 destinations
   const Host& host_;
   detail::ByteRange inline_[kInline];
   std::vector<detail::ByteRange> heap_;
@@ -264,6 +275,8 @@ void check_build_overlap(const ArgChecker& c, const MetadataConfig& cfg, const M
             host.name(d, F::kRealPageTable));
     if (splits) r.ints(b.flashmla_num_splits, rows + 1, host.name(d, F::kFlashmlaNumSplits));
     if (tiles) r.ints(b.flashmla_metadata, b.flashmla_metadata_size, host.name(d, F::kFlashmlaMetadata));
+    r.ints(b.paged_mqa_schedule, metadata_field_elements(b, MetadataExtent::kPagedMqaSms),
+           host.name(d, F::kPagedMqaSchedule));
   }
   r.check(c);
 }
@@ -361,6 +374,8 @@ void build_metadata(const Exec& exec, const MetadataConfig& config, const Metada
   bound_at_least(c, targets.max_rows, rows, "max_rows");
   if (config.mode != ForwardMode::kDecode && targets.first_without_seqlens_expanded >= 0)
     target_not_null(c, nullptr, targets.first_without_seqlens_expanded, "seqlens_expanded");
+  if (config.paged_mqa_layout != PagedMqaLayout::kG4 && config.paged_mqa_layout != PagedMqaLayout::kG1)
+    c.fail("config.paged_mqa_layout", "0 (G4) or 1 (G1)", std::to_string(static_cast<int>(config.paged_mqa_layout)));
 
   c.at_least(inputs.req_to_token_rows, 0, "inputs.req_to_token_rows");
   c.at_least(inputs.req_to_token_cols, 0, "inputs.req_to_token_cols");
@@ -397,6 +412,35 @@ void build_metadata(const Exec& exec, const MetadataConfig& config, const Metada
   check_build_overlap(c, config, inputs, targets, rows);
   if (exec.backend == Backend::kCpu) cpu::build_metadata(exec.cpu_threads, config, inputs, targets);
   else cuda::build_metadata(exec.stream, exec.checked, config, inputs, targets);
+}
+
+void paged_mqa_schedule(const Exec& exec, const PagedMqaScheduleArgs& a) {
+  const ArgChecker c("paged_mqa_schedule");
+  detail::require_backend(c, exec);
+  c.at_least(a.batch, 0, "args.batch");
+  c.at_least(a.next_n, 1, "args.next_n");
+  c.at_least(a.num_sms, 1, "args.num_sms");
+  if (a.num_sms > kMaxPagedMqaSms)
+    c.fail("args.num_sms", "<= " + std::to_string(kMaxPagedMqaSms), std::to_string(a.num_sms));
+  if (a.layout != PagedMqaLayout::kG4 && a.layout != PagedMqaLayout::kG1)
+    c.fail("args.layout", "0 (G4) or 1 (G1)", std::to_string(static_cast<int>(a.layout)));
+  const int64_t ld = a.context_lens_ld ? a.context_lens_ld : a.next_n;
+  c.at_least(ld, a.next_n, "args.context_lens_ld");
+  const int64_t atoms = detail::paged_mqa_atoms(a.next_n, a.layout == PagedMqaLayout::kG1);
+  if (a.batch > 0 && atoms > std::numeric_limits<int32_t>::max() / a.batch)
+    c.fail("args.batch", "batch * next_n atoms that fit in int32 (the schedule's q_atom_idx)", std::to_string(a.batch));
+  c.product_fits(a.batch, ld, "args.context_lens_ld", "batch * context_lens_ld within int64");
+  if (a.batch > 0) check_source(c, exec, a.context_lens, true, "args.context_lens");
+  check_source(c, exec, a.schedule, true, "args.schedule");
+  if (a.batch > 0) {
+    const uint64_t lens_ints = static_cast<uint64_t>((a.batch - 1) * ld + a.next_n);  // <= batch * ld: fits
+    const uint64_t lens_bytes = lens_ints > UINT64_MAX / 4 ? UINT64_MAX : lens_ints * 4;
+    const detail::ByteRange ranges[] = {{a.context_lens, lens_bytes, "args.context_lens", false},
+                                        {a.schedule, static_cast<uint64_t>(2 * (a.num_sms + 1) * 4), "args.schedule"}};
+    detail::check_no_overlap(c, ranges, 2);
+  }
+  if (exec.backend == Backend::kCpu) cpu::paged_mqa_schedule(a);
+  else cuda::paged_mqa_schedule(exec.stream, a);
 }
 
 void copy_metadata(const Exec& exec, const MetadataCopyShape& shape, const MetadataSources& sources,

@@ -35,6 +35,7 @@ void build_metadata(int threads, const MetadataConfig& config, const MetadataInp
                     const MetadataTargets& targets);
 void copy_metadata(int threads, const MetadataCopyShape& shape, const MetadataSources& sources,
                    const MetadataTargets& targets);
+void paged_mqa_schedule(const PagedMqaScheduleArgs& args);
 }  // namespace cpu
 
 namespace cuda {
@@ -45,6 +46,7 @@ void build_metadata(cudaStream stream, DeviceError* checked, const MetadataConfi
                     const MetadataTargets& targets);
 void copy_metadata(cudaStream stream, const MetadataCopyShape& shape, const MetadataSources& sources,
                    const MetadataTargets& targets);
+void paged_mqa_schedule(cudaStream stream, const PagedMqaScheduleArgs& args);
 }  // namespace cuda
 
 // Rows of the per-row arrays and page tables one call writes at most

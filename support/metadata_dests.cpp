@@ -16,6 +16,7 @@ MetadataBuffers MetadataDestShape::descriptor() const {
     m.real_page_table_ld = real_page_table_ld ? real_page_table_ld : real_page_table_cols;
   }
   if (has(static_cast<int>(MetadataField::kFlashmlaMetadata))) m.flashmla_metadata_size = flashmla_metadata_size;
+  if (has(static_cast<int>(MetadataField::kPagedMqaSchedule))) m.paged_mqa_num_sms = paged_mqa_num_sms;
   return m;
 }
 

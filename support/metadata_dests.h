@@ -24,6 +24,7 @@ struct MetadataDestShape {
   int64_t page_table_1_cols = 0, page_table_1_ld = 0;        // ld 0: = cols
   int64_t real_page_table_cols = 0, real_page_table_ld = 0;  // ld 0: = cols
   int64_t flashmla_metadata_size = 0;
+  int64_t paged_mqa_num_sms = 132;  // an H100/H200's SM count
   uint32_t fields = kAllMetadataFields;
 
   bool has(int field) const { return !kMetadataFields[field].optional || (fields >> field & 1u); }

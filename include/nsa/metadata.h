@@ -27,6 +27,14 @@ namespace nsa {
 enum class ForwardMode : int32_t { kDecode = 0, kTargetVerify = 1, kDraftExtend = 2 };
 const char* to_string(ForwardMode mode);
 
+// Layout generation of the DeepGEMM paged-MQA schedule (docs/spec/metadata.md
+// §10): the DeepGEMM the logits kernel comes from decides which one it reads.
+//   kG4: DeepGEMM >= 88965b0 (2026-06) and sgl-deep-gemm 0.2.5: next_n atoms,
+//        the remainder units go to the LAST SMs, idle SMs start at unit 0.
+//   kG1: DeepGEMM <= 477618c (v2.1.x): no atoms, the remainder goes to the
+//        FIRST SMs, idle SMs start at the end sentinel.
+enum class PagedMqaLayout : int32_t { kG4 = 0, kG1 = 1 };
+
 // Per-call shape of a build. Rows R (query rows, one per query token):
 //   DECODE: R = bs;  TARGET_VERIFY: R = bs * N;  DRAFT_EXTEND: R = sum(e_b) <= bs * N.
 struct MetadataConfig {
@@ -35,6 +43,12 @@ struct MetadataConfig {
   int64_t draft_tokens = 1;  // N: TARGET_VERIFY query tokens per request; DRAFT_EXTEND max e_b
   int64_t topk = 2048;       // index_topk: nsa_cache_seqlens = min(expanded, topk); 1..INT32_MAX
   int64_t page_size = 64;    // P of real_page_table (page id = slot / P)
+  // DeepGEMM paged-MQA schedule (destinations with paged_mqa_schedule only):
+  // its layout generation, and whether every length counts as at least 1 in
+  // it (the all-zero-lengths hazard; the logits kernel's context_lens must
+  // then be clamped the same way, see docs/spec/metadata.md §10.3).
+  PagedMqaLayout paged_mqa_layout = PagedMqaLayout::kG4;
+  bool paged_mqa_clamp_min_len = false;
 };
 
 // One destination set. Optional fields are absent when their pointer is null.
@@ -54,8 +68,12 @@ struct MetadataBuffers {
   int32_t* flashmla_num_splits = nullptr;  // optional [max_rows + 1], opaque
   int32_t* flashmla_metadata = nullptr;    // optional [flashmla_metadata_size], opaque tile-scheduler table
   int64_t flashmla_metadata_size = 0;
-  int64_t max_rows = 0;   // capacity of the per-row arrays and page-table rows
-  int64_t max_batch = 0;  // capacity of the per-request arrays: requests (bs) a call may have
+  // optional [paged_mqa_num_sms + 1, 2], contiguous: DeepGEMM's paged-MQA
+  // schedule (get_paged_mqa_logits_metadata) for the logits kernel's SM count.
+  int32_t* paged_mqa_schedule = nullptr;
+  int64_t paged_mqa_num_sms = 0;  // >= 1 when paged_mqa_schedule is given
+  int64_t max_rows = 0;           // capacity of the per-row arrays and page-table rows
+  int64_t max_batch = 0;          // capacity of the per-request arrays: requests (bs) a call may have
 };
 
 // The fields of a destination set, in MetadataBuffers order: one row per
@@ -70,6 +88,7 @@ enum class MetadataExtent : int32_t {
   kPageTable1,     // [max_rows, page_table_1_cols], row stride page_table_1_ld
   kRealPageTable,  // [max_rows, real_page_table_cols], row stride real_page_table_ld
   kFlashmlaTiles,  // [flashmla_metadata_size], opaque
+  kPagedMqaSms,    // [paged_mqa_num_sms + 1, 2]
 };
 
 struct MetadataFieldInfo {
@@ -89,6 +108,7 @@ inline constexpr MetadataFieldInfo kMetadataFields[] = {
     {"real_page_table", &MetadataBuffers::real_page_table, MetadataExtent::kRealPageTable, true},
     {"flashmla_num_splits", &MetadataBuffers::flashmla_num_splits, MetadataExtent::kRowsPlusOne, true},
     {"flashmla_metadata", &MetadataBuffers::flashmla_metadata, MetadataExtent::kFlashmlaTiles, true},
+    {"paged_mqa_schedule", &MetadataBuffers::paged_mqa_schedule, MetadataExtent::kPagedMqaSms, true},
 };
 inline constexpr int kMetadataFieldCount = static_cast<int>(sizeof(kMetadataFields) / sizeof(kMetadataFields[0]));
 
@@ -103,6 +123,7 @@ enum class MetadataField : int32_t {
   kRealPageTable,
   kFlashmlaNumSplits,
   kFlashmlaMetadata,
+  kPagedMqaSchedule,
 };
 constexpr uint32_t metadata_field_bit(MetadataField f) { return 1u << static_cast<int>(f); }
 
@@ -118,6 +139,7 @@ inline int64_t metadata_field_elements(const MetadataBuffers& b, MetadataExtent 
     case MetadataExtent::kRealPageTable:
       return b.max_rows > 0 ? (b.max_rows - 1) * b.real_page_table_ld + b.real_page_table_cols : 0;
     case MetadataExtent::kFlashmlaTiles: return b.flashmla_metadata_size;
+    case MetadataExtent::kPagedMqaSms: return b.paged_mqa_num_sms > 0 ? 2 * (b.paged_mqa_num_sms + 1) : 0;
   }
   return 0;
 }
@@ -197,7 +219,10 @@ struct MetadataInputs {
 //   page_table_1 row r columns [0, L_r), real_page_table row r columns
 //   [0, ceil(L_r / P)) when present, flashmla_num_splits[0, R] and
 //   flashmla_metadata[0, flashmla_metadata_size) when both the input and the
-//   destination have the field. Rows >= R (DRAFT_EXTEND) keep stale values.
+//   destination have the field, and all of paged_mqa_schedule (one schedule
+//   row per request, lengths = cache_seqlens, next_n = 1 in DECODE, N
+//   otherwise: docs/spec/metadata.md §10). Rows >= R (DRAFT_EXTEND) keep
+//   stale values.
 // Preconditions on device values (the CPU backend checks them and throws;
 // CUDA checks them in checked mode, Exec::checked, see docs/checked-mode.md):
 //   0 <= req_pool_indices[b] < req_to_token_rows; 0 <= L_b <= req_to_token_cols
@@ -213,6 +238,21 @@ struct MetadataInputs {
 // bad e_b counts as 0 query rows (nothing of it is written, later rows move up).
 void build_metadata(const Exec& exec, const MetadataConfig& config, const MetadataInputs& inputs,
                     const MetadataTargets& targets);
+
+// DeepGEMM's get_paged_mqa_logits_metadata on its own: the schedule that
+// build_metadata writes into a destination's paged_mqa_schedule, from
+// lengths given directly (docs/spec/metadata.md §10.4). One CTA on CUDA.
+struct PagedMqaScheduleArgs {
+  const int32_t* context_lens = nullptr;  // [batch, next_n], row stride context_lens_ld; column next_n - 1 is read
+  int64_t batch = 0;
+  int64_t next_n = 1;           // query rows per request (N)
+  int64_t context_lens_ld = 0;  // 0: next_n (contiguous)
+  int64_t num_sms = 0;          // SMs of the logits kernel, 1 .. 2^20
+  PagedMqaLayout layout = PagedMqaLayout::kG4;
+  bool clamp_min_len = false;
+  int32_t* schedule = nullptr;  // [num_sms + 1, 2], contiguous; every element written (batch 0: zeros)
+};
+void paged_mqa_schedule(const Exec& exec, const PagedMqaScheduleArgs& args);
 
 // Precomputed sources of copy_metadata (spec docs/spec/metadata.md §6.2), contiguous
 // unless a row stride is given.
@@ -247,7 +287,8 @@ struct MetadataCopyShape {
 // DRAFT_EXTEND; upstream's source shape[0], bs*N or T); element 0 of
 // cu_seqlens_k / nsa_cu_seqlens_k untouched; num_splits copied from index 0;
 // seqlens_expanded never copied in DECODE. An optional field is copied into
-// every destination that has it when its source is given.
+// every destination that has it when its source is given; paged_mqa_schedule
+// has no source and is never written by a copy (build_metadata computes it).
 void copy_metadata(const Exec& exec, const MetadataCopyShape& shape, const MetadataSources& sources,
                    const MetadataTargets& targets);
 

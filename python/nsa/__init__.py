@@ -14,8 +14,10 @@ _nsa._register_errors(InvalidArgumentError, DTypeError, UnsupportedError, CudaEr
 from .metadata import (  # noqa: E402  (errors must be registered first)
     ForwardMode,
     MetadataTargets,
+    PagedMqaLayout,
     build_metadata,
     copy_metadata,
+    paged_mqa_schedule,
     prepare_build_metadata,
     upload_metadata_targets,
 )
@@ -60,5 +62,6 @@ __all__ = [
     "MetadataTargets", "NsaError", "PAGE_SIZE", "PreparedCall", "ScaleMode", "UnsupportedError", "build_metadata",
     "copy_metadata", "cuda_built", "cuda_device_count", "gather_k", "gather_k_and_s", "gather_s",
     "prepare_build_metadata", "prepare_gather_k_and_s", "quantize_and_store_k", "set_cpu_threads", "store_k_and_s",
-    "topk_transform", "upload_metadata_targets", "paged_mqa_logits", "indexer_topk",
+    "topk_transform", "upload_metadata_targets", "paged_mqa_logits", "indexer_topk", "PagedMqaLayout",
+    "paged_mqa_schedule",
 ]

@@ -19,10 +19,20 @@ class ForwardMode(enum.IntEnum):
     DRAFT_EXTEND = 2
 
 
+class PagedMqaLayout(enum.IntEnum):
+    """Generation of DeepGEMM's paged-MQA schedule layout (metadata.md §10)."""
+    G4 = 0  # DeepGEMM >= 88965b0 and sgl-deep-gemm 0.2.5: extra units to the last SMs
+    G1 = 1  # DeepGEMM <= 477618c (v2.1.x): extra units to the first SMs
+
+
 _MODE_NAMES = {"decode": 0, "target_verify": 1, "draft_extend": 2}
+_LAYOUT_NAMES = {"g4": 0, "g1": 1}
 
 DESTINATION_FIELDS = ("cache_seqlens", "cu_seqlens_k", "page_table_1", "seqlens_expanded", "nsa_cache_seqlens",
-                      "nsa_cu_seqlens_k", "real_page_table", "flashmla_num_splits", "flashmla_metadata")
+                      "nsa_cu_seqlens_k", "real_page_table", "flashmla_num_splits", "flashmla_metadata",
+                      "paged_mqa_schedule")
+# What copy_metadata takes: every field but the schedule, which only build_metadata computes.
+SOURCE_FIELDS = DESTINATION_FIELDS[:-1]
 
 
 # Every live MetadataTargets by id(): nsa.torch_ops passes targets to its custom
@@ -40,6 +50,19 @@ def _mode(op, mode):
     if value is None:
         raise InvalidArgumentError(f"nsa.{op}: argument 'mode': expected a ForwardMode, 0/1/2 or one of "
                                    f"{sorted(_MODE_NAMES)}, got {mode!r}")
+    return value
+
+
+def _layout(op, layout):
+    if isinstance(layout, str):
+        value = _LAYOUT_NAMES.get(layout.lower())
+    elif isinstance(layout, int):
+        value = int(layout) if int(layout) in (0, 1) else None
+    else:
+        value = None
+    if value is None:
+        raise InvalidArgumentError(f"nsa.{op}: argument 'paged_mqa_layout': expected a PagedMqaLayout, 0/1 or one "
+                                   f"of {sorted(_LAYOUT_NAMES)}, got {layout!r}")
     return value
 
 
@@ -70,7 +93,12 @@ class MetadataTargets:
     ``real_page_table``         ``[max_rows, C]``, any row stride   no
     ``flashmla_num_splits``     ``[max_rows + 1]``                  no
     ``flashmla_metadata``       any contiguous shape                no
+    ``paged_mqa_schedule``      ``[num_sms + 1, 2]``, contiguous    no
     ==========================  ==================================  =========
+
+    ``paged_mqa_schedule`` receives DeepGEMM's paged-MQA schedule for
+    ``num_sms`` SMs (what ``get_paged_mqa_logits_metadata`` returns), computed
+    by :func:`build_metadata` from the cache lengths; copy_metadata leaves it.
 
     ``max_rows`` (the row capacity) is the smallest of the per-row capacities
     above, or an int ``"max_rows"`` entry no larger than that; ``max_batch``
@@ -123,7 +151,7 @@ def upload_metadata_targets(destinations, *, stream=None):
 
 def build_metadata(targets, seq_lens, req_pool_indices, req_to_token, *, mode=ForwardMode.DECODE, draft_tokens=1,
                    extend_lens=None, topk=2048, page_size=64, flashmla_num_splits=None, flashmla_metadata=None,
-                   stream=None):
+                   paged_mqa_layout=PagedMqaLayout.G4, paged_mqa_clamp_min_len=False, stream=None):
     """Compute every metadata field of one mode on the device and write all
     destinations of ``targets`` in one launch (metadata.md §4, §5.6).
 
@@ -136,6 +164,12 @@ def build_metadata(targets, seq_lens, req_pool_indices, req_to_token, *, mode=Fo
     negative, unset slot above ``-page_size`` gives 0); SGLang's torch ``//``
     floors (-1). Rows only read their first ``ceil(L / page_size)`` entries,
     which hold valid (non-negative) slots.
+
+    Destinations with ``paged_mqa_schedule`` get DeepGEMM's paged-MQA schedule
+    (metadata.md §10): one row per request with its cache length, next_n = 1
+    in DECODE and ``draft_tokens`` otherwise, in ``paged_mqa_layout`` (G4 or
+    G1); ``paged_mqa_clamp_min_len`` counts every length as at least 1 (the
+    all-zero hazard; clamp the logits kernel's context_lens the same way).
     """
     if not isinstance(targets, MetadataTargets):
         raise InvalidArgumentError(f"nsa.build_metadata: argument 'targets': expected nsa.MetadataTargets, "
@@ -143,12 +177,13 @@ def build_metadata(targets, seq_lens, req_pool_indices, req_to_token, *, mode=Fo
     fw = _frameworks.of(seq_lens)
     _nsa.build_metadata(targets._handle, _mode("build_metadata", mode), draft_tokens, topk, page_size, seq_lens,
                         req_pool_indices, req_to_token, extend_lens, flashmla_num_splits, flashmla_metadata,
+                        _layout("build_metadata", paged_mqa_layout), bool(paged_mqa_clamp_min_len),
                         _frameworks.resolve_stream(fw, seq_lens, stream))
 
 
 def prepare_build_metadata(targets, seq_lens, req_pool_indices, req_to_token, *, mode=ForwardMode.DECODE,
                            draft_tokens=1, extend_lens=None, topk=2048, page_size=64, flashmla_num_splits=None,
-                           flashmla_metadata=None):
+                           flashmla_metadata=None, paged_mqa_layout=PagedMqaLayout.G4, paged_mqa_clamp_min_len=False):
     """:func:`build_metadata` validated once and bound to these arrays; returns
     a :class:`nsa.PreparedCall` (``call()`` or ``call(stream=...)``) that builds
     from the values the arrays hold at each call. It keeps ``targets`` alive."""
@@ -159,7 +194,8 @@ def prepare_build_metadata(targets, seq_lens, req_pool_indices, req_to_token, *,
                                    f"got {type(targets).__name__}")
     native = _nsa.prepare_build_metadata(targets._handle, _mode("build_metadata", mode), draft_tokens, topk,
                                          page_size, seq_lens, req_pool_indices, req_to_token, extend_lens,
-                                         flashmla_num_splits, flashmla_metadata)
+                                         flashmla_num_splits, flashmla_metadata,
+                                         _layout("build_metadata", paged_mqa_layout), bool(paged_mqa_clamp_min_len))
     return PreparedCall(native, _frameworks.of(seq_lens), seq_lens, keep=targets)
 
 
@@ -187,3 +223,22 @@ def copy_metadata(targets, sources, *, mode, batch_size, max_len=0, max_seqlen_k
     fw = _frameworks.of(like)
     _nsa.copy_metadata(targets._handle, _mode("copy_metadata", mode), batch_size, max_len, max_seqlen_k,
                        seqlens_expanded_size, sources, _frameworks.resolve_stream(fw, like, stream))
+
+
+def paged_mqa_schedule(context_lens, num_sms, *, out=None, layout=PagedMqaLayout.G4, clamp_min_len=False,
+                       stream=None):
+    """DeepGEMM's paged-MQA schedule on its own (metadata.md §10.4): what
+    :func:`build_metadata` writes into ``paged_mqa_schedule``, from lengths
+    given directly. ``context_lens`` is int32 ``[B]`` or ``[B, next_n]`` (any
+    row stride; column ``next_n - 1`` is read); returns ``out``, int32
+    ``[num_sms + 1, 2]`` (allocated with the framework of ``context_lens``
+    when None). One launch on CUDA, no host sync."""
+    fw = _frameworks.of(context_lens)
+    if out is None:
+        if not isinstance(num_sms, int) or isinstance(num_sms, bool) or num_sms < 1:
+            raise InvalidArgumentError(f"nsa.paged_mqa_schedule: argument 'num_sms': expected an int >= 1, "
+                                       f"got {num_sms!r}")
+        out = fw.empty(context_lens, (num_sms + 1, 2), "int32")
+    _nsa.paged_mqa_schedule(context_lens, out, _layout("paged_mqa_schedule", layout), bool(clamp_min_len),
+                            _frameworks.resolve_stream(fw, context_lens, stream))
+    return out

@@ -276,17 +276,19 @@ def _lookup(key: int):
 def _build_metadata(targets: int, destinations: List[torch.Tensor], seq_lens: torch.Tensor,
                     req_pool_indices: torch.Tensor, req_to_token: torch.Tensor, forward_mode: int, draft_tokens: int,
                     extend_lens: Optional[torch.Tensor], topk: int, page_size: int,
-                    flashmla_num_splits: Optional[torch.Tensor], flashmla_metadata: Optional[torch.Tensor]) -> None:
+                    flashmla_num_splits: Optional[torch.Tensor], flashmla_metadata: Optional[torch.Tensor],
+                    paged_mqa_layout: int, paged_mqa_clamp_min_len: bool) -> None:
     _metadata.build_metadata(_lookup(targets), seq_lens, req_pool_indices, req_to_token, mode=forward_mode,
                              draft_tokens=draft_tokens, extend_lens=extend_lens, topk=topk, page_size=page_size,
-                             flashmla_num_splits=flashmla_num_splits, flashmla_metadata=flashmla_metadata)
+                             flashmla_num_splits=flashmla_num_splits, flashmla_metadata=flashmla_metadata,
+                             paged_mqa_layout=paged_mqa_layout, paged_mqa_clamp_min_len=paged_mqa_clamp_min_len)
 
 
 @_writes("destinations")
 def _copy_metadata(targets: int, destinations: List[torch.Tensor], sources: List[Optional[torch.Tensor]],
                    forward_mode: int, batch_size: int, max_len: int, max_seqlen_k: int, seqlens_expanded_size: int) -> None:
-    # sources: one entry per name of DESTINATION_FIELDS (None where not given)
-    _metadata.copy_metadata(_lookup(targets), dict(zip(_metadata.DESTINATION_FIELDS, sources)), mode=forward_mode,
+    # sources: one entry per name of SOURCE_FIELDS (None where not given)
+    _metadata.copy_metadata(_lookup(targets), dict(zip(_metadata.SOURCE_FIELDS, sources)), mode=forward_mode,
                             batch_size=batch_size,
                             max_len=max_len, max_seqlen_k=max_seqlen_k, seqlens_expanded_size=seqlens_expanded_size)
 
@@ -295,21 +297,23 @@ def build_metadata(targets, seq_lens: torch.Tensor, req_pool_indices: torch.Tens
                    mode=_metadata.ForwardMode.DECODE, draft_tokens: int = 1,
                    extend_lens: Optional[torch.Tensor] = None, topk: int = 2048, page_size: int = 64,
                    flashmla_num_splits: Optional[torch.Tensor] = None,
-                   flashmla_metadata: Optional[torch.Tensor] = None) -> None:
+                   flashmla_metadata: Optional[torch.Tensor] = None,
+                   paged_mqa_layout=_metadata.PagedMqaLayout.G4, paged_mqa_clamp_min_len: bool = False) -> None:
     """:func:`nsa.build_metadata` as ``torch.ops.nsa.build_metadata``."""
     torch.ops.nsa.build_metadata(_key(targets), _destination_tensors(targets), seq_lens, req_pool_indices,
                                  req_to_token, _metadata._mode("build_metadata", mode), draft_tokens, extend_lens,
-                                 topk, page_size, flashmla_num_splits, flashmla_metadata)
+                                 topk, page_size, flashmla_num_splits, flashmla_metadata,
+                                 _metadata._layout("build_metadata", paged_mqa_layout), bool(paged_mqa_clamp_min_len))
 
 
 def copy_metadata(targets, sources: dict, *, mode, batch_size: int, max_len: int = 0, max_seqlen_k: int = 0,
                   seqlens_expanded_size: int = 0) -> None:
     """:func:`nsa.copy_metadata` as ``torch.ops.nsa.copy_metadata``."""
-    unknown = set(sources) - set(_metadata.DESTINATION_FIELDS)
+    unknown = set(sources) - set(_metadata.SOURCE_FIELDS)
     if unknown:
         raise InvalidArgumentError(f"nsa.copy_metadata: argument 'sources': unknown fields {sorted(unknown)}; "
-                                   f"expected some of {list(_metadata.DESTINATION_FIELDS)}")
+                                   f"expected some of {list(_metadata.SOURCE_FIELDS)}")
     torch.ops.nsa.copy_metadata(_key(targets), _destination_tensors(targets),
-                                [sources.get(name) for name in _metadata.DESTINATION_FIELDS],
+                                [sources.get(name) for name in _metadata.SOURCE_FIELDS],
                                 _metadata._mode("copy_metadata", mode), batch_size, max_len, max_seqlen_k,
                                 seqlens_expanded_size)

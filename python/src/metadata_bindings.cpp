@@ -39,9 +39,15 @@ const std::vector<const char*>& destination_keys() {
   }();
   return keys;
 }
-// Keys of a copy's sources dict: the same field names.
+// Keys of a copy's sources dict: the same field names but paged_mqa_schedule,
+// which build_metadata computes and copy_metadata never writes.
 const std::vector<const char*>& source_keys() {
-  static const std::vector<const char*> keys(destination_keys().begin(), destination_keys().end() - 2);
+  static const std::vector<const char*> keys = [] {
+    std::vector<const char*> k;
+    for (const auto& f : nsa::kMetadataFields)
+      if (f.pointer != &nsa::MetadataBuffers::paged_mqa_schedule) k.push_back(f.name);
+    return k;
+  }();
   return keys;
 }
 
@@ -96,6 +102,14 @@ void int32_flat(const Call& c, const Array& a) {
   if (!a.contiguous()) c.fail(a.name, "a contiguous array", a.describe());
 }
 
+// An int32 [num_sms + 1, 2] contiguous schedule array (paged_mqa_schedule): its num_sms.
+int64_t schedule_sms(const Call& c, const Array& a) {
+  int32_flat(c, a);
+  if (a.ndim != 2 || a.shape[1] != 2 || a.shape[0] < 2)
+    c.fail(a.name, "an int32 array [num_sms + 1, 2] with num_sms >= 1", a.describe());
+  return a.shape[0] - 1;
+}
+
 // An optional int entry ("max_rows", "max_batch") that lowers a capacity the arrays imply.
 int64_t capacity_entry(const Call& c, Fields& f, const char* key, int64_t limit, const char* what) {
   int64_t requested = 0;
@@ -148,6 +162,7 @@ MetadataTargetsHandle* upload(nb::list destinations, nb::handle workspace, nb::h
           int32_flat(c, a);
           b.flashmla_metadata_size = a.numel();
           break;
+        case nsa::MetadataExtent::kPagedMqaSms: b.paged_mqa_num_sms = schedule_sms(c, a); break;
       }
     }
     if (f.has("max_batch")) max_batch = capacity_entry(c, f, "max_batch", max_batch, "the smallest batch capacity");
@@ -184,13 +199,18 @@ nsa::ForwardMode forward_mode(const Call& c, int mode) {
   return static_cast<nsa::ForwardMode>(mode);
 }
 
+// The layout value as the library takes it (the library checks its range).
+nsa::PagedMqaLayout paged_mqa_layout(int layout) { return static_cast<nsa::PagedMqaLayout>(layout); }
+
 Prepared prepare_build_metadata(MetadataTargetsHandle& t, int mode, int64_t draft_tokens, int64_t topk,
                                 int64_t page_size, nb::handle seq_lens, nb::handle req_pool_indices,
                                 nb::handle req_to_token, nb::handle extend_lens, nb::handle flashmla_num_splits,
-                                nb::handle flashmla_metadata) {
+                                nb::handle flashmla_metadata, int layout, bool clamp_min_len) {
   Call c("build_metadata");
   nsa::MetadataConfig config;
   config.mode = forward_mode(c, mode);
+  config.paged_mqa_layout = paged_mqa_layout(layout);
+  config.paged_mqa_clamp_min_len = clamp_min_len;
   config.draft_tokens = draft_tokens;
   config.topk = topk;
   config.page_size = page_size;
@@ -243,10 +263,36 @@ Prepared prepare_build_metadata(MetadataTargetsHandle& t, int mode, int64_t draf
 
 void build_metadata(MetadataTargetsHandle& t, int mode, int64_t draft_tokens, int64_t topk, int64_t page_size,
                     nb::handle seq_lens, nb::handle req_pool_indices, nb::handle req_to_token, nb::handle extend_lens,
-                    nb::handle flashmla_num_splits, nb::handle flashmla_metadata, nb::handle stream) {
+                    nb::handle flashmla_num_splits, nb::handle flashmla_metadata, int layout, bool clamp_min_len,
+                    nb::handle stream) {
   prepare_build_metadata(t, mode, draft_tokens, topk, page_size, seq_lens, req_pool_indices, req_to_token, extend_lens,
-                         flashmla_num_splits, flashmla_metadata)
+                         flashmla_num_splits, flashmla_metadata, layout, clamp_min_len)
       .run(stream);
+}
+
+// context_lens: int32 [batch] (next_n 1) or [batch, next_n] with unit column
+// stride and any row stride; out: int32 [num_sms + 1, 2], contiguous.
+void paged_mqa_schedule(nb::handle context_lens, nb::handle out, int layout, bool clamp_min_len, nb::handle stream) {
+  Call c("paged_mqa_schedule");
+  const Array lens = c.require(context_lens, "context_lens");
+  const Array sched = c.require(out, "out", true);
+  c.dtype(lens, {DType::kInt32}, "int32");
+  nsa::PagedMqaScheduleArgs a;
+  if (lens.ndim == 1) {
+    a.batch = c.vector(lens, 0, "[batch] or [batch, next_n]");
+  } else {
+    a.context_lens_ld = c.table(lens, "[batch, next_n]");
+    a.batch = lens.shape[0];
+    a.next_n = lens.shape[1];
+    if (a.next_n < 1) c.fail(lens.name, "[batch, next_n] with next_n >= 1", lens.describe());
+  }
+  a.context_lens = lens.as<int32_t>();
+  a.num_sms = schedule_sms(c, sched);
+  a.schedule = sched.as<int32_t>();
+  a.layout = paged_mqa_layout(layout);
+  a.clamp_min_len = clamp_min_len;
+  const nsa::Exec exec = c.exec(stream);
+  run_op(c, [&] { nsa::paged_mqa_schedule(exec, a); });
 }
 
 void copy_metadata(MetadataTargetsHandle& t, int mode, int64_t bs, int64_t max_len, int64_t max_seqlen_k,
@@ -341,11 +387,14 @@ void bind_metadata(nb::module_& m) {
   m.def("prepare_build_metadata", &prepare_build_metadata, nb::arg("targets"), nb::arg("mode"), nb::arg("draft_tokens"),
         nb::arg("topk"), nb::arg("page_size"), nb::arg("seq_lens"), nb::arg("req_pool_indices"),
         nb::arg("req_to_token"), nb::arg("extend_lens").none(), nb::arg("flashmla_num_splits").none(),
-        nb::arg("flashmla_metadata").none());
+        nb::arg("flashmla_metadata").none(), nb::arg("paged_mqa_layout"), nb::arg("paged_mqa_clamp_min_len"));
   m.def("build_metadata", &build_metadata, nb::arg("targets"), nb::arg("mode"), nb::arg("draft_tokens"),
         nb::arg("topk"), nb::arg("page_size"), nb::arg("seq_lens"), nb::arg("req_pool_indices"),
         nb::arg("req_to_token"), nb::arg("extend_lens").none(), nb::arg("flashmla_num_splits").none(),
-        nb::arg("flashmla_metadata").none(), nb::arg("stream").none());
+        nb::arg("flashmla_metadata").none(), nb::arg("paged_mqa_layout"), nb::arg("paged_mqa_clamp_min_len"),
+        nb::arg("stream").none());
+  m.def("paged_mqa_schedule", &paged_mqa_schedule, nb::arg("context_lens"), nb::arg("out"), nb::arg("layout"),
+        nb::arg("clamp_min_len"), nb::arg("stream").none());
   m.def("copy_metadata", &copy_metadata, nb::arg("targets"), nb::arg("mode"), nb::arg("bs"), nb::arg("max_len"),
         nb::arg("max_seqlen_k"), nb::arg("seqlens_expanded_size"), nb::arg("sources"), nb::arg("stream").none());
 }

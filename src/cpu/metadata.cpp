@@ -18,6 +18,7 @@
 #include "common/check.h"
 #include "cpu/parallel.h"
 #include "metadata_backends.h"
+#include "nsa/detail/paged_mqa_schedule.h"
 
 namespace nsa {
 namespace cpu {
@@ -106,6 +107,31 @@ void validate_inputs(const MetadataConfig& c, const MetadataInputs& in, const Me
              std::to_string(in.flashmla_num_splits_size));
 }
 
+// DeepGEMM's paged-MQA schedule (spec §10) of `batch` requests whose lengths
+// len_of(b) gives: one pass for the total units, then the requests and the
+// SM starts walked together (both ascending), so each SM's row is decoded in
+// O(1) without a prefix array.
+template <class LenOf>
+void write_paged_mqa_schedule(int64_t batch, LenOf len_of, int64_t next_n, PagedMqaLayout layout, bool clamp,
+                              int32_t* out, int64_t sms) {
+  const bool g1 = layout == PagedMqaLayout::kG1;
+  const int64_t atoms = detail::paged_mqa_atoms(next_n, g1);
+  int64_t units = 0;
+  for (int64_t b = 0; b < batch; ++b) units += detail::paged_mqa_units(len_of(b), clamp);
+  const detail::PagedMqaSplit split = detail::PagedMqaSplit::make(units * atoms, sms, g1);
+  int64_t i = 0, first = 0;  // first: the request's first unit (times atoms)
+  for (int64_t b = 0; b < batch; ++b) {
+    const int64_t u = detail::paged_mqa_units(len_of(b), clamp), end = first + u * atoms;
+    for (; i < sms && split.start(i) < end; ++i)
+      detail::paged_mqa_store_row(out, i, b, atoms, u, split.start(i) - first);
+    first = end;
+  }
+  for (; i <= sms; ++i) {  // SMs starting past the last unit, and the sentinel: (B * A, 0)
+    out[2 * i] = static_cast<int32_t>(batch * atoms);
+    out[2 * i + 1] = 0;
+  }
+}
+
 }  // namespace
 
 void build_metadata(int threads, const MetadataConfig& c, const MetadataInputs& in, const MetadataTargets& targets) {
@@ -167,7 +193,18 @@ void build_metadata(int threads, const MetadataConfig& c, const MetadataInputs& 
       copy_ints(dst[d].flashmla_num_splits, in.flashmla_num_splits, total_rows + 1);
     if (in.flashmla_metadata && dst[d].flashmla_metadata)
       copy_ints(dst[d].flashmla_metadata, in.flashmla_metadata, dst[d].flashmla_metadata_size);
+    if (dst[d].paged_mqa_schedule)  // one row per request, its cache length (spec §10.1)
+      write_paged_mqa_schedule(
+          bs, [&](int64_t b) { return kv_length(c, in, b); }, c.mode == ForwardMode::kDecode ? 1 : c.draft_tokens,
+          c.paged_mqa_layout, c.paged_mqa_clamp_min_len, dst[d].paged_mqa_schedule, dst[d].paged_mqa_num_sms);
   }
+}
+
+void paged_mqa_schedule(const PagedMqaScheduleArgs& a) {
+  const int64_t ld = a.context_lens_ld ? a.context_lens_ld : a.next_n;
+  write_paged_mqa_schedule(
+      a.batch, [&](int64_t b) { return int64_t{a.context_lens[b * ld + a.next_n - 1]}; }, a.next_n, a.layout,
+      a.clamp_min_len, a.schedule, a.num_sms);
 }
 
 void copy_metadata(int threads, const MetadataCopyShape& s, const MetadataSources& src,

@@ -48,9 +48,27 @@ void build_metadata(cudaStream stream, DeviceError* checked, const MetadataConfi
   p.flashmla_num_splits = in.flashmla_num_splits;
   p.flashmla_metadata = in.flashmla_metadata;
   p.flashmla_metadata_max = targets.flashmla_metadata_max;
+  p.schedule_cta = (targets.fields_any & metadata_field_bit(MetadataField::kPagedMqaSchedule)) != 0 ? 1 : 0;
+  p.paged_mqa_g1 = c.paged_mqa_layout == PagedMqaLayout::kG1;
+  p.paged_mqa_clamp_min_len = c.paged_mqa_clamp_min_len;
+  p.paged_mqa_atoms = detail::paged_mqa_atoms(c.mode == ForwardMode::kDecode ? 1 : c.draft_tokens, p.paged_mqa_g1);
   p.targets = targets.table;
   p.num_targets = targets.count;
   NSA_CUDA_CHECK(k::invoke_build_metadata(p, current_device_sm_count(), stream));
+}
+
+void paged_mqa_schedule(cudaStream stream, const PagedMqaScheduleArgs& a) {
+  k::ScheduleJob j{};
+  j.lens = a.context_lens;
+  j.lens_ld = a.context_lens_ld ? a.context_lens_ld : a.next_n;
+  j.lens_column = a.next_n - 1;
+  j.batch = a.batch;
+  j.g1 = a.layout == PagedMqaLayout::kG1;
+  j.atoms = detail::paged_mqa_atoms(a.next_n, j.g1);
+  j.clamp_min_len = a.clamp_min_len;
+  j.out = a.schedule;
+  j.sms = a.num_sms;
+  NSA_CUDA_CHECK(k::invoke_paged_mqa_schedule(j, stream));
 }
 
 void copy_metadata(cudaStream stream, const MetadataCopyShape& s, const MetadataSources& src,

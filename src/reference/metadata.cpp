@@ -28,6 +28,42 @@ std::vector<int32_t> expand(const std::vector<int32_t>& qo, const std::vector<in
   return out;
 }
 
+std::vector<int32_t> paged_mqa_schedule(const std::vector<int32_t>& lens, int64_t next_n, int64_t num_sms,
+                                        PagedMqaLayout layout, bool clamp_min_len) {
+  const bool g1 = layout == PagedMqaLayout::kG1;
+  const int64_t B = static_cast<int64_t>(lens.size()), S = num_sms;
+  // Step 1: units u_b = ceil(L_b / 256) and their inclusive prefix U_b.
+  std::vector<int64_t> u, U;
+  int64_t sum = 0;
+  for (int32_t len : lens) {
+    const int64_t L = clamp_min_len ? std::max<int64_t>(len, 1) : std::max<int64_t>(len, 0);
+    u.push_back((L + 255) / 256);
+    sum += u.back();
+    U.push_back(sum);
+  }
+  // Step 2: next_n atoms (G4: ceil(N / 2) for N >= 2; G1: none).
+  const int64_t A = g1 ? 1 : (next_n >= 2 ? (next_n + 1) / 2 : 1);
+  const int64_t T = sum * A;
+  // Step 3: q units per SM, the r left over to the last SMs (G4) or the first ones (G1).
+  const int64_t q = T / S, r = T % S;
+  std::vector<int32_t> out;
+  for (int64_t i = 0; i <= S; ++i) {
+    const int64_t s = g1 ? i * q + std::min(i, r) : i * q + std::max<int64_t>(0, i - (S - r));
+    // Step 4: the first request b whose U_b * A > s.
+    int64_t b = 0;
+    while (b < B && U[b] * A <= s) ++b;
+    const int64_t before = b == 0 ? 0 : U[b - 1] * A;
+    if (b == B || (!g1 && i == S)) {  // past every unit; G4's sentinel (step 5) is explicit
+      out.push_back(static_cast<int32_t>(B * A));
+      out.push_back(static_cast<int32_t>(g1 ? s - before : 0));
+    } else {
+      out.push_back(static_cast<int32_t>(b * A + (s - before) / u[b]));
+      out.push_back(static_cast<int32_t>((s - before) % u[b]));
+    }
+  }
+  return out;
+}
+
 void build_metadata(const MetadataConfig& c, const MetadataInputs& in, const MetadataBuffers* targets, int64_t count) {
   const int64_t bs = c.batch_size;
   if (bs == 0) return;
@@ -79,6 +115,12 @@ void build_metadata(const MetadataConfig& c, const MetadataInputs& in, const Met
       for (int64_t i = 0; i <= R; ++i) t.flashmla_num_splits[i] = in.flashmla_num_splits[i];
     if (in.flashmla_metadata && t.flashmla_metadata)
       for (int64_t i = 0; i < t.flashmla_metadata_size; ++i) t.flashmla_metadata[i] = in.flashmla_metadata[i];
+    if (t.paged_mqa_schedule) {  // §10: one row per request, its cache length, next_n = q_b
+      const int64_t next_n = c.mode == ForwardMode::kDecode ? 1 : c.draft_tokens;
+      const std::vector<int32_t> schedule =
+          paged_mqa_schedule(cache_seqlens, next_n, t.paged_mqa_num_sms, c.paged_mqa_layout, c.paged_mqa_clamp_min_len);
+      for (size_t i = 0; i < schedule.size(); ++i) t.paged_mqa_schedule[i] = schedule[i];
+    }
   }
 }
 

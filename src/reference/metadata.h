@@ -17,6 +17,11 @@ std::vector<int32_t> cu(const std::vector<int32_t>& x);                         
 std::vector<int32_t> clamp_topk(const std::vector<int32_t>& x, int64_t topk);                 // min(x, topk)
 std::vector<int32_t> expand(const std::vector<int32_t>& qo, const std::vector<int32_t>& kv);  // kv_b - qo_b + 1 + j
 
+// DeepGEMM's paged-MQA schedule (spec §10), int32 [num_sms + 1, 2] flattened,
+// from the per-request lengths as the logits kernel reads them.
+std::vector<int32_t> paged_mqa_schedule(const std::vector<int32_t>& lens, int64_t next_n, int64_t num_sms,
+                                        PagedMqaLayout layout, bool clamp_min_len);
+
 // build_metadata into `count` destination sets (host pointers).
 void build_metadata(const MetadataConfig& config, const MetadataInputs& inputs, const MetadataBuffers* targets,
                     int64_t count);

@@ -43,6 +43,7 @@ struct DestSpec {
   bool expanded = true, real = false, num_splits = false, tiles = false;
   int64_t rt_cols = 0, rt_ld = 0;
   int64_t tiles_size = 0;
+  int64_t schedule_sms = 0;  // > 0: a paged_mqa_schedule for this many SMs
 };
 
 constexpr int field(MetadataField f) { return static_cast<int>(f); }
@@ -63,7 +64,9 @@ support::MetadataDestShape dest_shape(const DestSpec& s) {
   m.fields = (s.expanded ? metadata_field_bit(MetadataField::kSeqlensExpanded) : 0) |
              (s.real ? metadata_field_bit(MetadataField::kRealPageTable) : 0) |
              (s.num_splits ? metadata_field_bit(MetadataField::kFlashmlaNumSplits) : 0) |
-             (s.tiles ? metadata_field_bit(MetadataField::kFlashmlaMetadata) : 0);
+             (s.tiles ? metadata_field_bit(MetadataField::kFlashmlaMetadata) : 0) |
+             (s.schedule_sms > 0 ? metadata_field_bit(MetadataField::kPagedMqaSchedule) : 0);
+  m.paged_mqa_num_sms = s.schedule_sms;
   return m;
 }
 std::vector<support::MetadataDestShape> dest_shapes(const std::vector<DestSpec>& specs) {
@@ -109,6 +112,11 @@ struct BuildCase {
   bool idx64 = false;     // int64 seq_lens / extend_lens and int32 rpi, or the other way round
   int64_t topk = 2048, page_size = 64;
   int64_t dest_extra_rows = 1;
+  // DeepGEMM schedule: with `optional`, destinations get one for 132, 78 or
+  // 1 SMs; schedule_sms > 0 gives every destination one for that many.
+  int64_t schedule_sms = 0;
+  PagedMqaLayout layout = PagedMqaLayout::kG4;
+  bool clamp_min_len = false;
 };
 
 template <class T>
@@ -155,6 +163,8 @@ void run_build_case(Backend b, const Exec& exec, std::mt19937_64& rng, const Bui
     s.num_splits = c.optional && d != 2;
     s.tiles = c.optional && d != 1;
     s.tiles_size = tiles_max - 8 * d;
+    static const int64_t kSms[] = {132, 78, 0, 1};
+    s.schedule_sms = c.schedule_sms > 0 ? c.schedule_sms : c.optional ? kSms[d % 4] : 0;
     specs.push_back(s);
   }
   DestSets sets(b, exec, specs, rng);
@@ -165,6 +175,8 @@ void run_build_case(Backend b, const Exec& exec, std::mt19937_64& rng, const Bui
   cfg.draft_tokens = c.N;
   cfg.topk = c.topk;
   cfg.page_size = c.page_size;
+  cfg.paged_mqa_layout = c.layout;
+  cfg.paged_mqa_clamp_min_len = c.clamp_min_len;
   MetadataInputs in;
   in.seq_lens = Indices(seq_dev.data(), c.idx64 ? IndexType::kInt64 : IndexType::kInt32);
   in.req_pool_indices = Indices(rpi_dev.data(), c.idx64 ? IndexType::kInt32 : IndexType::kInt64);
@@ -338,6 +350,152 @@ TEST_P(MetadataTest, DraftExtendAcceptLengthsZeroToN) {
     for (auto& e : c.extend) e = 0;
     run_build_case(backend(), exec(), rng, c);
   }
+}
+
+// The DeepGEMM paged-MQA schedule (spec §10) against the reference, bit for
+// bit, on the shapes that break schedulers: B % 32 == 0 and B = 4096 (the
+// CUDA schedule CTA's tile loop), zero lengths, all-zero lengths with and
+// without the clamp, fewer units than SMs, N = 2 (and N = 4, two atoms),
+// both layouts. Every destination buffer starts as random bytes, so the
+// whole-buffer comparison proves every row was written.
+TEST_P(MetadataTest, PagedMqaScheduleMatchesReference) {
+  auto rng = make_rng(140);
+  int64_t i = 0;
+  for (int64_t bs : {1, 2, 31, 32, 33, 64, 256, 1000, 4096}) {
+    for (int64_t N : {1, 2, 4}) {
+      if (N == 4 && bs > 256) continue;
+      const ForwardMode mode = N == 1 ? ForwardMode::kDecode : ForwardMode::kDraftExtend;
+      const int64_t max_len = bs >= 1000 ? 300 : 3000;
+      BuildCase c = make_build_case(rng, mode, bs, N, max_len, i % 2 == 0);
+      enum { kRandom, kZeros, kAllZero, kFewUnits } lens = static_cast<decltype(kRandom)>(i % 4);
+      for (int64_t b = 0; b < bs; ++b) {
+        int64_t& len = c.seq_lens[static_cast<size_t>(b)];
+        if (lens == kZeros && b % 3 == 0) len = 0;
+        if (lens == kAllZero) len = 0;
+        if (lens == kFewUnits) len = b < 3 ? 1 + 128 * b : 0;  // 4 units (8 with 2 atoms): fewer than the SMs
+        if (mode == ForwardMode::kDraftExtend) c.extend[static_cast<size_t>(b)] = std::min<int64_t>(len, N);
+      }
+      for (PagedMqaLayout layout : {PagedMqaLayout::kG4, PagedMqaLayout::kG1}) {
+        for (int64_t sms : {132, 78, 1}) {
+          c.layout = layout;
+          c.schedule_sms = sms;
+          c.clamp_min_len = lens == kAllZero ? sms != 78 : i % 5 == 0;
+          c.num_dests = sms == 78 ? 2 : 1;
+          c.optional = sms == 1;
+          c.idx64 = sms == 132;
+          run_build_case(backend(), exec(), rng, c);
+        }
+      }
+      ++i;
+    }
+  }
+  // TARGET_VERIFY: L_b = seq_lens + N, next_n = N.
+  for (int64_t N : {1, 2}) {
+    BuildCase c = make_build_case(rng, ForwardMode::kTargetVerify, 96, N, 1200, true);
+    c.schedule_sms = 132;
+    run_build_case(backend(), exec(), rng, c);
+  }
+}
+
+// paged_mqa_schedule, the op on its own: [B, N] lengths with a row stride,
+// column N - 1 read, every element of the output written (random initial
+// bytes), batch 0 included.
+TEST_P(MetadataTest, PagedMqaScheduleOpMatchesReference) {
+  auto rng = make_rng(141);
+  int64_t i = 0;
+  for (int64_t bs : {0, 1, 2, 31, 32, 33, 64, 256, 1000, 4096}) {
+    for (int64_t N : {1, 2}) {
+      const int64_t ld = N + (i % 3);
+      auto lens = random_ints<int32_t>(rng, static_cast<size_t>(std::max<int64_t>(bs * ld, 1)), -3, 70000);
+      if (i % 4 == 1)
+        for (int64_t b = 0; b < bs; ++b) lens[static_cast<size_t>(b * ld + N - 1)] = 0;  // all zero
+      std::vector<int32_t> last;
+      for (int64_t b = 0; b < bs; ++b) last.push_back(std::max(lens[static_cast<size_t>(b * ld + N - 1)], 0));
+      for (int32_t& x : lens) x = std::max(x, 0);
+      auto lens_dev = to_backend(backend(), lens);
+      for (PagedMqaLayout layout : {PagedMqaLayout::kG4, PagedMqaLayout::kG1}) {
+        for (int64_t sms : {1, 78, 132}) {
+          for (bool clamp : {false, true}) {
+            SCOPED_TRACE(::testing::Message() << "bs=" << bs << " N=" << N << " sms=" << sms << " clamp=" << clamp
+                                              << " G" << (layout == PagedMqaLayout::kG1 ? 1 : 4));
+            const auto poison = random_ints<int32_t>(rng, static_cast<size_t>(2 * (sms + 1)), INT32_MIN, INT32_MAX);
+            auto out = to_backend(backend(), poison);
+            PagedMqaScheduleArgs a;
+            a.context_lens = lens_dev.as<int32_t>();
+            a.batch = bs;
+            a.next_n = N;
+            a.context_lens_ld = ld;
+            a.num_sms = sms;
+            a.layout = layout;
+            a.clamp_min_len = clamp;
+            a.schedule = out.as<int32_t>();
+            paged_mqa_schedule(exec(), a);
+            support::synchronize(backend());
+            EXPECT_EQ(support::from_backend<int32_t>(out, poison.size()),
+                      reference::paged_mqa_schedule(last, N, sms, layout, clamp));
+          }
+        }
+      }
+      ++i;
+    }
+  }
+}
+
+TEST(MetadataValidation, PagedMqaScheduleArgumentsNameTheArgumentAndWriteNothing) {
+  std::vector<int32_t> lens = {5, 300}, out(10, 7);
+  PagedMqaScheduleArgs good;
+  good.context_lens = lens.data();
+  good.batch = 2;
+  good.num_sms = 4;
+  good.schedule = out.data();
+  auto with = [&](auto mutate) {
+    PagedMqaScheduleArgs a = good;
+    mutate(a);
+    return a;
+  };
+  const Exec cpu = Exec::cpu();
+  expect_invalid([&] { paged_mqa_schedule(cpu, with([](auto& a) { a.batch = -1; })); }, "args.batch");
+  expect_invalid([&] { paged_mqa_schedule(cpu, with([](auto& a) { a.next_n = 0; })); }, "args.next_n");
+  expect_invalid([&] { paged_mqa_schedule(cpu, with([](auto& a) { a.num_sms = 0; })); }, "args.num_sms");
+  expect_invalid([&] { paged_mqa_schedule(cpu, with([](auto& a) { a.num_sms = int64_t{1} << 21; })); }, "args.num_sms");
+  expect_invalid([&] { paged_mqa_schedule(cpu, with([](auto& a) { a.layout = static_cast<PagedMqaLayout>(5); })); },
+                 "args.layout");
+  expect_invalid([&] { paged_mqa_schedule(cpu, with([](auto& a) { a.context_lens_ld = -1; })); },
+                 "args.context_lens_ld");
+  expect_invalid([&] { paged_mqa_schedule(cpu, with([](auto& a) { a.context_lens = nullptr; })); },
+                 "args.context_lens");
+  expect_invalid([&] { paged_mqa_schedule(cpu, with([](auto& a) { a.schedule = nullptr; })); }, "args.schedule");
+  expect_invalid([&] { paged_mqa_schedule(cpu, with([&](auto& a) { a.schedule = lens.data(); })); }, "args.schedule");
+  expect_invalid([&] { paged_mqa_schedule(cpu, with([](auto& a) { a.batch = int64_t{1} << 31; })); }, "args.batch");
+  EXPECT_EQ(out, std::vector<int32_t>(10, 7));
+  paged_mqa_schedule(cpu, good);  // u = [1, 2], T = 3, S = 4: G4 starts 0, 0, 1, 2
+  EXPECT_EQ(out, (std::vector<int32_t>{0, 0, 0, 0, 1, 0, 1, 1, 2, 0}));
+}
+
+// The reference restates spec §10 literally; these rows are worked by hand.
+TEST(MetadataReference, PagedMqaScheduleHandWorkedExamples) {
+  using L = PagedMqaLayout;
+  // u = [2, 0, 4, 1], T = 7, S = 4: q = 1, r = 3.
+  // G4 starts i*q + max(0, i - 1) = 0, 1, 3, 5; G1 starts i*q + min(i, 3) = 0, 2, 4, 6, then T = 7.
+  const std::vector<int32_t> lens = {300, 0, 1000, 1};
+  EXPECT_EQ(reference::paged_mqa_schedule(lens, 1, 4, L::kG4, false),
+            (std::vector<int32_t>{0, 0, 0, 1, 2, 1, 2, 3, 4, 0}));
+  EXPECT_EQ(reference::paged_mqa_schedule(lens, 2, 4, L::kG4, false),  // N = 2: one atom, the same rows
+            (std::vector<int32_t>{0, 0, 0, 1, 2, 1, 2, 3, 4, 0}));
+  EXPECT_EQ(reference::paged_mqa_schedule(lens, 1, 4, L::kG1, false),
+            (std::vector<int32_t>{0, 0, 2, 0, 2, 2, 3, 0, 4, 0}));
+  // T = 1 < S = 4: G4 puts the idle SMs first (all start at (0, 0), the last one owns the unit);
+  // G1 puts them last, at the end (B, 0).
+  EXPECT_EQ(reference::paged_mqa_schedule({256, 0}, 1, 4, L::kG4, false),
+            (std::vector<int32_t>{0, 0, 0, 0, 0, 0, 0, 0, 2, 0}));
+  EXPECT_EQ(reference::paged_mqa_schedule({256, 0}, 1, 4, L::kG1, false),
+            (std::vector<int32_t>{0, 0, 2, 0, 2, 0, 2, 0, 2, 0}));
+  // All zero: every row is the sentinel (B, 0); clamped, every request has one unit.
+  EXPECT_EQ(reference::paged_mqa_schedule({0, 0}, 1, 3, L::kG4, false), (std::vector<int32_t>{2, 0, 2, 0, 2, 0, 2, 0}));
+  EXPECT_EQ(reference::paged_mqa_schedule({0, 0}, 1, 3, L::kG4, true), (std::vector<int32_t>{0, 0, 0, 0, 1, 0, 2, 0}));
+  // N = 4: two atoms per request; unit 2 of request 0 is atom 1, split 0.
+  EXPECT_EQ(reference::paged_mqa_schedule({300}, 4, 2, L::kG4, false), (std::vector<int32_t>{0, 0, 1, 0, 2, 0}));
+  EXPECT_EQ(reference::paged_mqa_schedule({300}, 4, 2, L::kG1, false), (std::vector<int32_t>{0, 0, 0, 1, 1, 0}));
 }
 
 // docs/spec/metadata.md §4.7 (B = 2, seq_lens = [2100, 70], N = 4, TOPK = 2048, P = 64), checked against the table.
@@ -660,6 +818,8 @@ TEST(MetadataValidation, EveryCheckNamesItsArgumentAndWritesNothing) {
   expect_invalid([&] { build(with_cfg([](auto& c) { c.topk = 0; }), in); }, "config.topk");
   expect_invalid([&] { build(with_cfg([](auto& c) { c.topk = int64_t{1} << 31; }), in); }, "config.topk");
   expect_invalid([&] { build(with_cfg([](auto& c) { c.page_size = 0; }), in); }, "config.page_size");
+  expect_invalid([&] { build(with_cfg([](auto& c) { c.paged_mqa_layout = static_cast<PagedMqaLayout>(2); }), in); },
+                 "config.paged_mqa_layout");
   expect_invalid([&] { build(with_cfg([](auto& c) { c.draft_tokens = int64_t{1} << 40; }), in); },
                  "config.draft_tokens");
   // Row capacity: 2 requests x N = 4 rows > max_rows = 8? No: 8 fits; 3 requests x 4 = 12 does not.
@@ -711,6 +871,13 @@ TEST(MetadataValidation, EveryCheckNamesItsArgumentAndWritesNothing) {
       {0, [](MetadataBuffers& t) { t.real_page_table_cols = -2; }, "targets[0].real_page_table_cols"},
       {1, [](MetadataBuffers& t) { t.real_page_table_ld = 1; }, "targets[1].real_page_table_ld"},
       {1, [](MetadataBuffers& t) { t.flashmla_metadata_size = -1; }, "targets[1].flashmla_metadata_size"},
+      {1, [&](MetadataBuffers& t) { t.paged_mqa_schedule = table.data(); }, "targets[1].paged_mqa_num_sms"},
+      {0,
+       [&](MetadataBuffers& t) {
+         t.paged_mqa_schedule = table.data();
+         t.paged_mqa_num_sms = int64_t{1} << 40;
+       },
+       "targets[0].paged_mqa_num_sms"},
   };
   for (const auto& tc : target_cases) {
     auto views = with_target(tc.d, tc.mutate);
@@ -910,6 +1077,7 @@ MetadataBuffers alias_dest(AliasArena& a) {
   m.page_table_1_cols = m.page_table_1_ld = kAliasW;
   m.real_page_table_cols = m.real_page_table_ld = 1;
   m.flashmla_metadata_size = 8;
+  m.paged_mqa_num_sms = 3;
   for (const auto& f : kMetadataFields) {
     MetadataBuffers shape = m;
     m.*f.pointer = a.take(metadata_field_elements(shape, f.extent));
@@ -994,6 +1162,11 @@ TEST(MetadataAliasing, BuildRejectsEveryOverlapAndWritesNothing) {
        "targets[0].real_page_table", "targets[0].page_table_1"},
       {"seqlens_expanded == cache_seqlens", [&](auto& t, auto&) { t.seqlens_expanded = t.cache_seqlens; },
        "targets[0].seqlens_expanded", "targets[0].cache_seqlens"},
+      {"schedule over seq_lens", [&](auto&, auto& u) { u.paged_mqa_schedule = seq - 1; },
+       "targets[1].paged_mqa_schedule", "inputs.seq_lens"},
+      {"two destinations sharing a schedule",
+       [&](auto& t, auto& u) { u.paged_mqa_schedule = t.paged_mqa_schedule + 7; }, "targets[1].paged_mqa_schedule",
+       "targets[0].paged_mqa_schedule"},
   };
   for (const auto& c : cases) {
     expect_alias_rejected(c, d0, d1, a, [&](const MetadataTargets& targets) {
@@ -1168,6 +1341,7 @@ TEST(MetadataCudaGraph, CaptureOnceReplayWithFreshInputs) {
       specs[d].rt_cols = specs[d].rt_ld = (W + 63) / 64 + d;
       specs[d].num_splits = specs[d].tiles = true;
       specs[d].tiles_size = 64;
+      specs[d].schedule_sms = d == 0 ? 132 : 0;  // the schedule CTA replayed with fresh lengths
     }
     DestSets sets(b, exec, specs, rng);
     NSA_TEST_CUDA(cudaStreamSynchronize(stream));

@@ -167,3 +167,27 @@ def build_fields(mode, seq_lens, req_pool_indices, req_to_token, draft_tokens=1,
         "real_page_table_rows": real_rows,
         "rows": len(owner),
     }
+
+
+def paged_mqa_schedule(lens, next_n, num_sms, g1=False, clamp_min_len=False):
+    """DeepGEMM's paged-MQA schedule (metadata.md §10) in numpy: int32
+    [num_sms + 1, 2] from the per-request lengths."""
+    lens = np.asarray(lens, np.int64)
+    if clamp_min_len:
+        lens = np.maximum(lens, 1)
+    u = -(-np.maximum(lens, 0) // 256)                                  # units per request
+    atoms = 1 if g1 or next_n < 2 else -(-next_n // 2)                  # next_n atoms
+    U = np.cumsum(u) * atoms                                            # inclusive prefix, in atom units
+    B, S = len(lens), num_sms
+    T = int(U[-1]) if B else 0
+    q, r = divmod(T, S)
+    i = np.arange(S + 1)
+    start = i * q + (np.minimum(i, r) if g1 else np.maximum(0, i - (S - r)))
+    b = np.searchsorted(U, start, side="right")                         # first request with U_b > start
+    before = np.where(b > 0, U[np.maximum(b - 1, 0)] if B else 0, 0)
+    off = start - before
+    ub = np.where(b < B, u[np.minimum(b, max(B - 1, 0))] if B else 1, 1)
+    out = np.stack([b * atoms + off // ub, off % ub], axis=1)
+    past = b >= B                                                       # sentinel and SMs past every unit
+    out[past] = [B * atoms, 0]
+    return out.astype(np.int32)

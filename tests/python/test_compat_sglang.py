@@ -584,3 +584,46 @@ def test_cuda_replay_captured_in_a_graph(rng, mode, bs):
                       s["E"], True, True)
         for got, want in zip(backend.snapshot(), expected_backend.snapshot()):
             np.testing.assert_array_equal(got, want)
+
+
+# ---------------------------------------------------------------- DeepGEMM paged-MQA schedule
+
+def test_get_paged_mqa_logits_metadata_signature():
+    names = list(inspect.signature(sglang.get_paged_mqa_logits_metadata).parameters)
+    assert names == ["context_lens", "block_kv", "num_sms"]
+    assert "Mirrors" in sglang.get_paged_mqa_logits_metadata.__doc__
+
+
+@pytest.mark.parametrize("fw", FRAMEWORKS)
+@pytest.mark.parametrize("bs,next_n", [(1, 1), (32, 1), (33, 2), (64, 2), (4096, 1)])
+def test_get_paged_mqa_logits_metadata_is_deepgemms_g4(rng, fw, bs, next_n):
+    import nsa_reference as ref
+    # SGLang passes seqlens.unsqueeze(-1) (next_n 1); vLLM-style callers [B, next_n], zeros included (padding).
+    lens = rng.integers(0, 40000, (bs, next_n)).astype(np.int32)
+    lens[::5] = 0
+    for sms in (132, 78, 1):
+        out = sglang.get_paged_mqa_logits_metadata(to_fw(fw, lens), 64, sms)
+        assert tuple(out.shape) == (sms + 1, 2) and "int32" in str(out.dtype)
+        np.testing.assert_array_equal(to_np(out), ref.paged_mqa_schedule(lens[:, -1], next_n, sms))
+    zeros = to_fw(fw, np.zeros((bs, next_n), np.int32))  # a captured all-padding batch: every row (B, 0)
+    np.testing.assert_array_equal(to_np(sglang.get_paged_mqa_logits_metadata(zeros, 64, 132)), [[bs, 0]] * 133)
+
+
+@pytest.mark.parametrize("fw", FRAMEWORKS)
+def test_get_paged_mqa_logits_metadata_errors_are_runtime_errors(fw):
+    lens = to_fw(fw, np.ones((4, 1), np.int32))
+    for args, match in [((to_fw(fw, np.ones((4, 1), np.int64)), 64, 8), "int32"), ((lens, 128, 8), "block_kv"),
+                        ((lens, 64, 0), "num_sms"), ((lens, 64, True), "num_sms")]:
+        with pytest.raises(RuntimeError, match=match) as e:
+            sglang.get_paged_mqa_logits_metadata(*args)
+        assert isinstance(e.value, nsa.NsaError)
+
+
+@needs_cuda
+def test_get_paged_mqa_logits_metadata_cuda_matches_cpu(rng):
+    torch = cuda_torch()
+    lens = rng.integers(0, 40000, (300, 2)).astype(np.int32)
+    expected = sglang.get_paged_mqa_logits_metadata(lens, 64, 132)
+    out = sglang.get_paged_mqa_logits_metadata(torch.from_numpy(lens).cuda(), 64, 132)
+    assert out.is_cuda
+    np.testing.assert_array_equal(out.cpu().numpy(), expected)

@@ -212,3 +212,84 @@ def test_targets_keep_arrays_alive_and_report_capacity(rng):
     assert targets.destinations[0]["page_table_1"] is d["page_table_1"]
     d2 = dict(d, max_rows=5)
     assert nsa.MetadataTargets([d2]).max_rows(0) == 5
+
+
+# ---------------------------------------------------------------- DeepGEMM paged-MQA schedule
+
+def test_paged_mqa_schedule_reference_hand_worked():
+    # u = [2, 0, 4, 1], T = 7, 4 SMs: G4 starts 0, 1, 3, 5; G1 starts 0, 2, 4, 6 (metadata.md §10).
+    np.testing.assert_array_equal(ref.paged_mqa_schedule([300, 0, 1000, 1], 1, 4),
+                                  [[0, 0], [0, 1], [2, 1], [2, 3], [4, 0]])
+    np.testing.assert_array_equal(ref.paged_mqa_schedule([300, 0, 1000, 1], 1, 4, g1=True),
+                                  [[0, 0], [2, 0], [2, 2], [3, 0], [4, 0]])
+    np.testing.assert_array_equal(ref.paged_mqa_schedule([0, 0], 1, 3), [[2, 0]] * 4)
+    np.testing.assert_array_equal(ref.paged_mqa_schedule([0, 0], 1, 3, clamp_min_len=True),
+                                  [[0, 0], [0, 0], [1, 0], [2, 0]])
+
+
+@pytest.mark.parametrize("layout", ["g4", "g1"])
+@pytest.mark.parametrize("clamp", [False, True])
+@pytest.mark.parametrize("bs,n", [(1, 1), (31, 1), (32, 2), (33, 1), (256, 2), (1000, 1), (4096, 2)])
+def test_paged_mqa_schedule_matches_numpy(rng, bs, n, layout, clamp):
+    lens = rng.integers(0, 70000, (bs, n)).astype(np.int32)
+    lens[::3, -1] = 0
+    for sms in (1, 78, 132):
+        out = nsa.paged_mqa_schedule(lens, sms, layout=layout, clamp_min_len=clamp)
+        np.testing.assert_array_equal(out, ref.paged_mqa_schedule(lens[:, -1], n, sms, layout == "g1", clamp))
+    zeros = np.zeros((bs, n), np.int32)  # every SM at the sentinel unless clamped
+    np.testing.assert_array_equal(nsa.paged_mqa_schedule(zeros, 132, layout=layout, clamp_min_len=clamp),
+                                  ref.paged_mqa_schedule(zeros[:, -1], n, 132, layout == "g1", clamp))
+
+
+def test_paged_mqa_schedule_strided_rows_and_errors():
+    lens = np.full((8, 5), 999, np.int32)[:, :2]  # row stride 5, column 1 read
+    lens[:, 1] = np.arange(8) * 300
+    np.testing.assert_array_equal(nsa.paged_mqa_schedule(lens, 10), ref.paged_mqa_schedule(lens[:, 1], 2, 10))
+    with pytest.raises(nsa.InvalidArgumentError, match="num_sms"):
+        nsa.paged_mqa_schedule(lens, 0)
+    with pytest.raises(nsa.DTypeError, match="context_lens"):
+        nsa.paged_mqa_schedule(lens.astype(np.int64), 4)
+    with pytest.raises(nsa.InvalidArgumentError, match="out"):
+        nsa.paged_mqa_schedule(lens, 4, out=np.zeros((5, 3), np.int32))
+    with pytest.raises(nsa.InvalidArgumentError, match="layout"):
+        nsa.paged_mqa_schedule(lens, 4, layout="g2")
+
+
+@pytest.mark.parametrize("mode,n", [(0, 1), (1, 2), (1, 4), (2, 2)])
+def test_build_metadata_writes_the_schedule_field(rng, mode, n):
+    bs, width = 40, 3000
+    req_to_token = page_aligned_req_to_token(rng, bs + 1, width)
+    seq_lens = rng.integers(0, width - n, bs).astype(np.int32)
+    seq_lens[::4] = 0
+    extend = np.minimum(seq_lens, n).astype(np.int32) if mode == 2 else None
+    rows = bs if mode == 0 else bs * n
+    dests = []
+    for sms in (132, 7):
+        d = make_destination(rng, rows, bs, width, pad=1, real_cols=-(-width // 64))
+        d["paged_mqa_schedule"] = np.full((sms + 1, 2), SENTINEL, np.int32)
+        dests.append(d)
+    dests.append(make_destination(rng, rows, bs, width, pad=0, real_cols=-(-width // 64)))  # without the field
+    targets = nsa.MetadataTargets(dests)
+    for layout, clamp in (("g4", False), (nsa.PagedMqaLayout.G1, True)):
+        nsa.build_metadata(targets, seq_lens, np.arange(bs, dtype=np.int32), req_to_token, mode=mode,
+                           draft_tokens=n, extend_lens=extend, paged_mqa_layout=layout, paged_mqa_clamp_min_len=clamp)
+        cache = seq_lens.astype(np.int64) + (n if mode == 1 else 0)
+        np.testing.assert_array_equal(dests[0]["cache_seqlens"][:bs], cache)
+        for d in dests[:2]:
+            sms = d["paged_mqa_schedule"].shape[0] - 1
+            g1 = layout != "g4"
+            np.testing.assert_array_equal(d["paged_mqa_schedule"],
+                                          ref.paged_mqa_schedule(cache, 1 if mode == 0 else n, sms, g1, clamp))
+
+
+def test_schedule_field_shape_is_checked_and_never_a_copy_source(rng):
+    d = make_destination(rng, 4, 4, 64, pad=0, real_cols=1)
+    d["paged_mqa_schedule"] = np.zeros((5, 3), np.int32)
+    with pytest.raises(nsa.InvalidArgumentError, match="paged_mqa_schedule"):
+        nsa.MetadataTargets([d])
+    d["paged_mqa_schedule"] = np.zeros((5, 2), np.int32)
+    targets = nsa.MetadataTargets([d])
+    src = {k: v.copy() for k, v in d.items() if k != "paged_mqa_schedule"}
+    with pytest.raises(nsa.InvalidArgumentError, match="paged_mqa_schedule"):
+        nsa.copy_metadata(targets, dict(src, paged_mqa_schedule=d["paged_mqa_schedule"]), mode=0, batch_size=4,
+                          max_len=8)

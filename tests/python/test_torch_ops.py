@@ -385,3 +385,25 @@ def test_metadata_ops_compile(device):
     for name in dest:
         assert torch.equal(copy_dest[name], copy_eager[name]), name
     assert torch.equal(copy_dest["page_table_1"], dest["page_table_1"])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_build_metadata_schedule_field_compiles(device):
+    bs, width, sms = 3, 1024, 8
+    dest = {name: torch.full(shape, -7, dtype=torch.int32, device=device) for name, shape in [
+        ("cache_seqlens", (bs,)), ("cu_seqlens_k", (bs + 1,)), ("page_table_1", (bs, width)),
+        ("nsa_cache_seqlens", (bs,)), ("nsa_cu_seqlens_k", (bs + 1,)), ("paged_mqa_schedule", (sms + 1, 2))]}
+    targets = nsa.MetadataTargets(dest)
+    lens = [0, 700, 64]
+    seq_lens = torch.tensor(lens, dtype=torch.int32, device=device)
+    pool = torch.tensor([2, 0, 1], dtype=torch.int32, device=device)
+    req_to_token = torch.arange(4 * width, dtype=torch.int32, device=device).reshape(4, width)
+
+    def build(t, s, p, r):
+        nsa_ops.build_metadata(t, s, p, r, mode="decode", paged_mqa_layout="g1", paged_mqa_clamp_min_len=True)
+
+    torch.compile(build, fullgraph=True)(targets, seq_lens, pool, req_to_token)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    np.testing.assert_array_equal(np_(dest["paged_mqa_schedule"]),
+                                  ref.paged_mqa_schedule(lens, 1, sms, g1=True, clamp_min_len=True))

@@ -65,7 +65,8 @@ struct DestShape {
       case kNsaCuSeqlensK: return max_rows + 1;
       case kRealPageTable: return max_rows * real_cols;
       case kNumSplits: return max_rows + 1;
-      default: return tile_ints;
+      case kTileTable: return tile_ints;
+      default: return 0;  // the DeepGEMM schedule: not part of this scenario
     }
   }
 };

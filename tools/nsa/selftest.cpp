@@ -244,7 +244,9 @@ struct Dests {
       s.fields = (expanded ? metadata_field_bit(MetadataField::kSeqlensExpanded) : 0) |
                  (pick(rng, 0, 3) != 0 ? metadata_field_bit(MetadataField::kRealPageTable) : 0) |
                  (pick(rng, 0, 1) ? metadata_field_bit(MetadataField::kFlashmlaNumSplits) : 0) |
-                 (pick(rng, 0, 1) ? metadata_field_bit(MetadataField::kFlashmlaMetadata) : 0);
+                 (pick(rng, 0, 1) ? metadata_field_bit(MetadataField::kFlashmlaMetadata) : 0) |
+                 (pick(rng, 0, 1) ? metadata_field_bit(MetadataField::kPagedMqaSchedule) : 0);
+      s.paged_mqa_num_sms = pick(rng, 0, 1) ? 132 : pick(rng, 1, 200);
       v.push_back(s);
     }
     return v;
@@ -280,6 +282,8 @@ void case_build_metadata(Backend b, std::mt19937_64& rng) {
   Buffer r2t_d = to_backend(b, r2t), rpi_d = to_backend(b, rpi), seq_d = to_backend(b, seq),
          ext_d = to_backend(b, extend), splits_d = to_backend(b, splits), tile_d = to_backend(b, tile);
   MetadataConfig config{mode, bs, n, topk, page};
+  config.paged_mqa_layout = pick(rng, 0, 3) == 0 ? PagedMqaLayout::kG1 : PagedMqaLayout::kG4;
+  config.paged_mqa_clamp_min_len = pick(rng, 0, 1) != 0;
   MetadataInputs dev{Indices(seq_d.as<int64_t>()),
                      Indices(rpi_d.as<int64_t>()),
                      r2t_d.as<int32_t>(),
@@ -304,6 +308,36 @@ void case_build_metadata(Backend b, std::mt19937_64& rng) {
   support::synchronize(b);
   reference::build_metadata(config, host, dests.m.expected(), count);
   dests.expect_matches_reference(fmt::format("{} bs={} N={} P={} topk={}", to_string(mode), bs, n, page, topk));
+}
+
+// paged_mqa_schedule on its own: [B, N] lengths with a row stride, zeros and
+// all-zero batches, both layouts, the clamp, every row of the output checked.
+void case_paged_mqa_schedule(Backend b, std::mt19937_64& rng) {
+  const int64_t bs = pick(rng, 0, 1) ? pick(rng, 0, 64) : pick(rng, 1, 5000), n = pick(rng, 1, 2);
+  const int64_t ld = n + pick(rng, 0, 3), sms = pick(rng, 0, 1) ? 132 : pick(rng, 1, 200);
+  auto lens = random_ints<int32_t>(rng, std::max<int64_t>(bs * ld, 1), 0, pick(rng, 0, 1) ? 600 : 200000);
+  if (pick(rng, 0, 7) == 0) std::fill(lens.begin(), lens.end(), 0);
+  PagedMqaScheduleArgs a;
+  a.batch = bs;
+  a.next_n = n;
+  a.context_lens_ld = ld;
+  a.num_sms = sms;
+  a.layout = pick(rng, 0, 3) == 0 ? PagedMqaLayout::kG1 : PagedMqaLayout::kG4;
+  a.clamp_min_len = pick(rng, 0, 1) != 0;
+  const Buffer lens_d = to_backend(b, lens);
+  Buffer out_d = to_backend(b, random_ints<int32_t>(rng, 2 * (sms + 1), INT32_MIN, INT32_MAX));
+  a.context_lens = lens_d.as<int32_t>();
+  a.schedule = out_d.as<int32_t>();
+  paged_mqa_schedule(b == Backend::kCpu ? Exec::cpu() : Exec::cuda(), a);
+  support::synchronize(b);
+  std::vector<int32_t> last;
+  for (int64_t r = 0; r < bs; ++r) last.push_back(lens[r * ld + n - 1]);
+  const auto want = reference::paged_mqa_schedule(last, n, sms, a.layout, a.clamp_min_len);
+  expect_same(fmt::format("bs={} next_n={} ld={} sms={} g1={} clamp={}", bs, n, ld, sms,
+                          a.layout == PagedMqaLayout::kG1, a.clamp_min_len),
+              out_d.to_host(),
+              std::vector<uint8_t>(reinterpret_cast<const uint8_t*>(want.data()),
+                                   reinterpret_cast<const uint8_t*>(want.data() + want.size())));
 }
 
 void case_copy_metadata(Backend b, std::mt19937_64& rng) {
@@ -531,6 +565,7 @@ const std::vector<Op>& all_ops() {
       {"gather_k_and_s", case_gather_k_and_s},
       {"build_metadata", case_build_metadata},
       {"copy_metadata", case_copy_metadata},
+      {"paged_mqa_schedule", case_paged_mqa_schedule},
       {"topk_transform", case_topk_transform},
       {"paged_mqa_logits", case_paged_mqa_logits},
   };

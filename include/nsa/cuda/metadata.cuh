@@ -40,6 +40,8 @@
 //   build_chunk_items.cuh     path 3's item numbering and per-warp walk
 //   build_page_items.cuh      page-table item load/store shared by paths 2, 3
 //   build_flashmla.cuh        FlashMLA schedule copies
+//   build_schedule.cuh        DeepGEMM paged-MQA schedule: build's optional
+//                             last CTA, and paged_mqa_schedule's one-CTA kernel
 #pragma once
 
 #include "nsa/cuda/metadata/build.cuh"

@@ -8,6 +8,11 @@ by nsa's ops. A call site changes only its import.
   destination tensors (and stream) and reused afterwards. Every error is a
   ``RuntimeError`` (what upstream raises and SGLang's replay catches before it
   falls back to per-field copies) and an ``nsa.NsaError``.
+* ``get_paged_mqa_logits_metadata`` mirrors DeepGEMM's function of that name
+  (which SGLang's NSA indexer calls): the G4 schedule layout, one launch, no
+  JIT. Every error is a ``RuntimeError`` (what DeepGEMM's host asserts raise)
+  and an ``nsa.NsaError``. In a graph-captured step, prefer the
+  ``paged_mqa_schedule`` field of ``nsa.build_metadata`` (no launch of its own).
 * ``get_k``, ``get_s``, ``get_k_and_s``, ``set_k_and_s`` mirror the
   ``execute`` methods of ``GetK``, ``GetS``, ``GetKAndS``, ``SetKAndS`` in
   ``sglang.srt.layers.attention.nsa.index_buf_accessor``. Every error is an
@@ -341,5 +346,29 @@ def fused_metadata_copy_multi_cuda(cache_seqlens_src, cu_seqlens_k_src, page_ind
                                seqlens_expanded_size=0, stream=stream)
 
 
+# --------------------------------------------------------------------------
+# DeepGEMM paged-MQA schedule
+# --------------------------------------------------------------------------
+
+_SCHEDULE_ERROR = RuntimeError
+_BLOCK_KV = 64  # the SM90 logits kernel's block (DeepGEMM asserts it)
+
+
+def get_paged_mqa_logits_metadata(context_lens, block_kv, num_sms):
+    """Mirrors ``deep_gemm.get_paged_mqa_logits_metadata(context_lens, block_kv,
+    num_sms)``: ``context_lens`` int32 ``[B, next_n]`` (column ``next_n - 1``
+    is read; a 1-D ``[B]`` is taken as next_n = 1), ``block_kv`` 64, returns a
+    new int32 ``[num_sms + 1, 2]`` schedule in DeepGEMM's current (G4) layout,
+    bit for bit (metadata.md §10). Errors are RuntimeErrors."""
+    op = "nsa.compat.sglang.get_paged_mqa_logits_metadata"
+    with raising_as(_SCHEDULE_ERROR):
+        _require_int32((("context_lens", context_lens),))
+        if block_kv != _BLOCK_KV:
+            fail(op, "block_kv", f"{_BLOCK_KV} (the SM90 logits kernel's block)", repr(block_kv))
+        if not isinstance(num_sms, int) or isinstance(num_sms, bool) or num_sms < 1:
+            fail(op, "num_sms", "an int >= 1", repr(num_sms))
+        return metadata.paged_mqa_schedule(context_lens, num_sms)
+
+
 __all__ = ["fused_metadata_copy_cuda", "fused_metadata_copy_multi_cuda", "get_k", "get_k_and_s", "get_s",
-           "set_k_and_s", "Int32Required"]
+           "get_paged_mqa_logits_metadata", "set_k_and_s", "Int32Required"]

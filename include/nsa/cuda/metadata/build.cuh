@@ -10,6 +10,7 @@
 #include "nsa/cuda/metadata/build_items_one_pass.cuh"
 #include "nsa/cuda/metadata/build_params.cuh"
 #include "nsa/cuda/metadata/build_scalars.cuh"
+#include "nsa/cuda/metadata/build_schedule.cuh"
 #include "nsa/cuda/metadata/fast_divisor.cuh"
 #include "nsa/cuda/metadata/launch_shape.cuh"
 #include "nsa/cuda/metadata/targets.cuh"
@@ -41,6 +42,9 @@ namespace kernels {
 // memory, no barrier in the item CTAs (build_items_one_pass), and for a batch
 // of <= 32 requests with static rows one warp writes the scalars
 // (build_scalars_warp).
+// When some destination has the DeepGEMM paged-MQA schedule, one more CTA,
+// the last, computes it (build_schedule.cuh); without it the grid and every
+// path are as before, at the cost of one uniform compare.
 // ---------------------------------------------------------------------------
 
 // kChecked: requests with an invalid cache length, request row or extend
@@ -55,6 +59,10 @@ __global__ void __launch_bounds__(kMetaThreads, Policy::kCtasPerSm)
   // besides it).
   if (blockIdx.x == 0) {
     build_scalars<kChecked>(p, s);
+    return;
+  }
+  if (p.schedule_cta != 0 && blockIdx.x == gridDim.x - 1) {
+    build_paged_mqa_schedule(p, s);
     return;
   }
   if constexpr (kOnePass) {
@@ -74,13 +82,21 @@ inline int64_t build_items_per_request(const BuildParams& p) {
   return (p.max_kv + Policy::kColsPerItem - 1) / Policy::kColsPerItem;
 }
 
+// Grid of a build with `items` page-table items: CTA 0 (scalars), the item
+// CTAs (at least one: build_metadata_kernel relies on it) and, when present,
+// the schedule CTA, within one wave of resident CTAs where possible.
+inline int build_grid(int64_t items, int num_sms, int ctas_per_sm, int schedule_cta) {
+  const int grid = metadata_grid(items + 1 + schedule_cta, num_sms, ctas_per_sm);
+  return grid < 2 + schedule_cta ? 2 + schedule_cta : grid;
+}
+
 // The one-pass item path applies (see build_items_one_pass).
 template <class Policy>
 inline bool build_one_pass(const BuildParams& p, int num_sms) {
   if (p.batch > kMetaThreads || p.num_targets > kWarpTargets) return false;
   const int64_t items = p.batch * build_items_per_request<Policy>(p);  // batch <= 256: no overflow
-  const int64_t item_warps = (metadata_grid(items + 1, num_sms, Policy::kCtasPerSm) - 1) * int64_t{kMetaWarps};
-  return items <= item_warps;
+  const int item_ctas = build_grid(items, num_sms, Policy::kCtasPerSm, p.schedule_cta) - 1 - p.schedule_cta;
+  return items <= static_cast<int64_t>(item_ctas) * kMetaWarps;
 }
 
 template <class Policy, bool kOnePass>
@@ -91,9 +107,7 @@ cudaError_t launch_build_metadata(BuildParams p, int num_sms, cudaStream_t strea
   p.items_per_request_div = FastDivisor::make(
       items_per_request >= 1 && items_per_request <= INT32_MAX ? static_cast<uint32_t>(items_per_request) : 1u);
   const int64_t max_items = p.batch * (items_per_request > 0 ? items_per_request : 1);
-  // + 1: the scalars CTA. max_items >= 1 and the cap >= 2, so the grid
-  // always has an item CTA besides it (build_metadata_kernel relies on it).
-  const int grid = metadata_grid(max_items + 1, num_sms, Policy::kCtasPerSm);
+  const int grid = build_grid(max_items, num_sms, Policy::kCtasPerSm, p.schedule_cta);
   NSA_DISPATCH_BOOL(p.error != nullptr, kChecked,
                     [&] { build_metadata_kernel<Policy, kChecked, kOnePass><<<grid, kMetaThreads, 0, stream>>>(p); });
   return cudaGetLastError();
@@ -109,7 +123,7 @@ cudaError_t launch_build_metadata(BuildParams p, int num_sms, cudaStream_t strea
 inline cudaError_t invoke_build_metadata(const BuildParams& p, int num_sms, cudaStream_t stream) {
   static_assert(SmallBuildPolicy::kCtasPerSm == LargeBuildPolicy::kCtasPerSm, "one grid size for both");
   const int64_t small_items = p.batch * build_items_per_request<SmallBuildPolicy>(p);
-  const int64_t item_ctas = static_cast<int64_t>(num_sms) * SmallBuildPolicy::kCtasPerSm - 1;
+  const int64_t item_ctas = static_cast<int64_t>(num_sms) * SmallBuildPolicy::kCtasPerSm - 1 - p.schedule_cta;
   if (small_items <= 2 * item_ctas && build_one_pass<SmallBuildPolicy>(p, num_sms))
     return launch_build_metadata<SmallBuildPolicy, true>(p, num_sms, stream);
   if (p.mode == static_cast<int32_t>(ForwardMode::kDecode) && build_one_pass<LargeBuildPolicy>(p, num_sms))

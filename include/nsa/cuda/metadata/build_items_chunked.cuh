@@ -29,11 +29,11 @@ template <class Policy, bool kChecked>
 __device__ __forceinline__ void build_items_chunked(const BuildParams& p, BuildShared& s) {
   const int64_t block = blockIdx.x - 1;  // item CTA number
 
-  // ---- Item CTAs 1 .. gridDim.x - 1: page tables and FlashMLA copies. ----
+  // ---- Item CTAs 1 .. gridDim.x - 1 - schedule_cta: page tables and FlashMLA copies. ----
   constexpr int64_t kCols = Policy::kColsPerItem;
   const int tid = threadIdx.x;
   const int lane = tid & 31;
-  const int item_ctas = static_cast<int>(gridDim.x) - 1;
+  const int item_ctas = static_cast<int>(gridDim.x) - 1 - p.schedule_cta;  // CTA 0 and the schedule CTA hold no item
   const int64_t grid_warps = static_cast<int64_t>(item_ctas) * kMetaWarps;
   const int64_t my_warp = static_cast<int64_t>(tid >> 5) * item_ctas + block;
   const int64_t gtid = block * kMetaThreads + tid;

@@ -30,7 +30,7 @@ __device__ __forceinline__ void build_items_one_pass(const BuildParams& p) {
   constexpr int64_t kCols = Policy::kColsPerItem;
   const int tid = threadIdx.x;
   const int lane = tid & 31;
-  const int item_ctas = static_cast<int>(gridDim.x) - 1;
+  const int item_ctas = static_cast<int>(gridDim.x) - 1 - p.schedule_cta;  // CTA 0 and the schedule CTA hold no item
   const int block = static_cast<int>(blockIdx.x) - 1;
   // Warp numbers interleave CTAs, as in the multi-pass path. The launcher
   // bounds the grid, so they and the item count fit 31 bits.
