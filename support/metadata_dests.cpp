@@ -38,6 +38,9 @@ MetadataDests::MetadataDests(Backend backend, const std::vector<MetadataDestShap
 MetadataDests::MetadataDests(const Exec& exec, const std::vector<MetadataDestShape>& shapes, std::mt19937_64& rng) {
   init(exec.backend, exec, shapes, &rng, 0);
 }
+MetadataDests::MetadataDests(const Exec& exec, const std::vector<MetadataDestShape>& shapes, uint8_t byte) {
+  init(exec.backend, exec, shapes, nullptr, byte);
+}
 
 void MetadataDests::init(Backend backend, const Exec& exec, const std::vector<MetadataDestShape>& shapes,
                          std::mt19937_64* rng, uint8_t byte) {

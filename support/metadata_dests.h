@@ -40,8 +40,9 @@ class MetadataDests {
   // Initial bytes: random (rng) or `byte` everywhere; the mirror starts equal.
   MetadataDests(Backend backend, const std::vector<MetadataDestShape>& shapes, std::mt19937_64& rng);
   MetadataDests(Backend backend, const std::vector<MetadataDestShape>& shapes, uint8_t byte);
-  // Same, uploaded on `exec` (a stream other than the default one).
+  // Same, uploaded on `exec` (a stream other than the default one, a checked exec).
   MetadataDests(const Exec& exec, const std::vector<MetadataDestShape>& shapes, std::mt19937_64& rng);
+  MetadataDests(const Exec& exec, const std::vector<MetadataDestShape>& shapes, uint8_t byte);
 
   int64_t count() const { return static_cast<int64_t>(shapes_.size()); }
   const MetadataTargets& targets() const { return targets_; }
