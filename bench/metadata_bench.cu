@@ -256,7 +256,8 @@ json bench_case(const Case& c, const nsa::support::DeviceLimits& lim, std::mt199
   auto base = run_and_download(baseline);
   if (decode)
     for (auto* r : {&copied, &base})
-      for (size_t d = 0; d < r->size(); ++d) (*r)[d][nsa::support::kSeqlensExpanded] = built[d][nsa::support::kSeqlensExpanded];
+      for (size_t d = 0; d < r->size(); ++d)
+        (*r)[d][nsa::support::kSeqlensExpanded] = built[d][nsa::support::kSeqlensExpanded];
   bool ok = built == copied && built == base;
   bool ref_checked = false;
   if (ok && all_tables) {  // reference on a zeroed host mirror
@@ -452,7 +453,8 @@ json bench_sglang_case(const Case& c, std::mt19937_64& rng, Buffer& flush) {
   auto base = run_into_zeroed(dst, all_tables, upstream);
   if (decode)
     for (auto* r : {&copied, &base})
-      for (size_t d = 0; d < r->size(); ++d) (*r)[d][nsa::support::kSeqlensExpanded] = built[d][nsa::support::kSeqlensExpanded];
+      for (size_t d = 0; d < r->size(); ++d)
+        (*r)[d][nsa::support::kSeqlensExpanded] = built[d][nsa::support::kSeqlensExpanded];
   if (!(built == copied && built == base))
     throw std::runtime_error(fmt::format("SGLang-shaped verification failed: mode {} bs {} D {} ctx {}",
                                          to_string(c.mode), bs, c.dests, c.ctx));

@@ -245,8 +245,8 @@ void run_long(ForwardMode mode) {
       }
     };
     for (int d = 0; d < 2; ++d) {
-      for (int f : {support::kCacheSeqlens, support::kCuSeqlensK, support::kSeqlensExpanded,
-                    support::kNsaCacheSeqlens, support::kNsaCuSeqlensK})
+      for (int f : {support::kCacheSeqlens, support::kCuSeqlensK, support::kSeqlensExpanded, support::kNsaCacheSeqlens,
+                    support::kNsaCuSeqlensK})
         check(dests.buffer(d, f), e.dests.mirror(d, f).data(), e.dests.mirror(d, f).size(), kMetadataFields[f].name);
       // Page tables: every row's columns below its request's length (the rest is stale by contract).
       const auto pt = dests.read(d, support::kPageTable1), real = dests.read(d, support::kRealPageTable);
