@@ -1,5 +1,7 @@
 #include "metadata_dests.h"
 
+#include <cstring>
+
 #include "host_data.h"
 
 namespace nsa {
@@ -95,6 +97,11 @@ void MetadataDests::fill(uint8_t byte) {
       buffers_[static_cast<size_t>(d)][static_cast<size_t>(f)].fill(byte);
     }
   }
+}
+
+void MetadataDests::write(int64_t d, int field, const void* data, size_t bytes, size_t offset) {
+  buffers_[static_cast<size_t>(d)][static_cast<size_t>(field)].upload(data, bytes, offset);
+  if (!mirror(d, field).empty()) std::memcpy(mirror(d, field).data() + offset, data, bytes);
 }
 
 bool MetadataDests::matches(int64_t d, int field) const {

@@ -77,6 +77,8 @@ class MetadataDests {
   size_t bytes(int64_t d) const;  // of destination d's fields on the backend
   // Sets every byte of every field, on the backend and in the mirror.
   void fill(uint8_t byte);
+  // Writes `bytes` bytes at byte `offset` of (d, field), on the backend and in the mirror (if any).
+  void write(int64_t d, int field, const void* data, size_t bytes, size_t offset = 0);
   // True when the backend's bytes equal the mirror's; `d`, `field` narrow it.
   bool matches() const;
   bool matches(int64_t d, int field) const;
