@@ -781,25 +781,13 @@ constexpr int64_t kPages = 40;
 
 // ------------------------------------ stores (CUDA) ------------------------------------
 
-std::vector<uint16_t> bf16_rows(std::mt19937_64& rng, int64_t n) {
-  std::vector<uint16_t> k(static_cast<size_t>(n * 128));
-  std::normal_distribution<float> normal(0.0f, 3.0f);
-  for (auto& h : k) {
-    const float f = normal(rng);
-    uint32_t u;
-    std::memcpy(&u, &f, 4);
-    h = static_cast<uint16_t>(u >> 16);
-  }
-  return k;
-}
-
 TEST(CheckedMode, QuantizeAndStoreSlotPastPool_cuda) {
   NSA_SKIP_WITHOUT_GPU();
   auto rng = make_rng(200);
   Pool pool(Backend::kCuda, kPages, rng);
   const int64_t n = 300, bad_token = 137, bad_slot = kPages * L::kPageSize + 3;
   auto slots = distinct_slots(rng, n, kPages * L::kPageSize, 5, 11);
-  const auto k = bf16_rows(rng, n);
+  const auto k = random_bf16(rng, n, 128);
   slots[bad_token] = bad_slot;
   auto k_dev = to_backend(Backend::kCuda, k);
   auto s_dev = to_backend(Backend::kCuda, slots);
@@ -1058,7 +1046,7 @@ TEST(CheckedMode, ValidInputsRecordNothingAndMatchUnchecked_cuda) {
   const Exec plain = Exec::cuda();
   const int64_t n = 200;
   const auto slots = distinct_slots(rng, n, kPages * L::kPageSize, 5, 11);
-  const auto k = bf16_rows(rng, n);
+  const auto k = random_bf16(rng, n, 128);
   auto k_dev = to_backend(Backend::kCuda, k);
   auto s_dev = to_backend(Backend::kCuda, slots);
   quantize_and_store_k(chk.exec, checked_pool.view(), k_dev.as<uint16_t>(), n, 128, s_dev.as<int64_t>(),
@@ -1185,7 +1173,7 @@ TEST(CheckedModeCpu, StoresRejectSlotsPastPoolAndWriteNothing) {
     const auto before = pool.host;
     const int64_t n = 2000;
     auto slots = distinct_slots(rng, n, kPages * L::kPageSize, 5, 11);
-    const auto k = bf16_rows(rng, n);
+    const auto k = random_bf16(rng, n, 128);
     slots[1234] = kPages * L::kPageSize;
     expect_rejected([&] { quantize_and_store_k(cpu, pool.view(), k.data(), n, 128, slots.data(), ScaleMode::kFp32); },
                     "quantize_and_store_k", "slots", "2560 at token 1234");
