@@ -1,7 +1,9 @@
 // Index-cache ops on every backend against the plain-loop reference
 // (src/reference/index_cache.cpp), bit-exact, on fresh random data with
 // poisoned outputs; plus the edges of docs/spec/index-cache.md §8 and every
-// validation path.
+// validation path. Then, each in its own section: checked mode (CUDA planted
+// violations, CPU rejections), determinism across threads and streams, and
+// the fuzzers' regressions.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -12,6 +14,10 @@
 #include "nsa/index_cache.h"
 #include "reference/index_cache.h"
 #include "test_util.h"
+
+#if defined(NSA_WITH_CUDA)
+#include <cuda_runtime.h>  // the captured checked graph
+#endif
 
 namespace nsa {
 namespace test {
