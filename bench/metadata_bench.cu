@@ -98,6 +98,20 @@ Downloaded run_into_zeroed(MetadataDests& dst, bool all_tables, const nsa::suppo
   return all;
 }
 
+// Runs build, copy and baseline into zeroed destinations; true when all three
+// wrote the same bytes (DECODE's seqlens_expanded is written by build only: it
+// aliases cache_seqlens upstream). `built` receives build's bytes.
+bool same_bytes_written(MetadataDests& dst, bool all_tables, bool decode, const nsa::support::Launch& build,
+                        const nsa::support::Launch& copy, const nsa::support::Launch& baseline, Downloaded& built) {
+  built = run_into_zeroed(dst, all_tables, build);
+  Downloaded copied = run_into_zeroed(dst, all_tables, copy), base = run_into_zeroed(dst, all_tables, baseline);
+  if (decode)
+    for (auto* r : {&copied, &base})
+      for (size_t d = 0; d < r->size(); ++d)
+        (*r)[d][nsa::support::kSeqlensExpanded] = built[d][nsa::support::kSeqlensExpanded];
+  return built == copied && built == base;
+}
+
 // The precomputed sources of copy_metadata and the copy baselines: a
 // destination set that build_metadata filled once, contiguous like SGLang's
 // precompute ([rows, max_len], max_len = the batch maximum).
@@ -246,19 +260,12 @@ json bench_case(const Case& c, const nsa::support::DeviceLimits& lim, std::mt199
     }
   };
 
-  // Verify: the three write the same bytes into zeroed destinations (DECODE's
-  // seqlens_expanded is written by build only: it aliases cache_seqlens upstream).
-  // Large cases compare the page tables of destination 0 only (host memory).
+  // Verify: the three write the same bytes into zeroed destinations, and build
+  // what the reference writes. Large cases compare the page tables of
+  // destination 0 only (host memory).
   const bool all_tables = dst.bytes(0) * c.dests <= kAllTablesBytes;
-  auto run_and_download = [&](const nsa::support::Launch& fn) { return run_into_zeroed(dst, all_tables, fn); };
-  auto built = run_and_download(build);
-  auto copied = run_and_download(copy);
-  auto base = run_and_download(baseline);
-  if (decode)
-    for (auto* r : {&copied, &base})
-      for (size_t d = 0; d < r->size(); ++d)
-        (*r)[d][nsa::support::kSeqlensExpanded] = built[d][nsa::support::kSeqlensExpanded];
-  bool ok = built == copied && built == base;
+  Downloaded built;
+  bool ok = same_bytes_written(dst, all_tables, decode, build, copy, baseline, built);
   bool ref_checked = false;
   if (ok && all_tables) {  // reference on a zeroed host mirror
     MetadataDests host(nsa::Backend::kCpu, dst.shapes(), uint8_t{0});
@@ -445,17 +452,10 @@ json bench_sglang_case(const Case& c, std::mt19937_64& rng, Buffer& flush) {
   };
 
   // The three write the same bytes into zeroed destinations (columns past a
-  // row's length up to max_len: zeros in the sources; DECODE's
-  // seqlens_expanded is written by build only).
+  // row's length up to max_len: zeros in the sources).
   const bool all_tables = dst.bytes(0) * c.dests <= kAllTablesBytes;
-  auto built = run_into_zeroed(dst, all_tables, build);
-  auto copied = run_into_zeroed(dst, all_tables, copy);
-  auto base = run_into_zeroed(dst, all_tables, upstream);
-  if (decode)
-    for (auto* r : {&copied, &base})
-      for (size_t d = 0; d < r->size(); ++d)
-        (*r)[d][nsa::support::kSeqlensExpanded] = built[d][nsa::support::kSeqlensExpanded];
-  if (!(built == copied && built == base))
+  Downloaded built;
+  if (!same_bytes_written(dst, all_tables, decode, build, copy, upstream, built))
     throw std::runtime_error(fmt::format("SGLang-shaped verification failed: mode {} bs {} D {} ctx {}",
                                          to_string(c.mode), bs, c.dests, c.ctx));
 
