@@ -38,6 +38,7 @@
 #include "floor_kernels.h"
 #include "fused_copy_baseline.h"
 #include "host_data.h"
+#include "metadata_dests.h"
 #include "nsa/metadata.h"
 #include "reference/metadata.h"
 #include "timing.h"
@@ -59,46 +60,25 @@ Buffer upload(const std::vector<T>& v) {
   return nsa::support::to_backend(nsa::Backend::kCuda, v);
 }
 
-// One destination set (the captured buffers of one backend), every field present.
-struct DestSet {
-  enum { kCache, kCuK, kPt, kExp, kNsa, kNsaCu, kReal, kSplits, kTileTable, kCount };
-  std::array<Buffer, kCount> buf;
-  nsa::MetadataBuffers view;
+using nsa::support::MetadataDests;
+using Downloaded = std::vector<std::vector<std::vector<uint8_t>>>;  // [destination][field] bytes
 
-  DestSet(int64_t rows, int64_t pt_cols, int64_t pt_ld, int64_t rt_cols, int64_t rt_ld) {
-    const int64_t n[kCount] = {rows, rows + 1, rows * pt_ld, rows, rows, rows + 1, rows * rt_ld, rows + 1, kTiles};
-    for (int f = 0; f < kCount; ++f) buf[f] = Buffer(nsa::Backend::kCuda, static_cast<size_t>(n[f]) * 4);
-    view.cache_seqlens = buf[kCache].as<int32_t>();
-    view.cu_seqlens_k = buf[kCuK].as<int32_t>();
-    view.page_table_1 = buf[kPt].as<int32_t>();
-    view.page_table_1_cols = pt_cols;
-    view.page_table_1_ld = pt_ld;
-    view.seqlens_expanded = buf[kExp].as<int32_t>();
-    view.nsa_cache_seqlens = buf[kNsa].as<int32_t>();
-    view.nsa_cu_seqlens_k = buf[kNsaCu].as<int32_t>();
-    view.real_page_table = buf[kReal].as<int32_t>();
-    view.real_page_table_cols = rt_cols;
-    view.real_page_table_ld = rt_ld;
-    view.flashmla_num_splits = buf[kSplits].as<int32_t>();
-    view.flashmla_metadata = buf[kTileTable].as<int32_t>();
-    view.flashmla_metadata_size = kTiles;
-    view.max_rows = rows;
-    view.max_batch = rows;  // rows >= bs in every mode
-  }
-  void zero() {
-    for (auto& b : buf) b.fill(0);
-  }
-  std::vector<std::vector<uint8_t>> download() const {
-    std::vector<std::vector<uint8_t>> v;
-    for (const auto& b : buf) v.push_back(b.to_host());
-    return v;
-  }
-  size_t bytes() const {
-    size_t s = 0;
-    for (const auto& b : buf) s += b.bytes();
-    return s;
-  }
-};
+// `count` destination sets (the captured buffers of one backend each), every
+// field present but the paged-MQA schedule (its own table below adds it), one
+// device buffer per field: [rows, pt_cols] page tables of
+// row stride pt_ld, [rows, rt_cols] real page tables of stride rt_ld.
+MetadataDests make_dests(int64_t count, int64_t rows, int64_t pt_cols, int64_t pt_ld, int64_t rt_cols, int64_t rt_ld) {
+  nsa::support::MetadataDestShape shape;
+  shape.max_rows = rows;
+  shape.max_batch = rows;  // rows >= bs in every mode
+  shape.page_table_1_cols = pt_cols;
+  shape.page_table_1_ld = pt_ld;
+  shape.real_page_table_cols = rt_cols;
+  shape.real_page_table_ld = rt_ld;
+  shape.flashmla_metadata_size = kTiles;
+  shape.fields &= ~nsa::metadata_field_bit(nsa::MetadataField::kPagedMqaSchedule);
+  return MetadataDests(nsa::Backend::kCuda, std::vector<nsa::support::MetadataDestShape>(count, shape));
+}
 
 struct Case {
   nsa::ForwardMode mode;
@@ -110,37 +90,52 @@ constexpr size_t kAllTablesBytes = size_t{256} << 20;
 
 // Runs `fn` into zeroed destinations and downloads them (page tables of
 // destination 0 only unless all_tables).
-std::vector<std::vector<std::vector<uint8_t>>> run_into_zeroed(std::vector<DestSet>& dst, bool all_tables,
-                                                               const nsa::support::Launch& fn) {
-  for (auto& d : dst) d.zero();
+Downloaded run_into_zeroed(MetadataDests& dst, bool all_tables, const nsa::support::Launch& fn) {
+  dst.fill(0);
   fn(nullptr);
   nsa::support::synchronize(nsa::Backend::kCuda);
-  std::vector<std::vector<std::vector<uint8_t>>> all;
-  for (size_t d = 0; d < dst.size(); ++d) {
-    all.push_back(dst[d].download());
-    if (d > 0 && !all_tables) all.back()[DestSet::kPt].clear(), all.back()[DestSet::kReal].clear();
+  Downloaded all(static_cast<size_t>(dst.count()));
+  for (int64_t d = 0; d < dst.count(); ++d) {
+    for (int f = 0; f < nsa::kMetadataFieldCount; ++f) {
+      const bool table = f == nsa::support::kPageTable1 || f == nsa::support::kRealPageTable;
+      all[d].push_back(d > 0 && table && !all_tables ? std::vector<uint8_t>() : dst.read(d, f));
+    }
   }
   return all;
+}
+
+// Runs build, copy and baseline into zeroed destinations; true when all three
+// wrote the same bytes (DECODE's seqlens_expanded is written by build only: it
+// aliases cache_seqlens upstream). `built` receives build's bytes.
+bool same_bytes_written(MetadataDests& dst, bool all_tables, bool decode, const nsa::support::Launch& build,
+                        const nsa::support::Launch& copy, const nsa::support::Launch& baseline, Downloaded& built) {
+  built = run_into_zeroed(dst, all_tables, build);
+  Downloaded copied = run_into_zeroed(dst, all_tables, copy), base = run_into_zeroed(dst, all_tables, baseline);
+  if (decode)
+    for (auto* r : {&copied, &base})
+      for (size_t d = 0; d < r->size(); ++d)
+        (*r)[d][nsa::support::kSeqlensExpanded] = built[d][nsa::support::kSeqlensExpanded];
+  return built == copied && built == base;
 }
 
 // The precomputed sources of copy_metadata and the copy baselines: a
 // destination set that build_metadata filled once, contiguous like SGLang's
 // precompute ([rows, max_len], max_len = the batch maximum).
-nsa::MetadataSources sources_of(const DestSet& src, bool decode) {
+nsa::MetadataSources sources_of(const nsa::MetadataBuffers& src, bool decode) {
   nsa::MetadataSources s;
-  s.cache_seqlens = src.view.cache_seqlens;
-  s.cu_seqlens_k = src.view.cu_seqlens_k;
-  s.page_table_1 = src.view.page_table_1;
-  s.page_table_1_ld = src.view.page_table_1_ld;
-  s.seqlens_expanded = decode ? nullptr : src.view.seqlens_expanded;
-  s.nsa_cache_seqlens = src.view.nsa_cache_seqlens;
-  s.nsa_cu_seqlens_k = src.view.nsa_cu_seqlens_k;
-  s.real_page_table = src.view.real_page_table;
-  s.real_page_table_cols = src.view.real_page_table_cols;
-  s.real_page_table_ld = src.view.real_page_table_ld;
-  s.flashmla_num_splits = src.view.flashmla_num_splits;
-  s.flashmla_metadata = src.view.flashmla_metadata;
-  s.flashmla_metadata_size = src.view.flashmla_metadata_size;
+  s.cache_seqlens = src.cache_seqlens;
+  s.cu_seqlens_k = src.cu_seqlens_k;
+  s.page_table_1 = src.page_table_1;
+  s.page_table_1_ld = src.page_table_1_ld;
+  s.seqlens_expanded = decode ? nullptr : src.seqlens_expanded;
+  s.nsa_cache_seqlens = src.nsa_cache_seqlens;
+  s.nsa_cu_seqlens_k = src.nsa_cu_seqlens_k;
+  s.real_page_table = src.real_page_table;
+  s.real_page_table_cols = src.real_page_table_cols;
+  s.real_page_table_ld = src.real_page_table_ld;
+  s.flashmla_num_splits = src.flashmla_num_splits;
+  s.flashmla_metadata = src.flashmla_metadata;
+  s.flashmla_metadata_size = src.flashmla_metadata_size;
   return s;
 }
 
@@ -151,13 +146,9 @@ nsa::MetadataSources sources_of(const DestSet& src, bool decode) {
 struct DeviceCase {
   Buffer table, seq, rpi, ext, splits, tiles;
   nsa::MetadataInputs in;
-  DestSet src;
-  Buffer src_ws;
+  MetadataDests src;
   nsa::MetadataSources sources;
-  std::vector<DestSet> dst;
-  std::vector<nsa::MetadataBuffers> views;
-  Buffer ws;
-  nsa::MetadataTargets targets;
+  MetadataDests dst;
 
   // host_table: [pool_rows, table_ld] with table_cols columns.
   DeviceCase(const nsa::MetadataConfig& cfg, const std::vector<int32_t>& host_table, int64_t pool_rows,
@@ -170,9 +161,8 @@ struct DeviceCase {
         ext(upload(ext_)),
         splits(upload(splits_)),
         tiles(upload(tiles_)),
-        src(R, max_len, max_len, (max_len + kPage - 1) / kPage, (max_len + kPage - 1) / kPage),
-        src_ws(nsa::Backend::kCuda, nsa::metadata_targets_workspace_bytes(1)),
-        ws(nsa::Backend::kCuda, nsa::metadata_targets_workspace_bytes(dests)) {
+        src(make_dests(1, R, max_len, max_len, (max_len + kPage - 1) / kPage, (max_len + kPage - 1) / kPage)),
+        dst(make_dests(dests, R, cols, ld, (cols + kPage - 1) / kPage, (cols + kPage - 1) / kPage)) {
     in.seq_lens = seq.as<int64_t>();
     in.req_pool_indices = rpi.as<int32_t>();
     if (cfg.mode == nsa::ForwardMode::kDraftExtend) in.extend_lens = ext.as<int32_t>();
@@ -187,17 +177,9 @@ struct DeviceCase {
     // Zeroed first: build writes row r up to its own length, and the copies
     // copy max_len columns, so the columns between are zeros, as in the
     // zeroed destinations build writes into.
-    src.zero();
-    const auto src_targets =
-        nsa::upload_metadata_targets(nsa::Exec::cuda(), &src.view, 1, src_ws.data(), src_ws.bytes());
-    nsa::build_metadata(nsa::Exec::cuda(), cfg, in, src_targets);
-    sources = sources_of(src, cfg.mode == nsa::ForwardMode::kDecode);
-    const int64_t rt_cols = (cols + kPage - 1) / kPage;
-    for (int64_t d = 0; d < dests; ++d) {
-      dst.emplace_back(R, cols, ld, rt_cols, rt_cols);
-      views.push_back(dst.back().view);
-    }
-    targets = nsa::upload_metadata_targets(nsa::Exec::cuda(), views.data(), dests, ws.data(), ws.bytes());
+    src.fill(0);
+    nsa::build_metadata(nsa::Exec::cuda(), cfg, in, src.targets());
+    sources = sources_of(src.device(0), cfg.mode == nsa::ForwardMode::kDecode);
     nsa::support::synchronize(nsa::Backend::kCuda);
   }
 };
@@ -237,9 +219,9 @@ json bench_case(const Case& c, const nsa::support::DeviceLimits& lim, std::mt199
   const nsa::MetadataInputs& in = dc.in;
   const nsa::MetadataSources& s = dc.sources;
   const nsa::MetadataCopyShape shape{c.mode, bs, kv, kv, R};
-  std::vector<DestSet>& dst = dc.dst;
-  const std::vector<nsa::MetadataBuffers>& views = dc.views;
-  const nsa::MetadataTargets targets = dc.targets;
+  MetadataDests& dst = dc.dst;
+  const std::vector<nsa::MetadataBuffers>& views = dst.devices();
+  const nsa::MetadataTargets targets = dst.targets();
   const Buffer &table_d = dc.table, &rpi_d = dc.rpi;
 
   auto build = [&](nsa::cudaStream st) { nsa::build_metadata(nsa::Exec::cuda(st), cfg, in, targets); };
@@ -284,40 +266,15 @@ json bench_case(const Case& c, const nsa::support::DeviceLimits& lim, std::mt199
     }
   };
 
-  // Verify: the three write the same bytes into zeroed destinations (DECODE's
-  // seqlens_expanded is written by build only: it aliases cache_seqlens upstream).
-  // Large cases compare the page tables of destination 0 only (host memory).
-  const bool all_tables = dst[0].bytes() * c.dests <= kAllTablesBytes;
-  auto run_and_download = [&](const nsa::support::Launch& fn) { return run_into_zeroed(dst, all_tables, fn); };
-  auto built = run_and_download(build);
-  auto copied = run_and_download(copy);
-  auto base = run_and_download(baseline);
-  if (decode)
-    for (auto* r : {&copied, &base})
-      for (size_t d = 0; d < r->size(); ++d) (*r)[d][DestSet::kExp] = built[d][DestSet::kExp];
-  bool ok = built == copied && built == base;
+  // Verify: the three write the same bytes into zeroed destinations, and build
+  // what the reference writes. Large cases compare the page tables of
+  // destination 0 only (host memory).
+  const bool all_tables = dst.bytes(0) * c.dests <= kAllTablesBytes;
+  Downloaded built;
+  bool ok = same_bytes_written(dst, all_tables, decode, build, copy, baseline, built);
   bool ref_checked = false;
   if (ok && all_tables) {  // reference on a zeroed host mirror
-    std::vector<std::vector<std::vector<uint8_t>>> mirror;
-    std::vector<nsa::MetadataBuffers> host_views;
-    for (const auto& d : dst) {
-      mirror.emplace_back();
-      for (const auto& b : d.buf) mirror.back().emplace_back(b.bytes(), 0);
-    }
-    for (size_t d = 0; d < dst.size(); ++d) {
-      nsa::MetadataBuffers h = dst[d].view;
-      auto p = [&](int f) { return reinterpret_cast<int32_t*>(mirror[d][f].data()); };
-      h.cache_seqlens = p(DestSet::kCache);
-      h.cu_seqlens_k = p(DestSet::kCuK);
-      h.page_table_1 = p(DestSet::kPt);
-      h.seqlens_expanded = p(DestSet::kExp);
-      h.nsa_cache_seqlens = p(DestSet::kNsa);
-      h.nsa_cu_seqlens_k = p(DestSet::kNsaCu);
-      h.real_page_table = p(DestSet::kReal);
-      h.flashmla_num_splits = p(DestSet::kSplits);
-      h.flashmla_metadata = p(DestSet::kTileTable);
-      host_views.push_back(h);
-    }
+    MetadataDests host(nsa::Backend::kCpu, dst.shapes(), uint8_t{0});
     nsa::MetadataInputs hin = in;
     hin.seq_lens = seq_lens.data();
     hin.req_pool_indices = rpi.data();
@@ -325,8 +282,9 @@ json bench_case(const Case& c, const nsa::support::DeviceLimits& lim, std::mt199
     hin.req_to_token = table.data();
     hin.flashmla_num_splits = splits.data();
     hin.flashmla_metadata = tiles.data();
-    nsa::reference::build_metadata(cfg, hin, host_views.data(), c.dests);
-    ok = built == mirror;
+    nsa::reference::build_metadata(cfg, hin, host.expected(), c.dests);
+    for (int64_t d = 0; d < c.dests; ++d)
+      for (int f = 0; f < nsa::kMetadataFieldCount; ++f) ok = ok && built[d][f] == host.mirror(d, f);
     ref_checked = true;
   }
   if (!ok)
@@ -489,9 +447,9 @@ json bench_sglang_case(const Case& c, int sm_count, std::mt19937_64& rng, Buffer
   const nsa::MetadataInputs& in = dc.in;
   const nsa::MetadataSources& s = dc.sources;
   const nsa::MetadataCopyShape shape{c.mode, bs, max_len, max_len, R};
-  std::vector<DestSet>& dst = dc.dst;
-  const std::vector<nsa::MetadataBuffers>& views = dc.views;
-  const nsa::MetadataTargets targets = dc.targets;
+  MetadataDests& dst = dc.dst;
+  const std::vector<nsa::MetadataBuffers>& views = dst.devices();
+  const nsa::MetadataTargets targets = dst.targets();
 
   auto build = [&](nsa::cudaStream st) { nsa::build_metadata(nsa::Exec::cuda(st), cfg, in, targets); };
   auto copy = [&](nsa::cudaStream st) { nsa::copy_metadata(nsa::Exec::cuda(st), shape, s, targets); };
@@ -501,16 +459,10 @@ json bench_sglang_case(const Case& c, int sm_count, std::mt19937_64& rng, Buffer
   };
 
   // The three write the same bytes into zeroed destinations (columns past a
-  // row's length up to max_len: zeros in the sources; DECODE's
-  // seqlens_expanded is written by build only).
-  const bool all_tables = dst[0].bytes() * c.dests <= kAllTablesBytes;
-  auto built = run_into_zeroed(dst, all_tables, build);
-  auto copied = run_into_zeroed(dst, all_tables, copy);
-  auto base = run_into_zeroed(dst, all_tables, upstream);
-  if (decode)
-    for (auto* r : {&copied, &base})
-      for (size_t d = 0; d < r->size(); ++d) (*r)[d][DestSet::kExp] = built[d][DestSet::kExp];
-  if (!(built == copied && built == base))
+  // row's length up to max_len: zeros in the sources).
+  const bool all_tables = dst.bytes(0) * c.dests <= kAllTablesBytes;
+  Downloaded built;
+  if (!same_bytes_written(dst, all_tables, decode, build, copy, upstream, built))
     throw std::runtime_error(fmt::format("SGLang-shaped verification failed: mode {} bs {} D {} ctx {}",
                                          to_string(c.mode), bs, c.dests, c.ctx));
 

@@ -31,24 +31,37 @@ struct DestShape {
   int64_t sms = 0;  // paged_mqa_num_sms
   bool expanded = true, real = false, splits = false, has_tiles = false, schedule = false;
   int null_field = -1;  // a mandatory field left null (descriptor error), or -1
+
+  // Whether field f (kMetadataFields) is given: mandatory ones always (unless null_field).
+  bool has(int f) const {
+    switch (f) {
+      case kExpanded: return expanded;
+      case kReal: return real;
+      case kSplits: return splits;
+      case kTiles: return has_tiles;
+      case kSchedule: return schedule;
+      default: return !kMetadataFields[f].optional;
+    }
+  }
 };
 
 class FuzzDest {
  public:
   FuzzDest(Input& in, const DestShape& s) : s_(s) {
-    auto n = [](int64_t v) { return static_cast<size_t>(v > 0 ? v : 0); };
-    const int64_t rows = n(s.max_rows), pt_ld = std::max(s.pt_ld, s.pt_cols), rt_ld = std::max(s.rt_ld, s.rt_cols);
-    const size_t sizes[kFields] = {n(rows),         n(rows + 1),
-                                   n(rows * pt_ld), n(rows),
-                                   n(rows),         n(rows + 1),
-                                   n(rows * rt_ld), n(rows + 1),
-                                   n(s.tiles),      s.sms > 0 && s.sms <= kMaxSms ? n(2 * (s.sms + 1)) : 0};
-    const bool present[kFields] = {true, true, true, s.expanded, true, true, s.real, s.splits, s.has_tiles, s.schedule};
+    auto n = [](int64_t v) { return v > 0 ? v : 0; };
+    // The extents of the buffers: whole rows of the widest of columns and stride (however broken the descriptor).
+    MetadataBuffers extents;
+    extents.max_rows = extents.max_batch = n(s.max_rows);
+    extents.page_table_1_cols = extents.page_table_1_ld = n(std::max(s.pt_ld, s.pt_cols));
+    extents.real_page_table_cols = extents.real_page_table_ld = n(std::max(s.rt_ld, s.rt_cols));
+    extents.flashmla_metadata_size = n(s.tiles);
+    extents.paged_mqa_num_sms = s.sms > 0 && s.sms <= kMaxSms ? s.sms : 0;  // a broken count gets no buffer
     for (int f = 0; f < kFields; ++f) {
-      present_[f] = present[f] && f != s.null_field;
+      present_[f] = s.has(f) && f != s.null_field;
       if (!present_[f]) continue;
-      const std::vector<uint8_t> bytes = bytes_from(in, sizes[f] * 4 + 4);  // +1 element: never empty
-      actual_[f].resize(sizes[f] + 1);
+      const size_t size = static_cast<size_t>(metadata_field_elements(extents, kMetadataFields[f].extent));
+      const std::vector<uint8_t> bytes = bytes_from(in, size * 4 + 4);  // +1 element: never empty
+      actual_[f].resize(size + 1);
       std::memcpy(actual_[f].data(), bytes.data(), actual_[f].size() * 4);
       expected_[f] = actual_[f];
     }

@@ -1,5 +1,7 @@
 #include "metadata_dests.h"
 
+#include <cstring>
+
 #include "host_data.h"
 
 namespace nsa {
@@ -39,9 +41,15 @@ MetadataDests::MetadataDests(Backend backend, const std::vector<MetadataDestShap
 MetadataDests::MetadataDests(const Exec& exec, const std::vector<MetadataDestShape>& shapes, std::mt19937_64& rng) {
   init(exec.backend, exec, shapes, &rng, 0);
 }
+MetadataDests::MetadataDests(const Exec& exec, const std::vector<MetadataDestShape>& shapes, uint8_t byte) {
+  init(exec.backend, exec, shapes, nullptr, byte);
+}
+MetadataDests::MetadataDests(Backend backend, const std::vector<MetadataDestShape>& shapes) {
+  init(backend, backend == Backend::kCpu ? Exec::cpu() : Exec::cuda(), shapes, nullptr, 0, false);
+}
 
 void MetadataDests::init(Backend backend, const Exec& exec, const std::vector<MetadataDestShape>& shapes,
-                         std::mt19937_64* rng, uint8_t byte) {
+                         std::mt19937_64* rng, uint8_t byte, bool mirrored) {
   shapes_ = shapes;
   for (const auto& s : shapes_) {
     buffers_.emplace_back(kMetadataFieldCount);
@@ -51,10 +59,10 @@ void MetadataDests::init(Backend backend, const Exec& exec, const std::vector<Me
       if (!s.has(f)) continue;
       const size_t bytes = static_cast<size_t>(metadata_field_size(s, f)) * sizeof(int32_t);
       auto& mirror = mirror_.back()[f];
-      mirror = rng ? random_bytes(*rng, bytes) : std::vector<uint8_t>(bytes, byte);
-      buffers_.back()[f] = to_backend(backend, mirror);
+      if (mirrored) mirror = rng ? random_bytes(*rng, bytes) : std::vector<uint8_t>(bytes, byte);
+      buffers_.back()[f] = mirrored ? to_backend(backend, mirror) : Buffer(backend, bytes);
       dev.*kMetadataFields[f].pointer = buffers_.back()[f].as<int32_t>();
-      host.*kMetadataFields[f].pointer = reinterpret_cast<int32_t*>(mirror.data());
+      if (mirrored) host.*kMetadataFields[f].pointer = reinterpret_cast<int32_t*>(mirror.data());
     }
     device_.push_back(dev);
     expected_.push_back(host);
@@ -75,6 +83,13 @@ const Buffer& MetadataDests::buffer(int64_t d, int field) const {
   return buffers_[static_cast<size_t>(d)][static_cast<size_t>(field)];
 }
 
+size_t MetadataDests::bytes(int64_t d) const {
+  size_t total = 0;
+  for (int f = 0; f < kMetadataFieldCount; ++f)
+    if (present(d, f)) total += buffer(d, f).bytes();
+  return total;
+}
+
 void MetadataDests::fill(uint8_t byte) {
   for (int64_t d = 0; d < count(); ++d) {
     for (int f = 0; f < kMetadataFieldCount; ++f) {
@@ -83,6 +98,11 @@ void MetadataDests::fill(uint8_t byte) {
       buffers_[static_cast<size_t>(d)][static_cast<size_t>(f)].fill(byte);
     }
   }
+}
+
+void MetadataDests::write(int64_t d, int field, const void* data, size_t bytes, size_t offset) {
+  buffers_[static_cast<size_t>(d)][static_cast<size_t>(field)].upload(data, bytes, offset);
+  if (!mirror(d, field).empty()) std::memcpy(mirror(d, field).data() + offset, data, bytes);
 }
 
 bool MetadataDests::matches(int64_t d, int field) const {

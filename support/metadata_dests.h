@@ -17,6 +17,18 @@ namespace support {
 
 constexpr uint32_t kAllMetadataFields = (1u << kMetadataFieldCount) - 1;
 
+// Index of each field in kMetadataFields: the `field` argument of MetadataDests.
+constexpr int field_index(MetadataField f) { return static_cast<int>(f); }
+constexpr int kCacheSeqlens = field_index(MetadataField::kCacheSeqlens);
+constexpr int kCuSeqlensK = field_index(MetadataField::kCuSeqlensK);
+constexpr int kPageTable1 = field_index(MetadataField::kPageTable1);
+constexpr int kSeqlensExpanded = field_index(MetadataField::kSeqlensExpanded);
+constexpr int kNsaCacheSeqlens = field_index(MetadataField::kNsaCacheSeqlens);
+constexpr int kNsaCuSeqlensK = field_index(MetadataField::kNsaCuSeqlensK);
+constexpr int kRealPageTable = field_index(MetadataField::kRealPageTable);
+constexpr int kFlashmlaNumSplits = field_index(MetadataField::kFlashmlaNumSplits);
+constexpr int kFlashmlaMetadata = field_index(MetadataField::kFlashmlaMetadata);
+
 // Capacities of one destination set. Optional fields are present when their
 // bit (metadata_field_bit) is in `fields`; mandatory ones always are.
 struct MetadataDestShape {
@@ -41,30 +53,40 @@ class MetadataDests {
   // Initial bytes: random (rng) or `byte` everywhere; the mirror starts equal.
   MetadataDests(Backend backend, const std::vector<MetadataDestShape>& shapes, std::mt19937_64& rng);
   MetadataDests(Backend backend, const std::vector<MetadataDestShape>& shapes, uint8_t byte);
-  // Same, uploaded on `exec` (a stream other than the default one).
+  // Same, uploaded on `exec` (a stream other than the default one, a checked exec).
   MetadataDests(const Exec& exec, const std::vector<MetadataDestShape>& shapes, std::mt19937_64& rng);
+  MetadataDests(const Exec& exec, const std::vector<MetadataDestShape>& shapes, uint8_t byte);
+  // Backend buffers only, contents undefined until fill(), and no host mirror
+  // (benchmarks, whose destinations may take GBs): mirror() and expected()
+  // then hold nothing.
+  MetadataDests(Backend backend, const std::vector<MetadataDestShape>& shapes);
 
   int64_t count() const { return static_cast<int64_t>(shapes_.size()); }
   const MetadataTargets& targets() const { return targets_; }
   const MetadataBuffers& device(int64_t d) const { return device_[static_cast<size_t>(d)]; }
+  const std::vector<MetadataBuffers>& devices() const { return device_; }  // the uploaded descriptors
   // Descriptors of the host mirror, for the reference ops.
   MetadataBuffers* expected() { return expected_.data(); }
   const MetadataDestShape& shape(int64_t d) const { return shapes_[static_cast<size_t>(d)]; }
+  const std::vector<MetadataDestShape>& shapes() const { return shapes_; }
 
   bool present(int64_t d, int field) const { return shape(d).has(field); }
   std::vector<uint8_t> read(int64_t d, int field) const;  // the backend's bytes
   const std::vector<uint8_t>& mirror(int64_t d, int field) const;
   std::vector<uint8_t>& mirror(int64_t d, int field);
   const Buffer& buffer(int64_t d, int field) const;
+  size_t bytes(int64_t d) const;  // of destination d's fields on the backend
   // Sets every byte of every field, on the backend and in the mirror.
   void fill(uint8_t byte);
+  // Writes `bytes` bytes at byte `offset` of (d, field), on the backend and in the mirror (if any).
+  void write(int64_t d, int field, const void* data, size_t bytes, size_t offset = 0);
   // True when the backend's bytes equal the mirror's; `d`, `field` narrow it.
   bool matches() const;
   bool matches(int64_t d, int field) const;
 
  private:
   void init(Backend backend, const Exec& exec, const std::vector<MetadataDestShape>& shapes, std::mt19937_64* rng,
-            uint8_t byte);
+            uint8_t byte, bool mirrored = true);
 
   std::vector<MetadataDestShape> shapes_;
   std::vector<std::vector<Buffer>> buffers_;               // [d][field]

@@ -22,6 +22,7 @@
 #include <cstring>
 
 #include "long_run_hash.h"
+#include "metadata_dests.h"
 #include "nsa/index_cache.h"
 #include "nsa/metadata.h"
 #include "reference/index_cache.h"
@@ -57,47 +58,32 @@ int64_t replay_count() {
   return env ? std::max<int64_t>(20, std::strtoll(env, nullptr, 10)) : 100000;
 }
 
-// Host shapes of one destination set (d = 0 or 1: different strides).
-struct HostDest {
-  int64_t pt_ld, rt_ld, rows;
-  std::vector<int32_t> f[6];  // cache, cu, pt, expanded, nsa, nsa_cu
-  std::vector<int32_t> real;
-  HostDest(int64_t rows_, int64_t d) : pt_ld(kW + 3 * d), rt_ld(kRtCols + d), rows(rows_) {
-    const int64_t n[6] = {kBs, kBs + 1, rows * pt_ld, rows, rows, rows + 1};
-    for (int i = 0; i < 6; ++i) f[i].assign(static_cast<size_t>(n[i]), -7);
-    real.assign(static_cast<size_t>(rows * rt_ld), -7);
+// The two destination sets (d = 0 or 1: different strides), every field but FlashMLA's.
+std::vector<support::MetadataDestShape> dest_shapes(int64_t rows) {
+  std::vector<support::MetadataDestShape> shapes(2);
+  for (int d = 0; d < 2; ++d) {
+    support::MetadataDestShape& s = shapes[static_cast<size_t>(d)];
+    s.max_batch = kBs;
+    s.max_rows = rows;
+    s.page_table_1_cols = kW;
+    s.page_table_1_ld = kW + 3 * d;
+    s.real_page_table_cols = kRtCols;
+    s.real_page_table_ld = kRtCols + d;
+    s.fields = metadata_field_bit(MetadataField::kSeqlensExpanded) | metadata_field_bit(MetadataField::kRealPageTable);
   }
-  MetadataBuffers view(int32_t* const p[7]) const {
-    MetadataBuffers m;
-    m.cache_seqlens = p[0];
-    m.cu_seqlens_k = p[1];
-    m.page_table_1 = p[2];
-    m.page_table_1_cols = kW;
-    m.page_table_1_ld = pt_ld;
-    m.seqlens_expanded = p[3];
-    m.nsa_cache_seqlens = p[4];
-    m.nsa_cu_seqlens_k = p[5];
-    m.real_page_table = p[6];
-    m.real_page_table_cols = kRtCols;
-    m.real_page_table_ld = rt_ld;
-    m.max_rows = rows;
-    m.max_batch = kBs;
-    return m;
-  }
-  MetadataBuffers host_view() {
-    int32_t* p[7] = {f[0].data(), f[1].data(), f[2].data(), f[3].data(), f[4].data(), f[5].data(), real.data()};
-    return view(p);
-  }
-};
+  return shapes;
+}
+constexpr uint8_t kStale = 0xF9;  // every destination byte before the first replay
 
-// One input set and everything the reference says a replay with it writes.
+// One input set and everything the reference says a replay with it writes
+// (into the host mirrors of `dests`, whose own buffers stay unused).
 struct Expected {
   std::vector<int32_t> seq, rpi;
-  HostDest d0, d1;
+  support::MetadataDests dests;
   std::vector<uint8_t> out_k;
   std::vector<float> out_s;
   unsigned long long hash = 0;
-  Expected(int64_t rows) : d0(rows, 0), d1(rows, 1) {}
+  explicit Expected(int64_t rows) : dests(Backend::kCpu, dest_shapes(rows), kStale) {}
 };
 
 LongRunView make_view(int64_t q, const MetadataBuffers& d0, const MetadataBuffers& d1, const void* out_k,
@@ -167,6 +153,7 @@ void run_long(ForwardMode mode) {
   // Pre-generated input sets with their reference results and hashes.
   const MetadataConfig cfg{mode, kBs, kN, kTopk, kPageSize};
   std::vector<Expected> sets;
+  sets.reserve(kSets);
   std::vector<int32_t> all_seq, all_rpi;
   std::vector<unsigned long long> all_hash;
   for (int s = 0; s < kSets; ++s) {
@@ -180,7 +167,7 @@ void run_long(ForwardMode mode) {
     in.req_to_token_rows = kPoolRows;
     in.req_to_token_cols = kW;
     in.req_to_token_ld = kTableLd;
-    const MetadataBuffers host[2] = {e.d0.host_view(), e.d1.host_view()};
+    const MetadataBuffers* host = e.dests.expected();
     reference::build_metadata(cfg, in, host, 2);
     e.out_k.assign(static_cast<size_t>(capacity * 128), 0);
     e.out_s.assign(static_cast<size_t>(capacity), 0.0f);
@@ -199,24 +186,12 @@ void run_long(ForwardMode mode) {
   // Captured buffers: inputs, two destination sets, gather outputs, check state.
   support::Buffer seq_dev(dev, kBs * 4), rpi_dev(dev, kBs * 4), expected_hash(dev, 8), accum(dev, 8), counters(dev, 24),
       out_k(dev, capacity * 128), out_s(dev, capacity * 4);
-  std::vector<std::vector<support::Buffer>> dest_bufs(2);
-  MetadataBuffers dev_views[2];
-  for (int d = 0; d < 2; ++d) {
-    HostDest shape(rows, d);
-    int32_t* p[7];
-    for (int i = 0; i < 7; ++i) {
-      const auto& v = i < 6 ? shape.f[i] : shape.real;
-      dest_bufs[d].push_back(to_backend(dev, v));
-      p[i] = dest_bufs[d].back().as<int32_t>();
-    }
-    dev_views[d] = shape.view(p);
-  }
+  const support::MetadataDests dests(exec, dest_shapes(rows), kStale);
+  const MetadataBuffers dev_views[2] = {dests.device(0), dests.device(1)};
   accum.fill(0);
   counters.fill(0);
   out_k.fill(kPoison);
   out_s.fill(kPoison);
-  support::Buffer ws(dev, metadata_targets_workspace_bytes(2));
-  const MetadataTargets targets = upload_metadata_targets(exec, dev_views, 2, ws.data(), ws.bytes());
   MetadataInputs in;
   in.seq_lens = seq_dev.as<int32_t>();
   in.req_pool_indices = rpi_dev.as<int32_t>();
@@ -230,7 +205,7 @@ void run_long(ForwardMode mode) {
   cudaGraph_t graph = nullptr;
   cudaGraphExec_t graph_exec = nullptr;
   NSA_LR_CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
-  build_metadata(exec, cfg, in, targets);
+  build_metadata(exec, cfg, in, dests.targets());
   gather_k_and_s(exec, ConstIndexCache(pool_dev.as<uint8_t>(), kPages), gather_batch(dev_views[0], q),
                  out_k.as<uint8_t>(), out_s.as<float>(), capacity);
   NSA_LR_CUDA(launch_long_run_check(make_view(q, dev_views[0], dev_views[1], out_k.data(), out_s.data()),
@@ -257,31 +232,30 @@ void run_long(ForwardMode mode) {
     if (!sampled) continue;
     NSA_LR_CUDA(cudaStreamSynchronize(stream));
     ++full_checks;
-    const Expected& e = sets[static_cast<size_t>(s)];
-    const int64_t total = e.d0.f[1][kBs];
+    Expected& e = sets[static_cast<size_t>(s)];
+    const MetadataBuffers* want = e.dests.expected();
+    const int64_t total = want[0].cu_seqlens_k[kBs];
     bool ok = true;
-    auto check = [&](const support::Buffer& buf, const void* want, size_t bytes, const char* what) {
+    auto check = [&](const support::Buffer& buf, const void* want_bytes, size_t bytes, const char* what) {
       std::vector<uint8_t> got(bytes);
       buf.download(got.data(), bytes);
-      if (std::memcmp(got.data(), want, bytes) != 0) {
+      if (std::memcmp(got.data(), want_bytes, bytes) != 0) {
         ok = false;
         ADD_FAILURE() << "replay " << r << " (set " << s << "): " << what << " differs from the reference";
       }
     };
-    const HostDest* want[2] = {&e.d0, &e.d1};
     for (int d = 0; d < 2; ++d) {
-      for (int i : {0, 1, 3, 4, 5})
-        check(dest_bufs[d][i], want[d]->f[i].data(), want[d]->f[i].size() * 4, "metadata field");
+      for (int f : {support::kCacheSeqlens, support::kCuSeqlensK, support::kSeqlensExpanded, support::kNsaCacheSeqlens,
+                    support::kNsaCuSeqlensK})
+        check(dests.buffer(d, f), e.dests.mirror(d, f).data(), e.dests.mirror(d, f).size(), kMetadataFields[f].name);
       // Page tables: every row's columns below its request's length (the rest is stale by contract).
-      std::vector<int32_t> pt(want[d]->f[2].size()), real(want[d]->real.size());
-      dest_bufs[d][2].download(pt.data(), pt.size() * 4);
-      dest_bufs[d][6].download(real.data(), real.size() * 4);
+      const auto pt = dests.read(d, support::kPageTable1), real = dests.read(d, support::kRealPageTable);
+      const int64_t pt_ld = want[d].page_table_1_ld, rt_ld = want[d].real_page_table_ld;
       for (int64_t row = 0; row < rows; ++row) {
-        const int64_t len = e.d0.f[0][row / q];
-        for (int64_t c = 0; c < len; ++c)
-          if (pt[row * want[d]->pt_ld + c] != want[d]->f[2][row * want[d]->pt_ld + c]) ok = false;
-        for (int64_t p = 0; p * kPageSize < len; ++p)
-          if (real[row * want[d]->rt_ld + p] != want[d]->real[row * want[d]->rt_ld + p]) ok = false;
+        const int64_t len = want[0].cache_seqlens[row / q], pages = (len + kPageSize - 1) / kPageSize;
+        if (std::memcmp(pt.data() + row * pt_ld * 4, want[d].page_table_1 + row * pt_ld, len * 4) != 0) ok = false;
+        if (std::memcmp(real.data() + row * rt_ld * 4, want[d].real_page_table + row * rt_ld, pages * 4) != 0)
+          ok = false;
       }
     }
     check(out_k, e.out_k.data(), static_cast<size_t>(total * 128), "gathered K");

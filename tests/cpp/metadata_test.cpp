@@ -5,13 +5,16 @@
 // of the cumulative arrays (copy), columns past each row's length and rows
 // past the live count were left untouched. Plus the spec §4.7 worked example,
 // empty batches, every validation path and (CUDA) a captured graph replayed
-// with fresh inputs.
+// with fresh inputs. At the end, each in its own section: checked mode (CUDA
+// planted violations, CPU rejections), determinism across threads and
+// streams, and the fuzzers' regressions.
 #include <algorithm>
 #include <array>
 #include <cstring>
 #include <functional>
 #include <numeric>
 
+#include "determinism.h"
 #include "metadata_dests.h"
 #include "nsa/metadata.h"
 #include "reference/metadata.h"
@@ -1418,6 +1421,394 @@ TEST(MetadataCudaGraph, CaptureOnceReplayWithFreshInputs) {
   NSA_TEST_CUDA(cudaStreamDestroy(stream));
 }
 #endif
+
+// ====================================================================================
+// Checked mode (CUDA; skips without a GPU): build_metadata records planted
+// violations in the DeviceError, the offending request writes no page-table
+// rows, and every other byte equals the reference. Valid inputs record nothing
+// and give the unchecked bytes.
+// ====================================================================================
+namespace checked {
+
+constexpr int64_t kW = 300;     // page_table_1 columns of the destination
+constexpr int64_t kLd = 320;    // its row stride (room for a too-long row in the reference)
+constexpr int64_t kRealLd = 8;  // real_page_table row stride (>= ceil(321 / 64))
+constexpr int64_t kPoolRows = 6, kPoolCols = 400;
+
+struct Case {
+  ForwardMode mode;
+  std::vector<int32_t> seq_lens, rpi, extend;
+};
+
+// Runs the case on CUDA in checked mode; `ref_case` is what the reference
+// sees; `untouched_rows` are the query rows whose page tables must keep their
+// poison. `real_cols` real_page_table columns (a smaller value caps valid
+// lengths at 64x it).
+void run_checked(const Case& got_case, const Case& ref_case, const std::vector<int64_t>& untouched_rows,
+                 ArgId expected_arg, int64_t expected_row, int64_t expected_value, int64_t real_cols = kRealLd) {
+  auto rng = make_rng(40);
+  const int64_t bs = static_cast<int64_t>(got_case.seq_lens.size()), N = 4;
+  const CheckedCuda chk;
+  const Exec& exec = chk.exec;
+  DestSpec spec;
+  spec.max_rows = bs * N;
+  spec.pt_cols = kW;
+  spec.pt_ld = kLd;
+  spec.real = true;
+  spec.rt_cols = real_cols;
+  spec.rt_ld = kRealLd;
+  DestSets sets(Backend::kCuda, exec, {spec}, rng);  // random poison, mirrored on the host
+  support::MetadataDests& dests = sets.m;
+  // Negative slots too: real_page_table = slot / 64 must round like the reference (toward zero).
+  const auto r2t = random_ints<int32_t>(rng, static_cast<size_t>(kPoolRows * kPoolCols), -(1 << 20), 1 << 20);
+
+  auto seq = to_backend(Backend::kCuda, got_case.seq_lens), rpi = to_backend(Backend::kCuda, got_case.rpi),
+       ext = to_backend(Backend::kCuda, got_case.extend.empty() ? std::vector<int32_t>(1) : got_case.extend),
+       r2t_dev = to_backend(Backend::kCuda, r2t);
+  MetadataConfig cfg{got_case.mode, bs, N};
+  MetadataInputs in;
+  in.seq_lens = seq.as<int32_t>();
+  in.req_pool_indices = rpi.as<int32_t>();
+  in.req_to_token = r2t_dev.as<int32_t>();
+  in.req_to_token_rows = kPoolRows;
+  in.req_to_token_cols = kPoolCols;
+  in.req_to_token_ld = kPoolCols;
+  if (got_case.mode == ForwardMode::kDraftExtend) in.extend_lens = ext.as<int32_t>();
+  build_metadata(exec, cfg, in, sets.targets);
+  const DeviceError e = read_device_error(exec);
+
+  MetadataInputs hin = in;
+  hin.seq_lens = ref_case.seq_lens.data();
+  hin.req_pool_indices = ref_case.rpi.data();
+  hin.req_to_token = r2t.data();
+  if (ref_case.mode == ForwardMode::kDraftExtend) hin.extend_lens = ref_case.extend.data();
+  // The reference may write a too-long row into the row's stride padding; those rows are restored below.
+  const std::vector<uint8_t> poison_pt = dests.mirror(0, kPt), poison_real = dests.mirror(0, kReal);
+  MetadataBuffers wide = dests.expected()[0];
+  wide.page_table_1_cols = kLd;
+  reference::build_metadata(cfg, hin, &wide, 1);
+  for (int64_t r : untouched_rows) {
+    std::memcpy(dests.mirror(0, kPt).data() + r * kLd * 4, poison_pt.data() + r * kLd * 4, kLd * 4);
+    std::memcpy(dests.mirror(0, kReal).data() + r * kRealLd * 4, poison_real.data() + r * kRealLd * 4, kRealLd * 4);
+  }
+  sets.expect_matches();
+
+  if (expected_arg == ArgId::kNone) {
+    EXPECT_EQ(e.code, 0) << describe(e);
+  } else {
+    expect_device_error(e, OpId::kBuildMetadata, expected_arg, expected_row, expected_value);
+    reset_device_error(exec);
+    EXPECT_EQ(read_device_error(exec).code, 0);
+  }
+}
+class MetadataChecked : public ::testing::Test {
+ protected:
+  void SetUp() override { NSA_SKIP_WITHOUT_BACKEND(Backend::kCuda); }
+};
+
+TEST_F(MetadataChecked, ValidInputsRecordNothing_cuda) {
+  const Case c{ForwardMode::kTargetVerify, {250, 1, 77}, {0, 5, 2}, {}};
+  run_checked(c, c, {}, ArgId::kNone, 0, 0);
+}
+
+TEST_F(MetadataChecked, RequestRowOutOfRange_cuda) {
+  const Case got{ForwardMode::kDecode, {250, 70, 9}, {0, 6, 2}, {}};  // rpi 6 >= 6 rows
+  Case ref = got;
+  ref.rpi[1] = 0;  // scalars do not depend on the row; its page-table rows stay untouched
+  run_checked(got, ref, {1}, ArgId::kReqPoolIndices, 1, 6);
+}
+
+TEST_F(MetadataChecked, CacheLengthOverTableWidth_cuda) {
+  const Case got{ForwardMode::kDecode, {250, static_cast<int32_t>(kW + 1), 9}, {0, 1, 2}, {}};
+  run_checked(got, got, {1}, ArgId::kSeqLens, 1, kW + 1);
+}
+
+TEST_F(MetadataChecked, CacheLengthOverRealPageTable_cuda) {
+  // 290 <= W columns, but ceil(290 / 64) = 5 pages > 4 real_page_table columns.
+  const Case got{ForwardMode::kDecode, {250, 200, 290}, {0, 1, 2}, {}};
+  run_checked(got, got, {2}, ArgId::kSeqLens, 2, 290, 4);
+}
+
+TEST_F(MetadataChecked, ExtendLengthOverDraftTokens_cuda) {
+  const Case got{ForwardMode::kDraftExtend, {250, 70, 9}, {0, 1, 2}, {2, 5, 3}};  // e = 5 > N = 4
+  Case ref = got;
+  ref.extend[1] = 0;  // counted as 0 query rows: later requests move up, nothing of it is written
+  run_checked(got, ref, {}, ArgId::kExtendLens, 1, 5);
+}
+
+// 300 requests: two chunks and 256-column items, so item CTAs walk the
+// chunks; the violation sits in the second chunk, which only CTA 0 records.
+Case many_requests(ForwardMode mode) {
+  auto rng = make_rng(41);
+  Case c{mode, {}, {}, {}};
+  for (int b = 0; b < 300; ++b) {
+    c.seq_lens.push_back(static_cast<int32_t>(5 + rng() % (kW - 8)));
+    c.rpi.push_back(static_cast<int32_t>(rng() % kPoolRows));
+    if (mode == ForwardMode::kDraftExtend) c.extend.push_back(static_cast<int32_t>(1 + rng() % 4));
+  }
+  return c;
+}
+
+TEST_F(MetadataChecked, RequestRowOutOfRangeInSecondChunk_cuda) {
+  Case got = many_requests(ForwardMode::kDecode);
+  got.rpi[290] = kPoolRows;
+  Case ref = got;
+  ref.rpi[290] = 0;
+  run_checked(got, ref, {290}, ArgId::kReqPoolIndices, 290, kPoolRows);
+}
+
+TEST_F(MetadataChecked, ExtendLengthOverDraftTokensInSecondChunk_cuda) {
+  Case got = many_requests(ForwardMode::kDraftExtend);
+  got.extend[280] = 7;  // > N = 4
+  Case ref = got;
+  ref.extend[280] = 0;
+  run_checked(got, ref, {}, ArgId::kExtendLens, 280, 7);
+}
+
+}  // namespace checked
+
+// ====================================================================================
+// Checked mode on the CPU (always validates): every planted build_metadata
+// violation throws kInvalidArgument naming the argument and the value, and
+// nothing is written.
+// ====================================================================================
+// A destination set of `rows` rows in host memory (page_table_1 and real_page_table widths given), poisoned.
+support::MetadataDestShape cpu_dest(int64_t rows, int64_t pt_cols, int64_t real_cols) {
+  support::MetadataDestShape s;
+  s.max_batch = s.max_rows = rows;
+  s.page_table_1_cols = pt_cols;
+  s.real_page_table_cols = real_cols;
+  s.fields = metadata_field_bit(MetadataField::kSeqlensExpanded) | metadata_field_bit(MetadataField::kRealPageTable);
+  return s;
+}
+
+TEST(CheckedModeCpu, BuildMetadataRejectsEachViolationAndWritesNothing) {
+  const int64_t N = 3;
+  // Two destinations: the second has the narrower page_table_1 (40) and real_page_table (1 column of P = 64).
+  const support::MetadataDests dests(Backend::kCpu, {cpu_dest(8 * N, 80, 2), cpu_dest(8 * N, 40, 1)}, kPoison);
+  const Exec cpu = Exec::cpu();
+  const MetadataTargets& targets = dests.targets();
+  std::vector<int32_t> req_to_token(4 * 80, 9);
+  std::vector<int32_t> seq = {10, 37, 0}, rpi = {3, 0, 1}, ext = {1, 3, 0};
+  MetadataInputs in;
+  in.seq_lens = seq.data();
+  in.req_pool_indices = rpi.data();
+  in.req_to_token = req_to_token.data();
+  in.req_to_token_rows = 4;
+  in.req_to_token_cols = 50;
+  in.req_to_token_ld = 80;
+  auto build = [&](ForwardMode mode, const MetadataInputs& i) {
+    build_metadata(cpu, MetadataConfig{mode, 3, N, 2048, 64}, i, targets);
+  };
+  const std::string op = "build_metadata";
+
+  seq = {10, 41, 0};  // over the narrow destination's 40 columns
+  expect_rejected([&] { build(ForwardMode::kDecode, in); }, op, "inputs.seq_lens", "41 at request 1");
+  seq = {10, 38, 0};  // + N = 41 in TARGET_VERIFY
+  expect_rejected([&] { build(ForwardMode::kTargetVerify, in); }, op, "inputs.seq_lens (+ draft_tokens)",
+                  "41 at request 1");
+  seq = {10, -1, 0};
+  expect_rejected([&] { build(ForwardMode::kDecode, in); }, op, "inputs.seq_lens", "-1 at request 1");
+  seq = {10, 37, 0};
+  in.req_to_token_cols = 30;  // cache length over the source rows
+  expect_rejected([&] { build(ForwardMode::kDecode, in); }, op, "inputs.seq_lens", "37 at request 1");
+  in.req_to_token_cols = 50;
+  rpi = {3, 4, 1};
+  expect_rejected([&] { build(ForwardMode::kDecode, in); }, op, "inputs.req_pool_indices", "4 at request 1");
+  rpi = {3, 0, -1};  // checked even for an empty request
+  expect_rejected([&] { build(ForwardMode::kDecode, in); }, op, "inputs.req_pool_indices", "-1 at request 2");
+  rpi = {3, 0, 1};
+  MetadataInputs ex = in;
+  ex.extend_lens = ext.data();
+  ext = {1, 4, 0};  // > N
+  expect_rejected([&] { build(ForwardMode::kDraftExtend, ex); }, op, "inputs.extend_lens", "4 at request 1");
+  ext = {-1, 3, 0};
+  expect_rejected([&] { build(ForwardMode::kDraftExtend, ex); }, op, "inputs.extend_lens", "-1 at request 0");
+  ext = {1, 3, 0};
+  EXPECT_TRUE(dests.matches());  // both still poison
+
+  // real_page_table: the narrow destination holds 1 page of 64 tokens; a 33-column page table holds 65.
+  support::MetadataDestShape real_shape = cpu_dest(3, 70, 1);
+  real_shape.page_table_1_ld = 80;
+  const support::MetadataDests real_short(Backend::kCpu, {real_shape}, kPoison);
+  const MetadataTargets& one = real_short.targets();
+  seq = {10, 65, 0};
+  MetadataInputs long_rows = in;
+  long_rows.req_to_token_cols = 80;
+  expect_rejected(
+      [&] {
+        build_metadata(cpu, MetadataConfig{ForwardMode::kDecode, 3, 1, 2048, 64}, long_rows, one);
+      },
+      op, "inputs.seq_lens", "65 at request 1 (2 pages)");
+  EXPECT_TRUE(real_short.matches());
+
+  seq = {10, 37, 0};  // valid: all three modes run
+  build(ForwardMode::kDecode, in);
+  build(ForwardMode::kTargetVerify, in);
+  build(ForwardMode::kDraftExtend, ex);
+  EXPECT_FALSE(dests.matches());
+}
+
+// ====================================================================================
+// Determinism (determinism.h): two destination sets of random bytes, every
+// optional field present; whole buffers compared across threads and streams.
+// ====================================================================================
+namespace determinism {
+
+struct MetaDest {
+  support::MetadataDestShape shape;
+  uint64_t seed;  // of the initial bytes: every run starts from the same ones
+};
+
+MetaDest make_meta_dest(std::mt19937_64& rng, int64_t max_rows, int64_t pt_cols, int64_t rt_cols, int64_t tiles,
+                        int64_t extra_ld) {
+  MetaDest d{{}, rng()};
+  d.shape.max_batch = d.shape.max_rows = max_rows;
+  d.shape.page_table_1_cols = pt_cols;
+  d.shape.page_table_1_ld = pt_cols + extra_ld;
+  d.shape.real_page_table_cols = rt_cols;
+  d.shape.real_page_table_ld = rt_cols + extra_ld;
+  d.shape.flashmla_metadata_size = tiles;
+  return d;
+}
+
+// Uploads the destinations, runs `op` with their table, returns every field.
+Outputs run_with_dests(Backend b, const Exec& exec, const std::vector<MetaDest>& dests,
+                       const std::function<void(const MetadataTargets&)>& op) {
+  std::vector<support::MetadataDestShape> shapes;
+  for (const auto& d : dests) shapes.push_back(d.shape);
+  std::mt19937_64 rng(dests.empty() ? 0 : dests[0].seed);
+  const support::MetadataDests m(exec, shapes, rng);
+  fence(b);
+  op(m.targets());
+  fence(b);
+  Outputs out;
+  for (int64_t d = 0; d < m.count(); ++d)
+    for (int f = 0; f < kMetadataFieldCount; ++f)
+      if (m.present(d, f)) out.push_back(m.read(d, f));
+  return out;
+}
+
+TEST_P(DeterminismTest, BuildMetadataAllModes) {
+  auto rng = make_rng(505);
+  const int64_t bs = 64, N = 3, max_len = 3000, W = max_len + N, rows_pool = bs + 5, table_ld = W + 7;
+  const auto req_to_token = random_ints<int32_t>(rng, static_cast<size_t>(rows_pool * table_ld), 0, 1 << 30);
+  auto seq = random_ints<int64_t>(rng, bs, 0, max_len);
+  seq[0] = 0;
+  seq[1] = 1;
+  seq[2] = max_len;
+  const auto rpi = random_ints<int32_t>(rng, bs, 0, rows_pool - 1);
+  auto ext = random_ints<int32_t>(rng, bs, 0, N);
+  for (int64_t b = 0; b < bs; ++b) ext[b] = static_cast<int32_t>(std::min<int64_t>(ext[b], seq[b]));
+  const auto splits = random_ints<int32_t>(rng, static_cast<size_t>(bs * N + 1), 0, 99);
+  const auto tiles = random_ints<int32_t>(rng, 80, 0, 99);
+  for (ForwardMode mode : {ForwardMode::kDecode, ForwardMode::kTargetVerify, ForwardMode::kDraftExtend}) {
+    SCOPED_TRACE(to_string(mode));
+    const int64_t rows = mode == ForwardMode::kDecode ? bs : bs * N;
+    const std::vector<MetaDest> dests = {make_meta_dest(rng, rows, W, (W + 63) / 64, 80, 0),
+                                         make_meta_dest(rng, rows + 2, W + 5, (W + 63) / 64 + 1, 80,
+                                                        3)};  // tiles: the source size
+    expect_deterministic(GetParam(), [&](Backend b, const Exec& exec) {
+      auto table_dev = to_backend(b, req_to_token);
+      auto seq_dev = to_backend(b, seq);
+      auto rpi_dev = to_backend(b, rpi);
+      auto ext_dev = to_backend(b, ext);
+      auto splits_dev = to_backend(b, splits);
+      auto tiles_dev = to_backend(b, tiles);
+      MetadataInputs in;
+      in.seq_lens = seq_dev.as<int64_t>();
+      in.req_pool_indices = rpi_dev.as<int32_t>();
+      if (mode == ForwardMode::kDraftExtend) in.extend_lens = ext_dev.as<int32_t>();
+      in.req_to_token = table_dev.as<int32_t>();
+      in.req_to_token_rows = rows_pool;
+      in.req_to_token_cols = W;
+      in.req_to_token_ld = table_ld;
+      in.flashmla_num_splits = splits_dev.as<int32_t>();
+      in.flashmla_metadata = tiles_dev.as<int32_t>();
+      in.flashmla_num_splits_size = static_cast<int64_t>(splits.size());
+      in.flashmla_metadata_size = static_cast<int64_t>(tiles.size());
+      const MetadataConfig cfg{mode, bs, N, 2048, 64};
+      return run_with_dests(b, exec, dests, [&](const MetadataTargets& t) { build_metadata(exec, cfg, in, t); });
+    });
+  }
+}
+
+TEST_P(DeterminismTest, CopyMetadataAllModes) {
+  auto rng = make_rng(506);
+  const int64_t bs = 48, E = 150, cols = 2500, rc = (cols + 63) / 64, tiles_n = 72;
+  for (ForwardMode mode : {ForwardMode::kDecode, ForwardMode::kTargetVerify, ForwardMode::kDraftExtend}) {
+    SCOPED_TRACE(to_string(mode));
+    const bool decode = mode == ForwardMode::kDecode;
+    const int64_t rows = decode ? bs : E, src_ld = cols + 2;
+    const auto cache = random_ints<int32_t>(rng, bs, 0, 5000), cu = random_ints<int32_t>(rng, bs + 1, 0, 5000),
+               pt = random_ints<int32_t>(rng, static_cast<size_t>(rows * src_ld), 0, 1 << 30),
+               expanded = random_ints<int32_t>(rng, rows, 0, 5000), nsa = random_ints<int32_t>(rng, rows, 0, 2048),
+               nsa_cu = random_ints<int32_t>(rng, rows + 1, 0, 1 << 20),
+               real = random_ints<int32_t>(rng, static_cast<size_t>(rows * rc), 0, 1 << 20),
+               splits = random_ints<int32_t>(rng, rows + 1, 0, 99), tiles = random_ints<int32_t>(rng, tiles_n, 0, 99);
+    const int64_t cap = std::max(bs, rows);
+    const std::vector<MetaDest> dests = {make_meta_dest(rng, cap, cols, rc, tiles_n, 0),
+                                         make_meta_dest(rng, cap + 3, cols + 9, rc + 2, tiles_n + 8, 5)};
+    expect_deterministic(GetParam(), [&](Backend b, const Exec& exec) {
+      std::vector<support::Buffer> keep;
+      auto up = [&](const std::vector<int32_t>& v) {
+        keep.push_back(to_backend(b, v));
+        return static_cast<const int32_t*>(keep.back().as<int32_t>());
+      };
+      keep.reserve(9);
+      MetadataSources s;
+      s.cache_seqlens = up(cache);
+      s.cu_seqlens_k = up(cu);
+      s.page_table_1 = up(pt);
+      s.page_table_1_ld = src_ld;
+      s.seqlens_expanded = up(expanded);
+      s.nsa_cache_seqlens = up(nsa);
+      s.nsa_cu_seqlens_k = up(nsa_cu);
+      s.real_page_table = up(real);
+      s.real_page_table_cols = rc;
+      s.flashmla_num_splits = up(splits);
+      s.flashmla_metadata = up(tiles);
+      s.flashmla_metadata_size = tiles_n;
+      const MetadataCopyShape shape{mode, bs, decode ? cols : 0, decode ? 0 : cols, decode ? 0 : E};
+      return run_with_dests(b, exec, dests, [&](const MetadataTargets& t) { copy_metadata(exec, shape, s, t); });
+    });
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, DeterminismTest, ::testing::ValuesIn(all_backends()), backend_name);
+
+}  // namespace determinism
+
+// ====================================================================================
+// Fuzz regressions (fuzz/fuzz_copy_metadata.cpp): the smallest reproduction of
+// each crash found, as a plain test that runs in every build.
+// ====================================================================================
+
+// TARGET_VERIFY/DRAFT_EXTEND copy with E = 0 rows, where nsa_cu_seqlens_k is
+// not needed and may be null. The CPU backend computed
+// `src.nsa_cu_seqlens_k + 1` anyway (null + 4: undefined behaviour, flagged by
+// clang's UBSan; harmless in practice because nothing is copied). The call must
+// succeed and write only cache_seqlens and cu_seqlens_k[1..bs].
+TEST(FuzzRegression, CopyMetadataZeroRowsWithNullCumulativeSource) {
+  support::MetadataDestShape dest;
+  dest.max_batch = dest.max_rows = 4;
+  dest.page_table_1_cols = 8;
+  dest.fields = 0;                                                           // the mandatory fields only
+  const support::MetadataDests dests(Backend::kCpu, {dest}, uint8_t{0xFF});  // every int32 -1
+  const int32_t src_cache[2] = {5, 6}, src_cu[3] = {0, 5, 11};
+  MetadataSources src;
+  src.cache_seqlens = src_cache;
+  src.cu_seqlens_k = src_cu;
+  for (ForwardMode mode : {ForwardMode::kTargetVerify, ForwardMode::kDraftExtend}) {
+    const MetadataCopyShape shape{mode, 2, 0, 8, 0};  // E = 0: no rows
+    EXPECT_NO_THROW(copy_metadata(Exec::cpu(), shape, src, dests.targets()));
+  }
+  auto ints = [&](int f) { return support::from_backend<int32_t>(dests.buffer(0, f), dests.buffer(0, f).bytes() / 4); };
+  EXPECT_EQ(ints(kCache), (std::vector<int32_t>{5, 6, -1, -1}));
+  EXPECT_EQ(ints(kCuK), (std::vector<int32_t>{-1, 5, 11, -1, -1}));
+  EXPECT_EQ(ints(kNsaCu), std::vector<int32_t>(5, -1));
+  EXPECT_EQ(ints(kPt), std::vector<int32_t>(32, -1));
+}
 
 }  // namespace
 }  // namespace test

@@ -86,5 +86,38 @@ void expect_invalid(Fn&& fn, const std::string& arg, ErrorCode code = ErrorCode:
   }
 }
 
+// Checked mode on CUDA: a device DeviceError and the checked exec that records into it.
+struct CheckedCuda {
+  support::Buffer error{Backend::kCuda, sizeof(DeviceError)};
+  Exec exec = Exec::cuda().with_checks(error.as<DeviceError>());
+  CheckedCuda() { reset_device_error(exec); }
+  DeviceError read() const { return read_device_error(exec); }
+};
+
+// The DeviceError records one violation: `op` found `value` in `arg` at `row`.
+inline void expect_device_error(const DeviceError& e, OpId op, ArgId arg, int64_t row, int64_t value) {
+  EXPECT_EQ(e.code, 1) << describe(e);
+  EXPECT_EQ(e.op, static_cast<int32_t>(op)) << describe(e);
+  EXPECT_EQ(e.arg, static_cast<int32_t>(arg)) << describe(e);
+  EXPECT_EQ(e.row, row) << describe(e);
+  EXPECT_EQ(e.value, value) << describe(e);
+}
+
+// Checked mode on the CPU: `fn` throws kInvalidArgument whose message names the
+// op, the argument and the offending value.
+template <class Fn>
+void expect_rejected(Fn&& fn, const std::string& op, const std::string& arg, const std::string& got) {
+  try {
+    fn();
+    ADD_FAILURE() << "expected nsa::Error for " << arg << " = " << got;
+  } catch (const Error& e) {
+    const std::string what = e.what();
+    EXPECT_EQ(e.code(), ErrorCode::kInvalidArgument) << what;
+    EXPECT_NE(what.find("nsa::" + op + ":"), std::string::npos) << what;
+    EXPECT_NE(what.find("argument '" + arg + "'"), std::string::npos) << what;
+    EXPECT_NE(what.find("got " + got), std::string::npos) << what;
+  }
+}
+
 }  // namespace test
 }  // namespace nsa

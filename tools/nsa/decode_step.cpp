@@ -16,6 +16,7 @@
 
 #include "baseline_calls.h"
 #include "host_data.h"
+#include "metadata_dests.h"
 #include "metadata_host.h"
 #include "nsa/index_cache.h"
 #include "nsa/metadata.h"
@@ -34,107 +35,50 @@ using support::to_backend;
 namespace {
 
 using support::Buffer;
+using support::kCacheSeqlens;
+using support::kCuSeqlensK;
+using support::kFlashmlaNumSplits;
+using support::kNsaCacheSeqlens;
+using support::kNsaCuSeqlensK;
+using support::kPageTable1;
+using support::kRealPageTable;
+using support::kSeqlensExpanded;
 using L = IndexCacheLayout;
 
 // ------------------------------------------------------------------ destinations
 
-// Field indices: those of the public field table kMetadataFields (nsa/metadata.h).
-constexpr int field_index(MetadataField f) { return static_cast<int>(f); }
-constexpr int kCacheSeqlens = field_index(MetadataField::kCacheSeqlens);
-constexpr int kCuSeqlensK = field_index(MetadataField::kCuSeqlensK);
-constexpr int kPageTable1 = field_index(MetadataField::kPageTable1);
-constexpr int kSeqlensExpanded = field_index(MetadataField::kSeqlensExpanded);
-constexpr int kNsaCacheSeqlens = field_index(MetadataField::kNsaCacheSeqlens);
-constexpr int kNsaCuSeqlensK = field_index(MetadataField::kNsaCuSeqlensK);
-constexpr int kRealPageTable = field_index(MetadataField::kRealPageTable);
-constexpr int kNumSplits = field_index(MetadataField::kFlashmlaNumSplits);
-constexpr int kTileTable = field_index(MetadataField::kFlashmlaMetadata);
-constexpr int kFieldCount = kMetadataFieldCount;
+using support::MetadataDests;
+using support::MetadataDestShape;
 
-// Capacities of one backend's captured buffers (docs/spec/metadata.md §5.1).
-struct DestShape {
-  int64_t batch = 0, max_rows = 0, cols = 0, real_cols = 0, tile_ints = 0;
-  bool has_expanded = false;  // DECODE aliases it to cache_seqlens upstream
-  size_t count(int f) const {
-    switch (f) {
-      case kCacheSeqlens: return batch;
-      case kCuSeqlensK: return batch + 1;
-      case kPageTable1: return max_rows * cols;
-      case kSeqlensExpanded: return has_expanded ? max_rows : 0;
-      case kNsaCacheSeqlens: return max_rows;
-      case kNsaCuSeqlensK: return max_rows + 1;
-      case kRealPageTable: return max_rows * real_cols;
-      case kNumSplits: return max_rows + 1;
-      case kTileTable: return tile_ints;
-      default: return 0;  // the DeepGEMM schedule: not part of this scenario
+// The destination sets of one mode for one path (one backend's captured
+// buffers each) and their table for the fused ops. Random contents, except
+// element 0 of the cumulative arrays: 0, as written at capture. The same
+// `seed` gives the same contents (every path starts from the same bytes).
+std::unique_ptr<MetadataDests> path_dests(Backend b, const MetadataDestShape& shape, int64_t count, uint64_t seed) {
+  auto dests = std::make_unique<MetadataDests>(b, std::vector<MetadataDestShape>(count, shape));  // no host mirror
+  std::mt19937_64 rng(seed);
+  const int32_t zero = 0;
+  for (int64_t d = 0; d < count; ++d) {
+    for (int f = 0; f < kMetadataFieldCount; ++f) {
+      if (!dests->present(d, f)) continue;
+      const std::vector<uint8_t> bytes = random_bytes(rng, dests->buffer(d, f).bytes());
+      dests->write(d, f, bytes.data(), bytes.size());
     }
+    dests->write(d, kCuSeqlensK, &zero, sizeof zero);
+    dests->write(d, kNsaCuSeqlensK, &zero, sizeof zero);
   }
-};
-
-using DestImage = std::array<std::vector<int32_t>, kFieldCount>;
-
-// Random (never zero) contents, except element 0 of the cumulative arrays: 0, as written at capture.
-DestImage random_image(const DestShape& s, std::mt19937_64& rng) {
-  DestImage img;
-  for (int f = 0; f < kFieldCount; ++f) img[f] = random_ints<int32_t>(rng, s.count(f), 1, (1 << 30));
-  img[kCuSeqlensK][0] = 0;
-  img[kNsaCuSeqlensK][0] = 0;
-  return img;
+  return dests;
 }
-
-struct DestSet {
-  DestShape shape;
-  std::array<Buffer, kFieldCount> buf;
-  MetadataBuffers desc;
-
-  DestSet(Backend b, const DestShape& s, const DestImage& image) : shape(s) {
-    for (int f = 0; f < kFieldCount; ++f)
-      if (s.count(f)) buf[f] = to_backend(b, image[f]);
-    auto ptr = [&](int f) { return s.count(f) ? buf[f].as<int32_t>() : nullptr; };
-    desc.cache_seqlens = ptr(kCacheSeqlens);
-    desc.cu_seqlens_k = ptr(kCuSeqlensK);
-    desc.page_table_1 = ptr(kPageTable1);
-    desc.page_table_1_cols = desc.page_table_1_ld = s.cols;
-    desc.seqlens_expanded = ptr(kSeqlensExpanded);
-    desc.nsa_cache_seqlens = ptr(kNsaCacheSeqlens);
-    desc.nsa_cu_seqlens_k = ptr(kNsaCuSeqlensK);
-    desc.real_page_table = ptr(kRealPageTable);
-    desc.real_page_table_cols = desc.real_page_table_ld = s.real_cols;
-    desc.flashmla_num_splits = ptr(kNumSplits);
-    desc.flashmla_metadata = ptr(kTileTable);
-    desc.flashmla_metadata_size = s.tile_ints;
-    desc.max_rows = s.max_rows;
-    desc.max_batch = s.batch;
-  }
-  std::vector<int32_t> download(int f) const { return from_backend<int32_t>(buf[f], shape.count(f)); }
-};
-
-// The destination sets of one mode for one path, plus their table for the fused ops.
-struct PathDests {
-  std::vector<DestSet> sets;
-  std::vector<MetadataBuffers> descs;
-  Buffer workspace;
-  MetadataTargets targets;
-
-  PathDests(Backend b, const DestShape& shape, const std::vector<DestImage>& images) {
-    for (const auto& img : images) sets.emplace_back(b, shape, img);
-    for (const auto& s : sets) descs.push_back(s.desc);
-    const size_t bytes = metadata_targets_workspace_bytes(static_cast<int64_t>(descs.size()));
-    workspace = Buffer(b, bytes);
-    const Exec exec = b == Backend::kCpu ? Exec::cpu() : Exec::cuda();
-    targets = upload_metadata_targets(exec, descs.data(), static_cast<int64_t>(descs.size()), workspace.data(), bytes);
-  }
-};
 
 // ------------------------------------------------------------------ one mode
 
 struct ModeWork {
   MetadataConfig config;
   HostMetadata host;  // the precomputed sources and the rows' defined lengths
-  std::array<Buffer, kFieldCount> src;
+  std::array<Buffer, kMetadataFieldCount> src;
   MetadataSources sources;
   MetadataInputs inputs;
-  std::unique_ptr<PathDests> baseline, fused, ours;
+  std::unique_ptr<MetadataDests> baseline, fused, ours;
   int64_t dest_count = 0;
 };
 
@@ -230,7 +174,7 @@ class DecodeScenario : public Scenario {
     up(kNsaCacheSeqlens, h.nsa_cache_seqlens);
     up(kNsaCuSeqlensK, h.nsa_cu_seqlens_k);
     up(kRealPageTable, h.real_page_table);
-    up(kNumSplits, splits);
+    up(kFlashmlaNumSplits, splits);
     auto ptr = [&](int f) -> const int32_t* { return w->src[f].data() ? w->src[f].as<int32_t>() : nullptr; };
     MetadataSources& s = w->sources;
     s.cache_seqlens = ptr(kCacheSeqlens);
@@ -242,7 +186,7 @@ class DecodeScenario : public Scenario {
     s.nsa_cu_seqlens_k = ptr(kNsaCuSeqlensK);
     s.real_page_table = ptr(kRealPageTable);
     s.real_page_table_cols = s.real_page_table_ld = h.real_cols;
-    s.flashmla_num_splits = ptr(kNumSplits);
+    s.flashmla_num_splits = ptr(kFlashmlaNumSplits);
     s.flashmla_metadata = tile_dev_.as<int32_t>();
     s.flashmla_metadata_size = c_.flashmla_tile_ints;
 
@@ -253,23 +197,24 @@ class DecodeScenario : public Scenario {
     in.req_to_token_rows = pool_rows_;
     in.req_to_token_cols = in.req_to_token_ld = width_;
     if (de) in.extend_lens = Indices(extend_dev_.as<int32_t>());
-    in.flashmla_num_splits = ptr(kNumSplits);
+    in.flashmla_num_splits = ptr(kFlashmlaNumSplits);
     in.flashmla_metadata = tile_dev_.as<int32_t>();
     in.flashmla_num_splits_size = max_rows + 1;
     in.flashmla_metadata_size = c_.flashmla_tile_ints;
 
-    DestShape shape;
-    shape.batch = c_.batch;
+    MetadataDestShape shape;  // every field but the paged-MQA schedule (no baseline writes it); no padding
+    shape.max_batch = c_.batch;
     shape.max_rows = max_rows;
-    shape.cols = width_;
-    shape.real_cols = (width_ + c_.page_size - 1) / c_.page_size;
-    shape.tile_ints = c_.flashmla_tile_ints;
-    shape.has_expanded = mode != ForwardMode::kDecode;
-    std::vector<DestImage> images;
-    for (int64_t d = 0; d < dests; ++d) images.push_back(random_image(shape, rng_));
-    w->baseline = std::make_unique<PathDests>(b, shape, images);
-    w->fused = std::make_unique<PathDests>(b, shape, images);
-    w->ours = std::make_unique<PathDests>(b, shape, images);
+    shape.page_table_1_cols = width_;
+    shape.real_page_table_cols = (width_ + c_.page_size - 1) / c_.page_size;
+    shape.flashmla_metadata_size = c_.flashmla_tile_ints;
+    // DECODE aliases seqlens_expanded to cache_seqlens upstream: no buffer of its own.
+    if (mode == ForwardMode::kDecode) shape.fields &= ~metadata_field_bit(MetadataField::kSeqlensExpanded);
+    shape.fields &= ~metadata_field_bit(MetadataField::kPagedMqaSchedule);
+    const uint64_t seed = rng_();
+    w->baseline = path_dests(b, shape, dests, seed);
+    w->fused = path_dests(b, shape, dests, seed);
+    w->ours = path_dests(b, shape, dests, seed);
     modes_.push_back(std::move(w));
   }
 
@@ -303,19 +248,19 @@ class DecodeScenario : public Scenario {
               0, nullptr};
     for (const auto& w : modes_)
       base.launches +=
-          baseline_call::metadata_copies(w->host.shape, w->sources, w->baseline->descs.data(), w->dest_count);
+          baseline_call::metadata_copies(w->host.shape, w->sources, w->baseline->devices().data(), w->dest_count);
     base.run = [this, b](cudaStream s) {
       for (const auto& w : modes_)
-        baseline_call::copy_metadata_per_field(b, s, w->host.shape, w->sources, w->baseline->descs.data(),
+        baseline_call::copy_metadata_per_field(b, s, w->host.shape, w->sources, w->baseline->devices().data(),
                                                w->dest_count);
     };
     Path fused{"fused_copy", "precomputed, nsa::copy_metadata (1 per mode)", static_cast<int64_t>(modes_.size()),
                [this](cudaStream s) {
-                 for (const auto& w : modes_) copy_metadata(exec_on(s), w->host.shape, w->sources, w->fused->targets);
+                 for (const auto& w : modes_) copy_metadata(exec_on(s), w->host.shape, w->sources, w->fused->targets());
                }};
     Path ours{"ours", "nsa::build_metadata from raw inputs (1 per mode)", static_cast<int64_t>(modes_.size()),
               [this](cudaStream s) {
-                for (const auto& w : modes_) build_metadata(exec_on(s), w->config, w->inputs, w->ours->targets);
+                for (const auto& w : modes_) build_metadata(exec_on(s), w->config, w->inputs, w->ours->targets());
               }};
     part.paths = {std::move(base), std::move(fused), std::move(ours)};
     parts_.push_back(std::move(part));
@@ -379,26 +324,24 @@ class DecodeScenario : public Scenario {
       const HostMetadata& h = w->host;
       const int64_t rows = h.rows, p = w->config.page_size;
       for (int64_t d = 0; d < w->dest_count; ++d) {
-        const DestSet& base = w->baseline->sets[d];
-        const DestSet& fused = w->fused->sets[d];
-        const DestSet& ours = w->ours->sets[d];
-        for (int f = 0; f < kFieldCount; ++f) {
-          const size_t count = base.shape.count(f);
+        const MetadataDests &base = *w->baseline, &fused = *w->fused, &ours = *w->ours;
+        for (int f = 0; f < kMetadataFieldCount; ++f) {
+          const size_t count = static_cast<size_t>(support::metadata_field_size(base.shape(d), f));
           if (!count) continue;
-          const auto expect = base.download(f);
-          const auto got_fused = fused.download(f);
-          const auto got_ours = ours.download(f);
+          const auto expect = base.read(d, f);
+          const auto got_fused = fused.read(d, f);
+          const auto got_ours = ours.read(d, f);
           const std::string where =
               fmt::format("{} destination {} {}", to_string(w->config.mode), d, kMetadataFields[f].name);
           // The fused copy writes exactly what the per-field copies write: every byte equal.
           expect_equal_bytes("copy_metadata " + where, got_fused.data(), expect.data(), count * 4);
           // build_metadata defines each row up to its own length (docs/spec/metadata.md §5.6).
           if (f == kPageTable1 || f == kRealPageTable) {
-            const int64_t ld = f == kPageTable1 ? base.shape.cols : base.shape.real_cols;
+            const int64_t ld = f == kPageTable1 ? base.device(d).page_table_1_ld : base.device(d).real_page_table_ld;
             for (int64_t r = 0; r < rows; ++r) {
               const int64_t len = f == kPageTable1 ? h.row_length[r] : (h.row_length[r] + p - 1) / p;
-              expect_equal_bytes(fmt::format("build_metadata {} row {}", where, r), got_ours.data() + r * ld,
-                                 expect.data() + r * ld, static_cast<size_t>(len) * 4);
+              expect_equal_bytes(fmt::format("build_metadata {} row {}", where, r), got_ours.data() + r * ld * 4,
+                                 expect.data() + r * ld * 4, static_cast<size_t>(len) * 4);
             }
             continue;
           }
@@ -406,7 +349,7 @@ class DecodeScenario : public Scenario {
           if (f == kCacheSeqlens) n = h.shape.batch_size;
           if (f == kCuSeqlensK) n = h.shape.batch_size + 1;
           if (f == kSeqlensExpanded || f == kNsaCacheSeqlens) n = rows;
-          if (f == kNsaCuSeqlensK || f == kNumSplits) n = rows + 1;
+          if (f == kNsaCuSeqlensK || f == kFlashmlaNumSplits) n = rows + 1;
           expect_equal_bytes("build_metadata " + where, got_ours.data(), expect.data(), n * 4);
         }
       }
