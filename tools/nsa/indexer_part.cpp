@@ -1,0 +1,241 @@
+#include "indexer_part.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cstring>
+#include <numeric>
+
+#include "host_data.h"
+
+#if defined(NSA_WITH_CUDA)
+#include <cuda_runtime.h>
+#endif
+
+namespace nsa {
+namespace cli {
+
+using support::Buffer;
+using support::from_backend;
+using support::to_backend;
+
+namespace {
+
+constexpr int64_t kH = kIndexerHeads, kD = kIndexerHeadDim, kP = IndexCacheLayout::kPageSize;
+constexpr int64_t kPageBytes = IndexCacheLayout::kBytesPerPage;
+constexpr int64_t kTokenBytes = kD + 4;  // fp8 K + fp32 scale
+constexpr size_t kFillBlockBytes = size_t{64} << 20;
+// indexer_topk today: paged_mqa_logits into the workspace, then topk_transform.
+constexpr int64_t kOursCudaLaunches = 2;
+
+// Random bytes with the fp8 NaN codes (0x7f, 0xff) replaced.
+std::vector<uint8_t> random_fp8(std::mt19937_64& rng, size_t n) {
+  auto v = support::random_bytes(rng, n);
+  for (auto& x : v)
+    if ((x & 0x7f) == 0x7f) x = 0x3c;
+  return v;
+}
+
+// Bytes the distinct caches may take: half the free device memory (CUDA), 1 GiB (CPU).
+size_t cache_budget(Backend b) {
+#if defined(NSA_WITH_CUDA)
+  if (b == Backend::kCuda) {
+    size_t free_bytes = 0, total = 0;
+    if (cudaMemGetInfo(&free_bytes, &total) != cudaSuccess)
+      throw Error(ErrorCode::kCudaError, "nsa bench: cudaMemGetInfo failed");
+    return free_bytes / 2;
+  }
+#endif
+  (void)b;
+  return size_t{1} << 30;
+}
+
+// A cache of `pages` pages: one random block of up to 64 MB (valid fp8 K,
+// scales in [0.001, 0.01)) repeated, so preparing many large caches stays fast.
+Buffer make_cache(Backend b, std::mt19937_64& rng, int64_t pages) {
+  const int64_t block_pages = std::max<int64_t>(1, std::min<int64_t>(pages, kFillBlockBytes / kPageBytes));
+  auto host = random_fp8(rng, static_cast<size_t>(block_pages * kPageBytes));
+  std::uniform_real_distribution<float> scale(0.001f, 0.01f);
+  for (int64_t p = 0; p < block_pages; ++p)
+    for (int64_t o = 0; o < kP; ++o) {
+      const float s = scale(rng);
+      std::memcpy(&host[static_cast<size_t>(p * kPageBytes + kP * kD + o * 4)], &s, 4);
+    }
+  Buffer cache(b, static_cast<size_t>(std::max<int64_t>(pages, 1) * kPageBytes));
+  for (int64_t p = 0; p < pages; p += block_pages) {
+    const int64_t n = std::min(block_pages, pages - p);
+    cache.upload(host.data(), static_cast<size_t>(n * kPageBytes), static_cast<size_t>(p * kPageBytes));
+  }
+  return cache;
+}
+
+}  // namespace
+
+IndexerPart::IndexerPart(const ScenarioConfig& c, const std::vector<int64_t>& prefix_lens, std::mt19937_64& rng)
+    : c_(c) {
+  const Backend b = c.backend;
+  const int64_t bs = c.batch, n = c.draft_tokens;
+  rows_ = bs * n;
+  width_ = c.context + n;            // the captured width: every L_b <= context + N
+  ld_ = (width_ + 255) / 256 * 256;  // DeepGEMM's row padding
+  table_cols_ = (width_ + kP - 1) / kP;
+  pages_ = bs * table_cols_;
+
+  // L_b and the per-row windows (the MTP causal rule: row j sees L_b - N + 1 + j tokens).
+  std::vector<int32_t> lens(static_cast<size_t>(bs));
+  double tokens = 0;
+  for (int64_t r = 0; r < bs; ++r) {
+    lens[r] = static_cast<int32_t>(prefix_lens[r] + n);
+    tokens += lens[r];
+    for (int64_t j = 0; j < n; ++j)
+      row_lens_.push_back(static_cast<int32_t>(std::clamp<int64_t>(lens[r] - n + 1 + j, 0, width_)));
+  }
+  cache_read_bytes_ = tokens * kTokenBytes * static_cast<double>(c.layers);
+
+  // Compact page tables over shuffled pages, the same in every layer (each layer has its own cache).
+  std::vector<int32_t> table(static_cast<size_t>(pages_));
+  std::iota(table.begin(), table.end(), 0);
+  std::shuffle(table.begin(), table.end(), rng);
+  const auto q = random_fp8(rng, static_cast<size_t>(rows_ * kH * kD));
+  std::vector<float> w(static_cast<size_t>(rows_ * kH));
+  std::normal_distribution<float> wd(0.0f, 0.05f);
+  for (auto& x : w) x = wd(rng);
+  q_ = to_backend(b, q);
+  weights_ = to_backend(b, w);
+  lens_ = to_backend(b, lens);
+  table_ = to_backend(b, table);
+
+  // One cache per layer when they fit in the budget; otherwise as many as fit,
+  // cycled over the layers (each far larger than L2 at engine sizes).
+  const size_t cache_bytes = static_cast<size_t>(std::max<int64_t>(pages_, 1) * kPageBytes);
+  const int64_t fit = static_cast<int64_t>(cache_budget(b) / cache_bytes);
+  const int64_t distinct = std::max<int64_t>(1, std::min(c.layers, fit));
+  for (int64_t l = 0; l < distinct; ++l) caches_.push_back(make_cache(b, rng, pages_));
+
+  const size_t logits_bytes = static_cast<size_t>(rows_ * ld_) * sizeof(float);
+  base_logits_ = Buffer(b, logits_bytes);
+  ours_logits_ = Buffer(b, logits_bytes);
+  const size_t out_bytes = static_cast<size_t>(c.layers * rows_ * c.topk) * sizeof(int32_t);
+  base_out_ = Buffer(b, out_bytes);
+  ours_out_ = Buffer(b, out_bytes);
+  base_out_.fill(0xab);  // different poisons: a slot neither path wrote cannot compare equal
+  ours_out_.fill(0xcd);
+  sorter_ = std::make_unique<baseline_call::SortTopk>(b, rows_, ld_, row_lens_);
+}
+
+Exec IndexerPart::exec_on(cudaStream s) const {
+  return c_.backend == Backend::kCpu ? Exec::cpu(c_.cpu_threads) : Exec::cuda(s);
+}
+
+PagedMqaLogitsArgs IndexerPart::logits_args(int64_t layer, float* logits) const {
+  PagedMqaLogitsArgs a;
+  a.q = q_.as<uint8_t>();
+  a.weights = weights_.as<float>();
+  a.batch = c_.batch;
+  a.next_n = c_.draft_tokens;
+  a.cache = ConstIndexCache(caches_[static_cast<size_t>(layer) % caches_.size()].as<uint8_t>(), pages_);
+  a.context_lens = Indices(lens_.as<int32_t>());
+  a.page_table = Indices(table_.as<int32_t>());
+  a.table_cols = a.table_ld = table_cols_;
+  a.logits = logits;
+  a.width = width_;
+  a.logits_ld = ld_;
+  return a;
+}
+
+TopkArgs IndexerPart::topk_args(int64_t layer) const {
+  TopkArgs t;
+  t.scores = base_logits_.as<float>();
+  t.rows = rows_;
+  t.width = width_;
+  t.score_ld = ld_;
+  t.k = c_.topk;
+  t.length_form = TopkLengths::kPerRequest;
+  t.lengths = Indices(lens_.as<int32_t>());
+  t.rows_per_request = c_.draft_tokens;
+  t.transform = TopkTransform::kPaged64;
+  t.table = Indices(table_.as<int32_t>());
+  t.table_rows = c_.batch;
+  t.table_cols = t.table_ld = table_cols_;
+  t.out = base_out_.as<int32_t>() + layer * rows_ * c_.topk;
+  t.out_ld = c_.topk;
+  return t;
+}
+
+void IndexerPart::run_logits(cudaStream s, int64_t layer) const {
+  paged_mqa_logits(exec_on(s), logits_args(layer, base_logits_.as<float>()));
+}
+
+void IndexerPart::run_sort_topk(cudaStream s, int64_t layer) const { sorter_->run(s, topk_args(layer)); }
+
+void IndexerPart::run_ours(cudaStream s, int64_t layer) const {
+  IndexerTopkArgs a;
+  a.logits = logits_args(layer, ours_logits_.as<float>());
+  a.k = c_.topk;
+  a.out = ours_out_.as<int32_t>() + layer * rows_ * c_.topk;
+  a.out_ld = c_.topk;
+  indexer_topk(exec_on(s), a);
+}
+
+Part IndexerPart::make_part() {
+  const bool cuda = c_.backend == Backend::kCuda;
+  const int64_t layers = c_.layers;
+  Part part;
+  part.name = "indexer";
+  part.detail = fmt::format(
+      "{} layers x {} verify rows (bs*N) over L_b = {} tokens per layer on average, top-{} through the page "
+      "table; {} distinct {:.1f} MB caches{}; GB/s counts the cache read, q, weights and the indices written",
+      layers, rows_, static_cast<int64_t>(cache_read_bytes_ / kTokenBytes / layers / c_.batch), c_.topk, caches_.size(),
+      static_cast<double>(pages_ * kPageBytes) / 1e6,
+      static_cast<int64_t>(caches_.size()) < layers ? " cycled over the layers (memory budget)" : ", one per layer");
+  part.bytes = cache_read_bytes_ +
+               static_cast<double>(layers * rows_) * (kH * kD + kH * 4 + c_.topk * 4);  // + q, weights, indices
+  part.per_graph = 1;
+  const int64_t sort_launches = sorter_->launches();
+  const std::string sort_label = cuda ? "CUB segmented sort + take-k transform" : "std::stable_sort + transform";
+  Path base{"baseline", fmt::format("paged_mqa_logits, then {} ({} per layer)", sort_label, 1 + sort_launches),
+            layers * (1 + sort_launches), [this, layers](cudaStream s) {
+              for (int64_t l = 0; l < layers; ++l) {
+                run_logits(s, l);
+                run_sort_topk(s, l);
+              }
+            }};
+  Path ours{"ours", fmt::format("nsa::indexer_topk ({} per layer)", cuda ? kOursCudaLaunches : 1),
+            layers * (cuda ? kOursCudaLaunches : 1), [this, layers](cudaStream s) {
+              for (int64_t l = 0; l < layers; ++l) run_ours(s, l);
+            }};
+  part.paths = {std::move(base), std::move(ours)};
+  Path logits{"baseline logits", "nsa::paged_mqa_logits into fp32 [rows, width] (1 per layer)", layers,
+              [this, layers](cudaStream s) {
+                for (int64_t l = 0; l < layers; ++l) run_logits(s, l);
+              }};
+  Path topk{"baseline top-k", fmt::format("{} over those logits ({} per layer)", sort_label, sort_launches),
+            layers * sort_launches, [this, layers](cudaStream s) {
+              for (int64_t l = 0; l < layers; ++l) run_sort_topk(s, l);
+            }};
+  part.pieces = {std::move(logits), std::move(topk)};
+  return part;
+}
+
+void IndexerPart::verify() const {
+  const size_t per_layer = static_cast<size_t>(rows_ * c_.topk);
+  auto base = from_backend<int32_t>(base_out_, per_layer * static_cast<size_t>(c_.layers));
+  auto ours = from_backend<int32_t>(ours_out_, per_layer * static_cast<size_t>(c_.layers));
+  for (int64_t l = 0; l < c_.layers; ++l)
+    for (int64_t r = 0; r < rows_; ++r) {
+      const auto bb = base.begin() + static_cast<std::ptrdiff_t>(l * rows_ * c_.topk + r * c_.topk);
+      const auto ob = ours.begin() + static_cast<std::ptrdiff_t>(l * rows_ * c_.topk + r * c_.topk);
+      std::sort(bb, bb + c_.topk);
+      std::sort(ob, ob + c_.topk);
+      if (!std::equal(bb, bb + c_.topk, ob)) {
+        const auto diff = std::mismatch(bb, bb + c_.topk, ob);
+        throw VerificationError(
+            fmt::format("verification failed: indexer_topk layer {} row {}: selected set differs from the baseline's "
+                        "(sorted slot {}: {} vs baseline {})",
+                        l, r, diff.first - bb, *diff.second, *diff.first));
+      }
+    }
+}
+
+}  // namespace cli
+}  // namespace nsa
