@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstring>
 #include <numeric>
+#include <thread>
 
 #include "host_data.h"
 
@@ -50,21 +51,37 @@ size_t cache_budget(Backend b) {
   return size_t{1} << 30;
 }
 
-// A cache of `pages` pages: one random block of up to 64 MB (valid fp8 K,
-// scales in [0.001, 0.01)) repeated, so preparing many large caches stays fast.
-Buffer make_cache(Backend b, std::mt19937_64& rng, int64_t pages) {
-  const int64_t block_pages = std::max<int64_t>(1, std::min<int64_t>(pages, kFillBlockBytes / kPageBytes));
-  auto host = random_fp8(rng, static_cast<size_t>(block_pages * kPageBytes));
+// One random block of up to 64 MB of pages: valid fp8 K, scales in [0.001, 0.01).
+std::vector<uint8_t> random_pages(std::mt19937_64& rng, int64_t pages) {
+  auto host = random_fp8(rng, static_cast<size_t>(pages * kPageBytes));
   std::uniform_real_distribution<float> scale(0.001f, 0.01f);
-  for (int64_t p = 0; p < block_pages; ++p)
+  for (int64_t p = 0; p < pages; ++p)
     for (int64_t o = 0; o < kP; ++o) {
       const float s = scale(rng);
       std::memcpy(&host[static_cast<size_t>(p * kPageBytes + kP * kD + o * 4)], &s, 4);
     }
+  return host;
+}
+
+// A cache of `pages` pages: the block rotated by `shift` pages (each layer's
+// contents differ), then repeated, so preparing tens of GB of caches stays fast.
+Buffer make_cache(Backend b, const std::vector<uint8_t>& block, int64_t pages, int64_t shift) {
+  const int64_t block_pages = static_cast<int64_t>(block.size()) / kPageBytes;
+  const size_t head = static_cast<size_t>(shift % block_pages * kPageBytes);
   Buffer cache(b, static_cast<size_t>(std::max<int64_t>(pages, 1) * kPageBytes));
-  for (int64_t p = 0; p < pages; p += block_pages) {
-    const int64_t n = std::min(block_pages, pages - p);
-    cache.upload(host.data(), static_cast<size_t>(n * kPageBytes), static_cast<size_t>(p * kPageBytes));
+  cache.upload(block.data() + head, block.size() - head);
+  if (head > 0) cache.upload(block.data(), head, block.size() - head);
+  for (int64_t p = block_pages; p < pages; p += block_pages) {
+    const size_t n = static_cast<size_t>(std::min(block_pages, pages - p) * kPageBytes);
+    uint8_t* dst = cache.as<uint8_t>() + p * kPageBytes;
+#if defined(NSA_WITH_CUDA)
+    if (b == Backend::kCuda) {  // device to device: tens of GB per run would take seconds from the host
+      if (cudaMemcpy(dst, cache.data(), n, cudaMemcpyDeviceToDevice) != cudaSuccess)
+        throw Error(ErrorCode::kCudaError, "nsa bench: filling an indexer cache failed");
+      continue;
+    }
+#endif
+    std::memcpy(dst, cache.data(), n);
   }
   return cache;
 }
@@ -110,7 +127,8 @@ IndexerPart::IndexerPart(const ScenarioConfig& c, const std::vector<int64_t>& pr
   const size_t cache_bytes = static_cast<size_t>(std::max<int64_t>(pages_, 1) * kPageBytes);
   const int64_t fit = static_cast<int64_t>(cache_budget(b) / cache_bytes);
   const int64_t distinct = std::max<int64_t>(1, std::min(c.layers, fit));
-  for (int64_t l = 0; l < distinct; ++l) caches_.push_back(make_cache(b, rng, pages_));
+  const auto block = random_pages(rng, std::max<int64_t>(1, std::min<int64_t>(pages_, kFillBlockBytes / kPageBytes)));
+  for (int64_t l = 0; l < distinct; ++l) caches_.push_back(make_cache(b, block, pages_, 97 * l));
 
   const size_t logits_bytes = static_cast<size_t>(rows_ * ld_) * sizeof(float);
   base_logits_ = Buffer(b, logits_bytes);
@@ -218,23 +236,35 @@ Part IndexerPart::make_part() {
 }
 
 void IndexerPart::verify() const {
-  const size_t per_layer = static_cast<size_t>(rows_ * c_.topk);
-  auto base = from_backend<int32_t>(base_out_, per_layer * static_cast<size_t>(c_.layers));
-  auto ours = from_backend<int32_t>(ours_out_, per_layer * static_cast<size_t>(c_.layers));
-  for (int64_t l = 0; l < c_.layers; ++l)
-    for (int64_t r = 0; r < rows_; ++r) {
-      const auto bb = base.begin() + static_cast<std::ptrdiff_t>(l * rows_ * c_.topk + r * c_.topk);
-      const auto ob = ours.begin() + static_cast<std::ptrdiff_t>(l * rows_ * c_.topk + r * c_.topk);
-      std::sort(bb, bb + c_.topk);
-      std::sort(ob, ob + c_.topk);
-      if (!std::equal(bb, bb + c_.topk, ob)) {
-        const auto diff = std::mismatch(bb, bb + c_.topk, ob);
-        throw VerificationError(
-            fmt::format("verification failed: indexer_topk layer {} row {}: selected set differs from the baseline's "
-                        "(sorted slot {}: {} vs baseline {})",
-                        l, r, diff.first - bb, *diff.second, *diff.first));
+  const int64_t k = c_.topk, total_rows = c_.layers * rows_;
+  auto base = from_backend<int32_t>(base_out_, static_cast<size_t>(total_rows * k));
+  auto ours = from_backend<int32_t>(ours_out_, static_cast<size_t>(total_rows * k));
+  // Sorting 2 x 2048 indices per row of every layer takes seconds on one core at engine sizes: split the rows.
+  const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(std::thread::hardware_concurrency(), 16));
+  std::vector<int64_t> first_bad(static_cast<size_t>(threads), total_rows);
+  std::vector<std::thread> pool;
+  for (int64_t t = 0; t < threads; ++t)
+    pool.emplace_back([&, t] {
+      for (int64_t row = t; row < total_rows; row += threads) {
+        const auto bb = base.begin() + static_cast<std::ptrdiff_t>(row * k);
+        const auto ob = ours.begin() + static_cast<std::ptrdiff_t>(row * k);
+        std::sort(bb, bb + k);
+        std::sort(ob, ob + k);
+        if (!std::equal(bb, bb + k, ob)) {
+          first_bad[static_cast<size_t>(t)] = row;
+          return;
+        }
       }
-    }
+    });
+  for (auto& th : pool) th.join();
+  const int64_t row = *std::min_element(first_bad.begin(), first_bad.end());
+  if (row == total_rows) return;
+  const auto bb = base.begin() + static_cast<std::ptrdiff_t>(row * k);
+  const auto diff = std::mismatch(bb, bb + k, ours.begin() + static_cast<std::ptrdiff_t>(row * k));
+  throw VerificationError(
+      fmt::format("verification failed: indexer_topk layer {} row {}: selected set differs from the baseline's "
+                  "(sorted slot {}: {} vs baseline {})",
+                  row / rows_, row % rows_, diff.first - bb, *diff.second, *diff.first));
 }
 
 }  // namespace cli
