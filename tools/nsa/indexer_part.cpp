@@ -29,14 +29,6 @@ constexpr size_t kFillBlockBytes = size_t{64} << 20;
 // indexer_topk today: paged_mqa_logits into the workspace, then topk_transform.
 constexpr int64_t kOursCudaLaunches = 2;
 
-// Random bytes with the fp8 NaN codes (0x7f, 0xff) replaced.
-std::vector<uint8_t> random_fp8(std::mt19937_64& rng, size_t n) {
-  auto v = support::random_bytes(rng, n);
-  for (auto& x : v)
-    if ((x & 0x7f) == 0x7f) x = 0x3c;
-  return v;
-}
-
 // Bytes the distinct caches may take: half the free device memory (CUDA), 1 GiB (CPU).
 size_t cache_budget(Backend b) {
 #if defined(NSA_WITH_CUDA)
@@ -49,18 +41,6 @@ size_t cache_budget(Backend b) {
 #endif
   (void)b;
   return size_t{1} << 30;
-}
-
-// One random block of up to 64 MB of pages: valid fp8 K, scales in [0.001, 0.01).
-std::vector<uint8_t> random_pages(std::mt19937_64& rng, int64_t pages) {
-  auto host = random_fp8(rng, static_cast<size_t>(pages * kPageBytes));
-  std::uniform_real_distribution<float> scale(0.001f, 0.01f);
-  for (int64_t p = 0; p < pages; ++p)
-    for (int64_t o = 0; o < kP; ++o) {
-      const float s = scale(rng);
-      std::memcpy(&host[static_cast<size_t>(p * kPageBytes + kP * kD + o * 4)], &s, 4);
-    }
-  return host;
 }
 
 // A cache of `pages` pages: the block rotated by `shift` pages (each layer's
@@ -113,7 +93,7 @@ IndexerPart::IndexerPart(const ScenarioConfig& c, const std::vector<int64_t>& pr
   std::vector<int32_t> table(static_cast<size_t>(pages_));
   std::iota(table.begin(), table.end(), 0);
   std::shuffle(table.begin(), table.end(), rng);
-  const auto q = random_fp8(rng, static_cast<size_t>(rows_ * kH * kD));
+  const auto q = support::random_fp8(rng, static_cast<size_t>(rows_ * kH * kD));
   std::vector<float> w(static_cast<size_t>(rows_ * kH));
   std::normal_distribution<float> wd(0.0f, 0.05f);
   for (auto& x : w) x = wd(rng);
@@ -127,7 +107,8 @@ IndexerPart::IndexerPart(const ScenarioConfig& c, const std::vector<int64_t>& pr
   const size_t cache_bytes = static_cast<size_t>(std::max<int64_t>(pages_, 1) * kPageBytes);
   const int64_t fit = static_cast<int64_t>(cache_budget(b) / cache_bytes);
   const int64_t distinct = std::max<int64_t>(1, std::min(c.layers, fit));
-  const auto block = random_pages(rng, std::max<int64_t>(1, std::min<int64_t>(pages_, kFillBlockBytes / kPageBytes)));
+  const auto block =
+      support::random_index_pages(rng, std::max<int64_t>(1, std::min<int64_t>(pages_, kFillBlockBytes / kPageBytes)));
   for (int64_t l = 0; l < distinct; ++l) caches_.push_back(make_cache(b, block, pages_, 97 * l));
 
   const size_t logits_bytes = static_cast<size_t>(rows_ * ld_) * sizeof(float);
