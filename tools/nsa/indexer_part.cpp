@@ -191,8 +191,10 @@ Part IndexerPart::make_part() {
                static_cast<double>(layers * rows_) * (kH * kD + kH * 4 + c_.topk * 4);  // + q, weights, indices
   part.per_graph = 1;
   const int64_t sort_launches = sorter_->launches();
-  const std::string sort_label = cuda ? "CUB segmented sort + take-k transform" : "std::stable_sort + transform";
-  Path base{"baseline", fmt::format("paged_mqa_logits, then {} ({} per layer)", sort_label, 1 + sort_launches),
+  // Labels fit the table's 62-character column.
+  const std::string sort_label = cuda ? "CUB segmented sort + take-k" : "std::stable_sort + transform";
+  Path base{"baseline",
+            fmt::format("logits to memory, then {} ({} per layer)", cuda ? "sort + take-k" : "sort", 1 + sort_launches),
             layers * (1 + sort_launches), [this, layers](cudaStream s) {
               for (int64_t l = 0; l < layers; ++l) {
                 run_logits(s, l);
@@ -204,12 +206,11 @@ Part IndexerPart::make_part() {
               for (int64_t l = 0; l < layers; ++l) run_ours(s, l);
             }};
   part.paths = {std::move(base), std::move(ours)};
-  Path logits{"baseline logits", "nsa::paged_mqa_logits into fp32 [rows, width] (1 per layer)", layers,
-              [this, layers](cudaStream s) {
+  Path logits{"baseline logits", "paged_mqa_logits to memory (1 per layer)", layers, [this, layers](cudaStream s) {
                 for (int64_t l = 0; l < layers; ++l) run_logits(s, l);
               }};
-  Path topk{"baseline top-k", fmt::format("{} over those logits ({} per layer)", sort_label, sort_launches),
-            layers * sort_launches, [this, layers](cudaStream s) {
+  Path topk{"baseline top-k", fmt::format("{} ({} per layer)", sort_label, sort_launches), layers * sort_launches,
+            [this, layers](cudaStream s) {
               for (int64_t l = 0; l < layers; ++l) run_sort_topk(s, l);
             }};
   part.pieces = {std::move(logits), std::move(topk)};
