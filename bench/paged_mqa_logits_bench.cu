@@ -45,24 +45,10 @@ void cuda_check(cudaError_t e, const char* what) {
   if (e != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(e));
 }
 
-// Random bytes with the fp8 NaN codes replaced (the scales are overwritten per page below).
-std::vector<uint8_t> random_fp8(std::mt19937_64& rng, size_t n) {
-  auto v = nsa::support::random_bytes(rng, n);
-  for (auto& x : v)
-    if ((x & 0x7f) == 0x7f) x = 0x3c;
-  return v;
-}
-
 // A pool of `pages` pages filled from a random block of up to 64 MB (positive scales).
 Buffer make_pool(std::mt19937_64& rng, int64_t pages) {
   const int64_t block_pages = std::min<int64_t>(pages, (int64_t{64} << 20) / kPageBytes);
-  auto host = random_fp8(rng, static_cast<size_t>(block_pages * kPageBytes));
-  std::uniform_real_distribution<float> scale(0.001f, 0.01f);
-  for (int64_t p = 0; p < block_pages; ++p)
-    for (int64_t o = 0; o < kP; ++o) {
-      const float s = scale(rng);
-      std::memcpy(&host[static_cast<size_t>(p * kPageBytes + kP * kD + o * 4)], &s, 4);
-    }
+  const auto host = nsa::support::random_index_pages(rng, block_pages);
   Buffer pool(nsa::Backend::kCuda, static_cast<size_t>(pages * kPageBytes));
   pool.upload(host);
   for (int64_t p = block_pages; p < pages; p += block_pages) {
@@ -103,7 +89,7 @@ void verify(std::mt19937_64& rng, int64_t n) {
   std::shuffle(table.begin(), table.end(), rng);
   Buffer pool = make_pool(rng, pages);
   const auto cache_host = nsa::support::from_backend<uint8_t>(pool, static_cast<size_t>(pages * kPageBytes));
-  const auto q = random_fp8(rng, static_cast<size_t>(batch * n * kH * kD));
+  const auto q = nsa::support::random_fp8(rng, static_cast<size_t>(batch * n * kH * kD));
   std::vector<float> w(static_cast<size_t>(batch * n * kH));
   std::normal_distribution<float> wd(0.0f, 0.05f);
   for (auto& x : w) x = wd(rng);
@@ -148,7 +134,8 @@ json bench_case(std::mt19937_64& rng, int64_t batch, int64_t ctx, int64_t n, dou
   auto table_d = nsa::support::to_backend(nsa::Backend::kCuda, table);
   auto lens_d = nsa::support::to_backend(nsa::Backend::kCuda,
                                          std::vector<int32_t>(static_cast<size_t>(batch), static_cast<int32_t>(ctx)));
-  auto q_d = nsa::support::to_backend(nsa::Backend::kCuda, random_fp8(rng, static_cast<size_t>(batch * n * kH * kD)));
+  auto q_d = nsa::support::to_backend(nsa::Backend::kCuda,
+                                      nsa::support::random_fp8(rng, static_cast<size_t>(batch * n * kH * kD)));
   auto w_d =
       nsa::support::to_backend(nsa::Backend::kCuda, std::vector<float>(static_cast<size_t>(batch * n * kH), 0.01f));
   const int64_t width = ctx;  // DeepGEMM pads to 256 columns; ctx is a multiple of 256 here

@@ -22,6 +22,28 @@ inline std::vector<uint8_t> random_bytes(std::mt19937_64& rng, size_t n) {
   return v;
 }
 
+// Random fp8 e4m3 bytes with the two NaN codes (0x7f, 0xff) replaced by 1.5.
+inline std::vector<uint8_t> random_fp8(std::mt19937_64& rng, size_t n) {
+  auto v = random_bytes(rng, n);
+  for (auto& x : v)
+    if ((x & 0x7f) == 0x7f) x = 0x3c;
+  return v;
+}
+
+// `pages` random indexer-cache pages of 64 tokens (64 x 128 fp8 K bytes, then
+// 64 fp32 scales): valid fp8 K, scales uniform in [0.001, 0.01).
+inline std::vector<uint8_t> random_index_pages(std::mt19937_64& rng, int64_t pages) {
+  constexpr int64_t kTokens = 64, kDim = 128, kPageBytes = kTokens * (kDim + 4);
+  auto host = random_fp8(rng, static_cast<size_t>(pages * kPageBytes));
+  std::uniform_real_distribution<float> scale(0.001f, 0.01f);
+  for (int64_t p = 0; p < pages; ++p)
+    for (int64_t o = 0; o < kTokens; ++o) {
+      const float s = scale(rng);
+      std::memcpy(&host[static_cast<size_t>(p * kPageBytes + kTokens * kDim + o * 4)], &s, 4);
+    }
+  return host;
+}
+
 template <class T>
 std::vector<T> random_ints(std::mt19937_64& rng, size_t n, int64_t lo, int64_t hi) {
   std::uniform_int_distribution<int64_t> d(lo, hi);

@@ -103,6 +103,31 @@ SortTopk::SortTopk(int64_t rows, int64_t ld, const int32_t* host_starts, const i
         "temp size");
   check(cudaMalloc(&temp_, temp_bytes_ > 0 ? temp_bytes_ : 16), "cudaMalloc");
   check(cudaDeviceSynchronize(), "setup");
+  kernels_ = count_sort_nodes() + 1;  // + take_k_kernel
+}
+
+// Graph nodes of one sort, recorded (never run) by a capture: CUB's pass count
+// depends on its tuning policy, so it is counted rather than assumed.
+int64_t SortTopk::count_sort_nodes() {
+  cudaStream_t s = nullptr;
+  check(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "cudaStreamCreate");
+  cudaGraph_t graph = nullptr;
+  size_t nodes = 0, bytes = temp_bytes_;
+  cudaError_t e = cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal);
+  if (e == cudaSuccess) {
+    const cudaError_t sort =
+        cub::DeviceSegmentedRadixSort::SortPairsDescending(temp_, bytes, static_cast<const float*>(keys_out_),
+                                                           keys_out_, vals_in_, vals_out_,
+                                                           static_cast<int>(rows_ * ld_), static_cast<int>(rows_),
+                                                           begin_, end_, 0, 32, s);
+    e = cudaStreamEndCapture(s, &graph);
+    if (e == cudaSuccess) e = sort;
+  }
+  if (e == cudaSuccess) e = cudaGraphGetNodes(graph, nullptr, &nodes);
+  if (graph != nullptr) (void)cudaGraphDestroy(graph);
+  (void)cudaStreamDestroy(s);
+  check(e, "counting the sort's kernels");
+  return static_cast<int64_t>(nodes);
 }
 
 SortTopk::~SortTopk() {

@@ -6,14 +6,31 @@
 //     radix sort (descending, stable) of each row's window with its indices,
 //     then a kernel taking the first min(len, K) of each row through the
 //     transform (-1 after). It owns its scratch (allocated once, outside timing).
+//     The CPU loop (namespace cpu, every build) is the same path for `nsa bench`
+//     on the CPU backend: a stable sort of each row's window, then the transform.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 
-#include <cuda_runtime.h>
-
 #include "nsa/topk.h"
+
+namespace nsa {
+namespace baseline {
+namespace cpu {
+
+// `a` as for topk_transform (fp32 scores, host pointers, any length form and
+// transform): per row, std::stable_sort of the window's indices by descending
+// score (ties: smaller index first, the op's rule), then the first min(len, k)
+// through the transform and -1 after. Single-threaded.
+void sort_topk(const TopkArgs& a);
+
+}  // namespace cpu
+}  // namespace baseline
+}  // namespace nsa
+
+#if defined(__CUDACC__) || defined(NSA_WITH_CUDA)
+#include <cuda_runtime.h>
 
 namespace nsa {
 namespace baseline {
@@ -32,8 +49,12 @@ class SortTopk {
   SortTopk& operator=(const SortTopk&) = delete;
   // `args` as for topk_transform (fp32 scores, device pointers); the windows given at setup are used.
   cudaError_t run(const TopkArgs& args, nsa::cudaStream stream);
+  // Kernels one run enqueues (the sort's passes + the take-k kernel), counted at setup.
+  int64_t kernels() const { return kernels_; }
 
  private:
+  int64_t count_sort_nodes();
+  int64_t kernels_ = 0;
   int64_t rows_ = 0, ld_ = 0;
   float* keys_out_ = nullptr;
   int32_t* vals_in_ = nullptr;
@@ -46,3 +67,4 @@ class SortTopk {
 
 }  // namespace baseline
 }  // namespace nsa
+#endif  // CUDA

@@ -31,6 +31,7 @@ def check_usage(nsa):
         (["bench", "--batch", "abc"], "--batch"),
         (["bench", "--scenario", "training"], "--scenario"),
         (["bench", "--device", "gpu"], "--device"),
+        (["bench", "--draft-tokens", "5"], "--draft-tokens"),  # the indexer takes at most 4 rows per request
         (["bench", "--json"], "--json"),
         (["bench", "--plot", "steps.png", *tiny], ".svg"),
         (["bench", "--scenario", "prefill", "--draft-steps", "5", *tiny], "--draft-steps"),
@@ -74,8 +75,14 @@ def check_json(nsa):
         if doc["config"]["batch"] != 4 or doc["config"]["layers"] != 2:
             fail("config does not echo the options")
         names = [p["name"] for p in doc["parts"]]
-        if names != ["metadata", "indexer K store"]:
+        if names != ["metadata", "indexer K store", "indexer"]:
             fail(f"parts: {names}")
+        pieces = [p["role"] for p in doc["parts"][2].get("pieces", [])]
+        if pieces != ["baseline logits", "baseline top-k"]:
+            fail(f"indexer pieces: {pieces}")
+        for p in doc["parts"][2]["pieces"]:
+            if not p["gpu_us"] > 0 or not p["launches"] > 0:
+                fail(f"indexer/{p['role']}: non-positive time or launches")
         for part in doc["parts"]:
             roles = [p["role"] for p in part["paths"]]
             if roles[0] != "baseline" or roles[-1] != "ours":
@@ -90,18 +97,28 @@ def check_json(nsa):
         if meta[-1]["launches"] != 3 or meta[0]["launches"] <= meta[-1]["launches"]:
             fail(f"metadata launches: baseline {meta[0]['launches']}, ours {meta[-1]['launches']}")
         for key in ("baseline_gpu_us", "ours_gpu_us", "baseline_host_us", "ours_host_us", "baseline_launches",
-                    "ours_launches"):
+                    "ours_launches", "floor_bytes", "floor_us"):
             if key not in doc["step"]:
                 fail(f"step lacks {key!r}")
-        for key in ("metadata_gpu_speedup", "metadata_host_speedup", "step_gpu_speedup"):
+        for key in ("metadata_gpu_speedup", "metadata_host_speedup", "step_gpu_speedup", "floor_us",
+                    "step_ours_over_floor", "step_baseline_over_floor"):
             if key not in doc["summary"]:
                 fail(f"summary lacks {key!r}")
+        # 132 B per visible cached token per layer: L_b = prefix + N, prefix in [3/4 context, context].
+        cfg = doc["config"]
+        per_layer = doc["step"]["floor_bytes"] / 132 / cfg["layers"] / cfg["batch"]
+        if not 256 * 3 // 4 + cfg["draft_tokens"] <= per_layer <= 256 + cfg["draft_tokens"]:
+            fail(f"floor bytes: {per_layer} tokens per request per layer")
+        if not all(r.get("floor_us", 0) > 0 for r in doc["sweep"]):
+            fail("sweep rows lack floor_us")
         if [r["batch"] for r in doc["sweep"]] != [1, 2, 4, 8]:
             fail(f"sweep batches {[r['batch'] for r in doc['sweep']]}")
         with open(svg) as f:
             text = f.read()
         if not text.startswith("<svg") or "</svg>" not in text or "baseline" not in text or "<polyline" not in text:
             fail("the plot is not a complete SVG with the two series")
+        if "cache read floor" not in text or "Parts of the step" not in text or "baseline top-k" not in text:
+            fail("the plot lacks the floor series or the parts chart")
     print("ok: JSON fields present, SVG written")
 
 

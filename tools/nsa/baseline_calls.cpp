@@ -5,6 +5,7 @@
 #include "cpu_baseline.h"
 #include "index_cache_baseline.h"
 #include "metadata_baseline.h"
+#include "topk_baseline.h"
 
 #if defined(NSA_WITH_CUDA)
 #include <cuda_runtime.h>
@@ -79,6 +80,36 @@ void gather_k_and_s_per_token(Backend backend, cudaStream stream, const uint8_t*
   check(baseline::gather_k_and_s_per_token(cache, page_table, table_ld, cu_seq_lens, batch, total_tokens, out_k, out_s,
                                            stream),
         "gather_k_and_s_per_token");
+#else
+  (void)stream;
+  no_cuda();
+#endif
+}
+
+SortTopk::SortTopk(Backend backend, int64_t rows, int64_t ld, const std::vector<int32_t>& lens) : backend_(backend) {
+  if (backend == Backend::kCpu) return;
+#if defined(NSA_WITH_CUDA)
+  const std::vector<int32_t> starts(lens.size(), 0);
+  gpu_ = std::make_shared<baseline::SortTopk>(rows, ld, starts.data(), lens.data());
+#else
+  (void)rows;
+  (void)ld;
+  (void)lens;
+  no_cuda();
+#endif
+}
+
+int64_t SortTopk::launches() const {
+#if defined(NSA_WITH_CUDA)
+  if (gpu_) return gpu_->kernels();
+#endif
+  return 1;
+}
+
+void SortTopk::run(cudaStream stream, const TopkArgs& args) const {
+  if (backend_ == Backend::kCpu) return baseline::cpu::sort_topk(args);
+#if defined(NSA_WITH_CUDA)
+  check(gpu_->run(args, stream), "sort top-k");
 #else
   (void)stream;
   no_cuda();

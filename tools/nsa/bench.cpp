@@ -26,8 +26,6 @@ namespace {
 
 using json = nlohmann::json;
 
-constexpr double kTargetSpeedup = 10.0;  // target for the decode-step metadata on an H100
-
 struct Limits {
   std::string device;
   double copy_gbps = 0;
@@ -73,7 +71,11 @@ struct Measured {
   PathTiming step_baseline, step_ours;
   int64_t step_launches_baseline = 0, step_launches_ours = 0;
   double metadata_gpu_speedup = 0, metadata_host_speedup = 0;
+  double floor_bytes = 0, floor_us = 0;  // the scenario's unavoidable reads at the copy bandwidth
 };
+
+// The time a read of `bytes` takes at the measured copy bandwidth (bytes read + written per second).
+double floor_time_us(double bytes, const Limits& lim) { return bytes / lim.copy_gbps / 1e3; }
 
 std::string fmt_us(double us) { return us >= 1000 ? fmt::format("{:.0f}", us) : fmt::format("{:.2f}", us); }
 
@@ -108,6 +110,22 @@ Measured measure(const ScenarioConfig& cfg, const BenchOptions& o, const Limits&
     PathTiming t;
     double bytes;
     PathTiming base;
+    bool piece = false;  // a pass of the baseline: no speed-up
+  };
+  auto path_json = [&](const Path& path, const PathTiming& t, double bytes, const PathTiming& base, bool piece) {
+    const double gbps = bytes / t.gpu_us / 1e3;
+    json j{{"role", path.role},
+           {"label", path.label},
+           {"launches", path.launches},
+           {"gpu_us", t.gpu_us},
+           {"host_us", t.host_us},
+           {"gbps", gbps},
+           {"fraction_of_copy_bw", gbps / lim.copy_gbps}};
+    if (!piece) {
+      j["speedup_gpu"] = base.gpu_us / t.gpu_us;
+      j["speedup_host"] = base.host_us / t.host_us;
+    }
+    return j;
   };
   std::vector<Row> rows;
   if (full) {
@@ -119,19 +137,20 @@ Measured measure(const ScenarioConfig& cfg, const BenchOptions& o, const Limits&
         const PathTiming t = time_path(cfg.backend, path, p.per_graph, o.iters);
         if (&path == &p.paths.front()) base = t;
         rows.push_back({p.name, fmt::format("{}: {}", path.role, path.label), path.launches, t, p.bytes, base});
-        const double gbps = p.bytes / t.gpu_us / 1e3;
-        pj["paths"].push_back({{"role", path.role},
-                               {"label", path.label},
-                               {"launches", path.launches},
-                               {"gpu_us", t.gpu_us},
-                               {"host_us", t.host_us},
-                               {"gbps", gbps},
-                               {"fraction_of_copy_bw", gbps / lim.copy_gbps},
-                               {"speedup_gpu", base.gpu_us / t.gpu_us},
-                               {"speedup_host", base.host_us / t.host_us}});
+        pj["paths"].push_back(path_json(path, t, p.bytes, base, false));
         if (p.name == "metadata" && path.role == "ours") {
           m.metadata_gpu_speedup = base.gpu_us / t.gpu_us;
           m.metadata_host_speedup = base.host_us / t.host_us;
+        }
+        // The baseline's passes, right after it (GB/s over the part's essential bytes).
+        if (&path != &p.paths.front() || p.pieces.empty()) continue;
+        pj["pieces"] = json::array();
+        for (auto& piece : p.pieces) {
+          progress.step(fmt::format("timing {}: {}", p.name, piece.role));
+          const PathTiming pt = time_path(cfg.backend, piece, p.per_graph, o.iters);
+          rows.push_back(
+              {p.name, fmt::format("  {}: {}", piece.role, piece.label), piece.launches, pt, p.bytes, base, true});
+          pj["pieces"].push_back(path_json(piece, pt, p.bytes, base, true));
         }
       }
       m.parts.push_back(pj);
@@ -143,6 +162,8 @@ Measured measure(const ScenarioConfig& cfg, const BenchOptions& o, const Limits&
   m.step_ours = time_path(cfg.backend, step_ours, 1, o.iters);
   m.step_launches_baseline = step_base.launches;
   m.step_launches_ours = step_ours.launches;
+  m.floor_bytes = s->floor_bytes();
+  m.floor_us = floor_time_us(m.floor_bytes, lim);
   if (!full) return m;
 
   rows.push_back({"step", "baseline: all parts", step_base.launches, m.step_baseline, step_bytes, m.step_baseline});
@@ -156,14 +177,43 @@ Measured measure(const ScenarioConfig& cfg, const BenchOptions& o, const Limits&
   std::string last;
   for (const auto& r : rows) {
     const double gbps = r.bytes / r.t.gpu_us / 1e3;
-    fmt::print("{:<16} {:<62} {:>10} {:>10} {:>8} {:>9.1f} {:>7.1f}% {:>7.2f}x {:>8}\n", r.part == last ? "" : r.part,
+    const std::string gpu_x = r.piece ? "-" : fmt::format("{:.2f}x", r.base.gpu_us / r.t.gpu_us);
+    const std::string host_x = !cuda ? "" : r.piece ? "-" : fmt::format("{:.2f}x", r.base.host_us / r.t.host_us);
+    fmt::print("{:<16} {:<62} {:>10} {:>10} {:>8} {:>9.1f} {:>7.1f}% {:>8} {:>8}\n", r.part == last ? "" : r.part,
                r.label.substr(0, 62), fmt_us(r.t.gpu_us), cuda ? fmt_us(r.t.host_us) : "", r.launches, gbps,
-               100.0 * gbps / lim.copy_gbps, r.base.gpu_us / r.t.gpu_us,
-               cuda ? fmt::format("{:.2f}x", r.base.host_us / r.t.host_us) : "");
+               100.0 * gbps / lim.copy_gbps, gpu_x, host_x);
     last = r.part;
   }
+  if (m.floor_bytes > 0)
+    fmt::print("{:<16} {:<62} {:>10}\n", "floor", "indexer cache read (K + scales once per layer) at copy BW",
+               fmt_us(m.floor_us));
   for (const auto& p : parts) fmt::print("  {}: {}\n", p.name, p.detail);
   return m;
+}
+
+// On the CPU backend the defaults are scaled down (an option given is always used as given):
+// the decode step's indexer scores every cached token with 64 x 128 fp8 products per query row,
+// about 3e9 products per second on two cores, so the full step (3.6e12 products) would take
+// twenty minutes: decode runs batch 2, context 4096, 1 layer (2.4e8 products per step; 2048 < L_b
+// so the top-k really selects); the prefill gather (about 1 GB of pools per step) 16 layers.
+constexpr int64_t kCpuDecodeBatch = 2, kCpuDecodeContext = 4096, kCpuDecodeLayers = 1, kCpuPrefillLayers = 16;
+
+// ", scaled down ...": the defaults this CPU run replaced, and the options giving the full sizes.
+std::string scaled_note(const BenchOptions& o) {
+  if (o.scenario == "prefill")
+    return fmt::format(", scaled down from 61 to {} layers; --layers 61 for all", kCpuPrefillLayers);
+  std::vector<std::string> from, to, full;
+  auto add = [&](int64_t given, const char* name, int64_t def, int64_t cpu) {
+    if (given > 0) return;
+    from.push_back(fmt::format("{} {}", name, def));
+    to.push_back(fmt::format("{}", cpu));
+    full.push_back(fmt::format("--{} {}", name, def));
+  };
+  add(o.batch, "batch", 64, kCpuDecodeBatch);
+  add(o.context, "context", 32768, kCpuDecodeContext);
+  add(o.layers, "layers", 61, kCpuDecodeLayers);
+  return fmt::format(", scaled down from {} to {}; {} for all", fmt::join(from, ", "), fmt::join(to, ", "),
+                     fmt::join(full, " "));
 }
 
 ScenarioConfig make_config(const BenchOptions& o, Backend backend, bool& scaled) {
@@ -175,12 +225,11 @@ ScenarioConfig make_config(const BenchOptions& o, Backend backend, bool& scaled)
   c.draft_tokens = o.draft_tokens;
   const bool prefill = o.scenario == "prefill";
   const bool cpu = backend == Backend::kCpu;
-  // Full DeepSeek-V3.2 sizes everywhere, except that the prefill gather (about 1 GB of pools
-  // per step) runs 16 layers instead of 61 on the CPU backend.
-  const int64_t def_batch = prefill ? 8 : 64;
-  const int64_t def_context = prefill ? 16384 : 32768;
-  const int64_t def_layers = prefill && cpu ? 16 : 61;
-  scaled = cpu && prefill && o.layers < 0;
+  // Full DeepSeek-V3.2 sizes on CUDA; scaled defaults on the CPU backend (see above).
+  const int64_t def_batch = prefill ? 8 : cpu ? kCpuDecodeBatch : 64;
+  const int64_t def_context = prefill ? 16384 : cpu ? kCpuDecodeContext : 32768;
+  const int64_t def_layers = !cpu ? 61 : prefill ? kCpuPrefillLayers : kCpuDecodeLayers;
+  scaled = cpu && (o.layers < 0 || (!prefill && (o.batch < 0 || o.context < 0)));
   c.batch = o.batch > 0 ? o.batch : def_batch;
   c.context = o.context > 0 ? o.context : def_context;
   c.layers = o.layers > 0 ? o.layers : def_layers;
@@ -239,7 +288,7 @@ int run_bench(const BenchOptions& o) {
     fmt::print("nsa bench on CUDA ({}, {}): {}\n", support::cuda_device_name(), support::l2_label(), what);
   } else {
     fmt::print("nsa bench on the CPU backend ({}{}): {}\n", gpu ? "--device cpu" : support::cuda_unavailable_reason(),
-               scaled ? ", scaled down from 61 to 16 layers; --layers 61 for all" : "", what);
+               scaled ? scaled_note(o) : "", what);
   }
   fmt::print(
       "nsa {}; inputs random (seed {}), lengths uniform in [3/4 context, context]; "
@@ -247,8 +296,9 @@ int run_bench(const BenchOptions& o) {
       NSA_VERSION_STRING, cfg.seed);
 
   const auto batches = o.plot_path.empty() ? std::vector<int64_t>{} : sweep_batches(cfg.batch);
-  // limits + prepare + verify + each path (decode: 3 metadata + 2 store; prefill: 2) + 2 whole-step timings.
-  const int steps = 3 + (decode ? 5 : 2) + 2 + static_cast<int>(batches.size()) * 4;
+  // limits + prepare + verify + each path (decode: 3 metadata + 2 store + 2 indexer + its 2 baseline passes;
+  // prefill: 2) + 2 whole-step timings.
+  const int steps = 3 + (decode ? 9 : 2) + 2 + static_cast<int>(batches.size()) * 4;
   Progress progress(steps, o.progress);
   progress.step("measuring this machine's limits");
   const Limits lim = measure_limits(backend);
@@ -279,25 +329,24 @@ int report(const ScenarioConfig& cfg, const BenchOptions& o, const Limits& lim, 
              m.step_launches_ours, m.step_launches_baseline);
   json summary{{"step_gpu_speedup", step_gpu_x}, {"step_host_speedup", step_host_x}};
   if (decode) {
-    const bool gpu_met = m.metadata_gpu_speedup >= kTargetSpeedup, host_met = m.metadata_host_speedup >= kTargetSpeedup;
-    if (backend == Backend::kCuda) {
-      fmt::print(
-          "metadata: speed-up of ours over the unfused baseline: {:.2f}x GPU time, {:.2f}x host time "
-          "(target >= {:.0f}x each on H100: GPU {}, host {})\n",
-          m.metadata_gpu_speedup, m.metadata_host_speedup, kTargetSpeedup, gpu_met ? "MET" : "MISSED",
-          host_met ? "MET" : "MISSED");
-    } else {
-      fmt::print(
-          "metadata: speed-up of ours over the per-field memcpy baseline: {:.2f}x wall time (the >= {:.0f}x "
-          "target applies to CUDA)\n",
-          m.metadata_gpu_speedup, kTargetSpeedup);
-    }
+    // The step's figure of merit: its distance from the cache read no implementation can skip.
+    const double ours_x = m.step_ours.gpu_us / m.floor_us, base_x = m.step_baseline.gpu_us / m.floor_us;
+    fmt::print(
+        "floor: the step reads {} of cached indexer K + scales (132 B per visible token per layer): "
+        "{} us at the {} bandwidth measured above; ours {:.2f}x the floor, baseline {:.2f}x\n",
+        m.floor_bytes >= 1e9 ? fmt::format("{:.2f} GB", m.floor_bytes / 1e9)
+                             : fmt::format("{:.2f} MB", m.floor_bytes / 1e6),
+        fmt_us(m.floor_us), backend == Backend::kCuda ? "copy" : "memcpy", ours_x, base_x);
+    fmt::print("metadata (informational): speed-up of ours over the {} baseline: {:.2f}x {} time{}\n",
+               backend == Backend::kCuda ? "unfused" : "per-field memcpy", m.metadata_gpu_speedup,
+               backend == Backend::kCuda ? "GPU" : "wall",
+               backend == Backend::kCuda ? fmt::format(", {:.2f}x host time", m.metadata_host_speedup) : "");
+    summary["floor_bytes"] = m.floor_bytes;
+    summary["floor_us"] = m.floor_us;
+    summary["step_ours_over_floor"] = ours_x;
+    summary["step_baseline_over_floor"] = base_x;
     summary["metadata_gpu_speedup"] = m.metadata_gpu_speedup;
     summary["metadata_host_speedup"] = m.metadata_host_speedup;
-    summary["target_speedup"] = kTargetSpeedup;
-    summary["target_applies"] = backend == Backend::kCuda;
-    summary["metadata_gpu_target_met"] = gpu_met;
-    summary["metadata_host_target_met"] = host_met;
   }
 
   json sweep = json::array();
@@ -310,10 +359,11 @@ int report(const ScenarioConfig& cfg, const BenchOptions& o, const Limits& lim, 
                        {"baseline_gpu_us", p.step_baseline.gpu_us},
                        {"ours_gpu_us", p.step_ours.gpu_us},
                        {"baseline_host_us", p.step_baseline.host_us},
-                       {"ours_host_us", p.step_ours.host_us}});
+                       {"ours_host_us", p.step_ours.host_us},
+                       {"floor_us", p.floor_us}});
     }
     progress.done();
-    write_step_plot(o.plot_path, sweep, backend == Backend::kCuda,
+    write_step_plot(o.plot_path, sweep, m.parts, backend == Backend::kCuda,
                     fmt::format("nsa bench --scenario {} ({}), {}", o.scenario,
                                 backend == Backend::kCuda ? support::cuda_device_name() : "CPU backend",
                                 decode ? fmt::format("context {}, {} layers, S={} N={}", cfg.context, cfg.layers,
@@ -351,7 +401,9 @@ int report(const ScenarioConfig& cfg, const BenchOptions& o, const Limits& lim, 
                {"baseline_host_us", m.step_baseline.host_us},
                {"ours_host_us", m.step_ours.host_us},
                {"baseline_launches", m.step_launches_baseline},
-               {"ours_launches", m.step_launches_ours}}},
+               {"ours_launches", m.step_launches_ours},
+               {"floor_bytes", m.floor_bytes},
+               {"floor_us", m.floor_us}}},
              {"summary", summary},
              {"sweep", sweep}};
     std::ofstream f(o.json_path);

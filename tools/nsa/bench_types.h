@@ -30,6 +30,9 @@ struct Part {
   double bytes = 0;         // essential bytes per step (read + written), the same for every path
   int per_graph = 10;       // part calls captured per CUDA graph
   std::vector<Path> paths;  // front(): the baseline, back(): ours
+  // Passes of the baseline timed on their own (e.g. its logits, then its top-k):
+  // rows of the table and JSON, not parts of the whole step.
+  std::vector<Path> pieces;
 };
 
 // A prepared scenario: inputs and outputs allocated, paths ready to run.
@@ -40,6 +43,9 @@ class Scenario {
   // Runs every path once on poisoned outputs and compares ours (and any
   // intermediate path) with the baseline byte for byte; throws on a mismatch.
   virtual void verify() = 0;
+  // Bytes per step that no implementation can avoid reading from memory (the
+  // decode step: every visible cached indexer K + scale once per layer); 0: no floor.
+  virtual double floor_bytes() const { return 0; }
 };
 
 struct PathTiming {

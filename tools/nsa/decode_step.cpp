@@ -3,11 +3,14 @@
 //   metadata  S-1 draft-decode backends (DECODE), TARGET_VERIFY, DRAFT_EXTEND,
 //             each into its own captured graph buffers (docs/spec/metadata.md §5, §7);
 //   store     per layer, quantize + store the indexer keys of the bs*N verify
-//             tokens into that layer's paged cache (docs/spec/index-cache.md §4.1).
+//             tokens into that layer's paged cache (docs/spec/index-cache.md §4.1);
+//   indexer   per layer, the top-k KV indices of the bs*N verify rows over that
+//             layer's paged indexer cache (indexer_part.h).
 // Paths: baseline = precomputed sources copied field by field into every
-// destination / quantize then SetKAndS; fused copy = nsa::copy_metadata of the
-// same sources; ours = nsa::build_metadata from the raw inputs / the fused
-// quantize_and_store_k.
+// destination / quantize then SetKAndS / logits, then a sort-based top-k and
+// the transform; fused copy = nsa::copy_metadata of the same sources; ours =
+// nsa::build_metadata from the raw inputs / the fused quantize_and_store_k /
+// nsa::indexer_topk.
 #include <fmt/format.h>
 #include <algorithm>
 #include <array>
@@ -16,6 +19,7 @@
 
 #include "baseline_calls.h"
 #include "host_data.h"
+#include "indexer_part.h"
 #include "metadata_dests.h"
 #include "metadata_host.h"
 #include "nsa/index_cache.h"
@@ -94,6 +98,8 @@ class DecodeScenario : public Scenario {
     add_mode(ForwardMode::kDraftExtend, 1);
     make_metadata_part();
     make_store_part();
+    indexer_ = std::make_unique<IndexerPart>(c_, seq_lens_, rng_);
+    parts_.push_back(indexer_->make_part());
   }
 
   std::vector<Part>& parts() override { return parts_; }
@@ -104,7 +110,10 @@ class DecodeScenario : public Scenario {
     support::synchronize(c_.backend);
     verify_metadata();
     verify_store();
+    indexer_->verify();
   }
+
+  double floor_bytes() const override { return indexer_->cache_read_bytes(); }
 
  private:
   Exec exec_on(cudaStream s) const { return c_.backend == Backend::kCpu ? Exec::cpu(c_.cpu_threads) : Exec::cuda(s); }
@@ -387,6 +396,8 @@ class DecodeScenario : public Scenario {
   std::vector<uint8_t> pool0_image_;
   Buffer slots_dev_, k_dev_, stage_k_, stage_s_;
   std::vector<Buffer> ours_pools_, base_pools_;
+  // Indexer.
+  std::unique_ptr<IndexerPart> indexer_;
 };
 
 }  // namespace

@@ -10,6 +10,7 @@
 #include <string>
 
 #include "commands.h"
+#include "nsa/indexer.h"
 #include "nsa/version.h"
 
 namespace {
@@ -23,17 +24,19 @@ void add_bench_options(CLI::App& cmd, BenchOptions& o) {
   cmd.add_option("--device", o.device, "backend to run on (auto: cuda when a GPU exists, else cpu)")
       ->check(CLI::IsMember({"auto", "cpu", "cuda"}))
       ->capture_default_str();
-  cmd.add_option("--batch", o.batch, "requests per step (default: decode 64, prefill 8)")
+  cmd.add_option("--batch", o.batch, "requests per step (default: decode 64, on the CPU backend 2; prefill 8)")
       ->check(CLI::Range(int64_t{1}, int64_t{4096}));
-  cmd.add_option("--context", o.context, "max KV tokens per request (default: decode 32768, prefill 16384)")
+  cmd.add_option("--context", o.context,
+                 "max KV tokens per request (default: decode 32768, on the CPU backend 4096; prefill 16384)")
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
-  cmd.add_option("--layers", o.layers, "layers per step (default 61; prefill on the CPU backend: 16)")
+  cmd.add_option("--layers", o.layers, "layers per step (default 61; on the CPU backend: decode 1, prefill 16)")
       ->check(CLI::Range(int64_t{1}, int64_t{256}));
   cmd.add_option("--draft-steps", o.draft_steps, "speculative draft steps S (S-1 draft-decode backends)")
       ->check(CLI::Range(int64_t{1}, int64_t{16}))
       ->capture_default_str();
-  cmd.add_option("--draft-tokens", o.draft_tokens, "speculative draft tokens N (verify rows per request)")
-      ->check(CLI::Range(int64_t{1}, int64_t{16}))
+  cmd.add_option("--draft-tokens", o.draft_tokens,
+                 "speculative draft tokens N (verify rows per request; the indexer takes at most 4)")
+      ->check(CLI::Range(int64_t{1}, nsa::kIndexerMaxNextN))
       ->capture_default_str();
   cmd.add_option("--iters", o.iters,
                  "eager calls per host-time sample on CUDA (the CPU harness times >= 20 ms per sample)")

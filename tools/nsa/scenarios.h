@@ -26,7 +26,8 @@ struct ScenarioConfig {
 
 // One speculative decode step (DeepSeek-V3.2 MTP): metadata of the S-1 draft-decode
 // backends (DECODE), TARGET_VERIFY and DRAFT_EXTEND, then per layer the quantize +
-// store of the bs*N verify tokens' indexer keys.
+// store of the bs*N verify tokens' indexer keys and the indexer's top-k of those
+// bs*N rows over the layer's cache (floor_bytes: that cache read).
 std::unique_ptr<Scenario> make_decode_scenario(const ScenarioConfig& config);
 
 // One chunked-prefill step: per layer, gather K and scales of `batch` requests of up to
