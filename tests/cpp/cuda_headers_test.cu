@@ -75,51 +75,6 @@ TEST(FastDivisor, MatchesIntegerDivisionOnHost) {
     ASSERT_EQ(kernels::FastDivisor::make(d).div(n), n / d) << "n=" << n << " d=" << d;
 }
 
-// The chunk walk of build_metadata (build_chunk_items.cuh), enumerated on the
-// host for every CTA and warp: each item with columns to copy is visited
-// exactly once, except the items of chunk 0 stored before the walk (each
-// warp's first item, numbered statically), which are never visited again.
-TEST(ChunkItems, EveryLiveItemOnceAcrossCtasAndWarps) {
-  constexpr int kWarps = 8;
-  std::mt19937 rng(1415);
-  for (int trial = 0; trial < 400; ++trial) {
-    const int count = 1 + static_cast<int>(rng() % 256);
-    const int64_t cols_per_item = trial % 2 ? 128 : 256;
-    const int64_t ctas = std::vector<int64_t>{1, 2, 7, 131, 263}[rng() % 5];
-    const uint32_t max_len = std::vector<uint32_t>{1, 127, 128, 129, 5000, 131076}[rng() % 6];
-    std::vector<uint32_t> cols(count);
-    for (auto& c : cols) c = rng() % 4 == 0 ? 0u : static_cast<uint32_t>(rng() % (max_len + 1));
-    const bool chunk0 = trial % 3 != 0;
-    const int64_t static_ipr = (max_len + 163844 + cols_per_item - 1) / cols_per_item;  // a width bound
-    const int64_t grid_warps = ctas * kWarps;
-    const uint32_t longest = *std::max_element(cols.begin(), cols.end());
-    std::vector<int> seen;
-    const int64_t per_request = (longest + cols_per_item - 1) / cols_per_item;
-    seen.assign(static_cast<size_t>(count * per_request), 0);
-    for (int64_t cta = 0; cta < ctas; ++cta)
-      for (int warp = 0; warp < kWarps; ++warp) {
-        auto walk = kernels::ChunkItems<kWarps>::make(longest, count, cols_per_item, ctas, cta, warp);
-        if (chunk0) {
-          walk.early_per_request = static_ipr;
-          walk.early_items = grid_warps;
-        }
-        for (auto x = walk.live(walk.first, cols.data()); x.rel < walk.end;
-             x = walk.live(x.rel + kWarps, cols.data())) {
-          ASSERT_EQ(x.c0 % cols_per_item, 0);
-          ASSERT_EQ(x.b * per_request + x.c0 / cols_per_item, x.rel);
-          ++seen[static_cast<size_t>(x.rel)];
-        }
-      }
-    for (int b = 0; b < count; ++b)
-      for (int64_t c = 0; c < per_request; ++c) {
-        const bool live = c * cols_per_item < cols[b];
-        const bool early = chunk0 && b * static_ipr + c < grid_warps;
-        ASSERT_EQ(seen[static_cast<size_t>(b * per_request + c)], live && !early ? 1 : 0)
-            << "trial " << trial << " b " << b << " c " << c;
-      }
-  }
-}
-
 // As build_metadata uses it: made on the host, divided on the device.
 __global__ void fast_divide_kernel(const kernels::FastDivisor* d, const uint32_t* n, int count, uint32_t* out) {
   const int i = blockIdx.x * blockDim.x + threadIdx.x;

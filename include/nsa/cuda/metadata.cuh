@@ -37,7 +37,6 @@
 //   build_scalars.cuh         path 1, CTA 0: per-request and per-row scalars
 //   build_items_one_pass.cuh  path 2: item CTAs when each warp has <= 1 item
 //   build_items_chunked.cuh   path 3: item CTAs walking the batch in chunks
-//   build_chunk_items.cuh     path 3's item numbering and per-warp walk
 //   build_page_items.cuh      page-table item load/store shared by paths 2, 3
 //   build_flashmla.cuh        FlashMLA schedule copies
 //   build_schedule.cuh        DeepGEMM paged-MQA schedule: build's optional

@@ -7,7 +7,6 @@
 
 #include <cstdint>
 
-#include "nsa/cuda/metadata/build_chunk_items.cuh"
 #include "nsa/cuda/metadata/build_flashmla.cuh"
 #include "nsa/cuda/metadata/build_inputs.cuh"
 #include "nsa/cuda/metadata/build_page_items.cuh"
@@ -102,7 +101,6 @@ __device__ __forceinline__ void build_items_chunked(const BuildParams& p, BuildS
     if (shared_targets && w < p.num_targets * kWords) s.target_words[w] = desc[k];
   }
   const MetadataBuffers* targets = shared_targets ? s.targets() : p.targets;
-  if (tid == 0) s.longest[0] = 0;  // chunk 0's longest row (the walk resets the next chunk's slot)
   __syncthreads();
   // The first item is stored now: the chunk walk below stays off the small
   // batch's critical path.
@@ -114,11 +112,9 @@ __device__ __forceinline__ void build_items_chunked(const BuildParams& p, BuildS
   if (split0) store_flashmla_split(p, targets, gtid, split0_v);
   if (tile0) store_flashmla_tile(p, targets, gtid, tile0_v);
 
-  // Done when the first items stored above were all the items: one chunk, and
-  // no static item number reaches past the grid's warps. Otherwise every CTA
-  // walks its range of the dense numbering (build_chunk_items.cuh), whatever
-  // its warps stored above: those ranges do not follow the static numbering.
-  const bool items_done = p.batch <= kMetaThreads && grid_warps >= p.batch * ipr;
+  // A CTA whose warps had one item each at most (stored above) is done: one
+  // chunk, and even the CTA's lowest warp id (`block`) has no second item.
+  const bool items_done = p.batch <= kMetaThreads && block + grid_warps >= p.batch * ipr;
   int64_t row_base = 0;  // first query row of the chunk
   for (int64_t chunk = 0; !items_done && chunk < p.batch; chunk += kMetaThreads) {
     const int count = static_cast<int>(p.batch - chunk < kMetaThreads ? p.batch - chunk : int64_t{kMetaThreads});
@@ -142,32 +138,48 @@ __device__ __forceinline__ void build_items_chunked(const BuildParams& p, BuildS
     }
     s.row_start[tid] = rows_before;
     s.src_offset[tid] = mine.rpi * p.req_to_token_ld;
-    const uint32_t cols = ok && q > 0 && kv > 0 ? static_cast<uint32_t>(kv) : 0u;
-    s.cols[tid] = cols;
+    s.cols[tid] = ok && q > 0 && kv > 0 ? static_cast<uint32_t>(kv) : 0u;
     s.q[tid] = q;
-    // The chunk's longest row sizes its item numbering (build_chunk_items.cuh).
-    uint32_t* longest = &s.longest[(chunk / kMetaThreads) & 1];
-    const uint32_t warp_longest = __reduce_max_sync(0xffffffffu, cols);
-    if (lane == 0) atomicMax(longest, warp_longest);
     __syncthreads();  // the items below read them
-    const auto walk = ChunkItems<kMetaWarps>::make(*longest, count, kCols, item_ctas, block, tid >> 5);
-    // The other slot was last read in the previous chunk's walk; the next
-    // chunk's maxima go there after the barrier that ends this walk.
-    if (tid == 0) s.longest[((chunk / kMetaThreads) + 1) & 1] = 0;
-    auto with_early = walk;
-    if (chunk == 0) {  // every warp's first item, numbered statically, was stored above
-      with_early.early_per_request = ipr;
-      with_early.early_items = grid_warps;
-    }
-    auto load_item = [&](PageItem<Policy>& it, const ChunkItem& x) {
+
+    // Page-table items of this chunk: global numbers [chunk * ipr, (chunk +
+    // count) * ipr), every grid_warps-th one for this warp (the round robin
+    // continues across chunks). Item math is chunk-relative and 32-bit when it
+    // fits: a 64-bit division costs dozens of instructions on the critical path.
+    const int64_t items = count * ipr;
+    const bool narrow = items <= INT32_MAX && grid_warps <= INT32_MAX;
+    struct Item {
+      int64_t rel, b, c0;  // chunk-relative number, request within the chunk, first column
+    };
+    // The warp's first item at or after `rel` that has columns to copy (rel == items: none).
+    auto live = [&](int64_t rel) {
+      while (rel < items) {
+        const int64_t b = narrow ? request_of(rel) : rel / ipr;
+        const int64_t c0 = (rel - b * ipr) * kCols;
+        if (c0 < s.cols[b]) return Item{rel, b, c0};
+        const int64_t skip = (b + 1) * ipr - rel + grid_warps - 1;  // to its first item of request b + 1
+        rel += (narrow ? static_cast<int64_t>(static_cast<uint32_t>(skip) / static_cast<uint32_t>(grid_warps))
+                       : skip / grid_warps) *
+               grid_warps;
+      }
+      return Item{items, 0, 0};
+    };
+    auto load_item = [&](PageItem<Policy>& it, const Item& x) {
       load_page_item(it, p.req_to_token + s.src_offset[x.b], s.cols[x.b], static_cast<uint32_t>(x.c0), lane);
     };
-    ChunkItem x = with_early.live(walk.first, s.cols);
-    if (x.rel < walk.end) load_item(cur, x);
-    while (x.rel < walk.end) {
-      const ChunkItem n = with_early.live(x.rel + kMetaWarps, s.cols);
+    int64_t rel0 = my_warp;  // chunk 0
+    if (chunk != 0) {
+      rel0 = (my_warp - chunk * ipr) % grid_warps;
+      if (rel0 < 0) rel0 += grid_warps;
+    }
+    // Chunk 0: item my_warp may be stored already.
+    if (chunk == 0 && first_loaded) rel0 += grid_warps;
+    Item x = live(rel0);
+    if (x.rel < items) load_item(cur, x);
+    while (x.rel < items) {
+      const Item n = live(x.rel + grid_warps);
       PageItem<Policy> next;
-      if (n.rel < walk.end) load_item(next, n);  // in flight while `cur` is stored
+      if (n.rel < items) load_item(next, n);  // in flight while `cur` is stored
       store_page_item(p, TableTargets{targets}, cur, s.cols[x.b], static_cast<uint32_t>(x.c0),
                       row_base + s.row_start[x.b], s.q[x.b], lane);
       cur = next;

@@ -109,7 +109,6 @@ struct BuildShared {
   int64_t src_offset[kMetaThreads];  // rpi * ld
   uint32_t cols[kMetaThreads];       // columns to copy: the cache length, 0 when no row may be written
   int64_t q[kMetaThreads];
-  uint32_t longest[2];  // the chunk's longest row, by chunk parity (build_chunk_items.cuh)
   // Descriptors as raw words: MetadataBuffers has default member
   // initializers, which a __shared__ object may not run.
   long long target_words[kMaxSharedTargets * sizeof(MetadataBuffers) / sizeof(long long)];
