@@ -557,7 +557,7 @@ json bench_schedule_case(const Case& c, std::mt19937_64& rng, Buffer& flush) {
   cuda_check(cudaGetDevice(&device), "cudaGetDevice");
   cuda_check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "SM count");
   std::vector<Buffer> schedules;
-  std::vector<nsa::MetadataBuffers> views = dc.views;
+  std::vector<nsa::MetadataBuffers> views = dc.dst.devices();
   for (auto& v : views) {
     schedules.emplace_back(nsa::Backend::kCuda, static_cast<size_t>(2 * (sms + 1)) * 4);
     v.paged_mqa_schedule = schedules.back().as<int32_t>();
@@ -566,7 +566,7 @@ json bench_schedule_case(const Case& c, std::mt19937_64& rng, Buffer& flush) {
   Buffer ws(nsa::Backend::kCuda, nsa::metadata_targets_workspace_bytes(c.dests));
   const nsa::MetadataTargets with =
       nsa::upload_metadata_targets(nsa::Exec::cuda(), views.data(), c.dests, ws.data(), ws.bytes());
-  auto without_schedule = [&](nsa::cudaStream st) { nsa::build_metadata(nsa::Exec::cuda(st), cfg, dc.in, dc.targets); };
+  auto without_schedule = [&](nsa::cudaStream st) { nsa::build_metadata(nsa::Exec::cuda(st), cfg, dc.in, dc.dst.targets()); };
   auto with_schedule = [&](nsa::cudaStream st) { nsa::build_metadata(nsa::Exec::cuda(st), cfg, dc.in, with); };
 
   with_schedule(nullptr);
