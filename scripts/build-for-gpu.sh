@@ -15,8 +15,11 @@ cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DNSA_CUDA=ON "
 cmake --build "$build" -j "$(nproc)"
 rm -rf "$stage"
 mkdir -p "$stage"
-(cd "$build" && find . -type f -perm -u+x \( -path './tests/*' -o -path './bench/*' -o -path './tools/*' \) \
-   ! -path '*/CMakeFiles/*' -exec cp --parents {} "$stage" \;)
+# Only executables the current build graph produces: a binary left in the
+# build folder by an older tree (a renamed or merged test) must not be run.
+(cd "$build" && ninja -t targets all | cut -d: -f1 | grep -E '^(tests|bench|tools)/' | while read -r f; do
+   if [ -f "$f" ] && [ -x "$f" ]; then cp --parents "$f" "$stage"; fi
+ done)
 # The Python package for the GPU machine's interpreter (3.12 there; override with NSA_GPU_PYTHON).
 gpu_python=${NSA_GPU_PYTHON:-/root/.pyenv/versions/3.12.1/bin/python3}
 if [ -x "$gpu_python" ]; then

@@ -88,8 +88,8 @@ gpu_filter='*/cuda:*Cuda*:*CUDA*:*Graph*:*_cuda'
 [ "$phase" = rest ] || for tool in ${NSA_SANITIZERS:-memcheck racecheck initcheck synccheck}; do
   for t in $tests; do
     n=$(basename "$t")
-    filter="$gpu_filter:-*LongRun*"
-    [ "$tool" = memcheck ] || filter="$gpu_filter:-*LongRun*:*4GiB*:*Long*:*Replay*"
+    filter="$gpu_filter:-*LongRun*:*CpuOnly*"  # CpuOnly: tests of CPU-only builds (no CUDA call)
+    [ "$tool" = memcheck ] || filter="$gpu_filter:-*LongRun*:*CpuOnly*:*4GiB*:*Long*:*Replay*"
     listing=$("$t" --gtest_list_tests --gtest_filter="$filter")  # no pipe: a SIGPIPE must not skip a binary
     if ! grep -q '^  ' <<<"$listing"; then
       echo "sanitizer_${tool}_$n no-gpu-tests" >>"$results/skipped.txt"

@@ -107,7 +107,7 @@ def main():
         "build_metadata(target_verify N=4, 1 target)": None,  # filled below (needs bs*N rows)
         "_nsa.build_metadata (binding only, stream given)":
             lambda: _nsa.build_metadata(one._handle, 0, 1, 2048, 64, seq_lens, rpi, req_to_token, None, None, None,
-                                        stream),
+                                        0, False, stream),
         "copy_metadata(decode, 3 targets)":
             lambda: nsa.copy_metadata(three, {k: v for k, v in src.items()}, mode=0, batch_size=bs, max_len=1000),
         "compat.sglang.fused_metadata_copy_cuda":
