@@ -566,7 +566,9 @@ json bench_schedule_case(const Case& c, std::mt19937_64& rng, Buffer& flush) {
   Buffer ws(nsa::Backend::kCuda, nsa::metadata_targets_workspace_bytes(c.dests));
   const nsa::MetadataTargets with =
       nsa::upload_metadata_targets(nsa::Exec::cuda(), views.data(), c.dests, ws.data(), ws.bytes());
-  auto without_schedule = [&](nsa::cudaStream st) { nsa::build_metadata(nsa::Exec::cuda(st), cfg, dc.in, dc.dst.targets()); };
+  auto without_schedule = [&](nsa::cudaStream st) {
+    nsa::build_metadata(nsa::Exec::cuda(st), cfg, dc.in, dc.dst.targets());
+  };
   auto with_schedule = [&](nsa::cudaStream st) { nsa::build_metadata(nsa::Exec::cuda(st), cfg, dc.in, with); };
 
   with_schedule(nullptr);
