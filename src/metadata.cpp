@@ -169,11 +169,17 @@ uintptr_t span_end(const void* p, uint64_t bytes) {  // saturating at the top of
 
 // The full-capacity spans of every present field, sorted; whether disjoint.
 void index_spans(Host& host) {
+  // Capacities this large (no real buffer has them) could overflow the
+  // extents below: such tables always take the exact per-call check.
+  constexpr int64_t kHuge = std::numeric_limits<int64_t>::max() / 8;
+  for (const MetadataBuffers& b : host.descriptors)
+    if (b.max_batch > kHuge || b.max_rows > kHuge) return;  // spans_disjoint stays false
   for (const MetadataBuffers& b : host.descriptors)
     for (const MetadataFieldInfo& f : kMetadataFields) {
       const int32_t* p = b.*f.pointer;
+      if (p == nullptr) continue;  // an absent field's sizes were not checked (and mean nothing)
       const int64_t n = metadata_field_elements(b, f.extent);  // products checked by check_descriptor
-      if (p != nullptr && n > 0) {
+      if (n > 0) {
         const uint64_t bytes = static_cast<uint64_t>(n) > UINT64_MAX / 4 ? UINT64_MAX : 4 * static_cast<uint64_t>(n);
         host.spans.push_back({reinterpret_cast<uintptr_t>(p), span_end(p, bytes)});
       }
