@@ -219,8 +219,9 @@ class CallRanges {
     ranges_ = heap_.data();
   }
   void add(const void* p, int64_t bytes, const char* name) {
-    if (p != nullptr && bytes > 0)
-      ranges_[count_++] = detail::ByteRange{p, static_cast<uint64_t>(bytes), name, count_ >= inputs_};
+    if (p == nullptr || bytes <= 0) return;
+    const bool written = count_ >= inputs_;  // added after needs_writes()
+    ranges_[count_++] = detail::ByteRange{p, static_cast<uint64_t>(bytes), name, written};
   }
   // Counts come from the caller (absent fields may carry any value): the
   // products saturate instead of overflowing.
