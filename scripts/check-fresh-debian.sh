@@ -29,6 +29,7 @@ done
 command -v debootstrap >/dev/null || apt-get install -y -qq debootstrap >/dev/null
 
 base="$root/.fresh/$suite"
+mkdir -p "$root/.fresh"
 if [ ! -x "$base/usr/bin/apt-get" ]; then
   echo "check-fresh-debian: debootstrap $suite into $base"
   debootstrap --variant=minbase "$suite" "$base" http://deb.debian.org/debian >"$root/.fresh/$suite.log" 2>&1 ||
@@ -52,6 +53,15 @@ bind /dev /dev
 mkdir -p "${HOME:-/root}/.cache/pip"
 bind "${HOME:-/root}/.cache/pip" /root/.cache/pip
 cp /etc/resolv.conf "$base/etc/resolv.conf"
+# The host's CA bundle, for hosts whose HTTPS goes through an intercepting
+# proxy (the stock root would refuse PyPI's certificate there); pip and
+# Python's ssl are pointed at it. The root's own trust store is left as is.
+ca_env=()
+if [ -f /etc/ssl/certs/ca-certificates.crt ]; then
+  cp /etc/ssl/certs/ca-certificates.crt "$base/etc/host-ca-certificates.crt"
+  ca_env=(PIP_CERT=/etc/host-ca-certificates.crt SSL_CERT_FILE=/etc/host-ca-certificates.crt
+          REQUESTS_CA_BUNDLE=/etc/host-ca-certificates.crt)
+fi
 
 status=0
 IFS=, read -r -a job_list <<<"$jobs"
@@ -71,7 +81,7 @@ for job in "${job_list[@]}"; do
     status=1
   fi
   if chroot "$base" /usr/bin/env -i HOME=/root PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-      NSA_JOBS="${NSA_JOBS:-2}" bash -c "cd /src && scripts/run.sh $job ${args[*]}" 2>&1 | tee "$root/.fresh/$suite-$job.log"; then
+      NSA_JOBS="${NSA_JOBS:-2}" "${ca_env[@]}" bash -c "cd /src && scripts/run.sh $job ${args[*]}" 2>&1 | tee "$root/.fresh/$suite-$job.log"; then
     echo "check-fresh-debian: [$suite] scripts/run.sh $job: OK"
   else
     echo "check-fresh-debian: [$suite] scripts/run.sh $job: FAILED (log .fresh/$suite-$job.log)" >&2

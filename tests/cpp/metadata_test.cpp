@@ -392,6 +392,15 @@ TEST_P(MetadataTest, PagedMqaScheduleMatchesReference) {
       ++i;
     }
   }
+  // More destinations than the CUDA schedule CTA stages in shared memory (32):
+  // the rest are read where they are used. SM counts differ per destination
+  // (132, 78, none, 1, ...); one tile of requests and two.
+  for (int64_t bs : {40, 300}) {
+    BuildCase c = make_build_case(rng, ForwardMode::kDecode, bs, 1, 300, bs == 40);
+    c.num_dests = 35;
+    c.optional = true;
+    run_build_case(backend(), exec(), rng, c);
+  }
   // TARGET_VERIFY: L_b = seq_lens + N, next_n = N.
   for (int64_t N : {1, 2}) {
     BuildCase c = make_build_case(rng, ForwardMode::kTargetVerify, 96, N, 1200, true);

@@ -23,6 +23,15 @@ namespace kernels {
 // cu_seqlens_k fits (a precondition of the build).
 using ScheduleScan = cub::BlockScan<uint32_t, kMetaThreads, cub::BLOCK_SCAN_WARP_SCANS>;
 using ScheduleReduce = cub::BlockReduce<uint32_t, kMetaThreads>;
+// Where one schedule goes: its rows and the SM count it is split over.
+struct ScheduleOutput {
+  int32_t* rows;  // nullptr: this destination has no schedule
+  int64_t sms;
+};
+// Outputs whose descriptors are staged in shared memory (the rest, rare, are
+// read from global memory where they are used).
+constexpr int kScheduleSharedOutputs = kMaxSharedTargets;
+
 struct ScheduleShared {
   union {
     typename ScheduleScan::TempStorage scan;
@@ -30,6 +39,7 @@ struct ScheduleShared {
   };
   uint32_t total;                 // T, broadcast from the reduction
   uint32_t prefix[kMetaThreads];  // inclusive unit prefix of the tile's requests
+  ScheduleOutput outputs[kScheduleSharedOutputs];
 };
 static_assert(sizeof(ScheduleShared) <= sizeof(BuildShared), "the schedule CTA reuses the build's shared memory");
 
@@ -50,13 +60,9 @@ struct ScheduleJob {
   int64_t sms;
 
   __device__ __forceinline__ int64_t outputs() const { return targets != nullptr ? num_targets : 1; }
-  __device__ __forceinline__ int32_t* output(int64_t d, int64_t* num_sms) const {
-    if (targets == nullptr) {
-      *num_sms = sms;
-      return out;
-    }
-    *num_sms = targets[d].paged_mqa_num_sms;
-    return targets[d].paged_mqa_schedule;
+  __device__ __forceinline__ ScheduleOutput output(int64_t d) const {
+    if (targets == nullptr) return ScheduleOutput{out, sms};
+    return ScheduleOutput{targets[d].paged_mqa_schedule, targets[d].paged_mqa_num_sms};
   }
   __device__ __forceinline__ uint32_t units(int64_t b) const {
     const int64_t len = static_cast<int32_t>(load_index(lens, lens_64, b * lens_ld + lens_column) + lens_add);
@@ -70,12 +76,20 @@ struct ScheduleJob {
 // contiguous range (found by binary search over the monotone SM starts), and
 // the threads share those rows, each decoding its SM's request by binary
 // search over the prefix (so a long request spanning many SMs is written by
-// many threads). The rows of SMs starting at or past T (idle SMs in G1, the
-// sentinel) are written last. T must be known first: one tile (B <=
-// kMetaThreads) gets it from the scan itself, larger batches from a
+// many threads). The last tile also writes the rows of SMs starting at or
+// past T (idle SMs in G1, the sentinel). T must be known first: one tile (B
+// <= kMetaThreads) gets it from the scan itself, larger batches from a
 // reduction pass over the lengths before the scan pass.
+//
+// Latency is what this CTA costs build_metadata at small batches (it runs
+// beside the item CTAs), so the destinations' descriptors are loaded once,
+// by one thread each, while the lengths are in flight, and no destination
+// waits for another's memory round trip.
 __device__ __forceinline__ void paged_mqa_schedule_cta(const ScheduleJob& j, ScheduleShared& s) {
   const int tid = threadIdx.x;
+  const int64_t outputs = j.outputs();
+  if (tid < outputs && tid < kScheduleSharedOutputs) s.outputs[tid] = j.output(tid);  // read after the next sync
+  const auto output = [&](int64_t d) { return d < kScheduleSharedOutputs ? s.outputs[d] : j.output(d); };
   uint32_t total = 0;
   if (j.batch > kMetaThreads) {
     uint32_t part = 0;
@@ -87,8 +101,9 @@ __device__ __forceinline__ void paged_mqa_schedule_cta(const ScheduleJob& j, Sch
     __syncthreads();  // the scan below reuses the reduction's storage
   }
   uint32_t base = 0;  // units of the tiles before this one
-  for (int64_t tile = 0; tile < j.batch; tile += kMetaThreads) {
-    const int count = static_cast<int>(j.batch - tile < kMetaThreads ? j.batch - tile : int64_t{kMetaThreads});
+  for (int64_t tile = 0; tile < j.batch || tile == 0; tile += kMetaThreads) {
+    const bool last = tile + kMetaThreads >= j.batch;
+    const int count = static_cast<int>(last ? j.batch - tile : int64_t{kMetaThreads});
     const uint32_t u = tid < count ? j.units(tile + tid) : 0u;
     uint32_t before = 0, tile_total = 0;
     ScheduleScan(s.scan).ExclusiveSum(u, before, tile_total);
@@ -98,38 +113,32 @@ __device__ __forceinline__ void paged_mqa_schedule_cta(const ScheduleJob& j, Sch
     const int64_t units = static_cast<int64_t>(total) * j.atoms;
     const int64_t tile_first = static_cast<int64_t>(base) * j.atoms;
     const int64_t tile_end = static_cast<int64_t>(base + tile_total) * j.atoms;
-    for (int64_t d = 0; d < j.outputs() && tile_end > tile_first; ++d) {
-      int64_t sms = 0;
-      int32_t* out = j.output(d, &sms);
-      if (out == nullptr) continue;
-      const detail::PagedMqaSplit split = detail::PagedMqaSplit::make(units, sms, j.g1);
-      const int64_t stop = split.first_at(tile_end);
-      for (int64_t i = split.first_at(tile_first) + tid; i < stop; i += kMetaThreads) {
+    for (int64_t d = 0; d < outputs; ++d) {
+      const ScheduleOutput o = output(d);
+      if (o.rows == nullptr || (!last && tile_end == tile_first)) continue;
+      const detail::PagedMqaSplit split = detail::PagedMqaSplit::make(units, o.sms, j.g1);
+      const int64_t first = tile_first == 0 ? 0 : split.first_at(tile_first);
+      const int64_t stop = last ? o.sms + 1 : split.first_at(tile_end);
+      for (int64_t i = first + tid; i < stop; i += kMetaThreads) {
         const int64_t start = split.start(i);
+        if (start >= units) {  // an idle SM (G1) or the sentinel row S
+          o.rows[2 * i] = static_cast<int32_t>(j.batch * j.atoms);
+          o.rows[2 * i + 1] = 0;
+          continue;
+        }
         int lo = 0, hi = count - 1;  // the first request of the tile with prefix * atoms > start
         while (lo < hi) {
           const int mid = (lo + hi) / 2;
           if (static_cast<int64_t>(s.prefix[mid]) * j.atoms > start) hi = mid;
           else lo = mid + 1;
         }
-        const uint32_t end = s.prefix[lo], first = lo > 0 ? s.prefix[lo - 1] : base;
-        detail::paged_mqa_store_row(out, i, tile + lo, j.atoms, end - first,
-                                    start - static_cast<int64_t>(first) * j.atoms);
+        const uint32_t end = s.prefix[lo], first_unit = lo > 0 ? s.prefix[lo - 1] : base;
+        detail::paged_mqa_store_row(o.rows, i, tile + lo, j.atoms, end - first_unit,
+                                    start - static_cast<int64_t>(first_unit) * j.atoms);
       }
     }
     base += tile_total;
-    if (tile + kMetaThreads < j.batch) __syncthreads();  // the next tile reuses the scan storage and prefix
-  }
-  const int64_t units = static_cast<int64_t>(total) * j.atoms;
-  for (int64_t d = 0; d < j.outputs(); ++d) {
-    int64_t sms = 0;
-    int32_t* out = j.output(d, &sms);
-    if (out == nullptr) continue;
-    const detail::PagedMqaSplit split = detail::PagedMqaSplit::make(units, sms, j.g1);
-    for (int64_t i = split.first_at(units) + tid; i <= sms; i += kMetaThreads) {
-      out[2 * i] = static_cast<int32_t>(j.batch * j.atoms);
-      out[2 * i + 1] = 0;
-    }
+    if (!last) __syncthreads();  // the next tile reuses the scan storage and prefix
   }
 }
 
