@@ -34,9 +34,12 @@ namespace kernels {
 //   1. {inputs of the chunk, the first item's request, descriptors, FlashMLA}
 //   2. the first item's req_to_token columns
 //   -> stores.
-// Items past a request's length are skipped (the warp jumps to its first item
-// of the next request), and each warp loads its next item before it stores
-// the current one, so two items' loads are in flight per warp.
+// After that, the chunk walk (build_items_chunked) numbers each chunk's items
+// by its widest live row rather than by max_kv, so tables far wider than the
+// rows cost no walk over dead items. Items past a request's length are
+// skipped (the warp jumps to its first item of the next request), and each
+// warp loads its next item before it stores the current one, so two items'
+// loads are in flight per warp.
 // When every warp has one item at most (most small and medium jobs), the
 // launcher picks the one-pass kernel instead: no chunk walk, no shared
 // memory, no barrier in the item CTAs (build_items_one_pass), and for a batch

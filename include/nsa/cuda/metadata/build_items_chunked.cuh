@@ -1,6 +1,16 @@
 // Item CTAs of build_metadata in the general case: the batch is walked in
 // chunks of kMetaThreads requests, and each warp takes every grid_warps-th
 // page-table item of the chunk (after storing its first item early).
+//
+// Two numberings. Before any length is known, a warp's first item is item
+// my_warp of the static numbering (b * ipr + c, ipr from the host bound
+// max_kv: the table width). The walk numbers a chunk's items by its widest
+// live row instead (b * ipr_c + c, ipr_c = the row's items): with graph
+// buffers far wider than the rows (SGLang allocates 163,844 columns for any
+// context), the static numbering would make every warp step over hundreds of
+// dead items per live one; with the chunk's own, at most the spread of the
+// lengths is dead, and the cost is one warp max and, when ipr_c differs from
+// ipr, one 64-bit division per chunk to make its divisor.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -112,10 +122,12 @@ __device__ __forceinline__ void build_items_chunked(const BuildParams& p, BuildS
   if (split0) store_flashmla_split(p, targets, gtid, split0_v);
   if (tile0) store_flashmla_tile(p, targets, gtid, tile0_v);
 
-  // A CTA whose warps had one item each at most (stored above) is done: one
-  // chunk, and even the CTA's lowest warp id (`block`) has no second item.
-  const bool items_done = p.batch <= kMetaThreads && block + grid_warps >= p.batch * ipr;
-  int64_t row_base = 0;  // first query row of the chunk
+  // Every item was some warp's first item (stored above): one chunk, and no
+  // static number reaches grid_warps. The test is the same for every CTA: the
+  // walk's numbering may give any warp an item that is not a first item.
+  const bool items_done = p.batch <= kMetaThreads && grid_warps >= p.batch * ipr;
+  int64_t row_base = 0;      // first query row of the chunk
+  int64_t items_before = 0;  // walk items of the chunks before this one
   for (int64_t chunk = 0; !items_done && chunk < p.batch; chunk += kMetaThreads) {
     const int count = static_cast<int>(p.batch - chunk < kMetaThreads ? p.batch - chunk : int64_t{kMetaThreads});
     if (chunk != 0) mine = tid < count ? load_request(p, chunk + tid) : RequestInputs{};
@@ -138,26 +150,41 @@ __device__ __forceinline__ void build_items_chunked(const BuildParams& p, BuildS
     }
     s.row_start[tid] = rows_before;
     s.src_offset[tid] = mine.rpi * p.req_to_token_ld;
-    s.cols[tid] = ok && q > 0 && kv > 0 ? static_cast<uint32_t>(kv) : 0u;
+    const uint32_t cols = ok && q > 0 && kv > 0 ? static_cast<uint32_t>(kv) : 0u;
+    s.cols[tid] = cols;
     s.q[tid] = q;
+    const uint32_t warp_max = __reduce_max_sync(0xffffffffu, cols);
+    if (lane == 0) s.warp_max_cols[tid >> 5] = warp_max;
     __syncthreads();  // the items below read them
+    uint32_t max_cols = 0;
+#pragma unroll
+    for (int w = 0; w < kMetaWarps; ++w) max_cols = max_cols > s.warp_max_cols[w] ? max_cols : s.warp_max_cols[w];
 
-    // Page-table items of this chunk: global numbers [chunk * ipr, (chunk +
-    // count) * ipr), every grid_warps-th one for this warp (the round robin
+    // Page-table items of this chunk: ipr_c per request (its widest live row
+    // decides), every grid_warps-th one for this warp (the round robin
     // continues across chunks). Item math is chunk-relative and 32-bit when it
     // fits: a 64-bit division costs dozens of instructions on the critical path.
-    const int64_t items = count * ipr;
+    const int64_t ipr_c = (static_cast<int64_t>(max_cols) + kCols - 1) / kCols;  // <= ipr
+    const int64_t items = count * ipr_c;
     const bool narrow = items <= INT32_MAX && grid_warps <= INT32_MAX;
+    const FastDivisor ipr_c_div =
+        ipr_c == ipr ? p.items_per_request_div : FastDivisor::make(static_cast<uint32_t>(ipr_c > 0 ? ipr_c : 1));
     struct Item {
       int64_t rel, b, c0;  // chunk-relative number, request within the chunk, first column
     };
-    // The warp's first item at or after `rel` that has columns to copy (rel == items: none).
+    // The warp's first item at or after `rel` that is still to be stored (rel
+    // == items: none): it has columns to copy and, in chunk 0, was not a
+    // warp's first item (static number < grid_warps: stored before the walk).
     auto live = [&](int64_t rel) {
       while (rel < items) {
-        const int64_t b = narrow ? request_of(rel) : rel / ipr;
-        const int64_t c0 = (rel - b * ipr) * kCols;
-        if (c0 < s.cols[b]) return Item{rel, b, c0};
-        const int64_t skip = (b + 1) * ipr - rel + grid_warps - 1;  // to its first item of request b + 1
+        const int64_t b = narrow ? static_cast<int64_t>(ipr_c_div.div(static_cast<uint32_t>(rel))) : rel / ipr_c;
+        const int64_t c = rel - b * ipr_c;
+        if (c * kCols < s.cols[b]) {
+          if (chunk != 0 || b * ipr + c >= grid_warps) return Item{rel, b, c * kCols};
+          rel += grid_warps;
+          continue;
+        }
+        const int64_t skip = (b + 1) * ipr_c - rel + grid_warps - 1;  // to its first item of request b + 1
         rel += (narrow ? static_cast<int64_t>(static_cast<uint32_t>(skip) / static_cast<uint32_t>(grid_warps))
                        : skip / grid_warps) *
                grid_warps;
@@ -167,13 +194,8 @@ __device__ __forceinline__ void build_items_chunked(const BuildParams& p, BuildS
     auto load_item = [&](PageItem<Policy>& it, const Item& x) {
       load_page_item(it, p.req_to_token + s.src_offset[x.b], s.cols[x.b], static_cast<uint32_t>(x.c0), lane);
     };
-    int64_t rel0 = my_warp;  // chunk 0
-    if (chunk != 0) {
-      rel0 = (my_warp - chunk * ipr) % grid_warps;
-      if (rel0 < 0) rel0 += grid_warps;
-    }
-    // Chunk 0: item my_warp may be stored already.
-    if (chunk == 0 && first_loaded) rel0 += grid_warps;
+    int64_t rel0 = (my_warp - items_before) % grid_warps;  // my_warp in chunk 0
+    if (rel0 < 0) rel0 += grid_warps;
     Item x = live(rel0);
     if (x.rel < items) load_item(cur, x);
     while (x.rel < items) {
@@ -186,6 +208,7 @@ __device__ __forceinline__ void build_items_chunked(const BuildParams& p, BuildS
       x = n;
     }
     row_base += rows_total;
+    items_before += items;
     if (chunk + kMetaThreads < p.batch) __syncthreads();  // the next chunk reuses the shared arrays and scan storage
   }
 

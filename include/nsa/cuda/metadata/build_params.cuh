@@ -109,6 +109,7 @@ struct BuildShared {
   int64_t src_offset[kMetaThreads];  // rpi * ld
   uint32_t cols[kMetaThreads];       // columns to copy: the cache length, 0 when no row may be written
   int64_t q[kMetaThreads];
+  uint32_t warp_max_cols[kMetaWarps];  // the widest row of each warp's requests (chunk walk)
   // Descriptors as raw words: MetadataBuffers has default member
   // initializers, which a __shared__ object may not run.
   long long target_words[kMaxSharedTargets * sizeof(MetadataBuffers) / sizeof(long long)];

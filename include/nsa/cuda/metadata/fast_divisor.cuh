@@ -1,4 +1,4 @@
-// Division by a divisor fixed per launch, with a host-made multiplier.
+// Division by a divisor fixed per launch (or per chunk of a kernel's walk).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -13,13 +13,19 @@ namespace kernels {
 // Granlund and Montgomery, "Division by invariant integers using
 // multiplication", 1994), so the kernel's item math does not run the ~20
 // dependent instructions of a hardware-less 32-bit division. 1 <= d < 2^31.
+// A kernel may also make one itself (one 64-bit division), for a divisor
+// that is known only on the device and used many times.
 struct FastDivisor {
   uint32_t multiplier = 0;
   uint32_t shift = 0;
 
-  static FastDivisor make(uint32_t d) {
+  __host__ __device__ static FastDivisor make(uint32_t d) {
     FastDivisor f;
+#ifdef __CUDA_ARCH__
+    f.shift = d <= 1 ? 0u : 32u - static_cast<uint32_t>(__clz(d - 1));  // ceil(log2 d)
+#else
     while ((uint64_t{1} << f.shift) < d) ++f.shift;  // shift = ceil(log2 d)
+#endif
     f.multiplier = static_cast<uint32_t>(((uint64_t{1} << 32) * ((uint64_t{1} << f.shift) - d)) / d + 1);
     return f;
   }
