@@ -60,13 +60,35 @@ __host__ __device__ __forceinline__ int32_t* field_pointer(const MetadataBuffers
   }
 }
 
+// One warp item: where it goes (job, row, first column) and its source
+// columns, loaded.
+template <int kVec>
+struct CopyItem {
+  int job;
+  int64_t row, c0;
+  int4 v[kVec];
+};
+
+template <int kVec>
+__device__ __forceinline__ void load_copy_item(const CopyParams& p, int64_t i, int lane, CopyItem<kVec>& it) {
+  int j = 0;
+  while (j + 1 < p.num_jobs && p.jobs[j + 1].item_start <= i) ++j;
+  const CopyJob& job = p.jobs[j];
+  const int64_t local = i - job.item_start;
+  it.job = j;
+  it.row = local / job.items_per_row;
+  it.c0 = (local - it.row * job.items_per_row) * kColsPerItem;
+  const int32_t* src = job.src + it.row * job.src_ld;
+  const bool src_vec = aligned16(src);
+#pragma unroll
+  for (int k = 0; k < kVec; ++k) it.v[k] = load_group(src, it.c0 + 4 * (lane + 32 * k), job.cols, src_vec);
+}
+
 // A template (with one instantiation) so that including this header in
 // several translation units defines the kernel once (ODR), like the others.
 template <int kVec = kVecPerLane>
 __global__ void __launch_bounds__(kMetaThreads) copy_metadata_kernel(const __grid_constant__ CopyParams p) {
   __shared__ MetadataBuffers s_targets[kMaxSharedTargets];
-  const MetadataBuffers* targets = stage_targets<kMetaThreads>(p.targets, p.num_targets, s_targets);
-  __syncthreads();
   const int lane = threadIdx.x & 31;
   // A contiguous range of items per CTA, every kMetaWarps-th one per warp:
   // the warps of one SM work on the same few rows (and memory pages) at a
@@ -74,26 +96,24 @@ __global__ void __launch_bounds__(kMetaThreads) copy_metadata_kernel(const __gri
   // blockIdx.x on warp 0, which spreads small jobs over the SMs.
   const int64_t begin = static_cast<int64_t>(blockIdx.x) * p.items_per_cta;
   const int64_t end = begin + p.items_per_cta < p.total_items ? begin + p.items_per_cta : p.total_items;
-  for (int64_t i = begin + (threadIdx.x >> 5); i < end; i += kMetaWarps) {
-    int j = 0;
-    while (j + 1 < p.num_jobs && p.jobs[j + 1].item_start <= i) ++j;
-    const CopyJob& job = p.jobs[j];
-    const int64_t local = i - job.item_start;
-    const int64_t row = local / job.items_per_row;
-    const int64_t c0 = (local - row * job.items_per_row) * kColsPerItem;
-    const int32_t* src = job.src + row * job.src_ld;
-    const bool src_vec = aligned16(src);
-    int4 v[kVec];
-#pragma unroll
-    for (int k = 0; k < kVec; ++k) v[k] = load_group(src, c0 + 4 * (lane + 32 * k), job.cols, src_vec);
+  const int64_t first = begin + (threadIdx.x >> 5);
+  // The warp's first item is loaded before the descriptors are staged, so the
+  // two memory round trips overlap: a small copy's chain is one round trip.
+  CopyItem<kVec> it;
+  if (first < end) load_copy_item(p, first, lane, it);
+  const MetadataBuffers* targets = stage_targets<kMetaThreads>(p.targets, p.num_targets, s_targets);
+  __syncthreads();
+  for (int64_t i = first; i < end; i += kMetaWarps) {
+    if (i != first) load_copy_item(p, i, lane, it);
+    const CopyJob& job = p.jobs[it.job];
     for (int64_t d = 0; d < p.num_targets; ++d) {
       int64_t ld = 0;
       int32_t* base = field_pointer(targets[d], job.field, &ld);
       if (base == nullptr) continue;  // optional field absent in this destination
-      int32_t* dst = base + job.offset + row * ld;
+      int32_t* dst = base + job.offset + it.row * ld;
       const bool dst_vec = aligned16(dst);
 #pragma unroll
-      for (int k = 0; k < kVec; ++k) store_group(dst, c0 + 4 * (lane + 32 * k), job.cols, dst_vec, v[k]);
+      for (int k = 0; k < kVec; ++k) store_group(dst, it.c0 + 4 * (lane + 32 * k), job.cols, dst_vec, it.v[k]);
     }
   }
 }
