@@ -46,8 +46,11 @@ namespace kernels {
 // of <= 32 requests with static rows one warp writes the scalars
 // (build_scalars_warp).
 // When some destination has the DeepGEMM paged-MQA schedule, one more CTA,
-// the last, computes it (build_schedule.cuh); without it the grid and every
-// path are as before, at the cost of one uniform compare.
+// CTA 1, computes it (build_schedule.cuh); without it the grid and every
+// path are as before, at the cost of one uniform compare. It is CTA 1, not
+// the last, because CTAs start in index order: a small build's grid has a
+// few hundred CTAs, mostly without an item, and the last one would start
+// after all of them were dispatched, on the launch's critical path.
 // ---------------------------------------------------------------------------
 
 // kChecked: requests with an invalid cache length, request row or extend
@@ -64,7 +67,7 @@ __global__ void __launch_bounds__(kMetaThreads, Policy::kCtasPerSm)
     build_scalars<kChecked>(p, s);
     return;
   }
-  if (p.schedule_cta != 0 && blockIdx.x == gridDim.x - 1) {
+  if (p.schedule_cta != 0 && blockIdx.x == 1) {
     build_paged_mqa_schedule(p, s);
     return;
   }

@@ -28,7 +28,7 @@
 namespace nsa {
 namespace kernels {
 
-// Every item CTA (blockIdx.x >= 1) runs this when the one-pass path does not
+// Every item CTA (blockIdx.x >= 1 + schedule_cta) runs this when the one-pass path does not
 // apply. Round trip 1 loads the chunk's inputs, this warp's first item's
 // request, the descriptors and one FlashMLA element per thread; round trip 2
 // the first item's columns, which are stored before the chunk walk. The walk
@@ -36,9 +36,9 @@ namespace kernels {
 // before it stores the current one.
 template <class Policy, bool kChecked>
 __device__ __forceinline__ void build_items_chunked(const BuildParams& p, BuildShared& s) {
-  const int64_t block = blockIdx.x - 1;  // item CTA number
+  const int64_t block = static_cast<int64_t>(blockIdx.x) - 1 - p.schedule_cta;  // item CTA number
 
-  // ---- Item CTAs 1 .. gridDim.x - 1 - schedule_cta: page tables and FlashMLA copies. ----
+  // ---- Item CTAs 1 + schedule_cta .. gridDim.x - 1: page tables and FlashMLA copies. ----
   constexpr int64_t kCols = Policy::kColsPerItem;
   const int tid = threadIdx.x;
   const int lane = tid & 31;

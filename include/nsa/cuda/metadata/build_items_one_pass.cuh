@@ -31,7 +31,7 @@ __device__ __forceinline__ void build_items_one_pass(const BuildParams& p) {
   const int tid = threadIdx.x;
   const int lane = tid & 31;
   const int item_ctas = static_cast<int>(gridDim.x) - 1 - p.schedule_cta;  // CTA 0 and the schedule CTA hold no item
-  const int block = static_cast<int>(blockIdx.x) - 1;
+  const int block = static_cast<int>(blockIdx.x) - 1 - p.schedule_cta;     // item CTA number
   // Warp numbers interleave CTAs, as in the multi-pass path. The launcher
   // bounds the grid, so they and the item count fit 31 bits.
   const uint32_t my_warp = static_cast<uint32_t>((tid >> 5) * item_ctas + block);

@@ -44,7 +44,7 @@ struct BuildParams {
   const int32_t* flashmla_metadata;    // optional [flashmla_metadata_max]
   int64_t flashmla_metadata_max;       // max flashmla_metadata_size over destinations having the field
   // DeepGEMM paged-MQA schedule (build_schedule.cuh): schedule_cta is 1 when
-  // some destination has the field (the grid's last CTA computes it), else 0.
+  // some destination has the field (CTA 1 computes it), else 0.
   int32_t schedule_cta;
   bool paged_mqa_g1;               // PagedMqaLayout::kG1
   bool paged_mqa_clamp_min_len;    // every length counts as >= 1

@@ -1,5 +1,5 @@
 // DeepGEMM's paged-MQA schedule (docs/spec/metadata.md §10) on the device:
-// the schedule CTA of build_metadata (the grid's last CTA, present only when
+// the schedule CTA of build_metadata (CTA 1, present only when
 // some destination has paged_mqa_schedule; it shares no data with the other
 // CTAs, so it runs beside them in the same launch), and the one-CTA kernel of
 // paged_mqa_schedule, which takes the lengths directly.
