@@ -790,6 +790,19 @@ inline void choose_store_launch(const Launch& launch) {
   launch(WideStore{}, StoreGrid{});
 }
 
+// f(vector, checked) with the two runtime flags as std::bool_constant, so a
+// launcher's kernel family is picked at compile time.
+template <class F>
+inline void with_store_flags(bool vector, bool checked, const F& f) {
+  if (checked) {
+    if (vector) f(std::true_type{}, std::true_type{});
+    else f(std::false_type{}, std::true_type{});
+  } else {
+    if (vector) f(std::true_type{}, std::false_type{});
+    else f(std::false_type{}, std::false_type{});
+  }
+}
+
 // Calls body(launch) with the QuantizeStoreLaunch for k's alignment (16-byte
 // loads when the base and the row stride allow them) and for `checks`.
 template <int kPage, KDtype kDtype, class Body>
@@ -799,14 +812,11 @@ inline void with_quantize_store_launch(uint8_t* cache, const void* k, int64_t n,
   constexpr int64_t kElem = KElem<kDtype>::kBytes;
   const auto* kk = static_cast<const uint8_t*>(k);
   const bool vec = reinterpret_cast<uintptr_t>(k) % 16 == 0 && (k_ld * kElem) % 16 == 0;
-  auto with = [&](auto vector, auto checked) {
+  with_store_flags(vec, checks.error != nullptr, [&](auto vector, auto checked) {
     body(QuantizeStoreLaunch<kPage, kDtype, decltype(vector)::value, decltype(checked)::value>{cache, kk, n, k_ld,
                                                                                                slots, mode, num_sms,
                                                                                                stream, checks});
-  };
-  if (checks.error != nullptr)
-    vec ? with(std::true_type{}, std::true_type{}) : with(std::false_type{}, std::true_type{});
-  else vec ? with(std::true_type{}, std::false_type{}) : with(std::false_type{}, std::false_type{});
+  });
 }
 
 // K [n, 128] of k_dtype (row stride k_ld elements; aligned to its element
@@ -832,20 +842,26 @@ inline cudaError_t invoke_quantize_and_store_k(uint8_t* cache, const void* k, KD
   return cudaGetLastError();
 }
 
+// The same for store_k_and_s: body(launch) with the StoreKAndSLaunch for k's
+// alignment and for `checks`.
+template <int kPage, class Body>
+inline void with_store_k_and_s_launch(uint8_t* cache, const uint8_t* k, int64_t n, int64_t k_ld, const float* scale,
+                                      const int64_t* slots, int num_sms, cudaStream_t stream, StoreChecks checks,
+                                      const Body& body) {
+  const bool vec = reinterpret_cast<uintptr_t>(k) % 16 == 0 && k_ld % 16 == 0;
+  with_store_flags(vec, checks.error != nullptr, [&](auto vector, auto checked) {
+    body(StoreKAndSLaunch<kPage, decltype(vector)::value, decltype(checked)::value>{cache, k, n, k_ld, scale, slots,
+                                                                                    num_sms, stream, checks});
+  });
+}
+
 template <int kPage = 64>
 inline cudaError_t invoke_store_k_and_s(uint8_t* cache, const uint8_t* k, int64_t n, int64_t k_ld, const float* scale,
                                         const int64_t* slots, int num_sms, cudaStream_t stream,
                                         StoreChecks checks = {}) {
   if (n == 0) return cudaSuccess;
-  const bool vec = reinterpret_cast<uintptr_t>(k) % 16 == 0 && k_ld % 16 == 0;
-  auto with = [&](auto vector, auto checked) {
-    choose_store_launch(
-        StoreKAndSLaunch<kPage, decltype(vector)::value, decltype(checked)::value>{cache, k, n, k_ld, scale, slots,
-                                                                                   num_sms, stream, checks});
-  };
-  if (checks.error != nullptr)
-    vec ? with(std::true_type{}, std::true_type{}) : with(std::false_type{}, std::true_type{});
-  else vec ? with(std::true_type{}, std::false_type{}) : with(std::false_type{}, std::false_type{});
+  with_store_k_and_s_launch<kPage>(cache, k, n, k_ld, scale, slots, num_sms, stream, checks,
+                                   [](const auto& launch) { choose_store_launch(launch); });
   return cudaGetLastError();
 }
 
