@@ -457,23 +457,36 @@ json sweep_row(SweepInputs& in, nsa::ScaleMode mode, const char* op, const std::
   return shape;
 }
 
-// Every (op, variant) with its worst ratio over all sizes and formats, best
-// first: the line to read for "one shape for N >= 16384".
+// Per op: the best variant of each (N, format) next to the library's pick,
+// then every variant with its worst ratio over all sizes and formats, best
+// first (the list to read for "one shape for N >= 16384").
 void print_sweep_summary(const json& rows) {
-  std::map<std::pair<std::string, std::string>, std::pair<double, int>> worst;  // (op, variant) -> (worst, cases)
-  int cases = 0;
-  for (const auto& r : rows) {
-    if (!r["verified"].get<bool>()) continue;
-    auto& w = worst[{r["op"].get<std::string>(), r["variant"].get<std::string>()}];
-    w.first = std::max(w.first, r["ratio_to_copy"].get<double>());
-    cases = std::max(cases, ++w.second);
-  }
   for (const char* op : {"quantize_and_store_k", "store_k_and_s"}) {
+    std::map<std::pair<int64_t, std::string>, std::pair<double, std::string>> best;  // (N, format) -> (ratio, variant)
+    std::map<std::pair<int64_t, std::string>, double> library;
+    std::map<std::string, std::pair<double, int>> worst;  // variant -> (worst ratio, cases)
+    int cases = 0;
+    for (const auto& r : rows) {
+      if (r["op"] != op || !r["verified"].get<bool>()) continue;
+      const double ratio = r["ratio_to_copy"].get<double>();
+      const std::string variant = r["variant"].get<std::string>();
+      const std::pair<int64_t, std::string> at{r["tokens"].get<int64_t>(), r["scale_mode"].get<std::string>()};
+      if (variant == "library") library[at] = ratio;
+      auto b = best.find(at);
+      if (b == best.end() || ratio < b->second.first) best[at] = {ratio, variant};
+      auto& w = worst[variant];
+      w.first = std::max(w.first, ratio);
+      cases = std::max(cases, ++w.second);
+    }
+    fmt::print("\n{}: best variant per N and format (library = the current pick)\n", op);
+    for (const auto& [at, b] : best)
+      fmt::print("  N={:<7} {:<6} {:<22} {:>7.3f}x   library {:>7.3f}x\n", at.first, at.second, b.second, b.first,
+                 library.count(at) ? library[at] : 0.0);
     std::vector<std::pair<double, std::string>> ranked;
-    for (const auto& [key, w] : worst)
-      if (key.first == op && w.second == cases) ranked.push_back({w.first, key.second});
+    for (const auto& [variant, w] : worst)
+      if (w.second == cases) ranked.push_back({w.first, variant});
     std::sort(ranked.begin(), ranked.end());
-    fmt::print("\n{}: worst x copy over every N and format, best first\n", op);
+    fmt::print("{}: worst x copy over every N and format, best first\n", op);
     for (const auto& [ratio, variant] : ranked) fmt::print("  {:<22} {:>7.3f}x\n", variant, ratio);
   }
 }
