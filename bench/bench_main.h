@@ -1,14 +1,17 @@
-// The part every micro benchmark shares: `[--json FILE] [--quick]`, a visible
+// The part every micro benchmark shares: `[--json FILE] [--quick]` (plus the
+// benchmark's own on/off flags), a visible
 // skip without a CUDA device, the device limits measured and printed first
 // (copy bandwidth, empty kernel), errors as exit code 1, the JSON report.
 #pragma once
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <fstream>
 #include <functional>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <vector>
 
 #include "buffer.h"
 #include "output_file.h"
@@ -17,19 +20,30 @@
 namespace nsa {
 namespace bench {
 
+// An on/off option of one benchmark: `name` on the command line sets *value.
+struct Flag {
+  const char* name;
+  bool* value;
+};
+
 // body(quick, limits, report): prints its tables and appends to report["results"].
 inline int run(const char* name, int argc, char** argv,
-               const std::function<void(bool, const support::DeviceLimits&, nlohmann::json&)>& body) {
+               const std::function<void(bool, const support::DeviceLimits&, nlohmann::json&)>& body,
+               const std::vector<Flag>& flags = {}) {
   std::string json_path;
   bool quick = false;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     support::L2Mode l2 = support::l2_mode();
+    const auto flag = std::find_if(flags.begin(), flags.end(), [&](const Flag& f) { return a == f.name; });
     if (a == "--json" && i + 1 < argc) json_path = argv[++i];
     else if (a == "--quick") quick = true;
     else if (a == "--l2" && i + 1 < argc && support::parse_l2_mode(argv[++i], l2)) support::set_l2_mode(l2);
+    else if (flag != flags.end()) *flag->value = true;
     else {
-      fmt::print(stderr, "usage: {} [--json FILE] [--quick] [--l2 cold|warm]\n", argv[0]);
+      std::string extra;
+      for (const Flag& f : flags) extra += fmt::format(" [{}]", f.name);
+      fmt::print(stderr, "usage: {} [--json FILE] [--quick] [--l2 cold|warm]{}\n", argv[0], extra);
       return 2;
     }
   }

@@ -6,12 +6,17 @@
 // also timed in checked mode (Exec::checked, issue 6), whose outputs must equal
 // the unchecked ones; "chk" is its GPU time, "ovh" the overhead over "ours".
 //
-//   index_cache_bench [--json FILE] [--quick]
+// --store-sweep runs only the launch-shape sweep of the stores (issue 14; see
+// sweep_store_shapes), to be run with --l2 cold like the store-vs-copy table.
+//
+//   index_cache_bench [--json FILE] [--quick] [--l2 cold|warm] [--store-sweep]
 #include <cuda_runtime.h>
 #include <fmt/format.h>
 
 #include <algorithm>
 #include <cstring>
+#include <functional>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <numeric>
 #include <random>
@@ -23,6 +28,7 @@
 #include "floor_kernels.h"
 #include "host_data.h"
 #include "index_cache_baseline.h"
+#include "nsa/cuda/index_cache.cuh"
 #include "nsa/index_cache.h"
 #include "reference/index_cache.h"
 #include "timing.h"
@@ -323,12 +329,280 @@ json bench_store_vs_copy(bool quantize, nsa::ScaleMode mode, int64_t n, std::mt1
               {"verified", ok}};
 }
 
+// ---------------------------------------------------------------------------
+// --store-sweep (issue 14): which launch shape and grid the prefill-size
+// stores should use. For N in {16384 .. 131072} tokens and both scale formats,
+// every candidate (a StoreShape: lanes per token x tokens per lane group /
+// threads per CTA, with or without the NaN fast path; and a grid of one wave,
+// half or a quarter of a wave of resident CTAs) of both stores is launched
+// through the library's own launchers (kernels::QuantizeStoreLaunch and
+// StoreKAndSLaunch, which choose_store_launch uses too), verified bit-exact
+// against the reference on a freshly reset pool, then timed next to the D2D
+// copy of the same bytes measured in the same run. The library's current pick
+// runs as "library" (it duplicates one candidate: a check on the noise).
+// bf16 K, 16-byte aligned rows, unchecked: the prefill path.
+// ---------------------------------------------------------------------------
+namespace kern = nsa::kernels;
+using SweepQuantize = kern::QuantizeStoreLaunch<64, nsa::KDtype::kBf16, true, false>;
+using SweepStore = kern::StoreKAndSLaunch<64, true, false>;
+
+// One candidate shape. Its calls launch it on a store's launcher and return
+// the CTAs launched; `store` is empty for the shapes without the NaN fast path
+// (store_k_and_s does not quantize: it would time the same kernel again).
+struct SweepShape {
+  std::string name;  // "lanes x unroll / threads", " nanfix" when the fix-up runs on every element
+  int lanes, unroll, threads;
+  bool nan_fast_path;
+  std::function<int(const SweepQuantize&, kern::StoreGrid)> quantize;
+  std::function<int(const SweepStore&, kern::StoreGrid)> store;
+};
+
+template <class Shape>
+SweepShape sweep_shape() {
+  SweepShape c{fmt::format("{}x{}/{}{}", Shape::kLanes, Shape::kUnroll, Shape::kThreads,
+                           Shape::kNanFastPath ? "" : " nanfix"),
+               Shape::kLanes,
+               Shape::kUnroll,
+               Shape::kThreads,
+               Shape::kNanFastPath,
+               {},
+               {}};
+  c.quantize = [](const SweepQuantize& l, kern::StoreGrid g) {
+    l(Shape{}, g);
+    return l.template ctas<Shape>(g);
+  };
+  if constexpr (Shape::kNanFastPath) {
+    c.store = [](const SweepStore& l, kern::StoreGrid g) {
+      l(Shape{}, g);
+      return l.template ctas<Shape>(g);
+    };
+  }
+  return c;
+}
+
+template <bool kNanFastPath>
+void add_sweep_shapes(std::vector<SweepShape>& out) {
+  using kern::StoreShape;
+  out.push_back(sweep_shape<StoreShape<16, 1, 256, kNanFastPath>>());  // NarrowStore
+  out.push_back(sweep_shape<StoreShape<16, 2, 256, kNanFastPath>>());
+  out.push_back(sweep_shape<StoreShape<8, 1, 256, kNanFastPath>>());
+  out.push_back(sweep_shape<StoreShape<8, 2, 256, kNanFastPath>>());  // WideStore
+  out.push_back(sweep_shape<StoreShape<8, 4, 256, kNanFastPath>>());
+  out.push_back(sweep_shape<StoreShape<16, 1, 128, kNanFastPath>>());
+  out.push_back(sweep_shape<StoreShape<8, 2, 128, kNanFastPath>>());
+  out.push_back(sweep_shape<StoreShape<16, 1, 512, kNanFastPath>>());
+  out.push_back(sweep_shape<StoreShape<8, 2, 512, kNanFastPath>>());
+}
+
+// Each sweep figure is the median of this many graph timings: with cold L2 a
+// ~40 us flush is subtracted from every figure, and N = 16384 takes ~3 us.
+constexpr int kSweepRepeats = 3;
+
+double sweep_median(const std::function<double()>& time_us) {
+  std::vector<double> t;
+  for (int i = 0; i < kSweepRepeats; ++i) t.push_back(time_us());
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+// The inputs of one N: slots (a shuffled permutation of the pool), bf16 K for
+// quantize_and_store_k, fp8 K for store_k_and_s, the pool's initial bytes.
+struct SweepInputs {
+  int64_t n, pool_pages;
+  std::vector<int64_t> slots;
+  std::vector<uint16_t> k_bf16;
+  std::vector<uint8_t> k_fp8, pool_host;
+  Buffer pool, slots_d, kb_d, k8_d;
+  SweepInputs(int64_t tokens, std::mt19937_64& rng) : n(tokens), pool_pages(tokens / 64 + 64) {
+    std::vector<int64_t> all(pool_pages * 64);
+    std::iota(all.begin(), all.end(), 0);
+    std::shuffle(all.begin(), all.end(), rng);
+    slots.assign(all.begin(), all.begin() + n);
+    k_bf16 = nsa::support::random_bf16(rng, n, 128);
+    k_fp8 = random_bytes(rng, static_cast<size_t>(n * 128));
+    pool_host = random_bytes(rng, static_cast<size_t>(pool_pages * kPageBytes));
+    pool = upload(pool_host);
+    slots_d = upload(slots);
+    kb_d = upload(k_bf16);
+    k8_d = upload(k_fp8);
+  }
+};
+
+// One row: reset the pool, launch once, compare the whole pool with `expect`;
+// only a verified variant is timed. launch(stream) returns the CTAs it
+// launched (0: not known, the library's pick).
+json sweep_row(SweepInputs& in, nsa::ScaleMode mode, const char* op, const std::string& variant, json shape,
+               const std::function<int(nsa::cudaStream)>& launch, const std::vector<uint8_t>& expect, double copy_us) {
+  in.pool.upload(in.pool_host);
+  const int ctas = launch(nullptr);
+  nsa::support::synchronize(nsa::Backend::kCuda);
+  const bool ok = in.pool.to_host() == expect;
+  const double us =
+      ok ? sweep_median([&] { return nsa::support::graph_time_us([&](nsa::cudaStream s) { launch(s); }, 20); }) : 0.0;
+  const double ratio = us / copy_us;
+  fmt::print("{:<21} {:<22} {:>7} {:<6} {:>6} {:>8.2f} {:>8.2f} {:>7.3f}x  {}\n", op, variant, in.n,
+             nsa::to_string(mode), ctas > 0 ? std::to_string(ctas) : "-", us, copy_us, ratio,
+             ok ? (ratio <= kStoreCopyTarget ? "MET" : "") : "FAILED verification");
+  shape.update({{"op", op},
+                {"case", "store sweep"},
+                {"variant", variant},
+                {"ctas", ctas > 0 ? json(ctas) : json()},
+                {"tokens", in.n},
+                {"scale_mode", nsa::to_string(mode)},
+                {"gpu_us", ok ? json(us) : json()},
+                {"copy_gpu_us", copy_us},
+                {"ratio_to_copy", ok ? json(ratio) : json()},
+                {"target_ratio_to_copy", kStoreCopyTarget},
+                {"verified", ok}});
+  return shape;
+}
+
+// Per op: the best variant of each (N, format) next to the library's pick,
+// then every variant with its worst ratio over all sizes and formats, best
+// first (the list to read for "one shape for N >= 16384").
+void print_sweep_summary(const json& rows) {
+  for (const char* op : {"quantize_and_store_k", "store_k_and_s"}) {
+    std::map<std::pair<int64_t, std::string>, std::pair<double, std::string>> best;  // (N, format) -> (ratio, variant)
+    std::map<std::pair<int64_t, std::string>, double> library;
+    std::map<std::string, std::pair<double, int>> worst;  // variant -> (worst ratio, cases)
+    int cases = 0;
+    for (const auto& r : rows) {
+      if (r["op"] != op || !r["verified"].get<bool>()) continue;
+      const double ratio = r["ratio_to_copy"].get<double>();
+      const std::string variant = r["variant"].get<std::string>();
+      const std::pair<int64_t, std::string> at{r["tokens"].get<int64_t>(), r["scale_mode"].get<std::string>()};
+      if (variant == "library") library[at] = ratio;
+      auto b = best.find(at);
+      if (b == best.end() || ratio < b->second.first) best[at] = {ratio, variant};
+      auto& w = worst[variant];
+      w.first = std::max(w.first, ratio);
+      cases = std::max(cases, ++w.second);
+    }
+    fmt::print("\n{}: best variant per N and format (library = the current pick)\n", op);
+    for (const auto& [at, b] : best)
+      fmt::print("  N={:<7} {:<6} {:<22} {:>7.3f}x   library {:>7.3f}x\n", at.first, at.second, b.second, b.first,
+                 library.count(at) ? library[at] : 0.0);
+    std::vector<std::pair<double, std::string>> ranked;
+    for (const auto& [variant, w] : worst)
+      if (w.second == cases) ranked.push_back({w.first, variant});
+    std::sort(ranked.begin(), ranked.end());
+    fmt::print("{}: worst x copy over every N and format, best first\n", op);
+    for (const auto& [ratio, variant] : ranked) fmt::print("  {:<22} {:>7.3f}x\n", variant, ratio);
+  }
+}
+
+void sweep_store_shapes(const nsa::support::DeviceLimits& lim, std::mt19937_64& rng, json& out) {
+  std::vector<SweepShape> shapes;
+  add_sweep_shapes<true>(shapes);
+  add_sweep_shapes<false>(shapes);
+  const int divisors[] = {1, 2, 4};
+  fmt::print("store launch-shape sweep (issue 14), {}; bf16 K, page 64, slots a shuffled permutation of the pool\n",
+             nsa::support::l2_label());
+  fmt::print(
+      "variant: lanes per token x tokens per lane group / threads per CTA, w1 = one wave of resident CTAs, w1/2 "
+      "half, w1/4 a quarter;\n  nanfix: NaN fix-up on every element (no fast path); library: the current pick\n");
+  fmt::print("copy: D2D copy of the same bytes (388 B per token quantizing, 264 B storing); target <= {:.2f}x\n\n",
+             kStoreCopyTarget);
+  fmt::print("{:<21} {:<22} {:>7} {:<6} {:>6} {:>8} {:>8} {:>8}\n", "op", "variant", "N", "format", "ctas", "us",
+             "copy us", "x copy");
+  json rows = json::array();
+  for (int64_t n : {int64_t{16384}, int64_t{32768}, int64_t{65536}, int64_t{131072}}) {
+    SweepInputs in(n, rng);
+    const nsa::IndexCache cache{in.pool.as<uint8_t>(), in.pool_pages};
+    const double copy_q =
+        sweep_median([&] { return nsa::support::copy_time_us(static_cast<size_t>((256 + 132) * n), 20); });
+    const double copy_s =
+        sweep_median([&] { return nsa::support::copy_time_us(static_cast<size_t>((132 + 132) * n), 20); });
+    for (nsa::ScaleMode mode : {nsa::ScaleMode::kFp32, nsa::ScaleMode::kUe8m0}) {
+      std::vector<float> scale(static_cast<size_t>(n));
+      std::uniform_real_distribution<float> amax(1e-3f, 100.0f);
+      for (auto& x : scale) x = nsa::reference::quant_scale(amax(rng), mode);
+      Buffer sc_d = upload(scale);
+      auto ref_q = in.pool_host, ref_s = in.pool_host;
+      nsa::reference::quantize_and_store_k({ref_q.data(), in.pool_pages}, in.k_bf16.data(), n, 128, in.slots.data(),
+                                           mode);
+      nsa::reference::store_k_and_s({ref_s.data(), in.pool_pages}, in.k_fp8.data(), n, 128, scale.data(),
+                                    in.slots.data());
+      auto quantizer = [&](nsa::cudaStream s) {
+        return SweepQuantize{in.pool.as<uint8_t>(),
+                             in.kb_d.as<uint8_t>(),
+                             n,
+                             128,
+                             in.slots_d.as<int64_t>(),
+                             mode,
+                             lim.sm_count,
+                             reinterpret_cast<cudaStream_t>(s),
+                             {}};
+      };
+      auto storer = [&](nsa::cudaStream s) {
+        return SweepStore{in.pool.as<uint8_t>(),
+                          in.k8_d.as<uint8_t>(),
+                          n,
+                          128,
+                          sc_d.as<float>(),
+                          in.slots_d.as<int64_t>(),
+                          lim.sm_count,
+                          reinterpret_cast<cudaStream_t>(s),
+                          {}};
+      };
+      rows.push_back(sweep_row(
+          in, mode, "quantize_and_store_k", "library", json::object(),
+          [&](nsa::cudaStream s) {
+            nsa::quantize_and_store_k(nsa::Exec::cuda(s), cache, in.kb_d.as<uint16_t>(), n, 128,
+                                      in.slots_d.as<int64_t>(), mode);
+            return 0;
+          },
+          ref_q, copy_q));
+      rows.push_back(sweep_row(
+          in, mode, "store_k_and_s", "library", json::object(),
+          [&](nsa::cudaStream s) {
+            nsa::store_k_and_s(nsa::Exec::cuda(s), cache, in.k8_d.as<uint8_t>(), n, 128, sc_d.as<float>(),
+                               in.slots_d.as<int64_t>());
+            return 0;
+          },
+          ref_s, copy_s));
+      for (const SweepShape& shape : shapes) {
+        for (int d : divisors) {
+          const kern::StoreGrid grid{d};
+          const std::string variant = shape.name + (d == 1 ? " w1" : fmt::format(" w1/{}", d));
+          const json fields{{"lanes", shape.lanes},
+                            {"unroll", shape.unroll},
+                            {"threads", shape.threads},
+                            {"nan_fast_path", shape.nan_fast_path},
+                            {"wave_divisor", d}};
+          auto checked = [](int ctas) {
+            cuda_check(cudaGetLastError(), "sweep launch");
+            return ctas;
+          };
+          rows.push_back(sweep_row(
+              in, mode, "quantize_and_store_k", variant, fields,
+              [&](nsa::cudaStream s) { return checked(shape.quantize(quantizer(s), grid)); }, ref_q, copy_q));
+          if (shape.store) {
+            rows.push_back(sweep_row(
+                in, mode, "store_k_and_s", variant, fields,
+                [&](nsa::cudaStream s) { return checked(shape.store(storer(s), grid)); }, ref_s, copy_s));
+          }
+        }
+      }
+    }
+  }
+  print_sweep_summary(rows);
+  int failed = 0;
+  for (const auto& r : rows) failed += !r["verified"].get<bool>();
+  if (failed > 0) fmt::print("\n{} variants FAILED verification (not timed; see the rows above)\n", failed);
+  out["sweep_all_verified"] = failed == 0;
+  for (auto& r : rows) out["results"].push_back(std::move(r));
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
+  bool store_sweep = false;
   return nsa::bench::run(
-      "index_cache_bench", argc, argv, [](bool quick, const nsa::support::DeviceLimits& lim, json& out) {
+      "index_cache_bench", argc, argv,
+      [&](bool quick, const nsa::support::DeviceLimits& lim, json& out) {
         std::mt19937_64 rng(12345);
+        if (store_sweep) return sweep_store_shapes(lim, rng, out);
         std::vector<GatherCase> gathers = {{"B=1 L=4096", {4096}, 1.35},
                                            {"B=8 L=8192", std::vector<int64_t>(8, 8192), 1.15},
                                            {"B=32 L=16384", std::vector<int64_t>(32, 16384), 1.05},
@@ -366,5 +640,6 @@ int main(int argc, char** argv) {
           for (nsa::ScaleMode mode : {nsa::ScaleMode::kFp32, nsa::ScaleMode::kUe8m0})
             for (int64_t n : {int64_t{16384}, int64_t{65536}})
               out["results"].push_back(bench_store_vs_copy(quantize, mode, n, rng));
-      });
+      },
+      {{"--store-sweep", &store_sweep}});
 }

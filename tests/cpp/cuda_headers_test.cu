@@ -2,13 +2,15 @@
 // translation unit than the library's own (the library includes them too):
 // this file only links if every kernel in them is ODR-safe (templates or
 // inline), and it runs two launchers directly. It also checks the header's
-// small arithmetic helpers against plain C++ operators.
+// small arithmetic helpers against plain C++ operators, and every launch shape
+// of the stores against the reference.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <numeric>
 #include <random>
 #include <vector>
 
@@ -19,6 +21,8 @@
 #include "nsa/cuda/topk.cuh"
 #include "nsa/indexer.h"
 #include "nsa/topk.h"
+#include "reference/index_cache.h"
+#include "test_util.h"
 
 namespace nsa {
 namespace test {
@@ -40,6 +44,77 @@ TEST(CudaHeaders, LaunchersUsableFromAnotherTranslationUnit_cuda) {
   support::synchronize(Backend::kCuda);
   const auto bytes = out.to_host();
   for (int i = 0; i < 8448; ++i) ASSERT_EQ(bytes[i], i < 8192 ? 0x3c : 0x00) << i;
+}
+
+// Every store launch shape that bench/index_cache_bench --store-sweep times,
+// through the launchers the library uses (choose_store_launch picks one of
+// them), bit-exact against the reference: a change of the pick needs no new
+// test. num_sms = 1 makes each CTA walk many grid-stride iterations; 132 gives
+// grids capped by the work instead of the wave. K rows with NaN and Inf
+// planted, 16-byte aligned rows and unaligned ones (element loads).
+template <class Shape>
+void expect_store_shape_matches_reference(std::mt19937_64& rng) {
+  SCOPED_TRACE(::testing::Message() << Shape::kLanes << "x" << Shape::kUnroll << "/" << Shape::kThreads
+                                    << (Shape::kNanFastPath ? "" : " nanfix"));
+  const int64_t n = 3001, pages = n / 32 + 3;
+  const uint16_t specials[] = {0x7fc0, 0xffc0, 0x7f81, 0x7f80, 0xff80};  // bf16 +-NaN, sNaN, +-Inf
+  std::vector<int64_t> slots(static_cast<size_t>(pages * 64));
+  std::iota(slots.begin(), slots.end(), 0);
+  std::shuffle(slots.begin(), slots.end(), rng);
+  slots.resize(static_cast<size_t>(n));
+  for (int64_t t = 5; t < n; t += 11) slots[static_cast<size_t>(t)] = -1;  // padding
+  support::Buffer slots_dev = to_backend(Backend::kCuda, slots);
+  for (int64_t ld : {128, 131}) {
+    auto k = random_bf16(rng, n, ld);
+    for (int64_t t = 0; t < n; t += 5) k[static_cast<size_t>(t * ld + (t * 7) % 128)] = specials[(t / 5) % 5];
+    const auto k8 = random_bytes(rng, static_cast<size_t>(n * ld));
+    std::vector<float> scale(static_cast<size_t>(n));
+    for (auto& x : scale) x = std::uniform_real_distribution<float>(1e-7f, 10.0f)(rng);
+    support::Buffer k_dev = to_backend(Backend::kCuda, k), k8_dev = to_backend(Backend::kCuda, k8),
+                    scale_dev = to_backend(Backend::kCuda, scale);
+    for (int num_sms : {1, 132}) {
+      for (int divisor : {1, 4}) {
+        SCOPED_TRACE(::testing::Message() << "ld=" << ld << " num_sms=" << num_sms << " wave/" << divisor);
+        const kernels::StoreGrid grid{divisor};
+        auto launch = [&](const auto& l) { l(Shape{}, grid); };
+        for (ScaleMode mode : {ScaleMode::kFp32, ScaleMode::kFp32Divide, ScaleMode::kUe8m0}) {
+          auto pool = random_bytes(rng, static_cast<size_t>(pages * 8448));
+          support::Buffer pool_dev = to_backend(Backend::kCuda, pool);
+          kernels::with_quantize_store_launch<64, KDtype::kBf16>(pool_dev.as<uint8_t>(), k_dev.data(), n, ld,
+                                                                 slots_dev.as<int64_t>(), mode, num_sms, nullptr, {},
+                                                                 launch);
+          ASSERT_EQ(cudaGetLastError(), cudaSuccess);
+          reference::quantize_and_store_k({pool.data(), pages}, k.data(), n, ld, slots.data(), mode);
+          NSA_EXPECT_BYTES_EQ(pool_dev.to_host(), pool);
+        }
+        auto pool = random_bytes(rng, static_cast<size_t>(pages * 8448));
+        support::Buffer pool_dev = to_backend(Backend::kCuda, pool);
+        kernels::with_store_k_and_s_launch<64>(pool_dev.as<uint8_t>(), k8_dev.as<uint8_t>(), n, ld,
+                                               scale_dev.as<float>(), slots_dev.as<int64_t>(), num_sms, nullptr, {},
+                                               launch);
+        ASSERT_EQ(cudaGetLastError(), cudaSuccess);
+        reference::store_k_and_s({pool.data(), pages}, k8.data(), n, ld, scale.data(), slots.data());
+        NSA_EXPECT_BYTES_EQ(pool_dev.to_host(), pool);
+      }
+    }
+  }
+}
+
+TEST(CudaHeaders, EveryStoreShapeAndGridMatchesReference_cuda) {
+  if (!support::cuda_device_available()) GTEST_SKIP() << "no CUDA device: GPU test not run";
+  auto rng = make_rng(40);
+  using kernels::StoreShape;
+  expect_store_shape_matches_reference<StoreShape<16, 1>>(rng);
+  expect_store_shape_matches_reference<StoreShape<16, 2>>(rng);
+  expect_store_shape_matches_reference<StoreShape<8, 1>>(rng);
+  expect_store_shape_matches_reference<StoreShape<8, 2>>(rng);
+  expect_store_shape_matches_reference<StoreShape<8, 4>>(rng);
+  expect_store_shape_matches_reference<StoreShape<16, 1, 128>>(rng);
+  expect_store_shape_matches_reference<StoreShape<8, 2, 128>>(rng);
+  expect_store_shape_matches_reference<StoreShape<16, 1, 512>>(rng);
+  expect_store_shape_matches_reference<StoreShape<8, 2, 512>>(rng);
+  expect_store_shape_matches_reference<StoreShape<16, 1, 256, false>>(rng);
+  expect_store_shape_matches_reference<StoreShape<8, 4, 256, false>>(rng);
 }
 
 // (divisor, numerator) pairs for kernels::FastDivisor, whose contract is

@@ -157,7 +157,7 @@ TEST_P(IndexCacheTest, QuantizeOnlyPaddingWritesNothing) {
 
 TEST_P(IndexCacheTest, StoreKAndSMatchesReference) {
   auto rng = make_rng(4);
-  for (int64_t n : {1, 64, 65, 1000}) {
+  for (int64_t n : {1, 64, 65, 1000, 40000}) {  // 40000: a prefill-size store
     for (int64_t ld : {128, 160, 130}) {
       SCOPED_TRACE(::testing::Message() << "n=" << n << " ld=" << ld);
       const int64_t pages = n / 16 + 2;
@@ -440,6 +440,62 @@ TEST_P(IndexCacheTest, QuantizeEveryDtypeAndScaleModeMatchesReference) {
           reference::quantize_and_store_k(pool.host_view(), k.data(), n, ld, slots.data(), mode, dtype);
           NSA_EXPECT_BYTES_EQ(pool.dev.to_host(), pool.host);
         }
+      }
+    }
+  }
+}
+
+// NaN (both signs, quiet and signalling) and +-Inf planted among otherwise
+// finite elements: on the GPU a lane whose elements are all finite skips the
+// NaN fix-up and takes its amax from an integer max (quantize_lane), so each
+// planted value must still give the reference's bytes, the NaN sign kept and
+// Inf left out of the scale, in whichever lane it falls. 40,000 tokens pass
+// one wave of the narrow store shape on every supported GPU (the wide shape
+// runs too); tokens of only NaN or only Inf are included.
+std::vector<uint8_t> k_with_nan_and_inf(std::mt19937_64& rng, KDtype dtype, int64_t n, int64_t ld) {
+  auto k = random_k(rng, dtype, n, ld);
+  const int64_t eb = element_bytes(dtype);
+  // +qNaN, -qNaN, +sNaN (payload 1), +Inf, -Inf.
+  const uint32_t bf16[] = {0x7fc0, 0xffc0, 0x7f81, 0x7f80, 0xff80};
+  const uint32_t fp16[] = {0x7e00, 0xfe00, 0x7c01, 0x7c00, 0xfc00};
+  const uint32_t fp32[] = {0x7fc00000u, 0xffc00000u, 0x7f800001u, 0x7f800000u, 0xff800000u};
+  const uint32_t* special = dtype == KDtype::kBf16 ? bf16 : (dtype == KDtype::kFp16 ? fp16 : fp32);
+  auto plant = [&](int64_t t, int64_t d, uint32_t bits) {
+    const size_t at = static_cast<size_t>((t * ld + d) * eb);
+    if (eb == 4) std::memcpy(&k[at], &bits, 4);
+    else {
+      const uint16_t h = static_cast<uint16_t>(bits);
+      std::memcpy(&k[at], &h, 2);
+    }
+  };
+  std::uniform_int_distribution<int> which(0, 4), count(1, 3), dim(0, 127), per(0, 3);
+  for (int64_t t = 0; t < n; ++t) {
+    if (per(rng) != 0) continue;  // a quarter of the tokens
+    for (int c = count(rng); c > 0; --c) plant(t, dim(rng), special[which(rng)]);
+  }
+  for (int64_t d = 0; d < 128; ++d) {
+    plant(0, d, special[d % 3]);          // only NaN
+    plant(n - 1, d, special[3 + d % 2]);  // only Inf
+  }
+  return k;
+}
+
+TEST_P(IndexCacheTest, QuantizeNanAndInfAmongFiniteValuesMatchesReference) {
+  auto rng = make_rng(23);
+  const std::pair<int64_t, int64_t> sizes[] = {{1000, 128}, {1000, 131}, {40000, 128}};  // (n, ld)
+  for (KDtype dtype : {KDtype::kBf16, KDtype::kFp16, KDtype::kFp32}) {
+    for (ScaleMode mode : {ScaleMode::kFp32, ScaleMode::kFp32Divide, ScaleMode::kUe8m0}) {
+      for (const auto& [n, ld] : sizes) {
+        SCOPED_TRACE(::testing::Message() << to_string(dtype) << " " << to_string(mode) << " n=" << n << " ld=" << ld);
+        const int64_t pages = n / 32 + 3;
+        PagedPool pool(backend(), pages, 64, rng);
+        const auto k = k_with_nan_and_inf(rng, dtype, n, ld);
+        const auto slots = distinct_slots(rng, n, pages * 64);
+        auto k_dev = to_backend(backend(), k);
+        auto slots_dev = to_backend(backend(), slots);
+        quantize_and_store_k(exec(), pool.view(), k_dev.data(), n, ld, slots_dev.as<int64_t>(), mode, dtype);
+        reference::quantize_and_store_k(pool.host_view(), k.data(), n, ld, slots.data(), mode, dtype);
+        NSA_EXPECT_BYTES_EQ(pool.dev.to_host(), pool.host);
       }
     }
   }

@@ -12,6 +12,7 @@
 #include <cub/block/block_scan.cuh>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "nsa/cuda/checked.cuh"
 #include "nsa/detail/quant.h"
@@ -65,11 +66,16 @@ constexpr int kStoreThreads = 256;
 // the grid-stride walk. In the iteration at `base`, lane group g carries
 // tokens base + g + u * kGroups (u < kUnroll); the loop bound is uniform over
 // the CTA, so every lane runs every iteration (the shuffles need it).
-template <int kLanesT, int kUnrollT, int kThreadsT = kStoreThreads>
+// kNanFastPath (quantize_and_store_k only): a lane whose elements are all
+// finite skips the per-element NaN fix-up (see quantize_lane); false runs it
+// on every element, kept so bench/index_cache_bench --store-sweep can measure
+// what the fast path saves.
+template <int kLanesT, int kUnrollT, int kThreadsT = kStoreThreads, bool kNanFastPathT = true>
 struct StoreShape {
   static constexpr int kLanes = kLanesT;
   static constexpr int kUnroll = kUnrollT;
   static constexpr int kThreads = kThreadsT;
+  static constexpr bool kNanFastPath = kNanFastPathT;
   static constexpr int kElems = 128 / kLanes;                        // elements (K bytes) per lane
   static constexpr int kGroups = kThreads / kLanes;                  // lane groups per CTA
   static constexpr int64_t kCtaTokens = int64_t{kGroups} * kUnroll;  // tokens per CTA iteration
@@ -81,6 +87,13 @@ using WideStore = StoreShape<8, 2>;
 // Up to one wave: one token of 8 elements per lane, so every token is in
 // flight at once and each lane's chain (load, amax, quantize, store) is short.
 using NarrowStore = StoreShape<16, 1>;
+
+// Grid of a store launch: at most one wave of resident CTAs divided by
+// wave_divisor (1: a full wave; 2: half a wave, each CTA walking twice as many
+// iterations; ...), and never more CTAs than CTA iterations of work.
+struct StoreGrid {
+  int wave_divisor = 1;
+};
 
 // Checked mode of the stores (kChecked kernels only): a slot at or past the
 // pool's end is recorded and its token is not written; negative slots stay
@@ -103,18 +116,24 @@ __device__ __forceinline__ int64_t checked_slot(int64_t slot, int64_t t, bool re
   return slot;
 }
 
-// Two already-scaled elements as e4m3 (low byte = a); `xa`, `xb` are the
-// unscaled inputs (their NaN sign is kept, as detail::quantize_e4m3 promises;
-// the hardware would return 0x7F for -NaN). On sm_89+ one cvt.rn.satfinite
-// instruction does both; it rounds exactly like detail::float_to_e4m3_satfinite
-// (tests compare every backend with the reference).
-__device__ __forceinline__ uint32_t e4m3x2(float xa, float xb, float a, float b) {
+// Two already-scaled elements as e4m3 (low byte = a), NaN handling aside (see
+// keep_nan_signs). On sm_89+ one cvt.rn.satfinite instruction does both; it
+// rounds exactly like detail::float_to_e4m3_satfinite (tests compare every
+// backend with the reference).
+__device__ __forceinline__ uint32_t e4m3x2_satfinite(float a, float b) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
   const __nv_fp8x2_storage_t pair = __nv_cvt_float2_to_fp8x2(make_float2(a, b), __NV_SATFINITE, __NV_E4M3);
-  uint32_t q = pair;
+  return pair;
 #else
-  uint32_t q = detail::float_to_e4m3_satfinite(a) | (static_cast<uint32_t>(detail::float_to_e4m3_satfinite(b)) << 8);
+  return detail::float_to_e4m3_satfinite(a) | (static_cast<uint32_t>(detail::float_to_e4m3_satfinite(b)) << 8);
 #endif
+}
+
+// The pair q of e4m3x2_satfinite with a NaN input's byte set to 0x7F and that
+// input's sign, as detail::quantize_e4m3 promises (the hardware would return
+// 0x7F for -NaN; scaling loses the sign). `xa`, `xb` are the unscaled inputs.
+// Leaves q unchanged when neither input is NaN.
+__device__ __forceinline__ uint32_t keep_nan_signs(uint32_t q, float xa, float xb) {
   const uint32_t ab = __float_as_uint(xa), bb = __float_as_uint(xb);
   if ((ab & 0x7fffffffu) > 0x7f800000u) q = (q & 0xff00u) | ((ab >> 24) & 0x80u) | 0x7fu;
   if ((bb & 0x7fffffffu) > 0x7f800000u) q = (q & 0x00ffu) | ((((bb >> 24) & 0x80u) | 0x7fu) << 8);
@@ -167,6 +186,49 @@ __device__ __forceinline__ void store_words(uint8_t* p, const uint32_t (&q)[kWor
   else *reinterpret_cast<uint2*>(p) = make_uint2(q[0], q[1]);
 }
 
+// The lane's max |x| over its finite elements (NaN and Inf never count, spec
+// §3), element by element with detail::finite_abs.
+template <class E, int kElems, int kWords>
+__device__ __forceinline__ float lane_finite_amax(const uint32_t (&w)[kWords]) {
+  float amax = 0.0f;
+#pragma unroll
+  for (int i = 0; i < kElems; ++i) amax = fmaxf(amax, detail::finite_abs(E::get(w, i)));
+  return amax;
+}
+
+// The same max, and whether every element of the lane is finite, from one
+// integer max of the magnitude bits: for non-negative floats the bit order is
+// the value order, so when that max is below the Inf pattern it IS the finite
+// amax (bit for bit what lane_finite_amax returns). A lane holding an Inf or
+// a NaN falls back to lane_finite_amax.
+template <class E, int kElems, int kWords>
+__device__ __forceinline__ float lane_amax_checking_finite(const uint32_t (&w)[kWords], bool& all_finite) {
+  uint32_t top = 0;
+#pragma unroll
+  for (int i = 0; i < kElems; ++i) top = max(top, __float_as_uint(E::get(w, i)) & 0x7fffffffu);
+  all_finite = top < 0x7f800000u;
+  return all_finite ? __uint_as_float(top) : lane_finite_amax<E, kElems>(w);
+}
+
+// The lane's elements as e4m3 bytes at scale s (x * (1/s), or x / s when
+// `divide`), packed 4 per word. kFixNaN runs keep_nan_signs on every pair: a
+// lane without a NaN input may skip it, as the fix-up changes nothing there.
+template <bool kFixNaN, class E, int kElems, int kWords>
+__device__ __forceinline__ void quantize_lane(const uint32_t (&w)[kWords], float s, bool divide,
+                                              uint32_t (&q)[kElems / 4]) {
+  const float inv = 1.0f / s;
+#pragma unroll
+  for (int i = 0; i < kElems / 4; ++i) q[i] = 0;
+#pragma unroll
+  for (int i = 0; i < kElems; i += 2) {
+    const float xa = E::get(w, i), xb = E::get(w, i + 1);
+    uint32_t pair =
+        divide ? e4m3x2_satfinite(__fdiv_rn(xa, s), __fdiv_rn(xb, s)) : e4m3x2_satfinite(xa * inv, xb * inv);
+    if constexpr (kFixNaN) pair = keep_nan_signs(pair, xa, xb);
+    q[i / 4] |= pair << (8 * (i % 4));
+  }
+}
+
 template <int kPage, KDtype kDtype, bool kVectorLoad, class Shape = WideStore, bool kChecked = false>
 __global__ void __launch_bounds__(Shape::kThreads)
     quantize_and_store_k_kernel(uint8_t* __restrict__ cache, const uint8_t* __restrict__ k, int64_t n, int64_t k_ld,
@@ -196,72 +258,75 @@ __global__ void __launch_bounds__(Shape::kThreads)
     }
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
-      float amax = 0.0f;
-#pragma unroll
-      for (int i = 0; i < kElems; ++i) amax = fmaxf(amax, detail::finite_abs(E::get(w[u], i)));
+      bool all_finite = false;  // stays false without the fast path: the fix-up always runs
+      float amax = Shape::kNanFastPath ? lane_amax_checking_finite<E, kElems>(w[u], all_finite)
+                                       : lane_finite_amax<E, kElems>(w[u]);
 #pragma unroll
       for (int offset = Shape::kLanes / 2; offset > 0; offset >>= 1)
         amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, offset));
       if (slot[u] < 0) continue;  // padding row, past the end, or past n
       const float s = detail::scale_from_amax(amax, ue8m0);
-      const float inv = 1.0f / s;
-      uint32_t q[kElems / 4] = {};
-#pragma unroll
-      for (int i = 0; i < kElems; i += 2) {
-        const float xa = E::get(w[u], i), xb = E::get(w[u], i + 1);
-        const uint32_t pair =
-            divide ? e4m3x2(xa, xb, __fdiv_rn(xa, s), __fdiv_rn(xb, s)) : e4m3x2(xa, xb, xa * inv, xb * inv);
-        q[i / 4] |= pair << (8 * (i % 4));
-      }
+      uint32_t q[kElems / 4];
+      if (all_finite) quantize_lane<false, E, kElems>(w[u], s, divide, q);
+      else quantize_lane<true, E, kElems>(w[u], s, divide, q);
       store_words(cache + Page::k_offset(slot[u]) + lane * kElems, q);
       if (lane == 0) *reinterpret_cast<float*>(cache + Page::scale_offset(slot[u])) = s;
     }
   }
 }
 
-// store_k_and_s: the wide walk without arithmetic; 16 bytes per lane.
-template <int kPage, bool kVectorCopy, bool kChecked = false>
-__global__ void __launch_bounds__(WideStore::kThreads)
+// kWords raw bytes of fp8 K as words: one 8- or 16-byte load when the row is
+// 16-byte aligned, else byte loads.
+template <bool kVector, int kWords>
+__device__ __forceinline__ void load_byte_words(const uint8_t* src, uint32_t (&w)[kWords]) {
+  static_assert(kWords == 2 || kWords == 4, "8 or 16 bytes per lane");
+  if constexpr (kVector && kWords == 4) {
+    const uint4 v = __ldg(reinterpret_cast<const uint4*>(src));
+    w[0] = v.x;
+    w[1] = v.y;
+    w[2] = v.z;
+    w[3] = v.w;
+  } else if constexpr (kVector) {
+    const uint2 v = __ldg(reinterpret_cast<const uint2*>(src));
+    w[0] = v.x;
+    w[1] = v.y;
+  } else {
+#pragma unroll
+    for (int i = 0; i < kWords; ++i)
+      w[i] =
+          src[4 * i] | (src[4 * i + 1] << 8) | (src[4 * i + 2] << 16) | (static_cast<uint32_t>(src[4 * i + 3]) << 24);
+  }
+}
+
+// store_k_and_s: the quantizing walk without arithmetic; 128 / kLanes bytes per lane.
+template <int kPage, bool kVectorCopy, class Shape = WideStore, bool kChecked = false>
+__global__ void __launch_bounds__(Shape::kThreads)
     store_k_and_s_kernel(uint8_t* __restrict__ cache, const uint8_t* __restrict__ k, int64_t n, int64_t k_ld,
                          const float* __restrict__ scale, const int64_t* __restrict__ slots, StoreChecks checks) {
   using Page = PageGeometry<kPage>;
-  using W = WideStore;
-  constexpr int kStoreUnroll = W::kUnroll;
-  const int lane = threadIdx.x % W::kLanes;
-  const int group = threadIdx.x / W::kLanes;
-  for (int64_t base = static_cast<int64_t>(blockIdx.x) * W::kCtaTokens; base < n;
-       base += static_cast<int64_t>(gridDim.x) * W::kCtaTokens) {
-    int64_t slot[kStoreUnroll];
-    uint32_t w[kStoreUnroll][4];  // 16 K bytes
-    float sc[kStoreUnroll];
+  constexpr int kUnroll = Shape::kUnroll, kBytes = Shape::kElems, kWords = kBytes / 4;
+  const int lane = threadIdx.x % Shape::kLanes;
+  const int group = threadIdx.x / Shape::kLanes;
+  for (int64_t base = static_cast<int64_t>(blockIdx.x) * Shape::kCtaTokens; base < n;
+       base += static_cast<int64_t>(gridDim.x) * Shape::kCtaTokens) {
+    int64_t slot[kUnroll];
+    uint32_t w[kUnroll][kWords];
+    float sc[kUnroll];
 #pragma unroll
-    for (int u = 0; u < kStoreUnroll; ++u) {
-      const int64_t t = base + group + u * W::kGroups;
+    for (int u = 0; u < kUnroll; ++u) {
+      const int64_t t = base + group + u * Shape::kGroups;
       slot[u] = -1;
       sc[u] = 0.0f;
       if (t < n) {
         slot[u] = checked_slot<kChecked>(__ldg(slots + t), t, lane == 0, checks, OpId::kStoreKAndS);
-        const uint8_t* src = k + t * k_ld + lane * 16;
-        if constexpr (kVectorCopy) {
-          const uint4 v = __ldg(reinterpret_cast<const uint4*>(src));
-          w[u][0] = v.x;
-          w[u][1] = v.y;
-          w[u][2] = v.z;
-          w[u][3] = v.w;
-        } else {
-#pragma unroll
-          for (int i = 0; i < 4; ++i)
-            w[u][i] = src[4 * i] | (src[4 * i + 1] << 8) | (src[4 * i + 2] << 16) |
-                      (static_cast<uint32_t>(src[4 * i + 3]) << 24);
-        }
+        load_byte_words<kVectorCopy>(k + t * k_ld + lane * kBytes, w[u]);
         if (lane == 0) sc[u] = __ldg(scale + t);
       }
     }
 #pragma unroll
-    for (int u = 0; u < kStoreUnroll; ++u) {
+    for (int u = 0; u < kUnroll; ++u) {
       if (slot[u] < 0) continue;
-      *reinterpret_cast<uint4*>(cache + Page::k_offset(slot[u]) + lane * 16) =
-          make_uint4(w[u][0], w[u][1], w[u][2], w[u][3]);
+      store_words(cache + Page::k_offset(slot[u]) + lane * kBytes, w[u]);
       if (lane == 0) *reinterpret_cast<float*>(cache + Page::scale_offset(slot[u])) = sc[u];
     }
   }
@@ -627,49 +692,131 @@ inline int resident_ctas_per_sm(int threads) {
   return per_sm;
 }
 
-// Stores: one wave of resident CTAs at most (each CTA strides over the rest).
+// Stores: at most one wave of resident CTAs (each CTA strides over the rest),
+// or the fraction of a wave that `grid` asks for.
 template <auto kKernel, class Shape>
 inline int64_t store_wave_ctas(int num_sms) {
   return static_cast<int64_t>(num_sms) * resident_ctas_per_sm<kKernel>(Shape::kThreads);
 }
-template <auto kKernel, class Shape = WideStore>
-inline int store_grid(int64_t n, int num_sms) {
+template <auto kKernel, class Shape>
+inline int store_grid(int64_t n, int num_sms, StoreGrid grid) {
   const int64_t blocks = (n + Shape::kCtaTokens - 1) / Shape::kCtaTokens;
-  const int64_t cap = store_wave_ctas<kKernel, Shape>(num_sms);
+  const int64_t wave = store_wave_ctas<kKernel, Shape>(num_sms) / grid.wave_divisor;
+  const int64_t cap = wave > 0 ? wave : 1;
   return static_cast<int>(blocks < cap ? blocks : cap);
 }
 
+// The launcher of one quantize_and_store_k kernel family (page size, K dtype,
+// 16-byte loads or not, checked or not): launch(Shape{}, grid) enqueues its
+// kernel of any StoreShape with any StoreGrid. The library launches through
+// choose_store_launch below; bench/index_cache_bench --store-sweep calls the
+// same operator with the candidate shapes and grids.
 template <int kPage, KDtype kDtype, bool kVector, bool kChecked>
-inline void launch_quantize_and_store_k(uint8_t* cache, const void* k, int64_t n, int64_t k_ld, const int64_t* slots,
-                                        ScaleMode mode, int num_sms, cudaStream_t stream, StoreChecks checks) {
-  const auto* kk = static_cast<const uint8_t*>(k);
-  constexpr auto narrow = quantize_and_store_k_kernel<kPage, kDtype, kVector, NarrowStore, kChecked>;
-  if (n <= store_wave_ctas<narrow, NarrowStore>(num_sms) * NarrowStore::kCtaTokens) {
-    narrow<<<store_grid<narrow, NarrowStore>(n, num_sms), NarrowStore::kThreads, 0, stream>>>(cache, kk, n, k_ld, slots,
-                                                                                              mode, checks);
+struct QuantizeStoreLaunch {
+  static constexpr bool kQuantizes = true;
+  uint8_t* cache;
+  const uint8_t* k;
+  int64_t n;
+  int64_t k_ld;
+  const int64_t* slots;
+  ScaleMode mode;
+  int num_sms;
+  cudaStream_t stream;
+  StoreChecks checks;
+
+  // Tokens that one wave of Shape's CTAs carries per iteration.
+  template <class Shape>
+  int64_t wave_tokens() const {
+    constexpr auto kernel = quantize_and_store_k_kernel<kPage, kDtype, kVector, Shape, kChecked>;
+    return store_wave_ctas<kernel, Shape>(num_sms) * Shape::kCtaTokens;
+  }
+  // CTAs of the launch of Shape with `grid`.
+  template <class Shape>
+  int ctas(StoreGrid grid) const {
+    constexpr auto kernel = quantize_and_store_k_kernel<kPage, kDtype, kVector, Shape, kChecked>;
+    return store_grid<kernel, Shape>(n, num_sms, grid);
+  }
+  template <class Shape>
+  void operator()(Shape, StoreGrid grid) const {
+    constexpr auto kernel = quantize_and_store_k_kernel<kPage, kDtype, kVector, Shape, kChecked>;
+    kernel<<<ctas<Shape>(grid), Shape::kThreads, 0, stream>>>(cache, k, n, k_ld, slots, mode, checks);
+  }
+};
+
+// The same for store_k_and_s (its kernel ignores Shape::kNanFastPath).
+template <int kPage, bool kVector, bool kChecked>
+struct StoreKAndSLaunch {
+  static constexpr bool kQuantizes = false;
+  uint8_t* cache;
+  const uint8_t* k;
+  int64_t n;
+  int64_t k_ld;
+  const float* scale;
+  const int64_t* slots;
+  int num_sms;
+  cudaStream_t stream;
+  StoreChecks checks;
+
+  template <class Shape>
+  int64_t wave_tokens() const {
+    constexpr auto kernel = store_k_and_s_kernel<kPage, kVector, Shape, kChecked>;
+    return store_wave_ctas<kernel, Shape>(num_sms) * Shape::kCtaTokens;
+  }
+  template <class Shape>
+  int ctas(StoreGrid grid) const {
+    constexpr auto kernel = store_k_and_s_kernel<kPage, kVector, Shape, kChecked>;
+    return store_grid<kernel, Shape>(n, num_sms, grid);
+  }
+  template <class Shape>
+  void operator()(Shape, StoreGrid grid) const {
+    constexpr auto kernel = store_k_and_s_kernel<kPage, kVector, Shape, kChecked>;
+    kernel<<<ctas<Shape>(grid), Shape::kThreads, 0, stream>>>(cache, k, n, k_ld, scale, slots, checks);
+  }
+};
+
+// THE launch shape and grid of both stores: the one place that picks them
+// (issue 14), so changing the pick is a one-line change here; the --store-sweep
+// mode of bench/index_cache_bench times the candidates through the same
+// launchers. `launch` is a QuantizeStoreLaunch or a StoreKAndSLaunch.
+//   quantize_and_store_k: NarrowStore while the n tokens fit one wave of it
+//     (every token in flight at once, short per-lane chains), WideStore beyond.
+//   store_k_and_s: WideStore at every n.
+// Every pick is a full wave at most (StoreGrid{}).
+template <class Launch>
+inline void choose_store_launch(const Launch& launch) {
+  if constexpr (Launch::kQuantizes) {
+    if (launch.n <= launch.template wave_tokens<NarrowStore>()) return launch(NarrowStore{}, StoreGrid{});
+  }
+  launch(WideStore{}, StoreGrid{});
+}
+
+// f(vector, checked) with the two runtime flags as std::bool_constant, so a
+// launcher's kernel family is picked at compile time.
+template <class F>
+inline void with_store_flags(bool vector, bool checked, const F& f) {
+  if (checked) {
+    if (vector) f(std::true_type{}, std::true_type{});
+    else f(std::false_type{}, std::true_type{});
   } else {
-    constexpr auto wide = quantize_and_store_k_kernel<kPage, kDtype, kVector, WideStore, kChecked>;
-    wide<<<store_grid<wide, WideStore>(n, num_sms), WideStore::kThreads, 0, stream>>>(cache, kk, n, k_ld, slots, mode,
-                                                                                      checks);
+    if (vector) f(std::true_type{}, std::false_type{});
+    else f(std::false_type{}, std::false_type{});
   }
 }
 
-template <int kPage, KDtype kDtype>
-inline void launch_quantize_and_store_k(uint8_t* cache, const void* k, int64_t n, int64_t k_ld, const int64_t* slots,
-                                        ScaleMode mode, int num_sms, cudaStream_t stream, StoreChecks checks) {
+// Calls body(launch) with the QuantizeStoreLaunch for k's alignment (16-byte
+// loads when the base and the row stride allow them) and for `checks`.
+template <int kPage, KDtype kDtype, class Body>
+inline void with_quantize_store_launch(uint8_t* cache, const void* k, int64_t n, int64_t k_ld, const int64_t* slots,
+                                       ScaleMode mode, int num_sms, cudaStream_t stream, StoreChecks checks,
+                                       const Body& body) {
   constexpr int64_t kElem = KElem<kDtype>::kBytes;
+  const auto* kk = static_cast<const uint8_t*>(k);
   const bool vec = reinterpret_cast<uintptr_t>(k) % 16 == 0 && (k_ld * kElem) % 16 == 0;
-  if (checks.error != nullptr) {
-    if (vec)
-      launch_quantize_and_store_k<kPage, kDtype, true, true>(cache, k, n, k_ld, slots, mode, num_sms, stream, checks);
-    else
-      launch_quantize_and_store_k<kPage, kDtype, false, true>(cache, k, n, k_ld, slots, mode, num_sms, stream, checks);
-  } else {
-    if (vec)
-      launch_quantize_and_store_k<kPage, kDtype, true, false>(cache, k, n, k_ld, slots, mode, num_sms, stream, checks);
-    else
-      launch_quantize_and_store_k<kPage, kDtype, false, false>(cache, k, n, k_ld, slots, mode, num_sms, stream, checks);
-  }
+  with_store_flags(vec, checks.error != nullptr, [&](auto vector, auto checked) {
+    body(QuantizeStoreLaunch<kPage, kDtype, decltype(vector)::value, decltype(checked)::value>{cache, kk, n, k_ld,
+                                                                                               slots, mode, num_sms,
+                                                                                               stream, checks});
+  });
 }
 
 // K [n, 128] of k_dtype (row stride k_ld elements; aligned to its element
@@ -680,25 +827,32 @@ inline cudaError_t invoke_quantize_and_store_k(uint8_t* cache, const void* k, KD
                                                const int64_t* slots, ScaleMode mode, int num_sms, cudaStream_t stream,
                                                StoreChecks checks = {}) {
   if (n == 0) return cudaSuccess;
+  const auto chosen = [](const auto& launch) { choose_store_launch(launch); };
   switch (k_dtype) {
     case KDtype::kBf16:
-      launch_quantize_and_store_k<kPage, KDtype::kBf16>(cache, k, n, k_ld, slots, mode, num_sms, stream, checks);
+      with_quantize_store_launch<kPage, KDtype::kBf16>(cache, k, n, k_ld, slots, mode, num_sms, stream, checks, chosen);
       break;
     case KDtype::kFp16:
-      launch_quantize_and_store_k<kPage, KDtype::kFp16>(cache, k, n, k_ld, slots, mode, num_sms, stream, checks);
+      with_quantize_store_launch<kPage, KDtype::kFp16>(cache, k, n, k_ld, slots, mode, num_sms, stream, checks, chosen);
       break;
     case KDtype::kFp32:
-      launch_quantize_and_store_k<kPage, KDtype::kFp32>(cache, k, n, k_ld, slots, mode, num_sms, stream, checks);
+      with_quantize_store_launch<kPage, KDtype::kFp32>(cache, k, n, k_ld, slots, mode, num_sms, stream, checks, chosen);
       break;
   }
   return cudaGetLastError();
 }
 
-template <int kPage, bool kVector, bool kChecked>
-inline void launch_store_k_and_s(uint8_t* cache, const uint8_t* k, int64_t n, int64_t k_ld, const float* scale,
-                                 const int64_t* slots, int num_sms, cudaStream_t stream, StoreChecks checks) {
-  constexpr auto kernel = store_k_and_s_kernel<kPage, kVector, kChecked>;
-  kernel<<<store_grid<kernel>(n, num_sms), WideStore::kThreads, 0, stream>>>(cache, k, n, k_ld, scale, slots, checks);
+// The same for store_k_and_s: body(launch) with the StoreKAndSLaunch for k's
+// alignment and for `checks`.
+template <int kPage, class Body>
+inline void with_store_k_and_s_launch(uint8_t* cache, const uint8_t* k, int64_t n, int64_t k_ld, const float* scale,
+                                      const int64_t* slots, int num_sms, cudaStream_t stream, StoreChecks checks,
+                                      const Body& body) {
+  const bool vec = reinterpret_cast<uintptr_t>(k) % 16 == 0 && k_ld % 16 == 0;
+  with_store_flags(vec, checks.error != nullptr, [&](auto vector, auto checked) {
+    body(StoreKAndSLaunch<kPage, decltype(vector)::value, decltype(checked)::value>{cache, k, n, k_ld, scale, slots,
+                                                                                    num_sms, stream, checks});
+  });
 }
 
 template <int kPage = 64>
@@ -706,14 +860,8 @@ inline cudaError_t invoke_store_k_and_s(uint8_t* cache, const uint8_t* k, int64_
                                         const int64_t* slots, int num_sms, cudaStream_t stream,
                                         StoreChecks checks = {}) {
   if (n == 0) return cudaSuccess;
-  const bool vec = reinterpret_cast<uintptr_t>(k) % 16 == 0 && k_ld % 16 == 0;
-  if (checks.error != nullptr) {
-    if (vec) launch_store_k_and_s<kPage, true, true>(cache, k, n, k_ld, scale, slots, num_sms, stream, checks);
-    else launch_store_k_and_s<kPage, false, true>(cache, k, n, k_ld, scale, slots, num_sms, stream, checks);
-  } else {
-    if (vec) launch_store_k_and_s<kPage, true, false>(cache, k, n, k_ld, scale, slots, num_sms, stream, checks);
-    else launch_store_k_and_s<kPage, false, false>(cache, k, n, k_ld, scale, slots, num_sms, stream, checks);
-  }
+  with_store_k_and_s_launch<kPage>(cache, k, n, k_ld, scale, slots, num_sms, stream, checks,
+                                   [](const auto& launch) { choose_store_launch(launch); });
   return cudaGetLastError();
 }
 
