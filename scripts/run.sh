@@ -4,7 +4,8 @@
 #                                              C++ toolchain
 #   scripts/run.sh test                        check formatting (scripts/check-format.sh), build, then run every test (C++ via ctest, the C++ tests again
 #                                              under ASan+UBSan, the fuzzers, the Python package built and
-#                                              installed into the virtual environment .venv, its typing
+#                                              installed into the virtual environment .venv (and its nsa
+#                                              tool's selftest), its typing
 #                                              stubs checked, Python via pytest)
 # Both install what is missing first (scripts/deps.sh) and end with a one-line summary.
 set -euo pipefail
@@ -87,6 +88,11 @@ case "$job" in
     # second time (the C++ build above covers it).
     step="pip install"
     NSA_CUDA=OFF "$NSA_VENV/bin/python" -m pip install -q --disable-pip-version-check .
+    ok
+    # The package ships the nsa tool (its dependencies are installed above):
+    # the installed copy checks itself, as a user of the wheel would.
+    step="installed nsa selftest"
+    "$NSA_VENV/bin/nsa" selftest
     ok
     step="stubs"
     "$NSA_VENV/bin/python" scripts/stubs.py --check
