@@ -610,34 +610,41 @@ json bench_schedule_case(const Case& c, std::mt19937_64& rng, Buffer& flush) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // --sglang-only: just the SGLang-shaped table (A/B runs of the build's kernels).
+  static bool sglang_only = false;
   return nsa::bench::run(
-      "metadata_bench", argc, argv, [](bool quick, const nsa::support::DeviceLimits& lim, json& out) {
+      "metadata_bench", argc, argv,
+      [](bool quick, const nsa::support::DeviceLimits& lim, json& out) {
         std::mt19937_64 rng(4242);
         out["draft_tokens"] = kN;
-        fmt::print("N = {}, page size {}, topk {}; GPU us per call as CUDA-graph replays, host us per eager call.\n",
-                   kN, kPage, kTopk);
-        fmt::print(
-            "build targets: GPU <= 1.5 x (empty kernel + bytes / copy BW) and < upstream fused copy; "
-            "host <= 1.2 x empty launch (build host time and 'x empty' from samples interleaved with empty "
-            "launches; the empty launch alone: {:.2f} us)\n",
-            lim.empty_launch_host_us);
-        fmt::print(
-            "floor = page tables alone, the least work of a build (req_to_token row index, then its columns, into "
-            "every destination; the faster of 4-byte and 16-byte accesses; bench/baselines/floor_kernels.h)\n");
-        fmt::print(
-            "{:<14} {:>4} {:>2} {:>6} | {:>8} {:>7} | {:>8} {:>6} | {:>8} {:>6} {:>7} {:>7} {:>8} {:>7} | {:>6} "
-            "{:<6} {:<6}\n",
-            "mode", "bs", "D", "ctx", "base gpu", "host", "copy gpu", "host", "build", "host", "x empty", "floor",
-            "target", "upstrm", "GB/s", "gpu", "host");
+        if (!sglang_only) {
+          fmt::print("N = {}, page size {}, topk {}; GPU us per call as CUDA-graph replays, host us per eager call.\n",
+                     kN, kPage, kTopk);
+          fmt::print(
+              "build targets: GPU <= 1.5 x (empty kernel + bytes / copy BW) and < upstream fused copy; "
+              "host <= 1.2 x empty launch (build host time and 'x empty' from samples interleaved with empty "
+              "launches; the empty launch alone: {:.2f} us)\n",
+              lim.empty_launch_host_us);
+          fmt::print(
+              "floor = page tables alone, the least work of a build (req_to_token row index, then its columns, into "
+              "every destination; the faster of 4-byte and 16-byte accesses; bench/baselines/floor_kernels.h)\n");
+          fmt::print(
+              "{:<14} {:>4} {:>2} {:>6} | {:>8} {:>7} | {:>8} {:>6} | {:>8} {:>6} {:>7} {:>7} {:>8} {:>7} | {:>6} "
+              "{:<6} {:<6}\n",
+              "mode", "bs", "D", "ctx", "base gpu", "host", "copy gpu", "host", "build", "host", "x empty", "floor",
+              "target", "upstrm", "GB/s", "gpu", "host");
+        }
         std::vector<int64_t> batches = {1, 8, 64, 256}, dests = {1, 3, 4}, ctxs = {4096, 32768};
         if (quick) {
           batches = {1, 64};
           dests = {3};
         }
+        out["results"] = json::array();
         for (auto mode : {nsa::ForwardMode::kDecode, nsa::ForwardMode::kTargetVerify, nsa::ForwardMode::kDraftExtend})
           for (int64_t ctx : ctxs)
             for (int64_t bs : batches)
-              for (int64_t d : dests) out["results"].push_back(bench_case({mode, bs, d, ctx}, lim, rng));
+              for (int64_t d : dests)
+                if (!sglang_only) out["results"].push_back(bench_case({mode, bs, d, ctx}, lim, rng));
 
         // SGLang-shaped buffers, cold L2.
         int l2_bytes = 0;
@@ -672,6 +679,7 @@ int main(int argc, char** argv) {
               for (int64_t d : sg_dests)
                 out["sglang_shaped"].push_back(bench_sglang_case({mode, bs, d, ctx}, lim.sm_count, rng, flush));
 
+        if (sglang_only) return;
         fmt::print(
             "\nbuild_metadata without / with the DeepGEMM paged-MQA schedule field (G4, this GPU's SM count) in "
             "every destination, same launch; GPU us per call as CUDA-graph replays, warm then cold L2. Target: "
@@ -689,5 +697,6 @@ int main(int argc, char** argv) {
           for (int64_t bs : sched_batches)
             for (int64_t d : sched_dests)
               out["paged_mqa_schedule"].push_back(bench_schedule_case({mode, bs, d, 32768}, rng, flush));
-      });
+      },
+      {{"--sglang-only", &sglang_only}});
 }
