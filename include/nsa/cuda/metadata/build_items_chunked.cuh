@@ -112,20 +112,24 @@ __device__ __forceinline__ void build_items_chunked(const BuildParams& p, BuildS
   }
   const MetadataBuffers* targets = shared_targets ? s.targets() : p.targets;
   __syncthreads();
-  // The first item is stored now: the chunk walk below stays off the small
-  // batch's critical path.
-  if (first_loaded) {
-    const int64_t first_q = static_q > 0 ? static_q : query_rows<kChecked>(p, first.q);
-    store_page_item(p, TableTargets{targets}, cur, static_cast<uint32_t>(first_kv), static_cast<uint32_t>(first_c0),
+  // Every item was some warp's first item: one chunk, and no static number
+  // reaches grid_warps. The test is the same for every CTA: the walk's
+  // numbering may give any warp an item that is not a first item.
+  const bool items_done = p.batch <= kMetaThreads && grid_warps >= p.batch * ipr;
+  const int64_t first_q = first_loaded && static_q == 0 ? query_rows<kChecked>(p, first.q) : static_q;
+  auto store_first = [&](const PageItem<Policy>& it) {
+    store_page_item(p, TableTargets{targets}, it, static_cast<uint32_t>(first_kv), static_cast<uint32_t>(first_c0),
                     first_row0, first_q, lane);
-  }
+  };
+  // Without a walk the first item is stored now. With one, it is stored in
+  // chunk 0's walk, once the warp's first walk item is in flight: storing it
+  // here would make the chunk's barrier wait for its columns, and a walk item
+  // of the same CTA would start its load a round trip later.
+  bool first_pending = first_loaded && !items_done;
+  if (first_loaded && items_done) store_first(cur);
   if (split0) store_flashmla_split(p, targets, gtid, split0_v);
   if (tile0) store_flashmla_tile(p, targets, gtid, tile0_v);
 
-  // Every item was some warp's first item (stored above): one chunk, and no
-  // static number reaches grid_warps. The test is the same for every CTA: the
-  // walk's numbering may give any warp an item that is not a first item.
-  const bool items_done = p.batch <= kMetaThreads && grid_warps >= p.batch * ipr;
   int64_t row_base = 0;      // first query row of the chunk
   int64_t items_before = 0;  // walk items of the chunks before this one
   for (int64_t chunk = 0; !items_done && chunk < p.batch; chunk += kMetaThreads) {
@@ -197,7 +201,15 @@ __device__ __forceinline__ void build_items_chunked(const BuildParams& p, BuildS
     int64_t rel0 = (my_warp - items_before) % grid_warps;  // my_warp in chunk 0
     if (rel0 < 0) rel0 += grid_warps;
     Item x = live(rel0);
-    if (x.rel < items) load_item(cur, x);
+    if (first_pending) {  // chunk 0 only
+      PageItem<Policy> next;
+      if (x.rel < items) load_item(next, x);
+      store_first(cur);
+      cur = next;
+      first_pending = false;
+    } else if (x.rel < items) {
+      load_item(cur, x);
+    }
     while (x.rel < items) {
       const Item n = live(x.rel + grid_warps);
       PageItem<Policy> next;
