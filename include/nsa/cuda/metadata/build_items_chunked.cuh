@@ -104,20 +104,43 @@ __device__ __forceinline__ void build_items_chunked(const BuildParams& p, BuildS
     load_page_item(cur, p.req_to_token + first.rpi * p.req_to_token_ld, static_cast<uint32_t>(first_kv),
                    static_cast<uint32_t>(first_c0), lane);
 
+    // Descriptors become visible at the barrier; the stores below need them.
+#pragma unroll
+  for (int k = 0; k < kDescRegs; ++k) {
+    const int64_t w = tid + k * kMetaThreads;
+    if (shared_targets && w < p.num_targets * kWords) s.target_words[w] = desc[k];
+  }
+  const MetadataBuffers* targets = shared_targets ? s.targets() : p.targets;
+  __syncthreads();
   // Every item was some warp's first item: one chunk, and no static number
   // reaches grid_warps. The test is the same for every CTA: the walk's
   // numbering may give any warp an item that is not a first item.
   const bool items_done = p.batch <= kMetaThreads && grid_warps >= p.batch * ipr;
+  const int64_t first_q = first_loaded && static_q == 0 ? query_rows<kChecked>(p, first.q) : static_q;
+  auto store_first = [&](const PageItem<Policy>& it) {
+    store_page_item(p, TableTargets{targets}, it, static_cast<uint32_t>(first_kv), static_cast<uint32_t>(first_c0),
+                    first_row0, first_q, lane);
+  };
+  // Without a walk the first item is stored now. With one, it is stored in
+  // chunk 0's walk, once the warp's first walk item is in flight: storing it
+  // here would make the chunk's barrier wait for its columns, and a walk item
+  // of the same CTA would start its load a round trip later.
+  bool first_pending = first_loaded && !items_done;
+  if (first_loaded && items_done) store_first(cur);
+  if (split0) store_flashmla_split(p, targets, gtid, split0_v);
+  if (tile0) store_flashmla_tile(p, targets, gtid, tile0_v);
 
-  // A chunk's per-request arrays in shared memory (visible after the
-  // caller's next barrier); returns the chunk's query rows.
-  auto stage_chunk = [&](int count, const RequestInputs& m) {
+  int64_t row_base = 0;      // first query row of the chunk
+  int64_t items_before = 0;  // walk items of the chunks before this one
+  for (int64_t chunk = 0; !items_done && chunk < p.batch; chunk += kMetaThreads) {
+    const int count = static_cast<int>(p.batch - chunk < kMetaThreads ? p.batch - chunk : int64_t{kMetaThreads});
+    if (chunk != 0) mine = tid < count ? load_request(p, chunk + tid) : RequestInputs{};
     int64_t kv = 0, q = 0;
     bool ok = false;
     if (tid < count) {
-      kv = static_cast<int32_t>(m.kv64);
-      q = query_rows<kChecked>(p, m.q);
-      ok = table_ok<kChecked>(p, m);
+      kv = static_cast<int32_t>(mine.kv64);
+      q = query_rows<kChecked>(p, mine.q);
+      ok = table_ok<kChecked>(p, mine);
     }
     // Row starts: b * q, or in DRAFT_EXTEND a scan of the extend lengths.
     uint32_t rows_before = static_cast<uint32_t>(tid * static_q);
@@ -130,48 +153,13 @@ __device__ __forceinline__ void build_items_chunked(const BuildParams& p, BuildS
       rows_total = total.rows;
     }
     s.row_start[tid] = rows_before;
-    s.src_offset[tid] = m.rpi * p.req_to_token_ld;
+    s.src_offset[tid] = mine.rpi * p.req_to_token_ld;
     const uint32_t cols = ok && q > 0 && kv > 0 ? static_cast<uint32_t>(kv) : 0u;
     s.cols[tid] = cols;
     s.q[tid] = q;
     const uint32_t warp_max = __reduce_max_sync(0xffffffffu, cols);
     if (lane == 0) s.warp_max_cols[tid >> 5] = warp_max;
-    return rows_total;
-  };
-  // Chunk 0 is staged before the barrier below, so its walk needs no barrier
-  // of its own: a warp's walk load waits for no other warp's first item.
-  const uint32_t rows_total0 = items_done ? 0u : stage_chunk(count0, mine);
-
-  // Descriptors become visible at the barrier; the stores below need them.
-#pragma unroll
-  for (int k = 0; k < kDescRegs; ++k) {
-    const int64_t w = tid + k * kMetaThreads;
-    if (shared_targets && w < p.num_targets * kWords) s.target_words[w] = desc[k];
-  }
-  const MetadataBuffers* targets = shared_targets ? s.targets() : p.targets;
-  __syncthreads();
-  const int64_t first_q = first_loaded && static_q == 0 ? query_rows<kChecked>(p, first.q) : static_q;
-  auto store_first = [&](const PageItem<Policy>& it) {
-    store_page_item(p, TableTargets{targets}, it, static_cast<uint32_t>(first_kv), static_cast<uint32_t>(first_c0),
-                    first_row0, first_q, lane);
-  };
-  // Without a walk the first item is stored now. With one, it is stored in
-  // chunk 0's walk, right after the warp's first walk item's load is issued.
-  bool first_pending = first_loaded && !items_done;
-  if (first_loaded && items_done) store_first(cur);
-  if (split0) store_flashmla_split(p, targets, gtid, split0_v);
-  if (tile0) store_flashmla_tile(p, targets, gtid, tile0_v);
-
-  int64_t row_base = 0;      // first query row of the chunk
-  int64_t items_before = 0;  // walk items of the chunks before this one
-  for (int64_t chunk = 0; !items_done && chunk < p.batch; chunk += kMetaThreads) {
-    const int count = static_cast<int>(p.batch - chunk < kMetaThreads ? p.batch - chunk : int64_t{kMetaThreads});
-    uint32_t rows_total = rows_total0;
-    if (chunk != 0) {
-      mine = tid < count ? load_request(p, chunk + tid) : RequestInputs{};
-      rows_total = stage_chunk(count, mine);
-      __syncthreads();  // the items below read them
-    }
+    __syncthreads();  // the items below read them
     uint32_t max_cols = 0;
 #pragma unroll
     for (int w = 0; w < kMetaWarps; ++w) max_cols = max_cols > s.warp_max_cols[w] ? max_cols : s.warp_max_cols[w];
