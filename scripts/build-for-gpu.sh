@@ -6,6 +6,7 @@
 #
 #   scripts/build-for-gpu.sh [extra cmake -D options, for both builds]
 #   e.g. -DCMAKE_CUDA_ARCHITECTURES=90a-real to build only what an H100/H200 runs
+#   NSA_GPU_WHEEL=1 scripts/build-for-gpu.sh ...   also stages the wheel (see below)
 # then, on the GPU machine:  scripts/gpu-check.sh --build-dir .gpu-bin
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -25,6 +26,16 @@ gpu_python=${NSA_GPU_PYTHON:-/root/.pyenv/versions/3.12.1/bin/python3}
 if [ -x "$gpu_python" ]; then
   "$root/scripts/build-python.sh" "$gpu_python" "$root/build-py312" "$@" >/dev/null
   mkdir -p "$stage/python" && cp -r "$root/build-py312/python/nsa" "$stage/python/nsa"
+fi
+# With NSA_GPU_WHEEL=1, also the wheel for that interpreter (scripts/build-wheel.sh,
+# the default CUDA architectures), which gpu-check.sh installs into a fresh venv
+# and runs `nsa selftest` from (scripts/check-wheel.sh).
+if [ "${NSA_GPU_WHEEL:-0}" = 1 ] && [ -x "$gpu_python" ]; then
+  wheel_venv="$root/build-wheel-venv"
+  [ -x "$wheel_venv/bin/python" ] || "$gpu_python" -m venv "$wheel_venv"
+  tag=$("$gpu_python" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
+  NSA_VENV="$wheel_venv" "$root/scripts/build-wheel.sh" >/dev/null
+  mkdir -p "$stage/wheel" && cp "$(ls -t "$root"/dist/*-"$tag"-*.whl | head -1)" "$stage/wheel/"
 fi
 commit=$(git -C "$root" rev-parse HEAD)
 git -C "$root" diff --quiet HEAD || commit="$commit+uncommitted"

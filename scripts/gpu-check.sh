@@ -4,7 +4,8 @@
 # On a machine with an NVIDIA GPU it runs every C++ test binary, the GPU tests
 # again under compute-sanitizer (memcheck, racecheck, initcheck, synccheck),
 # the CLI self-test, the Python tests (when the extension was built), the
-# benchmarks and `nsa bench`, then writes the report from the logs and JSON.
+# benchmarks and `nsa bench`, the staged wheel's install and selftest (when
+# there is one), then writes the report from the logs and JSON.
 #
 #   scripts/gpu-check.sh [--build-dir DIR] [--results DIR] [--report FILE] [--phase all|tests|sanitizers|rest]
 #
@@ -126,6 +127,13 @@ if ls "$build"/python/nsa/_nsa*.so >/dev/null 2>&1 && command -v python3 >/dev/n
   run_step python_tests 420 "$root/tests/python/run.sh" python3 -rs
   run_step python_overhead 300 python3 "$root/tests/python/bench_overhead.py" --out "$results/python_overhead.json"
 fi
+
+# The wheel staged by build-for-gpu.sh (NSA_GPU_WHEEL=1): installed into a
+# fresh venv, its own nsa tool runs the selftest on this GPU.
+for whl in "$build"/wheel/*.whl; do
+  [ -f "$whl" ] && command -v python3 >/dev/null || continue
+  run_step wheel_check 300 "$root/scripts/check-wheel.sh" "$whl" --python python3
+done
 
 # On a GPU machine a skipped GPU test is a failure (e.g. a driver too old for
 # the CUDA runtime makes every device test skip).

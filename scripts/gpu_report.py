@@ -91,7 +91,8 @@ def main():
 
     for title, name in (("nsa info", "cli_info"), ("nsa selftest", "cli_selftest"), ("nsa bench (default scenario)", "cli_bench"),
                         ("nsa bench --scenario prefill", "cli_bench_prefill"),
-                        ("nsa bench --l2 cold (L2 flushed between timed calls)", "cli_bench_cold_l2")):
+                        ("nsa bench --l2 cold (L2 flushed between timed calls)", "cli_bench_cold_l2"),
+                        ("wheel: installed into a fresh venv, nsa selftest (scripts/check-wheel.sh)", "wheel_check")):
         text = read(os.path.join(results, name + ".log"))
         if text:
             w(f"## {title}")
