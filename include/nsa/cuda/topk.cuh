@@ -31,8 +31,8 @@
 //
 // No global scratch, no atomics outside shared memory, no inter-CTA
 // communication (nothing to deadlock under co-scheduling), no allocation.
-// Histogram updates are warp-aggregated when a warp's 32 keys fall in one
-// bin, so exact-zero plateaus cost no more than spread-out rows.
+// Histogram updates are warp-aggregated per distinct bin, so exact-zero
+// plateaus cost no more than spread-out rows.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -76,14 +76,14 @@ struct TopkBlockState {
 };
 
 // Adds 1 to hist[bin] for each lane with bin >= 0. All 32 lanes of the warp
-// call it together; when they share one bin, one atomic adds 32.
+// call it together; lanes that share a bin are aggregated (__match_any_sync)
+// and their lowest lane adds their count with one atomic, so plateaus (exact
+// zeros, one coarse bin) and partly clustered keys cost one atomic per
+// distinct bin and warp step instead of one per key.
 __device__ __forceinline__ void topk_hist_add(uint32_t* hist, int bin) {
-  const int first = __shfl_sync(0xffffffffu, bin, 0);
-  if (__all_sync(0xffffffffu, bin == first)) {
-    if ((threadIdx.x & 31) == 0 && first >= 0) atomicAdd(hist + first, 32u);
-  } else if (bin >= 0) {
-    atomicAdd(hist + bin, 1u);
-  }
+  const uint32_t peers = __match_any_sync(0xffffffffu, bin);
+  const uint32_t lanes_below = (1u << (threadIdx.x & 31)) - 1u;
+  if (bin >= 0 && (peers & lanes_below) == 0u) atomicAdd(hist + bin, static_cast<uint32_t>(__popc(peers)));
 }
 
 template <class ScoreT>
@@ -402,16 +402,14 @@ __global__ void __launch_bounds__(kTopkThreads, 1) topk_transform_kernel(const T
       const int owner = valid ? static_cast<int>(idx / chunk32) : -1;
       const bool is_above = valid && (key >> shift) > prefix, is_tie = valid && (key >> shift) == prefix;
       // Consecutive candidates mostly come from one warp step of the sweep,
-      // so from one chunk: then one atomic per count for the whole warp.
-      const int first = __shfl_sync(0xffffffffu, owner, 0);
-      if (__all_sync(0xffffffffu, owner == first || !valid)) {
-        const uint32_t a_n = __popc(__ballot_sync(0xffffffffu, is_above));
-        const uint32_t t_n = __popc(__ballot_sync(0xffffffffu, is_tie));
-        if (lane == 0 && a_n != 0u) atomicAdd(&st.warp_above[first], a_n);
-        if (lane == 0 && t_n != 0u) atomicAdd(&st.warp_ties[first], t_n);
-      } else {
-        if (is_above) atomicAdd(&st.warp_above[owner], 1u);
-        if (is_tie) atomicAdd(&st.warp_ties[owner], 1u);
+      // so from few chunks: the lowest lane of each chunk's group adds the
+      // group's counts (one atomic per chunk and count, not per candidate).
+      const uint32_t peers = __match_any_sync(0xffffffffu, owner);
+      const uint32_t a_n = __popc(__ballot_sync(0xffffffffu, is_above) & peers);
+      const uint32_t t_n = __popc(__ballot_sync(0xffffffffu, is_tie) & peers);
+      if (valid && (peers & lanes_below) == 0u) {
+        if (a_n != 0u) atomicAdd(&st.warp_above[owner], a_n);
+        if (t_n != 0u) atomicAdd(&st.warp_ties[owner], t_n);
       }
     });
     __syncthreads();
