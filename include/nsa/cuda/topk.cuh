@@ -162,6 +162,9 @@ __device__ __forceinline__ void topk_cluster_wait() {
 // zeros, one coarse bin) and partly clustered keys cost one atomic per
 // distinct bin and warp step instead of one per key.
 __device__ __forceinline__ void topk_hist_add(uint32_t* hist, int bin) {
+  // Passes 2 and 3 count only the keys under the prefix: most warp steps
+  // have none, and a vote is cheaper than the match.
+  if (__ballot_sync(0xffffffffu, bin >= 0) == 0u) return;
   const uint32_t peers = __match_any_sync(0xffffffffu, bin);
   const uint32_t lanes_below = (1u << (threadIdx.x & 31)) - 1u;
   if (bin >= 0 && (peers & lanes_below) == 0u) atomicAdd(hist + bin, static_cast<uint32_t>(__popc(peers)));
