@@ -537,8 +537,8 @@ TEST_P(TopkTest, P6_LengthsChangeUnderOneLaunchShape) {
 
 // P7: the only barriers between CTAs are those of one cluster (CUDA, few
 // rows), whose CTAs the hardware schedules together, so concurrent work on
-// other streams cannot deadlock it: two calls on two streams at once (64
-// rows: 2 CTAs per row on sm_90; 3 rows: 8 or 16).
+// other streams cannot deadlock it: two calls on two streams at once (the
+// 3-row call runs a cluster per row on sm_90).
 TEST_P(TopkTest, P7_ConcurrentStreams) {
   auto rng = make_rng(9);
   TopkCase a = decode_case(rng, 64, 20000, 2048, std::vector<int64_t>(64, 20000));
