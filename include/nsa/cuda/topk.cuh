@@ -10,11 +10,11 @@
 //
 // In a cluster, CTA c takes the c-th of C consecutive slices of the row's
 // visible length (multiples of 32 keys); each pass below builds the CTA's
-// histogram of its slice, and every CTA picks the bin from the sum of the C
-// histograms (DSMEM reads after a cluster barrier), so all CTAs follow the
-// same prefix. The compaction's counts are exchanged the same way: CTA c's
-// first output slot counts the keys above the threshold and the ties taken in
-// slices 0..c-1, so the output is the same as with one CTA.
+// histogram of its slice; after a cluster barrier CTA c sums the c-th 1/C of
+// the bins over the C histograms (DSMEM reads), and after a second one every
+// CTA finds the bin from those sums, so all CTAs follow the same prefix. The compaction's counts are exchanged the same
+// way: CTA c's first output slot counts the keys above the threshold and the ties taken in slices 0..c-1, so the output
+// is the same as with one CTA.
 //
 //   len <= K  the identity 0 .. len-1, then -1 (scores are not read).
 //   len >  K  a radix select on the order-preserving uint32 key of each
@@ -73,13 +73,9 @@ constexpr int kTopkCacheKeys = 32 * 1024;
 // Longer rows use the same memory for the candidates of pass 1's bin: (key,
 // index) pairs, when that bin holds at most this many keys.
 constexpr int kTopkCandidates = kTopkCacheKeys / 2;
-// Dynamic shared memory: the histogram of pass 1 (and of pass 3), the
-// histogram of pass 2, then the key cache (+3 words of alignment slack: the
-// cache is shifted so vector stores are 16-byte aligned). Passes 2 and 3 use
-// different histograms so that, in a cluster, a CTA may start pass 2 while
-// the others still read its pass-1 histogram.
-constexpr int kTopkSharedWords = kTopkBins + kTopkDigitBins + kTopkCacheKeys + 4;
-constexpr size_t kTopkSharedBytes = kTopkSharedWords * sizeof(uint32_t);
+// Dynamic shared memory: the histogram, then the key cache (+3 words of
+// alignment slack: the cache is shifted so vector stores are 16-byte aligned).
+constexpr size_t kTopkSharedBytes = (kTopkBins + kTopkCacheKeys + 4) * sizeof(uint32_t);
 // The largest thread-block cluster a row is split over (16 is non-portable).
 constexpr int kTopkMaxCluster = 16;
 
@@ -94,6 +90,11 @@ struct TopkBlockState {
   uint32_t warp_tie0[kTopkWarps];  // ties before each warp's chunk
   uint32_t cta_above, cta_ties;    // the CTA's counts, read by the later CTAs of its cluster
   uint32_t first_slot, slots;      // the CTA's output slots [first_slot, first_slot + slots)
+  // Cluster merge (topk_cluster_pick_bin), per pass parity: the total of the
+  // bins this CTA merged; then the range holding the wanted key.
+  uint32_t range_total[2];
+  int32_t range;
+  uint32_t range_above;  // keys in the ranges above it
 };
 
 // This CTA's part of its row: slice `rank` of `size` (size 1: the whole row;
@@ -116,18 +117,13 @@ __device__ __forceinline__ TopkSlice topk_this_slice() {
   return {0, 1};
 }
 
-// A barrier of the CTA, or of the cluster (which also orders the shared
-// memory of every CTA of the cluster: what was written before it, anywhere,
-// is visible to DSMEM reads after it).
-template <bool kCluster>
-__device__ __forceinline__ void topk_sync() {
+// A barrier of the cluster: also of the CTA, and it orders the shared memory
+// of every CTA of the cluster (what was written before it, anywhere, is
+// visible to DSMEM reads after it).
+__device__ __forceinline__ void topk_cluster_sync() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  if constexpr (kCluster) {
-    cooperative_groups::this_cluster().sync();
-    return;
-  }
+  cooperative_groups::this_cluster().sync();
 #endif
-  __syncthreads();
 }
 
 // The address of `p` (this CTA's shared memory) in the CTA `rank` of the cluster.
@@ -318,57 +314,130 @@ __device__ __forceinline__ void topk_sweep_row(bool cached, const uint32_t* cach
         begin, end, [&](uint32_t i) { return topk_load_key(row + i); }, f);
 }
 
-// Loads hist[lo .. lo + kN) summed over the `size` CTAs of the cluster
-// (size 1: this CTA's histogram). lo is a multiple of kN.
-template <int kN>
-__device__ __forceinline__ void topk_load_bins(const uint32_t* hist, int lo, int size, uint32_t (&c)[kN]) {
-  static_assert(kN == 1 || kN == 4, "one word or one 16-byte vector per CTA");
-#pragma unroll
-  for (int j = 0; j < kN; ++j) c[j] = 0;
-#pragma unroll 4
-  for (int rank = 0; rank < size; ++rank) {
-    const uint32_t* h = size == 1 ? hist : topk_remote(hist, rank);
-    if constexpr (kN == 4) {
-      const uint4 v = *reinterpret_cast<const uint4*>(h + lo);
-      c[0] += v.x;
-      c[1] += v.y;
-      c[2] += v.z;
-      c[3] += v.w;
-    } else {
-      c[0] += h[lo];
-    }
-  }
-}
-
 // Picks the bin (descending) that holds the need-th largest counted key and
 // publishes it in st (bin, in_bin, need - keys in higher bins). Bins are
 // walked from the top: thread t owns the kPerThread bins below
-// kBins - t * kPerThread, and exactly one thread publishes. In a cluster the
-// counts are the sums of every CTA's histogram (DSMEM reads), so every CTA
-// picks the same bin.
+// kBins - t * kPerThread, and exactly one thread publishes.
 template <class Scan, int kBins>
-__device__ __forceinline__ void topk_pick_bin(const uint32_t* hist, int size, uint32_t need, TopkBlockState& st,
+__device__ __forceinline__ void topk_pick_bin(const uint32_t* hist, uint32_t need, TopkBlockState& st,
                                               typename Scan::TempStorage& scan) {
   static_assert(kBins % kTopkThreads == 0, "topk_pick_bin gives each thread whole bins");
   constexpr int kPerThread = kBins / kTopkThreads;
   const int top = kBins - 1 - static_cast<int>(threadIdx.x) * kPerThread;
-  uint32_t c[kPerThread];  // c[j]: bin top - kPerThread + 1 + j
-  topk_load_bins(hist, top - kPerThread + 1, size, c);
+  uint32_t c[kPerThread];
   uint32_t mine = 0;
 #pragma unroll
-  for (int j = 0; j < kPerThread; ++j) mine += c[j];
+  for (int j = 0; j < kPerThread; ++j) {
+    c[j] = hist[top - j];
+    mine += c[j];
+  }
   uint32_t above = 0;
   Scan(scan).ExclusiveSum(mine, above);
 #pragma unroll
-  for (int j = kPerThread - 1; j >= 0; --j) {
-    const int bin = top - kPerThread + 1 + j;
+  for (int j = 0; j < kPerThread; ++j) {
     if (above < need && need <= above + c[j]) {
-      st.bin = bin;
+      st.bin = top - j;
       st.in_bin = c[j];
       st.need = need - above;
     }
     above += c[j];
   }
+}
+
+// Merged counts of a cluster: CTA c owns the range [c * R, (c + 1) * R) of
+// the bins (R = kBins / size) and sums it over the cluster's histograms into
+// `merged` (its own shared memory), with the range's total in
+// st.range_total[parity]. Two buffers, by pass parity: a CTA clears the next
+// pass's while others may still read this pass's. Every CTA reads kBins
+// words of remote histograms in all (not size x kBins: the SM-to-SM network
+// is shared), with one 16-byte load per thread.
+template <int kBins>
+__device__ __forceinline__ void topk_clear_merge(uint32_t* merged, int parity, TopkSlice slice, TopkBlockState& st) {
+  for (int b = threadIdx.x; b < kBins / slice.size; b += kTopkThreads) merged[b] = 0;
+  if (threadIdx.x == 0) st.range_total[parity] = 0;
+}
+
+template <int kBins>
+__device__ __forceinline__ void topk_merge_range(const uint32_t* hist, uint32_t* merged, int parity, TopkSlice slice,
+                                                 TopkBlockState& st) {
+  const int range = kBins / slice.size, vectors = range / 4;  // range >= 64 words
+  uint32_t sum = 0;
+  for (int t = threadIdx.x; t < kBins / 4; t += kTopkThreads) {
+    const int source = t / vectors, v = t - source * vectors;
+    const uint4 x = *reinterpret_cast<const uint4*>(topk_remote(hist, source) + slice.rank * range + 4 * v);
+    if (x.x != 0u) atomicAdd(merged + 4 * v, x.x);  // (most bins of passes 2 and 3 are empty)
+    if (x.y != 0u) atomicAdd(merged + 4 * v + 1, x.y);
+    if (x.z != 0u) atomicAdd(merged + 4 * v + 2, x.z);
+    if (x.w != 0u) atomicAdd(merged + 4 * v + 3, x.w);
+    sum += x.x + x.y + x.z + x.w;
+  }
+  sum = __reduce_add_sync(0xffffffffu, sum);
+  if ((threadIdx.x & 31) == 0 && sum != 0u) atomicAdd(&st.range_total[parity], sum);
+}
+
+// After topk_merge_range in every CTA (and a cluster barrier): the range
+// holding the need-th largest key (ranges walked from the top), then the bin
+// within it from its owner's merged counts; published in st like
+// topk_pick_bin, identically in every CTA of the cluster.
+template <class Scan, int kBins>
+__device__ __forceinline__ void topk_cluster_pick_bin(uint32_t* merged, int parity, TopkSlice slice, uint32_t need,
+                                                      TopkBlockState& st, typename Scan::TempStorage& scan) {
+  const int lane = threadIdx.x & 31, range = kBins / slice.size;
+  if (threadIdx.x < 32) {
+    const uint32_t total = lane < slice.size ? topk_remote(&st, lane)->range_total[parity] : 0u;
+    uint32_t from_top = total;  // keys in the ranges lane .. size - 1
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+      const uint32_t down = __shfl_down_sync(0xffffffffu, from_top, o);
+      if (lane + o < 32) from_top += down;
+    }
+    const uint32_t above = from_top - total;
+    const uint32_t here = __ballot_sync(0xffffffffu, lane < slice.size && above < need && need <= from_top);
+    const int owner = __ffs(here) - 1;
+    if (lane == owner) {
+      st.range = owner;
+      st.range_above = above;
+    }
+  }
+  __syncthreads();
+  const int owner = st.range;
+  const uint32_t need_in = need - st.range_above;
+  // Thread t takes the bins range - 1 - 2t and range - 2 - 2t of the owner's range.
+  const int hi = range - 1 - 2 * static_cast<int>(threadIdx.x);
+  uint2 c = make_uint2(0u, 0u);  // c.y: bin hi, c.x: bin hi - 1
+  if (hi > 0) c = *reinterpret_cast<const uint2*>(topk_remote(merged, owner) + hi - 1);
+  uint32_t above = 0;
+  Scan(scan).ExclusiveSum(c.x + c.y, above);
+  const int base = owner * range;
+  if (above < need_in && need_in <= above + c.y) {
+    st.bin = base + hi;
+    st.in_bin = c.y;
+    st.need = need_in - above;
+  }
+  above += c.y;
+  if (above < need_in && need_in <= above + c.x) {
+    st.bin = base + hi - 1;
+    st.in_bin = c.x;
+    st.need = need_in - above;
+  }
+}
+
+// The end of a pass: once every histogram of the row is complete, the bin
+// holding the need-th largest key in st, the same in every CTA.
+template <class Scan, int kBins, bool kCluster>
+__device__ __forceinline__ void topk_pick(const uint32_t* hist, uint32_t* merged, int parity, TopkSlice slice,
+                                          uint32_t need, TopkBlockState& st, typename Scan::TempStorage& scan) {
+  if constexpr (kCluster) {
+    static_assert(kBins / kTopkMaxCluster >= 64 && kBins / 2 <= 2 * kTopkThreads, "range sizes");
+    topk_cluster_sync();  // every CTA's histogram is complete
+    topk_merge_range<kBins>(hist, merged, parity, slice, st);
+    topk_cluster_sync();  // every CTA's merged range is complete
+    topk_cluster_pick_bin<Scan, kBins>(merged, parity, slice, need, st, scan);
+  } else {
+    __syncthreads();
+    topk_pick_bin<Scan, kBins>(hist, need, st, scan);
+  }
+  __syncthreads();
 }
 
 // One row per CTA (kCluster = false) or per thread-block cluster: each CTA
@@ -381,10 +450,11 @@ __global__ void __launch_bounds__(kTopkThreads, 1) topk_transform_kernel(const T
   static_assert(kTopkMaxK <= kTopkBins, "the selected indices reuse the histogram");
   __shared__ typename Scan::TempStorage scan;
   __shared__ TopkBlockState st;
+  // Two buffers of merged counts (topk_merge_range; at most half the bins each).
+  __shared__ __align__(16) uint32_t merged[kCluster ? kTopkBins : 1];
   extern __shared__ __align__(16) uint32_t topk_smem[];
-  uint32_t* const hist = topk_smem;               // passes 1 and 3
-  uint32_t* const hist2 = topk_smem + kTopkBins;  // pass 2
-  uint32_t* const area = hist2 + kTopkDigitBins;  // the key cache or the candidates
+  uint32_t* const hist = topk_smem;
+  uint32_t* const area = topk_smem + kTopkBins;  // the key cache or the candidates
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const TopkSlice slice = topk_this_slice<kCluster>();
@@ -416,15 +486,14 @@ __global__ void __launch_bounds__(kTopkThreads, 1) topk_transform_kernel(const T
 
   // Pass 1: top 12 bits of every key (and the keys into the cache).
   for (int b = tid; b < kTopkBins; b += kTopkThreads) hist[b] = 0;
+  if constexpr (kCluster) topk_clear_merge<kTopkBins>(merged, 0, slice, st);
   __syncthreads();
   auto count_top = [&](int64_t, uint32_t key, bool valid) {
     topk_hist_add(hist, valid ? static_cast<int>(key >> kTopkTopShift) : -1);
   };
   if (cached) topk_visit_global<ScoreT, true>(row, slice_len, cache, count_top);
   else topk_visit_global<ScoreT, false>(row, slice_len, cache, count_top);
-  topk_sync<kCluster>();
-  topk_pick_bin<Scan, kTopkBins>(hist, slice.size, static_cast<uint32_t>(k), st, scan);
-  __syncthreads();
+  topk_pick<Scan, kTopkBins, kCluster>(hist, merged, 0, slice, static_cast<uint32_t>(k), st, scan);
 
   // Chunks of the compaction (and of the candidate collection): warp w owns
   // the indices [w * chunk, min(slice_len, (w + 1) * chunk)), a multiple of 32.
@@ -495,21 +564,21 @@ __global__ void __launch_bounds__(kTopkThreads, 1) topk_transform_kernel(const T
   for (int level = 0; level < 2 && !done; ++level) {  // uniform over the CTA
     const int digit_shift = level == 0 ? 10 : 0;
     constexpr uint32_t digit_mask = 0x3ffu;  // 10 bits at shift 10, then at shift 0
-    // Pass 3 reuses pass 1's histogram: every CTA of the cluster has read it
-    // before the barrier of pass 2.
-    uint32_t* const h = level == 0 ? hist2 : hist;
-    for (int b = tid; b < kTopkDigitBins; b += kTopkThreads) h[b] = 0;
+    // (In a cluster the other CTAs have read this CTA's histogram before the
+    // second barrier of the previous pick.)
+    const int parity = (level + 1) & 1;  // pass 2 or 3
+    uint32_t* const pass_merged = kCluster ? merged + parity * (kTopkBins / 2) : merged;
+    for (int b = tid; b < kTopkDigitBins; b += kTopkThreads) hist[b] = 0;
+    if constexpr (kCluster) topk_clear_merge<kTopkDigitBins>(pass_merged, parity, slice, st);
     __syncthreads();
     auto count_next = [&](int64_t, uint32_t key, bool valid) {
       const bool match = valid && (key >> shift) == prefix;
-      topk_hist_add(h, match ? static_cast<int>((key >> digit_shift) & digit_mask) : -1);
+      topk_hist_add(hist, match ? static_cast<int>((key >> digit_shift) & digit_mask) : -1);
     };
     if (cached) topk_visit_cache(cache, slice_len, count_next);
     else if (use_candidates) topk_visit_cache(cand_key, n_cand, count_next);
     else topk_visit_global<ScoreT, false>(row, slice_len, cache, count_next);
-    topk_sync<kCluster>();
-    topk_pick_bin<Scan, kTopkDigitBins>(h, slice.size, need, st, scan);
-    __syncthreads();
+    topk_pick<Scan, kTopkDigitBins, kCluster>(hist, pass_merged, parity, slice, need, st, scan);
     prefix = (prefix << (shift - digit_shift)) | static_cast<uint32_t>(st.bin);
     shift = digit_shift;
     need = st.need;
@@ -578,7 +647,7 @@ __global__ void __launch_bounds__(kTopkThreads, 1) topk_transform_kernel(const T
   }
   uint32_t a_cta = 0, t_cta = 0;  // above and ties in the slices before this CTA's
   if constexpr (kCluster) {
-    topk_sync<true>();
+    topk_cluster_sync();
     if (warp == 0) {
       for (int rank = lane; rank < slice.rank; rank += 32) {
         const TopkBlockState* other = topk_remote(&st, rank);
