@@ -35,7 +35,9 @@ if [ "${NSA_GPU_WHEEL:-0}" = 1 ] && [ -x "$gpu_python" ]; then
   [ -x "$wheel_venv/bin/python" ] || "$gpu_python" -m venv "$wheel_venv"
   tag=$("$gpu_python" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
   NSA_VENV="$wheel_venv" "$root/scripts/build-wheel.sh" >/dev/null
-  mkdir -p "$stage/wheel" && cp "$(ls -t "$root"/dist/*-"$tag"-*.whl | head -1)" "$stage/wheel/"
+  wheel=$(ls -t "$root"/dist/*-"$tag"-*.whl 2>/dev/null | head -1 || true)
+  [ -n "$wheel" ] || { echo "build-for-gpu: scripts/build-wheel.sh made no $tag wheel in dist/" >&2; exit 1; }
+  mkdir -p "$stage/wheel" && cp "$wheel" "$stage/wheel/"
 fi
 commit=$(git -C "$root" rev-parse HEAD)
 git -C "$root" diff --quiet HEAD || commit="$commit+uncommitted"

