@@ -39,9 +39,8 @@
 // (identical convention for A and B, so one test failure shows both), the
 // accumulator layout assumed above, the proxy fence after cp.async, the
 // availability check's binary / PTX versions, and the speed (kWgRowsPerPass
-// and the stage count are untuned). ptxas (CUDA 13) reports no spills. tests/cpp/paged_mqa_logits_test.cpp (the CudaWgmma instances)
-// and bench/paged_mqa_logits_bench (column "wgmma") check all of these on an
-// H200.
+// and the stage count are untuned). ptxas (CUDA 13) reports no spills. tests/cpp/paged_mqa_logits_test.cpp (the
+// CudaWgmma instances) and bench/paged_mqa_logits_bench (column "wgmma") check all of these on an H200.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -64,9 +63,9 @@ namespace kernels {
 constexpr int kWgThreads = 256;     // 2 warpgroups, each 64 tokens of a tile
 constexpr int kWgTileTokens = 128;  // tokens per pipeline stage
 constexpr int kWgTokensPerGroup = 64;
-constexpr int kWgRowBytes = 128;  // one swizzle atom row: no padding
+constexpr int kWgRowBytes = 128;       // one swizzle atom row: no padding
 constexpr int kWgStages = kMqaStages;  // a whole 512-column chunk in flight (mqa_cp_async_wait_stage)
-constexpr int kWgAlign = 1024;    // SWIZZLE_128B atom: 8 rows x 128 B
+constexpr int kWgAlign = 1024;         // SWIZZLE_128B atom: 8 rows x 128 B
 static_assert(kWgStages * kWgTileTokens == detail::kIndexerCtaColumns, "chunk must be the stages' tiles");
 
 template <int N>
@@ -124,9 +123,10 @@ __device__ __forceinline__ void wg_mma_m64n64k32(float (&d)[32], uint64_t da, ui
 }
 #endif
 
-// Issues the cp.async copies of tile `tile` (tokens [t0, t0 + 128) of request
-// b) into stage `s`, swizzled. Tokens >= load_end or on unreadable pages are
-// not loaded (their `ok` is 0).
+// Issues the cp.async copies of the tile of tokens [t0, t0 + 128) of request
+// b into stage s, swizzled (the default kernel's mqa_load_tile with wgmma's
+// layout). Tokens >= load_end or on unreadable pages are not loaded (their
+// `ok` is 0; their stale shared bytes only reach their own -inf columns).
 template <int N>
 __device__ __forceinline__ void wg_load_tile(WgmmaShared<N>& sm, int s, const PagedMqaLogitsArgs& a, int64_t b,
                                              int64_t t0, int64_t load_end) {
@@ -233,7 +233,8 @@ __device__ __forceinline__ WgmmaShared<N>& wg_shared(uint8_t* raw) {
 }
 
 template <int N>
-__global__ void __launch_bounds__(kWgThreads)
+// Two CTAs per SM at every N (<= 128 registers; shared memory 78-111 KB).
+__global__ void __launch_bounds__(kWgThreads, 2)
     paged_mqa_logits_wgmma_kernel(const PagedMqaLogitsArgs a, int64_t ctas_per_request) {
 #if defined(NSA_MQA_WGMMA)
   extern __shared__ __align__(16) uint8_t wg_smem[];
