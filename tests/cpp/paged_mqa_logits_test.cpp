@@ -13,6 +13,9 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <ostream>
+#include <string>
+#include <vector>
 
 #include "nsa/indexer.h"
 #include "reference/index_cache.h"
@@ -245,6 +248,11 @@ struct Variant {
   MqaLogitsKernel kernel;
 };
 
+std::string variant_label(const Variant& v) {
+  return std::string(to_string(v.backend)) + (v.kernel == MqaLogitsKernel::kWgmma ? "_wgmma" : "");
+}
+void PrintTo(const Variant& v, std::ostream* os) { *os << variant_label(v); }
+
 std::vector<Variant> all_variants() {
   std::vector<Variant> v;
   for (Backend b : all_backends()) v.push_back({b, MqaLogitsKernel::kDefault});
@@ -252,9 +260,7 @@ std::vector<Variant> all_variants() {
   return v;
 }
 
-std::string variant_name(const ::testing::TestParamInfo<Variant>& info) {
-  return std::string(to_string(info.param.backend)) + (info.param.kernel == MqaLogitsKernel::kWgmma ? "_wgmma" : "");
-}
+std::string variant_name(const ::testing::TestParamInfo<Variant>& info) { return variant_label(info.param); }
 
 class PagedMqaLogitsTest : public ::testing::TestWithParam<Variant> {
  protected:
