@@ -304,6 +304,16 @@ TEST(CudaHeaders, PagedMqaLogitsLauncherUsableFromAnotherTranslationUnit_cuda) {
   const cudaError_t avail = kernels::mqa_wgmma_available();
   if (avail == cudaErrorNotSupported) {
     EXPECT_EQ(kernels::invoke_paged_mqa_logits_wgmma(a, nullptr), cudaErrorNotSupported);
+    // On compute 9.0 an sm_90a build must run it: say which image the runtime picked.
+    int device = 0;
+    cudaDeviceProp prop{};
+    ASSERT_EQ(cudaGetDevice(&device), cudaSuccess);
+    ASSERT_EQ(cudaGetDeviceProperties(&prop, device), cudaSuccess);
+    cudaFuncAttributes fa{};
+    ASSERT_EQ(cudaFuncGetAttributes(&fa, kernels::paged_mqa_logits_wgmma_kernel<1>), cudaSuccess);
+    EXPECT_FALSE(prop.major == 9 && prop.minor == 0)
+        << "compute 9.0 device, wgmma kernel image binaryVersion " << fa.binaryVersion << " ptxVersion "
+        << fa.ptxVersion << " (90 and 90 expected from an sm_90a build)";
     return;
   }
   ASSERT_EQ(avail, cudaSuccess);
