@@ -58,6 +58,10 @@ class IndexCacheTest : public ::testing::TestWithParam<Backend> {
   void SetUp() override { NSA_SKIP_WITHOUT_BACKEND(GetParam()); }
   Backend backend() const { return GetParam(); }
   Exec exec() const { return exec_for(GetParam()); }
+  // quantize_and_store_k of k [n, 128] (row stride ld) at fresh distinct
+  // slots of a poisoned pool, byte for byte against the reference.
+  void expect_quantize_matches_reference(std::mt19937_64& rng, const std::vector<uint8_t>& k, KDtype dtype,
+                                         ScaleMode mode, int64_t n, int64_t ld);
 };
 
 // ------------------------------- quantize_and_store_k -------------------------------
@@ -422,6 +426,18 @@ std::vector<int64_t> distinct_slots(std::mt19937_64& rng, int64_t n, int64_t slo
   return all;
 }
 
+void IndexCacheTest::expect_quantize_matches_reference(std::mt19937_64& rng, const std::vector<uint8_t>& k,
+                                                       KDtype dtype, ScaleMode mode, int64_t n, int64_t ld) {
+  const int64_t pages = n / 32 + 3;
+  PagedPool pool(backend(), pages, 64, rng);
+  const auto slots = distinct_slots(rng, n, pages * 64);
+  auto k_dev = to_backend(backend(), k);
+  auto slots_dev = to_backend(backend(), slots);
+  quantize_and_store_k(exec(), pool.view(), k_dev.data(), n, ld, slots_dev.as<int64_t>(), mode, dtype);
+  reference::quantize_and_store_k(pool.host_view(), k.data(), n, ld, slots.data(), mode, dtype);
+  NSA_EXPECT_BYTES_EQ(pool.dev.to_host(), pool.host);
+}
+
 TEST_P(IndexCacheTest, QuantizeEveryDtypeAndScaleModeMatchesReference) {
   auto rng = make_rng(20);
   for (KDtype dtype : {KDtype::kBf16, KDtype::kFp16, KDtype::kFp32}) {
@@ -430,15 +446,7 @@ TEST_P(IndexCacheTest, QuantizeEveryDtypeAndScaleModeMatchesReference) {
         for (int64_t ld : {128, 136, 131}) {  // 131: rows not 16-byte aligned (element load path)
           SCOPED_TRACE(::testing::Message()
                        << to_string(dtype) << " " << to_string(mode) << " n=" << n << " ld=" << ld);
-          const int64_t pages = n / 32 + 3;
-          PagedPool pool(backend(), pages, 64, rng);
-          const auto k = random_k(rng, dtype, n, ld);
-          const auto slots = distinct_slots(rng, n, pages * 64);
-          auto k_dev = to_backend(backend(), k);
-          auto slots_dev = to_backend(backend(), slots);
-          quantize_and_store_k(exec(), pool.view(), k_dev.data(), n, ld, slots_dev.as<int64_t>(), mode, dtype);
-          reference::quantize_and_store_k(pool.host_view(), k.data(), n, ld, slots.data(), mode, dtype);
-          NSA_EXPECT_BYTES_EQ(pool.dev.to_host(), pool.host);
+          expect_quantize_matches_reference(rng, random_k(rng, dtype, n, ld), dtype, mode, n, ld);
         }
       }
     }
@@ -487,15 +495,7 @@ TEST_P(IndexCacheTest, QuantizeNanAndInfAmongFiniteValuesMatchesReference) {
     for (ScaleMode mode : {ScaleMode::kFp32, ScaleMode::kFp32Divide, ScaleMode::kUe8m0}) {
       for (const auto& [n, ld] : sizes) {
         SCOPED_TRACE(::testing::Message() << to_string(dtype) << " " << to_string(mode) << " n=" << n << " ld=" << ld);
-        const int64_t pages = n / 32 + 3;
-        PagedPool pool(backend(), pages, 64, rng);
-        const auto k = k_with_nan_and_inf(rng, dtype, n, ld);
-        const auto slots = distinct_slots(rng, n, pages * 64);
-        auto k_dev = to_backend(backend(), k);
-        auto slots_dev = to_backend(backend(), slots);
-        quantize_and_store_k(exec(), pool.view(), k_dev.data(), n, ld, slots_dev.as<int64_t>(), mode, dtype);
-        reference::quantize_and_store_k(pool.host_view(), k.data(), n, ld, slots.data(), mode, dtype);
-        NSA_EXPECT_BYTES_EQ(pool.dev.to_host(), pool.host);
+        expect_quantize_matches_reference(rng, k_with_nan_and_inf(rng, dtype, n, ld), dtype, mode, n, ld);
       }
     }
   }
