@@ -11,6 +11,10 @@
 // >= 0.8) where B x ctx >= 8 x 32K. Before timing, each next_n is checked
 // against the CPU backend on a 2-request case (calc_diff < 1e-3, -inf at the
 // same columns).
+// On a compute 9.0 device (sm_90a build) the opt-in wgmma kernel
+// (MqaLogitsKernel::kWgmma) is verified the same way and timed on the same
+// shapes as extra columns (wgmma us, its fraction of the copy); elsewhere
+// those columns read "-".
 //
 //   paged_mqa_logits_bench [--json FILE] [--quick]
 #include <cuda_runtime.h>
@@ -80,8 +84,9 @@ nsa::PagedMqaLogitsArgs device_args(const Buffer& q, const Buffer& w, int64_t ba
   return a;
 }
 
-// CUDA against the CPU backend on 2 requests of ~3K tokens: calc_diff per row.
-void verify(std::mt19937_64& rng, int64_t n) {
+// CUDA (kernel `kernel`) against the CPU backend on 2 requests of ~3K tokens:
+// calc_diff per row. Throws nsa::Error kUnsupported where the kernel cannot run.
+void verify(std::mt19937_64& rng, int64_t n, nsa::MqaLogitsKernel kernel) {
   const int64_t batch = 2, width = 3000, cols = (width + kP - 1) / kP, pages = batch * cols;
   const std::vector<int32_t> lens = {2999, 1500};
   std::vector<int32_t> table(static_cast<size_t>(pages));
@@ -98,7 +103,8 @@ void verify(std::mt19937_64& rng, int64_t n) {
   auto lens_d = nsa::support::to_backend(nsa::Backend::kCuda, lens);
   auto table_d = nsa::support::to_backend(nsa::Backend::kCuda, table);
   Buffer logits(nsa::Backend::kCuda, static_cast<size_t>(batch * n * width * 4));
-  const nsa::PagedMqaLogitsArgs a = device_args(q_d, w_d, batch, n, pool, pages, lens_d, table_d, cols, logits, width);
+  nsa::PagedMqaLogitsArgs a = device_args(q_d, w_d, batch, n, pool, pages, lens_d, table_d, cols, logits, width);
+  a.kernel = kernel;
   nsa::paged_mqa_logits(nsa::Exec::cuda(), a);
   const auto got = nsa::support::from_backend<float>(logits, static_cast<size_t>(batch * n * width));
   std::vector<float> want(got.size());
@@ -114,11 +120,26 @@ void verify(std::mt19937_64& rng, int64_t n) {
     const float* g = &got[static_cast<size_t>(r * width)];
     const std::vector<double> ref(want.begin() + r * width, want.begin() + (r + 1) * width);
     const double diff = nsa::reference::calc_diff(g, ref.data(), width);  // 1 when -inf columns differ
-    if (!(diff < 1e-3)) throw std::runtime_error(fmt::format("N={}: calc_diff {} in row {}", n, diff, r));
+    if (!(diff < 1e-3))
+      throw std::runtime_error(
+          fmt::format("N={} kernel {}: calc_diff {} in row {}", n, static_cast<int>(kernel), diff, r));
   }
 }
 
-json bench_case(std::mt19937_64& rng, int64_t batch, int64_t ctx, int64_t n, double copy_gbps) {
+// Verifies the wgmma kernel for N = 1..4; false (and says why) where it cannot run.
+bool wgmma_verified(std::mt19937_64& rng) {
+  try {
+    for (int64_t n = 1; n <= nsa::kIndexerMaxNextN; ++n) verify(rng, n, nsa::MqaLogitsKernel::kWgmma);
+  } catch (const nsa::Error& e) {
+    if (e.code() != nsa::ErrorCode::kUnsupported) throw;
+    fmt::print("wgmma kernel not timed: {}\n", e.what());
+    return false;
+  }
+  fmt::print("wgmma kernel (MqaLogitsKernel::kWgmma): verified N=1..4 vs CPU\n");
+  return true;
+}
+
+json bench_case(std::mt19937_64& rng, int64_t batch, int64_t ctx, int64_t n, double copy_gbps, bool wgmma) {
   const int64_t cols = ctx / kP, pages_per_call = batch * cols;
   const int64_t call_bytes = pages_per_call * kPageBytes;
   const int64_t copies =
@@ -143,14 +164,19 @@ json bench_case(std::mt19937_64& rng, int64_t batch, int64_t ctx, int64_t n, dou
 
   const nsa::PagedMqaLogitsArgs a =
       device_args(q_d, w_d, batch, n, pool, copies * pages_per_call, lens_d, table_d, cols, logits, width);
-  int64_t call = 0;
-  auto ours = [&](nsa::cudaStream s) {
-    nsa::PagedMqaLogitsArgs x = a;
-    x.page_table = nsa::Indices(table_d.as<int32_t>() + (call++ % copies) * pages_per_call);
-    nsa::paged_mqa_logits(nsa::Exec::cuda(s), x);
-  };
   const int per_graph = static_cast<int>(std::max<int64_t>(copies, 10) / copies * copies);
-  const double ours_us = nsa::support::graph_time_us(ours, per_graph);
+  auto time_kernel = [&](nsa::MqaLogitsKernel kernel) {
+    int64_t call = 0;
+    auto run = [&](nsa::cudaStream s) {
+      nsa::PagedMqaLogitsArgs x = a;
+      x.kernel = kernel;
+      x.page_table = nsa::Indices(table_d.as<int32_t>() + (call++ % copies) * pages_per_call);
+      nsa::paged_mqa_logits(nsa::Exec::cuda(s), x);
+    };
+    return nsa::support::graph_time_us(run, per_graph);
+  };
+  const double ours_us = time_kernel(nsa::MqaLogitsKernel::kDefault);
+  const double wgmma_us = wgmma ? time_kernel(nsa::MqaLogitsKernel::kWgmma) : 0.0;
   const double traffic =
       static_cast<double>(call_bytes) + 4.0 * batch * n * width + batch * n * kH * (kD + 4.0) + 4.0 * pages_per_call;
   const double copy_us = nsa::support::copy_time_us(static_cast<size_t>(traffic / 2));
@@ -158,25 +184,35 @@ json bench_case(std::mt19937_64& rng, int64_t batch, int64_t ctx, int64_t n, dou
   const double of_copy = copy_us / ours_us;
   const bool has_target = batch * ctx >= 8 * 32768;
   const bool met = of_copy >= 0.8;
+  const double wgmma_of_copy = wgmma ? copy_us / wgmma_us : 0.0;
   const std::string name = fmt::format("B={} ctx={}K N={}", batch, ctx / 1024, n);
-  fmt::print("{:<22} {:>10.2f} {:>9.2f} {:>9.2f} {:>8.0f} {:>8.2f} {:>8.2f}x  {}\n", name, ours_us, copy_us, floor_us,
-             traffic / ours_us / 1e3, of_copy, ours_us / floor_us,
-             has_target ? (met ? ">=0.80 MET" : ">=0.80 MISSED") : "-");
-  return json{{"op", "paged_mqa_logits"},
-              {"case", name},
-              {"batch", batch},
-              {"ctx", ctx},
-              {"next_n", n},
-              {"page_copies", copies},
-              {"ours_gpu_us", ours_us},
-              {"copy_same_traffic_us", copy_us},
-              {"cache_read_floor_us", floor_us},
-              {"traffic_bytes", traffic},
-              {"ours_gbps", traffic / ours_us / 1e3},
-              {"fraction_of_copy", of_copy},
-              {"ratio_to_floor", ours_us / floor_us},
-              {"target", has_target ? ">=0.80 of copy" : "-"},
-              {"target_met", has_target ? json(met) : json()}};
+  const std::string target = !has_target ? "-"
+                                         : std::string(met ? ">=0.80 MET" : ">=0.80 MISSED") +
+                                               (wgmma ? (wgmma_of_copy >= 0.8 ? ", wgmma MET" : ", wgmma MISSED") : "");
+  fmt::print("{:<22} {:>10.2f} {:>9.2f} {:>9.2f} {:>8.0f} {:>8.2f} {:>8.2f}x {:>9} {:>8}  {}\n", name, ours_us, copy_us,
+             floor_us, traffic / ours_us / 1e3, of_copy, ours_us / floor_us,
+             wgmma ? fmt::format("{:.2f}", wgmma_us) : "-", wgmma ? fmt::format("{:.2f}", wgmma_of_copy) : "-", target);
+  json row{{"op", "paged_mqa_logits"},
+           {"case", name},
+           {"batch", batch},
+           {"ctx", ctx},
+           {"next_n", n},
+           {"page_copies", copies},
+           {"ours_gpu_us", ours_us},
+           {"copy_same_traffic_us", copy_us},
+           {"cache_read_floor_us", floor_us},
+           {"traffic_bytes", traffic},
+           {"ours_gbps", traffic / ours_us / 1e3},
+           {"fraction_of_copy", of_copy},
+           {"ratio_to_floor", ours_us / floor_us},
+           {"target", has_target ? ">=0.80 of copy" : "-"},
+           {"target_met", has_target ? json(met) : json()}};
+  if (wgmma) {
+    row["wgmma_gpu_us"] = wgmma_us;
+    row["wgmma_fraction_of_copy"] = wgmma_of_copy;
+    row["wgmma_target_met"] = has_target ? json(wgmma_of_copy >= 0.8) : json();
+  }
+  return row;
 }
 
 }  // namespace
@@ -185,12 +221,13 @@ int main(int argc, char** argv) {
   return nsa::bench::run(
       "paged_mqa_logits_bench", argc, argv, [](bool quick, const nsa::support::DeviceLimits& lim, json& out) {
         std::mt19937_64 rng(2026);
-        for (int64_t n = 1; n <= nsa::kIndexerMaxNextN; ++n) verify(rng, n);
+        for (int64_t n = 1; n <= nsa::kIndexerMaxNextN; ++n) verify(rng, n, nsa::MqaLogitsKernel::kDefault);
         fmt::print("paged_mqa_logits (fp8 q [B,N,64,128], 64-token pages, fp32 logits): verified N=1..4 vs CPU\n");
+        const bool wgmma = wgmma_verified(rng);
         fmt::print("GPU us per call as CUDA-graph replays, cold L2 (page tables rotate over >= 256 MB of pages)\n");
         fmt::print("copy = D2D copy of the same traffic; floor = 132 B per cached token at the copy bandwidth\n");
-        fmt::print("{:<22} {:>10} {:>9} {:>9} {:>8} {:>8} {:>9}  {}\n", "case", "ours us", "copy us", "floor us",
-                   "GB/s", "of copy", "x floor", "target (B x ctx >= 8 x 32K)");
+        fmt::print("{:<22} {:>10} {:>9} {:>9} {:>8} {:>8} {:>9} {:>9} {:>8}  {}\n", "case", "ours us", "copy us",
+                   "floor us", "GB/s", "of copy", "x floor", "wgmma us", "wg/copy", "target (B x ctx >= 8 x 32K)");
         std::vector<int64_t> batches = {1, 8, 64, 256}, ctxs = {4096, 32768, 131072}, ns = {1, 2, 4};
         if (quick) {
           batches = {8};
@@ -198,6 +235,6 @@ int main(int argc, char** argv) {
         }
         for (int64_t b : batches)
           for (int64_t ctx : ctxs)
-            for (int64_t n : ns) out["results"].push_back(bench_case(rng, b, ctx, n, lim.copy_gbps));
+            for (int64_t n : ns) out["results"].push_back(bench_case(rng, b, ctx, n, lim.copy_gbps, wgmma));
       });
 }

@@ -9,6 +9,10 @@
 //          eighth of the rotation, so its L2 is warmer: that flatters it)
 // Outputs are verified against the CPU backend (itself tested against the
 // reference) before anything is timed: the same set on 100% of rows.
+// The shapes of the time targets are also timed with every CTA count per row
+// the device allows (1, and thread-block clusters of 2..16 on sm_90+, forced
+// through the launcher, each verified first), next to the count the launcher
+// chooses from the row count ("CTAs" column), to check that choice.
 //
 //   topk_bench [--json FILE] [--quick]
 #include <cuda_runtime.h>
@@ -26,6 +30,7 @@
 #include "bench_main.h"
 #include "buffer.h"
 #include "host_data.h"
+#include "nsa/cuda/topk.cuh"
 #include "nsa/topk.h"
 #include "timing.h"
 #include "topk_baseline.h"
@@ -58,6 +63,7 @@ struct Case {
   double target_floor_x = 0;  // 0: none (ours / floor)
   std::string relative_to;    // qualifier: ours / (that case's ours) must be <= relative_max
   double relative_max = 0;
+  bool cluster_sweep = false;  // also time every CTA count per row
 };
 
 struct Measured {
@@ -192,6 +198,29 @@ json bench_case(const Case& c, std::mt19937_64& rng, std::map<std::string, Measu
   const double floor_us = nsa::support::graph_time_us(floor, per_graph);
   const auto host_t = nsa::support::paired_host_time(ours, 200);
 
+  // Every CTA count per row the device allows, forced through the launcher.
+  json by_cluster = json::object();
+  std::string sweep_line;
+  for (int cluster : {1, 2, 4, 8, 16}) {
+    if (!c.cluster_sweep || (cluster > 1 && nsa::kernels::topk_cluster_capacity<float>(cluster) == 0)) continue;
+    auto forced = [&](nsa::cudaStream s) {
+      nsa::TopkArgs x = a;
+      x.scores = copy_of(call++);
+      cuda_check(nsa::kernels::invoke_topk_transform(x, static_cast<cudaStream_t>(s), cluster), "forced cluster");
+    };
+    nsa::TopkArgs x = a;
+    cuda_check(nsa::kernels::invoke_topk_transform(x, nullptr, cluster), "forced cluster");
+    nsa::support::synchronize(nsa::Backend::kCuda);
+    const bool same = same_sets(nsa::support::from_backend<int32_t>(out, rows * c.k), want, ascending) &&
+                      same_sets(nsa::support::from_backend<int32_t>(raw, rows * c.k), want_raw, ascending);
+    if (!same)
+      throw std::runtime_error(fmt::format("topk verification failed for {} with {} CTAs per row", c.name, cluster));
+    const double us = nsa::support::graph_time_us(forced, per_graph);
+    by_cluster[std::to_string(cluster)] = us;
+    sweep_line += fmt::format("  {}: {:.2f}", cluster, us);
+  }
+  const int chosen = nsa::kernels::topk_choose_cluster<float>(rows);
+
   // The sort baseline (fp32 windows; skipped where CUB's int item count overflows).
   double sort_us = 0;
   bool sort_ok = false;
@@ -230,10 +259,11 @@ json bench_case(const Case& c, std::mt19937_64& rng, std::map<std::string, Measu
     met = relative <= c.relative_max;
   }
   if (target != "-") verdict = met ? "MET" : "MISSED";
-  fmt::print("{:<30} {:>5} {:>7} {:>9.2f} {:>8.2f} {:>7.2f}x {:>9} {:>8} {:>7.2f} {:>7.2f}x  {:<26} {}\n", c.name, rows,
-             max_len, ours_us, floor_us, floor_x, sort_us > 0 ? fmt::format("{:.2f}", sort_us) : "-",
+  fmt::print("{:<30} {:>5} {:>7} {:>4} {:>9.2f} {:>8.2f} {:>7.2f}x {:>9} {:>8} {:>7.2f} {:>7.2f}x  {:<26} {}\n", c.name,
+             rows, max_len, chosen, ours_us, floor_us, floor_x, sort_us > 0 ? fmt::format("{:.2f}", sort_us) : "-",
              sort_us > 0 ? fmt::format("{:.1f}x", sort_us / ours_us) : "-", host_t.op_us,
              host_t.op_us / host_t.empty_us, target, verdict);
+  if (!sweep_line.empty()) fmt::print("{:<30} us by CTAs per row:{}\n", "", sweep_line);
   return json{{"op", "topk_transform"},
               {"case", c.name},
               {"rows", rows},
@@ -243,6 +273,8 @@ json bench_case(const Case& c, std::mt19937_64& rng, std::map<std::string, Measu
               {"order", nsa::to_string(c.order)},
               {"score_copies", copies},
               {"ours_gpu_us", ours_us},
+              {"ctas_per_row", chosen},
+              {"gpu_us_by_ctas_per_row", by_cluster},
               {"floor_gpu_us", floor_us},
               {"ratio_to_floor", floor_x},
               {"floor_gbps", static_cast<double>(visible) * 4 / floor_us / 1e3},
@@ -282,6 +314,7 @@ int main(int argc, char** argv) {
       c.width = width;
       c.row_lengths = std::move(lens);
       c.target_us = target_us;
+      c.cluster_sweep = target_us > 0;
       cases.push_back(c);
       return &cases.back();
     };
@@ -333,8 +366,8 @@ int main(int argc, char** argv) {
     fmt::print("topk_transform (fp32, K=2048 unless named, paged-64 transform; decode rows unless named)\n");
     fmt::print("GPU us per call as CUDA-graph replays, cold L2 (scores rotate through >= 256 MB of copies)\n");
     fmt::print("floor = every visible score read once; sort = CUB segmented radix sort + first K (torch-style)\n");
-    fmt::print("{:<30} {:>5} {:>7} {:>9} {:>8} {:>8} {:>9} {:>8} {:>7} {:>8}  {:<26} {}\n", "case", "rows", "len",
-               "ours", "floor", "x floor", "sort", "speedup", "host us", "x empty", "target", "verdict");
+    fmt::print("{:<30} {:>5} {:>7} {:>4} {:>9} {:>8} {:>8} {:>9} {:>8} {:>7} {:>8}  {:<26} {}\n", "case", "rows", "len",
+               "CTAs", "ours", "floor", "x floor", "sort", "speedup", "host us", "x empty", "target", "verdict");
     std::map<std::string, Measured> done;
     for (const auto& cs : cases) out["results"].push_back(bench_case(cs, rng, done));
   });

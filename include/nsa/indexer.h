@@ -45,6 +45,16 @@ constexpr int64_t kIndexerHeads = 64;     // index_n_heads
 constexpr int64_t kIndexerHeadDim = 128;  // index_head_dim: one fp8 byte per dimension
 constexpr int64_t kIndexerMaxNextN = 4;   // query rows per request (decode + MTP drafts)
 
+// The CUDA kernel of paged_mqa_logits (the CPU backend ignores it).
+enum class MqaLogitsKernel : int32_t {
+  kDefault = 0,  // mma.sync m16n8k32 (nsa/cuda/indexer.cuh): every architecture
+  // OPT-IN wgmma kernel (nsa/cuda/indexer_wgmma.cuh), sm_90a only: throws
+  // kUnsupported on any other device or a build without sm_90a SASS. Same
+  // output contract and head-sum order; s_h accumulated by other tensor-core
+  // instructions, so not bitwise equal to kDefault (both to calc_diff < 1e-3).
+  kWgmma = 1,
+};
+
 struct PagedMqaLogitsArgs {
   // q: fp8 e4m3 [batch, next_n, 64, 128] contiguous (the q scale is folded into weights).
   const uint8_t* q = nullptr;
@@ -71,6 +81,8 @@ struct PagedMqaLogitsArgs {
   float* logits = nullptr;
   int64_t width = 0;
   int64_t logits_ld = 0;
+
+  MqaLogitsKernel kernel = MqaLogitsKernel::kDefault;
 };
 
 // Validates every host-visible argument (throws nsa::Error naming it before

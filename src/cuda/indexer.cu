@@ -1,14 +1,25 @@
-// CUDA backend of paged_mqa_logits: the launcher of nsa/cuda/indexer.cuh and
-// the launch-status check, nothing else (validation is done by src/indexer.cpp).
+// CUDA backend of paged_mqa_logits: the launchers of nsa/cuda/indexer.cuh
+// (default) and nsa/cuda/indexer_wgmma.cuh (opt-in, sm_90a) and the launch-
+// status check, nothing else (validation is done by src/indexer.cpp).
 #include "cuda/cuda_check.h"
 #include "indexer_backends.h"
 #include "nsa/cuda/indexer.cuh"
+#include "nsa/cuda/indexer_wgmma.cuh"
 
 namespace nsa {
 namespace cuda {
 
 void paged_mqa_logits(cudaStream stream, const PagedMqaLogitsArgs& args) {
-  NSA_CUDA_CHECK(kernels::invoke_paged_mqa_logits(args, stream));
+  if (args.kernel != MqaLogitsKernel::kWgmma) {
+    NSA_CUDA_CHECK(kernels::invoke_paged_mqa_logits(args, stream));
+    return;
+  }
+  const cudaError_t e = kernels::invoke_paged_mqa_logits_wgmma(args, stream);
+  if (e == cudaErrorNotSupported)
+    throw Error(ErrorCode::kUnsupported,
+                "nsa::paged_mqa_logits: argument 'kernel': MqaLogitsKernel::kWgmma needs a compute 9.0 device and "
+                "a build with sm_90a SASS (CMAKE_CUDA_ARCHITECTURES 90a-real)");
+  NSA_CUDA_CHECK(e);
 }
 
 }  // namespace cuda

@@ -17,6 +17,7 @@
 #include "buffer.h"
 #include "nsa/cuda/index_cache.cuh"
 #include "nsa/cuda/indexer.cuh"
+#include "nsa/cuda/indexer_wgmma.cuh"
 #include "nsa/cuda/metadata.cuh"
 #include "nsa/cuda/topk.cuh"
 #include "nsa/indexer.h"
@@ -252,8 +253,9 @@ TEST(CudaHeaders, TopkLauncherUsableFromAnotherTranslationUnit_cuda) {
   EXPECT_EQ(got, want);
 }
 
-// paged_mqa_logits' launcher from this translation unit: the library's bytes
-// (same kernel, fixed reduction order), -inf past the length.
+// paged_mqa_logits' launchers (default and opt-in wgmma) from this
+// translation unit: the library's bytes (same kernel, fixed reduction
+// order), -inf past the length.
 TEST(CudaHeaders, PagedMqaLogitsLauncherUsableFromAnotherTranslationUnit_cuda) {
   if (!support::cuda_device_available()) GTEST_SKIP() << "no CUDA device: GPU test not run";
   constexpr int64_t kWidth = 700, kPages = 11;
@@ -293,6 +295,35 @@ TEST(CudaHeaders, PagedMqaLogitsLauncherUsableFromAnotherTranslationUnit_cuda) {
   support::synchronize(Backend::kCuda);
   EXPECT_EQ(hdr.to_host(), lib.to_host());
   std::vector<float> got(kWidth);
+  hdr.download(got.data(), kWidth * 4);
+  EXPECT_TRUE(std::isinf(got[650]) && got[650] < 0);
+  EXPECT_FALSE(std::isinf(got[649]));
+
+  // The opt-in wgmma launcher: the library's kWgmma bytes where the device
+  // runs it (compute 9.0, sm_90a build), cudaErrorNotSupported elsewhere.
+  const cudaError_t avail = kernels::mqa_wgmma_available();
+  if (avail == cudaErrorNotSupported) {
+    EXPECT_EQ(kernels::invoke_paged_mqa_logits_wgmma(a, nullptr), cudaErrorNotSupported);
+    // On compute 9.0 an sm_90a build must run it: say which image the runtime picked.
+    int device = 0;
+    cudaDeviceProp prop{};
+    ASSERT_EQ(cudaGetDevice(&device), cudaSuccess);
+    ASSERT_EQ(cudaGetDeviceProperties(&prop, device), cudaSuccess);
+    cudaFuncAttributes fa{};
+    ASSERT_EQ(cudaFuncGetAttributes(&fa, kernels::paged_mqa_logits_wgmma_kernel<1>), cudaSuccess);
+    EXPECT_FALSE(prop.major == 9 && prop.minor == 0)
+        << "compute 9.0 device, wgmma kernel image binaryVersion " << fa.binaryVersion << " ptxVersion "
+        << fa.ptxVersion << " (90 and 90 expected from an sm_90a build)";
+    return;
+  }
+  ASSERT_EQ(avail, cudaSuccess);
+  a.kernel = MqaLogitsKernel::kWgmma;
+  a.logits = lib.as<float>();
+  paged_mqa_logits(Exec::cuda(), a);
+  a.logits = hdr.as<float>();
+  ASSERT_EQ(kernels::invoke_paged_mqa_logits_wgmma(a, nullptr), cudaSuccess);
+  support::synchronize(Backend::kCuda);
+  EXPECT_EQ(hdr.to_host(), lib.to_host());
   hdr.download(got.data(), kWidth * 4);
   EXPECT_TRUE(std::isinf(got[650]) && got[650] < 0);
   EXPECT_FALSE(std::isinf(got[649]));

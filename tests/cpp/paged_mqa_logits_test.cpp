@@ -6,11 +6,16 @@
 // the reference does, and be bit-stable across runs and graph replays.
 // Outputs are poisoned; columns past width must stay poisoned. The pitfalls
 // of the indexer facts sheet that concern logits are named tests (P2, P3,
-// P4, P8, P9, P11, P13, P15).
+// P4, P8, P9, P11, P13, P15). Every test of the fixture also runs the opt-in
+// sm_90a wgmma kernel (MqaLogitsKernel::kWgmma, instances *_wgmma) under the
+// same CUDA rules; those skip, visibly, on any device that is not compute 9.0.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <ostream>
+#include <string>
+#include <vector>
 
 #include "nsa/indexer.h"
 #include "reference/index_cache.h"
@@ -102,8 +107,10 @@ struct HostIdx {
 
 class Runner {
  public:
-  Runner(Backend b, const LogitsCase& c) : b_(b), c_(c), lens_(c.lens, c.idx64), table_(shifted(c), c.idx64) {
+  Runner(Backend b, const LogitsCase& c, MqaLogitsKernel kernel = MqaLogitsKernel::kDefault)
+      : b_(b), c_(c), lens_(c.lens, c.idx64), table_(shifted(c), c.idx64) {
     const int64_t page_bytes = c.page_size * (kD + 4);
+    host_.kernel = kernel;
     host_.q = c.q.data();
     host_.weights = c.weights.data();
     host_.batch = c.batch;
@@ -212,8 +219,8 @@ void expect_matches(Backend b, const Runner& run, const LogitsCase& c, const std
   }
 }
 
-void check_case(Backend b, const LogitsCase& c, const std::string& what) {
-  Runner run(b, c);
+void check_case(Backend b, MqaLogitsKernel kernel, const LogitsCase& c, const std::string& what) {
+  Runner run(b, c, kernel);
   run.run(exec_for(b));
   const std::vector<float> first = run.result();
   expect_matches(b, run, c, first, what);
@@ -222,10 +229,50 @@ void check_case(Backend b, const LogitsCase& c, const std::string& what) {
   EXPECT_TRUE(same_bits(first, run.result())) << what << ": second run differs";
 }
 
-class PagedMqaLogitsTest : public ::testing::TestWithParam<Backend> {
+// The current CUDA device is compute 9.0 (H100, H200): the wgmma kernel must run there.
+bool cuda_device_is_sm90() {
+#if defined(NSA_WITH_CUDA)
+  int device = 0, major = 0, minor = 0;
+  return cudaGetDevice(&device) == cudaSuccess &&
+         cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess &&
+         cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) == cudaSuccess && major == 9 &&
+         minor == 0;
+#else
+  return false;
+#endif
+}
+
+// A backend and, on CUDA, the kernel that runs the op.
+struct Variant {
+  Backend backend;
+  MqaLogitsKernel kernel;
+};
+
+std::string variant_label(const Variant& v) {
+  return std::string(to_string(v.backend)) + (v.kernel == MqaLogitsKernel::kWgmma ? "_wgmma" : "");
+}
+void PrintTo(const Variant& v, std::ostream* os) { *os << variant_label(v); }
+
+std::vector<Variant> all_variants() {
+  std::vector<Variant> v;
+  for (Backend b : all_backends()) v.push_back({b, MqaLogitsKernel::kDefault});
+  v.push_back({Backend::kCuda, MqaLogitsKernel::kWgmma});
+  return v;
+}
+
+std::string variant_name(const ::testing::TestParamInfo<Variant>& info) { return variant_label(info.param); }
+
+class PagedMqaLogitsTest : public ::testing::TestWithParam<Variant> {
  protected:
-  void SetUp() override { NSA_SKIP_WITHOUT_BACKEND(GetParam()); }
-  Backend backend() const { return GetParam(); }
+  void SetUp() override {
+    NSA_SKIP_WITHOUT_BACKEND(backend());
+    // On a compute 9.0 device the wgmma kernel must run (an exception is a failure).
+    if (kernel() == MqaLogitsKernel::kWgmma && !cuda_device_is_sm90())
+      GTEST_SKIP() << "MqaLogitsKernel::kWgmma needs a compute 9.0 (sm_90a) device: not run";
+  }
+  Backend backend() const { return GetParam().backend; }
+  MqaLogitsKernel kernel() const { return GetParam().kernel; }
+  void check(const LogitsCase& c, const std::string& what) const { check_case(backend(), kernel(), c, what); }
 };
 
 // ------------------------------- against the reference -------------------------------
@@ -237,7 +284,7 @@ TEST_P(PagedMqaLogitsTest, EveryNextNLengthAndIndexType) {
     const bool idx64 = n % 2 == 0;
     const int64_t wide = K + 70;  // not a multiple of the CUDA chunk
     LogitsCase c = make_case(rng, n, {0, 1, K - 1, K, K + 1, 300 + 37 * n}, wide, 64, idx64);
-    check_case(backend(), c, "N=" + std::to_string(n) + (idx64 ? " int64" : " int32"));
+    check(c, "N=" + std::to_string(n) + (idx64 ? " int64" : " int32"));
   }
 }
 
@@ -246,7 +293,21 @@ TEST_P(PagedMqaLogitsTest, PageSizesAndWidths) {
   for (int64_t p : {4, 16, 32, 64, 128}) {
     for (int64_t width : {1, 63, 64, 65, 700, 1100}) {
       LogitsCase c = make_case(rng, 2, {width + 20, width / 2 + 1, 5}, width, p, p == 32);
-      check_case(backend(), c, "P=" + std::to_string(p) + " width=" + std::to_string(width));
+      check(c, "P=" + std::to_string(p) + " width=" + std::to_string(width));
+    }
+  }
+}
+
+// Lengths around the CUDA tiles (128 tokens per stage, 64 per warpgroup of
+// the wgmma kernel, 512-column chunks) for every N, widths that are no
+// multiple of them, and page sizes other than 64.
+TEST_P(PagedMqaLogitsTest, TileEdgeLengths) {
+  auto rng = make_rng(14);
+  for (int64_t n = 1; n <= kIndexerMaxNextN; ++n) {
+    for (int64_t p : {16, 64, 128}) {
+      LogitsCase c =
+          make_case(rng, n, {63 + n - 1, 64 + n - 1, 65 + n - 1, 127, 128, 129, 511, 512, 513, 1025}, 1100, p, n == 3);
+      check(c, "N=" + std::to_string(n) + " P=" + std::to_string(p));
     }
   }
 }
@@ -254,7 +315,7 @@ TEST_P(PagedMqaLogitsTest, PageSizesAndWidths) {
 TEST_P(PagedMqaLogitsTest, EmptyBatchAndZeroWidthWriteNothing) {
   auto rng = make_rng(3);
   LogitsCase c = make_case(rng, 2, {100, 7}, 0, 64, false);
-  Runner run(backend(), c);
+  Runner run(backend(), c, kernel());
   run.run(exec_for(backend()));
   for (float x : run.result()) EXPECT_EQ(bits(x), kPoisonBits);
   PagedMqaLogitsArgs a = run.device_args();
@@ -275,7 +336,7 @@ TEST_P(PagedMqaLogitsTest, P2_ExactZeroPlateau) {
   for (int64_t p = 0; p < c.num_pages; ++p)
     for (int64_t o = 0; o < c.page_size; o += 1)
       if ((p + o) % 4 != 0) std::memset(&c.cache[static_cast<size_t>(p * page_bytes + o * kD)], 0, kD);
-  Runner run(backend(), c);
+  Runner run(backend(), c, kernel());
   run.run(exec_for(backend()));
   const auto got = run.result(), want = run.expected();
   int64_t zeros = 0;
@@ -299,7 +360,7 @@ TEST_P(PagedMqaLogitsTest, P3_P11_MaskedColumnsAreMinusInf) {
   c.table_cols = 10;                               // request 0 and 1 need 16 columns: 640.. masked
   // Entries past a request's live pages are garbage and must never be used.
   for (int64_t col = 10; col < c.table_ld; ++col) c.table[2 * c.table_ld + col] = -7;
-  Runner run(backend(), c);
+  Runner run(backend(), c, kernel());
   run.run(exec_for(backend()));
   const auto got = run.result();
   const float ninf = -std::numeric_limits<float>::infinity();
@@ -317,7 +378,7 @@ TEST_P(PagedMqaLogitsTest, P4_NegativeAndOversizedLengths) {
   LogitsCase c = make_case(rng, 3, {-5, 0, 2, 3, 4, 520}, 520, 64, true);
   c.lens[5] = int64_t{1} << 40;  // int64 only: read past width never happens (cut at width)
   c.table_cols = (520 + 63) / 64;
-  Runner run(backend(), c);
+  Runner run(backend(), c, kernel());
   run.run(exec_for(backend()));
   expect_matches(backend(), run, c, run.result(), "lengths");
 }
@@ -327,7 +388,7 @@ TEST_P(PagedMqaLogitsTest, P8_ByteOffsetsPast2To31) {
   auto rng = make_rng(7);
   LogitsCase c = make_case(rng, 2, {700, 333}, 800, 64, false);
   c.page_base = 300000;  // 300,000 * 8448 > 2^31
-  check_case(backend(), c, "offsets");
+  check(c, "offsets");
 }
 
 // P9: MTP causal lengths, L in {N-1, N, N+1, K+N-1, K+N}.
@@ -336,7 +397,7 @@ TEST_P(PagedMqaLogitsTest, P9_MtpCausalLengths) {
   constexpr int64_t K = 2048;
   for (int64_t n = 1; n <= kIndexerMaxNextN; ++n) {
     LogitsCase c = make_case(rng, n, {n - 1, n, n + 1, K + n - 1, K + n}, K + 8, 64, false);
-    Runner run(backend(), c);
+    Runner run(backend(), c, kernel());
     run.run(exec_for(backend()));
     const auto got = run.result();
     for (int64_t b = 0; b < c.batch; ++b)
@@ -352,13 +413,13 @@ TEST_P(PagedMqaLogitsTest, P9_MtpCausalLengths) {
 
 // P13 / P15: bit-identical across runs (check_case) and across graph replays
 // with lengths changed between captures and replays (CUDA).
-TEST(PagedMqaLogitsCuda, P13_GraphReplayIsBitStable) {
-  NSA_SKIP_WITHOUT_BACKEND(Backend::kCuda);
+TEST_P(PagedMqaLogitsTest, P13_GraphReplayIsBitStable) {
+  if (backend() != Backend::kCuda) GTEST_SKIP() << "CUDA graphs: CUDA only";
 #if defined(NSA_WITH_CUDA)
   const Backend b = Backend::kCuda;
   auto rng = make_rng(9);
   LogitsCase c = make_case(rng, 2, {1800, 40, 1201}, 2000, 64, false);
-  Runner run(b, c);
+  Runner run(b, c, kernel());
   cudaStream_t stream = nullptr;
   cudaGraph_t graph = nullptr;
   cudaGraphExec_t exec = nullptr;
@@ -379,7 +440,7 @@ TEST(PagedMqaLogitsCuda, P13_GraphReplayIsBitStable) {
     const auto got = run.result();
     if (rep == 0) {
       first = got;
-      Runner fresh(b, c);  // the reference sees the new lengths
+      Runner fresh(b, c, kernel());  // the reference sees the new lengths
       expect_matches(b, fresh, c, got, "replay");
     } else {
       EXPECT_TRUE(same_bits(first, got)) << "replay " << rep << " differs";
@@ -408,7 +469,7 @@ TEST(PagedMqaLogitsCpu, ThreadCountDoesNotChangeBits) {
 TEST_P(PagedMqaLogitsTest, BadArgumentsThrowBeforeWriting) {
   auto rng = make_rng(11);
   LogitsCase c = make_case(rng, 2, {100, 50}, 128, 64, false);
-  Runner run(backend(), c);
+  Runner run(backend(), c, kernel());
   const Exec e = exec_for(backend());
   auto expect_bad = [&](auto mutate, const std::string& arg) {
     PagedMqaLogitsArgs a = run.device_args();
@@ -431,6 +492,19 @@ TEST_P(PagedMqaLogitsTest, BadArgumentsThrowBeforeWriting) {
   expect_bad([](PagedMqaLogitsArgs& a) { a.page_table = Indices(); }, "page_table");
   expect_bad([](PagedMqaLogitsArgs& a) { a.cache.data = nullptr; }, "cache.data");
   expect_bad([](PagedMqaLogitsArgs& a) { a.cache.num_pages = -1; }, "cache.num_pages");
+  expect_bad([](PagedMqaLogitsArgs& a) { a.kernel = static_cast<MqaLogitsKernel>(2); }, "kernel");
+  for (float x : run.result()) EXPECT_EQ(bits(x), kPoisonBits);
+}
+
+// The opt-in wgmma kernel on a CUDA device that is not compute 9.0:
+// kUnsupported naming the argument, nothing launched, nothing written.
+TEST(PagedMqaLogitsCuda, WgmmaElsewhereIsUnsupported) {
+  NSA_SKIP_WITHOUT_BACKEND(Backend::kCuda);
+  if (cuda_device_is_sm90()) GTEST_SKIP() << "compute 9.0 device: the wgmma kernel runs (PagedMqaLogitsTest *_wgmma)";
+  auto rng = make_rng(15);
+  LogitsCase c = make_case(rng, 2, {100, 50}, 128, 64, false);
+  Runner run(Backend::kCuda, c, MqaLogitsKernel::kWgmma);
+  expect_invalid([&] { run.run(Exec::cuda()); }, "kernel", ErrorCode::kUnsupported);
   for (float x : run.result()) EXPECT_EQ(bits(x), kPoisonBits);
 }
 
@@ -445,7 +519,7 @@ TEST_P(PagedMqaLogitsTest, IndexerTopkEqualsLogitsThenTopk) {
     {
       LogitsCase c = make_case(rng, n, {0, 5, k - 1, k + n, 2 * k + 100}, 2 * k + 128, 64, n == 2);
       c.table[1 * c.table_ld + 0] = -1;  // a padding page: its tokens are -inf and map to -1
-      Runner run(backend(), c);
+      Runner run(backend(), c, kernel());
       const int64_t rows = run.rows(), ld = k + 3;
       const std::vector<int32_t> poison(static_cast<size_t>(rows * ld), -7);
       support::Buffer fused = to_backend(backend(), poison), fused_raw = to_backend(backend(), poison),
@@ -501,7 +575,7 @@ TEST_P(PagedMqaLogitsTest, IndexerTopkEqualsLogitsThenTopk) {
 TEST_P(PagedMqaLogitsTest, IndexerTopkBadArgumentsThrowBeforeWriting) {
   auto rng = make_rng(13);
   LogitsCase c = make_case(rng, 1, {100, 50}, 128, 64, false);
-  Runner run(backend(), c);
+  Runner run(backend(), c, kernel());
   support::Buffer out(backend(), 2 * 64 * 4);
   IndexerTopkArgs x;
   x.logits = run.device_args();
@@ -521,7 +595,7 @@ TEST_P(PagedMqaLogitsTest, IndexerTopkBadArgumentsThrowBeforeWriting) {
   for (float v : run.result()) EXPECT_EQ(bits(v), kPoisonBits);  // the workspace is untouched
 }
 
-INSTANTIATE_TEST_SUITE_P(Backends, PagedMqaLogitsTest, ::testing::ValuesIn(all_backends()), backend_name);
+INSTANTIATE_TEST_SUITE_P(Backends, PagedMqaLogitsTest, ::testing::ValuesIn(all_variants()), variant_name);
 
 }  // namespace
 }  // namespace test

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <limits>
 #include <numeric>
 
@@ -19,6 +20,14 @@
 
 namespace nsa {
 namespace test {
+
+#if defined(NSA_WITH_CUDA)
+// topk_test_kernels.cu: the CUDA launcher with the CTAs per row forced
+// (1, or a cluster size 2..16 where topk_cluster_usable says so).
+bool topk_cluster_usable(int cluster, ScoreType type);
+cudaError_t topk_transform_with_cluster(const TopkArgs& a, int cluster, cudaStream_t stream);
+#endif
+
 namespace {
 
 constexpr int32_t kOutPoison = static_cast<int32_t>(0xA5A5A5A5u);
@@ -127,6 +136,13 @@ class Runner {
   const TopkArgs& device_args() const { return dev_; }
   support::Buffer& lengths_buffer() { return lens_dev_; }
 
+  // Poisons both outputs again (before another call on the same inputs).
+  void poison() {
+    const std::vector<int32_t> p(static_cast<size_t>(std::max<int64_t>(1, c_.rows * (c_.k + c_.out_pad))), kOutPoison);
+    out_dev_.upload(p);
+    raw_dev_.upload(p);
+  }
+
   void run(const Exec& exec) { topk_transform(exec, dev_); }
 
   TopkResult result() const {
@@ -176,14 +192,16 @@ class Runner {
 };
 
 #if defined(NSA_WITH_CUDA)
-// One call of a Runner captured into a CUDA graph on its own stream; a
-// failing CUDA call throws (gtest reports it as a failure of the test).
+// One call of a Runner (or any enqueue on a stream) captured into a CUDA
+// graph on its own stream; a failing CUDA call throws (gtest reports it as a
+// failure of the test).
 class CapturedCall {
  public:
-  explicit CapturedCall(Runner& run) {
+  explicit CapturedCall(Runner& run) : CapturedCall([&](cudaStream_t s) { run.run(Exec::cuda(s)); }) {}
+  explicit CapturedCall(const std::function<void(cudaStream_t)>& enqueue) {
     check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     check(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
-    run.run(Exec::cuda(stream_));
+    enqueue(stream_);
     check(cudaStreamEndCapture(stream_, &graph_));
     check(cudaGraphInstantiate(&exec_, graph_, 0));
   }
@@ -198,11 +216,11 @@ class CapturedCall {
     check(cudaGraphLaunch(exec_, stream_));
     check(cudaStreamSynchronize(stream_));
   }
-
- private:
   static void check(cudaError_t e) {
     if (e != cudaSuccess) throw std::runtime_error(std::string("CUDA: ") + cudaGetErrorString(e));
   }
+
+ private:
   cudaStream_t stream_ = nullptr;
   cudaGraph_t graph_ = nullptr;
   cudaGraphExec_t exec_ = nullptr;
@@ -517,8 +535,10 @@ TEST_P(TopkTest, P6_LengthsChangeUnderOneLaunchShape) {
   }
 }
 
-// P7: no inter-CTA barrier exists (one CTA per row), so concurrent work on
-// other streams cannot deadlock it: two calls on two streams at once.
+// P7: the only barriers between CTAs are those of one cluster (CUDA, few
+// rows), whose CTAs the hardware schedules together, so concurrent work on
+// other streams cannot deadlock it: two calls on two streams at once (the
+// 3-row call runs a cluster per row on sm_90).
 TEST_P(TopkTest, P7_ConcurrentStreams) {
   auto rng = make_rng(9);
   TopkCase a = decode_case(rng, 64, 20000, 2048, std::vector<int64_t>(64, 20000));
@@ -766,6 +786,208 @@ TEST(TopkCuda, GraphReplaysAreRepeatable) {
   }
 #endif
 }
+
+#if defined(NSA_WITH_CUDA)
+// ------------------------------- CUDA cluster sizes -------------------------------
+
+const int kClusterSizes[] = {1, 2, 4, 8, 16};
+
+// Clusters must not silently fall back to one CTA per row where the device
+// has them: sizes 2, 4 and 8 are portable on every sm_90+ part (16 is
+// non-portable and may be refused).
+TEST(TopkCuda, ClusterSizesUsableOnSm90) {
+  NSA_SKIP_WITHOUT_BACKEND(Backend::kCuda);
+  int device = 0, major = 0;
+  ASSERT_EQ(cudaGetDevice(&device), cudaSuccess);
+  ASSERT_EQ(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device), cudaSuccess);
+  if (major < 9) GTEST_SKIP() << "no thread-block clusters before sm_90";
+  for (ScoreType type : {ScoreType::kFloat32, ScoreType::kBfloat16})
+    for (int cluster : {2, 4, 8}) EXPECT_TRUE(topk_cluster_usable(cluster, type)) << cluster << " " << to_string(type);
+  std::printf("cluster size 16: %s\n", topk_cluster_usable(16, ScoreType::kFloat32) ? "usable" : "refused");
+}
+
+// Runs the case once per usable CTA count per row on the same device inputs
+// (outputs poisoned again each time) and compares each run with the
+// reference, and byte for byte with one CTA per row (any order mode: the
+// kernel's order does not depend on the cluster size).
+void check_every_cluster(const TopkCase& c, const std::string& what) {
+  SCOPED_TRACE(what);
+  Runner run(Backend::kCuda, c);
+  const TopkResult want = run.expected();
+  TopkResult single;
+  for (int cluster : kClusterSizes) {
+    if (!topk_cluster_usable(cluster, c.type)) continue;
+    const std::string name = what + ", " + std::to_string(cluster) + " CTAs per row";
+    run.poison();
+    ASSERT_EQ(topk_transform_with_cluster(run.device_args(), cluster, nullptr), cudaSuccess) << name;
+    const TopkResult got = run.result();
+    expect_rows_equal(c, got, want, name);
+    if (cluster == 1) {
+      single = got;
+    } else {
+      EXPECT_EQ(got.out, single.out) << name;
+      EXPECT_EQ(got.raw, single.raw) << name;
+    }
+    if (::testing::Test::HasFailure()) return;
+  }
+}
+
+// Lengths around K and around the slice boundaries: empty slices (2K + 5
+// over 16 CTAs), odd lengths no cluster size divides, lengths just past
+// C x 32K (the first slices past the shared-memory cache, the last one
+// within it), clamped lengths; fp32 with the page-table transform and bf16.
+TEST(TopkCuda, EveryClusterSizeMatchesReference) {
+  NSA_SKIP_WITHOUT_BACKEND(Backend::kCuda);
+  auto rng = make_rng(20);
+  for (int64_t k : {512, 2048}) {
+    const int64_t width = 140000;
+    std::vector<int64_t> lens = {0, 1, k - 1, k, k + 1, 2 * k + 5, 12345, 65537, 99999, 131073, width, width + 1, -5};
+    TopkCase c = decode_case(rng, static_cast<int64_t>(lens.size()), width, k, lens);
+    c.transform = TopkTransform::kPaged64;
+    c.table_rows = c.rows;
+    c.table_cols = (width + 63) / 64;
+    c.table_ld = c.table_cols;
+    c.table = random_table(rng, c.table_rows, c.table_ld, 100000);
+    check_every_cluster(c, "lengths k=" + std::to_string(k));
+    c.type = ScoreType::kBfloat16;  // ties after rounding
+    c.order = TopkOrder::kAscending;
+    check_every_cluster(c, "lengths bf16 k=" + std::to_string(k));
+  }
+}
+
+// 99% and 99.9% exact zeros (the smallest zero indices fill the set across
+// slices), nnz around K; threshold bins past the candidate capacity (the
+// re-read path of long slices); lengths not a multiple of any cluster size.
+TEST(TopkCuda, EveryClusterSizeOnTies) {
+  NSA_SKIP_WITHOUT_BACKEND(Backend::kCuda);
+  auto rng = make_rng(21);
+  for (int64_t k : {512, 2048}) {
+    const int64_t width = 100003;
+    const std::vector<int64_t> nnz = {width / 100, width / 1000, k - 1, k, k + 1, 0};
+    TopkCase c;
+    c.k = k;
+    c.rows = static_cast<int64_t>(nnz.size()) + 2;
+    c.width = c.ld = width;
+    c.scores.assign(static_cast<size_t>(c.rows * c.ld), 0.0f);
+    for (size_t r = 0; r < nnz.size(); ++r) {
+      std::vector<int64_t> cols(static_cast<size_t>(width));
+      std::iota(cols.begin(), cols.end(), 0);
+      std::shuffle(cols.begin(), cols.end(), rng);
+      for (int64_t i = 0; i < nnz[r]; ++i)
+        c.scores[static_cast<size_t>(r * c.ld + cols[i])] = std::uniform_real_distribution<float>(1e-3f, 1.0f)(rng);
+    }
+    std::uniform_int_distribution<uint32_t> low(0, 1023);
+    for (int64_t j = 0; j < width; ++j) {  // the P1 rows: one coarse bin, then three values
+      c.scores[static_cast<size_t>(6 * c.ld + j)] = bits_float(0x3f800000u + low(rng));
+      c.scores[static_cast<size_t>(7 * c.ld + j)] = bits_float(0x3f800000u + low(rng) % 3);
+    }
+    c.lengths.assign(static_cast<size_t>(c.rows), width);
+    c.lengths[1] = width - 2;
+    c.lengths[4] = 77777;
+    c.order = TopkOrder::kAscending;
+    check_every_cluster(c, "ties k=" + std::to_string(k));
+  }
+}
+
+// -inf, -FLT_MAX and NaN rows (P3, P14) split over clusters, short and long.
+TEST(TopkCuda, EveryClusterSizeOnInfAndNaN) {
+  NSA_SKIP_WITHOUT_BACKEND(Backend::kCuda);
+  auto rng = make_rng(22);
+  for (int64_t width : {int64_t{3 * 2048 + 5}, int64_t{40001}}) {
+    TopkCase c = decode_case(rng, 6, width, 2048, std::vector<int64_t>(6, width));
+    for (int64_t j = 0; j < width; ++j) {
+      if (j % 3 != 0) c.scores[static_cast<size_t>(j)] = -INFINITY;  // row 0: a third finite
+      c.scores[static_cast<size_t>(c.ld + j)] = -INFINITY;           // row 1: all -inf
+      c.scores[static_cast<size_t>(2 * c.ld + j)] = j % 2 ? -INFINITY : -std::numeric_limits<float>::max();
+      if (j % 7 == 0) c.scores[static_cast<size_t>(3 * c.ld + j)] = NAN;                // row 3: +NaN sprinkled
+      if (j % 2 == 0) c.scores[static_cast<size_t>(4 * c.ld + j)] = -NAN;               // row 4: -NaN half
+      c.scores[static_cast<size_t>(5 * c.ld + j)] = bits_float(0x7f800001u + (j % 5));  // row 5: NaN payloads
+    }
+    c.lengths[0] = width - 1;
+    c.order = TopkOrder::kAscending;
+    check_every_cluster(c, "inf/NaN width=" + std::to_string(width));
+  }
+}
+
+// Windows that do not start at column 0 (ragged prefill, ragged-offset
+// transform) and MTP lengths derived per request, split over clusters.
+TEST(TopkCuda, EveryClusterSizeOnWindows) {
+  NSA_SKIP_WITHOUT_BACKEND(Backend::kCuda);
+  auto rng = make_rng(23);
+  const int64_t k = 2048;
+  TopkCase ragged;
+  ragged.k = k;
+  ragged.width = ragged.ld = 150001;
+  ragged.row_starts = {0, 3, 70001, 70001, 149000};
+  ragged.lengths = {70001, 65537, 80000, 79999, 5000};
+  ragged.rows = 5;
+  ragged.offsets = {0, 3, 70001, 70001, 149000};
+  ragged.transform = TopkTransform::kRaggedOffset;
+  ragged.scores = random_scores(rng, ragged.rows, ragged.ld);
+  poison_outside_windows(ragged);
+  check_every_cluster(ragged, "ragged windows");
+  TopkCase mtp;
+  mtp.k = k;
+  mtp.form = TopkLengths::kPerRequest;
+  mtp.n = 4;
+  mtp.lengths = {70001, 5000, 3};
+  mtp.rows = 12;
+  mtp.width = 70001;
+  mtp.ld = mtp.width + 1;
+  mtp.scores = random_scores(rng, mtp.rows, mtp.ld);
+  mtp.transform = TopkTransform::kPaged64;
+  mtp.table_rows = 3;
+  mtp.table_cols = (mtp.width + 63) / 64;
+  mtp.table_ld = mtp.table_cols;
+  mtp.table = random_table(rng, mtp.table_rows, mtp.table_ld, 50000);
+  poison_outside_windows(mtp);
+  check_every_cluster(mtp, "MTP N=4");
+}
+
+// One captured launch per cluster size, replayed with live lengths that
+// change between replays (the slices are decided on the device), then 25
+// replays of tie-heavy rows that must give the same bytes.
+TEST(TopkCuda, ClusterGraphReplaysFollowLiveLengths) {
+  NSA_SKIP_WITHOUT_BACKEND(Backend::kCuda);
+  auto rng = make_rng(24);
+  const int64_t width = 163840, k = 2048;
+  TopkCase c = decode_case(rng, 3, width, k, {width, width, width});
+  for (size_t i = 0; i < c.scores.size(); ++i)
+    if (i % 100 != 0) c.scores[i] = 0.0f;
+  const std::vector<std::vector<int64_t>> live = {{163840, 1024, 65537},
+                                                  {7, 131073, 2049},
+                                                  {100003, 0, 2048},
+                                                  {163840, 163840, 163840}};
+  for (int cluster : kClusterSizes) {
+    if (!topk_cluster_usable(cluster, c.type)) continue;
+    const std::string name = std::to_string(cluster) + " CTAs per row";
+    SCOPED_TRACE(name);
+    Runner run(Backend::kCuda, c);
+    CapturedCall graph(
+        [&](cudaStream_t s) { CapturedCall::check(topk_transform_with_cluster(run.device_args(), cluster, s)); });
+    for (size_t i = 0; i < live.size(); ++i) {
+      std::vector<int32_t> v(live[i].begin(), live[i].end());
+      run.lengths_buffer().upload(v);
+      run.poison();
+      ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);  // the uploads before the replay's stream reads them
+      graph.replay();
+      TopkCase e = c;
+      e.lengths = live[i];
+      Runner ref(Backend::kCpu, e);
+      expect_rows_equal(e, run.result(), ref.expected(), name + ", replay " + std::to_string(i));
+    }
+    const TopkResult first = run.result();  // the last live lengths: every row full
+    for (int rep = 0; rep < 25; ++rep) {
+      run.poison();
+      ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+      graph.replay();
+      const TopkResult got = run.result();
+      ASSERT_EQ(got.out, first.out) << name << ", replay " << rep;
+      ASSERT_EQ(got.raw, first.raw) << name << ", replay " << rep;
+    }
+  }
+}
+#endif
 
 // ------------------------------------ reference ------------------------------------
 

@@ -2,9 +2,19 @@
 // engine can call invoke_topk_transform on raw pointers or fuse the pieces;
 // the library's public API validates arguments and then calls the launcher.
 //
-// One CTA of 1024 threads per score row; every decision that depends on a
-// length is made by that CTA on the device, so the launch shape depends on
-// the row count only and a captured graph stays right for any live lengths.
+// One CTA of 1024 threads per score row, or, on sm_90 and later when there
+// are few rows, one thread-block cluster of C = 2..16 such CTAs per row (C
+// chosen on the host from the row count and the device only). Every decision
+// that depends on a length is made on the device, so the launch shape depends
+// on the row count only and a captured graph stays right for any live lengths.
+//
+// In a cluster, CTA c takes the c-th of C consecutive slices of the row's
+// visible length (multiples of 32 keys); each pass below builds the CTA's
+// histogram of its slice; after a cluster barrier CTA c sums the c-th 1/C of
+// the bins over the C histograms (DSMEM reads), and after a second one every
+// CTA finds the bin from those sums, so all CTAs follow the same prefix. The compaction's counts are exchanged the same
+// way: CTA c's first output slot counts the keys above the threshold and the ties taken in slices 0..c-1, so the output
+// is the same as with one CTA.
 //
 //   len <= K  the identity 0 .. len-1, then -1 (scores are not read).
 //   len >  K  a radix select on the order-preserving uint32 key of each
@@ -12,8 +22,8 @@
 //             digits of 12, 10 and 10 bits. Each pass builds a histogram of
 //             the keys that share the prefix found so far, in shared memory,
 //             and picks the bin holding the K-th largest key; it stops early
-//             when that bin is taken whole. Rows of up to kTopkCacheKeys
-//             scores are read from global memory once: their keys stay in
+//             when that bin is taken whole. Slices of up to kTopkCacheKeys
+//             scores (rows of up to C x 32K) are read from global memory once: their keys stay in
 //             shared memory for the later passes. For longer rows, when pass
 //             1's bin holds <= kTopkCandidates keys, one more sweep collects
 //             that bin's (key, index) pairs into the same shared memory and
@@ -29,15 +39,18 @@
 //             compaction writes raw indices to shared memory; the transform
 //             (table loads) then runs over all K slots at once.
 //
-// No global scratch, no atomics outside shared memory, no inter-CTA
-// communication (nothing to deadlock under co-scheduling), no allocation.
-// Histogram updates are warp-aggregated when a warp's 32 keys fall in one
-// bin, so exact-zero plateaus cost no more than spread-out rows.
+// No global scratch, no atomics outside shared memory, no communication
+// between CTAs outside a cluster (whose CTAs the hardware co-schedules:
+// nothing to deadlock under concurrent work), no allocation.
+// Histogram updates are warp-aggregated per distinct bin, so exact-zero
+// plateaus cost no more than spread-out rows.
 #pragma once
 
+#include <cooperative_groups.h>
 #include <cuda_runtime.h>
 #include <cub/block/block_scan.cuh>
 
+#include <atomic>
 #include <cstdint>
 
 #include "nsa/cuda/shared_memory.cuh"
@@ -63,6 +76,8 @@ constexpr int kTopkCandidates = kTopkCacheKeys / 2;
 // Dynamic shared memory: the histogram, then the key cache (+3 words of
 // alignment slack: the cache is shifted so vector stores are 16-byte aligned).
 constexpr size_t kTopkSharedBytes = (kTopkBins + kTopkCacheKeys + 4) * sizeof(uint32_t);
+// The largest thread-block cluster a row is split over (16 is non-portable).
+constexpr int kTopkMaxCluster = 16;
 
 struct TopkBlockState {
   int32_t bin;          // the bin holding the K-th key at this level
@@ -73,17 +88,82 @@ struct TopkBlockState {
   uint32_t warp_ties[kTopkWarps];
   uint32_t warp_slot[kTopkWarps];  // first output slot of each warp's chunk
   uint32_t warp_tie0[kTopkWarps];  // ties before each warp's chunk
+  uint32_t cta_above, cta_ties;    // the CTA's counts, read by the later CTAs of its cluster
+  uint32_t first_slot, slots;      // the CTA's output slots [first_slot, first_slot + slots)
+  // Cluster merge (topk_cluster_pick_bin), per pass parity: the total of the
+  // bins this CTA merged; then the range holding the wanted key.
+  uint32_t range_total[2];
+  int32_t range;
+  uint32_t range_above;  // keys in the ranges above it
 };
 
-// Adds 1 to hist[bin] for each lane with bin >= 0. All 32 lanes of the warp
-// call it together; when they share one bin, one atomic adds 32.
-__device__ __forceinline__ void topk_hist_add(uint32_t* hist, int bin) {
-  const int first = __shfl_sync(0xffffffffu, bin, 0);
-  if (__all_sync(0xffffffffu, bin == first)) {
-    if ((threadIdx.x & 31) == 0 && first >= 0) atomicAdd(hist + first, 32u);
-  } else if (bin >= 0) {
-    atomicAdd(hist + bin, 1u);
+// This CTA's part of its row: slice `rank` of `size` (size 1: the whole row;
+// size > 1: the CTAs of one thread-block cluster, sm_90 and later).
+struct TopkSlice {
+  int rank;
+  int size;
+};
+
+template <bool kCluster>
+__device__ __forceinline__ TopkSlice topk_this_slice() {
+  if constexpr (kCluster) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    const cooperative_groups::cluster_group cluster = cooperative_groups::this_cluster();
+    return {static_cast<int>(cluster.block_rank()), static_cast<int>(cluster.num_blocks())};
+#else
+    __trap();  // the host launches the cluster kernel only from sm_90 code
+#endif
   }
+  return {0, 1};
+}
+
+// A barrier of the cluster: also of the CTA, and it orders the shared memory
+// of every CTA of the cluster (what was written before it, anywhere, is
+// visible to DSMEM reads after it).
+__device__ __forceinline__ void topk_cluster_sync() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  cooperative_groups::this_cluster().sync();
+#endif
+}
+
+// The address of `p` (this CTA's shared memory) in the CTA `rank` of the cluster.
+template <class T>
+__device__ __forceinline__ T* topk_remote(T* p, int rank) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  return cooperative_groups::this_cluster().map_shared_rank(p, rank);
+#else
+  (void)rank;
+  return p;
+#endif
+}
+
+// The last DSMEM read of a cluster CTA is followed by arrive, the CTA's exit
+// preceded by wait: no CTA leaves while another may still read its memory.
+template <bool kCluster>
+__device__ __forceinline__ void topk_cluster_arrive() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  if constexpr (kCluster) asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory");
+#endif
+}
+template <bool kCluster>
+__device__ __forceinline__ void topk_cluster_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  if constexpr (kCluster) asm volatile("barrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+#endif
+}
+
+// Adds 1 to hist[bin] for each lane with bin >= 0. All 32 lanes of the warp
+// call it together; lanes that share a bin are aggregated (__match_any_sync)
+// and their lowest lane adds their count with one atomic, so plateaus (exact
+// zeros, one coarse bin) and partly clustered keys cost one atomic per
+// distinct bin and warp step instead of one per key.
+__device__ __forceinline__ void topk_hist_add(uint32_t* hist, int bin) {
+  // Passes 2 and 3 count only the keys under the prefix: most warp steps
+  // have none, and a vote is cheaper than the match.
+  if (__ballot_sync(0xffffffffu, bin >= 0) == 0u) return;
+  const uint32_t peers = __match_any_sync(0xffffffffu, bin);
+  const uint32_t lanes_below = (1u << (threadIdx.x & 31)) - 1u;
+  if (bin >= 0 && (peers & lanes_below) == 0u) atomicAdd(hist + bin, static_cast<uint32_t>(__popc(peers)));
 }
 
 template <class ScoreT>
@@ -264,52 +344,162 @@ __device__ __forceinline__ void topk_pick_bin(const uint32_t* hist, uint32_t nee
   }
 }
 
-template <class ScoreT>
+// Merged counts of a cluster: CTA c owns the range [c * R, (c + 1) * R) of
+// the bins (R = kBins / size) and sums it over the cluster's histograms into
+// `merged` (its own shared memory), with the range's total in
+// st.range_total[parity]. Two buffers, by pass parity: a CTA clears the next
+// pass's while others may still read this pass's. Every CTA reads kBins
+// words of remote histograms in all (not size x kBins: the SM-to-SM network
+// is shared), with one 16-byte load per thread.
+template <int kBins>
+__device__ __forceinline__ void topk_clear_merge(uint32_t* merged, int parity, TopkSlice slice, TopkBlockState& st) {
+  for (int b = threadIdx.x; b < kBins / slice.size; b += kTopkThreads) merged[b] = 0;
+  if (threadIdx.x == 0) st.range_total[parity] = 0;
+}
+
+template <int kBins>
+__device__ __forceinline__ void topk_merge_range(const uint32_t* hist, uint32_t* merged, int parity, TopkSlice slice,
+                                                 TopkBlockState& st) {
+  const int range = kBins / slice.size, vectors = range / 4;  // range >= 64 words
+  uint32_t sum = 0;
+  for (int t = threadIdx.x; t < kBins / 4; t += kTopkThreads) {
+    const int source = t / vectors, v = t - source * vectors;
+    const uint4 x = *reinterpret_cast<const uint4*>(topk_remote(hist, source) + slice.rank * range + 4 * v);
+    if (x.x != 0u) atomicAdd(merged + 4 * v, x.x);  // (most bins of passes 2 and 3 are empty)
+    if (x.y != 0u) atomicAdd(merged + 4 * v + 1, x.y);
+    if (x.z != 0u) atomicAdd(merged + 4 * v + 2, x.z);
+    if (x.w != 0u) atomicAdd(merged + 4 * v + 3, x.w);
+    sum += x.x + x.y + x.z + x.w;
+  }
+  sum = __reduce_add_sync(0xffffffffu, sum);
+  if ((threadIdx.x & 31) == 0 && sum != 0u) atomicAdd(&st.range_total[parity], sum);
+}
+
+// After topk_merge_range in every CTA (and a cluster barrier): the range
+// holding the need-th largest key (ranges walked from the top), then the bin
+// within it from its owner's merged counts; published in st like
+// topk_pick_bin, identically in every CTA of the cluster.
+template <class Scan, int kBins>
+__device__ __forceinline__ void topk_cluster_pick_bin(uint32_t* merged, int parity, TopkSlice slice, uint32_t need,
+                                                      TopkBlockState& st, typename Scan::TempStorage& scan) {
+  const int lane = threadIdx.x & 31, range = kBins / slice.size;
+  if (threadIdx.x < 32) {
+    const uint32_t total = lane < slice.size ? topk_remote(&st, lane)->range_total[parity] : 0u;
+    uint32_t from_top = total;  // keys in the ranges lane .. size - 1
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+      const uint32_t down = __shfl_down_sync(0xffffffffu, from_top, o);
+      if (lane + o < 32) from_top += down;
+    }
+    const uint32_t above = from_top - total;
+    const uint32_t here = __ballot_sync(0xffffffffu, lane < slice.size && above < need && need <= from_top);
+    const int owner = __ffs(here) - 1;
+    if (lane == owner) {
+      st.range = owner;
+      st.range_above = above;
+    }
+  }
+  __syncthreads();
+  const int owner = st.range;
+  const uint32_t need_in = need - st.range_above;
+  // Thread t takes the bins range - 1 - 2t and range - 2 - 2t of the owner's range.
+  const int hi = range - 1 - 2 * static_cast<int>(threadIdx.x);
+  uint2 c = make_uint2(0u, 0u);  // c.y: bin hi, c.x: bin hi - 1
+  if (hi > 0) c = *reinterpret_cast<const uint2*>(topk_remote(merged, owner) + hi - 1);
+  uint32_t above = 0;
+  Scan(scan).ExclusiveSum(c.x + c.y, above);
+  const int base = owner * range;
+  if (above < need_in && need_in <= above + c.y) {
+    st.bin = base + hi;
+    st.in_bin = c.y;
+    st.need = need_in - above;
+  }
+  above += c.y;
+  if (above < need_in && need_in <= above + c.x) {
+    st.bin = base + hi - 1;
+    st.in_bin = c.x;
+    st.need = need_in - above;
+  }
+}
+
+// The end of a pass: once every histogram of the row is complete, the bin
+// holding the need-th largest key in st, the same in every CTA.
+template <class Scan, int kBins, bool kCluster>
+__device__ __forceinline__ void topk_pick(const uint32_t* hist, uint32_t* merged, int parity, TopkSlice slice,
+                                          uint32_t need, TopkBlockState& st, typename Scan::TempStorage& scan) {
+  if constexpr (kCluster) {
+    static_assert(kBins / kTopkMaxCluster >= 64 && kBins / 2 <= 2 * kTopkThreads, "range sizes");
+    topk_cluster_sync();  // every CTA's histogram is complete
+    topk_merge_range<kBins>(hist, merged, parity, slice, st);
+    topk_cluster_sync();  // every CTA's merged range is complete
+    topk_cluster_pick_bin<Scan, kBins>(merged, parity, slice, need, st, scan);
+  } else {
+    __syncthreads();
+    topk_pick_bin<Scan, kBins>(hist, need, st, scan);
+  }
+  __syncthreads();
+}
+
+// One row per CTA (kCluster = false) or per thread-block cluster: each CTA
+// of a cluster selects over its slice with the cluster's merged histograms
+// and writes its part of the output (the CTAs before it in the cluster give
+// its first slot).
+template <class ScoreT, bool kCluster>
 __global__ void __launch_bounds__(kTopkThreads, 1) topk_transform_kernel(const TopkArgs a) {
   using Scan = cub::BlockScan<uint32_t, kTopkThreads, cub::BLOCK_SCAN_WARP_SCANS>;
   static_assert(kTopkMaxK <= kTopkBins, "the selected indices reuse the histogram");
   __shared__ typename Scan::TempStorage scan;
   __shared__ TopkBlockState st;
+  // Two buffers of merged counts (topk_merge_range; at most half the bins each).
+  __shared__ __align__(16) uint32_t merged[kCluster ? kTopkBins : 1];
   extern __shared__ __align__(16) uint32_t topk_smem[];
   uint32_t* const hist = topk_smem;
+  uint32_t* const area = topk_smem + kTopkBins;  // the key cache or the candidates
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int64_t r = blockIdx.x;
+  const TopkSlice slice = topk_this_slice<kCluster>();
+  const int64_t r = blockIdx.x / slice.size;
   const detail::TopkWindow w = detail::topk_window(a, r);
   const int64_t q = detail::topk_request(a, r);
   const int64_t len = w.len, k = a.k;
   int32_t* const out = a.out + r * a.out_ld;
   int32_t* const raw = a.out_raw != nullptr ? a.out_raw + r * a.out_raw_ld : nullptr;
 
-  if (len <= k) {  // uniform over the CTA: the identity, then -1
-    for (int64_t s = tid; s < k; s += kTopkThreads) {
+  if (len <= k) {  // uniform over the cluster: the identity, then -1
+    for (int64_t s = slice.rank * kTopkThreads + tid; s < k; s += slice.size * kTopkThreads) {
       out[s] = s < len ? detail::topk_apply_transform(a, r, q, s) : -1;
       if (raw != nullptr) raw[s] = s < len ? static_cast<int32_t>(s) : -1;
     }
     return;
   }
 
-  const ScoreT* const row = static_cast<const ScoreT*>(a.scores) + r * a.score_ld + w.start;
-  const bool cached = len <= kTopkCacheKeys;
-  uint32_t* const cache = topk_cache_base(topk_smem + kTopkBins, row);
+  // This CTA's slice [lo, lo + slice_len) of the row: consecutive slices of a
+  // multiple of 32 keys (the last one shorter, maybe empty). From here on
+  // indices are relative to lo, and every count is over the slice unless it
+  // comes from topk_pick_bin (the whole row).
+  const int64_t per = ((len + slice.size - 1) / slice.size + 31) / 32 * 32;
+  const int64_t lo = slice.rank * per < len ? slice.rank * per : len;
+  const int64_t slice_len = len - lo < per ? len - lo : per;
+  const ScoreT* const row = static_cast<const ScoreT*>(a.scores) + r * a.score_ld + w.start + lo;
+  const bool cached = slice_len <= kTopkCacheKeys;
+  uint32_t* const cache = topk_cache_base(area, row);
 
   // Pass 1: top 12 bits of every key (and the keys into the cache).
   for (int b = tid; b < kTopkBins; b += kTopkThreads) hist[b] = 0;
+  if constexpr (kCluster) topk_clear_merge<kTopkBins>(merged, 0, slice, st);
   __syncthreads();
   auto count_top = [&](int64_t, uint32_t key, bool valid) {
     topk_hist_add(hist, valid ? static_cast<int>(key >> kTopkTopShift) : -1);
   };
-  if (cached) topk_visit_global<ScoreT, true>(row, len, cache, count_top);
-  else topk_visit_global<ScoreT, false>(row, len, cache, count_top);
-  __syncthreads();
-  topk_pick_bin<Scan, kTopkBins>(hist, static_cast<uint32_t>(k), st, scan);
-  __syncthreads();
+  if (cached) topk_visit_global<ScoreT, true>(row, slice_len, cache, count_top);
+  else topk_visit_global<ScoreT, false>(row, slice_len, cache, count_top);
+  topk_pick<Scan, kTopkBins, kCluster>(hist, merged, 0, slice, static_cast<uint32_t>(k), st, scan);
 
   // Chunks of the compaction (and of the candidate collection): warp w owns
-  // the indices [w * chunk, min(len, (w + 1) * chunk)), a multiple of 32.
-  const int64_t chunk = ((len + kTopkWarps - 1) / kTopkWarps + 31) / 32 * 32;
+  // the indices [w * chunk, min(slice_len, (w + 1) * chunk)), a multiple of 32.
+  const int64_t chunk = ((slice_len + kTopkWarps - 1) / kTopkWarps + 31) / 32 * 32;
   const int64_t begin = warp * chunk;
-  const int64_t end = begin + chunk < len ? begin + chunk : len;
+  const int64_t end = begin + chunk < slice_len ? begin + chunk : slice_len;
   const uint32_t chunk32 = static_cast<uint32_t>(chunk);  // width <= 2^31 - 1 (checked by topk_transform)
   const uint32_t lanes_below = (1u << lane) - 1u;
 
@@ -323,15 +513,17 @@ __global__ void __launch_bounds__(kTopkThreads, 1) topk_transform_kernel(const T
   // into shared memory and counts the keys above the bin per compaction
   // chunk (fewer than K of them: one shared atomic each); the later passes
   // then read only the candidates, and the compaction one global sweep.
-  const bool use_candidates = !cached && !done && st.in_bin <= kTopkCandidates;  // uniform
-  uint32_t* const cand_key = topk_smem + kTopkBins;
+  // (In a cluster, CTAs may differ in `cached` and so in use_candidates:
+  // both choices run the same barriers.)
+  const bool use_candidates = !cached && !done && st.in_bin <= kTopkCandidates;  // uniform over the CTA
+  uint32_t* const cand_key = area;
   uint32_t* const cand_idx = cand_key + kTopkCandidates;
   if (use_candidates) {
     if (tid == 0) st.candidates = 0;
     if (tid < kTopkWarps) st.warp_above[tid] = 0;
     __syncthreads();
     const uint32_t bin = prefix;
-    topk_visit_global_runs<ScoreT, false>(row, len, cache, [&](int64_t i0, const auto& keys, int n) {
+    topk_visit_global_runs<ScoreT, false>(row, slice_len, cache, [&](int64_t i0, const auto& keys, int n) {
       constexpr int kN = sizeof(keys) / sizeof(keys[0]);
       uint32_t mine = 0;  // this lane's candidates in its run
 #pragma unroll
@@ -365,25 +557,28 @@ __global__ void __launch_bounds__(kTopkThreads, 1) topk_transform_kernel(const T
     });
     __syncthreads();
   }
-  const int64_t n_cand = use_candidates ? static_cast<int64_t>(st.in_bin) : 0;
+  const int64_t n_cand = use_candidates ? static_cast<int64_t>(st.candidates) : 0;  // this slice's
 
   // Passes 2 and 3 refine the prefix while the bin must be split: over the
   // cached keys, the candidates, or the row in global memory.
   for (int level = 0; level < 2 && !done; ++level) {  // uniform over the CTA
     const int digit_shift = level == 0 ? 10 : 0;
     constexpr uint32_t digit_mask = 0x3ffu;  // 10 bits at shift 10, then at shift 0
+    // (In a cluster the other CTAs have read this CTA's histogram before the
+    // second barrier of the previous pick.)
+    const int parity = (level + 1) & 1;  // pass 2 or 3
+    uint32_t* const pass_merged = kCluster ? merged + parity * (kTopkBins / 2) : merged;
     for (int b = tid; b < kTopkDigitBins; b += kTopkThreads) hist[b] = 0;
+    if constexpr (kCluster) topk_clear_merge<kTopkDigitBins>(pass_merged, parity, slice, st);
     __syncthreads();
     auto count_next = [&](int64_t, uint32_t key, bool valid) {
       const bool match = valid && (key >> shift) == prefix;
       topk_hist_add(hist, match ? static_cast<int>((key >> digit_shift) & digit_mask) : -1);
     };
-    if (cached) topk_visit_cache(cache, len, count_next);
+    if (cached) topk_visit_cache(cache, slice_len, count_next);
     else if (use_candidates) topk_visit_cache(cand_key, n_cand, count_next);
-    else topk_visit_global<ScoreT, false>(row, len, cache, count_next);
-    __syncthreads();
-    topk_pick_bin<Scan, kTopkDigitBins>(hist, need, st, scan);
-    __syncthreads();
+    else topk_visit_global<ScoreT, false>(row, slice_len, cache, count_next);
+    topk_pick<Scan, kTopkDigitBins, kCluster>(hist, pass_merged, parity, slice, need, st, scan);
     prefix = (prefix << (shift - digit_shift)) | static_cast<uint32_t>(st.bin);
     shift = digit_shift;
     need = st.need;
@@ -402,16 +597,14 @@ __global__ void __launch_bounds__(kTopkThreads, 1) topk_transform_kernel(const T
       const int owner = valid ? static_cast<int>(idx / chunk32) : -1;
       const bool is_above = valid && (key >> shift) > prefix, is_tie = valid && (key >> shift) == prefix;
       // Consecutive candidates mostly come from one warp step of the sweep,
-      // so from one chunk: then one atomic per count for the whole warp.
-      const int first = __shfl_sync(0xffffffffu, owner, 0);
-      if (__all_sync(0xffffffffu, owner == first || !valid)) {
-        const uint32_t a_n = __popc(__ballot_sync(0xffffffffu, is_above));
-        const uint32_t t_n = __popc(__ballot_sync(0xffffffffu, is_tie));
-        if (lane == 0 && a_n != 0u) atomicAdd(&st.warp_above[first], a_n);
-        if (lane == 0 && t_n != 0u) atomicAdd(&st.warp_ties[first], t_n);
-      } else {
-        if (is_above) atomicAdd(&st.warp_above[owner], 1u);
-        if (is_tie) atomicAdd(&st.warp_ties[owner], 1u);
+      // so from few chunks: the lowest lane of each chunk's group adds the
+      // group's counts (one atomic per chunk and count, not per candidate).
+      const uint32_t peers = __match_any_sync(0xffffffffu, owner);
+      const uint32_t a_n = __popc(__ballot_sync(0xffffffffu, is_above) & peers);
+      const uint32_t t_n = __popc(__ballot_sync(0xffffffffu, is_tie) & peers);
+      if (valid && (peers & lanes_below) == 0u) {
+        if (a_n != 0u) atomicAdd(&st.warp_above[owner], a_n);
+        if (t_n != 0u) atomicAdd(&st.warp_ties[owner], t_n);
       }
     });
     __syncthreads();
@@ -430,8 +623,15 @@ __global__ void __launch_bounds__(kTopkThreads, 1) topk_transform_kernel(const T
     }
     __syncthreads();
   }
-  if (warp == 0) {  // exclusive scans over the 32 warps
-    uint32_t a_incl = st.warp_above[lane], t_incl = st.warp_ties[lane];
+  // Exclusive scans over the 32 warps, then over the CTAs of the cluster
+  // (DSMEM reads of the earlier CTAs' totals): each warp's first output slot
+  // and the ties before its chunk, over the whole row.
+  uint32_t a_incl = 0, t_incl = 0, a_mine = 0, t_mine = 0;
+  if (warp == 0) {
+    a_mine = st.warp_above[lane];
+    t_mine = st.warp_ties[lane];
+    a_incl = a_mine;
+    t_incl = t_mine;
 #pragma unroll
     for (int o = 1; o < 32; o <<= 1) {
       const uint32_t a_up = __shfl_up_sync(0xffffffffu, a_incl, o), t_up = __shfl_up_sync(0xffffffffu, t_incl, o);
@@ -440,19 +640,48 @@ __global__ void __launch_bounds__(kTopkThreads, 1) topk_transform_kernel(const T
         t_incl += t_up;
       }
     }
-    const uint32_t a_before = a_incl - st.warp_above[lane], t_before = t_incl - st.warp_ties[lane];
+    if (lane == 31) {
+      st.cta_above = a_incl;
+      st.cta_ties = t_incl;
+    }
+  }
+  uint32_t a_cta = 0, t_cta = 0;  // above and ties in the slices before this CTA's
+  if constexpr (kCluster) {
+    topk_cluster_sync();
+    if (warp == 0) {
+      for (int rank = lane; rank < slice.rank; rank += 32) {
+        const TopkBlockState* other = topk_remote(&st, rank);
+        a_cta += other->cta_above;
+        t_cta += other->cta_ties;
+      }
+      a_cta = __reduce_add_sync(0xffffffffu, a_cta);
+      t_cta = __reduce_add_sync(0xffffffffu, t_cta);
+    }
+    topk_cluster_arrive<true>();  // this CTA's last DSMEM read is done
+  }
+  if (warp == 0) {
+    const uint32_t a_before = a_cta + a_incl - a_mine, t_before = t_cta + t_incl - t_mine;
+    const uint32_t slot = a_before + (t_before < need ? t_before : need);
     st.warp_tie0[lane] = t_before;
-    st.warp_slot[lane] = a_before + (t_before < need ? t_before : need);
+    st.warp_slot[lane] = slot;
+    // This CTA's output slots: [first, first + slots) of the row's K.
+    const uint32_t first = __shfl_sync(0xffffffffu, slot, 0);
+    const uint32_t t_after = t_before + t_mine;
+    if (lane == 0) st.first_slot = first;
+    if (lane == 31) st.slots = a_before + a_mine + (t_after < need ? t_after : need) - first;
   }
   __syncthreads();
-  // The compaction writes the selected raw indices in output order into the
-  // histogram's memory (no longer needed; K <= kTopkBins words).
+  // The compaction writes the selected indices (relative to the window) in
+  // output order into the histogram's memory (no longer read by any CTA of
+  // the cluster; K <= kTopkBins words).
   uint32_t* const selected = hist;
-  uint32_t slot = st.warp_slot[warp], tie_rank = st.warp_tie0[warp];
+  const uint32_t first = st.first_slot;
+  uint32_t slot = st.warp_slot[warp] - first, tie_rank = st.warp_tie0[warp];
   // Only a warp whose chunk holds the cut among the ties ranks them; every
   // other warp takes all of its ties or none (warp-uniform).
   const bool cut_here = tie_rank < need && tie_rank + st.warp_ties[warp] > need;
   const bool take_ties = tie_rank < need;
+  const uint32_t lo32 = static_cast<uint32_t>(lo);
   topk_sweep_row(cached, cache, row, begin, end, [&](int64_t i, uint32_t key, bool valid) {
     const uint32_t p = key >> shift;
     const bool is_tie = valid && p == prefix;
@@ -465,41 +694,139 @@ __global__ void __launch_bounds__(kTopkThreads, 1) topk_transform_kernel(const T
       take = take || (is_tie && take_ties);
     }
     const uint32_t take_mask = __ballot_sync(0xffffffffu, take);
-    if (take) selected[slot + __popc(take_mask & lanes_below)] = static_cast<uint32_t>(i);
+    if (take) selected[slot + __popc(take_mask & lanes_below)] = lo32 + static_cast<uint32_t>(i);
     slot += __popc(take_mask);
   });
   __syncthreads();
-  // The transform reads the table: done here, all K slots at once, so its
-  // global loads are in flight together instead of one per warp step.
-  for (int64_t s = tid; s < k; s += kTopkThreads) {
+  // The transform reads the table: done here, all of the CTA's slots at
+  // once, so its global loads are in flight together instead of one per
+  // warp step.
+  const int64_t slots = st.slots;
+  for (int64_t s = tid; s < slots; s += kTopkThreads) {
     const int64_t i = selected[s];
-    out[s] = detail::topk_apply_transform(a, r, q, i);
-    if (raw != nullptr) raw[s] = static_cast<int32_t>(i);
+    out[first + s] = detail::topk_apply_transform(a, r, q, i);
+    if (raw != nullptr) raw[first + s] = static_cast<int32_t>(i);
   }
+  topk_cluster_wait<kCluster>();
 }
 
-// The > 48 KiB shared-memory opt-in of the kernel (nsa/cuda/shared_memory.cuh).
-template <class ScoreT>
+// The > 48 KiB shared-memory opt-in of a kernel (nsa/cuda/shared_memory.cuh).
+template <class ScoreT, bool kCluster>
 inline cudaError_t topk_allow_shared_memory() {
-  return allow_dynamic_shared_memory<topk_transform_kernel<ScoreT>>(kTopkSharedBytes);
+  return allow_dynamic_shared_memory<topk_transform_kernel<ScoreT, kCluster>>(kTopkSharedBytes);
 }
 
-// One launch of `a.rows` CTAs on `stream`. `a` must satisfy the checks of
-// topk_transform (src/topk.cpp): 1 <= k <= 2048, rows <= 2^31 - 1, strides
-// and pointers as documented in nsa/topk.h; scores aligned to their element.
-inline cudaError_t invoke_topk_transform(const TopkArgs& a, cudaStream_t stream) {
-  if (a.rows <= 0) return cudaSuccess;
-  const dim3 grid(static_cast<unsigned>(a.rows));
-  if (a.score_type == ScoreType::kBfloat16) {
-    const cudaError_t e = topk_allow_shared_memory<uint16_t>();
-    if (e != cudaSuccess) return e;
-    topk_transform_kernel<uint16_t><<<grid, kTopkThreads, kTopkSharedBytes, stream>>>(a);
-  } else {
-    const cudaError_t e = topk_allow_shared_memory<float>();
-    if (e != cudaSuccess) return e;
-    topk_transform_kernel<float><<<grid, kTopkThreads, kTopkSharedBytes, stream>>>(a);
+// How many clusters of `size` CTAs of the cluster kernel can be resident at
+// once on `device` (current), 0 where clusters cannot be used: a device or a
+// kernel binary older than sm_90 (compute_80 PTX compiled for a later part
+// has no cluster code), or a size the device refuses. Sets the kernel's
+// attributes (shared memory, non-portable size 16) on the way.
+template <class ScoreT>
+inline int topk_query_cluster_capacity(int size) {
+  const auto kernel = topk_transform_kernel<ScoreT, true>;
+  cudaFuncAttributes attrs{};
+  // ptxVersion: the architecture the code was compiled for (binaryVersion
+  // is the device's when the driver compiles compute_80 PTX).
+  if (cudaFuncGetAttributes(&attrs, kernel) != cudaSuccess || attrs.ptxVersion < 90 || attrs.binaryVersion < 90)
+    return 0;
+  if (topk_allow_shared_memory<ScoreT, true>() != cudaSuccess) return 0;
+  if (size > 8 && cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) != cudaSuccess)
+    return 0;
+  cudaLaunchAttribute cluster[1] = {};
+  cluster[0].id = cudaLaunchAttributeClusterDimension;
+  cluster[0].val.clusterDim.x = static_cast<unsigned>(size);
+  cluster[0].val.clusterDim.y = 1;
+  cluster[0].val.clusterDim.z = 1;
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(static_cast<unsigned>(size));
+  config.blockDim = dim3(kTopkThreads);
+  config.dynamicSmemBytes = kTopkSharedBytes;
+  config.attrs = cluster;
+  config.numAttrs = 1;
+  int clusters = 0;
+  if (cudaOccupancyMaxActiveClusters(&clusters, kernel, &config) != cudaSuccess) return 0;
+  return clusters;
+}
+
+// topk_query_cluster_capacity, asked once per device (0..63) and size; the
+// errors of a refused query are cleared so that the launch status stays the
+// launch's own. Safe inside a stream capture (no stream work; this
+// thread's capture mode is relaxed for the queries).
+template <class ScoreT>
+inline int topk_cluster_capacity(int size) {
+  static std::atomic<int> known[64][5];  // [device][log2 size]: capacity + 1, 0 = not asked yet
+  int log2 = 0;
+  while ((2 << log2) <= size) ++log2;
+  if (size < 2 || size > kTopkMaxCluster || (1 << log2) != size) return 0;
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return 0;
   }
-  return cudaGetLastError();
+  const bool cacheable = device >= 0 && device < 64;
+  if (cacheable) {
+    const int v = known[device][log2].load(std::memory_order_acquire);
+    if (v != 0) return v - 1;
+  }
+  cudaStreamCaptureMode mode = cudaStreamCaptureModeRelaxed;
+  (void)cudaThreadExchangeStreamCaptureMode(&mode);
+  const int capacity = topk_query_cluster_capacity<ScoreT>(size);
+  (void)cudaThreadExchangeStreamCaptureMode(&mode);
+  (void)cudaGetLastError();
+  if (cacheable) known[device][log2].store(capacity + 1, std::memory_order_release);
+  return capacity;
+}
+
+// The CTAs per row, from the row count and the device only (never from
+// lengths, which are device values: a captured graph stays right and fast
+// for any live lengths). Few rows leave most SMs idle with one CTA per row,
+// so a row is split over a cluster while every row's cluster still fits on
+// the device at once; otherwise one CTA per row.
+template <class ScoreT>
+inline int topk_choose_cluster(int64_t rows) {
+  const int wanted = rows <= 8 ? 16 : rows <= 33 ? 4 : rows <= 66 ? 2 : 1;
+  for (int size = wanted; size > 1; size /= 2)
+    if (topk_cluster_capacity<ScoreT>(size) >= rows) return size;
+  return 1;
+}
+
+template <class ScoreT>
+inline cudaError_t topk_launch(const TopkArgs& a, int cluster, cudaStream_t stream) {
+  if (cluster == 0) cluster = topk_choose_cluster<ScoreT>(a.rows);
+  if (cluster == 1) {
+    const cudaError_t e = topk_allow_shared_memory<ScoreT, false>();
+    if (e != cudaSuccess) return e;
+    topk_transform_kernel<ScoreT, false>
+        <<<dim3(static_cast<unsigned>(a.rows)), kTopkThreads, kTopkSharedBytes, stream>>>(a);
+    return cudaGetLastError();
+  }
+  // A forced size must be usable (this also sets the kernel's attributes).
+  if (topk_cluster_capacity<ScoreT>(cluster) == 0 || a.rows > INT32_MAX / cluster) return cudaErrorInvalidValue;
+  cudaLaunchAttribute dims[1] = {};
+  dims[0].id = cudaLaunchAttributeClusterDimension;
+  dims[0].val.clusterDim.x = static_cast<unsigned>(cluster);
+  dims[0].val.clusterDim.y = 1;
+  dims[0].val.clusterDim.z = 1;
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(static_cast<unsigned>(a.rows * cluster));
+  config.blockDim = dim3(kTopkThreads);
+  config.dynamicSmemBytes = kTopkSharedBytes;
+  config.stream = stream;
+  config.attrs = dims;
+  config.numAttrs = 1;
+  return cudaLaunchKernelEx(&config, topk_transform_kernel<ScoreT, true>, a);
+}
+
+// One launch on `stream`: `a.rows` CTAs, or `a.rows` clusters of CTAs that
+// split each row. `a` must satisfy the checks of topk_transform
+// (src/topk.cpp): 1 <= k <= 2048, rows <= 2^31 - 1, strides and pointers as
+// documented in nsa/topk.h; scores aligned to their element. `cluster`
+// forces the CTAs per row (1, or 2, 4, 8, 16 where topk_cluster_capacity is
+// not 0; tests use it); 0 chooses from the row count.
+inline cudaError_t invoke_topk_transform(const TopkArgs& a, cudaStream_t stream, int cluster = 0) {
+  if (a.rows <= 0) return cudaSuccess;
+  if (a.score_type == ScoreType::kBfloat16) return topk_launch<uint16_t>(a, cluster, stream);
+  return topk_launch<float>(a, cluster, stream);
 }
 
 }  // namespace kernels
