@@ -832,6 +832,21 @@ void check_every_cluster(const TopkCase& c, const std::string& what) {
   }
 }
 
+// Every cluster size on short rows: the cluster code (DSMEM merges, the
+// slot exchange, empty slices, ties cut across slices) at a size the slower
+// compute-sanitizer tools (racecheck, initcheck, synccheck) finish quickly;
+// scripts/gpu-check.sh runs the long EveryClusterSize* cases under memcheck only.
+TEST(TopkCuda, ClusterSplitShortRows) {
+  NSA_SKIP_WITHOUT_BACKEND(Backend::kCuda);
+  auto rng = make_rng(24);
+  const int64_t k = 512, width = 9001;
+  TopkCase c = decode_case(rng, 6, width, k, {0, k, k + 1, 2 * k + 5, 7777, width});
+  for (int64_t j = 0; j < width; ++j)  // row 5: exact zeros but every 97th column, so ties straddle slices
+    if (j % 97 != 0) c.scores[static_cast<size_t>(5 * c.ld + j)] = 0.0f;
+  c.order = TopkOrder::kAscending;
+  check_every_cluster(c, "short rows");
+}
+
 // Lengths around K and around the slice boundaries: empty slices (2K + 5
 // over 16 CTAs), odd lengths no cluster size divides, lengths just past
 // C x 32K (the first slices past the shared-memory cache, the last one
