@@ -61,6 +61,25 @@ def main():
     w("|---|---|---|")
     for name, rc in steps:
         w(f"| {name} | {rc} | {'ok' if rc == '0' else ('TIMEOUT' if rc == '124' else 'FAILED')} |")
+    # Steps that should have run but have no exit code: a sanitizer run cut
+    # off by the command's time limit (its log exists), or one never started.
+    recorded = {n for n, _ in steps}
+    # (A binary that some tool found no GPU test in is left out for every tool:
+    # the slower tools' filters exclude more than memcheck's.)
+    tools = facts.get("sanitizer_tools", "").split()
+    no_gpu = set()
+    for line in read(os.path.join(results, "skipped.txt")).splitlines():
+        for tool in tools:
+            if line.startswith(f"sanitizer_{tool}_"):
+                no_gpu.add(line.split()[0][len(f"sanitizer_{tool}_"):])
+    binaries = sorted(os.path.basename(p)[5:-5] for p in glob.glob(os.path.join(results, "test_*.json")))
+    for tool in tools:
+        for binary in binaries:
+            name = f"sanitizer_{tool}_{binary}"
+            if name in recorded or binary in no_gpu:
+                continue
+            started = os.path.exists(os.path.join(results, name + ".log"))
+            w(f"| {name} | - | {'NOT FINISHED' if started else 'NOT RUN'} |")
     w("")
 
     w("## C++ tests (every test of every binary)")

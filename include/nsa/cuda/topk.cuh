@@ -710,27 +710,31 @@ __global__ void __launch_bounds__(kTopkThreads, 1) topk_transform_kernel(const T
   topk_cluster_wait<kCluster>();
 }
 
-// The > 48 KiB shared-memory opt-in of a kernel (nsa/cuda/shared_memory.cuh).
-template <class ScoreT, bool kCluster>
-inline cudaError_t topk_allow_shared_memory() {
-  return allow_dynamic_shared_memory<topk_transform_kernel<ScoreT, kCluster>>(kTopkSharedBytes);
-}
+// The host-side state of the launches below (attributes set, capacities
+// cached) is keyed by the kernel itself, never by the score type alone:
+// nvcc gives every translation unit that includes this header its own
+// instance of each kernel (internal linkage), while the linker keeps one
+// copy of each inline host function. A cache keyed by ScoreT let the
+// library's query prepare the library's kernel and an engine's (or a
+// bench's) launch then use its own, unprepared instance: "cluster
+// misconfiguration". Keyed by the kernel, each unit prepares the instance it
+// launches, in the function that launches it.
 
-// How many clusters of `size` CTAs of the cluster kernel can be resident at
-// once on `device` (current), 0 where clusters cannot be used: a device or a
-// kernel binary older than sm_90 (compute_80 PTX compiled for a later part
-// has no cluster code), or a size the device refuses. Sets the kernel's
-// attributes (shared memory, non-portable size 16) on the way.
-template <class ScoreT>
+// How many clusters of `size` CTAs of `Kernel` (a cluster instance of
+// topk_transform_kernel) can be resident at once on the current device, 0
+// where clusters cannot be used: a device or a kernel binary older than
+// sm_90 (compute_80 PTX compiled for a later part has no cluster code), or a
+// size the device refuses. Sets the kernel's attributes (shared memory,
+// non-portable size 16) on the way.
+template <auto Kernel>
 inline int topk_query_cluster_capacity(int size) {
-  const auto kernel = topk_transform_kernel<ScoreT, true>;
   cudaFuncAttributes attrs{};
   // ptxVersion: the architecture the code was compiled for (binaryVersion
   // is the device's when the driver compiles compute_80 PTX).
-  if (cudaFuncGetAttributes(&attrs, kernel) != cudaSuccess || attrs.ptxVersion < 90 || attrs.binaryVersion < 90)
+  if (cudaFuncGetAttributes(&attrs, Kernel) != cudaSuccess || attrs.ptxVersion < 90 || attrs.binaryVersion < 90)
     return 0;
-  if (topk_allow_shared_memory<ScoreT, true>() != cudaSuccess) return 0;
-  if (size > 8 && cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) != cudaSuccess)
+  if (allow_dynamic_shared_memory<Kernel>(kTopkSharedBytes) != cudaSuccess) return 0;
+  if (size > 8 && cudaFuncSetAttribute(Kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) != cudaSuccess)
     return 0;
   cudaLaunchAttribute cluster[1] = {};
   cluster[0].id = cudaLaunchAttributeClusterDimension;
@@ -744,16 +748,16 @@ inline int topk_query_cluster_capacity(int size) {
   config.attrs = cluster;
   config.numAttrs = 1;
   int clusters = 0;
-  if (cudaOccupancyMaxActiveClusters(&clusters, kernel, &config) != cudaSuccess) return 0;
+  if (cudaOccupancyMaxActiveClusters(&clusters, Kernel, &config) != cudaSuccess) return 0;
   return clusters;
 }
 
-// topk_query_cluster_capacity, asked once per device (0..63) and size; the
-// errors of a refused query are cleared so that the launch status stays the
-// launch's own. Safe inside a stream capture (no stream work; this
+// topk_query_cluster_capacity<Kernel>, asked once per device (0..63) and
+// size; the errors of a refused query are cleared so that the launch status
+// stays the launch's own. Safe inside a stream capture (no stream work; this
 // thread's capture mode is relaxed for the queries).
-template <class ScoreT>
-inline int topk_cluster_capacity(int size) {
+template <auto Kernel>
+inline int topk_cluster_capacity_of(int size) {
   static std::atomic<int> known[64][5];  // [device][log2 size]: capacity + 1, 0 = not asked yet
   int log2 = 0;
   while ((2 << log2) <= size) ++log2;
@@ -770,11 +774,19 @@ inline int topk_cluster_capacity(int size) {
   }
   cudaStreamCaptureMode mode = cudaStreamCaptureModeRelaxed;
   (void)cudaThreadExchangeStreamCaptureMode(&mode);
-  const int capacity = topk_query_cluster_capacity<ScoreT>(size);
+  const int capacity = topk_query_cluster_capacity<Kernel>(size);
   (void)cudaThreadExchangeStreamCaptureMode(&mode);
   (void)cudaGetLastError();
   if (cacheable) known[device][log2].store(capacity + 1, std::memory_order_release);
   return capacity;
+}
+
+// The capacity for decisions (the chosen size; tests and benches asking
+// which sizes exist): the same number in every translation unit. A launch
+// prepares its own instance through topk_cluster_capacity_of (topk_launch).
+template <class ScoreT>
+inline int topk_cluster_capacity(int size) {
+  return topk_cluster_capacity_of<topk_transform_kernel<ScoreT, true>>(size);
 }
 
 // The CTAs per row, from the row count and the device only (never from
@@ -792,16 +804,18 @@ inline int topk_choose_cluster(int64_t rows) {
 
 template <class ScoreT>
 inline cudaError_t topk_launch(const TopkArgs& a, int cluster, cudaStream_t stream) {
+  constexpr auto kPerRow = topk_transform_kernel<ScoreT, false>;
+  constexpr auto kSplit = topk_transform_kernel<ScoreT, true>;
   if (cluster == 0) cluster = topk_choose_cluster<ScoreT>(a.rows);
   if (cluster == 1) {
-    const cudaError_t e = topk_allow_shared_memory<ScoreT, false>();
+    const cudaError_t e = allow_dynamic_shared_memory<kPerRow>(kTopkSharedBytes);
     if (e != cudaSuccess) return e;
-    topk_transform_kernel<ScoreT, false>
-        <<<dim3(static_cast<unsigned>(a.rows)), kTopkThreads, kTopkSharedBytes, stream>>>(a);
+    kPerRow<<<dim3(static_cast<unsigned>(a.rows)), kTopkThreads, kTopkSharedBytes, stream>>>(a);
     return cudaGetLastError();
   }
-  // A forced size must be usable (this also sets the kernel's attributes).
-  if (topk_cluster_capacity<ScoreT>(cluster) == 0 || a.rows > INT32_MAX / cluster) return cudaErrorInvalidValue;
+  // The size must be usable, and this unit's instance prepared for it (a
+  // cached lookup after the first call per device and size).
+  if (topk_cluster_capacity_of<kSplit>(cluster) == 0 || a.rows > INT32_MAX / cluster) return cudaErrorInvalidValue;
   cudaLaunchAttribute dims[1] = {};
   dims[0].id = cudaLaunchAttributeClusterDimension;
   dims[0].val.clusterDim.x = static_cast<unsigned>(cluster);
@@ -814,7 +828,7 @@ inline cudaError_t topk_launch(const TopkArgs& a, int cluster, cudaStream_t stre
   config.stream = stream;
   config.attrs = dims;
   config.numAttrs = 1;
-  return cudaLaunchKernelEx(&config, topk_transform_kernel<ScoreT, true>, a);
+  return cudaLaunchKernelEx(&config, kSplit, a);
 }
 
 // One launch on `stream`: `a.rows` CTAs, or `a.rows` clusters of CTAs that
