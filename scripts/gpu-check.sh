@@ -14,9 +14,12 @@
 # in $NSA_SANITIZERS when set), `sanitizers` the sanitizers alone (for the tools
 # a first `tests` command left out), `rest` the CLI, benchmarks and Python
 # tests and then writes the report of all of them. A complete check takes
-# longer than one 10-minute device command (about 8 minutes of tests and
-# sanitizers, 4 of the rest on an H100): run `tests`, then `rest` at once on
-# the same warm machine.
+# longer than one 10-minute device command (on an H100: about 2 minutes of
+# tests, 1 of memcheck, 4 of racecheck, initcheck and synccheck not yet timed,
+# 4 of the rest): run, at once one after the other on the same warm machine,
+#   NSA_SANITIZERS="memcheck racecheck" gpu-check.sh --phase tests
+#   NSA_SANITIZERS="initcheck synccheck" gpu-check.sh --phase sanitizers
+#   gpu-check.sh --phase rest
 #
 # The build folder may come from another machine (scripts/build-for-gpu.sh
 # builds one with a static CUDA runtime and records the commit in it); without
@@ -89,7 +92,7 @@ fi
 # GPU); binaries without GPU tests are skipped. memcheck covers every GPU test
 # but the 100k-replay long runs (their kernels are memchecked by the other
 # tests); the slower tools also skip the >4 GiB pool and the longest contexts.
-gpu_filter='*/cuda:*Cuda*:*CUDA*:*Graph*:*_cuda'
+gpu_filter='*/cuda:*/cuda_*:*Cuda*:*CUDA*:*Graph*:*_cuda'  # (cuda_*: the per-kernel instances, e.g. cuda_mma)
 [ "$phase" = rest ] || for tool in ${NSA_SANITIZERS:-memcheck racecheck initcheck synccheck}; do
   for t in $tests; do
     n=$(basename "$t")

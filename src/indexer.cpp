@@ -25,8 +25,9 @@ void check_args(const ArgChecker& c, const Exec& exec, const PagedMqaLogitsArgs&
     c.fail("next_n", "1 <= next_n <= " + num(kIndexerMaxNextN), num(a.next_n));
   c.at_least(a.width, 0, "width");
   c.at_least(a.logits_ld, a.width, "logits_ld");
-  if (a.kernel != MqaLogitsKernel::kDefault && a.kernel != MqaLogitsKernel::kWgmma)
-    c.fail("kernel", "MqaLogitsKernel::kDefault or MqaLogitsKernel::kWgmma", num(static_cast<int>(a.kernel)));
+  if (a.kernel != MqaLogitsKernel::kAuto && a.kernel != MqaLogitsKernel::kWgmma &&
+      a.kernel != MqaLogitsKernel::kMmaSync)
+    c.fail("kernel", "MqaLogitsKernel::kAuto, kWgmma or kMmaSync", num(static_cast<int>(a.kernel)));
   const int64_t rows = a.batch * a.next_n;
   c.product_fits(rows, a.logits_ld, "logits_ld", "rows * logits_ld within int64");
   if (cuda && a.batch > 0 &&

@@ -45,14 +45,20 @@ constexpr int64_t kIndexerHeads = 64;     // index_n_heads
 constexpr int64_t kIndexerHeadDim = 128;  // index_head_dim: one fp8 byte per dimension
 constexpr int64_t kIndexerMaxNextN = 4;   // query rows per request (decode + MTP drafts)
 
-// The CUDA kernel of paged_mqa_logits (the CPU backend ignores it).
+// The CUDA kernel of paged_mqa_logits (the CPU backend ignores it). Both
+// kernels have the same output contract and head-sum order; s_h comes from
+// different tensor-core instructions, so their logits agree to calc_diff <
+// 1e-3, not bitwise. Each is bit-stable against itself, and kAuto picks the
+// same one on every call on a given device and build.
 enum class MqaLogitsKernel : int32_t {
-  kDefault = 0,  // mma.sync m16n8k32 (nsa/cuda/indexer.cuh): every architecture
-  // OPT-IN wgmma kernel (nsa/cuda/indexer_wgmma.cuh), sm_90a only: throws
-  // kUnsupported on any other device or a build without sm_90a SASS. Same
-  // output contract and head-sum order; s_h accumulated by other tensor-core
-  // instructions, so not bitwise equal to kDefault (both to calc_diff < 1e-3).
+  // The fastest kernel the device and build can run: kWgmma on a compute 9.0
+  // device (H100, H200) with sm_90a SASS in the build, kMmaSync elsewhere.
+  kAuto = 0,
+  // The wgmma kernel (nsa/cuda/indexer_wgmma.cuh), sm_90a only: throws
+  // kUnsupported on any other device or a build without sm_90a SASS.
   kWgmma = 1,
+  // The mma.sync m16n8k32 kernel (nsa/cuda/indexer.cuh): every architecture.
+  kMmaSync = 2,
 };
 
 struct PagedMqaLogitsArgs {
@@ -82,7 +88,7 @@ struct PagedMqaLogitsArgs {
   int64_t width = 0;
   int64_t logits_ld = 0;
 
-  MqaLogitsKernel kernel = MqaLogitsKernel::kDefault;
+  MqaLogitsKernel kernel = MqaLogitsKernel::kAuto;
 };
 
 // Validates every host-visible argument (throws nsa::Error naming it before

@@ -107,7 +107,7 @@ struct HostIdx {
 
 class Runner {
  public:
-  Runner(Backend b, const LogitsCase& c, MqaLogitsKernel kernel = MqaLogitsKernel::kDefault)
+  Runner(Backend b, const LogitsCase& c, MqaLogitsKernel kernel = MqaLogitsKernel::kAuto)
       : b_(b), c_(c), lens_(c.lens, c.idx64), table_(shifted(c), c.idx64) {
     const int64_t page_bytes = c.page_size * (kD + 4);
     host_.kernel = kernel;
@@ -249,14 +249,19 @@ struct Variant {
 };
 
 std::string variant_label(const Variant& v) {
-  return std::string(to_string(v.backend)) + (v.kernel == MqaLogitsKernel::kWgmma ? "_wgmma" : "");
+  const char* kernel = v.kernel == MqaLogitsKernel::kWgmma     ? "_wgmma"
+                       : v.kernel == MqaLogitsKernel::kMmaSync ? "_mma"
+                                                               : "";
+  return std::string(to_string(v.backend)) + kernel;
 }
 void PrintTo(const Variant& v, std::ostream* os) { *os << variant_label(v); }
 
 std::vector<Variant> all_variants() {
   std::vector<Variant> v;
-  for (Backend b : all_backends()) v.push_back({b, MqaLogitsKernel::kDefault});
+  // cpu, cuda: MqaLogitsKernel::kAuto (the library's pick); then each CUDA kernel by name.
+  for (Backend b : all_backends()) v.push_back({b, MqaLogitsKernel::kAuto});
   v.push_back({Backend::kCuda, MqaLogitsKernel::kWgmma});
+  v.push_back({Backend::kCuda, MqaLogitsKernel::kMmaSync});
   return v;
 }
 
@@ -492,7 +497,7 @@ TEST_P(PagedMqaLogitsTest, BadArgumentsThrowBeforeWriting) {
   expect_bad([](PagedMqaLogitsArgs& a) { a.page_table = Indices(); }, "page_table");
   expect_bad([](PagedMqaLogitsArgs& a) { a.cache.data = nullptr; }, "cache.data");
   expect_bad([](PagedMqaLogitsArgs& a) { a.cache.num_pages = -1; }, "cache.num_pages");
-  expect_bad([](PagedMqaLogitsArgs& a) { a.kernel = static_cast<MqaLogitsKernel>(2); }, "kernel");
+  expect_bad([](PagedMqaLogitsArgs& a) { a.kernel = static_cast<MqaLogitsKernel>(3); }, "kernel");
   for (float x : run.result()) EXPECT_EQ(bits(x), kPoisonBits);
 }
 
@@ -506,6 +511,22 @@ TEST(PagedMqaLogitsCuda, WgmmaElsewhereIsUnsupported) {
   Runner run(Backend::kCuda, c, MqaLogitsKernel::kWgmma);
   expect_invalid([&] { run.run(Exec::cuda()); }, "kernel", ErrorCode::kUnsupported);
   for (float x : run.result()) EXPECT_EQ(bits(x), kPoisonBits);
+}
+
+// kAuto is the wgmma kernel on a compute 9.0 device (this suite's builds
+// carry sm_90a SASS) and the mma.sync kernel elsewhere: its logits are those
+// of that kernel, bit for bit.
+TEST(PagedMqaLogitsCuda, AutoIsWgmmaOnSm90AndMmaSyncElsewhere) {
+  NSA_SKIP_WITHOUT_BACKEND(Backend::kCuda);
+  auto rng = make_rng(16);
+  LogitsCase c = make_case(rng, 3, {0, 700, 1500, 2100}, 2100, 64, false);
+  Runner picked(Backend::kCuda, c, MqaLogitsKernel::kAuto);
+  picked.run(Exec::cuda());
+  const MqaLogitsKernel expected = cuda_device_is_sm90() ? MqaLogitsKernel::kWgmma : MqaLogitsKernel::kMmaSync;
+  Runner named(Backend::kCuda, c, expected);
+  named.run(Exec::cuda());
+  EXPECT_TRUE(same_bits(picked.result(), named.result()))
+      << "kAuto differs from " << (expected == MqaLogitsKernel::kWgmma ? "kWgmma" : "kMmaSync");
 }
 
 // ------------------------------- indexer_topk -------------------------------
