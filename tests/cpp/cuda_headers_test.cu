@@ -301,8 +301,8 @@ TEST(CudaHeaders, TopkLauncherUsableFromAnotherTranslationUnit_cuda) {
   EXPECT_EQ(got, want);
 }
 
-// paged_mqa_logits' launchers (default and opt-in wgmma) from this
-// translation unit: the library's bytes (same kernel, fixed reduction
+// paged_mqa_logits' launchers (mma.sync and wgmma) from this translation
+// unit: the library's bytes for the same kernel, named (fixed reduction
 // order), -inf past the length.
 TEST(CudaHeaders, PagedMqaLogitsLauncherUsableFromAnotherTranslationUnit_cuda) {
   if (!support::cuda_device_available()) GTEST_SKIP() << "no CUDA device: GPU test not run";
@@ -337,6 +337,7 @@ TEST(CudaHeaders, PagedMqaLogitsLauncherUsableFromAnotherTranslationUnit_cuda) {
   a.table_cols = a.table_ld = kPages;
   a.logits = lib.as<float>();
   a.width = a.logits_ld = kWidth;
+  a.kernel = MqaLogitsKernel::kMmaSync;  // (kAuto picks the wgmma kernel on compute 9.0)
   paged_mqa_logits(Exec::cuda(), a);
   a.logits = hdr.as<float>();
   ASSERT_EQ(kernels::invoke_paged_mqa_logits(a, nullptr), cudaSuccess);
@@ -347,7 +348,7 @@ TEST(CudaHeaders, PagedMqaLogitsLauncherUsableFromAnotherTranslationUnit_cuda) {
   EXPECT_TRUE(std::isinf(got[650]) && got[650] < 0);
   EXPECT_FALSE(std::isinf(got[649]));
 
-  // The opt-in wgmma launcher: the library's kWgmma bytes where the device
+  // The wgmma launcher: the library's kWgmma bytes where the device
   // runs it (compute 9.0, sm_90a build), cudaErrorNotSupported elsewhere.
   const cudaError_t avail = kernels::mqa_wgmma_available();
   if (avail == cudaErrorNotSupported) {
