@@ -720,6 +720,27 @@ __global__ void __launch_bounds__(kTopkThreads, 1) topk_transform_kernel(const T
 // misconfiguration". Keyed by the kernel, each unit prepares the instance it
 // launches, in the function that launches it.
 
+// The launch configuration of `grid` CTAs of the cluster kernel in clusters
+// of `size` (`dims` holds the attribute the configuration points to).
+struct TopkClusterLaunch {
+  cudaLaunchAttribute dims[1] = {};
+  cudaLaunchConfig_t config = {};
+  TopkClusterLaunch(int size, unsigned grid, cudaStream_t stream) {
+    dims[0].id = cudaLaunchAttributeClusterDimension;
+    dims[0].val.clusterDim.x = static_cast<unsigned>(size);
+    dims[0].val.clusterDim.y = 1;
+    dims[0].val.clusterDim.z = 1;
+    config.gridDim = dim3(grid);
+    config.blockDim = dim3(kTopkThreads);
+    config.dynamicSmemBytes = kTopkSharedBytes;
+    config.stream = stream;
+    config.attrs = dims;
+    config.numAttrs = 1;
+  }
+  TopkClusterLaunch(const TopkClusterLaunch&) = delete;  // config points into this object
+  TopkClusterLaunch& operator=(const TopkClusterLaunch&) = delete;
+};
+
 // How many clusters of `size` CTAs of `Kernel` (a cluster instance of
 // topk_transform_kernel) can be resident at once on the current device, 0
 // where clusters cannot be used: a device or a kernel binary older than
@@ -736,19 +757,9 @@ inline int topk_query_cluster_capacity(int size) {
   if (allow_dynamic_shared_memory<Kernel>(kTopkSharedBytes) != cudaSuccess) return 0;
   if (size > 8 && cudaFuncSetAttribute(Kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) != cudaSuccess)
     return 0;
-  cudaLaunchAttribute cluster[1] = {};
-  cluster[0].id = cudaLaunchAttributeClusterDimension;
-  cluster[0].val.clusterDim.x = static_cast<unsigned>(size);
-  cluster[0].val.clusterDim.y = 1;
-  cluster[0].val.clusterDim.z = 1;
-  cudaLaunchConfig_t config = {};
-  config.gridDim = dim3(static_cast<unsigned>(size));
-  config.blockDim = dim3(kTopkThreads);
-  config.dynamicSmemBytes = kTopkSharedBytes;
-  config.attrs = cluster;
-  config.numAttrs = 1;
+  const TopkClusterLaunch one(size, static_cast<unsigned>(size), nullptr);
   int clusters = 0;
-  if (cudaOccupancyMaxActiveClusters(&clusters, Kernel, &config) != cudaSuccess) return 0;
+  if (cudaOccupancyMaxActiveClusters(&clusters, Kernel, &one.config) != cudaSuccess) return 0;
   return clusters;
 }
 
@@ -816,19 +827,8 @@ inline cudaError_t topk_launch(const TopkArgs& a, int cluster, cudaStream_t stre
   // The size must be usable, and this unit's instance prepared for it (a
   // cached lookup after the first call per device and size).
   if (topk_cluster_capacity_of<kSplit>(cluster) == 0 || a.rows > INT32_MAX / cluster) return cudaErrorInvalidValue;
-  cudaLaunchAttribute dims[1] = {};
-  dims[0].id = cudaLaunchAttributeClusterDimension;
-  dims[0].val.clusterDim.x = static_cast<unsigned>(cluster);
-  dims[0].val.clusterDim.y = 1;
-  dims[0].val.clusterDim.z = 1;
-  cudaLaunchConfig_t config = {};
-  config.gridDim = dim3(static_cast<unsigned>(a.rows * cluster));
-  config.blockDim = dim3(kTopkThreads);
-  config.dynamicSmemBytes = kTopkSharedBytes;
-  config.stream = stream;
-  config.attrs = dims;
-  config.numAttrs = 1;
-  return cudaLaunchKernelEx(&config, kSplit, a);
+  const TopkClusterLaunch launch(cluster, static_cast<unsigned>(a.rows * cluster), stream);
+  return cudaLaunchKernelEx(&launch.config, kSplit, a);
 }
 
 // One launch on `stream`: `a.rows` CTAs, or `a.rows` clusters of CTAs that
