@@ -30,6 +30,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "nsa/cuda/shared_memory.cuh"
 #include "nsa/detail/indexer_math.h"
@@ -276,18 +277,30 @@ inline cudaError_t mqa_launch(const PagedMqaLogitsArgs& a, int64_t ctas_per_requ
   return cudaGetLastError();
 }
 
+// The rows per request as a template constant: launch(std::integral_constant<int, N>{})
+// for next_n = N in 1..4 (both kernels are instantiated per N).
+template <class Launch>
+inline cudaError_t mqa_for_next_n(int64_t next_n, Launch&& launch) {
+  switch (next_n) {
+    case 1: return launch(std::integral_constant<int, 1>{});
+    case 2: return launch(std::integral_constant<int, 2>{});
+    case 3: return launch(std::integral_constant<int, 3>{});
+    case 4: return launch(std::integral_constant<int, 4>{});
+    default: return cudaErrorInvalidValue;
+  }
+}
+
+// CTAs per request: one per kIndexerCtaColumns columns of the width.
+inline int64_t mqa_ctas_per_request(const PagedMqaLogitsArgs& a) {
+  return (a.width + detail::kIndexerCtaColumns - 1) / detail::kIndexerCtaColumns;
+}
+
 // One launch on `stream`; arguments must have passed the public API's
 // validation (src/indexer.cpp). Returns the launch status.
 inline cudaError_t invoke_paged_mqa_logits(const PagedMqaLogitsArgs& a, cudaStream_t stream) {
   if (a.batch <= 0 || a.width <= 0) return cudaSuccess;
-  const int64_t ctas_per_request = (a.width + detail::kIndexerCtaColumns - 1) / detail::kIndexerCtaColumns;
-  switch (a.next_n) {
-    case 1: return mqa_launch<1>(a, ctas_per_request, stream);
-    case 2: return mqa_launch<2>(a, ctas_per_request, stream);
-    case 3: return mqa_launch<3>(a, ctas_per_request, stream);
-    case 4: return mqa_launch<4>(a, ctas_per_request, stream);
-    default: return cudaErrorInvalidValue;
-  }
+  return mqa_for_next_n(a.next_n,
+                        [&](auto n) { return mqa_launch<decltype(n)::value>(a, mqa_ctas_per_request(a), stream); });
 }
 
 }  // namespace kernels

@@ -369,21 +369,15 @@ inline cudaError_t wg_launch(const PagedMqaLogitsArgs& a, int64_t ctas_per_reque
   return cudaGetLastError();
 }
 
-// The opt-in wgmma launch on `stream` (arguments as invoke_paged_mqa_logits:
+// The wgmma launch on `stream` (arguments as invoke_paged_mqa_logits:
 // validated by the public API). cudaErrorNotSupported, nothing launched,
 // where mqa_wgmma_available() says so.
 inline cudaError_t invoke_paged_mqa_logits_wgmma(const PagedMqaLogitsArgs& a, cudaStream_t stream) {
   const cudaError_t avail = mqa_wgmma_available();
   if (avail != cudaSuccess) return avail;
   if (a.batch <= 0 || a.width <= 0) return cudaSuccess;
-  const int64_t ctas_per_request = (a.width + detail::kIndexerCtaColumns - 1) / detail::kIndexerCtaColumns;
-  switch (a.next_n) {
-    case 1: return wg_launch<1>(a, ctas_per_request, stream);
-    case 2: return wg_launch<2>(a, ctas_per_request, stream);
-    case 3: return wg_launch<3>(a, ctas_per_request, stream);
-    case 4: return wg_launch<4>(a, ctas_per_request, stream);
-    default: return cudaErrorInvalidValue;
-  }
+  return mqa_for_next_n(a.next_n,
+                        [&](auto n) { return wg_launch<decltype(n)::value>(a, mqa_ctas_per_request(a), stream); });
 }
 
 }  // namespace kernels
