@@ -319,8 +319,9 @@ constexpr size_t wg_shared_bytes() {
   return sizeof(WgmmaShared<N>) + kWgAlign;
 }
 
-// Whether `device` runs the sm_90a image of the kernel: compute 9.0 and an
+// Whether `device` runs the sm_90a image of `Kernel`: compute 9.0 and an
 // image built from sm_90a code (a JIT of older PTX reports ptxVersion < 90).
+template <auto Kernel>
 inline cudaError_t mqa_wgmma_probe(int device, bool& ok) {
   ok = false;
   int major = 0, minor = 0;
@@ -328,15 +329,19 @@ inline cudaError_t mqa_wgmma_probe(int device, bool& ok) {
   if (e == cudaSuccess) e = cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
   if (e != cudaSuccess || major != 9 || minor != 0) return e;
   cudaFuncAttributes fa{};
-  e = cudaFuncGetAttributes(&fa, paged_mqa_logits_wgmma_kernel<1>);
+  e = cudaFuncGetAttributes(&fa, Kernel);
   ok = e == cudaSuccess && fa.binaryVersion == 90 && fa.ptxVersion == 90;
   return e;
 }
 
-// cudaSuccess when the current device runs the sm_90a image of the kernel,
+// cudaSuccess when the current device runs the sm_90a image of `Kernel`,
 // cudaErrorNotSupported when it cannot (other architecture, or a build
-// without sm_90a SASS); cached per device 0..63. The first call may happen
+// without sm_90a SASS); cached per device 0..63 and per kernel instance:
+// each translation unit has its own instance, built with its own
+// architectures, and the launch asks about the one it launches (see
+// topk_cluster_capacity_of in nsa/cuda/topk.cuh). The first call may happen
 // inside a stream capture: the probe runs with the capture mode relaxed.
+template <auto Kernel = paged_mqa_logits_wgmma_kernel<1>>
 inline cudaError_t mqa_wgmma_available() {
   static std::atomic<uint64_t> known{0}, usable{0};  // bit d: device d probed / usable
   int device = 0;
@@ -348,7 +353,7 @@ inline cudaError_t mqa_wgmma_available() {
   bool ok = false;
   cudaStreamCaptureMode mode = cudaStreamCaptureModeRelaxed;
   (void)cudaThreadExchangeStreamCaptureMode(&mode);
-  e = mqa_wgmma_probe(device, ok);
+  e = mqa_wgmma_probe<Kernel>(device, ok);
   (void)cudaThreadExchangeStreamCaptureMode(&mode);
   if (e != cudaSuccess) return e;
   if (bit != 0) {
@@ -360,6 +365,8 @@ inline cudaError_t mqa_wgmma_available() {
 
 template <int N>
 inline cudaError_t wg_launch(const PagedMqaLogitsArgs& a, int64_t ctas_per_request, cudaStream_t stream) {
+  const cudaError_t avail = mqa_wgmma_available<paged_mqa_logits_wgmma_kernel<N>>();  // the instance launched here
+  if (avail != cudaSuccess) return avail;
   const cudaError_t e = allow_dynamic_shared_memory<paged_mqa_logits_wgmma_kernel<N>>(wg_shared_bytes<N>());
   if (e != cudaSuccess) return e;
   const dim3 grid(static_cast<unsigned>(a.batch * ctas_per_request));
