@@ -13,9 +13,12 @@
 // same columns).
 // "ours" is the library's pick (MqaLogitsKernel::kAuto: the wgmma kernel on a
 // compute 9.0 device with an sm_90a build, the mma.sync kernel elsewhere);
-// where that is the wgmma kernel, the mma.sync kernel is verified the same
-// way and timed on the same shapes as extra columns (mma us, its fraction of
-// the copy); elsewhere those columns read "-".
+// where that is the wgmma kernel, the mma.sync kernel and the persistent
+// schedule of the wgmma kernel (MqaLogitsKernel::kWgmmaPersistent) are
+// verified the same way and timed on the same shapes as extra columns (mma
+// us, pers us, and their fractions of the copy; the persistent logits are
+// also compared with the wgmma kernel's, bit for bit, on every shape);
+// elsewhere those columns read "-".
 //
 //   paged_mqa_logits_bench [--json FILE] [--quick]
 #include <cuda_runtime.h>
@@ -139,7 +142,8 @@ bool auto_is_wgmma(std::mt19937_64& rng) {
 }
 
 json bench_case(std::mt19937_64& rng, int64_t batch, int64_t ctx, int64_t n, double copy_gbps, bool wgmma) {
-  // wgmma: ours is the wgmma kernel, and the mma.sync kernel is timed beside it.
+  // wgmma: ours is the wgmma kernel, and the mma.sync kernel and the
+  // persistent wgmma schedule are timed beside it.
   const int64_t cols = ctx / kP, pages_per_call = batch * cols;
   const int64_t call_bytes = pages_per_call * kPageBytes;
   const int64_t copies =
@@ -164,6 +168,20 @@ json bench_case(std::mt19937_64& rng, int64_t batch, int64_t ctx, int64_t n, dou
 
   const nsa::PagedMqaLogitsArgs a =
       device_args(q_d, w_d, batch, n, pool, copies * pages_per_call, lens_d, table_d, cols, logits, width);
+  const std::string name = fmt::format("B={} ctx={}K N={}", batch, ctx / 1024, n);
+  if (wgmma) {
+    // The persistent schedule writes kWgmma's bytes on this shape too, not
+    // only on verify's 2 requests (on the larger shapes the work items
+    // outnumber its CTAs, so each CTA's pipeline crosses items).
+    auto logits_of = [&](nsa::MqaLogitsKernel kernel) {
+      nsa::PagedMqaLogitsArgs x = a;
+      x.kernel = kernel;
+      nsa::paged_mqa_logits(nsa::Exec::cuda(), x);
+      return logits.to_host();
+    };
+    if (logits_of(nsa::MqaLogitsKernel::kWgmmaPersistent) != logits_of(nsa::MqaLogitsKernel::kWgmma))
+      throw std::runtime_error(name + ": kWgmmaPersistent logits differ from kWgmma's");
+  }
   const int per_graph = static_cast<int>(std::max<int64_t>(copies, 10) / copies * copies);
   auto time_kernel = [&](nsa::MqaLogitsKernel kernel) {
     int64_t call = 0;
@@ -177,6 +195,7 @@ json bench_case(std::mt19937_64& rng, int64_t batch, int64_t ctx, int64_t n, dou
   };
   const double ours_us = time_kernel(nsa::MqaLogitsKernel::kAuto);
   const double mma_us = wgmma ? time_kernel(nsa::MqaLogitsKernel::kMmaSync) : 0.0;
+  const double pers_us = wgmma ? time_kernel(nsa::MqaLogitsKernel::kWgmmaPersistent) : 0.0;
   const double traffic =
       static_cast<double>(call_bytes) + 4.0 * batch * n * width + batch * n * kH * (kD + 4.0) + 4.0 * pages_per_call;
   const double copy_us = nsa::support::copy_time_us(static_cast<size_t>(traffic / 2));
@@ -185,11 +204,12 @@ json bench_case(std::mt19937_64& rng, int64_t batch, int64_t ctx, int64_t n, dou
   const bool has_target = batch * ctx >= 8 * 32768;
   const bool met = of_copy >= 0.8;
   const double mma_of_copy = wgmma ? copy_us / mma_us : 0.0;
-  const std::string name = fmt::format("B={} ctx={}K N={}", batch, ctx / 1024, n);
+  const double pers_of_copy = wgmma ? copy_us / pers_us : 0.0;
+  auto extra = [&](double v) { return wgmma ? fmt::format("{:.2f}", v) : std::string("-"); };
   const std::string target = !has_target ? "-" : met ? ">=0.80 MET" : ">=0.80 MISSED";
-  fmt::print("{:<22} {:>10.2f} {:>9.2f} {:>9.2f} {:>8.0f} {:>8.2f} {:>8.2f}x {:>9} {:>8}  {}\n", name, ours_us, copy_us,
-             floor_us, traffic / ours_us / 1e3, of_copy, ours_us / floor_us,
-             wgmma ? fmt::format("{:.2f}", mma_us) : "-", wgmma ? fmt::format("{:.2f}", mma_of_copy) : "-", target);
+  fmt::print("{:<22} {:>10.2f} {:>9.2f} {:>9.2f} {:>8.0f} {:>8.2f} {:>8.2f}x {:>9} {:>8} {:>9} {:>9}  {}\n", name,
+             ours_us, copy_us, floor_us, traffic / ours_us / 1e3, of_copy, ours_us / floor_us, extra(mma_us),
+             extra(mma_of_copy), extra(pers_us), extra(pers_of_copy), target);
   json row{{"op", "paged_mqa_logits"},
            {"case", name},
            {"batch", batch},
@@ -209,6 +229,8 @@ json bench_case(std::mt19937_64& rng, int64_t batch, int64_t ctx, int64_t n, dou
   if (wgmma) {
     row["mma_sync_gpu_us"] = mma_us;
     row["mma_sync_fraction_of_copy"] = mma_of_copy;
+    row["persistent_gpu_us"] = pers_us;
+    row["persistent_fraction_of_copy"] = pers_of_copy;
   }
   return row;
 }
@@ -223,15 +245,18 @@ int main(int argc, char** argv) {
         for (int64_t n = 1; n <= nsa::kIndexerMaxNextN; ++n) {
           verify(rng, n, nsa::MqaLogitsKernel::kAuto);
           if (wgmma) verify(rng, n, nsa::MqaLogitsKernel::kMmaSync);
+          if (wgmma) verify(rng, n, nsa::MqaLogitsKernel::kWgmmaPersistent);
         }
         fmt::print(
             "paged_mqa_logits (fp8 q [B,N,64,128], 64-token pages, fp32 logits): ours = MqaLogitsKernel::kAuto, "
             "here the {} kernel{}; verified N=1..4 vs CPU\n",
-            wgmma ? "wgmma" : "mma.sync", wgmma ? " (mma us: the mma.sync kernel, also verified)" : "");
+            wgmma ? "wgmma" : "mma.sync",
+            wgmma ? " (mma us: the mma.sync kernel; pers us: kWgmmaPersistent; both also verified)" : "");
         fmt::print("GPU us per call as CUDA-graph replays, cold L2 (page tables rotate over >= 256 MB of pages)\n");
         fmt::print("copy = D2D copy of the same traffic; floor = 132 B per cached token at the copy bandwidth\n");
-        fmt::print("{:<22} {:>10} {:>9} {:>9} {:>8} {:>8} {:>9} {:>9} {:>8}  {}\n", "case", "ours us", "copy us",
-                   "floor us", "GB/s", "of copy", "x floor", "mma us", "mma/copy", "target (B x ctx >= 8 x 32K)");
+        fmt::print("{:<22} {:>10} {:>9} {:>9} {:>8} {:>8} {:>9} {:>9} {:>8} {:>9} {:>9}  {}\n", "case", "ours us",
+                   "copy us", "floor us", "GB/s", "of copy", "x floor", "mma us", "mma/copy", "pers us", "pers/copy",
+                   "target (B x ctx >= 8 x 32K)");
         std::vector<int64_t> batches = {1, 8, 64, 256}, ctxs = {4096, 32768, 131072}, ns = {1, 2, 4};
         if (quick) {
           batches = {8};

@@ -171,16 +171,22 @@ def main():
     if logits.get("results"):
         w("## paged_mqa_logits (from paged_mqa_logits_bench.json)")
         w("")
+        # The persistent wgmma schedule's columns only where the bench timed it.
+        pers = any("persistent_gpu_us" in r for r in logits["results"])
         w("| case | ours kernel | ours us | copy us (same traffic) | cache-read floor us | GB/s | of copy | x floor | "
-          "mma.sync us | target | verdict |")
-        w("|---|---|---|---|---|---|---|---|---|---|---|")
+          "mma.sync us | " + ("persistent us | persistent of copy | " if pers else "") + "target | verdict |")
+        w("|---|---|---|---|---|---|---|---|---|" + ("---|---|" if pers else "") + "---|---|")
         for r in logits["results"]:
             met = r.get("target_met")
             verdict = "" if met is None else ("MET" if met else "MISSED")
             mma = r.get("mma_sync_gpu_us")
+            extra = ""
+            if pers:
+                p_us, p_of = r.get("persistent_gpu_us"), r.get("persistent_fraction_of_copy")
+                extra = f"{'-' if p_us is None else f'{p_us:.2f}'} | {'-' if p_of is None else f'{p_of:.2f}'} | "
             w(f"| {r['case']} | {r.get('ours_kernel', '?')} | {r['ours_gpu_us']:.2f} | {r['copy_same_traffic_us']:.2f} | "
               f"{r['cache_read_floor_us']:.2f} | {r['ours_gbps']:.0f} | {r['fraction_of_copy']:.2f} | "
-              f"{r['ratio_to_floor']:.2f} | {'-' if mma is None else f'{mma:.2f}'} | {r['target']} | {verdict} |")
+              f"{r['ratio_to_floor']:.2f} | {'-' if mma is None else f'{mma:.2f}'} | {extra}{r['target']} | {verdict} |")
         w("")
     for path in sorted(glob.glob(os.path.join(results, "bench_*.log"))):
         w(f"## {os.path.basename(path)[6:-4]}")

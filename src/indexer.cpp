@@ -26,8 +26,8 @@ void check_args(const ArgChecker& c, const Exec& exec, const PagedMqaLogitsArgs&
   c.at_least(a.width, 0, "width");
   c.at_least(a.logits_ld, a.width, "logits_ld");
   if (a.kernel != MqaLogitsKernel::kAuto && a.kernel != MqaLogitsKernel::kWgmma &&
-      a.kernel != MqaLogitsKernel::kMmaSync)
-    c.fail("kernel", "MqaLogitsKernel::kAuto, kWgmma or kMmaSync", num(static_cast<int>(a.kernel)));
+      a.kernel != MqaLogitsKernel::kMmaSync && a.kernel != MqaLogitsKernel::kWgmmaPersistent)
+    c.fail("kernel", "MqaLogitsKernel::kAuto, kWgmma, kMmaSync or kWgmmaPersistent", num(static_cast<int>(a.kernel)));
   const int64_t rows = a.batch * a.next_n;
   c.product_fits(rows, a.logits_ld, "logits_ld", "rows * logits_ld within int64");
   if (cuda && a.batch > 0 &&

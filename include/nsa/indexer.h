@@ -45,10 +45,11 @@ constexpr int64_t kIndexerHeads = 64;     // index_n_heads
 constexpr int64_t kIndexerHeadDim = 128;  // index_head_dim: one fp8 byte per dimension
 constexpr int64_t kIndexerMaxNextN = 4;   // query rows per request (decode + MTP drafts)
 
-// The CUDA kernel of paged_mqa_logits (the CPU backend ignores it). Both
-// kernels have the same output contract and head-sum order; s_h comes from
-// different tensor-core instructions, so their logits agree to calc_diff <
-// 1e-3, not bitwise. Each is bit-stable against itself, and kAuto picks the
+// The CUDA kernel of paged_mqa_logits (the CPU backend ignores it). The
+// kernels have the same output contract and head-sum order; s_h of kMmaSync
+// and of the wgmma kernels comes from different tensor-core instructions, so
+// their logits agree to calc_diff < 1e-3, not bitwise (kWgmma and
+// kWgmmaPersistent: bitwise). Each is bit-stable against itself, and kAuto picks the
 // same one on every call on a given device and build.
 enum class MqaLogitsKernel : int32_t {
   // The fastest kernel the device and build can run: kWgmma on a compute 9.0
@@ -59,6 +60,11 @@ enum class MqaLogitsKernel : int32_t {
   kWgmma = 1,
   // The mma.sync m16n8k32 kernel (nsa/cuda/indexer.cuh): every architecture.
   kMmaSync = 2,
+  // A persistent schedule of the wgmma kernel (nsa/cuda/indexer_wgmma_persistent.cuh):
+  // one wave of CTAs, each running one cp.async pipeline across its work
+  // items. The same logits as kWgmma, bit for bit; the same availability
+  // (throws kUnsupported where kWgmma does). Opt-in: kAuto never picks it.
+  kWgmmaPersistent = 3,
 };
 
 struct PagedMqaLogitsArgs {

@@ -18,6 +18,7 @@
 #include "nsa/cuda/index_cache.cuh"
 #include "nsa/cuda/indexer.cuh"
 #include "nsa/cuda/indexer_wgmma.cuh"
+#include "nsa/cuda/indexer_wgmma_persistent.cuh"
 #include "nsa/cuda/metadata.cuh"
 #include "nsa/cuda/topk.cuh"
 #include "nsa/indexer.h"
@@ -272,9 +273,9 @@ TEST(CudaHeaders, TopkLauncherAfterTheLibrarysOwnLaunch_cuda) {
   }
 }
 
-// paged_mqa_logits' launchers (mma.sync and wgmma) from this translation
-// unit: the library's bytes for the same kernel, named (fixed reduction
-// order), -inf past the length.
+// paged_mqa_logits' launchers (mma.sync, wgmma and its persistent schedule)
+// from this translation unit: the library's bytes for the same kernel, named
+// (fixed reduction order), -inf past the length.
 TEST(CudaHeaders, PagedMqaLogitsLauncherUsableFromAnotherTranslationUnit_cuda) {
   if (!support::cuda_device_available()) GTEST_SKIP() << "no CUDA device: GPU test not run";
   constexpr int64_t kWidth = 700, kPages = 11;
@@ -319,11 +320,13 @@ TEST(CudaHeaders, PagedMqaLogitsLauncherUsableFromAnotherTranslationUnit_cuda) {
   EXPECT_TRUE(std::isinf(got[650]) && got[650] < 0);
   EXPECT_FALSE(std::isinf(got[649]));
 
-  // The wgmma launcher: the library's kWgmma bytes where the device
-  // runs it (compute 9.0, sm_90a build), cudaErrorNotSupported elsewhere.
+  // The wgmma launchers: the library's kWgmma (kWgmmaPersistent) bytes
+  // where the device runs them (compute 9.0, sm_90a build),
+  // cudaErrorNotSupported elsewhere.
   const cudaError_t avail = kernels::mqa_wgmma_available();
   if (avail == cudaErrorNotSupported) {
     EXPECT_EQ(kernels::invoke_paged_mqa_logits_wgmma(a, nullptr), cudaErrorNotSupported);
+    EXPECT_EQ(kernels::invoke_paged_mqa_logits_wgmma_persistent(a, nullptr), cudaErrorNotSupported);
     // On compute 9.0 an sm_90a build must run it: say which image the runtime picked.
     int device = 0;
     cudaDeviceProp prop{};
@@ -347,6 +350,17 @@ TEST(CudaHeaders, PagedMqaLogitsLauncherUsableFromAnotherTranslationUnit_cuda) {
   hdr.download(got.data(), kWidth * 4);
   EXPECT_TRUE(std::isinf(got[650]) && got[650] < 0);
   EXPECT_FALSE(std::isinf(got[649]));
+
+  // The persistent launcher: the library's kWgmmaPersistent bytes, which are kWgmma's.
+  const std::vector<uint8_t> wgmma_bytes = lib.to_host();
+  a.kernel = MqaLogitsKernel::kWgmmaPersistent;
+  a.logits = lib.as<float>();
+  paged_mqa_logits(Exec::cuda(), a);
+  a.logits = hdr.as<float>();
+  ASSERT_EQ(kernels::invoke_paged_mqa_logits_wgmma_persistent(a, nullptr), cudaSuccess);
+  support::synchronize(Backend::kCuda);
+  EXPECT_EQ(hdr.to_host(), lib.to_host());
+  EXPECT_EQ(lib.to_host(), wgmma_bytes);
 }
 
 }  // namespace

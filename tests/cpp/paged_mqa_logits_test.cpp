@@ -6,12 +6,16 @@
 // the reference does, and be bit-stable across runs and graph replays.
 // Outputs are poisoned; columns past width must stay poisoned. The pitfalls
 // of the indexer facts sheet that concern logits are named tests (P2, P3,
-// P4, P8, P9, P11, P13, P15). Every test of the fixture also runs the opt-in
-// sm_90a wgmma kernel (MqaLogitsKernel::kWgmma, instances *_wgmma) under the
-// same CUDA rules; those skip, visibly, on any device that is not compute 9.0.
+// P4, P8, P9, P11, P13, P15). Every test of the fixture also runs each
+// CUDA kernel by name under the same CUDA rules: the sm_90a wgmma kernel
+// (MqaLogitsKernel::kWgmma, instances *_wgmma), its persistent schedule
+// (kWgmmaPersistent, *_wgmma_persistent; also compared with kWgmma bit for
+// bit on many requests) and the mma.sync kernel (*_mma); the sm_90a ones
+// skip, visibly, on any device that is not compute 9.0.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <iterator>
 #include <limits>
 #include <ostream>
 #include <string>
@@ -62,9 +66,10 @@ std::vector<uint8_t> random_fp8(std::mt19937_64& rng, size_t n, float sigma) {
 }
 
 // A random case: lengths, a table of distinct-ish random pages with `slack`
-// extra columns, random q / K / scales / weights.
+// extra columns, random q / K / scales / weights. pool_pages > 0: the cache
+// holds only that many pages, which the table entries repeat.
 LogitsCase make_case(std::mt19937_64& rng, int64_t n, std::vector<int64_t> lens, int64_t width, int64_t page_size,
-                     bool idx64) {
+                     bool idx64, int64_t pool_pages = 0) {
   LogitsCase c;
   c.batch = static_cast<int64_t>(lens.size());
   c.n = n;
@@ -74,7 +79,7 @@ LogitsCase make_case(std::mt19937_64& rng, int64_t n, std::vector<int64_t> lens,
   for (int64_t L : c.lens) max_len = std::max(max_len, L);
   c.table_cols = (max_len + page_size - 1) / page_size + 1;
   c.table_ld = c.table_cols + 3;
-  c.num_pages = c.batch * c.table_cols + 2;
+  c.num_pages = pool_pages > 0 ? pool_pages : c.batch * c.table_cols + 2;
   c.table = random_ints<int64_t>(rng, static_cast<size_t>(c.batch * c.table_ld), 0, c.num_pages - 1);
   c.width = width;
   c.ld = width + 5;
@@ -249,9 +254,10 @@ struct Variant {
 };
 
 std::string variant_label(const Variant& v) {
-  const char* kernel = v.kernel == MqaLogitsKernel::kWgmma     ? "_wgmma"
-                       : v.kernel == MqaLogitsKernel::kMmaSync ? "_mma"
-                                                               : "";
+  const char* kernel = v.kernel == MqaLogitsKernel::kWgmma             ? "_wgmma"
+                       : v.kernel == MqaLogitsKernel::kWgmmaPersistent ? "_wgmma_persistent"
+                       : v.kernel == MqaLogitsKernel::kMmaSync         ? "_mma"
+                                                                       : "";
   return std::string(to_string(v.backend)) + kernel;
 }
 void PrintTo(const Variant& v, std::ostream* os) { *os << variant_label(v); }
@@ -261,6 +267,7 @@ std::vector<Variant> all_variants() {
   // cpu, cuda: MqaLogitsKernel::kAuto (the library's pick); then each CUDA kernel by name.
   for (Backend b : all_backends()) v.push_back({b, MqaLogitsKernel::kAuto});
   v.push_back({Backend::kCuda, MqaLogitsKernel::kWgmma});
+  v.push_back({Backend::kCuda, MqaLogitsKernel::kWgmmaPersistent});
   v.push_back({Backend::kCuda, MqaLogitsKernel::kMmaSync});
   return v;
 }
@@ -271,9 +278,11 @@ class PagedMqaLogitsTest : public ::testing::TestWithParam<Variant> {
  protected:
   void SetUp() override {
     NSA_SKIP_WITHOUT_BACKEND(backend());
-    // On a compute 9.0 device the wgmma kernel must run (an exception is a failure).
+    // On a compute 9.0 device the wgmma kernels must run (an exception is a failure).
     if (kernel() == MqaLogitsKernel::kWgmma && !cuda_device_is_sm90())
       GTEST_SKIP() << "MqaLogitsKernel::kWgmma needs a compute 9.0 (sm_90a) device: not run";
+    if (kernel() == MqaLogitsKernel::kWgmmaPersistent && !cuda_device_is_sm90())
+      GTEST_SKIP() << "MqaLogitsKernel::kWgmmaPersistent needs a compute 9.0 (sm_90a) device: not run";
   }
   Backend backend() const { return GetParam().backend; }
   MqaLogitsKernel kernel() const { return GetParam().kernel; }
@@ -497,20 +506,59 @@ TEST_P(PagedMqaLogitsTest, BadArgumentsThrowBeforeWriting) {
   expect_bad([](PagedMqaLogitsArgs& a) { a.page_table = Indices(); }, "page_table");
   expect_bad([](PagedMqaLogitsArgs& a) { a.cache.data = nullptr; }, "cache.data");
   expect_bad([](PagedMqaLogitsArgs& a) { a.cache.num_pages = -1; }, "cache.num_pages");
-  expect_bad([](PagedMqaLogitsArgs& a) { a.kernel = static_cast<MqaLogitsKernel>(3); }, "kernel");
+  expect_bad([](PagedMqaLogitsArgs& a) { a.kernel = static_cast<MqaLogitsKernel>(4); }, "kernel");
+  expect_bad([](PagedMqaLogitsArgs& a) { a.kernel = static_cast<MqaLogitsKernel>(-1); }, "kernel");
   for (float x : run.result()) EXPECT_EQ(bits(x), kPoisonBits);
 }
 
-// The opt-in wgmma kernel on a CUDA device that is not compute 9.0:
+// The wgmma kernels named on a CUDA device that is not compute 9.0:
 // kUnsupported naming the argument, nothing launched, nothing written.
 TEST(PagedMqaLogitsCuda, WgmmaElsewhereIsUnsupported) {
   NSA_SKIP_WITHOUT_BACKEND(Backend::kCuda);
-  if (cuda_device_is_sm90()) GTEST_SKIP() << "compute 9.0 device: the wgmma kernel runs (PagedMqaLogitsTest *_wgmma)";
+  if (cuda_device_is_sm90())
+    GTEST_SKIP() << "compute 9.0 device: the wgmma kernels run (PagedMqaLogitsTest *_wgmma, *_wgmma_persistent)";
   auto rng = make_rng(15);
   LogitsCase c = make_case(rng, 2, {100, 50}, 128, 64, false);
-  Runner run(Backend::kCuda, c, MqaLogitsKernel::kWgmma);
-  expect_invalid([&] { run.run(Exec::cuda()); }, "kernel", ErrorCode::kUnsupported);
-  for (float x : run.result()) EXPECT_EQ(bits(x), kPoisonBits);
+  for (MqaLogitsKernel k : {MqaLogitsKernel::kWgmma, MqaLogitsKernel::kWgmmaPersistent}) {
+    Runner run(Backend::kCuda, c, k);
+    expect_invalid([&] { run.run(Exec::cuda()); }, "kernel", ErrorCode::kUnsupported);
+    for (float x : run.result()) EXPECT_EQ(bits(x), kPoisonBits);
+  }
+}
+
+// The persistent schedule writes kWgmma's logits bit for bit (same loads,
+// instructions and epilogue) where its CTAs walk many items: 300 requests x
+// 4 chunks of a 2048-column width (more items than one wave of CTAs holds,
+// so every CTA's pipeline crosses item and request boundaries), lengths at
+// the tile and chunk edges (0, 1, 127 .. 513, 5000 > width, the width)
+// between random ones, some unreadable table entries, N = 1..4.
+TEST(PagedMqaLogitsCuda, WgmmaPersistentEqualsWgmmaBitwise) {
+  NSA_SKIP_WITHOUT_BACKEND(Backend::kCuda);
+  if (!cuda_device_is_sm90())
+    GTEST_SKIP() << "MqaLogitsKernel::kWgmmaPersistent needs a compute 9.0 (sm_90a) device: not run";
+  auto rng = make_rng(17);
+  constexpr int64_t kWidth = 2048, kRequests = 300;
+  const int64_t edges[] = {0, 1, 127, 128, 129, 511, 512, 513, 5000, kWidth};
+  std::uniform_int_distribution<int64_t> any_len(0, kWidth + 100);
+  for (int64_t n = 1; n <= kIndexerMaxNextN; ++n) {
+    std::vector<int64_t> lens(static_cast<size_t>(kRequests));
+    for (int64_t i = 0; i < kRequests; ++i)
+      lens[static_cast<size_t>(i)] = i % 2 == 1 ? edges[static_cast<size_t>(i / 2) % std::size(edges)] : any_len(rng);
+    LogitsCase c = make_case(rng, n, lens, kWidth, 64, n % 2 == 0, /*pool_pages=*/256);
+    for (size_t i = 0; i < c.table.size(); i += 97) c.table[i] = -1;  // unreadable pages: -inf inside the lengths
+    Runner persistent(Backend::kCuda, c, MqaLogitsKernel::kWgmmaPersistent);
+    Runner wgmma(Backend::kCuda, c, MqaLogitsKernel::kWgmma);
+    persistent.run(Exec::cuda());
+    wgmma.run(Exec::cuda());
+    const std::vector<float> got = persistent.result(), want = wgmma.result();
+    ASSERT_EQ(got.size(), want.size());
+    for (size_t i = 0; i < got.size(); ++i)
+      if (bits(got[i]) != bits(want[i])) {
+        ADD_FAILURE() << "N=" << n << " row " << static_cast<int64_t>(i) / c.ld << " col "
+                      << static_cast<int64_t>(i) % c.ld << ": persistent " << got[i] << " vs wgmma " << want[i];
+        break;
+      }
+  }
 }
 
 // kAuto is the wgmma kernel on a compute 9.0 device (this suite's builds

@@ -28,6 +28,9 @@
 //     xor butterfly, the 4 groups through shared memory in a fixed tree,
 //     times the scale); -inf where the row cannot see the token.
 // No atomics, no inter-CTA communication, no allocation: bit-stable.
+// The work item (wg_item), loads, wgmma step (wg_scores) and epilogue
+// (wg_store_tile, wg_store_tail) are shared with the persistent schedule of
+// nsa/cuda/indexer_wgmma_persistent.cuh, whose logits are this kernel's.
 //
 // Availability: compiled only for sm_90a (__CUDA_ARCH_FEAT_SM90_ALL); every
 // other target compiles a body that traps. invoke_paged_mqa_logits_wgmma
@@ -66,16 +69,41 @@ constexpr int kWgStages = kMqaStages;  // a whole 512-column chunk in flight (mq
 constexpr int kWgAlign = 1024;         // SWIZZLE_128B atom: 8 rows x 128 B
 static_assert(kWgStages * kWgTileTokens == detail::kIndexerCtaColumns, "chunk must be the stages' tiles");
 
+constexpr int kWgQRowBytes = kIndexerHeads * kWgRowBytes;  // one query row: 64 heads x 128 B, swizzled
+
 template <int N>
 struct WgmmaShared {
   uint8_t k[kWgStages][kWgTileTokens * kWgRowBytes];  // swizzled, 1024-aligned
-  uint8_t q[N][kIndexerHeads * kWgRowBytes];          // swizzled, 1024-aligned
+  uint8_t q[N][kWgQRowBytes];                         // swizzled, 1024-aligned
   float scale[kWgStages][kWgTileTokens];
   uint8_t ok[kWgStages][kWgTileTokens];  // the token's page is readable (and the token < L_b, width)
   float red[N][4][kWgTileTokens];        // per (row, head group, token) partial sums
 };
 static_assert(kWgTileTokens * kWgRowBytes % kWgAlign == 0, "K tiles stay 1024-aligned");
-static_assert(kIndexerHeads * kWgRowBytes % kWgAlign == 0, "q tiles stay 1024-aligned");
+static_assert(kWgQRowBytes % kWgAlign == 0, "q tiles stay 1024-aligned");
+
+// One work item of the grid: request b, columns [c0, c1) of its logits rows
+// (one kIndexerCtaColumns chunk), its length L_b, the tokens worth loading
+// (load_end: the last row sees the most) and its tiles with a visible token.
+struct WgItem {
+  int64_t b, c0, c1, L, load_end;
+  int tiles;
+};
+
+// Work item `item` = b * ctas_per_request + chunk (reads L_b).
+template <int N>
+__device__ __forceinline__ WgItem wg_item(const PagedMqaLogitsArgs& a, int64_t item, int64_t ctas_per_request) {
+  WgItem it;
+  it.b = item / ctas_per_request;
+  it.c0 = (item % ctas_per_request) * detail::kIndexerCtaColumns;
+  it.c1 = it.c0 + detail::kIndexerCtaColumns < a.width ? it.c0 + detail::kIndexerCtaColumns : a.width;
+  it.L = mqa_index(a.context_lens, it.b);
+  // The last row sees the most tokens; nothing at or past it is loaded.
+  it.load_end = detail::indexer_row_len(it.L, N, N - 1, a.width);
+  const int64_t active_end = it.load_end < it.c1 ? it.load_end : it.c1;
+  it.tiles = active_end > it.c0 ? static_cast<int>((active_end - it.c0 + kWgTileTokens - 1) / kWgTileTokens) : 0;
+  return it;
+}
 
 // Byte offset of 16-byte chunk c of row r in a SWIZZLE_128B K-major tile.
 __device__ __forceinline__ int wg_swizzle(int r, int c) { return r * kWgRowBytes + ((c ^ (r & 7)) << 4); }
@@ -125,9 +153,10 @@ __device__ __forceinline__ void wg_mma_m64n64k32(float (&d)[32], uint64_t da, ui
 // b into stage s, swizzled (the default kernel's mqa_load_tile with wgmma's
 // layout). Tokens >= load_end or on unreadable pages are not loaded (their
 // `ok` is 0; their stale shared bytes only reach their own -inf columns).
-template <int N>
-__device__ __forceinline__ void wg_load_tile(WgmmaShared<N>& sm, int s, const PagedMqaLogitsArgs& a, int64_t b,
-                                             int64_t t0, int64_t load_end) {
+// Shared: any layout with the members k, scale and ok of WgmmaShared.
+template <class Shared>
+__device__ __forceinline__ void wg_load_tile(Shared& sm, int s, const PagedMqaLogitsArgs& a, int64_t b, int64_t t0,
+                                             int64_t load_end) {
   const int64_t page_bytes = a.page_size * (kIndexerHeadDim + 4);
   const int64_t table_row = b * a.table_ld;
 #pragma unroll
@@ -151,15 +180,15 @@ __device__ __forceinline__ void wg_load_tile(WgmmaShared<N>& sm, int s, const Pa
   }
 }
 
-// Issues the cp.async copies of the q of request b's N rows, swizzled.
+// Issues the cp.async copies of the q of request b's N rows into q, swizzled.
 template <int N>
-__device__ __forceinline__ void wg_load_q(WgmmaShared<N>& sm, const PagedMqaLogitsArgs& a, int64_t b) {
+__device__ __forceinline__ void wg_load_q(uint8_t (&q)[N][kWgQRowBytes], const PagedMqaLogitsArgs& a, int64_t b) {
 #pragma unroll
   for (int it = 0; it < N * kIndexerHeads * 8 / kWgThreads; ++it) {
     const int idx = it * kWgThreads + static_cast<int>(threadIdx.x);
     const int j = idx / (kIndexerHeads * 8), h = (idx / 8) % kIndexerHeads, chunk = idx & 7;
     const uint8_t* src = a.q + ((b * N + j) * kIndexerHeads + h) * kIndexerHeadDim + chunk * 16;
-    mqa_cp_async16(&sm.q[j][wg_swizzle(h, chunk)], src);
+    mqa_cp_async16(&q[j][wg_swizzle(h, chunk)], src);
   }
 }
 
@@ -170,16 +199,17 @@ __device__ __forceinline__ void wg_load_q(WgmmaShared<N>& sm, const PagedMqaLogi
 constexpr int kWgRowsPerPass = 2;
 static_assert(kIndexerMaxNextN <= 2 * kWgRowsPerPass, "wg_scores runs at most two passes");
 
-// Rows [J0, J0 + R) of one stage: S on warpgroup `wg`'s 64 tokens, then
-// ReLU, the weight and the in-group head sum into sm.red (HEADSUM order).
-template <int N, int J0, int R>
-__device__ __forceinline__ void wg_scores_pass(WgmmaShared<N>& sm, uint64_t db, int wg, int group, int lane,
-                                               const float (&wv)[N][2]) {
+// Rows [J0, J0 + R) of one stage: S = q (the request's rows) times the
+// stage's K on warpgroup `wg`'s 64 tokens, then ReLU, the weight and the
+// in-group head sum into sm.red (HEADSUM order).
+template <int N, int J0, int R, class Shared>
+__device__ __forceinline__ void wg_scores_pass(Shared& sm, const uint8_t (&q)[N][kWgQRowBytes], uint64_t db, int wg,
+                                               int group, int lane, const float (&wv)[N][2]) {
   float acc[R][32] = {};  // overwritten (the first k step does not accumulate); zero for the compiler
   wg_fence();
 #pragma unroll
   for (int r = 0; r < R; ++r) {
-    const uint64_t da = wg_desc(sm.q[J0 + r]);
+    const uint64_t da = wg_desc(q[J0 + r]);
 #pragma unroll
     for (int ks = 0; ks < kIndexerHeadDim / 32; ++ks)  // k step of 32 B: start address + 32 >> 4
       wg_mma_m64n64k32(acc[r], da + 2 * ks, db + 2 * ks, ks > 0 ? 1 : 0);
@@ -210,24 +240,62 @@ __device__ __forceinline__ void wg_scores_pass(WgmmaShared<N>& sm, uint64_t db, 
   }
 }
 
-// Stage s for every row, in passes of at most kWgRowsPerPass rows.
-template <int N>
-__device__ __forceinline__ void wg_scores(WgmmaShared<N>& sm, int s, int wg, int group, int lane,
-                                          const float (&wv)[N][2]) {
+// Stage s for every row, in passes of at most kWgRowsPerPass rows. Shared:
+// any layout with the members k and red of WgmmaShared<N>.
+template <int N, class Shared>
+__device__ __forceinline__ void wg_scores(Shared& sm, int s, const uint8_t (&q)[N][kWgQRowBytes], int wg, int group,
+                                          int lane, const float (&wv)[N][2]) {
   constexpr int kFirst = N < kWgRowsPerPass ? N : kWgRowsPerPass;
   const uint64_t db = wg_desc(&sm.k[s][wg * kWgTokensPerGroup * kWgRowBytes]);
-  wg_scores_pass<N, 0, kFirst>(sm, db, wg, group, lane, wv);
-  if constexpr (N > kFirst) wg_scores_pass<N, kFirst, N - kFirst>(sm, db, wg, group, lane, wv);
+  wg_scores_pass<N, 0, kFirst>(sm, q, db, wg, group, lane, wv);
+  if constexpr (N > kFirst) wg_scores_pass<N, kFirst, N - kFirst>(sm, q, db, wg, group, lane, wv);
 }
 #endif
 
-// The 1024-aligned start of the kernel's dynamic shared memory (the launch
-// asks for kWgAlign bytes of slack).
+// Epilogue of the tile of item `it` at tokens [t0, t0 + 128) in stage s
+// (after wg_scores and a CTA barrier): the head groups summed in a fixed
+// tree, times the scale; -inf where the row cannot see the token. Shared:
+// any layout with the members red, scale and ok of WgmmaShared<N>.
+template <int N, class Shared>
+__device__ __forceinline__ void wg_store_tile(const Shared& sm, int s, const PagedMqaLogitsArgs& a, const WgItem& it,
+                                              int64_t t0) {
+  const float ninf = -__int_as_float(0x7f800000);
+  const int tok = static_cast<int>(threadIdx.x) & (kWgTileTokens - 1);
+  const int64_t t = t0 + tok;
+  if (t < it.c1) {
+#pragma unroll
+    for (int j = static_cast<int>(threadIdx.x) / kWgTileTokens; j < N; j += kWgThreads / kWgTileTokens) {
+      const int64_t len = detail::indexer_row_len(it.L, N, j, a.width);
+      float v = ninf;
+      if (t < len && sm.ok[s][tok]) {
+        const float sum =
+            __fadd_rn(__fadd_rn(sm.red[j][0][tok], sm.red[j][1][tok]), __fadd_rn(sm.red[j][2][tok], sm.red[j][3][tok]));
+        v = __fmul_rn(sum, sm.scale[s][tok]);
+      }
+      a.logits[(it.b * N + j) * a.logits_ld + t] = v;
+    }
+  }
+}
+
+// The columns of item `it` that no row of its request can see (past its
+// tiles): -inf.
 template <int N>
-__device__ __forceinline__ WgmmaShared<N>& wg_shared(uint8_t* raw) {
+__device__ __forceinline__ void wg_store_tail(const PagedMqaLogitsArgs& a, const WgItem& it) {
+  const float ninf = -__int_as_float(0x7f800000);
+  const int64_t tail = it.c0 + static_cast<int64_t>(it.tiles) * kWgTileTokens;
+  for (int j = 0; j < N; ++j) {
+    float* row = a.logits + (it.b * N + j) * a.logits_ld;
+    for (int64_t t = tail + threadIdx.x; t < it.c1; t += kWgThreads) row[t] = ninf;
+  }
+}
+
+// The 1024-aligned start of a kernel's dynamic shared memory, as its layout
+// Shared (the launch asks for kWgAlign bytes of slack).
+template <class Shared>
+__device__ __forceinline__ Shared& wg_shared(uint8_t* raw) {
   const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(raw));
   const uint32_t pad = (kWgAlign - (addr & (kWgAlign - 1))) & (kWgAlign - 1);
-  return *reinterpret_cast<WgmmaShared<N>*>(raw + pad);
+  return *reinterpret_cast<Shared*>(raw + pad);
 }
 
 template <int N>
@@ -236,17 +304,10 @@ __global__ void __launch_bounds__(kWgThreads, 2)
     paged_mqa_logits_wgmma_kernel(const PagedMqaLogitsArgs a, int64_t ctas_per_request) {
 #if defined(NSA_MQA_WGMMA)
   extern __shared__ __align__(16) uint8_t wg_smem[];
-  WgmmaShared<N>& sm = wg_shared<N>(wg_smem);
-
-  const int64_t b = blockIdx.x / ctas_per_request;
-  const int64_t c0 = (blockIdx.x % ctas_per_request) * detail::kIndexerCtaColumns;
-  const int64_t c1 = c0 + detail::kIndexerCtaColumns < a.width ? c0 + detail::kIndexerCtaColumns : a.width;
-  const int64_t L = mqa_index(a.context_lens, b);
-  // The last row sees the most tokens; nothing at or past it is loaded.
-  const int64_t load_end = detail::indexer_row_len(L, N, N - 1, a.width);
-  const int64_t active_end = load_end < c1 ? load_end : c1;
-  const int tiles = active_end > c0 ? static_cast<int>((active_end - c0 + kWgTileTokens - 1) / kWgTileTokens) : 0;
-  const float ninf = -__int_as_float(0x7f800000);
+  WgmmaShared<N>& sm = wg_shared<WgmmaShared<N>>(wg_smem);
+  const WgItem it = wg_item<N>(a, blockIdx.x, ctas_per_request);
+  const int64_t b = it.b, c0 = it.c0;
+  const int tiles = it.tiles;
 
   if (tiles > 0) {
     const int warp = static_cast<int>(threadIdx.x) >> 5, lane = static_cast<int>(threadIdx.x) & 31;
@@ -254,10 +315,10 @@ __global__ void __launch_bounds__(kWgThreads, 2)
     const int g = lane >> 2;
 
     // Prologue: q with tile 0 in the first group, then tiles 1 .. kWgStages - 2.
-    wg_load_q(sm, a, b);
+    wg_load_q(sm.q, a, b);
 #pragma unroll
     for (int p = 0; p < kWgStages - 1; ++p) {
-      if (p < tiles) wg_load_tile(sm, p, a, b, c0 + static_cast<int64_t>(p) * kWgTileTokens, load_end);
+      if (p < tiles) wg_load_tile(sm, p, a, b, c0 + static_cast<int64_t>(p) * kWgTileTokens, it.load_end);
       mqa_cp_async_commit();
     }
 
@@ -273,41 +334,21 @@ __global__ void __launch_bounds__(kWgThreads, 2)
       const int64_t t0 = c0 + static_cast<int64_t>(i) * kWgTileTokens;
       const int ahead = i + kWgStages - 1;
       if (ahead < tiles)
-        wg_load_tile(sm, ahead % kWgStages, a, b, c0 + static_cast<int64_t>(ahead) * kWgTileTokens, load_end);
+        wg_load_tile(sm, ahead % kWgStages, a, b, c0 + static_cast<int64_t>(ahead) * kWgTileTokens, it.load_end);
       mqa_cp_async_commit();
       mqa_cp_async_wait_stage();  // tile i (and q) have landed (this thread's copies)
       wg_fence_proxy_async();     // ... visible to wgmma's operand reads
       __syncthreads();            // ... everyone's
       const int s = i % kWgStages;
-      wg_scores<N>(sm, s, wg, group, lane, wv);
+      wg_scores<N>(sm, s, sm.q, wg, group, lane, wv);
       __syncthreads();
-
-      // Epilogue: groups summed in a fixed tree, times the scale; -inf where hidden.
-      const int tok = static_cast<int>(threadIdx.x) & (kWgTileTokens - 1);
-      const int64_t t = t0 + tok;
-      if (t < c1) {
-#pragma unroll
-        for (int j = static_cast<int>(threadIdx.x) / kWgTileTokens; j < N; j += kWgThreads / kWgTileTokens) {
-          const int64_t len = detail::indexer_row_len(L, N, j, a.width);
-          float v = ninf;
-          if (t < len && sm.ok[s][tok]) {
-            const float sum = __fadd_rn(__fadd_rn(sm.red[j][0][tok], sm.red[j][1][tok]),
-                                        __fadd_rn(sm.red[j][2][tok], sm.red[j][3][tok]));
-            v = __fmul_rn(sum, sm.scale[s][tok]);
-          }
-          a.logits[(b * N + j) * a.logits_ld + t] = v;
-        }
-      }
+      wg_store_tile<N>(sm, s, a, it, t0);
       __syncthreads();  // red is rewritten next iteration, this stage kWgStages - 1 tiles later
     }
   }
 
   // Columns no row of this request can see.
-  const int64_t tail = c0 + static_cast<int64_t>(tiles) * kWgTileTokens;
-  for (int j = 0; j < N; ++j) {
-    float* row = a.logits + (b * N + j) * a.logits_ld;
-    for (int64_t t = tail + threadIdx.x; t < c1; t += kWgThreads) row[t] = ninf;
-  }
+  wg_store_tail<N>(a, it);
 #elif defined(__CUDA_ARCH__)
   // Not an sm_90a image: the host never launches it (mqa_wgmma_available).
   __trap();
