@@ -74,6 +74,12 @@ inline int run(const char* name, int argc, char** argv,
       std::ofstream(json_path) << report.dump(2) << "\n";
       fmt::print("\nwrote {}\n", json_path);
     }
+    // Failures a body recorded while timing the rest (its JSON is written):
+    // the bench still fails.
+    if (report.contains("failures") && !report["failures"].empty()) {
+      for (const auto& f : report["failures"]) fmt::print(stderr, "{}: FAILED: {}\n", name, f.get<std::string>());
+      return 1;
+    }
   } catch (const std::exception& e) {
     fmt::print(stderr, "{}: {}\n", name, e.what());
     return 1;
