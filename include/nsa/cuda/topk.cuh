@@ -817,7 +817,12 @@ template <class ScoreT>
 inline cudaError_t topk_launch(const TopkArgs& a, int cluster, cudaStream_t stream) {
   constexpr auto kPerRow = topk_transform_kernel<ScoreT, false>;
   constexpr auto kSplit = topk_transform_kernel<ScoreT, true>;
-  if (cluster == 0) cluster = topk_choose_cluster<ScoreT>(a.rows);
+  const bool forced = cluster != 0;
+  if (!forced) cluster = topk_choose_cluster<ScoreT>(a.rows);
+  // A chosen size this unit's own instance cannot run (another unit's
+  // instance answered the choice, built for other architectures): one CTA
+  // per row. A forced size is the caller's to check (cudaErrorInvalidValue).
+  if (!forced && cluster > 1 && topk_cluster_capacity_of<kSplit>(cluster) == 0) cluster = 1;
   if (cluster == 1) {
     const cudaError_t e = allow_dynamic_shared_memory<kPerRow>(kTopkSharedBytes);
     if (e != cudaSuccess) return e;
