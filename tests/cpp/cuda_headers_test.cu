@@ -353,6 +353,8 @@ TEST(CudaHeaders, PagedMqaLogitsLauncherUsableFromAnotherTranslationUnit_cuda) {
 
   // The persistent launcher: the library's kWgmmaPersistent bytes, which are kWgmma's.
   const std::vector<uint8_t> wgmma_bytes = lib.to_host();
+  lib.fill(0xff);  // poisoned: both runs below must write every column
+  hdr.fill(0xff);
   a.kernel = MqaLogitsKernel::kWgmmaPersistent;
   a.logits = lib.as<float>();
   paged_mqa_logits(Exec::cuda(), a);
