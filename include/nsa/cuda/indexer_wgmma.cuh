@@ -15,21 +15,26 @@
 //     the last row's length and tokens of unreadable pages are never loaded;
 //   * after the copies land: fence.proxy.async (cp.async writes are generic
 //     proxy, wgmma reads through the async proxy), a CTA barrier, then
-//     warpgroup u computes S = Q_j (64 heads x 128) * K^T (128 x tokens
-//     [64u, 64u + 64)) for every row j: 4 x wgmma.mma_async m64n64k32 e4m3 x
-//     e4m3 -> f32 per row, A and B both K-major from shared-memory
-//     descriptors (SWIZZLE_128B, stride byte offset 1024 = 8 rows x 128 B,
-//     k step 32 B = start address + 2), up to two rows per commit group
-//     (kWgRowsPerPass: registers);
-//   * the accumulator of warp w of a warpgroup holds heads 16w + g and
-//     16w + g + 8 (g = lane / 4) for tokens 8i + 2 (lane % 4) + {0, 1}: the
-//     layout of the default kernel's m16n8 fragments, so ReLU, the weight and
-//     the head sum run in exactly the documented HEADSUM order (pair, 3-step
-//     xor butterfly, the 4 groups through shared memory in a fixed tree,
-//     times the scale); -inf where the row cannot see the token.
+//     warpgroup u computes S^T = K (tokens [64u, 64u + 64) x 128) * Q_j^T
+//     (128 x 64 heads) for every row j: tokens are wgmma's M and heads its
+//     N, 4 x wgmma.mma_async m64n64k32 e4m3 x e4m3 -> f32 per row, A and B
+//     both K-major from shared-memory descriptors (SWIZZLE_128B, stride
+//     byte offset 1024 = 8 rows x 128 B, k step 32 B = start address + 2),
+//     up to two rows per commit group (kWgRowsPerPass: registers);
+//   * the accumulator of lane l of warp w holds tokens 16w + l / 4 and
+//     16w + l / 4 + 8 and 16 columns; q's rows sit in shared memory in the
+//     order wg_head_of_column, so the 16 columns of lane quad position c are
+//     the heads of HEADSUM group c, paired as HEADSUM pairs them. ReLU, the
+//     weight and the group sum are in-thread adds, the 4 groups meet in two
+//     quad shuffles, in exactly the documented HEADSUM tree; times the
+//     scale, -inf where the row cannot see the token, and stored from
+//     registers: no shared-memory reduction and no barrier between the
+//     wgmma and the store. (Heads as M, the first version, summed each
+//     group over 8 lanes: 48 shuffles per thread per row and tile instead
+//     of 4, and a shared-memory pass with two more barriers.)
 // No atomics, no inter-CTA communication, no allocation: bit-stable.
-// The work item (wg_item), loads, wgmma step (wg_scores) and epilogue
-// (wg_store_tile, wg_store_tail) are shared with the persistent schedule of
+// The work item (wg_item), loads and the wgmma step with its epilogue
+// (wg_scores, wg_store_tail) are shared with the persistent schedule of
 // nsa/cuda/indexer_wgmma_persistent.cuh, whose logits are this kernel's.
 //
 // Availability: compiled only for sm_90a (__CUDA_ARCH_FEAT_SM90_ALL); every
@@ -38,10 +43,11 @@
 // the kernel's image was built from sm_90a code (binary and PTX version 90),
 // so an sm_80 / sm_100a build or a JIT of the compute_80 PTX never runs it.
 //
-// Verified by the GPU check of 1c08695 (H100, and the tests on an H200 the
-// same day): every case of tests/cpp/paged_mqa_logits_test.cpp on this
-// kernel, memcheck and racecheck clean; 1.2-3.6x faster than mma.sync
-// (docs/performance.md). kWgRowsPerPass and the stage count are untuned.
+// The heads-as-M version was verified by the GPU check of 1c08695 (H100):
+// every case of tests/cpp/paged_mqa_logits_test.cpp, memcheck and racecheck
+// clean; 1.2-3.6x faster than mma.sync (docs/performance.md). The
+// tokens-as-M epilogue above is newer: see docs/gpu-report.md for the check
+// that ran it. kWgRowsPerPass and the stage count are untuned.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -77,7 +83,7 @@ struct WgmmaShared {
   uint8_t q[N][kWgQRowBytes];                         // swizzled, 1024-aligned
   float scale[kWgStages][kWgTileTokens];
   uint8_t ok[kWgStages][kWgTileTokens];  // the token's page is readable (and the token < L_b, width)
-  float red[N][4][kWgTileTokens];        // per (row, head group, token) partial sums
+  float w[N][kIndexerHeads];             // the rows' weights, in wg_weight_slot order
 };
 static_assert(kWgTileTokens * kWgRowBytes % kWgAlign == 0, "K tiles stay 1024-aligned");
 static_assert(kWgQRowBytes % kWgAlign == 0, "q tiles stay 1024-aligned");
@@ -180,17 +186,55 @@ __device__ __forceinline__ void wg_load_tile(Shared& sm, int s, const PagedMqaLo
   }
 }
 
-// Issues the cp.async copies of the q of request b's N rows into q, swizzled.
+// Head order of the wgmma B operand. The accumulator of m64n64 holds, in
+// lane l of a warp, columns 8i + 2c + e (c = l % 4, i = 0..7, e = 0, 1);
+// column n holds head wg_head_of_column(n) = 16c + i + 8e. So the four lanes
+// of a quad own the four HEADSUM groups (lane c: group c), and a lane's
+// column pair (i, 0), (i, 1) is the pair p_i of its group: heads 16c + i and
+// 16c + i + 8. The head sum is then in-thread adds in the HEADSUM tree and
+// two quad shuffles (xor 1: G0+G1 and G2+G3, xor 2: their sum; a + b and
+// b + a are the same bits), with no shared-memory pass.
+__device__ __forceinline__ int wg_head_of_column(int n) { return 16 * ((n >> 1) & 3) + (n >> 3) + 8 * (n & 1); }
+// Shared-memory slot of head h's weight: lane c reads its 16 weights
+// contiguously, slot 16c + 2i + e = the weight of its column (i, e).
+__device__ __forceinline__ int wg_weight_slot(int h) { return (h & ~15) + 2 * (h & 7) + ((h >> 3) & 1); }
+
+// Issues the cp.async copies of the q of request b's N rows into q, swizzled,
+// shared-memory row n holding head wg_head_of_column(n).
 template <int N>
 __device__ __forceinline__ void wg_load_q(uint8_t (&q)[N][kWgQRowBytes], const PagedMqaLogitsArgs& a, int64_t b) {
 #pragma unroll
   for (int it = 0; it < N * kIndexerHeads * 8 / kWgThreads; ++it) {
     const int idx = it * kWgThreads + static_cast<int>(threadIdx.x);
-    const int j = idx / (kIndexerHeads * 8), h = (idx / 8) % kIndexerHeads, chunk = idx & 7;
+    const int j = idx / (kIndexerHeads * 8), n = (idx / 8) % kIndexerHeads, chunk = idx & 7;
+    const int h = wg_head_of_column(n);
     const uint8_t* src = a.q + ((b * N + j) * kIndexerHeads + h) * kIndexerHeadDim + chunk * 16;
-    mqa_cp_async16(&q[j][wg_swizzle(h, chunk)], src);
+    mqa_cp_async16(&q[j][wg_swizzle(n, chunk)], src);
   }
 }
+
+// Issues the cp.async copies of the weights of request b's N rows into w,
+// head h at wg_weight_slot(h).
+template <int N>
+__device__ __forceinline__ void wg_load_weights(float (&w)[N][kIndexerHeads], const PagedMqaLogitsArgs& a, int64_t b) {
+  static_assert(N * kIndexerHeads <= kWgThreads, "one weight per thread");
+  const int idx = static_cast<int>(threadIdx.x);
+  // 4-byte copies: the weights are only 4-byte aligned.
+  if (idx < N * kIndexerHeads)
+    mqa_cp_async4(&w[idx / kIndexerHeads][wg_weight_slot(idx % kIndexerHeads)],
+                  a.weights + b * N * kIndexerHeads + idx);
+}
+
+// What one warp writes for a tile: its 16 tokens of item `it` at tile start
+// t0 (stage s), tokens tok0 + g and tok0 + g + 8 of the tile for lane l
+// (g = l / 4; lanes with l % 4 == 0 store the first, == 1 the second).
+struct WgTileOut {
+  const PagedMqaLogitsArgs* a;
+  const WgItem* it;
+  int64_t t0;
+  int s;
+  int tok0;  // wg * 64 + 16 * (warp in warpgroup)
+};
 
 #if defined(NSA_MQA_WGMMA)
 // Rows of one wgmma pass: R accumulators of 32 registers per thread. Two
@@ -199,83 +243,86 @@ __device__ __forceinline__ void wg_load_q(uint8_t (&q)[N][kWgQRowBytes], const P
 constexpr int kWgRowsPerPass = 2;
 static_assert(kIndexerMaxNextN <= 2 * kWgRowsPerPass, "wg_scores runs at most two passes");
 
-// Rows [J0, J0 + R) of one stage: S = q (the request's rows) times the
-// stage's K on warpgroup `wg`'s 64 tokens, then ReLU, the weight and the
-// in-group head sum into sm.red (HEADSUM order).
+// The HEADSUM of one token from a lane's 16 accumulator values of it
+// (c[4i + 0], c[4i + 1] for i = 0..7: heads 16q + i, 16q + i + 8 of the
+// lane's quad position q) and its 16 weights in slot order, summed over the
+// quad: the same value in the four lanes.
+__device__ __forceinline__ float wg_head_sum(const float* c, const float (&wq)[16]) {
+  float p[8];
+#pragma unroll
+  for (int i = 0; i < 8; ++i)
+    p[i] = __fadd_rn(__fmul_rn(wq[2 * i], fmaxf(c[4 * i], 0.f)), __fmul_rn(wq[2 * i + 1], fmaxf(c[4 * i + 1], 0.f)));
+  float group = __fadd_rn(__fadd_rn(__fadd_rn(p[0], p[1]), __fadd_rn(p[2], p[3])),
+                          __fadd_rn(__fadd_rn(p[4], p[5]), __fadd_rn(p[6], p[7])));
+  group = __fadd_rn(group, __shfl_xor_sync(0xffffffffu, group, 1));  // G0+G1 | G2+G3
+  return __fadd_rn(group, __shfl_xor_sync(0xffffffffu, group, 2));   // (G0+G1)+(G2+G3)
+}
+
+// Rows [J0, J0 + R) of one stage: S = K (warpgroup wg's 64 tokens of the
+// stage) times q_j^T (64 heads), tokens as wgmma's M and heads as its N,
+// then ReLU, the weight, the head sum (HEADSUM), the scale and the mask,
+// stored straight from registers.
 template <int N, int J0, int R, class Shared>
-__device__ __forceinline__ void wg_scores_pass(Shared& sm, const uint8_t (&q)[N][kWgQRowBytes], uint64_t db, int wg,
-                                               int group, int lane, const float (&wv)[N][2]) {
+__device__ __forceinline__ void wg_scores_pass(const Shared& sm, const uint8_t (&q)[N][kWgQRowBytes],
+                                               const float (&w)[N][kIndexerHeads], uint64_t dk, int lane,
+                                               const WgTileOut& o) {
   float acc[R][32] = {};  // overwritten (the first k step does not accumulate); zero for the compiler
   wg_fence();
 #pragma unroll
   for (int r = 0; r < R; ++r) {
-    const uint64_t da = wg_desc(q[J0 + r]);
+    const uint64_t dq = wg_desc(q[J0 + r]);
 #pragma unroll
     for (int ks = 0; ks < kIndexerHeadDim / 32; ++ks)  // k step of 32 B: start address + 32 >> 4
-      wg_mma_m64n64k32(acc[r], da + 2 * ks, db + 2 * ks, ks > 0 ? 1 : 0);
+      wg_mma_m64n64k32(acc[r], dk + 2 * ks, dq + 2 * ks, ks > 0 ? 1 : 0);
   }
   wg_commit();
   wg_wait_all();
 #pragma unroll
   for (int r = 0; r < R; ++r) wg_fence_operands(acc[r]);
 
-  const int g = lane >> 2, q4 = lane & 3;
+  const float ninf = -__int_as_float(0x7f800000);
+  const int quad = lane & 3;
+  // Lane quad 0 stores token g, quad 1 token g + 8 (acc offsets 0 and 2).
+  const int tok = o.tok0 + (lane >> 2) + (quad == 1 ? 8 : 0);
+  const int64_t t = o.t0 + tok;
+  const bool writer = quad < 2 && t < o.it->c1;
+  const bool ok = sm.ok[o.s][tok] != 0;
+  const float scale = ok ? sm.scale[o.s][tok] : 0.f;  // an unloaded token's scale is stale
 #pragma unroll
   for (int r = 0; r < R; ++r) {
     const int j = J0 + r;
+    float wq[16];
 #pragma unroll
-    for (int i = 0; i < kWgTokensPerGroup / 8; ++i) {
-      // acc[r][4i ..]: (head g, token 8i + 2 q4), (g, +1), (g + 8, 8i + 2 q4), (g + 8, +1).
-      const float* c = &acc[r][4 * i];
-      float p0 = __fadd_rn(__fmul_rn(wv[j][0], fmaxf(c[0], 0.f)), __fmul_rn(wv[j][1], fmaxf(c[2], 0.f)));
-      float p1 = __fadd_rn(__fmul_rn(wv[j][0], fmaxf(c[1], 0.f)), __fmul_rn(wv[j][1], fmaxf(c[3], 0.f)));
-#pragma unroll
-      for (int m = 4; m <= 16; m <<= 1) {
-        p0 = __fadd_rn(p0, __shfl_xor_sync(0xffffffffu, p0, m));
-        p1 = __fadd_rn(p1, __shfl_xor_sync(0xffffffffu, p1, m));
-      }
-      const int tok = wg * kWgTokensPerGroup + 8 * i + 2 * q4;
-      if (g == 0) *reinterpret_cast<float2*>(&sm.red[j][group][tok]) = make_float2(p0, p1);
+    for (int v = 0; v < 4; ++v) {
+      const float4 x = *reinterpret_cast<const float4*>(&w[j][16 * quad + 4 * v]);
+      wq[4 * v] = x.x, wq[4 * v + 1] = x.y, wq[4 * v + 2] = x.z, wq[4 * v + 3] = x.w;
+    }
+    const float lo = wg_head_sum(&acc[r][0], wq);  // token g
+    const float hi = wg_head_sum(&acc[r][2], wq);  // token g + 8
+    if (writer) {
+      const int64_t len = detail::indexer_row_len(o.it->L, N, j, o.a->width);
+      const float sum = quad == 0 ? lo : hi;
+      o.a->logits[(o.it->b * N + j) * o.a->logits_ld + t] = t < len && ok ? __fmul_rn(sum, scale) : ninf;
     }
   }
 }
 
-// Stage s for every row, in passes of at most kWgRowsPerPass rows. Shared:
-// any layout with the members k and red of WgmmaShared<N>.
+// Stage s for every row, in passes of at most kWgRowsPerPass rows, stored
+// (after a CTA barrier that made the stage's copies visible). Shared: any
+// layout with the members k, scale and ok of WgmmaShared<N>.
 template <int N, class Shared>
-__device__ __forceinline__ void wg_scores(Shared& sm, int s, const uint8_t (&q)[N][kWgQRowBytes], int wg, int group,
-                                          int lane, const float (&wv)[N][2]) {
+__device__ __forceinline__ void wg_scores(const Shared& sm, const uint8_t (&q)[N][kWgQRowBytes],
+                                          const float (&w)[N][kIndexerHeads], const PagedMqaLogitsArgs& a,
+                                          const WgItem& it, int64_t t0, int s) {
   constexpr int kFirst = N < kWgRowsPerPass ? N : kWgRowsPerPass;
-  const uint64_t db = wg_desc(&sm.k[s][wg * kWgTokensPerGroup * kWgRowBytes]);
-  wg_scores_pass<N, 0, kFirst>(sm, q, db, wg, group, lane, wv);
-  if constexpr (N > kFirst) wg_scores_pass<N, kFirst, N - kFirst>(sm, q, db, wg, group, lane, wv);
+  const int warp = static_cast<int>(threadIdx.x) >> 5, lane = static_cast<int>(threadIdx.x) & 31;
+  const int wg = warp >> 2;  // warpgroup: tokens [64 wg, 64 wg + 64) of the tile
+  const WgTileOut o{&a, &it, t0, s, wg * kWgTokensPerGroup + 16 * (warp & 3)};
+  const uint64_t dk = wg_desc(&sm.k[s][wg * kWgTokensPerGroup * kWgRowBytes]);
+  wg_scores_pass<N, 0, kFirst>(sm, q, w, dk, lane, o);
+  if constexpr (N > kFirst) wg_scores_pass<N, kFirst, N - kFirst>(sm, q, w, dk, lane, o);
 }
 #endif
-
-// Epilogue of the tile of item `it` at tokens [t0, t0 + 128) in stage s
-// (after wg_scores and a CTA barrier): the head groups summed in a fixed
-// tree, times the scale; -inf where the row cannot see the token. Shared:
-// any layout with the members red, scale and ok of WgmmaShared<N>.
-template <int N, class Shared>
-__device__ __forceinline__ void wg_store_tile(const Shared& sm, int s, const PagedMqaLogitsArgs& a, const WgItem& it,
-                                              int64_t t0) {
-  const float ninf = -__int_as_float(0x7f800000);
-  const int tok = static_cast<int>(threadIdx.x) & (kWgTileTokens - 1);
-  const int64_t t = t0 + tok;
-  if (t < it.c1) {
-#pragma unroll
-    for (int j = static_cast<int>(threadIdx.x) / kWgTileTokens; j < N; j += kWgThreads / kWgTileTokens) {
-      const int64_t len = detail::indexer_row_len(it.L, N, j, a.width);
-      float v = ninf;
-      if (t < len && sm.ok[s][tok]) {
-        const float sum =
-            __fadd_rn(__fadd_rn(sm.red[j][0][tok], sm.red[j][1][tok]), __fadd_rn(sm.red[j][2][tok], sm.red[j][3][tok]));
-        v = __fmul_rn(sum, sm.scale[s][tok]);
-      }
-      a.logits[(it.b * N + j) * a.logits_ld + t] = v;
-    }
-  }
-}
 
 // The columns of item `it` that no row of its request can see (past its
 // tiles): -inf.
@@ -310,24 +357,13 @@ __global__ void __launch_bounds__(kWgThreads, 2)
   const int tiles = it.tiles;
 
   if (tiles > 0) {
-    const int warp = static_cast<int>(threadIdx.x) >> 5, lane = static_cast<int>(threadIdx.x) & 31;
-    const int group = warp & 3, wg = warp >> 2;  // head group (warp in its warpgroup), warpgroup
-    const int g = lane >> 2;
-
-    // Prologue: q with tile 0 in the first group, then tiles 1 .. kWgStages - 2.
+    // Prologue: q and the weights with tile 0 in the first group, then tiles 1 .. kWgStages - 2.
     wg_load_q(sm.q, a, b);
+    wg_load_weights(sm.w, a, b);
 #pragma unroll
     for (int p = 0; p < kWgStages - 1; ++p) {
       if (p < tiles) wg_load_tile(sm, p, a, b, c0 + static_cast<int64_t>(p) * kWgTileTokens, it.load_end);
       mqa_cp_async_commit();
-    }
-
-    float wv[N][2];
-#pragma unroll
-    for (int j = 0; j < N; ++j) {
-      const int64_t r = b * N + j;
-      wv[j][0] = __ldg(a.weights + r * kIndexerHeads + 16 * group + g);
-      wv[j][1] = __ldg(a.weights + r * kIndexerHeads + 16 * group + g + 8);
     }
 
     for (int i = 0; i < tiles; ++i) {
@@ -336,14 +372,11 @@ __global__ void __launch_bounds__(kWgThreads, 2)
       if (ahead < tiles)
         wg_load_tile(sm, ahead % kWgStages, a, b, c0 + static_cast<int64_t>(ahead) * kWgTileTokens, it.load_end);
       mqa_cp_async_commit();
-      mqa_cp_async_wait_stage();  // tile i (and q) have landed (this thread's copies)
+      mqa_cp_async_wait_stage();  // tile i (and q, the weights) have landed (this thread's copies)
       wg_fence_proxy_async();     // ... visible to wgmma's operand reads
       __syncthreads();            // ... everyone's
-      const int s = i % kWgStages;
-      wg_scores<N>(sm, s, sm.q, wg, group, lane, wv);
-      __syncthreads();
-      wg_store_tile<N>(sm, s, a, it, t0);
-      __syncthreads();  // red is rewritten next iteration, this stage kWgStages - 1 tiles later
+      wg_scores<N>(sm, sm.q, sm.w, a, it, t0, i % kWgStages);
+      __syncthreads();  // this stage is reloaded next iteration
     }
   }
 

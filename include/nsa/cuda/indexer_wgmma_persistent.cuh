@@ -1,8 +1,8 @@
 // Persistent variant of the sm_90a wgmma kernel of paged_mqa_logits
 // (MqaLogitsKernel::kWgmmaPersistent, opt-in; kAuto keeps the kernel of
 // nsa/cuda/indexer_wgmma.cuh). Same output, bit for bit: the same work items,
-// the same loads, the same wgmma instructions (wg_scores) and the same
-// epilogue (wg_store_tile, wg_store_tail); only the schedule differs.
+// the same loads, the same wgmma instructions and epilogue (wg_scores,
+// wg_store_tail); only the schedule differs.
 //
 // Why. The wgmma kernel runs one CTA per (request, 512-column chunk): a CTA
 // issues its whole chunk's loads, then computes with no load outstanding and
@@ -35,10 +35,9 @@
 //     every request change, which, with consecutive items gridDim.x apart,
 //     is every item). Cost: N x 8 KB more shared memory, so N = 3, 4 fit one
 //     CTA per SM instead of two (N = 1, 2 keep two);
-//   * weights go to shared memory with cp.async too (read into registers
-//     when the compute walk starts an item), so no global load latency sits
-//     at an item boundary; the values, and so the bits, are those the wgmma
-//     kernel reads with __ldg.
+//   * the weights go to shared memory with cp.async with q, as in the wgmma
+//     kernel (the epilogue reads them from there), so no global load latency
+//     sits at an item boundary.
 // No atomics, no inter-CTA communication, no allocation, 1-D grid bounded by
 // the device (never by a device length): bit-stable and capturable.
 //
@@ -73,8 +72,7 @@ struct WgmmaPersistentShared {
   uint8_t q[2][N][kWgQRowBytes];                      // swizzled, 1024-aligned
   float scale[kWgStages][kWgTileTokens];
   uint8_t ok[kWgStages][kWgTileTokens];  // the token's page is readable (and the token < L_b, width)
-  float red[N][4][kWgTileTokens];        // per (row, head group, token) partial sums
-  float w[2][N][kIndexerHeads];          // the weights of q[u % 2]'s rows
+  float w[2][N][kIndexerHeads];          // the weights of q[u % 2]'s rows (wg_weight_slot order)
 };
 
 template <int N>
@@ -88,16 +86,6 @@ constexpr size_t wg_persistent_shared_bytes() {
 template <int N>
 constexpr int wg_persistent_ctas_per_sm() {
   return 2 * (wg_persistent_shared_bytes<N>() + 1024) <= 228 * 1024 ? 2 : 1;
-}
-
-// Issues the cp.async copies of the weights of request b's N rows into w.
-template <int N>
-__device__ __forceinline__ void wg_load_weights(float (&w)[N][kIndexerHeads], const PagedMqaLogitsArgs& a, int64_t b) {
-  static_assert(N * kIndexerHeads <= kWgThreads, "one weight per thread");
-  const int idx = static_cast<int>(threadIdx.x);
-  // 4-byte copies: the weights are only 4-byte aligned.
-  if (idx < N * kIndexerHeads)
-    mqa_cp_async4(&w[idx / kIndexerHeads][idx % kIndexerHeads], a.weights + b * N * kIndexerHeads + idx);
 }
 
 // Waits until at most `pending` (0 .. kWgStages - 1, the same in every
@@ -155,16 +143,11 @@ __global__ void __launch_bounds__(kWgThreads, wg_persistent_ctas_per_sm<N>())
   extern __shared__ __align__(16) uint8_t wg_smem[];
   WgmmaPersistentShared<N>& sm = wg_shared<WgmmaPersistentShared<N>>(wg_smem);
   const int64_t items = a.batch * ctas_per_request;
-  const int warp = static_cast<int>(threadIdx.x) >> 5, lane = static_cast<int>(threadIdx.x) & 31;
-  const int group = warp & 3, wg = warp >> 2;  // head group (warp in its warpgroup), warpgroup
-  const int g = lane >> 2;
-
   WgWalk load{blockIdx.x, {}, 0, 0};
   wg_walk_to_tiles<N, true>(load, a, items, ctas_per_request);
   WgWalk comp = load;
   int stage = 0;     // the compute walk's stage
   int inflight = 0;  // tiles loaded and not yet computed, one cp.async group each
-  float wv[N][2];    // weights of the compute walk's item: heads 16 group + g, + 8 of every row
   while (comp.item < items) {
     // Top up: a stage is free once its tile was computed (the last barrier
     // of that iteration); the next item's q buffer is free once the item
@@ -184,17 +167,9 @@ __global__ void __launch_bounds__(kWgThreads, wg_persistent_ctas_per_sm<N>())
     wg_fence_proxy_async();                  // ... visible to wgmma's operand reads
     __syncthreads();                         // ... everyone's
     const int buf = comp.live & 1;
-    if (comp.tile == 0) {
-#pragma unroll
-      for (int j = 0; j < N; ++j) {
-        wv[j][0] = sm.w[buf][j][16 * group + g];
-        wv[j][1] = sm.w[buf][j][16 * group + g + 8];
-      }
-    }
-    wg_scores<N>(sm, stage, sm.q[buf], wg, group, lane, wv);
-    __syncthreads();
-    wg_store_tile<N>(sm, stage, a, comp.it, comp.it.c0 + static_cast<int64_t>(comp.tile) * kWgTileTokens);
-    __syncthreads();  // red, this stage, and (after an item's last tile) its q buffer are reused
+    wg_scores<N>(sm, sm.q[buf], sm.w[buf], a, comp.it, comp.it.c0 + static_cast<int64_t>(comp.tile) * kWgTileTokens,
+                 stage);
+    __syncthreads();  // this stage and (after an item's last tile) its q and weight buffer are reused
     stage = stage + 1 < kWgStages ? stage + 1 : 0;
     --inflight;
     wg_walk_next<N, false>(comp, a, items, ctas_per_request);
