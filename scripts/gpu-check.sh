@@ -11,8 +11,10 @@
 #
 # --phase splits one check over shorter commands on the same machine and
 # results folder: `tests` runs the C++ tests and the sanitizers (only the tools
-# in $NSA_SANITIZERS when set), `sanitizers` the sanitizers alone (for the tools
-# a first `tests` command left out), `rest` the CLI, benchmarks and Python
+# in $NSA_SANITIZERS when set; only the test binaries named in
+# $NSA_SANITIZER_BINARIES when set), `sanitizers` the sanitizers alone (for the
+# tools a first `tests` command left out), `rest` the CLI, benchmarks (only
+# those whose name matches the regex $NSA_BENCHES when set) and Python
 # tests and then writes the report of all of them. A complete check takes
 # longer than one 10-minute device command (on an H100: about 2 minutes of
 # tests, 1 of memcheck, 4 of racecheck, initcheck and synccheck not yet timed,
@@ -96,6 +98,8 @@ gpu_filter='*/cuda:*/cuda_*:*Cuda*:*CUDA*:*Graph*:*_cuda'  # (cuda_*: the per-ke
 [ "$phase" = rest ] || for tool in ${NSA_SANITIZERS:-memcheck racecheck initcheck synccheck}; do
   for t in $tests; do
     n=$(basename "$t")
+    # NSA_SANITIZER_BINARIES="a_test b_test": only those (split a long tool over commands).
+    [ -z "${NSA_SANITIZER_BINARIES:-}" ] || [[ " $NSA_SANITIZER_BINARIES " == *" $n "* ]] || continue
     filter="$gpu_filter:-*LongRun*:*CpuOnly*"  # CpuOnly: tests of CPU-only builds (no CUDA call)
     [ "$tool" = memcheck ] || filter="$gpu_filter:-*LongRun*:*CpuOnly*:*4GiB*:*Long*:*Replay*"
     # topk_test under the slower tools: its TopkCuda cases only. racecheck
@@ -105,6 +109,12 @@ gpu_filter='*/cuda:*/cuda_*:*Cuda*:*CUDA*:*Graph*:*_cuda'  # (cuda_*: the per-ke
     # minutes. TopkCuda.ClusterSplitShortRows runs every CTA count per row
     # (1..16) on short rows; memcheck runs every case.
     [ "$tool" = memcheck ] || [ "$n" != topk_test ] || filter="TopkCuda.*:-*EveryClusterSize*:*Replay*"
+    # paged_mqa_logits_test under the slower tools: the explicit kernel
+    # instances (/cuda is the automatic choice, one of them) and the
+    # PagedMqaLogitsCuda cases. Its 48 GPU instances take 6-10 s each under
+    # racecheck (about 6 minutes on an H100: past one device command).
+    [ "$tool" = memcheck ] || [ "$n" != paged_mqa_logits_test ] ||
+      filter="*/cuda_*:PagedMqaLogitsCuda.*:-*LongRun*:*CpuOnly*:*4GiB*:*Long*:*Replay*"
     listing=$("$t" --gtest_list_tests --gtest_filter="$filter")  # no pipe: a SIGPIPE must not skip a binary
     if ! grep -q '^  ' <<<"$listing"; then
       echo "sanitizer_${tool}_$n no-gpu-tests" >>"$results/skipped.txt"
@@ -132,6 +142,7 @@ fi
 for b in "$build"/bench/*_bench; do
   [ -x "$b" ] || continue
   n=$(basename "$b")
+  [ -z "${NSA_BENCHES:-}" ] || [[ "$n" =~ $NSA_BENCHES ]] || continue
   run_step "bench_$n" 600 "$b" --json "$results/$n.json"  # metadata_bench's SGLang-shaped table allocates GBs per case
 done
 

@@ -60,6 +60,22 @@
 namespace nsa {
 namespace kernels {
 
+// Hooks for bench/topk_probe_bench.cu only (the library never defines them):
+// NSA_TOPK_PROBE_MARK(phase) records when thread 0 reaches a phase boundary
+// of topk_transform_kernel (each right after a CTA barrier), and
+// NSA_TOPK_HIST_ADD picks how topk_hist_add counts a warp's keys (0, the
+// default: lanes sharing a bin found with __match_any_sync add together;
+// 1: one shared atomic per key; 2: the lanes sharing the first counted
+// lane's bin add together, every other lane adds its own). The probe builds
+// one binary per NSA_TOPK_HIST_ADD: separate programs, so no two
+// definitions of these kernels ever meet in one link.
+#ifndef NSA_TOPK_PROBE_MARK
+#define NSA_TOPK_PROBE_MARK(phase) ((void)0)
+#endif
+#ifndef NSA_TOPK_HIST_ADD
+#define NSA_TOPK_HIST_ADD 0
+#endif
+
 constexpr int kTopkThreads = 1024;
 constexpr int kTopkWarps = kTopkThreads / 32;
 // The first digit has 12 bits (sign, exponent, 3 mantissa bits: fine enough
@@ -158,12 +174,27 @@ __device__ __forceinline__ void topk_cluster_wait() {
 // zeros, one coarse bin) and partly clustered keys cost one atomic per
 // distinct bin and warp step instead of one per key.
 __device__ __forceinline__ void topk_hist_add(uint32_t* hist, int bin) {
+#if NSA_TOPK_HIST_ADD == 1
+  if (bin >= 0) atomicAdd(hist + bin, 1u);
+#elif NSA_TOPK_HIST_ADD == 2
+  const uint32_t counted = __ballot_sync(0xffffffffu, bin >= 0);
+  if (counted == 0u) return;
+  const int lead = __shfl_sync(0xffffffffu, bin, __ffs(counted) - 1);
+  const uint32_t with_lead = __ballot_sync(0xffffffffu, bin == lead);
+  const uint32_t lanes_below = (1u << (threadIdx.x & 31)) - 1u;
+  if (bin != lead) {
+    if (bin >= 0) atomicAdd(hist + bin, 1u);
+  } else if ((with_lead & lanes_below) == 0u) {
+    atomicAdd(hist + bin, static_cast<uint32_t>(__popc(with_lead)));
+  }
+#else
   // Passes 2 and 3 count only the keys under the prefix: most warp steps
   // have none, and a vote is cheaper than the match.
   if (__ballot_sync(0xffffffffu, bin >= 0) == 0u) return;
   const uint32_t peers = __match_any_sync(0xffffffffu, bin);
   const uint32_t lanes_below = (1u << (threadIdx.x & 31)) - 1u;
   if (bin >= 0 && (peers & lanes_below) == 0u) atomicAdd(hist + bin, static_cast<uint32_t>(__popc(peers)));
+#endif
 }
 
 template <class ScoreT>
@@ -456,6 +487,7 @@ __global__ void __launch_bounds__(kTopkThreads, 1) topk_transform_kernel(const T
   uint32_t* const hist = topk_smem;
   uint32_t* const area = topk_smem + kTopkBins;  // the key cache or the candidates
 
+  NSA_TOPK_PROBE_MARK(0);
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const TopkSlice slice = topk_this_slice<kCluster>();
   const int64_t r = blockIdx.x / slice.size;
@@ -470,6 +502,7 @@ __global__ void __launch_bounds__(kTopkThreads, 1) topk_transform_kernel(const T
       out[s] = s < len ? detail::topk_apply_transform(a, r, q, s) : -1;
       if (raw != nullptr) raw[s] = s < len ? static_cast<int32_t>(s) : -1;
     }
+    NSA_TOPK_PROBE_MARK(9);
     return;
   }
 
@@ -488,12 +521,14 @@ __global__ void __launch_bounds__(kTopkThreads, 1) topk_transform_kernel(const T
   for (int b = tid; b < kTopkBins; b += kTopkThreads) hist[b] = 0;
   if constexpr (kCluster) topk_clear_merge<kTopkBins>(merged, 0, slice, st);
   __syncthreads();
+  NSA_TOPK_PROBE_MARK(1);
   auto count_top = [&](int64_t, uint32_t key, bool valid) {
     topk_hist_add(hist, valid ? static_cast<int>(key >> kTopkTopShift) : -1);
   };
   if (cached) topk_visit_global<ScoreT, true>(row, slice_len, cache, count_top);
   else topk_visit_global<ScoreT, false>(row, slice_len, cache, count_top);
   topk_pick<Scan, kTopkBins, kCluster>(hist, merged, 0, slice, static_cast<uint32_t>(k), st, scan);
+  NSA_TOPK_PROBE_MARK(2);
 
   // Chunks of the compaction (and of the candidate collection): warp w owns
   // the indices [w * chunk, min(slice_len, (w + 1) * chunk)), a multiple of 32.
@@ -556,6 +591,7 @@ __global__ void __launch_bounds__(kTopkThreads, 1) topk_transform_kernel(const T
       }
     });
     __syncthreads();
+    NSA_TOPK_PROBE_MARK(3);
   }
   const int64_t n_cand = use_candidates ? static_cast<int64_t>(st.candidates) : 0;  // this slice's
 
@@ -579,6 +615,7 @@ __global__ void __launch_bounds__(kTopkThreads, 1) topk_transform_kernel(const T
     else if (use_candidates) topk_visit_cache(cand_key, n_cand, count_next);
     else topk_visit_global<ScoreT, false>(row, slice_len, cache, count_next);
     topk_pick<Scan, kTopkDigitBins, kCluster>(hist, pass_merged, parity, slice, need, st, scan);
+    NSA_TOPK_PROBE_MARK(4 + level);
     prefix = (prefix << (shift - digit_shift)) | static_cast<uint32_t>(st.bin);
     shift = digit_shift;
     need = st.need;
@@ -623,6 +660,7 @@ __global__ void __launch_bounds__(kTopkThreads, 1) topk_transform_kernel(const T
     }
     __syncthreads();
   }
+  NSA_TOPK_PROBE_MARK(6);
   // Exclusive scans over the 32 warps, then over the CTAs of the cluster
   // (DSMEM reads of the earlier CTAs' totals): each warp's first output slot
   // and the ties before its chunk, over the whole row.
@@ -671,6 +709,7 @@ __global__ void __launch_bounds__(kTopkThreads, 1) topk_transform_kernel(const T
     if (lane == 31) st.slots = a_before + a_mine + (t_after < need ? t_after : need) - first;
   }
   __syncthreads();
+  NSA_TOPK_PROBE_MARK(7);
   // The compaction writes the selected indices (relative to the window) in
   // output order into the histogram's memory (no longer read by any CTA of
   // the cluster; K <= kTopkBins words).
@@ -698,6 +737,7 @@ __global__ void __launch_bounds__(kTopkThreads, 1) topk_transform_kernel(const T
     slot += __popc(take_mask);
   });
   __syncthreads();
+  NSA_TOPK_PROBE_MARK(8);
   // The transform reads the table: done here, all of the CTA's slots at
   // once, so its global loads are in flight together instead of one per
   // warp step.
@@ -707,6 +747,7 @@ __global__ void __launch_bounds__(kTopkThreads, 1) topk_transform_kernel(const T
     out[first + s] = detail::topk_apply_transform(a, r, q, i);
     if (raw != nullptr) raw[first + s] = static_cast<int32_t>(i);
   }
+  NSA_TOPK_PROBE_MARK(9);
   topk_cluster_wait<kCluster>();
 }
 
