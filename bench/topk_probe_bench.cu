@@ -1,15 +1,15 @@
 // Where topk_transform's time goes (not a test: the input to the next change
-// of the kernel). On an H200, one CTA per row took 17.4 us for 1 x 8K and a
-// 16-CTA cluster 18.4 us with 512 keys per CTA, against a 1.9 us read floor:
-// a fixed cost that neither the row length nor the split explains.
+// of the kernel). On an H200 (5882a69, whose histogram used __match_any_sync),
+// one CTA per row took 17.4 us for 1 x 8K and a 16-CTA cluster 18.4 us with
+// 512 keys per CTA, against a 1.9 us read floor.
 //
 // This program compiles its own copy of the kernels of nsa/cuda/topk.cuh
 // with NSA_TOPK_PROBE_MARK defined: thread 0 of every CTA records clock64()
 // at each phase boundary (right after a CTA barrier) into a device buffer.
 // It is built three times, once per histogram aggregation NSA_TOPK_HIST_ADD
-// (topk_probe_{match,plain,leader}_bench: __match_any_sync groups, one
-// atomic per key, the first counted lane's group), so the same run shows
-// what the aggregation costs. Each binary launches its own kernels directly
+// (topk_probe_{uniform,match,leader}_bench: the library's, __match_any_sync
+// groups, the first counted lane's group), so the same run shows what the
+// aggregation costs. Each binary launches its own kernels directly
 // (never the library's launcher, whose inline host code may be the
 // library's copy) and checks every row's set against the library's
 // topk_transform on the same inputs before timing.
@@ -58,11 +58,12 @@ using json = nlohmann::json;
 namespace {
 
 #if NSA_TOPK_HIST_ADD == 1
-constexpr const char* kVariant = "plain: one shared atomic per counted key";
+constexpr const char* kVariant = "match: lanes sharing a bin (__match_any_sync) add together";
 #elif NSA_TOPK_HIST_ADD == 2
 constexpr const char* kVariant = "leader: lanes in the first counted lane's bin add together, the rest one atomic each";
 #else
-constexpr const char* kVariant = "match: lanes sharing a bin (__match_any_sync) add together (the library's)";
+constexpr const char* kVariant =
+    "uniform: one atomic adds 32 when a warp's keys share a bin, else one per key (the library's)";
 #endif
 
 constexpr size_t kRotationBytes = size_t{256} << 20;

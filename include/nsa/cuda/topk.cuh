@@ -42,8 +42,8 @@
 // No global scratch, no atomics outside shared memory, no communication
 // between CTAs outside a cluster (whose CTAs the hardware co-schedules:
 // nothing to deadlock under concurrent work), no allocation.
-// Histogram updates are warp-aggregated per distinct bin, so exact-zero
-// plateaus cost no more than spread-out rows.
+// Histogram updates are warp-aggregated when a warp's 32 keys fall in one
+// bin, so exact-zero plateaus cost no more than spread-out rows.
 #pragma once
 
 #include <cooperative_groups.h>
@@ -64,11 +64,9 @@ namespace kernels {
 // NSA_TOPK_PROBE_MARK(phase) records when thread 0 reaches a phase boundary
 // of topk_transform_kernel (each right after a CTA barrier), and
 // NSA_TOPK_HIST_ADD picks how topk_hist_add counts a warp's keys (0, the
-// default: lanes sharing a bin found with __match_any_sync add together;
-// 1: one shared atomic per key; 2: the lanes sharing the first counted
-// lane's bin add together, every other lane adds its own). The probe builds
-// one binary per NSA_TOPK_HIST_ADD: separate programs, so no two
-// definitions of these kernels ever meet in one link.
+// library's; 1 and 2 the alternatives it is measured against, see there).
+// The probe builds one binary per NSA_TOPK_HIST_ADD: separate programs, so
+// no two definitions of these kernels ever meet in one link.
 #ifndef NSA_TOPK_PROBE_MARK
 #define NSA_TOPK_PROBE_MARK(phase) ((void)0)
 #endif
@@ -169,13 +167,23 @@ __device__ __forceinline__ void topk_cluster_wait() {
 }
 
 // Adds 1 to hist[bin] for each lane with bin >= 0. All 32 lanes of the warp
-// call it together; lanes that share a bin are aggregated (__match_any_sync)
-// and their lowest lane adds their count with one atomic, so plateaus (exact
-// zeros, one coarse bin) and partly clustered keys cost one atomic per
-// distinct bin and warp step instead of one per key.
+// call it together.
+//   0 (the library's): when the 32 lanes share one bin (a plateau of exact
+//     zeros; a warp step with no key under the prefix, most steps of passes 2
+//     and 3), one atomic adds 32 (or nothing); otherwise one atomic per key.
+//   1: lanes sharing a bin (__match_any_sync) add together, one atomic per
+//     distinct bin. Measured on an H200 (docs/gpu-report.md of 5882a69 next
+//     to the report of 7a25a22, which ran 0): one CTA per row took 1.25x as
+//     long at 8K keys, 1.55x at 32K and 2.0x at 128K; the match costs more
+//     than the atomics it saves.
+//   2: the lanes in the first counted lane's bin add together, every other
+//     lane adds its own (plateaus with a few other keys per warp step).
 __device__ __forceinline__ void topk_hist_add(uint32_t* hist, int bin) {
 #if NSA_TOPK_HIST_ADD == 1
-  if (bin >= 0) atomicAdd(hist + bin, 1u);
+  if (__ballot_sync(0xffffffffu, bin >= 0) == 0u) return;
+  const uint32_t peers = __match_any_sync(0xffffffffu, bin);
+  const uint32_t lanes_below = (1u << (threadIdx.x & 31)) - 1u;
+  if (bin >= 0 && (peers & lanes_below) == 0u) atomicAdd(hist + bin, static_cast<uint32_t>(__popc(peers)));
 #elif NSA_TOPK_HIST_ADD == 2
   const uint32_t counted = __ballot_sync(0xffffffffu, bin >= 0);
   if (counted == 0u) return;
@@ -188,12 +196,12 @@ __device__ __forceinline__ void topk_hist_add(uint32_t* hist, int bin) {
     atomicAdd(hist + bin, static_cast<uint32_t>(__popc(with_lead)));
   }
 #else
-  // Passes 2 and 3 count only the keys under the prefix: most warp steps
-  // have none, and a vote is cheaper than the match.
-  if (__ballot_sync(0xffffffffu, bin >= 0) == 0u) return;
-  const uint32_t peers = __match_any_sync(0xffffffffu, bin);
-  const uint32_t lanes_below = (1u << (threadIdx.x & 31)) - 1u;
-  if (bin >= 0 && (peers & lanes_below) == 0u) atomicAdd(hist + bin, static_cast<uint32_t>(__popc(peers)));
+  const int first = __shfl_sync(0xffffffffu, bin, 0);
+  if (__all_sync(0xffffffffu, bin == first)) {
+    if ((threadIdx.x & 31) == 0 && first >= 0) atomicAdd(hist + first, 32u);
+  } else if (bin >= 0) {
+    atomicAdd(hist + bin, 1u);
+  }
 #endif
 }
 
@@ -634,14 +642,17 @@ __global__ void __launch_bounds__(kTopkThreads, 1) topk_transform_kernel(const T
       const int owner = valid ? static_cast<int>(idx / chunk32) : -1;
       const bool is_above = valid && (key >> shift) > prefix, is_tie = valid && (key >> shift) == prefix;
       // Consecutive candidates mostly come from one warp step of the sweep,
-      // so from few chunks: the lowest lane of each chunk's group adds the
-      // group's counts (one atomic per chunk and count, not per candidate).
-      const uint32_t peers = __match_any_sync(0xffffffffu, owner);
-      const uint32_t a_n = __popc(__ballot_sync(0xffffffffu, is_above) & peers);
-      const uint32_t t_n = __popc(__ballot_sync(0xffffffffu, is_tie) & peers);
-      if (valid && (peers & lanes_below) == 0u) {
-        if (a_n != 0u) atomicAdd(&st.warp_above[owner], a_n);
-        if (t_n != 0u) atomicAdd(&st.warp_ties[owner], t_n);
+      // so from one chunk: then one atomic per count for the whole warp
+      // (valid lanes are a prefix, so lane 0 is valid when any lane is).
+      const int first = __shfl_sync(0xffffffffu, owner, 0);
+      if (__all_sync(0xffffffffu, owner == first || !valid)) {
+        const uint32_t a_n = __popc(__ballot_sync(0xffffffffu, is_above));
+        const uint32_t t_n = __popc(__ballot_sync(0xffffffffu, is_tie));
+        if (lane == 0 && a_n != 0u) atomicAdd(&st.warp_above[first], a_n);
+        if (lane == 0 && t_n != 0u) atomicAdd(&st.warp_ties[first], t_n);
+      } else {
+        if (is_above) atomicAdd(&st.warp_above[owner], 1u);
+        if (is_tie) atomicAdd(&st.warp_ties[owner], 1u);
       }
     });
     __syncthreads();
