@@ -173,9 +173,12 @@ def main():
         w("")
         # The persistent wgmma schedule's columns only where the bench timed it.
         pers = any("persistent_gpu_us" in r for r in logits["results"])
+        # The wgmma kernel's fastest chunk length (columns per CTA) where the bench swept them.
+        chunks = any("wgmma_us_by_chunk_columns" in r for r in logits["results"])
         w("| case | ours kernel | ours us | copy us (same traffic) | cache-read floor us | GB/s | of copy | x floor | "
-          "mma.sync us | " + ("persistent us | persistent of copy | " if pers else "") + "target | verdict |")
-        w("|---|---|---|---|---|---|---|---|---|" + ("---|---|" if pers else "") + "---|---|")
+          "mma.sync us | " + ("persistent us | persistent of copy | " if pers else "") +
+          ("fastest longer chunk: columns, us, of copy | " if chunks else "") + "target | verdict |")
+        w("|---|---|---|---|---|---|---|---|---|" + ("---|---|" if pers else "") + ("---|" if chunks else "") + "---|---|")
         for r in logits["results"]:
             met = r.get("target_met")
             verdict = "" if met is None else ("MET" if met else "MISSED")
@@ -184,6 +187,13 @@ def main():
             if pers:
                 p_us, p_of = r.get("persistent_gpu_us"), r.get("persistent_fraction_of_copy")
                 extra = f"{'-' if p_us is None else f'{p_us:.2f}'} | {'-' if p_of is None else f'{p_of:.2f}'} | "
+            if chunks:
+                by = r.get("wgmma_us_by_chunk_columns") or {}
+                if by:
+                    cols, us = min(by.items(), key=lambda kv: kv[1])
+                    extra += f"{cols}, {us:.2f}, {r['copy_same_traffic_us'] / us:.2f} | "
+                else:
+                    extra += "- | "
             w(f"| {r['case']} | {r.get('ours_kernel', '?')} | {r['ours_gpu_us']:.2f} | {r['copy_same_traffic_us']:.2f} | "
               f"{r['cache_read_floor_us']:.2f} | {r['ours_gbps']:.0f} | {r['fraction_of_copy']:.2f} | "
               f"{r['ratio_to_floor']:.2f} | {'-' if mma is None else f'{mma:.2f}'} | {extra}{r['target']} | {verdict} |")

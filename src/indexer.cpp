@@ -28,6 +28,11 @@ void check_args(const ArgChecker& c, const Exec& exec, const PagedMqaLogitsArgs&
   if (a.kernel != MqaLogitsKernel::kAuto && a.kernel != MqaLogitsKernel::kWgmma &&
       a.kernel != MqaLogitsKernel::kMmaSync && a.kernel != MqaLogitsKernel::kWgmmaPersistent)
     c.fail("kernel", "MqaLogitsKernel::kAuto, kWgmma, kMmaSync or kWgmmaPersistent", num(static_cast<int>(a.kernel)));
+  if (a.wgmma_chunk_columns < 0 || a.wgmma_chunk_columns > kIndexerMaxChunkColumns ||
+      a.wgmma_chunk_columns % kChunkColumns != 0)
+    c.fail("wgmma_chunk_columns",
+           "0 (the library's choice) or a multiple of " + num(kChunkColumns) + " up to " + num(kIndexerMaxChunkColumns),
+           num(a.wgmma_chunk_columns));
   const int64_t rows = a.batch * a.next_n;
   c.product_fits(rows, a.logits_ld, "logits_ld", "rows * logits_ld within int64");
   if (cuda && a.batch > 0 &&

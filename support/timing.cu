@@ -223,6 +223,48 @@ double copy_time_us(size_t bytes, int per_graph) {
   return us;
 }
 
+double copy_time_cold_us(size_t bytes) {
+  bytes = std::max<size_t>(bytes, 16);
+  int device = 0, l2 = 0;
+  check(cudaGetDevice(&device), "cudaGetDevice");
+  check(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, device), "cudaDeviceGetAttribute(L2 size)");
+  // A call's pair is touched again `pairs` calls later, after the other
+  // pairs' 2 * bytes * (pairs - 1) have passed through the L2: at least 3x
+  // its size (at most 4096 pairs: tiny copies are latency, not bytes). Past
+  // 4x the L2 a copy cannot hit it anyway.
+  const size_t l2_bytes = static_cast<size_t>(std::max(l2, 1 << 20));
+  const size_t wanted = (3 * l2_bytes + 2 * bytes - 1) / (2 * bytes) + 1;
+  const size_t pairs = bytes >= 4 * l2_bytes ? 1 : std::clamp<size_t>(wanted, 2, 4096);
+  std::vector<void*> buffers;
+  auto free_all = [&] {
+    for (void* p : buffers) (void)cudaFree(p);
+  };
+  double us = 0;
+  try {
+    for (size_t i = 0; i < 2 * pairs; ++i) {
+      void* p = nullptr;
+      check(cudaMalloc(&p, bytes), "cudaMalloc");
+      buffers.push_back(p);
+      check(cudaMemset(p, 0x5a, bytes), "cudaMemset");
+    }
+    size_t call = 0;
+    const int per_graph = static_cast<int>(std::max<size_t>(pairs, 20) / pairs * pairs);
+    us = graph_time_warm_us(
+        [&](cudaStream s) {
+          const size_t k = call++ % pairs;
+          check(cudaMemcpyAsync(buffers[2 * k + 1], buffers[2 * k], bytes, cudaMemcpyDeviceToDevice,
+                                reinterpret_cast<cudaStream_t>(s)),
+                "cudaMemcpyAsync");
+        },
+        per_graph);
+  } catch (...) {
+    free_all();
+    throw;
+  }
+  free_all();
+  return us;
+}
+
 DeviceLimits measure_device_limits() {
   DeviceLimits lim;
   int device = 0;

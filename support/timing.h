@@ -67,6 +67,12 @@ PairedHostTiming paired_host_time(const Launch& launch, int iters = 200);
 // timed like graph_time_us (the "same bytes" copy baseline).
 double copy_time_us(size_t bytes, int per_graph = 20);
 
+// The same copy with a cold L2: the calls of one graph rotate over enough
+// source / destination pairs that no call finds its bytes in the L2 (for
+// sizes that fit it, copy_time_us copies out of the L2: the baseline of a
+// kernel whose own calls read from HBM must not).
+double copy_time_cold_us(size_t bytes);
+
 // Wall-clock microseconds per call of a host function (median of samples).
 double cpu_time_us(const std::function<void()>& fn, int min_iters = 3);
 

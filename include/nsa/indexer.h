@@ -44,6 +44,8 @@ namespace nsa {
 constexpr int64_t kIndexerHeads = 64;     // index_n_heads
 constexpr int64_t kIndexerHeadDim = 128;  // index_head_dim: one fp8 byte per dimension
 constexpr int64_t kIndexerMaxNextN = 4;   // query rows per request (decode + MTP drafts)
+// PagedMqaLogitsArgs::wgmma_chunk_columns: a multiple of 512, at most this.
+constexpr int64_t kIndexerMaxChunkColumns = 65536;
 
 // The CUDA kernel of paged_mqa_logits (the CPU backend ignores it). The
 // kernels have the same output contract and head-sum order; s_h of kMmaSync
@@ -95,6 +97,15 @@ struct PagedMqaLogitsArgs {
   int64_t logits_ld = 0;
 
   MqaLogitsKernel kernel = MqaLogitsKernel::kAuto;
+
+  // Columns of one request that each CTA of the wgmma kernel scores (kWgmma,
+  // and kAuto where it picks kWgmma; the other kernels ignore it): 0 for the
+  // library's choice (512), or a multiple of 512 up to
+  // kIndexerMaxChunkColumns. A longer chunk loads q and the weights once for
+  // more tokens and streams its tiles through one pipeline; a shorter one
+  // makes more CTAs. A tuning knob for benchmarks: every value gives the same
+  // logits, bit for bit.
+  int64_t wgmma_chunk_columns = 0;
 };
 
 // Validates every host-visible argument (throws nsa::Error naming it before

@@ -148,6 +148,7 @@ class Runner {
   const PagedMqaLogitsArgs& device_args() const { return dev_; }
   const PagedMqaLogitsArgs& host_args() const { return host_; }
   support::Buffer& lens_buffer() { return lens_dev_; }
+  void set_wgmma_chunk_columns(int64_t columns) { host_.wgmma_chunk_columns = dev_.wgmma_chunk_columns = columns; }
 
   void poison() {
     const std::vector<uint32_t> p(static_cast<size_t>(std::max<int64_t>(1, rows() * c_.ld)), kPoisonBits);
@@ -498,6 +499,10 @@ TEST_P(PagedMqaLogitsTest, BadArgumentsThrowBeforeWriting) {
   expect_bad([](PagedMqaLogitsArgs& a) { a.logits = nullptr; }, "logits");
   expect_bad([](PagedMqaLogitsArgs& a) { a.q = nullptr; }, "q");
   expect_bad([](PagedMqaLogitsArgs& a) { a.weights = nullptr; }, "weights");
+  expect_bad([](PagedMqaLogitsArgs& a) { a.wgmma_chunk_columns = -512; }, "wgmma_chunk_columns");
+  expect_bad([](PagedMqaLogitsArgs& a) { a.wgmma_chunk_columns = 700; }, "wgmma_chunk_columns");
+  expect_bad([](PagedMqaLogitsArgs& a) { a.wgmma_chunk_columns = kIndexerMaxChunkColumns + 512; },
+             "wgmma_chunk_columns");
   expect_bad([](PagedMqaLogitsArgs& a) { a.context_lens = Indices(); }, "context_lens");
   expect_bad([](PagedMqaLogitsArgs& a) { a.page_size = 6; }, "page_size");
   expect_bad([](PagedMqaLogitsArgs& a) { a.page_size = 0; }, "page_size");
@@ -558,6 +563,46 @@ TEST(PagedMqaLogitsCuda, WgmmaPersistentEqualsWgmmaBitwise) {
                       << static_cast<int64_t>(i) % c.ld << ": persistent " << got[i] << " vs wgmma " << want[i];
         break;
       }
+  }
+}
+
+// Every chunk length of the wgmma kernel (columns of a request per CTA)
+// gives the default's bits: a chunk covers whole 128-token tiles at the same
+// columns, each token scored the same way; only the CTA running it and how
+// many tiles share one pipeline and one q load change. Lengths around tile
+// and chunk edges, a width that is no multiple of any chunk, unreadable
+// pages, and a chunk wider than the width.
+TEST(PagedMqaLogitsCuda, WgmmaChunkColumnsGiveTheSameBits) {
+  NSA_SKIP_WITHOUT_BACKEND(Backend::kCuda);
+  if (!cuda_device_is_sm90()) GTEST_SKIP() << "MqaLogitsKernel::kWgmma needs a compute 9.0 (sm_90a) device: not run";
+  auto rng = make_rng(18);
+  constexpr int64_t kWidth = 5000, kRequests = 40;
+  const int64_t edges[] = {0, 1, 127, 128, 129, 511, 512, 513, 1023, 1024, 1025, 2049, 4095, kWidth, kWidth + 9};
+  std::uniform_int_distribution<int64_t> any_len(0, kWidth + 100);
+  for (int64_t n = 1; n <= kIndexerMaxNextN; ++n) {
+    std::vector<int64_t> lens(static_cast<size_t>(kRequests));
+    for (int64_t i = 0; i < kRequests; ++i)
+      lens[static_cast<size_t>(i)] = i % 2 == 1 ? edges[static_cast<size_t>(i / 2) % std::size(edges)] : any_len(rng);
+    LogitsCase c = make_case(rng, n, lens, kWidth, 64, n % 2 == 1, /*pool_pages=*/512);
+    for (size_t i = 0; i < c.table.size(); i += 89) c.table[i] = -1;  // unreadable pages: -inf inside the lengths
+    Runner run(Backend::kCuda, c, MqaLogitsKernel::kWgmma);
+    run.run(Exec::cuda());
+    const std::vector<float> want = run.result();
+    for (int64_t columns :
+         {int64_t{512}, int64_t{1024}, int64_t{2048}, int64_t{4096}, int64_t{8192}, kIndexerMaxChunkColumns}) {
+      run.poison();  // every column must be written again
+      run.set_wgmma_chunk_columns(columns);
+      run.run(Exec::cuda());
+      const std::vector<float> got = run.result();
+      ASSERT_EQ(got.size(), want.size());
+      for (size_t i = 0; i < got.size(); ++i)
+        if (bits(got[i]) != bits(want[i])) {
+          ADD_FAILURE() << "N=" << n << ", " << columns << " columns per CTA: row " << static_cast<int64_t>(i) / c.ld
+                        << " col " << static_cast<int64_t>(i) % c.ld << ": " << got[i] << " vs " << want[i]
+                        << " with the default";
+          break;
+        }
+    }
   }
 }
 

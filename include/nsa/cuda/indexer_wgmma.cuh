@@ -89,20 +89,23 @@ static_assert(kWgTileTokens * kWgRowBytes % kWgAlign == 0, "K tiles stay 1024-al
 static_assert(kWgQRowBytes % kWgAlign == 0, "q tiles stay 1024-aligned");
 
 // One work item of the grid: request b, columns [c0, c1) of its logits rows
-// (one kIndexerCtaColumns chunk), its length L_b, the tokens worth loading
+// (one chunk of `columns`: kIndexerCtaColumns unless the caller asks for
+// more, see wg_chunk_columns), its length L_b, the tokens worth loading
 // (load_end: the last row sees the most) and its tiles with a visible token.
 struct WgItem {
   int64_t b, c0, c1, L, load_end;
   int tiles;
 };
 
-// Work item `item` = b * ctas_per_request + chunk (reads L_b).
+// Work item `item` = b * ctas_per_request + chunk, chunks of `columns` (a
+// multiple of kWgTileTokens) columns (reads L_b).
 template <int N>
-__device__ __forceinline__ WgItem wg_item(const PagedMqaLogitsArgs& a, int64_t item, int64_t ctas_per_request) {
+__device__ __forceinline__ WgItem wg_item(const PagedMqaLogitsArgs& a, int64_t item, int64_t ctas_per_request,
+                                          int64_t columns) {
   WgItem it;
   it.b = item / ctas_per_request;
-  it.c0 = (item % ctas_per_request) * detail::kIndexerCtaColumns;
-  it.c1 = it.c0 + detail::kIndexerCtaColumns < a.width ? it.c0 + detail::kIndexerCtaColumns : a.width;
+  it.c0 = (item % ctas_per_request) * columns;
+  it.c1 = it.c0 + columns < a.width ? it.c0 + columns : a.width;
   it.L = mqa_index(a.context_lens, it.b);
   // The last row sees the most tokens; nothing at or past it is loaded.
   it.load_end = detail::indexer_row_len(it.L, N, N - 1, a.width);
@@ -348,11 +351,11 @@ __device__ __forceinline__ Shared& wg_shared(uint8_t* raw) {
 template <int N>
 // Two CTAs per SM at every N (<= 128 registers; shared memory 78-111 KB).
 __global__ void __launch_bounds__(kWgThreads, 2)
-    paged_mqa_logits_wgmma_kernel(const PagedMqaLogitsArgs a, int64_t ctas_per_request) {
+    paged_mqa_logits_wgmma_kernel(const PagedMqaLogitsArgs a, int64_t ctas_per_request, int64_t columns) {
 #if defined(NSA_MQA_WGMMA)
   extern __shared__ __align__(16) uint8_t wg_smem[];
   WgmmaShared<N>& sm = wg_shared<WgmmaShared<N>>(wg_smem);
-  const WgItem it = wg_item<N>(a, blockIdx.x, ctas_per_request);
+  const WgItem it = wg_item<N>(a, blockIdx.x, ctas_per_request, columns);
   const int64_t b = it.b, c0 = it.c0;
   const int tiles = it.tiles;
 
@@ -438,25 +441,38 @@ inline cudaError_t mqa_wgmma_available() {
 }
 
 template <int N>
-inline cudaError_t wg_launch(const PagedMqaLogitsArgs& a, int64_t ctas_per_request, cudaStream_t stream) {
+inline cudaError_t wg_launch(const PagedMqaLogitsArgs& a, int64_t columns, cudaStream_t stream) {
   const cudaError_t avail = mqa_wgmma_available<paged_mqa_logits_wgmma_kernel<N>>();  // the instance launched here
   if (avail != cudaSuccess) return avail;
   const cudaError_t e = allow_dynamic_shared_memory<paged_mqa_logits_wgmma_kernel<N>>(wg_shared_bytes<N>());
   if (e != cudaSuccess) return e;
+  const int64_t ctas_per_request = (a.width + columns - 1) / columns;
   const dim3 grid(static_cast<unsigned>(a.batch * ctas_per_request));
-  paged_mqa_logits_wgmma_kernel<N><<<grid, kWgThreads, wg_shared_bytes<N>(), stream>>>(a, ctas_per_request);
+  paged_mqa_logits_wgmma_kernel<N><<<grid, kWgThreads, wg_shared_bytes<N>(), stream>>>(a, ctas_per_request, columns);
   return cudaGetLastError();
+}
+
+// Columns per CTA of the wgmma kernel: a.wgmma_chunk_columns, or
+// kIndexerCtaColumns for 0 (the library's choice); -1 for a value it cannot
+// run (the public API names it; see nsa/indexer.h).
+inline int64_t wg_chunk_columns(const PagedMqaLogitsArgs& a) {
+  const int64_t c = a.wgmma_chunk_columns;
+  if (c == 0) return detail::kIndexerCtaColumns;
+  const bool ok = c > 0 && c <= kIndexerMaxChunkColumns && c % detail::kIndexerCtaColumns == 0;
+  return ok ? c : -1;
 }
 
 // The wgmma launch on `stream` (arguments as invoke_paged_mqa_logits:
 // validated by the public API). cudaErrorNotSupported, nothing launched,
-// where mqa_wgmma_available() says so.
+// where mqa_wgmma_available() says so; cudaErrorInvalidValue for a
+// wgmma_chunk_columns it cannot run.
 inline cudaError_t invoke_paged_mqa_logits_wgmma(const PagedMqaLogitsArgs& a, cudaStream_t stream) {
   const cudaError_t avail = mqa_wgmma_available();
   if (avail != cudaSuccess) return avail;
+  const int64_t columns = wg_chunk_columns(a);
+  if (columns < 0) return cudaErrorInvalidValue;
   if (a.batch <= 0 || a.width <= 0) return cudaSuccess;
-  return mqa_for_next_n(a.next_n,
-                        [&](auto n) { return wg_launch<decltype(n)::value>(a, mqa_ctas_per_request(a), stream); });
+  return mqa_for_next_n(a.next_n, [&](auto n) { return wg_launch<decltype(n)::value>(a, columns, stream); });
 }
 
 }  // namespace kernels

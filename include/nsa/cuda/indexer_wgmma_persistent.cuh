@@ -120,7 +120,7 @@ __device__ __forceinline__ void wg_walk_to_tiles(WgWalk& w, const PagedMqaLogits
                                                  int64_t ctas_per_request) {
   w.tile = 0;
   for (; w.item < items; w.item += gridDim.x) {
-    w.it = wg_item<N>(a, w.item, ctas_per_request);
+    w.it = wg_item<N>(a, w.item, ctas_per_request, detail::kIndexerCtaColumns);
     if constexpr (kWriteTails) wg_store_tail<N>(a, w.it);
     if (w.it.tiles > 0) return;
   }
