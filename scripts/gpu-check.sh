@@ -109,12 +109,14 @@ gpu_filter='*/cuda:*/cuda_*:*Cuda*:*CUDA*:*Graph*:*_cuda'  # (cuda_*: the per-ke
     # minutes. TopkCuda.ClusterSplitShortRows runs every CTA count per row
     # (1..16) on short rows; memcheck runs every case.
     [ "$tool" = memcheck ] || [ "$n" != topk_test ] || filter="TopkCuda.*:-*EveryClusterSize*:*Replay*"
-    # paged_mqa_logits_test under the slower tools: the explicit kernel
-    # instances (/cuda is the automatic choice, one of them) and the
-    # PagedMqaLogitsCuda cases. Its 48 GPU instances take 6-10 s each under
-    # racecheck (about 6 minutes on an H100: past one device command).
+    # paged_mqa_logits_test under the slower tools: the wgmma kernels'
+    # instances (/cuda is the automatic choice, one of them; the mma.sync
+    # kernel is unchanged since its clean runs) and the PagedMqaLogitsCuda
+    # cases. Its 48 GPU instances take 6-10 s each under racecheck (about 6
+    # minutes on an H100: past one device command); run it alone with
+    # NSA_SANITIZER_BINARIES=paged_mqa_logits_test.
     [ "$tool" = memcheck ] || [ "$n" != paged_mqa_logits_test ] ||
-      filter="*/cuda_*:PagedMqaLogitsCuda.*:-*LongRun*:*CpuOnly*:*4GiB*:*Long*:*Replay*"
+      filter="*/cuda_wgmma*:PagedMqaLogitsCuda.*:-*LongRun*:*CpuOnly*:*4GiB*:*Long*:*Replay*"
     listing=$("$t" --gtest_list_tests --gtest_filter="$filter")  # no pipe: a SIGPIPE must not skip a binary
     if ! grep -q '^  ' <<<"$listing"; then
       echo "sanitizer_${tool}_$n no-gpu-tests" >>"$results/skipped.txt"
