@@ -531,6 +531,31 @@ TEST(PagedMqaLogitsCuda, WgmmaElsewhereIsUnsupported) {
   }
 }
 
+// A wgmma test case: `requests` lengths alternating between random ones in
+// [0, width + 100] and `edges` (tile and chunk edges, past the width), and
+// every `unreadable_every`-th table entry unreadable (-inf inside the lengths).
+LogitsCase edge_lengths_case(std::mt19937_64& rng, int64_t n, int64_t requests, int64_t width,
+                             const std::vector<int64_t>& edges, int64_t pool_pages, size_t unreadable_every) {
+  std::uniform_int_distribution<int64_t> any_len(0, width + 100);
+  std::vector<int64_t> lens(static_cast<size_t>(requests));
+  for (int64_t i = 0; i < requests; ++i)
+    lens[static_cast<size_t>(i)] = i % 2 == 1 ? edges[static_cast<size_t>(i / 2) % edges.size()] : any_len(rng);
+  LogitsCase c = make_case(rng, n, lens, width, 64, n % 2 == 0, pool_pages);
+  for (size_t i = 0; i < c.table.size(); i += unreadable_every) c.table[i] = -1;
+  return c;
+}
+
+// "" when got and want hold the same bits, else where they first differ.
+std::string first_bit_difference(const std::vector<float>& got, const std::vector<float>& want, int64_t ld) {
+  if (got.size() != want.size()) return "sizes differ";
+  for (size_t i = 0; i < got.size(); ++i)
+    if (bits(got[i]) != bits(want[i]))
+      return "row " + std::to_string(static_cast<int64_t>(i) / ld) + " col " +
+             std::to_string(static_cast<int64_t>(i) % ld) + ": " + std::to_string(got[i]) + " vs " +
+             std::to_string(want[i]);
+  return "";
+}
+
 // The persistent schedule writes kWgmma's logits bit for bit (same loads,
 // instructions and epilogue) where its CTAs walk many items: 300 requests x
 // 4 chunks of a 2048-column width (more items than one wave of CTAs holds,
@@ -542,27 +567,16 @@ TEST(PagedMqaLogitsCuda, WgmmaPersistentEqualsWgmmaBitwise) {
   if (!cuda_device_is_sm90())
     GTEST_SKIP() << "MqaLogitsKernel::kWgmmaPersistent needs a compute 9.0 (sm_90a) device: not run";
   auto rng = make_rng(17);
-  constexpr int64_t kWidth = 2048, kRequests = 300;
-  const int64_t edges[] = {0, 1, 127, 128, 129, 511, 512, 513, 5000, kWidth};
-  std::uniform_int_distribution<int64_t> any_len(0, kWidth + 100);
+  constexpr int64_t kWidth = 2048;
   for (int64_t n = 1; n <= kIndexerMaxNextN; ++n) {
-    std::vector<int64_t> lens(static_cast<size_t>(kRequests));
-    for (int64_t i = 0; i < kRequests; ++i)
-      lens[static_cast<size_t>(i)] = i % 2 == 1 ? edges[static_cast<size_t>(i / 2) % std::size(edges)] : any_len(rng);
-    LogitsCase c = make_case(rng, n, lens, kWidth, 64, n % 2 == 0, /*pool_pages=*/256);
-    for (size_t i = 0; i < c.table.size(); i += 97) c.table[i] = -1;  // unreadable pages: -inf inside the lengths
+    const LogitsCase c =
+        edge_lengths_case(rng, n, 300, kWidth, {0, 1, 127, 128, 129, 511, 512, 513, 5000, kWidth}, 256, 97);
     Runner persistent(Backend::kCuda, c, MqaLogitsKernel::kWgmmaPersistent);
     Runner wgmma(Backend::kCuda, c, MqaLogitsKernel::kWgmma);
     persistent.run(Exec::cuda());
     wgmma.run(Exec::cuda());
-    const std::vector<float> got = persistent.result(), want = wgmma.result();
-    ASSERT_EQ(got.size(), want.size());
-    for (size_t i = 0; i < got.size(); ++i)
-      if (bits(got[i]) != bits(want[i])) {
-        ADD_FAILURE() << "N=" << n << " row " << static_cast<int64_t>(i) / c.ld << " col "
-                      << static_cast<int64_t>(i) % c.ld << ": persistent " << got[i] << " vs wgmma " << want[i];
-        break;
-      }
+    const std::string diff = first_bit_difference(persistent.result(), wgmma.result(), c.ld);
+    EXPECT_EQ(diff, "") << "N=" << n << ": persistent vs wgmma";
   }
 }
 
@@ -576,15 +590,12 @@ TEST(PagedMqaLogitsCuda, WgmmaChunkColumnsGiveTheSameBits) {
   NSA_SKIP_WITHOUT_BACKEND(Backend::kCuda);
   if (!cuda_device_is_sm90()) GTEST_SKIP() << "MqaLogitsKernel::kWgmma needs a compute 9.0 (sm_90a) device: not run";
   auto rng = make_rng(18);
-  constexpr int64_t kWidth = 5000, kRequests = 40;
-  const int64_t edges[] = {0, 1, 127, 128, 129, 511, 512, 513, 1023, 1024, 1025, 2049, 4095, kWidth, kWidth + 9};
-  std::uniform_int_distribution<int64_t> any_len(0, kWidth + 100);
+  constexpr int64_t kWidth = 5000;
   for (int64_t n = 1; n <= kIndexerMaxNextN; ++n) {
-    std::vector<int64_t> lens(static_cast<size_t>(kRequests));
-    for (int64_t i = 0; i < kRequests; ++i)
-      lens[static_cast<size_t>(i)] = i % 2 == 1 ? edges[static_cast<size_t>(i / 2) % std::size(edges)] : any_len(rng);
-    LogitsCase c = make_case(rng, n, lens, kWidth, 64, n % 2 == 1, /*pool_pages=*/512);
-    for (size_t i = 0; i < c.table.size(); i += 89) c.table[i] = -1;  // unreadable pages: -inf inside the lengths
+    const LogitsCase c =
+        edge_lengths_case(rng, n, 40, kWidth,
+                          {0, 1, 127, 128, 129, 511, 512, 513, 1023, 1024, 1025, 2049, 4095, kWidth, kWidth + 9}, 512,
+                          89);
     Runner run(Backend::kCuda, c, MqaLogitsKernel::kWgmma);
     run.run(Exec::cuda());
     const std::vector<float> want = run.result();
@@ -593,15 +604,8 @@ TEST(PagedMqaLogitsCuda, WgmmaChunkColumnsGiveTheSameBits) {
       run.poison();  // every column must be written again
       run.set_wgmma_chunk_columns(columns);
       run.run(Exec::cuda());
-      const std::vector<float> got = run.result();
-      ASSERT_EQ(got.size(), want.size());
-      for (size_t i = 0; i < got.size(); ++i)
-        if (bits(got[i]) != bits(want[i])) {
-          ADD_FAILURE() << "N=" << n << ", " << columns << " columns per CTA: row " << static_cast<int64_t>(i) / c.ld
-                        << " col " << static_cast<int64_t>(i) % c.ld << ": " << got[i] << " vs " << want[i]
-                        << " with the default";
-          break;
-        }
+      EXPECT_EQ(first_bit_difference(run.result(), want, c.ld), "")
+          << "N=" << n << ", " << columns << " columns per CTA vs the default";
     }
   }
 }
