@@ -15,10 +15,12 @@
 // topk_transform on the same inputs before timing.
 //
 // Per case and CTA count per row: GPU us per call as CUDA-graph replays with
-// each call on its own copy of the scores (>= 256 MB of copies, as
-// topk_bench), then the phases of CTA 0 in two eager calls on fresh copies:
-// right after a 512 MB memset (L2 holds neither the scores nor the kernel's
-// code) and right after that (code cached, scores not).
+// each call on its own copy of the scores (copies spanning 256 MB, or 4096
+// copies of short rows: far beyond the L2, as topk_bench; no marks recorded),
+// then the phases of CTA 0 in two eager calls on fresh copies: right after a
+// 512 MB memset (L2 holds neither the scores nor the kernel's code) and right
+// after that (code cached, scores not). Every phase ends at a CTA barrier
+// but the last, "transform": thread 0's own output slots.
 //
 //   topk_probe_<variant>_bench [--json FILE] [--quick]
 #include <cuda_runtime.h>
@@ -167,8 +169,12 @@ json probe_case(const Case& c, std::mt19937_64& rng, double mhz, std::vector<std
   const int max_ctas = static_cast<int>(c.rows) * *std::max_element(c.clusters.begin(), c.clusters.end());
   Buffer marks(nsa::Backend::kCuda, static_cast<size_t>(max_ctas) * kMarks * 8);
   Buffer flush(nsa::Backend::kCuda, size_t{512} << 20);
-  long long* marks_ptr = marks.as<long long>();
-  cuda_check(cudaMemcpyToSymbol(g_topk_marks, &marks_ptr, sizeof(marks_ptr)), "set the marks buffer");
+  // The marks are recorded in the eager calls only: the timed replays run the
+  // kernel as the library does (the hook's pointer is null: no stores).
+  auto record_marks = [&](bool on) {
+    long long* p = on ? marks.as<long long>() : nullptr;
+    cuda_check(cudaMemcpyToSymbol(g_topk_marks, &p, sizeof(p)), "set the marks buffer");
+  };
 
   json result = {{"case", c.name}, {"rows", c.rows}, {"len", c.len}, {"by_cluster", json::object()}};
   for (int cluster : c.clusters) {
@@ -199,6 +205,7 @@ json probe_case(const Case& c, std::mt19937_64& rng, double mhz, std::vector<std
     }
 
     // One replay calls every copy once (a graph replays the pointers it captured).
+    record_marks(false);
     const int per_graph = static_cast<int>(std::max<int64_t>(copies, 20) / copies * copies);
     int64_t call = 0;
     const double us = nsa::support::graph_time_us(
@@ -206,8 +213,10 @@ json probe_case(const Case& c, std::mt19937_64& rng, double mhz, std::vector<std
           cuda_check(launch(on_copy(call++), cluster, static_cast<cudaStream_t>(s)), "probe launch");
         },
         per_graph);
-    // Eager calls on copies the graph replays did not touch last: after a
-    // memset that evicts the L2, then again.
+    // Two eager calls, each on a copy not read since a memset that evicts
+    // the L2 (scores and code): the first right after it, the second after
+    // the first (its code cached, its scores not).
+    record_marks(true);
     json eager = json::object();
     for (const char* when : {"cold", "code_warm"}) {
       if (std::string(when) == "cold") cuda_check(cudaMemset(flush.data(), int(call & 0xff), flush.bytes()), "flush");
@@ -223,8 +232,7 @@ json probe_case(const Case& c, std::mt19937_64& rng, double mhz, std::vector<std
     fmt::print("{:<22} {:>9} {:>9}   warm {:>6.2f}:{}\n", "", "", "", eager["code_warm"]["total"].get<double>(),
                phases_line(eager["code_warm"]));
   }
-  long long* none = nullptr;
-  cuda_check(cudaMemcpyToSymbol(g_topk_marks, &none, sizeof(none)), "clear the marks buffer");
+  record_marks(false);
   return result;
 }
 

@@ -141,6 +141,10 @@ if [ -x "$cli" ]; then
   run_step cli_bench_cold_l2 420 "$cli" bench --no-progress --l2 cold --json "$results/nsa_bench_cold_l2.json"
 fi
 
+if [ -n "${NSA_BENCHES:-}" ]; then  # a bad regex would skip every bench silently
+  [[ "" =~ $NSA_BENCHES ]]
+  [ $? -ne 2 ] || { echo "gpu-check: NSA_BENCHES is not a valid regular expression: $NSA_BENCHES" >&2; exit 2; }
+fi
 for b in "$build"/bench/*_bench; do
   [ -x "$b" ] || continue
   n=$(basename "$b")

@@ -191,7 +191,8 @@ def main():
                 by = r.get("wgmma_us_by_chunk_columns") or {}
                 if by:
                     cols, us = min(by.items(), key=lambda kv: kv[1])
-                    extra += f"{cols}, {us:.2f}, {r['copy_same_traffic_us'] / us:.2f} | "
+                    of_copy = f"{r['copy_same_traffic_us'] / us:.2f}" if us > 0 else "-"
+                    extra += f"{cols}, {us:.2f}, {of_copy} | "
                 else:
                     extra += "- | "
             w(f"| {r['case']} | {r.get('ours_kernel', '?')} | {r['ours_gpu_us']:.2f} | {r['copy_same_traffic_us']:.2f} | "

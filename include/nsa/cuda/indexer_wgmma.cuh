@@ -5,14 +5,19 @@
 // (the default) runs it on compute 9.0 devices with an sm_90a build;
 // kWgmma names it.
 //
-// Design. Same 1-D grid as the default kernel (one CTA per request and chunk
-// of kIndexerCtaColumns columns), 256 threads = 2 warpgroups:
+// Design. A 1-D grid of one CTA per request and chunk of columns: by
+// default kIndexerCtaColumns, the default kernel's grid, or any multiple of
+// it the caller asks for (PagedMqaLogitsArgs::wgmma_chunk_columns);
+// 256 threads = 2 warpgroups:
 //   * the q of the request's N rows (N x 64 heads x 128 B) and the chunk's K
 //     tiles (128 tokens x 128 B) go to shared memory with cp.async, stored in
 //     the 128-byte-swizzle layout of wgmma (row r's 16-byte chunk c at
-//     r * 128 + ((c ^ (r % 8)) * 16), tiles 1024-byte aligned), 4 stages: the
-//     whole chunk in flight at once, as in the default kernel; tokens past
-//     the last row's length and tokens of unreadable pages are never loaded;
+//     r * 128 + ((c ^ (r % 8)) * 16), tiles 1024-byte aligned), a ring of 4
+//     stages, three tiles ahead of the one computed (a 512-column chunk is
+//     then in flight at once, as in the default kernel; a longer one
+//     refills each stage after the wgmma that read it has completed, as the
+//     persistent schedule does); tokens past the last row's length and
+//     tokens of unreadable pages are never loaded;
 //   * after the copies land: fence.proxy.async (cp.async writes are generic
 //     proxy, wgmma reads through the async proxy), a CTA barrier, then
 //     warpgroup u computes S^T = K (tokens [64u, 64u + 64) x 128) * Q_j^T
@@ -71,7 +76,7 @@ constexpr int kWgThreads = 256;     // 2 warpgroups, each 64 tokens of a tile
 constexpr int kWgTileTokens = 128;  // tokens per pipeline stage
 constexpr int kWgTokensPerGroup = 64;
 constexpr int kWgRowBytes = 128;       // one swizzle atom row: no padding
-constexpr int kWgStages = kMqaStages;  // a whole 512-column chunk in flight (mqa_cp_async_wait_stage)
+constexpr int kWgStages = kMqaStages;  // the ring (mqa_cp_async_wait_stage); 4 x 128 = a 512-column chunk
 constexpr int kWgAlign = 1024;         // SWIZZLE_128B atom: 8 rows x 128 B
 static_assert(kWgStages * kWgTileTokens == detail::kIndexerCtaColumns, "chunk must be the stages' tiles");
 
