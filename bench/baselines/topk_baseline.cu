@@ -44,6 +44,22 @@ __global__ void __launch_bounds__(kFloorThreads)
   if (acc == 0x7fc0dead) *sink = 1;
 }
 
+// Block (row, slice of 1024 slots): the K indices of the row in out (and
+// raw), 16-byte stores where the rows allow, -1 (a value no load produces).
+__global__ void __launch_bounds__(kFloorThreads)
+    write_floor_kernel(int32_t* out, int64_t out_ld, int32_t* raw, int64_t raw_ld, int64_t k, int64_t slices) {
+  const int64_t r = blockIdx.x / slices, s0 = (blockIdx.x % slices) * 1024;
+  for (int64_t s = s0 + threadIdx.x * 4; s < s0 + 1024 && s < k; s += kFloorThreads * 4) {
+    for (int32_t* row : {out + r * out_ld, raw != nullptr ? raw + r * raw_ld : nullptr}) {
+      if (row == nullptr) continue;
+      if (s + 4 <= k && (reinterpret_cast<uintptr_t>(row + s) & 15) == 0)
+        *reinterpret_cast<int4*>(row + s) = make_int4(-1, -1, -1, -1);
+      else
+        for (int64_t j = s; j < s + 4 && j < k; ++j) row[j] = -1;
+    }
+  }
+}
+
 __global__ void iota_rows_kernel(int32_t* vals, int64_t rows, int64_t ld) {
   const int64_t n = rows * ld;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
@@ -77,6 +93,15 @@ cudaError_t topk_read_floor(const float* scores, int64_t rows, int64_t ld, const
   const int64_t segs = max_len > 0 ? (max_len + kFloorElemsPerBlock - 1) / kFloorElemsPerBlock : 1;
   read_floor_kernel<<<static_cast<unsigned>(rows * segs), kFloorThreads, 0, reinterpret_cast<cudaStream_t>(stream)>>>(
       scores, ld, starts, lens, segs, sink);
+  return cudaGetLastError();
+}
+
+cudaError_t topk_write_floor(int32_t* out, int64_t out_ld, int32_t* raw, int64_t raw_ld, int64_t rows, int64_t k,
+                             nsa::cudaStream stream) {
+  if (rows == 0 || k == 0) return cudaSuccess;
+  const int64_t slices = (k + 1023) / 1024;
+  write_floor_kernel<<<static_cast<unsigned>(rows * slices), kFloorThreads, 0,
+                       reinterpret_cast<cudaStream_t>(stream)>>>(out, out_ld, raw, raw_ld, k, slices);
   return cudaGetLastError();
 }
 

@@ -40,6 +40,12 @@ namespace baseline {
 cudaError_t topk_read_floor(const float* scores, int64_t rows, int64_t ld, const int32_t* starts, const int32_t* lens,
                             int64_t max_len, int32_t* sink, nsa::cudaStream stream);
 
+// The output floor: K int32 per row written to out (and to raw when not
+// null), nothing read: the bytes every top-k writes, whatever it reads (the
+// whole cost of an identity row, len <= K, besides its table loads).
+cudaError_t topk_write_floor(int32_t* out, int64_t out_ld, int32_t* raw, int64_t raw_ld, int64_t rows, int64_t k,
+                             nsa::cudaStream stream);
+
 class SortTopk {
  public:
   // rows x ld fp32 scores; windows from host starts/lens (the sort's segments are fixed at setup).
