@@ -39,6 +39,7 @@
 #include "buffer.h"
 #include "host_data.h"
 #include "nsa/indexer.h"
+#include "paged_mqa_inputs.h"
 #include "reference/indexer.h"
 #include "timing.h"
 
@@ -48,47 +49,13 @@ using json = nlohmann::json;
 namespace {
 
 constexpr size_t kRotationBytes = size_t{256} << 20;
-constexpr int64_t kH = nsa::kIndexerHeads, kD = nsa::kIndexerHeadDim, kP = 64;
-constexpr int64_t kPageBytes = kP * (kD + 4);
-
-void cuda_check(cudaError_t e, const char* what) {
-  if (e != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(e));
-}
-
-// A pool of `pages` pages filled from a random block of up to 64 MB (positive scales).
-Buffer make_pool(std::mt19937_64& rng, int64_t pages) {
-  const int64_t block_pages = std::min<int64_t>(pages, (int64_t{64} << 20) / kPageBytes);
-  const auto host = nsa::support::random_index_pages(rng, block_pages);
-  Buffer pool(nsa::Backend::kCuda, static_cast<size_t>(pages * kPageBytes));
-  pool.upload(host);
-  for (int64_t p = block_pages; p < pages; p += block_pages) {
-    const int64_t n = std::min(block_pages, pages - p);
-    cuda_check(cudaMemcpy(pool.as<uint8_t>() + p * kPageBytes, pool.data(), static_cast<size_t>(n * kPageBytes),
-                          cudaMemcpyDeviceToDevice),
-               "fill pool");
-  }
-  return pool;
-}
-
-// The op's arguments over device buffers (int32 lengths and table, dense rows).
-nsa::PagedMqaLogitsArgs device_args(const Buffer& q, const Buffer& w, int64_t batch, int64_t n, const Buffer& pool,
-                                    int64_t pages, const Buffer& lens, const Buffer& table, int64_t cols,
-                                    const Buffer& logits, int64_t width) {
-  nsa::PagedMqaLogitsArgs a;
-  a.q = q.as<uint8_t>();
-  a.weights = w.as<float>();
-  a.batch = batch;
-  a.next_n = n;
-  a.cache = nsa::ConstIndexCache(pool.as<uint8_t>(), pages);
-  a.context_lens = nsa::Indices(lens.as<int32_t>());
-  a.page_table = nsa::Indices(table.as<int32_t>());
-  a.table_cols = cols;
-  a.table_ld = cols;
-  a.logits = logits.as<float>();
-  a.width = width;
-  a.logits_ld = width;
-  return a;
-}
+using nsa::bench::cuda_check;
+using nsa::bench::device_args;
+using nsa::bench::kD;
+using nsa::bench::kH;
+using nsa::bench::kP;
+using nsa::bench::kPageBytes;
+using nsa::bench::make_pool;
 
 // CUDA (kernel `kernel`) against the CPU backend on 2 requests of ~3K tokens:
 // calc_diff per row. Throws nsa::Error kUnsupported where the kernel cannot run.

@@ -69,6 +69,15 @@
 #define NSA_MQA_WGMMA 1
 #endif
 
+// Hook for bench/paged_mqa_logits_probe_bench.cu only (the library never
+// defines it): NSA_MQA_PROBE_MARK(slot) records when thread 0 of a CTA of
+// paged_mqa_logits_wgmma_kernel reaches slot 0 (its start), 1 (its end),
+// 2 + 2i (tile i has landed, after the CTA barrier) and 3 + 2i (tile i's
+// scores are stored, after the next barrier).
+#ifndef NSA_MQA_PROBE_MARK
+#define NSA_MQA_PROBE_MARK(slot) ((void)0)
+#endif
+
 namespace nsa {
 namespace kernels {
 
@@ -358,6 +367,7 @@ template <int N>
 __global__ void __launch_bounds__(kWgThreads, 2)
     paged_mqa_logits_wgmma_kernel(const PagedMqaLogitsArgs a, int64_t ctas_per_request, int64_t columns) {
 #if defined(NSA_MQA_WGMMA)
+  NSA_MQA_PROBE_MARK(0);
   extern __shared__ __align__(16) uint8_t wg_smem[];
   WgmmaShared<N>& sm = wg_shared<WgmmaShared<N>>(wg_smem);
   const WgItem it = wg_item<N>(a, blockIdx.x, ctas_per_request, columns);
@@ -383,13 +393,16 @@ __global__ void __launch_bounds__(kWgThreads, 2)
       mqa_cp_async_wait_stage();  // tile i (and q, the weights) have landed (this thread's copies)
       wg_fence_proxy_async();     // ... visible to wgmma's operand reads
       __syncthreads();            // ... everyone's
+      NSA_MQA_PROBE_MARK(2 + 2 * i);
       wg_scores<N>(sm, sm.q, sm.w, a, it, t0, i % kWgStages);
       __syncthreads();  // this stage is reloaded next iteration
+      NSA_MQA_PROBE_MARK(3 + 2 * i);
     }
   }
 
   // Columns no row of this request can see.
   wg_store_tail<N>(a, it);
+  NSA_MQA_PROBE_MARK(1);
 #elif defined(__CUDA_ARCH__)
   // Not an sm_90a image: the host never launches it (mqa_wgmma_available).
   __trap();

@@ -1,0 +1,239 @@
+// Where a CTA of the wgmma paged_mqa_logits kernel spends its time (not a
+// test: the input to the next change of the kernel). On an H200 the kernel
+// reached 0.31-0.68 of a same-traffic copy at N = 1 and 0.20-0.41 at N = 4
+// (docs/gpu-report.md of 5882a69); this says whether a CTA mostly waits for
+// its first tile (a chain of dependent loads: L_b, the page table, K), for
+// later tiles (bandwidth), or computes (wgmma and the epilogue), and how
+// many CTAs an SM actually holds.
+//
+// This program compiles its own copy of the kernel of
+// nsa/cuda/indexer_wgmma.cuh with NSA_MQA_PROBE_MARK defined: thread 0 of
+// every CTA records clock64() at its start and end and when each tile has
+// landed and has been scored (right after the CTA barriers), plus
+// %globaltimer at start and end and its SM. It launches that copy directly
+// (never the library's launchers, whose inline host code may be the
+// library's copy) and checks its logits against the library's, bit for bit,
+// before measuring.
+//
+// Per case (B, context, N, columns per CTA): one eager call after a 512 MB
+// memset (cold L2; the median GPU time of three), and over the CTAs with a
+// visible token of the last call, the mean of: the CTA's lifetime, the wait
+// for tile 0 (from its start: L_b, the page table and the first K bytes),
+// the wait for each later tile, the time to score a tile, and the tail
+// (stores of the -inf columns); then the CTAs resident per SM on average
+// (the sum of lifetimes over the kernel's span and the SMs).
+//
+//   paged_mqa_logits_probe_bench [--json FILE] [--quick]
+#include <cuda_runtime.h>
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <nlohmann/json.hpp>
+#include <numeric>
+#include <random>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+// Per CTA: clock64 at start, end, then (ready, scored) for the first
+// kProbeTiles tiles; %globaltimer at start and end; the SM id.
+constexpr int kProbeTiles = 32;
+constexpr int kClockSlots = 2 + 2 * kProbeTiles;
+constexpr int kSlots = kClockSlots + 3;
+__device__ long long* g_mqa_marks = nullptr;
+__device__ __forceinline__ void mqa_probe_mark(int slot) {
+  if (threadIdx.x != 0 || slot >= kClockSlots) return;
+  const long long now = clock64();  // before the pointer's load, whose latency is not the phase's
+  long long* const marks = g_mqa_marks;
+  if (marks == nullptr) return;
+  long long* const cta = marks + static_cast<int64_t>(blockIdx.x) * kSlots;
+  cta[slot] = now;
+  if (slot <= 1) {
+    unsigned long long ns = 0;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(ns));
+    cta[kClockSlots + slot] = static_cast<long long>(ns);
+  }
+  if (slot == 0) {
+    unsigned sm = 0;
+    asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
+    cta[kClockSlots + 2] = sm;
+  }
+}
+#define NSA_MQA_PROBE_MARK(slot) ::mqa_probe_mark(slot)
+
+#include "bench_main.h"
+#include "buffer.h"
+#include "host_data.h"
+#include "nsa/cuda/indexer_wgmma.cuh"
+#include "nsa/indexer.h"
+#include "paged_mqa_inputs.h"
+#include "timing.h"
+
+using nsa::bench::cuda_check;
+using nsa::support::Buffer;
+using json = nlohmann::json;
+
+namespace {
+
+// This binary's kernel, launched as the library's launcher does.
+template <int N>
+cudaError_t launch_n(const nsa::PagedMqaLogitsArgs& a, int64_t columns, cudaStream_t stream) {
+  using namespace nsa::kernels;
+  constexpr auto kKernel = paged_mqa_logits_wgmma_kernel<N>;
+  cudaError_t e = mqa_wgmma_available<kKernel>();
+  if (e == cudaSuccess) e = allow_dynamic_shared_memory<kKernel>(wg_shared_bytes<N>());
+  if (e != cudaSuccess) return e;
+  const int64_t ctas_per_request = (a.width + columns - 1) / columns;
+  kKernel<<<dim3(static_cast<unsigned>(a.batch * ctas_per_request)), kWgThreads, wg_shared_bytes<N>(), stream>>>(
+      a, ctas_per_request, columns);
+  return cudaGetLastError();
+}
+
+cudaError_t launch(const nsa::PagedMqaLogitsArgs& a, int64_t columns, cudaStream_t stream) {
+  switch (a.next_n) {
+    case 1: return launch_n<1>(a, columns, stream);
+    case 2: return launch_n<2>(a, columns, stream);
+    case 3: return launch_n<3>(a, columns, stream);
+    default: return launch_n<4>(a, columns, stream);
+  }
+}
+
+struct Case {
+  int64_t batch, ctx, n, columns;
+};
+
+double mean(const std::vector<double>& v) {
+  return v.empty() ? 0.0 : std::accumulate(v.begin(), v.end(), 0.0) / static_cast<double>(v.size());
+}
+
+json probe_case(const Case& c, std::mt19937_64& rng, double mhz, int sm_count) {
+  const std::string name = fmt::format("B={} ctx={}K N={} cols={}", c.batch, c.ctx / 1024, c.n, c.columns);
+  const int64_t cols = c.ctx / nsa::bench::kP, pages = c.batch * cols;
+  Buffer pool = nsa::bench::make_pool(rng, pages);
+  std::vector<int32_t> table(static_cast<size_t>(pages));
+  std::iota(table.begin(), table.end(), 0);
+  std::shuffle(table.begin(), table.end(), rng);
+  auto table_d = nsa::support::to_backend(nsa::Backend::kCuda, table);
+  auto lens_d = nsa::support::to_backend(nsa::Backend::kCuda, std::vector<int32_t>(static_cast<size_t>(c.batch),
+                                                                                   static_cast<int32_t>(c.ctx)));
+  const int64_t q_bytes = c.batch * c.n * nsa::bench::kH * nsa::bench::kD;
+  auto q_d = nsa::support::to_backend(nsa::Backend::kCuda, nsa::support::random_fp8(rng, static_cast<size_t>(q_bytes)));
+  auto w_d = nsa::support::to_backend(nsa::Backend::kCuda,
+                                      std::vector<float>(static_cast<size_t>(c.batch * c.n * nsa::bench::kH), 0.01f));
+  Buffer logits(nsa::Backend::kCuda, static_cast<size_t>(c.batch * c.n * c.ctx * 4));
+  nsa::PagedMqaLogitsArgs a =
+      nsa::bench::device_args(q_d, w_d, c.batch, c.n, pool, pages, lens_d, table_d, cols, logits, c.ctx);
+  a.kernel = nsa::MqaLogitsKernel::kWgmma;
+  a.wgmma_chunk_columns = c.columns;
+
+  // The library's bits first, then this copy's (marks off).
+  nsa::paged_mqa_logits(nsa::Exec::cuda(), a);
+  const auto want = logits.to_host();
+  logits.fill(0xff);
+  cuda_check(launch(a, c.columns, nullptr), "probe launch");
+  cuda_check(cudaDeviceSynchronize(), "probe kernel");
+  if (logits.to_host() != want) throw std::runtime_error(name + ": the probe's logits differ from the library's");
+
+  const int64_t ctas = c.batch * ((c.ctx + c.columns - 1) / c.columns);
+  Buffer marks(nsa::Backend::kCuda, static_cast<size_t>(ctas * kSlots * 8));
+  Buffer flush(nsa::Backend::kCuda, size_t{512} << 20);
+  long long* marks_ptr = marks.as<long long>();
+  cuda_check(cudaMemcpyToSymbol(g_mqa_marks, &marks_ptr, sizeof(marks_ptr)), "set the marks buffer");
+  cudaEvent_t e0 = nullptr, e1 = nullptr;
+  cuda_check(cudaEventCreate(&e0), "cudaEventCreate");
+  cuda_check(cudaEventCreate(&e1), "cudaEventCreate");
+  std::vector<double> gpu_us;
+  for (int rep = 0; rep < 3; ++rep) {
+    cuda_check(cudaMemset(flush.data(), rep, flush.bytes()), "flush");
+    cuda_check(cudaMemset(marks.data(), 0, marks.bytes()), "clear marks");
+    cuda_check(cudaEventRecord(e0, nullptr), "cudaEventRecord");
+    cuda_check(launch(a, c.columns, nullptr), "probe launch");
+    cuda_check(cudaEventRecord(e1, nullptr), "cudaEventRecord");
+    cuda_check(cudaEventSynchronize(e1), "probe kernel");
+    float ms = 0;
+    cuda_check(cudaEventElapsedTime(&ms, e0, e1), "cudaEventElapsedTime");
+    gpu_us.push_back(ms * 1000.0);
+  }
+  (void)cudaEventDestroy(e0);
+  (void)cudaEventDestroy(e1);
+  long long* none = nullptr;
+  cuda_check(cudaMemcpyToSymbol(g_mqa_marks, &none, sizeof(none)), "clear the marks buffer");
+  std::sort(gpu_us.begin(), gpu_us.end());
+
+  // Phases of the last call's CTAs that scored at least one tile.
+  const auto m = nsa::support::from_backend<long long>(marks, static_cast<size_t>(ctas * kSlots));
+  std::vector<double> life, first, later, score, tail;
+  long long span_lo = 0, span_hi = 0;
+  double life_ns = 0;
+  for (int64_t cta = 0; cta < ctas; ++cta) {
+    const long long* k = &m[static_cast<size_t>(cta * kSlots)];
+    const long long t_start = k[kClockSlots], t_end = k[kClockSlots + 1];
+    if (t_end <= t_start) continue;
+    span_lo = span_lo == 0 ? t_start : std::min(span_lo, t_start);
+    span_hi = std::max(span_hi, t_end);
+    life_ns += static_cast<double>(t_end - t_start);
+    if (k[2] == 0) continue;  // no tile: the -inf columns only
+    int tiles = 0;
+    while (tiles < kProbeTiles && k[2 + 2 * tiles] != 0) ++tiles;
+    life.push_back((k[1] - k[0]) / mhz);
+    first.push_back((k[2] - k[0]) / mhz);
+    for (int i = 0; i < tiles; ++i) {
+      score.push_back((k[3 + 2 * i] - k[2 + 2 * i]) / mhz);
+      if (i > 0) later.push_back((k[2 + 2 * i] - k[1 + 2 * i]) / mhz);
+    }
+    tail.push_back((k[1] - k[1 + 2 * tiles]) / mhz);
+  }
+  const double span_ns = static_cast<double>(span_hi - span_lo);
+  const double resident = span_ns > 0 ? life_ns / span_ns / sm_count : 0.0;
+  fmt::print("{:<30} {:>6} {:>9.2f} {:>8.2f} {:>8.2f} {:>8.2f} {:>8.2f} {:>8.2f} {:>9.2f}\n", name, ctas, gpu_us[1],
+             mean(life), mean(first), mean(later), mean(score), mean(tail), resident);
+  return json{{"case", name},
+              {"batch", c.batch},
+              {"ctx", c.ctx},
+              {"next_n", c.n},
+              {"chunk_columns", c.columns},
+              {"ctas", ctas},
+              {"gpu_us", gpu_us[1]},
+              {"cta_life_us", mean(life)},
+              {"first_tile_wait_us", mean(first)},
+              {"tile_wait_us", mean(later)},
+              {"tile_score_us", mean(score)},
+              {"tail_us", mean(tail)},
+              {"resident_ctas_per_sm", resident}};
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  return nsa::bench::run(
+      "paged_mqa_logits_probe_bench", argc, argv, [](bool quick, const nsa::support::DeviceLimits& lim, json& report) {
+        int device = 0, khz = 0;
+        cuda_check(cudaGetDevice(&device), "cudaGetDevice");
+        cuda_check(cudaDeviceGetAttribute(&khz, cudaDevAttrClockRate, device), "clock rate");
+        const double mhz = khz / 1000.0;
+        if (nsa::kernels::mqa_wgmma_available<nsa::kernels::paged_mqa_logits_wgmma_kernel<1>>() != cudaSuccess) {
+          (void)cudaGetLastError();
+          fmt::print(
+              "paged_mqa_logits_probe_bench: the wgmma kernel needs a compute 9.0 device and an sm_90a "
+              "build. Skipped.\n");
+          return;
+        }
+        fmt::print(
+            "wgmma paged_mqa_logits, per CTA (means over CTAs with a visible token; us at the {:.0f} MHz peak "
+            "clock), one cold-L2 call\n",
+            mhz);
+        fmt::print(
+            "life: start to end; first: start to tile 0 landed; wait: each later tile; score: a tile's "
+            "wgmma + epilogue; tail: -inf stores; per SM: CTAs resident on average\n\n");
+        fmt::print("{:<30} {:>6} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9}\n", "case", "CTAs", "GPU us", "life",
+                   "first", "wait", "score", "tail", "per SM");
+        std::vector<Case> cases = {{64, 32768, 1, 512},  {64, 32768, 1, 2048}, {64, 32768, 4, 512},
+                                   {64, 32768, 4, 2048}, {8, 32768, 1, 512},   {8, 32768, 1, 2048},
+                                   {8, 32768, 4, 512},   {1, 131072, 1, 512},  {64, 4096, 1, 512}};
+        if (quick) cases.resize(1);
+        std::mt19937_64 rng(20251205);
+        report["sm_clock_mhz"] = mhz;
+        for (const Case& c : cases) report["results"].push_back(probe_case(c, rng, mhz, lim.sm_count));
+      });
+}
