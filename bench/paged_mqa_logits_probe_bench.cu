@@ -37,30 +37,44 @@
 #include <vector>
 
 // Per CTA: clock64 at start, end, then (ready, scored) for the first
-// kProbeTiles tiles; %globaltimer at start and end; the SM id.
+// kProbeTiles tiles; %globaltimer at start and end; the SM id. The start
+// values and the marks pointer are read into registers by
+// NSA_MQA_PROBE_BEGIN, so no stamp waits for a load (a stall of warp 0 would
+// hold the CTA's barriers and lengthen the very wait it measures).
 constexpr int kProbeTiles = 32;
 constexpr int kClockSlots = 2 + 2 * kProbeTiles;
 constexpr int kSlots = kClockSlots + 3;
 __device__ long long* g_mqa_marks = nullptr;
-__device__ __forceinline__ void mqa_probe_mark(int slot) {
+struct MqaProbe {
+  long long* marks;
+  long long start, start_ns;
+  unsigned sm;
+};
+__device__ __forceinline__ long long global_ns() {
+  unsigned long long ns = 0;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(ns));
+  return static_cast<long long>(ns);
+}
+__device__ __forceinline__ MqaProbe mqa_probe_begin() {
+  MqaProbe p{g_mqa_marks, clock64(), global_ns(), 0u};
+  asm volatile("mov.u32 %0, %%smid;" : "=r"(p.sm));
+  return p;
+}
+__device__ __forceinline__ void mqa_probe_mark(const MqaProbe& probe, int slot) {
   if (threadIdx.x != 0 || slot >= kClockSlots) return;
-  const long long now = clock64();  // before the pointer's load, whose latency is not the phase's
-  long long* const marks = g_mqa_marks;
-  if (marks == nullptr) return;
-  long long* const cta = marks + static_cast<int64_t>(blockIdx.x) * kSlots;
+  const long long now = clock64();
+  if (probe.marks == nullptr) return;
+  long long* const cta = probe.marks + static_cast<int64_t>(blockIdx.x) * kSlots;
   cta[slot] = now;
-  if (slot <= 1) {
-    unsigned long long ns = 0;
-    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(ns));
-    cta[kClockSlots + slot] = static_cast<long long>(ns);
-  }
-  if (slot == 0) {
-    unsigned sm = 0;
-    asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
-    cta[kClockSlots + 2] = sm;
+  if (slot == 1) {  // the end: also the start values and the global clock
+    cta[0] = probe.start;
+    cta[kClockSlots] = probe.start_ns;
+    cta[kClockSlots + 1] = global_ns();
+    cta[kClockSlots + 2] = probe.sm;
   }
 }
-#define NSA_MQA_PROBE_MARK(slot) ::mqa_probe_mark(slot)
+#define NSA_MQA_PROBE_BEGIN() const MqaProbe mqa_probe = ::mqa_probe_begin()
+#define NSA_MQA_PROBE_MARK(slot) ::mqa_probe_mark(mqa_probe, slot)
 
 #include "bench_main.h"
 #include "buffer.h"

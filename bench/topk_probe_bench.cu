@@ -37,15 +37,26 @@
 #include <vector>
 
 // The marks: [CTA][kMarks] clock64 values, 0 where a phase was not reached.
+// The kernel's start and the marks pointer are read into registers by
+// NSA_TOPK_PROBE_BEGIN, so no stamp waits for a load (a stall of warp 0
+// would hold every later barrier and move the whole timeline).
 constexpr int kMarks = 10;
 __device__ long long* g_topk_marks = nullptr;
-__device__ __forceinline__ void topk_probe_mark(int phase) {
+struct TopkProbe {
+  long long* marks;
+  long long start;
+};
+__device__ __forceinline__ TopkProbe topk_probe_begin() { return {g_topk_marks, clock64()}; }
+__device__ __forceinline__ void topk_probe_mark(const TopkProbe& probe, int phase) {
   if (threadIdx.x != 0) return;
-  const long long now = clock64();  // before the pointer's load, whose latency is not the phase's
-  long long* const marks = g_topk_marks;
-  if (marks != nullptr) marks[blockIdx.x * kMarks + phase] = now;
+  const long long now = clock64();
+  if (probe.marks == nullptr) return;
+  long long* const cta = probe.marks + static_cast<int64_t>(blockIdx.x) * kMarks;
+  cta[0] = probe.start;
+  cta[phase] = now;
 }
-#define NSA_TOPK_PROBE_MARK(phase) ::topk_probe_mark(phase)
+#define NSA_TOPK_PROBE_BEGIN() const TopkProbe topk_probe = ::topk_probe_begin()
+#define NSA_TOPK_PROBE_MARK(phase) ::topk_probe_mark(topk_probe, phase)
 
 #include "bench_main.h"
 #include "buffer.h"

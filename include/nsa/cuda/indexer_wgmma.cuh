@@ -69,12 +69,14 @@
 #define NSA_MQA_WGMMA 1
 #endif
 
-// Hook for bench/paged_mqa_logits_probe_bench.cu only (the library never
-// defines it): NSA_MQA_PROBE_MARK(slot) records when thread 0 of a CTA of
-// paged_mqa_logits_wgmma_kernel reaches slot 0 (its start), 1 (its end),
-// 2 + 2i (tile i has landed, after the CTA barrier) and 3 + 2i (tile i's
-// scores are stored, after the next barrier).
+// Hooks for bench/paged_mqa_logits_probe_bench.cu only (the library never
+// defines them): NSA_MQA_PROBE_BEGIN() (the kernel's first statement: it may
+// declare the probe's registers) and NSA_MQA_PROBE_MARK(slot), when thread 0
+// of a CTA of paged_mqa_logits_wgmma_kernel reaches slot 1 (its end), 2 + 2i
+// (tile i has landed, after the CTA barrier) or 3 + 2i (tile i's scores are
+// stored, after the next barrier).
 #ifndef NSA_MQA_PROBE_MARK
+#define NSA_MQA_PROBE_BEGIN() ((void)0)
 #define NSA_MQA_PROBE_MARK(slot) ((void)0)
 #endif
 
@@ -367,7 +369,7 @@ template <int N>
 __global__ void __launch_bounds__(kWgThreads, 2)
     paged_mqa_logits_wgmma_kernel(const PagedMqaLogitsArgs a, int64_t ctas_per_request, int64_t columns) {
 #if defined(NSA_MQA_WGMMA)
-  NSA_MQA_PROBE_MARK(0);
+  NSA_MQA_PROBE_BEGIN();
   extern __shared__ __align__(16) uint8_t wg_smem[];
   WgmmaShared<N>& sm = wg_shared<WgmmaShared<N>>(wg_smem);
   const WgItem it = wg_item<N>(a, blockIdx.x, ctas_per_request, columns);

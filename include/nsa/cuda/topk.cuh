@@ -61,13 +61,15 @@ namespace nsa {
 namespace kernels {
 
 // Hooks for bench/topk_probe_bench.cu only (the library never defines them):
-// NSA_TOPK_PROBE_MARK(phase) records when thread 0 reaches a phase boundary
-// of topk_transform_kernel (each right after a CTA barrier), and
+// NSA_TOPK_PROBE_BEGIN() (the kernel's first statement: it may declare the
+// probe's registers) and NSA_TOPK_PROBE_MARK(phase), when thread 0 reaches a
+// phase boundary of topk_transform_kernel (each right after a CTA barrier);
 // NSA_TOPK_HIST_ADD picks how topk_hist_add counts a warp's keys (0, the
 // library's; 1 and 2 the alternatives it is measured against, see there).
 // The probe builds one binary per NSA_TOPK_HIST_ADD: separate programs, so
 // no two definitions of these kernels ever meet in one link.
 #ifndef NSA_TOPK_PROBE_MARK
+#define NSA_TOPK_PROBE_BEGIN() ((void)0)
 #define NSA_TOPK_PROBE_MARK(phase) ((void)0)
 #endif
 #ifndef NSA_TOPK_HIST_ADD
@@ -495,7 +497,7 @@ __global__ void __launch_bounds__(kTopkThreads, 1) topk_transform_kernel(const T
   uint32_t* const hist = topk_smem;
   uint32_t* const area = topk_smem + kTopkBins;  // the key cache or the candidates
 
-  NSA_TOPK_PROBE_MARK(0);
+  NSA_TOPK_PROBE_BEGIN();
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const TopkSlice slice = topk_this_slice<kCluster>();
   const int64_t r = blockIdx.x / slice.size;
