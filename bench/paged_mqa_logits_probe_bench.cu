@@ -20,8 +20,11 @@
 // visible token of the last call, the mean of: the CTA's lifetime, the wait
 // for tile 0 (from its start: L_b, the page table and the first K bytes),
 // the wait for each later tile, the time to score a tile, and the tail
-// (stores of the -inf columns); then the CTAs resident per SM on average
-// (the sum of lifetimes over the kernel's span and the SMs).
+// (stores of the -inf columns), in microseconds at the clock the SMs ran
+// (clock64 cycles over %globaltimer time, summed over the CTAs); then the
+// CTAs resident per SM on average (the sum of lifetimes over the kernel's
+// span and the SMs that ran a CTA). The run fails if no CTA recorded its end
+// (the marks would then describe nothing).
 //
 //   paged_mqa_logits_probe_bench [--json FILE] [--quick]
 #include <cuda_runtime.h>
@@ -37,13 +40,18 @@
 #include <vector>
 
 // Per CTA: clock64 at start, end, then (ready, scored) for the first
-// kProbeTiles tiles; %globaltimer at start and end; the SM id. The start
-// values and the marks pointer are read into registers by
-// NSA_MQA_PROBE_BEGIN, so no stamp waits for a load (a stall of warp 0 would
-// hold the CTA's barriers and lengthen the very wait it measures).
+// kProbeTiles tiles; clock64 when the last tile was scored and how many
+// tiles it scored (any count: the tail is measured from there);
+// %globaltimer at start and end (the kernel's span, and the SM clock's real
+// rate: clock64 cycles over globaltimer ns); the SM id. The start values and
+// the marks pointer are read into registers by NSA_MQA_PROBE_BEGIN, so no
+// stamp waits for a load (a stall of warp 0 would hold the CTA's barriers
+// and lengthen the very wait it measures).
 constexpr int kProbeTiles = 32;
 constexpr int kClockSlots = 2 + 2 * kProbeTiles;
-constexpr int kSlots = kClockSlots + 3;
+constexpr int kLastScored = kClockSlots, kTileCount = kClockSlots + 1;
+constexpr int kStartNs = kClockSlots + 2, kEndNs = kClockSlots + 3, kSm = kClockSlots + 4;
+constexpr int kSlots = kClockSlots + 5;
 __device__ long long* g_mqa_marks = nullptr;
 struct MqaProbe {
   long long* marks;
@@ -61,16 +69,20 @@ __device__ __forceinline__ MqaProbe mqa_probe_begin() {
   return p;
 }
 __device__ __forceinline__ void mqa_probe_mark(const MqaProbe& probe, int slot) {
-  if (threadIdx.x != 0 || slot >= kClockSlots) return;
+  if (threadIdx.x != 0) return;
   const long long now = clock64();
   if (probe.marks == nullptr) return;
   long long* const cta = probe.marks + static_cast<int64_t>(blockIdx.x) * kSlots;
-  cta[slot] = now;
+  if (slot < kClockSlots) cta[slot] = now;
+  if (slot >= 3 && slot % 2 == 1) {  // tile (slot - 3) / 2 scored
+    cta[kLastScored] = now;
+    cta[kTileCount] = (slot - 3) / 2 + 1;
+  }
   if (slot == 1) {  // the end: also the start values and the global clock
     cta[0] = probe.start;
-    cta[kClockSlots] = probe.start_ns;
-    cta[kClockSlots + 1] = global_ns();
-    cta[kClockSlots + 2] = probe.sm;
+    cta[kStartNs] = probe.start_ns;
+    cta[kEndNs] = global_ns();
+    cta[kSm] = probe.sm;
   }
 }
 #define NSA_MQA_PROBE_BEGIN() const MqaProbe mqa_probe = ::mqa_probe_begin()
@@ -121,7 +133,7 @@ double mean(const std::vector<double>& v) {
   return v.empty() ? 0.0 : std::accumulate(v.begin(), v.end(), 0.0) / static_cast<double>(v.size());
 }
 
-json probe_case(const Case& c, std::mt19937_64& rng, double mhz, int sm_count) {
+json probe_case(const Case& c, std::mt19937_64& rng, int sm_count) {
   const std::string name = fmt::format("B={} ctx={}K N={} cols={}", c.batch, c.ctx / 1024, c.n, c.columns);
   const int64_t cols = c.ctx / nsa::bench::kP, pages = c.batch * cols;
   Buffer pool = nsa::bench::make_pool(rng, pages);
@@ -175,33 +187,46 @@ json probe_case(const Case& c, std::mt19937_64& rng, double mhz, int sm_count) {
   cuda_check(cudaMemcpyToSymbol(g_mqa_marks, &none, sizeof(none)), "clear the marks buffer");
   std::sort(gpu_us.begin(), gpu_us.end());
 
-  // Phases of the last call's CTAs that scored at least one tile.
+  // Phases of the last call's CTAs that scored at least one tile, in SM
+  // clock cycles, converted at the rate the SMs actually ran (cycles over
+  // globaltimer ns of all CTAs; not the peak clock: the SMs may run slower).
   const auto m = nsa::support::from_backend<long long>(marks, static_cast<size_t>(ctas * kSlots));
   std::vector<double> life, first, later, score, tail;
   long long span_lo = 0, span_hi = 0;
-  double life_ns = 0;
+  double cycles = 0, ns = 0;
+  std::vector<bool> sm_seen;
+  int64_t ended = 0;
   for (int64_t cta = 0; cta < ctas; ++cta) {
     const long long* k = &m[static_cast<size_t>(cta * kSlots)];
-    const long long t_start = k[kClockSlots], t_end = k[kClockSlots + 1];
-    if (t_end <= t_start) continue;
-    span_lo = span_lo == 0 ? t_start : std::min(span_lo, t_start);
-    span_hi = std::max(span_hi, t_end);
-    life_ns += static_cast<double>(t_end - t_start);
-    if (k[2] == 0) continue;  // no tile: the -inf columns only
-    int tiles = 0;
-    while (tiles < kProbeTiles && k[2 + 2 * tiles] != 0) ++tiles;
-    life.push_back((k[1] - k[0]) / mhz);
-    first.push_back((k[2] - k[0]) / mhz);
-    for (int i = 0; i < tiles; ++i) {
-      score.push_back((k[3 + 2 * i] - k[2 + 2 * i]) / mhz);
-      if (i > 0) later.push_back((k[2 + 2 * i] - k[1 + 2 * i]) / mhz);
+    if (k[1] == 0) continue;  // never reached its end mark
+    ++ended;
+    span_lo = span_lo == 0 ? k[kStartNs] : std::min(span_lo, k[kStartNs]);
+    span_hi = std::max(span_hi, k[kEndNs]);
+    cycles += static_cast<double>(k[1] - k[0]);
+    ns += static_cast<double>(k[kEndNs] - k[kStartNs]);
+    const auto sm = static_cast<size_t>(k[kSm]);
+    if (sm >= sm_seen.size()) sm_seen.resize(sm + 1, false);
+    sm_seen[sm] = true;
+    const int tiles = static_cast<int>(k[kTileCount]);
+    if (tiles == 0) continue;  // no tile: the -inf columns only
+    life.push_back(static_cast<double>(k[1] - k[0]));
+    first.push_back(static_cast<double>(k[2] - k[0]));
+    for (int i = 0; i < std::min(tiles, kProbeTiles); ++i) {
+      score.push_back(static_cast<double>(k[3 + 2 * i] - k[2 + 2 * i]));
+      if (i > 0) later.push_back(static_cast<double>(k[2 + 2 * i] - k[1 + 2 * i]));
     }
-    tail.push_back((k[1] - k[1 + 2 * tiles]) / mhz);
+    tail.push_back(static_cast<double>(k[1] - k[kLastScored]));
   }
+  // No end mark at all: the marks went nowhere (the library's copy of the kernel ran).
+  if (ended == 0) throw std::runtime_error(name + ": no CTA recorded its end; the probe's kernel did not run");
+  const double mhz = ns > 0 ? cycles / ns * 1000.0 : 0.0;
+  const auto us = [mhz](const std::vector<double>& v) { return mhz > 0 ? mean(v) / mhz : 0.0; };
+  // CTAs resident per SM on average over the kernel's span, over the SMs that ran one.
+  const auto sms_used = static_cast<double>(std::count(sm_seen.begin(), sm_seen.end(), true));
   const double span_ns = static_cast<double>(span_hi - span_lo);
-  const double resident = span_ns > 0 ? life_ns / span_ns / sm_count : 0.0;
-  fmt::print("{:<30} {:>6} {:>9.2f} {:>8.2f} {:>8.2f} {:>8.2f} {:>8.2f} {:>8.2f} {:>9.2f}\n", name, ctas, gpu_us[1],
-             mean(life), mean(first), mean(later), mean(score), mean(tail), resident);
+  const double resident = span_ns > 0 ? ns / span_ns / std::min<double>(sms_used, sm_count) : 0.0;
+  fmt::print("{:<30} {:>6} {:>9.2f} {:>6.0f} {:>8.2f} {:>8.2f} {:>8.2f} {:>8.2f} {:>8.2f} {:>9.2f}\n", name, ctas,
+             gpu_us[1], mhz, us(life), us(first), us(later), us(score), us(tail), resident);
   return json{{"case", name},
               {"batch", c.batch},
               {"ctx", c.ctx},
@@ -209,11 +234,13 @@ json probe_case(const Case& c, std::mt19937_64& rng, double mhz, int sm_count) {
               {"chunk_columns", c.columns},
               {"ctas", ctas},
               {"gpu_us", gpu_us[1]},
-              {"cta_life_us", mean(life)},
-              {"first_tile_wait_us", mean(first)},
-              {"tile_wait_us", mean(later)},
-              {"tile_score_us", mean(score)},
-              {"tail_us", mean(tail)},
+              {"sm_clock_mhz", mhz},
+              {"sms_used", sms_used},
+              {"cta_life_us", us(life)},
+              {"first_tile_wait_us", us(first)},
+              {"tile_wait_us", us(later)},
+              {"tile_score_us", us(score)},
+              {"tail_us", us(tail)},
               {"resident_ctas_per_sm", resident}};
 }
 
@@ -222,10 +249,6 @@ json probe_case(const Case& c, std::mt19937_64& rng, double mhz, int sm_count) {
 int main(int argc, char** argv) {
   return nsa::bench::run(
       "paged_mqa_logits_probe_bench", argc, argv, [](bool quick, const nsa::support::DeviceLimits& lim, json& report) {
-        int device = 0, khz = 0;
-        cuda_check(cudaGetDevice(&device), "cudaGetDevice");
-        cuda_check(cudaDeviceGetAttribute(&khz, cudaDevAttrClockRate, device), "clock rate");
-        const double mhz = khz / 1000.0;
         if (nsa::kernels::mqa_wgmma_available<nsa::kernels::paged_mqa_logits_wgmma_kernel<1>>() != cudaSuccess) {
           (void)cudaGetLastError();
           fmt::print(
@@ -234,20 +257,18 @@ int main(int argc, char** argv) {
           return;
         }
         fmt::print(
-            "wgmma paged_mqa_logits, per CTA (means over CTAs with a visible token; us at the {:.0f} MHz peak "
-            "clock), one cold-L2 call\n",
-            mhz);
+            "wgmma paged_mqa_logits, per CTA (means over CTAs with a visible token; us at the SM clock the CTAs "
+            "ran at, MHz), one cold-L2 call\n");
         fmt::print(
             "life: start to end; first: start to tile 0 landed; wait: each later tile; score: a tile's "
             "wgmma + epilogue; tail: -inf stores; per SM: CTAs resident on average\n\n");
-        fmt::print("{:<30} {:>6} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9}\n", "case", "CTAs", "GPU us", "life",
-                   "first", "wait", "score", "tail", "per SM");
+        fmt::print("{:<30} {:>6} {:>9} {:>6} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9}\n", "case", "CTAs", "GPU us", "MHz",
+                   "life", "first", "wait", "score", "tail", "per SM");
         std::vector<Case> cases = {{64, 32768, 1, 512},  {64, 32768, 1, 2048}, {64, 32768, 4, 512},
                                    {64, 32768, 4, 2048}, {8, 32768, 1, 512},   {8, 32768, 1, 2048},
                                    {8, 32768, 4, 512},   {1, 131072, 1, 512},  {64, 4096, 1, 512}};
         if (quick) cases.resize(1);
         std::mt19937_64 rng(20251205);
-        report["sm_clock_mhz"] = mhz;
-        for (const Case& c : cases) report["results"].push_back(probe_case(c, rng, mhz, lim.sm_count));
+        for (const Case& c : cases) report["results"].push_back(probe_case(c, rng, lim.sm_count));
       });
 }

@@ -279,7 +279,8 @@ json bench_case(const Case& c, std::mt19937_64& rng, std::map<std::string, Measu
   // write twice the bytes their read floor reads): below a floor.
   const double target_time = c.target_floor_x > 0 ? c.target_floor_x * floor_us : c.target_us;
   const bool below_floor = !met && relative == 0 && target_time > 0 && out_floor_us > target_time;
-  if (target != "-") verdict = met ? "MET" : below_floor ? "FLOOR" : "MISSED";
+  if (target != "-")
+    verdict = met ? "MET" : below_floor ? fmt::format("FLOOR ({:.2f}x out floor)", ours_us / out_floor_us) : "MISSED";
   fmt::print(
       "{:<30} {:>5} {:>7} {:>4} {:>9.2f} {:>8.2f} {:>7.2f}x {:>9.2f} {:>9} {:>8} {:>7.2f} {:>7.2f}x  {:<26} {}\n",
       c.name, rows, max_len, chosen, ours_us, floor_us, floor_x, out_floor_us,
@@ -301,6 +302,7 @@ json bench_case(const Case& c, std::mt19937_64& rng, std::map<std::string, Measu
               {"ratio_to_floor", floor_x},
               {"floor_gbps", static_cast<double>(visible) * 4 / floor_us / 1e3},
               {"output_floor_gpu_us", out_floor_us},
+              {"ratio_to_output_floor", ours_us / out_floor_us},
               {"sort_baseline_gpu_us", sort_us > 0 ? json(sort_us) : json()},
               {"sort_baseline_verified", sort_ok},
               {"speedup_vs_sort", sort_us > 0 ? json(sort_us / ours_us) : json()},
