@@ -174,35 +174,70 @@ __device__ __forceinline__ void wg_mma_m64n64k32(float (&d)[32], uint64_t da, ui
 }
 #endif
 
-// Issues the cp.async copies of the tile of tokens [t0, t0 + 128) of request
-// b into stage s, swizzled (the default kernel's mqa_load_tile with wgmma's
-// layout). Tokens >= load_end or on unreadable pages are not loaded (their
-// `ok` is 0; their stale shared bytes only reach their own -inf columns).
-// Shared: any layout with the members k, scale and ok of WgmmaShared.
-template <class Shared>
-__device__ __forceinline__ void wg_load_tile(Shared& sm, int s, const PagedMqaLogitsArgs& a, int64_t b, int64_t t0,
-                                             int64_t load_end) {
-  const int64_t page_bytes = a.page_size * (kIndexerHeadDim + 4);
+constexpr int kWgChunksPerThread = kWgTileTokens * 8 / kWgThreads;  // 16-byte K chunks a thread copies per tile
+
+// Token t's page-table column (t >= 0, page_size >= 4): a 32-bit division
+// whenever both fit, as in every real shape (the 64-bit one is a call).
+__device__ __forceinline__ int64_t wg_page_column(int64_t t, int64_t page_size) {
+  if (((static_cast<uint64_t>(t) | static_cast<uint64_t>(page_size)) >> 32) == 0)
+    return static_cast<uint32_t>(t) / static_cast<uint32_t>(page_size);
+  return t / page_size;
+}
+
+// The table entries of the tokens whose K a thread copies in the tile of
+// tokens [t0, t0 + 128) of request b: token (i * kWgThreads + threadIdx.x) / 8
+// for i < kWgChunksPerThread, -1 (never a readable page) where the table has
+// no column for it. The entries are read up to table_cols, also past L_b
+// (the table is read there, the cache never), so the kernel reads tile 0's
+// while L_b is still in flight; all of them are issued before any is used,
+// so a thread waits for one load instead of one after another.
+struct WgTilePages {
+  int64_t page[kWgChunksPerThread];
+};
+
+__device__ __forceinline__ WgTilePages wg_tile_pages(const PagedMqaLogitsArgs& a, int64_t b, int64_t t0) {
+  WgTilePages p;
   const int64_t table_row = b * a.table_ld;
 #pragma unroll
-  for (int it = 0; it < kWgTileTokens * 8 / kWgThreads; ++it) {
-    const int idx = it * kWgThreads + static_cast<int>(threadIdx.x);
+  for (int i = 0; i < kWgChunksPerThread; ++i) {
+    const int64_t t = t0 + ((i * kWgThreads + static_cast<int>(threadIdx.x)) >> 3);
+    const int64_t col = wg_page_column(t, a.page_size);
+    p.page[i] = col < a.table_cols ? mqa_index(a.page_table, table_row + col) : -1;
+  }
+  return p;
+}
+
+// Issues the cp.async copies of the tile of tokens [t0, t0 + 128) into stage
+// s, swizzled (the default kernel's mqa_load_tile with wgmma's layout), from
+// the pages wg_tile_pages read for it. Tokens >= load_end or on unreadable
+// pages are not loaded (their `ok` is 0; their stale shared bytes only reach
+// their own -inf columns). Shared: any layout with the members k, scale and
+// ok of WgmmaShared.
+template <class Shared>
+__device__ __forceinline__ void wg_load_tile(Shared& sm, int s, const PagedMqaLogitsArgs& a, int64_t t0,
+                                             int64_t load_end, const WgTilePages& pages) {
+  const int64_t page_bytes = a.page_size * (kIndexerHeadDim + 4);
+#pragma unroll
+  for (int i = 0; i < kWgChunksPerThread; ++i) {
+    const int idx = i * kWgThreads + static_cast<int>(threadIdx.x);
     const int tok = idx >> 3, chunk = idx & 7;
     const int64_t t = t0 + tok;
-    const int64_t col = t / a.page_size;
-    if (t >= load_end || col >= a.table_cols) {
-      if (chunk == 0) sm.ok[s][tok] = 0;
-      continue;
-    }
-    const int64_t page = mqa_index(a.page_table, table_row + col);
-    const bool ok = detail::indexer_page_ok(page, a.cache.num_pages);
+    const int64_t page = pages.page[i];
+    const bool ok = t < load_end && detail::indexer_page_ok(page, a.cache.num_pages);
     if (chunk == 0) sm.ok[s][tok] = ok ? 1 : 0;
     if (!ok) continue;
     const uint8_t* base = a.cache.data + page * page_bytes;
-    const int64_t off = t - col * a.page_size;
+    const int64_t off = t - wg_page_column(t, a.page_size) * a.page_size;
     mqa_cp_async16(&sm.k[s][wg_swizzle(tok, chunk)], base + off * kIndexerHeadDim + chunk * 16);
     if (chunk == 1) mqa_cp_async4(&sm.scale[s][tok], base + a.page_size * kIndexerHeadDim + off * 4);
   }
+}
+
+// The same for request b, reading the tile's table entries first.
+template <class Shared>
+__device__ __forceinline__ void wg_load_tile(Shared& sm, int s, const PagedMqaLogitsArgs& a, int64_t b, int64_t t0,
+                                             int64_t load_end) {
+  wg_load_tile(sm, s, a, t0, load_end, wg_tile_pages(a, b, t0));
 }
 
 // Head order of the wgmma B operand. The accumulator of m64n64 holds, in
@@ -372,6 +407,10 @@ __global__ void __launch_bounds__(kWgThreads, 2)
   NSA_MQA_PROBE_BEGIN();
   extern __shared__ __align__(16) uint8_t wg_smem[];
   WgmmaShared<N>& sm = wg_shared<WgmmaShared<N>>(wg_smem);
+  // Tile 0's table entries are read before L_b (wg_item) arrives: the start
+  // of a CTA waits for two loads in a row (L_b or the table, then K), not three.
+  const WgTilePages first_pages =
+      wg_tile_pages(a, blockIdx.x / ctas_per_request, (blockIdx.x % ctas_per_request) * columns);
   const WgItem it = wg_item<N>(a, blockIdx.x, ctas_per_request, columns);
   const int64_t b = it.b, c0 = it.c0;
   const int tiles = it.tiles;
@@ -382,7 +421,8 @@ __global__ void __launch_bounds__(kWgThreads, 2)
     wg_load_weights(sm.w, a, b);
 #pragma unroll
     for (int p = 0; p < kWgStages - 1; ++p) {
-      if (p < tiles) wg_load_tile(sm, p, a, b, c0 + static_cast<int64_t>(p) * kWgTileTokens, it.load_end);
+      if (p == 0) wg_load_tile(sm, 0, a, c0, it.load_end, first_pages);
+      else if (p < tiles) wg_load_tile(sm, p, a, b, c0 + static_cast<int64_t>(p) * kWgTileTokens, it.load_end);
       mqa_cp_async_commit();
     }
 
