@@ -15,7 +15,9 @@
 # $NSA_SANITIZER_BINARIES when set), `sanitizers` the sanitizers alone (for the
 # tools a first `tests` command left out), `rest` the CLI, benchmarks (only
 # those whose name matches the regex $NSA_BENCHES when set) and Python
-# tests and then writes the report of all of them. A complete check takes
+# tests and then writes the report of all of them ($NSA_REST_STEPS, a space
+# list of cli, benches, python and wheel, runs only those; the results of
+# an earlier command in the same results folder stay in the report). A complete check takes
 # longer than one 10-minute device command (on an H100: about 2 minutes of
 # tests, 1 of memcheck, 4 of racecheck, initcheck and synccheck not yet timed,
 # 4 of the rest): run, at once one after the other on the same warm machine,
@@ -132,8 +134,14 @@ if [ "$phase" = tests ] || [ "$phase" = sanitizers ]; then
   exit $status
 fi
 
+rest_steps=" ${NSA_REST_STEPS:-cli benches python wheel} "
+for step in $rest_steps; do
+  case "$step" in cli | benches | python | wheel) ;; *) echo "gpu-check: NSA_REST_STEPS takes cli, benches, python, wheel; got $step" >&2; exit 2 ;; esac
+done
+rest() { [[ "$rest_steps" == *" $1 "* ]]; }
+
 cli="$build/tools/nsa/nsa"
-if [ -x "$cli" ]; then
+if rest cli && [ -x "$cli" ]; then
   run_step cli_info 60 "$cli" info
   run_step cli_selftest 300 "$cli" selftest
   run_step cli_bench 420 "$cli" bench --no-progress --json "$results/nsa_bench.json" --plot "$results/nsa_bench.svg"
@@ -146,14 +154,14 @@ if [ -n "${NSA_BENCHES:-}" ]; then  # a bad regex would skip every bench silentl
   [ $? -ne 2 ] || { echo "gpu-check: NSA_BENCHES is not a valid regular expression: $NSA_BENCHES" >&2; exit 2; }
 fi
 for b in "$build"/bench/*_bench; do
-  [ -x "$b" ] || continue
+  rest benches && [ -x "$b" ] || continue
   n=$(basename "$b")
   [ -z "${NSA_BENCHES:-}" ] || [[ "$n" =~ $NSA_BENCHES ]] || continue
   run_step "bench_$n" 600 "$b" --json "$results/$n.json"  # metadata_bench's SGLang-shaped table allocates GBs per case
 done
 
 # The Python package staged by scripts/build-for-gpu.sh (or any <build>/python from scripts/build-python.sh).
-if ls "$build"/python/nsa/_nsa*.so >/dev/null 2>&1 && command -v python3 >/dev/null; then
+if rest python && ls "$build"/python/nsa/_nsa*.so >/dev/null 2>&1 && command -v python3 >/dev/null; then
   export PYTHONPATH="$build/python:${PYTHONPATH:-}"
   run_step python_tests 420 "$root/tests/python/run.sh" python3 -rs
   run_step python_overhead 300 python3 "$root/tests/python/bench_overhead.py" --out "$results/python_overhead.json"
@@ -162,7 +170,7 @@ fi
 # The wheel staged by build-for-gpu.sh (NSA_GPU_WHEEL=1): installed into a
 # fresh venv, its own nsa tool runs the selftest on this GPU.
 for whl in "$build"/wheel/*.whl; do
-  [ -f "$whl" ] && command -v python3 >/dev/null || continue
+  rest wheel && [ -f "$whl" ] && command -v python3 >/dev/null || continue
   run_step wheel_check 300 "$root/scripts/check-wheel.sh" "$whl" --python python3
 done
 
