@@ -177,6 +177,7 @@ done
 # On a GPU machine a skipped GPU test is a failure (e.g. a driver too old for
 # the CUDA runtime makes every device test skip).
 skipped_gpu=$(cat "$results"/test_*.log 2>/dev/null | grep -cE '^\[  SKIPPED \] .*(/cuda|_cuda)' || true)
+sed -i '/^gpu_tests_skipped /d' "$results/steps.txt"  # one line, also after several rest commands
 echo "gpu_tests_skipped $skipped_gpu" >>"$results/steps.txt"
 [ "$skipped_gpu" -eq 0 ] || { status=1; log "$skipped_gpu GPU tests skipped on a GPU machine"; }
 
