@@ -102,6 +102,48 @@ using json = nlohmann::json;
 
 namespace {
 
+// The floor of the kernel's access pattern: every visible token's K and
+// scale bytes read through the same page table with the same 16-byte loads
+// (CTAs of `columns` tokens), no shared memory, no math: per 512 tokens a
+// thread reads its 16 table entries, then issues its 16 K loads (and the
+// scales) before it uses any. With an identity table it reads the pool in
+// order: the difference is the cost of random pages (DRAM rows, TLB) that no
+// kernel design removes.
+__global__ void __launch_bounds__(256)
+    page_gather_floor(const uint8_t* __restrict__ cache, const int32_t* __restrict__ table, int64_t table_ld,
+                      const int32_t* __restrict__ lens, int64_t ctas_per_request, int64_t columns, unsigned* sink) {
+  constexpr int64_t kPage = nsa::bench::kP, kPageBytes = nsa::bench::kPageBytes;
+  constexpr int kLoads = 16;  // 512 tokens x 8 chunks / 256 threads
+  const int64_t b = blockIdx.x / ctas_per_request, c0 = (blockIdx.x % ctas_per_request) * columns;
+  const int64_t end = min(c0 + columns, static_cast<int64_t>(__ldg(lens + b)));
+  const int chunk = static_cast<int>(threadIdx.x) & 7;
+  unsigned acc = 0;
+  for (int64_t t0 = c0; t0 < end; t0 += kLoads * 256 / 8) {
+    const uint8_t* token[kLoads];
+#pragma unroll
+    for (int k = 0; k < kLoads; ++k) {
+      const int64_t t = t0 + ((k * 256 + static_cast<int>(threadIdx.x)) >> 3);
+      token[k] = t < end ? cache + static_cast<int64_t>(__ldg(table + b * table_ld + t / kPage)) * kPageBytes +
+                               (t % kPage) * 128
+                         : nullptr;
+    }
+    uint4 v[kLoads];
+    unsigned scale[kLoads];
+#pragma unroll
+    for (int k = 0; k < kLoads; ++k) {
+      // t0 is a multiple of 512, so the token's offset in its page is (32 k + threadIdx.x / 8) % 64.
+      const int off = (k * 32 + (static_cast<int>(threadIdx.x) >> 3)) & (kPage - 1);
+      v[k] = token[k] ? __ldg(reinterpret_cast<const uint4*>(token[k] + chunk * 16)) : make_uint4(0, 0, 0, 0);
+      scale[k] = token[k] && chunk == 1
+                     ? __ldg(reinterpret_cast<const unsigned*>(token[k] + (kPage - off) * 128 + off * 4))
+                     : 0u;
+    }
+#pragma unroll
+    for (int k = 0; k < kLoads; ++k) acc ^= v[k].x ^ v[k].y ^ v[k].z ^ v[k].w ^ scale[k];
+  }
+  if (acc == 0x9e3779b9u) sink[blockIdx.x] = acc;  // keeps the loads; (almost) never stores
+}
+
 // This binary's kernel, launched as the library's launcher does.
 template <int N>
 cudaError_t launch_n(const nsa::PagedMqaLogitsArgs& a, int64_t columns, cudaStream_t stream) {
@@ -181,11 +223,36 @@ json probe_case(const Case& c, std::mt19937_64& rng, int sm_count) {
     cuda_check(cudaEventElapsedTime(&ms, e0, e1), "cudaEventElapsedTime");
     gpu_us.push_back(ms * 1000.0);
   }
-  (void)cudaEventDestroy(e0);
-  (void)cudaEventDestroy(e1);
   long long* none = nullptr;
   cuda_check(cudaMemcpyToSymbol(g_mqa_marks, &none, sizeof(none)), "clear the marks buffer");
   std::sort(gpu_us.begin(), gpu_us.end());
+
+  // The access pattern's floor, cold like the calls above: this table, then the pool in order.
+  Buffer sink(nsa::Backend::kCuda, static_cast<size_t>(ctas * 4));
+  std::vector<int32_t> in_order(table.size());
+  std::iota(in_order.begin(), in_order.end(), 0);
+  auto in_order_d = nsa::support::to_backend(nsa::Backend::kCuda, in_order);
+  const auto floor_us = [&](const Buffer& t) {
+    std::vector<double> us;
+    for (int rep = 0; rep < 3; ++rep) {
+      cuda_check(cudaMemset(flush.data(), rep + 3, flush.bytes()), "flush");
+      cuda_check(cudaEventRecord(e0, nullptr), "cudaEventRecord");
+      page_gather_floor<<<static_cast<unsigned>(ctas), 256>>>(pool.as<uint8_t>(), t.as<int32_t>(), cols,
+                                                              lens_d.as<int32_t>(), ctas / c.batch, c.columns,
+                                                              sink.as<unsigned>());
+      cuda_check(cudaGetLastError(), "page_gather_floor launch");
+      cuda_check(cudaEventRecord(e1, nullptr), "cudaEventRecord");
+      cuda_check(cudaEventSynchronize(e1), "page_gather_floor");
+      float ms = 0;
+      cuda_check(cudaEventElapsedTime(&ms, e0, e1), "cudaEventElapsedTime");
+      us.push_back(ms * 1000.0);
+    }
+    std::sort(us.begin(), us.end());
+    return us[1];
+  };
+  const double gather_us = floor_us(table_d), in_order_us = floor_us(in_order_d);
+  (void)cudaEventDestroy(e0);
+  (void)cudaEventDestroy(e1);
 
   // Phases of the last call's CTAs that scored at least one tile, in SM
   // clock cycles, converted at the rate the SMs actually ran (cycles over
@@ -225,8 +292,9 @@ json probe_case(const Case& c, std::mt19937_64& rng, int sm_count) {
   const auto sms_used = static_cast<double>(std::count(sm_seen.begin(), sm_seen.end(), true));
   const double span_ns = static_cast<double>(span_hi - span_lo);
   const double resident = span_ns > 0 ? ns / span_ns / std::min<double>(sms_used, sm_count) : 0.0;
-  fmt::print("{:<30} {:>6} {:>9.2f} {:>6.0f} {:>8.2f} {:>8.2f} {:>8.2f} {:>8.2f} {:>8.2f} {:>9.2f}\n", name, ctas,
-             gpu_us[1], mhz, us(life), us(first), us(later), us(score), us(tail), resident);
+  fmt::print("{:<30} {:>6} {:>9.2f} {:>8.2f} {:>8.2f} {:>6.0f} {:>8.2f} {:>8.2f} {:>8.2f} {:>8.2f} {:>8.2f} {:>9.2f}\n",
+             name, ctas, gpu_us[1], gather_us, in_order_us, mhz, us(life), us(first), us(later), us(score), us(tail),
+             resident);
   return json{{"case", name},
               {"batch", c.batch},
               {"ctx", c.ctx},
@@ -234,6 +302,8 @@ json probe_case(const Case& c, std::mt19937_64& rng, int sm_count) {
               {"chunk_columns", c.columns},
               {"ctas", ctas},
               {"gpu_us", gpu_us[1]},
+              {"page_gather_floor_us", gather_us},
+              {"in_order_gather_floor_us", in_order_us},
               {"sm_clock_mhz", mhz},
               {"sms_used", sms_used},
               {"cta_life_us", us(life)},
@@ -261,9 +331,11 @@ int main(int argc, char** argv) {
             "ran at, MHz), one cold-L2 call\n");
         fmt::print(
             "life: start to end; first: start to tile 0 landed; wait: each later tile; score: a tile's "
-            "wgmma + epilogue; tail: -inf stores; per SM: CTAs resident on average\n\n");
-        fmt::print("{:<30} {:>6} {:>9} {:>6} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9}\n", "case", "CTAs", "GPU us", "MHz",
-                   "life", "first", "wait", "score", "tail", "per SM");
+            "wgmma + epilogue; tail: -inf stores; per SM: CTAs resident on average\n"
+            "gather: the same K and scale bytes read through the same table and nothing else (the access "
+            "pattern's floor, us); in order: the same with the pool read in page order\n\n");
+        fmt::print("{:<30} {:>6} {:>9} {:>8} {:>8} {:>6} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9}\n", "case", "CTAs",
+                   "GPU us", "gather", "in order", "MHz", "life", "first", "wait", "score", "tail", "per SM");
         std::vector<Case> cases = {{64, 32768, 1, 512},  {64, 32768, 1, 2048}, {64, 32768, 4, 512},
                                    {64, 32768, 4, 2048}, {8, 32768, 1, 512},   {8, 32768, 1, 2048},
                                    {8, 32768, 4, 512},   {1, 131072, 1, 512},  {64, 4096, 1, 512}};
