@@ -90,6 +90,7 @@ __device__ __forceinline__ void mqa_probe_mark(const MqaProbe& probe, int slot) 
 
 #include "bench_main.h"
 #include "buffer.h"
+#include "floor_kernels.h"
 #include "host_data.h"
 #include "nsa/cuda/indexer_wgmma.cuh"
 #include "nsa/indexer.h"
@@ -101,48 +102,6 @@ using nsa::support::Buffer;
 using json = nlohmann::json;
 
 namespace {
-
-// The floor of the kernel's access pattern: every visible token's K and
-// scale bytes read through the same page table with the same 16-byte loads
-// (CTAs of `columns` tokens), no shared memory, no math: per 512 tokens a
-// thread reads its 16 table entries, then issues its 16 K loads (and the
-// scales) before it uses any. With an identity table it reads the pool in
-// order: the difference is the cost of random pages (DRAM rows, TLB) that no
-// kernel design removes.
-__global__ void __launch_bounds__(256)
-    page_gather_floor(const uint8_t* __restrict__ cache, const int32_t* __restrict__ table, int64_t table_ld,
-                      const int32_t* __restrict__ lens, int64_t ctas_per_request, int64_t columns, unsigned* sink) {
-  constexpr int64_t kPage = nsa::bench::kP, kPageBytes = nsa::bench::kPageBytes;
-  constexpr int kLoads = 16;  // 512 tokens x 8 chunks / 256 threads
-  const int64_t b = blockIdx.x / ctas_per_request, c0 = (blockIdx.x % ctas_per_request) * columns;
-  const int64_t end = min(c0 + columns, static_cast<int64_t>(__ldg(lens + b)));
-  const int chunk = static_cast<int>(threadIdx.x) & 7;
-  unsigned acc = 0;
-  for (int64_t t0 = c0; t0 < end; t0 += kLoads * 256 / 8) {
-    const uint8_t* token[kLoads];
-#pragma unroll
-    for (int k = 0; k < kLoads; ++k) {
-      const int64_t t = t0 + ((k * 256 + static_cast<int>(threadIdx.x)) >> 3);
-      token[k] = t < end ? cache + static_cast<int64_t>(__ldg(table + b * table_ld + t / kPage)) * kPageBytes +
-                               (t % kPage) * 128
-                         : nullptr;
-    }
-    uint4 v[kLoads];
-    unsigned scale[kLoads];
-#pragma unroll
-    for (int k = 0; k < kLoads; ++k) {
-      // t0 is a multiple of 512, so the token's offset in its page is (32 k + threadIdx.x / 8) % 64.
-      const int off = (k * 32 + (static_cast<int>(threadIdx.x) >> 3)) & (kPage - 1);
-      v[k] = token[k] ? __ldg(reinterpret_cast<const uint4*>(token[k] + chunk * 16)) : make_uint4(0, 0, 0, 0);
-      scale[k] = token[k] && chunk == 1
-                     ? __ldg(reinterpret_cast<const unsigned*>(token[k] + (kPage - off) * 128 + off * 4))
-                     : 0u;
-    }
-#pragma unroll
-    for (int k = 0; k < kLoads; ++k) acc ^= v[k].x ^ v[k].y ^ v[k].z ^ v[k].w ^ scale[k];
-  }
-  if (acc == 0x9e3779b9u) sink[blockIdx.x] = acc;  // keeps the loads; (almost) never stores
-}
 
 // This binary's kernel, launched as the library's launcher does.
 template <int N>
@@ -237,12 +196,11 @@ json probe_case(const Case& c, std::mt19937_64& rng, int sm_count) {
     for (int rep = 0; rep < 3; ++rep) {
       cuda_check(cudaMemset(flush.data(), rep + 3, flush.bytes()), "flush");
       cuda_check(cudaEventRecord(e0, nullptr), "cudaEventRecord");
-      page_gather_floor<<<static_cast<unsigned>(ctas), 256>>>(pool.as<uint8_t>(), t.as<int32_t>(), cols,
-                                                              lens_d.as<int32_t>(), ctas / c.batch, c.columns,
-                                                              sink.as<unsigned>());
-      cuda_check(cudaGetLastError(), "page_gather_floor launch");
+      cuda_check(nsa::baseline::paged_read_floor(pool.as<uint8_t>(), t.as<int32_t>(), cols, lens_d.as<int32_t>(),
+                                                 c.batch, c.ctx, c.columns, sink.as<unsigned>(), nullptr),
+                 "paged_read_floor");
       cuda_check(cudaEventRecord(e1, nullptr), "cudaEventRecord");
-      cuda_check(cudaEventSynchronize(e1), "page_gather_floor");
+      cuda_check(cudaEventSynchronize(e1), "paged_read_floor");
       float ms = 0;
       cuda_check(cudaEventElapsedTime(&ms, e0, e1), "cudaEventElapsedTime");
       us.push_back(ms * 1000.0);

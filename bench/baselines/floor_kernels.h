@@ -8,6 +8,10 @@
 //   - store_floor: per token, its slot and 256 input bytes are loaded, and 128
 //     + 4 bytes are stored at the slot: the round trip of a store without the
 //     amax reduction and the conversion.
+//   - paged_read_floor: the read of paged_mqa_logits alone: every visible
+//     token's 128 K and 4 scale bytes (token < L_b) through the page table,
+//     with 16-byte loads all issued before any is used, nothing written (a
+//     sink that is never stored in practice keeps the loads).
 //   - page_table_floor: the page-table part of build_metadata alone: per
 //     (request, 128 columns), the request's req_to_token row index, then its
 //     columns, stored into q rows of every destination page table. No scalar
@@ -28,6 +32,12 @@ namespace baseline {
 // page_ids: [pages] flat (the batch's pages in output order); out_k [pages * 64, 128], out_s [pages * 64].
 cudaError_t page_gather_floor(const uint8_t* cache, const int32_t* page_ids, int64_t pages, uint8_t* out_k,
                               float* out_s, int num_sms, nsa::cudaStream stream);
+
+// CTAs of `columns` tokens (a multiple of 512) of request b = cta / ctas_per_request,
+// ctas_per_request = ceil(width / columns); 64-token pages; table [batch, >= width / 64]
+// with row stride table_ld; lens [batch]; sink [batch * ctas_per_request] (never read).
+cudaError_t paged_read_floor(const uint8_t* cache, const int32_t* table, int64_t table_ld, const int32_t* lens,
+                             int64_t batch, int64_t width, int64_t columns, unsigned* sink, nsa::cudaStream stream);
 
 // k: [n, 128] bf16 rows (as bytes, 256 each); slots: [n], all valid.
 cudaError_t store_floor(uint8_t* cache, const uint8_t* k, int64_t n, const int64_t* slots, int num_sms,
