@@ -134,7 +134,8 @@ if [ "$phase" = tests ] || [ "$phase" = sanitizers ]; then
   exit $status
 fi
 
-rest_steps=" ${NSA_REST_STEPS:-cli benches python wheel} "
+# Any whitespace between names; unset or empty: all four.
+rest_steps=" $(echo ${NSA_REST_STEPS:-cli benches python wheel}) "
 for step in $rest_steps; do
   case "$step" in cli | benches | python | wheel) ;; *) echo "gpu-check: NSA_REST_STEPS takes cli, benches, python, wheel; got $step" >&2; exit 2 ;; esac
 done
@@ -177,7 +178,7 @@ done
 # On a GPU machine a skipped GPU test is a failure (e.g. a driver too old for
 # the CUDA runtime makes every device test skip).
 skipped_gpu=$(cat "$results"/test_*.log 2>/dev/null | grep -cE '^\[  SKIPPED \] .*(/cuda|_cuda)' || true)
-sed -i '/^gpu_tests_skipped /d' "$results/steps.txt"  # one line, also after several rest commands
+[ ! -f "$results/steps.txt" ] || sed -i '/^gpu_tests_skipped /d' "$results/steps.txt"  # one line after several rest commands
 echo "gpu_tests_skipped $skipped_gpu" >>"$results/steps.txt"
 [ "$skipped_gpu" -eq 0 ] || { status=1; log "$skipped_gpu GPU tests skipped on a GPU machine"; }
 

@@ -31,12 +31,13 @@ __global__ void __launch_bounds__(128)
 // needs, which a load-use-load loop would not have.
 __global__ void __launch_bounds__(256)
     paged_read_floor_kernel(const uint8_t* __restrict__ cache, const int32_t* __restrict__ table, int64_t table_ld,
-                            const int32_t* __restrict__ lens, int64_t ctas_per_request, int64_t columns,
+                            const int32_t* __restrict__ lens, int64_t width, int64_t ctas_per_request, int64_t columns,
                             unsigned* sink) {
   constexpr int64_t kPage = 64;
   constexpr int kLoads = 16;  // 512 tokens x 8 chunks of 16 B / 256 threads
   const int64_t b = blockIdx.x / ctas_per_request, c0 = (blockIdx.x % ctas_per_request) * columns;
-  const int64_t end = min(c0 + columns, static_cast<int64_t>(__ldg(lens + b)));
+  // Visible tokens only, as the op: < min(L_b, width) (and the CTA's chunk).
+  const int64_t end = min(min(c0 + columns, width), static_cast<int64_t>(__ldg(lens + b)));
   const int chunk = static_cast<int>(threadIdx.x) & 7;
   unsigned acc = 0;
   for (int64_t t0 = c0; t0 < end; t0 += kLoads * 256 / 8) {
@@ -172,7 +173,7 @@ cudaError_t paged_read_floor(const uint8_t* cache, const int32_t* table, int64_t
   if (columns <= 0 || columns % 512 != 0) return cudaErrorInvalidValue;
   const int64_t ctas_per_request = (width + columns - 1) / columns;
   paged_read_floor_kernel<<<static_cast<unsigned>(batch * ctas_per_request), 256, 0,
-                            static_cast<cudaStream_t>(stream)>>>(cache, table, table_ld, lens, ctas_per_request,
+                            static_cast<cudaStream_t>(stream)>>>(cache, table, table_ld, lens, width, ctas_per_request,
                                                                  columns, sink);
   return cudaGetLastError();
 }

@@ -9,7 +9,7 @@
 //     + 4 bytes are stored at the slot: the round trip of a store without the
 //     amax reduction and the conversion.
 //   - paged_read_floor: the read of paged_mqa_logits alone: every visible
-//     token's 128 K and 4 scale bytes (token < L_b) through the page table,
+//     token's 128 K and 4 scale bytes (token < min(L_b, width)) through the page table,
 //     with 16-byte loads all issued before any is used, nothing written (a
 //     sink that is never stored in practice keeps the loads).
 //   - page_table_floor: the page-table part of build_metadata alone: per
@@ -34,8 +34,9 @@ cudaError_t page_gather_floor(const uint8_t* cache, const int32_t* page_ids, int
                               float* out_s, int num_sms, nsa::cudaStream stream);
 
 // CTAs of `columns` tokens (a multiple of 512) of request b = cta / ctas_per_request,
-// ctas_per_request = ceil(width / columns); 64-token pages; table [batch, >= width / 64]
-// with row stride table_ld; lens [batch]; sink [batch * ctas_per_request] (never read).
+// ctas_per_request = ceil(width / columns); tokens < min(lens[b], width) are read; 64-token
+// pages; table [batch, >= ceil(width / 64)] with row stride table_ld, every entry a valid page
+// (not checked: the benches' tables); lens [batch]; sink [batch * ctas_per_request] (never read).
 cudaError_t paged_read_floor(const uint8_t* cache, const int32_t* table, int64_t table_ld, const int32_t* lens,
                              int64_t batch, int64_t width, int64_t columns, unsigned* sink, nsa::cudaStream stream);
 
