@@ -15,10 +15,10 @@
 # $NSA_SANITIZER_BINARIES when set), `sanitizers` the sanitizers alone (for the
 # tools a first `tests` command left out), `rest` the CLI, benchmarks (only
 # those whose name matches the regex $NSA_BENCHES when set) and Python
-# tests and then writes the report of all of them ($NSA_REST_STEPS, a space
-# list of cli, benches, python and wheel, runs only those; the results of
-# an earlier command in the same results folder stay in the report). A complete check takes
-# longer than one 10-minute device command (on an H100: about 2 minutes of
+# tests and then writes the report of all of them ($NSA_REST_STEPS, a list
+# of cli, benches, python and wheel, runs only those; the results of an
+# earlier command in the same results folder stay in the report). A
+# complete check takes longer than one 10-minute device command (on an H100: about 2 minutes of
 # tests, 1 of memcheck, 4 of racecheck, initcheck and synccheck not yet timed,
 # 4 of the rest): run, at once one after the other on the same warm machine,
 #   NSA_SANITIZERS="memcheck racecheck" gpu-check.sh --phase tests
