@@ -12,11 +12,12 @@
 //   * the q of the request's N rows (N x 64 heads x 128 B) and the chunk's K
 //     tiles (128 tokens x 128 B) go to shared memory with cp.async, stored in
 //     the 128-byte-swizzle layout of wgmma (row r's 16-byte chunk c at
-//     r * 128 + ((c ^ (r % 8)) * 16), tiles 1024-byte aligned), a ring of 4
-//     stages, three tiles ahead of the one computed (a 512-column chunk is
-//     then in flight at once, as in the default kernel; a longer one
-//     refills each stage after the wgmma that read it has completed, as the
-//     persistent schedule does); tokens past the last row's length and
+//     r * 128 + ((c ^ (r % 8)) * 16), tiles 1024-byte aligned), a ring of
+//     kWgStagesOf<N> stages (6, 5, 4, 4 for N = 1..4: what two CTAs per SM
+//     hold), that many tiles minus one ahead of the one computed (a
+//     512-column chunk is then in flight at once; a longer one refills each
+//     stage after the wgmma that read it has completed, as the persistent
+//     schedule does); tokens past the last row's length and
 //     tokens of unreadable pages are never loaded;
 //   * after the copies land: fence.proxy.async (cp.async writes are generic
 //     proxy, wgmma reads through the async proxy), a CTA barrier, then
@@ -93,13 +94,25 @@ static_assert(kWgStages * kWgTileTokens == detail::kIndexerCtaColumns, "chunk mu
 
 constexpr int kWgQRowBytes = kIndexerHeads * kWgRowBytes;  // one query row: 64 heads x 128 B, swizzled
 
+// Stages of the wgmma kernel's ring for N rows: as many 16 KB tiles as two
+// CTAs per SM can hold next to their q (8 KB per row) in about 227 KB. The
+// bandwidth follows the bytes in flight (a tile takes 7-9 us to arrive under
+// load on H100 and H200, docs/performance.md), so a deeper ring streams a
+// chunk longer than 512 columns faster; a 512-column chunk (4 tiles) has all
+// of its tiles in flight at once with any of these.
+template <int N>
+constexpr int kWgStagesOf = N == 1   ? 6
+                            : N == 2 ? 5
+                                     : 4;
+
 template <int N>
 struct WgmmaShared {
-  uint8_t k[kWgStages][kWgTileTokens * kWgRowBytes];  // swizzled, 1024-aligned
-  uint8_t q[N][kWgQRowBytes];                         // swizzled, 1024-aligned
-  float scale[kWgStages][kWgTileTokens];
-  uint8_t ok[kWgStages][kWgTileTokens];  // the token's page is readable (and the token < L_b, width)
-  float w[N][kIndexerHeads];             // the rows' weights, in wg_weight_slot order
+  static constexpr int kStages = kWgStagesOf<N>;
+  uint8_t k[kStages][kWgTileTokens * kWgRowBytes];  // swizzled, 1024-aligned
+  uint8_t q[N][kWgQRowBytes];                       // swizzled, 1024-aligned
+  float scale[kStages][kWgTileTokens];
+  uint8_t ok[kStages][kWgTileTokens];  // the token's page is readable (and the token < L_b, width)
+  float w[N][kIndexerHeads];           // the rows' weights, in wg_weight_slot order
 };
 static_assert(kWgTileTokens * kWgRowBytes % kWgAlign == 0, "K tiles stay 1024-aligned");
 static_assert(kWgQRowBytes % kWgAlign == 0, "q tiles stay 1024-aligned");
@@ -415,12 +428,13 @@ __global__ void __launch_bounds__(kWgThreads, 2)
   const int64_t b = it.b, c0 = it.c0;
   const int tiles = it.tiles;
 
+  constexpr int kStages = WgmmaShared<N>::kStages;
   if (tiles > 0) {
-    // Prologue: q and the weights with tile 0 in the first group, then tiles 1 .. kWgStages - 2.
+    // Prologue: q and the weights with tile 0 in the first group, then tiles 1 .. kStages - 2.
     wg_load_q(sm.q, a, b);
     wg_load_weights(sm.w, a, b);
 #pragma unroll
-    for (int p = 0; p < kWgStages - 1; ++p) {
+    for (int p = 0; p < kStages - 1; ++p) {
       if (p == 0) wg_load_tile(sm, 0, a, c0, it.load_end, first_pages);
       else if (p < tiles) wg_load_tile(sm, p, a, b, c0 + static_cast<int64_t>(p) * kWgTileTokens, it.load_end);
       mqa_cp_async_commit();
@@ -428,15 +442,15 @@ __global__ void __launch_bounds__(kWgThreads, 2)
 
     for (int i = 0; i < tiles; ++i) {
       const int64_t t0 = c0 + static_cast<int64_t>(i) * kWgTileTokens;
-      const int ahead = i + kWgStages - 1;
+      const int ahead = i + kStages - 1;
       if (ahead < tiles)
-        wg_load_tile(sm, ahead % kWgStages, a, b, c0 + static_cast<int64_t>(ahead) * kWgTileTokens, it.load_end);
+        wg_load_tile(sm, ahead % kStages, a, b, c0 + static_cast<int64_t>(ahead) * kWgTileTokens, it.load_end);
       mqa_cp_async_commit();
-      mqa_cp_async_wait_stage();  // tile i (and q, the weights) have landed (this thread's copies)
-      wg_fence_proxy_async();     // ... visible to wgmma's operand reads
-      __syncthreads();            // ... everyone's
+      mqa_cp_async_wait<kStages - 1>();  // tile i (and q, the weights) have landed (this thread's copies)
+      wg_fence_proxy_async();            // ... visible to wgmma's operand reads
+      __syncthreads();                   // ... everyone's
       NSA_MQA_PROBE_MARK(2 + 2 * i);
-      wg_scores<N>(sm, sm.q, sm.w, a, it, t0, i % kWgStages);
+      wg_scores<N>(sm, sm.q, sm.w, a, it, t0, i % kStages);
       __syncthreads();  // this stage is reloaded next iteration
       NSA_MQA_PROBE_MARK(3 + 2 * i);
     }
