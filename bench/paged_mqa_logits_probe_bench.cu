@@ -294,7 +294,7 @@ int main(int argc, char** argv) {
             "pattern's floor, us); in order: the same with the pool read in page order\n\n");
         fmt::print("{:<30} {:>6} {:>9} {:>8} {:>8} {:>6} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9}\n", "case", "CTAs",
                    "GPU us", "gather", "in order", "MHz", "life", "first", "wait", "score", "tail", "per SM");
-        std::vector<Case> cases = {{64, 32768, 1, 512},  {64, 32768, 1, 2048}, {64, 32768, 4, 512},
+        std::vector<Case> cases = {{64, 32768, 1, 512},  {64, 32768, 1, 2048}, {64, 32768, 1, 4096}, {64, 32768, 4, 512},
                                    {64, 32768, 4, 2048}, {8, 32768, 1, 512},   {8, 32768, 1, 2048},
                                    {8, 32768, 4, 512},   {1, 131072, 1, 512},  {64, 4096, 1, 512}};
         if (quick) cases.resize(1);

@@ -187,7 +187,7 @@ def main():
         w("| case | ours kernel | ours us | copy us (same traffic) | cache-read floor us | " +
           ("read-floor kernel us | x read floor | " if read_floor else "") + "GB/s | of copy | x floor | "
           "mma.sync us | " + ("persistent us | persistent of copy | " if pers else "") +
-          ("fastest longer chunk: columns, us, of copy | " if chunks else "") + "target | verdict |")
+          ("fastest chunk: columns, us, of copy | " if chunks else "") + "target | verdict |")
         w("|---|---|---|---|---|" + ("---|---|" if read_floor else "") + "---|---|---|---|" + ("---|---|" if pers else "") +
           ("---|" if chunks else "") + "---|---|")
         for r in logits["results"]:
