@@ -199,7 +199,8 @@ json bench_case(std::mt19937_64& rng, int64_t batch, int64_t ctx, int64_t n, dou
       x.wgmma_chunk_columns = columns;
       nsa::paged_mqa_logits(nsa::Exec::cuda(), x);
       if (logits.to_host() != want)
-        throw std::runtime_error(fmt::format("{}: {} columns per CTA: logits differ from the default's", name, columns));
+        throw std::runtime_error(
+            fmt::format("{}: {} columns per CTA: logits differ from the default's", name, columns));
       const double us = time_kernel(nsa::MqaLogitsKernel::kWgmma, columns);
       by_chunk[std::to_string(columns)] = us;
       chunk_line += fmt::format("  {}: {:.2f}", columns, us);

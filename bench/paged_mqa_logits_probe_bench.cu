@@ -191,16 +191,14 @@ json probe_case(const Case& c, std::mt19937_64& rng, int sm_count) {
   std::vector<int32_t> in_order(table.size());
   std::iota(in_order.begin(), in_order.end(), 0);
   auto in_order_d = nsa::support::to_backend(nsa::Backend::kCuda, in_order);
-  const auto floor_us = [&](const Buffer& t) {
+  const auto cold_us = [&](const char* what, auto&& launch_floor) {
     std::vector<double> us;
     for (int rep = 0; rep < 3; ++rep) {
       cuda_check(cudaMemset(flush.data(), rep + 3, flush.bytes()), "flush");
       cuda_check(cudaEventRecord(e0, nullptr), "cudaEventRecord");
-      cuda_check(nsa::baseline::paged_read_floor(pool.as<uint8_t>(), t.as<int32_t>(), cols, lens_d.as<int32_t>(),
-                                                 c.batch, c.ctx, c.columns, sink.as<unsigned>(), nullptr),
-                 "paged_read_floor");
+      cuda_check(launch_floor(), what);
       cuda_check(cudaEventRecord(e1, nullptr), "cudaEventRecord");
-      cuda_check(cudaEventSynchronize(e1), "paged_read_floor");
+      cuda_check(cudaEventSynchronize(e1), what);
       float ms = 0;
       cuda_check(cudaEventElapsedTime(&ms, e0, e1), "cudaEventElapsedTime");
       us.push_back(ms * 1000.0);
@@ -208,7 +206,22 @@ json probe_case(const Case& c, std::mt19937_64& rng, int sm_count) {
     std::sort(us.begin(), us.end());
     return us[1];
   };
+  const auto floor_us = [&](const Buffer& t) {
+    return cold_us("paged_read_floor", [&] {
+      return nsa::baseline::paged_read_floor(pool.as<uint8_t>(), t.as<int32_t>(), cols, lens_d.as<int32_t>(), c.batch,
+                                             c.ctx, c.columns, sink.as<unsigned>(), nullptr);
+    });
+  };
+  // The same bytes landed in shared memory at the kernel's occupancy, 512 tokens per step.
+  const auto async_us = [&](nsa::baseline::PagedAsyncFloor kind) {
+    return cold_us("paged_async_floor", [&] {
+      return nsa::baseline::paged_async_floor(kind, pool.as<uint8_t>(), table_d.as<int32_t>(), cols,
+                                              lens_d.as<int32_t>(), c.batch, c.ctx, c.columns, nullptr);
+    });
+  };
   const double gather_us = floor_us(table_d), in_order_us = floor_us(in_order_d);
+  const double cp_async_us = async_us(nsa::baseline::PagedAsyncFloor::kCpAsync);
+  const double bulk_us = async_us(nsa::baseline::PagedAsyncFloor::kBulk);
   (void)cudaEventDestroy(e0);
   (void)cudaEventDestroy(e1);
 
@@ -250,9 +263,11 @@ json probe_case(const Case& c, std::mt19937_64& rng, int sm_count) {
   const auto sms_used = static_cast<double>(std::count(sm_seen.begin(), sm_seen.end(), true));
   const double span_ns = static_cast<double>(span_hi - span_lo);
   const double resident = span_ns > 0 ? ns / span_ns / std::min<double>(sms_used, sm_count) : 0.0;
-  fmt::print("{:<30} {:>6} {:>9.2f} {:>8.2f} {:>8.2f} {:>6.0f} {:>8.2f} {:>8.2f} {:>8.2f} {:>8.2f} {:>8.2f} {:>9.2f}\n",
-             name, ctas, gpu_us[1], gather_us, in_order_us, mhz, us(life), us(first), us(later), us(score), us(tail),
-             resident);
+  fmt::print(
+      "{:<30} {:>6} {:>9.2f} {:>8.2f} {:>8.2f} {:>8.2f} {:>8.2f} {:>6.0f} {:>8.2f} {:>8.2f} {:>8.2f} {:>8.2f} {:>8.2f} "
+      "{:>9.2f}\n",
+      name, ctas, gpu_us[1], gather_us, in_order_us, cp_async_us, bulk_us, mhz, us(life), us(first), us(later),
+      us(score), us(tail), resident);
   return json{{"case", name},
               {"batch", c.batch},
               {"ctx", c.ctx},
@@ -262,6 +277,8 @@ json probe_case(const Case& c, std::mt19937_64& rng, int sm_count) {
               {"gpu_us", gpu_us[1]},
               {"page_gather_floor_us", gather_us},
               {"in_order_gather_floor_us", in_order_us},
+              {"cp_async_floor_us", cp_async_us},
+              {"bulk_copy_floor_us", bulk_us},
               {"sm_clock_mhz", mhz},
               {"sms_used", sms_used},
               {"cta_life_us", us(life)},
@@ -291,12 +308,16 @@ int main(int argc, char** argv) {
             "life: start to end; first: start to tile 0 landed; wait: each later tile; score: a tile's "
             "wgmma + epilogue; tail: -inf stores; per SM: CTAs resident on average\n"
             "gather: the same K and scale bytes read through the same table and nothing else (the access "
-            "pattern's floor, us); in order: the same with the pool read in page order\n\n");
-        fmt::print("{:<30} {:>6} {:>9} {:>8} {:>8} {:>6} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9}\n", "case", "CTAs",
-                   "GPU us", "gather", "in order", "MHz", "life", "first", "wait", "score", "tail", "per SM");
-        std::vector<Case> cases = {{64, 32768, 1, 512},  {64, 32768, 1, 2048}, {64, 32768, 1, 4096}, {64, 32768, 4, 512},
-                                   {64, 32768, 4, 2048}, {8, 32768, 1, 512},   {8, 32768, 1, 2048},
-                                   {8, 32768, 4, 512},   {1, 131072, 1, 512},  {64, 4096, 1, 512}};
+            "pattern's floor, us); in order: the same with the pool read in page order\n"
+            "cp.async / bulk: the same bytes landed in shared memory at two CTAs per SM, 512 tokens per step, "
+            "by the kernel's cp.async copies / by one bulk copy per page (whole pages, an mbarrier)\n\n");
+        fmt::print("{:<30} {:>6} {:>9} {:>8} {:>8} {:>8} {:>8} {:>6} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9}\n", "case",
+                   "CTAs", "GPU us", "gather", "in order", "cp.async", "bulk", "MHz", "life", "first", "wait", "score",
+                   "tail", "per SM");
+        std::vector<Case> cases = {{64, 32768, 1, 512}, {64, 32768, 1, 2048}, {64, 32768, 1, 4096},
+                                   {64, 32768, 4, 512}, {64, 32768, 4, 2048}, {8, 32768, 1, 512},
+                                   {8, 32768, 1, 2048}, {8, 32768, 4, 512},   {1, 131072, 1, 512},
+                                   {64, 4096, 1, 512}};
         if (quick) cases.resize(1);
         std::mt19937_64 rng(20251205);
         for (const Case& c : cases) report["results"].push_back(probe_case(c, rng, lim.sm_count));

@@ -236,7 +236,7 @@ json bench_case(const Case& c, std::mt19937_64& rng, std::map<std::string, Measu
     by_cluster[std::to_string(cluster)] = us;
     sweep_line += fmt::format("  {}: {:.2f}", cluster, us);
   }
-  const int chosen = nsa::kernels::topk_choose_cluster<float>(rows);
+  const int chosen = nsa::kernels::topk_choose_cluster<float>(rows, c.width);
 
   // The sort baseline (fp32 windows; skipped where CUB's int item count overflows).
   double sort_us = 0;

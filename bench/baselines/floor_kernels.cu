@@ -66,6 +66,111 @@ __global__ void __launch_bounds__(256)
   if (acc == 0x9e3779b9u) sink[blockIdx.x] = acc;  // keeps the loads; (almost) never stores
 }
 
+// The same bytes as paged_read_floor_kernel, landed in shared memory, 512
+// tokens per step with nothing else in flight, in dynamic shared memory sized
+// so that two CTAs fit an SM (as the wgmma kernel at 512 columns): with
+// cp.async (16-byte K copies, 4-byte scales, as the wgmma kernel issues
+// them) or with bulk copies (one thread, a whole page's 8192 K and 256 scale
+// bytes per copy, an mbarrier: the way a TMA pipeline loads).
+constexpr int kAsyncFloorShared = 96 * 1024;
+constexpr int kAsyncFloorScales = 512 * 128;  // offset of the scales in the shared buffer
+
+__device__ __forceinline__ int64_t floor_end(const int32_t* lens, int64_t b, int64_t c0, int64_t columns,
+                                             int64_t width) {
+  return min(min(c0 + columns, width), static_cast<int64_t>(__ldg(lens + b)));
+}
+
+__global__ void __launch_bounds__(256)
+    paged_cp_async_floor_kernel(const uint8_t* __restrict__ cache, const int32_t* __restrict__ table, int64_t table_ld,
+                                const int32_t* __restrict__ lens, int64_t width, int64_t ctas_per_request,
+                                int64_t columns) {
+  extern __shared__ __align__(128) uint8_t floor_smem[];
+  const int64_t b = blockIdx.x / ctas_per_request, c0 = (blockIdx.x % ctas_per_request) * columns;
+  const int64_t end = floor_end(lens, b, c0, columns, width);
+  const int chunk = static_cast<int>(threadIdx.x) & 7;
+  const unsigned base = static_cast<unsigned>(__cvta_generic_to_shared(floor_smem));
+  for (int64_t t0 = c0; t0 < end; t0 += 512) {
+    int64_t page[16];
+#pragma unroll
+    for (int k = 0; k < 16; ++k) {
+      const int64_t t = t0 + ((k * 256 + static_cast<int>(threadIdx.x)) >> 3);
+      page[k] = t < end ? static_cast<int64_t>(__ldg(table + b * table_ld + t / 64)) : -1;
+    }
+#pragma unroll
+    for (int k = 0; k < 16; ++k) {
+      const int slot = (k * 256 + static_cast<int>(threadIdx.x)) >> 3, off = slot & 63;
+      if (page[k] < 0) continue;
+      const uint8_t* src = cache + page[k] * kPageBytes;
+      asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(base + slot * 128 + chunk * 16),
+                   "l"(src + off * 128 + chunk * 16)
+                   : "memory");
+      if (chunk == 1)
+        asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(base + kAsyncFloorScales + slot * 4),
+                     "l"(src + 8192 + off * 4)
+                     : "memory");
+    }
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
+    asm volatile("cp.async.wait_group 0;\n" ::: "memory");
+    __syncthreads();
+  }
+}
+
+__global__ void __launch_bounds__(256)
+    paged_bulk_floor_kernel(const uint8_t* __restrict__ cache, const int32_t* __restrict__ table, int64_t table_ld,
+                            const int32_t* __restrict__ lens, int64_t width, int64_t ctas_per_request,
+                            int64_t columns) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  extern __shared__ __align__(128) uint8_t floor_smem[];
+  __shared__ __align__(8) uint64_t landed;
+  const int64_t b = blockIdx.x / ctas_per_request, c0 = (blockIdx.x % ctas_per_request) * columns;
+  const int64_t end = floor_end(lens, b, c0, columns, width);
+  const unsigned base = static_cast<unsigned>(__cvta_generic_to_shared(floor_smem));
+  const unsigned bar = static_cast<unsigned>(__cvta_generic_to_shared(&landed));
+  if (threadIdx.x == 0) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(bar) : "memory");
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  }
+  __syncthreads();
+  unsigned phase = 0;
+  for (int64_t t0 = c0; t0 < end; t0 += 512) {
+    if (threadIdx.x == 0) {
+      // Whole pages holding a visible token (a TMA pipeline reads whole pages).
+      const int pages = static_cast<int>((min(end - t0, int64_t{512}) + 63) / 64);
+      int64_t page[8];
+#pragma unroll
+      for (int p = 0; p < 8; ++p)
+        page[p] = p < pages ? static_cast<int64_t>(__ldg(table + b * table_ld + t0 / 64 + p)) : 0;
+      asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(pages * (8192 + 256))
+                   : "memory");
+      for (int p = 0; p < pages; ++p) {
+        const uint8_t* src = cache + page[p] * kPageBytes;
+        asm volatile(
+            "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], 8192, [%2];\n" ::"r"(
+                base + p * 8192),
+            "l"(src), "r"(bar)
+            : "memory");
+        asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], 256, [%2];\n" ::"r"(
+                         base + kAsyncFloorScales + p * 256),
+                     "l"(src + 8192), "r"(bar)
+                     : "memory");
+      }
+    }
+    unsigned done = 0;
+    do {
+      asm volatile(
+          "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}\n"
+          : "=r"(done)
+          : "r"(bar), "r"(phase)
+          : "memory");
+    } while (done == 0);
+    phase ^= 1u;
+    __syncthreads();  // the buffer is refilled next step
+  }
+#else
+  __trap();  // the host launches it on compute 9.0 and later only
+#endif
+}
+
 // Half a warp per token, like the library's store: 16 B in and 8 B out per lane.
 __global__ void __launch_bounds__(256) store_floor_kernel(uint8_t* __restrict__ cache, const uint8_t* __restrict__ k,
                                                           int64_t n, const int64_t* __restrict__ slots) {
@@ -175,6 +280,25 @@ cudaError_t paged_read_floor(const uint8_t* cache, const int32_t* table, int64_t
   paged_read_floor_kernel<<<static_cast<unsigned>(batch * ctas_per_request), 256, 0,
                             static_cast<cudaStream_t>(stream)>>>(cache, table, table_ld, lens, width, ctas_per_request,
                                                                  columns, sink);
+  return cudaGetLastError();
+}
+
+cudaError_t paged_async_floor(PagedAsyncFloor kind, const uint8_t* cache, const int32_t* table, int64_t table_ld,
+                              const int32_t* lens, int64_t batch, int64_t width, int64_t columns,
+                              nsa::cudaStream stream) {
+  if (batch == 0 || width == 0) return cudaSuccess;
+  if (columns <= 0 || columns % 512 != 0) return cudaErrorInvalidValue;
+  int device = 0, major = 0;
+  cudaError_t e = cudaGetDevice(&device);
+  if (e == cudaSuccess) e = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+  if (e != cudaSuccess) return e;
+  if (kind == PagedAsyncFloor::kBulk && major < 9) return cudaErrorNotSupported;
+  const auto kernel = kind == PagedAsyncFloor::kBulk ? paged_bulk_floor_kernel : paged_cp_async_floor_kernel;
+  e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kAsyncFloorShared);
+  if (e != cudaSuccess) return e;
+  const int64_t ctas_per_request = (width + columns - 1) / columns;
+  kernel<<<static_cast<unsigned>(batch * ctas_per_request), 256, kAsyncFloorShared,
+           static_cast<cudaStream_t>(stream)>>>(cache, table, table_ld, lens, width, ctas_per_request, columns);
   return cudaGetLastError();
 }
 

@@ -40,6 +40,16 @@ cudaError_t page_gather_floor(const uint8_t* cache, const int32_t* page_ids, int
 cudaError_t paged_read_floor(const uint8_t* cache, const int32_t* table, int64_t table_ld, const int32_t* lens,
                              int64_t batch, int64_t width, int64_t columns, unsigned* sink, nsa::cudaStream stream);
 
+// paged_read_floor's bytes landed in shared memory, 512 tokens per step,
+// two CTAs per SM (the wgmma kernel's occupancy at 512 columns): kCpAsync
+// with the wgmma kernel's cp.async copies, kBulk with one bulk copy per page
+// for K and one for its scales (whole pages; compute 9.0 and later, else
+// cudaErrorNotSupported). No sink: the copies cannot be optimised away.
+enum class PagedAsyncFloor { kCpAsync, kBulk };
+cudaError_t paged_async_floor(PagedAsyncFloor kind, const uint8_t* cache, const int32_t* table, int64_t table_ld,
+                              const int32_t* lens, int64_t batch, int64_t width, int64_t columns,
+                              nsa::cudaStream stream);
+
 // k: [n, 128] bf16 rows (as bytes, 256 each); slots: [n], all valid.
 cudaError_t store_floor(uint8_t* cache, const uint8_t* k, int64_t n, const int64_t* slots, int num_sms,
                         nsa::cudaStream stream);

@@ -102,7 +102,8 @@ struct PagedMqaLogitsArgs {
 
   // Columns of one request that each CTA of the wgmma kernel scores (kWgmma,
   // and kAuto where it picks kWgmma; the other kernels ignore it): 0 for the
-  // library's choice (512), or a multiple of 512 up to
+  // library's choice (1024 or 512, from batch, width and the device's SM
+  // count: the same for every replay of a graph), or a multiple of 512 up to
   // kIndexerMaxChunkColumns. A longer chunk loads q and the weights once for
   // more tokens and streams its tiles through one pipeline; a shorter one
   // makes more CTAs. A tuning knob for benchmarks: every value gives the same

@@ -6,8 +6,9 @@
 // kWgmma names it.
 //
 // Design. A 1-D grid of one CTA per request and chunk of columns: by
-// default kIndexerCtaColumns, the default kernel's grid, or any multiple of
-// it the caller asks for (PagedMqaLogitsArgs::wgmma_chunk_columns);
+// default 2 x or 1 x kIndexerCtaColumns (wg_default_chunk_columns, from the
+// grid's size), or any multiple of kIndexerCtaColumns the caller asks for
+// (PagedMqaLogitsArgs::wgmma_chunk_columns);
 // 256 threads = 2 warpgroups:
 //   * the q of the request's N rows (N x 64 heads x 128 B) and the chunk's K
 //     tiles (128 tokens x 128 B) go to shared memory with cp.async, stored in
@@ -514,24 +515,82 @@ inline cudaError_t mqa_wgmma_available() {
   return ok ? cudaSuccess : cudaErrorNotSupported;
 }
 
+// SMs x resident CTAs per SM of Kernel with `shared_bytes` of dynamic shared
+// memory on the current device: the persistent grid's size cap. Asked once
+// per kernel instance (the template argument: each instance has its own
+// registers and shared memory, so a cache keyed by anything less would hand
+// one instance another's answer) and device 0..63; others ask every call.
+// The first call may happen inside a stream capture: the queries run with
+// this thread's capture mode relaxed. A failed query's error is cleared and
+// returned.
+template <auto Kernel>
+inline cudaError_t wg_resident_ctas(size_t shared_bytes, int64_t& ctas) {
+  static std::atomic<int64_t> known[64];  // [device]: CTAs + 1, 0 = not asked yet
+  int device = 0;
+  cudaError_t e = cudaGetDevice(&device);
+  if (e != cudaSuccess) return e;
+  const bool cacheable = device >= 0 && device < 64;
+  if (cacheable) {
+    const int64_t v = known[device].load(std::memory_order_acquire);
+    if (v != 0) {
+      ctas = v - 1;
+      return cudaSuccess;
+    }
+  }
+  int sms = 0, per_sm = 0;
+  cudaStreamCaptureMode mode = cudaStreamCaptureModeRelaxed;
+  (void)cudaThreadExchangeStreamCaptureMode(&mode);
+  e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  if (e == cudaSuccess) e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, Kernel, kWgThreads, shared_bytes);
+  (void)cudaThreadExchangeStreamCaptureMode(&mode);
+  if (e != cudaSuccess) {
+    (void)cudaGetLastError();
+    return e;
+  }
+  // 0 per SM: the launch itself will say why it cannot run.
+  ctas = static_cast<int64_t>(sms > 0 ? sms : 1) * (per_sm > 0 ? per_sm : 1);
+  if (cacheable) known[device].store(ctas + 1, std::memory_order_release);
+  return cudaSuccess;
+}
+
+// The library's chunk (wgmma_chunk_columns = 0): 1024 columns where that
+// still makes at least half a wave of CTAs (batch x ceil(width / 1024) >=
+// resident / 2), else 512. A longer chunk pays a CTA's start (q, weights and
+// the first tile's latency) once for more tiles; a shorter one makes more
+// CTAs for small grids. Measured on an H100 (docs/gpu-report.md of 25a9438,
+// the bench's chunk sweep): 1024 beat 512 by 1-4% on every swept shape
+// (8 x 32K: 24.3 against 25.0 us; 64 x 32K: 178.8 against 187.8), 2048 lost
+// up to 1.5x where it left SMs idle (8 x 32K: 37.4) and gained at most 1.3%
+// elsewhere. Shape-based only: the same chunk for every replay of a graph.
+inline int64_t wg_default_chunk_columns(const PagedMqaLogitsArgs& a, int64_t resident) {
+  constexpr int64_t kLong = 2 * detail::kIndexerCtaColumns;
+  return a.batch * ((a.width + kLong - 1) / kLong) * 2 >= resident ? kLong : detail::kIndexerCtaColumns;
+}
+
 template <int N>
 inline cudaError_t wg_launch(const PagedMqaLogitsArgs& a, int64_t columns, cudaStream_t stream) {
   const cudaError_t avail = mqa_wgmma_available<paged_mqa_logits_wgmma_kernel<N>>();  // the instance launched here
   if (avail != cudaSuccess) return avail;
-  const cudaError_t e = allow_dynamic_shared_memory<paged_mqa_logits_wgmma_kernel<N>>(wg_shared_bytes<N>());
+  cudaError_t e = allow_dynamic_shared_memory<paged_mqa_logits_wgmma_kernel<N>>(wg_shared_bytes<N>());
   if (e != cudaSuccess) return e;
+  if (columns == 0) {
+    int64_t resident = 0;
+    e = wg_resident_ctas<paged_mqa_logits_wgmma_kernel<N>>(wg_shared_bytes<N>(), resident);
+    if (e != cudaSuccess) return e;
+    columns = wg_default_chunk_columns(a, resident);
+  }
   const int64_t ctas_per_request = (a.width + columns - 1) / columns;
   const dim3 grid(static_cast<unsigned>(a.batch * ctas_per_request));
   paged_mqa_logits_wgmma_kernel<N><<<grid, kWgThreads, wg_shared_bytes<N>(), stream>>>(a, ctas_per_request, columns);
   return cudaGetLastError();
 }
 
-// Columns per CTA of the wgmma kernel: a.wgmma_chunk_columns, or
-// kIndexerCtaColumns for 0 (the library's choice); -1 for a value it cannot
-// run (the public API names it; see nsa/indexer.h).
+// Columns per CTA of the wgmma kernel: a.wgmma_chunk_columns, 0 for the
+// library's choice (wg_default_chunk_columns, made at the launch), -1 for a
+// value it cannot run (the public API names it; see nsa/indexer.h).
 inline int64_t wg_chunk_columns(const PagedMqaLogitsArgs& a) {
   const int64_t c = a.wgmma_chunk_columns;
-  if (c == 0) return detail::kIndexerCtaColumns;
+  if (c == 0) return 0;
   const bool ok = c > 0 && c <= kIndexerMaxChunkColumns && c % detail::kIndexerCtaColumns == 0;
   return ok ? c : -1;
 }

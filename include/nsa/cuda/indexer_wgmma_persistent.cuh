@@ -180,44 +180,6 @@ __global__ void __launch_bounds__(kWgThreads, wg_persistent_ctas_per_sm<N>())
 #endif
 }
 
-// SMs x resident CTAs per SM of Kernel with `shared_bytes` of dynamic shared
-// memory on the current device: the persistent grid's size cap. Asked once
-// per kernel instance (the template argument: each instance has its own
-// registers and shared memory, so a cache keyed by anything less would hand
-// one instance another's answer) and device 0..63; others ask every call.
-// The first call may happen inside a stream capture: the queries run with
-// this thread's capture mode relaxed. A failed query's error is cleared and
-// returned.
-template <auto Kernel>
-inline cudaError_t wg_resident_ctas(size_t shared_bytes, int64_t& ctas) {
-  static std::atomic<int64_t> known[64];  // [device]: CTAs + 1, 0 = not asked yet
-  int device = 0;
-  cudaError_t e = cudaGetDevice(&device);
-  if (e != cudaSuccess) return e;
-  const bool cacheable = device >= 0 && device < 64;
-  if (cacheable) {
-    const int64_t v = known[device].load(std::memory_order_acquire);
-    if (v != 0) {
-      ctas = v - 1;
-      return cudaSuccess;
-    }
-  }
-  int sms = 0, per_sm = 0;
-  cudaStreamCaptureMode mode = cudaStreamCaptureModeRelaxed;
-  (void)cudaThreadExchangeStreamCaptureMode(&mode);
-  e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-  if (e == cudaSuccess) e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, Kernel, kWgThreads, shared_bytes);
-  (void)cudaThreadExchangeStreamCaptureMode(&mode);
-  if (e != cudaSuccess) {
-    (void)cudaGetLastError();
-    return e;
-  }
-  // 0 per SM: the launch itself will say why it cannot run.
-  ctas = static_cast<int64_t>(sms > 0 ? sms : 1) * (per_sm > 0 ? per_sm : 1);
-  if (cacheable) known[device].store(ctas + 1, std::memory_order_release);
-  return cudaSuccess;
-}
-
 template <int N>
 inline cudaError_t wg_persistent_launch(const PagedMqaLogitsArgs& a, int64_t ctas_per_request, cudaStream_t stream) {
   constexpr size_t bytes = wg_persistent_shared_bytes<N>();

@@ -3,10 +3,11 @@
 // the library's public API validates arguments and then calls the launcher.
 //
 // One CTA of 1024 threads per score row, or, on sm_90 and later when there
-// are few rows, one thread-block cluster of C = 2..16 such CTAs per row (C
-// chosen on the host from the row count and the device only). Every decision
-// that depends on a length is made on the device, so the launch shape depends
-// on the row count only and a captured graph stays right for any live lengths.
+// are few rows wider than 16K scores, one thread-block cluster of C = 2..16
+// such CTAs per row (C chosen on the host from the row count, the width and
+// the device only). Every decision that depends on a length is made on the
+// device, so the launch shape depends on the row count and width only and a
+// captured graph stays right for any live lengths.
 //
 // In a cluster, CTA c takes the c-th of C consecutive slices of the row's
 // visible length (multiples of 32 keys); each pass below builds the CTA's
@@ -854,13 +855,22 @@ inline int topk_cluster_capacity(int size) {
   return topk_cluster_capacity_of<topk_transform_kernel<ScoreT, true>>(size);
 }
 
-// The CTAs per row, from the row count and the device only (never from
-// lengths, which are device values: a captured graph stays right and fast
-// for any live lengths). Few rows leave most SMs idle with one CTA per row,
-// so a row is split over a cluster while every row's cluster still fits on
-// the device at once; otherwise one CTA per row.
+// Rows at most this wide always get one CTA: a cluster's extra barriers and
+// histogram merges cost more than the split saves. Measured on an H100
+// (docs/gpu-report.md of 25a9438, the bench's sweep): 1 x 8K took 14.3 us
+// with one CTA and 21.6 with 16, 64 x 8K 14.8 with one and 22.9 with 2,
+// while at 32K the split wins (1 x 32K: 28.0 with one, 22.3 with 16).
+constexpr int64_t kTopkClusterMinWidth = 16 * 1024 + 1;
+
+// The CTAs per row, from the row count, the score width and the device only
+// (never from lengths, which are device values: a captured graph stays right
+// and fast for any live lengths). Few rows leave most SMs idle with one CTA
+// per row, so a row wider than kTopkClusterMinWidth - 1 is split over a
+// cluster while every row's cluster still fits on the device at once;
+// otherwise one CTA per row.
 template <class ScoreT>
-inline int topk_choose_cluster(int64_t rows) {
+inline int topk_choose_cluster(int64_t rows, int64_t width) {
+  if (width < kTopkClusterMinWidth) return 1;
   const int wanted = rows <= 8 ? 16 : rows <= 33 ? 4 : rows <= 66 ? 2 : 1;
   for (int size = wanted; size > 1; size /= 2)
     if (topk_cluster_capacity<ScoreT>(size) >= rows) return size;
@@ -872,7 +882,7 @@ inline cudaError_t topk_launch(const TopkArgs& a, int cluster, cudaStream_t stre
   constexpr auto kPerRow = topk_transform_kernel<ScoreT, false>;
   constexpr auto kSplit = topk_transform_kernel<ScoreT, true>;
   const bool forced = cluster != 0;
-  if (!forced) cluster = topk_choose_cluster<ScoreT>(a.rows);
+  if (!forced) cluster = topk_choose_cluster<ScoreT>(a.rows, a.width);
   // A chosen size this unit's own instance cannot run (another unit's
   // instance answered the choice, built for other architectures): one CTA
   // per row. A forced size is the caller's to check (cudaErrorInvalidValue).
@@ -895,7 +905,7 @@ inline cudaError_t topk_launch(const TopkArgs& a, int cluster, cudaStream_t stre
 // (src/topk.cpp): 1 <= k <= 2048, rows <= 2^31 - 1, strides and pointers as
 // documented in nsa/topk.h; scores aligned to their element. `cluster`
 // forces the CTAs per row (1, or 2, 4, 8, 16 where topk_cluster_capacity is
-// not 0; tests use it); 0 chooses from the row count.
+// not 0; tests use it); 0 chooses from the row count and the width.
 inline cudaError_t invoke_topk_transform(const TopkArgs& a, cudaStream_t stream, int cluster = 0) {
   if (a.rows <= 0) return cudaSuccess;
   if (a.score_type == ScoreType::kBfloat16) return topk_launch<uint16_t>(a, cluster, stream);
