@@ -421,31 +421,59 @@ __global__ void __launch_bounds__(kWgThreads, 2)
   NSA_MQA_PROBE_BEGIN();
   extern __shared__ __align__(16) uint8_t wg_smem[];
   WgmmaShared<N>& sm = wg_shared<WgmmaShared<N>>(wg_smem);
-  // Tile 0's table entries are read before L_b (wg_item) arrives: the start
-  // of a CTA waits for two loads in a row (L_b or the table, then K), not three.
-  const WgTilePages first_pages =
-      wg_tile_pages(a, blockIdx.x / ctas_per_request, (blockIdx.x % ctas_per_request) * columns);
+  constexpr int kStages = WgmmaShared<N>::kStages;
+  // The table entries of the chunk's first tiles, all read before any is
+  // used and before L_b (wg_item) arrives, so a CTA's start waits for two
+  // loads in a row (the table or L_b, then K), not one table round trip per
+  // tile. (The probe, H200, 4cb4bee, B = 64 x 32K: tile 0 landed 9.1 us after
+  // a CTA's start and the call took 200 us, while the same cp.async copies
+  // at the same occupancy, table entries read up front, took 81 us.) At
+  // N <= 2: tiles 0 .. kStages - 1, the last one the loop's first load, and
+  // the loop then reads each tile's entries one iteration early. At N = 3, 4
+  // the scores hold 128 registers and more live entries spill: tile 0 only,
+  // the other tiles read their entries when they are loaded.
+  constexpr bool kTableAhead = N <= 2;
+  constexpr int kEarlyTiles = kTableAhead ? kStages : 1;
+  WgTilePages pages[kEarlyTiles]{};
+  {
+    const int64_t b = blockIdx.x / ctas_per_request, c0 = (blockIdx.x % ctas_per_request) * columns;
+#pragma unroll
+    for (int p = 0; p < kEarlyTiles; ++p)
+      if (p * kWgTileTokens < columns) pages[p] = wg_tile_pages(a, b, c0 + static_cast<int64_t>(p) * kWgTileTokens);
+  }
   const WgItem it = wg_item<N>(a, blockIdx.x, ctas_per_request, columns);
   const int64_t b = it.b, c0 = it.c0;
   const int tiles = it.tiles;
 
-  constexpr int kStages = WgmmaShared<N>::kStages;
   if (tiles > 0) {
     // Prologue: q and the weights with tile 0 in the first group, then tiles 1 .. kStages - 2.
     wg_load_q(sm.q, a, b);
     wg_load_weights(sm.w, a, b);
 #pragma unroll
     for (int p = 0; p < kStages - 1; ++p) {
-      if (p == 0) wg_load_tile(sm, 0, a, c0, it.load_end, first_pages);
-      else if (p < tiles) wg_load_tile(sm, p, a, b, c0 + static_cast<int64_t>(p) * kWgTileTokens, it.load_end);
+      const int64_t t0 = c0 + static_cast<int64_t>(p) * kWgTileTokens;
+      // (The index stays in bounds in the unrolled copies where p >= kEarlyTiles.)
+      if (p < kEarlyTiles && p < tiles) wg_load_tile(sm, p, a, t0, it.load_end, pages[p < kEarlyTiles ? p : 0]);
+      else if (p < tiles) wg_load_tile(sm, p, a, b, t0, it.load_end);
       mqa_cp_async_commit();
     }
 
+    // kTableAhead: the table entries of the next tile to load are read one
+    // iteration early, before the wait and the scores, so a tile's copies
+    // never wait for their table round trip inside the loop.
+    WgTilePages next = pages[kEarlyTiles - 1];
     for (int i = 0; i < tiles; ++i) {
       const int64_t t0 = c0 + static_cast<int64_t>(i) * kWgTileTokens;
       const int ahead = i + kStages - 1;
-      if (ahead < tiles)
-        wg_load_tile(sm, ahead % kStages, a, b, c0 + static_cast<int64_t>(ahead) * kWgTileTokens, it.load_end);
+      if (ahead < tiles) {
+        const int64_t ahead_t0 = c0 + static_cast<int64_t>(ahead) * kWgTileTokens;
+        if constexpr (kTableAhead) {
+          wg_load_tile(sm, ahead % kStages, a, ahead_t0, it.load_end, next);
+          if (ahead + 1 < tiles) next = wg_tile_pages(a, b, ahead_t0 + kWgTileTokens);
+        } else {
+          wg_load_tile(sm, ahead % kStages, a, b, ahead_t0, it.load_end);
+        }
+      }
       mqa_cp_async_commit();
       mqa_cp_async_wait<kStages - 1>();  // tile i (and q, the weights) have landed (this thread's copies)
       wg_fence_proxy_async();            // ... visible to wgmma's operand reads
