@@ -428,12 +428,13 @@ __global__ void __launch_bounds__(kWgThreads, 2)
   // tile. (The probe, H200, 4cb4bee, B = 64 x 32K: tile 0 landed 9.1 us after
   // a CTA's start and the call took 200 us, while the same cp.async copies
   // at the same occupancy, table entries read up front, took 81 us.) At
-  // N <= 2: tiles 0 .. kStages - 1, the last one the loop's first load, and
-  // the loop then reads each tile's entries one iteration early. At N = 3, 4
-  // the scores hold 128 registers and more live entries spill: tile 0 only,
-  // the other tiles read their entries when they are loaded.
+  // N <= 2: tiles 0 .. kStages - 1 (the last is the loop's first load), and
+  // the loop then reads each later tile's entries one iteration early. At
+  // N = 3, 4 the scores hold 128 registers: the prologue's tiles only (two
+  // at N = 3), as many as ptxas (CUDA 13) keeps without spilling, and later
+  // tiles read their entries when they are loaded.
   constexpr bool kTableAhead = N <= 2;
-  constexpr int kEarlyTiles = kTableAhead ? kStages : 1;
+  constexpr int kEarlyTiles = kTableAhead ? kStages : N == 3 ? 2 : kStages - 1;
   WgTilePages pages[kEarlyTiles]{};
   {
     const int64_t b = blockIdx.x / ctas_per_request, c0 = (blockIdx.x % ctas_per_request) * columns;
@@ -458,9 +459,9 @@ __global__ void __launch_bounds__(kWgThreads, 2)
       mqa_cp_async_commit();
     }
 
-    // kTableAhead: the table entries of the next tile to load are read one
-    // iteration early, before the wait and the scores, so a tile's copies
-    // never wait for their table round trip inside the loop.
+    // kTableAhead: the entries of the next tile to load, read an iteration
+    // early (before the wait and the scores), so a tile's copies never wait
+    // for their table round trip inside the loop.
     WgTilePages next = pages[kEarlyTiles - 1];
     for (int i = 0; i < tiles; ++i) {
       const int64_t t0 = c0 + static_cast<int64_t>(i) * kWgTileTokens;
