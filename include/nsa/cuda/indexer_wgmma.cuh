@@ -586,7 +586,7 @@ inline cudaError_t wg_resident_ctas(size_t shared_bytes, int64_t& ctas) {
 // still makes at least half a wave of CTAs (batch x ceil(width / 1024) >=
 // resident / 2), else 512. A longer chunk pays a CTA's start (q, weights and
 // the first tile's latency) once for more tiles; a shorter one makes more
-// CTAs for small grids. Measured on an H100 (docs/gpu-report.md of 25a9438,
+// CTAs for small grids. Measured on an H100 (docs/gpu-report-h100-25a9438.md,
 // the bench's chunk sweep): 1024 beat 512 by 1-4% on every swept shape
 // (8 x 32K: 24.3 against 25.0 us; 64 x 32K: 178.8 against 187.8), 2048 lost
 // up to 1.5x where it left SMs idle (8 x 32K: 37.4) and gained at most 1.3%

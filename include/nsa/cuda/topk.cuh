@@ -857,7 +857,7 @@ inline int topk_cluster_capacity(int size) {
 
 // Rows at most this wide always get one CTA: a cluster's extra barriers and
 // histogram merges cost more than the split saves. Measured on an H100
-// (docs/gpu-report.md of 25a9438, the bench's sweep): 1 x 8K took 14.3 us
+// (docs/gpu-report-h100-25a9438.md, the bench's sweep): 1 x 8K took 14.3 us
 // with one CTA and 21.6 with 16, 64 x 8K 14.8 with one and 22.9 with 2,
 // while at 32K the split wins (1 x 32K: 28.0 with one, 22.3 with 16).
 constexpr int64_t kTopkClusterMinWidth = 16 * 1024 + 1;
