@@ -15,10 +15,8 @@
 // MTP causal rule); every other column in [0, width) is written -inf, and so
 // is a visible token whose page cannot be read (its table column is past
 // table_cols, or the entry is negative or >= num_pages). Columns past width
-// are never written. The cache is read only for tokens < min(L_b, width); the
-// table only for columns < table_cols, and an entry past
-// ceil(min(L_b, width) / page_size) is never used (the wgmma kernel reads
-// the first entries of its chunk while L_b is still in flight).
+// are never written. The cache is read only for tokens < min(L_b, width), the
+// table only for columns < min(table_cols, ceil(min(L_b, width) / page_size)).
 //
 // Head-sum order (HEADSUM). The 64 heads form 4 groups of 16 (h / 16). In
 // group G, lane g (0..7) adds its two heads, p_g = w*relu(s) of head 16G+g

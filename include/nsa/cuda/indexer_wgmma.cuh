@@ -188,70 +188,41 @@ __device__ __forceinline__ void wg_mma_m64n64k32(float (&d)[32], uint64_t da, ui
 }
 #endif
 
-constexpr int kWgChunksPerThread = kWgTileTokens * 8 / kWgThreads;  // 16-byte K chunks a thread copies per tile
-
-// Token t's page-table column (t >= 0, page_size >= 4): a 32-bit division
-// whenever both fit, as in every real shape (the 64-bit one is a call).
-__device__ __forceinline__ int64_t wg_page_column(int64_t t, int64_t page_size) {
-  if (((static_cast<uint64_t>(t) | static_cast<uint64_t>(page_size)) >> 32) == 0)
-    return static_cast<uint32_t>(t) / static_cast<uint32_t>(page_size);
-  return t / page_size;
-}
-
-// The table entries of the tokens whose K a thread copies in the tile of
-// tokens [t0, t0 + 128) of request b: token (i * kWgThreads + threadIdx.x) / 8
-// for i < kWgChunksPerThread, -1 (never a readable page) where the table has
-// no column for it. The entries are read up to table_cols, also past L_b
-// (the table is read there, the cache never), so the kernel reads tile 0's
-// while L_b is still in flight; all of them are issued before any is used,
-// so a thread waits for one load instead of one after another.
-struct WgTilePages {
-  int64_t page[kWgChunksPerThread];
-};
-
-__device__ __forceinline__ WgTilePages wg_tile_pages(const PagedMqaLogitsArgs& a, int64_t b, int64_t t0) {
-  WgTilePages p;
-  const int64_t table_row = b * a.table_ld;
-#pragma unroll
-  for (int i = 0; i < kWgChunksPerThread; ++i) {
-    const int64_t t = t0 + ((i * kWgThreads + static_cast<int>(threadIdx.x)) >> 3);
-    const int64_t col = wg_page_column(t, a.page_size);
-    p.page[i] = col < a.table_cols ? mqa_index(a.page_table, table_row + col) : -1;
-  }
-  return p;
-}
-
-// Issues the cp.async copies of the tile of tokens [t0, t0 + 128) into stage
-// s, swizzled (the default kernel's mqa_load_tile with wgmma's layout), from
-// the pages wg_tile_pages read for it. Tokens >= load_end or on unreadable
-// pages are not loaded (their `ok` is 0; their stale shared bytes only reach
-// their own -inf columns). Shared: any layout with the members k, scale and
-// ok of WgmmaShared.
-template <class Shared>
-__device__ __forceinline__ void wg_load_tile(Shared& sm, int s, const PagedMqaLogitsArgs& a, int64_t t0,
-                                             int64_t load_end, const WgTilePages& pages) {
-  const int64_t page_bytes = a.page_size * (kIndexerHeadDim + 4);
-#pragma unroll
-  for (int i = 0; i < kWgChunksPerThread; ++i) {
-    const int idx = i * kWgThreads + static_cast<int>(threadIdx.x);
-    const int tok = idx >> 3, chunk = idx & 7;
-    const int64_t t = t0 + tok;
-    const int64_t page = pages.page[i];
-    const bool ok = t < load_end && detail::indexer_page_ok(page, a.cache.num_pages);
-    if (chunk == 0) sm.ok[s][tok] = ok ? 1 : 0;
-    if (!ok) continue;
-    const uint8_t* base = a.cache.data + page * page_bytes;
-    const int64_t off = t - wg_page_column(t, a.page_size) * a.page_size;
-    mqa_cp_async16(&sm.k[s][wg_swizzle(tok, chunk)], base + off * kIndexerHeadDim + chunk * 16);
-    if (chunk == 1) mqa_cp_async4(&sm.scale[s][tok], base + a.page_size * kIndexerHeadDim + off * 4);
-  }
-}
-
-// The same for request b, reading the tile's table entries first.
+// Issues the cp.async copies of the tile of tokens [t0, t0 + 128) of request
+// b into stage s, swizzled (the default kernel's mqa_load_tile with wgmma's
+// layout). Tokens >= load_end or on unreadable pages are not loaded (their
+// `ok` is 0; their stale shared bytes only reach their own -inf columns).
+// Shared: any layout with the members k, scale and ok of WgmmaShared.
+// (Measured on an H100, the same machine, B = 8 x 32K, N = 1: this loop
+// took 21.2 us per call; 0a0395f, which read a thread's four table entries
+// before issuing any copy and tile 0's before L_b, took 24.9, and 2048
+// columns per CTA 36.9 against 29.3. The table entries are L1 hits after
+// the first warp, so reading them one token at a time costs little, and
+// the reordered version was slower for reasons not yet isolated.)
 template <class Shared>
 __device__ __forceinline__ void wg_load_tile(Shared& sm, int s, const PagedMqaLogitsArgs& a, int64_t b, int64_t t0,
                                              int64_t load_end) {
-  wg_load_tile(sm, s, a, t0, load_end, wg_tile_pages(a, b, t0));
+  const int64_t page_bytes = a.page_size * (kIndexerHeadDim + 4);
+  const int64_t table_row = b * a.table_ld;
+#pragma unroll
+  for (int it = 0; it < kWgTileTokens * 8 / kWgThreads; ++it) {
+    const int idx = it * kWgThreads + static_cast<int>(threadIdx.x);
+    const int tok = idx >> 3, chunk = idx & 7;
+    const int64_t t = t0 + tok;
+    const int64_t col = t / a.page_size;
+    if (t >= load_end || col >= a.table_cols) {
+      if (chunk == 0) sm.ok[s][tok] = 0;
+      continue;
+    }
+    const int64_t page = mqa_index(a.page_table, table_row + col);
+    const bool ok = detail::indexer_page_ok(page, a.cache.num_pages);
+    if (chunk == 0) sm.ok[s][tok] = ok ? 1 : 0;
+    if (!ok) continue;
+    const uint8_t* base = a.cache.data + page * page_bytes;
+    const int64_t off = t - col * a.page_size;
+    mqa_cp_async16(&sm.k[s][wg_swizzle(tok, chunk)], base + off * kIndexerHeadDim + chunk * 16);
+    if (chunk == 1) mqa_cp_async4(&sm.scale[s][tok], base + a.page_size * kIndexerHeadDim + off * 4);
+  }
 }
 
 // Head order of the wgmma B operand. The accumulator of m64n64 holds, in
@@ -421,60 +392,26 @@ __global__ void __launch_bounds__(kWgThreads, 2)
   NSA_MQA_PROBE_BEGIN();
   extern __shared__ __align__(16) uint8_t wg_smem[];
   WgmmaShared<N>& sm = wg_shared<WgmmaShared<N>>(wg_smem);
-  constexpr int kStages = WgmmaShared<N>::kStages;
-  // The table entries of the chunk's first tiles, all read before any is
-  // used and before L_b (wg_item) arrives, so a CTA's start waits for two
-  // loads in a row (the table or L_b, then K), not one table round trip per
-  // tile. (The probe, H200, 4cb4bee, B = 64 x 32K: tile 0 landed 9.1 us after
-  // a CTA's start and the call took 200 us, while the same cp.async copies
-  // at the same occupancy, table entries read up front, took 81 us.) At
-  // N <= 2: tiles 0 .. kStages - 1 (the last is the loop's first load), and
-  // the loop then reads each later tile's entries one iteration early. At
-  // N = 3, 4 the scores hold 128 registers: the prologue's tiles only (two
-  // at N = 3), as many as ptxas (CUDA 13) keeps without spilling, and later
-  // tiles read their entries when they are loaded.
-  constexpr bool kTableAhead = N <= 2;
-  constexpr int kEarlyTiles = kTableAhead ? kStages : N == 3 ? 2 : kStages - 1;
-  WgTilePages pages[kEarlyTiles]{};
-  {
-    const int64_t b = blockIdx.x / ctas_per_request, c0 = (blockIdx.x % ctas_per_request) * columns;
-#pragma unroll
-    for (int p = 0; p < kEarlyTiles; ++p)
-      if (p * kWgTileTokens < columns) pages[p] = wg_tile_pages(a, b, c0 + static_cast<int64_t>(p) * kWgTileTokens);
-  }
   const WgItem it = wg_item<N>(a, blockIdx.x, ctas_per_request, columns);
   const int64_t b = it.b, c0 = it.c0;
   const int tiles = it.tiles;
 
+  constexpr int kStages = WgmmaShared<N>::kStages;
   if (tiles > 0) {
     // Prologue: q and the weights with tile 0 in the first group, then tiles 1 .. kStages - 2.
     wg_load_q(sm.q, a, b);
     wg_load_weights(sm.w, a, b);
 #pragma unroll
     for (int p = 0; p < kStages - 1; ++p) {
-      const int64_t t0 = c0 + static_cast<int64_t>(p) * kWgTileTokens;
-      // (The index stays in bounds in the unrolled copies where p >= kEarlyTiles.)
-      if (p < kEarlyTiles && p < tiles) wg_load_tile(sm, p, a, t0, it.load_end, pages[p < kEarlyTiles ? p : 0]);
-      else if (p < tiles) wg_load_tile(sm, p, a, b, t0, it.load_end);
+      if (p < tiles) wg_load_tile(sm, p, a, b, c0 + static_cast<int64_t>(p) * kWgTileTokens, it.load_end);
       mqa_cp_async_commit();
     }
 
-    // kTableAhead: the entries of the next tile to load, read an iteration
-    // early (before the wait and the scores), so a tile's copies never wait
-    // for their table round trip inside the loop.
-    WgTilePages next = pages[kEarlyTiles - 1];
     for (int i = 0; i < tiles; ++i) {
       const int64_t t0 = c0 + static_cast<int64_t>(i) * kWgTileTokens;
       const int ahead = i + kStages - 1;
-      if (ahead < tiles) {
-        const int64_t ahead_t0 = c0 + static_cast<int64_t>(ahead) * kWgTileTokens;
-        if constexpr (kTableAhead) {
-          wg_load_tile(sm, ahead % kStages, a, ahead_t0, it.load_end, next);
-          if (ahead + 1 < tiles) next = wg_tile_pages(a, b, ahead_t0 + kWgTileTokens);
-        } else {
-          wg_load_tile(sm, ahead % kStages, a, b, ahead_t0, it.load_end);
-        }
-      }
+      if (ahead < tiles)
+        wg_load_tile(sm, ahead % kStages, a, b, c0 + static_cast<int64_t>(ahead) * kWgTileTokens, it.load_end);
       mqa_cp_async_commit();
       mqa_cp_async_wait<kStages - 1>();  // tile i (and q, the weights) have landed (this thread's copies)
       wg_fence_proxy_async();            // ... visible to wgmma's operand reads
