@@ -14,8 +14,7 @@
 //     tiles (128 tokens x 128 B) go to shared memory with cp.async, stored in
 //     the 128-byte-swizzle layout of wgmma (row r's 16-byte chunk c at
 //     r * 128 + ((c ^ (r % 8)) * 16), tiles 1024-byte aligned), a ring of
-//     kWgStagesOf<N> stages (6, 5, 4, 4 for N = 1..4: what two CTAs per SM
-//     hold), that many tiles minus one ahead of the one computed (a
+//     kWgStagesOf<N> = 4 stages, three tiles ahead of the one computed (a
 //     512-column chunk is then in flight at once; a longer one refills each
 //     stage after the wgmma that read it has completed, as the persistent
 //     schedule does); tokens past the last row's length and
@@ -95,16 +94,15 @@ static_assert(kWgStages * kWgTileTokens == detail::kIndexerCtaColumns, "chunk mu
 
 constexpr int kWgQRowBytes = kIndexerHeads * kWgRowBytes;  // one query row: 64 heads x 128 B, swizzled
 
-// Stages of the wgmma kernel's ring for N rows: as many 16 KB tiles as two
-// CTAs per SM can hold next to their q (8 KB per row) in about 227 KB. The
-// bandwidth follows the bytes in flight (a tile takes 7-9 us to arrive under
-// load on H100 and H200, docs/performance.md), so a deeper ring streams a
-// chunk longer than 512 columns faster; a 512-column chunk (4 tiles) has all
-// of its tiles in flight at once with any of these.
+// Stages of the wgmma kernel's ring for N rows: 4 x 128 tiles, a whole
+// 512-column chunk in flight at once. Deeper rings fit two CTAs per SM at
+// N <= 2 (6 and 5 stages, 381b11d), but measured no faster: on an H100 at
+// B = 8 x 32K, N = 1, 26.7 us with 6 stages and 27.2 with 4 (the 0a0395f
+// tile load), 21.0 with 4 and this tile load (docs/performance.md; bench
+// binaries run outside the GPU check, to be confirmed by the next one). A
+// per-N template so a later schedule can size it again.
 template <int N>
-constexpr int kWgStagesOf = N == 1   ? 6
-                            : N == 2 ? 5
-                                     : 4;
+constexpr int kWgStagesOf = 4;
 
 template <int N>
 struct WgmmaShared {
