@@ -102,7 +102,7 @@ constexpr int kWgQRowBytes = kIndexerHeads * kWgRowBytes;  // one query row: 64 
 // binaries run outside the GPU check, to be confirmed by the next one). A
 // per-N template so a later schedule can size it again.
 template <int N>
-constexpr int kWgStagesOf = 4;
+constexpr int kWgStagesOf = kWgStages;
 
 template <int N>
 struct WgmmaShared {
@@ -480,7 +480,8 @@ inline cudaError_t mqa_wgmma_available() {
 }
 
 // SMs x resident CTAs per SM of Kernel with `shared_bytes` of dynamic shared
-// memory on the current device: the persistent grid's size cap. Asked once
+// memory on the current device: the persistent grid's size cap, and the
+// wave wg_default_chunk_columns measures a grid against. Asked once
 // per kernel instance (the template argument: each instance has its own
 // registers and shared memory, so a cache keyed by anything less would hand
 // one instance another's answer) and device 0..63; others ask every call.
@@ -523,7 +524,8 @@ inline cudaError_t wg_resident_ctas(size_t shared_bytes, int64_t& ctas) {
 // the first tile's latency) once for more tiles; a shorter one makes more
 // CTAs for small grids. Measured on an H100 (docs/gpu-report-h100-25a9438.md,
 // the bench's chunk sweep): 1024 beat 512 by 1-4% on every swept shape
-// (8 x 32K: 24.3 against 25.0 us; 64 x 32K: 178.8 against 187.8), 2048 lost
+// (8 x 32K: 24.3 against 25.0 us; 64 x 32K: 178.8 against 187.8; with the
+// tile load of 430e05a, in a direct bench run: 20.3 against 20.9), 2048 lost
 // up to 1.5x where it left SMs idle (8 x 32K: 37.4) and gained at most 1.3%
 // elsewhere. Shape-based only: the same chunk for every replay of a graph.
 inline int64_t wg_default_chunk_columns(const PagedMqaLogitsArgs& a, int64_t resident) {
