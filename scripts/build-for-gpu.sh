@@ -7,6 +7,12 @@
 #   scripts/build-for-gpu.sh [extra cmake -D options, for both builds]
 #   e.g. -DCMAKE_CUDA_ARCHITECTURES=90a-real to build only what an H100/H200 runs
 #   NSA_GPU_WHEEL=1 scripts/build-for-gpu.sh ...   also stages the wheel (see below)
+#   NSA_COMPARE_AT="c017cf4 0a0395f" NSA_COMPARE_BENCHES=paged_mqa_logits_bench scripts/build-for-gpu.sh ...
+#       also builds those benches at those commits (a temporary worktree each,
+#       the same flags) into .gpu-bin/compare/<commit>/, which the GPU check
+#       runs next to this build's (--quick, one machine, one command): a kernel
+#       change is timed against its predecessor, not against an older report
+#       from another card
 # then, on the GPU machine:  scripts/gpu-check.sh --build-dir .gpu-bin
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -39,6 +45,21 @@ if [ "${NSA_GPU_WHEEL:-0}" = 1 ] && [ -x "$gpu_python" ]; then
   [ -n "$wheel" ] || { echo "build-for-gpu: scripts/build-wheel.sh made no $tag wheel in dist/" >&2; exit 1; }
   mkdir -p "$stage/wheel" && cp "$wheel" "$stage/wheel/"
 fi
+for at in ${NSA_COMPARE_AT:-}; do
+  [ -n "${NSA_COMPARE_BENCHES:-}" ] || { echo "build-for-gpu: NSA_COMPARE_AT needs NSA_COMPARE_BENCHES" >&2; exit 2; }
+  tree=$(mktemp -d)
+  git -C "$root" worktree add --detach "$tree" "$at" >/dev/null
+  (cmake -S "$tree" -B "$tree/build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DNSA_CUDA=ON "$@" >/dev/null &&
+    cmake --build "$tree/build" -j "$(nproc)" --target $NSA_COMPARE_BENCHES) || {
+    git -C "$root" worktree remove --force "$tree"
+    echo "build-for-gpu: building $NSA_COMPARE_BENCHES at $at failed" >&2
+    exit 1
+  }
+  short=$(git -C "$root" rev-parse --short "$at")
+  mkdir -p "$stage/compare/$short"
+  for b in $NSA_COMPARE_BENCHES; do cp "$tree/build/bench/$b" "$stage/compare/$short/"; done
+  git -C "$root" worktree remove --force "$tree"
+done
 commit=$(git -C "$root" rev-parse HEAD)
 git -C "$root" diff --quiet HEAD || commit="$commit+uncommitted"
 echo "$commit" >"$stage/COMMIT"

@@ -167,6 +167,16 @@ for b in "$build"/bench/*_bench; do
   [ -z "${NSA_BENCHES:-}" ] || [[ "$n" =~ $NSA_BENCHES ]] || continue
   run_step "bench_$n" 600 "$b" --json "$results/$n.json"  # metadata_bench's SGLang-shaped table allocates GBs per case
 done
+# Benches of earlier commits (scripts/build-for-gpu.sh, NSA_COMPARE_AT), each
+# in --quick mode right after this build's, on this machine.
+for b in "$build"/compare/*/*_bench; do
+  rest benches && [ -x "$b" ] || continue
+  n=$(basename "$b") at=$(basename "$(dirname "$b")")
+  [ -z "${NSA_BENCHES:-}" ] || [[ "$n" =~ $NSA_BENCHES ]] || continue
+  [ -x "$build/bench/$n" ] && run_step "bench_compare_this_$n" 300 "$build/bench/$n" --quick \
+    --json "$results/compare_this_$n.json"
+  run_step "bench_compare_${at}_$n" 300 "$b" --quick --json "$results/compare_${at}_$n.json"
+done
 
 # The Python package staged by scripts/build-for-gpu.sh (or any <build>/python from scripts/build-python.sh).
 if rest python && ls "$build"/python/nsa/_nsa*.so >/dev/null 2>&1 && command -v python3 >/dev/null; then
