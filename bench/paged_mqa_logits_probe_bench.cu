@@ -26,9 +26,15 @@
 // span and the SMs that ran a CTA). The run fails if no CTA recorded its end
 // (the marks would then describe nothing).
 //
-//   paged_mqa_logits_probe_bench [--json FILE] [--quick]
+// Built four times: the library's kernel, and variants that leave a part of
+// it out (NSA_MQA_PROBE_DROP, see nsa/cuda/indexer_wgmma.cuh): _noscore,
+// _noq and _loads (nothing but the tile loads and their waits), so one run
+// shows what each part adds to a CTA's life next to the floors.
+//
+//   paged_mqa_logits_probe[_noscore|_noq|_loads]_bench [--json FILE] [--quick]
 #include <cuda_runtime.h>
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -154,13 +160,15 @@ json probe_case(const Case& c, std::mt19937_64& rng, int sm_count) {
   a.kernel = nsa::MqaLogitsKernel::kWgmma;
   a.wgmma_chunk_columns = c.columns;
 
-  // The library's bits first, then this copy's (marks off).
+  // The library's bits first, then this copy's (marks off); a variant that
+  // drops part of the kernel (NSA_MQA_PROBE_DROP) cannot match them.
   nsa::paged_mqa_logits(nsa::Exec::cuda(), a);
   const auto want = logits.to_host();
   logits.fill(0xff);
   cuda_check(launch(a, c.columns, nullptr), "probe launch");
   cuda_check(cudaDeviceSynchronize(), "probe kernel");
-  if (logits.to_host() != want) throw std::runtime_error(name + ": the probe's logits differ from the library's");
+  if (NSA_MQA_PROBE_DROP == 0 && logits.to_host() != want)
+    throw std::runtime_error(name + ": the probe's logits differ from the library's");
 
   const int64_t ctas = c.batch * ((c.ctx + c.columns - 1) / c.columns);
   Buffer marks(nsa::Backend::kCuda, static_cast<size_t>(ctas * kSlots * 8));
@@ -301,6 +309,17 @@ int main(int argc, char** argv) {
               "build. Skipped.\n");
           return;
         }
+        std::string kernel = "the library's";
+        if (NSA_MQA_PROBE_DROP != 0) {
+          std::vector<std::string> dropped;
+          if (NSA_MQA_PROBE_DROP & 1) dropped.push_back("the scores");
+          if (NSA_MQA_PROBE_DROP & 2) dropped.push_back("the q and weight loads");
+          if (NSA_MQA_PROBE_DROP & 4) dropped.push_back("the -inf tail");
+          kernel = fmt::format("without {} (NSA_MQA_PROBE_DROP = {}; logits not checked)", fmt::join(dropped, ", "),
+                               NSA_MQA_PROBE_DROP);
+        }
+        fmt::print("kernel: {}\n", kernel);
+        report["probe_drop"] = NSA_MQA_PROBE_DROP;
         fmt::print(
             "wgmma paged_mqa_logits, per CTA (means over CTAs with a visible token; us at the SM clock the CTAs "
             "ran at, MHz), one cold-L2 call\n");

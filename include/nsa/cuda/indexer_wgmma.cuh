@@ -80,6 +80,14 @@
 #define NSA_MQA_PROBE_BEGIN() ((void)0)
 #define NSA_MQA_PROBE_MARK(slot) ((void)0)
 #endif
+// NSA_MQA_PROBE_DROP (probe builds only; 0, the library's, keeps everything):
+// parts of paged_mqa_logits_wgmma_kernel the probe leaves out to find where
+// a CTA's time goes, as a bit mask: 1 the scores (tiles are still loaded and
+// waited for), 2 the q and weight loads, 4 the -inf tail stores. Any bit
+// makes the logits wrong; the probe then skips its bit-for-bit check.
+#ifndef NSA_MQA_PROBE_DROP
+#define NSA_MQA_PROBE_DROP 0
+#endif
 
 namespace nsa {
 namespace kernels {
@@ -397,8 +405,10 @@ __global__ void __launch_bounds__(kWgThreads, 2)
   constexpr int kStages = WgmmaShared<N>::kStages;
   if (tiles > 0) {
     // Prologue: q and the weights with tile 0 in the first group, then tiles 1 .. kStages - 2.
-    wg_load_q(sm.q, a, b);
-    wg_load_weights(sm.w, a, b);
+    if constexpr ((NSA_MQA_PROBE_DROP & 2) == 0) {
+      wg_load_q(sm.q, a, b);
+      wg_load_weights(sm.w, a, b);
+    }
 #pragma unroll
     for (int p = 0; p < kStages - 1; ++p) {
       if (p < tiles) wg_load_tile(sm, p, a, b, c0 + static_cast<int64_t>(p) * kWgTileTokens, it.load_end);
@@ -415,14 +425,14 @@ __global__ void __launch_bounds__(kWgThreads, 2)
       wg_fence_proxy_async();            // ... visible to wgmma's operand reads
       __syncthreads();                   // ... everyone's
       NSA_MQA_PROBE_MARK(2 + 2 * i);
-      wg_scores<N>(sm, sm.q, sm.w, a, it, t0, i % kStages);
+      if constexpr ((NSA_MQA_PROBE_DROP & 1) == 0) wg_scores<N>(sm, sm.q, sm.w, a, it, t0, i % kStages);
       __syncthreads();  // this stage is reloaded next iteration
       NSA_MQA_PROBE_MARK(3 + 2 * i);
     }
   }
 
   // Columns no row of this request can see.
-  wg_store_tail<N>(a, it);
+  if constexpr ((NSA_MQA_PROBE_DROP & 4) == 0) wg_store_tail<N>(a, it);
   NSA_MQA_PROBE_MARK(1);
 #elif defined(__CUDA_ARCH__)
   // Not an sm_90a image: the host never launches it (mqa_wgmma_available).
