@@ -54,7 +54,6 @@ using json = nlohmann::json;
 
 namespace {
 
-constexpr size_t kRotationBytes = size_t{256} << 20;
 using nsa::bench::cuda_check;
 using nsa::bench::device_args;
 using nsa::bench::kD;
@@ -119,19 +118,11 @@ bool auto_is_wgmma(std::mt19937_64& rng) {
 json bench_case(std::mt19937_64& rng, int64_t batch, int64_t ctx, int64_t n, double copy_gbps, bool wgmma) {
   // wgmma: ours is the wgmma kernel, and the mma.sync kernel and the
   // persistent wgmma schedule are timed beside it.
-  const int64_t cols = ctx / kP, pages_per_call = batch * cols;
+  const nsa::bench::RotatingPages rot = nsa::bench::make_rotating_pages(rng, batch, ctx);
+  const int64_t cols = rot.cols, pages_per_call = rot.per_call, copies = rot.copies;
   const int64_t call_bytes = pages_per_call * kPageBytes;
-  const int64_t copies =
-      std::max<int64_t>(2, static_cast<int64_t>((kRotationBytes + static_cast<size_t>(call_bytes) - 1) / call_bytes));
-  Buffer pool = make_pool(rng, copies * pages_per_call);
-  // One page table per copy: copy c uses pages [c * pages_per_call, (c + 1) * pages_per_call), shuffled.
-  std::vector<int32_t> table(static_cast<size_t>(copies * pages_per_call));
-  for (int64_t c = 0; c < copies; ++c) {
-    auto* row = table.data() + c * pages_per_call;
-    std::iota(row, row + pages_per_call, static_cast<int32_t>(c * pages_per_call));
-    std::shuffle(row, row + pages_per_call, rng);
-  }
-  auto table_d = nsa::support::to_backend(nsa::Backend::kCuda, table);
+  const Buffer& pool = rot.pool;
+  const Buffer& table_d = rot.table;
   auto lens_d = nsa::support::to_backend(nsa::Backend::kCuda,
                                          std::vector<int32_t>(static_cast<size_t>(batch), static_cast<int32_t>(ctx)));
   auto q_d = nsa::support::to_backend(nsa::Backend::kCuda,
@@ -142,7 +133,7 @@ json bench_case(std::mt19937_64& rng, int64_t batch, int64_t ctx, int64_t n, dou
   Buffer logits(nsa::Backend::kCuda, static_cast<size_t>(batch * n * width * 4));
 
   const nsa::PagedMqaLogitsArgs a =
-      device_args(q_d, w_d, batch, n, pool, copies * pages_per_call, lens_d, table_d, cols, logits, width);
+      device_args(q_d, w_d, batch, n, pool, rot.pages(), lens_d, table_d, cols, logits, width);
   const std::string name = fmt::format("B={} ctx={}K N={}", batch, ctx / 1024, n);
   if (wgmma) {
     // The persistent schedule writes kWgmma's bytes on this shape too, not
@@ -164,7 +155,7 @@ json bench_case(std::mt19937_64& rng, int64_t batch, int64_t ctx, int64_t n, dou
       nsa::PagedMqaLogitsArgs x = a;
       x.kernel = kernel;
       x.wgmma_chunk_columns = chunk_columns;
-      x.page_table = nsa::Indices(table_d.as<int32_t>() + (call++ % copies) * pages_per_call);
+      x.page_table = nsa::Indices(rot.table_of(call++));
       nsa::paged_mqa_logits(nsa::Exec::cuda(s), x);
     };
     return nsa::support::graph_time_us(run, per_graph);
@@ -174,7 +165,7 @@ json bench_case(std::mt19937_64& rng, int64_t batch, int64_t ctx, int64_t n, dou
   int64_t read_call = 0;
   const double read_us = nsa::support::graph_time_us(
       [&](nsa::cudaStream s) {
-        const int32_t* t = table_d.as<int32_t>() + (read_call++ % copies) * pages_per_call;
+        const int32_t* t = rot.table_of(read_call++);
         cuda_check(nsa::baseline::paged_read_floor(pool.as<uint8_t>(), t, cols, lens_d.as<int32_t>(), batch, width, 512,
                                                    sink.as<unsigned>(), s),
                    "paged_read_floor");
@@ -272,13 +263,8 @@ int main(int argc, char** argv) {
         fmt::print("{:<22} {:>10} {:>9} {:>9} {:>9} {:>8} {:>8} {:>9} {:>8} {:>9} {:>8} {:>9} {:>9}  {}\n", "case",
                    "ours us", "copy us", "floor us", "read us", "GB/s", "of copy", "x floor", "x read", "mma us",
                    "mma/copy", "pers us", "pers/copy", "target (B x ctx >= 8 x 32K)");
-        std::vector<int64_t> batches = {1, 8, 64, 256}, ctxs = {4096, 32768, 131072}, ns = {1, 2, 4};
-        if (quick) {
-          batches = {8};
-          ctxs = {32768};
-        }
-        for (int64_t b : batches)
-          for (int64_t ctx : ctxs)
-            for (int64_t n : ns) out["results"].push_back(bench_case(rng, b, ctx, n, lim.copy_gbps, wgmma));
+        nsa::bench::for_each_decode_shape(quick, [&](int64_t b, int64_t ctx, int64_t n) {
+          out["results"].push_back(bench_case(rng, b, ctx, n, lim.copy_gbps, wgmma));
+        });
       });
 }

@@ -214,6 +214,18 @@ def main():
               f"{r['cache_read_floor_us']:.2f} | {read_cells}{r['ours_gbps']:.0f} | {r['fraction_of_copy']:.2f} | "
               f"{r['ratio_to_floor']:.2f} | {'-' if mma is None else f'{mma:.2f}'} | {extra}{r['target']} | {verdict} |")
         w("")
+    indexer = json.loads(read(os.path.join(results, "indexer_topk_bench.json"), "{}") or "{}")
+    if indexer.get("results"):
+        w("## indexer_topk targets (from indexer_topk_bench.json)")
+        w("")
+        w("| case | ours us | logits us | top-k us (ours - logits) | fused floor us | x floor | target | verdict |")
+        w("|---|---|---|---|---|---|---|---|")
+        for r in indexer["results"]:
+            met = r.get("target_met")
+            verdict = "" if met is None else "MET" if met else "MISSED"
+            w(f"| {r['case']} | {r['ours_gpu_us']:.2f} | {r['logits_gpu_us']:.2f} | {r['topk_part_us']:.2f} | "
+              f"{r['fused_floor_us']:.2f} | {r['ratio_to_floor']:.2f} | {r['target']} | {verdict} |")
+        w("")
     for path in sorted(glob.glob(os.path.join(results, "bench_*.log"))):
         w(f"## {os.path.basename(path)[6:-4]}")
         w("")
