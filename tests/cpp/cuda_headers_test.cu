@@ -152,6 +152,34 @@ TEST(FastDivisor, MatchesIntegerDivisionOnHost) {
     ASSERT_EQ(kernels::FastDivisor::make(d).div(n), n / d) << "n=" << n << " d=" << d;
 }
 
+// The launch-shape choices made on the host from shapes alone (no device
+// needed for these): the wgmma logits kernel's default chunk and topk's
+// one-CTA rule for rows up to 16K wide.
+TEST(LaunchShapes, WgmmaDefaultChunkIsLongWhereHalfAWaveRemains) {
+  PagedMqaLogitsArgs a;
+  const int64_t resident = 264;  // 132 SMs x 2 CTAs
+  auto chunk = [&](int64_t batch, int64_t width) {
+    a.batch = batch;
+    a.width = width;
+    return kernels::wg_default_chunk_columns(a, resident);
+  };
+  EXPECT_EQ(chunk(64, 32768), 1024);  // 2048 CTAs of 1024 columns
+  EXPECT_EQ(chunk(8, 32768), 1024);   // 256 CTAs: >= half of 264
+  EXPECT_EQ(chunk(4, 32768), 512);    // 128 CTAs: < 132
+  EXPECT_EQ(chunk(1, 131072), 512);   // 128 CTAs
+  EXPECT_EQ(chunk(8, 4096), 512);     // 32 CTAs
+  EXPECT_EQ(chunk(33, 4096), 1024);   // 132 CTAs: exactly half
+  EXPECT_EQ(chunk(1, 1), 512);
+}
+
+TEST(LaunchShapes, TopkRowsUpTo16KNeverSplit) {
+  for (int64_t rows : {1, 8, 64})
+    for (int64_t width : {1, 2048, 8192, 16384}) {
+      EXPECT_EQ(kernels::topk_choose_cluster<float>(rows, width), 1) << rows << " x " << width;
+      EXPECT_EQ(kernels::topk_choose_cluster<uint16_t>(rows, width), 1) << rows << " x " << width;
+    }
+}
+
 // As build_metadata uses it: made on the host, divided on the device.
 __global__ void fast_divide_kernel(const kernels::FastDivisor* d, const uint32_t* n, int count, uint32_t* out) {
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
