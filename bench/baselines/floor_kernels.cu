@@ -25,6 +25,12 @@ __global__ void __launch_bounds__(128)
   }
 }
 
+// The end of a CTA's visible tokens, as the op: < min(L_b, width) and the CTA's chunk.
+__device__ __forceinline__ int64_t floor_end(const int32_t* lens, int64_t b, int64_t c0, int64_t columns,
+                                             int64_t width) {
+  return min(min(c0 + columns, width), static_cast<int64_t>(__ldg(lens + b)));
+}
+
 // 256 threads per CTA of `columns` tokens: per 512 tokens a thread reads its
 // 16 table entries, then issues its 16 K loads (and, on lanes with chunk 1,
 // the 16 scales) before it uses any: the bytes in flight the memory system
@@ -36,8 +42,7 @@ __global__ void __launch_bounds__(256)
   constexpr int64_t kPage = 64;
   constexpr int kLoads = 16;  // 512 tokens x 8 chunks of 16 B / 256 threads
   const int64_t b = blockIdx.x / ctas_per_request, c0 = (blockIdx.x % ctas_per_request) * columns;
-  // Visible tokens only, as the op: < min(L_b, width) (and the CTA's chunk).
-  const int64_t end = min(min(c0 + columns, width), static_cast<int64_t>(__ldg(lens + b)));
+  const int64_t end = floor_end(lens, b, c0, columns, width);
   const int chunk = static_cast<int>(threadIdx.x) & 7;
   unsigned acc = 0;
   for (int64_t t0 = c0; t0 < end; t0 += kLoads * 256 / 8) {
@@ -74,11 +79,6 @@ __global__ void __launch_bounds__(256)
 // bytes per copy, an mbarrier: the way a TMA pipeline loads).
 constexpr int kAsyncFloorShared = 96 * 1024;
 constexpr int kAsyncFloorScales = 512 * 128;  // offset of the scales in the shared buffer
-
-__device__ __forceinline__ int64_t floor_end(const int32_t* lens, int64_t b, int64_t c0, int64_t columns,
-                                             int64_t width) {
-  return min(min(c0 + columns, width), static_cast<int64_t>(__ldg(lens + b)));
-}
 
 __global__ void __launch_bounds__(256)
     paged_cp_async_floor_kernel(const uint8_t* __restrict__ cache, const int32_t* __restrict__ table, int64_t table_ld,
@@ -232,6 +232,13 @@ int capped_grid(int64_t blocks, int num_sms, int per_sm) {
   return static_cast<int>(blocks < 1 ? 1 : (blocks < cap ? blocks : cap));
 }
 
+// CTAs per request of the paged floors: 0 with nothing to launch, -1 for
+// columns that are not a positive multiple of 512.
+int64_t paged_floor_ctas_per_request(int64_t batch, int64_t width, int64_t columns) {
+  if (columns <= 0 || columns % 512 != 0) return -1;
+  return batch == 0 || width == 0 ? 0 : (width + columns - 1) / columns;
+}
+
 }  // namespace
 
 cudaError_t page_table_floor(const int32_t* req_to_token, int64_t req_to_token_ld, const int32_t* rpi, int64_t bs,
@@ -274,9 +281,8 @@ cudaError_t page_gather_floor(const uint8_t* cache, const int32_t* page_ids, int
 
 cudaError_t paged_read_floor(const uint8_t* cache, const int32_t* table, int64_t table_ld, const int32_t* lens,
                              int64_t batch, int64_t width, int64_t columns, unsigned* sink, nsa::cudaStream stream) {
-  if (batch == 0 || width == 0) return cudaSuccess;
-  if (columns <= 0 || columns % 512 != 0) return cudaErrorInvalidValue;
-  const int64_t ctas_per_request = (width + columns - 1) / columns;
+  const int64_t ctas_per_request = paged_floor_ctas_per_request(batch, width, columns);
+  if (ctas_per_request <= 0) return ctas_per_request == 0 ? cudaSuccess : cudaErrorInvalidValue;
   paged_read_floor_kernel<<<static_cast<unsigned>(batch * ctas_per_request), 256, 0,
                             static_cast<cudaStream_t>(stream)>>>(cache, table, table_ld, lens, width, ctas_per_request,
                                                                  columns, sink);
@@ -286,8 +292,8 @@ cudaError_t paged_read_floor(const uint8_t* cache, const int32_t* table, int64_t
 cudaError_t paged_async_floor(PagedAsyncFloor kind, const uint8_t* cache, const int32_t* table, int64_t table_ld,
                               const int32_t* lens, int64_t batch, int64_t width, int64_t columns,
                               nsa::cudaStream stream) {
-  if (batch == 0 || width == 0) return cudaSuccess;
-  if (columns <= 0 || columns % 512 != 0) return cudaErrorInvalidValue;
+  const int64_t ctas_per_request = paged_floor_ctas_per_request(batch, width, columns);
+  if (ctas_per_request <= 0) return ctas_per_request == 0 ? cudaSuccess : cudaErrorInvalidValue;
   int device = 0, major = 0;
   cudaError_t e = cudaGetDevice(&device);
   if (e == cudaSuccess) e = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
@@ -296,7 +302,6 @@ cudaError_t paged_async_floor(PagedAsyncFloor kind, const uint8_t* cache, const 
   const auto kernel = kind == PagedAsyncFloor::kBulk ? paged_bulk_floor_kernel : paged_cp_async_floor_kernel;
   e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kAsyncFloorShared);
   if (e != cudaSuccess) return e;
-  const int64_t ctas_per_request = (width + columns - 1) / columns;
   kernel<<<static_cast<unsigned>(batch * ctas_per_request), 256, kAsyncFloorShared,
            static_cast<cudaStream_t>(stream)>>>(cache, table, table_ld, lens, width, ctas_per_request, columns);
   return cudaGetLastError();

@@ -172,12 +172,23 @@ TEST(LaunchShapes, WgmmaDefaultChunkIsLongWhereHalfAWaveRemains) {
   EXPECT_EQ(chunk(1, 1), 512);
 }
 
+// (Without a device that runs clusters every row gets one CTA whatever its
+// width, so this can only fail on one: the GPU check's sm_90 run.)
 TEST(LaunchShapes, TopkRowsUpTo16KNeverSplit) {
   for (int64_t rows : {1, 8, 64})
     for (int64_t width : {1, 2048, 8192, 16384}) {
       EXPECT_EQ(kernels::topk_choose_cluster<float>(rows, width), 1) << rows << " x " << width;
       EXPECT_EQ(kernels::topk_choose_cluster<uint16_t>(rows, width), 1) << rows << " x " << width;
     }
+}
+
+// The other side of the boundary: where clusters run, one wider row is split.
+TEST(LaunchShapes, TopkWiderFewRowsSplitWhereClustersRun_cuda) {
+  if (!support::cuda_device_available()) GTEST_SKIP() << "no CUDA device: GPU test not run";
+  if (kernels::topk_cluster_capacity<float>(2) == 0)
+    GTEST_SKIP() << "this device or build runs no thread-block clusters (sm_90 and later): not run";
+  EXPECT_GT(kernels::topk_choose_cluster<float>(1, 16385), 1);
+  EXPECT_GT(kernels::topk_choose_cluster<float>(1, 32768), 1);
 }
 
 // As build_metadata uses it: made on the host, divided on the device.

@@ -73,13 +73,10 @@ __device__ __forceinline__ void mqa_cp_async4(void* smem, const void* gmem) {
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(s), "l"(gmem) : "memory");
 }
 __device__ __forceinline__ void mqa_cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-// Waits until at most Pending committed groups are still in flight.
-template <int Pending>
-__device__ __forceinline__ void mqa_cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(Pending) : "memory");
-}
 // Waits until at most kMqaStages - 1 committed groups are still in flight.
-__device__ __forceinline__ void mqa_cp_async_wait_stage() { mqa_cp_async_wait<kMqaStages - 1>(); }
+__device__ __forceinline__ void mqa_cp_async_wait_stage() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kMqaStages - 1) : "memory");
+}
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 890
 // Two fp8 e4m3 (low 16 bits of w when hi == false) as an f16x2 register, exact.

@@ -14,7 +14,7 @@
 //     tiles (128 tokens x 128 B) go to shared memory with cp.async, stored in
 //     the 128-byte-swizzle layout of wgmma (row r's 16-byte chunk c at
 //     r * 128 + ((c ^ (r % 8)) * 16), tiles 1024-byte aligned), a ring of
-//     kWgStagesOf<N> = 4 stages, three tiles ahead of the one computed (a
+//     kWgStages = 4 stages, three tiles ahead of the one computed (a
 //     512-column chunk is then in flight at once; a longer one refills each
 //     stage after the wgmma that read it has completed, as the persistent
 //     schedule does); tokens past the last row's length and
@@ -102,31 +102,26 @@ namespace kernels {
 constexpr int kWgThreads = 256;     // 2 warpgroups, each 64 tokens of a tile
 constexpr int kWgTileTokens = 128;  // tokens per pipeline stage
 constexpr int kWgTokensPerGroup = 64;
-constexpr int kWgRowBytes = 128;       // one swizzle atom row: no padding
-constexpr int kWgStages = kMqaStages;  // the ring (mqa_cp_async_wait_stage); 4 x 128 = a 512-column chunk
-constexpr int kWgAlign = 1024;         // SWIZZLE_128B atom: 8 rows x 128 B
+constexpr int kWgRowBytes = 128;  // one swizzle atom row: no padding
+// The ring (mqa_cp_async_wait_stage): 4 x 128 tiles, a whole 512-column
+// chunk in flight at once. Deeper rings fit two CTAs per SM at N <= 2 (6 and
+// 5 stages, 381b11d) but measured no faster: on an H100 at B = 8 x 32K,
+// N = 1, 26.7 us with 6 stages and 27.2 with 4 (the 0a0395f tile load), 21.0
+// with 4 and this tile load (docs/performance.md; bench binaries run outside
+// the GPU check, to be confirmed by the next one).
+constexpr int kWgStages = kMqaStages;
+constexpr int kWgAlign = 1024;  // SWIZZLE_128B atom: 8 rows x 128 B
 static_assert(kWgStages * kWgTileTokens == detail::kIndexerCtaColumns, "chunk must be the stages' tiles");
 
 constexpr int kWgQRowBytes = kIndexerHeads * kWgRowBytes;  // one query row: 64 heads x 128 B, swizzled
 
-// Stages of the wgmma kernel's ring for N rows: 4 x 128 tiles, a whole
-// 512-column chunk in flight at once. Deeper rings fit two CTAs per SM at
-// N <= 2 (6 and 5 stages, 381b11d), but measured no faster: on an H100 at
-// B = 8 x 32K, N = 1, 26.7 us with 6 stages and 27.2 with 4 (the 0a0395f
-// tile load), 21.0 with 4 and this tile load (docs/performance.md; bench
-// binaries run outside the GPU check, to be confirmed by the next one). A
-// per-N template so a later schedule can size it again.
-template <int N>
-constexpr int kWgStagesOf = kWgStages;
-
 template <int N>
 struct WgmmaShared {
-  static constexpr int kStages = kWgStagesOf<N>;
-  uint8_t k[kStages][kWgTileTokens * kWgRowBytes];  // swizzled, 1024-aligned
-  uint8_t q[N][kWgQRowBytes];                       // swizzled, 1024-aligned
-  float scale[kStages][kWgTileTokens];
-  uint8_t ok[kStages][kWgTileTokens];  // the token's page is readable (and the token < L_b, width)
-  float w[N][kIndexerHeads];           // the rows' weights, in wg_weight_slot order
+  uint8_t k[kWgStages][kWgTileTokens * kWgRowBytes];  // swizzled, 1024-aligned
+  uint8_t q[N][kWgQRowBytes];                         // swizzled, 1024-aligned
+  float scale[kWgStages][kWgTileTokens];
+  uint8_t ok[kWgStages][kWgTileTokens];  // the token's page is readable (and the token < L_b, width)
+  float w[N][kIndexerHeads];             // the rows' weights, in wg_weight_slot order
 };
 static_assert(kWgTileTokens * kWgRowBytes % kWgAlign == 0, "K tiles stay 1024-aligned");
 static_assert(kWgQRowBytes % kWgAlign == 0, "q tiles stay 1024-aligned");
@@ -414,30 +409,29 @@ __global__ void __launch_bounds__(kWgThreads, 2)
   const int64_t b = it.b, c0 = it.c0;
   const int tiles = it.tiles;
 
-  constexpr int kStages = WgmmaShared<N>::kStages;
   if (tiles > 0) {
-    // Prologue: q and the weights with tile 0 in the first group, then tiles 1 .. kStages - 2.
+    // Prologue: q and the weights with tile 0 in the first group, then tiles 1 .. kWgStages - 2.
     if constexpr ((NSA_MQA_PROBE_DROP & 2) == 0) {
       wg_load_q(sm.q, a, b);
       wg_load_weights(sm.w, a, b);
     }
 #pragma unroll
-    for (int p = 0; p < kStages - 1; ++p) {
+    for (int p = 0; p < kWgStages - 1; ++p) {
       if (p < tiles) wg_load_tile(sm, p, a, b, c0 + static_cast<int64_t>(p) * kWgTileTokens, it.load_end);
       mqa_cp_async_commit();
     }
 
     for (int i = 0; i < tiles; ++i) {
       const int64_t t0 = c0 + static_cast<int64_t>(i) * kWgTileTokens;
-      const int ahead = i + kStages - 1;
+      const int ahead = i + kWgStages - 1;
       if (ahead < tiles)
-        wg_load_tile(sm, ahead % kStages, a, b, c0 + static_cast<int64_t>(ahead) * kWgTileTokens, it.load_end);
+        wg_load_tile(sm, ahead % kWgStages, a, b, c0 + static_cast<int64_t>(ahead) * kWgTileTokens, it.load_end);
       mqa_cp_async_commit();
-      mqa_cp_async_wait<kStages - 1>();  // tile i (and q, the weights) have landed (this thread's copies)
-      wg_fence_proxy_async();            // ... visible to wgmma's operand reads
-      __syncthreads();                   // ... everyone's
+      mqa_cp_async_wait_stage();  // tile i (and q, the weights) have landed (this thread's copies)
+      wg_fence_proxy_async();     // ... visible to wgmma's operand reads
+      __syncthreads();            // ... everyone's
       NSA_MQA_PROBE_MARK(2 + 2 * i);
-      if constexpr ((NSA_MQA_PROBE_DROP & 1) == 0) wg_scores<N>(sm, sm.q, sm.w, a, it, t0, i % kStages);
+      if constexpr ((NSA_MQA_PROBE_DROP & 1) == 0) wg_scores<N>(sm, sm.q, sm.w, a, it, t0, i % kWgStages);
       __syncthreads();  // this stage is reloaded next iteration
       NSA_MQA_PROBE_MARK(3 + 2 * i);
     }
