@@ -22,10 +22,13 @@ namespace nsa {
 namespace test {
 
 #if defined(NSA_WITH_CUDA)
-// topk_test_kernels.cu: the CUDA launcher with the CTAs per row forced
-// (1, or a cluster size 2..16 where topk_cluster_usable says so).
+// topk_test_kernels.cu: the CUDA launcher with the kernel and CTAs per row
+// forced (1, a cluster size 2..16 where topk_cluster_usable says so, or the
+// short-row kernel's layout for rows up to topk_short_rows_max_width()).
 bool topk_cluster_usable(int cluster, ScoreType type);
 cudaError_t topk_transform_with_cluster(const TopkArgs& a, int cluster, cudaStream_t stream);
+int topk_short_rows_layout();
+int64_t topk_short_rows_max_width();
 #endif
 
 namespace {
@@ -806,23 +809,37 @@ TEST(TopkCuda, ClusterSizesUsableOnSm90) {
   std::printf("cluster size 16: %s\n", topk_cluster_usable(16, ScoreType::kFloat32) ? "usable" : "refused");
 }
 
-// Runs the case once per usable CTA count per row on the same device inputs
-// (outputs poisoned again each time) and compares each run with the
-// reference, and byte for byte with one CTA per row (any order mode: the
-// kernel's order does not depend on the cluster size).
+// The layouts a case runs with: one CTA per row of the general kernel
+// first (the bytes the others must match), every usable cluster size, and
+// the short-row kernel where the width allows it.
+std::vector<int> layouts_for(const TopkCase& c) {
+  std::vector<int> v;
+  for (int cluster : kClusterSizes)
+    if (topk_cluster_usable(cluster, c.type)) v.push_back(cluster);
+  if (c.width <= topk_short_rows_max_width()) v.push_back(topk_short_rows_layout());
+  return v;
+}
+
+std::string layout_name(int layout) {
+  return layout == topk_short_rows_layout() ? "short-row kernel" : std::to_string(layout) + " CTAs per row";
+}
+
+// Runs the case once per layout on the same device inputs (outputs poisoned
+// again each time) and compares each run with the reference, and byte for
+// byte with one CTA per row (any order mode: neither kernel's order depends
+// on the layout).
 void check_every_cluster(const TopkCase& c, const std::string& what) {
   SCOPED_TRACE(what);
   Runner run(Backend::kCuda, c);
   const TopkResult want = run.expected();
   TopkResult single;
-  for (int cluster : kClusterSizes) {
-    if (!topk_cluster_usable(cluster, c.type)) continue;
-    const std::string name = what + ", " + std::to_string(cluster) + " CTAs per row";
+  for (int layout : layouts_for(c)) {
+    const std::string name = what + ", " + layout_name(layout);
     run.poison();
-    ASSERT_EQ(topk_transform_with_cluster(run.device_args(), cluster, nullptr), cudaSuccess) << name;
+    ASSERT_EQ(topk_transform_with_cluster(run.device_args(), layout, nullptr), cudaSuccess) << name;
     const TopkResult got = run.result();
     expect_rows_equal(c, got, want, name);
-    if (cluster == 1) {
+    if (layout == 1) {
       single = got;
     } else {
       EXPECT_EQ(got.out, single.out) << name;
@@ -957,6 +974,165 @@ TEST(TopkCuda, EveryClusterSizeOnWindows) {
   mtp.table = random_table(rng, mtp.table_rows, mtp.table_ld, 50000);
   poison_outside_windows(mtp);
   check_every_cluster(mtp, "MTP N=4");
+}
+
+// The short-row kernel at the edges of its step counts (8, 16 and 32 steps
+// of 32 keys per warp: widths around 4K, 8K and 16K) and of the row: widths
+// 1, 63..65 and around K; lengths 0, 1, K - 1, K, K + 1, the width and past
+// it, negative; fp32 with the page-table transform, bf16 in ascending mode;
+// every layout on the same inputs.
+TEST(TopkCuda, ShortRowKernelEdges) {
+  NSA_SKIP_WITHOUT_BACKEND(Backend::kCuda);
+  auto rng = make_rng(25);
+  for (int64_t width : {int64_t{1}, int64_t{63}, int64_t{64}, int64_t{65}, int64_t{2047}, int64_t{2049}, int64_t{4096},
+                        int64_t{4097}, int64_t{8192}, int64_t{8193}, int64_t{16383}, topk_short_rows_max_width()}) {
+    for (int64_t k : {int64_t{512}, int64_t{2048}}) {
+      const std::vector<int64_t> lens = {0, 1, k - 1, k, k + 1, width - 1, width, width + 1, -5};
+      TopkCase c = decode_case(rng, static_cast<int64_t>(lens.size()), width, k, lens);
+      c.transform = TopkTransform::kPaged64;
+      c.table_rows = c.rows;
+      c.table_cols = (width + 63) / 64;
+      c.table_ld = c.table_cols + 1;
+      c.table = random_table(rng, c.table_rows, c.table_ld, 100000);
+      const std::string what = "width " + std::to_string(width) + " k=" + std::to_string(k);
+      check_every_cluster(c, what);
+      c.type = ScoreType::kBfloat16;  // ties after rounding
+      c.order = TopkOrder::kAscending;
+      c.idx64 = true;
+      check_every_cluster(c, what + " bf16 int64");
+      if (::testing::Test::HasFailure()) return;
+    }
+  }
+}
+
+// Tie-heavy short rows: exact-zero plateaus (the smallest zero indices fill
+// the set, the cut among the ties inside one warp's slice or at a slice
+// boundary), one coarse bin split to the last bit, nnz around K.
+TEST(TopkCuda, ShortRowKernelTies) {
+  NSA_SKIP_WITHOUT_BACKEND(Backend::kCuda);
+  auto rng = make_rng(26);
+  const int64_t width = 16000, k = 2048;
+  const std::vector<int64_t> nnz = {width / 100, k - 1, k, k + 1, 0, 5000};
+  TopkCase c;
+  c.k = k;
+  c.rows = static_cast<int64_t>(nnz.size()) + 2;
+  c.width = c.ld = width;
+  c.scores.assign(static_cast<size_t>(c.rows * c.ld), 0.0f);
+  for (size_t r = 0; r < nnz.size(); ++r) {
+    std::vector<int64_t> cols(static_cast<size_t>(width));
+    std::iota(cols.begin(), cols.end(), 0);
+    std::shuffle(cols.begin(), cols.end(), rng);
+    for (int64_t i = 0; i < nnz[r]; ++i)
+      c.scores[static_cast<size_t>(r * c.ld + cols[i])] = std::uniform_real_distribution<float>(1e-3f, 1.0f)(rng);
+  }
+  std::uniform_int_distribution<uint32_t> low(0, 1023);
+  for (int64_t j = 0; j < width; ++j) {  // one coarse bin, then three values
+    c.scores[static_cast<size_t>(6 * c.ld + j)] = bits_float(0x3f800000u + low(rng));
+    c.scores[static_cast<size_t>(7 * c.ld + j)] = bits_float(0x3f800000u + low(rng) % 3);
+  }
+  c.lengths.assign(static_cast<size_t>(c.rows), width);
+  c.lengths[1] = width - 2;
+  c.lengths[5] = 7777;
+  check_every_cluster(c, "short ties");
+  c.order = TopkOrder::kAscending;
+  c.type = ScoreType::kBfloat16;
+  check_every_cluster(c, "short ties bf16");
+}
+
+// Short rows in windows (ragged prefill, the ragged-offset transform, a
+// token table through row_to_request) and MTP lengths per request.
+TEST(TopkCuda, ShortRowKernelWindows) {
+  NSA_SKIP_WITHOUT_BACKEND(Backend::kCuda);
+  auto rng = make_rng(27);
+  const int64_t k = 2048;
+  TopkCase ragged;
+  ragged.k = k;
+  ragged.width = ragged.ld = 16384;
+  ragged.row_starts = {0, 3, 7001, 7001, 15000, 16384};
+  ragged.lengths = {9001, 6537, 9383, 2049, 5000, 10};
+  ragged.rows = 6;
+  ragged.offsets = {0, 3, 7001, 7001, 15000, 16384};
+  ragged.transform = TopkTransform::kRaggedOffset;
+  ragged.scores = random_scores(rng, ragged.rows, ragged.ld);
+  poison_outside_windows(ragged);
+  check_every_cluster(ragged, "short ragged windows");
+  TopkCase token = ragged;
+  token.transform = TopkTransform::kTokenTable;
+  token.row_to_request = {2, 0, 1, 1, 0, 2};
+  token.table_rows = 3;
+  token.table_cols = token.width;
+  token.table_ld = token.width + 7;
+  token.table = random_table(rng, token.table_rows, token.table_ld, 1 << 30);
+  check_every_cluster(token, "short token table");
+  TopkCase mtp;
+  mtp.k = k;
+  mtp.form = TopkLengths::kPerRequest;
+  mtp.n = 4;
+  mtp.lengths = {8192, 2050, 3, 8195};
+  mtp.rows = 16;
+  mtp.width = 8192;
+  mtp.ld = mtp.width + 1;
+  mtp.scores = random_scores(rng, mtp.rows, mtp.ld);
+  mtp.transform = TopkTransform::kPaged64;
+  mtp.table_rows = 4;
+  mtp.table_cols = (mtp.width + 63) / 64;
+  mtp.table_ld = mtp.table_cols;
+  mtp.table = random_table(rng, mtp.table_rows, mtp.table_ld, 50000);
+  poison_outside_windows(mtp);
+  check_every_cluster(mtp, "short MTP N=4");
+}
+
+// The short-row kernel captured once and replayed with live lengths (its
+// step count is decided on the device), then 25 replays of tie-heavy rows.
+TEST(TopkCuda, ShortRowGraphReplaysFollowLiveLengths) {
+  NSA_SKIP_WITHOUT_BACKEND(Backend::kCuda);
+  auto rng = make_rng(28);
+  const int64_t width = topk_short_rows_max_width(), k = 2048;
+  TopkCase c = decode_case(rng, 3, width, k, {width, width, width});
+  for (size_t i = 0; i < c.scores.size(); ++i)
+    if (i % 50 != 0) c.scores[i] = 0.0f;
+  const std::vector<std::vector<int64_t>> live = {{16384, 1024, 4097},
+                                                  {7, 8193, 2049},
+                                                  {12345, 0, 2048},
+                                                  {16384, 16384, 16384}};
+  Runner run(Backend::kCuda, c);
+  const int layout = topk_short_rows_layout();
+  CapturedCall graph(
+      [&](cudaStream_t s) { CapturedCall::check(topk_transform_with_cluster(run.device_args(), layout, s)); });
+  for (size_t i = 0; i < live.size(); ++i) {
+    std::vector<int32_t> v(live[i].begin(), live[i].end());
+    run.lengths_buffer().upload(v);
+    run.poison();
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    graph.replay();
+    TopkCase e = c;
+    e.lengths = live[i];
+    Runner ref(Backend::kCpu, e);
+    expect_rows_equal(e, run.result(), ref.expected(), "short-row kernel, replay " + std::to_string(i));
+  }
+  const TopkResult first = run.result();
+  for (int rep = 0; rep < 25; ++rep) {
+    run.poison();
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    graph.replay();
+    const TopkResult got = run.result();
+    ASSERT_EQ(got.out, first.out) << "replay " << rep;
+    ASSERT_EQ(got.raw, first.raw) << "replay " << rep;
+  }
+}
+
+// The short-row kernel refuses rows wider than it takes (a forced layout
+// is the caller's to check): an error, nothing launched or written.
+TEST(TopkCuda, ShortRowKernelRefusesWideRows) {
+  NSA_SKIP_WITHOUT_BACKEND(Backend::kCuda);
+  auto rng = make_rng(29);
+  const int64_t width = topk_short_rows_max_width() + 1;
+  TopkCase c = decode_case(rng, 2, width, 2048, {width, 100});
+  Runner run(Backend::kCuda, c);
+  EXPECT_EQ(topk_transform_with_cluster(run.device_args(), topk_short_rows_layout(), nullptr), cudaErrorInvalidValue);
+  const TopkResult got = run.result();
+  EXPECT_TRUE(std::all_of(got.out.begin(), got.out.end(), [](int32_t x) { return x == kOutPoison; }));
+  EXPECT_TRUE(std::all_of(got.raw.begin(), got.raw.end(), [](int32_t x) { return x == kOutPoison; }));
 }
 
 // One captured launch per cluster size, replayed with live lengths that
