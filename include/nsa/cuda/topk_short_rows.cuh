@@ -75,7 +75,8 @@ __global__ void __launch_bounds__(kTopkShortThreads) topk_short_rows_kernel(cons
   // len <= width <= kTopkShortMaxWidth: 32-bit indices from here on.
   const int len = static_cast<int>(w.len);
   const int steps = (len + 32 * kTopkShortWarps - 1) / (32 * kTopkShortWarps);  // <= kSteps
-  const int base = warp * steps * 32 + lane;                                    // this lane's index at step 0
+  // This lane's index at step 0 (step j: base + 32 j).
+  const int base = warp * steps * 32 + lane;
   const ScoreT* const row = static_cast<const ScoreT*>(a.scores) + r * a.score_ld + w.start;
   uint32_t keys[kSteps];
 #pragma unroll
