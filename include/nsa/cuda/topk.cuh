@@ -385,9 +385,18 @@ __global__ void __launch_bounds__(kTopkThreads, 1) topk_transform_kernel(const T
   int32_t* const raw = a.out_raw != nullptr ? a.out_raw + r * a.out_raw_ld : nullptr;
 
   if (len <= k) {  // uniform over the cluster: the identity, then -1
-    for (int64_t s = slice.rank * kTopkThreads + tid; s < k; s += slice.size * kTopkThreads) {
-      out[s] = s < len ? detail::topk_apply_transform(a, r, q, s) : -1;
-      if (raw != nullptr) raw[s] = s < len ? static_cast<int32_t>(s) : -1;
+    constexpr int kSlots = (kTopkMaxK + kTopkThreads - 1) / kTopkThreads;
+    auto slot_of = [&](int j) { return (slice.rank + slice.size * j) * kTopkThreads + tid; };
+    int32_t where[kSlots];
+#pragma unroll
+    for (int j = 0; j < kSlots; ++j) where[j] = slot_of(j) < len ? slot_of(j) : -1;
+    topk_write_selected(a, r, q, where, slot_of, out, raw);
+#pragma unroll
+    for (int j = 0; j < kSlots; ++j) {
+      if (slot_of(j) >= len && slot_of(j) < k) {
+        out[slot_of(j)] = -1;
+        if (raw != nullptr) raw[slot_of(j)] = -1;
+      }
     }
     NSA_TOPK_PROBE_MARK(9);
     return;
@@ -631,12 +640,16 @@ __global__ void __launch_bounds__(kTopkThreads, 1) topk_transform_kernel(const T
   // The transform reads the table: done here, all of the CTA's slots at
   // once, so its global loads are in flight together instead of one per
   // warp step.
-  const int64_t slots = st.slots;
-  for (int64_t s = tid; s < slots; s += kTopkThreads) {
-    const int64_t i = selected[s];
-    out[first + s] = detail::topk_apply_transform(a, r, q, i);
-    if (raw != nullptr) raw[first + s] = static_cast<int32_t>(i);
+  constexpr int kSlots = (kTopkMaxK + kTopkThreads - 1) / kTopkThreads;
+  const int slots = static_cast<int>(st.slots);
+  int32_t where[kSlots];
+#pragma unroll
+  for (int j = 0; j < kSlots; ++j) {
+    const int s = tid + kTopkThreads * j;
+    where[j] = s < slots ? static_cast<int32_t>(first) + s : -1;
   }
+  topk_write_selected(
+      a, r, q, where, [&](int j) { return static_cast<int32_t>(selected[tid + kTopkThreads * j]); }, out, raw);
   NSA_TOPK_PROBE_MARK(9);
   topk_cluster_wait<kCluster>();
 }

@@ -2,7 +2,8 @@
 // (nsa/cuda/topk.cuh: one CTA or one cluster per row, any width) and the
 // short-row one (nsa/cuda/topk_short_rows.cuh: rows of at most 16K scores):
 // the digits of the radix select, the block state, the warp-aggregated
-// histogram update and the pick of the bin that holds the K-th key.
+// histogram update, the pick of the bin that holds the K-th key, and the
+// output writes with the transform.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -141,6 +142,54 @@ __device__ __forceinline__ void topk_pick_bin(const uint32_t* hist, uint32_t nee
       st.need = need - above;
     }
     above += c[j];
+  }
+}
+
+// The outputs of a lane's selected indices (where[j] >= 0: raw index
+// index_of(j) goes to slot where[j]) under a table transform with T entries:
+// every table read is issued before the first is used (a read used right
+// away, as topk_apply_transform does, waits before the next is issued).
+template <class T, int kN, class IndexOf>
+__device__ __forceinline__ void topk_write_from_table(const TopkArgs& a, int64_t q, const int32_t (&where)[kN],
+                                                      IndexOf index_of, int32_t* out, int32_t* raw) {
+  const T* const table = static_cast<const T*>(a.table.data);
+  T entry[kN];
+#pragma unroll
+  for (int j = 0; j < kN; ++j) {
+    const int64_t at = where[j] >= 0 ? detail::topk_table_position(a, q, index_of(j)) : -1;
+    entry[j] = at >= 0 ? table[at] : T{};
+  }
+#pragma unroll
+  for (int j = 0; j < kN; ++j) {
+    if (where[j] >= 0) {
+      const bool in_table = detail::topk_table_position(a, q, index_of(j)) >= 0;
+      const int64_t operand = in_table ? static_cast<int64_t>(entry[j]) : detail::kTopkNoOperand;
+      out[where[j]] = detail::topk_transform_result(a, index_of(j), operand);
+      if (raw != nullptr) raw[where[j]] = index_of(j);
+    }
+  }
+}
+
+// The outputs of a thread's selected indices under any transform: slot
+// where[j] (skipped where -1) gets the transform of raw index index_of(j),
+// and the raw output that index.
+template <int kN, class IndexOf>
+__device__ __forceinline__ void topk_write_selected(const TopkArgs& a, int64_t r, int64_t q, const int32_t (&where)[kN],
+                                                    IndexOf index_of, int32_t* out, int32_t* raw) {
+  const bool table = a.transform == TopkTransform::kPaged64 || a.transform == TopkTransform::kTokenTable;
+  if (table && a.table.type == IndexType::kInt32) {
+    topk_write_from_table<int32_t>(a, q, where, index_of, out, raw);
+  } else if (table) {
+    topk_write_from_table<int64_t>(a, q, where, index_of, out, raw);
+  } else {
+    const int64_t operand = detail::topk_transform_operand(a, r, q, 0);  // the row's offset, or nothing
+#pragma unroll
+    for (int j = 0; j < kN; ++j) {
+      if (where[j] >= 0) {
+        out[where[j]] = detail::topk_transform_result(a, index_of(j), operand);
+        if (raw != nullptr) raw[where[j]] = index_of(j);
+      }
+    }
   }
 }
 
