@@ -115,18 +115,41 @@ __device__ __forceinline__ void mqa_mma_fp8(float (&c)[4], const uint32_t (&a)[4
 #endif
 }
 
+// NSA_MQA_PROBE_DIVIDE_COLUMN (bench/paged_mqa_logits_probe_bench.cu's
+// _divide build only; 0, the library's): 1 divides for every page size, as
+// the library did before the shift, so one run times both.
+#ifndef NSA_MQA_PROBE_DIVIDE_COLUMN
+#define NSA_MQA_PROBE_DIVIDE_COLUMN 0
+#endif
+
+// The page-table column of token t: a shift when page_size is a power of
+// two (every size the cache ops take; set up once per tile load), a 64-bit
+// division otherwise. The division is a call of about a hundred
+// instructions, and a tile load needs one per token and thread.
+struct MqaPageColumn {
+  int64_t page_size;
+  int shift;  // log2(page_size), or -1
+  __device__ __forceinline__ explicit MqaPageColumn(int64_t p) : page_size(p), shift(-1) {
+#if defined(__CUDA_ARCH__)
+    if ((p & (p - 1)) == 0 && !NSA_MQA_PROBE_DIVIDE_COLUMN) shift = __ffsll(p) - 1;
+#endif
+  }
+  __device__ __forceinline__ int64_t operator()(int64_t t) const { return shift >= 0 ? t >> shift : t / page_size; }
+};
+
 // Issues the cp.async copies of tile `tile` (tokens [t0, t0 + 128) of request
 // b) into `st`. Tokens >= load_end or on unreadable pages are not loaded.
 __device__ __forceinline__ void mqa_load_tile(MqaStage& st, const PagedMqaLogitsArgs& a, int64_t b, int64_t t0,
                                               int64_t load_end) {
   const int64_t page_bytes = a.page_size * (kIndexerHeadDim + 4);
   const int64_t table_row = b * a.table_ld;
+  const MqaPageColumn column_of(a.page_size);
 #pragma unroll
   for (int it = 0; it < kMqaTileTokens * 8 / kMqaThreads; ++it) {
     const int idx = it * kMqaThreads + static_cast<int>(threadIdx.x);
     const int tok = idx >> 3, chunk = idx & 7;
     const int64_t t = t0 + tok;
-    const int64_t col = t / a.page_size;
+    const int64_t col = column_of(t);
     if (t >= load_end || col >= a.table_cols) {
       if (chunk == 0) st.ok[tok] = 0;
       continue;

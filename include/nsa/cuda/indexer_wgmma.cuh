@@ -88,13 +88,6 @@
 #ifndef NSA_MQA_PROBE_DROP
 #define NSA_MQA_PROBE_DROP 0
 #endif
-// NSA_MQA_PROBE_SHIFT_COLUMN (probe builds only; 0, the library's): 1 takes a
-// token's page-table column as a shift when page_size is a power of two (the
-// library divides in 64 bits, a call of about a hundred instructions per
-// token and tile). Same logits, bit for bit.
-#ifndef NSA_MQA_PROBE_SHIFT_COLUMN
-#define NSA_MQA_PROBE_SHIFT_COLUMN 0
-#endif
 
 namespace nsa {
 namespace kernels {
@@ -212,17 +205,13 @@ __device__ __forceinline__ void wg_load_tile(Shared& sm, int s, const PagedMqaLo
                                              int64_t load_end) {
   const int64_t page_bytes = a.page_size * (kIndexerHeadDim + 4);
   const int64_t table_row = b * a.table_ld;
+  const MqaPageColumn column_of(a.page_size);
 #pragma unroll
   for (int it = 0; it < kWgTileTokens * 8 / kWgThreads; ++it) {
     const int idx = it * kWgThreads + static_cast<int>(threadIdx.x);
     const int tok = idx >> 3, chunk = idx & 7;
     const int64_t t = t0 + tok;
-#if NSA_MQA_PROBE_SHIFT_COLUMN
-    const bool pow2 = (a.page_size & (a.page_size - 1)) == 0;
-    const int64_t col = pow2 ? t >> (__ffsll(a.page_size) - 1) : t / a.page_size;
-#else
-    const int64_t col = t / a.page_size;
-#endif
+    const int64_t col = column_of(t);
     if (t >= load_end || col >= a.table_cols) {
       if (chunk == 0) sm.ok[s][tok] = 0;
       continue;
