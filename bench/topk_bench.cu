@@ -9,12 +9,10 @@
 //          eighth of the rotation, so its L2 is warmer: that flatters it)
 // Outputs are verified against the CPU backend (itself tested against the
 // reference) before anything is timed: the same set on 100% of rows.
-// The shapes of the time targets are also timed with every layout the device
-// allows (the short-row kernel for rows up to 16K, one CTA per row of the
-// general kernel, and thread-block clusters of 2..16 on sm_90+, forced
-// through the launcher, each verified first), next to the layout the
-// launcher chooses from the row count and width ("CTAs" column: "short" or
-// the CTAs per row), to check that choice.
+// The shapes of the time targets are also timed with every CTA count per row
+// the device allows (1, and thread-block clusters of 2..16 on sm_90+, forced
+// through the launcher, each verified first), next to the count the launcher
+// chooses from the row count ("CTAs" column), to check that choice.
 //
 //   topk_bench [--json FILE] [--quick]
 #include <cuda_runtime.h>
@@ -210,11 +208,8 @@ json bench_case(const Case& c, std::mt19937_64& rng, std::map<std::string, Measu
   // Every CTA count per row the device allows, forced through the launcher.
   json by_cluster = json::object();
   std::string sweep_line;
-  const int kShort = nsa::kernels::kTopkShortRows;
-  for (int cluster : {kShort, 1, 2, 4, 8, 16}) {
+  for (int cluster : {1, 2, 4, 8, 16}) {
     if (!c.cluster_sweep || (cluster > 1 && nsa::kernels::topk_cluster_capacity<float>(cluster) == 0)) continue;
-    if (cluster == kShort && c.width > nsa::kernels::kTopkShortMaxWidth) continue;
-    const std::string label = cluster == kShort ? "short" : std::to_string(cluster);
     auto forced = [&](nsa::cudaStream s) {
       nsa::TopkArgs x = a;
       x.scores = copy_of(call++);
@@ -226,9 +221,9 @@ json bench_case(const Case& c, std::mt19937_64& rng, std::map<std::string, Measu
     const cudaError_t launched = nsa::kernels::invoke_topk_transform(a, nullptr, cluster);
     if (launched != cudaSuccess) {
       (void)cudaGetLastError();
-      const std::string why = fmt::format("{} CTAs per row: launch failed: {}", label, cudaGetErrorString(launched));
-      by_cluster[label] = why;
-      sweep_line += fmt::format("  {}: FAILED", label);
+      const std::string why = fmt::format("{} CTAs per row: launch failed: {}", cluster, cudaGetErrorString(launched));
+      by_cluster[std::to_string(cluster)] = why;
+      sweep_line += fmt::format("  {}: FAILED", cluster);
       failures.push_back(c.name + ", " + why);
       continue;
     }
@@ -236,13 +231,12 @@ json bench_case(const Case& c, std::mt19937_64& rng, std::map<std::string, Measu
     const bool same = same_sets(nsa::support::from_backend<int32_t>(out, rows * c.k), want, ascending) &&
                       same_sets(nsa::support::from_backend<int32_t>(raw, rows * c.k), want_raw, ascending);
     if (!same)
-      throw std::runtime_error(fmt::format("topk verification failed for {} with {} CTAs per row", c.name, label));
+      throw std::runtime_error(fmt::format("topk verification failed for {} with {} CTAs per row", c.name, cluster));
     const double us = nsa::support::graph_time_us(forced, per_graph);
-    by_cluster[label] = us;
-    sweep_line += fmt::format("  {}: {:.2f}", label, us);
+    by_cluster[std::to_string(cluster)] = us;
+    sweep_line += fmt::format("  {}: {:.2f}", cluster, us);
   }
-  const int layout = nsa::kernels::topk_choose_layout<float>(rows, c.width);
-  const std::string chosen = layout == kShort ? "short" : std::to_string(layout);
+  const int chosen = nsa::kernels::topk_choose_cluster<float>(rows, c.width);
 
   // The sort baseline (fp32 windows; skipped where CUB's int item count overflows).
   double sort_us = 0;
@@ -288,11 +282,11 @@ json bench_case(const Case& c, std::mt19937_64& rng, std::map<std::string, Measu
   if (target != "-")
     verdict = met ? "MET" : below_floor ? fmt::format("FLOOR ({:.2f}x out floor)", ours_us / out_floor_us) : "MISSED";
   fmt::print(
-      "{:<30} {:>5} {:>7} {:>5} {:>9.2f} {:>8.2f} {:>7.2f}x {:>9.2f} {:>9} {:>8} {:>7.2f} {:>7.2f}x  {:<26} {}\n",
+      "{:<30} {:>5} {:>7} {:>4} {:>9.2f} {:>8.2f} {:>7.2f}x {:>9.2f} {:>9} {:>8} {:>7.2f} {:>7.2f}x  {:<26} {}\n",
       c.name, rows, max_len, chosen, ours_us, floor_us, floor_x, out_floor_us,
       sort_us > 0 ? fmt::format("{:.2f}", sort_us) : "-", sort_us > 0 ? fmt::format("{:.1f}x", sort_us / ours_us) : "-",
       host_t.op_us, host_t.op_us / host_t.empty_us, target, verdict);
-  if (!sweep_line.empty()) fmt::print("{:<30} us by layout:{}\n", "", sweep_line);
+  if (!sweep_line.empty()) fmt::print("{:<30} us by CTAs per row:{}\n", "", sweep_line);
   return json{{"op", "topk_transform"},
               {"case", c.name},
               {"rows", rows},
@@ -401,7 +395,7 @@ int main(int argc, char** argv) {
         "floor = every visible score read once; out floor = the K indices of every row written (out and raw), "
         "nothing read;\nsort = CUB segmented radix sort + first K (torch-style); FLOOR = missed with the target "
         "below the out floor\n");
-    fmt::print("{:<30} {:>5} {:>7} {:>5} {:>9} {:>8} {:>8} {:>9} {:>9} {:>8} {:>7} {:>8}  {:<26} {}\n", "case", "rows",
+    fmt::print("{:<30} {:>5} {:>7} {:>4} {:>9} {:>8} {:>8} {:>9} {:>9} {:>8} {:>7} {:>8}  {:<26} {}\n", "case", "rows",
                "len", "CTAs", "ours", "floor", "x floor", "out floor", "sort", "speedup", "host us", "x empty",
                "target", "verdict");
     std::map<std::string, Measured> done;

@@ -22,13 +22,10 @@ namespace nsa {
 namespace test {
 
 #if defined(NSA_WITH_CUDA)
-// topk_test_kernels.cu: the CUDA launcher with the kernel and CTAs per row
-// forced (1, a cluster size 2..16 where topk_cluster_usable says so, or the
-// short-row kernel's layout for rows up to topk_short_rows_max_width()).
+// topk_test_kernels.cu: the CUDA launcher with the CTAs per row forced
+// (1, or a cluster size 2..16 where topk_cluster_usable says so).
 bool topk_cluster_usable(int cluster, ScoreType type);
 cudaError_t topk_transform_with_cluster(const TopkArgs& a, int cluster, cudaStream_t stream);
-int topk_short_rows_layout();
-int64_t topk_short_rows_max_width();
 #endif
 
 namespace {
@@ -809,37 +806,23 @@ TEST(TopkCuda, ClusterSizesUsableOnSm90) {
   std::printf("cluster size 16: %s\n", topk_cluster_usable(16, ScoreType::kFloat32) ? "usable" : "refused");
 }
 
-// The layouts a case runs with: one CTA per row of the general kernel
-// first (the bytes the others must match), every usable cluster size, and
-// the short-row kernel where the width allows it.
-std::vector<int> layouts_for(const TopkCase& c) {
-  std::vector<int> v;
-  for (int cluster : kClusterSizes)
-    if (topk_cluster_usable(cluster, c.type)) v.push_back(cluster);
-  if (c.width <= topk_short_rows_max_width()) v.push_back(topk_short_rows_layout());
-  return v;
-}
-
-std::string layout_name(int layout) {
-  return layout == topk_short_rows_layout() ? "short-row kernel" : std::to_string(layout) + " CTAs per row";
-}
-
-// Runs the case once per layout on the same device inputs (outputs poisoned
-// again each time) and compares each run with the reference, and byte for
-// byte with one CTA per row (any order mode: neither kernel's order depends
-// on the layout).
+// Runs the case once per usable CTA count per row on the same device inputs
+// (outputs poisoned again each time) and compares each run with the
+// reference, and byte for byte with one CTA per row (any order mode: the
+// kernel's order does not depend on the cluster size).
 void check_every_cluster(const TopkCase& c, const std::string& what) {
   SCOPED_TRACE(what);
   Runner run(Backend::kCuda, c);
   const TopkResult want = run.expected();
   TopkResult single;
-  for (int layout : layouts_for(c)) {
-    const std::string name = what + ", " + layout_name(layout);
+  for (int cluster : kClusterSizes) {
+    if (!topk_cluster_usable(cluster, c.type)) continue;
+    const std::string name = what + ", " + std::to_string(cluster) + " CTAs per row";
     run.poison();
-    ASSERT_EQ(topk_transform_with_cluster(run.device_args(), layout, nullptr), cudaSuccess) << name;
+    ASSERT_EQ(topk_transform_with_cluster(run.device_args(), cluster, nullptr), cudaSuccess) << name;
     const TopkResult got = run.result();
     expect_rows_equal(c, got, want, name);
-    if (layout == 1) {
+    if (cluster == 1) {
       single = got;
     } else {
       EXPECT_EQ(got.out, single.out) << name;
@@ -976,16 +959,15 @@ TEST(TopkCuda, EveryClusterSizeOnWindows) {
   check_every_cluster(mtp, "MTP N=4");
 }
 
-// The short-row kernel at the edges of its step counts (8, 16 and 32 steps
-// of 32 keys per warp: widths around 4K, 8K and 16K) and of the row: widths
-// 1, 63..65 and around K; lengths 0, 1, K - 1, K, K + 1, the width and past
-// it, negative; fp32 with the page-table transform, bf16 in ascending mode;
-// every layout on the same inputs.
-TEST(TopkCuda, ShortRowKernelEdges) {
+// Rows of at most 16K scores (one CTA per row by default) at the edges: widths
+// 1, 63..65, around K, 4K, 8K and 16K; lengths 0, 1, K - 1, K, K + 1, the
+// width and past it, negative; fp32 with the page-table transform, bf16 in
+// ascending mode with int64 indices; every cluster size on the same inputs.
+TEST(TopkCuda, NarrowRowEdges) {
   NSA_SKIP_WITHOUT_BACKEND(Backend::kCuda);
   auto rng = make_rng(25);
   for (int64_t width : {int64_t{1}, int64_t{63}, int64_t{64}, int64_t{65}, int64_t{2047}, int64_t{2049}, int64_t{4096},
-                        int64_t{4097}, int64_t{8192}, int64_t{8193}, int64_t{16383}, topk_short_rows_max_width()}) {
+                        int64_t{4097}, int64_t{8192}, int64_t{8193}, int64_t{16383}, int64_t{16384}}) {
     for (int64_t k : {int64_t{512}, int64_t{2048}}) {
       const std::vector<int64_t> lens = {0, 1, k - 1, k, k + 1, width - 1, width, width + 1, -5};
       TopkCase c = decode_case(rng, static_cast<int64_t>(lens.size()), width, k, lens);
@@ -1005,10 +987,10 @@ TEST(TopkCuda, ShortRowKernelEdges) {
   }
 }
 
-// Tie-heavy short rows: exact-zero plateaus (the smallest zero indices fill
-// the set, the cut among the ties inside one warp's slice or at a slice
-// boundary), one coarse bin split to the last bit, nnz around K.
-TEST(TopkCuda, ShortRowKernelTies) {
+// Tie-heavy rows of 16000 scores: exact-zero plateaus (the smallest zero
+// indices fill the set, the cut among the ties inside one warp's chunk or
+// at a chunk boundary), one coarse bin split to the last bit, nnz around K.
+TEST(TopkCuda, NarrowRowTies) {
   NSA_SKIP_WITHOUT_BACKEND(Backend::kCuda);
   auto rng = make_rng(26);
   const int64_t width = 16000, k = 2048;
@@ -1033,15 +1015,15 @@ TEST(TopkCuda, ShortRowKernelTies) {
   c.lengths.assign(static_cast<size_t>(c.rows), width);
   c.lengths[1] = width - 2;
   c.lengths[5] = 7777;
-  check_every_cluster(c, "short ties");
+  check_every_cluster(c, "narrow ties");
   c.order = TopkOrder::kAscending;
   c.type = ScoreType::kBfloat16;
-  check_every_cluster(c, "short ties bf16");
+  check_every_cluster(c, "narrow ties bf16");
 }
 
-// Short rows in windows (ragged prefill, the ragged-offset transform, a
-// token table through row_to_request) and MTP lengths per request.
-TEST(TopkCuda, ShortRowKernelWindows) {
+// Rows of at most 16K scores in windows (ragged prefill, the ragged-offset
+// transform, a token table through row_to_request) and MTP lengths per request.
+TEST(TopkCuda, NarrowRowWindows) {
   NSA_SKIP_WITHOUT_BACKEND(Backend::kCuda);
   auto rng = make_rng(27);
   const int64_t k = 2048;
@@ -1055,7 +1037,7 @@ TEST(TopkCuda, ShortRowKernelWindows) {
   ragged.transform = TopkTransform::kRaggedOffset;
   ragged.scores = random_scores(rng, ragged.rows, ragged.ld);
   poison_outside_windows(ragged);
-  check_every_cluster(ragged, "short ragged windows");
+  check_every_cluster(ragged, "narrow ragged windows");
   TopkCase token = ragged;
   token.transform = TopkTransform::kTokenTable;
   token.row_to_request = {2, 0, 1, 1, 0, 2};
@@ -1063,7 +1045,7 @@ TEST(TopkCuda, ShortRowKernelWindows) {
   token.table_cols = token.width;
   token.table_ld = token.width + 7;
   token.table = random_table(rng, token.table_rows, token.table_ld, 1 << 30);
-  check_every_cluster(token, "short token table");
+  check_every_cluster(token, "narrow token table");
   TopkCase mtp;
   mtp.k = k;
   mtp.form = TopkLengths::kPerRequest;
@@ -1079,60 +1061,7 @@ TEST(TopkCuda, ShortRowKernelWindows) {
   mtp.table_ld = mtp.table_cols;
   mtp.table = random_table(rng, mtp.table_rows, mtp.table_ld, 50000);
   poison_outside_windows(mtp);
-  check_every_cluster(mtp, "short MTP N=4");
-}
-
-// The short-row kernel captured once and replayed with live lengths (its
-// step count is decided on the device), then 25 replays of tie-heavy rows.
-TEST(TopkCuda, ShortRowGraphReplaysFollowLiveLengths) {
-  NSA_SKIP_WITHOUT_BACKEND(Backend::kCuda);
-  auto rng = make_rng(28);
-  const int64_t width = topk_short_rows_max_width(), k = 2048;
-  TopkCase c = decode_case(rng, 3, width, k, {width, width, width});
-  for (size_t i = 0; i < c.scores.size(); ++i)
-    if (i % 50 != 0) c.scores[i] = 0.0f;
-  const std::vector<std::vector<int64_t>> live = {{16384, 1024, 4097},
-                                                  {7, 8193, 2049},
-                                                  {12345, 0, 2048},
-                                                  {16384, 16384, 16384}};
-  Runner run(Backend::kCuda, c);
-  const int layout = topk_short_rows_layout();
-  CapturedCall graph(
-      [&](cudaStream_t s) { CapturedCall::check(topk_transform_with_cluster(run.device_args(), layout, s)); });
-  for (size_t i = 0; i < live.size(); ++i) {
-    std::vector<int32_t> v(live[i].begin(), live[i].end());
-    run.lengths_buffer().upload(v);
-    run.poison();
-    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-    graph.replay();
-    TopkCase e = c;
-    e.lengths = live[i];
-    Runner ref(Backend::kCpu, e);
-    expect_rows_equal(e, run.result(), ref.expected(), "short-row kernel, replay " + std::to_string(i));
-  }
-  const TopkResult first = run.result();
-  for (int rep = 0; rep < 25; ++rep) {
-    run.poison();
-    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-    graph.replay();
-    const TopkResult got = run.result();
-    ASSERT_EQ(got.out, first.out) << "replay " << rep;
-    ASSERT_EQ(got.raw, first.raw) << "replay " << rep;
-  }
-}
-
-// The short-row kernel refuses rows wider than it takes (a forced layout
-// is the caller's to check): an error, nothing launched or written.
-TEST(TopkCuda, ShortRowKernelRefusesWideRows) {
-  NSA_SKIP_WITHOUT_BACKEND(Backend::kCuda);
-  auto rng = make_rng(29);
-  const int64_t width = topk_short_rows_max_width() + 1;
-  TopkCase c = decode_case(rng, 2, width, 2048, {width, 100});
-  Runner run(Backend::kCuda, c);
-  EXPECT_EQ(topk_transform_with_cluster(run.device_args(), topk_short_rows_layout(), nullptr), cudaErrorInvalidValue);
-  const TopkResult got = run.result();
-  EXPECT_TRUE(std::all_of(got.out.begin(), got.out.end(), [](int32_t x) { return x == kOutPoison; }));
-  EXPECT_TRUE(std::all_of(got.raw.begin(), got.raw.end(), [](int32_t x) { return x == kOutPoison; }));
+  check_every_cluster(mtp, "narrow MTP N=4");
 }
 
 // One captured launch per cluster size, replayed with live lengths that

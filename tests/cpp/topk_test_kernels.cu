@@ -1,6 +1,6 @@
 // Test hooks of topk_test into the CUDA launcher (nsa/cuda/topk.cuh): the
-// kernel and CTAs per row forced, so that the short-row kernel and every
-// cluster size run on the same inputs whatever the shape would choose.
+// CTAs per row forced, so that every cluster size runs on the same inputs
+// whatever the row count would choose.
 #include <cuda_runtime.h>
 
 #include "nsa/cuda/topk.cuh"
@@ -17,9 +17,6 @@ bool topk_cluster_usable(int cluster, ScoreType type) {
 cudaError_t topk_transform_with_cluster(const TopkArgs& a, int cluster, cudaStream_t stream) {
   return kernels::invoke_topk_transform(a, stream, cluster);
 }
-
-int topk_short_rows_layout() { return kernels::kTopkShortRows; }
-int64_t topk_short_rows_max_width() { return kernels::kTopkShortMaxWidth; }
 
 }  // namespace test
 }  // namespace nsa

@@ -2,13 +2,12 @@
 // engine can call invoke_topk_transform on raw pointers or fuse the pieces;
 // the library's public API validates arguments and then calls the launcher.
 //
-// Rows of at most 16K scores go to the short-row kernel
-// (nsa/cuda/topk_short_rows.cuh). Wider rows get the general kernel below:
-// one CTA of 1024 threads per score row, or, on sm_90 and later when there
-// are few rows, one thread-block cluster of C = 2..16 such CTAs per row (C
-// chosen on the host from the row count, the width and the device only). Every decision that depends on a length is
-// made on the device, so the launch shape depends on the row count and width only and a captured graph stays right for
-// any live lengths.
+// One CTA of 1024 threads per score row, or, on sm_90 and later when there
+// are few rows wider than 16K scores, one thread-block cluster of C = 2..16
+// such CTAs per row (C chosen on the host from the row count, the width and
+// the device only). Every decision that depends on a length is made on the
+// device, so the launch shape depends on the row count and width only and a
+// captured graph stays right for any live lengths.
 //
 // In a cluster, CTA c takes the c-th of C consecutive slices of the row's
 // visible length (multiples of 32 keys); each pass below builds the CTA's
@@ -56,13 +55,64 @@
 #include <cstdint>
 
 #include "nsa/cuda/shared_memory.cuh"
-#include "nsa/cuda/topk_common.cuh"
-#include "nsa/cuda/topk_short_rows.cuh"
 #include "nsa/detail/topk_math.h"
 #include "nsa/topk.h"
 
 namespace nsa {
 namespace kernels {
+
+// Hooks for bench/topk_probe_bench.cu only (the library never defines them):
+// NSA_TOPK_PROBE_BEGIN() (the kernel's first statement: it may declare the
+// probe's registers) and NSA_TOPK_PROBE_MARK(phase), when thread 0 reaches a
+// phase boundary of topk_transform_kernel (each right after a CTA barrier);
+// NSA_TOPK_HIST_ADD picks how topk_hist_add counts a warp's keys (0, the
+// library's; 1 and 2 the alternatives it is measured against, see there).
+// The probe builds one binary per NSA_TOPK_HIST_ADD: separate programs, so
+// no two definitions of these kernels ever meet in one link.
+#ifndef NSA_TOPK_PROBE_MARK
+#define NSA_TOPK_PROBE_BEGIN() ((void)0)
+#define NSA_TOPK_PROBE_MARK(phase) ((void)0)
+#endif
+#ifndef NSA_TOPK_HIST_ADD
+#define NSA_TOPK_HIST_ADD 0
+#endif
+
+constexpr int kTopkThreads = 1024;
+constexpr int kTopkWarps = kTopkThreads / 32;
+// The first digit has 12 bits (sign, exponent, 3 mantissa bits: fine enough
+// that the bin of the K-th key is small on long rows), the other two 10.
+constexpr int kTopkTopShift = 20;
+constexpr int kTopkBins = 1 << (32 - kTopkTopShift);
+constexpr int kTopkDigitBins = 1 << 10;  // bins of passes 2 and 3
+// Keys of a row kept in shared memory (128 KiB; with the histogram the CTA
+// stays within the 163 KiB opt-in limit of sm_80 as well as sm_90's 227 KiB).
+constexpr int kTopkCacheKeys = 32 * 1024;
+// Longer rows use the same memory for the candidates of pass 1's bin: (key,
+// index) pairs, when that bin holds at most this many keys.
+constexpr int kTopkCandidates = kTopkCacheKeys / 2;
+// Dynamic shared memory: the histogram, then the key cache (+3 words of
+// alignment slack: the cache is shifted so vector stores are 16-byte aligned).
+constexpr size_t kTopkSharedBytes = (kTopkBins + kTopkCacheKeys + 4) * sizeof(uint32_t);
+// The largest thread-block cluster a row is split over (16 is non-portable).
+constexpr int kTopkMaxCluster = 16;
+
+struct TopkBlockState {
+  int32_t bin;          // the bin holding the K-th key at this level
+  uint32_t in_bin;      // keys in that bin
+  uint32_t need;        // keys still to take from that bin
+  uint32_t candidates;  // (key, index) pairs collected so far
+  uint32_t warp_above[kTopkWarps];
+  uint32_t warp_ties[kTopkWarps];
+  uint32_t warp_slot[kTopkWarps];  // first output slot of each warp's chunk
+  uint32_t warp_tie0[kTopkWarps];  // ties before each warp's chunk
+  uint32_t cta_above, cta_ties;    // the CTA's counts, read by the later CTAs of its cluster
+  uint32_t first_slot, slots;      // the CTA's output slots [first_slot, first_slot + slots)
+  // Cluster merge (topk_cluster_pick_bin), per pass parity: the total of the
+  // bins this CTA merged; then the range holding the wanted key.
+  uint32_t range_total[2];
+  int32_t range;
+  uint32_t range_above;  // keys in the ranges above it
+};
 
 // This CTA's part of its row: slice `rank` of `size` (size 1: the whole row;
 // size > 1: the CTAs of one thread-block cluster, sm_90 and later).
@@ -119,6 +169,45 @@ __device__ __forceinline__ void topk_cluster_wait() {
 #endif
 }
 
+// Adds 1 to hist[bin] for each lane with bin >= 0. All 32 lanes of the warp
+// call it together.
+//   0 (the library's): when the 32 lanes share one bin (a plateau of exact
+//     zeros; a warp step with no key under the prefix, most steps of passes 2
+//     and 3), one atomic adds 32 (or nothing); otherwise one atomic per key.
+//   1: lanes sharing a bin (__match_any_sync) add together, one atomic per
+//     distinct bin. Measured on an H200 (docs/gpu-report.md of 5882a69 next
+//     to the report of 7a25a22, which ran 0): one CTA per row took 1.25x as
+//     long at 8K keys, 1.55x at 32K and 2.0x at 128K; the match costs more
+//     than the atomics it saves.
+//   2: the lanes in the first counted lane's bin add together, every other
+//     lane adds its own (plateaus with a few other keys per warp step).
+__device__ __forceinline__ void topk_hist_add(uint32_t* hist, int bin) {
+#if NSA_TOPK_HIST_ADD == 1
+  if (__ballot_sync(0xffffffffu, bin >= 0) == 0u) return;
+  const uint32_t peers = __match_any_sync(0xffffffffu, bin);
+  const uint32_t lanes_below = (1u << (threadIdx.x & 31)) - 1u;
+  if (bin >= 0 && (peers & lanes_below) == 0u) atomicAdd(hist + bin, static_cast<uint32_t>(__popc(peers)));
+#elif NSA_TOPK_HIST_ADD == 2
+  const uint32_t counted = __ballot_sync(0xffffffffu, bin >= 0);
+  if (counted == 0u) return;
+  const int lead = __shfl_sync(0xffffffffu, bin, __ffs(counted) - 1);
+  const uint32_t with_lead = __ballot_sync(0xffffffffu, bin == lead);
+  const uint32_t lanes_below = (1u << (threadIdx.x & 31)) - 1u;
+  if (bin != lead) {
+    if (bin >= 0) atomicAdd(hist + bin, 1u);
+  } else if ((with_lead & lanes_below) == 0u) {
+    atomicAdd(hist + bin, static_cast<uint32_t>(__popc(with_lead)));
+  }
+#else
+  const int first = __shfl_sync(0xffffffffu, bin, 0);
+  if (__all_sync(0xffffffffu, bin == first)) {
+    if ((threadIdx.x & 31) == 0 && first >= 0) atomicAdd(hist + first, 32u);
+  } else if (bin >= 0) {
+    atomicAdd(hist + bin, 1u);
+  }
+#endif
+}
+
 template <class ScoreT>
 struct TopkVec;
 template <>
@@ -138,6 +227,11 @@ struct TopkVec<uint16_t> {
     return detail::topk_key(half);
   }
 };
+
+template <class ScoreT>
+__device__ __forceinline__ uint32_t topk_load_key(const ScoreT* p) {
+  return detail::topk_key(detail::topk_bits(__ldg(p)));
+}
 
 // Calls g(i0, keys, n) for runs of consecutive indices of the row [0, len)
 // that together cover it once, in no particular order, with warp-uniform
@@ -260,6 +354,36 @@ __device__ __forceinline__ void topk_sweep_row(bool cached, const uint32_t* cach
   else
     topk_warp_sweep<16>(
         begin, end, [&](uint32_t i) { return topk_load_key(row + i); }, f);
+}
+
+// Picks the bin (descending) that holds the need-th largest counted key and
+// publishes it in st (bin, in_bin, need - keys in higher bins). Bins are
+// walked from the top: thread t owns the kPerThread bins below
+// kBins - t * kPerThread, and exactly one thread publishes.
+template <class Scan, int kBins>
+__device__ __forceinline__ void topk_pick_bin(const uint32_t* hist, uint32_t need, TopkBlockState& st,
+                                              typename Scan::TempStorage& scan) {
+  static_assert(kBins % kTopkThreads == 0, "topk_pick_bin gives each thread whole bins");
+  constexpr int kPerThread = kBins / kTopkThreads;
+  const int top = kBins - 1 - static_cast<int>(threadIdx.x) * kPerThread;
+  uint32_t c[kPerThread];
+  uint32_t mine = 0;
+#pragma unroll
+  for (int j = 0; j < kPerThread; ++j) {
+    c[j] = hist[top - j];
+    mine += c[j];
+  }
+  uint32_t above = 0;
+  Scan(scan).ExclusiveSum(mine, above);
+#pragma unroll
+  for (int j = 0; j < kPerThread; ++j) {
+    if (above < need && need <= above + c[j]) {
+      st.bin = top - j;
+      st.in_bin = c[j];
+      st.need = need - above;
+    }
+    above += c[j];
+  }
 }
 
 // Merged counts of a cluster: CTA c owns the range [c * R, (c + 1) * R) of
@@ -385,18 +509,9 @@ __global__ void __launch_bounds__(kTopkThreads, 1) topk_transform_kernel(const T
   int32_t* const raw = a.out_raw != nullptr ? a.out_raw + r * a.out_raw_ld : nullptr;
 
   if (len <= k) {  // uniform over the cluster: the identity, then -1
-    constexpr int kSlots = (kTopkMaxK + kTopkThreads - 1) / kTopkThreads;
-    auto slot_of = [&](int j) { return (slice.rank + slice.size * j) * kTopkThreads + tid; };
-    int32_t where[kSlots];
-#pragma unroll
-    for (int j = 0; j < kSlots; ++j) where[j] = slot_of(j) < len ? slot_of(j) : -1;
-    topk_write_selected(a, r, q, where, slot_of, out, raw);
-#pragma unroll
-    for (int j = 0; j < kSlots; ++j) {
-      if (slot_of(j) >= len && slot_of(j) < k) {
-        out[slot_of(j)] = -1;
-        if (raw != nullptr) raw[slot_of(j)] = -1;
-      }
+    for (int64_t s = slice.rank * kTopkThreads + tid; s < k; s += slice.size * kTopkThreads) {
+      out[s] = s < len ? detail::topk_apply_transform(a, r, q, s) : -1;
+      if (raw != nullptr) raw[s] = s < len ? static_cast<int32_t>(s) : -1;
     }
     NSA_TOPK_PROBE_MARK(9);
     return;
@@ -640,16 +755,12 @@ __global__ void __launch_bounds__(kTopkThreads, 1) topk_transform_kernel(const T
   // The transform reads the table: done here, all of the CTA's slots at
   // once, so its global loads are in flight together instead of one per
   // warp step.
-  constexpr int kSlots = (kTopkMaxK + kTopkThreads - 1) / kTopkThreads;
-  const int slots = static_cast<int>(st.slots);
-  int32_t where[kSlots];
-#pragma unroll
-  for (int j = 0; j < kSlots; ++j) {
-    const int s = tid + kTopkThreads * j;
-    where[j] = s < slots ? static_cast<int32_t>(first) + s : -1;
+  const int64_t slots = st.slots;
+  for (int64_t s = tid; s < slots; s += kTopkThreads) {
+    const int64_t i = selected[s];
+    out[first + s] = detail::topk_apply_transform(a, r, q, i);
+    if (raw != nullptr) raw[first + s] = static_cast<int32_t>(i);
   }
-  topk_write_selected(
-      a, r, q, where, [&](int j) { return static_cast<int32_t>(selected[tid + kTopkThreads * j]); }, out, raw);
   NSA_TOPK_PROBE_MARK(9);
   topk_cluster_wait<kCluster>();
 }
@@ -766,32 +877,17 @@ inline int topk_choose_cluster(int64_t rows, int64_t width) {
   return 1;
 }
 
-// invoke_topk_transform's `layout`: 0 chooses (topk_choose_layout); this
-// forces the short-row kernel (nsa/cuda/topk_short_rows.cuh); 1 forces one
-// CTA per row of the general kernel, 2..16 that many CTAs per row.
-constexpr int kTopkShortRows = -1;
-
-// The kernel and CTAs per row, from the row count, the width and the device
-// only: the short-row kernel for rows of at most kTopkShortMaxWidth scores,
-// otherwise topk_choose_cluster.
 template <class ScoreT>
-inline int topk_choose_layout(int64_t rows, int64_t width) {
-  if (width <= kTopkShortMaxWidth) return kTopkShortRows;
-  return topk_choose_cluster<ScoreT>(rows, width);
-}
-
-template <class ScoreT>
-inline cudaError_t topk_launch(const TopkArgs& a, int layout, cudaStream_t stream) {
+inline cudaError_t topk_launch(const TopkArgs& a, int cluster, cudaStream_t stream) {
   constexpr auto kPerRow = topk_transform_kernel<ScoreT, false>;
   constexpr auto kSplit = topk_transform_kernel<ScoreT, true>;
-  const bool forced = layout != 0;
-  if (!forced) layout = topk_choose_layout<ScoreT>(a.rows, a.width);
-  if (layout == kTopkShortRows) return topk_short_rows_launch<ScoreT>(a, stream);
+  const bool forced = cluster != 0;
+  if (!forced) cluster = topk_choose_cluster<ScoreT>(a.rows, a.width);
   // A chosen size this unit's own instance cannot run (another unit's
   // instance answered the choice, built for other architectures): one CTA
   // per row. A forced size is the caller's to check (cudaErrorInvalidValue).
-  if (!forced && layout > 1 && topk_cluster_capacity_of<kSplit>(layout) == 0) layout = 1;
-  if (layout == 1) {
+  if (!forced && cluster > 1 && topk_cluster_capacity_of<kSplit>(cluster) == 0) cluster = 1;
+  if (cluster == 1) {
     const cudaError_t e = allow_dynamic_shared_memory<kPerRow>(kTopkSharedBytes);
     if (e != cudaSuccess) return e;
     kPerRow<<<dim3(static_cast<unsigned>(a.rows)), kTopkThreads, kTopkSharedBytes, stream>>>(a);
@@ -799,25 +895,21 @@ inline cudaError_t topk_launch(const TopkArgs& a, int layout, cudaStream_t strea
   }
   // The size must be usable, and this unit's instance prepared for it (a
   // cached lookup after the first call per device and size).
-  if (layout < 1 || topk_cluster_capacity_of<kSplit>(layout) == 0 || a.rows > INT32_MAX / layout)
-    return cudaErrorInvalidValue;
-  const TopkClusterLaunch launch(layout, static_cast<unsigned>(a.rows * layout), stream);
+  if (topk_cluster_capacity_of<kSplit>(cluster) == 0 || a.rows > INT32_MAX / cluster) return cudaErrorInvalidValue;
+  const TopkClusterLaunch launch(cluster, static_cast<unsigned>(a.rows * cluster), stream);
   return cudaLaunchKernelEx(&launch.config, kSplit, a);
 }
 
 // One launch on `stream`: `a.rows` CTAs, or `a.rows` clusters of CTAs that
 // split each row. `a` must satisfy the checks of topk_transform
 // (src/topk.cpp): 1 <= k <= 2048, rows <= 2^31 - 1, strides and pointers as
-// documented in nsa/topk.h; scores aligned to their element. `layout`
-// forces the kernel (tests and benches use it): kTopkShortRows the
-// short-row kernel (width <= kTopkShortMaxWidth, else
-// cudaErrorInvalidValue); 1 one CTA per row of the general kernel; 2, 4, 8,
-// 16 CTAs per row where topk_cluster_capacity is not 0. 0 chooses from the
-// row count and the width (topk_choose_layout).
-inline cudaError_t invoke_topk_transform(const TopkArgs& a, cudaStream_t stream, int layout = 0) {
+// documented in nsa/topk.h; scores aligned to their element. `cluster`
+// forces the CTAs per row (1, or 2, 4, 8, 16 where topk_cluster_capacity is
+// not 0; tests use it); 0 chooses from the row count and the width.
+inline cudaError_t invoke_topk_transform(const TopkArgs& a, cudaStream_t stream, int cluster = 0) {
   if (a.rows <= 0) return cudaSuccess;
-  if (a.score_type == ScoreType::kBfloat16) return topk_launch<uint16_t>(a, layout, stream);
-  return topk_launch<float>(a, layout, stream);
+  if (a.score_type == ScoreType::kBfloat16) return topk_launch<uint16_t>(a, cluster, stream);
+  return topk_launch<float>(a, cluster, stream);
 }
 
 }  // namespace kernels

@@ -60,55 +60,28 @@ NSA_HOST_DEVICE int64_t topk_request(const TopkArgs& a, int64_t r) {
 
 constexpr int64_t kTopkInt32Max = 2147483647;
 
-// The transform of raw index x (0 <= x < len) of row r whose request is q,
-// in two steps so that a kernel can issue the memory reads of many indices
-// before it uses any of them: topk_transform_operand reads the one value the
-// transform needs (the table entry, the row's offset; kTopkNoOperand where
-// it reads nothing or the entry is out of the table), topk_transform_result
-// makes the output from it (-1 when the result cannot be a valid index, see
-// TopkArgs).
-constexpr int64_t kTopkNoOperand = INT64_MIN;
-
-// The element of a.table a table transform reads for raw index x of
-// request q, -1 where that is outside the table (the output is then -1).
-NSA_HOST_DEVICE int64_t topk_table_position(const TopkArgs& a, int64_t q, int64_t x) {
-  const int64_t col = a.transform == TopkTransform::kPaged64 ? (x >> 6) : x;
-  if (q < 0 || q >= a.table_rows || col >= a.table_cols) return -1;
-  return q * a.table_ld + col;
-}
-
-NSA_HOST_DEVICE int64_t topk_transform_operand(const TopkArgs& a, int64_t r, int64_t q, int64_t x) {
-  switch (a.transform) {
-    case TopkTransform::kRaw: return kTopkNoOperand;
-    case TopkTransform::kRaggedOffset: return topk_index_at(a.offsets, r);
-    default: {  // table transforms
-      const int64_t at = topk_table_position(a, q, x);
-      return at < 0 ? kTopkNoOperand : topk_index_at(a.table, at);
-    }
-  }
-}
-
-NSA_HOST_DEVICE int32_t topk_transform_result(const TopkArgs& a, int64_t x, int64_t operand) {
+// Output of raw index x (0 <= x < len) of row r whose request is q; -1 when
+// the result cannot be a valid index (see TopkArgs).
+NSA_HOST_DEVICE int32_t topk_apply_transform(const TopkArgs& a, int64_t r, int64_t q, int64_t x) {
   switch (a.transform) {
     case TopkTransform::kRaw: return static_cast<int32_t>(x);
     case TopkTransform::kRaggedOffset: {
-      if (operand > kTopkInt32Max) return -1;
-      const int64_t v = operand + x;
+      const int64_t off = topk_index_at(a.offsets, r);
+      if (off > kTopkInt32Max) return -1;
+      const int64_t v = off + x;
       return v < 0 || v > kTopkInt32Max ? -1 : static_cast<int32_t>(v);
     }
-    default: {  // table transforms: an entry outside the table or negative gives -1
-      if (operand < 0) return -1;
-      if (a.transform == TopkTransform::kTokenTable)
-        return operand > kTopkInt32Max ? -1 : static_cast<int32_t>(operand);
-      if (operand > (kTopkInt32Max >> 6)) return -1;
-      return static_cast<int32_t>(operand * 64 + (x & 63));
+    default: {  // table transforms
+      const bool paged = a.transform == TopkTransform::kPaged64;
+      const int64_t col = paged ? (x >> 6) : x;
+      if (q < 0 || q >= a.table_rows || col >= a.table_cols) return -1;
+      const int64_t e = topk_index_at(a.table, q * a.table_ld + col);
+      if (e < 0) return -1;
+      if (!paged) return e > kTopkInt32Max ? -1 : static_cast<int32_t>(e);
+      if (e > (kTopkInt32Max >> 6)) return -1;
+      return static_cast<int32_t>(e * 64 + (x & 63));
     }
   }
-}
-
-// Both steps at once.
-NSA_HOST_DEVICE int32_t topk_apply_transform(const TopkArgs& a, int64_t r, int64_t q, int64_t x) {
-  return topk_transform_result(a, x, topk_transform_operand(a, r, q, x));
 }
 
 }  // namespace detail
