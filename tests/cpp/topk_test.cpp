@@ -806,6 +806,32 @@ TEST(TopkCuda, ClusterSizesUsableOnSm90) {
   std::printf("cluster size 16: %s\n", topk_cluster_usable(16, ScoreType::kFloat32) ? "usable" : "refused");
 }
 
+// Tie-heavy rows: row r < nnz.size() holds exact zeros but nnz[r] random
+// positive scores; the two rows after them are the P1 rows, every score in
+// one coarse bin (then in three values); every length the width.
+TopkCase tie_case(std::mt19937_64& rng, int64_t width, int64_t k, const std::vector<int64_t>& nnz) {
+  TopkCase c;
+  c.k = k;
+  c.rows = static_cast<int64_t>(nnz.size()) + 2;
+  c.width = c.ld = width;
+  c.scores.assign(static_cast<size_t>(c.rows * c.ld), 0.0f);
+  for (size_t r = 0; r < nnz.size(); ++r) {
+    std::vector<int64_t> cols(static_cast<size_t>(width));
+    std::iota(cols.begin(), cols.end(), 0);
+    std::shuffle(cols.begin(), cols.end(), rng);
+    for (int64_t i = 0; i < nnz[r]; ++i)
+      c.scores[static_cast<size_t>(r * c.ld + cols[i])] = std::uniform_real_distribution<float>(1e-3f, 1.0f)(rng);
+  }
+  std::uniform_int_distribution<uint32_t> low(0, 1023);
+  const int64_t p1 = static_cast<int64_t>(nnz.size());
+  for (int64_t j = 0; j < width; ++j) {  // one coarse bin, then three values
+    c.scores[static_cast<size_t>(p1 * c.ld + j)] = bits_float(0x3f800000u + low(rng));
+    c.scores[static_cast<size_t>((p1 + 1) * c.ld + j)] = bits_float(0x3f800000u + low(rng) % 3);
+  }
+  c.lengths.assign(static_cast<size_t>(c.rows), width);
+  return c;
+}
+
 // Runs the case once per usable CTA count per row on the same device inputs
 // (outputs poisoned again each time) and compares each run with the
 // reference, and byte for byte with one CTA per row (any order mode: the
@@ -879,24 +905,7 @@ TEST(TopkCuda, EveryClusterSizeOnTies) {
   for (int64_t k : {512, 2048}) {
     const int64_t width = 100003;
     const std::vector<int64_t> nnz = {width / 100, width / 1000, k - 1, k, k + 1, 0};
-    TopkCase c;
-    c.k = k;
-    c.rows = static_cast<int64_t>(nnz.size()) + 2;
-    c.width = c.ld = width;
-    c.scores.assign(static_cast<size_t>(c.rows * c.ld), 0.0f);
-    for (size_t r = 0; r < nnz.size(); ++r) {
-      std::vector<int64_t> cols(static_cast<size_t>(width));
-      std::iota(cols.begin(), cols.end(), 0);
-      std::shuffle(cols.begin(), cols.end(), rng);
-      for (int64_t i = 0; i < nnz[r]; ++i)
-        c.scores[static_cast<size_t>(r * c.ld + cols[i])] = std::uniform_real_distribution<float>(1e-3f, 1.0f)(rng);
-    }
-    std::uniform_int_distribution<uint32_t> low(0, 1023);
-    for (int64_t j = 0; j < width; ++j) {  // the P1 rows: one coarse bin, then three values
-      c.scores[static_cast<size_t>(6 * c.ld + j)] = bits_float(0x3f800000u + low(rng));
-      c.scores[static_cast<size_t>(7 * c.ld + j)] = bits_float(0x3f800000u + low(rng) % 3);
-    }
-    c.lengths.assign(static_cast<size_t>(c.rows), width);
+    TopkCase c = tie_case(rng, width, k, nnz);
     c.lengths[1] = width - 2;
     c.lengths[4] = 77777;
     c.order = TopkOrder::kAscending;
@@ -995,24 +1004,7 @@ TEST(TopkCuda, NarrowRowTies) {
   auto rng = make_rng(26);
   const int64_t width = 16000, k = 2048;
   const std::vector<int64_t> nnz = {width / 100, k - 1, k, k + 1, 0, 5000};
-  TopkCase c;
-  c.k = k;
-  c.rows = static_cast<int64_t>(nnz.size()) + 2;
-  c.width = c.ld = width;
-  c.scores.assign(static_cast<size_t>(c.rows * c.ld), 0.0f);
-  for (size_t r = 0; r < nnz.size(); ++r) {
-    std::vector<int64_t> cols(static_cast<size_t>(width));
-    std::iota(cols.begin(), cols.end(), 0);
-    std::shuffle(cols.begin(), cols.end(), rng);
-    for (int64_t i = 0; i < nnz[r]; ++i)
-      c.scores[static_cast<size_t>(r * c.ld + cols[i])] = std::uniform_real_distribution<float>(1e-3f, 1.0f)(rng);
-  }
-  std::uniform_int_distribution<uint32_t> low(0, 1023);
-  for (int64_t j = 0; j < width; ++j) {  // one coarse bin, then three values
-    c.scores[static_cast<size_t>(6 * c.ld + j)] = bits_float(0x3f800000u + low(rng));
-    c.scores[static_cast<size_t>(7 * c.ld + j)] = bits_float(0x3f800000u + low(rng) % 3);
-  }
-  c.lengths.assign(static_cast<size_t>(c.rows), width);
+  TopkCase c = tie_case(rng, width, k, nnz);
   c.lengths[1] = width - 2;
   c.lengths[5] = 7777;
   check_every_cluster(c, "narrow ties");
