@@ -19,6 +19,13 @@ def read(path, default=""):
         return default
 
 
+def without_results_folder(text):
+    """A bench's closing "wrote <json>" line names the file only: the folder is
+    the GPU machine's (the report lives in the repository, which must not
+    point at paths of one machine)."""
+    return re.sub(r"^wrote (?:\S*/)?([^/\s]+)$", r"wrote <results>/\1", text, flags=re.M)
+
+
 def gtest_rows(path):
     """(test name, PASS/FAIL/SKIP, seconds) for every test of a gtest JSON file."""
     data = json.loads(read(path, "{}") or "{}")
@@ -230,7 +237,7 @@ def main():
         w(f"## {os.path.basename(path)[6:-4]}")
         w("")
         w("```")
-        w(read(path).rstrip())
+        w(without_results_folder(read(path).rstrip()))
         w("```")
         w("")
     for title, name in (("Python tests", "python_tests"), ("Python call overhead", "python_overhead")):

@@ -278,6 +278,8 @@ TEST(CudaHeaders, TopkLauncherAfterTheLibrarysOwnLaunch_cuda) {
   std::vector<float> scores(kWidth);
   std::mt19937 rng(7);
   for (auto& x : scores) x = std::uniform_real_distribution<float>(-1.0f, 1.0f)(rng);
+  if (kernels::topk_cluster_capacity<float>(16) > 0)  // so that the test cannot silently stop covering clusters
+    EXPECT_GT(kernels::topk_choose_cluster<float>(1, kWidth), 1) << "the library's launch must use a cluster here";
   std::vector<int32_t> lengths = {kWidth}, want(kK), got(kK);
   support::Buffer s_dev(Backend::kCuda, kWidth * 4), l_dev(Backend::kCuda, 4), o_dev(Backend::kCuda, kK * 4);
   s_dev.upload(scores);

@@ -806,6 +806,46 @@ TEST(TopkCuda, ClusterSizesUsableOnSm90) {
   std::printf("cluster size 16: %s\n", topk_cluster_usable(16, ScoreType::kFloat32) ? "usable" : "refused");
 }
 
+// Ragged prefill rows: row r's window [starts[r], starts[r] + lengths[r])
+// of a row `width` wide, the ragged-offset transform (offsets = starts),
+// scores outside the windows poisoned.
+TopkCase ragged_case(std::mt19937_64& rng, int64_t k, int64_t width, const std::vector<int64_t>& starts,
+                     const std::vector<int64_t>& lengths) {
+  TopkCase c;
+  c.k = k;
+  c.width = c.ld = width;
+  c.row_starts = starts;
+  c.lengths = lengths;
+  c.rows = static_cast<int64_t>(lengths.size());
+  c.offsets = starts;
+  c.transform = TopkTransform::kRaggedOffset;
+  c.scores = random_scores(rng, c.rows, c.ld);
+  poison_outside_windows(c);
+  return c;
+}
+
+// MTP rows: n per request of the given lengths (len = L - n + 1 + j), rows
+// `width` wide with a padded stride, the paged-64 transform over a random
+// table, scores past each row's length poisoned.
+TopkCase mtp_case(std::mt19937_64& rng, int64_t k, int64_t n, const std::vector<int64_t>& lengths, int64_t width) {
+  TopkCase c;
+  c.k = k;
+  c.form = TopkLengths::kPerRequest;
+  c.n = n;
+  c.lengths = lengths;
+  c.rows = n * static_cast<int64_t>(lengths.size());
+  c.width = width;
+  c.ld = width + 1;
+  c.scores = random_scores(rng, c.rows, c.ld);
+  c.transform = TopkTransform::kPaged64;
+  c.table_rows = static_cast<int64_t>(lengths.size());
+  c.table_cols = (width + 63) / 64;
+  c.table_ld = c.table_cols;
+  c.table = random_table(rng, c.table_rows, c.table_ld, 50000);
+  poison_outside_windows(c);
+  return c;
+}
+
 // Tie-heavy rows: row r < nnz.size() holds exact zeros but nnz[r] random
 // positive scores; the two rows after them are the P1 rows, every score in
 // one coarse bin (then in three values); every length the width.
@@ -939,32 +979,9 @@ TEST(TopkCuda, EveryClusterSizeOnWindows) {
   NSA_SKIP_WITHOUT_BACKEND(Backend::kCuda);
   auto rng = make_rng(23);
   const int64_t k = 2048;
-  TopkCase ragged;
-  ragged.k = k;
-  ragged.width = ragged.ld = 150001;
-  ragged.row_starts = {0, 3, 70001, 70001, 149000};
-  ragged.lengths = {70001, 65537, 80000, 79999, 5000};
-  ragged.rows = 5;
-  ragged.offsets = {0, 3, 70001, 70001, 149000};
-  ragged.transform = TopkTransform::kRaggedOffset;
-  ragged.scores = random_scores(rng, ragged.rows, ragged.ld);
-  poison_outside_windows(ragged);
+  const TopkCase ragged = ragged_case(rng, k, 150001, {0, 3, 70001, 70001, 149000}, {70001, 65537, 80000, 79999, 5000});
   check_every_cluster(ragged, "ragged windows");
-  TopkCase mtp;
-  mtp.k = k;
-  mtp.form = TopkLengths::kPerRequest;
-  mtp.n = 4;
-  mtp.lengths = {70001, 5000, 3};
-  mtp.rows = 12;
-  mtp.width = 70001;
-  mtp.ld = mtp.width + 1;
-  mtp.scores = random_scores(rng, mtp.rows, mtp.ld);
-  mtp.transform = TopkTransform::kPaged64;
-  mtp.table_rows = 3;
-  mtp.table_cols = (mtp.width + 63) / 64;
-  mtp.table_ld = mtp.table_cols;
-  mtp.table = random_table(rng, mtp.table_rows, mtp.table_ld, 50000);
-  poison_outside_windows(mtp);
+  const TopkCase mtp = mtp_case(rng, k, 4, {70001, 5000, 3}, 70001);
   check_every_cluster(mtp, "MTP N=4");
 }
 
@@ -1019,16 +1036,8 @@ TEST(TopkCuda, NarrowRowWindows) {
   NSA_SKIP_WITHOUT_BACKEND(Backend::kCuda);
   auto rng = make_rng(27);
   const int64_t k = 2048;
-  TopkCase ragged;
-  ragged.k = k;
-  ragged.width = ragged.ld = 16384;
-  ragged.row_starts = {0, 3, 7001, 7001, 15000, 16384};
-  ragged.lengths = {9001, 6537, 9383, 2049, 5000, 10};
-  ragged.rows = 6;
-  ragged.offsets = {0, 3, 7001, 7001, 15000, 16384};
-  ragged.transform = TopkTransform::kRaggedOffset;
-  ragged.scores = random_scores(rng, ragged.rows, ragged.ld);
-  poison_outside_windows(ragged);
+  const TopkCase ragged =
+      ragged_case(rng, k, 16384, {0, 3, 7001, 7001, 15000, 16384}, {9001, 6537, 9383, 2049, 5000, 10});
   check_every_cluster(ragged, "narrow ragged windows");
   TopkCase token = ragged;
   token.transform = TopkTransform::kTokenTable;
@@ -1038,21 +1047,7 @@ TEST(TopkCuda, NarrowRowWindows) {
   token.table_ld = token.width + 7;
   token.table = random_table(rng, token.table_rows, token.table_ld, 1 << 30);
   check_every_cluster(token, "narrow token table");
-  TopkCase mtp;
-  mtp.k = k;
-  mtp.form = TopkLengths::kPerRequest;
-  mtp.n = 4;
-  mtp.lengths = {8192, 2050, 3, 8195};
-  mtp.rows = 16;
-  mtp.width = 8192;
-  mtp.ld = mtp.width + 1;
-  mtp.scores = random_scores(rng, mtp.rows, mtp.ld);
-  mtp.transform = TopkTransform::kPaged64;
-  mtp.table_rows = 4;
-  mtp.table_cols = (mtp.width + 63) / 64;
-  mtp.table_ld = mtp.table_cols;
-  mtp.table = random_table(rng, mtp.table_rows, mtp.table_ld, 50000);
-  poison_outside_windows(mtp);
+  const TopkCase mtp = mtp_case(rng, k, 4, {8192, 2050, 3, 8195}, 8192);
   check_every_cluster(mtp, "narrow MTP N=4");
 }
 
