@@ -28,12 +28,12 @@
 //
 // Built five times: the library's kernel, variants that leave a part of it
 // out (NSA_MQA_PROBE_DROP, see nsa/cuda/indexer_wgmma.cuh): _noscore, _noq
-// and _loads (nothing but the tile loads and their waits), and _divide,
-// which takes each token's page column by a 64-bit division as the library
-// did before its shift (NSA_MQA_PROBE_DIVIDE_COLUMN; the same logits), so
-// one run shows what each part adds to a CTA's life next to the floors.
+// and _loads (nothing but the tile loads and their waits), and _narrow,
+// which scores a pass of two rows with two m64n64k32 per k step as the
+// library did before its m64n128k32 (NSA_MQA_PROBE_NARROW_MMA; the same
+// logits), so one run shows what each part adds to a CTA's life next to the floors.
 //
-//   paged_mqa_logits_probe[_noscore|_noq|_loads|_divide]_bench [--json FILE] [--quick]
+//   paged_mqa_logits_probe[_noscore|_noq|_loads|_narrow]_bench [--json FILE] [--quick]
 #include <cuda_runtime.h>
 #include <fmt/format.h>
 #include <fmt/ranges.h>
@@ -306,9 +306,9 @@ int main(int argc, char** argv) {
               "build. Skipped.\n");
           return;
         }
-        std::string kernel = NSA_MQA_PROBE_DIVIDE_COLUMN ? "the library's with the page column by division "
-                                                           "(NSA_MQA_PROBE_DIVIDE_COLUMN; logits checked)"
-                                                         : "the library's";
+        std::string kernel = NSA_MQA_PROBE_NARROW_MMA ? "the library's with two m64n64 wgmmas per pair of rows "
+                                                        "(NSA_MQA_PROBE_NARROW_MMA; logits checked)"
+                                                      : "the library's";
         if (NSA_MQA_PROBE_DROP != 0) {
           std::vector<std::string> dropped;
           if (NSA_MQA_PROBE_DROP & 1) dropped.push_back("the scores");

@@ -115,13 +115,6 @@ __device__ __forceinline__ void mqa_mma_fp8(float (&c)[4], const uint32_t (&a)[4
 #endif
 }
 
-// NSA_MQA_PROBE_DIVIDE_COLUMN (bench/paged_mqa_logits_probe_bench.cu's
-// _divide build only; 0, the library's): 1 divides for every page size, as
-// the library did before the shift, so one run times both.
-#ifndef NSA_MQA_PROBE_DIVIDE_COLUMN
-#define NSA_MQA_PROBE_DIVIDE_COLUMN 0
-#endif
-
 // The page-table column of token t: a shift when page_size is a power of
 // two (every size the cache ops take; set up once per tile load), a 64-bit
 // division otherwise. The division is a call of about a hundred
@@ -131,7 +124,7 @@ struct MqaPageColumn {
   int shift;  // log2(page_size), or -1
   __device__ __forceinline__ explicit MqaPageColumn(int64_t p) : page_size(p), shift(-1) {
 #if defined(__CUDA_ARCH__)
-    if ((p & (p - 1)) == 0 && !NSA_MQA_PROBE_DIVIDE_COLUMN) shift = __ffsll(p) - 1;
+    if ((p & (p - 1)) == 0) shift = __ffsll(p) - 1;
 #endif
   }
   __device__ __forceinline__ int64_t operator()(int64_t t) const { return shift >= 0 ? t >> shift : t / page_size; }

@@ -23,10 +23,12 @@
 //     proxy, wgmma reads through the async proxy), a CTA barrier, then
 //     warpgroup u computes S^T = K (tokens [64u, 64u + 64) x 128) * Q_j^T
 //     (128 x 64 heads) for every row j: tokens are wgmma's M and heads its
-//     N, 4 x wgmma.mma_async m64n64k32 e4m3 x e4m3 -> f32 per row, A and B
-//     both K-major from shared-memory descriptors (SWIZZLE_128B, stride
-//     byte offset 1024 = 8 rows x 128 B, k step 32 B = start address + 2),
-//     up to two rows per commit group (kWgRowsPerPass: registers);
+//     N, in passes of up to two rows (kWgRowsPerPass: registers): 4 x
+//     wgmma.mma_async m64n128k32 e4m3 x e4m3 -> f32 for a pass of two rows
+//     (both rows' q as one 128-head B, so K is read once per pair), 4 x
+//     m64n64k32 for a pass of one, A and B both K-major from shared-memory
+//     descriptors (SWIZZLE_128B, stride byte offset 1024 = 8 rows x 128 B,
+//     k step 32 B = start address + 2), one commit group per pass;
 //   * the accumulator of lane l of warp w holds tokens 16w + l / 4 and
 //     16w + l / 4 + 8 and 16 columns; q's rows sit in shared memory in the
 //     order wg_head_of_column, so the 16 columns of lane quad position c are
@@ -87,6 +89,12 @@
 // makes the logits wrong; the probe then skips its bit-for-bit check.
 #ifndef NSA_MQA_PROBE_DROP
 #define NSA_MQA_PROBE_DROP 0
+#endif
+// NSA_MQA_PROBE_NARROW_MMA (the probe's _narrow build only; 0, the
+// library's): 1 scores a pass of two rows with two m64n64k32 per k step, as
+// the library did before wg_mma_m64n128k32, so one run times both.
+#ifndef NSA_MQA_PROBE_NARROW_MMA
+#define NSA_MQA_PROBE_NARROW_MMA 0
 #endif
 
 namespace nsa {
@@ -185,6 +193,32 @@ __device__ __forceinline__ void wg_mma_m64n64k32(float (&d)[32], uint64_t da, ui
         "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]),
         "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]),
         "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "l"(da), "l"(db), "r"(accumulate));
+}
+
+// The same for two rows at once: B is 128 x 32 (the rows' q, adjacent in
+// shared memory: heads of row J0 as columns 0-63, of row J0 + 1 as 64-127),
+// d0 and d1 their accumulators (m64n128's registers 0-31 hold columns 0-63
+// in m64n64's layout, 32-63 columns 64-127). One instruction reads the K
+// tile (A) once for both rows, where two m64n64k32 read it twice.
+__device__ __forceinline__ void wg_mma_m64n128k32(float (&d0)[32], float (&d1)[32], uint64_t da, uint64_t db,
+                                                  int accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
+      "%64, %65, p, 1, 1;\n}\n"
+      : "+f"(d0[0]), "+f"(d0[1]), "+f"(d0[2]), "+f"(d0[3]), "+f"(d0[4]), "+f"(d0[5]), "+f"(d0[6]), "+f"(d0[7]),
+        "+f"(d0[8]), "+f"(d0[9]), "+f"(d0[10]), "+f"(d0[11]), "+f"(d0[12]), "+f"(d0[13]), "+f"(d0[14]), "+f"(d0[15]),
+        "+f"(d0[16]), "+f"(d0[17]), "+f"(d0[18]), "+f"(d0[19]), "+f"(d0[20]), "+f"(d0[21]), "+f"(d0[22]), "+f"(d0[23]),
+        "+f"(d0[24]), "+f"(d0[25]), "+f"(d0[26]), "+f"(d0[27]), "+f"(d0[28]), "+f"(d0[29]), "+f"(d0[30]), "+f"(d0[31]),
+        "+f"(d1[0]), "+f"(d1[1]), "+f"(d1[2]), "+f"(d1[3]), "+f"(d1[4]), "+f"(d1[5]), "+f"(d1[6]), "+f"(d1[7]),
+        "+f"(d1[8]), "+f"(d1[9]), "+f"(d1[10]), "+f"(d1[11]), "+f"(d1[12]), "+f"(d1[13]), "+f"(d1[14]), "+f"(d1[15]),
+        "+f"(d1[16]), "+f"(d1[17]), "+f"(d1[18]), "+f"(d1[19]), "+f"(d1[20]), "+f"(d1[21]), "+f"(d1[22]), "+f"(d1[23]),
+        "+f"(d1[24]), "+f"(d1[25]), "+f"(d1[26]), "+f"(d1[27]), "+f"(d1[28]), "+f"(d1[29]), "+f"(d1[30]), "+f"(d1[31])
       : "l"(da), "l"(db), "r"(accumulate));
 }
 #endif
@@ -309,12 +343,19 @@ __device__ __forceinline__ void wg_scores_pass(const Shared& sm, const uint8_t (
                                                const WgTileOut& o) {
   float acc[R][32] = {};  // overwritten (the first k step does not accumulate); zero for the compiler
   wg_fence();
-#pragma unroll
-  for (int r = 0; r < R; ++r) {
-    const uint64_t dq = wg_desc(q[J0 + r]);
+  if constexpr (R == 2 && !NSA_MQA_PROBE_NARROW_MMA) {
+    const uint64_t dq = wg_desc(q[J0]);  // rows J0 and J0 + 1: 128 adjacent 128-byte rows
 #pragma unroll
     for (int ks = 0; ks < kIndexerHeadDim / 32; ++ks)  // k step of 32 B: start address + 32 >> 4
-      wg_mma_m64n64k32(acc[r], dk + 2 * ks, dq + 2 * ks, ks > 0 ? 1 : 0);
+      wg_mma_m64n128k32(acc[0], acc[1], dk + 2 * ks, dq + 2 * ks, ks > 0 ? 1 : 0);
+  } else {
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      const uint64_t dq = wg_desc(q[J0 + r]);
+#pragma unroll
+      for (int ks = 0; ks < kIndexerHeadDim / 32; ++ks)
+        wg_mma_m64n64k32(acc[r], dk + 2 * ks, dq + 2 * ks, ks > 0 ? 1 : 0);
+    }
   }
   wg_commit();
   wg_wait_all();
