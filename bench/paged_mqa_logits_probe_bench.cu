@@ -26,14 +26,15 @@
 // span and the SMs that ran a CTA). The run fails if no CTA recorded its end
 // (the marks would then describe nothing).
 //
-// Built five times: the library's kernel, variants that leave a part of it
-// out (NSA_MQA_PROBE_DROP, see nsa/cuda/indexer_wgmma.cuh): _noscore, _noq
-// and _loads (nothing but the tile loads and their waits), and _narrow,
+// Built six times: the library's kernel, variants that leave a part of it
+// out (NSA_MQA_PROBE_DROP, see nsa/cuda/indexer_wgmma.cuh): _noscore, _noq,
+// _loads (nothing but the tile loads and their waits) and _nohead (the
+// scores without their head sum), and _narrow,
 // which scores a pass of two rows with two m64n64k32 per k step as the
 // library did before its m64n128k32 (NSA_MQA_PROBE_NARROW_MMA; the same
 // logits), so one run shows what each part adds to a CTA's life next to the floors.
 //
-//   paged_mqa_logits_probe[_noscore|_noq|_loads|_narrow]_bench [--json FILE] [--quick]
+//   paged_mqa_logits_probe[_noscore|_noq|_loads|_nohead|_narrow]_bench [--json FILE] [--quick]
 #include <cuda_runtime.h>
 #include <fmt/format.h>
 #include <fmt/ranges.h>
@@ -314,6 +315,7 @@ int main(int argc, char** argv) {
           if (NSA_MQA_PROBE_DROP & 1) dropped.push_back("the scores");
           if (NSA_MQA_PROBE_DROP & 2) dropped.push_back("the q and weight loads");
           if (NSA_MQA_PROBE_DROP & 4) dropped.push_back("the -inf tail");
+          if (NSA_MQA_PROBE_DROP & 8) dropped.push_back("the head sum");
           kernel = fmt::format("without {} (NSA_MQA_PROBE_DROP = {}; logits not checked)", fmt::join(dropped, ", "),
                                NSA_MQA_PROBE_DROP);
         }
@@ -332,10 +334,10 @@ int main(int argc, char** argv) {
         fmt::print("{:<30} {:>6} {:>9} {:>8} {:>8} {:>8} {:>8} {:>6} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9}\n", "case",
                    "CTAs", "GPU us", "gather", "in order", "cp.async", "bulk", "MHz", "life", "first", "wait", "score",
                    "tail", "per SM");
-        std::vector<Case> cases = {{64, 32768, 1, 512}, {64, 32768, 1, 2048}, {64, 32768, 1, 4096},
-                                   {64, 32768, 4, 512}, {64, 32768, 4, 2048}, {8, 32768, 1, 512},
-                                   {8, 32768, 1, 2048}, {8, 32768, 4, 512},   {1, 131072, 1, 512},
-                                   {64, 4096, 1, 512}};
+        std::vector<Case> cases = {{64, 32768, 1, 512},  {64, 32768, 1, 2048}, {64, 32768, 1, 4096},
+                                   {64, 32768, 2, 1024}, {64, 32768, 4, 512},  {64, 32768, 4, 1024},
+                                   {64, 32768, 4, 2048}, {8, 32768, 1, 512},   {8, 32768, 1, 2048},
+                                   {8, 32768, 4, 512},   {1, 131072, 1, 512},  {64, 4096, 1, 512}};
         if (quick) cases.resize(1);
         std::mt19937_64 rng(20251205);
         for (const Case& c : cases) report["results"].push_back(probe_case(c, rng, lim.sm_count));

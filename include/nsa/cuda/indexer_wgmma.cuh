@@ -85,8 +85,10 @@
 // NSA_MQA_PROBE_DROP (probe builds only; 0, the library's, keeps everything):
 // parts of paged_mqa_logits_wgmma_kernel the probe leaves out to find where
 // a CTA's time goes, as a bit mask: 1 the scores (tiles are still loaded and
-// waited for), 2 the q and weight loads, 4 the -inf tail stores. Any bit
-// makes the logits wrong; the probe then skips its bit-for-bit check.
+// waited for), 2 the q and weight loads, 4 the -inf tail stores, 8 the head
+// sum (ReLU, weights, adds and shuffles: a row stores one accumulator value
+// per token; the wgmma, masks and stores stay). Any bit makes the logits
+// wrong; the probe then skips its bit-for-bit check.
 #ifndef NSA_MQA_PROBE_DROP
 #define NSA_MQA_PROBE_DROP 0
 #endif
@@ -379,8 +381,11 @@ __device__ __forceinline__ void wg_scores_pass(const Shared& sm, const uint8_t (
       const float4 x = *reinterpret_cast<const float4*>(&w[j][16 * quad + 4 * v]);
       wq[4 * v] = x.x, wq[4 * v + 1] = x.y, wq[4 * v + 2] = x.z, wq[4 * v + 3] = x.w;
     }
-    const float lo = wg_head_sum(&acc[r][0], wq);  // token g
-    const float hi = wg_head_sum(&acc[r][2], wq);  // token g + 8
+    float lo = acc[r][0], hi = acc[r][2];  // the probe's NSA_MQA_PROBE_DROP & 8: no head sum
+    if constexpr ((NSA_MQA_PROBE_DROP & 8) == 0) {
+      lo = wg_head_sum(&acc[r][0], wq);  // token g
+      hi = wg_head_sum(&acc[r][2], wq);  // token g + 8
+    }
     if (writer) {
       const int64_t len = detail::indexer_row_len(o.it->L, N, j, o.a->width);
       const float sum = quad == 0 ? lo : hi;
