@@ -172,8 +172,14 @@ json probe_case(const Case& c, std::mt19937_64& rng, int sm_count) {
   logits.fill(0xff);
   cuda_check(launch(a, c.columns, nullptr), "probe launch");
   cuda_check(cudaDeviceSynchronize(), "probe kernel");
-  if (NSA_MQA_PROBE_DROP == 0 && !NSA_MQA_PROBE_FMA_PAIRS && logits.to_host() != want)
-    throw std::runtime_error(name + ": the probe's logits differ from the library's");
+  // _narrow's m64n64 pairs need not round like the library's m64n128 (PTX
+  // does not promise it): it reports whether they do instead of failing.
+  if (NSA_MQA_PROBE_DROP == 0 && !NSA_MQA_PROBE_FMA_PAIRS) {
+    const bool same = logits.to_host() == want;
+    if (NSA_MQA_PROBE_NARROW_MMA)
+      fmt::print("{}: logits {} the library's\n", name, same ? "bit-identical to" : "differ from");
+    else if (!same) throw std::runtime_error(name + ": the probe's logits differ from the library's");
+  }
 
   const int64_t ctas = c.batch * ((c.ctx + c.columns - 1) / c.columns);
   Buffer marks(nsa::Backend::kCuda, static_cast<size_t>(ctas * kSlots * 8));
@@ -310,7 +316,7 @@ int main(int argc, char** argv) {
           return;
         }
         std::string kernel = NSA_MQA_PROBE_NARROW_MMA ? "the library's with two m64n64 wgmmas per pair of rows "
-                                                        "(NSA_MQA_PROBE_NARROW_MMA; logits checked)"
+                                                        "(NSA_MQA_PROBE_NARROW_MMA; logits compared)"
                                                       : "the library's";
         if (NSA_MQA_PROBE_FMA_PAIRS)
           kernel = "the library's with one FMA per head pair (NSA_MQA_PROBE_FMA_PAIRS; logits not checked)";
