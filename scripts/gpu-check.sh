@@ -11,7 +11,7 @@
 #
 # --phase splits one check over shorter commands on the same machine and
 # results folder: `tests` runs the C++ tests and the sanitizers (only the tools
-# in $NSA_SANITIZERS when set; only the test binaries named in
+# in $NSA_SANITIZERS when set, none when it is "none"; only the test binaries named in
 # $NSA_SANITIZER_BINARIES when set), `sanitizers` the sanitizers alone (for the
 # tools a first `tests` command left out), `rest` the CLI, benchmarks (only
 # those whose name matches the regex $NSA_BENCHES when set) and Python
@@ -24,6 +24,9 @@
 #   NSA_SANITIZERS="memcheck racecheck" gpu-check.sh --phase tests
 #   NSA_SANITIZERS="initcheck synccheck" gpu-check.sh --phase sanitizers
 #   gpu-check.sh --phase rest
+# (Commands whose results land in different folders, e.g. one per device
+# command: `scripts/gpu_report.py FOLDER1 FOLDER2 ...` writes one report of
+# them, in command order.)
 #
 # The build folder may come from another machine (scripts/build-for-gpu.sh
 # builds one with a static CUDA runtime and records the commit in it); without
@@ -44,6 +47,13 @@ while [ $# -gt 0 ]; do
   esac
 done
 case "$phase" in all | tests | sanitizers | rest) ;; *) echo "gpu-check: --phase all, tests, sanitizers or rest" >&2; exit 2 ;; esac
+# The sanitizer tools of this command, checked before anything runs (an
+# unknown name was once passed to compute-sanitizer as a tool and failed there).
+sanitizers=${NSA_SANITIZERS:-memcheck racecheck initcheck synccheck}
+[ "$sanitizers" != none ] || sanitizers=""
+for tool in $sanitizers; do
+  case "$tool" in memcheck | racecheck | initcheck | synccheck) ;; *) echo "gpu-check: NSA_SANITIZERS takes memcheck, racecheck, initcheck, synccheck or none; got $tool" >&2; exit 2 ;; esac
+done
 mkdir -p "$results"
 log() { echo "[gpu-check $(date +%H:%M:%S)] $*"; }
 
@@ -104,7 +114,7 @@ fi
 # but the 100k-replay long runs (their kernels are memchecked by the other
 # tests); the slower tools also skip the >4 GiB pool and the longest contexts.
 gpu_filter='*/cuda:*/cuda_*:*Cuda*:*CUDA*:*Graph*:*_cuda'  # (cuda_*: the per-kernel instances, e.g. cuda_mma)
-[ "$phase" = rest ] || for tool in ${NSA_SANITIZERS:-memcheck racecheck initcheck synccheck}; do
+[ "$phase" = rest ] || for tool in $sanitizers; do
   for t in $tests; do
     n=$(basename "$t")
     # NSA_SANITIZER_BINARIES="a_test b_test": only those (split a long tool over commands).

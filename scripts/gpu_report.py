@@ -1,5 +1,9 @@
 #!/usr/bin/env python3
-"""Writes docs/gpu-report.md from the results folder of scripts/gpu-check.sh.
+"""Writes docs/gpu-report.md from the results folder of scripts/gpu-check.sh,
+or from several: the folders of gpu-check commands run one after another on
+one machine, in that order (a device command returns its own folder):
+
+    gpu_report.py RESULTS [MORE_RESULTS ...] > docs/gpu-report.md
 
 Only this script writes the report: every number in it comes from a log or
 JSON file that the check produced in the same run.
@@ -26,6 +30,46 @@ def without_results_folder(text):
     return re.sub(r"^wrote (?:\S*/)?([^/\s]+)$", r"wrote <results>/\1", text, flags=re.M)
 
 
+class Results:
+    """The results folders of one or more gpu-check.sh commands, run one after
+    another on one machine (each device command returns its own folder). A
+    file is read from the last folder that has it; steps and skipped tests
+    are concatenated in command order."""
+
+    def __init__(self, folders):
+        self.folders = folders
+
+    def path(self, name):
+        for folder in reversed(self.folders):
+            if os.path.exists(os.path.join(folder, name)):
+                return os.path.join(folder, name)
+        return os.path.join(self.folders[-1], name)
+
+    def read(self, name, default=""):
+        return read(self.path(name), default)
+
+    def read_all(self, name):
+        return "".join(read(os.path.join(folder, name)) for folder in self.folders)
+
+    def glob(self, pattern):
+        found = {}
+        for folder in self.folders:
+            for p in glob.glob(os.path.join(folder, pattern)):
+                found[os.path.basename(p)] = p
+        return [found[n] for n in sorted(found)]
+
+    def facts(self):
+        """Per folder, its facts.txt as a dict."""
+        return [dict(line.split("=", 1) for line in read(os.path.join(folder, "facts.txt")).splitlines() if "=" in line)
+                for folder in self.folders]
+
+    def steps(self):
+        """(name, exit code) of every step; gpu-check's skipped-GPU-test count once, the last one."""
+        steps = [line.split() for line in self.read_all("steps.txt").splitlines() if line.strip()]
+        skipped = [s for s in steps if s[0] == "gpu_tests_skipped"]
+        return [s for s in steps if s[0] != "gpu_tests_skipped"] + skipped[-1:]
+
+
 def gtest_rows(path):
     """(test name, PASS/FAIL/SKIP, seconds) for every test of a gtest JSON file."""
     data = json.loads(read(path, "{}") or "{}")
@@ -44,9 +88,14 @@ def gtest_rows(path):
 
 
 def main():
-    results = sys.argv[1]
-    facts = dict(line.split("=", 1) for line in read(os.path.join(results, "facts.txt")).splitlines() if "=" in line)
-    steps = [line.split() for line in read(os.path.join(results, "steps.txt")).splitlines() if line.strip()]
+    if len(sys.argv) < 2:
+        sys.exit("usage: gpu_report.py RESULTS_FOLDER [MORE_FOLDERS ...]  (folders of one machine, in command order)")
+    res = Results(sys.argv[1:])
+    per_folder = res.facts()
+    facts = {}
+    for f in per_folder:  # a later command's facts win (a rest-only folder has commit_rest alone)
+        facts.update(f)
+    steps = res.steps()
     out = []
     w = out.append
     w("# GPU report")
@@ -56,7 +105,12 @@ def main():
     w(f"- GPU: {facts.get('gpu', 'unknown')} (name, driver, memory, max SM clock)")
     w(f"- CUDA (driver): {facts.get('cuda_runtime', '?')}; compute-sanitizer: {facts.get('sanitizer', '?')}")
     w(f"- date: {facts.get('date', '?')}")
-    if facts.get("commit_rest"):
+    if len(per_folder) > 1:
+        w(f"- {len(per_folder)} commands on this machine, in order (date, commit of the binaries):")
+        for i, f in enumerate(per_folder, 1):
+            commit = f.get("commit") or f.get("commit_rest", "?")
+            w(f"  {i}. {f.get('date', 'no date (a rest phase alone)')}, {commit}")
+    elif facts.get("commit_rest"):
         w(f"- commit: {facts.get('commit', '?')} (C++ tests, sanitizers); {facts['commit_rest']} (CLI, benchmarks, "
           "Python: run again after a fix, on the same machine kind)")
     else:
@@ -75,23 +129,23 @@ def main():
     # the slower tools' filters exclude more than memcheck's.)
     tools = facts.get("sanitizer_tools", "").split()
     no_gpu = set()
-    for line in read(os.path.join(results, "skipped.txt")).splitlines():
+    for line in res.read_all("skipped.txt").splitlines():
         for tool in tools:
             if line.startswith(f"sanitizer_{tool}_"):
                 no_gpu.add(line.split()[0][len(f"sanitizer_{tool}_"):])
-    binaries = sorted(os.path.basename(p)[5:-5] for p in glob.glob(os.path.join(results, "test_*.json")))
+    binaries = sorted(os.path.basename(p)[5:-5] for p in res.glob("test_*.json"))
     for tool in tools:
         for binary in binaries:
             name = f"sanitizer_{tool}_{binary}"
             if name in recorded or binary in no_gpu:
                 continue
-            started = os.path.exists(os.path.join(results, name + ".log"))
+            started = os.path.exists(res.path(name + ".log"))
             w(f"| {name} | - | {'NOT FINISHED' if started else 'NOT RUN'} |")
     w("")
 
     w("## C++ tests (every test of every binary)")
     w("")
-    for path in sorted(glob.glob(os.path.join(results, "test_*.json"))):
+    for path in res.glob("test_*.json"):
         rows = gtest_rows(path)
         counts = {v: sum(1 for r in rows if r[1] == v) for v in ("PASS", "FAIL", "SKIP")}
         w(f"### {os.path.basename(path)[5:-5]}: {counts['PASS']} passed, {counts['FAIL']} failed, {counts['SKIP']} skipped")
@@ -107,7 +161,7 @@ def main():
     w("| tool / binary | error summary | exit code |")
     w("|---|---|---|")
     rc_of = dict((n, rc) for n, rc in steps)
-    for path in sorted(glob.glob(os.path.join(results, "sanitizer_*.log"))):
+    for path in res.glob("sanitizer_*.log"):
         name = os.path.basename(path)[:-4]
         text = read(path)
         summary = re.findall(r"ERROR SUMMARY: .*|RACECHECK SUMMARY: .*", text)
@@ -119,7 +173,7 @@ def main():
                         ("nsa bench --scenario prefill", "cli_bench_prefill"),
                         ("nsa bench --l2 cold (L2 flushed between timed calls)", "cli_bench_cold_l2"),
                         ("wheel: installed into a fresh venv, nsa selftest (scripts/check-wheel.sh)", "wheel_check")):
-        text = read(os.path.join(results, name + ".log"))
+        text = res.read(name + ".log")
         if text:
             w(f"## {title}")
             w("")
@@ -127,7 +181,7 @@ def main():
             w(text.rstrip())
             w("```")
             w("")
-    sglang = json.loads(read(os.path.join(results, "metadata_bench.json"), "{}") or "{}").get("sglang_shaped", [])
+    sglang = json.loads(res.read("metadata_bench.json", "{}") or "{}").get("sglang_shaped", [])
     if sglang:
         w("## metadata_bench: SGLang-shaped buffers (cold L2, graph replay)")
         w("")
@@ -161,7 +215,7 @@ def main():
             w(f"{op}: target met at {met} of {len(sglang)} sizes; missed with the target below the floor at {floor}; "
               f"missed above the floor at {len(sglang) - met - floor}.")
         w("")
-    topk = json.loads(read(os.path.join(results, "topk_bench.json"), "{}") or "{}")
+    topk = json.loads(res.read("topk_bench.json", "{}") or "{}")
     if topk.get("results"):
         w("## topk_transform targets (from topk_bench.json)")
         w("")
@@ -181,7 +235,7 @@ def main():
             w(f"| {r['case']} | {r['ours_gpu_us']:.2f} | {r['floor_gpu_us']:.2f} | {r['ratio_to_floor']:.2f} | "
               f"{of_cell}{'-' if sort_us is None else f'{sort_us:.2f}'} | {r['target']} | {verdict} |")
         w("")
-    logits = json.loads(read(os.path.join(results, "paged_mqa_logits_bench.json"), "{}") or "{}")
+    logits = json.loads(res.read("paged_mqa_logits_bench.json", "{}") or "{}")
     if logits.get("results"):
         w("## paged_mqa_logits (from paged_mqa_logits_bench.json)")
         w("")
@@ -221,7 +275,7 @@ def main():
               f"{r['cache_read_floor_us']:.2f} | {read_cells}{r['ours_gbps']:.0f} | {r['fraction_of_copy']:.2f} | "
               f"{r['ratio_to_floor']:.2f} | {'-' if mma is None else f'{mma:.2f}'} | {extra}{r['target']} | {verdict} |")
         w("")
-    indexer = json.loads(read(os.path.join(results, "indexer_topk_bench.json"), "{}") or "{}")
+    indexer = json.loads(res.read("indexer_topk_bench.json", "{}") or "{}")
     if indexer.get("results"):
         w("## indexer_topk targets (from indexer_topk_bench.json)")
         w("")
@@ -233,7 +287,7 @@ def main():
             w(f"| {r['case']} | {r['ours_gpu_us']:.2f} | {r['logits_gpu_us']:.2f} | {r['topk_part_us']:.2f} | "
               f"{r['fused_floor_us']:.2f} | {r['ratio_to_floor']:.2f} | {r['target']} | {verdict} |")
         w("")
-    for path in sorted(glob.glob(os.path.join(results, "bench_*.log"))):
+    for path in res.glob("bench_*.log"):
         w(f"## {os.path.basename(path)[6:-4]}")
         w("")
         w("```")
@@ -241,7 +295,7 @@ def main():
         w("```")
         w("")
     for title, name in (("Python tests", "python_tests"), ("Python call overhead", "python_overhead")):
-        text = read(os.path.join(results, name + ".log"))
+        text = res.read(name + ".log")
         if text:
             w(f"## {title}")
             w("")

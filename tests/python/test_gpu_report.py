@@ -1,7 +1,9 @@
 """scripts/gpu_report.py: the report quotes bench logs without the GPU
-machine's folders (the repository must not point at one machine's paths)."""
+machine's folders (the repository must not point at one machine's paths), and
+one report can cover the results folders of several commands."""
 import importlib.util
 import pathlib
+import sys
 
 _SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "scripts" / "gpu_report.py"
 _spec = importlib.util.spec_from_file_location("gpu_report", _SCRIPT)
@@ -19,3 +21,49 @@ def test_wrote_lines_keep_only_the_file_name():
 def test_other_lines_are_untouched():
     log = "limits: D2D copy 2442 GB/s\n  wrote /abs/indented.json\nrewrote /x/y.json"
     assert gpu_report.without_results_folder(log) == log
+
+
+def _folder(root, name, files):
+    folder = root / name
+    folder.mkdir()
+    for file, text in files.items():
+        (folder / file).write_text(text)
+    return str(folder)
+
+
+def _report(monkeypatch, capsys, folders):
+    monkeypatch.setattr(sys, "argv", ["gpu_report.py", *folders])
+    gpu_report.main()
+    return capsys.readouterr().out
+
+
+def test_several_folders_make_one_report_in_command_order(tmp_path, monkeypatch, capsys):
+    facts = "date=2026-01-01T00:00:00Z\ncommit=aaa\ngpu=GPU X\nsanitizer_tools=memcheck\n"
+    first = _folder(tmp_path, "first", {
+        "facts.txt": facts,
+        "steps.txt": "test_a_test 0\ngpu_tests_skipped 1\n",
+        "bench_x_bench.log": "old x\n",
+    })
+    second = _folder(tmp_path, "second", {
+        "facts.txt": "commit_rest=bbb\n",
+        "steps.txt": "bench_x_bench 0\ngpu_tests_skipped 0\n",
+        "bench_x_bench.log": "new x\n",
+        "bench_y_bench.log": "y\n",
+    })
+    out = _report(monkeypatch, capsys, [first, second])
+    assert "- GPU: GPU X" in out
+    assert "  1. 2026-01-01T00:00:00Z, aaa" in out and "  2. no date (a rest phase alone), bbb" in out
+    rows = [line for line in out.splitlines() if line.startswith("| ") and " | " in line[2:]]
+    names = [r.split(" | ")[0][2:] for r in rows if not r.startswith("| step")]
+    # Steps in command order; the skipped-GPU-test count once, the last command's.
+    assert names[:3] == ["test_a_test", "bench_x_bench", "gpu_tests_skipped"]
+    assert "| gpu_tests_skipped | 0 | ok |" in out and "| gpu_tests_skipped | 1 |" not in out
+    # A file both folders hold is the later command's; every bench log appears once.
+    assert "new x" in out and "old x" not in out and "y" in out
+    assert out.count("## x_bench") + out.count("## bench_x_bench") == 1
+
+
+def test_one_folder_reports_its_commit(tmp_path, monkeypatch, capsys):
+    only = _folder(tmp_path, "only", {"facts.txt": "date=d\ncommit=ccc\ngpu=G\n", "steps.txt": "test_a_test 0\n"})
+    out = _report(monkeypatch, capsys, [only])
+    assert "- commit: ccc" in out and "commands on this machine" not in out
