@@ -26,16 +26,15 @@
 // span and the SMs that ran a CTA). The run fails if no CTA recorded its end
 // (the marks would then describe nothing).
 //
-// Built seven times: the library's kernel, variants that leave a part of it
+// Built six times: the library's kernel, variants that leave a part of it
 // out (NSA_MQA_PROBE_DROP, see nsa/cuda/indexer_wgmma.cuh): _noscore, _noq,
 // _loads (nothing but the tile loads and their waits) and _nohead (the
-// scores without their head sum), _fma (each head pair of the head sum as
-// one FMA: another order, NSA_MQA_PROBE_FMA_PAIRS), and _narrow,
+// scores without their head sum), and _narrow,
 // which scores a pass of two rows with two m64n64k32 per k step as the
 // library did before its m64n128k32 (NSA_MQA_PROBE_NARROW_MMA; the same
 // logits), so one run shows what each part adds to a CTA's life next to the floors.
 //
-//   paged_mqa_logits_probe[_noscore|_noq|_loads|_nohead|_fma|_narrow]_bench [--json FILE] [--quick]
+//   paged_mqa_logits_probe[_noscore|_noq|_loads|_nohead|_narrow]_bench [--json FILE] [--quick]
 #include <cuda_runtime.h>
 #include <fmt/format.h>
 #include <fmt/ranges.h>
@@ -165,8 +164,7 @@ json probe_case(const Case& c, std::mt19937_64& rng, int sm_count) {
   a.wgmma_chunk_columns = c.columns;
 
   // The library's bits first, then this copy's (marks off); a variant that
-  // drops part of the kernel (NSA_MQA_PROBE_DROP) or sums heads in another
-  // order (NSA_MQA_PROBE_FMA_PAIRS) cannot match them.
+  // drops part of the kernel (NSA_MQA_PROBE_DROP) cannot match them.
   nsa::paged_mqa_logits(nsa::Exec::cuda(), a);
   const auto want = logits.to_host();
   logits.fill(0xff);
@@ -174,7 +172,7 @@ json probe_case(const Case& c, std::mt19937_64& rng, int sm_count) {
   cuda_check(cudaDeviceSynchronize(), "probe kernel");
   // _narrow's m64n64 pairs need not round like the library's m64n128 (PTX
   // does not promise it): it reports whether they do instead of failing.
-  if (NSA_MQA_PROBE_DROP == 0 && !NSA_MQA_PROBE_FMA_PAIRS) {
+  if (NSA_MQA_PROBE_DROP == 0) {
     const bool same = logits.to_host() == want;
     if (NSA_MQA_PROBE_NARROW_MMA)
       fmt::print("{}: logits {} the library's\n", name, same ? "bit-identical to" : "differ from");
@@ -318,8 +316,6 @@ int main(int argc, char** argv) {
         std::string kernel = NSA_MQA_PROBE_NARROW_MMA ? "the library's with two m64n64 wgmmas per pair of rows "
                                                         "(NSA_MQA_PROBE_NARROW_MMA; logits compared)"
                                                       : "the library's";
-        if (NSA_MQA_PROBE_FMA_PAIRS)
-          kernel = "the library's with one FMA per head pair (NSA_MQA_PROBE_FMA_PAIRS; logits not checked)";
         if (NSA_MQA_PROBE_DROP != 0) {
           std::vector<std::string> dropped;
           if (NSA_MQA_PROBE_DROP & 1) dropped.push_back("the scores");

@@ -98,13 +98,6 @@
 #ifndef NSA_MQA_PROBE_NARROW_MMA
 #define NSA_MQA_PROBE_NARROW_MMA 0
 #endif
-// NSA_MQA_PROBE_FMA_PAIRS (the probe's _fma build only; 0, the library's):
-// 1 sums each head pair of HEADSUM with one FMA (w_b relu(s_b) + p_a,
-// rounded once), 8 fewer instructions per lane, token and row: a candidate
-// order, timed before the library would document it (logits not checked).
-#ifndef NSA_MQA_PROBE_FMA_PAIRS
-#define NSA_MQA_PROBE_FMA_PAIRS 0
-#endif
 
 namespace nsa {
 namespace kernels {
@@ -334,11 +327,8 @@ static_assert(kIndexerMaxNextN <= 2 * kWgRowsPerPass, "wg_scores runs at most tw
 __device__ __forceinline__ float wg_head_sum(const float* c, const float (&wq)[16]) {
   float p[8];
 #pragma unroll
-  for (int i = 0; i < 8; ++i) {
-    const float a = __fmul_rn(wq[2 * i], fmaxf(c[4 * i], 0.f));
-    p[i] = NSA_MQA_PROBE_FMA_PAIRS ? __fmaf_rn(wq[2 * i + 1], fmaxf(c[4 * i + 1], 0.f), a)
-                                   : __fadd_rn(a, __fmul_rn(wq[2 * i + 1], fmaxf(c[4 * i + 1], 0.f)));
-  }
+  for (int i = 0; i < 8; ++i)
+    p[i] = __fadd_rn(__fmul_rn(wq[2 * i], fmaxf(c[4 * i], 0.f)), __fmul_rn(wq[2 * i + 1], fmaxf(c[4 * i + 1], 0.f)));
   float group = __fadd_rn(__fadd_rn(__fadd_rn(p[0], p[1]), __fadd_rn(p[2], p[3])),
                           __fadd_rn(__fadd_rn(p[4], p[5]), __fadd_rn(p[6], p[7])));
   group = __fadd_rn(group, __shfl_xor_sync(0xffffffffu, group, 1));  // G0+G1 | G2+G3
