@@ -98,6 +98,13 @@
 #ifndef NSA_MQA_PROBE_NARROW_MMA
 #define NSA_MQA_PROBE_NARROW_MMA 0
 #endif
+// NSA_MQA_PROBE_PIPELINE_ROWS (the probe's _pipe build only; 0, the
+// library's): 1 scores one row per wgmma group with row j + 1's wgmma in
+// flight during row j's epilogue (wg_scores_pipelined), so one run times
+// overlapping the head sum with the tensor cores against the library.
+#ifndef NSA_MQA_PROBE_PIPELINE_ROWS
+#define NSA_MQA_PROBE_PIPELINE_ROWS 0
+#endif
 
 namespace nsa {
 namespace kernels {
@@ -173,6 +180,7 @@ __device__ __forceinline__ uint64_t wg_desc(const void* smem) {
 __device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wg_wait_all() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
+__device__ __forceinline__ void wg_wait_one() { asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory"); }
 // The cp.async writes of this thread become visible to the async proxy (wgmma operand reads).
 __device__ __forceinline__ void wg_fence_proxy_async() {
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
@@ -335,6 +343,55 @@ __device__ __forceinline__ float wg_head_sum(const float* c, const float (&wq)[1
   return __fadd_rn(group, __shfl_xor_sync(0xffffffffu, group, 2));   // (G0+G1)+(G2+G3)
 }
 
+// wg_scores_pipelined's epilogue, row by row (the probe's variant; the
+// library's wg_scores_pass does the same inline for a pass, with the same
+// arithmetic, and keeps its measured code until the probe decides).
+// A lane's token of its warp's 16 in a tile (lanes with l % 4 == 0 store
+// token g = l / 4, l % 4 == 1 token g + 8, the others nothing), whether its
+// page was read, and its K scale.
+struct WgLaneToken {
+  int64_t t;
+  int quad;
+  bool writer, ok;
+  float scale;
+};
+
+template <class Shared>
+__device__ __forceinline__ WgLaneToken wg_lane_token(const Shared& sm, int lane, const WgTileOut& o) {
+  WgLaneToken lt;
+  lt.quad = lane & 3;
+  const int tok = o.tok0 + (lane >> 2) + (lt.quad == 1 ? 8 : 0);  // acc offsets 0 and 2
+  lt.t = o.t0 + tok;
+  lt.writer = lt.quad < 2 && lt.t < o.it->c1;
+  lt.ok = sm.ok[o.s][tok] != 0;
+  lt.scale = lt.ok ? sm.scale[o.s][tok] : 0.f;  // an unloaded token's scale is stale
+  return lt;
+}
+
+// Row j of a tile from its accumulator: ReLU, the weight, the head sum
+// (HEADSUM), the scale and the mask, stored straight from registers.
+template <int N>
+__device__ __forceinline__ void wg_store_row(const float (&acc)[32], const float (&w)[N][kIndexerHeads], int j,
+                                             const WgLaneToken& lt, const WgTileOut& o) {
+  float wq[16];
+#pragma unroll
+  for (int v = 0; v < 4; ++v) {
+    const float4 x = *reinterpret_cast<const float4*>(&w[j][16 * lt.quad + 4 * v]);
+    wq[4 * v] = x.x, wq[4 * v + 1] = x.y, wq[4 * v + 2] = x.z, wq[4 * v + 3] = x.w;
+  }
+  float lo = acc[0], hi = acc[2];  // the probe's NSA_MQA_PROBE_DROP & 8: no head sum
+  if constexpr ((NSA_MQA_PROBE_DROP & 8) == 0) {
+    lo = wg_head_sum(&acc[0], wq);  // token g
+    hi = wg_head_sum(&acc[2], wq);  // token g + 8
+  }
+  if (lt.writer) {
+    const float ninf = -__int_as_float(0x7f800000);
+    const int64_t len = detail::indexer_row_len(o.it->L, N, j, o.a->width);
+    const float sum = lt.quad == 0 ? lo : hi;
+    o.a->logits[(o.it->b * N + j) * o.a->logits_ld + lt.t] = lt.t < len && lt.ok ? __fmul_rn(sum, lt.scale) : ninf;
+  }
+}
+
 // Rows [J0, J0 + R) of one stage: S = K (warpgroup wg's 64 tokens of the
 // stage) times q_j^T (64 heads), tokens as wgmma's M and heads as its N,
 // then ReLU, the weight, the head sum (HEADSUM), the scale and the mask,
@@ -394,6 +451,37 @@ __device__ __forceinline__ void wg_scores_pass(const Shared& sm, const uint8_t (
   }
 }
 
+// The probe's NSA_MQA_PROBE_PIPELINE_ROWS: one row per wgmma commit group
+// (m64n64k32), two accumulators, row j + 1's wgmma in flight while row j's
+// head sum runs and is stored (the library waits for a whole pass first).
+template <int N, class Shared>
+__device__ __forceinline__ void wg_scores_pipelined(const Shared& sm, const uint8_t (&q)[N][kWgQRowBytes],
+                                                    const float (&w)[N][kIndexerHeads], uint64_t dk, int lane,
+                                                    const WgTileOut& o) {
+  float acc[2][32] = {};  // overwritten (the first k step does not accumulate); zero for the compiler
+  const WgLaneToken lt = wg_lane_token(sm, lane, o);
+  wg_fence();
+#pragma unroll
+  for (int ks = 0; ks < kIndexerHeadDim / 32; ++ks)
+    wg_mma_m64n64k32(acc[0], dk + 2 * ks, wg_desc(q[0]) + 2 * ks, ks > 0 ? 1 : 0);
+  wg_commit();
+#pragma unroll
+  for (int j = 0; j < N; ++j) {
+    if (j + 1 < N) {
+      wg_fence();  // row j - 1's reads of this accumulator come first
+#pragma unroll
+      for (int ks = 0; ks < kIndexerHeadDim / 32; ++ks)
+        wg_mma_m64n64k32(acc[(j + 1) & 1], dk + 2 * ks, wg_desc(q[j + 1]) + 2 * ks, ks > 0 ? 1 : 0);
+      wg_commit();
+      wg_wait_one();  // row j's group has completed; row j + 1's may still run
+    } else {
+      wg_wait_all();
+    }
+    wg_fence_operands(acc[j & 1]);
+    wg_store_row<N>(acc[j & 1], w, j, lt, o);
+  }
+}
+
 // Stage s for every row, in passes of at most kWgRowsPerPass rows, stored
 // (after a CTA barrier that made the stage's copies visible). Shared: any
 // layout with the members k, scale and ok of WgmmaShared<N>.
@@ -406,8 +494,12 @@ __device__ __forceinline__ void wg_scores(const Shared& sm, const uint8_t (&q)[N
   const int wg = warp >> 2;  // warpgroup: tokens [64 wg, 64 wg + 64) of the tile
   const WgTileOut o{&a, &it, t0, s, wg * kWgTokensPerGroup + 16 * (warp & 3)};
   const uint64_t dk = wg_desc(&sm.k[s][wg * kWgTokensPerGroup * kWgRowBytes]);
-  wg_scores_pass<N, 0, kFirst>(sm, q, w, dk, lane, o);
-  if constexpr (N > kFirst) wg_scores_pass<N, kFirst, N - kFirst>(sm, q, w, dk, lane, o);
+  if constexpr (NSA_MQA_PROBE_PIPELINE_ROWS) {
+    wg_scores_pipelined<N>(sm, q, w, dk, lane, o);
+  } else {
+    wg_scores_pass<N, 0, kFirst>(sm, q, w, dk, lane, o);
+    if constexpr (N > kFirst) wg_scores_pass<N, kFirst, N - kFirst>(sm, q, w, dk, lane, o);
+  }
 }
 #endif
 
