@@ -24,10 +24,10 @@ def read(path, default=""):
 
 
 def without_results_folder(text):
-    """A bench's closing "wrote <json>" line names the file only: the folder is
+    """A bench's or the CLI's "wrote <file> [...]" lines name the file only: the folder is
     the GPU machine's (the report lives in the repository, which must not
     point at paths of one machine)."""
-    return re.sub(r"^wrote (?:\S*/)?([^/\s]+)$", r"wrote <results>/\1", text, flags=re.M)
+    return re.sub(r"^wrote (?:\S*/)?([^/\s]+)(?=\s|$)", r"wrote <results>/\1", text, flags=re.M)
 
 
 class Results:
@@ -178,7 +178,7 @@ def main():
             w(f"## {title}")
             w("")
             w("```")
-            w(text.rstrip())
+            w(without_results_folder(text.rstrip()))
             w("```")
             w("")
     sglang = json.loads(res.read("metadata_bench.json", "{}") or "{}").get("sglang_shaped", [])

@@ -18,6 +18,18 @@ def test_wrote_lines_keep_only_the_file_name():
     assert "/root" not in got
 
 
+def test_wrote_lines_with_a_comment_keep_it():
+    log = "wrote /root/out/res2/nsa_bench.svg (step time vs batch size, batches 1, 8)"
+    assert gpu_report.without_results_folder(log) == "wrote <results>/nsa_bench.svg (step time vs batch size, batches 1, 8)"
+
+
+def test_cli_logs_are_quoted_without_the_results_folder(tmp_path, monkeypatch, capsys):
+    only = _folder(tmp_path, "only", {"facts.txt": "commit=c\n", "steps.txt": "cli_bench 0\n",
+                                      "cli_bench.log": "step: ours\nwrote /root/out/res/nsa_bench.json\n"})
+    out = _report(monkeypatch, capsys, [only])
+    assert "wrote <results>/nsa_bench.json" in out and "/root" not in out
+
+
 def test_other_lines_are_untouched():
     log = "limits: D2D copy 2442 GB/s\n  wrote /abs/indented.json\nrewrote /x/y.json"
     assert gpu_report.without_results_folder(log) == log
