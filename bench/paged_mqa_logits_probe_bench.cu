@@ -31,10 +31,9 @@
 // _loads (nothing but the tile loads and their waits) and _nohead (the
 // scores without their head sum), _pipe (one row per wgmma group, the next
 // row's wgmma in flight during a row's epilogue: NSA_MQA_PROBE_PIPELINE_ROWS)
-// and _narrow,
-// which scores a pass of two rows with two m64n64k32 per k step as the
-// library did before its m64n128k32 (NSA_MQA_PROBE_NARROW_MMA; the same
-// logits), so one run shows what each part adds to a CTA's life next to the floors.
+// and _narrow, which scores a pass of two rows with two m64n64k32 per k step
+// as the library did before its m64n128k32 (NSA_MQA_PROBE_NARROW_MMA), so
+// one run shows what each part adds to a CTA's life next to the floors.
 //
 //   paged_mqa_logits_probe[_noscore|_noq|_loads|_nohead|_pipe|_narrow]_bench [--json FILE] [--quick]
 #include <cuda_runtime.h>
