@@ -322,6 +322,9 @@ int main(int argc, char** argv) {
           kernel =
               "the library's with one row per wgmma group, the next in flight during a row's epilogue "
               "(NSA_MQA_PROBE_PIPELINE_ROWS; logits compared)";
+        if (NSA_MQA_PROBE_TABLE_FIRST)
+          kernel +=
+              ", a tile's page-table entries loaded before its copies (NSA_MQA_PROBE_TABLE_FIRST; logits compared)";
         if (NSA_MQA_PROBE_DROP != 0) {
           std::vector<std::string> dropped;
           if (NSA_MQA_PROBE_DROP & 1) dropped.push_back("the scores");

@@ -105,6 +105,13 @@
 #ifndef NSA_MQA_PROBE_PIPELINE_ROWS
 #define NSA_MQA_PROBE_PIPELINE_ROWS 0
 #endif
+// NSA_MQA_PROBE_TABLE_FIRST (the probe's _table build only; 0, the
+// library's): 1 loads a thread's four page-table entries of a tile before
+// any of its copies (wg_load_tile_table_first). Timed once with a 64-bit
+// division per column (0a0395f, slower); not yet with the shift.
+#ifndef NSA_MQA_PROBE_TABLE_FIRST
+#define NSA_MQA_PROBE_TABLE_FIRST 0
+#endif
 
 namespace nsa {
 namespace kernels {
@@ -233,6 +240,43 @@ __device__ __forceinline__ void wg_mma_m64n128k32(float (&d0)[32], float (&d1)[3
 }
 #endif
 
+#if NSA_MQA_PROBE_TABLE_FIRST
+// The probe's NSA_MQA_PROBE_TABLE_FIRST: wg_load_tile with a thread's four
+// table entries loaded first, each under its own predicate and with no copy
+// between them (so the four loads are in flight together), then the copies.
+// The same bytes land in the same places as wg_load_tile's.
+template <class Shared>
+__device__ __forceinline__ void wg_load_tile_table_first(Shared& sm, int s, const PagedMqaLogitsArgs& a, int64_t b,
+                                                         int64_t t0, int64_t load_end) {
+  constexpr int kPerThread = kWgTileTokens * 8 / kWgThreads;
+  const int64_t page_bytes = a.page_size * (kIndexerHeadDim + 4);
+  const int64_t table_row = b * a.table_ld;
+  const MqaPageColumn column_of(a.page_size);
+  const int chunk = static_cast<int>(threadIdx.x) & 7;
+  int64_t col[kPerThread], page[kPerThread];
+  bool live[kPerThread];
+#pragma unroll
+  for (int it = 0; it < kPerThread; ++it) {
+    const int tok = (it * kWgThreads + static_cast<int>(threadIdx.x)) >> 3;
+    const int64_t t = t0 + tok;
+    col[it] = column_of(t);
+    live[it] = t < load_end && col[it] < a.table_cols;
+    page[it] = live[it] ? mqa_index(a.page_table, table_row + col[it]) : -1;
+  }
+#pragma unroll
+  for (int it = 0; it < kPerThread; ++it) {
+    const int tok = (it * kWgThreads + static_cast<int>(threadIdx.x)) >> 3;
+    const bool ok = live[it] && detail::indexer_page_ok(page[it], a.cache.num_pages);
+    if (chunk == 0) sm.ok[s][tok] = ok ? 1 : 0;
+    if (!ok) continue;
+    const uint8_t* base = a.cache.data + page[it] * page_bytes;
+    const int64_t off = t0 + tok - col[it] * a.page_size;
+    mqa_cp_async16(&sm.k[s][wg_swizzle(tok, chunk)], base + off * kIndexerHeadDim + chunk * 16);
+    if (chunk == 1) mqa_cp_async4(&sm.scale[s][tok], base + a.page_size * kIndexerHeadDim + off * 4);
+  }
+}
+#endif
+
 // Issues the cp.async copies of the tile of tokens [t0, t0 + 128) of request
 // b into stage s, swizzled (the default kernel's mqa_load_tile with wgmma's
 // layout). Tokens >= load_end or on unreadable pages are not loaded (their
@@ -247,6 +291,12 @@ __device__ __forceinline__ void wg_mma_m64n128k32(float (&d0)[32], float (&d1)[3
 template <class Shared>
 __device__ __forceinline__ void wg_load_tile(Shared& sm, int s, const PagedMqaLogitsArgs& a, int64_t b, int64_t t0,
                                              int64_t load_end) {
+#if NSA_MQA_PROBE_TABLE_FIRST
+  if constexpr (true) {
+    wg_load_tile_table_first(sm, s, a, b, t0, load_end);
+    return;
+  }
+#endif
   const int64_t page_bytes = a.page_size * (kIndexerHeadDim + 4);
   const int64_t table_row = b * a.table_ld;
   const MqaPageColumn column_of(a.page_size);
