@@ -325,6 +325,8 @@ int main(int argc, char** argv) {
         if (NSA_MQA_PROBE_TABLE_FIRST)
           kernel +=
               ", a tile's page-table entries loaded before its copies (NSA_MQA_PROBE_TABLE_FIRST; logits compared)";
+        if (NSA_MQA_PROBE_SPLIT_WARPGROUPS)
+          kernel += ", each warpgroup loading and waiting for its own half of a tile (NSA_MQA_PROBE_SPLIT_WARPGROUPS)";
         if (NSA_MQA_PROBE_DROP != 0) {
           std::vector<std::string> dropped;
           if (NSA_MQA_PROBE_DROP & 1) dropped.push_back("the scores");

@@ -112,6 +112,14 @@
 #ifndef NSA_MQA_PROBE_TABLE_FIRST
 #define NSA_MQA_PROBE_TABLE_FIRST 0
 #endif
+// NSA_MQA_PROBE_SPLIT_WARPGROUPS (the probe's _split builds only; 0, the
+// library's): 1 makes each warpgroup load its own 64 tokens of every tile
+// (tables first, as NSA_MQA_PROBE_TABLE_FIRST) and wait at a barrier of its
+// own 128 threads, so the two warpgroups of a CTA drift apart instead of
+// meeting twice per tile (one CTA barrier remains, before tile 0: q).
+#ifndef NSA_MQA_PROBE_SPLIT_WARPGROUPS
+#define NSA_MQA_PROBE_SPLIT_WARPGROUPS 0
+#endif
 
 namespace nsa {
 namespace kernels {
@@ -240,24 +248,27 @@ __device__ __forceinline__ void wg_mma_m64n128k32(float (&d0)[32], float (&d1)[3
 }
 #endif
 
-#if NSA_MQA_PROBE_TABLE_FIRST
+#if NSA_MQA_PROBE_TABLE_FIRST || NSA_MQA_PROBE_SPLIT_WARPGROUPS
 // The probe's NSA_MQA_PROBE_TABLE_FIRST: wg_load_tile with a thread's four
 // table entries loaded first, each under its own predicate and with no copy
 // between them (so the four loads are in flight together), then the copies.
 // The same bytes land in the same places as wg_load_tile's.
-template <class Shared>
+// Threads: how many share the tile's tokens [tok0, tok0 + Threads / 2)
+// (256: the whole tile; 128: a warpgroup's half, thread = its index there).
+template <int Threads = kWgThreads, class Shared>
 __device__ __forceinline__ void wg_load_tile_table_first(Shared& sm, int s, const PagedMqaLogitsArgs& a, int64_t b,
-                                                         int64_t t0, int64_t load_end) {
+                                                         int64_t t0, int64_t load_end, int tok0 = 0,
+                                                         int thread = static_cast<int>(threadIdx.x)) {
   constexpr int kPerThread = kWgTileTokens * 8 / kWgThreads;
   const int64_t page_bytes = a.page_size * (kIndexerHeadDim + 4);
   const int64_t table_row = b * a.table_ld;
   const MqaPageColumn column_of(a.page_size);
-  const int chunk = static_cast<int>(threadIdx.x) & 7;
+  const int chunk = thread & 7;
   int64_t col[kPerThread], page[kPerThread];
   bool live[kPerThread];
 #pragma unroll
   for (int it = 0; it < kPerThread; ++it) {
-    const int tok = (it * kWgThreads + static_cast<int>(threadIdx.x)) >> 3;
+    const int tok = tok0 + ((it * Threads + thread) >> 3);
     const int64_t t = t0 + tok;
     col[it] = column_of(t);
     live[it] = t < load_end && col[it] < a.table_cols;
@@ -265,7 +276,7 @@ __device__ __forceinline__ void wg_load_tile_table_first(Shared& sm, int s, cons
   }
 #pragma unroll
   for (int it = 0; it < kPerThread; ++it) {
-    const int tok = (it * kWgThreads + static_cast<int>(threadIdx.x)) >> 3;
+    const int tok = tok0 + ((it * Threads + thread) >> 3);
     const bool ok = live[it] && detail::indexer_page_ok(page[it], a.cache.num_pages);
     if (chunk == 0) sm.ok[s][tok] = ok ? 1 : 0;
     if (!ok) continue;
@@ -592,24 +603,41 @@ __global__ void __launch_bounds__(kWgThreads, 2)
       wg_load_q(sm.q, a, b);
       wg_load_weights(sm.w, a, b);
     }
+#if NSA_MQA_PROBE_SPLIT_WARPGROUPS
+    // The probe's split warpgroups: warpgroup wg loads and waits for its own
+    // tokens [64 wg, 64 wg + 64) of each tile.
+    const int wg = static_cast<int>(threadIdx.x) >> 7, wg_thread = static_cast<int>(threadIdx.x) & 127;
+    const auto load = [&](int stage, int64_t t0) {
+      wg_load_tile_table_first<kWgThreads / 2>(sm, stage, a, b, t0, it.load_end, wg * kWgTokensPerGroup, wg_thread);
+    };
+    const auto barrier = [&](int i) {
+      if (i == 0) {
+        __syncthreads();  // q and the weights: each warpgroup loaded part of them
+      } else {
+        asm volatile("bar.sync %0, 128;\n" ::"r"(wg + 1) : "memory");
+      }
+    };
+#else
+    const auto load = [&](int stage, int64_t t0) { wg_load_tile(sm, stage, a, b, t0, it.load_end); };
+    const auto barrier = [&](int) { __syncthreads(); };
+#endif
 #pragma unroll
     for (int p = 0; p < kWgStages - 1; ++p) {
-      if (p < tiles) wg_load_tile(sm, p, a, b, c0 + static_cast<int64_t>(p) * kWgTileTokens, it.load_end);
+      if (p < tiles) load(p, c0 + static_cast<int64_t>(p) * kWgTileTokens);
       mqa_cp_async_commit();
     }
 
     for (int i = 0; i < tiles; ++i) {
       const int64_t t0 = c0 + static_cast<int64_t>(i) * kWgTileTokens;
       const int ahead = i + kWgStages - 1;
-      if (ahead < tiles)
-        wg_load_tile(sm, ahead % kWgStages, a, b, c0 + static_cast<int64_t>(ahead) * kWgTileTokens, it.load_end);
+      if (ahead < tiles) load(ahead % kWgStages, c0 + static_cast<int64_t>(ahead) * kWgTileTokens);
       mqa_cp_async_commit();
       mqa_cp_async_wait_stage();  // tile i (and q, the weights) have landed (this thread's copies)
       wg_fence_proxy_async();     // ... visible to wgmma's operand reads
-      __syncthreads();            // ... everyone's
+      barrier(i);                 // ... everyone's
       NSA_MQA_PROBE_MARK(2 + 2 * i);
       if constexpr ((NSA_MQA_PROBE_DROP & 1) == 0) wg_scores<N>(sm, sm.q, sm.w, a, it, t0, i % kWgStages);
-      __syncthreads();  // this stage is reloaded next iteration
+      barrier(1);  // this stage is reloaded next iteration
       NSA_MQA_PROBE_MARK(3 + 2 * i);
     }
   }
