@@ -26,16 +26,14 @@
 // span and the SMs that ran a CTA). The run fails if no CTA recorded its end
 // (the marks would then describe nothing).
 //
-// Built seven times: the library's kernel, variants that leave a part of it
+// Built six times: the library's kernel, variants that leave a part of it
 // out (NSA_MQA_PROBE_DROP, see nsa/cuda/indexer_wgmma.cuh): _noscore, _noq,
 // _loads (nothing but the tile loads and their waits) and _nohead (the
-// scores without their head sum), _pipe (one row per wgmma group, the next
-// row's wgmma in flight during a row's epilogue: NSA_MQA_PROBE_PIPELINE_ROWS)
-// and _narrow, which scores a pass of two rows with two m64n64k32 per k step
+// scores without their head sum), and _narrow, which scores a pass of two rows with two m64n64k32 per k step
 // as the library did before its m64n128k32 (NSA_MQA_PROBE_NARROW_MMA), so
 // one run shows what each part adds to a CTA's life next to the floors.
 //
-//   paged_mqa_logits_probe[_noscore|_noq|_loads|_nohead|_pipe|_narrow]_bench [--json FILE] [--quick]
+//   paged_mqa_logits_probe[_noscore|_noq|_loads|_nohead|_narrow]_bench [--json FILE] [--quick]
 #include <cuda_runtime.h>
 #include <fmt/format.h>
 #include <fmt/ranges.h>
@@ -171,12 +169,11 @@ json probe_case(const Case& c, std::mt19937_64& rng, int sm_count) {
   logits.fill(0xff);
   cuda_check(launch(a, c.columns, nullptr), "probe launch");
   cuda_check(cudaDeviceSynchronize(), "probe kernel");
-  // _narrow's and _pipe's m64n64 rows need not round like the library's
-  // m64n128 pairs (PTX does not promise it): they report whether they do
-  // instead of failing.
+  // _narrow's m64n64 rows need not round like the library's m64n128 pairs
+  // (PTX does not promise it): it reports whether they do instead of failing.
   if (NSA_MQA_PROBE_DROP == 0) {
     const bool same = logits.to_host() == want;
-    if (NSA_MQA_PROBE_NARROW_MMA || NSA_MQA_PROBE_PIPELINE_ROWS)
+    if (NSA_MQA_PROBE_NARROW_MMA)
       fmt::print("{}: logits {} the library's\n", name, same ? "bit-identical to" : "differ from");
     else if (!same) throw std::runtime_error(name + ": the probe's logits differ from the library's");
   }
@@ -318,15 +315,6 @@ int main(int argc, char** argv) {
         std::string kernel = NSA_MQA_PROBE_NARROW_MMA ? "the library's with two m64n64 wgmmas per pair of rows "
                                                         "(NSA_MQA_PROBE_NARROW_MMA; logits compared)"
                                                       : "the library's";
-        if (NSA_MQA_PROBE_PIPELINE_ROWS)
-          kernel =
-              "the library's with one row per wgmma group, the next in flight during a row's epilogue "
-              "(NSA_MQA_PROBE_PIPELINE_ROWS; logits compared)";
-        if (NSA_MQA_PROBE_TABLE_FIRST)
-          kernel +=
-              ", a tile's page-table entries loaded before its copies (NSA_MQA_PROBE_TABLE_FIRST; logits compared)";
-        if (NSA_MQA_PROBE_SPLIT_WARPGROUPS)
-          kernel += ", each warpgroup loading and waiting for its own half of a tile (NSA_MQA_PROBE_SPLIT_WARPGROUPS)";
         if (NSA_MQA_PROBE_DROP != 0) {
           std::vector<std::string> dropped;
           if (NSA_MQA_PROBE_DROP & 1) dropped.push_back("the scores");

@@ -98,28 +98,6 @@
 #ifndef NSA_MQA_PROBE_NARROW_MMA
 #define NSA_MQA_PROBE_NARROW_MMA 0
 #endif
-// NSA_MQA_PROBE_PIPELINE_ROWS (the probe's _pipe build only; 0, the
-// library's): 1 scores one row per wgmma group with row j + 1's wgmma in
-// flight during row j's epilogue (wg_scores_pipelined), so one run times
-// overlapping the head sum with the tensor cores against the library.
-#ifndef NSA_MQA_PROBE_PIPELINE_ROWS
-#define NSA_MQA_PROBE_PIPELINE_ROWS 0
-#endif
-// NSA_MQA_PROBE_TABLE_FIRST (the probe's _table build only; 0, the
-// library's): 1 loads a thread's four page-table entries of a tile before
-// any of its copies (wg_load_tile_table_first). Timed once with a 64-bit
-// division per column (0a0395f, slower); not yet with the shift.
-#ifndef NSA_MQA_PROBE_TABLE_FIRST
-#define NSA_MQA_PROBE_TABLE_FIRST 0
-#endif
-// NSA_MQA_PROBE_SPLIT_WARPGROUPS (the probe's _split builds only; 0, the
-// library's): 1 makes each warpgroup load its own 64 tokens of every tile
-// (tables first, as NSA_MQA_PROBE_TABLE_FIRST) and wait at a barrier of its
-// own 128 threads, so the two warpgroups of a CTA drift apart instead of
-// meeting twice per tile (one CTA barrier remains, before tile 0: q).
-#ifndef NSA_MQA_PROBE_SPLIT_WARPGROUPS
-#define NSA_MQA_PROBE_SPLIT_WARPGROUPS 0
-#endif
 
 namespace nsa {
 namespace kernels {
@@ -248,46 +226,6 @@ __device__ __forceinline__ void wg_mma_m64n128k32(float (&d0)[32], float (&d1)[3
 }
 #endif
 
-#if NSA_MQA_PROBE_TABLE_FIRST || NSA_MQA_PROBE_SPLIT_WARPGROUPS
-// The probe's NSA_MQA_PROBE_TABLE_FIRST: wg_load_tile with a thread's four
-// table entries loaded first, each under its own predicate and with no copy
-// between them (so the four loads are in flight together), then the copies.
-// The same bytes land in the same places as wg_load_tile's.
-// Threads: how many share the tile's tokens [tok0, tok0 + Threads / 2)
-// (256: the whole tile; 128: a warpgroup's half, thread = its index there).
-template <int Threads = kWgThreads, class Shared>
-__device__ __forceinline__ void wg_load_tile_table_first(Shared& sm, int s, const PagedMqaLogitsArgs& a, int64_t b,
-                                                         int64_t t0, int64_t load_end, int tok0 = 0,
-                                                         int thread = static_cast<int>(threadIdx.x)) {
-  constexpr int kPerThread = kWgTileTokens * 8 / kWgThreads;
-  const int64_t page_bytes = a.page_size * (kIndexerHeadDim + 4);
-  const int64_t table_row = b * a.table_ld;
-  const MqaPageColumn column_of(a.page_size);
-  const int chunk = thread & 7;
-  int64_t col[kPerThread], page[kPerThread];
-  bool live[kPerThread];
-#pragma unroll
-  for (int it = 0; it < kPerThread; ++it) {
-    const int tok = tok0 + ((it * Threads + thread) >> 3);
-    const int64_t t = t0 + tok;
-    col[it] = column_of(t);
-    live[it] = t < load_end && col[it] < a.table_cols;
-    page[it] = live[it] ? mqa_index(a.page_table, table_row + col[it]) : -1;
-  }
-#pragma unroll
-  for (int it = 0; it < kPerThread; ++it) {
-    const int tok = tok0 + ((it * Threads + thread) >> 3);
-    const bool ok = live[it] && detail::indexer_page_ok(page[it], a.cache.num_pages);
-    if (chunk == 0) sm.ok[s][tok] = ok ? 1 : 0;
-    if (!ok) continue;
-    const uint8_t* base = a.cache.data + page[it] * page_bytes;
-    const int64_t off = t0 + tok - col[it] * a.page_size;
-    mqa_cp_async16(&sm.k[s][wg_swizzle(tok, chunk)], base + off * kIndexerHeadDim + chunk * 16);
-    if (chunk == 1) mqa_cp_async4(&sm.scale[s][tok], base + a.page_size * kIndexerHeadDim + off * 4);
-  }
-}
-#endif
-
 // Issues the cp.async copies of the tile of tokens [t0, t0 + 128) of request
 // b into stage s, swizzled (the default kernel's mqa_load_tile with wgmma's
 // layout). Tokens >= load_end or on unreadable pages are not loaded (their
@@ -302,12 +240,6 @@ __device__ __forceinline__ void wg_load_tile_table_first(Shared& sm, int s, cons
 template <class Shared>
 __device__ __forceinline__ void wg_load_tile(Shared& sm, int s, const PagedMqaLogitsArgs& a, int64_t b, int64_t t0,
                                              int64_t load_end) {
-#if NSA_MQA_PROBE_TABLE_FIRST
-  if constexpr (true) {
-    wg_load_tile_table_first(sm, s, a, b, t0, load_end);
-    return;
-  }
-#endif
   const int64_t page_bytes = a.page_size * (kIndexerHeadDim + 4);
   const int64_t table_row = b * a.table_ld;
   const MqaPageColumn column_of(a.page_size);
@@ -413,51 +345,6 @@ __device__ __forceinline__ float wg_head_sum(const float* c, const float (&wq)[1
   return __fadd_rn(group, __shfl_xor_sync(0xffffffffu, group, 2));   // (G0+G1)+(G2+G3)
 }
 
-// wg_scores_pipelined's epilogue, row by row (the probe's variant; the
-// library's wg_scores_pass does the same inline for a pass, with the same
-// arithmetic, and keeps its measured code until the probe decides).
-// A lane's token of its warp's 16 in a tile (lanes with l % 4 == 0 store
-// token g = l / 4, l % 4 == 1 token g + 8, the others nothing), whether its
-// page was read, and its K scale.
-struct WgLaneToken {
-  int64_t t;
-  int quad;
-  bool writer, ok;
-  float scale;
-};
-
-template <class Shared>
-__device__ __forceinline__ WgLaneToken wg_lane_token(const Shared& sm, int lane, const WgTileOut& o) {
-  WgLaneToken lt;
-  lt.quad = lane & 3;
-  const int tok = o.tok0 + (lane >> 2) + (lt.quad == 1 ? 8 : 0);  // acc offsets 0 and 2
-  lt.t = o.t0 + tok;
-  lt.writer = lt.quad < 2 && lt.t < o.it->c1;
-  lt.ok = sm.ok[o.s][tok] != 0;
-  lt.scale = lt.ok ? sm.scale[o.s][tok] : 0.f;  // an unloaded token's scale is stale
-  return lt;
-}
-
-// Row j of a tile from its accumulator: ReLU, the weight, the head sum
-// (HEADSUM), the scale and the mask, stored straight from registers.
-template <int N>
-__device__ __forceinline__ void wg_store_row(const float (&acc)[32], const float (&w)[N][kIndexerHeads], int j,
-                                             const WgLaneToken& lt, const WgTileOut& o) {
-  float wq[16];
-  wg_row_weights(w[j], lt.quad, wq);
-  float lo = acc[0], hi = acc[2];  // the probe's NSA_MQA_PROBE_DROP & 8: no head sum
-  if constexpr ((NSA_MQA_PROBE_DROP & 8) == 0) {
-    lo = wg_head_sum(&acc[0], wq);  // token g
-    hi = wg_head_sum(&acc[2], wq);  // token g + 8
-  }
-  if (lt.writer) {
-    const float ninf = -__int_as_float(0x7f800000);
-    const int64_t len = detail::indexer_row_len(o.it->L, N, j, o.a->width);
-    const float sum = lt.quad == 0 ? lo : hi;
-    o.a->logits[(o.it->b * N + j) * o.a->logits_ld + lt.t] = lt.t < len && lt.ok ? __fmul_rn(sum, lt.scale) : ninf;
-  }
-}
-
 // Rows [J0, J0 + R) of one stage: S = K (warpgroup wg's 64 tokens of the
 // stage) times q_j^T (64 heads), tokens as wgmma's M and heads as its N,
 // then ReLU, the weight, the head sum (HEADSUM), the scale and the mask,
@@ -526,37 +413,6 @@ __device__ __forceinline__ void wg_scores_pass(const Shared& sm, const uint8_t (
   }
 }
 
-// The probe's NSA_MQA_PROBE_PIPELINE_ROWS: one row per wgmma commit group
-// (m64n64k32), two accumulators, row j + 1's wgmma in flight while row j's
-// head sum runs and is stored (the library waits for a whole pass first).
-template <int N, class Shared>
-__device__ __forceinline__ void wg_scores_pipelined(const Shared& sm, const uint8_t (&q)[N][kWgQRowBytes],
-                                                    const float (&w)[N][kIndexerHeads], uint64_t dk, int lane,
-                                                    const WgTileOut& o) {
-  float acc[2][32] = {};  // overwritten (the first k step does not accumulate); zero for the compiler
-  const WgLaneToken lt = wg_lane_token(sm, lane, o);
-  wg_fence();
-#pragma unroll
-  for (int ks = 0; ks < kIndexerHeadDim / 32; ++ks)
-    wg_mma_m64n64k32(acc[0], dk + 2 * ks, wg_desc(q[0]) + 2 * ks, ks > 0 ? 1 : 0);
-  wg_commit();
-#pragma unroll
-  for (int j = 0; j < N; ++j) {
-    if (j + 1 < N) {
-      wg_fence();  // row j - 1's reads of this accumulator come first
-#pragma unroll
-      for (int ks = 0; ks < kIndexerHeadDim / 32; ++ks)
-        wg_mma_m64n64k32(acc[(j + 1) & 1], dk + 2 * ks, wg_desc(q[j + 1]) + 2 * ks, ks > 0 ? 1 : 0);
-      wg_commit();
-      wg_wait_one();  // row j's group has completed; row j + 1's may still run
-    } else {
-      wg_wait_all();
-    }
-    wg_fence_operands(acc[j & 1]);
-    wg_store_row<N>(acc[j & 1], w, j, lt, o);
-  }
-}
-
 // Stage s for every row, in passes of at most kWgRowsPerPass rows, stored
 // (after a CTA barrier that made the stage's copies visible). Shared: any
 // layout with the members k, scale and ok of WgmmaShared<N>.
@@ -569,12 +425,8 @@ __device__ __forceinline__ void wg_scores(const Shared& sm, const uint8_t (&q)[N
   const int wg = warp >> 2;  // warpgroup: tokens [64 wg, 64 wg + 64) of the tile
   const WgTileOut o{&a, &it, t0, s, wg * kWgTokensPerGroup + 16 * (warp & 3)};
   const uint64_t dk = wg_desc(&sm.k[s][wg * kWgTokensPerGroup * kWgRowBytes]);
-  if constexpr (NSA_MQA_PROBE_PIPELINE_ROWS) {
-    wg_scores_pipelined<N>(sm, q, w, dk, lane, o);
-  } else {
-    wg_scores_pass<N, 0, kFirst>(sm, q, w, dk, lane, o);
-    if constexpr (N > kFirst) wg_scores_pass<N, kFirst, N - kFirst>(sm, q, w, dk, lane, o);
-  }
+  wg_scores_pass<N, 0, kFirst>(sm, q, w, dk, lane, o);
+  if constexpr (N > kFirst) wg_scores_pass<N, kFirst, N - kFirst>(sm, q, w, dk, lane, o);
 }
 #endif
 
@@ -617,41 +469,24 @@ __global__ void __launch_bounds__(kWgThreads, 2)
       wg_load_q(sm.q, a, b);
       wg_load_weights(sm.w, a, b);
     }
-#if NSA_MQA_PROBE_SPLIT_WARPGROUPS
-    // The probe's split warpgroups: warpgroup wg loads and waits for its own
-    // tokens [64 wg, 64 wg + 64) of each tile.
-    const int wg = static_cast<int>(threadIdx.x) >> 7, wg_thread = static_cast<int>(threadIdx.x) & 127;
-    const auto load = [&](int stage, int64_t t0) {
-      wg_load_tile_table_first<kWgThreads / 2>(sm, stage, a, b, t0, it.load_end, wg * kWgTokensPerGroup, wg_thread);
-    };
-    const auto barrier = [&](int i) {
-      if (i == 0) {
-        __syncthreads();  // q and the weights: each warpgroup loaded part of them
-      } else {
-        asm volatile("bar.sync %0, 128;\n" ::"r"(wg + 1) : "memory");
-      }
-    };
-#else
-    const auto load = [&](int stage, int64_t t0) { wg_load_tile(sm, stage, a, b, t0, it.load_end); };
-    const auto barrier = [&](int) { __syncthreads(); };
-#endif
 #pragma unroll
     for (int p = 0; p < kWgStages - 1; ++p) {
-      if (p < tiles) load(p, c0 + static_cast<int64_t>(p) * kWgTileTokens);
+      if (p < tiles) wg_load_tile(sm, p, a, b, c0 + static_cast<int64_t>(p) * kWgTileTokens, it.load_end);
       mqa_cp_async_commit();
     }
 
     for (int i = 0; i < tiles; ++i) {
       const int64_t t0 = c0 + static_cast<int64_t>(i) * kWgTileTokens;
       const int ahead = i + kWgStages - 1;
-      if (ahead < tiles) load(ahead % kWgStages, c0 + static_cast<int64_t>(ahead) * kWgTileTokens);
+      if (ahead < tiles)
+        wg_load_tile(sm, ahead % kWgStages, a, b, c0 + static_cast<int64_t>(ahead) * kWgTileTokens, it.load_end);
       mqa_cp_async_commit();
       mqa_cp_async_wait_stage();  // tile i (and q, the weights) have landed (this thread's copies)
       wg_fence_proxy_async();     // ... visible to wgmma's operand reads
-      barrier(i);                 // ... everyone's
+      __syncthreads();            // ... everyone's
       NSA_MQA_PROBE_MARK(2 + 2 * i);
       if constexpr ((NSA_MQA_PROBE_DROP & 1) == 0) wg_scores<N>(sm, sm.q, sm.w, a, it, t0, i % kWgStages);
-      barrier(1);  // this stage is reloaded next iteration
+      __syncthreads();  // this stage is reloaded next iteration
       NSA_MQA_PROBE_MARK(3 + 2 * i);
     }
   }
