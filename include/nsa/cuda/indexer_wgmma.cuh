@@ -321,15 +321,6 @@ struct WgTileOut {
 constexpr int kWgRowsPerPass = 2;
 static_assert(kIndexerMaxNextN <= 2 * kWgRowsPerPass, "wg_scores runs at most two passes");
 
-// The 16 weights of lane quad position `quad` for one row (wg_weight_slot order).
-__device__ __forceinline__ void wg_row_weights(const float (&w)[kIndexerHeads], int quad, float (&wq)[16]) {
-#pragma unroll
-  for (int v = 0; v < 4; ++v) {
-    const float4 x = *reinterpret_cast<const float4*>(&w[16 * quad + 4 * v]);
-    wq[4 * v] = x.x, wq[4 * v + 1] = x.y, wq[4 * v + 2] = x.z, wq[4 * v + 3] = x.w;
-  }
-}
-
 // The HEADSUM of one token from a lane's 16 accumulator values of it
 // (c[4i + 0], c[4i + 1] for i = 0..7: heads 16q + i, 16q + i + 8 of the
 // lane's quad position q) and its 16 weights in slot order, summed over the
@@ -353,21 +344,6 @@ template <int N, int J0, int R, class Shared>
 __device__ __forceinline__ void wg_scores_pass(const Shared& sm, const uint8_t (&q)[N][kWgQRowBytes],
                                                const float (&w)[N][kIndexerHeads], uint64_t dk, int lane,
                                                const WgTileOut& o) {
-  // The lane's token, its page flag and scale (and, in a pass of one row,
-  // the row's weights) are read from shared memory before the wgmma is
-  // issued, so those loads overlap it instead of following its wait (a pass
-  // of two rows reads its weights after: 32 more registers would pass 128).
-  // Lane quad 0 stores token g, quad 1 token g + 8 (acc offsets 0 and 2).
-  const int quad = lane & 3;
-  const int tok = o.tok0 + (lane >> 2) + (quad == 1 ? 8 : 0);
-  const int64_t t = o.t0 + tok;
-  const bool writer = quad < 2 && t < o.it->c1;
-  const bool ok = sm.ok[o.s][tok] != 0;
-  const float stored_scale = sm.scale[o.s][tok];  // not behind `ok`: no wait for it before the wgmma
-  const float scale = ok ? stored_scale : 0.f;    // an unloaded token's scale is stale
-  float wq_early[16];
-  if constexpr (R == 1) wg_row_weights(w[J0], quad, wq_early);
-
   float acc[R][32] = {};  // overwritten (the first k step does not accumulate); zero for the compiler
   wg_fence();
   if constexpr (R == 2 && !NSA_MQA_PROBE_NARROW_MMA) {
@@ -390,15 +366,21 @@ __device__ __forceinline__ void wg_scores_pass(const Shared& sm, const uint8_t (
   for (int r = 0; r < R; ++r) wg_fence_operands(acc[r]);
 
   const float ninf = -__int_as_float(0x7f800000);
+  const int quad = lane & 3;
+  // Lane quad 0 stores token g, quad 1 token g + 8 (acc offsets 0 and 2).
+  const int tok = o.tok0 + (lane >> 2) + (quad == 1 ? 8 : 0);
+  const int64_t t = o.t0 + tok;
+  const bool writer = quad < 2 && t < o.it->c1;
+  const bool ok = sm.ok[o.s][tok] != 0;
+  const float scale = ok ? sm.scale[o.s][tok] : 0.f;  // an unloaded token's scale is stale
 #pragma unroll
   for (int r = 0; r < R; ++r) {
     const int j = J0 + r;
     float wq[16];
-    if constexpr (R == 1) {
 #pragma unroll
-      for (int i = 0; i < 16; ++i) wq[i] = wq_early[i];
-    } else {
-      wg_row_weights(w[j], quad, wq);
+    for (int v = 0; v < 4; ++v) {
+      const float4 x = *reinterpret_cast<const float4*>(&w[j][16 * quad + 4 * v]);
+      wq[4 * v] = x.x, wq[4 * v + 1] = x.y, wq[4 * v + 2] = x.z, wq[4 * v + 3] = x.w;
     }
     float lo = acc[r][0], hi = acc[r][2];  // the probe's NSA_MQA_PROBE_DROP & 8: no head sum
     if constexpr ((NSA_MQA_PROBE_DROP & 8) == 0) {
