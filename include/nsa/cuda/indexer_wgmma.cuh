@@ -98,6 +98,14 @@
 #ifndef NSA_MQA_PROBE_NARROW_MMA
 #define NSA_MQA_PROBE_NARROW_MMA 0
 #endif
+// NSA_MQA_PROBE_EARLY_READS (the probe's _early build only; 0, the
+// library's): 1 reads a lane's token flag and scale, and in a pass of one
+// row the row's weights, from shared memory before the wgmma is issued
+// instead of after its wait (899a740, built but not yet timed; the _pipe
+// build, which read the flag and scale early, was up to 5% faster at N = 1).
+#ifndef NSA_MQA_PROBE_EARLY_READS
+#define NSA_MQA_PROBE_EARLY_READS 0
+#endif
 
 namespace nsa {
 namespace kernels {
@@ -344,6 +352,23 @@ template <int N, int J0, int R, class Shared>
 __device__ __forceinline__ void wg_scores_pass(const Shared& sm, const uint8_t (&q)[N][kWgQRowBytes],
                                                const float (&w)[N][kIndexerHeads], uint64_t dk, int lane,
                                                const WgTileOut& o) {
+#if NSA_MQA_PROBE_EARLY_READS
+  const int quad = lane & 3;
+  const int tok = o.tok0 + (lane >> 2) + (quad == 1 ? 8 : 0);
+  const int64_t t = o.t0 + tok;
+  const bool writer = quad < 2 && t < o.it->c1;
+  const bool ok = sm.ok[o.s][tok] != 0;
+  const float stored_scale = sm.scale[o.s][tok];  // not behind `ok`: no wait for it before the wgmma
+  const float scale = ok ? stored_scale : 0.f;
+  float wq_early[16];
+  if constexpr (R == 1) {
+#pragma unroll
+    for (int v = 0; v < 4; ++v) {
+      const float4 x = *reinterpret_cast<const float4*>(&w[J0][16 * quad + 4 * v]);
+      wq_early[4 * v] = x.x, wq_early[4 * v + 1] = x.y, wq_early[4 * v + 2] = x.z, wq_early[4 * v + 3] = x.w;
+    }
+  }
+#endif
   float acc[R][32] = {};  // overwritten (the first k step does not accumulate); zero for the compiler
   wg_fence();
   if constexpr (R == 2 && !NSA_MQA_PROBE_NARROW_MMA) {
@@ -366,6 +391,7 @@ __device__ __forceinline__ void wg_scores_pass(const Shared& sm, const uint8_t (
   for (int r = 0; r < R; ++r) wg_fence_operands(acc[r]);
 
   const float ninf = -__int_as_float(0x7f800000);
+#if !NSA_MQA_PROBE_EARLY_READS
   const int quad = lane & 3;
   // Lane quad 0 stores token g, quad 1 token g + 8 (acc offsets 0 and 2).
   const int tok = o.tok0 + (lane >> 2) + (quad == 1 ? 8 : 0);
@@ -373,6 +399,7 @@ __device__ __forceinline__ void wg_scores_pass(const Shared& sm, const uint8_t (
   const bool writer = quad < 2 && t < o.it->c1;
   const bool ok = sm.ok[o.s][tok] != 0;
   const float scale = ok ? sm.scale[o.s][tok] : 0.f;  // an unloaded token's scale is stale
+#endif
 #pragma unroll
   for (int r = 0; r < R; ++r) {
     const int j = J0 + r;
@@ -382,6 +409,12 @@ __device__ __forceinline__ void wg_scores_pass(const Shared& sm, const uint8_t (
       const float4 x = *reinterpret_cast<const float4*>(&w[j][16 * quad + 4 * v]);
       wq[4 * v] = x.x, wq[4 * v + 1] = x.y, wq[4 * v + 2] = x.z, wq[4 * v + 3] = x.w;
     }
+#if NSA_MQA_PROBE_EARLY_READS
+    if constexpr (R == 1) {
+#pragma unroll
+      for (int i = 0; i < 16; ++i) wq[i] = wq_early[i];  // the same values, read before the wgmma
+    }
+#endif
     float lo = acc[r][0], hi = acc[r][2];  // the probe's NSA_MQA_PROBE_DROP & 8: no head sum
     if constexpr ((NSA_MQA_PROBE_DROP & 8) == 0) {
       lo = wg_head_sum(&acc[r][0], wq);  // token g
