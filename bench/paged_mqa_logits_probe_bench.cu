@@ -26,16 +26,17 @@
 // span and the SMs that ran a CTA). The run fails if no CTA recorded its end
 // (the marks would then describe nothing).
 //
-// Built seven times: the library's kernel, variants that leave a part of it
+// Built eight times: the library's kernel, variants that leave a part of it
 // out (NSA_MQA_PROBE_DROP, see nsa/cuda/indexer_wgmma.cuh): _noscore, _noq,
 // _loads (nothing but the tile loads and their waits) and _nohead (the
 // scores without their head sum), _early (a lane's shared-memory reads of
 // the epilogue issued before the wgmma: NSA_MQA_PROBE_EARLY_READS; logits
-// must match), and _narrow, which scores a pass of two rows with two m64n64k32 per k step
+// must match), _three (the N = 1 kernel built for three CTAs per SM:
+// NSA_MQA_PROBE_N1_CTAS; logits must match), and _narrow, which scores a pass of two rows with two m64n64k32 per k step
 // as the library did before its m64n128k32 (NSA_MQA_PROBE_NARROW_MMA), so
 // one run shows what each part adds to a CTA's life next to the floors.
 //
-//   paged_mqa_logits_probe[_noscore|_noq|_loads|_nohead|_early|_narrow]_bench [--json FILE] [--quick]
+//   paged_mqa_logits_probe[_noscore|_noq|_loads|_nohead|_early|_three|_narrow]_bench [--json FILE] [--quick]
 #include <cuda_runtime.h>
 #include <fmt/format.h>
 #include <fmt/ranges.h>
@@ -319,6 +320,9 @@ int main(int argc, char** argv) {
                                                       : "the library's";
         if (NSA_MQA_PROBE_EARLY_READS)
           kernel = "the library's with a lane's epilogue reads issued before the wgmma (NSA_MQA_PROBE_EARLY_READS)";
+        if (NSA_MQA_PROBE_N1_CTAS != 2)
+          kernel = fmt::format("the library's, built for {} CTAs per SM at N = 1 (NSA_MQA_PROBE_N1_CTAS)",
+                               NSA_MQA_PROBE_N1_CTAS);
         if (NSA_MQA_PROBE_DROP != 0) {
           std::vector<std::string> dropped;
           if (NSA_MQA_PROBE_DROP & 1) dropped.push_back("the scores");

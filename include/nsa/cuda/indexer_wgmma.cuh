@@ -106,6 +106,14 @@
 #ifndef NSA_MQA_PROBE_EARLY_READS
 #define NSA_MQA_PROBE_EARLY_READS 0
 #endif
+// NSA_MQA_PROBE_N1_CTAS (the probe's _three build only; 2, the library's):
+// CTAs per SM the N = 1 kernel is built for. 3 caps it at 80 registers and
+// asks for no alignment slack in its shared memory (3 x 76.5 KB fit an SM's
+// 228 KB only without it; the kernel traps if the dynamic shared memory is
+// not 1024-aligned), so a third CTA's start overlaps the other two's work.
+#ifndef NSA_MQA_PROBE_N1_CTAS
+#define NSA_MQA_PROBE_N1_CTAS 2
+#endif
 
 namespace nsa {
 namespace kernels {
@@ -466,13 +474,20 @@ __device__ __forceinline__ Shared& wg_shared(uint8_t* raw) {
   return *reinterpret_cast<Shared*>(raw + pad);
 }
 
+// Without slack the caller must get 1024-aligned dynamic shared memory (the probe's _three build only).
+template <int N>
+constexpr bool kWgSharedSlack = N != 1 || NSA_MQA_PROBE_N1_CTAS <= 2;
+
 template <int N>
 // Two CTAs per SM at every N (<= 128 registers; shared memory 78-111 KB).
-__global__ void __launch_bounds__(kWgThreads, 2)
+__global__ void __launch_bounds__(kWgThreads, N == 1 ? NSA_MQA_PROBE_N1_CTAS : 2)
     paged_mqa_logits_wgmma_kernel(const PagedMqaLogitsArgs a, int64_t ctas_per_request, int64_t columns) {
 #if defined(NSA_MQA_WGMMA)
   NSA_MQA_PROBE_BEGIN();
   extern __shared__ __align__(16) uint8_t wg_smem[];
+  if constexpr (!kWgSharedSlack<N>) {
+    if ((static_cast<uint32_t>(__cvta_generic_to_shared(wg_smem)) & (kWgAlign - 1)) != 0) __trap();
+  }
   WgmmaShared<N>& sm = wg_shared<WgmmaShared<N>>(wg_smem);
   const WgItem it = wg_item<N>(a, blockIdx.x, ctas_per_request, columns);
   const int64_t b = it.b, c0 = it.c0;
@@ -517,7 +532,7 @@ __global__ void __launch_bounds__(kWgThreads, 2)
 
 template <int N>
 constexpr size_t wg_shared_bytes() {
-  return sizeof(WgmmaShared<N>) + kWgAlign;
+  return sizeof(WgmmaShared<N>) + (kWgSharedSlack<N> ? kWgAlign : 0);
 }
 
 // Whether `device` runs the sm_90a image of `Kernel`: compute 9.0 and an
