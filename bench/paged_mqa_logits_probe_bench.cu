@@ -32,9 +32,10 @@
 // scores without their head sum), _early (a lane's shared-memory reads of
 // the epilogue issued before the wgmma: NSA_MQA_PROBE_EARLY_READS; logits
 // must match), _three (the N = 1 kernel built for three CTAs per SM:
-// NSA_MQA_PROBE_N1_CTAS; logits must match), and _narrow, which scores a pass of two rows with two m64n64k32 per k step
-// as the library did before its m64n128k32 (NSA_MQA_PROBE_NARROW_MMA), so
-// one run shows what each part adds to a CTA's life next to the floors.
+// NSA_MQA_PROBE_N1_CTAS; logits must match), and _narrow, which scores a
+// pass of two rows with two m64n64k32 per k step as the library did before
+// its m64n128k32 (NSA_MQA_PROBE_NARROW_MMA), so one run shows what each
+// part adds to a CTA's life next to the floors.
 //
 //   paged_mqa_logits_probe[_noscore|_noq|_loads|_nohead|_early|_three|_narrow]_bench [--json FILE] [--quick]
 #include <cuda_runtime.h>
