@@ -189,7 +189,6 @@ __device__ __forceinline__ uint64_t wg_desc(const void* smem) {
 __device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wg_wait_all() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
-__device__ __forceinline__ void wg_wait_one() { asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory"); }
 // The cp.async writes of this thread become visible to the async proxy (wgmma operand reads).
 __device__ __forceinline__ void wg_fence_proxy_async() {
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
@@ -337,6 +336,15 @@ struct WgTileOut {
 constexpr int kWgRowsPerPass = 2;
 static_assert(kIndexerMaxNextN <= 2 * kWgRowsPerPass, "wg_scores runs at most two passes");
 
+// Lane quad position `quad`'s 16 weights of one row, in wg_weight_slot order.
+__device__ __forceinline__ void wg_row_weights(const float (&w)[kIndexerHeads], int quad, float (&wq)[16]) {
+#pragma unroll
+  for (int v = 0; v < 4; ++v) {
+    const float4 x = *reinterpret_cast<const float4*>(&w[16 * quad + 4 * v]);
+    wq[4 * v] = x.x, wq[4 * v + 1] = x.y, wq[4 * v + 2] = x.z, wq[4 * v + 3] = x.w;
+  }
+}
+
 // The HEADSUM of one token from a lane's 16 accumulator values of it
 // (c[4i + 0], c[4i + 1] for i = 0..7: heads 16q + i, 16q + i + 8 of the
 // lane's quad position q) and its 16 weights in slot order, summed over the
@@ -369,13 +377,7 @@ __device__ __forceinline__ void wg_scores_pass(const Shared& sm, const uint8_t (
   const float stored_scale = sm.scale[o.s][tok];  // not behind `ok`: no wait for it before the wgmma
   const float scale = ok ? stored_scale : 0.f;
   float wq_early[16];
-  if constexpr (R == 1) {
-#pragma unroll
-    for (int v = 0; v < 4; ++v) {
-      const float4 x = *reinterpret_cast<const float4*>(&w[J0][16 * quad + 4 * v]);
-      wq_early[4 * v] = x.x, wq_early[4 * v + 1] = x.y, wq_early[4 * v + 2] = x.z, wq_early[4 * v + 3] = x.w;
-    }
-  }
+  if constexpr (R == 1) wg_row_weights(w[J0], quad, wq_early);
 #endif
   float acc[R][32] = {};  // overwritten (the first k step does not accumulate); zero for the compiler
   wg_fence();
@@ -412,16 +414,15 @@ __device__ __forceinline__ void wg_scores_pass(const Shared& sm, const uint8_t (
   for (int r = 0; r < R; ++r) {
     const int j = J0 + r;
     float wq[16];
-#pragma unroll
-    for (int v = 0; v < 4; ++v) {
-      const float4 x = *reinterpret_cast<const float4*>(&w[j][16 * quad + 4 * v]);
-      wq[4 * v] = x.x, wq[4 * v + 1] = x.y, wq[4 * v + 2] = x.z, wq[4 * v + 3] = x.w;
-    }
 #if NSA_MQA_PROBE_EARLY_READS
     if constexpr (R == 1) {
 #pragma unroll
-      for (int i = 0; i < 16; ++i) wq[i] = wq_early[i];  // the same values, read before the wgmma
+      for (int i = 0; i < 16; ++i) wq[i] = wq_early[i];  // read before the wgmma
+    } else {
+      wg_row_weights(w[j], quad, wq);
     }
+#else
+    wg_row_weights(w[j], quad, wq);
 #endif
     float lo = acc[r][0], hi = acc[r][2];  // the probe's NSA_MQA_PROBE_DROP & 8: no head sum
     if constexpr ((NSA_MQA_PROBE_DROP & 8) == 0) {
