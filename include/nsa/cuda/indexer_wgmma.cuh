@@ -252,15 +252,18 @@ __device__ __forceinline__ void wg_mma_m64n128k32(float (&d0)[32], float (&d1)[3
 // columns per CTA 36.9 against 29.3. The table entries are L1 hits after
 // the first warp, so reading them one token at a time costs little, and
 // the reordered version was slower for reasons not yet isolated.)
-template <class Shared>
+// Threads: how many threads share the copies (thread `tid` of them): the
+// CTA's 256 here, the producer warpgroup's 128 in the persistent schedule.
+template <int Threads = kWgThreads, class Shared>
 __device__ __forceinline__ void wg_load_tile(Shared& sm, int s, const PagedMqaLogitsArgs& a, int64_t b, int64_t t0,
-                                             int64_t load_end) {
+                                             int64_t load_end, int tid = static_cast<int>(threadIdx.x)) {
+  static_assert(kWgTileTokens * 8 % Threads == 0, "whole 16-byte copies per thread");
   const int64_t page_bytes = a.page_size * (kIndexerHeadDim + 4);
   const int64_t table_row = b * a.table_ld;
   const MqaPageColumn column_of(a.page_size);
 #pragma unroll
-  for (int it = 0; it < kWgTileTokens * 8 / kWgThreads; ++it) {
-    const int idx = it * kWgThreads + static_cast<int>(threadIdx.x);
+  for (int it = 0; it < kWgTileTokens * 8 / Threads; ++it) {
+    const int idx = it * Threads + tid;
     const int tok = idx >> 3, chunk = idx & 7;
     const int64_t t = t0 + tok;
     const int64_t col = column_of(t);
@@ -294,11 +297,14 @@ __device__ __forceinline__ int wg_weight_slot(int h) { return (h & ~15) + 2 * (h
 
 // Issues the cp.async copies of the q of request b's N rows into q, swizzled,
 // shared-memory row n holding head wg_head_of_column(n).
-template <int N>
-__device__ __forceinline__ void wg_load_q(uint8_t (&q)[N][kWgQRowBytes], const PagedMqaLogitsArgs& a, int64_t b) {
+// (Threads and tid as in wg_load_tile.)
+template <int N, int Threads = kWgThreads>
+__device__ __forceinline__ void wg_load_q(uint8_t (&q)[N][kWgQRowBytes], const PagedMqaLogitsArgs& a, int64_t b,
+                                          int tid = static_cast<int>(threadIdx.x)) {
+  static_assert(N * kIndexerHeads * 8 % Threads == 0, "whole 16-byte copies per thread");
 #pragma unroll
-  for (int it = 0; it < N * kIndexerHeads * 8 / kWgThreads; ++it) {
-    const int idx = it * kWgThreads + static_cast<int>(threadIdx.x);
+  for (int it = 0; it < N * kIndexerHeads * 8 / Threads; ++it) {
+    const int idx = it * Threads + tid;
     const int j = idx / (kIndexerHeads * 8), n = (idx / 8) % kIndexerHeads, chunk = idx & 7;
     const int h = wg_head_of_column(n);
     const uint8_t* src = a.q + ((b * N + j) * kIndexerHeads + h) * kIndexerHeadDim + chunk * 16;
@@ -308,14 +314,18 @@ __device__ __forceinline__ void wg_load_q(uint8_t (&q)[N][kWgQRowBytes], const P
 
 // Issues the cp.async copies of the weights of request b's N rows into w,
 // head h at wg_weight_slot(h).
-template <int N>
-__device__ __forceinline__ void wg_load_weights(float (&w)[N][kIndexerHeads], const PagedMqaLogitsArgs& a, int64_t b) {
-  static_assert(N * kIndexerHeads <= kWgThreads, "one weight per thread");
-  const int idx = static_cast<int>(threadIdx.x);
+// (Threads and tid as in wg_load_tile.)
+template <int N, int Threads = kWgThreads>
+__device__ __forceinline__ void wg_load_weights(float (&w)[N][kIndexerHeads], const PagedMqaLogitsArgs& a, int64_t b,
+                                                int tid = static_cast<int>(threadIdx.x)) {
   // 4-byte copies: the weights are only 4-byte aligned.
-  if (idx < N * kIndexerHeads)
-    mqa_cp_async4(&w[idx / kIndexerHeads][wg_weight_slot(idx % kIndexerHeads)],
-                  a.weights + b * N * kIndexerHeads + idx);
+#pragma unroll
+  for (int it = 0; it < (N * kIndexerHeads + Threads - 1) / Threads; ++it) {
+    const int idx = it * Threads + tid;
+    if (idx < N * kIndexerHeads)
+      mqa_cp_async4(&w[idx / kIndexerHeads][wg_weight_slot(idx % kIndexerHeads)],
+                    a.weights + b * N * kIndexerHeads + idx);
+  }
 }
 
 // What one warp writes for a tile: its 16 tokens of item `it` at tile start
@@ -440,12 +450,14 @@ __device__ __forceinline__ void wg_scores_pass(const Shared& sm, const uint8_t (
 // Stage s for every row, in passes of at most kWgRowsPerPass rows, stored
 // (after a CTA barrier that made the stage's copies visible). Shared: any
 // layout with the members k, scale and ok of WgmmaShared<N>.
+// tid: the thread's index among the 256 that score (two warpgroups).
 template <int N, class Shared>
 __device__ __forceinline__ void wg_scores(const Shared& sm, const uint8_t (&q)[N][kWgQRowBytes],
                                           const float (&w)[N][kIndexerHeads], const PagedMqaLogitsArgs& a,
-                                          const WgItem& it, int64_t t0, int s) {
+                                          const WgItem& it, int64_t t0, int s,
+                                          int tid = static_cast<int>(threadIdx.x)) {
   constexpr int kFirst = N < kWgRowsPerPass ? N : kWgRowsPerPass;
-  const int warp = static_cast<int>(threadIdx.x) >> 5, lane = static_cast<int>(threadIdx.x) & 31;
+  const int warp = tid >> 5, lane = tid & 31;
   const int wg = warp >> 2;  // warpgroup: tokens [64 wg, 64 wg + 64) of the tile
   const WgTileOut o{&a, &it, t0, s, wg * kWgTokensPerGroup + 16 * (warp & 3)};
   const uint64_t dk = wg_desc(&sm.k[s][wg * kWgTokensPerGroup * kWgRowBytes]);
@@ -589,7 +601,7 @@ inline cudaError_t mqa_wgmma_available() {
 // The first call may happen inside a stream capture: the queries run with
 // this thread's capture mode relaxed. A failed query's error is cleared and
 // returned.
-template <auto Kernel>
+template <auto Kernel, int Threads = kWgThreads>
 inline cudaError_t wg_resident_ctas(size_t shared_bytes, int64_t& ctas) {
   static std::atomic<int64_t> known[64];  // [device]: CTAs + 1, 0 = not asked yet
   int device = 0;
@@ -607,7 +619,7 @@ inline cudaError_t wg_resident_ctas(size_t shared_bytes, int64_t& ctas) {
   cudaStreamCaptureMode mode = cudaStreamCaptureModeRelaxed;
   (void)cudaThreadExchangeStreamCaptureMode(&mode);
   e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-  if (e == cudaSuccess) e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, Kernel, kWgThreads, shared_bytes);
+  if (e == cudaSuccess) e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, Kernel, Threads, shared_bytes);
   (void)cudaThreadExchangeStreamCaptureMode(&mode);
   if (e != cudaSuccess) {
     (void)cudaGetLastError();

@@ -1,60 +1,54 @@
-// Persistent variant of the sm_90a wgmma kernel of paged_mqa_logits
-// (MqaLogitsKernel::kWgmmaPersistent, opt-in; kAuto keeps the kernel of
-// nsa/cuda/indexer_wgmma.cuh). Same output, bit for bit: the same work items,
-// the same loads, the same wgmma instructions and epilogue (wg_scores,
-// wg_store_tail); only the schedule differs.
+// Persistent, warp-specialized variant of the sm_90a wgmma kernel of
+// paged_mqa_logits (MqaLogitsKernel::kWgmmaPersistent, opt-in; kAuto keeps
+// the kernel of nsa/cuda/indexer_wgmma.cuh). Same output, bit for bit: every
+// token is loaded, scored (wg_scores: the same wgmma instructions and
+// epilogue) and stored as there; only the schedule differs.
 //
-// Why. The wgmma kernel runs one CTA per (request, 512-column chunk): a CTA
-// issues its whole chunk's loads, then computes with no load outstanding and
-// exits, so each SM alternates between a load burst and compute. Here the
-// grid is one wave of resident CTAs (min(work items, SMs x CTAs per SM), the
-// occupancy asked once per kernel instance and device) and each CTA walks
-// items blockIdx.x, blockIdx.x + gridDim.x, ... (the wgmma kernel's order:
-// item = b * chunks + chunk) through ONE cp.async pipeline: while tile i of
-// the walk is computed, the following tiles (of this item or the next) are
-// already in flight.
+// Why. The wgmma kernel runs one CTA per (request, chunk): a CTA issues its
+// chunk's loads, waits for the first tile, scores with no load of its own
+// outstanding, and exits. Its probe (docs/performance.md) found a CTA's
+// life to be mostly that first wait, and the two CTAs of an SM start and
+// end together, so an SM alternates between waiting and scoring: the
+// kernel reached about half the bandwidth of a gather of the same bytes.
+// Here one warpgroup of each CTA only loads and two only score, through a
+// ring of shared-memory stages with mbarriers, so loads stay in flight
+// while tiles are scored, and a CTA's walk never restarts.
 //
-// Design, per CTA (256 threads, the wgmma kernel's roles):
-//   * two walks over the CTA's items with tiles (WgWalk): the load walk
-//     (tiles issued, kWgStages stages) and the compute walk (tiles
-//     computed), the load walk at most kWgStages tiles and at most one item
-//     ahead. Each walk reads L_b itself when it reaches an item (wg_item);
-//     the load walk writes the -inf tail of every item it reaches (a chunk
-//     with no visible token is all tail, and has no tile);
-//   * each loaded tile is its own cp.async group, so "tile i has landed" is
-//     "at most (tiles in flight - 1) groups pending": cp.async.wait_group
-//     with that count (0 .. kWgStages - 1), 3 in the steady state as in the
-//     wgmma kernel;
-//   * q and weights: two buffers (q[2], w[2]), item u of the walk (counting
-//     items with tiles only) uses buffer u % 2, loaded in the cp.async group
-//     of the item's first tile. The load walk may start item u + 1 while
-//     item u is computed, never item u + 2 (its buffer is item u's), so with
-//     items of fewer than kWgStages tiles fewer tiles are in flight. Chosen
-//     over a q slot per stage (4 x N x 8 KB: one CTA per SM from N = 2, and
-//     q reloaded per tile) and over one q buffer (the pipeline drains at
-//     every request change, which, with consecutive items gridDim.x apart,
-//     is every item). Cost: N x 8 KB more shared memory, so N = 3, 4 fit one
-//     CTA per SM instead of two (N = 1, 2 keep two);
-//   * the weights go to shared memory with cp.async with q, as in the wgmma
-//     kernel (the epilogue reads them from there), so no global load latency
-//     sits at an item boundary.
-// No atomics, no inter-CTA communication, no allocation, 1-D grid bounded by
-// the device (never by a device length): bit-stable and capturable.
+// Design, per CTA (one per SM, 384 threads):
+//   * the work: the tiles (128 tokens) of every request with a visible
+//     token, request-major (request b has ceil(load_end_b / 128) tiles,
+//     load_end_b = what its last row sees); CTA c takes the contiguous range
+//     [T c / G, T (c + 1) / G) of the T tiles (G CTAs), so every CTA has the
+//     same number of tiles whatever the lengths, and a request's tiles are
+//     consecutive in a CTA's walk (q is loaded once per request and CTA).
+//     The range is found at the start: every thread sums the tiles of a
+//     span of requests (their lengths, read once), one block scan;
+//   * warpgroup 0, the producer: per tile, waits until its stage is free
+//     (`empty`), issues the tile's cp.async copies (wg_load_tile, 128
+//     threads) and, at a request's first tile, the request's q and weights
+//     into one of two buffers (waiting until the request before the one
+//     before has been scored: `qempty`); each thread then arms `full` twice:
+//     cp.async.mbarrier.arrive.noinc (when its copies have landed) and a
+//     plain arrive (release: its `ok` flags and the tile's descriptor);
+//     after its last tile it writes the -inf columns past the tiles of
+//     requests c, c + G, ...;
+//   * warpgroups 1 and 2, the consumers: per tile, wait on `full`, take the
+//     tile's descriptor (request, first token, length, q buffer), score
+//     their 64 tokens (wg_scores) and release the stage (one arrive per
+//     warp), and the q buffer after the request's last tile of this CTA.
+//     The two warpgroups never wait for each other.
+//   * the ring is as deep as shared memory allows (ws_stages: 12 tiles at
+//     N = 1, 11, 10, 9 at N = 2, 3, 4; about 200 KB of K in flight per SM).
+// No atomics, no inter-CTA communication, no allocation, a 1-D grid of
+// one CTA per SM (never sized by a device length): bit-stable and capturable.
 //
 // Availability: that of the wgmma kernel (mqa_wgmma_available: compute 9.0
 // and an sm_90a image of this translation unit; both kernels are compiled
 // for the same targets), else cudaErrorNotSupported with nothing launched.
-//
-// Unverified: everything on a GPU (written without one): correctness on the
-// device, speed, and whether the two-CTA / one-CTA occupancy is what the
-// occupancy query reports. Untuned: the load walk reads the next item's L_b
-// when it reaches it (a dependent global load in the top-up, once per item),
-// and the stage count is the wgmma kernel's.
 #pragma once
 
 #include <cuda_runtime.h>
 
-#include <atomic>
 #include <cstdint>
 
 #include "nsa/cuda/indexer.cuh"
@@ -65,114 +59,220 @@
 namespace nsa {
 namespace kernels {
 
-// WgmmaShared with two q and weight buffers (item u of the walk uses u % 2).
-template <int N>
-struct WgmmaPersistentShared {
-  uint8_t k[kWgStages][kWgTileTokens * kWgRowBytes];  // swizzled, 1024-aligned
-  uint8_t q[2][N][kWgQRowBytes];                      // swizzled, 1024-aligned
-  float scale[kWgStages][kWgTileTokens];
-  uint8_t ok[kWgStages][kWgTileTokens];  // the token's page is readable (and the token < L_b, width)
-  float w[2][N][kIndexerHeads];          // the weights of q[u % 2]'s rows (wg_weight_slot order)
+constexpr int kWsProducerThreads = 128;                      // warpgroup 0
+constexpr int kWsThreads = kWsProducerThreads + kWgThreads;  // + the two scoring warpgroups
+constexpr int kWsConsumerWarps = kWgThreads / 32;            // arrivals that free a stage
+constexpr int kWsWarps = kWsThreads / 32;
+constexpr size_t kWsSharedLimit = 227 * 1024;  // dynamic shared memory a compute 9.0 CTA may have
+
+// What the consumers need of a tile besides its bytes.
+struct WsTile {
+  int64_t b, t0, L;  // request, first token, L_b
+  int qbuf;          // q and weight buffer of the request
+  int last;          // the last tile of the request in this CTA's walk (frees the q buffer)
 };
 
-template <int N>
-constexpr size_t wg_persistent_shared_bytes() {
-  return sizeof(WgmmaPersistentShared<N>) + kWgAlign;
-}
-
-// CTAs per SM that the shared memory allows on compute 9.0 (228 KB per SM,
-// 1 KB of it reserved per CTA): 2 for N <= 2, 1 for N = 3, 4. The register
-// bound follows (__launch_bounds__); the grid uses the occupancy query.
-template <int N>
-constexpr int wg_persistent_ctas_per_sm() {
-  return 2 * (wg_persistent_shared_bytes<N>() + 1024) <= 228 * 1024 ? 2 : 1;
-}
-
-// Waits until at most `pending` (0 .. kWgStages - 1, the same in every
-// thread) committed cp.async groups are in flight (the count is an
-// immediate of the instruction).
-__device__ __forceinline__ void wg_cp_async_wait_pending(int pending) {
-  static_assert(kWgStages == 4, "one case per count 0 .. kWgStages - 1");
-  switch (pending) {
-    case 0: asm volatile("cp.async.wait_group 0;\n" ::: "memory"); break;
-    case 1: asm volatile("cp.async.wait_group 1;\n" ::: "memory"); break;
-    case 2: asm volatile("cp.async.wait_group 2;\n" ::: "memory"); break;
-    default: asm volatile("cp.async.wait_group 3;\n" ::: "memory"); break;
-  }
-}
-
-// Where a walk over the CTA's work items (blockIdx.x, + gridDim.x, ...)
-// stands: the item and its geometry, the item's next tile, and `live`, the
-// item's ordinal among the walk's items that have a tile (its q and weight
-// buffer is live % 2). item >= the item count: the walk is over.
-struct WgWalk {
-  int64_t item;
-  WgItem it;
-  int tile;
-  int live;
+template <int N, int S>
+struct WsShared {
+  uint8_t k[S][kWgTileTokens * kWgRowBytes];  // swizzled, 1024-aligned
+  uint8_t q[2][N][kWgQRowBytes];              // swizzled, 1024-aligned
+  float scale[S][kWgTileTokens];
+  uint8_t ok[S][kWgTileTokens];  // the token's page is readable (and the token < L_b, width)
+  float w[2][N][kIndexerHeads];  // the weights of q[u]'s rows, in wg_weight_slot order
+  WsTile tile[S];
+  uint64_t full[S], empty[S], qempty[2];
+  int64_t scan[kWsWarps];       // the block scan's warp totals
+  int64_t start_b, start_tile;  // where this CTA's walk starts
 };
 
-// Moves w to the first item at or after w.item that has a tile. kWriteTails:
-// writes the -inf tail of every item reached on the way, that one included
-// (the load walk, which reaches each item once).
-template <int N, bool kWriteTails>
-__device__ __forceinline__ void wg_walk_to_tiles(WgWalk& w, const PagedMqaLogitsArgs& a, int64_t items,
-                                                 int64_t ctas_per_request) {
-  w.tile = 0;
-  for (; w.item < items; w.item += gridDim.x) {
-    w.it = wg_item<N>(a, w.item, ctas_per_request, detail::kIndexerCtaColumns);
-    if constexpr (kWriteTails) wg_store_tail<N>(a, w.it);
-    if (w.it.tiles > 0) return;
-  }
+template <int N, int S>
+constexpr size_t ws_shared_bytes_of() {
+  return sizeof(WsShared<N, S>) + kWgAlign;
 }
 
-// Moves w past the tile it stands on.
-template <int N, bool kWriteTails>
-__device__ __forceinline__ void wg_walk_next(WgWalk& w, const PagedMqaLogitsArgs& a, int64_t items,
-                                             int64_t ctas_per_request) {
-  if (++w.tile < w.it.tiles) return;
-  w.item += gridDim.x;
-  ++w.live;
-  wg_walk_to_tiles<N, kWriteTails>(w, a, items, ctas_per_request);
+// The deepest ring that fits: 12 / 11 / 10 / 9 stages at N = 1 / 2 / 3 / 4.
+template <int N, int S = 16>
+constexpr int ws_stages() {
+  if constexpr (S <= 2 || ws_shared_bytes_of<N, S>() <= kWsSharedLimit) return S;
+  else return ws_stages<N, S - 1>();
 }
-
 template <int N>
-__global__ void __launch_bounds__(kWgThreads, wg_persistent_ctas_per_sm<N>())
-    paged_mqa_logits_wgmma_persistent_kernel(const PagedMqaLogitsArgs a, int64_t ctas_per_request) {
+constexpr int kWsStages = ws_stages<N>();  // (a variable: device code reads it)
+template <int N>
+constexpr size_t ws_shared_bytes() {
+  return ws_shared_bytes_of<N, kWsStages<N>>();
+}
+static_assert(ws_stages<4>() >= 8, "the ring must stay deep at N = 4");
+
+// Tiles of request b: those up to what its last row sees.
+template <int N>
+__device__ __forceinline__ int64_t ws_request_tiles(const PagedMqaLogitsArgs& a, int64_t b, int64_t& L) {
+  L = mqa_index(a.context_lens, b);
+  const int64_t load_end = detail::indexer_row_len(L, N, N - 1, a.width);
+  return (load_end + kWgTileTokens - 1) / kWgTileTokens;
+}
+
 #if defined(NSA_MQA_WGMMA)
+__device__ __forceinline__ uint32_t ws_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+__device__ __forceinline__ void ws_init(uint64_t* bar, int count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(ws_addr(bar)), "r"(count) : "memory");
+}
+// A plain arrive: release, so this thread's earlier shared-memory writes are
+// seen by whoever waits for the phase.
+__device__ __forceinline__ void ws_arrive(uint64_t* bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(ws_addr(bar)) : "memory");
+}
+// An arrive that happens when every cp.async this thread issued so far has landed.
+__device__ __forceinline__ void ws_arrive_on_copies(uint64_t* bar) {
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(ws_addr(bar)) : "memory");
+}
+// Waits until the phase of parity `parity` of bar has completed (acquire).
+__device__ __forceinline__ void ws_wait(uint64_t* bar, uint32_t parity) {
+  const uint32_t addr = ws_addr(bar);
+  uint32_t done = 0;
+  do {
+    asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+                 : "=r"(done)
+                 : "r"(addr), "r"(parity)
+                 : "memory");
+  } while (done == 0);
+}
+
+// Exclusive prefix of v over the CTA's kWsThreads threads (total in `total`).
+__device__ __forceinline__ int64_t ws_block_scan(int64_t v, int64_t (&warp_totals)[kWsWarps], int64_t& total) {
+  const int lane = static_cast<int>(threadIdx.x) & 31, warp = static_cast<int>(threadIdx.x) >> 5;
+  int64_t incl = v;
+#pragma unroll
+  for (int d = 1; d < 32; d <<= 1) {
+    const int64_t x = __shfl_up_sync(0xffffffffu, incl, d);
+    if (lane >= d) incl += x;
+  }
+  if (lane == 31) warp_totals[warp] = incl;
+  __syncthreads();
+  int64_t before = 0;
+  total = 0;
+#pragma unroll
+  for (int i = 0; i < kWsWarps; ++i) {
+    before += i < warp ? warp_totals[i] : 0;
+    total += warp_totals[i];
+  }
+  return before + incl - v;
+}
+#endif
+
+template <int N>
+__global__ void __launch_bounds__(kWsThreads, 1) paged_mqa_logits_wgmma_persistent_kernel(const PagedMqaLogitsArgs a) {
+#if defined(NSA_MQA_WGMMA)
+  constexpr int S = kWsStages<N>;
   extern __shared__ __align__(16) uint8_t wg_smem[];
-  WgmmaPersistentShared<N>& sm = wg_shared<WgmmaPersistentShared<N>>(wg_smem);
-  const int64_t items = a.batch * ctas_per_request;
-  WgWalk load{blockIdx.x, {}, 0, 0};
-  wg_walk_to_tiles<N, true>(load, a, items, ctas_per_request);
-  WgWalk comp = load;
-  int stage = 0;     // the compute walk's stage
-  int inflight = 0;  // tiles loaded and not yet computed, one cp.async group each
-  while (comp.item < items) {
-    // Top up: a stage is free once its tile was computed (the last barrier
-    // of that iteration); the next item's q buffer is free once the item
-    // before the compute walk's is done.
-    while (inflight < kWgStages && load.item < items && load.live <= comp.live + 1) {
-      if (load.tile == 0) {
-        wg_load_q(sm.q[load.live & 1], a, load.it.b);
-        wg_load_weights(sm.w[load.live & 1], a, load.it.b);
-      }
-      const int s = stage + inflight < kWgStages ? stage + inflight : stage + inflight - kWgStages;
-      wg_load_tile(sm, s, a, load.it.b, load.it.c0 + static_cast<int64_t>(load.tile) * kWgTileTokens, load.it.load_end);
-      mqa_cp_async_commit();
-      ++inflight;
-      wg_walk_next<N, true>(load, a, items, ctas_per_request);
+  WsShared<N, S>& sm = wg_shared<WsShared<N, S>>(wg_smem);
+  const int tid = static_cast<int>(threadIdx.x);
+
+  if (tid == 0) {
+    for (int s = 0; s < S; ++s) {
+      ws_init(&sm.full[s], 2 * kWsProducerThreads);  // a copies arrive and a plain one per producer thread
+      ws_init(&sm.empty[s], kWsConsumerWarps);
     }
-    wg_cp_async_wait_pending(inflight - 1);  // the compute walk's tile (and its q, weights) have landed
-    wg_fence_proxy_async();                  // ... visible to wgmma's operand reads
-    __syncthreads();                         // ... everyone's
-    const int buf = comp.live & 1;
-    wg_scores<N>(sm, sm.q[buf], sm.w[buf], a, comp.it, comp.it.c0 + static_cast<int64_t>(comp.tile) * kWgTileTokens,
-                 stage);
-    __syncthreads();  // this stage and (after an item's last tile) its q and weight buffer are reused
-    stage = stage + 1 < kWgStages ? stage + 1 : 0;
-    --inflight;
-    wg_walk_next<N, false>(comp, a, items, ctas_per_request);
+    ws_init(&sm.qempty[0], kWsConsumerWarps);
+    ws_init(&sm.qempty[1], kWsConsumerWarps);
+  }
+
+  // This CTA's tiles: [T c / G, T (c + 1) / G) of the T tiles of all requests.
+  const int64_t span = (a.batch + kWsThreads - 1) / kWsThreads;
+  const int64_t lo = tid * span < a.batch ? tid * span : a.batch;
+  const int64_t hi = lo + span < a.batch ? lo + span : a.batch;
+  int64_t mine = 0, L = 0;
+#pragma unroll 4
+  for (int64_t b = lo; b < hi; ++b) mine += ws_request_tiles<N>(a, b, L);
+  int64_t total = 0;
+  const int64_t before = ws_block_scan(mine, sm.scan, total);
+  const int64_t first = total * blockIdx.x / gridDim.x, end = total * (blockIdx.x + 1) / gridDim.x;
+  if (first < end && before <= first && first < before + mine) {  // this thread's span holds the first tile
+    int64_t at = before;
+    for (int64_t b = lo; b < hi; ++b) {
+      const int64_t t = ws_request_tiles<N>(a, b, L);
+      if (first < at + t) {
+        sm.start_b = b;
+        sm.start_tile = first - at;
+        break;
+      }
+      at += t;
+    }
+  }
+  __syncthreads();  // the barriers' init and the start are seen by all
+  const int64_t count = end - first;
+
+  if (tid < kWsProducerThreads) {
+    // The producer.
+    if (count > 0) {
+      int64_t b = sm.start_b, i = sm.start_tile;
+      int64_t tiles = ws_request_tiles<N>(a, b, L);
+      int seg = 0;  // requests started in this walk
+      int s = 0;
+      uint32_t phase = 0;
+      for (int64_t k = 0; k < count; ++k) {
+        if (k >= S) ws_wait(&sm.empty[s], phase ^ 1);  // the tile S before this one has been scored
+        const int qbuf = seg & 1;
+        if (i == 0 || k == 0) {  // the request's first tile in this walk: its q and weights
+          if (seg >= 2) ws_wait(&sm.qempty[qbuf], ((seg >> 1) - 1) & 1);
+          wg_load_q<N, kWsProducerThreads>(sm.q[qbuf], a, b, tid);
+          wg_load_weights<N, kWsProducerThreads>(sm.w[qbuf], a, b, tid);
+        }
+        const int64_t t0 = i * kWgTileTokens;
+        const bool last = i + 1 == tiles || k + 1 == count;
+        if (tid == 0) sm.tile[s] = WsTile{b, t0, L, qbuf, last ? 1 : 0};
+        wg_load_tile<kWsProducerThreads>(sm, s, a, b, t0, detail::indexer_row_len(L, N, N - 1, a.width), tid);
+        ws_arrive_on_copies(&sm.full[s]);
+        ws_arrive(&sm.full[s]);
+        if (++s == S) s = 0, phase ^= 1;
+        if (last) {
+          ++seg;
+          i = 0;
+          if (k + 1 < count) {
+            do tiles = ws_request_tiles<N>(a, ++b, L);
+            while (tiles == 0);
+          }
+        } else {
+          ++i;
+        }
+      }
+    }
+    asm volatile("cp.async.wait_all;\n" ::: "memory");
+    // The columns past the tiles of requests blockIdx.x, + gridDim.x, ...: -inf.
+    const float ninf = -__int_as_float(0x7f800000);
+    for (int64_t b = blockIdx.x; b < a.batch; b += gridDim.x) {
+      const int64_t tail = ws_request_tiles<N>(a, b, L) * kWgTileTokens;
+      for (int j = 0; j < N; ++j) {
+        float* row = a.logits + (b * N + j) * a.logits_ld;
+        for (int64_t t = tail + tid; t < a.width; t += kWsProducerThreads) row[t] = ninf;
+      }
+    }
+  } else {
+    // The consumers.
+    const int ctid = tid - kWsProducerThreads, lane = tid & 31;
+    int s = 0;
+    uint32_t phase = 0;
+    for (int64_t k = 0; k < count; ++k) {
+      ws_wait(&sm.full[s], phase);
+      wg_fence_proxy_async();  // the landed copies, seen by this thread, to wgmma's operand reads
+      const WsTile tile = sm.tile[s];
+      WgItem it;
+      it.b = tile.b;
+      it.c0 = tile.t0;
+      it.c1 = tile.t0 + kWgTileTokens < a.width ? tile.t0 + kWgTileTokens : a.width;
+      it.L = tile.L;
+      it.load_end = 0;  // not read by wg_scores
+      it.tiles = 1;
+      wg_scores<N>(sm, sm.q[tile.qbuf], sm.w[tile.qbuf], a, it, tile.t0, s, ctid);
+      __syncwarp();
+      if (lane == 0) {
+        ws_arrive(&sm.empty[s]);
+        if (tile.last) ws_arrive(&sm.qempty[tile.qbuf]);
+      }
+      if (++s == S) s = 0, phase ^= 1;
+    }
   }
 #elif defined(__CUDA_ARCH__)
   // Not an sm_90a image: the host never launches it (mqa_wgmma_available).
@@ -181,19 +281,18 @@ __global__ void __launch_bounds__(kWgThreads, wg_persistent_ctas_per_sm<N>())
 }
 
 template <int N>
-inline cudaError_t wg_persistent_launch(const PagedMqaLogitsArgs& a, int64_t ctas_per_request, cudaStream_t stream) {
-  constexpr size_t bytes = wg_persistent_shared_bytes<N>();
+inline cudaError_t wg_persistent_launch(const PagedMqaLogitsArgs& a, cudaStream_t stream) {
+  constexpr size_t bytes = ws_shared_bytes<N>();
   // The instance launched here must be an sm_90a image (mqa_wgmma_available).
   cudaError_t e = mqa_wgmma_available<paged_mqa_logits_wgmma_persistent_kernel<N>>();
   if (e != cudaSuccess) return e;
   e = allow_dynamic_shared_memory<paged_mqa_logits_wgmma_persistent_kernel<N>>(bytes);
   if (e != cudaSuccess) return e;
   int64_t resident = 0;
-  e = wg_resident_ctas<paged_mqa_logits_wgmma_persistent_kernel<N>>(bytes, resident);
+  e = wg_resident_ctas<paged_mqa_logits_wgmma_persistent_kernel<N>, kWsThreads>(bytes, resident);
   if (e != cudaSuccess) return e;
-  const int64_t items = a.batch * ctas_per_request;
-  const dim3 grid(static_cast<unsigned>(items < resident ? items : resident));
-  paged_mqa_logits_wgmma_persistent_kernel<N><<<grid, kWgThreads, bytes, stream>>>(a, ctas_per_request);
+  const dim3 grid(static_cast<unsigned>(resident));
+  paged_mqa_logits_wgmma_persistent_kernel<N><<<grid, kWsThreads, bytes, stream>>>(a);
   return cudaGetLastError();
 }
 
@@ -204,9 +303,7 @@ inline cudaError_t invoke_paged_mqa_logits_wgmma_persistent(const PagedMqaLogits
   const cudaError_t avail = mqa_wgmma_available();
   if (avail != cudaSuccess) return avail;
   if (a.batch <= 0 || a.width <= 0) return cudaSuccess;
-  return mqa_for_next_n(a.next_n, [&](auto n) {
-    return wg_persistent_launch<decltype(n)::value>(a, mqa_ctas_per_request(a), stream);
-  });
+  return mqa_for_next_n(a.next_n, [&](auto n) { return wg_persistent_launch<decltype(n)::value>(a, stream); });
 }
 
 }  // namespace kernels
