@@ -29,15 +29,14 @@
 // Built eight times: the library's kernel, variants that leave a part of it
 // out (NSA_MQA_PROBE_DROP, see nsa/cuda/indexer_wgmma.cuh): _noscore, _noq,
 // _loads (nothing but the tile loads and their waits) and _nohead (the
-// scores without their head sum), _early (a lane's shared-memory reads of
-// the epilogue issued before the wgmma: NSA_MQA_PROBE_EARLY_READS; logits
-// must match), _three (the N = 1 kernel built for three CTAs per SM:
-// NSA_MQA_PROBE_N1_CTAS; logits must match), and _narrow, which scores a
+// scores without their head sum), _two (the N = 1 kernel built for two CTAs
+// per SM, the library's three's predecessor: NSA_MQA_PROBE_N1_CTAS; logits
+// must match), and _narrow, which scores a
 // pass of two rows with two m64n64k32 per k step as the library did before
 // its m64n128k32 (NSA_MQA_PROBE_NARROW_MMA), so one run shows what each
 // part adds to a CTA's life next to the floors.
 //
-//   paged_mqa_logits_probe[_noscore|_noq|_loads|_nohead|_early|_three|_narrow]_bench [--json FILE] [--quick]
+//   paged_mqa_logits_probe[_noscore|_noq|_loads|_nohead|_two|_narrow]_bench [--json FILE] [--quick]
 #include <cuda_runtime.h>
 #include <fmt/format.h>
 #include <fmt/ranges.h>
@@ -319,9 +318,7 @@ int main(int argc, char** argv) {
         std::string kernel = NSA_MQA_PROBE_NARROW_MMA ? "the library's with two m64n64 wgmmas per pair of rows "
                                                         "(NSA_MQA_PROBE_NARROW_MMA; logits compared)"
                                                       : "the library's";
-        if (NSA_MQA_PROBE_EARLY_READS)
-          kernel = "the library's with a lane's epilogue reads issued before the wgmma (NSA_MQA_PROBE_EARLY_READS)";
-        if (NSA_MQA_PROBE_N1_CTAS != 2)
+        if (NSA_MQA_PROBE_N1_CTAS != 3)
           kernel = fmt::format("the library's, built for {} CTAs per SM at N = 1 (NSA_MQA_PROBE_N1_CTAS)",
                                NSA_MQA_PROBE_N1_CTAS);
         if (NSA_MQA_PROBE_DROP != 0) {

@@ -98,21 +98,17 @@
 #ifndef NSA_MQA_PROBE_NARROW_MMA
 #define NSA_MQA_PROBE_NARROW_MMA 0
 #endif
-// NSA_MQA_PROBE_EARLY_READS (the probe's _early build only; 0, the
-// library's): 1 reads a lane's token flag and scale, and in a pass of one
-// row the row's weights, from shared memory before the wgmma is issued
-// instead of after its wait (899a740, built but not yet timed; the _pipe
-// build, which read the flag and scale early, was up to 5% faster at N = 1).
-#ifndef NSA_MQA_PROBE_EARLY_READS
-#define NSA_MQA_PROBE_EARLY_READS 0
-#endif
-// NSA_MQA_PROBE_N1_CTAS (the probe's _three build only; 2, the library's):
-// CTAs per SM the N = 1 kernel is built for. 3 caps it at 80 registers and
-// asks for no alignment slack in its shared memory (3 x 76.5 KB fit an SM's
-// 228 KB only without it; the kernel traps if the dynamic shared memory is
-// not 1024-aligned), so a third CTA's start overlaps the other two's work.
+// NSA_MQA_PROBE_N1_CTAS (3, the library's; the probe's _two build: 2, the
+// predecessor): CTAs per SM the N = 1 kernel is built for. Three cap it at
+// 85 registers (it needs 77) and fit 3 x 74.75 KB of shared memory in an
+// SM's 228 KB only without the 1 KB alignment slack, so at N = 1 the kernel
+// declares its dynamic shared memory 1024-aligned and asks for none (it
+// traps if the start is not aligned, which that declaration rules out).
+// Measured with the probe (one H100, one command; docs/performance.md): a
+// third CTA's start overlaps the other two's scoring, 130.5 us against
+// 147.4 at B = 64 x 32K, N = 1, 512 columns per CTA.
 #ifndef NSA_MQA_PROBE_N1_CTAS
-#define NSA_MQA_PROBE_N1_CTAS 2
+#define NSA_MQA_PROBE_N1_CTAS 3
 #endif
 
 namespace nsa {
@@ -378,17 +374,6 @@ template <int N, int J0, int R, class Shared>
 __device__ __forceinline__ void wg_scores_pass(const Shared& sm, const uint8_t (&q)[N][kWgQRowBytes],
                                                const float (&w)[N][kIndexerHeads], uint64_t dk, int lane,
                                                const WgTileOut& o) {
-#if NSA_MQA_PROBE_EARLY_READS
-  const int quad = lane & 3;
-  const int tok = o.tok0 + (lane >> 2) + (quad == 1 ? 8 : 0);
-  const int64_t t = o.t0 + tok;
-  const bool writer = quad < 2 && t < o.it->c1;
-  const bool ok = sm.ok[o.s][tok] != 0;
-  const float stored_scale = sm.scale[o.s][tok];  // not behind `ok`: no wait for it before the wgmma
-  const float scale = ok ? stored_scale : 0.f;
-  float wq_early[16];
-  if constexpr (R == 1) wg_row_weights(w[J0], quad, wq_early);
-#endif
   float acc[R][32] = {};  // overwritten (the first k step does not accumulate); zero for the compiler
   wg_fence();
   if constexpr (R == 2 && !NSA_MQA_PROBE_NARROW_MMA) {
@@ -411,7 +396,6 @@ __device__ __forceinline__ void wg_scores_pass(const Shared& sm, const uint8_t (
   for (int r = 0; r < R; ++r) wg_fence_operands(acc[r]);
 
   const float ninf = -__int_as_float(0x7f800000);
-#if !NSA_MQA_PROBE_EARLY_READS
   const int quad = lane & 3;
   // Lane quad 0 stores token g, quad 1 token g + 8 (acc offsets 0 and 2).
   const int tok = o.tok0 + (lane >> 2) + (quad == 1 ? 8 : 0);
@@ -419,21 +403,11 @@ __device__ __forceinline__ void wg_scores_pass(const Shared& sm, const uint8_t (
   const bool writer = quad < 2 && t < o.it->c1;
   const bool ok = sm.ok[o.s][tok] != 0;
   const float scale = ok ? sm.scale[o.s][tok] : 0.f;  // an unloaded token's scale is stale
-#endif
 #pragma unroll
   for (int r = 0; r < R; ++r) {
     const int j = J0 + r;
     float wq[16];
-#if NSA_MQA_PROBE_EARLY_READS
-    if constexpr (R == 1) {
-#pragma unroll
-      for (int i = 0; i < 16; ++i) wq[i] = wq_early[i];  // read before the wgmma
-    } else {
-      wg_row_weights(w[j], quad, wq);
-    }
-#else
     wg_row_weights(w[j], quad, wq);
-#endif
     float lo = acc[r][0], hi = acc[r][2];  // the probe's NSA_MQA_PROBE_DROP & 8: no head sum
     if constexpr ((NSA_MQA_PROBE_DROP & 8) == 0) {
       lo = wg_head_sum(&acc[r][0], wq);  // token g
@@ -487,17 +461,21 @@ __device__ __forceinline__ Shared& wg_shared(uint8_t* raw) {
   return *reinterpret_cast<Shared*>(raw + pad);
 }
 
-// Without slack the caller must get 1024-aligned dynamic shared memory (the probe's _three build only).
+// CTAs per SM each kernel is built for: 3 at N = 1 (NSA_MQA_PROBE_N1_CTAS),
+// 2 at N = 2..4 (<= 128 registers; shared memory 82-107 KB).
 template <int N>
-constexpr bool kWgSharedSlack = N != 1 || NSA_MQA_PROBE_N1_CTAS <= 2;
+constexpr int kWgCtasPerSm = N == 1 ? NSA_MQA_PROBE_N1_CTAS : 2;
+// Without slack the dynamic shared memory must start 1024-aligned (the
+// kernel declares it so, and traps otherwise).
+template <int N>
+constexpr bool kWgSharedSlack = kWgCtasPerSm<N> <= 2;
 
 template <int N>
-// Two CTAs per SM at every N (<= 128 registers; shared memory 78-111 KB).
-__global__ void __launch_bounds__(kWgThreads, N == 1 ? NSA_MQA_PROBE_N1_CTAS : 2)
+__global__ void __launch_bounds__(kWgThreads, kWgCtasPerSm<N>)
     paged_mqa_logits_wgmma_kernel(const PagedMqaLogitsArgs a, int64_t ctas_per_request, int64_t columns) {
 #if defined(NSA_MQA_WGMMA)
   NSA_MQA_PROBE_BEGIN();
-  extern __shared__ __align__(16) uint8_t wg_smem[];
+  extern __shared__ __align__(1024) uint8_t wg_smem[];
   if constexpr (!kWgSharedSlack<N>) {
     if ((static_cast<uint32_t>(__cvta_generic_to_shared(wg_smem)) & (kWgAlign - 1)) != 0) __trap();
   }

@@ -59,10 +59,16 @@
 namespace nsa {
 namespace kernels {
 
-constexpr int kWsProducerThreads = 128;                      // warpgroup 0
-constexpr int kWsThreads = kWsProducerThreads + kWgThreads;  // + the two scoring warpgroups
-constexpr int kWsConsumerWarps = kWgThreads / 32;            // arrivals that free a stage
-constexpr int kWsWarps = kWsThreads / 32;
+// Loading threads: two warpgroups where the registers allow it (N <= 2:
+// 512 threads of at most 128 registers), else one. (One warpgroup at every
+// N was 1.8x slower than kWgmma on an H100, about 1.9 us per tile whatever N:
+// four warps could not keep a deep ring's copies in flight.)
+template <int N>
+constexpr int kWsProducerThreads = N <= 2 ? 256 : 128;
+template <int N>
+constexpr int kWsThreads = kWsProducerThreads<N> + kWgThreads;  // + the two scoring warpgroups
+constexpr int kWsConsumerWarps = kWgThreads / 32;               // arrivals that free a stage
+constexpr int kWsMaxWarps = 16;
 constexpr size_t kWsSharedLimit = 227 * 1024;  // dynamic shared memory a compute 9.0 CTA may have
 
 // What the consumers need of a tile besides its bytes.
@@ -81,7 +87,7 @@ struct WsShared {
   float w[2][N][kIndexerHeads];  // the weights of q[u]'s rows, in wg_weight_slot order
   WsTile tile[S];
   uint64_t full[S], empty[S], qempty[2];
-  int64_t scan[kWsWarps];       // the block scan's warp totals
+  int64_t scan[kWsMaxWarps];    // the block scan's warp totals
   int64_t start_b, start_tile;  // where this CTA's walk starts
 };
 
@@ -140,8 +146,10 @@ __device__ __forceinline__ void ws_wait(uint64_t* bar, uint32_t parity) {
   } while (done == 0);
 }
 
-// Exclusive prefix of v over the CTA's kWsThreads threads (total in `total`).
-__device__ __forceinline__ int64_t ws_block_scan(int64_t v, int64_t (&warp_totals)[kWsWarps], int64_t& total) {
+// Exclusive prefix of v over the CTA's Warps warps (total in `total`).
+template <int Warps>
+__device__ __forceinline__ int64_t ws_block_scan(int64_t v, int64_t (&warp_totals)[kWsMaxWarps], int64_t& total) {
+  static_assert(Warps <= kWsMaxWarps, "one total per warp");
   const int lane = static_cast<int>(threadIdx.x) & 31, warp = static_cast<int>(threadIdx.x) >> 5;
   int64_t incl = v;
 #pragma unroll
@@ -154,7 +162,7 @@ __device__ __forceinline__ int64_t ws_block_scan(int64_t v, int64_t (&warp_total
   int64_t before = 0;
   total = 0;
 #pragma unroll
-  for (int i = 0; i < kWsWarps; ++i) {
+  for (int i = 0; i < Warps; ++i) {
     before += i < warp ? warp_totals[i] : 0;
     total += warp_totals[i];
   }
@@ -163,16 +171,18 @@ __device__ __forceinline__ int64_t ws_block_scan(int64_t v, int64_t (&warp_total
 #endif
 
 template <int N>
-__global__ void __launch_bounds__(kWsThreads, 1) paged_mqa_logits_wgmma_persistent_kernel(const PagedMqaLogitsArgs a) {
+__global__ void __launch_bounds__(kWsThreads<N>, 1)
+    paged_mqa_logits_wgmma_persistent_kernel(const PagedMqaLogitsArgs a) {
 #if defined(NSA_MQA_WGMMA)
   constexpr int S = kWsStages<N>;
+  constexpr int P = kWsProducerThreads<N>, Threads = kWsThreads<N>;
   extern __shared__ __align__(16) uint8_t wg_smem[];
   WsShared<N, S>& sm = wg_shared<WsShared<N, S>>(wg_smem);
   const int tid = static_cast<int>(threadIdx.x);
 
   if (tid == 0) {
     for (int s = 0; s < S; ++s) {
-      ws_init(&sm.full[s], 2 * kWsProducerThreads);  // a copies arrive and a plain one per producer thread
+      ws_init(&sm.full[s], 2 * P);  // a copies arrive and a plain one per producer thread
       ws_init(&sm.empty[s], kWsConsumerWarps);
     }
     ws_init(&sm.qempty[0], kWsConsumerWarps);
@@ -180,14 +190,14 @@ __global__ void __launch_bounds__(kWsThreads, 1) paged_mqa_logits_wgmma_persiste
   }
 
   // This CTA's tiles: [T c / G, T (c + 1) / G) of the T tiles of all requests.
-  const int64_t span = (a.batch + kWsThreads - 1) / kWsThreads;
+  const int64_t span = (a.batch + Threads - 1) / Threads;
   const int64_t lo = tid * span < a.batch ? tid * span : a.batch;
   const int64_t hi = lo + span < a.batch ? lo + span : a.batch;
   int64_t mine = 0, L = 0;
 #pragma unroll 4
   for (int64_t b = lo; b < hi; ++b) mine += ws_request_tiles<N>(a, b, L);
   int64_t total = 0;
-  const int64_t before = ws_block_scan(mine, sm.scan, total);
+  const int64_t before = ws_block_scan<Threads / 32>(mine, sm.scan, total);
   const int64_t first = total * blockIdx.x / gridDim.x, end = total * (blockIdx.x + 1) / gridDim.x;
   if (first < end && before <= first && first < before + mine) {  // this thread's span holds the first tile
     int64_t at = before;
@@ -204,7 +214,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) paged_mqa_logits_wgmma_persiste
   __syncthreads();  // the barriers' init and the start are seen by all
   const int64_t count = end - first;
 
-  if (tid < kWsProducerThreads) {
+  if (tid < P) {
     // The producer.
     if (count > 0) {
       int64_t b = sm.start_b, i = sm.start_tile;
@@ -217,13 +227,13 @@ __global__ void __launch_bounds__(kWsThreads, 1) paged_mqa_logits_wgmma_persiste
         const int qbuf = seg & 1;
         if (i == 0 || k == 0) {  // the request's first tile in this walk: its q and weights
           if (seg >= 2) ws_wait(&sm.qempty[qbuf], ((seg >> 1) - 1) & 1);
-          wg_load_q<N, kWsProducerThreads>(sm.q[qbuf], a, b, tid);
-          wg_load_weights<N, kWsProducerThreads>(sm.w[qbuf], a, b, tid);
+          wg_load_q<N, P>(sm.q[qbuf], a, b, tid);
+          wg_load_weights<N, P>(sm.w[qbuf], a, b, tid);
         }
         const int64_t t0 = i * kWgTileTokens;
         const bool last = i + 1 == tiles || k + 1 == count;
         if (tid == 0) sm.tile[s] = WsTile{b, t0, L, qbuf, last ? 1 : 0};
-        wg_load_tile<kWsProducerThreads>(sm, s, a, b, t0, detail::indexer_row_len(L, N, N - 1, a.width), tid);
+        wg_load_tile<P>(sm, s, a, b, t0, detail::indexer_row_len(L, N, N - 1, a.width), tid);
         ws_arrive_on_copies(&sm.full[s]);
         ws_arrive(&sm.full[s]);
         if (++s == S) s = 0, phase ^= 1;
@@ -246,12 +256,12 @@ __global__ void __launch_bounds__(kWsThreads, 1) paged_mqa_logits_wgmma_persiste
       const int64_t tail = ws_request_tiles<N>(a, b, L) * kWgTileTokens;
       for (int j = 0; j < N; ++j) {
         float* row = a.logits + (b * N + j) * a.logits_ld;
-        for (int64_t t = tail + tid; t < a.width; t += kWsProducerThreads) row[t] = ninf;
+        for (int64_t t = tail + tid; t < a.width; t += P) row[t] = ninf;
       }
     }
   } else {
     // The consumers.
-    const int ctid = tid - kWsProducerThreads, lane = tid & 31;
+    const int ctid = tid - P, lane = tid & 31;
     int s = 0;
     uint32_t phase = 0;
     for (int64_t k = 0; k < count; ++k) {
@@ -289,10 +299,10 @@ inline cudaError_t wg_persistent_launch(const PagedMqaLogitsArgs& a, cudaStream_
   e = allow_dynamic_shared_memory<paged_mqa_logits_wgmma_persistent_kernel<N>>(bytes);
   if (e != cudaSuccess) return e;
   int64_t resident = 0;
-  e = wg_resident_ctas<paged_mqa_logits_wgmma_persistent_kernel<N>, kWsThreads>(bytes, resident);
+  e = wg_resident_ctas<paged_mqa_logits_wgmma_persistent_kernel<N>, kWsThreads<N>>(bytes, resident);
   if (e != cudaSuccess) return e;
   const dim3 grid(static_cast<unsigned>(resident));
-  paged_mqa_logits_wgmma_persistent_kernel<N><<<grid, kWsThreads, bytes, stream>>>(a);
+  paged_mqa_logits_wgmma_persistent_kernel<N><<<grid, kWsThreads<N>, bytes, stream>>>(a);
   return cudaGetLastError();
 }
 
