@@ -337,7 +337,7 @@ struct WgTileOut {
 
 #if defined(NSA_MQA_WGMMA)
 // Rows of one wgmma pass: R accumulators of 32 registers per thread. Two
-// keep N = 3, 4 near 128 registers, so two CTAs share an SM at every N
+// keep N = 3, 4 near 128 registers, so two CTAs share an SM at N >= 2 (three at N = 1)
 // (all four rows in one pass took 254 registers: one CTA per SM).
 constexpr int kWgRowsPerPass = 2;
 static_assert(kIndexerMaxNextN <= 2 * kWgRowsPerPass, "wg_scores runs at most two passes");

@@ -14,7 +14,7 @@
 // ring of shared-memory stages with mbarriers, so loads stay in flight
 // while tiles are scored, and a CTA's walk never restarts.
 //
-// Design, per CTA (one per SM, 384 threads):
+// Design, per CTA (one per SM; 512 threads at N <= 2, 384 at N = 3, 4):
 //   * the work: the tiles (128 tokens) of every request with a visible
 //     token, request-major (request b has ceil(load_end_b / 128) tiles,
 //     load_end_b = what its last row sees); CTA c takes the contiguous range
@@ -23,16 +23,14 @@
 //     consecutive in a CTA's walk (q is loaded once per request and CTA).
 //     The range is found at the start: every thread sums the tiles of a
 //     span of requests (their lengths, read once), one block scan;
-//   * warpgroup 0, the producer: per tile, waits until its stage is free
-//     (`empty`), issues the tile's cp.async copies (wg_load_tile, 128
-//     threads) and, at a request's first tile, the request's q and weights
-//     into one of two buffers (waiting until the request before the one
-//     before has been scored: `qempty`); each thread then arms `full` twice:
-//     cp.async.mbarrier.arrive.noinc (when its copies have landed) and a
-//     plain arrive (release: its `ok` flags and the tile's descriptor);
-//     after its last tile it writes the -inf columns past the tiles of
-//     requests c, c + G, ...;
-//   * warpgroups 1 and 2, the consumers: per tile, wait on `full`, take the
+//   * the producer (the first two warpgroups at N <= 2, the first at
+//     N = 3, 4; kWsProducerThreads): per tile, waits until its stage is
+//     free (`empty`), issues the tile's cp.async copies (wg_load_tile) and, at a request's first tile, the request's q
+//     and weights into one of two buffers (waiting until the request before the one before has been scored: `qempty`);
+//     each thread then arms `full` twice: cp.async.mbarrier.arrive.noinc (when its copies have landed) and a plain
+//     arrive (release: its `ok` flags and the tile's descriptor); after its last tile it writes the -inf columns past
+//     the tiles of requests c, c + G, ...;
+//   * the last two warpgroups, the consumers: per tile, wait on `full`, take the
 //     tile's descriptor (request, first token, length, q buffer), score
 //     their 64 tokens (wg_scores) and release the stage (one arrive per
 //     warp), and the q buffer after the request's last tile of this CTA.
