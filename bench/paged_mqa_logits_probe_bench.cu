@@ -26,12 +26,12 @@
 // span and the SMs that ran a CTA). The run fails if no CTA recorded its end
 // (the marks would then describe nothing).
 //
-// Built eight times: the library's kernel, variants that leave a part of it
+// Built seven times: the library's kernel, variants that leave a part of it
 // out (NSA_MQA_PROBE_DROP, see nsa/cuda/indexer_wgmma.cuh): _noscore, _noq,
 // _loads (nothing but the tile loads and their waits) and _nohead (the
-// scores without their head sum), _two (the N = 1 kernel built for two CTAs
-// per SM, the library's three's predecessor: NSA_MQA_PROBE_N1_CTAS; logits
-// must match), and _narrow, which scores a
+// scores without their head sum), _two (the N = 1 instance for two CTAs per
+// SM, where the default build times the one for three: NSA_MQA_PROBE_N1_CTAS;
+// logits must match), and _narrow, which scores a
 // pass of two rows with two m64n64k32 per k step as the library did before
 // its m64n128k32 (NSA_MQA_PROBE_NARROW_MMA), so one run shows what each
 // part adds to a CTA's life next to the floors.
@@ -118,14 +118,9 @@ namespace {
 template <int N>
 cudaError_t launch_n(const nsa::PagedMqaLogitsArgs& a, int64_t columns, cudaStream_t stream) {
   using namespace nsa::kernels;
-  constexpr auto kKernel = paged_mqa_logits_wgmma_kernel<N>;
-  cudaError_t e = mqa_wgmma_available<kKernel>();
-  if (e == cudaSuccess) e = allow_dynamic_shared_memory<kKernel>(wg_shared_bytes<N>());
-  if (e != cudaSuccess) return e;
+  constexpr int kCtasPerSm = N == 1 ? NSA_MQA_PROBE_N1_CTAS : 2;
   const int64_t ctas_per_request = (a.width + columns - 1) / columns;
-  kKernel<<<dim3(static_cast<unsigned>(a.batch * ctas_per_request)), kWgThreads, wg_shared_bytes<N>(), stream>>>(
-      a, ctas_per_request, columns);
-  return cudaGetLastError();
+  return wg_launch_instance<N, kCtasPerSm>(a, ctas_per_request, columns, stream);
 }
 
 cudaError_t launch(const nsa::PagedMqaLogitsArgs& a, int64_t columns, cudaStream_t stream) {
@@ -318,9 +313,7 @@ int main(int argc, char** argv) {
         std::string kernel = NSA_MQA_PROBE_NARROW_MMA ? "the library's with two m64n64 wgmmas per pair of rows "
                                                         "(NSA_MQA_PROBE_NARROW_MMA; logits compared)"
                                                       : "the library's";
-        if (NSA_MQA_PROBE_N1_CTAS != 3)
-          kernel = fmt::format("the library's, built for {} CTAs per SM at N = 1 (NSA_MQA_PROBE_N1_CTAS)",
-                               NSA_MQA_PROBE_N1_CTAS);
+        kernel += fmt::format(", its N = 1 instance for {} CTAs per SM (NSA_MQA_PROBE_N1_CTAS)", NSA_MQA_PROBE_N1_CTAS);
         if (NSA_MQA_PROBE_DROP != 0) {
           std::vector<std::string> dropped;
           if (NSA_MQA_PROBE_DROP & 1) dropped.push_back("the scores");

@@ -155,6 +155,17 @@ TEST(FastDivisor, MatchesIntegerDivisionOnHost) {
 // The launch-shape choices made on the host from shapes alone (no device
 // needed for these): the wgmma logits kernel's default chunk and topk's
 // one-CTA rule for rows up to 16K wide.
+// The N = 1 wgmma kernel's three-CTA instance runs from two rounds of it up.
+TEST(LaunchShapes, WgmmaThreeCtaInstanceFromTwoRoundsUp) {
+  const int64_t resident3 = 396;                         // 132 SMs x 3 CTAs
+  EXPECT_TRUE(kernels::wg_large_grid(4096, resident3));  // 64 x 32K in 512 columns: faster with three
+  EXPECT_TRUE(kernels::wg_large_grid(1024, resident3));  // 64 x 32K in 2048 columns: faster with three
+  EXPECT_TRUE(kernels::wg_large_grid(792, resident3));
+  EXPECT_FALSE(kernels::wg_large_grid(791, resident3));
+  EXPECT_FALSE(kernels::wg_large_grid(512, resident3));  // 8 x 32K in 512 columns: slower with three
+  EXPECT_FALSE(kernels::wg_large_grid(256, resident3));  // 1 x 128K in 512 columns: slower with three
+}
+
 TEST(LaunchShapes, WgmmaDefaultChunkIsLongWhereHalfAWaveRemains) {
   PagedMqaLogitsArgs a;
   const int64_t resident = 264;  // 132 SMs x 2 CTAs

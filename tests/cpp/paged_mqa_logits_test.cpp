@@ -612,6 +612,28 @@ TEST(PagedMqaLogitsCuda, WgmmaChunkColumnsGiveTheSameBits) {
   }
 }
 
+// At N = 1 a grid of at least two rounds of three CTAs per SM runs the
+// kernel's three-CTA instance (wg_launch; smaller grids the two-CTA one).
+// 1000 requests x 1024 columns in chunks of 512 are 2000 CTAs, past two
+// rounds on every compute 9.0 part (at most 132 SMs x 3). Its logits must be
+// the persistent schedule's bit for bit (that one is compared with the CPU
+// on every fixture case), lengths at tile and chunk edges between random
+// ones, some unreadable table entries.
+TEST(PagedMqaLogitsCuda, WgmmaLargeGridInstanceEqualsPersistentBitwise) {
+  NSA_SKIP_WITHOUT_BACKEND(Backend::kCuda);
+  if (!cuda_device_is_sm90()) GTEST_SKIP() << "MqaLogitsKernel::kWgmma needs a compute 9.0 (sm_90a) device: not run";
+  auto rng = make_rng(19);
+  constexpr int64_t kWidth = 1024;
+  const LogitsCase c =
+      edge_lengths_case(rng, 1, 1000, kWidth, {0, 1, 127, 128, 129, 511, 512, 513, 1023, kWidth, 5000}, 1024, 101);
+  Runner wgmma(Backend::kCuda, c, MqaLogitsKernel::kWgmma);
+  wgmma.set_wgmma_chunk_columns(512);
+  Runner persistent(Backend::kCuda, c, MqaLogitsKernel::kWgmmaPersistent);
+  wgmma.run(Exec::cuda());
+  persistent.run(Exec::cuda());
+  EXPECT_EQ(first_bit_difference(wgmma.result(), persistent.result(), c.ld), "") << "wgmma (2000 CTAs) vs persistent";
+}
+
 // kAuto is the wgmma kernel on a compute 9.0 device (this suite's builds
 // carry sm_90a SASS) and the mma.sync kernel elsewhere: its logits are those
 // of that kernel, bit for bit.

@@ -98,15 +98,10 @@
 #ifndef NSA_MQA_PROBE_NARROW_MMA
 #define NSA_MQA_PROBE_NARROW_MMA 0
 #endif
-// NSA_MQA_PROBE_N1_CTAS (3, the library's; the probe's _two build: 2, the
-// predecessor): CTAs per SM the N = 1 kernel is built for. Three cap it at
-// 85 registers (it needs 77) and fit 3 x 74.75 KB of shared memory in an
-// SM's 228 KB only without the 1 KB alignment slack, so at N = 1 the kernel
-// declares its dynamic shared memory 1024-aligned and asks for none (it
-// traps if the start is not aligned, which that declaration rules out).
-// Measured with the probe (one H100, one command; docs/performance.md): a
-// third CTA's start overlaps the other two's scoring, 130.5 us against
-// 147.4 at B = 64 x 32K, N = 1, 512 columns per CTA.
+// NSA_MQA_PROBE_N1_CTAS (the probe bench only; 3 in its default build, 2
+// in its _two build): which of the two N = 1 instances
+// (paged_mqa_logits_wgmma_kernel<1, 2> or <1, 3>, see kWgLargeGridCtasPerSm)
+// the probe times. The library picks one per launch (wg_launch).
 #ifndef NSA_MQA_PROBE_N1_CTAS
 #define NSA_MQA_PROBE_N1_CTAS 3
 #endif
@@ -461,22 +456,30 @@ __device__ __forceinline__ Shared& wg_shared(uint8_t* raw) {
   return *reinterpret_cast<Shared*>(raw + pad);
 }
 
-// CTAs per SM each kernel is built for: 3 at N = 1 (NSA_MQA_PROBE_N1_CTAS),
-// 2 at N = 2..4 (<= 128 registers; shared memory 82-107 KB).
-template <int N>
-constexpr int kWgCtasPerSm = N == 1 ? NSA_MQA_PROBE_N1_CTAS : 2;
-// Without slack the dynamic shared memory must start 1024-aligned (the
-// kernel declares it so, and traps otherwise).
-template <int N>
-constexpr bool kWgSharedSlack = kWgCtasPerSm<N> <= 2;
+// CTAs per SM a kernel instance is built for: 2 (<= 128 registers; shared
+// memory 76-107 KB at N = 1..4), or, at N = 1 for large grids,
+// kWgLargeGridCtasPerSm = 3. Three cap the N = 1 kernel at 85 registers (it
+// needs 76) and fit 3 x 74.75 KB of shared memory in an SM's 228 KB only
+// without the 1 KB alignment slack: the kernel declares its dynamic shared
+// memory 1024-aligned and asks for none (it traps if the start is not
+// aligned, which that declaration rules out). Measured with the probe (one
+// H100, one command; docs/performance.md): a third CTA's loads run while the
+// other two score, 130.0 us against 148.8 at B = 64 x 32K (4096 CTAs), but
+// grids of under two rounds got slower (8 x 32K, 512 CTAs: 27.3 against
+// 26.2; 1 x 128K, 256 CTAs: 16.8 against 14.9), so wg_launch runs it only
+// from two rounds of three CTAs per SM up.
+constexpr int kWgLargeGridCtasPerSm = 3;
+// Without slack the dynamic shared memory must start 1024-aligned.
+template <int CtasPerSm>
+constexpr bool kWgSharedSlack = CtasPerSm <= 2;
 
-template <int N>
-__global__ void __launch_bounds__(kWgThreads, kWgCtasPerSm<N>)
+template <int N, int CtasPerSm = 2>
+__global__ void __launch_bounds__(kWgThreads, CtasPerSm)
     paged_mqa_logits_wgmma_kernel(const PagedMqaLogitsArgs a, int64_t ctas_per_request, int64_t columns) {
 #if defined(NSA_MQA_WGMMA)
   NSA_MQA_PROBE_BEGIN();
   extern __shared__ __align__(1024) uint8_t wg_smem[];
-  if constexpr (!kWgSharedSlack<N>) {
+  if constexpr (!kWgSharedSlack<CtasPerSm>) {
     if ((static_cast<uint32_t>(__cvta_generic_to_shared(wg_smem)) & (kWgAlign - 1)) != 0) __trap();
   }
   WgmmaShared<N>& sm = wg_shared<WgmmaShared<N>>(wg_smem);
@@ -521,9 +524,9 @@ __global__ void __launch_bounds__(kWgThreads, kWgCtasPerSm<N>)
 #endif
 }
 
-template <int N>
+template <int N, int CtasPerSm = 2>
 constexpr size_t wg_shared_bytes() {
-  return sizeof(WgmmaShared<N>) + (kWgSharedSlack<N> ? kWgAlign : 0);
+  return sizeof(WgmmaShared<N>) + (kWgSharedSlack<CtasPerSm> ? kWgAlign : 0);
 }
 
 // Whether `device` runs the sm_90a image of `Kernel`: compute 9.0 and an
@@ -624,22 +627,44 @@ inline int64_t wg_default_chunk_columns(const PagedMqaLogitsArgs& a, int64_t res
   return a.batch * ((a.width + kLong - 1) / kLong) * 2 >= resident ? kLong : detail::kIndexerCtaColumns;
 }
 
+// One instance's launch (its availability and shared-memory size asked first).
+template <int N, int CtasPerSm>
+inline cudaError_t wg_launch_instance(const PagedMqaLogitsArgs& a, int64_t ctas_per_request, int64_t columns,
+                                      cudaStream_t stream) {
+  constexpr auto kKernel = paged_mqa_logits_wgmma_kernel<N, CtasPerSm>;
+  constexpr size_t kBytes = wg_shared_bytes<N, CtasPerSm>();
+  const cudaError_t avail = mqa_wgmma_available<kKernel>();  // the instance launched here
+  if (avail != cudaSuccess) return avail;
+  const cudaError_t e = allow_dynamic_shared_memory<kKernel>(kBytes);
+  if (e != cudaSuccess) return e;
+  const dim3 grid(static_cast<unsigned>(a.batch * ctas_per_request));
+  kKernel<<<grid, kWgThreads, kBytes, stream>>>(a, ctas_per_request, columns);
+  return cudaGetLastError();
+}
+
+// Whether an N = 1 grid of `ctas` CTAs runs the three-CTAs-per-SM instance:
+// from two rounds of it up (`resident3`: the CTAs the device holds of it).
+inline bool wg_large_grid(int64_t ctas, int64_t resident3) { return ctas >= 2 * resident3; }
+
 template <int N>
 inline cudaError_t wg_launch(const PagedMqaLogitsArgs& a, int64_t columns, cudaStream_t stream) {
-  const cudaError_t avail = mqa_wgmma_available<paged_mqa_logits_wgmma_kernel<N>>();  // the instance launched here
-  if (avail != cudaSuccess) return avail;
-  cudaError_t e = allow_dynamic_shared_memory<paged_mqa_logits_wgmma_kernel<N>>(wg_shared_bytes<N>());
-  if (e != cudaSuccess) return e;
   if (columns == 0) {
     int64_t resident = 0;
-    e = wg_resident_ctas<paged_mqa_logits_wgmma_kernel<N>>(wg_shared_bytes<N>(), resident);
+    const cudaError_t e = wg_resident_ctas<paged_mqa_logits_wgmma_kernel<N>>(wg_shared_bytes<N>(), resident);
     if (e != cudaSuccess) return e;
     columns = wg_default_chunk_columns(a, resident);
   }
   const int64_t ctas_per_request = (a.width + columns - 1) / columns;
-  const dim3 grid(static_cast<unsigned>(a.batch * ctas_per_request));
-  paged_mqa_logits_wgmma_kernel<N><<<grid, kWgThreads, wg_shared_bytes<N>(), stream>>>(a, ctas_per_request, columns);
-  return cudaGetLastError();
+  if constexpr (N == 1) {
+    constexpr int kCtas = kWgLargeGridCtasPerSm;
+    int64_t resident3 = 0;
+    const cudaError_t e =
+        wg_resident_ctas<paged_mqa_logits_wgmma_kernel<1, kCtas>>(wg_shared_bytes<1, kCtas>(), resident3);
+    if (e != cudaSuccess) return e;
+    if (wg_large_grid(a.batch * ctas_per_request, resident3))
+      return wg_launch_instance<1, kCtas>(a, ctas_per_request, columns, stream);
+  }
+  return wg_launch_instance<N, 2>(a, ctas_per_request, columns, stream);
 }
 
 // Columns per CTA of the wgmma kernel: a.wgmma_chunk_columns, 0 for the

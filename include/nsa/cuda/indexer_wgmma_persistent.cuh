@@ -174,7 +174,7 @@ __global__ void __launch_bounds__(kWsThreads<N>, 1)
 #if defined(NSA_MQA_WGMMA)
   constexpr int S = kWsStages<N>;
   constexpr int P = kWsProducerThreads<N>, Threads = kWsThreads<N>;
-  extern __shared__ __align__(16) uint8_t wg_smem[];
+  extern __shared__ __align__(1024) uint8_t wg_smem[];  // (the wgmma kernel's declaration: one symbol)
   WsShared<N, S>& sm = wg_shared<WsShared<N, S>>(wg_smem);
   const int tid = static_cast<int>(threadIdx.x);
 
