@@ -627,18 +627,33 @@ inline int64_t wg_default_chunk_columns(const PagedMqaLogitsArgs& a, int64_t res
   return a.batch * ((a.width + kLong - 1) / kLong) * 2 >= resident ? kLong : detail::kIndexerCtaColumns;
 }
 
-// One instance's launch (its availability and shared-memory size asked first).
+// Readies one instance for a launch: whether the device runs its sm_90a
+// image, and its dynamic shared-memory size allowed (both cached per
+// device). Before any occupancy query of it: the query counts the allowed size.
+template <int N, int CtasPerSm>
+inline cudaError_t wg_prepare() {
+  constexpr auto kKernel = paged_mqa_logits_wgmma_kernel<N, CtasPerSm>;
+  const cudaError_t e = mqa_wgmma_available<kKernel>();  // the instance launched here
+  return e == cudaSuccess ? allow_dynamic_shared_memory<kKernel>(wg_shared_bytes<N, CtasPerSm>()) : e;
+}
+
+// SMs x CTAs per SM of one instance (wg_resident_ctas, after wg_prepare).
+template <int N, int CtasPerSm>
+inline cudaError_t wg_instance_resident(int64_t& ctas) {
+  const cudaError_t e = wg_prepare<N, CtasPerSm>();
+  if (e != cudaSuccess) return e;
+  return wg_resident_ctas<paged_mqa_logits_wgmma_kernel<N, CtasPerSm>>(wg_shared_bytes<N, CtasPerSm>(), ctas);
+}
+
+// One instance's launch.
 template <int N, int CtasPerSm>
 inline cudaError_t wg_launch_instance(const PagedMqaLogitsArgs& a, int64_t ctas_per_request, int64_t columns,
                                       cudaStream_t stream) {
-  constexpr auto kKernel = paged_mqa_logits_wgmma_kernel<N, CtasPerSm>;
-  constexpr size_t kBytes = wg_shared_bytes<N, CtasPerSm>();
-  const cudaError_t avail = mqa_wgmma_available<kKernel>();  // the instance launched here
-  if (avail != cudaSuccess) return avail;
-  const cudaError_t e = allow_dynamic_shared_memory<kKernel>(kBytes);
+  const cudaError_t e = wg_prepare<N, CtasPerSm>();
   if (e != cudaSuccess) return e;
   const dim3 grid(static_cast<unsigned>(a.batch * ctas_per_request));
-  kKernel<<<grid, kWgThreads, kBytes, stream>>>(a, ctas_per_request, columns);
+  paged_mqa_logits_wgmma_kernel<N, CtasPerSm>
+      <<<grid, kWgThreads, wg_shared_bytes<N, CtasPerSm>(), stream>>>(a, ctas_per_request, columns);
   return cudaGetLastError();
 }
 
@@ -650,19 +665,17 @@ template <int N>
 inline cudaError_t wg_launch(const PagedMqaLogitsArgs& a, int64_t columns, cudaStream_t stream) {
   if (columns == 0) {
     int64_t resident = 0;
-    const cudaError_t e = wg_resident_ctas<paged_mqa_logits_wgmma_kernel<N>>(wg_shared_bytes<N>(), resident);
+    const cudaError_t e = wg_instance_resident<N, 2>(resident);
     if (e != cudaSuccess) return e;
     columns = wg_default_chunk_columns(a, resident);
   }
   const int64_t ctas_per_request = (a.width + columns - 1) / columns;
   if constexpr (N == 1) {
-    constexpr int kCtas = kWgLargeGridCtasPerSm;
     int64_t resident3 = 0;
-    const cudaError_t e =
-        wg_resident_ctas<paged_mqa_logits_wgmma_kernel<1, kCtas>>(wg_shared_bytes<1, kCtas>(), resident3);
+    const cudaError_t e = wg_instance_resident<1, kWgLargeGridCtasPerSm>(resident3);
     if (e != cudaSuccess) return e;
     if (wg_large_grid(a.batch * ctas_per_request, resident3))
-      return wg_launch_instance<1, kCtas>(a, ctas_per_request, columns, stream);
+      return wg_launch_instance<1, kWgLargeGridCtasPerSm>(a, ctas_per_request, columns, stream);
   }
   return wg_launch_instance<N, 2>(a, ctas_per_request, columns, stream);
 }
