@@ -62,10 +62,12 @@ enum class MqaLogitsKernel : int32_t {
   kWgmma = 1,
   // The mma.sync m16n8k32 kernel (nsa/cuda/indexer.cuh): every architecture.
   kMmaSync = 2,
-  // A persistent schedule of the wgmma kernel (nsa/cuda/indexer_wgmma_persistent.cuh):
-  // one wave of CTAs, each running one cp.async pipeline across its work
-  // items. The same logits as kWgmma, bit for bit; the same availability
-  // (throws kUnsupported where kWgmma does). Opt-in: kAuto never picks it.
+  // A persistent, warp-specialized schedule of the wgmma kernel
+  // (nsa/cuda/indexer_wgmma_persistent.cuh): one CTA per SM, loading warps
+  // feeding scoring warps through an mbarrier ring, each CTA an equal share
+  // of the tiles. The same logits as kWgmma, bit for bit; the same
+  // availability (throws kUnsupported where kWgmma does). Opt-in: kAuto never
+  // picks it (slower than kWgmma so far: docs/performance.md).
   kWgmmaPersistent = 3,
 };
 
