@@ -33,8 +33,9 @@ def without_results_folder(text):
 class Results:
     """The results folders of one or more gpu-check.sh commands, run one after
     another on one machine (each device command returns its own folder). A
-    file is read from the last folder that has it; steps and skipped tests
-    are concatenated in command order."""
+    file is read from the last folder that has it, except the C++ test
+    results (a table per command that ran the binary); steps and skipped
+    tests are concatenated in command order."""
 
     def __init__(self, folders):
         self.folders = folders
@@ -50,6 +51,15 @@ class Results:
 
     def read_all(self, name):
         return "".join(read(os.path.join(folder, name)) for folder in self.folders)
+
+    def glob_every(self, pattern):
+        """(file name, [(command index, path), ...]) for every file matching pattern,
+        by name, with each folder that holds it, in command order."""
+        found = {}
+        for i, folder in enumerate(self.folders):
+            for p in sorted(glob.glob(os.path.join(folder, pattern))):
+                found.setdefault(os.path.basename(p), []).append((i, p))
+        return sorted(found.items())
 
     def glob(self, pattern):
         found = {}
@@ -145,16 +155,24 @@ def main():
 
     w("## C++ tests (every test of every binary)")
     w("")
-    for path in res.glob("test_*.json"):
-        rows = gtest_rows(path)
-        counts = {v: sum(1 for r in rows if r[1] == v) for v in ("PASS", "FAIL", "SKIP")}
-        w(f"### {os.path.basename(path)[5:-5]}: {counts['PASS']} passed, {counts['FAIL']} failed, {counts['SKIP']} skipped")
-        w("")
-        w("| test | result | time |")
-        w("|---|---|---|")
-        for name, verdict, t in rows:
-            w(f"| {name} | {verdict} | {t} |")
-        w("")
+    # A binary run by several commands (e.g. two builds, one before a fix):
+    # one table per command, named by its number and commit.
+    for file_name, runs in res.glob_every("test_*.json"):
+        for i, path in runs:
+            rows = gtest_rows(path)
+            counts = {v: sum(1 for r in rows if r[1] == v) for v in ("PASS", "FAIL", "SKIP")}
+            which = ""
+            if len(runs) > 1:
+                commit = per_folder[i].get("commit") or per_folder[i].get("commit_rest", "?")
+                which = f" (command {i + 1}, {commit})"
+            w(f"### {file_name[5:-5]}{which}: {counts['PASS']} passed, {counts['FAIL']} failed, "
+              f"{counts['SKIP']} skipped")
+            w("")
+            w("| test | result | time |")
+            w("|---|---|---|")
+            for name, verdict, t in rows:
+                w(f"| {name} | {verdict} | {t} |")
+            w("")
 
     w("## compute-sanitizer")
     w("")

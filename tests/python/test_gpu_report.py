@@ -79,3 +79,23 @@ def test_one_folder_reports_its_commit(tmp_path, monkeypatch, capsys):
     only = _folder(tmp_path, "only", {"facts.txt": "date=d\ncommit=ccc\ngpu=G\n", "steps.txt": "test_a_test 0\n"})
     out = _report(monkeypatch, capsys, [only])
     assert "- commit: ccc" in out and "commands on this machine" not in out
+
+
+def _gtest_json(*cases):
+    suite = [{"name": name, **({"failures": [{"failure": "x"}]} if verdict == "FAIL" else {})}
+             for name, verdict in cases]
+    return '{"testsuites": [{"name": "S", "testsuite": %s}]}' % str(suite).replace("'", '"')
+
+
+def test_a_binary_of_two_builds_gets_a_table_per_command(tmp_path, monkeypatch, capsys):
+    first = _folder(tmp_path, "first", {"facts.txt": "date=d1\ncommit=aaa\ngpu=G\n", "steps.txt": "test_a_test 1\n",
+                                        "test_a_test.json": _gtest_json(("T1", "FAIL"), ("T2", "PASS"))})
+    second = _folder(tmp_path, "second", {"facts.txt": "date=d2\ncommit=bbb\ngpu=G\n", "steps.txt": "test_a_test 0\n",
+                                          "test_a_test.json": _gtest_json(("T1", "PASS"), ("T2", "PASS")),
+                                          "test_b_test.json": _gtest_json(("U", "PASS"))})
+    out = _report(monkeypatch, capsys, [first, second])
+    assert "### a_test (command 1, aaa): 1 passed, 1 failed, 0 skipped" in out
+    assert "### a_test (command 2, bbb): 2 passed, 0 failed, 0 skipped" in out
+    assert out.index("(command 1, aaa)") < out.index("(command 2, bbb)")
+    # A binary only one command ran keeps the plain heading.
+    assert "### b_test: 1 passed, 0 failed, 0 skipped" in out
