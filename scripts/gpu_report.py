@@ -62,11 +62,8 @@ class Results:
         return sorted(found.items())
 
     def glob(self, pattern):
-        found = {}
-        for folder in self.folders:
-            for p in glob.glob(os.path.join(folder, pattern)):
-                found[os.path.basename(p)] = p
-        return [found[n] for n in sorted(found)]
+        """The path of every file matching pattern, by name, from the last folder that has it."""
+        return [runs[-1][1] for _, runs in self.glob_every(pattern)]
 
     def facts(self):
         """Per folder, its facts.txt as a dict."""

@@ -2,6 +2,7 @@
 machine's folders (the repository must not point at one machine's paths), and
 one report can cover the results folders of several commands."""
 import importlib.util
+import json
 import pathlib
 import sys
 
@@ -84,7 +85,7 @@ def test_one_folder_reports_its_commit(tmp_path, monkeypatch, capsys):
 def _gtest_json(*cases):
     suite = [{"name": name, **({"failures": [{"failure": "x"}]} if verdict == "FAIL" else {})}
              for name, verdict in cases]
-    return '{"testsuites": [{"name": "S", "testsuite": %s}]}' % str(suite).replace("'", '"')
+    return json.dumps({"testsuites": [{"name": "S", "testsuite": suite}]})
 
 
 def test_a_binary_of_two_builds_gets_a_table_per_command(tmp_path, monkeypatch, capsys):

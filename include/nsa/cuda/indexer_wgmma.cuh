@@ -41,8 +41,8 @@
 //     group over 8 lanes: 48 shuffles per thread per row and tile instead
 //     of 4, and a shared-memory pass with two more barriers.)
 // No atomics, no inter-CTA communication, no allocation: bit-stable.
-// The work item (wg_item), loads and the wgmma step with its epilogue
-// (wg_scores, wg_store_tail) are shared with the persistent schedule of
+// The loads (wg_load_tile, wg_load_q, wg_load_weights) and the wgmma step
+// with its epilogue (wg_scores) are shared with the persistent schedule of
 // nsa/cuda/indexer_wgmma_persistent.cuh, whose logits are this kernel's.
 //
 // Availability: compiled only for sm_90a (__CUDA_ARCH_FEAT_SM90_ALL); every

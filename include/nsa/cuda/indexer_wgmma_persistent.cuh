@@ -25,11 +25,14 @@
 //     span of requests (their lengths, read once), one block scan;
 //   * the producer (the first two warpgroups at N <= 2, the first at
 //     N = 3, 4; kWsProducerThreads): per tile, waits until its stage is
-//     free (`empty`), issues the tile's cp.async copies (wg_load_tile) and, at a request's first tile, the request's q
-//     and weights into one of two buffers (waiting until the request before the one before has been scored: `qempty`);
-//     each thread then arms `full` twice: cp.async.mbarrier.arrive.noinc (when its copies have landed) and a plain
-//     arrive (release: its `ok` flags and the tile's descriptor); after its last tile it writes the -inf columns past
-//     the tiles of requests c, c + G, ...;
+//     free (`empty`), issues the tile's cp.async copies (wg_load_tile) and,
+//     at a request's first tile, the request's q and weights into one of
+//     two buffers (waiting until the request before the one before has been
+//     scored: `qempty`); each thread then arms `full` twice:
+//     cp.async.mbarrier.arrive.noinc (when its copies have landed) and a
+//     plain arrive (release: its `ok` flags and the tile's descriptor);
+//     after its last tile it writes the -inf columns past the tiles of
+//     requests c, c + G, ...;
 //   * the last two warpgroups, the consumers: per tile, wait on `full`, take the
 //     tile's descriptor (request, first token, length, q buffer), score
 //     their 64 tokens (wg_scores) and release the stage (one arrive per
@@ -248,7 +251,8 @@ __global__ void __launch_bounds__(kWsThreads<N>, 1)
       }
     }
     asm volatile("cp.async.wait_all;\n" ::: "memory");
-    // The columns past the tiles of requests blockIdx.x, + gridDim.x, ...: -inf.
+    // The columns past the tiles of requests blockIdx.x, + gridDim.x, ...:
+    // -inf (wg_store_tail's rows, with the producer's threads).
     const float ninf = -__int_as_float(0x7f800000);
     for (int64_t b = blockIdx.x; b < a.batch; b += gridDim.x) {
       const int64_t tail = ws_request_tiles<N>(a, b, L) * kWgTileTokens;
