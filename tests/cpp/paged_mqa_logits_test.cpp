@@ -303,11 +303,13 @@ TEST_P(PagedMqaLogitsTest, EveryNextNLengthAndIndexType) {
   }
 }
 
-// Powers of two (a token's page column is a shift on CUDA) and other
-// multiples of 4 (12 and 48: the division the kernels keep for them).
+// Powers of two (a token's page column is a shift on CUDA; 8 .. 256 are
+// the persistent schedule's TMA loads, 256 two copies per page) and other
+// multiples of 4 (12 and 48: the division the kernels keep for them; 4, 12
+// and 48 the persistent schedule's cp.async loads).
 TEST_P(PagedMqaLogitsTest, PageSizesAndWidths) {
   auto rng = make_rng(2);
-  for (int64_t p : {4, 12, 16, 32, 48, 64, 128}) {
+  for (int64_t p : {4, 8, 12, 16, 32, 48, 64, 128, 256}) {
     for (int64_t width : {1, 63, 64, 65, 700, 1100}) {
       LogitsCase c = make_case(rng, 2, {width + 20, width / 2 + 1, 5}, width, p, p == 32);
       check(c, "P=" + std::to_string(p) + " width=" + std::to_string(width));

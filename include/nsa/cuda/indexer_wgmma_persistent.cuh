@@ -53,6 +53,7 @@
 #include <cstdint>
 
 #include "nsa/cuda/indexer.cuh"
+#include "nsa/cuda/indexer_tma.cuh"
 #include "nsa/cuda/indexer_wgmma.cuh"
 #include "nsa/cuda/shared_memory.cuh"
 #include "nsa/indexer.h"
@@ -64,11 +65,15 @@ namespace kernels {
 // 512 threads of at most 128 registers), else one. (One warpgroup at every
 // N was 1.8x slower than kWgmma on an H100, about 1.9 us per tile whatever N:
 // four warps could not keep a deep ring's copies in flight.)
-template <int N>
-constexpr int kWsProducerThreads = N <= 2 ? 256 : 128;
-template <int N>
-constexpr int kWsThreads = kWsProducerThreads<N> + kWgThreads;  // + the two scoring warpgroups
-constexpr int kWsConsumerWarps = kWgThreads / 32;               // arrivals that free a stage
+// With TMA (Tma = true) one warp issues every copy and the producer is one
+// warpgroup; its other three warps write the -inf tails at the start.
+template <int N, bool Tma = false>
+constexpr int kWsProducerThreads = Tma      ? 128
+                                   : N <= 2 ? 256
+                                            : 128;
+template <int N, bool Tma = false>
+constexpr int kWsThreads = kWsProducerThreads<N, Tma> + kWgThreads;  // + the two scoring warpgroups
+constexpr int kWsConsumerWarps = kWgThreads / 32;                    // arrivals that free a stage
 constexpr int kWsMaxWarps = 16;
 constexpr size_t kWsSharedLimit = 227 * 1024;  // dynamic shared memory a compute 9.0 CTA may have
 
@@ -169,25 +174,135 @@ __device__ __forceinline__ int64_t ws_block_scan(int64_t v, int64_t (&warp_total
   }
   return before + incl - v;
 }
+
+// The TMA producer's load of one tile (tokens [t0, t0 + 128) of request b)
+// into stage s, and at a request's first tile in the walk (load_q) its q and
+// weights into buffer qbuf: one warp, lane `lane`. Lane g < segments reads
+// the page of the tile's segment g (min(P, 128) tokens); a segment whose
+// tokens are all visible is one k_page copy and one bulk copy of its scales,
+// a partial one a k_token copy and a plain scale load per visible token;
+// tokens past load_end, past table_cols or on unreadable pages are not read
+// (their `ok` is 0). Every lane writes its flags, scales and weights, then
+// lane 0 arrives on full[s] with the transaction bytes of every copy, the
+// copies are issued, and the other lanes arrive (release: full[s] counts 32).
+template <int N, int S>
+__device__ __forceinline__ void ws_tma_load_tile(WsShared<N, S>& sm, int s, const PagedMqaLogitsArgs& a,
+                                                 const WsTmaMaps& maps, int64_t b, int64_t t0, int64_t load_end,
+                                                 bool load_q, int qbuf, int lane) {
+  constexpr unsigned kAll = 0xffffffffu;
+  const int segment_shift = maps.segment_shift, segment = 1 << segment_shift;
+  const int segments = kWgTileTokens >> segment_shift;  // 1 .. 16
+  const int64_t page_bytes = a.page_size * (kIndexerHeadDim + 4);
+  const int64_t seg0 = t0 + (static_cast<int64_t>(lane) << segment_shift);
+  int64_t page = -1;  // a readable page with `visible` > 0 tokens of the segment, else -1
+  int visible = 0;
+  if (lane < segments && seg0 < load_end) {
+    const int64_t col = seg0 >> maps.page_shift;
+    if (col < a.table_cols) {
+      const int64_t entry = mqa_index(a.page_table, b * a.table_ld + col);
+      if (detail::indexer_page_ok(entry, a.cache.num_pages)) {
+        page = entry;
+        visible = load_end - seg0 < segment ? static_cast<int>(load_end - seg0) : segment;
+      }
+    }
+  }
+  const bool whole = visible == segment;
+  uint32_t bytes = whole ? static_cast<uint32_t>(segment) * (kIndexerHeadDim + 4) : 0;
+  int64_t token_page[4];  // the page of token lane + 32 i when it is one k_token copy, else -1
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int tok = lane + 32 * i, g = tok >> segment_shift;
+    const int64_t pg = __shfl_sync(kAll, page, g);
+    const int vis = __shfl_sync(kAll, visible, g);
+    const bool ok = pg >= 0 && (tok & (segment - 1)) < vis;
+    sm.ok[s][tok] = ok ? 1 : 0;
+    token_page[i] = -1;
+    if (ok && vis < segment) {
+      const int64_t off = (t0 + tok) & (a.page_size - 1);
+      const float* scales =
+          reinterpret_cast<const float*>(a.cache.data + pg * page_bytes + a.page_size * kIndexerHeadDim);
+      sm.scale[s][tok] = __ldg(scales + off);
+      token_page[i] = pg;
+      bytes += kWgRowBytes;
+    }
+  }
+  if (load_q) {
+    for (int idx = lane; idx < N * kIndexerHeads; idx += 32)
+      sm.w[qbuf][idx / kIndexerHeads][wg_weight_slot(idx % kIndexerHeads)] =
+          __ldg(a.weights + b * N * kIndexerHeads + idx);
+    if (lane == 0) bytes += N * kWgQRowBytes;
+  }
+  bytes = __reduce_add_sync(kAll, bytes);
+  if (lane == 0) tma_arrive_expect(&sm.full[s], bytes);
+  __syncwarp();
+  if (whole) {
+    const int y = static_cast<int>(seg0 & (a.page_size - 1));
+    tma_load_3d(&sm.k[s][(lane << segment_shift) * kWgRowBytes], &maps.k_page, 0, y, static_cast<int>(page),
+                &sm.full[s]);
+    tma_load_bulk(&sm.scale[s][lane << segment_shift],
+                  a.cache.data + page * page_bytes + a.page_size * kIndexerHeadDim + y * 4,
+                  static_cast<uint32_t>(segment) * 4, &sm.full[s]);
+  }
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    if (token_page[i] < 0) continue;
+    const int tok = lane + 32 * i;
+    const int y = static_cast<int>((t0 + tok) & (a.page_size - 1));
+    tma_load_3d(&sm.k[s][tok * kWgRowBytes], &maps.k_token, 0, y, static_cast<int>(token_page[i]), &sm.full[s]);
+  }
+  if (load_q) {
+    for (int r = lane; r < N * kIndexerHeads; r += 32) {
+      const int j = r / kIndexerHeads, n = r % kIndexerHeads;
+      const int64_t row = (b * N + j) * kIndexerHeads + wg_head_of_column(n);
+      tma_load_2d(&sm.q[qbuf][j][n * kWgRowBytes], &maps.q, 0, static_cast<int>(row), &sm.full[s]);
+    }
+  }
+  if (lane != 0) ws_arrive(&sm.full[s]);
+}
 #endif
 
+// The columns past the tiles of requests blockIdx.x, + gridDim.x, ...:
+// -inf (wg_store_tail's rows), by `threads` threads (this one: `t`).
 template <int N>
-__global__ void __launch_bounds__(kWsThreads<N>, 1)
-    paged_mqa_logits_wgmma_persistent_kernel(const PagedMqaLogitsArgs a) {
+__device__ __forceinline__ void ws_store_tails(const PagedMqaLogitsArgs& a, int t, int threads) {
+  const float ninf = -__int_as_float(0x7f800000);
+  int64_t L = 0;
+  for (int64_t b = blockIdx.x; b < a.batch; b += gridDim.x) {
+    const int64_t tail = ws_request_tiles<N>(a, b, L) * kWgTileTokens;
+    for (int j = 0; j < N; ++j) {
+      float* row = a.logits + (b * N + j) * a.logits_ld;
+      for (int64_t c = tail + t; c < a.width; c += threads) row[c] = ninf;
+    }
+  }
+}
+
+// Tma: the TMA producer (ws_tma_load_tile, `maps`); else cp.async
+// (wg_load_tile; `maps` unused).
+template <int N, bool Tma>
+__global__ void __launch_bounds__(kWsThreads<N, Tma>, 1)
+    paged_mqa_logits_wgmma_persistent_kernel(const PagedMqaLogitsArgs a, const __grid_constant__ WsTmaMaps maps) {
 #if defined(NSA_MQA_WGMMA)
   constexpr int S = kWsStages<N>;
-  constexpr int P = kWsProducerThreads<N>, Threads = kWsThreads<N>;
+  constexpr int P = kWsProducerThreads<N, Tma>, Threads = kWsThreads<N, Tma>;
   extern __shared__ __align__(1024) uint8_t wg_smem[];  // (the wgmma kernel's declaration: one symbol)
   WsShared<N, S>& sm = wg_shared<WsShared<N, S>>(wg_smem);
   const int tid = static_cast<int>(threadIdx.x);
 
   if (tid == 0) {
     for (int s = 0; s < S; ++s) {
-      ws_init(&sm.full[s], 2 * P);  // a copies arrive and a plain one per producer thread
+      // cp.async: a copies arrive and a plain one per producer thread; TMA: one per lane.
+      ws_init(&sm.full[s], Tma ? 32 : 2 * P);
       ws_init(&sm.empty[s], kWsConsumerWarps);
     }
     ws_init(&sm.qempty[0], kWsConsumerWarps);
     ws_init(&sm.qempty[1], kWsConsumerWarps);
+    if constexpr (Tma) {
+      // The initialized barriers, seen by the async proxy (the copies' complete_tx).
+      asm volatile("fence.mbarrier_init.release.cluster;\nfence.proxy.async.shared::cta;\n" ::: "memory");
+      tma_prefetch_map(&maps.k_page);
+      tma_prefetch_map(&maps.k_token);
+      tma_prefetch_map(&maps.q);
+    }
   }
 
   // This CTA's tiles: [T c / G, T (c + 1) / G) of the T tiles of all requests.
@@ -216,7 +331,11 @@ __global__ void __launch_bounds__(kWsThreads<N>, 1)
   const int64_t count = end - first;
 
   if (tid < P) {
-    // The producer.
+    // The producer (with TMA: warp 0; warps 1-3 write the tails).
+    if (Tma && tid >= 32) {
+      ws_store_tails<N>(a, tid - 32, P - 32);
+      return;
+    }
     if (count > 0) {
       int64_t b = sm.start_b, i = sm.start_tile;
       int64_t tiles = ws_request_tiles<N>(a, b, L);
@@ -226,17 +345,23 @@ __global__ void __launch_bounds__(kWsThreads<N>, 1)
       for (int64_t k = 0; k < count; ++k) {
         if (k >= S) ws_wait(&sm.empty[s], phase ^ 1);  // the tile S before this one has been scored
         const int qbuf = seg & 1;
-        if (i == 0 || k == 0) {  // the request's first tile in this walk: its q and weights
-          if (seg >= 2) ws_wait(&sm.qempty[qbuf], ((seg >> 1) - 1) & 1);
-          wg_load_q<N, P>(sm.q[qbuf], a, b, tid);
-          wg_load_weights<N, P>(sm.w[qbuf], a, b, tid);
-        }
+        const bool first_tile = i == 0 || k == 0;  // the request's first tile in this walk: its q and weights
+        if (first_tile && seg >= 2) ws_wait(&sm.qempty[qbuf], ((seg >> 1) - 1) & 1);
         const int64_t t0 = i * kWgTileTokens;
         const bool last = i + 1 == tiles || k + 1 == count;
         if (tid == 0) sm.tile[s] = WsTile{b, t0, L, qbuf, last ? 1 : 0};
-        wg_load_tile<P>(sm, s, a, b, t0, detail::indexer_row_len(L, N, N - 1, a.width), tid);
-        ws_arrive_on_copies(&sm.full[s]);
-        ws_arrive(&sm.full[s]);
+        const int64_t load_end = detail::indexer_row_len(L, N, N - 1, a.width);
+        if constexpr (Tma) {
+          ws_tma_load_tile(sm, s, a, maps, b, t0, load_end, first_tile, qbuf, tid);
+        } else {
+          if (first_tile) {
+            wg_load_q<N, P>(sm.q[qbuf], a, b, tid);
+            wg_load_weights<N, P>(sm.w[qbuf], a, b, tid);
+          }
+          wg_load_tile<P>(sm, s, a, b, t0, load_end, tid);
+          ws_arrive_on_copies(&sm.full[s]);
+          ws_arrive(&sm.full[s]);
+        }
         if (++s == S) s = 0, phase ^= 1;
         if (last) {
           ++seg;
@@ -250,17 +375,9 @@ __global__ void __launch_bounds__(kWsThreads<N>, 1)
         }
       }
     }
+    if constexpr (Tma) return;
     asm volatile("cp.async.wait_all;\n" ::: "memory");
-    // The columns past the tiles of requests blockIdx.x, + gridDim.x, ...:
-    // -inf (wg_store_tail's rows, with the producer's threads).
-    const float ninf = -__int_as_float(0x7f800000);
-    for (int64_t b = blockIdx.x; b < a.batch; b += gridDim.x) {
-      const int64_t tail = ws_request_tiles<N>(a, b, L) * kWgTileTokens;
-      for (int j = 0; j < N; ++j) {
-        float* row = a.logits + (b * N + j) * a.logits_ld;
-        for (int64_t t = tail + tid; t < a.width; t += P) row[t] = ninf;
-      }
-    }
+    ws_store_tails<N>(a, tid, P);
   } else {
     // The consumers.
     const int ctid = tid - P, lane = tid & 31;
@@ -268,7 +385,9 @@ __global__ void __launch_bounds__(kWsThreads<N>, 1)
     uint32_t phase = 0;
     for (int64_t k = 0; k < count; ++k) {
       ws_wait(&sm.full[s], phase);
-      wg_fence_proxy_async();  // the landed copies, seen by this thread, to wgmma's operand reads
+      // cp.async: the landed copies, seen by this thread, to wgmma's operand
+      // reads (TMA writes through the async proxy already).
+      if constexpr (!Tma) wg_fence_proxy_async();
       const WsTile tile = sm.tile[s];
       WgItem it;
       it.b = tile.b;
@@ -292,20 +411,31 @@ __global__ void __launch_bounds__(kWsThreads<N>, 1)
 #endif
 }
 
-template <int N>
-inline cudaError_t wg_persistent_launch(const PagedMqaLogitsArgs& a, cudaStream_t stream) {
+template <int N, bool Tma>
+inline cudaError_t wg_persistent_launch_instance(const PagedMqaLogitsArgs& a, const WsTmaMaps& maps,
+                                                 cudaStream_t stream) {
+  constexpr auto kKernel = paged_mqa_logits_wgmma_persistent_kernel<N, Tma>;
   constexpr size_t bytes = ws_shared_bytes<N>();
   // The instance launched here must be an sm_90a image (mqa_wgmma_available).
-  cudaError_t e = mqa_wgmma_available<paged_mqa_logits_wgmma_persistent_kernel<N>>();
+  cudaError_t e = mqa_wgmma_available<kKernel>();
   if (e != cudaSuccess) return e;
-  e = allow_dynamic_shared_memory<paged_mqa_logits_wgmma_persistent_kernel<N>>(bytes);
+  e = allow_dynamic_shared_memory<kKernel>(bytes);
   if (e != cudaSuccess) return e;
   int64_t resident = 0;
-  e = wg_resident_ctas<paged_mqa_logits_wgmma_persistent_kernel<N>, kWsThreads<N>>(bytes, resident);
+  e = wg_resident_ctas<kKernel, kWsThreads<N, Tma>>(bytes, resident);
   if (e != cudaSuccess) return e;
   const dim3 grid(static_cast<unsigned>(resident));
-  paged_mqa_logits_wgmma_persistent_kernel<N><<<grid, kWsThreads<N>, bytes, stream>>>(a);
+  kKernel<<<grid, kWsThreads<N, Tma>, bytes, stream>>>(a, maps);
   return cudaGetLastError();
+}
+
+// The TMA producer where ws_tma_supported(a), else cp.async.
+template <int N>
+inline cudaError_t wg_persistent_launch(const PagedMqaLogitsArgs& a, cudaStream_t stream) {
+  WsTmaMaps maps{};
+  if (!ws_tma_supported(a)) return wg_persistent_launch_instance<N, false>(a, maps, stream);
+  const cudaError_t e = ws_make_tma_maps(a, maps);
+  return e == cudaSuccess ? wg_persistent_launch_instance<N, true>(a, maps, stream) : e;
 }
 
 // The persistent wgmma launch on `stream` (arguments as
