@@ -31,8 +31,8 @@
 #pragma once
 
 #include <cuda.h>  // CUtensorMap and its enums (no driver library is linked: see ws_encode_tiled)
-#include <cuda_runtime.h>
 #include <cudaTypedefs.h>
+#include <cuda_runtime.h>
 
 #include <atomic>
 #include <cstdint>
@@ -55,10 +55,11 @@ struct WsTmaMaps {
 inline bool ws_tma_supported(const PagedMqaLogitsArgs& a) {
   const int64_t p = a.page_size;
   const bool pow2 = p >= 8 && p <= 256 && (p & (p - 1)) == 0;
-  const bool aligned = reinterpret_cast<uintptr_t>(a.cache.data) % 16 == 0 && reinterpret_cast<uintptr_t>(a.q) % 16 == 0;
+  const bool aligned =
+      reinterpret_cast<uintptr_t>(a.cache.data) % 16 == 0 && reinterpret_cast<uintptr_t>(a.q) % 16 == 0;
   const int64_t head_rows = a.batch * a.next_n * kIndexerHeads;
-  return pow2 && aligned && a.cache.data != nullptr && a.cache.num_pages >= 1 &&
-         a.cache.num_pages <= INT32_MAX && head_rows <= INT32_MAX;
+  return pow2 && aligned && a.cache.data != nullptr && a.cache.num_pages >= 1 && a.cache.num_pages <= INT32_MAX &&
+         head_rows <= INT32_MAX;
 }
 
 // cuTensorMapEncodeTiled from the driver the runtime loaded (asked once).
@@ -122,8 +123,7 @@ __device__ __forceinline__ uint32_t tma_smem(const void* p) {
 }
 // Adds `bytes` to the transaction count bar waits for and arrives (release).
 __device__ __forceinline__ void tma_arrive_expect(uint64_t* bar, uint32_t bytes) {
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(tma_smem(bar)), "r"(bytes)
-               : "memory");
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(tma_smem(bar)), "r"(bytes) : "memory");
 }
 // One box of a 3-D map at (x, y, z) into dst; completes `bar`'s transactions.
 __device__ __forceinline__ void tma_load_3d(void* dst, const CUtensorMap* map, int x, int y, int z, uint64_t* bar) {

@@ -65,23 +65,40 @@ namespace kernels {
 // 512 threads of at most 128 registers), else one. (One warpgroup at every
 // N was 1.8x slower than kWgmma on an H100, about 1.9 us per tile whatever N:
 // four warps could not keep a deep ring's copies in flight.)
-// With TMA (Tma = true) one warp issues every copy and the producer is one
-// warpgroup; its other three warps write the -inf tails at the start.
+// With TMA (Tma = true) one warp issues every copy: with one team of
+// consumers the producer is one warpgroup, whose other three warps write the
+// -inf tails at the start; with two, it is that warp alone.
+// Teams of consumers (two warpgroups each, kWgThreads threads): with TMA,
+// NSA_MQA_WS_TEAMS (1 or 2; two teams score alternate tiles, so one team's
+// tensor-core work overlaps the other's epilogue); cp.async: one.
+#ifndef NSA_MQA_WS_TEAMS
+#define NSA_MQA_WS_TEAMS 1
+#endif
+template <bool Tma>
+constexpr int kWsTeams = Tma ? NSA_MQA_WS_TEAMS : 1;
+static_assert(NSA_MQA_WS_TEAMS == 1 || NSA_MQA_WS_TEAMS == 2, "one or two teams of consumers");
 template <int N, bool Tma = false>
-constexpr int kWsProducerThreads = Tma      ? 128
+constexpr int kWsProducerThreads = Tma      ? (kWsTeams<Tma> == 1 ? 128 : 32)
                                    : N <= 2 ? 256
                                             : 128;
 template <int N, bool Tma = false>
-constexpr int kWsThreads = kWsProducerThreads<N, Tma> + kWgThreads;  // + the two scoring warpgroups
-constexpr int kWsConsumerWarps = kWgThreads / 32;                    // arrivals that free a stage
-constexpr int kWsMaxWarps = 16;
+constexpr int kWsConsumerThreads = kWsTeams<Tma>* kWgThreads;  // the first threads: warpgroup-aligned
+template <int N, bool Tma = false>
+constexpr int kWsThreads = kWsConsumerThreads<N, Tma> + kWsProducerThreads<N, Tma>;
+constexpr int kWsConsumerWarps = kWgThreads / 32;  // arrivals (one team's warps) that free a stage
+constexpr int kWsMaxWarps = 32;
 constexpr size_t kWsSharedLimit = 227 * 1024;  // dynamic shared memory a compute 9.0 CTA may have
 
 // What the consumers need of a tile besides its bytes.
 struct WsTile {
   int64_t b, t0, L;  // request, first token, L_b
   int qbuf;          // q and weight buffer of the request
-  int last;          // the last tile of the request in this CTA's walk (frees the q buffer)
+  // Arrivals on qempty[qbuf] per warp of the team that scores it: with one
+  // team 1 at the request's last tile in this CTA's walk; with two, 1 at its
+  // last and 1 at the one before (the other team's), 2 at a request's only
+  // tile; else 0. A team scores its tiles in order, so its arrival says it
+  // is done with the q buffer.
+  int release;
 };
 
 template <int N, int S>
@@ -283,7 +300,8 @@ __global__ void __launch_bounds__(kWsThreads<N, Tma>, 1)
     paged_mqa_logits_wgmma_persistent_kernel(const PagedMqaLogitsArgs a, const __grid_constant__ WsTmaMaps maps) {
 #if defined(NSA_MQA_WGMMA)
   constexpr int S = kWsStages<N>;
-  constexpr int P = kWsProducerThreads<N, Tma>, Threads = kWsThreads<N, Tma>;
+  constexpr int P = kWsProducerThreads<N, Tma>, C = kWsConsumerThreads<N, Tma>, Threads = kWsThreads<N, Tma>;
+  constexpr int Teams = kWsTeams<Tma>;
   extern __shared__ __align__(1024) uint8_t wg_smem[];  // (the wgmma kernel's declaration: one symbol)
   WsShared<N, S>& sm = wg_shared<WsShared<N, S>>(wg_smem);
   const int tid = static_cast<int>(threadIdx.x);
@@ -294,8 +312,8 @@ __global__ void __launch_bounds__(kWsThreads<N, Tma>, 1)
       ws_init(&sm.full[s], Tma ? 32 : 2 * P);
       ws_init(&sm.empty[s], kWsConsumerWarps);
     }
-    ws_init(&sm.qempty[0], kWsConsumerWarps);
-    ws_init(&sm.qempty[1], kWsConsumerWarps);
+    ws_init(&sm.qempty[0], kWsConsumerWarps * Teams);
+    ws_init(&sm.qempty[1], kWsConsumerWarps * Teams);
     if constexpr (Tma) {
       // The initialized barriers, seen by the async proxy (the copies' complete_tx).
       asm volatile("fence.mbarrier_init.release.cluster;\nfence.proxy.async.shared::cta;\n" ::: "memory");
@@ -330,10 +348,11 @@ __global__ void __launch_bounds__(kWsThreads<N, Tma>, 1)
   __syncthreads();  // the barriers' init and the start are seen by all
   const int64_t count = end - first;
 
-  if (tid < P) {
-    // The producer (with TMA: warp 0; warps 1-3 write the tails).
-    if (Tma && tid >= 32) {
-      ws_store_tails<N>(a, tid - 32, P - 32);
+  if (tid >= C) {
+    // The producer (with TMA: its first warp; with one team, warps 1-3 write the tails).
+    const int ptid = tid - C;
+    if (Tma && Teams == 1 && ptid >= 32) {
+      ws_store_tails<N>(a, ptid - 32, P - 32);
       return;
     }
     if (count > 0) {
@@ -342,27 +361,30 @@ __global__ void __launch_bounds__(kWsThreads<N, Tma>, 1)
       int seg = 0;  // requests started in this walk
       int s = 0;
       uint32_t phase = 0;
+      bool first_tile = true;  // the request's first tile in this walk: its q and weights
       for (int64_t k = 0; k < count; ++k) {
         if (k >= S) ws_wait(&sm.empty[s], phase ^ 1);  // the tile S before this one has been scored
         const int qbuf = seg & 1;
-        const bool first_tile = i == 0 || k == 0;  // the request's first tile in this walk: its q and weights
         if (first_tile && seg >= 2) ws_wait(&sm.qempty[qbuf], ((seg >> 1) - 1) & 1);
         const int64_t t0 = i * kWgTileTokens;
         const bool last = i + 1 == tiles || k + 1 == count;
-        if (tid == 0) sm.tile[s] = WsTile{b, t0, L, qbuf, last ? 1 : 0};
+        const bool next_last = !last && (i + 2 == tiles || k + 2 == count);
+        const int release = Teams == 1 ? (last ? 1 : 0) : last ? (first_tile ? 2 : 1) : next_last ? 1 : 0;
+        if (ptid == 0) sm.tile[s] = WsTile{b, t0, L, qbuf, release};
         const int64_t load_end = detail::indexer_row_len(L, N, N - 1, a.width);
         if constexpr (Tma) {
-          ws_tma_load_tile(sm, s, a, maps, b, t0, load_end, first_tile, qbuf, tid);
+          ws_tma_load_tile(sm, s, a, maps, b, t0, load_end, first_tile, qbuf, ptid);
         } else {
           if (first_tile) {
-            wg_load_q<N, P>(sm.q[qbuf], a, b, tid);
-            wg_load_weights<N, P>(sm.w[qbuf], a, b, tid);
+            wg_load_q<N, P>(sm.q[qbuf], a, b, ptid);
+            wg_load_weights<N, P>(sm.w[qbuf], a, b, ptid);
           }
-          wg_load_tile<P>(sm, s, a, b, t0, load_end, tid);
+          wg_load_tile<P>(sm, s, a, b, t0, load_end, ptid);
           ws_arrive_on_copies(&sm.full[s]);
           ws_arrive(&sm.full[s]);
         }
         if (++s == S) s = 0, phase ^= 1;
+        first_tile = last;
         if (last) {
           ++seg;
           i = 0;
@@ -375,15 +397,15 @@ __global__ void __launch_bounds__(kWsThreads<N, Tma>, 1)
         }
       }
     }
-    if constexpr (Tma) return;
-    asm volatile("cp.async.wait_all;\n" ::: "memory");
-    ws_store_tails<N>(a, tid, P);
+    if (Tma && Teams == 1) return;
+    if constexpr (!Tma) asm volatile("cp.async.wait_all;\n" ::: "memory");
+    ws_store_tails<N>(a, ptid, P);
   } else {
-    // The consumers.
-    const int ctid = tid - P, lane = tid & 31;
-    int s = 0;
+    // The consumers: team `team` scores tiles team, team + Teams, ...
+    const int team = tid / kWgThreads, ttid = tid % kWgThreads, lane = tid & 31;
+    int s = team;
     uint32_t phase = 0;
-    for (int64_t k = 0; k < count; ++k) {
+    for (int64_t k = team; k < count; k += Teams) {
       ws_wait(&sm.full[s], phase);
       // cp.async: the landed copies, seen by this thread, to wgmma's operand
       // reads (TMA writes through the async proxy already).
@@ -396,13 +418,14 @@ __global__ void __launch_bounds__(kWsThreads<N, Tma>, 1)
       it.L = tile.L;
       it.load_end = 0;  // not read by wg_scores
       it.tiles = 1;
-      wg_scores<N>(sm, sm.q[tile.qbuf], sm.w[tile.qbuf], a, it, tile.t0, s, ctid);
+      wg_scores<N>(sm, sm.q[tile.qbuf], sm.w[tile.qbuf], a, it, tile.t0, s, ttid);
       __syncwarp();
       if (lane == 0) {
         ws_arrive(&sm.empty[s]);
-        if (tile.last) ws_arrive(&sm.qempty[tile.qbuf]);
+        for (int r = 0; r < tile.release; ++r) ws_arrive(&sm.qempty[tile.qbuf]);
       }
-      if (++s == S) s = 0, phase ^= 1;
+      s += Teams;
+      if (s >= S) s -= S, phase ^= 1;
     }
   }
 #elif defined(__CUDA_ARCH__)
