@@ -98,6 +98,22 @@ double paged_mqa_logit_dequantized(const PagedMqaLogitsArgs& a, int64_t r, int64
   return sum;
 }
 
+double paged_mqa_logit_magnitude(const PagedMqaLogitsArgs& a, int64_t r, int64_t t) {
+  const int64_t b = r / a.next_n;
+  const uint8_t* page = token_page(a, b, t);
+  if (page == nullptr) return 0;
+  const uint8_t* k = page + (t % a.page_size) * kIndexerHeadDim;
+  const double scale = std::fabs(token_scale(a, page, t));
+  double sum = 0;
+  for (int64_t h = 0; h < kIndexerHeads; ++h) {
+    const uint8_t* q = a.q + (r * kIndexerHeads + h) * kIndexerHeadDim;
+    double s = 0;
+    for (int64_t d = 0; d < kIndexerHeadDim; ++d) s += std::fabs(fp8(q[d]) * fp8(k[d]));
+    sum += std::fabs(static_cast<double>(a.weights[r * kIndexerHeads + h])) * s * scale;
+  }
+  return sum;
+}
+
 void paged_mqa_logits(const PagedMqaLogitsArgs& a) {
   for (int64_t r = 0; r < a.batch * a.next_n; ++r) {
     const int64_t len = row_len(a, r);

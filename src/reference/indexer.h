@@ -21,6 +21,12 @@ float paged_mqa_logit(const PagedMqaLogitsArgs& args, int64_t r, int64_t t);
 // calc_diff check of the tensor-core backend.
 double paged_mqa_logit_dequantized(const PagedMqaLogitsArgs& args, int64_t r, int64_t t);
 
+// The logit's magnitude: sum over heads of |weight| x sum over dims of
+// |q x k x scale| (fp64), the scale of the rounding error any summation
+// order can make (the condition of the two nested sums). 0 for an
+// unreadable page.
+double paged_mqa_logit_magnitude(const PagedMqaLogitsArgs& args, int64_t r, int64_t t);
+
 // Writes columns [0, width) of every logits row.
 void paged_mqa_logits(const PagedMqaLogitsArgs& args);
 

@@ -14,7 +14,8 @@
 // ring of shared-memory stages with mbarriers, so loads stay in flight
 // while tiles are scored, and a CTA's walk never restarts.
 //
-// Design, per CTA (one per SM; 512 threads at N <= 2, 384 at N = 3, 4):
+// Design, per CTA (one per SM): the consumers first (warpgroup-aligned,
+// wgmma needs it), the producer after them.
 //   * the work: the tiles (128 tokens) of every request with a visible
 //     token, request-major (request b has ceil(load_end_b / 128) tiles,
 //     load_end_b = what its last row sees); CTA c takes the contiguous range
@@ -23,21 +24,30 @@
 //     consecutive in a CTA's walk (q is loaded once per request and CTA).
 //     The range is found at the start: every thread sums the tiles of a
 //     span of requests (their lengths, read once), one block scan;
-//   * the producer (the first two warpgroups at N <= 2, the first at
-//     N = 3, 4; kWsProducerThreads): per tile, waits until its stage is
-//     free (`empty`), issues the tile's cp.async copies (wg_load_tile) and,
-//     at a request's first tile, the request's q and weights into one of
-//     two buffers (waiting until the request before the one before has been
-//     scored: `qempty`); each thread then arms `full` twice:
-//     cp.async.mbarrier.arrive.noinc (when its copies have landed) and a
-//     plain arrive (release: its `ok` flags and the tile's descriptor);
-//     after its last tile it writes the -inf columns past the tiles of
-//     requests c, c + G, ...;
-//   * the last two warpgroups, the consumers: per tile, wait on `full`, take the
-//     tile's descriptor (request, first token, length, q buffer), score
-//     their 64 tokens (wg_scores) and release the stage (one arrive per
-//     warp), and the q buffer after the request's last tile of this CTA.
-//     The two warpgroups never wait for each other.
+//   * the producer: per tile, waits until its stage is free (`empty`),
+//     writes the tile's descriptor and issues its loads and, at a request's
+//     first tile, the request's q and weights into one of two buffers
+//     (waiting until the request before the one before has been scored:
+//     `qempty`). Two kinds, picked at the launch:
+//       - TMA (ws_tma_supported: page sizes 8 .. 256, powers of two; see
+//         nsa/cuda/indexer_tma.cuh): one warp, a tensor copy per page
+//         segment of the tile and a bulk copy of its scales, per-token
+//         copies where a segment ends past the visible length; lane 0 arms
+//         `full` with the bytes, every lane arrives (release: its `ok` flags,
+//         scales and weights). With one team of consumers the producer is a
+//         warpgroup whose other three warps write the -inf tails at the start;
+//       - cp.async (every other page size): two warpgroups at N <= 2, one at
+//         N = 3, 4 (kWsProducerThreads), 16 bytes per copy (wg_load_tile);
+//         each thread arms `full` twice: cp.async.mbarrier.arrive.noinc
+//         (when its copies have landed) and a plain arrive (release); after
+//         its last tile it writes the -inf columns past the tiles of
+//         requests c, c + G, ...;
+//   * the consumers, one team of two warpgroups (two teams with TMA when
+//     built with NSA_MQA_WS_TEAMS=2, scoring alternate tiles): per tile,
+//     wait on `full`, take the tile's descriptor (request, first token,
+//     length, q buffer), score their 64 tokens (wg_scores) and release the
+//     stage (one arrive per warp), and the q buffer when the descriptor says
+//     so (WsTile::release). The warpgroups never wait for each other.
 //   * the ring is as deep as shared memory allows (ws_stages: 12 tiles at
 //     N = 1, 11, 10, 9 at N = 2, 3, 4; about 200 KB of K in flight per SM).
 // No atomics, no inter-CTA communication, no allocation, a 1-D grid of
@@ -192,6 +202,38 @@ __device__ __forceinline__ int64_t ws_block_scan(int64_t v, int64_t (&warp_total
   return before + incl - v;
 }
 
+// The TMA producer's window of page-table entries: lane l holds the entry of
+// page column col0 + l of request b (-1 past table_cols), and the next 32
+// columns' in `next`, loaded a window ahead, so a tile's entries are
+// shuffles, not a global round trip per tile (one tile at a time, the
+// producer would wait for each). Tiles are 128-token aligned and a window
+// 32 columns, so a tile's columns never straddle two windows.
+struct WsTableWindow {
+  int64_t b = -1, col0 = 0;
+  int64_t cur = -1, next = -1;
+};
+
+#if defined(NSA_MQA_WGMMA)
+__device__ __forceinline__ int64_t ws_table_entry(const PagedMqaLogitsArgs& a, int64_t b, int64_t col) {
+  return col < a.table_cols ? mqa_index(a.page_table, b * a.table_ld + col) : -1;
+}
+
+// The window holding page column `col` of request b.
+__device__ __forceinline__ void ws_window_move(WsTableWindow& w, const PagedMqaLogitsArgs& a, int64_t b, int64_t col,
+                                               int lane) {
+  const int64_t col0 = col & ~int64_t{31};
+  if (w.b == b && w.col0 == col0) return;
+  if (w.b == b && w.col0 + 32 == col0) {
+    w.cur = w.next;
+  } else {
+    w.b = b;
+    w.cur = ws_table_entry(a, b, col0 + lane);
+  }
+  w.col0 = col0;
+  w.next = ws_table_entry(a, b, col0 + 32 + lane);
+}
+#endif
+
 // The TMA producer's load of one tile (tokens [t0, t0 + 128) of request b)
 // into stage s, and at a request's first tile in the walk (load_q) its q and
 // weights into buffer qbuf: one warp, lane `lane`. Lane g < segments reads
@@ -204,8 +246,8 @@ __device__ __forceinline__ int64_t ws_block_scan(int64_t v, int64_t (&warp_total
 // copies are issued, and the other lanes arrive (release: full[s] counts 32).
 template <int N, int S>
 __device__ __forceinline__ void ws_tma_load_tile(WsShared<N, S>& sm, int s, const PagedMqaLogitsArgs& a,
-                                                 const WsTmaMaps& maps, int64_t b, int64_t t0, int64_t load_end,
-                                                 bool load_q, int qbuf, int lane) {
+                                                 const WsTmaMaps& maps, WsTableWindow& window, int64_t b, int64_t t0,
+                                                 int64_t load_end, bool load_q, int qbuf, int lane) {
   constexpr unsigned kAll = 0xffffffffu;
   const int segment_shift = maps.segment_shift, segment = 1 << segment_shift;
   const int segments = kWgTileTokens >> segment_shift;  // 1 .. 16
@@ -213,15 +255,12 @@ __device__ __forceinline__ void ws_tma_load_tile(WsShared<N, S>& sm, int s, cons
   const int64_t seg0 = t0 + (static_cast<int64_t>(lane) << segment_shift);
   int64_t page = -1;  // a readable page with `visible` > 0 tokens of the segment, else -1
   int visible = 0;
-  if (lane < segments && seg0 < load_end) {
-    const int64_t col = seg0 >> maps.page_shift;
-    if (col < a.table_cols) {
-      const int64_t entry = mqa_index(a.page_table, b * a.table_ld + col);
-      if (detail::indexer_page_ok(entry, a.cache.num_pages)) {
-        page = entry;
-        visible = load_end - seg0 < segment ? static_cast<int>(load_end - seg0) : segment;
-      }
-    }
+  ws_window_move(window, a, b, t0 >> maps.page_shift, lane);
+  const int64_t col = seg0 >> maps.page_shift;
+  const int64_t entry = __shfl_sync(kAll, window.cur, static_cast<int>(col - window.col0) & 31);
+  if (lane < segments && seg0 < load_end && col < a.table_cols && detail::indexer_page_ok(entry, a.cache.num_pages)) {
+    page = entry;
+    visible = load_end - seg0 < segment ? static_cast<int>(load_end - seg0) : segment;
   }
   const bool whole = visible == segment;
   uint32_t bytes = whole ? static_cast<uint32_t>(segment) * (kIndexerHeadDim + 4) : 0;
@@ -362,6 +401,7 @@ __global__ void __launch_bounds__(kWsThreads<N, Tma>, 1)
       int s = 0;
       uint32_t phase = 0;
       bool first_tile = true;  // the request's first tile in this walk: its q and weights
+      WsTableWindow window;    // (TMA)
       for (int64_t k = 0; k < count; ++k) {
         if (k >= S) ws_wait(&sm.empty[s], phase ^ 1);  // the tile S before this one has been scored
         const int qbuf = seg & 1;
@@ -373,7 +413,7 @@ __global__ void __launch_bounds__(kWsThreads<N, Tma>, 1)
         if (ptid == 0) sm.tile[s] = WsTile{b, t0, L, qbuf, release};
         const int64_t load_end = detail::indexer_row_len(L, N, N - 1, a.width);
         if constexpr (Tma) {
-          ws_tma_load_tile(sm, s, a, maps, b, t0, load_end, first_tile, qbuf, ptid);
+          ws_tma_load_tile(sm, s, a, maps, window, b, t0, load_end, first_tile, qbuf, ptid);
         } else {
           if (first_tile) {
             wg_load_q<N, P>(sm.q[qbuf], a, b, ptid);
