@@ -12,7 +12,8 @@
 # --phase splits one check over shorter commands on the same machine and
 # results folder: `tests` runs the C++ tests and the sanitizers (only the tools
 # in $NSA_SANITIZERS when set, none when it is "none"; only the test binaries named in
-# $NSA_SANITIZER_BINARIES when set), `sanitizers` the sanitizers alone (for the
+# $NSA_SANITIZER_BINARIES when set, and the gtest filter $NSA_SANITIZER_FILTER instead
+# of each binary's GPU tests when set), `sanitizers` the sanitizers alone (for the
 # tools a first `tests` command left out), `rest` the CLI, benchmarks (only
 # those whose name matches the regex $NSA_BENCHES when set) and Python
 # tests and then writes the report of all of them ($NSA_REST_STEPS, a list
@@ -136,6 +137,8 @@ gpu_filter='*/cuda:*/cuda_*:*Cuda*:*CUDA*:*Graph*:*_cuda'  # (cuda_*: the per-ke
     # NSA_SANITIZER_BINARIES=paged_mqa_logits_test.
     [ "$tool" = memcheck ] || [ "$n" != paged_mqa_logits_test ] ||
       filter="*/cuda_wgmma*:PagedMqaLogitsCuda.*:-*LongRun*:*CpuOnly*:*4GiB*:*Long*:*Replay*"
+    # NSA_SANITIZER_FILTER: this gtest filter instead (a change limited to some tests, under a slow tool).
+    [ -z "${NSA_SANITIZER_FILTER:-}" ] || filter=$NSA_SANITIZER_FILTER
     listing=$("$t" --gtest_list_tests --gtest_filter="$filter")  # no pipe: a SIGPIPE must not skip a binary
     if ! grep -q '^  ' <<<"$listing"; then
       echo "sanitizer_${tool}_$n no-gpu-tests" >>"$results/skipped.txt"

@@ -62,7 +62,8 @@ inline bool ws_tma_supported(const PagedMqaLogitsArgs& a) {
          head_rows <= INT32_MAX;
 }
 
-// cuTensorMapEncodeTiled from the driver the runtime loaded (asked once).
+// cuTensorMapEncodeTiled from the driver the runtime loaded (asked once;
+// cudaErrorNotSupported when the driver does not have it).
 inline cudaError_t ws_encode_tiled(PFN_cuTensorMapEncodeTiled_v12000& fn) {
   static std::atomic<void*> cached{nullptr};
   void* p = cached.load(std::memory_order_acquire);

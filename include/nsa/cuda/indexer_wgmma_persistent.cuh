@@ -42,8 +42,8 @@
 //         (when its copies have landed) and a plain arrive (release); after
 //         its last tile it writes the -inf columns past the tiles of
 //         requests c, c + G, ...;
-//   * the consumers, one team of two warpgroups (two teams with TMA when
-//     built with NSA_MQA_WS_TEAMS=2, scoring alternate tiles): per tile,
+//   * the consumers, one team of two warpgroups (two teams with TMA at
+//     N = 4, scoring alternate tiles: kWsTeams): per tile,
 //     wait on `full`, take the tile's descriptor (request, first token,
 //     length, q buffer), score their 64 tokens (wg_scores) and release the
 //     stage (one arrive per warp), and the q buffer when the descriptor says
@@ -78,21 +78,28 @@ namespace kernels {
 // With TMA (Tma = true) one warp issues every copy: with one team of
 // consumers the producer is one warpgroup, whose other three warps write the
 // -inf tails at the start; with two, it is that warp alone.
-// Teams of consumers (two warpgroups each, kWgThreads threads): with TMA,
-// NSA_MQA_WS_TEAMS (1 or 2; two teams score alternate tiles, so one team's
-// tensor-core work overlaps the other's epilogue); cp.async: one.
+// Teams of consumers (two warpgroups each, kWgThreads threads; two teams
+// score alternate tiles, so one team's tensor-core work overlaps the other's
+// epilogue): with TMA two at N = 4 and one below, cp.async one. Measured on
+// one H100 (docs/performance.md; bench graph replays, 64 x 32K): two teams
+// 214.1 us at N = 4 against 239.1 with one, 159.5 against 152.4 at N = 2,
+// 143.5 against 142.0 at N = 1. NSA_MQA_WS_TEAMS=1 or 2 (a build option for
+// timing) sets every N's.
 #ifndef NSA_MQA_WS_TEAMS
-#define NSA_MQA_WS_TEAMS 1
+#define NSA_MQA_WS_TEAMS 0
 #endif
-template <bool Tma>
-constexpr int kWsTeams = Tma ? NSA_MQA_WS_TEAMS : 1;
-static_assert(NSA_MQA_WS_TEAMS == 1 || NSA_MQA_WS_TEAMS == 2, "one or two teams of consumers");
+static_assert(NSA_MQA_WS_TEAMS >= 0 && NSA_MQA_WS_TEAMS <= 2, "one or two teams of consumers (0: per N)");
+template <int N, bool Tma>
+constexpr int kWsTeams = !Tma                    ? 1
+                         : NSA_MQA_WS_TEAMS != 0 ? NSA_MQA_WS_TEAMS
+                         : N == 4                ? 2
+                                                 : 1;
 template <int N, bool Tma = false>
-constexpr int kWsProducerThreads = Tma      ? (kWsTeams<Tma> == 1 ? 128 : 32)
+constexpr int kWsProducerThreads = Tma      ? (kWsTeams<N, Tma> == 1 ? 128 : 32)
                                    : N <= 2 ? 256
                                             : 128;
 template <int N, bool Tma = false>
-constexpr int kWsConsumerThreads = kWsTeams<Tma>* kWgThreads;  // the first threads: warpgroup-aligned
+constexpr int kWsConsumerThreads = kWsTeams<N, Tma>* kWgThreads;  // the first threads: warpgroup-aligned
 template <int N, bool Tma = false>
 constexpr int kWsThreads = kWsConsumerThreads<N, Tma> + kWsProducerThreads<N, Tma>;
 constexpr int kWsConsumerWarps = kWgThreads / 32;  // arrivals (one team's warps) that free a stage
@@ -340,7 +347,7 @@ __global__ void __launch_bounds__(kWsThreads<N, Tma>, 1)
 #if defined(NSA_MQA_WGMMA)
   constexpr int S = kWsStages<N>;
   constexpr int P = kWsProducerThreads<N, Tma>, C = kWsConsumerThreads<N, Tma>, Threads = kWsThreads<N, Tma>;
-  constexpr int Teams = kWsTeams<Tma>;
+  constexpr int Teams = kWsTeams<N, Tma>;
   extern __shared__ __align__(1024) uint8_t wg_smem[];  // (the wgmma kernel's declaration: one symbol)
   WsShared<N, S>& sm = wg_shared<WsShared<N, S>>(wg_smem);
   const int tid = static_cast<int>(threadIdx.x);
@@ -492,12 +499,14 @@ inline cudaError_t wg_persistent_launch_instance(const PagedMqaLogitsArgs& a, co
   return cudaGetLastError();
 }
 
-// The TMA producer where ws_tma_supported(a), else cp.async.
+// The TMA producer where ws_tma_supported(a) and the driver has the map
+// encoder, else cp.async (the same logits either way).
 template <int N>
 inline cudaError_t wg_persistent_launch(const PagedMqaLogitsArgs& a, cudaStream_t stream) {
   WsTmaMaps maps{};
   if (!ws_tma_supported(a)) return wg_persistent_launch_instance<N, false>(a, maps, stream);
   const cudaError_t e = ws_make_tma_maps(a, maps);
+  if (e == cudaErrorNotSupported) return wg_persistent_launch_instance<N, false>(a, WsTmaMaps{}, stream);
   return e == cudaSuccess ? wg_persistent_launch_instance<N, true>(a, maps, stream) : e;
 }
 
