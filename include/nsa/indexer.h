@@ -67,7 +67,8 @@ enum class MqaLogitsKernel : int32_t {
   // feeding scoring warps through an mbarrier ring, each CTA an equal share
   // of the tiles. The same logits as kWgmma, bit for bit; the same
   // availability (throws kUnsupported where kWgmma does). Opt-in: kAuto never
-  // picks it (slower than kWgmma so far: docs/performance.md).
+  // picks it (faster than kWgmma at 64 x 32K for N = 2 and 4, slower at N = 1
+  // and on small grids, in direct bench runs: docs/performance.md).
   kWgmmaPersistent = 3,
 };
 
