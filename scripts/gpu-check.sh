@@ -81,6 +81,7 @@ fi
   echo "date=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
   echo "commit=$(cat "$build/COMMIT" 2>/dev/null || git -C "$root" rev-parse HEAD 2>/dev/null || echo unknown)"
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader | head -1 | sed 's/^/gpu=/'
+  nvidia-smi --query-gpu=uuid --format=csv,noheader | head -1 | sed 's/^/gpu_uuid=/'  # which machine, when commands span several
   echo "cuda_runtime=$(nvidia-smi | sed -n 's/.*CUDA Version: \([0-9.]*\).*/\1/p' | head -1)"
   echo "sanitizer=$(compute-sanitizer --version 2>/dev/null | grep -o 'Version [^ ]*' | head -1)"
   echo "sanitizer_tools=memcheck racecheck initcheck synccheck"  # a complete check: the report flags any not run
@@ -88,6 +89,8 @@ fi
 if [ "$phase" = rest ]; then  # the commit of this phase's binaries, when a later build ran it
   rest_commit=$(cat "$build/COMMIT" 2>/dev/null || echo unknown)
   grep -q "^commit=$rest_commit\$" "$results/facts.txt" || echo "commit_rest=$rest_commit" >>"$results/facts.txt"
+  grep -q "^gpu_uuid=" "$results/facts.txt" ||
+    nvidia-smi --query-gpu=uuid --format=csv,noheader | head -1 | sed 's/^/gpu_uuid=/' >>"$results/facts.txt"
 fi
 cat "$results/facts.txt"
 

@@ -96,7 +96,7 @@ def gtest_rows(path):
 
 def main():
     if len(sys.argv) < 2:
-        sys.exit("usage: gpu_report.py RESULTS_FOLDER [MORE_FOLDERS ...]  (folders of one machine, in command order)")
+        sys.exit("usage: gpu_report.py RESULTS_FOLDER [MORE_FOLDERS ...]  (in command order)")
     res = Results(sys.argv[1:])
     per_folder = res.facts()
     facts = {}
@@ -113,10 +113,20 @@ def main():
     w(f"- CUDA (driver): {facts.get('cuda_runtime', '?')}; compute-sanitizer: {facts.get('sanitizer', '?')}")
     w(f"- date: {facts.get('date', '?')}")
     if len(per_folder) > 1:
-        w(f"- {len(per_folder)} commands on this machine, in order (date, commit of the binaries):")
+        # Which machines ran them: each command's GPU UUID (older results folders have none,
+        # and then the report does not say).
+        uuids = [f.get("gpu_uuid", "") for f in per_folder]
+        if all(uuids) and len(set(uuids)) == 1:
+            where = " on this machine"
+        elif all(uuids):
+            where = f" on {len(set(uuids))} machines"
+        else:
+            where = ""
+        w(f"- {len(per_folder)} commands{where}, in order (date, commit of the binaries{', GPU' if any(uuids) else ''}):")
         for i, f in enumerate(per_folder, 1):
             commit = f.get("commit") or f.get("commit_rest", "?")
-            w(f"  {i}. {f.get('date', 'no date (a rest phase alone)')}, {commit}")
+            gpu = f", {f['gpu_uuid']}" if f.get("gpu_uuid") else ""
+            w(f"  {i}. {f.get('date', 'no date (a rest phase alone)')}, {commit}{gpu}")
     elif facts.get("commit_rest"):
         w(f"- commit: {facts.get('commit', '?')} (C++ tests, sanitizers); {facts['commit_rest']} (CLI, benchmarks, "
           "Python: run again after a fix, on the same machine kind)")

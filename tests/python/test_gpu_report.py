@@ -76,6 +76,21 @@ def test_several_folders_make_one_report_in_command_order(tmp_path, monkeypatch,
     assert out.count("## x_bench") == 1 and out.count("## y_bench") == 1
 
 
+def test_commands_say_which_machines_ran_them(tmp_path, monkeypatch, capsys):
+    def folder(name, uuid):
+        return _folder(tmp_path, name, {"facts.txt": f"date=d\ncommit={name}\ngpu=G\ngpu_uuid={uuid}\n",
+                                        "steps.txt": "test_a_test 0\n"})
+    out = _report(monkeypatch, capsys, [folder("a1", "GPU-1"), folder("a2", "GPU-1")])
+    assert "- 2 commands on this machine, in order (date, commit of the binaries, GPU):" in out
+    assert "  2. d, a2, GPU-1" in out
+    out = _report(monkeypatch, capsys, [folder("b1", "GPU-1"), folder("b2", "GPU-2")])
+    assert "- 2 commands on 2 machines, in order" in out and "  1. d, b1, GPU-1" in out and "  2. d, b2, GPU-2" in out
+    # Without a UUID in every folder the report makes no claim about machines.
+    plain = _folder(tmp_path, "c2", {"facts.txt": "date=d\ncommit=c2\ngpu=G\n", "steps.txt": "test_a_test 0\n"})
+    out = _report(monkeypatch, capsys, [folder("c1", "GPU-1"), plain])
+    assert "- 2 commands, in order" in out and "machine" not in out.split("## Steps")[0]
+
+
 def test_one_folder_reports_its_commit(tmp_path, monkeypatch, capsys):
     only = _folder(tmp_path, "only", {"facts.txt": "date=d\ncommit=ccc\ngpu=G\n", "steps.txt": "test_a_test 0\n"})
     out = _report(monkeypatch, capsys, [only])
