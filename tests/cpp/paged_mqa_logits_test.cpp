@@ -340,11 +340,12 @@ TEST_P(PagedMqaLogitsTest, PageSizesAndWidths) {
 
 // Lengths around the CUDA tiles (128 tokens per stage, 64 per warpgroup of
 // the wgmma kernel, 512-column chunks) for every N, widths that are no
-// multiple of them, and page sizes other than 64.
+// multiple of them, and page sizes other than 64 (8 and 256: the persistent
+// schedule's TMA segments of one tile's 16 pages and of half a page).
 TEST_P(PagedMqaLogitsTest, TileEdgeLengths) {
   auto rng = make_rng(14);
   for (int64_t n = 1; n <= kIndexerMaxNextN; ++n) {
-    for (int64_t p : {16, 64, 128}) {
+    for (int64_t p : {8, 16, 64, 128, 256}) {
       LogitsCase c =
           make_case(rng, n, {63 + n - 1, 64 + n - 1, 65 + n - 1, 127, 128, 129, 511, 512, 513, 1025}, 1100, p, n == 3);
       check(c, "N=" + std::to_string(n) + " P=" + std::to_string(p));

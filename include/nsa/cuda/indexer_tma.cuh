@@ -67,6 +67,10 @@ inline bool ws_tma_supported(const PagedMqaLogitsArgs& a) {
 inline cudaError_t ws_encode_tiled(PFN_cuTensorMapEncodeTiled_v12000& fn) {
   static std::atomic<void*> cached{nullptr};
   void* p = cached.load(std::memory_order_acquire);
+#if CUDART_VERSION < 12050
+  // The versioned lookup came with CUDA 12.5; older runtimes use cp.async.
+  if (p == nullptr) return cudaErrorNotSupported;
+#endif
   if (p == nullptr) {
     cudaDriverEntryPointQueryResult found = cudaDriverEntryPointSymbolNotFound;
     cudaStreamCaptureMode mode = cudaStreamCaptureModeRelaxed;

@@ -42,14 +42,16 @@
 //         (when its copies have landed) and a plain arrive (release); after
 //         its last tile it writes the -inf columns past the tiles of
 //         requests c, c + G, ...;
-//   * the consumers, one team of two warpgroups (two teams with TMA at
-//     N = 4, scoring alternate tiles: kWsTeams): per tile,
-//     wait on `full`, take the tile's descriptor (request, first token,
+//   * the consumers, one team of two warpgroups (two teams with TMA in a
+//     build with NSA_MQA_WS_TEAMS=2, scoring alternate tiles: kWsTeams):
+//     per tile, wait on `full` (two teams: and on `qfull` for the
+//     request's q), take the tile's descriptor (request, first token,
 //     length, q buffer), score their 64 tokens (wg_scores) and release the
 //     stage (one arrive per warp), and the q buffer when the descriptor says
 //     so (WsTile::release). The warpgroups never wait for each other.
 //   * the ring is as deep as shared memory allows (ws_stages: 12 tiles at
-//     N = 1, 11, 10, 9 at N = 2, 3, 4; about 200 KB of K in flight per SM).
+//     N = 1, 11, 10, 9 at N = 2, 3, 4; about 200 KB of K in flight per SM;
+//     with two teams rounded down to even: kWsRing).
 // No atomics, no inter-CTA communication, no allocation, a 1-D grid of
 // one CTA per SM (never sized by a device length): bit-stable and capturable.
 //
@@ -78,22 +80,22 @@ namespace kernels {
 // With TMA (Tma = true) one warp issues every copy: with one team of
 // consumers the producer is one warpgroup, whose other three warps write the
 // -inf tails at the start; with two, it is that warp alone.
-// Teams of consumers (two warpgroups each, kWgThreads threads; two teams
-// score alternate tiles, so one team's tensor-core work overlaps the other's
-// epilogue): with TMA two at N = 4 and one below, cp.async one. Measured on
-// one H100 (docs/performance.md; bench graph replays, 64 x 32K): two teams
-// 214.1 us at N = 4 against 239.1 with one, 159.5 against 152.4 at N = 2,
-// 143.5 against 142.0 at N = 1. NSA_MQA_WS_TEAMS=1 or 2 (a build option for
-// timing) sets every N's.
+// Teams of consumers (two warpgroups each, kWgThreads threads): one, or
+// with TMA two when built with NSA_MQA_WS_TEAMS=2 (a build option for
+// timing). Two teams score alternate tiles, so one team's tensor-core work
+// overlaps the other's epilogue; measured on one H100 (docs/performance.md;
+// bench graph replays, 64 x 32K) 214.1 us at N = 4 against 239.1 with one,
+// 159.5 against 152.4 at N = 2, 143.5 against 142.0 at N = 1. That build had
+// two races, found by review after the run and fixed since (an even ring, so
+// that a stage's tiles all go to one team; q's bytes on a barrier of their
+// own, qfull, that both teams wait for): the fixed build has not run on a
+// GPU yet, so the library keeps one team.
 #ifndef NSA_MQA_WS_TEAMS
-#define NSA_MQA_WS_TEAMS 0
+#define NSA_MQA_WS_TEAMS 1
 #endif
-static_assert(NSA_MQA_WS_TEAMS >= 0 && NSA_MQA_WS_TEAMS <= 2, "one or two teams of consumers (0: per N)");
+static_assert(NSA_MQA_WS_TEAMS == 1 || NSA_MQA_WS_TEAMS == 2, "one or two teams of consumers");
 template <int N, bool Tma>
-constexpr int kWsTeams = !Tma                    ? 1
-                         : NSA_MQA_WS_TEAMS != 0 ? NSA_MQA_WS_TEAMS
-                         : N == 4                ? 2
-                                                 : 1;
+constexpr int kWsTeams = Tma ? NSA_MQA_WS_TEAMS : 1;
 template <int N, bool Tma = false>
 constexpr int kWsProducerThreads = Tma      ? (kWsTeams<N, Tma> == 1 ? 128 : 32)
                                    : N <= 2 ? 256
@@ -110,6 +112,7 @@ constexpr size_t kWsSharedLimit = 227 * 1024;  // dynamic shared memory a comput
 struct WsTile {
   int64_t b, t0, L;  // request, first token, L_b
   int qbuf;          // q and weight buffer of the request
+  int qphase;        // with two teams: the parity of qfull[qbuf]'s phase that loads this request's q
   // Arrivals on qempty[qbuf] per warp of the team that scores it: with one
   // team 1 at the request's last tile in this CTA's walk; with two, 1 at its
   // last and 1 at the one before (the other team's), 2 at a request's only
@@ -127,7 +130,8 @@ struct WsShared {
   float w[2][N][kIndexerHeads];  // the weights of q[u]'s rows, in wg_weight_slot order
   WsTile tile[S];
   uint64_t full[S], empty[S], qempty[2];
-  int64_t scan[kWsMaxWarps];    // the block scan's warp totals
+  uint64_t qfull[2];          // with two teams: q[u]'s bytes have landed (one team's full[] does not cover the other's)
+  int64_t scan[kWsMaxWarps];  // the block scan's warp totals
   int64_t start_b, start_tile;  // where this CTA's walk starts
 };
 
@@ -144,11 +148,18 @@ constexpr int ws_stages() {
 }
 template <int N>
 constexpr int kWsStages = ws_stages<N>();  // (a variable: device code reads it)
-template <int N>
-constexpr size_t ws_shared_bytes() {
-  return ws_shared_bytes_of<N, kWsStages<N>>();
-}
 static_assert(ws_stages<4>() >= 8, "the ring must stay deep at N = 4");
+// The ring of an instance: with two teams an even number of stages, so that
+// every tile of a stage goes to the same team (with an odd ring, tile k and
+// tile k - S of one stage belong to different teams, and a team could wait
+// for tile k's phase of `full` before tile k - S's had completed, which
+// mbarrier parity waits cannot tell apart).
+template <int N, bool Tma>
+constexpr int kWsRing = kWsTeams<N, Tma> == 2 ? (kWsStages<N> & ~1) : kWsStages<N>;
+template <int N, bool Tma>
+constexpr size_t ws_shared_bytes() {
+  return ws_shared_bytes_of<N, kWsRing<N, Tma>>();
+}
 
 // Tiles of request b: those up to what its last row sees.
 template <int N>
@@ -243,7 +254,8 @@ __device__ __forceinline__ void ws_window_move(WsTableWindow& w, const PagedMqaL
 
 // The TMA producer's load of one tile (tokens [t0, t0 + 128) of request b)
 // into stage s, and at a request's first tile in the walk (load_q) its q and
-// weights into buffer qbuf: one warp, lane `lane`. Lane g < segments reads
+// weights into buffer qbuf (q's bytes complete on qbar: full[s] with one
+// team, qfull[qbuf] with two): one warp, lane `lane`. Lane g < segments reads
 // the page of the tile's segment g (min(P, 128) tokens); a segment whose
 // tokens are all visible is one k_page copy and one bulk copy of its scales,
 // a partial one a k_token copy and a plain scale load per visible token;
@@ -254,7 +266,7 @@ __device__ __forceinline__ void ws_window_move(WsTableWindow& w, const PagedMqaL
 template <int N, int S>
 __device__ __forceinline__ void ws_tma_load_tile(WsShared<N, S>& sm, int s, const PagedMqaLogitsArgs& a,
                                                  const WsTmaMaps& maps, WsTableWindow& window, int64_t b, int64_t t0,
-                                                 int64_t load_end, bool load_q, int qbuf, int lane) {
+                                                 int64_t load_end, bool load_q, int qbuf, uint64_t* qbar, int lane) {
   constexpr unsigned kAll = 0xffffffffu;
   const int segment_shift = maps.segment_shift, segment = 1 << segment_shift;
   const int segments = kWgTileTokens >> segment_shift;  // 1 .. 16
@@ -293,10 +305,16 @@ __device__ __forceinline__ void ws_tma_load_tile(WsShared<N, S>& sm, int s, cons
     for (int idx = lane; idx < N * kIndexerHeads; idx += 32)
       sm.w[qbuf][idx / kIndexerHeads][wg_weight_slot(idx % kIndexerHeads)] =
           __ldg(a.weights + b * N * kIndexerHeads + idx);
-    if (lane == 0) bytes += N * kWgQRowBytes;
+    if (lane == 0 && qbar == &sm.full[s]) bytes += N * kWgQRowBytes;
   }
   bytes = __reduce_add_sync(kAll, bytes);
-  if (lane == 0) tma_arrive_expect(&sm.full[s], bytes);
+  if (lane == 0) {
+    if (load_q && qbar != &sm.full[s]) tma_arrive_expect(qbar, N * kWgQRowBytes);
+    tma_arrive_expect(&sm.full[s], bytes);
+  }
+  // This lane's generic writes of the stage's scales (a partial segment's,
+  // S tiles ago) before the bulk copies into the same slots (async proxy).
+  wg_fence_proxy_async();
   __syncwarp();
   if (whole) {
     const int y = static_cast<int>(seg0 & (a.page_size - 1));
@@ -317,7 +335,7 @@ __device__ __forceinline__ void ws_tma_load_tile(WsShared<N, S>& sm, int s, cons
     for (int r = lane; r < N * kIndexerHeads; r += 32) {
       const int j = r / kIndexerHeads, n = r % kIndexerHeads;
       const int64_t row = (b * N + j) * kIndexerHeads + wg_head_of_column(n);
-      tma_load_2d(&sm.q[qbuf][j][n * kWgRowBytes], &maps.q, 0, static_cast<int>(row), &sm.full[s]);
+      tma_load_2d(&sm.q[qbuf][j][n * kWgRowBytes], &maps.q, 0, static_cast<int>(row), qbar);
     }
   }
   if (lane != 0) ws_arrive(&sm.full[s]);
@@ -345,7 +363,7 @@ template <int N, bool Tma>
 __global__ void __launch_bounds__(kWsThreads<N, Tma>, 1)
     paged_mqa_logits_wgmma_persistent_kernel(const PagedMqaLogitsArgs a, const __grid_constant__ WsTmaMaps maps) {
 #if defined(NSA_MQA_WGMMA)
-  constexpr int S = kWsStages<N>;
+  constexpr int S = kWsRing<N, Tma>;
   constexpr int P = kWsProducerThreads<N, Tma>, C = kWsConsumerThreads<N, Tma>, Threads = kWsThreads<N, Tma>;
   constexpr int Teams = kWsTeams<N, Tma>;
   extern __shared__ __align__(1024) uint8_t wg_smem[];  // (the wgmma kernel's declaration: one symbol)
@@ -360,6 +378,10 @@ __global__ void __launch_bounds__(kWsThreads<N, Tma>, 1)
     }
     ws_init(&sm.qempty[0], kWsConsumerWarps * Teams);
     ws_init(&sm.qempty[1], kWsConsumerWarps * Teams);
+    if constexpr (Teams == 2) {
+      ws_init(&sm.qfull[0], 1);  // the producer's lane 0, with q's bytes
+      ws_init(&sm.qfull[1], 1);
+    }
     if constexpr (Tma) {
       // The initialized barriers, seen by the async proxy (the copies' complete_tx).
       asm volatile("fence.mbarrier_init.release.cluster;\nfence.proxy.async.shared::cta;\n" ::: "memory");
@@ -417,10 +439,11 @@ __global__ void __launch_bounds__(kWsThreads<N, Tma>, 1)
         const bool last = i + 1 == tiles || k + 1 == count;
         const bool next_last = !last && (i + 2 == tiles || k + 2 == count);
         const int release = Teams == 1 ? (last ? 1 : 0) : last ? (first_tile ? 2 : 1) : next_last ? 1 : 0;
-        if (ptid == 0) sm.tile[s] = WsTile{b, t0, L, qbuf, release};
+        if (ptid == 0) sm.tile[s] = WsTile{b, t0, L, qbuf, (seg >> 1) & 1, release};
         const int64_t load_end = detail::indexer_row_len(L, N, N - 1, a.width);
         if constexpr (Tma) {
-          ws_tma_load_tile(sm, s, a, maps, window, b, t0, load_end, first_tile, qbuf, ptid);
+          ws_tma_load_tile(sm, s, a, maps, window, b, t0, load_end, first_tile, qbuf,
+                           Teams == 2 ? &sm.qfull[qbuf] : &sm.full[s], ptid);
         } else {
           if (first_tile) {
             wg_load_q<N, P>(sm.q[qbuf], a, b, ptid);
@@ -458,6 +481,8 @@ __global__ void __launch_bounds__(kWsThreads<N, Tma>, 1)
       // reads (TMA writes through the async proxy already).
       if constexpr (!Tma) wg_fence_proxy_async();
       const WsTile tile = sm.tile[s];
+      // Two teams: the request's q may have come with the other team's tile.
+      if constexpr (Teams == 2) ws_wait(&sm.qfull[tile.qbuf], static_cast<uint32_t>(tile.qphase));
       WgItem it;
       it.b = tile.b;
       it.c0 = tile.t0;
@@ -485,7 +510,7 @@ template <int N, bool Tma>
 inline cudaError_t wg_persistent_launch_instance(const PagedMqaLogitsArgs& a, const WsTmaMaps& maps,
                                                  cudaStream_t stream) {
   constexpr auto kKernel = paged_mqa_logits_wgmma_persistent_kernel<N, Tma>;
-  constexpr size_t bytes = ws_shared_bytes<N>();
+  constexpr size_t bytes = ws_shared_bytes<N, Tma>();
   // The instance launched here must be an sm_90a image (mqa_wgmma_available).
   cudaError_t e = mqa_wgmma_available<kKernel>();
   if (e != cudaSuccess) return e;
