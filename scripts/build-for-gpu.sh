@@ -18,7 +18,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 build="$root/build-gpu"
 stage="$root/.gpu-bin"
-cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DNSA_CUDA=ON "$@" >/dev/null
+cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DNSA_CUDA=ON -DNSA_EXPERIMENT_BUILDS=ON "$@" >/dev/null
 cmake --build "$build" -j "$(nproc)"
 rm -rf "$stage"
 mkdir -p "$stage"

@@ -89,7 +89,9 @@ namespace kernels {
 // two races, found by review after the run and fixed since (an even ring, so
 // that a stage's tiles all go to one team; q's bytes on a barrier of their
 // own, qfull, that both teams wait for): the fixed build has not run on a
-// GPU yet, so the library keeps one team.
+// GPU yet, so the library keeps one team. With -DNSA_EXPERIMENT_BUILDS=ON
+// (scripts/build-for-gpu.sh sets it) paged_mqa_logits_teams2_test and
+// paged_mqa_logits_teams2_bench run the op with two teams in the GPU check.
 #ifndef NSA_MQA_WS_TEAMS
 #define NSA_MQA_WS_TEAMS 1
 #endif
