@@ -101,24 +101,22 @@ inline cudaError_t ws_make_tma_maps(const PagedMqaLogitsArgs& a, WsTmaMaps& m) {
                                 static_cast<cuuint64_t>(a.cache.num_pages)};
   const cuuint64_t k_strides[2] = {static_cast<cuuint64_t>(kIndexerHeadDim),
                                    static_cast<cuuint64_t>(a.page_size * (kIndexerHeadDim + 4))};
-  const cuuint32_t ones[3] = {1, 1, 1};
   const cuuint32_t page_box[3] = {static_cast<cuuint32_t>(kIndexerHeadDim), segment, 1};
   const cuuint32_t token_box[3] = {static_cast<cuuint32_t>(kIndexerHeadDim), 1, 1};
-  void* cache = const_cast<uint8_t*>(a.cache.data);
-  CUresult r = encode(&m.k_page, CU_TENSOR_MAP_DATA_TYPE_UINT8, 3, cache, k_dims, k_strides, page_box, ones,
-                      CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-                      CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  if (r == CUDA_SUCCESS)
-    r = encode(&m.k_token, CU_TENSOR_MAP_DATA_TYPE_UINT8, 3, cache, k_dims, k_strides, token_box, ones,
-               CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-               CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   const cuuint64_t q_dims[2] = {static_cast<cuuint64_t>(kIndexerHeadDim),
                                 static_cast<cuuint64_t>(a.batch * a.next_n * kIndexerHeads)};
   const cuuint64_t q_strides[1] = {static_cast<cuuint64_t>(kIndexerHeadDim)};
+  // Every map: bytes, SWIZZLE_128B, element strides 1, no interleave or OOB fill.
+  auto tiled = [&](CUtensorMap* map, cuuint32_t rank, const uint8_t* base, const cuuint64_t* dims,
+                   const cuuint64_t* strides, const cuuint32_t* box, CUtensorMapL2promotion l2) {
+    const cuuint32_t ones[3] = {1, 1, 1};
+    return encode(map, CU_TENSOR_MAP_DATA_TYPE_UINT8, rank, const_cast<uint8_t*>(base), dims, strides, box, ones,
+                  CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, l2, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  };
+  CUresult r = tiled(&m.k_page, 3, a.cache.data, k_dims, k_strides, page_box, CU_TENSOR_MAP_L2_PROMOTION_L2_256B);
   if (r == CUDA_SUCCESS)
-    r = encode(&m.q, CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, const_cast<uint8_t*>(a.q), q_dims, q_strides, token_box, ones,
-               CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_NONE,
-               CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+    r = tiled(&m.k_token, 3, a.cache.data, k_dims, k_strides, token_box, CU_TENSOR_MAP_L2_PROMOTION_L2_256B);
+  if (r == CUDA_SUCCESS) r = tiled(&m.q, 2, a.q, q_dims, q_strides, token_box, CU_TENSOR_MAP_L2_PROMOTION_NONE);
   return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
 }
 

@@ -273,6 +273,7 @@ __device__ __forceinline__ void ws_tma_load_tile(WsShared<N, S>& sm, int s, cons
   const int segment_shift = maps.segment_shift, segment = 1 << segment_shift;
   const int segments = kWgTileTokens >> segment_shift;  // 1 .. 16
   const int64_t page_bytes = a.page_size * (kIndexerHeadDim + 4);
+  const bool q_on_full = qbar == &sm.full[s];  // one team: q's bytes count on the tile's barrier
   const int64_t seg0 = t0 + (static_cast<int64_t>(lane) << segment_shift);
   int64_t page = -1;  // a readable page with `visible` > 0 tokens of the segment, else -1
   int visible = 0;
@@ -307,11 +308,11 @@ __device__ __forceinline__ void ws_tma_load_tile(WsShared<N, S>& sm, int s, cons
     for (int idx = lane; idx < N * kIndexerHeads; idx += 32)
       sm.w[qbuf][idx / kIndexerHeads][wg_weight_slot(idx % kIndexerHeads)] =
           __ldg(a.weights + b * N * kIndexerHeads + idx);
-    if (lane == 0 && qbar == &sm.full[s]) bytes += N * kWgQRowBytes;
+    if (lane == 0 && q_on_full) bytes += N * kWgQRowBytes;
   }
   bytes = __reduce_add_sync(kAll, bytes);
   if (lane == 0) {
-    if (load_q && qbar != &sm.full[s]) tma_arrive_expect(qbar, N * kWgQRowBytes);
+    if (load_q && !q_on_full) tma_arrive_expect(qbar, N * kWgQRowBytes);
     tma_arrive_expect(&sm.full[s], bytes);
   }
   // This lane's generic writes of the stage's scales (a partial segment's,
