@@ -32,7 +32,8 @@ def without_results_folder(text):
 
 class Results:
     """The results folders of one or more gpu-check.sh commands, run one after
-    another on one machine (each device command returns its own folder). A
+    another (each device command returns its own folder; facts.txt's gpu_uuid
+    says which machine ran it). A
     file is read from the last folder that has it, except the C++ test
     results (a table per command that ran the binary); steps and skipped
     tests are concatenated in command order."""
