@@ -746,6 +746,46 @@ TEST_P(TopkTest, P17_RuntimeK) {
   }
 }
 
+// Rows of at most 32K scores whose pass-1 bin (the top 12 bits of the K-th
+// largest key) is taken whole, holds exactly the CUDA kernel's candidate
+// capacity (4096 keys), or one more: the three routes of its cached-row path
+// (topk_finish_cached). Every class of value is scattered over the row.
+TopkCase cached_route_case(std::mt19937_64& rng, int64_t k) {
+  const int64_t width = 20000;
+  TopkCase c;
+  c.k = k;
+  c.rows = 4;
+  c.width = width;
+  c.ld = width + 1;
+  c.scores.assign(static_cast<size_t>(c.rows * c.ld), 0.0f);
+  std::uniform_real_distribution<float> low(0.0f, 0.5f);
+  for (int64_t r = 0; r < c.rows; ++r) {
+    std::vector<int64_t> cols(static_cast<size_t>(width));
+    std::iota(cols.begin(), cols.end(), 0);
+    std::shuffle(cols.begin(), cols.end(), rng);
+    float* row = c.scores.data() + r * c.ld;
+    size_t next = 0;
+    auto put = [&](float v) { row[cols[next++]] = v; };
+    if (r == 0) {  // K - 10 above a bin of exactly 10 ties at 2.0: the bin is taken whole
+      for (int64_t j = 0; j < k - 10; ++j) put(3.0f + 1e-4f * static_cast<float>(j));
+      for (int j = 0; j < 10; ++j) put(2.0f);
+    } else {  // K - 100 above a bin of 4096 (rows 1, 3) or 4097 (row 2) keys near 1.0
+      for (int64_t j = 0; j < k - 100; ++j) put(8.0f + 1e-3f * static_cast<float>(j));
+      const uint32_t in_bin = r == 2 ? 4097u : 4096u;
+      for (uint32_t j = 0; j < in_bin; ++j) put(bits_float(0x3f800000u + (r == 3 ? j % 3 : j)));  // row 3: ties
+    }
+    while (next < cols.size()) put(low(rng));
+  }
+  c.lengths.assign(static_cast<size_t>(c.rows), width);
+  c.order = TopkOrder::kAscending;
+  return c;
+}
+
+TEST_P(TopkTest, CachedRowRoutes) {
+  auto rng = make_rng(26);
+  for (int64_t k : kKs) check_case(backend(), cached_route_case(rng, k), "cached routes k=" + std::to_string(k));
+}
+
 // Long rows (CUDA: rows past the shared-memory cache) and many rows.
 TEST_P(TopkTest, LongRowsAndManyRows) {
   auto rng = make_rng(18);
@@ -971,6 +1011,14 @@ TEST(TopkCuda, EveryClusterSizeOnInfAndNaN) {
     c.order = TopkOrder::kAscending;
     check_every_cluster(c, "inf/NaN width=" + std::to_string(width));
   }
+}
+
+// The cached-row routes (CachedRowRoutes) at every cluster size: the
+// candidate capacity is decided on the row-wide count, the bitmaps per slice.
+TEST(TopkCuda, EveryClusterSizeOnCachedRoutes) {
+  NSA_SKIP_WITHOUT_BACKEND(Backend::kCuda);
+  auto rng = make_rng(27);
+  for (int64_t k : {512, 2048}) check_every_cluster(cached_route_case(rng, k), "cached routes k=" + std::to_string(k));
 }
 
 // Windows that do not start at column 0 (ragged prefill, ragged-offset

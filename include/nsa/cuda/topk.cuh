@@ -90,9 +90,15 @@ constexpr int kTopkCacheKeys = 32 * 1024;
 // Longer rows use the same memory for the candidates of pass 1's bin: (key,
 // index) pairs, when that bin holds at most this many keys.
 constexpr int kTopkCandidates = kTopkCacheKeys / 2;
+// Cached rows keep the indices of pass 1's bin's keys (their keys stay in the
+// cache) when the bin holds at most this many (topk_finish_cached); the same
+// words later hold the selected indices (K <= kTopkMaxK of them).
+constexpr int kTopkCachedCandidates = 4096;
 // Dynamic shared memory: the histogram, then the key cache (+3 words of
-// alignment slack: the cache is shifted so vector stores are 16-byte aligned).
-constexpr size_t kTopkSharedBytes = (kTopkBins + kTopkCacheKeys + 4) * sizeof(uint32_t);
+// alignment slack: the cache is shifted so vector stores are 16-byte
+// aligned), then the cached rows' candidates. 160 KiB: with the static
+// state within sm_80's 163 KiB opt-in limit.
+constexpr size_t kTopkSharedBytes = (kTopkBins + kTopkCacheKeys + 4 + kTopkCachedCandidates) * sizeof(uint32_t);
 // The largest thread-block cluster a row is split over (16 is non-portable).
 constexpr int kTopkMaxCluster = 16;
 
@@ -107,6 +113,7 @@ struct TopkBlockState {
   uint32_t warp_tie0[kTopkWarps];  // ties before each warp's chunk
   uint32_t cta_above, cta_ties;    // the CTA's counts, read by the later CTAs of its cluster
   uint32_t first_slot, slots;      // the CTA's output slots [first_slot, first_slot + slots)
+  uint32_t above_before, ties_before;  // topk_finish_cached: counts in the slices before this CTA's
   // Cluster merge (topk_cluster_pick_bin), per pass parity: the total of the
   // bins this CTA merged; then the range holding the wanted key.
   uint32_t range_total[2];
@@ -482,6 +489,228 @@ __device__ __forceinline__ void topk_pick(const uint32_t* hist, uint32_t* merged
   __syncthreads();
 }
 
+// The prefix of the K-th largest key found so far: its top (32 - shift)
+// bits, the keys still to take among those sharing them, and whether that is
+// all of them (the bin need not be split further).
+struct TopkPrefix {
+  uint32_t prefix;
+  uint32_t need;
+  int shift;
+  bool done;
+};
+
+// Passes 2 and 3: while the prefix's bin must be split, a histogram of the
+// next 10 bits of the keys that share the prefix, over the keys visit(f)
+// passes to f(i, key, valid) (uniform over the CTA: f uses warp collectives).
+// mark(phase) is the probe's stamp (nothing in the library).
+template <class Scan, bool kCluster, class Mark, class Visit>
+__device__ __forceinline__ void topk_refine(TopkPrefix& found, uint32_t* hist, uint32_t* merged, TopkSlice slice,
+                                            TopkBlockState& st, typename Scan::TempStorage& scan, Mark&& mark,
+                                            Visit&& visit) {
+  for (int level = 0; level < 2 && !found.done; ++level) {  // uniform over the cluster
+    const int digit_shift = level == 0 ? 10 : 0;
+    constexpr uint32_t digit_mask = 0x3ffu;  // 10 bits at shift 10, then at shift 0
+    // (In a cluster the other CTAs have read this CTA's histogram before the
+    // second barrier of the previous pick.)
+    const int parity = (level + 1) & 1;  // pass 2 or 3
+    uint32_t* const pass_merged = kCluster ? merged + parity * (kTopkBins / 2) : merged;
+    for (int b = threadIdx.x; b < kTopkDigitBins; b += kTopkThreads) hist[b] = 0;
+    if constexpr (kCluster) topk_clear_merge<kTopkDigitBins>(pass_merged, parity, slice, st);
+    __syncthreads();
+    const uint32_t prefix = found.prefix;
+    const int shift = found.shift;
+    visit([&](int64_t, uint32_t key, bool valid) {
+      const bool match = valid && (key >> shift) == prefix;
+      topk_hist_add(hist, match ? static_cast<int>((key >> digit_shift) & digit_mask) : -1);
+    });
+    topk_pick<Scan, kTopkDigitBins, kCluster>(hist, pass_merged, parity, slice, found.need, st, scan);
+    mark(4 + level);
+    found.prefix = (found.prefix << (found.shift - digit_shift)) | static_cast<uint32_t>(st.bin);
+    found.shift = digit_shift;
+    found.need = st.need;
+    found.done = st.in_bin == found.need;
+  }
+}
+
+// Calls f(word, key, valid) for the cached keys [0, len) in steps of 32
+// consecutive indices (word w: indices 32 w .. 32 w + 31, lane l the l-th),
+// warp-uniform, each warp taking every 32nd step with 8 loads in flight.
+template <class F>
+__device__ __forceinline__ void topk_sweep_words(const uint32_t* cache, int64_t len, F&& f) {
+  constexpr int kDepth = 8;
+  const int lane = threadIdx.x & 31, n = static_cast<int>(len), words = (n + 31) / 32;
+  for (int w0 = static_cast<int>(threadIdx.x >> 5); w0 < words; w0 += kTopkWarps * kDepth) {
+    uint32_t keys[kDepth];
+#pragma unroll
+    for (int u = 0; u < kDepth; ++u) {
+      const int i = (w0 + u * kTopkWarps) * 32 + lane;
+      keys[u] = i < n ? cache[i] : 0u;
+    }
+#pragma unroll
+    for (int u = 0; u < kDepth; ++u) {
+      const int word = w0 + u * kTopkWarps;
+      if (word < words) f(word, keys[u], word * 32 + lane < n);
+    }
+  }
+}
+
+// The rest of a row whose every slice is in the key cache, after pass 1
+// (st holds its bin). Two bitmaps over the slice, one bit per key and one
+// word per 32 keys: `sel` (taken: above the threshold) and `tie` (at it).
+//   1. One sweep of the cache: each warp step's ballots "above pass 1's bin"
+//      and "in it" are one word of each bitmap, and the bin's indices are
+//      collected when the bin holds at most kTopkCachedCandidates keys (a
+//      row-wide count, so the choice is the same in every CTA).
+//   2. Passes 2 and 3 over those candidates only; then each candidate sets
+//      its bit in sel (above the final prefix) or tie (at it). A larger bin
+//      is refined over the whole cache and one more sweep writes both
+//      bitmaps from the final prefix.
+//   3. One block scan over the words (the counts of sel and tie bits packed
+//      in one word) gives each word its first output slot and the ties
+//      before it: the first `need` ties in index order are taken, so the
+//      smallest indices win and the output is ascending. Each thread writes
+//      its word's selected indices, then the transform runs over all slots.
+// Compared with the general path below, three sweeps of every key (passes 2
+// and 3, the counts and the compaction: four) become one, and no warp waits
+// on a scan of its own chunk.
+template <class Scan, bool kCluster, class Mark>
+__device__ __forceinline__ void topk_finish_cached(const TopkArgs& a, int64_t r, int64_t q, const uint32_t* cache,
+                                                   int64_t slice_len, int64_t lo, TopkSlice slice, uint32_t* hist,
+                                                   uint32_t* cand, uint32_t* merged, TopkBlockState& st,
+                                                   typename Scan::TempStorage& scan, Mark&& mark) {
+  static_assert(kTopkCacheKeys / 32 <= kTopkThreads, "one bitmap word per thread in the output scan");
+  static_assert(kTopkDigitBins + 2 * (kTopkCacheKeys / 32) <= kTopkBins, "the bitmaps share the histogram's memory");
+  static_assert(kTopkMaxK <= kTopkCachedCandidates, "the selected indices reuse the candidates' memory");
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const uint32_t lanes_below = (1u << lane) - 1u;
+  // hist[0, kTopkDigitBins) stays the histogram of passes 2 and 3 (the only
+  // part other CTAs of a cluster read from here on).
+  uint32_t* const sel = hist + kTopkDigitBins;
+  uint32_t* const tie = sel + kTopkCacheKeys / 32;
+  const int words = static_cast<int>((slice_len + 31) / 32);
+
+  TopkPrefix found{static_cast<uint32_t>(st.bin), st.need, kTopkTopShift, st.in_bin == st.need};
+  const bool collect = !found.done && st.in_bin <= static_cast<uint32_t>(kTopkCachedCandidates);
+  if (found.done || collect) {
+    const uint32_t bin = found.prefix;
+    const bool done = found.done;
+    topk_sweep_words(cache, slice_len, [&](int word, uint32_t key, bool valid) {
+      const uint32_t d = key >> kTopkTopShift;
+      const uint32_t above = __ballot_sync(0xffffffffu, valid && d > bin);
+      const uint32_t in_bin = __ballot_sync(0xffffffffu, valid && d == bin);
+      if (lane == 0) {
+        sel[word] = above;
+        tie[word] = done ? in_bin : 0u;  // collected candidates set their own bits later
+      }
+      if (collect && in_bin != 0u) {  // warp-uniform
+        uint32_t base = 0;
+        if (lane == 0) base = atomicAdd(&st.candidates, static_cast<uint32_t>(__popc(in_bin)));
+        base = __shfl_sync(0xffffffffu, base, 0);
+        if ((in_bin >> lane) & 1u) cand[base + __popc(in_bin & lanes_below)] = static_cast<uint32_t>(word * 32 + lane);
+      }
+    });
+    __syncthreads();
+  }
+  mark(3);
+
+  const int n_cand = collect ? static_cast<int>(st.candidates) : 0;  // this slice's
+  if (collect) {
+    topk_refine<Scan, kCluster>(found, hist, merged, slice, st, scan, mark, [&](auto&& f) {
+      topk_visit_cache(cand, n_cand, [&](int64_t c, uint32_t idx, bool valid) { f(c, valid ? cache[idx] : 0u, valid); });
+    });
+    const uint32_t prefix = found.prefix;
+    const int shift = found.shift;
+    for (int c = tid; c < n_cand; c += kTopkThreads) {
+      const uint32_t idx = cand[c], d = cache[idx] >> shift, bit = 1u << (idx & 31);
+      if (d > prefix) atomicOr(sel + (idx >> 5), bit);
+      else if (d == prefix) atomicOr(tie + (idx >> 5), bit);
+    }
+  } else if (!found.done) {
+    topk_refine<Scan, kCluster>(found, hist, merged, slice, st, scan, mark,
+                                [&](auto&& f) { topk_visit_cache(cache, slice_len, f); });
+    const uint32_t prefix = found.prefix;
+    const int shift = found.shift;
+    topk_sweep_words(cache, slice_len, [&](int word, uint32_t key, bool valid) {
+      const uint32_t d = key >> shift;
+      const uint32_t above = __ballot_sync(0xffffffffu, valid && d > prefix);
+      const uint32_t at = __ballot_sync(0xffffffffu, valid && d == prefix);
+      if (lane == 0) {
+        sel[word] = above;
+        tie[word] = at;
+      }
+    });
+  }
+  __syncthreads();
+  mark(6);
+
+  // Output slots. Counts per word fit 16 bits each: a slice has <= 2^15 keys.
+  const uint32_t s_bits = tid < words ? sel[tid] : 0u, t_bits = tid < words ? tie[tid] : 0u;
+  uint32_t before = 0, total = 0;
+  Scan(scan).ExclusiveSum(static_cast<uint32_t>(__popc(s_bits)) | static_cast<uint32_t>(__popc(t_bits)) << 16,
+                          before, total);
+  uint32_t a_cta = 0, t_cta = 0;  // above and ties in the slices before this CTA's
+  if constexpr (kCluster) {
+    if (tid == 0) {
+      st.cta_above = total & 0xffffu;
+      st.cta_ties = total >> 16;
+    }
+    topk_cluster_sync();
+    if (warp == 0) {
+      for (int rank = lane; rank < slice.rank; rank += 32) {
+        const TopkBlockState* other = topk_remote(&st, rank);
+        a_cta += other->cta_above;
+        t_cta += other->cta_ties;
+      }
+      a_cta = __reduce_add_sync(0xffffffffu, a_cta);
+      t_cta = __reduce_add_sync(0xffffffffu, t_cta);
+      if (lane == 0) {
+        st.above_before = a_cta;
+        st.ties_before = t_cta;
+      }
+    }
+    topk_cluster_arrive<true>();  // this CTA's last DSMEM read is done
+    __syncthreads();
+    a_cta = st.above_before;
+    t_cta = st.ties_before;
+  }
+  mark(7);
+  const uint32_t need = found.need;
+  const uint32_t ties_before = t_cta + (before >> 16);
+  const uint32_t first = a_cta + (t_cta < need ? t_cta : need);  // this CTA's first output slot
+  uint32_t take = s_bits;
+  if (ties_before < need) {  // the first need - ties_before ties of this word (lowest bits first)
+    uint32_t rest = t_bits, m = need - ties_before;
+    if (m >= static_cast<uint32_t>(__popc(rest))) {
+      take |= rest;
+    } else {
+      for (; m > 0; --m) {
+        const uint32_t low = rest & (0u - rest);
+        take |= low;
+        rest ^= low;
+      }
+    }
+  }
+  // The candidates' memory is free (their last reads came before the barrier above).
+  uint32_t* const selected = cand;
+  uint32_t s = a_cta + (before & 0xffffu) + (ties_before < need ? ties_before : need) - first;
+  const uint32_t base_index = static_cast<uint32_t>(lo) + 32u * static_cast<uint32_t>(tid);
+  for (; take != 0u; take &= take - 1u) selected[s++] = base_index + static_cast<uint32_t>(__ffs(take) - 1);
+  const uint32_t ties_after = t_cta + (total >> 16);
+  const int64_t slots = (total & 0xffffu) + (ties_after < need ? ties_after : need) - (first - a_cta);
+  __syncthreads();
+  mark(8);
+  // The transform reads the table: all of the CTA's slots at once, so its
+  // global loads are in flight together.
+  int32_t* const out = a.out + r * a.out_ld;
+  int32_t* const raw = a.out_raw != nullptr ? a.out_raw + r * a.out_raw_ld : nullptr;
+  for (int64_t j = tid; j < slots; j += kTopkThreads) {
+    const int64_t i = selected[j];
+    out[first + j] = detail::topk_apply_transform(a, r, q, i);
+    if (raw != nullptr) raw[first + j] = static_cast<int32_t>(i);
+  }
+  mark(9);
+}
+
 // One row per CTA (kCluster = false) or per thread-block cluster: each CTA
 // of a cluster selects over its slice with the cluster's merged histograms
 // and writes its part of the output (the CTAs before it in the cluster give
@@ -497,8 +726,13 @@ __global__ void __launch_bounds__(kTopkThreads, 1) topk_transform_kernel(const T
   extern __shared__ __align__(16) uint32_t topk_smem[];
   uint32_t* const hist = topk_smem;
   uint32_t* const area = topk_smem + kTopkBins;  // the key cache or the candidates
+  uint32_t* const cached_candidates = area + kTopkCacheKeys + 4;
 
   NSA_TOPK_PROBE_BEGIN();
+  auto mark = [&](int phase) {
+    (void)phase;
+    NSA_TOPK_PROBE_MARK(phase);
+  };
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const TopkSlice slice = topk_this_slice<kCluster>();
   const int64_t r = blockIdx.x / slice.size;
@@ -530,6 +764,7 @@ __global__ void __launch_bounds__(kTopkThreads, 1) topk_transform_kernel(const T
 
   // Pass 1: top 12 bits of every key (and the keys into the cache).
   for (int b = tid; b < kTopkBins; b += kTopkThreads) hist[b] = 0;
+  if (tid == 0) st.candidates = 0;
   if constexpr (kCluster) topk_clear_merge<kTopkBins>(merged, 0, slice, st);
   __syncthreads();
   NSA_TOPK_PROBE_MARK(1);
@@ -541,6 +776,16 @@ __global__ void __launch_bounds__(kTopkThreads, 1) topk_transform_kernel(const T
   topk_pick<Scan, kTopkBins, kCluster>(hist, merged, 0, slice, static_cast<uint32_t>(k), st, scan);
   NSA_TOPK_PROBE_MARK(2);
 
+  // Every slice in the cache (`per` is the longest: uniform over the cluster).
+  if (per <= kTopkCacheKeys) {
+    topk_finish_cached<Scan, kCluster>(a, r, q, cache, slice_len, lo, slice, hist, cached_candidates, merged, st,
+                                       scan, mark);
+    topk_cluster_wait<kCluster>();
+    return;
+  }
+
+  // Rows past the cache (and, in a cluster, the shorter slices of such rows).
+
   // Chunks of the compaction (and of the candidate collection): warp w owns
   // the indices [w * chunk, min(slice_len, (w + 1) * chunk)), a multiple of 32.
   const int64_t chunk = ((slice_len + kTopkWarps - 1) / kTopkWarps + 31) / 32 * 32;
@@ -549,10 +794,7 @@ __global__ void __launch_bounds__(kTopkThreads, 1) topk_transform_kernel(const T
   const uint32_t chunk32 = static_cast<uint32_t>(chunk);  // width <= 2^31 - 1 (checked by topk_transform)
   const uint32_t lanes_below = (1u << lane) - 1u;
 
-  uint32_t prefix = static_cast<uint32_t>(st.bin);
-  uint32_t need = st.need;
-  int shift = kTopkTopShift;
-  bool done = st.in_bin == need;
+  TopkPrefix found{static_cast<uint32_t>(st.bin), st.need, kTopkTopShift, st.in_bin == st.need};
 
   // A row past the cache whose pass-1 bin is small enough: one more global
   // sweep (16-byte loads, like pass 1) collects the bin's (key, index) pairs
@@ -561,14 +803,14 @@ __global__ void __launch_bounds__(kTopkThreads, 1) topk_transform_kernel(const T
   // then read only the candidates, and the compaction one global sweep.
   // (In a cluster, CTAs may differ in `cached` and so in use_candidates:
   // both choices run the same barriers.)
-  const bool use_candidates = !cached && !done && st.in_bin <= kTopkCandidates;  // uniform over the CTA
+  const bool use_candidates = !cached && !found.done && st.in_bin <= kTopkCandidates;  // uniform over the CTA
   uint32_t* const cand_key = area;
   uint32_t* const cand_idx = cand_key + kTopkCandidates;
   if (use_candidates) {
     if (tid == 0) st.candidates = 0;
     if (tid < kTopkWarps) st.warp_above[tid] = 0;
     __syncthreads();
-    const uint32_t bin = prefix;
+    const uint32_t bin = found.prefix;
     topk_visit_global_runs<ScoreT, false>(row, slice_len, cache, [&](int64_t i0, const auto& keys, int n) {
       constexpr int kN = sizeof(keys) / sizeof(keys[0]);
       uint32_t mine = 0;  // this lane's candidates in its run
@@ -608,30 +850,13 @@ __global__ void __launch_bounds__(kTopkThreads, 1) topk_transform_kernel(const T
 
   // Passes 2 and 3 refine the prefix while the bin must be split: over the
   // cached keys, the candidates, or the row in global memory.
-  for (int level = 0; level < 2 && !done; ++level) {  // uniform over the CTA
-    const int digit_shift = level == 0 ? 10 : 0;
-    constexpr uint32_t digit_mask = 0x3ffu;  // 10 bits at shift 10, then at shift 0
-    // (In a cluster the other CTAs have read this CTA's histogram before the
-    // second barrier of the previous pick.)
-    const int parity = (level + 1) & 1;  // pass 2 or 3
-    uint32_t* const pass_merged = kCluster ? merged + parity * (kTopkBins / 2) : merged;
-    for (int b = tid; b < kTopkDigitBins; b += kTopkThreads) hist[b] = 0;
-    if constexpr (kCluster) topk_clear_merge<kTopkDigitBins>(pass_merged, parity, slice, st);
-    __syncthreads();
-    auto count_next = [&](int64_t, uint32_t key, bool valid) {
-      const bool match = valid && (key >> shift) == prefix;
-      topk_hist_add(hist, match ? static_cast<int>((key >> digit_shift) & digit_mask) : -1);
-    };
-    if (cached) topk_visit_cache(cache, slice_len, count_next);
-    else if (use_candidates) topk_visit_cache(cand_key, n_cand, count_next);
-    else topk_visit_global<ScoreT, false>(row, slice_len, cache, count_next);
-    topk_pick<Scan, kTopkDigitBins, kCluster>(hist, pass_merged, parity, slice, need, st, scan);
-    NSA_TOPK_PROBE_MARK(4 + level);
-    prefix = (prefix << (shift - digit_shift)) | static_cast<uint32_t>(st.bin);
-    shift = digit_shift;
-    need = st.need;
-    done = st.in_bin == need;
-  }
+  topk_refine<Scan, kCluster>(found, hist, merged, slice, st, scan, mark, [&](auto&& f) {
+    if (cached) topk_visit_cache(cache, slice_len, f);
+    else if (use_candidates) topk_visit_cache(cand_key, n_cand, f);
+    else topk_visit_global<ScoreT, false>(row, slice_len, cache, f);
+  });
+  const uint32_t prefix = found.prefix, need = found.need;
+  const int shift = found.shift;
 
   // Compaction in index order. Keys with (key >> shift) > prefix are all
   // taken (k - need of them); of those equal to it, the first `need`.
