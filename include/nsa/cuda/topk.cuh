@@ -25,10 +25,17 @@
 //             and picks the bin holding the K-th largest key; it stops early
 //             when that bin is taken whole. Slices of up to kTopkCacheKeys
 //             scores (rows of up to C x 32K) are read from global memory once: their keys stay in
-//             shared memory for the later passes. For longer rows, when pass
-//             1's bin holds <= kTopkCandidates keys, one more sweep collects
-//             that bin's (key, index) pairs into the same shared memory and
-//             counts each warp's keys above it; the later passes then read
+//             shared memory for the later passes.
+//   Cached    (every slice within the cache, topk_finish_cached) one sweep of
+//             the cache after pass 1 writes two bitmaps (keys above pass 1's
+//             bin; keys in it) from warp ballots and collects the bin's
+//             indices; passes 2 and 3 read only those candidates, which then
+//             set their bits; one block scan over the bitmap words places
+//             every selected index (ascending, the smallest indices winning
+//             ties).
+//   Longer    when pass 1's bin holds <= kTopkCandidates keys, one more sweep
+//             collects that bin's (key, index) pairs into the cache's memory
+//             and counts each warp's keys above it; the later passes then read
 //             only the candidates (3 reads of the row in all). Otherwise the
 //             row is re-read per pass (mostly from L2).
 //             Then the row is compacted in index order: each warp owns a
