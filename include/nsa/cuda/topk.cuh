@@ -745,30 +745,13 @@ __global__ void __launch_bounds__(kTopkThreads, 1) topk_transform_kernel(const T
   const int64_t r = blockIdx.x / slice.size;
   const detail::TopkWindow w = detail::topk_window(a, r);
   const int64_t q = detail::topk_request(a, r);
-  // The identity's outputs (len <= K, below) do not depend on the scores:
-  // their transform (a table or offset load) is issued here, before the
-  // row's length is known, so such a row waits for one round trip to global
-  // memory instead of two. Slot s < K is inside the table whenever the
-  // transform's own checks pass, so the early read is always in bounds.
-  constexpr int kIdentitySlots = (kTopkMaxK + kTopkThreads - 1) / kTopkThreads;
-  const int64_t identity_stride = static_cast<int64_t>(slice.size) * kTopkThreads;
-  const int64_t identity_first = static_cast<int64_t>(slice.rank) * kTopkThreads + tid;
-  int32_t identity[kIdentitySlots];
-#pragma unroll
-  for (int j = 0; j < kIdentitySlots; ++j) {
-    const int64_t s = identity_first + j * identity_stride;
-    identity[j] = s < a.k ? detail::topk_apply_transform(a, r, q, s) : -1;
-  }
   const int64_t len = w.len, k = a.k;
   int32_t* const out = a.out + r * a.out_ld;
   int32_t* const raw = a.out_raw != nullptr ? a.out_raw + r * a.out_raw_ld : nullptr;
 
   if (len <= k) {  // uniform over the cluster: the identity, then -1
-#pragma unroll
-    for (int j = 0; j < kIdentitySlots; ++j) {
-      const int64_t s = identity_first + j * identity_stride;
-      if (s >= k) break;
-      out[s] = s < len ? identity[j] : -1;
+    for (int64_t s = slice.rank * kTopkThreads + tid; s < k; s += slice.size * kTopkThreads) {
+      out[s] = s < len ? detail::topk_apply_transform(a, r, q, s) : -1;
       if (raw != nullptr) raw[s] = s < len ? static_cast<int32_t>(s) : -1;
     }
     NSA_TOPK_PROBE_MARK(9);
