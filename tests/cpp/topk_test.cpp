@@ -749,12 +749,14 @@ TEST_P(TopkTest, P17_RuntimeK) {
 // Rows of at most 32K scores whose pass-1 bin (the top 12 bits of the K-th
 // largest key) is taken whole, holds exactly the CUDA kernel's candidate
 // capacity (4096 keys), or one more: the three routes of its cached-row path
-// (topk_finish_cached). Every class of value is scattered over the row.
+// (topk_finish_cached); row 4's candidates are settled by pass 2. Every class
+// of value is scattered over the row; the width is no multiple of 32 and row
+// 5 is short, so split over 16 CTAs its last slices are empty.
 TopkCase cached_route_case(std::mt19937_64& rng, int64_t k) {
-  const int64_t width = 20000;
+  const int64_t width = 20011;
   TopkCase c;
   c.k = k;
-  c.rows = 4;
+  c.rows = 6;
   c.width = width;
   c.ld = width + 1;
   c.scores.assign(static_cast<size_t>(c.rows * c.ld), 0.0f);
@@ -769,7 +771,10 @@ TopkCase cached_route_case(std::mt19937_64& rng, int64_t k) {
     if (r == 0) {  // K - 10 above a bin of exactly 10 ties at 2.0: the bin is taken whole
       for (int64_t j = 0; j < k - 10; ++j) put(3.0f + 1e-4f * static_cast<float>(j));
       for (int j = 0; j < 10; ++j) put(2.0f);
-    } else {  // K - 100 above a bin of 4096 (rows 1, 3) or 4097 (row 2) keys near 1.0
+    } else if (r == 4) {  // K - 100 above 1024 keys of one pass-1 bin, each alone in its pass-2 bin
+      for (int64_t j = 0; j < k - 100; ++j) put(8.0f + 1e-3f * static_cast<float>(j));
+      for (uint32_t j = 0; j < 1024; ++j) put(bits_float(0x3f800000u + (j << 10)));
+    } else if (r != 5) {  // K - 100 above a bin of 4096 (rows 1, 3) or 4097 (row 2) keys near 1.0
       for (int64_t j = 0; j < k - 100; ++j) put(8.0f + 1e-3f * static_cast<float>(j));
       const uint32_t in_bin = r == 2 ? 4097u : 4096u;
       for (uint32_t j = 0; j < in_bin; ++j) put(bits_float(0x3f800000u + (r == 3 ? j % 3 : j)));  // row 3: ties
@@ -777,6 +782,8 @@ TopkCase cached_route_case(std::mt19937_64& rng, int64_t k) {
     while (next < cols.size()) put(low(rng));
   }
   c.lengths.assign(static_cast<size_t>(c.rows), width);
+  c.lengths[5] = k + 7;  // uniform scores; 16 slices of 32 keys or more: the last ones empty for K >= 512
+  poison_outside_windows(c);
   c.order = TopkOrder::kAscending;
   return c;
 }

@@ -30,9 +30,11 @@
 //             the cache after pass 1 writes two bitmaps (keys above pass 1's
 //             bin; keys in it) from warp ballots and collects the bin's
 //             indices; passes 2 and 3 read only those candidates, which then
-//             set their bits; one block scan over the bitmap words places
-//             every selected index (ascending, the smallest indices winning
-//             ties).
+//             set their bits (a bin of more than kTopkCachedCandidates keys
+//             is refined over the whole cache instead, and one more sweep
+//             writes both bitmaps); one block scan over the bitmap words
+//             places every selected index (ascending, the smallest indices
+//             winning ties).
 //   Longer    when pass 1's bin holds <= kTopkCandidates keys, one more sweep
 //             collects that bin's (key, index) pairs into the cache's memory
 //             and counts each warp's keys above it; the later passes then read
@@ -577,9 +579,9 @@ __device__ __forceinline__ void topk_sweep_words(const uint32_t* cache, int64_t 
 //      before it: the first `need` ties in index order are taken, so the
 //      smallest indices win and the output is ascending. Each thread writes
 //      its word's selected indices, then the transform runs over all slots.
-// Compared with the general path below, three sweeps of every key (passes 2
-// and 3, the counts and the compaction: four) become one, and no warp waits
-// on a scan of its own chunk.
+// Compared with the general path below, the four sweeps of every key after
+// pass 1 (passes 2 and 3, the counts, the compaction) become one when the
+// bin's keys are collected, three when it is too large.
 template <class Scan, bool kCluster, class Mark>
 __device__ __forceinline__ void topk_finish_cached(const TopkArgs& a, int64_t r, int64_t q, const uint32_t* cache,
                                                    int64_t slice_len, int64_t lo, TopkSlice slice, uint32_t* hist,
@@ -617,8 +619,8 @@ __device__ __forceinline__ void topk_finish_cached(const TopkArgs& a, int64_t r,
       }
     });
     __syncthreads();
+    mark(3);
   }
-  mark(3);
 
   const int n_cand = collect ? static_cast<int>(st.candidates) : 0;  // this slice's
   if (collect) {
