@@ -118,10 +118,10 @@ struct TopkBlockState {
   uint32_t candidates;  // (key, index) pairs collected so far
   uint32_t warp_above[kTopkWarps];
   uint32_t warp_ties[kTopkWarps];
-  uint32_t warp_slot[kTopkWarps];  // first output slot of each warp's chunk
-  uint32_t warp_tie0[kTopkWarps];  // ties before each warp's chunk
-  uint32_t cta_above, cta_ties;    // the CTA's counts, read by the later CTAs of its cluster
-  uint32_t first_slot, slots;      // the CTA's output slots [first_slot, first_slot + slots)
+  uint32_t warp_slot[kTopkWarps];      // first output slot of each warp's chunk
+  uint32_t warp_tie0[kTopkWarps];      // ties before each warp's chunk
+  uint32_t cta_above, cta_ties;        // the CTA's counts, read by the later CTAs of its cluster
+  uint32_t first_slot, slots;          // the CTA's output slots [first_slot, first_slot + slots)
   uint32_t above_before, ties_before;  // topk_finish_cached: counts in the slices before this CTA's
   // Cluster merge (topk_cluster_pick_bin), per pass parity: the total of the
   // bins this CTA merged; then the range holding the wanted key.
@@ -625,7 +625,8 @@ __device__ __forceinline__ void topk_finish_cached(const TopkArgs& a, int64_t r,
   const int n_cand = collect ? static_cast<int>(st.candidates) : 0;  // this slice's
   if (collect) {
     topk_refine<Scan, kCluster>(found, hist, merged, slice, st, scan, mark, [&](auto&& f) {
-      topk_visit_cache(cand, n_cand, [&](int64_t c, uint32_t idx, bool valid) { f(c, valid ? cache[idx] : 0u, valid); });
+      topk_visit_cache(cand, n_cand,
+                       [&](int64_t c, uint32_t idx, bool valid) { f(c, valid ? cache[idx] : 0u, valid); });
     });
     const uint32_t prefix = found.prefix;
     const int shift = found.shift;
@@ -655,8 +656,8 @@ __device__ __forceinline__ void topk_finish_cached(const TopkArgs& a, int64_t r,
   // Output slots. Counts per word fit 16 bits each: a slice has <= 2^15 keys.
   const uint32_t s_bits = tid < words ? sel[tid] : 0u, t_bits = tid < words ? tie[tid] : 0u;
   uint32_t before = 0, total = 0;
-  Scan(scan).ExclusiveSum(static_cast<uint32_t>(__popc(s_bits)) | static_cast<uint32_t>(__popc(t_bits)) << 16,
-                          before, total);
+  Scan(scan).ExclusiveSum(static_cast<uint32_t>(__popc(s_bits)) | static_cast<uint32_t>(__popc(t_bits)) << 16, before,
+                          total);
   uint32_t a_cta = 0, t_cta = 0;  // above and ties in the slices before this CTA's
   if constexpr (kCluster) {
     if (tid == 0) {
@@ -787,8 +788,8 @@ __global__ void __launch_bounds__(kTopkThreads, 1) topk_transform_kernel(const T
 
   // Every slice in the cache (`per` is the longest: uniform over the cluster).
   if (per <= kTopkCacheKeys) {
-    topk_finish_cached<Scan, kCluster>(a, r, q, cache, slice_len, lo, slice, hist, cached_candidates, merged, st,
-                                       scan, mark);
+    topk_finish_cached<Scan, kCluster>(a, r, q, cache, slice_len, lo, slice, hist, cached_candidates, merged, st, scan,
+                                       mark);
     topk_cluster_wait<kCluster>();
     return;
   }
