@@ -185,6 +185,22 @@ __device__ __forceinline__ void topk_cluster_wait() {
 #endif
 }
 
+// Warp 0, after a cluster barrier that follows every CTA's write of its
+// cta_above / cta_ties: the sums of those counts over the CTAs before this
+// one in the cluster (DSMEM reads), in every lane.
+__device__ __forceinline__ void topk_counts_before(TopkBlockState& st, TopkSlice slice, int lane, uint32_t& above,
+                                                   uint32_t& ties) {
+  above = 0;
+  ties = 0;
+  for (int rank = lane; rank < slice.rank; rank += 32) {
+    const TopkBlockState* other = topk_remote(&st, rank);
+    above += other->cta_above;
+    ties += other->cta_ties;
+  }
+  above = __reduce_add_sync(0xffffffffu, above);
+  ties = __reduce_add_sync(0xffffffffu, ties);
+}
+
 // Adds 1 to hist[bin] for each lane with bin >= 0. All 32 lanes of the warp
 // call it together.
 //   0 (the library's): when the 32 lanes share one bin (a plateau of exact
@@ -666,13 +682,7 @@ __device__ __forceinline__ void topk_finish_cached(const TopkArgs& a, int64_t r,
     }
     topk_cluster_sync();
     if (warp == 0) {
-      for (int rank = lane; rank < slice.rank; rank += 32) {
-        const TopkBlockState* other = topk_remote(&st, rank);
-        a_cta += other->cta_above;
-        t_cta += other->cta_ties;
-      }
-      a_cta = __reduce_add_sync(0xffffffffu, a_cta);
-      t_cta = __reduce_add_sync(0xffffffffu, t_cta);
+      topk_counts_before(st, slice, lane, a_cta, t_cta);
       if (lane == 0) {
         st.above_before = a_cta;
         st.ties_before = t_cta;
@@ -936,13 +946,7 @@ __global__ void __launch_bounds__(kTopkThreads, 1) topk_transform_kernel(const T
   if constexpr (kCluster) {
     topk_cluster_sync();
     if (warp == 0) {
-      for (int rank = lane; rank < slice.rank; rank += 32) {
-        const TopkBlockState* other = topk_remote(&st, rank);
-        a_cta += other->cta_above;
-        t_cta += other->cta_ties;
-      }
-      a_cta = __reduce_add_sync(0xffffffffu, a_cta);
-      t_cta = __reduce_add_sync(0xffffffffu, t_cta);
+      topk_counts_before(st, slice, lane, a_cta, t_cta);
     }
     topk_cluster_arrive<true>();  // this CTA's last DSMEM read is done
   }
