@@ -185,9 +185,9 @@ TEST(LaunchShapes, WgmmaDefaultChunkIsLongWhereHalfAWaveRemains) {
 
 // (Without a device that runs clusters every row gets one CTA whatever its
 // width, so this can only fail on one: the GPU check's sm_90 run.)
-TEST(LaunchShapes, TopkRowsUpTo16KNeverSplit) {
+TEST(LaunchShapes, TopkRowsUpTo32KNeverSplit) {
   for (int64_t rows : {1, 8, 64})
-    for (int64_t width : {1, 2048, 8192, 16384}) {
+    for (int64_t width : {1, 2048, 8192, 16384, 16385, 32768}) {
       EXPECT_EQ(kernels::topk_choose_cluster<float>(rows, width), 1) << rows << " x " << width;
       EXPECT_EQ(kernels::topk_choose_cluster<uint16_t>(rows, width), 1) << rows << " x " << width;
     }
@@ -198,8 +198,8 @@ TEST(LaunchShapes, TopkWiderFewRowsSplitWhereClustersRun_cuda) {
   if (!support::cuda_device_available()) GTEST_SKIP() << "no CUDA device: GPU test not run";
   if (kernels::topk_cluster_capacity<float>(2) == 0)
     GTEST_SKIP() << "this device or build runs no thread-block clusters (sm_90 and later): not run";
-  EXPECT_GT(kernels::topk_choose_cluster<float>(1, 16385), 1);
-  EXPECT_GT(kernels::topk_choose_cluster<float>(1, 32768), 1);
+  EXPECT_GT(kernels::topk_choose_cluster<float>(1, 32769), 1);
+  EXPECT_GT(kernels::topk_choose_cluster<float>(1, 131072), 1);
 }
 
 // As build_metadata uses it: made on the host, divided on the device.
@@ -284,8 +284,8 @@ TEST(FastDivisor, MadeOnDeviceMatchesHost_cuda) {
 // call is the first top-k call of the process.
 TEST(CudaHeaders, TopkLauncherAfterTheLibrarysOwnLaunch_cuda) {
   if (!support::cuda_device_available()) GTEST_SKIP() << "no CUDA device: GPU test not run";
-  // Wider than 16K scores: one row of 9000 (as before 4cb4bee) no longer got a cluster.
-  constexpr int64_t kWidth = 20000, kK = 512;
+  // Wider than 32K scores: narrower rows get one CTA.
+  constexpr int64_t kWidth = 40000, kK = 512;
   std::vector<float> scores(kWidth);
   std::mt19937 rng(7);
   for (auto& x : scores) x = std::uniform_real_distribution<float>(-1.0f, 1.0f)(rng);

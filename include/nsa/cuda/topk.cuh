@@ -3,7 +3,7 @@
 // the library's public API validates arguments and then calls the launcher.
 //
 // One CTA of 1024 threads per score row, or, on sm_90 and later when there
-// are few rows wider than 16K scores, one thread-block cluster of C = 2..16
+// are few rows wider than 32K scores, one thread-block cluster of C = 2..16
 // such CTAs per row (C chosen on the host from the row count, the width and
 // the device only). Every decision that depends on a length is made on the
 // device, so the launch shape depends on the row count and width only and a
@@ -1094,12 +1094,15 @@ inline int topk_cluster_capacity(int size) {
   return topk_cluster_capacity_of<topk_transform_kernel<ScoreT, true>>(size);
 }
 
-// Rows at most this wide always get one CTA: a cluster's extra barriers and
-// histogram merges cost more than the split saves. Measured on an H100
-// (docs/gpu-report-h100-25a9438.md, the bench's sweep): 1 x 8K took 14.3 us
-// with one CTA and 21.6 with 16, 64 x 8K 14.8 with one and 22.9 with 2,
-// while at 32K the split wins (1 x 32K: 28.0 with one, 22.3 with 16).
-constexpr int64_t kTopkClusterMinWidth = 16 * 1024 + 1;
+// Rows at most this wide always get one CTA: a row that fits the shared-
+// memory cache is read once and finished from bitmaps (topk_finish_cached),
+// and a cluster's extra barriers and histogram merges cost more than the
+// split saves. Measured on an H100 (docs/gpu-report.md of b495087, the
+// bench's sweep, us with one CTA against the chosen cluster): 1 x 32K 22.28
+// against 22.21 with 16, 8 x 32K 22.60 against 22.73 with 8, 64 x 32K 23.53
+// against 27.45 with 2, 64 rows of 16K 17.22 against 24.52 with 2; wider
+// rows still gain (1 x 128K: 76.29 with one, 23.87 with 16).
+constexpr int64_t kTopkClusterMinWidth = kTopkCacheKeys + 1;
 
 // The CTAs per row, from the row count, the score width and the device only
 // (never from lengths, which are device values: a captured graph stays right
