@@ -154,7 +154,7 @@ TEST(FastDivisor, MatchesIntegerDivisionOnHost) {
 
 // The launch-shape choices made on the host from shapes alone (no device
 // needed for these): the wgmma logits kernel's N = 1 instance and default
-// chunk, and topk's one-CTA rule for rows up to 16K wide.
+// chunk, and topk's one-CTA rule for rows up to 32K wide.
 // The N = 1 wgmma kernel's three-CTA instance runs from two rounds of it up.
 TEST(LaunchShapes, WgmmaThreeCtaInstanceFromTwoRoundsUp) {
   const int64_t resident3 = 396;                         // 132 SMs x 3 CTAs

@@ -1105,8 +1105,10 @@ inline int topk_cluster_capacity(int size) {
 // split saves. Measured on an H100 (docs/gpu-report.md of b495087, the
 // bench's sweep, us with one CTA against the chosen cluster): 1 x 32K 22.28
 // against 22.21 with 16, 8 x 32K 22.60 against 22.73 with 8, 64 x 32K 23.53
-// against 27.45 with 2, 64 rows of 16K 17.22 against 24.52 with 2; wider
-// rows still gain (1 x 128K: 76.29 with one, 23.87 with 16).
+// against 27.45 with 2; wider rows still gain (1 x 128K: 76.29 with one,
+// 23.87 with 16). The rule sees the width, not the lengths: 64 prefill
+// windows of up to 16K in rows 64K wide still get 2 CTAs (24.52 us, one CTA
+// 17.22).
 constexpr int64_t kTopkClusterMinWidth = kTopkCacheKeys + 1;
 
 // The CTAs per row, from the row count, the score width and the device only
