@@ -1102,8 +1102,9 @@ inline int topk_cluster_capacity(int size) {
 // Rows at most this wide always get one CTA: a row that fits the shared-
 // memory cache is read once and finished from bitmaps (topk_finish_cached),
 // and a cluster's extra barriers and histogram merges cost more than the
-// split saves. Measured on an H100 (docs/gpu-report.md of b495087, the
-// bench's sweep, us with one CTA against the chosen cluster): 1 x 32K 22.28
+// split saves. Measured on an H100 (the GPU report of b495087, kept as
+// docs/gpu-report-h100-b495087.md once a newer one replaces it; the bench's
+// sweep, us with one CTA against the chosen cluster): 1 x 32K 22.28
 // against 22.21 with 16, 8 x 32K 22.60 against 22.73 with 8, 64 x 32K 23.53
 // against 27.45 with 2; wider rows still gain (1 x 128K: 76.29 with one,
 // 23.87 with 16). The rule sees the width, not the lengths: 64 prefill
