@@ -579,6 +579,23 @@ __device__ __forceinline__ void topk_sweep_words(const uint32_t* cache, int64_t 
   }
 }
 
+// One sweep of the cached keys [0, len): word w of `sel` gets the bits of
+// the keys 32 w .. 32 w + 31 whose digits (key >> shift) are above `prefix`,
+// word w of `tie` those equal to it (one ballot each per warp step).
+__device__ __forceinline__ void topk_sweep_bitmaps(const uint32_t* cache, int64_t len, int shift, uint32_t prefix,
+                                                   uint32_t* sel, uint32_t* tie) {
+  const int lane = threadIdx.x & 31;
+  topk_sweep_words(cache, len, [&](int word, uint32_t key, bool valid) {
+    const uint32_t d = key >> shift;
+    const uint32_t above = __ballot_sync(0xffffffffu, valid && d > prefix);
+    const uint32_t at = __ballot_sync(0xffffffffu, valid && d == prefix);
+    if (lane == 0) {
+      sel[word] = above;
+      tie[word] = at;
+    }
+  });
+}
+
 // The rest of a row whose every slice is in the key cache, after pass 1
 // (st holds its bin). Two bitmaps over the slice, one bit per key and one
 // word per 32 keys: `sel` (taken: above the threshold) and `tie` (at it).
@@ -617,16 +634,7 @@ __device__ __forceinline__ void topk_finish_cached(const TopkArgs& a, int64_t r,
   TopkPrefix found{static_cast<uint32_t>(st.bin), st.need, kTopkTopShift, st.in_bin == st.need};
   const bool collect = !found.done && st.in_bin <= static_cast<uint32_t>(kTopkCachedCandidates);
   if (found.done || collect) {
-    const uint32_t bin = found.prefix;
-    topk_sweep_words(cache, slice_len, [&](int word, uint32_t key, bool valid) {
-      const uint32_t d = key >> kTopkTopShift;
-      const uint32_t above = __ballot_sync(0xffffffffu, valid && d > bin);
-      const uint32_t in_bin = __ballot_sync(0xffffffffu, valid && d == bin);
-      if (lane == 0) {
-        sel[word] = above;
-        tie[word] = in_bin;
-      }
-    });
+    topk_sweep_bitmaps(cache, slice_len, kTopkTopShift, found.prefix, sel, tie);
     __syncthreads();
   }
   // The bin's indices, in index order, from its bitmap: one block scan over
@@ -659,17 +667,7 @@ __device__ __forceinline__ void topk_finish_cached(const TopkArgs& a, int64_t r,
   } else if (!found.done) {
     topk_refine<Scan, kCluster>(found, hist, merged, slice, st, scan, mark,
                                 [&](auto&& f) { topk_visit_cache(cache, slice_len, f); });
-    const uint32_t prefix = found.prefix;
-    const int shift = found.shift;
-    topk_sweep_words(cache, slice_len, [&](int word, uint32_t key, bool valid) {
-      const uint32_t d = key >> shift;
-      const uint32_t above = __ballot_sync(0xffffffffu, valid && d > prefix);
-      const uint32_t at = __ballot_sync(0xffffffffu, valid && d == prefix);
-      if (lane == 0) {
-        sel[word] = above;
-        tie[word] = at;
-      }
-    });
+    topk_sweep_bitmaps(cache, slice_len, found.shift, found.prefix, sel, tie);
   }
   __syncthreads();
   mark(6);
