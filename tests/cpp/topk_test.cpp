@@ -746,14 +746,13 @@ TEST_P(TopkTest, P17_RuntimeK) {
   }
 }
 
-// Rows of at most 32K scores whose pass-1 bin (the top 12 bits of the K-th
-// largest key) is taken whole, holds exactly the CUDA kernel's candidate
-// capacity (4096 keys), or one more: the three routes of its cached-row path
-// (topk_finish_cached); row 4's candidates are settled by pass 2. Every class
-// of value is scattered over the row; the width is no multiple of 32 and row
-// 5 is short, so split over 16 CTAs its last slices are empty.
-TopkCase cached_route_case(std::mt19937_64& rng, int64_t k) {
-  const int64_t width = 20011;
+// Rows whose pass-1 bin (the top 12 bits of the K-th largest key) is taken
+// whole, holds exactly a candidate capacity of the CUDA kernel (`capacity`
+// keys), or one more: the routes of a row of `width` scores; row 4's
+// candidates are settled by pass 2. Every class of value is scattered over
+// the row; the width is no multiple of 32 and row 5 is short, so split over
+// 16 CTAs its last slices are empty.
+TopkCase bin_route_case(std::mt19937_64& rng, int64_t k, int64_t width, uint32_t capacity) {
   TopkCase c;
   c.k = k;
   c.rows = 6;
@@ -774,9 +773,9 @@ TopkCase cached_route_case(std::mt19937_64& rng, int64_t k) {
     } else if (r == 4) {  // K - 100 above 1024 keys of one pass-1 bin, each alone in its pass-2 bin
       for (int64_t j = 0; j < k - 100; ++j) put(8.0f + 1e-3f * static_cast<float>(j));
       for (uint32_t j = 0; j < 1024; ++j) put(bits_float(0x3f800000u + (j << 10)));
-    } else if (r != 5) {  // K - 100 above a bin of 4096 (rows 1, 3) or 4097 (row 2) keys near 1.0
+    } else if (r != 5) {  // K - 100 above a bin of capacity (rows 1, 3) or capacity + 1 (row 2) keys near 1.0
       for (int64_t j = 0; j < k - 100; ++j) put(8.0f + 1e-3f * static_cast<float>(j));
-      const uint32_t in_bin = r == 2 ? 4097u : 4096u;
+      const uint32_t in_bin = r == 2 ? capacity + 1 : capacity;
       for (uint32_t j = 0; j < in_bin; ++j) put(bits_float(0x3f800000u + (r == 3 ? j % 3 : j)));  // row 3: ties
     }
     while (next < cols.size()) put(low(rng));
@@ -788,9 +787,29 @@ TopkCase cached_route_case(std::mt19937_64& rng, int64_t k) {
   return c;
 }
 
+// Rows within the shared-memory cache (topk_finish_cached): up to 4096
+// candidates (kTopkCachedCandidates).
+TopkCase cached_route_case(std::mt19937_64& rng, int64_t k) { return bin_route_case(rng, k, 20011, 4096); }
+
+// Rows past the cache with one CTA (topk_finish_bitmaps): the candidates
+// share the 32768-word cache with two bitmaps of ceil(70001 / 32) = 2188
+// words each, which leaves (32768 - 2 * 2188) / 2 = 14196 for them; a larger
+// bin takes the general path.
+TopkCase uncached_route_case(std::mt19937_64& rng, int64_t k) { return bin_route_case(rng, k, 70001, 14196); }
+
 TEST_P(TopkTest, CachedRowRoutes) {
   auto rng = make_rng(26);
   for (int64_t k : kKs) check_case(backend(), cached_route_case(rng, k), "cached routes k=" + std::to_string(k));
+}
+
+TEST_P(TopkTest, UncachedRowRoutes) {
+  auto rng = make_rng(28);
+  for (int64_t k : kKs) {
+    TopkCase c = uncached_route_case(rng, k);
+    check_case(backend(), c, "uncached routes k=" + std::to_string(k));
+    c.type = ScoreType::kBfloat16;  // 8 keys per 16-byte load: runs straddle bitmap words
+    check_case(backend(), c, "uncached routes bf16 k=" + std::to_string(k));
+  }
 }
 
 // Long rows (CUDA: rows past the shared-memory cache) and many rows.
@@ -1026,6 +1045,14 @@ TEST(TopkCuda, EveryClusterSizeOnCachedRoutes) {
   NSA_SKIP_WITHOUT_BACKEND(Backend::kCuda);
   auto rng = make_rng(27);
   for (int64_t k : {512, 2048}) check_every_cluster(cached_route_case(rng, k), "cached routes k=" + std::to_string(k));
+}
+
+// The same for rows past the cache (topk_finish_bitmaps and the general path).
+TEST(TopkCuda, EveryClusterSizeOnUncachedRoutes) {
+  NSA_SKIP_WITHOUT_BACKEND(Backend::kCuda);
+  auto rng = make_rng(29);
+  for (int64_t k : {512, 2048})
+    check_every_cluster(uncached_route_case(rng, k), "uncached routes k=" + std::to_string(k));
 }
 
 // Windows that do not start at column 0 (ragged prefill, ragged-offset

@@ -35,11 +35,17 @@
 //             writes both bitmaps); one block scan over the bitmap words
 //             places every selected index (ascending, the smallest indices
 //             winning ties).
-//   Longer    when pass 1's bin holds <= kTopkCandidates keys, one more sweep
-//             collects that bin's (key, index) pairs into the cache's memory
-//             and counts each warp's keys above it; the later passes then read
-//             only the candidates (3 reads of the row in all). Otherwise the
-//             row is re-read per pass (mostly from L2).
+//   Longer    (slices of up to kTopkBitmapMaxKeys, topk_finish_bitmaps) when
+//             pass 1's bin fits the candidate space beside two bitmaps of
+//             the slice, one more global sweep sets the bits of the keys
+//             above the bin and collects the bin's (key, index) pairs into
+//             the cache's memory; passes 2 and 3 read only the candidates,
+//             which then set their bits, and the bitmaps give the output as
+//             for cached rows (2 reads of the row in all).
+//   General   otherwise (a plateau of ties fills the bin): when pass 1's bin
+//             holds <= kTopkCandidates keys, the same sweep collects them and
+//             counts each warp's keys above it (3 reads of the row in all),
+//             else the row is re-read per pass (mostly from L2).
 //             Then the row is compacted in index order: each warp owns a
 //             contiguous chunk, counts its keys above the threshold and its
 //             ties, a 32-entry scan gives every warp its first output slot,
@@ -103,6 +109,10 @@ constexpr int kTopkCandidates = kTopkCacheKeys / 2;
 // cache) when the bin holds at most this many (topk_finish_cached); the same
 // words later hold the selected indices (K <= kTopkMaxK of them).
 constexpr int kTopkCachedCandidates = 4096;
+// Longer slices of at most this many keys finish from two bitmaps of the
+// slice (topk_finish_bitmaps), kept at the end of the cache's memory beside
+// the candidates: 2 x 8192 words, leaving room for 8192 candidates at most.
+constexpr int kTopkBitmapMaxKeys = 256 * 1024;
 // Dynamic shared memory: the histogram, then the key cache (+3 words of
 // alignment slack: the cache is shifted so vector stores are 16-byte
 // aligned), then the cached rows' candidates. 160 KiB: with the static
@@ -557,6 +567,38 @@ __device__ __forceinline__ void topk_refine(TopkPrefix& found, uint32_t* hist, u
   }
 }
 
+// Appends the keys of a run (keys[0, n): the keys of i0, i0 + 1, ...) whose
+// top digit is `bin` to the candidates (cand_key, cand_idx). One shared
+// atomic per warp and run reserves the warp's slots (not one per key: every
+// warp of the CTA counts on `counter`). Called by all 32 lanes together.
+template <int kN>
+__device__ __forceinline__ void topk_append_bin(const uint32_t (&keys)[kN], int n, int64_t i0, uint32_t bin,
+                                                uint32_t& counter, uint32_t* cand_key, uint32_t* cand_idx) {
+  const int lane = threadIdx.x & 31;
+  uint32_t mine = 0;  // this lane's candidates in its run
+#pragma unroll
+  for (int e = 0; e < kN; ++e) mine += e < n && (keys[e] >> kTopkTopShift) == bin;
+  uint32_t incl = mine;
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const uint32_t up = __shfl_up_sync(0xffffffffu, incl, o);
+    if (lane >= o) incl += up;
+  }
+  const uint32_t total = __shfl_sync(0xffffffffu, incl, 31);
+  if (total == 0u) return;  // warp-uniform
+  uint32_t base = 0;
+  if (lane == 0) base = atomicAdd(&counter, total);
+  uint32_t pos = __shfl_sync(0xffffffffu, base, 0) + incl - mine;
+#pragma unroll
+  for (int e = 0; e < kN; ++e) {
+    if (e < n && (keys[e] >> kTopkTopShift) == bin) {
+      cand_key[pos] = keys[e];
+      cand_idx[pos] = static_cast<uint32_t>(i0 + e);
+      ++pos;
+    }
+  }
+}
+
 // Calls f(word, key, valid) for the cached keys [0, len) in steps of 32
 // consecutive indices (word w: indices 32 w .. 32 w + 31, lane l the l-th),
 // warp-uniform, each warp taking every 32nd step with 8 loads in flight.
@@ -596,6 +638,87 @@ __device__ __forceinline__ void topk_sweep_bitmaps(const uint32_t* cache, int64_
   });
 }
 
+// The output of a slice from its two bitmaps (one bit per key; word w holds
+// the keys 32 w .. 32 w + 31 of the slice): every key of `sel` and the first
+// `need` keys of `tie` over the row in index order (the ties of the slices
+// before this CTA's come first), written ascending into `selected` and then
+// transformed into the output. Thread t owns the `per_thread` words from
+// t * per_thread, so one block scan of the threads' counts places every
+// word. The two counts share a word: `sel` in the low 12 bits (all of its
+// keys are taken: fewer than K <= 2048 over the row), `tie` in the high 20
+// (at most the slice's keys, <= kTopkBitmapMaxKeys). The caller's barrier
+// must follow the last write of either bitmap.
+template <class Scan, bool kCluster, class Mark>
+__device__ __forceinline__ void topk_emit_bitmaps(const TopkArgs& a, int64_t r, int64_t q, const uint32_t* sel,
+                                                  const uint32_t* tie, int words, int per_thread, uint32_t need,
+                                                  int64_t lo, TopkSlice slice, uint32_t* selected, TopkBlockState& st,
+                                                  typename Scan::TempStorage& scan, Mark&& mark) {
+  static_assert(kTopkMaxK < (1 << 12) && kTopkBitmapMaxKeys < (1 << 20), "the packed counts of topk_emit_bitmaps");
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int w0 = tid * per_thread;
+  uint32_t mine = 0;
+  for (int u = 0; u < per_thread && w0 + u < words; ++u)
+    mine += static_cast<uint32_t>(__popc(sel[w0 + u])) | static_cast<uint32_t>(__popc(tie[w0 + u])) << 12;
+  uint32_t before = 0, total = 0;
+  Scan(scan).ExclusiveSum(mine, before, total);
+  uint32_t a_cta = 0, t_cta = 0;  // above and ties in the slices before this CTA's
+  if constexpr (kCluster) {
+    if (tid == 0) {
+      st.cta_above = total & 0xfffu;
+      st.cta_ties = total >> 12;
+    }
+    topk_cluster_sync();
+    if (warp == 0) {
+      topk_counts_before(st, slice, lane, a_cta, t_cta);
+      if (lane == 0) {
+        st.above_before = a_cta;
+        st.ties_before = t_cta;
+      }
+    }
+    topk_cluster_arrive<true>();  // this CTA's last DSMEM read is done
+    __syncthreads();
+    a_cta = st.above_before;
+    t_cta = st.ties_before;
+  }
+  mark(7);
+  uint32_t ties_before = t_cta + (before >> 12);
+  const uint32_t first = a_cta + (t_cta < need ? t_cta : need);  // this CTA's first output slot
+  uint32_t s = a_cta + (before & 0xfffu) + (ties_before < need ? ties_before : need) - first;
+  for (int u = 0; u < per_thread && w0 + u < words; ++u) {
+    const uint32_t t_bits = tie[w0 + u];
+    uint32_t take = sel[w0 + u];
+    if (ties_before < need) {  // the first need - ties_before ties of this word (lowest bits first)
+      uint32_t rest = t_bits, m = need - ties_before;
+      if (m >= static_cast<uint32_t>(__popc(rest))) {
+        take |= rest;
+      } else {
+        for (; m > 0; --m) {
+          const uint32_t low = rest & (0u - rest);
+          take |= low;
+          rest ^= low;
+        }
+      }
+    }
+    ties_before += static_cast<uint32_t>(__popc(t_bits));
+    const uint32_t base_index = static_cast<uint32_t>(lo) + 32u * static_cast<uint32_t>(w0 + u);
+    for (; take != 0u; take &= take - 1u) selected[s++] = base_index + static_cast<uint32_t>(__ffs(take) - 1);
+  }
+  const uint32_t ties_after = t_cta + (total >> 12);
+  const int64_t slots = (total & 0xfffu) + (ties_after < need ? ties_after : need) - (first - a_cta);
+  __syncthreads();
+  mark(8);
+  // The transform reads the table: all of the CTA's slots at once, so its
+  // global loads are in flight together.
+  int32_t* const out = a.out + r * a.out_ld;
+  int32_t* const raw = a.out_raw != nullptr ? a.out_raw + r * a.out_raw_ld : nullptr;
+  for (int64_t j = tid; j < slots; j += kTopkThreads) {
+    const int64_t i = selected[j];
+    out[first + j] = detail::topk_apply_transform(a, r, q, i);
+    if (raw != nullptr) raw[first + j] = static_cast<int32_t>(i);
+  }
+  mark(9);
+}
+
 // The rest of a row whose every slice is in the key cache, after pass 1
 // (st holds its bin). Two bitmaps over the slice, one bit per key and one
 // word per 32 keys: `sel` (taken: above the threshold) and `tie` (at it).
@@ -621,10 +744,10 @@ __device__ __forceinline__ void topk_finish_cached(const TopkArgs& a, int64_t r,
                                                    int64_t slice_len, int64_t lo, TopkSlice slice, uint32_t* hist,
                                                    uint32_t* cand, uint32_t* merged, TopkBlockState& st,
                                                    typename Scan::TempStorage& scan, Mark&& mark) {
-  static_assert(kTopkCacheKeys / 32 <= kTopkThreads, "one bitmap word per thread in the output scan");
+  static_assert(kTopkCacheKeys / 32 <= kTopkThreads, "one bitmap word per thread in topk_emit_bitmaps");
   static_assert(kTopkDigitBins + 2 * (kTopkCacheKeys / 32) <= kTopkBins, "the bitmaps share the histogram's memory");
   static_assert(kTopkMaxK <= kTopkCachedCandidates, "the selected indices reuse the candidates' memory");
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int tid = threadIdx.x;
   // hist[0, kTopkDigitBins) stays the histogram of passes 2 and 3 (the only
   // part other CTAs of a cluster read from here on).
   uint32_t* const sel = hist + kTopkDigitBins;
@@ -672,66 +795,73 @@ __device__ __forceinline__ void topk_finish_cached(const TopkArgs& a, int64_t r,
   __syncthreads();
   mark(6);
 
-  // Output slots. Counts per word fit 16 bits each: a slice has <= 2^15 keys.
-  const uint32_t s_bits = tid < words ? sel[tid] : 0u, t_bits = tid < words ? tie[tid] : 0u;
-  uint32_t before = 0, total = 0;
-  Scan(scan).ExclusiveSum(static_cast<uint32_t>(__popc(s_bits)) | static_cast<uint32_t>(__popc(t_bits)) << 16, before,
-                          total);
-  uint32_t a_cta = 0, t_cta = 0;  // above and ties in the slices before this CTA's
-  if constexpr (kCluster) {
-    if (tid == 0) {
-      st.cta_above = total & 0xffffu;
-      st.cta_ties = total >> 16;
-    }
-    topk_cluster_sync();
-    if (warp == 0) {
-      topk_counts_before(st, slice, lane, a_cta, t_cta);
-      if (lane == 0) {
-        st.above_before = a_cta;
-        st.ties_before = t_cta;
-      }
-    }
-    topk_cluster_arrive<true>();  // this CTA's last DSMEM read is done
-    __syncthreads();
-    a_cta = st.above_before;
-    t_cta = st.ties_before;
+  topk_emit_bitmaps<Scan, kCluster>(a, r, q, sel, tie, words, 1, found.need, lo, slice, cand, st, scan, mark);
+}
+
+// The rest of a slice past the cache (of a row longer than the cache, or of
+// a cluster's), when the slice has at most kTopkBitmapMaxKeys keys and pass
+// 1's bin at most `capacity` keys over the row (both row-wide, so every CTA
+// of a cluster takes this route or none). The candidates fill the cache's
+// memory from its start, the two bitmaps (bitmap_words each) its end.
+//   1. One more global sweep (the 16-byte loads of pass 1) sets the `sel`
+//      bit of every key above pass 1's bin (fewer than K in the row: one
+//      shared atomicOr per lane and run holding one) and appends the bin's
+//      (key, index) pairs.
+//   2. Passes 2 and 3 over the candidates; then each sets its bit in `sel`
+//      (above the final prefix) or `tie` (at it).
+//   3. topk_emit_bitmaps, several words per thread.
+// Two reads of the row in all: the general path below reads it a third time
+// for the compaction.
+template <class ScoreT, class Scan, bool kCluster, class Mark>
+__device__ __forceinline__ void topk_finish_bitmaps(const TopkArgs& a, int64_t r, int64_t q, const ScoreT* row,
+                                                    int64_t slice_len, int64_t lo, int bitmap_words, int capacity,
+                                                    TopkSlice slice, uint32_t* hist, uint32_t* area, uint32_t* selected,
+                                                    uint32_t* merged, TopkBlockState& st,
+                                                    typename Scan::TempStorage& scan, Mark&& mark) {
+  static_assert(2 * (kTopkBitmapMaxKeys / 32) < kTopkCacheKeys, "the bitmaps leave room for candidates");
+  static_assert(kTopkMaxK <= kTopkCachedCandidates, "the selected indices fit the cached rows' candidate memory");
+  const int tid = threadIdx.x;
+  uint32_t* const cand_key = area;
+  uint32_t* const cand_idx = area + capacity;
+  uint32_t* const sel = area + 2 * capacity;
+  uint32_t* const tie = sel + bitmap_words;
+  const int words = static_cast<int>((slice_len + 31) / 32);  // <= bitmap_words
+  TopkPrefix found{static_cast<uint32_t>(st.bin), st.need, kTopkTopShift, st.in_bin == st.need};
+  for (int w = tid; w < words; w += kTopkThreads) {
+    sel[w] = 0u;
+    tie[w] = 0u;
   }
-  mark(7);
-  const uint32_t need = found.need;
-  const uint32_t ties_before = t_cta + (before >> 16);
-  const uint32_t first = a_cta + (t_cta < need ? t_cta : need);  // this CTA's first output slot
-  uint32_t take = s_bits;
-  if (ties_before < need) {  // the first need - ties_before ties of this word (lowest bits first)
-    uint32_t rest = t_bits, m = need - ties_before;
-    if (m >= static_cast<uint32_t>(__popc(rest))) {
-      take |= rest;
-    } else {
-      for (; m > 0; --m) {
-        const uint32_t low = rest & (0u - rest);
-        take |= low;
-        rest ^= low;
-      }
-    }
-  }
-  // The candidates' memory is free (their last reads came before the barrier above).
-  uint32_t* const selected = cand;
-  uint32_t s = a_cta + (before & 0xffffu) + (ties_before < need ? ties_before : need) - first;
-  const uint32_t base_index = static_cast<uint32_t>(lo) + 32u * static_cast<uint32_t>(tid);
-  for (; take != 0u; take &= take - 1u) selected[s++] = base_index + static_cast<uint32_t>(__ffs(take) - 1);
-  const uint32_t ties_after = t_cta + (total >> 16);
-  const int64_t slots = (total & 0xffffu) + (ties_after < need ? ties_after : need) - (first - a_cta);
+  if (tid == 0) st.candidates = 0;
   __syncthreads();
-  mark(8);
-  // The transform reads the table: all of the CTA's slots at once, so its
-  // global loads are in flight together.
-  int32_t* const out = a.out + r * a.out_ld;
-  int32_t* const raw = a.out_raw != nullptr ? a.out_raw + r * a.out_raw_ld : nullptr;
-  for (int64_t j = tid; j < slots; j += kTopkThreads) {
-    const int64_t i = selected[j];
-    out[first + j] = detail::topk_apply_transform(a, r, q, i);
-    if (raw != nullptr) raw[first + j] = static_cast<int32_t>(i);
+  const uint32_t bin = found.prefix;
+  topk_visit_global_runs<ScoreT, false>(row, slice_len, nullptr, [&](int64_t i0, const auto& keys, int n) {
+    constexpr int kN = sizeof(keys) / sizeof(keys[0]);
+    uint32_t above = 0;  // bit e: key e of the run is above the bin
+#pragma unroll
+    for (int e = 0; e < kN; ++e) above |= static_cast<uint32_t>(e < n && (keys[e] >> kTopkTopShift) > bin) << e;
+    if (above != 0u) {  // a run of kN <= 8 keys spans at most two words
+      const uint32_t i = static_cast<uint32_t>(i0), off = i & 31u;
+      atomicOr(sel + (i >> 5), above << off);
+      if (off + kN > 32u) atomicOr(sel + (i >> 5) + 1, above >> (32u - off));
+    }
+    topk_append_bin(keys, n, i0, bin, st.candidates, cand_key, cand_idx);
+  });
+  __syncthreads();
+  mark(3);
+  const int n_cand = static_cast<int>(st.candidates);  // this slice's
+  topk_refine<Scan, kCluster>(found, hist, merged, slice, st, scan, mark,
+                              [&](auto&& f) { topk_visit_cache(cand_key, n_cand, f); });
+  const uint32_t prefix = found.prefix;
+  const int shift = found.shift;
+  for (int c = tid; c < n_cand; c += kTopkThreads) {
+    const uint32_t idx = cand_idx[c], d = cand_key[c] >> shift, bit = 1u << (idx & 31);
+    if (d > prefix) atomicOr(sel + (idx >> 5), bit);
+    else if (d == prefix) atomicOr(tie + (idx >> 5), bit);
   }
-  mark(9);
+  __syncthreads();
+  mark(6);
+  topk_emit_bitmaps<Scan, kCluster>(a, r, q, sel, tie, words, (words + kTopkThreads - 1) / kTopkThreads, found.need, lo,
+                                    slice, selected, st, scan, mark);
 }
 
 // One row per CTA (kCluster = false) or per thread-block cluster: each CTA
@@ -808,6 +938,17 @@ __global__ void __launch_bounds__(kTopkThreads, 1) topk_transform_kernel(const T
   }
 
   // Rows past the cache (and, in a cluster, the shorter slices of such rows).
+  if (per <= kTopkBitmapMaxKeys) {
+    const int bitmap_words = static_cast<int>((per + 31) / 32);
+    const int capacity = (kTopkCacheKeys - 2 * bitmap_words) / 2;
+    if (st.in_bin <= static_cast<uint32_t>(capacity)) {  // row-wide: uniform over the cluster
+      topk_finish_bitmaps<ScoreT, Scan, kCluster>(a, r, q, row, slice_len, lo, bitmap_words, capacity, slice, hist,
+                                                  area, cached_candidates, merged, st, scan, mark);
+      topk_cluster_wait<kCluster>();
+      return;
+    }
+  }
+  // Otherwise (a longer slice, or a larger bin: a plateau of ties) the general path.
 
   // Chunks of the compaction (and of the candidate collection): warp w owns
   // the indices [w * chunk, min(slice_len, (w + 1) * chunk)), a multiple of 32.
@@ -836,35 +977,11 @@ __global__ void __launch_bounds__(kTopkThreads, 1) topk_transform_kernel(const T
     const uint32_t bin = found.prefix;
     topk_visit_global_runs<ScoreT, false>(row, slice_len, cache, [&](int64_t i0, const auto& keys, int n) {
       constexpr int kN = sizeof(keys) / sizeof(keys[0]);
-      uint32_t mine = 0;  // this lane's candidates in its run
 #pragma unroll
-      for (int e = 0; e < kN; ++e) {
-        const uint32_t p = keys[e] >> kTopkTopShift;
-        if (e < n && p > bin) atomicAdd(&st.warp_above[static_cast<uint32_t>(i0 + e) / chunk32], 1u);
-        mine += e < n && p == bin;
-      }
-      // One shared atomic per warp and run reserves the warp's slots (not
-      // one per element: all warps contend for st.candidates).
-      uint32_t incl = mine;
-#pragma unroll
-      for (int o = 1; o < 32; o <<= 1) {
-        const uint32_t up = __shfl_up_sync(0xffffffffu, incl, o);
-        if (lane >= o) incl += up;
-      }
-      const uint32_t total = __shfl_sync(0xffffffffu, incl, 31);
-      if (total != 0u) {  // warp-uniform
-        uint32_t base = 0;
-        if (lane == 0) base = atomicAdd(&st.candidates, total);
-        uint32_t pos = __shfl_sync(0xffffffffu, base, 0) + incl - mine;
-#pragma unroll
-        for (int e = 0; e < kN; ++e) {
-          if (e < n && (keys[e] >> kTopkTopShift) == bin) {
-            cand_key[pos] = keys[e];
-            cand_idx[pos] = static_cast<uint32_t>(i0 + e);
-            ++pos;
-          }
-        }
-      }
+      for (int e = 0; e < kN; ++e)
+        if (e < n && (keys[e] >> kTopkTopShift) > bin)
+          atomicAdd(&st.warp_above[static_cast<uint32_t>(i0 + e) / chunk32], 1u);
+      topk_append_bin(keys, n, i0, bin, st.candidates, cand_key, cand_idx);
     });
     __syncthreads();
     NSA_TOPK_PROBE_MARK(3);
