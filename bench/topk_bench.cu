@@ -387,6 +387,15 @@ int main(int argc, char** argv) {
     c->k = 512;
     c = add("64 x 32K, K=1024", 64, K32, fill(64, K32), 0);
     c->k = 1024;
+    // Graphs captured for rows 160K wide (DeepSeek-V3.2's context) and
+    // replayed with shorter live rows: the launch shape follows the width
+    // (clusters of 16 and 2 CTAs here), the work the live length.
+    c = add("8 x 8K live in 160K-wide rows", 8, 163840, fill(8, K8), 0);
+    c->relative_to = "8 x 8K";
+    c->relative_max = 1.1;
+    c = add("64 x 32K live in 160K-wide rows", 64, 163840, fill(64, K32), 0);
+    c->relative_to = "64 x 32K";
+    c->relative_max = 1.1;
     if (quick) cases = {cases[0], cases[7], cases[14]};
 
     fmt::print("topk_transform (fp32, K=2048 unless named, paged-64 transform; decode rows unless named)\n");

@@ -129,8 +129,8 @@ gpu_filter='*/cuda:*/cuda_*:*Cuda*:*CUDA*:*Graph*:*_cuda'  # (cuda_*: the per-ke
     # runs the 1024-thread top-k CTAs (16 of them per row in a cluster, which
     # the library picks for few rows) about 1000x slower than memcheck: one
     # Backends/TopkTest case took 92 s, an EveryClusterSize* case over 4
-    # minutes. TopkCuda.ClusterSplitShortRows runs every CTA count per row
-    # (1..16) on short rows; memcheck runs every case.
+    # minutes. TopkCuda.ClusterSplitJustPastTheCache runs every CTA count per row
+    # (1..16) on the shortest rows a cluster splits; memcheck runs every case.
     [ "$tool" = memcheck ] || [ "$n" != topk_test ] || filter="TopkCuda.*:-*EveryClusterSize*:*Replay*"
     # paged_mqa_logits_test under the slower tools: the wgmma kernels'
     # instances (/cuda is the automatic choice, one of them; the mma.sync

@@ -964,19 +964,21 @@ void check_every_cluster(const TopkCase& c, const std::string& what) {
   }
 }
 
-// Every cluster size on short rows: the cluster code (DSMEM merges, the
-// slot exchange, empty slices, ties cut across slices) at a size the slower
+// Every cluster size on rows just past one CTA's key cache (32768 scores),
+// the shortest that a cluster splits (a shorter live row is selected by the
+// cluster's first CTA alone: rows 0-2): the cluster code (DSMEM merges, the
+// slot exchange, ties cut across slices) at a size the slower
 // compute-sanitizer tools (racecheck, initcheck, synccheck) finish quickly;
 // scripts/gpu-check.sh runs the long EveryClusterSize* cases under memcheck only.
-TEST(TopkCuda, ClusterSplitShortRows) {
+TEST(TopkCuda, ClusterSplitJustPastTheCache) {
   NSA_SKIP_WITHOUT_BACKEND(Backend::kCuda);
   auto rng = make_rng(24);
-  const int64_t k = 512, width = 9001;
-  TopkCase c = decode_case(rng, 6, width, k, {0, k, k + 1, 2 * k + 5, 7777, width});
+  const int64_t k = 512, width = 33001;
+  TopkCase c = decode_case(rng, 6, width, k, {k + 1, 9001, 32768, 32769, 33000, width});
   for (int64_t j = 0; j < width; ++j)  // row 5: exact zeros but every 97th column, so ties straddle slices
     if (j % 97 != 0) c.scores[static_cast<size_t>(5 * c.ld + j)] = 0.0f;
   c.order = TopkOrder::kAscending;
-  check_every_cluster(c, "short rows");
+  check_every_cluster(c, "rows just past the cache");
 }
 
 // Lengths around K and around the slice boundaries: empty slices (2K + 5

@@ -5,9 +5,11 @@
 // One CTA of 1024 threads per score row, or, on sm_90 and later when there
 // are few rows wider than 32K scores, one thread-block cluster of C = 2..16
 // such CTAs per row (C chosen on the host from the row count, the width and
-// the device only). Every decision that depends on a length is made on the
-// device, so the launch shape depends on the row count and width only and a
-// captured graph stays right for any live lengths.
+// the device only; a row whose live length fits one CTA's key cache is still
+// selected by the first CTA of its cluster alone). Every decision that
+// depends on a length is made on the device, so the launch shape depends on
+// the row count and width only and a captured graph stays right, and fast,
+// for any live lengths.
 //
 // In a cluster, CTA c takes the c-th of C consecutive slices of the row's
 // visible length (multiples of 32 keys); each pass below builds the CTA's
@@ -864,32 +866,20 @@ __device__ __forceinline__ void topk_finish_bitmaps(const TopkArgs& a, int64_t r
                                     slice, selected, st, scan, mark);
 }
 
-// One row per CTA (kCluster = false) or per thread-block cluster: each CTA
-// of a cluster selects over its slice with the cluster's merged histograms
-// and writes its part of the output (the CTAs before it in the cluster give
-// its first slot).
-template <class ScoreT, bool kCluster>
-__global__ void __launch_bounds__(kTopkThreads, 1) topk_transform_kernel(const TopkArgs a) {
-  using Scan = cub::BlockScan<uint32_t, kTopkThreads, cub::BLOCK_SCAN_WARP_SCANS>;
+// Row r (window w) by one CTA (kCluster = false) or by this CTA of a
+// thread-block cluster: each CTA of a cluster selects over its slice with
+// the cluster's merged histograms and writes its part of the output (the
+// CTAs before it in the cluster give its first slot). `smem` is the dynamic
+// shared memory (kTopkSharedBytes).
+template <class ScoreT, bool kCluster, class Scan, class Mark>
+__device__ __forceinline__ void topk_select_row(const TopkArgs& a, int64_t r, const detail::TopkWindow w,
+                                                TopkSlice slice, typename Scan::TempStorage& scan, TopkBlockState& st,
+                                                uint32_t* merged, uint32_t* smem, Mark&& mark) {
   static_assert(kTopkMaxK <= kTopkBins, "the selected indices reuse the histogram");
-  __shared__ typename Scan::TempStorage scan;
-  __shared__ TopkBlockState st;
-  // Two buffers of merged counts (topk_merge_range; at most half the bins each).
-  __shared__ __align__(16) uint32_t merged[kCluster ? kTopkBins : 1];
-  extern __shared__ __align__(16) uint32_t topk_smem[];
-  uint32_t* const hist = topk_smem;
-  uint32_t* const area = topk_smem + kTopkBins;  // the key cache or the candidates
+  uint32_t* const hist = smem;
+  uint32_t* const area = smem + kTopkBins;  // the key cache or the candidates
   uint32_t* const cached_candidates = area + kTopkCacheKeys + 4;
-
-  NSA_TOPK_PROBE_BEGIN();
-  auto mark = [&](int phase) {
-    (void)phase;
-    NSA_TOPK_PROBE_MARK(phase);
-  };
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const TopkSlice slice = topk_this_slice<kCluster>();
-  const int64_t r = blockIdx.x / slice.size;
-  const detail::TopkWindow w = detail::topk_window(a, r);
   const int64_t q = detail::topk_request(a, r);
   const int64_t len = w.len, k = a.k;
   int32_t* const out = a.out + r * a.out_ld;
@@ -900,7 +890,7 @@ __global__ void __launch_bounds__(kTopkThreads, 1) topk_transform_kernel(const T
       out[s] = s < len ? detail::topk_apply_transform(a, r, q, s) : -1;
       if (raw != nullptr) raw[s] = s < len ? static_cast<int32_t>(s) : -1;
     }
-    NSA_TOPK_PROBE_MARK(9);
+    mark(9);
     return;
   }
 
@@ -920,14 +910,14 @@ __global__ void __launch_bounds__(kTopkThreads, 1) topk_transform_kernel(const T
   if (tid == 0) st.candidates = 0;
   if constexpr (kCluster) topk_clear_merge<kTopkBins>(merged, 0, slice, st);
   __syncthreads();
-  NSA_TOPK_PROBE_MARK(1);
+  mark(1);
   auto count_top = [&](int64_t, uint32_t key, bool valid) {
     topk_hist_add(hist, valid ? static_cast<int>(key >> kTopkTopShift) : -1);
   };
   if (cached) topk_visit_global<ScoreT, true>(row, slice_len, cache, count_top);
   else topk_visit_global<ScoreT, false>(row, slice_len, cache, count_top);
   topk_pick<Scan, kTopkBins, kCluster>(hist, merged, 0, slice, static_cast<uint32_t>(k), st, scan);
-  NSA_TOPK_PROBE_MARK(2);
+  mark(2);
 
   // Every slice in the cache (`per` is the longest: uniform over the cluster).
   if (per <= kTopkCacheKeys) {
@@ -984,7 +974,7 @@ __global__ void __launch_bounds__(kTopkThreads, 1) topk_transform_kernel(const T
       topk_append_bin(keys, n, i0, bin, st.candidates, cand_key, cand_idx);
     });
     __syncthreads();
-    NSA_TOPK_PROBE_MARK(3);
+    mark(3);
   }
   const int64_t n_cand = use_candidates ? static_cast<int64_t>(st.candidates) : 0;  // this slice's
 
@@ -1039,7 +1029,7 @@ __global__ void __launch_bounds__(kTopkThreads, 1) topk_transform_kernel(const T
     }
     __syncthreads();
   }
-  NSA_TOPK_PROBE_MARK(6);
+  mark(6);
   // Exclusive scans over the 32 warps, then over the CTAs of the cluster
   // (DSMEM reads of the earlier CTAs' totals): each warp's first output slot
   // and the ties before its chunk, over the whole row.
@@ -1082,7 +1072,7 @@ __global__ void __launch_bounds__(kTopkThreads, 1) topk_transform_kernel(const T
     if (lane == 31) st.slots = a_before + a_mine + (t_after < need ? t_after : need) - first;
   }
   __syncthreads();
-  NSA_TOPK_PROBE_MARK(7);
+  mark(7);
   // The compaction writes the selected indices (relative to the window) in
   // output order into the histogram's memory (no longer read by any CTA of
   // the cluster; K <= kTopkBins words).
@@ -1110,7 +1100,7 @@ __global__ void __launch_bounds__(kTopkThreads, 1) topk_transform_kernel(const T
     slot += __popc(take_mask);
   });
   __syncthreads();
-  NSA_TOPK_PROBE_MARK(8);
+  mark(8);
   // The transform reads the table: done here, all of the CTA's slots at
   // once, so its global loads are in flight together instead of one per
   // warp step.
@@ -1120,8 +1110,39 @@ __global__ void __launch_bounds__(kTopkThreads, 1) topk_transform_kernel(const T
     out[first + s] = detail::topk_apply_transform(a, r, q, i);
     if (raw != nullptr) raw[first + s] = static_cast<int32_t>(i);
   }
-  NSA_TOPK_PROBE_MARK(9);
+  mark(9);
   topk_cluster_wait<kCluster>();
+}
+
+// One row per CTA (kCluster = false) or per thread-block cluster. A row
+// whose live length fits one CTA's key cache is not split even in a cluster:
+// its first CTA selects it alone and the others leave at once. The cluster
+// size is chosen on the host from the width (a graph captured for 160K-wide
+// rows is replayed with any lengths), and below the cache's size one CTA is
+// never slower than a split (the sweep behind kTopkClusterMinWidth); the
+// length is row-wide, so every CTA of the cluster makes the same choice.
+template <class ScoreT, bool kCluster>
+__global__ void __launch_bounds__(kTopkThreads, 1) topk_transform_kernel(const TopkArgs a) {
+  using Scan = cub::BlockScan<uint32_t, kTopkThreads, cub::BLOCK_SCAN_WARP_SCANS>;
+  __shared__ typename Scan::TempStorage scan;
+  __shared__ TopkBlockState st;
+  // Two buffers of merged counts (topk_merge_range; at most half the bins each).
+  __shared__ __align__(16) uint32_t merged[kCluster ? kTopkBins : 1];
+  extern __shared__ __align__(16) uint32_t topk_smem[];
+  NSA_TOPK_PROBE_BEGIN();
+  auto mark = [&](int phase) {
+    (void)phase;
+    NSA_TOPK_PROBE_MARK(phase);
+  };
+  const TopkSlice slice = topk_this_slice<kCluster>();
+  const int64_t r = blockIdx.x / slice.size;
+  const detail::TopkWindow w = detail::topk_window(a, r);
+  if (kCluster && w.len <= kTopkCacheKeys) {
+    if (slice.rank == 0)
+      topk_select_row<ScoreT, false, Scan>(a, r, w, TopkSlice{0, 1}, scan, st, merged, topk_smem, mark);
+    return;
+  }
+  topk_select_row<ScoreT, kCluster, Scan>(a, r, w, slice, scan, st, merged, topk_smem, mark);
 }
 
 // The host-side state of the launches below (attributes set, capacities
@@ -1223,8 +1244,9 @@ inline int topk_cluster_capacity(int size) {
 // against 22.21 with 16, 8 x 32K 22.60 against 22.73 with 8, 64 x 32K 23.53
 // against 27.45 with 2; wider rows still gain (1 x 128K: 76.29 with one,
 // 23.87 with 16). The rule sees the width, not the lengths: 64 prefill
-// windows of up to 16K in rows 64K wide still get 2 CTAs (24.52 us, one CTA
-// 17.22).
+// windows of up to 16K in rows 64K wide get clusters of 2 CTAs (24.52 us
+// in that report, one CTA 17.22), so the kernel also leaves a row whose live
+// length fits the cache to the first CTA of its cluster.
 constexpr int64_t kTopkClusterMinWidth = kTopkCacheKeys + 1;
 
 // The CTAs per row, from the row count, the score width and the device only
