@@ -749,7 +749,7 @@ TEST_P(TopkTest, P17_RuntimeK) {
 // Rows whose pass-1 bin (the top 12 bits of the K-th largest key) is taken
 // whole, holds exactly a candidate capacity of the CUDA kernel (`capacity`
 // keys), or one more: the routes of a row of `width` scores; row 4's
-// candidates are settled by pass 2. Every class of value is scattered over
+// candidates are settled by pass 2, row 1's are all one value. Every class of value is scattered over
 // the row; the width is no multiple of 32 and row 5 is short, so split over
 // 16 CTAs its last slices are empty.
 TopkCase bin_route_case(std::mt19937_64& rng, int64_t k, int64_t width, uint32_t capacity) {
@@ -776,7 +776,8 @@ TopkCase bin_route_case(std::mt19937_64& rng, int64_t k, int64_t width, uint32_t
     } else if (r != 5) {  // K - 100 above a bin of capacity (rows 1, 3) or capacity + 1 (row 2) keys near 1.0
       for (int64_t j = 0; j < k - 100; ++j) put(8.0f + 1e-3f * static_cast<float>(j));
       const uint32_t in_bin = r == 2 ? capacity + 1 : capacity;
-      for (uint32_t j = 0; j < in_bin; ++j) put(bits_float(0x3f800000u + (r == 3 ? j % 3 : j)));  // row 3: ties
+      // Row 3: three values tied; row 1: one value (pass 2 finds every key of the bin equal: no pass 3).
+      for (uint32_t j = 0; j < in_bin; ++j) put(bits_float(0x3f800000u + (r == 3 ? j % 3 : r == 1 ? 7 : j)));
     }
     while (next < cols.size()) put(low(rng));
   }

@@ -139,7 +139,8 @@ struct TopkBlockState {
   // bins this CTA merged; then the range holding the wanted key.
   uint32_t range_total[2];
   int32_t range;
-  uint32_t range_above;  // keys in the ranges above it
+  uint32_t range_above;       // keys in the ranges above it
+  uint32_t key_min, key_max;  // topk_refine: the extremes of the keys in pass 1's bin (one CTA per row)
 };
 
 // This CTA's part of its row: slice `rank` of `size` (size 1: the whole row;
@@ -540,6 +541,11 @@ struct TopkPrefix {
 // next 10 bits of the keys that share the prefix, over the keys visit(f)
 // passes to f(i, key, valid) (uniform over the CTA: f uses warp collectives).
 // mark(phase) is the probe's stamp (nothing in the library).
+// With one CTA per row, pass 2 also finds the smallest and largest key that
+// share the prefix: when they are equal (a plateau of exact ties, e.g. the
+// zeros of ReLU'd scores, fills the bin) the K-th key is known and pass 3
+// is skipped. (In a cluster the extremes would have to be merged too; there
+// every pass runs.)
 template <class Scan, bool kCluster, class Mark, class Visit>
 __device__ __forceinline__ void topk_refine(TopkPrefix& found, uint32_t* hist, uint32_t* merged, TopkSlice slice,
                                             TopkBlockState& st, typename Scan::TempStorage& scan, Mark&& mark,
@@ -553,19 +559,42 @@ __device__ __forceinline__ void topk_refine(TopkPrefix& found, uint32_t* hist, u
     uint32_t* const pass_merged = kCluster ? merged + parity * (kTopkBins / 2) : merged;
     for (int b = threadIdx.x; b < kTopkDigitBins; b += kTopkThreads) hist[b] = 0;
     if constexpr (kCluster) topk_clear_merge<kTopkDigitBins>(pass_merged, parity, slice, st);
+    constexpr bool kExtremes = !kCluster;
+    if (kExtremes && level == 0 && threadIdx.x == 0) {
+      st.key_min = 0xffffffffu;
+      st.key_max = 0u;
+    }
     __syncthreads();
     const uint32_t prefix = found.prefix;
     const int shift = found.shift;
+    uint32_t key_min = 0xffffffffu, key_max = 0u;  // this lane's, over the keys that share the prefix
     visit([&](int64_t, uint32_t key, bool valid) {
       const bool match = valid && (key >> shift) == prefix;
       topk_hist_add(hist, match ? static_cast<int>((key >> digit_shift) & digit_mask) : -1);
+      if constexpr (kExtremes) {
+        key_min = min(key_min, match ? key : 0xffffffffu);
+        key_max = max(key_max, match ? key : 0u);
+      }
     });
+    if (kExtremes && level == 0) {  // one atomic each per warp; topk_pick's barrier publishes them
+      key_min = __reduce_min_sync(0xffffffffu, key_min);
+      key_max = __reduce_max_sync(0xffffffffu, key_max);
+      if ((threadIdx.x & 31) == 0) {
+        atomicMin(&st.key_min, key_min);
+        atomicMax(&st.key_max, key_max);
+      }
+    }
     topk_pick<Scan, kTopkDigitBins, kCluster>(hist, pass_merged, parity, slice, found.need, st, scan);
     mark(4 + level);
     found.prefix = (found.prefix << (found.shift - digit_shift)) | static_cast<uint32_t>(st.bin);
     found.shift = digit_shift;
     found.need = st.need;
     found.done = st.in_bin == found.need;
+    if (kExtremes && level == 0 && st.key_min == st.key_max) {  // CTA-uniform: every key of the bin is this one
+      found.prefix = st.key_min;
+      found.shift = 0;
+      break;
+    }
   }
 }
 
