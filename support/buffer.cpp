@@ -85,7 +85,13 @@ void Buffer::upload(const void* host, size_t bytes, size_t offset) {
     std::memcpy(static_cast<uint8_t*>(data_) + offset, host, bytes);
   } else {
 #if defined(NSA_WITH_CUDA)
+    // From pageable memory cudaMemcpy may return before the bytes reach the
+    // device, and its legacy-stream copy does not order work on non-blocking
+    // streams: wait for it, so a kernel launched next on any stream sees them.
+    // (A poison upload that landed after a graph replay on a non-blocking
+    // stream overwrote the replay's output, once, on a busy GPU.)
     check(cudaMemcpy(static_cast<uint8_t*>(data_) + offset, host, bytes, cudaMemcpyHostToDevice), "upload");
+    check(cudaStreamSynchronize(cudaStreamLegacy), "upload");
 #else
     no_cuda();
 #endif
@@ -112,6 +118,7 @@ void Buffer::fill(uint8_t byte) {
   } else {
 #if defined(NSA_WITH_CUDA)
     check(cudaMemset(data_, byte, bytes_), "cudaMemset");
+    check(cudaStreamSynchronize(cudaStreamLegacy), "cudaMemset");  // done before any stream's next work (see upload)
 #else
     no_cuda();
 #endif

@@ -38,6 +38,9 @@ class Buffer {
   size_t bytes() const { return bytes_; }
   Backend backend() const { return backend_; }
 
+  // upload and fill return once the bytes are in the buffer (on the device:
+  // work launched afterwards on any stream sees them); download copies what
+  // the buffer holds now, so the caller first waits for the work writing it.
   void upload(const void* host, size_t bytes, size_t offset = 0);
   void download(void* host, size_t bytes, size_t offset = 0) const;
   void fill(uint8_t byte);
