@@ -95,11 +95,27 @@ fi
 cat "$results/facts.txt"
 
 status=0
+# A step runs in the background and the script waits for it, so a TERM or
+# INT sent to this script (an outer time limit) stops the step too: `timeout`
+# puts its command in a process group of its own, out of reach of a signal
+# to the caller's group, and a test left running beside the next command's
+# benchmarks once failed there. The stopped step is not recorded (the
+# report says NOT FINISHED).
+step_pid=""
+stop_step() {
+  [ -z "$step_pid" ] || { kill -TERM "$step_pid" 2>/dev/null; wait "$step_pid" 2>/dev/null; }
+  log "stopped by a signal during a step"
+  exit 143
+}
+trap stop_step TERM INT
 run_step() {  # run_step NAME TIMEOUT_S CMD...   (logs to $results/NAME.log, records the exit code)
   local name=$1 limit=$2; shift 2
   log "$name"
-  timeout "$limit" "$@" >"$results/$name.log" 2>&1
+  timeout "$limit" "$@" >"$results/$name.log" 2>&1 &
+  step_pid=$!
+  wait "$step_pid"
   local rc=$?
+  step_pid=""
   echo "$name $rc" >>"$results/steps.txt"
   [ $rc -eq 0 ] || { status=1; log "$name FAILED (exit $rc)"; }
 }
