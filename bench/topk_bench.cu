@@ -388,12 +388,22 @@ int main(int argc, char** argv) {
     c = add("64 x 32K, K=1024", 64, K32, fill(64, K32), 0);
     c->k = 1024;
     // Graphs captured for rows 160K wide (DeepSeek-V3.2's context) and
-    // replayed with shorter live rows: the launch shape follows the width
-    // (clusters of 16 and 2 CTAs here), the work the live length.
-    c = add("8 x 8K live in 160K-wide rows", 8, 163840, fill(8, K8), 0);
+    // replayed with live rows of 1K to 160K: the launch shape follows the
+    // width (clusters of up to 16 CTAs for 8 rows, of 2 for 64), the work the
+    // live length; each should cost what the same rows cost at their own width.
+    const int64_t K160 = 163840;
+    add("8 x 1K live in 160K-wide rows", 8, K160, fill(8, 1024), 0);  // the identity: no score read
+    c = add("8 x 8K live in 160K-wide rows", 8, K160, fill(8, K8), 0);
     c->relative_to = "8 x 8K";
     c->relative_max = 1.1;
-    c = add("64 x 32K live in 160K-wide rows", 64, 163840, fill(64, K32), 0);
+    c = add("8 x 32K live in 160K-wide rows", 8, K160, fill(8, K32), 0);
+    c->relative_to = "8 x 32K";
+    c->relative_max = 1.1;
+    c = add("8 x 128K live in 160K-wide rows", 8, K160, fill(8, K128), 0);
+    c->relative_to = "8 x 128K";
+    c->relative_max = 1.1;
+    add("8 x 160K", 8, K160, fill(8, K160), 0);
+    c = add("64 x 32K live in 160K-wide rows", 64, K160, fill(64, K32), 0);
     c->relative_to = "64 x 32K";
     c->relative_max = 1.1;
     if (quick) cases = {cases[0], cases[7], cases[14]};
