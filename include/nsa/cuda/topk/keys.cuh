@@ -1,0 +1,198 @@
+// Top-k kernel, part 2 of 5 (the overview is in nsa/cuda/topk.cuh): keys from
+// scores, histogram adds, and the sweeps over a row in global or shared memory.
+#pragma once
+
+#include "nsa/cuda/topk/state.cuh"
+
+namespace nsa {
+namespace kernels {
+
+// Adds 1 to hist[bin] for each lane with bin >= 0. All 32 lanes of the warp
+// call it together.
+//   0 (the library's): when the 32 lanes share one bin (a plateau of exact
+//     zeros; a warp step with no key under the prefix, most steps of passes 2
+//     and 3), one atomic adds 32 (or nothing); otherwise one atomic per key.
+//   1: lanes sharing a bin (__match_any_sync) add together, one atomic per
+//     distinct bin. Measured on an H200 (docs/gpu-report.md of 5882a69 next
+//     to the report of 7a25a22, which ran 0): one CTA per row took 1.25x as
+//     long at 8K keys, 1.55x at 32K and 2.0x at 128K; the match costs more
+//     than the atomics it saves.
+//   2: the lanes in the first counted lane's bin add together, every other
+//     lane adds its own (plateaus with a few other keys per warp step).
+__device__ __forceinline__ void topk_hist_add(uint32_t* hist, int bin) {
+#if NSA_TOPK_HIST_ADD == 1
+  if (__ballot_sync(0xffffffffu, bin >= 0) == 0u) return;
+  const uint32_t peers = __match_any_sync(0xffffffffu, bin);
+  const uint32_t lanes_below = (1u << (threadIdx.x & 31)) - 1u;
+  if (bin >= 0 && (peers & lanes_below) == 0u) atomicAdd(hist + bin, static_cast<uint32_t>(__popc(peers)));
+#elif NSA_TOPK_HIST_ADD == 2
+  const uint32_t counted = __ballot_sync(0xffffffffu, bin >= 0);
+  if (counted == 0u) return;
+  const int lead = __shfl_sync(0xffffffffu, bin, __ffs(counted) - 1);
+  const uint32_t with_lead = __ballot_sync(0xffffffffu, bin == lead);
+  const uint32_t lanes_below = (1u << (threadIdx.x & 31)) - 1u;
+  if (bin != lead) {
+    if (bin >= 0) atomicAdd(hist + bin, 1u);
+  } else if ((with_lead & lanes_below) == 0u) {
+    atomicAdd(hist + bin, static_cast<uint32_t>(__popc(with_lead)));
+  }
+#else
+  const int first = __shfl_sync(0xffffffffu, bin, 0);
+  if (__all_sync(0xffffffffu, bin == first)) {
+    if ((threadIdx.x & 31) == 0 && first >= 0) atomicAdd(hist + first, 32u);
+  } else if (bin >= 0) {
+    atomicAdd(hist + bin, 1u);
+  }
+#endif
+}
+
+template <class ScoreT>
+struct TopkVec;
+template <>
+struct TopkVec<float> {
+  static constexpr int kElems = 4;
+  __device__ __forceinline__ static uint32_t key(const uint4& v, int e) {
+    const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+    return detail::topk_key(w[e]);
+  }
+};
+template <>
+struct TopkVec<uint16_t> {
+  static constexpr int kElems = 8;
+  __device__ __forceinline__ static uint32_t key(const uint4& v, int e) {
+    const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+    const uint32_t half = (e & 1) ? (w[e >> 1] & 0xffff0000u) : (w[e >> 1] << 16);
+    return detail::topk_key(half);
+  }
+};
+
+template <class ScoreT>
+__device__ __forceinline__ uint32_t topk_load_key(const ScoreT* p) {
+  return detail::topk_key(detail::topk_bits(__ldg(p)));
+}
+
+// Calls g(i0, keys, n) for runs of consecutive indices of the row [0, len)
+// that together cover it once, in no particular order, with warp-uniform
+// control flow: keys is a uint32_t array (of kElems keys, or of 1), of which
+// the first n (maybe 0) are the keys of i0, i0 + 1, ... 16-byte loads for the
+// aligned body, four in flight per thread; the unaligned head and the tail
+// (< 2 vectors) go to warp 0, one element per lane. kStore: also writes each
+// key to cache[i] (vector stores; `cache` must make &cache[head] 16-byte
+// aligned, see topk_cache_base).
+template <class ScoreT, bool kStore, class G>
+__device__ __forceinline__ void topk_visit_global_runs(const ScoreT* row, int64_t len, uint32_t* cache, G&& g) {
+  using V = TopkVec<ScoreT>;
+  constexpr int kE = V::kElems;
+  constexpr int kUnroll = 4;
+  const int tid = threadIdx.x;
+  const int64_t misalign = static_cast<int64_t>((reinterpret_cast<uintptr_t>(row) & 15) / sizeof(ScoreT));
+  const int64_t head = misalign == 0 ? 0 : (kE - misalign < len ? kE - misalign : len);
+  const int64_t nvec = (len - head) / kE;
+  const int64_t tail = head + nvec * kE;
+  const uint4* vec = reinterpret_cast<const uint4*>(row + head);
+  for (int64_t v0 = 0; v0 < nvec; v0 += static_cast<int64_t>(kTopkThreads) * kUnroll) {
+    uint4 regs[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int64_t v = v0 + u * kTopkThreads + tid;
+      if (v < nvec) regs[u] = __ldg(vec + v);
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int64_t v = v0 + u * kTopkThreads + tid;
+      const bool valid = v < nvec;
+      const int64_t i0 = head + v * kE;
+      uint32_t keys[kE];
+#pragma unroll
+      for (int e = 0; e < kE; ++e) keys[e] = V::key(regs[u], e);
+      if constexpr (kStore) {
+        if (valid) {
+#pragma unroll
+          for (int e = 0; e < kE; e += 4)
+            *reinterpret_cast<uint4*>(cache + i0 + e) = make_uint4(keys[e], keys[e + 1], keys[e + 2], keys[e + 3]);
+        }
+      }
+      g(i0, keys, valid ? kE : 0);
+    }
+  }
+  if (tid < 32) {  // head [0, head) and tail [tail, len): fewer than 2 * kE <= 16 elements
+    const int lane = tid;
+    const int64_t i = lane < head ? lane : tail + (lane - head);
+    const bool valid = lane < head || (i >= tail && i < len);
+    const uint32_t key[1] = {valid ? topk_load_key(row + i) : 0u};
+    if constexpr (kStore) {
+      if (valid) cache[i] = key[0];
+    }
+    g(i, key, valid ? 1 : 0);
+  }
+}
+
+// The same, one element at a time: f(i, key, valid) (valid = false for the
+// padding of warp-uniform calls).
+template <class ScoreT, bool kStore, class F>
+__device__ __forceinline__ void topk_visit_global(const ScoreT* row, int64_t len, uint32_t* cache, F&& f) {
+  topk_visit_global_runs<ScoreT, kStore>(row, len, cache, [&](int64_t i0, const auto& keys, int n) {
+    constexpr int kN = sizeof(keys) / sizeof(keys[0]);
+#pragma unroll
+    for (int e = 0; e < kN; ++e) f(i0 + e, keys[e], e < n);
+  });
+}
+
+// The same over keys already in shared memory (conflict-free: consecutive lanes, consecutive words).
+template <class F>
+__device__ __forceinline__ void topk_visit_cache(const uint32_t* cache, int64_t len, F&& f) {
+  const int n = static_cast<int>(len);
+  for (int base = 0; base < n; base += kTopkThreads) {
+    const int i = base + static_cast<int>(threadIdx.x);
+    const bool valid = i < n;
+    f(static_cast<int64_t>(i), valid ? cache[i] : 0u, valid);
+  }
+}
+
+// Shifts the cache so that element `head` (the first vector-loaded one) is 16-byte aligned.
+template <class ScoreT>
+__device__ __forceinline__ uint32_t* topk_cache_base(uint32_t* raw, const ScoreT* row) {
+  const int misalign = static_cast<int>((reinterpret_cast<uintptr_t>(row) & 15) / sizeof(ScoreT));
+  const int head = misalign == 0 ? 0 : TopkVec<ScoreT>::kElems - misalign;
+  return raw + ((4 - (head & 3)) & 3);
+}
+
+// Calls f(i, key, valid) for i in [begin, end) in index order, one warp, 32
+// consecutive indices per step (lane l gets the l-th). The keys of kDepth
+// steps are loaded before the first is used, so a warp keeps kDepth loads in
+// flight when the keys come from global memory. f may use warp collectives:
+// every lane calls it for every step (valid = false past `end`).
+template <int kDepth, class KeyAt, class F>
+__device__ __forceinline__ void topk_warp_sweep(int64_t begin, int64_t end, KeyAt&& key_at, F&& f) {
+  // 32-bit index arithmetic: end <= width <= 2^31 - 1, so i0 + 32 * kDepth fits.
+  const uint32_t lane = threadIdx.x & 31, stop = static_cast<uint32_t>(end);
+  for (uint32_t i0 = static_cast<uint32_t>(begin); i0 < stop; i0 += 32 * kDepth) {  // warp-uniform bounds
+    uint32_t keys[kDepth];
+#pragma unroll
+    for (int u = 0; u < kDepth; ++u) {
+      const uint32_t i = i0 + u * 32 + lane;
+      keys[u] = i < stop ? key_at(i) : 0u;
+    }
+#pragma unroll
+    for (int u = 0; u < kDepth; ++u) {
+      const uint32_t step = i0 + u * 32;
+      if (step < stop) f(static_cast<int64_t>(step + lane), keys[u], step + lane < stop);
+    }
+  }
+}
+
+// topk_warp_sweep over the cached keys, or over the row in global memory
+// with more loads in flight per warp (its latency is that of L2 or HBM).
+template <class ScoreT, class F>
+__device__ __forceinline__ void topk_sweep_row(bool cached, const uint32_t* cache, const ScoreT* row, int64_t begin,
+                                               int64_t end, F&& f) {
+  if (cached)
+    topk_warp_sweep<8>(
+        begin, end, [&](uint32_t i) { return cache[i]; }, f);
+  else
+    topk_warp_sweep<16>(
+        begin, end, [&](uint32_t i) { return topk_load_key(row + i); }, f);
+}
+
+}  // namespace kernels
+}  // namespace nsa
