@@ -173,15 +173,16 @@ inline int topk_cluster_capacity(int size) {
 // Rows at most this wide always get one CTA: a row that fits the shared-
 // memory cache is read once and finished from bitmaps (topk_finish_cached),
 // and a cluster's extra barriers and histogram merges cost more than the
-// split saves. Measured on an H100 (the GPU report of b495087, kept as
-// docs/gpu-report-h100-b495087.md once a newer one replaces it; the bench's
-// sweep, us with one CTA against the chosen cluster): 1 x 32K 22.28
+// split saves. Measured on an H100 (docs/gpu-report-h100-b495087.md, the
+// bench's sweep, us with one CTA against the chosen cluster): 1 x 32K 22.28
 // against 22.21 with 16, 8 x 32K 22.60 against 22.73 with 8, 64 x 32K 23.53
 // against 27.45 with 2; wider rows still gain (1 x 128K: 76.29 with one,
 // 23.87 with 16). The rule sees the width, not the lengths: 64 prefill
 // windows of up to 16K in rows 64K wide get clusters of 2 CTAs (24.52 us
 // in that report, one CTA 17.22), so the kernel also leaves a row whose live
-// length fits the cache to the first CTA of its cluster.
+// length fits the cache to the first CTA of its cluster (the report of
+// 10d7ed9: 15.87 us with clusters of 2; a cluster of 16 on one 8K row 13.24
+// against 13.16 with one CTA).
 constexpr int64_t kTopkClusterMinWidth = kTopkCacheKeys + 1;
 
 // The CTAs per row, from the row count, the score width and the device only
