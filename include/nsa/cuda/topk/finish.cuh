@@ -7,6 +7,16 @@
 namespace nsa {
 namespace kernels {
 
+// After passes 2 and 3: the candidate of index idx (in the slice) and key
+// sets its bit in `sel` when its digits are above the final prefix, in `tie`
+// when they equal it (a key below it was not selected).
+__device__ __forceinline__ void topk_mark_candidate(uint32_t idx, uint32_t key, const TopkPrefix& found, uint32_t* sel,
+                                                    uint32_t* tie) {
+  const uint32_t d = key >> found.shift, bit = 1u << (idx & 31);
+  if (d > found.prefix) atomicOr(sel + (idx >> 5), bit);
+  else if (d == found.prefix) atomicOr(tie + (idx >> 5), bit);
+}
+
 // Appends the keys of a run (keys[0, n): the keys of i0, i0 + 1, ...) whose
 // top digit is `bin` to the candidates (cand_key, cand_idx). One shared
 // atomic per warp and run reserves the warp's slots (not one per key: every
@@ -220,13 +230,7 @@ __device__ __forceinline__ void topk_finish_cached(const TopkArgs& a, int64_t r,
       topk_visit_cache(cand, n_cand,
                        [&](int64_t c, uint32_t idx, bool valid) { f(c, valid ? cache[idx] : 0u, valid); });
     });
-    const uint32_t prefix = found.prefix;
-    const int shift = found.shift;
-    for (int c = tid; c < n_cand; c += kTopkThreads) {
-      const uint32_t idx = cand[c], d = cache[idx] >> shift, bit = 1u << (idx & 31);
-      if (d > prefix) atomicOr(sel + (idx >> 5), bit);
-      else if (d == prefix) atomicOr(tie + (idx >> 5), bit);
-    }
+    for (int c = tid; c < n_cand; c += kTopkThreads) topk_mark_candidate(cand[c], cache[cand[c]], found, sel, tie);
   } else if (!found.done) {
     topk_refine<Scan, kCluster>(found, hist, merged, slice, st, scan, mark,
                                 [&](auto&& f) { topk_visit_cache(cache, slice_len, f); });
@@ -291,13 +295,7 @@ __device__ __forceinline__ void topk_finish_bitmaps(const TopkArgs& a, int64_t r
   const int n_cand = static_cast<int>(st.candidates);  // this slice's
   topk_refine<Scan, kCluster>(found, hist, merged, slice, st, scan, mark,
                               [&](auto&& f) { topk_visit_cache(cand_key, n_cand, f); });
-  const uint32_t prefix = found.prefix;
-  const int shift = found.shift;
-  for (int c = tid; c < n_cand; c += kTopkThreads) {
-    const uint32_t idx = cand_idx[c], d = cand_key[c] >> shift, bit = 1u << (idx & 31);
-    if (d > prefix) atomicOr(sel + (idx >> 5), bit);
-    else if (d == prefix) atomicOr(tie + (idx >> 5), bit);
-  }
+  for (int c = tid; c < n_cand; c += kTopkThreads) topk_mark_candidate(cand_idx[c], cand_key[c], found, sel, tie);
   __syncthreads();
   mark(6);
   topk_emit_bitmaps<Scan, kCluster>(a, r, q, sel, tie, words, (words + kTopkThreads - 1) / kTopkThreads, found.need, lo,
