@@ -798,6 +798,39 @@ TopkCase cached_route_case(std::mt19937_64& rng, int64_t k) { return bin_route_c
 // bin takes the general path.
 TopkCase uncached_route_case(std::mt19937_64& rng, int64_t k) { return bin_route_case(rng, k, 70001, 14196); }
 
+// The page-table transform on a case: a random table (int32 or int64
+// entries, like every index array of the case) with a padding page (-1)
+// every 97 entries, `missing` pages fewer than the widest row spans (their
+// indices give -1) and the last row's request past the table. The CUDA
+// kernel copies a slice's entries into shared memory ahead of the transform
+// on the bitmap routes: these cases reach every route with it.
+void use_page_table(std::mt19937_64& rng, TopkCase& c, bool idx64, int64_t missing) {
+  c.transform = TopkTransform::kPaged64;
+  c.idx64 = idx64;
+  c.table_rows = c.rows - 1;
+  c.table_cols = std::max<int64_t>(1, (c.width + 63) / 64 - missing);
+  c.table_ld = c.table_cols + 3;
+  c.table = random_table(rng, c.table_rows, c.table_ld, int64_t{1} << 24);
+  for (size_t i = 0; i < c.table.size(); i += 97) c.table[i] = -1;
+  c.row_to_request.resize(static_cast<size_t>(c.rows));
+  std::iota(c.row_to_request.begin(), c.row_to_request.end(), 0);
+}
+
+TEST_P(TopkTest, PagedTransformOnEveryRoute) {
+  auto rng = make_rng(31);
+  for (int64_t k : {512, 2048}) {
+    for (int variant = 0; variant < 2; ++variant) {
+      const std::string name = " k=" + std::to_string(k) + (variant ? " int64, 5 pages missing" : " int32");
+      TopkCase cached = cached_route_case(rng, k);
+      use_page_table(rng, cached, variant == 1, variant ? 5 : 0);
+      check_case(backend(), cached, "paged cached routes" + name);
+      TopkCase uncached = uncached_route_case(rng, k);
+      use_page_table(rng, uncached, variant == 1, variant ? 5 : 0);
+      check_case(backend(), uncached, "paged uncached routes" + name);
+    }
+  }
+}
+
 TEST_P(TopkTest, CachedRowRoutes) {
   auto rng = make_rng(26);
   for (int64_t k : kKs) check_case(backend(), cached_route_case(rng, k), "cached routes k=" + std::to_string(k));
@@ -1056,6 +1089,19 @@ TEST(TopkCuda, EveryClusterSizeOnUncachedRoutes) {
   auto rng = make_rng(29);
   for (int64_t k : {512, 2048})
     check_every_cluster(uncached_route_case(rng, k), "uncached routes k=" + std::to_string(k));
+}
+
+// The page-table transform (entries prefetched per slice, slices not
+// aligned to pages) at every cluster size.
+TEST(TopkCuda, EveryClusterSizePagedTransform) {
+  NSA_SKIP_WITHOUT_BACKEND(Backend::kCuda);
+  auto rng = make_rng(32);
+  TopkCase cached = cached_route_case(rng, 2048);
+  use_page_table(rng, cached, false, 3);
+  check_every_cluster(cached, "paged cached routes");
+  TopkCase uncached = uncached_route_case(rng, 2048);
+  use_page_table(rng, uncached, true, 0);
+  check_every_cluster(uncached, "paged uncached routes");
 }
 
 // Windows that do not start at column 0 (ragged prefill, ragged-offset

@@ -60,6 +60,13 @@ NSA_HOST_DEVICE int64_t topk_request(const TopkArgs& a, int64_t r) {
 
 constexpr int64_t kTopkInt32Max = 2147483647;
 
+// The paged-64 output of raw index x from its table entry e (e < 0, or a
+// page whose tokens pass int32, gives -1).
+NSA_HOST_DEVICE int32_t topk_paged_result(int64_t e, int64_t x) {
+  if (e < 0 || e > (kTopkInt32Max >> 6)) return -1;
+  return static_cast<int32_t>(e * 64 + (x & 63));
+}
+
 // Output of raw index x (0 <= x < len) of row r whose request is q; -1 when
 // the result cannot be a valid index (see TopkArgs).
 NSA_HOST_DEVICE int32_t topk_apply_transform(const TopkArgs& a, int64_t r, int64_t q, int64_t x) {
@@ -76,10 +83,8 @@ NSA_HOST_DEVICE int32_t topk_apply_transform(const TopkArgs& a, int64_t r, int64
       const int64_t col = paged ? (x >> 6) : x;
       if (q < 0 || q >= a.table_rows || col >= a.table_cols) return -1;
       const int64_t e = topk_index_at(a.table, q * a.table_ld + col);
-      if (e < 0) return -1;
-      if (!paged) return e > kTopkInt32Max ? -1 : static_cast<int32_t>(e);
-      if (e > (kTopkInt32Max >> 6)) return -1;
-      return static_cast<int32_t>(e * 64 + (x & 63));
+      if (paged) return topk_paged_result(e, x);
+      return e < 0 || e > kTopkInt32Max ? -1 : static_cast<int32_t>(e);
     }
   }
 }

@@ -2,10 +2,57 @@
 // from bitmaps, of rows in the key cache and of longer slices.
 #pragma once
 
+#include <cuda_pipeline_primitives.h>
+
 #include "nsa/cuda/topk/select.cuh"
 
 namespace nsa {
 namespace kernels {
+
+// The table entries of a slice's paged-64 transform, copied into shared
+// memory (cp.async) while the slice is selected, so the transform at the end
+// reads shared memory instead of waiting on global loads (1.2-1.5 us of a
+// short row's 12, the probe's "transform" phase). Entry c - col0 holds
+// column c of the request's table row, for the columns of the slice's
+// indices that are inside the table. `on` is false where the transform is not
+// paged, the request is outside the table or the entries would not fit:
+// topk_apply_transform then reads the table itself.
+struct TopkTableSlice {
+  const uint32_t* words;  // int32 entries, or int64 ones as (low, high) word pairs
+  int64_t col0;
+  bool wide;
+  bool on;
+
+  // The output of raw index x (a slice's), as topk_apply_transform gives it.
+  __device__ __forceinline__ int32_t paged(const TopkArgs& a, int64_t x) const {
+    const int64_t col = x >> 6;
+    if (col >= a.table_cols) return -1;
+    const int64_t j = col - col0;
+    const int64_t e = wide ? static_cast<int64_t>(words[2 * j] | static_cast<uint64_t>(words[2 * j + 1]) << 32)
+                           : static_cast<int64_t>(static_cast<int32_t>(words[j]));
+    return detail::topk_paged_result(e, x);
+  }
+};
+
+// Starts the copy of the entries for the slice [lo, lo + slice_len) of row
+// r (request q) into dst (capacity_words words, 8-byte aligned); every thread
+// of the CTA calls it, and every thread calls __pipeline_wait_prior(0) before
+// the barrier that precedes the first read (topk_emit_bitmaps).
+__device__ __forceinline__ TopkTableSlice topk_prefetch_table(const TopkArgs& a, int64_t q, int64_t lo,
+                                                              int64_t slice_len, uint32_t* dst, int capacity_words) {
+  TopkTableSlice t{dst, lo >> 6, a.table.type == IndexType::kInt64, false};
+  if (a.transform != TopkTransform::kPaged64 || q < 0 || q >= a.table_rows || slice_len <= 0) return t;
+  const int64_t last = (lo + slice_len - 1) >> 6 < a.table_cols - 1 ? (lo + slice_len - 1) >> 6 : a.table_cols - 1;
+  const int64_t cols = last >= t.col0 ? last - t.col0 + 1 : 0;
+  const int size = t.wide ? 8 : 4;
+  if (cols * (size / 4) > capacity_words) return t;
+  t.on = true;
+  const char* const src = static_cast<const char*>(a.table.data) + (q * a.table_ld + t.col0) * size;
+  for (int64_t c = threadIdx.x; c < cols; c += kTopkThreads)
+    __pipeline_memcpy_async(reinterpret_cast<char*>(dst) + c * size, src + c * size, size);
+  __pipeline_commit();
+  return t;
+}
 
 // After passes 2 and 3: the candidate of index idx (in the slice) and key
 // sets its bit in `sel` when its digits are above the final prefix, in `tie`
@@ -101,7 +148,8 @@ __device__ __forceinline__ void topk_sweep_bitmaps(const uint32_t* cache, int64_
 template <class Scan, bool kCluster, class Mark>
 __device__ __forceinline__ void topk_emit_bitmaps(const TopkArgs& a, int64_t r, int64_t q, const uint32_t* sel,
                                                   const uint32_t* tie, int words, int per_thread, uint32_t need,
-                                                  int64_t lo, TopkSlice slice, uint32_t* selected, TopkBlockState& st,
+                                                  int64_t lo, TopkSlice slice, const TopkTableSlice& table,
+                                                  uint32_t* selected, TopkBlockState& st,
                                                   typename Scan::TempStorage& scan, Mark&& mark) {
   static_assert(kTopkMaxK < (1 << 12) && kTopkBitmapMaxKeys < (1 << 20), "the packed counts of topk_emit_bitmaps");
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -155,15 +203,16 @@ __device__ __forceinline__ void topk_emit_bitmaps(const TopkArgs& a, int64_t r, 
   }
   const uint32_t ties_after = t_cta + (total >> 12);
   const int64_t slots = (total & 0xfffu) + (ties_after < need ? ties_after : need) - (first - a_cta);
+  __pipeline_wait_prior(0);  // this thread's table copies (topk_prefetch_table); the barrier publishes them all
   __syncthreads();
   mark(8);
-  // The transform reads the table: all of the CTA's slots at once, so its
-  // global loads are in flight together.
+  // The transform: from the prefetched entries, or reading the table for all
+  // of the CTA's slots at once, so its global loads are in flight together.
   int32_t* const out = a.out + r * a.out_ld;
   int32_t* const raw = a.out_raw != nullptr ? a.out_raw + r * a.out_raw_ld : nullptr;
   for (int64_t j = tid; j < slots; j += kTopkThreads) {
     const int64_t i = selected[j];
-    out[first + j] = detail::topk_apply_transform(a, r, q, i);
+    out[first + j] = table.on ? table.paged(a, i) : detail::topk_apply_transform(a, r, q, i);
     if (raw != nullptr) raw[first + j] = static_cast<int32_t>(i);
   }
   mark(9);
@@ -202,6 +251,9 @@ __device__ __forceinline__ void topk_finish_cached(const TopkArgs& a, int64_t r,
   // part other CTAs of a cluster read from here on).
   uint32_t* const sel = hist + kTopkDigitBins;
   uint32_t* const tie = sel + kTopkCacheKeys / 32;
+  uint32_t* const table_words = tie + kTopkCacheKeys / 32;  // the rest of the histogram's memory
+  constexpr int kTableWords = kTopkBins - kTopkDigitBins - 2 * (kTopkCacheKeys / 32);
+  const TopkTableSlice table = topk_prefetch_table(a, q, lo, slice_len, table_words, kTableWords);
   const int words = static_cast<int>((slice_len + 31) / 32);
 
   TopkPrefix found{static_cast<uint32_t>(st.bin), st.need, kTopkTopShift, st.in_bin == st.need};
@@ -239,7 +291,7 @@ __device__ __forceinline__ void topk_finish_cached(const TopkArgs& a, int64_t r,
   __syncthreads();
   mark(6);
 
-  topk_emit_bitmaps<Scan, kCluster>(a, r, q, sel, tie, words, 1, found.need, lo, slice, cand, st, scan, mark);
+  topk_emit_bitmaps<Scan, kCluster>(a, r, q, sel, tie, words, 1, found.need, lo, slice, table, cand, st, scan, mark);
 }
 
 // The rest of a slice past the cache (of a row longer than the cache, or of
@@ -270,6 +322,9 @@ __device__ __forceinline__ void topk_finish_bitmaps(const TopkArgs& a, int64_t r
   uint32_t* const sel = area + 2 * capacity;
   uint32_t* const tie = sel + bitmap_words;
   const int words = static_cast<int>((slice_len + 31) / 32);  // <= bitmap_words
+  // The histogram's memory past passes 2 and 3's bins is free from here on.
+  const TopkTableSlice table =
+      topk_prefetch_table(a, q, lo, slice_len, hist + kTopkDigitBins, kTopkBins - kTopkDigitBins);
   TopkPrefix found{static_cast<uint32_t>(st.bin), st.need, kTopkTopShift, st.in_bin == st.need};
   for (int w = tid; w < words; w += kTopkThreads) {
     sel[w] = 0u;
@@ -299,7 +354,7 @@ __device__ __forceinline__ void topk_finish_bitmaps(const TopkArgs& a, int64_t r
   __syncthreads();
   mark(6);
   topk_emit_bitmaps<Scan, kCluster>(a, r, q, sel, tie, words, (words + kTopkThreads - 1) / kTopkThreads, found.need, lo,
-                                    slice, selected, st, scan, mark);
+                                    slice, table, selected, st, scan, mark);
 }
 
 }  // namespace kernels

@@ -9,13 +9,17 @@
 namespace nsa {
 namespace kernels {
 
-// Row r (window w) by one CTA (kCluster = false) or by this CTA of a
-// thread-block cluster: each CTA of a cluster selects over its slice with
-// the cluster's merged histograms and writes its part of the output (the
-// CTAs before it in the cluster give its first slot). `smem` is the dynamic
-// shared memory (kTopkSharedBytes).
+// Slots of the identity (rows with len <= K) per thread.
+constexpr int kTopkIdentitySlots = kTopkMaxK / kTopkThreads;
+static_assert(kTopkMaxK % kTopkThreads == 0, "whole identity slots per thread");
+
+// Row r (window w, len > K, request q) by one CTA (kCluster = false) or by
+// this CTA of a thread-block cluster: each CTA of a cluster selects over its
+// slice with the cluster's merged histograms and writes its part of the
+// output (the CTAs before it in the cluster give its first slot). `smem` is
+// the dynamic shared memory (kTopkSharedBytes).
 template <class ScoreT, bool kCluster, class Scan, class Mark>
-__device__ __forceinline__ void topk_select_row(const TopkArgs& a, int64_t r, const detail::TopkWindow w,
+__device__ __forceinline__ void topk_select_row(const TopkArgs& a, int64_t r, int64_t q, const detail::TopkWindow w,
                                                 TopkSlice slice, typename Scan::TempStorage& scan, TopkBlockState& st,
                                                 uint32_t* merged, uint32_t* smem, Mark&& mark) {
   static_assert(kTopkMaxK <= kTopkBins, "the selected indices reuse the histogram");
@@ -23,19 +27,9 @@ __device__ __forceinline__ void topk_select_row(const TopkArgs& a, int64_t r, co
   uint32_t* const area = smem + kTopkBins;  // the key cache or the candidates
   uint32_t* const cached_candidates = area + kTopkCacheKeys + 4;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int64_t q = detail::topk_request(a, r);
   const int64_t len = w.len, k = a.k;
   int32_t* const out = a.out + r * a.out_ld;
   int32_t* const raw = a.out_raw != nullptr ? a.out_raw + r * a.out_raw_ld : nullptr;
-
-  if (len <= k) {  // uniform over the cluster: the identity, then -1
-    for (int64_t s = slice.rank * kTopkThreads + tid; s < k; s += slice.size * kTopkThreads) {
-      out[s] = s < len ? detail::topk_apply_transform(a, r, q, s) : -1;
-      if (raw != nullptr) raw[s] = s < len ? static_cast<int32_t>(s) : -1;
-    }
-    mark(9);
-    return;
-  }
 
   // This CTA's slice [lo, lo + slice_len) of the row: consecutive slices of a
   // multiple of 32 keys (the last one shorter, maybe empty). From here on
@@ -280,12 +274,38 @@ __global__ void __launch_bounds__(kTopkThreads, 1) topk_transform_kernel(const T
   const TopkSlice slice = topk_this_slice<kCluster>();
   const int64_t r = blockIdx.x / slice.size;
   const detail::TopkWindow w = detail::topk_window(a, r);
-  if (kCluster && w.len <= kTopkCacheKeys) {
-    if (slice.rank == 0)
-      topk_select_row<ScoreT, false, Scan>(a, r, w, TopkSlice{0, 1}, scan, st, merged, topk_smem, mark);
+  const int64_t q = detail::topk_request(a, r);
+  // The identity's outputs, computed before the length is known: their
+  // table loads are in flight together with the length's load instead of
+  // after it (one global latency less for rows of at most K scores). Reads
+  // past the length stay within the table (topk_apply_transform checks the
+  // column against table_cols); their values are dropped.
+  int32_t identity[kTopkIdentitySlots];
+#pragma unroll
+  for (int j = 0; j < kTopkIdentitySlots; ++j) {
+    const int64_t s = j * kTopkThreads + threadIdx.x;
+    identity[j] = s < a.k ? detail::topk_apply_transform(a, r, q, s) : -1;
+  }
+  if (w.len <= a.k) {  // the identity, then -1 (by the cluster's first CTA alone)
+    if (slice.rank != 0) return;
+    int32_t* const out = a.out + r * a.out_ld;
+    int32_t* const raw = a.out_raw != nullptr ? a.out_raw + r * a.out_raw_ld : nullptr;
+#pragma unroll
+    for (int j = 0; j < kTopkIdentitySlots; ++j) {
+      const int64_t s = j * kTopkThreads + threadIdx.x;
+      if (s >= a.k) break;
+      out[s] = s < w.len ? identity[j] : -1;
+      if (raw != nullptr) raw[s] = s < w.len ? static_cast<int32_t>(s) : -1;
+    }
+    mark(9);
     return;
   }
-  topk_select_row<ScoreT, kCluster, Scan>(a, r, w, slice, scan, st, merged, topk_smem, mark);
+  if (kCluster && w.len <= kTopkCacheKeys) {
+    if (slice.rank == 0)
+      topk_select_row<ScoreT, false, Scan>(a, r, q, w, TopkSlice{0, 1}, scan, st, merged, topk_smem, mark);
+    return;
+  }
+  topk_select_row<ScoreT, kCluster, Scan>(a, r, q, w, slice, scan, st, merged, topk_smem, mark);
 }
 
 }  // namespace kernels
