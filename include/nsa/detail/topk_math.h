@@ -16,8 +16,11 @@ namespace detail {
 // NaN and signed-zero rules of nsa/topk.h) iff key(a) > key(b). -0 is folded
 // onto +0 so the two tie.
 NSA_HOST_DEVICE uint32_t topk_key(uint32_t bits) {
-  if (bits == 0x80000000u) bits = 0u;
-  return (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
+  // Negative: ~bits; otherwise bits | sign: bits ^ (all ones or the sign
+  // bit), with no branch (an arithmetic shift spreads the sign). -0 gives
+  // 0x7fffffff, one below +0's 0x80000000: the +1 folds it.
+  const uint32_t spread = static_cast<uint32_t>(static_cast<int32_t>(bits) >> 31);
+  return (bits ^ (spread | 0x80000000u)) + static_cast<uint32_t>(bits == 0x80000000u);
 }
 // A bf16 score is the upper half of the fp32 with the same value.
 NSA_HOST_DEVICE uint32_t topk_bits(float x) { return float_bits(x); }

@@ -48,11 +48,15 @@ __device__ __forceinline__ void topk_select_row(const TopkArgs& a, int64_t r, in
   if constexpr (kCluster) topk_clear_merge<kTopkBins>(merged, 0, slice, st);
   __syncthreads();
   mark(1);
-  auto count_top = [&](int64_t, uint32_t key, bool valid) {
-    topk_hist_add(hist, valid ? static_cast<int>(key >> kTopkTopShift) : -1);
+  auto count_top = [&](int64_t, const auto& keys, int n) {
+    constexpr int kN = sizeof(keys) / sizeof(keys[0]);
+    int bins[kN];
+#pragma unroll
+    for (int e = 0; e < kN; ++e) bins[e] = e < n ? static_cast<int>(keys[e] >> kTopkTopShift) : -1;
+    topk_hist_add_run(hist, st.sink, bins);
   };
-  if (cached) topk_visit_global<ScoreT, true>(row, slice_len, cache, count_top);
-  else topk_visit_global<ScoreT, false>(row, slice_len, cache, count_top);
+  if (cached) topk_visit_global_runs<ScoreT, true>(row, slice_len, cache, count_top);
+  else topk_visit_global_runs<ScoreT, false>(row, slice_len, cache, count_top);
   topk_pick<Scan, kTopkBins, kCluster>(hist, merged, 0, slice, static_cast<uint32_t>(k), st, scan);
   mark(2);
 

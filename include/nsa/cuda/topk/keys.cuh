@@ -46,6 +46,44 @@ __device__ __forceinline__ void topk_hist_add(uint32_t* hist, int bin) {
 #endif
 }
 
+// Pass 1's adds: the bins of one run of keys per lane (bins[e] >= 0 counts,
+// -1 skips). All 32 lanes call it together. The keys in lane 0's first bin
+// are counted by one add of their warp sum, every other key by its own, so a
+// plateau of exact zeros costs about one add per warp step and spread-out
+// keys one each. No shuffle, vote or branch per key: every key makes one
+// unconditional shared reduction, of 1 to its bin or of 0 to this lane's
+// word of `sink` (32 words no one reads, one bank per lane). (topk_hist_add
+// per key, with its shuffle, vote and branches, was about 25 instructions
+// per key in pass 1's SASS, and issuing them was most of pass 1's time; an
+// add under an `if`, or of a constant 1, still became a branch per key.)
+// Under the probe's alternative aggregations (NSA_TOPK_HIST_ADD 1 or 2) each
+// key goes through topk_hist_add, as before.
+__device__ __forceinline__ void topk_shared_add(uint32_t* p, uint32_t v) {
+  const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(p));
+  asm volatile("red.shared.add.u32 [%0], %1;" ::"r"(addr), "r"(v) : "memory");
+}
+
+template <int kN>
+__device__ __forceinline__ void topk_hist_add_run(uint32_t* hist, uint32_t* sink, const int (&bins)[kN]) {
+#if NSA_TOPK_HIST_ADD == 0
+  const int lane = static_cast<int>(threadIdx.x & 31);
+  const int first = __shfl_sync(0xffffffffu, bins[0], 0);
+  uint32_t same = 0;
+#pragma unroll
+  for (int e = 0; e < kN; ++e) {
+    same += bins[e] == first;
+    const bool own = bins[e] >= 0 && bins[e] != first;
+    topk_shared_add(own ? hist + bins[e] : sink + lane, static_cast<uint32_t>(own));
+  }
+  same = __reduce_add_sync(0xffffffffu, same);
+  if (lane == 0 && first >= 0 && same != 0u) atomicAdd(hist + first, same);
+#else
+  (void)sink;
+#pragma unroll
+  for (int e = 0; e < kN; ++e) topk_hist_add(hist, bins[e]);
+#endif
+}
+
 template <class ScoreT>
 struct TopkVec;
 template <>

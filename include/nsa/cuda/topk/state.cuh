@@ -76,6 +76,7 @@ struct TopkBlockState {
   int32_t range;
   uint32_t range_above;       // keys in the ranges above it
   uint32_t key_min, key_max;  // topk_refine: the extremes of the keys in pass 1's bin (one CTA per row)
+  uint32_t sink[32];          // topk_hist_add_run's adds of 0 (never read)
 };
 
 // This CTA's part of its row: slice `rank` of `size` (size 1: the whole row;
