@@ -64,8 +64,12 @@
 // No global scratch, no atomics outside shared memory, no communication
 // between CTAs outside a cluster (whose CTAs the hardware co-schedules:
 // nothing to deadlock under concurrent work), no allocation.
-// Histogram updates are warp-aggregated when a warp's 32 keys fall in one
-// bin, so exact-zero plateaus cost no more than spread-out rows.
+// Histogram updates are warp-aggregated (pass 1: the keys in lane 0's bin,
+// by one add of their warp sum; later passes: when a warp's 32 keys share a
+// bin), so exact-zero plateaus cost no more than spread-out rows. The
+// transform's table entries are read before they are needed: for rows of at
+// most K scores together with the length, on the bitmap routes copied into
+// shared memory while the selection runs.
 #pragma once
 
 #include <cuda_runtime.h>
