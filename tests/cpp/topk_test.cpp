@@ -803,7 +803,10 @@ TopkCase uncached_route_case(std::mt19937_64& rng, int64_t k) { return bin_route
 // every 97 entries, `missing` pages fewer than the widest row spans (their
 // indices give -1) and the last row's request past the table. The CUDA
 // kernel copies a slice's entries into shared memory ahead of the transform
-// on the bitmap routes: these cases reach every route with it.
+// on the bitmap finishes; with the default launch on sm_90 the uncached
+// cases below run in clusters (the cached finish per slice), and
+// EveryClusterSizePagedTransform also forces one CTA per row (the bitmap
+// finish of rows past the cache).
 void use_page_table(std::mt19937_64& rng, TopkCase& c, bool idx64, int64_t missing) {
   c.transform = TopkTransform::kPaged64;
   c.idx64 = idx64;
@@ -1091,17 +1094,24 @@ TEST(TopkCuda, EveryClusterSizeOnUncachedRoutes) {
     check_every_cluster(uncached_route_case(rng, k), "uncached routes k=" + std::to_string(k));
 }
 
-// The page-table transform (entries prefetched per slice, slices not
-// aligned to pages) at every cluster size.
+// The page-table transform at every cluster size: one CTA per row takes the
+// bitmap finish of rows past the cache, clusters the cached finish of each
+// slice (slices not aligned to pages). Tables 5 pages short, or far shorter
+// than the row (a cluster's later slices lie wholly past the table), and
+// int64 entries of a 128K row that exceed the shared memory set aside for
+// them (one CTA: the transform reads the table itself).
 TEST(TopkCuda, EveryClusterSizePagedTransform) {
   NSA_SKIP_WITHOUT_BACKEND(Backend::kCuda);
   auto rng = make_rng(32);
-  TopkCase cached = cached_route_case(rng, 2048);
-  use_page_table(rng, cached, false, 3);
-  check_every_cluster(cached, "paged cached routes");
   TopkCase uncached = uncached_route_case(rng, 2048);
-  use_page_table(rng, uncached, true, 0);
-  check_every_cluster(uncached, "paged uncached routes");
+  use_page_table(rng, uncached, true, 5);
+  check_every_cluster(uncached, "paged uncached routes, int64, 5 pages short");
+  TopkCase short_table = uncached_route_case(rng, 2048);
+  use_page_table(rng, short_table, false, (70001 + 63) / 64 - 100);
+  check_every_cluster(short_table, "paged uncached routes, a 100-page table");
+  TopkCase wide = decode_case(rng, 3, 131072, 2048, {131072, 100000, 131072});
+  use_page_table(rng, wide, true, 0);
+  check_every_cluster(wide, "paged 128K rows, int64 entries past the shared copy");
 }
 
 // Windows that do not start at column 0 (ragged prefill, ragged-offset

@@ -49,10 +49,12 @@ __device__ __forceinline__ void topk_hist_add(uint32_t* hist, int bin) {
 // Pass 1's adds: the bins of one run of keys per lane (bins[e] >= 0 counts,
 // -1 skips). All 32 lanes call it together. The keys in lane 0's first bin
 // are counted by one add of their warp sum, every other key by its own, so a
-// plateau of exact zeros costs about one add per warp step and spread-out
-// keys one each. No shuffle, vote or branch per key: every key makes one
-// unconditional shared reduction, of 1 to its bin or of 0 to this lane's
-// word of `sink` (32 words no one reads, one bank per lane). (topk_hist_add
+// plateau of exact zeros makes about one histogram add per warp step and
+// spread-out keys one each. No shuffle, vote or branch per key: every key
+// makes one unconditional shared reduction, of 1 to its bin or of 0 to this
+// lane's word of `sink` (32 words no one reads, one bank per lane, so the
+// plateau's adds of 0 never collide; they still cost an issue each, which
+// the GPU check must time on 99%-zero rows). (topk_hist_add
 // per key, with its shuffle, vote and branches, was about 25 instructions
 // per key in pass 1's SASS, and issuing them was most of pass 1's time; an
 // add under an `if`, or of a constant 1, still became a branch per key.)
