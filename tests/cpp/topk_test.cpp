@@ -1107,7 +1107,7 @@ TEST(TopkCuda, EveryClusterSizePagedTransform) {
   use_page_table(rng, uncached, true, 5);
   check_every_cluster(uncached, "paged uncached routes, int64, 5 pages short");
   TopkCase short_table = uncached_route_case(rng, 2048);
-  use_page_table(rng, short_table, false, (70001 + 63) / 64 - 100);
+  use_page_table(rng, short_table, false, (short_table.width + 63) / 64 - 100);
   check_every_cluster(short_table, "paged uncached routes, a 100-page table");
   TopkCase wide = decode_case(rng, 3, 131072, 2048, {131072, 100000, 131072});
   use_page_table(rng, wide, true, 0);

@@ -34,8 +34,8 @@ struct TopkTableSlice {
   }
 };
 
-// Starts the copy of the entries for the slice [lo, lo + slice_len) of row
-// r (request q) into dst (capacity_words words, 8-byte aligned); every thread
+// Starts the copy of the entries for the slice [lo, lo + slice_len) of a
+// row of request q into dst (capacity_words words, 8-byte aligned); every thread
 // of the CTA calls it, and every thread calls __pipeline_wait_prior(0) before
 // the barrier that precedes the first read (topk_emit_bitmaps).
 __device__ __forceinline__ TopkTableSlice topk_prefetch_table(const TopkArgs& a, int64_t q, int64_t lo,
