@@ -261,6 +261,24 @@ def main():
             w(f"| {r['case']} | {r['ours_gpu_us']:.2f} | {r['floor_gpu_us']:.2f} | {r['ratio_to_floor']:.2f} | "
               f"{of_cell}{'-' if sort_us is None else f'{sort_us:.2f}'} | {r['target']} | {verdict} |")
         w("")
+    # The experimental register route (topk_registers_bench, NSA_TOPK_REGISTER_ROWS=1) next to the library, same run.
+    registers = json.loads(res.read("topk_registers_bench.json", "{}") or "{}")
+    if topk.get("results") and registers.get("results"):
+        library = {r["case"]: r for r in topk["results"]}
+        w("## topk_transform: register route for rows <= 8192 (experiment) against the library")
+        w("")
+        w("From topk_registers_bench.json and topk_bench.json of the same run; rows longer than 8192 scores take "
+          "the library's routes in both, so their ratios show the run's noise.")
+        w("")
+        w("| case | library us | register route us | ratio |")
+        w("|---|---|---|---|")
+        for r in registers["results"]:
+            lib = library.get(r["case"])
+            if lib is None:
+                continue
+            w(f"| {r['case']} | {lib['ours_gpu_us']:.2f} | {r['ours_gpu_us']:.2f} | "
+              f"{r['ours_gpu_us'] / lib['ours_gpu_us']:.2f} |")
+        w("")
     logits = json.loads(res.read("paged_mqa_logits_bench.json", "{}") or "{}")
     if logits.get("results"):
         w("## paged_mqa_logits (from paged_mqa_logits_bench.json)")
