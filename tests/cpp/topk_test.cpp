@@ -1126,15 +1126,18 @@ TEST(TopkCuda, EveryClusterSizeOnWindows) {
   check_every_cluster(mtp, "MTP N=4");
 }
 
-// Rows of at most 16K scores (one CTA per row by default) at the edges: widths
-// 1, 63..65, around K, 4K, 8K and 16K; lengths 0, 1, K - 1, K, K + 1, the
-// width and past it, negative; fp32 with the page-table transform, bf16 in
-// ascending mode with int64 indices; every cluster size on the same inputs.
+// Rows of at most 32K scores (one CTA per row by default) at the edges: widths
+// 1, 63..65, around K, 4K, 8K, 16K and 32K (the limits of the register
+// route's 8, 16 and 32 keys per thread, topk_registers_test); lengths 0, 1,
+// K - 1, K, K + 1, the width and past it, negative; fp32 with the page-table
+// transform, bf16 in ascending mode with int64 indices; every cluster size on
+// the same inputs.
 TEST(TopkCuda, NarrowRowEdges) {
   NSA_SKIP_WITHOUT_BACKEND(Backend::kCuda);
   auto rng = make_rng(25);
   for (int64_t width : {int64_t{1}, int64_t{63}, int64_t{64}, int64_t{65}, int64_t{2047}, int64_t{2049}, int64_t{4096},
-                        int64_t{4097}, int64_t{8192}, int64_t{8193}, int64_t{16383}, int64_t{16384}}) {
+                        int64_t{4097}, int64_t{8192}, int64_t{8193}, int64_t{16383}, int64_t{16384}, int64_t{16385},
+                        int64_t{32767}, int64_t{32768}, int64_t{32769}}) {
     for (int64_t k : {int64_t{512}, int64_t{2048}}) {
       const std::vector<int64_t> lens = {0, 1, k - 1, k, k + 1, width - 1, width, width + 1, -5};
       TopkCase c = decode_case(rng, static_cast<int64_t>(lens.size()), width, k, lens);

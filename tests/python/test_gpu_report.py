@@ -131,6 +131,17 @@ def test_the_register_route_is_set_beside_the_library_case_by_case(tmp_path, mon
     assert "| 1 x 32K | 20.00 | 20.00 | 1.00 |" in out
 
 
+def test_both_register_variants_get_a_column_each(tmp_path, monkeypatch, capsys):
+    only = _folder(tmp_path, "only", {"facts.txt": "date=d\ncommit=ccc\ngpu=G\n", "steps.txt": "bench_topk_bench 0\n",
+                                      "topk_bench.json": _topk_json(("1 x 8K", 13.0), ("1 x 32K", 20.0)),
+                                      "topk_registers_bench.json": _topk_json(("1 x 8K", 6.5), ("1 x 32K", 10.0)),
+                                      "topk_registers16_bench.json": _topk_json(("1 x 8K", 6.0))})
+    out = _report(monkeypatch, capsys, [only])
+    assert "| case | library us | registers, rows <= 32K: us | ratio | registers, rows <= 16K: us | ratio |" in out
+    assert "| 1 x 8K | 13.00 | 6.50 | 0.50 | 6.00 | 0.46 |" in out
+    assert "| 1 x 32K | 20.00 | 10.00 | 0.50 | - | - |" in out
+
+
 def test_no_register_table_without_the_experiment(tmp_path, monkeypatch, capsys):
     only = _folder(tmp_path, "only", {"facts.txt": "date=d\ncommit=ccc\ngpu=G\n", "steps.txt": "bench_topk_bench 0\n",
                                       "topk_bench.json": _topk_json(("1 x 8K", 13.0))})

@@ -306,7 +306,14 @@ __global__ void __launch_bounds__(kTopkThreads, 1) topk_transform_kernel(const T
   }
 #if NSA_TOPK_REGISTER_ROWS
   if (w.len <= kTopkRegisterMaxLen) {  // (by the cluster's first CTA alone)
-    if (slice.rank == 0) topk_select_registers<ScoreT, Scan>(a, r, q, w, scan, st, topk_smem, mark);
+    if (slice.rank != 0) return;
+    if (w.len <= 8 * kTopkThreads) topk_select_registers<8, ScoreT, Scan>(a, r, q, w, scan, st, topk_smem, mark);
+#if NSA_TOPK_REGISTER_ROWS >= 16
+    else if (w.len <= 16 * kTopkThreads) topk_select_registers<16, ScoreT, Scan>(a, r, q, w, scan, st, topk_smem, mark);
+#endif
+#if NSA_TOPK_REGISTER_ROWS >= 32
+    else topk_select_registers<32, ScoreT, Scan>(a, r, q, w, scan, st, topk_smem, mark);
+#endif
     return;
   }
 #endif

@@ -1,10 +1,13 @@
 // Top-k kernel, the register route (the overview is in nsa/cuda/topk.cuh):
 // rows short enough that every key stays in a register of the CTA.
 //
-// Built into the kernel only where NSA_TOPK_REGISTER_ROWS is 1: an experiment
-// (the NSA_EXPERIMENT_BUILDS variants topk_registers_test and
-// topk_registers_bench) until the GPU check has timed it against the cached
-// route, which these rows take otherwise.
+// Built into the kernel only where NSA_TOPK_REGISTER_ROWS is set: an
+// experiment (the NSA_EXPERIMENT_BUILDS variants topk_registers_test,
+// topk_registers_bench and topk_registers16_bench) until the GPU check has
+// timed it against the cached route, which these rows take otherwise. Its
+// value is the most keys a thread holds: 8 (rows of up to 8192 scores), 16
+// (16384) or 32 (32768). With 32, ptxas spills about 40 bytes per thread of
+// the one-CTA kernels (none with 16): which is faster is for the bench.
 #pragma once
 
 #include "nsa/cuda/topk/finish.cuh"
@@ -12,49 +15,52 @@
 #ifndef NSA_TOPK_REGISTER_ROWS
 #define NSA_TOPK_REGISTER_ROWS 0
 #endif
+#if NSA_TOPK_REGISTER_ROWS != 0 && NSA_TOPK_REGISTER_ROWS != 8 && NSA_TOPK_REGISTER_ROWS != 16 && \
+    NSA_TOPK_REGISTER_ROWS != 32
+#error "NSA_TOPK_REGISTER_ROWS is 0 (off), 8, 16 or 32 (keys per thread at most)"
+#endif
 
 namespace nsa {
 namespace kernels {
 
-// Keys per thread of the register route, and the longest row it takes.
-constexpr int kTopkRegisterKeysPerThread = 8;
-constexpr int kTopkRegisterMaxLen = kTopkThreads * kTopkRegisterKeysPerThread;  // 8192
-// Words of shared memory for the prefetched table entries: a row's 128
-// int64 entries at most.
-constexpr int kTopkRegisterTableWords = 2 * (kTopkRegisterMaxLen / 64);
+// The longest row the register route takes (0 when it is off).
+constexpr int kTopkRegisterMaxLen = kTopkThreads * NSA_TOPK_REGISTER_ROWS;
+// Words of shared memory for the prefetched table entries: a 32K row's 512
+// int64 entries.
+constexpr int kTopkRegisterTableWords = 2 * (32 * kTopkThreads / 64);
 
-// Row r (window w, K < len <= kTopkRegisterMaxLen, request q) by one CTA,
+// Row r (window w, K < len <= kJ x kTopkThreads, request q) by one CTA,
 // with its keys in registers: read once from global memory and never stored
 // to shared memory, where the cached route (topk_finish_cached) stores them,
 // sweeps them into bitmaps, collects pass 1's bin from a bitmap and emits
 // through a second copy of the selected indices. Thread t holds the keys of
-// indices j * kTopkThreads + t (j < 8): a warp's j-th keys are 32
+// indices j * kTopkThreads + t (j < kJ): a warp's j-th keys are 32
 // consecutive indices, and index order is (j, warp, lane).
 //   1. Pass 1 as on the other routes (12-bit histogram, the bin of the K-th
 //      key), the table's entries copied into shared memory meanwhile.
 //   2. Passes 2 and 3 (topk_refine, with its plateau shortcut) over the
 //      registers.
 //   3. Each warp counts, per j, its keys above the final prefix and at it
-//      (two ballots); one warp scans the 8 x 32 counts in index order; then
+//      (two ballots); a block scan of the kJ x 32 counts in index order; then
 //      every selected key knows its output slot (the keys above, and the
 //      ties taken, before it) and is transformed and written straight to
 //      the output: ascending, the smallest indices winning ties, as on
 //      every route.
 // `smem` is the dynamic shared memory (kTopkSharedBytes).
-template <class ScoreT, class Scan, class Mark>
+template <int kJ, class ScoreT, class Scan, class Mark>
 __device__ __forceinline__ void topk_select_registers(const TopkArgs& a, int64_t r, int64_t q,
                                                       const detail::TopkWindow w, typename Scan::TempStorage& scan,
                                                       TopkBlockState& st, uint32_t* smem, Mark&& mark) {
-  constexpr int kJ = kTopkRegisterKeysPerThread;
-  static_assert(kTopkMaxK < (1 << 16) && kTopkRegisterMaxLen < (1 << 16), "the packed counts below");
-  static_assert(kTopkBins + kJ * kTopkWarps + kTopkRegisterTableWords <= kTopkBins + kTopkCacheKeys,
+  static_assert(kJ % 8 == 0 && kJ <= 32, "runs of 8 keys; kJ x 32 warps counts, one per thread");
+  static_assert(kTopkMaxK < (1 << 16) && 32 * kTopkThreads < (1 << 16), "the packed counts below");
+  static_assert(kTopkBins + kTopkThreads + kTopkRegisterTableWords <= kTopkBins + kTopkCacheKeys,
                 "the route's shared memory fits the histogram and the cache's");
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int n = static_cast<int>(w.len);
   const ScoreT* const row = static_cast<const ScoreT*>(a.scores) + r * a.score_ld + w.start;
-  uint32_t* const hist = smem;                                 // pass 1's bins, then passes 2 and 3's
-  uint32_t* const counts = smem + kTopkBins;                   // [j][warp]: above | ties << 16
-  uint32_t* const table_words = counts + kJ * kTopkWarps;      // 8-byte aligned: kTopkBins + 256 words in
+  uint32_t* const hist = smem;                          // pass 1's bins, then passes 2 and 3's
+  uint32_t* const counts = smem + kTopkBins;            // [j][warp]: above | ties << 16
+  uint32_t* const table_words = counts + kTopkThreads;  // 8-byte aligned: kTopkBins + 1024 words in
   uint32_t key[kJ];
 #pragma unroll
   for (int j = 0; j < kJ; ++j) {
@@ -66,10 +72,16 @@ __device__ __forceinline__ void topk_select_registers(const TopkArgs& a, int64_t
   __syncthreads();
   mark(1);
 
-  int bins[kJ];
 #pragma unroll
-  for (int j = 0; j < kJ; ++j) bins[j] = j * kTopkThreads + tid < n ? static_cast<int>(key[j] >> kTopkTopShift) : -1;
-  topk_hist_add_run(hist, st.sink, bins);
+  for (int j0 = 0; j0 < kJ; j0 += 8) {  // runs of 8 keys: fewer live registers than one run of kJ
+    int bins[8];
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      const int j = j0 + e;
+      bins[e] = j * kTopkThreads + tid < n ? static_cast<int>(key[j] >> kTopkTopShift) : -1;
+    }
+    topk_hist_add_run(hist, st.sink, bins);
+  }
   const TopkSlice whole{0, 1};
   topk_pick<Scan, kTopkBins, false>(hist, nullptr, 0, whole, static_cast<uint32_t>(a.k), st, scan);
   mark(2);
@@ -88,7 +100,9 @@ __device__ __forceinline__ void topk_select_registers(const TopkArgs& a, int64_t
   auto above = [&](int j) {
     return __ballot_sync(0xffffffffu, j * kTopkThreads + tid < n && (key[j] >> shift) > prefix);
   };
-  auto tie = [&](int j) { return __ballot_sync(0xffffffffu, j * kTopkThreads + tid < n && (key[j] >> shift) == prefix); };
+  auto tie = [&](int j) {
+    return __ballot_sync(0xffffffffu, j * kTopkThreads + tid < n && (key[j] >> shift) == prefix);
+  };
 #pragma unroll
   for (int j = 0; j < kJ; ++j) {
     const uint32_t c = static_cast<uint32_t>(__popc(above(j))) | static_cast<uint32_t>(__popc(tie(j))) << 16;
@@ -97,25 +111,11 @@ __device__ __forceinline__ void topk_select_registers(const TopkArgs& a, int64_t
   __pipeline_wait_prior(0);  // this thread's table copies; the barrier publishes them all
   __syncthreads();
   mark(6);
-  if (warp == 0) {  // exclusive scan of the counts in index order: lane l takes counts[8 l, 8 l + 8)
-    uint32_t c[kJ], sum = 0;
-#pragma unroll
-    for (int u = 0; u < kJ; ++u) {
-      c[u] = counts[kJ * lane + u];
-      sum += c[u];
-    }
-    uint32_t incl = sum;
-#pragma unroll
-    for (int o = 1; o < 32; o <<= 1) {
-      const uint32_t up = __shfl_up_sync(0xffffffffu, incl, o);
-      if (lane >= o) incl += up;
-    }
-    uint32_t before = incl - sum;
-#pragma unroll
-    for (int u = 0; u < kJ; ++u) {
-      counts[kJ * lane + u] = before;
-      before += c[u];
-    }
+  {  // the exclusive scan of the counts in index order ([j][warp] is index order)
+    uint32_t before = 0;
+    Scan(scan).ExclusiveSum(tid < kJ * kTopkWarps ? counts[tid] : 0u, before);
+    __syncthreads();  // every count is read before it is overwritten
+    if (tid < kJ * kTopkWarps) counts[tid] = before;
   }
   __syncthreads();
   mark(7);
