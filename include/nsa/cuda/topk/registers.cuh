@@ -6,8 +6,9 @@
 // topk_registers_bench and topk_registers16_bench) until the GPU check has
 // timed it against the cached route, which these rows take otherwise. Its
 // value is the most keys a thread holds: 8 (rows of up to 8192 scores), 16
-// (16384) or 32 (32768). With 32, ptxas spills about 40 bytes per thread of
-// the one-CTA kernels (none with 16): which is faster is for the bench.
+// (16384) or 32 (32768). With 32, ptxas spills in the one-CTA kernels (sm_90a,
+// float: 56 bytes stored and 192 loaded per thread; none with 16): which is
+// faster is for the bench.
 #pragma once
 
 #include "nsa/cuda/topk/finish.cuh"
@@ -39,7 +40,7 @@ constexpr int kTopkRegisterTableWords = 2 * (32 * kTopkThreads / 64);
 //   1. Pass 1 as on the other routes (12-bit histogram, the bin of the K-th
 //      key), the table's entries copied into shared memory meanwhile.
 //   2. Passes 2 and 3 (topk_refine, with its plateau shortcut) over the
-//      registers.
+//      registers, in runs of 8 keys whose adds have no branch per key.
 //   3. Each warp counts, per j, its keys above the final prefix and at it
 //      (two ballots); a block scan of the kJ x 32 counts in index order; then
 //      every selected key knows its output slot (the keys above, and the
@@ -87,11 +88,16 @@ __device__ __forceinline__ void topk_select_registers(const TopkArgs& a, int64_t
   mark(2);
 
   TopkPrefix found{static_cast<uint32_t>(st.bin), st.need, kTopkTopShift, st.in_bin == st.need};
-  topk_refine<Scan, false>(found, hist, nullptr, whole, st, scan, mark, [&](auto&& f) {
+  topk_refine<Scan, false, true>(found, hist, nullptr, whole, st, scan, mark, [&](auto&& f) {
 #pragma unroll
-    for (int j = 0; j < kJ; ++j) {
-      const int i = j * kTopkThreads + tid;
-      f(static_cast<int64_t>(i), key[j], i < n);
+    for (int j0 = 0; j0 < kJ; j0 += 8) {  // runs of 8: topk_hist_add_run's adds, no branch per key
+      uint32_t run[8], valid = 0;
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        run[e] = key[j0 + e];
+        valid |= static_cast<uint32_t>((j0 + e) * kTopkThreads + tid < n) << e;
+      }
+      f(run, valid);
     }
   });
   const uint32_t prefix = found.prefix, need = found.need;
