@@ -7,7 +7,7 @@
 // timed it against the cached route, which these rows take otherwise. Its
 // value is the most keys a thread holds: 8 (rows of up to 8192 scores), 16
 // (16384) or 32 (32768). With 32, ptxas spills in the one-CTA kernels (sm_90a,
-// float: 56 bytes stored and 192 loaded per thread; none with 16): which is
+// float: 60 bytes stored and 72 loaded per thread; none with 16): which is
 // faster is for the bench.
 #pragma once
 
@@ -44,9 +44,10 @@ constexpr int kTopkRegisterTableWords = 2 * (32 * kTopkThreads / 64);
 //   3. Each warp counts, per j, its keys above the final prefix and at it
 //      (two ballots); a block scan of the kJ x 32 counts in index order; then
 //      every selected key knows its output slot (the keys above, and the
-//      ties taken, before it) and is transformed and written straight to
-//      the output: ascending, the smallest indices winning ties, as on
-//      every route.
+//      ties taken, before it) and is written straight to the output,
+//      transformed from the copied table entries (or raw); other transforms
+//      go through shared memory so that their loads overlap. Ascending, the
+//      smallest indices winning ties, as on every route.
 // `smem` is the dynamic shared memory (kTopkSharedBytes).
 template <int kJ, class ScoreT, class Scan, class Mark>
 __device__ __forceinline__ void topk_select_registers(const TopkArgs& a, int64_t r, int64_t q,
@@ -127,6 +128,12 @@ __device__ __forceinline__ void topk_select_registers(const TopkArgs& a, int64_t
   mark(7);
   int32_t* const out = a.out + r * a.out_ld;
   int32_t* const raw = a.out_raw != nullptr ? a.out_raw + r * a.out_raw_ld : nullptr;
+  // Transforms that read global memory (the token table, the ragged offset,
+  // a table not copied in) go through shared memory: each thread's selected
+  // keys would otherwise wait on one table load after another; over all K
+  // slots at once the loads are in flight together (as on the other routes).
+  const bool direct = table.on || a.transform == TopkTransform::kRaw;  // CTA-uniform
+  uint32_t* const selected = hist;  // free since the last pass's pick; K <= kTopkBins words
   const uint32_t lanes_below = (1u << lane) - 1u;
 #pragma unroll
   for (int j = 0; j < kJ; ++j) {
@@ -137,9 +144,15 @@ __device__ __forceinline__ void topk_select_registers(const TopkArgs& a, int64_t
     if (take) {
       const int64_t i = static_cast<int64_t>(j) * kTopkThreads + tid;
       const uint32_t slot = a_before + (t_before < need ? t_before : need);
-      out[slot] = table.on ? table.paged(a, i) : detail::topk_apply_transform(a, r, q, i);
+      if (direct) out[slot] = table.on ? table.paged(a, i) : static_cast<int32_t>(i);
+      else selected[slot] = static_cast<uint32_t>(i);
       if (raw != nullptr) raw[slot] = static_cast<int32_t>(i);
     }
+  }
+  if (!direct) {
+    __syncthreads();
+    mark(8);
+    for (int64_t s = tid; s < a.k; s += kTopkThreads) out[s] = detail::topk_apply_transform(a, r, q, selected[s]);
   }
   mark(9);
 }
