@@ -1157,21 +1157,25 @@ TEST(TopkCuda, NarrowRowEdges) {
   }
 }
 
-// Tie-heavy rows of 16000 scores: exact-zero plateaus (the smallest zero
-// indices fill the set, the cut among the ties inside one warp's chunk or
-// at a chunk boundary), one coarse bin split to the last bit, nnz around K.
+// Tie-heavy rows of 8000 and 16000 scores (8 and 16 keys per thread on the
+// register route): exact-zero plateaus (the smallest zero indices fill the
+// set, the cut among the ties inside one warp's chunk or at a chunk
+// boundary), one coarse bin split to the last bit, nnz around K.
 TEST(TopkCuda, NarrowRowTies) {
   NSA_SKIP_WITHOUT_BACKEND(Backend::kCuda);
   auto rng = make_rng(26);
-  const int64_t width = 16000, k = 2048;
-  const std::vector<int64_t> nnz = {width / 100, k - 1, k, k + 1, 0, 5000};
-  TopkCase c = tie_case(rng, width, k, nnz);
-  c.lengths[1] = width - 2;
-  c.lengths[5] = 7777;
-  check_every_cluster(c, "narrow ties");
-  c.order = TopkOrder::kAscending;
-  c.type = ScoreType::kBfloat16;
-  check_every_cluster(c, "narrow ties bf16");
+  const int64_t k = 2048;
+  for (int64_t width : {int64_t{8000}, int64_t{16000}}) {
+    const std::vector<int64_t> nnz = {width / 100, k - 1, k, k + 1, 0, 5000};
+    TopkCase c = tie_case(rng, width, k, nnz);
+    c.lengths[1] = width - 2;
+    c.lengths[5] = 7777;
+    const std::string what = "narrow ties, width " + std::to_string(width);
+    check_every_cluster(c, what);
+    c.order = TopkOrder::kAscending;
+    c.type = ScoreType::kBfloat16;
+    check_every_cluster(c, what + " bf16");
+  }
 }
 
 // Rows of at most 16K scores in windows (ragged prefill, the ragged-offset
