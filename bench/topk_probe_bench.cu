@@ -79,16 +79,6 @@ constexpr const char* kVariant =
     "uniform: one atomic adds 32 when a warp's keys share a bin, else one per key (the library's)";
 #endif
 
-// Which routes the kernel copy has: the library's, or with the register
-// route (nsa/cuda/topk/registers.cuh; topk_probe_registers_bench).
-std::string routes() {
-#if defined(NSA_TOPK_REGISTER_ROWS) && NSA_TOPK_REGISTER_ROWS
-  return fmt::format("rows of up to {} scores by the register route (an experiment)", NSA_TOPK_REGISTER_ROWS * 1024);
-#else
-  return "the library's";
-#endif
-}
-
 constexpr size_t kRotationBytes = size_t{256} << 20;
 // What each mark ends (mark 0 is the kernel's start).
 constexpr std::array<const char*, kMarks> kPhase = {"",      "clear",  "pass1", "cand",    "pass2",
@@ -266,10 +256,8 @@ int main(int argc, char** argv) {
                            cuda_check(cudaGetDevice(&device), "cudaGetDevice");
                            cuda_check(cudaDeviceGetAttribute(&khz, cudaDevAttrClockRate, device), "clock rate");
                            const double mhz = khz / 1000.0;
-                           fmt::print(
-                               "topk_transform phases (fp32, K=2048, paged-64 transform); histogram: {}; "
-                               "routes: {}\n",
-                               kVariant, routes());
+                           fmt::print("topk_transform phases (fp32, K=2048, paged-64 transform); histogram: {}\n",
+                                      kVariant);
                            fmt::print(
                                "graph us: GPU us per call, CUDA-graph replays, each call on its own copy of the "
                                "scores\ncold / warm: one eager call's phases in CTA 0 (us at the {:.0f} MHz peak "
@@ -288,7 +276,6 @@ int main(int argc, char** argv) {
                            std::mt19937_64 rng(20251204);
                            std::vector<std::string> failures;
                            report["histogram"] = kVariant;
-                           report["routes"] = routes();
                            report["sm_clock_mhz"] = mhz;
                            for (const Case& c : cases) report["results"].push_back(probe_case(c, rng, mhz, failures));
                            report["failures"] = failures;

@@ -261,27 +261,6 @@ def main():
             w(f"| {r['case']} | {r['ours_gpu_us']:.2f} | {r['floor_gpu_us']:.2f} | {r['ratio_to_floor']:.2f} | "
               f"{of_cell}{'-' if sort_us is None else f'{sort_us:.2f}'} | {r['target']} | {verdict} |")
         w("")
-    # The experimental register route (topk_registers*_bench: NSA_TOPK_REGISTER_ROWS=32 and 16) next to the
-    # library, same run.
-    variants = [(label, json.loads(res.read(name, "{}") or "{}")) for label, name in
-                (("rows <= 32K", "topk_registers_bench.json"), ("rows <= 16K", "topk_registers16_bench.json"))]
-    variants = [(label, {r["case"]: r for r in v["results"]}) for label, v in variants if v.get("results")]
-    if topk.get("results") and variants:
-        w("## topk_transform: register route for short rows (experiment) against the library")
-        w("")
-        w("From topk_bench.json and topk_registers*_bench.json of the same run; rows longer than a variant's limit "
-          "take the library's routes in both, so their ratios show the run's noise.")
-        w("")
-        w("| case | library us | " + " | ".join(f"registers, {label}: us | ratio" for label, _ in variants) + " |")
-        w("|---|---|" + "---|---|" * len(variants))
-        for lib in topk["results"]:
-            cells = []
-            for _, by_case in variants:
-                r = by_case.get(lib["case"])
-                cells.append("- | -" if r is None else
-                             f"{r['ours_gpu_us']:.2f} | {r['ours_gpu_us'] / lib['ours_gpu_us']:.2f}")
-            w(f"| {lib['case']} | {lib['ours_gpu_us']:.2f} | " + " | ".join(cells) + " |")
-        w("")
     logits = json.loads(res.read("paged_mqa_logits_bench.json", "{}") or "{}")
     if logits.get("results"):
         w("## paged_mqa_logits (from paged_mqa_logits_bench.json)")

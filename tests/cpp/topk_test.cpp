@@ -1127,11 +1127,10 @@ TEST(TopkCuda, EveryClusterSizeOnWindows) {
 }
 
 // Rows of at most 32K scores (one CTA per row by default) at the edges: widths
-// 1, 63..65, around K, 4K, 8K, 16K and 32K (the limits of the register
-// route's 8, 16 and 32 keys per thread, topk_registers_test); lengths 0, 1,
-// K - 1, K, K + 1, the width and past it, negative; fp32 with the page-table
-// transform, bf16 in ascending mode with int64 indices; every cluster size on
-// the same inputs.
+// 1, 63..65, around K, 4K, 8K, 16K and 32K (the key cache's size); lengths
+// 0, 1, K - 1, K, K + 1, the width and past it, negative; fp32 with the
+// page-table transform, bf16 in ascending mode with int64 indices; every
+// cluster size on the same inputs.
 TEST(TopkCuda, NarrowRowEdges) {
   NSA_SKIP_WITHOUT_BACKEND(Backend::kCuda);
   auto rng = make_rng(25);
@@ -1157,10 +1156,9 @@ TEST(TopkCuda, NarrowRowEdges) {
   }
 }
 
-// Tie-heavy rows of 8000 and 16000 scores (8 and 16 keys per thread on the
-// register route): exact-zero plateaus (the smallest zero indices fill the
-// set, the cut among the ties inside one warp's chunk or at a chunk
-// boundary), one coarse bin split to the last bit, nnz around K.
+// Tie-heavy rows of 8000 and 16000 scores: exact-zero plateaus (the smallest
+// zero indices fill the set, the cut among the ties inside one warp's chunk
+// or at a chunk boundary), one coarse bin split to the last bit, nnz around K.
 TEST(TopkCuda, NarrowRowTies) {
   NSA_SKIP_WITHOUT_BACKEND(Backend::kCuda);
   auto rng = make_rng(26);

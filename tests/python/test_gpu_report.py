@@ -115,34 +115,3 @@ def test_a_binary_of_two_builds_gets_a_table_per_command(tmp_path, monkeypatch, 
     assert out.index("(command 1, aaa)") < out.index("(command 2, bbb)")
     # A binary only one command ran keeps the plain heading.
     assert "### b_test: 1 passed, 0 failed, 0 skipped" in out
-
-
-def _topk_json(*cases):
-    return json.dumps({"results": [{"case": case, "ours_gpu_us": us, "floor_gpu_us": 2.0, "ratio_to_floor": us / 2.0,
-                                    "target": "<=7 us", "target_met": us <= 7.0} for case, us in cases]})
-
-
-def test_the_register_route_is_set_beside_the_library_case_by_case(tmp_path, monkeypatch, capsys):
-    only = _folder(tmp_path, "only", {"facts.txt": "date=d\ncommit=ccc\ngpu=G\n", "steps.txt": "bench_topk_bench 0\n",
-                                      "topk_bench.json": _topk_json(("1 x 8K", 13.0), ("1 x 32K", 20.0)),
-                                      "topk_registers_bench.json": _topk_json(("1 x 8K", 6.5), ("1 x 32K", 20.0))})
-    out = _report(monkeypatch, capsys, [only])
-    assert "| 1 x 8K | 13.00 | 6.50 | 0.50 |" in out
-    assert "| 1 x 32K | 20.00 | 20.00 | 1.00 |" in out
-
-
-def test_both_register_variants_get_a_column_each(tmp_path, monkeypatch, capsys):
-    only = _folder(tmp_path, "only", {"facts.txt": "date=d\ncommit=ccc\ngpu=G\n", "steps.txt": "bench_topk_bench 0\n",
-                                      "topk_bench.json": _topk_json(("1 x 8K", 13.0), ("1 x 32K", 20.0)),
-                                      "topk_registers_bench.json": _topk_json(("1 x 8K", 6.5), ("1 x 32K", 10.0)),
-                                      "topk_registers16_bench.json": _topk_json(("1 x 8K", 6.0))})
-    out = _report(monkeypatch, capsys, [only])
-    assert "| case | library us | registers, rows <= 32K: us | ratio | registers, rows <= 16K: us | ratio |" in out
-    assert "| 1 x 8K | 13.00 | 6.50 | 0.50 | 6.00 | 0.46 |" in out
-    assert "| 1 x 32K | 20.00 | 10.00 | 0.50 | - | - |" in out
-
-
-def test_no_register_table_without_the_experiment(tmp_path, monkeypatch, capsys):
-    only = _folder(tmp_path, "only", {"facts.txt": "date=d\ncommit=ccc\ngpu=G\n", "steps.txt": "bench_topk_bench 0\n",
-                                      "topk_bench.json": _topk_json(("1 x 8K", 13.0))})
-    assert "register route" not in _report(monkeypatch, capsys, [only])

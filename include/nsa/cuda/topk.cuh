@@ -4,10 +4,7 @@
 // This file has the overview below and the host side; the device code is in
 // nsa/cuda/topk/: state.cuh (sizes, shared state, cluster helpers), keys.cuh
 // (keys, histogram adds, sweeps), select.cuh (the passes), finish.cuh (the
-// bitmap finishes), registers.cuh (an experimental route for rows of at most
-// 8192, 16384 or 32768 scores, built only with NSA_TOPK_REGISTER_ROWS = 8, 16
-// or 32, the most keys per thread) and kernel.cuh (a row's selection and the
-// kernel).
+// bitmap finishes) and kernel.cuh (a row's selection and the kernel).
 //
 // One CTA of 1024 threads per score row, or, on sm_90 and later when there
 // are few rows wider than 32K scores, one thread-block cluster of C = 2..16

@@ -4,7 +4,7 @@
 
 #include <cub/block/block_scan.cuh>
 
-#include "nsa/cuda/topk/registers.cuh"
+#include "nsa/cuda/topk/finish.cuh"
 
 namespace nsa {
 namespace kernels {
@@ -304,19 +304,6 @@ __global__ void __launch_bounds__(kTopkThreads, 1) topk_transform_kernel(const T
     mark(9);
     return;
   }
-#if NSA_TOPK_REGISTER_ROWS
-  if (w.len <= kTopkRegisterMaxLen) {  // (by the cluster's first CTA alone)
-    if (slice.rank != 0) return;
-    if (w.len <= 8 * kTopkThreads) topk_select_registers<8, ScoreT, Scan>(a, r, q, w, scan, st, topk_smem, mark);
-#if NSA_TOPK_REGISTER_ROWS >= 16
-    else if (w.len <= 16 * kTopkThreads) topk_select_registers<16, ScoreT, Scan>(a, r, q, w, scan, st, topk_smem, mark);
-#endif
-#if NSA_TOPK_REGISTER_ROWS >= 32
-    else topk_select_registers<32, ScoreT, Scan>(a, r, q, w, scan, st, topk_smem, mark);
-#endif
-    return;
-  }
-#endif
   if (kCluster && w.len <= kTopkCacheKeys) {
     if (slice.rank == 0)
       topk_select_row<ScoreT, false, Scan>(a, r, q, w, TopkSlice{0, 1}, scan, st, merged, topk_smem, mark);

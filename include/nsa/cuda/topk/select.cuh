@@ -146,17 +146,14 @@ struct TopkPrefix {
 
 // Passes 2 and 3: while the prefix's bin must be split, a histogram of the
 // next 10 bits of the keys that share the prefix, over the keys visit(f)
-// passes to f(i, key, valid) (uniform over the CTA: f uses warp collectives),
-// or with kRuns to f(keys, valid_bits), a lane's run of keys (bit e of
-// valid_bits: keys[e] counts) whose adds are topk_hist_add_run's, without a
-// branch per key (the register route's keys).
+// passes to f(i, key, valid) (uniform over the CTA: f uses warp collectives).
 // mark(phase) is the probe's stamp (nothing in the library).
 // With one CTA per row, pass 2 also finds the smallest and largest key that
 // share the prefix: when they are equal (a plateau of exact ties, e.g. the
 // zeros of ReLU'd scores, fills the bin) the K-th key is known and pass 3
 // is skipped. (In a cluster the extremes would have to be merged too; there
 // every pass runs.)
-template <class Scan, bool kCluster, bool kRuns = false, class Mark, class Visit>
+template <class Scan, bool kCluster, class Mark, class Visit>
 __device__ __forceinline__ void topk_refine(TopkPrefix& found, uint32_t* hist, uint32_t* merged, TopkSlice slice,
                                             TopkBlockState& st, typename Scan::TempStorage& scan, Mark&& mark,
                                             Visit&& visit) {
@@ -178,32 +175,14 @@ __device__ __forceinline__ void topk_refine(TopkPrefix& found, uint32_t* hist, u
     const uint32_t prefix = found.prefix;
     const int shift = found.shift;
     uint32_t key_min = 0xffffffffu, key_max = 0u;  // this lane's, over the keys that share the prefix
-    if constexpr (kRuns) {
-      visit([&](const auto& keys, uint32_t valid_bits) {
-        constexpr int kN = sizeof(keys) / sizeof(keys[0]);
-        int bins[kN];
-#pragma unroll
-        for (int e = 0; e < kN; ++e) {
-          const uint32_t key = keys[e];
-          const bool match = ((valid_bits >> e) & 1u) != 0u && (key >> shift) == prefix;
-          bins[e] = match ? static_cast<int>((key >> digit_shift) & digit_mask) : -1;
-          if constexpr (kExtremes) {
-            key_min = min(key_min, match ? key : 0xffffffffu);
-            key_max = max(key_max, match ? key : 0u);
-          }
-        }
-        topk_hist_add_run(hist, st.sink, bins);
-      });
-    } else {
-      visit([&](int64_t, uint32_t key, bool valid) {
-        const bool match = valid && (key >> shift) == prefix;
-        topk_hist_add(hist, match ? static_cast<int>((key >> digit_shift) & digit_mask) : -1);
-        if constexpr (kExtremes) {
-          key_min = min(key_min, match ? key : 0xffffffffu);
-          key_max = max(key_max, match ? key : 0u);
-        }
-      });
-    }
+    visit([&](int64_t, uint32_t key, bool valid) {
+      const bool match = valid && (key >> shift) == prefix;
+      topk_hist_add(hist, match ? static_cast<int>((key >> digit_shift) & digit_mask) : -1);
+      if constexpr (kExtremes) {
+        key_min = min(key_min, match ? key : 0xffffffffu);
+        key_max = max(key_max, match ? key : 0u);
+      }
+    });
     if (kExtremes && level == 0) {  // one atomic each per warp; topk_pick's barrier publishes them
       key_min = __reduce_min_sync(0xffffffffu, key_min);
       key_max = __reduce_max_sync(0xffffffffu, key_max);
