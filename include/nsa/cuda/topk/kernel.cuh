@@ -255,6 +255,34 @@ __device__ __forceinline__ void topk_select_row(const TopkArgs& a, int64_t r, in
   topk_cluster_wait<kCluster>();
 }
 
+// Bytes of a row's head prefetched into L2 at kernel start (topk_prefetch_row_head).
+constexpr int64_t kTopkPrefetchBytes = 32 * 1024;
+
+// Starts one bulk L2 prefetch of the first kTopkPrefetchBytes of row r (or
+// the whole row when narrower), issued by one thread before the row's length
+// is known: the scores' DRAM round trip then overlaps the length's instead of
+// following it, and pass 1's loads of that head hit L2. Only when the row
+// starts at column 0 (no ragged windows, whose start is itself a load). The
+// range is the row's 16-byte-aligned interior, never a byte outside the row;
+// a prefetch changes no value and needs no wait.
+template <class ScoreT>
+__device__ __forceinline__ void topk_prefetch_row_head(const TopkArgs& a, int64_t r) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  if (a.row_starts.data != nullptr || threadIdx.x != 0) return;
+  const int64_t row_bytes = a.width * static_cast<int64_t>(sizeof(ScoreT));
+  const uintptr_t head = reinterpret_cast<uintptr_t>(static_cast<const ScoreT*>(a.scores) + r * a.score_ld);
+  const uintptr_t begin = (head + 15) & ~uintptr_t{15};
+  const uintptr_t end = (head + static_cast<uintptr_t>(row_bytes < kTopkPrefetchBytes ? row_bytes : kTopkPrefetchBytes)) &
+                        ~uintptr_t{15};
+  if (end > begin)
+    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(begin), "r"(static_cast<uint32_t>(end - begin))
+                 : "memory");
+#else
+  (void)a;
+  (void)r;
+#endif
+}
+
 // One row per CTA (kCluster = false) or per thread-block cluster. A row
 // whose live length fits one CTA's key cache is not split even in a cluster:
 // its first CTA selects it alone and the others leave at once. The cluster
@@ -277,6 +305,7 @@ __global__ void __launch_bounds__(kTopkThreads, 1) topk_transform_kernel(const T
   };
   const TopkSlice slice = topk_this_slice<kCluster>();
   const int64_t r = blockIdx.x / slice.size;
+  if (slice.rank == 0) topk_prefetch_row_head<ScoreT>(a, r);
   const detail::TopkWindow w = detail::topk_window(a, r);
   const int64_t q = detail::topk_request(a, r);
   // The identity's outputs, computed before the length is known: their
