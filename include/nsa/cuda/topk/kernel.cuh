@@ -272,8 +272,8 @@ __device__ __forceinline__ void topk_prefetch_row_head(const TopkArgs& a, int64_
   const int64_t row_bytes = a.width * static_cast<int64_t>(sizeof(ScoreT));
   const uintptr_t head = reinterpret_cast<uintptr_t>(static_cast<const ScoreT*>(a.scores) + r * a.score_ld);
   const uintptr_t begin = (head + 15) & ~uintptr_t{15};
-  const uintptr_t end = (head + static_cast<uintptr_t>(row_bytes < kTopkPrefetchBytes ? row_bytes : kTopkPrefetchBytes)) &
-                        ~uintptr_t{15};
+  const uintptr_t end =
+      (head + static_cast<uintptr_t>(row_bytes < kTopkPrefetchBytes ? row_bytes : kTopkPrefetchBytes)) & ~uintptr_t{15};
   if (end > begin)
     asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(begin), "r"(static_cast<uint32_t>(end - begin))
                  : "memory");
