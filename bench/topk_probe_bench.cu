@@ -269,6 +269,9 @@ int main(int argc, char** argv) {
                                {"1 x 32K", 1, 32768, false, {1, 16}},
                                {"1 x 128K", 1, 131072, false, {1, 16}},
                                {"64 x 32K", 64, 32768, false, {1, 2}},
+                               // Slices past the cache (the bitmap route, the row read twice).
+                               {"64 x 128K", 64, 131072, false, {2}},
+                               {"256 x 128K", 256, 131072, false, {1}},
                                {"8 x 32K, 99% zeros", 8, 32768, true, {1, 8}},
                                {"64 x 2048 (identity)", 64, 2048, false, {1}},
                            };
