@@ -60,6 +60,34 @@ __global__ void __launch_bounds__(kFloorThreads)
   }
 }
 
+// Block (row, slice of 1024 slots), 4 consecutive slots per thread (one
+// page: 4 divides 64): the length and the slots' table entry are loaded
+// together, then both outputs are stored.
+__global__ void __launch_bounds__(kFloorThreads)
+    identity_floor_kernel(const int32_t* __restrict__ lens, const int32_t* __restrict__ table, int64_t table_ld,
+                          int64_t table_cols, int32_t* out, int64_t out_ld, int32_t* raw, int64_t raw_ld, int64_t k,
+                          int64_t slices) {
+  const int64_t r = blockIdx.x / slices, s = (blockIdx.x % slices) * 1024 + threadIdx.x * 4;
+  if (s >= k) return;
+  const int64_t col = s >> 6;
+  const int64_t len = __ldg(lens + r);
+  const int64_t entry = col < table_cols ? __ldg(table + r * table_ld + col) : -1;
+  int32_t o[4], x[4];
+  for (int j = 0; j < 4; ++j) {
+    const bool in = s + j < len && entry >= 0;
+    o[j] = in ? static_cast<int32_t>(entry * 64 + ((s + j) & 63)) : -1;
+    x[j] = s + j < len ? static_cast<int32_t>(s + j) : -1;
+  }
+  int32_t* const dst[2] = {out + r * out_ld + s, raw + r * raw_ld + s};
+  const int32_t* const src[2] = {o, x};
+  for (int d = 0; d < 2; ++d) {
+    if (s + 4 <= k && (reinterpret_cast<uintptr_t>(dst[d]) & 15) == 0)
+      *reinterpret_cast<int4*>(dst[d]) = make_int4(src[d][0], src[d][1], src[d][2], src[d][3]);
+    else
+      for (int j = 0; j < 4 && s + j < k; ++j) dst[d][j] = src[d][j];
+  }
+}
+
 __global__ void iota_rows_kernel(int32_t* vals, int64_t rows, int64_t ld) {
   const int64_t n = rows * ld;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
@@ -102,6 +130,17 @@ cudaError_t topk_write_floor(int32_t* out, int64_t out_ld, int32_t* raw, int64_t
   const int64_t slices = (k + 1023) / 1024;
   write_floor_kernel<<<static_cast<unsigned>(rows * slices), kFloorThreads, 0,
                        reinterpret_cast<cudaStream_t>(stream)>>>(out, out_ld, raw, raw_ld, k, slices);
+  return cudaGetLastError();
+}
+
+cudaError_t topk_identity_floor(const int32_t* lens, const int32_t* table, int64_t table_ld, int64_t table_cols,
+                                int32_t* out, int64_t out_ld, int32_t* raw, int64_t raw_ld, int64_t rows, int64_t k,
+                                nsa::cudaStream stream) {
+  if (rows == 0 || k == 0) return cudaSuccess;
+  const int64_t slices = (k + 1023) / 1024;
+  identity_floor_kernel<<<static_cast<unsigned>(rows * slices), kFloorThreads, 0,
+                          reinterpret_cast<cudaStream_t>(stream)>>>(lens, table, table_ld, table_cols, out, out_ld, raw,
+                                                                    raw_ld, k, slices);
   return cudaGetLastError();
 }
 

@@ -46,6 +46,14 @@ cudaError_t topk_read_floor(const float* scores, int64_t rows, int64_t ld, const
 cudaError_t topk_write_floor(int32_t* out, int64_t out_ld, int32_t* raw, int64_t raw_ld, int64_t rows, int64_t k,
                              nsa::cudaStream stream);
 
+// The identity floor: the least memory work of rows whose length is at most
+// K (the identity) under the paged-64 transform: each row's int32 length and
+// the table entries of its K slots read (row r's table row is r), out and
+// raw written; no score is read. 16-byte stores where the rows allow.
+cudaError_t topk_identity_floor(const int32_t* lens, const int32_t* table, int64_t table_ld, int64_t table_cols,
+                                int32_t* out, int64_t out_ld, int32_t* raw, int64_t raw_ld, int64_t rows, int64_t k,
+                                nsa::cudaStream stream);
+
 class SortTopk {
  public:
   // rows x ld fp32 scores; windows from host starts/lens (the sort's segments are fixed at setup).

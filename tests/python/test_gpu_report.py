@@ -115,3 +115,19 @@ def test_a_binary_of_two_builds_gets_a_table_per_command(tmp_path, monkeypatch, 
     assert out.index("(command 1, aaa)") < out.index("(command 2, bbb)")
     # A binary only one command ran keeps the plain heading.
     assert "### b_test: 1 passed, 0 failed, 0 skipped" in out
+
+
+def test_topk_identity_rows_below_their_own_floor_say_so(tmp_path, monkeypatch, capsys):
+    def row(case, ours, identity_floor, below_identity):
+        return {"case": case, "ours_gpu_us": ours, "floor_gpu_us": 2.0, "ratio_to_floor": ours / 2.0,
+                "output_floor_gpu_us": 1.5, "identity_floor_gpu_us": identity_floor,
+                "sort_baseline_gpu_us": 40.0, "target": "<=1.10x floor", "target_met": False,
+                "target_below_output_floor": False, "target_below_identity_floor": below_identity}
+    topk = {"results": [row("64 x 2048 (identity)", 2.7, 2.5, True), row("1 x 8K", 14.0, None, False)]}
+    only = _folder(tmp_path, "only", {"facts.txt": "commit=c\n", "steps.txt": "bench_topk_bench 0\n",
+                                      "topk_bench.json": json.dumps(topk)})
+    out = _report(monkeypatch, capsys, [only])
+    assert "| identity floor us |" in out
+    assert "| 64 x 2048 (identity) | 2.70 | 2.00 | 1.35 | 1.50 | 2.50 | 40.00 | <=1.10x floor | " \
+           "FLOOR (1.08x identity floor) |" in out
+    assert "| 1 x 8K | 14.00 | 2.00 | 7.00 | 1.50 | - | 40.00 | <=1.10x floor | MISSED |" in out

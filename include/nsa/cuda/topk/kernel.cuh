@@ -262,13 +262,15 @@ constexpr int64_t kTopkPrefetchBytes = 32 * 1024;
 // the whole row when narrower), issued by one thread before the row's length
 // is known: the scores' DRAM round trip then overlaps the length's instead of
 // following it, and pass 1's loads of that head hit L2. Only when the row
-// starts at column 0 (no ragged windows, whose start is itself a load). The
+// starts at column 0 (no ragged windows, whose start is itself a load) and
+// may be longer than K (a row of at most K scores reads none of them). The
 // range is the row's 16-byte-aligned interior, never a byte outside the row;
 // a prefetch changes no value and needs no wait.
 template <class ScoreT>
 __device__ __forceinline__ void topk_prefetch_row_head(const TopkArgs& a, int64_t r) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  if (a.row_starts.data != nullptr || threadIdx.x != 0) return;
+  if (a.row_starts.data != nullptr || a.width <= a.k || threadIdx.x != 0)
+    return;  // (width <= K: every row is the identity)
   const int64_t row_bytes = a.width * static_cast<int64_t>(sizeof(ScoreT));
   const uintptr_t head = reinterpret_cast<uintptr_t>(static_cast<const ScoreT*>(a.scores) + r * a.score_ld);
   const uintptr_t begin = (head + 15) & ~uintptr_t{15};
