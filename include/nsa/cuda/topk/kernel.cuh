@@ -268,21 +268,13 @@ constexpr int64_t kTopkPrefetchBytes = 32 * 1024;
 // a prefetch changes no value and needs no wait.
 template <class ScoreT>
 __device__ __forceinline__ void topk_prefetch_row_head(const TopkArgs& a, int64_t r) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  if (a.row_starts.data != nullptr || a.width <= a.k || threadIdx.x != 0)
-    return;  // (width <= K: every row is the identity)
+  if (a.row_starts.data != nullptr || a.width <= a.k || threadIdx.x != 0) return;  // width <= K: all identity
   const int64_t row_bytes = a.width * static_cast<int64_t>(sizeof(ScoreT));
   const uintptr_t head = reinterpret_cast<uintptr_t>(static_cast<const ScoreT*>(a.scores) + r * a.score_ld);
   const uintptr_t begin = (head + 15) & ~uintptr_t{15};
   const uintptr_t end =
       (head + static_cast<uintptr_t>(row_bytes < kTopkPrefetchBytes ? row_bytes : kTopkPrefetchBytes)) & ~uintptr_t{15};
-  if (end > begin)
-    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(begin), "r"(static_cast<uint32_t>(end - begin))
-                 : "memory");
-#else
-  (void)a;
-  (void)r;
-#endif
+  if (end > begin) topk_prefetch_l2(reinterpret_cast<const void*>(begin), static_cast<uint32_t>(end - begin));
 }
 
 // One row per CTA (kCluster = false) or per thread-block cluster. A row
