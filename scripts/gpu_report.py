@@ -267,6 +267,28 @@ def main():
             w(f"| {r['case']} | {r['ours_gpu_us']:.2f} | {r['floor_gpu_us']:.2f} | {r['ratio_to_floor']:.2f} | "
               f"{of_cell}{idf_cell}{'-' if sort_us is None else f'{sort_us:.2f}'} | {r['target']} | {verdict} |")
         w("")
+    # Same-run comparisons: the experiment build of the chunked candidate sweep (topk_chunked_bench) and full
+    # runs of an earlier commit's topk_bench (topk_bench_<commit>.json), case by case against this build.
+    others = [("chunked candidates (experiment)", "topk_chunked_bench.json")] + [
+        (f"{os.path.basename(p)[len('topk_bench_'):-len('.json')]} (earlier commit)", os.path.basename(p))
+        for p in res.glob("topk_bench_*.json")]
+    others = [(label, json.loads(res.read(name, "{}") or "{}")) for label, name in others]
+    others = [(label, {r["case"]: r for r in o["results"]}) for label, o in others if o.get("results")]
+    if topk.get("results") and others:
+        w("## topk_transform: this build against an experiment build or an earlier commit (same run)")
+        w("")
+        w("GPU us per call (CUDA-graph replays, cold L2); ratio = the other build / this build.")
+        w("")
+        w("| case | this build us | " + " | ".join(f"{label}: us | ratio" for label, _ in others) + " |")
+        w("|---|---|" + "---|---|" * len(others))
+        for lib in topk["results"]:
+            cells = []
+            for _, by_case in others:
+                r = by_case.get(lib["case"])
+                cells.append("- | -" if r is None else
+                             f"{r['ours_gpu_us']:.2f} | {r['ours_gpu_us'] / lib['ours_gpu_us']:.2f}")
+            w(f"| {lib['case']} | {lib['ours_gpu_us']:.2f} | " + " | ".join(cells) + " |")
+        w("")
     logits = json.loads(res.read("paged_mqa_logits_bench.json", "{}") or "{}")
     if logits.get("results"):
         w("## paged_mqa_logits (from paged_mqa_logits_bench.json)")

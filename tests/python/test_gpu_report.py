@@ -131,3 +131,18 @@ def test_topk_identity_rows_below_their_own_floor_say_so(tmp_path, monkeypatch, 
     assert "| 64 x 2048 (identity) | 2.70 | 2.00 | 1.35 | 1.50 | 2.50 | 40.00 | <=1.10x floor | " \
            "FLOOR (1.08x identity floor) |" in out
     assert "| 1 x 8K | 14.00 | 2.00 | 7.00 | 1.50 | - | 40.00 | <=1.10x floor | MISSED |" in out
+
+
+def test_topk_builds_of_the_same_run_are_compared_case_by_case(tmp_path, monkeypatch, capsys):
+    def bench(*cases):
+        return json.dumps({"results": [{"case": c, "ours_gpu_us": us, "floor_gpu_us": 1.0, "ratio_to_floor": us,
+                                        "target": "-", "target_met": None} for c, us in cases]})
+    only = _folder(tmp_path, "only", {"facts.txt": "commit=c\n", "steps.txt": "bench_topk_bench 0\n",
+                                      "topk_bench.json": bench(("1 x 8K", 10.0), ("64 x 128K", 40.0)),
+                                      "topk_chunked_bench.json": bench(("1 x 8K", 10.5), ("64 x 128K", 30.0)),
+                                      "topk_bench_abc1234.json": bench(("1 x 8K", 12.0))})
+    out = _report(monkeypatch, capsys, [only])
+    assert "| case | this build us | chunked candidates (experiment): us | ratio | abc1234 (earlier commit): us | " \
+           "ratio |" in out
+    assert "| 1 x 8K | 10.00 | 10.50 | 1.05 | 12.00 | 1.20 |" in out
+    assert "| 64 x 128K | 40.00 | 30.00 | 0.75 | - | - |" in out
