@@ -184,7 +184,7 @@ inline int topk_cluster_capacity(int size) {
 // 23.87 with 16). The rule sees the width, not the lengths: 64 prefill
 // windows of up to 16K in rows 64K wide get clusters of 2 CTAs (24.52 us
 // in that report, one CTA 17.22), so the kernel also leaves a row whose live
-// length fits the cache to the first CTA of its cluster (docs/gpu-report.md,
+// length fits the cache to the first CTA of its cluster (docs/gpu-report-h100-10d7ed9.md,
 // command 1: a cluster of 16 on one 8K row 13.24 us against 13.16 with one
 // CTA, where it took 22.62 before).
 constexpr int64_t kTopkClusterMinWidth = kTopkCacheKeys + 1;
