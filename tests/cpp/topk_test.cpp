@@ -796,16 +796,7 @@ TopkCase cached_route_case(std::mt19937_64& rng, int64_t k) { return bin_route_c
 // share the 32768-word cache with two bitmaps of ceil(70001 / 32) = 2188
 // words each, which leaves (32768 - 2 * 2188) / 2 = 14196 for them; a larger
 // bin takes the general path.
-// (The chunked-candidates experiment, topk_chunked_test, keeps 32 x 63 of
-// them as its warps' margin: its route ends 2016 keys earlier.)
-#if defined(NSA_TOPK_CHUNKED) && NSA_TOPK_CHUNKED
-constexpr uint32_t kUncachedCapacity = 14196 - 32 * 63;
-#else
-constexpr uint32_t kUncachedCapacity = 14196;
-#endif
-TopkCase uncached_route_case(std::mt19937_64& rng, int64_t k) {
-  return bin_route_case(rng, k, 70001, kUncachedCapacity);
-}
+TopkCase uncached_route_case(std::mt19937_64& rng, int64_t k) { return bin_route_case(rng, k, 70001, 14196); }
 
 // The page-table transform on a case: a random table (int32 or int64
 // entries, like every index array of the case) with a padding page (-1)

@@ -96,49 +96,6 @@ __device__ __forceinline__ void topk_append_bin(const uint32_t (&keys)[kN], int 
   }
 }
 
-// topk_append_bin in chunks (NSA_TOPK_CHUNKED): the warp's slots are
-// [next, end) of its current chunk; a run that does not fit takes what is
-// left and reserves whole chunks for the rest with one shared atomic. The
-// run's keys in the bin are placed in (element, lane) order from ballots.
-// Called by all 32 lanes together; next and end are warp-uniform.
-template <int kN>
-__device__ __forceinline__ void topk_append_bin_chunked(const uint32_t (&keys)[kN], int n, int64_t i0, uint32_t bin,
-                                                        uint32_t& counter, uint32_t* cand_key, uint32_t* cand_idx,
-                                                        uint32_t& next, uint32_t& end) {
-  const uint32_t lane = threadIdx.x & 31, lanes_below = (1u << lane) - 1u;
-  uint32_t masks[kN], total = 0;
-#pragma unroll
-  for (int e = 0; e < kN; ++e) {
-    masks[e] = __ballot_sync(0xffffffffu, e < n && (keys[e] >> kTopkTopShift) == bin);
-    total += static_cast<uint32_t>(__popc(masks[e]));
-  }
-  if (total == 0u) return;  // warp-uniform
-  const uint32_t room = end - next;
-  uint32_t fresh = 0, want = 0;
-  if (total > room) {  // warp-uniform
-    want = (total - room + kTopkCandidateChunk - 1) / kTopkCandidateChunk * kTopkCandidateChunk;
-    if (lane == 0) fresh = atomicAdd(&counter, want);
-    fresh = __shfl_sync(0xffffffffu, fresh, 0);
-  }
-  uint32_t rank = 0;  // the run's keys in the bin before this element's
-#pragma unroll
-  for (int e = 0; e < kN; ++e) {
-    if ((masks[e] >> lane) & 1u) {
-      const uint32_t j = rank + static_cast<uint32_t>(__popc(masks[e] & lanes_below));
-      const uint32_t slot = j < room ? next + j : fresh + (j - room);
-      cand_key[slot] = keys[e];
-      cand_idx[slot] = static_cast<uint32_t>(i0 + e);
-    }
-    rank += static_cast<uint32_t>(__popc(masks[e]));
-  }
-  if (total > room) {
-    next = fresh + (total - room);
-    end = fresh + want;
-  } else {
-    next += total;
-  }
-}
-
 // Calls f(word, key, valid) for the cached keys [0, len) in steps of 32
 // consecutive indices (word w: indices 32 w .. 32 w + 31, lane l the l-th),
 // warp-uniform, each warp taking every 32nd step with 8 loads in flight.
@@ -376,7 +333,6 @@ __device__ __forceinline__ void topk_finish_bitmaps(const TopkArgs& a, int64_t r
   if (tid == 0) st.candidates = 0;
   __syncthreads();
   const uint32_t bin = found.prefix;
-  uint32_t chunk_next = 0, chunk_end = 0;  // this warp's free slots (NSA_TOPK_CHUNKED)
   topk_visit_global_runs<ScoreT, false>(row, slice_len, nullptr, [&](int64_t i0, const auto& keys, int n) {
     constexpr int kN = sizeof(keys) / sizeof(keys[0]);
     uint32_t above = 0;  // bit e: key e of the run is above the bin
@@ -387,16 +343,8 @@ __device__ __forceinline__ void topk_finish_bitmaps(const TopkArgs& a, int64_t r
       atomicOr(sel + (i >> 5), above << off);
       if (off + kN > 32u) atomicOr(sel + (i >> 5) + 1, above >> (32u - off));
     }
-    if constexpr (NSA_TOPK_CHUNKED != 0)
-      topk_append_bin_chunked(keys, n, i0, bin, st.candidates, cand_key, cand_idx, chunk_next, chunk_end);
-    else topk_append_bin(keys, n, i0, bin, st.candidates, cand_key, cand_idx);
+    topk_append_bin(keys, n, i0, bin, st.candidates, cand_key, cand_idx);
   });
-  if constexpr (NSA_TOPK_CHUNKED != 0) {  // the warp's unused slots: key 0 is below the bin (bin != 0)
-    for (uint32_t h = chunk_next + (tid & 31); h < chunk_end; h += 32) {
-      cand_key[h] = 0u;
-      cand_idx[h] = 0u;
-    }
-  }
   __syncthreads();
   mark(3);
   const int n_cand = static_cast<int>(st.candidates);  // this slice's

@@ -72,8 +72,7 @@ __device__ __forceinline__ void topk_select_row(const TopkArgs& a, int64_t r, in
   if (per <= kTopkBitmapMaxKeys) {
     const int bitmap_words = static_cast<int>((per + 31) / 32);
     const int capacity = (kTopkCacheKeys - 2 * bitmap_words) / 2;
-    // Row-wide: uniform over the cluster (the chunked experiment: a margin and a bin other than 0).
-    if (st.in_bin + kTopkChunkMargin <= static_cast<uint32_t>(capacity) && (NSA_TOPK_CHUNKED == 0 || st.bin != 0)) {
+    if (st.in_bin <= static_cast<uint32_t>(capacity)) {  // row-wide: uniform over the cluster
       topk_finish_bitmaps<ScoreT, Scan, kCluster>(a, r, q, row, slice_len, lo, bitmap_words, capacity, slice, hist,
                                                   area, cached_candidates, merged, st, scan, mark);
       topk_cluster_wait<kCluster>();

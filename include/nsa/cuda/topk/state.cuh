@@ -58,19 +58,6 @@ constexpr size_t kTopkSharedBytes = (kTopkBins + kTopkCacheKeys + 4 + kTopkCache
 // The largest thread-block cluster a row is split over (16 is non-portable).
 constexpr int kTopkMaxCluster = 16;
 
-// NSA_TOPK_CHUNKED (an experiment build, 0 in the library): the candidate
-// sweep of slices past the cache (topk_finish_bitmaps) places the bin's keys
-// with warp ballots into chunks of kTopkCandidateChunk slots that each warp
-// reserves with one shared atomic, instead of a shuffle scan and one atomic
-// per warp and run (topk_append_bin). A warp leaves fewer than a chunk of its
-// slots unused, filled with key 0 (below every bin but bin 0), so the route
-// needs that margin per warp and a bin other than 0.
-#ifndef NSA_TOPK_CHUNKED
-#define NSA_TOPK_CHUNKED 0
-#endif
-constexpr int kTopkCandidateChunk = 64;
-constexpr int kTopkChunkMargin = NSA_TOPK_CHUNKED ? (kTopkThreads / 32) * (kTopkCandidateChunk - 1) : 0;
-
 struct TopkBlockState {
   int32_t bin;          // the bin holding the K-th key at this level
   uint32_t in_bin;      // keys in that bin
