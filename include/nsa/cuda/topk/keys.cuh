@@ -130,11 +130,9 @@ __device__ __forceinline__ void topk_prefetch_l2(const void* p, uint32_t bytes) 
 // aligned body, four in flight per thread; the unaligned head and the tail
 // (< 2 vectors) go to warp 0, one element per lane. kStore: also writes each
 // key to cache[i] (vector stores; `cache` must make &cache[head] 16-byte
-// aligned, see topk_cache_base). An iteration's loads wait for each other
-// before its keys are used, so a row of several iterations would pay one
-// DRAM round trip per iteration: thread 0 keeps the next two iterations'
-// vectors on their way into L2 (one bulk prefetch per iteration), and their
-// loads find them there.
+// aligned, see topk_cache_base). (Thread 0 prefetching the next two
+// iterations into L2 made 128K rows slower: 64 x 128K 1.03x, 256 x 128K
+// 1.07x in docs/gpu-report.md of b1b49ed; taken out again.)
 template <class ScoreT, bool kStore, class G>
 __device__ __forceinline__ void topk_visit_global_runs(const ScoreT* row, int64_t len, uint32_t* cache, G&& g) {
   using V = TopkVec<ScoreT>;
@@ -146,12 +144,7 @@ __device__ __forceinline__ void topk_visit_global_runs(const ScoreT* row, int64_
   const int64_t nvec = (len - head) / kE;
   const int64_t tail = head + nvec * kE;
   const uint4* vec = reinterpret_cast<const uint4*>(row + head);
-  constexpr int64_t kStep = static_cast<int64_t>(kTopkThreads) * kUnroll;  // vectors per iteration
-  for (int64_t v0 = 0; v0 < nvec; v0 += kStep) {
-    if (tid == 0) {  // iterations 1 and 2 from iteration 0, then the one two ahead
-      const int64_t from = v0 == 0 ? kStep : v0 + 2 * kStep, to = v0 + 3 * kStep < nvec ? v0 + 3 * kStep : nvec;
-      if (from < to) topk_prefetch_l2(vec + from, static_cast<uint32_t>((to - from) * sizeof(uint4)));
-    }
+  for (int64_t v0 = 0; v0 < nvec; v0 += static_cast<int64_t>(kTopkThreads) * kUnroll) {
     uint4 regs[kUnroll];
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
