@@ -267,9 +267,12 @@ def main():
             w(f"| {r['case']} | {r['ours_gpu_us']:.2f} | {r['floor_gpu_us']:.2f} | {r['ratio_to_floor']:.2f} | "
               f"{of_cell}{idf_cell}{'-' if sort_us is None else f'{sort_us:.2f}'} | {r['target']} | {verdict} |")
         w("")
-    # Same-run comparisons: the experiment build of the chunked candidate sweep (topk_chunked_bench) and full
-    # runs of an earlier commit's topk_bench (topk_bench_<commit>.json), case by case against this build.
-    others = [("chunked candidates (experiment)", "topk_chunked_bench.json")] + [
+    # Same-run comparisons, case by case against this build: experiment builds of topk_bench
+    # (topk_<variant>_bench.json, e.g. NSA_EXPERIMENT_BUILDS targets; not the phase probes) and full runs of an
+    # earlier commit's topk_bench (topk_bench_<commit>.json).
+    variants = [os.path.basename(p) for p in res.glob("topk_*_bench.json")]
+    others = [(f"{name[len('topk_'):-len('_bench.json')]} (experiment build)", name) for name in variants
+              if not name.startswith("topk_probe")] + [
         (f"{os.path.basename(p)[len('topk_bench_'):-len('.json')]} (earlier commit)", os.path.basename(p))
         for p in res.glob("topk_bench_*.json")]
     others = [(label, json.loads(res.read(name, "{}") or "{}")) for label, name in others]

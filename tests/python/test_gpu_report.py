@@ -140,9 +140,10 @@ def test_topk_builds_of_the_same_run_are_compared_case_by_case(tmp_path, monkeyp
     only = _folder(tmp_path, "only", {"facts.txt": "commit=c\n", "steps.txt": "bench_topk_bench 0\n",
                                       "topk_bench.json": bench(("1 x 8K", 10.0), ("64 x 128K", 40.0)),
                                       "topk_chunked_bench.json": bench(("1 x 8K", 10.5), ("64 x 128K", 30.0)),
+                                      "topk_probe_uniform_bench.json": bench(("1 x 8K", 99.0)),
                                       "topk_bench_abc1234.json": bench(("1 x 8K", 12.0))})
     out = _report(monkeypatch, capsys, [only])
-    assert "| case | this build us | chunked candidates (experiment): us | ratio | abc1234 (earlier commit): us | " \
+    assert "| case | this build us | chunked (experiment build): us | ratio | abc1234 (earlier commit): us | " \
            "ratio |" in out
     assert "| 1 x 8K | 10.00 | 10.50 | 1.05 | 12.00 | 1.20 |" in out
     assert "| 64 x 128K | 40.00 | 30.00 | 0.75 | - | - |" in out
