@@ -2,8 +2,6 @@
 // selection (pass 1, the routes, the general path) and the kernel.
 #pragma once
 
-#include <cub/block/block_scan.cuh>
-
 #include "nsa/cuda/topk/finish.cuh"
 
 namespace nsa {
@@ -286,7 +284,7 @@ __device__ __forceinline__ void topk_prefetch_row_head(const TopkArgs& a, int64_
 // length is row-wide, so every CTA of the cluster makes the same choice.
 template <class ScoreT, bool kCluster>
 __global__ void __launch_bounds__(kTopkThreads, 1) topk_transform_kernel(const TopkArgs a) {
-  using Scan = cub::BlockScan<uint32_t, kTopkThreads, cub::BLOCK_SCAN_WARP_SCANS>;
+  using Scan = TopkBlockScan;
   __shared__ typename Scan::TempStorage scan;
   __shared__ TopkBlockState st;
   // Two buffers of merged counts (topk_merge_range; at most half the bins each).

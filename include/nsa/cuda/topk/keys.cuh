@@ -153,6 +153,11 @@ __device__ __forceinline__ void topk_visit_global_runs(const ScoreT* row, int64_
     }
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
+      // No thread of the CTA has a vector from here on (the last iteration of
+      // a row that is not a multiple of 64 KB: an 8K row has 2 of the 4):
+      // skip the runs' keys and adds instead of making them all with n = 0.
+      // CTA-uniform, so g's warp collectives still see all 32 lanes.
+      if (v0 + u * kTopkThreads >= nvec) break;
       const int64_t v = v0 + u * kTopkThreads + tid;
       const bool valid = v < nvec;
       const int64_t i0 = head + v * kE;
@@ -169,7 +174,7 @@ __device__ __forceinline__ void topk_visit_global_runs(const ScoreT* row, int64_
       g(i0, keys, valid ? kE : 0);
     }
   }
-  if (tid < 32) {  // head [0, head) and tail [tail, len): fewer than 2 * kE <= 16 elements
+  if (tid < 32 && (head > 0 || tail < len)) {  // head [0, head) and tail [tail, len): fewer than 2 * kE <= 16 elements
     const int lane = tid;
     const int64_t i = lane < head ? lane : tail + (lane - head);
     const bool valid = lane < head || (i >= tail && i < len);

@@ -8,6 +8,44 @@
 namespace nsa {
 namespace kernels {
 
+// The block-wide exclusive prefix sum of one uint32 per thread of a
+// kTopkThreads CTA, with the interface of the cub::BlockScan calls it
+// replaces (the same storage rule: a barrier between one scan's reads of the
+// storage and the next scan). cub's warp-scans algorithm gives each thread
+// its warp's prefix by walking all 32 warp totals in an unrolled loop: about
+// 150 of the 236 SASS instructions of a 4096-bin pick, run by every warp
+// (sm_90a, cuobjdump), and a short row's time is mostly the issue of such
+// per-warp instructions. Here a warp reads the 32 totals with one load per
+// lane and takes its prefix and the total with two warp reductions.
+struct TopkBlockScan {
+  static_assert(kTopkWarps == 32, "one warp total per lane");
+  struct TempStorage {
+    uint32_t warp_total[kTopkWarps];
+  };
+  TempStorage& storage;
+
+  __device__ __forceinline__ explicit TopkBlockScan(TempStorage& s) : storage(s) {}
+
+  __device__ __forceinline__ void ExclusiveSum(uint32_t v, uint32_t& before, uint32_t& total) {
+    const int lane = static_cast<int>(threadIdx.x & 31), warp = static_cast<int>(threadIdx.x >> 5);
+    uint32_t incl = v;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+      const uint32_t up = __shfl_up_sync(0xffffffffu, incl, o);
+      if (lane >= o) incl += up;
+    }
+    if (lane == 31) storage.warp_total[warp] = incl;
+    __syncthreads();
+    const uint32_t w = storage.warp_total[lane];
+    before = __reduce_add_sync(0xffffffffu, lane < warp ? w : 0u) + incl - v;
+    total = __reduce_add_sync(0xffffffffu, w);
+  }
+  __device__ __forceinline__ void ExclusiveSum(uint32_t v, uint32_t& before) {
+    uint32_t total;
+    ExclusiveSum(v, before, total);
+  }
+};
+
 // Picks the bin (descending) that holds the need-th largest counted key and
 // publishes it in st (bin, in_bin, need - keys in higher bins). Bins are
 // walked from the top: thread t owns the kPerThread bins below
