@@ -11,6 +11,50 @@ namespace kernels {
 constexpr int kTopkIdentitySlots = kTopkMaxK / kTopkThreads;
 static_assert(kTopkMaxK % kTopkThreads == 0, "whole identity slots per thread");
 
+// Bytes of a row's head prefetched into L2 at kernel start (topk_prefetch_row_head).
+constexpr int64_t kTopkPrefetchBytes = 32 * 1024;
+
+// Starts one bulk L2 prefetch of the first kTopkPrefetchBytes of row r (or
+// the whole row when narrower), issued by one thread before the row's length
+// is known: the scores' DRAM round trip then overlaps the length's instead of
+// following it, and pass 1's loads of that head hit L2. Only when the row
+// starts at column 0 (no ragged windows, whose start is itself a load) and
+// may be longer than K (a row of at most K scores reads none of them). The
+// range is the row's 16-byte-aligned interior, never a byte outside the row;
+// a prefetch changes no value and needs no wait.
+template <class ScoreT>
+__device__ __forceinline__ void topk_prefetch_row_head(const TopkArgs& a, int64_t r) {
+  if (a.row_starts.data != nullptr || a.width <= a.k || threadIdx.x != 0) return;  // width <= K: all identity
+  const int64_t row_bytes = a.width * static_cast<int64_t>(sizeof(ScoreT));
+  const uintptr_t head = reinterpret_cast<uintptr_t>(static_cast<const ScoreT*>(a.scores) + r * a.score_ld);
+  const uintptr_t begin = (head + 15) & ~uintptr_t{15};
+  const uintptr_t end =
+      (head + static_cast<uintptr_t>(row_bytes < kTopkPrefetchBytes ? row_bytes : kTopkPrefetchBytes)) & ~uintptr_t{15};
+  if (end > begin) topk_prefetch_l2(reinterpret_cast<const void*>(begin), static_cast<uint32_t>(end - begin));
+}
+
+// Once the length is known, thread 0 also prefetches into L2 what pass 1
+// will read of a slice that fits the key cache (up to 128 KB) past the head
+// topk_prefetch_row_head asked for: pass 1 reads 64 KB per iteration, and
+// without it each iteration past the first waits for its own DRAM round
+// trip (a 32K row: two). Slices past the cache are left alone (a rolling
+// prefetch of long rows made them slower, see topk_visit_global_runs).
+template <class ScoreT>
+__device__ __forceinline__ void topk_prefetch_slice(const TopkArgs& a, int64_t r, const ScoreT* slice_row,
+                                                    int64_t slice_len) {
+  if (threadIdx.x != 0 || slice_len > kTopkCacheKeys) return;
+  uintptr_t begin = reinterpret_cast<uintptr_t>(slice_row);
+  const uintptr_t end = (begin + static_cast<uintptr_t>(slice_len) * sizeof(ScoreT)) & ~uintptr_t{15};
+  if (a.row_starts.data == nullptr && a.width > a.k) {  // the head prefetch's range is in L2 already
+    const int64_t row_bytes = a.width * static_cast<int64_t>(sizeof(ScoreT));
+    const uintptr_t head_end = reinterpret_cast<uintptr_t>(static_cast<const ScoreT*>(a.scores) + r * a.score_ld) +
+                               static_cast<uintptr_t>(row_bytes < kTopkPrefetchBytes ? row_bytes : kTopkPrefetchBytes);
+    if (begin < head_end) begin = head_end;
+  }
+  begin = (begin + 15) & ~uintptr_t{15};
+  if (end > begin) topk_prefetch_l2(reinterpret_cast<const void*>(begin), static_cast<uint32_t>(end - begin));
+}
+
 // Row r (window w, len > K, request q) by one CTA (kCluster = false) or by
 // this CTA of a thread-block cluster: each CTA of a cluster selects over its
 // slice with the cluster's merged histograms and writes its part of the
@@ -39,6 +83,7 @@ __device__ __forceinline__ void topk_select_row(const TopkArgs& a, int64_t r, in
   const ScoreT* const row = static_cast<const ScoreT*>(a.scores) + r * a.score_ld + w.start + lo;
   const bool cached = slice_len <= kTopkCacheKeys;
   uint32_t* const cache = topk_cache_base(area, row);
+  topk_prefetch_slice(a, r, row, slice_len);
 
   // Pass 1: top 12 bits of every key (and the keys into the cache).
   for (int b = tid; b < kTopkBins; b += kTopkThreads) hist[b] = 0;
@@ -251,28 +296,6 @@ __device__ __forceinline__ void topk_select_row(const TopkArgs& a, int64_t r, in
   }
   mark(9);
   topk_cluster_wait<kCluster>();
-}
-
-// Bytes of a row's head prefetched into L2 at kernel start (topk_prefetch_row_head).
-constexpr int64_t kTopkPrefetchBytes = 32 * 1024;
-
-// Starts one bulk L2 prefetch of the first kTopkPrefetchBytes of row r (or
-// the whole row when narrower), issued by one thread before the row's length
-// is known: the scores' DRAM round trip then overlaps the length's instead of
-// following it, and pass 1's loads of that head hit L2. Only when the row
-// starts at column 0 (no ragged windows, whose start is itself a load) and
-// may be longer than K (a row of at most K scores reads none of them). The
-// range is the row's 16-byte-aligned interior, never a byte outside the row;
-// a prefetch changes no value and needs no wait.
-template <class ScoreT>
-__device__ __forceinline__ void topk_prefetch_row_head(const TopkArgs& a, int64_t r) {
-  if (a.row_starts.data != nullptr || a.width <= a.k || threadIdx.x != 0) return;  // width <= K: all identity
-  const int64_t row_bytes = a.width * static_cast<int64_t>(sizeof(ScoreT));
-  const uintptr_t head = reinterpret_cast<uintptr_t>(static_cast<const ScoreT*>(a.scores) + r * a.score_ld);
-  const uintptr_t begin = (head + 15) & ~uintptr_t{15};
-  const uintptr_t end =
-      (head + static_cast<uintptr_t>(row_bytes < kTopkPrefetchBytes ? row_bytes : kTopkPrefetchBytes)) & ~uintptr_t{15};
-  if (end > begin) topk_prefetch_l2(reinterpret_cast<const void*>(begin), static_cast<uint32_t>(end - begin));
 }
 
 // One row per CTA (kCluster = false) or per thread-block cluster. A row
