@@ -6,9 +6,9 @@
 // This program compiles its own copy of the kernels of nsa/cuda/topk.cuh
 // with NSA_TOPK_PROBE_MARK defined: thread 0 of every CTA records clock64()
 // at each phase boundary (right after a CTA barrier) into a device buffer.
-// It is built three times, once per histogram aggregation NSA_TOPK_HIST_ADD
-// (topk_probe_{uniform,match,leader}_bench: the library's, __match_any_sync
-// groups, the first counted lane's group), so the same run shows what the
+// It is built four times, once per histogram aggregation NSA_TOPK_HIST_ADD
+// (topk_probe_{uniform,match,leader,plain}_bench: the library's, __match_any_sync
+// groups, the first counted lane's group, none), so the same run shows what the
 // aggregation costs. Each binary launches its own kernels directly
 // (never the library's launcher, whose inline host code may be the
 // library's copy) and checks every row's set against the library's
@@ -74,6 +74,8 @@ namespace {
 constexpr const char* kVariant = "match: lanes sharing a bin (__match_any_sync) add together";
 #elif NSA_TOPK_HIST_ADD == 2
 constexpr const char* kVariant = "leader: lanes in the first counted lane's bin add together, the rest one atomic each";
+#elif NSA_TOPK_HIST_ADD == 3
+constexpr const char* kVariant = "plain: one shared add per key, no aggregation";
 #else
 constexpr const char* kVariant =
     "uniform: one atomic adds 32 when a warp's keys share a bin, else one per key (the library's)";

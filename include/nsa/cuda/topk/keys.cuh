@@ -19,8 +19,12 @@ namespace kernels {
 //     than the atomics it saves.
 //   2: the lanes in the first counted lane's bin add together, every other
 //     lane adds its own (plateaus with a few other keys per warp step).
+//   3: no aggregation: one shared add per counted key, here and in pass 1
+//     (what the aggregation costs uniform rows, and saves plateaus).
 __device__ __forceinline__ void topk_hist_add(uint32_t* hist, int bin) {
-#if NSA_TOPK_HIST_ADD == 1
+#if NSA_TOPK_HIST_ADD == 3
+  if (bin >= 0) atomicAdd(hist + bin, 1u);
+#elif NSA_TOPK_HIST_ADD == 1
   if (__ballot_sync(0xffffffffu, bin >= 0) == 0u) return;
   const uint32_t peers = __match_any_sync(0xffffffffu, bin);
   const uint32_t lanes_below = (1u << (threadIdx.x & 31)) - 1u;
@@ -59,7 +63,8 @@ __device__ __forceinline__ void topk_hist_add(uint32_t* hist, int bin) {
 // per key in pass 1's SASS, and issuing them was most of pass 1's time; an
 // add under an `if`, or of a constant 1, still became a branch per key.)
 // Under the probe's alternative aggregations (NSA_TOPK_HIST_ADD 1 or 2) each
-// key goes through topk_hist_add, as before.
+// key goes through topk_hist_add, as before; under 3 each counted key makes
+// its own add.
 __device__ __forceinline__ void topk_shared_add(uint32_t* p, uint32_t v) {
   const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(p));
   asm volatile("red.shared.add.u32 [%0], %1;" ::"r"(addr), "r"(v) : "memory");
@@ -79,6 +84,13 @@ __device__ __forceinline__ void topk_hist_add_run(uint32_t* hist, uint32_t* sink
   }
   same = __reduce_add_sync(0xffffffffu, same);
   if (lane == 0 && first >= 0 && same != 0u) atomicAdd(hist + first, same);
+#elif NSA_TOPK_HIST_ADD == 3
+  const int lane = static_cast<int>(threadIdx.x & 31);
+#pragma unroll
+  for (int e = 0; e < kN; ++e) {
+    const bool own = bins[e] >= 0;
+    topk_shared_add(own ? hist + bins[e] : sink + lane, static_cast<uint32_t>(own));
+  }
 #else
   (void)sink;
 #pragma unroll
