@@ -18,7 +18,7 @@ namespace kernels {
 // probe's registers) and NSA_TOPK_PROBE_MARK(phase), when thread 0 reaches a
 // phase boundary of topk_transform_kernel (each right after a CTA barrier);
 // NSA_TOPK_HIST_ADD picks how topk_hist_add counts a warp's keys (0, the
-// library's; 1 and 2 the alternatives it is measured against, see there).
+// library's; 1, 2 and 3 the alternatives it is measured against, see there).
 // The probe builds one binary per NSA_TOPK_HIST_ADD: separate programs, so
 // no two definitions of these kernels ever meet in one link.
 #ifndef NSA_TOPK_PROBE_MARK
