@@ -99,6 +99,7 @@ __device__ __forceinline__ void topk_select_row(const TopkArgs& a, int64_t r, in
     topk_hist_add_run(hist, st.sink, bins);
   };
   if (cached) topk_visit_global_runs<ScoreT, true>(row, slice_len, cache, count_top);
+  else if constexpr (kTopkStream) topk_stream_global_runs<ScoreT>(row, slice_len, area, count_top);
   else topk_visit_global_runs<ScoreT, false>(row, slice_len, cache, count_top);
   topk_pick<Scan, kTopkBins, kCluster>(hist, merged, 0, slice, static_cast<uint32_t>(k), st, scan);
   mark(2);

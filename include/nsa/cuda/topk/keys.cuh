@@ -2,6 +2,8 @@
 // scores, histogram adds, and the sweeps over a row in global or shared memory.
 #pragma once
 
+#include <cuda_pipeline_primitives.h>
+
 #include "nsa/cuda/topk/state.cuh"
 
 namespace nsa {
@@ -135,6 +137,22 @@ __device__ __forceinline__ void topk_prefetch_l2(const void* p, uint32_t bytes) 
 #endif
 }
 
+// The unaligned head [0, head) and the tail [tail, len) of a row (fewer than
+// 2 * kElems <= 16 elements), one per lane of warp 0, for the sweeps below.
+template <class ScoreT, bool kStore, class G>
+__device__ __forceinline__ void topk_visit_head_tail(const ScoreT* row, int64_t len, int64_t head, int64_t tail,
+                                                     uint32_t* cache, G&& g) {
+  if (threadIdx.x >= 32 || (head == 0 && tail >= len)) return;  // warp-uniform
+  const int lane = static_cast<int>(threadIdx.x);
+  const int64_t i = lane < head ? lane : tail + (lane - head);
+  const bool valid = lane < head || (i >= tail && i < len);
+  const uint32_t key[1] = {valid ? topk_load_key(row + i) : 0u};
+  if constexpr (kStore) {
+    if (valid) cache[i] = key[0];
+  }
+  g(i, key, valid ? 1 : 0);
+}
+
 // Calls g(i0, keys, n) for runs of consecutive indices of the row [0, len)
 // that together cover it once, in no particular order, with warp-uniform
 // control flow: keys is a uint32_t array (of kElems keys, or of 1), of which
@@ -186,16 +204,70 @@ __device__ __forceinline__ void topk_visit_global_runs(const ScoreT* row, int64_
       g(i0, keys, valid ? kE : 0);
     }
   }
-  if (tid < 32 && (head > 0 || tail < len)) {  // head [0, head) and tail [tail, len): fewer than 2 * kE <= 16 elements
-    const int lane = tid;
-    const int64_t i = lane < head ? lane : tail + (lane - head);
-    const bool valid = lane < head || (i >= tail && i < len);
-    const uint32_t key[1] = {valid ? topk_load_key(row + i) : 0u};
-    if constexpr (kStore) {
-      if (valid) cache[i] = key[0];
+  topk_visit_head_tail<ScoreT, kStore>(row, len, head, tail, cache, g);
+}
+
+// NSA_TOPK_STREAM (an experiment build; kTopkStream, false in the library):
+// topk_visit_global_runs for pass 1 of a slice past the key cache, whose
+// memory is free until pass 1 ends. Each thread copies its own 16-byte
+// vectors into it with cp.async, two iterations of 64 KB per CTA ahead (two
+// stages: 2 x 4 vectors x 1024 threads = 128 KB), and reads them back from
+// shared memory. A thread reads only what it copied, so it waits on its own
+// copies (cp.async.wait_group) and needs no CTA barrier; it refills a stage
+// after its keys were used. The aim: the next iteration's DRAM round trip
+// runs while this one's keys are counted, where the plain loads wait for
+// every iteration's round trip (ncu of 64 x 128K: long scoreboard the
+// largest stall, DRAM at 25% of its peak).
+template <class ScoreT, class G>
+__device__ __forceinline__ void topk_stream_global_runs(const ScoreT* row, int64_t len, uint32_t* stage_words, G&& g) {
+  using V = TopkVec<ScoreT>;
+  constexpr int kE = V::kElems;
+  constexpr int kUnroll = 4;
+  constexpr int64_t kPerIteration = int64_t{kTopkThreads} * kUnroll;
+  static_assert(2 * kPerIteration * 16 <= int64_t{kTopkCacheKeys} * 4, "two stages fit the key cache's memory");
+  const int tid = threadIdx.x;
+  const int64_t misalign = static_cast<int64_t>((reinterpret_cast<uintptr_t>(row) & 15) / sizeof(ScoreT));
+  const int64_t head = misalign == 0 ? 0 : (kE - misalign < len ? kE - misalign : len);
+  const int64_t nvec = (len - head) / kE;
+  const int64_t tail = head + nvec * kE;
+  const uint4* vec = reinterpret_cast<const uint4*>(row + head);
+  uint4* const stage = reinterpret_cast<uint4*>(stage_words);
+  const int64_t iterations = (nvec + kPerIteration - 1) / kPerIteration;
+  auto copy = [&](int64_t it) {  // iteration it into stage it & 1; one commit group per call, maybe empty
+    if (it < iterations) {
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int64_t v = it * kPerIteration + u * kTopkThreads + tid;
+        if (v < nvec) __pipeline_memcpy_async(stage + ((it & 1) * kUnroll + u) * kTopkThreads + tid, vec + v, 16);
+      }
     }
-    g(i, key, valid ? 1 : 0);
+    __pipeline_commit();
+  };
+  copy(0);
+  copy(1);
+  for (int64_t it = 0; it < iterations; ++it) {
+    __pipeline_wait_prior(1);  // this thread's copies of iteration it
+    const int64_t v0 = it * kPerIteration;
+    uint4 regs[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int64_t v = v0 + u * kTopkThreads + tid;
+      if (v < nvec) regs[u] = stage[((it & 1) * kUnroll + u) * kTopkThreads + tid];
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      if (v0 + u * kTopkThreads >= nvec) break;  // CTA-uniform, as in topk_visit_global_runs
+      const int64_t v = v0 + u * kTopkThreads + tid;
+      const bool valid = v < nvec;
+      const int64_t i0 = head + v * kE;
+      uint32_t keys[kE];
+#pragma unroll
+      for (int e = 0; e < kE; ++e) keys[e] = V::key(regs[u], e);
+      g(i0, keys, valid ? kE : 0);
+    }
+    copy(it + 2);  // into the stage just read: its keys are used above
   }
+  topk_visit_head_tail<ScoreT, false>(row, len, head, tail, nullptr, g);
 }
 
 // The same, one element at a time: f(i, key, valid) (valid = false for the

@@ -58,6 +58,14 @@ constexpr size_t kTopkSharedBytes = (kTopkBins + kTopkCacheKeys + 4 + kTopkCache
 // The largest thread-block cluster a row is split over (16 is non-portable).
 constexpr int kTopkMaxCluster = 16;
 
+// NSA_TOPK_STREAM (an experiment build, 0 in the library): pass 1 of a slice
+// past the key cache copies its scores into the cache's memory with cp.async,
+// an iteration ahead (topk_stream_global_runs).
+#ifndef NSA_TOPK_STREAM
+#define NSA_TOPK_STREAM 0
+#endif
+constexpr bool kTopkStream = NSA_TOPK_STREAM != 0;
+
 struct TopkBlockState {
   int32_t bin;          // the bin holding the K-th key at this level
   uint32_t in_bin;      // keys in that bin
