@@ -10,6 +10,7 @@
 #include <limits>
 #include <numeric>
 
+#include "nsa/detail/topk_math.h"
 #include "nsa/topk.h"
 #include "reference/topk.h"
 #include "test_util.h"
@@ -1366,6 +1367,43 @@ TEST(TopkValidation, EveryCheckNamesItsArgumentAndWritesNothing) {
                    a.scores = nullptr;
                  }));
   for (int64_t i = 0; i < 4 * 16; ++i) EXPECT_EQ(out[i], -1);
+}
+
+// The order-preserving key every backend selects by (nsa/detail/topk_math.h):
+// on a sample of bit patterns (every 4099th, plus the edges), keys order
+// non-NaN scores as floats with -0 == +0, a NaN with the sign bit clear above
+// +inf and one with it set below -inf, and no key is 0 (the padding of the
+// CUDA sweeps' invalid lanes).
+TEST(TopkKey, OrdersScoresAsTheContractSays) {
+  std::vector<uint32_t> bits = {0x00000000u, 0x80000000u, 0x00000001u, 0x80000001u, 0x007fffffu, 0x807fffffu,
+                                0x00800000u, 0x80800000u, 0x7f7fffffu, 0xff7fffffu, 0x7f800000u, 0xff800000u,
+                                0x7f800001u, 0xff800001u, 0x7fc00000u, 0xffc00000u, 0x7fffffffu, 0xffffffffu};
+  for (uint64_t b = 0; b <= 0xffffffffull; b += 4099) bits.push_back(static_cast<uint32_t>(b));
+  auto value = [](uint32_t b) {
+    float f;
+    std::memcpy(&f, &b, sizeof f);
+    return f;
+  };
+  std::vector<uint32_t> finite;  // and the infinities
+  for (uint32_t b : bits) {
+    const uint32_t key = detail::topk_key(b);
+    EXPECT_NE(key, 0u) << std::hex << b;
+    if (!std::isnan(value(b))) {
+      finite.push_back(b);
+    } else if (b >> 31) {
+      EXPECT_LT(key, detail::topk_key(0xff800000u)) << std::hex << b;
+    } else {
+      EXPECT_GT(key, detail::topk_key(0x7f800000u)) << std::hex << b;
+    }
+  }
+  std::sort(finite.begin(), finite.end(), [&](uint32_t a, uint32_t b) { return value(a) < value(b); });
+  for (size_t i = 1; i < finite.size(); ++i) {
+    const float lo = value(finite[i - 1]), hi = value(finite[i]);
+    const uint32_t klo = detail::topk_key(finite[i - 1]), khi = detail::topk_key(finite[i]);
+    if (lo < hi) EXPECT_LT(klo, khi) << std::hex << finite[i - 1] << " " << finite[i];
+    else EXPECT_EQ(klo, khi) << std::hex << finite[i - 1] << " " << finite[i];  // equal values: +0 and -0
+  }
+  EXPECT_EQ(detail::topk_key(0x80000000u), detail::topk_key(0x00000000u));
 }
 
 }  // namespace
