@@ -137,15 +137,68 @@ __device__ __forceinline__ void topk_prefetch_l2(const void* p, uint32_t bytes) 
 #endif
 }
 
-// The unaligned head [0, head) and the tail [tail, len) of a row (fewer than
-// 2 * kElems <= 16 elements), one per lane of warp 0, for the sweeps below.
+// A row [0, len) as the sweeps below read it: the unaligned head [0, head),
+// the 16-byte vectors vec[0, nvec) of the aligned body [head, tail), and the
+// tail [tail, len) (the head and the tail are fewer than 2 * kElems <= 16
+// elements).
+template <class ScoreT>
+struct TopkRowVectors {
+  int64_t head, nvec, tail;
+  const uint4* vec;
+
+  __device__ __forceinline__ TopkRowVectors(const ScoreT* row, int64_t len) {
+    constexpr int kE = TopkVec<ScoreT>::kElems;
+    const int64_t misalign = static_cast<int64_t>((reinterpret_cast<uintptr_t>(row) & 15) / sizeof(ScoreT));
+    head = misalign == 0 ? 0 : (kE - misalign < len ? kE - misalign : len);
+    nvec = (len - head) / kE;
+    tail = head + nvec * kE;
+    vec = reinterpret_cast<const uint4*>(row + head);
+  }
+};
+
+// Vectors per thread of one iteration of the sweeps below (64 KB per CTA).
+constexpr int kTopkUnroll = 4;
+
+// One iteration's runs: regs[u] holds vector v0 + u * kTopkThreads + tid of
+// the row (where it exists); g gets its keys, and with kStore the cache too.
 template <class ScoreT, bool kStore, class G>
-__device__ __forceinline__ void topk_visit_head_tail(const ScoreT* row, int64_t len, int64_t head, int64_t tail,
+__device__ __forceinline__ void topk_visit_iteration(const uint4 (&regs)[kTopkUnroll], int64_t v0,
+                                                     const TopkRowVectors<ScoreT>& rv, uint32_t* cache, G&& g) {
+  using V = TopkVec<ScoreT>;
+  constexpr int kE = V::kElems;
+  const int tid = threadIdx.x;
+#pragma unroll
+  for (int u = 0; u < kTopkUnroll; ++u) {
+    // No thread of the CTA has a vector from here on (the last iteration of
+    // a row that is not a multiple of 64 KB: an 8K row has 2 of the 4):
+    // skip the runs' keys and adds instead of making them all with n = 0.
+    // CTA-uniform, so g's warp collectives still see all 32 lanes.
+    if (v0 + u * kTopkThreads >= rv.nvec) break;
+    const int64_t v = v0 + u * kTopkThreads + tid;
+    const bool valid = v < rv.nvec;
+    const int64_t i0 = rv.head + v * kE;
+    uint32_t keys[kE];
+#pragma unroll
+    for (int e = 0; e < kE; ++e) keys[e] = V::key(regs[u], e);
+    if constexpr (kStore) {
+      if (valid) {
+#pragma unroll
+        for (int e = 0; e < kE; e += 4)
+          *reinterpret_cast<uint4*>(cache + i0 + e) = make_uint4(keys[e], keys[e + 1], keys[e + 2], keys[e + 3]);
+      }
+    }
+    g(i0, keys, valid ? kE : 0);
+  }
+}
+
+// The head and the tail of a row, one element per lane of warp 0.
+template <class ScoreT, bool kStore, class G>
+__device__ __forceinline__ void topk_visit_head_tail(const ScoreT* row, int64_t len, const TopkRowVectors<ScoreT>& rv,
                                                      uint32_t* cache, G&& g) {
-  if (threadIdx.x >= 32 || (head == 0 && tail >= len)) return;  // warp-uniform
+  if (threadIdx.x >= 32 || (rv.head == 0 && rv.tail >= len)) return;  // warp-uniform
   const int lane = static_cast<int>(threadIdx.x);
-  const int64_t i = lane < head ? lane : tail + (lane - head);
-  const bool valid = lane < head || (i >= tail && i < len);
+  const int64_t i = lane < rv.head ? lane : rv.tail + (lane - rv.head);
+  const bool valid = lane < rv.head || (i >= rv.tail && i < len);
   const uint32_t key[1] = {valid ? topk_load_key(row + i) : 0u};
   if constexpr (kStore) {
     if (valid) cache[i] = key[0];
@@ -165,46 +218,18 @@ __device__ __forceinline__ void topk_visit_head_tail(const ScoreT* row, int64_t 
 // 1.07x in docs/gpu-report.md of b1b49ed; taken out again.)
 template <class ScoreT, bool kStore, class G>
 __device__ __forceinline__ void topk_visit_global_runs(const ScoreT* row, int64_t len, uint32_t* cache, G&& g) {
-  using V = TopkVec<ScoreT>;
-  constexpr int kE = V::kElems;
-  constexpr int kUnroll = 4;
   const int tid = threadIdx.x;
-  const int64_t misalign = static_cast<int64_t>((reinterpret_cast<uintptr_t>(row) & 15) / sizeof(ScoreT));
-  const int64_t head = misalign == 0 ? 0 : (kE - misalign < len ? kE - misalign : len);
-  const int64_t nvec = (len - head) / kE;
-  const int64_t tail = head + nvec * kE;
-  const uint4* vec = reinterpret_cast<const uint4*>(row + head);
-  for (int64_t v0 = 0; v0 < nvec; v0 += static_cast<int64_t>(kTopkThreads) * kUnroll) {
-    uint4 regs[kUnroll];
+  const TopkRowVectors<ScoreT> rv(row, len);
+  for (int64_t v0 = 0; v0 < rv.nvec; v0 += static_cast<int64_t>(kTopkThreads) * kTopkUnroll) {
+    uint4 regs[kTopkUnroll];
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
+    for (int u = 0; u < kTopkUnroll; ++u) {
       const int64_t v = v0 + u * kTopkThreads + tid;
-      if (v < nvec) regs[u] = __ldg(vec + v);
+      if (v < rv.nvec) regs[u] = __ldg(rv.vec + v);
     }
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      // No thread of the CTA has a vector from here on (the last iteration of
-      // a row that is not a multiple of 64 KB: an 8K row has 2 of the 4):
-      // skip the runs' keys and adds instead of making them all with n = 0.
-      // CTA-uniform, so g's warp collectives still see all 32 lanes.
-      if (v0 + u * kTopkThreads >= nvec) break;
-      const int64_t v = v0 + u * kTopkThreads + tid;
-      const bool valid = v < nvec;
-      const int64_t i0 = head + v * kE;
-      uint32_t keys[kE];
-#pragma unroll
-      for (int e = 0; e < kE; ++e) keys[e] = V::key(regs[u], e);
-      if constexpr (kStore) {
-        if (valid) {
-#pragma unroll
-          for (int e = 0; e < kE; e += 4)
-            *reinterpret_cast<uint4*>(cache + i0 + e) = make_uint4(keys[e], keys[e + 1], keys[e + 2], keys[e + 3]);
-        }
-      }
-      g(i0, keys, valid ? kE : 0);
-    }
+    topk_visit_iteration<ScoreT, kStore>(regs, v0, rv, cache, g);
   }
-  topk_visit_head_tail<ScoreT, kStore>(row, len, head, tail, cache, g);
+  topk_visit_head_tail<ScoreT, kStore>(row, len, rv, cache, g);
 }
 
 // NSA_TOPK_STREAM (an experiment build; kTopkStream, false in the library):
@@ -220,25 +245,19 @@ __device__ __forceinline__ void topk_visit_global_runs(const ScoreT* row, int64_
 // largest stall, DRAM at 25% of its peak).
 template <class ScoreT, class G>
 __device__ __forceinline__ void topk_stream_global_runs(const ScoreT* row, int64_t len, uint32_t* stage_words, G&& g) {
-  using V = TopkVec<ScoreT>;
-  constexpr int kE = V::kElems;
-  constexpr int kUnroll = 4;
-  constexpr int64_t kPerIteration = int64_t{kTopkThreads} * kUnroll;
+  constexpr int64_t kPerIteration = int64_t{kTopkThreads} * kTopkUnroll;
   static_assert(2 * kPerIteration * 16 <= int64_t{kTopkCacheKeys} * 4, "two stages fit the key cache's memory");
   const int tid = threadIdx.x;
-  const int64_t misalign = static_cast<int64_t>((reinterpret_cast<uintptr_t>(row) & 15) / sizeof(ScoreT));
-  const int64_t head = misalign == 0 ? 0 : (kE - misalign < len ? kE - misalign : len);
-  const int64_t nvec = (len - head) / kE;
-  const int64_t tail = head + nvec * kE;
-  const uint4* vec = reinterpret_cast<const uint4*>(row + head);
+  const TopkRowVectors<ScoreT> rv(row, len);
   uint4* const stage = reinterpret_cast<uint4*>(stage_words);
-  const int64_t iterations = (nvec + kPerIteration - 1) / kPerIteration;
+  const int64_t iterations = (rv.nvec + kPerIteration - 1) / kPerIteration;
   auto copy = [&](int64_t it) {  // iteration it into stage it & 1; one commit group per call, maybe empty
     if (it < iterations) {
 #pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
+      for (int u = 0; u < kTopkUnroll; ++u) {
         const int64_t v = it * kPerIteration + u * kTopkThreads + tid;
-        if (v < nvec) __pipeline_memcpy_async(stage + ((it & 1) * kUnroll + u) * kTopkThreads + tid, vec + v, 16);
+        if (v < rv.nvec)
+          __pipeline_memcpy_async(stage + ((it & 1) * kTopkUnroll + u) * kTopkThreads + tid, rv.vec + v, 16);
       }
     }
     __pipeline_commit();
@@ -248,26 +267,16 @@ __device__ __forceinline__ void topk_stream_global_runs(const ScoreT* row, int64
   for (int64_t it = 0; it < iterations; ++it) {
     __pipeline_wait_prior(1);  // this thread's copies of iteration it
     const int64_t v0 = it * kPerIteration;
-    uint4 regs[kUnroll];
+    uint4 regs[kTopkUnroll];
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
+    for (int u = 0; u < kTopkUnroll; ++u) {
       const int64_t v = v0 + u * kTopkThreads + tid;
-      if (v < nvec) regs[u] = stage[((it & 1) * kUnroll + u) * kTopkThreads + tid];
+      if (v < rv.nvec) regs[u] = stage[((it & 1) * kTopkUnroll + u) * kTopkThreads + tid];
     }
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      if (v0 + u * kTopkThreads >= nvec) break;  // CTA-uniform, as in topk_visit_global_runs
-      const int64_t v = v0 + u * kTopkThreads + tid;
-      const bool valid = v < nvec;
-      const int64_t i0 = head + v * kE;
-      uint32_t keys[kE];
-#pragma unroll
-      for (int e = 0; e < kE; ++e) keys[e] = V::key(regs[u], e);
-      g(i0, keys, valid ? kE : 0);
-    }
+    topk_visit_iteration<ScoreT, false>(regs, v0, rv, nullptr, g);
     copy(it + 2);  // into the stage just read: its keys are used above
   }
-  topk_visit_head_tail<ScoreT, false>(row, len, head, tail, nullptr, g);
+  topk_visit_head_tail<ScoreT, false>(row, len, rv, nullptr, g);
 }
 
 // The same, one element at a time: f(i, key, valid) (valid = false for the
