@@ -799,6 +799,43 @@ TopkCase cached_route_case(std::mt19937_64& rng, int64_t k) { return bin_route_c
 // bin takes the general path.
 TopkCase uncached_route_case(std::mt19937_64& rng, int64_t k) { return bin_route_case(rng, k, 70001, 14196); }
 
+// Rows split over a cluster whose pass-1 bin is uneven over the slices: 5000
+// of its 5200 keys (distinct, near 1.0; K - 100 keys above them) lie in the
+// row's first 8192 columns (row 0) or its last (row 1), so with 4 to 16 CTAs
+// per row (cached slices of 32K or less) one CTA holds more of them than its
+// candidate space (kTopkCachedCandidates = 4096) and refines over its whole
+// slice, while the others collect theirs (each CTA decides for its slice).
+TopkCase uneven_bin_case(std::mt19937_64& rng, int64_t k) {
+  constexpr int64_t kWidth = 131072, kDense = 8192;
+  TopkCase c;
+  c.k = k;
+  c.rows = 2;
+  c.width = kWidth;
+  c.ld = kWidth + 1;
+  c.scores.assign(static_cast<size_t>(c.rows * c.ld), 0.0f);
+  std::uniform_real_distribution<float> low(0.0f, 0.5f);
+  for (int64_t r = 0; r < c.rows; ++r) {
+    float* row = c.scores.data() + r * c.ld;
+    const int64_t dense0 = r == 0 ? 0 : kWidth - kDense;
+    std::vector<int64_t> dense(static_cast<size_t>(kDense)), rest;
+    std::iota(dense.begin(), dense.end(), dense0);
+    for (int64_t j = 0; j < kWidth; ++j)
+      if (j < dense0 || j >= dense0 + kDense) rest.push_back(j);
+    std::shuffle(dense.begin(), dense.end(), rng);
+    std::shuffle(rest.begin(), rest.end(), rng);
+    for (int64_t j = 0; j < kWidth; ++j) row[j] = low(rng);
+    uint32_t bin_key = 0;
+    for (int j = 0; j < 5000; ++j) row[dense[static_cast<size_t>(j)]] = bits_float(0x3f800000u + bin_key++);
+    size_t next = 0;
+    for (int j = 0; j < 200; ++j) row[rest[next++]] = bits_float(0x3f800000u + bin_key++);
+    for (int64_t j = 0; j < k - 100; ++j) row[rest[next++]] = 8.0f + 1e-3f * static_cast<float>(j);
+  }
+  c.lengths.assign(static_cast<size_t>(c.rows), kWidth);
+  poison_outside_windows(c);
+  c.order = TopkOrder::kAscending;
+  return c;
+}
+
 // The page-table transform on a case: a random table (int32 or int64
 // entries, like every index array of the case) with a padding page (-1)
 // every 97 entries, `missing` pages fewer than the widest row spans (their
@@ -838,6 +875,13 @@ TEST_P(TopkTest, PagedTransformOnEveryRoute) {
 TEST_P(TopkTest, CachedRowRoutes) {
   auto rng = make_rng(26);
   for (int64_t k : kKs) check_case(backend(), cached_route_case(rng, k), "cached routes k=" + std::to_string(k));
+}
+
+// With the launcher's choice (16 CTAs per row on sm_90: slices of 8K whose
+// bin counts differ; one CTA per row elsewhere) and on the CPU.
+TEST_P(TopkTest, UnevenBinRows) {
+  auto rng = make_rng(44);
+  check_case(backend(), uneven_bin_case(rng, 2048), "uneven bins");
 }
 
 TEST_P(TopkTest, UncachedRowRoutes) {
@@ -1085,6 +1129,14 @@ TEST(TopkCuda, EveryClusterSizeOnCachedRoutes) {
   NSA_SKIP_WITHOUT_BACKEND(Backend::kCuda);
   auto rng = make_rng(27);
   for (int64_t k : {512, 2048}) check_every_cluster(cached_route_case(rng, k), "cached routes k=" + std::to_string(k));
+}
+
+// Slices of one cluster that choose differently between collecting the
+// bin's candidates and refining over the whole slice (uneven_bin_case).
+TEST(TopkCuda, EveryClusterSizeOnUnevenBins) {
+  NSA_SKIP_WITHOUT_BACKEND(Backend::kCuda);
+  auto rng = make_rng(43);
+  for (int64_t k : {512, 2048}) check_every_cluster(uneven_bin_case(rng, k), "uneven bins k=" + std::to_string(k));
 }
 
 // The same for rows past the cache (topk_finish_bitmaps and the general path).

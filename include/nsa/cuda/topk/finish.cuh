@@ -222,10 +222,10 @@ __device__ __forceinline__ void topk_emit_bitmaps(const TopkArgs& a, int64_t r, 
 // (st holds its bin). Two bitmaps over the slice, one bit per key and one
 // word per 32 keys: `sel` (taken: above the threshold) and `tie` (at it).
 //   1. One sweep of the cache: each warp step's ballots "above pass 1's bin"
-//      and "in it" are one word of each bitmap; when the bin holds at most
-//      kTopkCachedCandidates keys (a row-wide count, so the choice is the
-//      same in every CTA) a block scan over the second bitmap collects the
-//      bin's indices.
+//      and "in it" are one word of each bitmap; when the slice holds at most
+//      kTopkCachedCandidates keys of the bin (each CTA of a cluster counts
+//      its own) a block scan over the second bitmap collects the bin's
+//      indices.
 //   2. Passes 2 and 3 over those candidates only; then each candidate sets
 //      its bit in sel (above the final prefix) or tie (at it). A larger bin
 //      is refined over the whole cache and one more sweep writes both
@@ -257,7 +257,11 @@ __device__ __forceinline__ void topk_finish_cached(const TopkArgs& a, int64_t r,
   const int words = static_cast<int>((slice_len + 31) / 32);
 
   TopkPrefix found{static_cast<uint32_t>(st.bin), st.need, kTopkTopShift, st.in_bin == st.need};
-  const bool collect = !found.done && st.in_bin <= static_cast<uint32_t>(kTopkCachedCandidates);
+  // Per CTA: in a cluster each CTA collects when its own slice's keys of the
+  // bin fit (a row of 128K in 16 slices of 8K: about 512 of a bin of 8192).
+  // The two ways run the same cluster barriers (topk_refine's picks), so the
+  // CTAs of one cluster may choose differently.
+  const bool collect = !found.done && st.slice_in_bin <= static_cast<uint32_t>(kTopkCachedCandidates);
   if (found.done || collect) {
     topk_sweep_bitmaps(cache, slice_len, kTopkTopShift, found.prefix, sel, tie);
     __syncthreads();

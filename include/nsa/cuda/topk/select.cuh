@@ -70,6 +70,7 @@ __device__ __forceinline__ void topk_pick_bin(const uint32_t* hist, uint32_t nee
     if (above < need && need <= above + c[j]) {
       st.bin = top - j;
       st.in_bin = c[j];
+      st.slice_in_bin = c[j];
       st.need = need - above;
     }
     above += c[j];
@@ -110,10 +111,13 @@ __device__ __forceinline__ void topk_merge_range(const uint32_t* hist, uint32_t*
 // After topk_merge_range in every CTA (and a cluster barrier): the range
 // holding the need-th largest key (ranges walked from the top), then the bin
 // within it from its owner's merged counts; published in st like
-// topk_pick_bin, identically in every CTA of the cluster.
+// topk_pick_bin, identically in every CTA of the cluster, with this CTA's
+// own count of the bin (from its histogram `hist`, which no CTA writes
+// during the pick) in st.slice_in_bin.
 template <class Scan, int kBins>
-__device__ __forceinline__ void topk_cluster_pick_bin(uint32_t* merged, int parity, TopkSlice slice, uint32_t need,
-                                                      TopkBlockState& st, typename Scan::TempStorage& scan) {
+__device__ __forceinline__ void topk_cluster_pick_bin(const uint32_t* hist, uint32_t* merged, int parity,
+                                                      TopkSlice slice, uint32_t need, TopkBlockState& st,
+                                                      typename Scan::TempStorage& scan) {
   const int lane = threadIdx.x & 31, range = kBins / slice.size;
   if (threadIdx.x < 32) {
     const uint32_t total = lane < slice.size ? topk_remote(&st, lane)->range_total[parity] : 0u;
@@ -144,12 +148,14 @@ __device__ __forceinline__ void topk_cluster_pick_bin(uint32_t* merged, int pari
   if (above < need_in && need_in <= above + c.y) {
     st.bin = base + hi;
     st.in_bin = c.y;
+    st.slice_in_bin = hist[base + hi];
     st.need = need_in - above;
   }
   above += c.y;
   if (above < need_in && need_in <= above + c.x) {
     st.bin = base + hi - 1;
     st.in_bin = c.x;
+    st.slice_in_bin = hist[base + hi - 1];
     st.need = need_in - above;
   }
 }
@@ -164,7 +170,7 @@ __device__ __forceinline__ void topk_pick(const uint32_t* hist, uint32_t* merged
     topk_cluster_sync();  // every CTA's histogram is complete
     topk_merge_range<kBins>(hist, merged, parity, slice, st);
     topk_cluster_sync();  // every CTA's merged range is complete
-    topk_cluster_pick_bin<Scan, kBins>(merged, parity, slice, need, st, scan);
+    topk_cluster_pick_bin<Scan, kBins>(hist, merged, parity, slice, need, st, scan);
   } else {
     __syncthreads();
     topk_pick_bin<Scan, kBins>(hist, need, st, scan);

@@ -67,10 +67,11 @@ constexpr int kTopkMaxCluster = 16;
 constexpr bool kTopkStream = NSA_TOPK_STREAM != 0;
 
 struct TopkBlockState {
-  int32_t bin;          // the bin holding the K-th key at this level
-  uint32_t in_bin;      // keys in that bin
-  uint32_t need;        // keys still to take from that bin
-  uint32_t candidates;  // (key, index) pairs collected so far
+  int32_t bin;            // the bin holding the K-th key at this level
+  uint32_t in_bin;        // keys in that bin
+  uint32_t slice_in_bin;  // keys of this CTA's slice in that bin (in_bin with one CTA per row)
+  uint32_t need;          // keys still to take from that bin
+  uint32_t candidates;    // (key, index) pairs collected so far
   uint32_t warp_above[kTopkWarps];
   uint32_t warp_ties[kTopkWarps];
   uint32_t warp_slot[kTopkWarps];      // first output slot of each warp's chunk
