@@ -747,6 +747,17 @@ TEST_P(TopkTest, P17_RuntimeK) {
   }
 }
 
+// `rows` rows of `width` zeros (row stride width + 1) for a case to fill.
+TopkCase zero_rows_case(int64_t k, int64_t rows, int64_t width) {
+  TopkCase c;
+  c.k = k;
+  c.rows = rows;
+  c.width = width;
+  c.ld = width + 1;
+  c.scores.assign(static_cast<size_t>(c.rows * c.ld), 0.0f);
+  return c;
+}
+
 // Rows whose pass-1 bin (the top 12 bits of the K-th largest key) is taken
 // whole, holds exactly a candidate capacity of the CUDA kernel (`capacity`
 // keys), or one more: the routes of a row of `width` scores; row 4's
@@ -754,12 +765,7 @@ TEST_P(TopkTest, P17_RuntimeK) {
 // the row; the width is no multiple of 32 and row 5 is short, so split over
 // 16 CTAs its last slices are empty.
 TopkCase bin_route_case(std::mt19937_64& rng, int64_t k, int64_t width, uint32_t capacity) {
-  TopkCase c;
-  c.k = k;
-  c.rows = 6;
-  c.width = width;
-  c.ld = width + 1;
-  c.scores.assign(static_cast<size_t>(c.rows * c.ld), 0.0f);
+  TopkCase c = zero_rows_case(k, 6, width);
   std::uniform_real_distribution<float> low(0.0f, 0.5f);
   for (int64_t r = 0; r < c.rows; ++r) {
     std::vector<int64_t> cols(static_cast<size_t>(width));
@@ -807,12 +813,7 @@ TopkCase uncached_route_case(std::mt19937_64& rng, int64_t k) { return bin_route
 // slice, while the others collect theirs (each CTA decides for its slice).
 TopkCase uneven_bin_case(std::mt19937_64& rng, int64_t k) {
   constexpr int64_t kWidth = 131072, kDense = 8192;
-  TopkCase c;
-  c.k = k;
-  c.rows = 2;
-  c.width = kWidth;
-  c.ld = kWidth + 1;
-  c.scores.assign(static_cast<size_t>(c.rows * c.ld), 0.0f);
+  TopkCase c = zero_rows_case(k, 2, kWidth);
   std::uniform_real_distribution<float> low(0.0f, 0.5f);
   for (int64_t r = 0; r < c.rows; ++r) {
     float* row = c.scores.data() + r * c.ld;
