@@ -806,8 +806,8 @@ TopkCase cached_route_case(std::mt19937_64& rng, int64_t k) { return bin_route_c
 TopkCase uncached_route_case(std::mt19937_64& rng, int64_t k) { return bin_route_case(rng, k, 70001, 14196); }
 
 // Rows split over a cluster whose pass-1 bin is uneven over the slices: 5000
-// of its 5200 keys (distinct, near 1.0; K - 100 keys above them) lie in the
-// row's first 8192 columns (row 0) or its last (row 1), so with 4 to 16 CTAs
+// of its 5200 keys (near 1.0; K - 100 keys above them) lie in the row's
+// first 8192 columns (row 0) or its last (row 1), so with 4 to 16 CTAs
 // per row (cached slices of 32K or less) one CTA holds more of them than its
 // candidate space (kTopkCachedCandidates = 4096) and refines over its whole
 // slice, while the others collect theirs (each CTA decides for its slice).
@@ -825,10 +825,12 @@ TopkCase uneven_bin_case(std::mt19937_64& rng, int64_t k) {
     std::shuffle(dense.begin(), dense.end(), rng);
     std::shuffle(rest.begin(), rest.end(), rng);
     for (int64_t j = 0; j < kWidth; ++j) row[j] = low(rng);
-    uint32_t bin_key = 0;
-    for (int j = 0; j < 5000; ++j) row[dense[static_cast<size_t>(j)]] = bits_float(0x3f800000u + bin_key++);
+    // The largest keys of the bin, those selected, are the dense slice's, in
+    // threes of equal values: the cut among ties falls in the slice that
+    // refines over its whole cache.
     size_t next = 0;
-    for (int j = 0; j < 200; ++j) row[rest[next++]] = bits_float(0x3f800000u + bin_key++);
+    for (uint32_t j = 0; j < 200; ++j) row[rest[next++]] = bits_float(0x3f800000u + j);
+    for (uint32_t j = 0; j < 5000; ++j) row[dense[j]] = bits_float(0x3f800000u + 200 + j / 3);
     for (int64_t j = 0; j < k - 100; ++j) row[rest[next++]] = 8.0f + 1e-3f * static_cast<float>(j);
   }
   c.lengths.assign(static_cast<size_t>(c.rows), kWidth);

@@ -36,9 +36,10 @@
 //             the cache after pass 1 writes two bitmaps (keys above pass 1's
 //             bin; keys in it) from warp ballots and collects the bin's
 //             indices; passes 2 and 3 read only those candidates, which then
-//             set their bits (a bin of more than kTopkCachedCandidates keys
-//             is refined over the whole cache instead, and one more sweep
-//             writes both bitmaps); one block scan over the bitmap words
+//             set their bits (a slice holding more than kTopkCachedCandidates
+//             keys of the bin is refined over its whole cache instead, and
+//             one more sweep writes both bitmaps; each CTA of a cluster
+//             decides for its own slice); one block scan over the bitmap words
 //             places every selected index (ascending, the smallest indices
 //             winning ties).
 //   Longer    (slices of up to kTopkBitmapMaxKeys, topk_finish_bitmaps) when

@@ -76,7 +76,7 @@ __device__ __forceinline__ void topk_select_row(const TopkArgs& a, int64_t r, in
   // This CTA's slice [lo, lo + slice_len) of the row: consecutive slices of a
   // multiple of 32 keys (the last one shorter, maybe empty). From here on
   // indices are relative to lo, and every count is over the slice unless it
-  // comes from topk_pick_bin (the whole row).
+  // comes from a pick (the whole row; but st.slice_in_bin is the slice's).
   const int64_t per = ((len + slice.size - 1) / slice.size + 31) / 32 * 32;
   const int64_t lo = slice.rank * per < len ? slice.rank * per : len;
   const int64_t slice_len = len - lo < per ? len - lo : per;
