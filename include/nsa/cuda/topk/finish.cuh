@@ -210,7 +210,11 @@ __device__ __forceinline__ void topk_emit_bitmaps(const TopkArgs& a, int64_t r, 
   // of the CTA's slots at once, so its global loads are in flight together.
   int32_t* const out = a.out + r * a.out_ld;
   int32_t* const raw = a.out_raw != nullptr ? a.out_raw + r * a.out_raw_ld : nullptr;
-  for (int64_t j = tid; j < slots; j += kTopkThreads) {
+  static_assert(kTopkMaxK % kTopkThreads == 0, "whole slots per thread");
+#pragma unroll
+  for (int j0 = 0; j0 < kTopkMaxK; j0 += kTopkThreads) {  // slots <= K <= kTopkMaxK: no loop left to run
+    const int j = j0 + tid;
+    if (j >= slots) break;
     const int64_t i = selected[j];
     out[first + j] = table.on ? table.paged(a, i) : detail::topk_apply_transform(a, r, q, i);
     if (raw != nullptr) raw[first + j] = static_cast<int32_t>(i);

@@ -293,7 +293,10 @@ __device__ __forceinline__ void topk_select_row(const TopkArgs& a, int64_t r, in
   // once, so its global loads are in flight together instead of one per
   // warp step.
   const int64_t slots = st.slots;
-  for (int64_t s = tid; s < slots; s += kTopkThreads) {
+#pragma unroll
+  for (int s0 = 0; s0 < kTopkMaxK; s0 += kTopkThreads) {  // slots <= K <= kTopkMaxK
+    const int s = s0 + tid;
+    if (s >= slots) break;
     const int64_t i = selected[s];
     out[first + s] = detail::topk_apply_transform(a, r, q, i);
     if (raw != nullptr) raw[first + s] = static_cast<int32_t>(i);
