@@ -290,7 +290,12 @@ __device__ __forceinline__ void topk_finish_cached(const TopkArgs& a, int64_t r,
       topk_visit_cache(cand, n_cand,
                        [&](int64_t c, uint32_t idx, bool valid) { f(c, valid ? cache[idx] : 0u, valid); });
     });
-    for (int c = tid; c < n_cand; c += kTopkThreads) topk_mark_candidate(cand[c], cache[cand[c]], found, sel, tie);
+#pragma unroll
+    for (int c0 = 0; c0 < kTopkCachedCandidates; c0 += kTopkThreads) {  // n_cand <= kTopkCachedCandidates
+      const int c = c0 + tid;
+      if (c >= n_cand) break;
+      topk_mark_candidate(cand[c], cache[cand[c]], found, sel, tie);
+    }
   } else if (!found.done) {
     topk_refine<Scan, kCluster>(found, hist, merged, slice, st, scan, mark,
                                 [&](auto&& f) { topk_visit_cache(cache, slice_len, f); });
