@@ -212,7 +212,7 @@ __device__ __forceinline__ void topk_emit_bitmaps(const TopkArgs& a, int64_t r, 
   int32_t* const raw = a.out_raw != nullptr ? a.out_raw + r * a.out_raw_ld : nullptr;
   static_assert(kTopkMaxK % kTopkThreads == 0, "whole slots per thread");
 #pragma unroll
-  for (int j0 = 0; j0 < kTopkMaxK; j0 += kTopkThreads) {  // slots <= K <= kTopkMaxK: no loop left to run
+  for (int j0 = 0; j0 < kTopkMaxK; j0 += kTopkThreads) {  // slots <= K <= kTopkMaxK: two unrolled steps
     const int j = j0 + tid;
     if (j >= slots) break;
     const int64_t i = selected[j];
