@@ -86,10 +86,12 @@ __device__ __forceinline__ void topk_select_row(const TopkArgs& a, int64_t r, in
   topk_prefetch_slice(a, r, row, slice_len);
 
   // Pass 1: top 12 bits of every key (and the keys into the cache). The
-  // histogram is cleared with one 16-byte store per thread (a strided loop
-  // compiles to a generic loop of about 20 instructions per warp).
-  static_assert(kTopkBins == 4 * kTopkThreads, "one uint4 of bins per thread");
-  reinterpret_cast<uint4*>(hist)[tid] = make_uint4(0u, 0u, 0u, 0u);
+  // histogram is cleared in 4 unrolled stores per thread: a strided loop
+  // compiled to a generic loop of about 20 instructions per warp (and one
+  // 16-byte store of zeros made the cluster kernel spill twice as much).
+  static_assert(kTopkBins % kTopkThreads == 0, "whole bins per thread");
+#pragma unroll
+  for (int j = 0; j < kTopkBins / kTopkThreads; ++j) hist[j * kTopkThreads + tid] = 0;
   if (tid == 0) st.candidates = 0;
   if constexpr (kCluster) topk_clear_merge<kTopkBins>(merged, 0, slice, st);
   __syncthreads();

@@ -208,8 +208,9 @@ __device__ __forceinline__ void topk_refine(TopkPrefix& found, uint32_t* hist, u
     // second barrier of the previous pick.)
     const int parity = (level + 1) & 1;  // pass 2 or 3
     uint32_t* const pass_merged = kCluster ? merged + parity * (kTopkBins / 2) : merged;
-    static_assert(kTopkDigitBins == kTopkThreads, "one bin per thread");
-    hist[threadIdx.x] = 0;
+    // (Kept a loop: one store per thread, kTopkDigitBins == kTopkThreads,
+    // made ptxas spill 56 bytes per thread in the cluster kernels, not 28.)
+    for (int b = threadIdx.x; b < kTopkDigitBins; b += kTopkThreads) hist[b] = 0;
     if constexpr (kCluster) topk_clear_merge<kTopkDigitBins>(pass_merged, parity, slice, st);
     constexpr bool kExtremes = !kCluster;
     if (kExtremes && level == 0 && threadIdx.x == 0) {
